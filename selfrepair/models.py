@@ -1,0 +1,156 @@
+"""Loading models into HookedTransformer: hub names, local Hugging Face checkpoints, random ones.
+
+Every model is processed as the paper does: fold_ln, center_writing_weights, center_unembed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+FAMILIES = ("gpt2", "pythia", "llama")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True)
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(spec: str = "auto") -> str:
+    """'auto' picks CUDA when present; an explicit CUDA request without CUDA fails clearly."""
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {spec!r} was asked for but CUDA is not available: set device: auto"
+        )
+    return spec
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPES)}")
+    if name != "float32" and not device.startswith("cuda"):
+        raise ValueError(f"dtype {name} is only allowed on CUDA; on {device} use dtype: float32")
+    return DTYPES[name]
+
+
+def family_config(family: str, **dims) -> HookedTransformerConfig:
+    """A HookedTransformerConfig of one of the paper's architecture families."""
+    base = dict(
+        n_layers=3,
+        d_model=64,
+        n_heads=4,
+        d_head=16,
+        d_mlp=256,
+        d_vocab=97,
+        n_ctx=32,
+        seed=0,
+        init_weights=True,
+        device="cpu",
+        model_name=f"random-{family}",
+    )
+    base.update(dims)
+    if "d_head" not in dims:
+        base["d_head"] = base["d_model"] // base["n_heads"]
+    if "d_mlp" not in dims:
+        base["d_mlp"] = 4 * base["d_model"]
+    if family == "gpt2":
+        extra = dict(
+            act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard"
+        )
+    elif family == "pythia":
+        extra = dict(
+            act_fn="gelu",
+            normalization_type="LN",
+            positional_embedding_type="rotary",
+            rotary_dim=max(2, base["d_head"] // 4),
+            parallel_attn_mlp=True,
+        )
+    elif family == "llama":
+        extra = dict(
+            act_fn="silu",
+            normalization_type="RMS",
+            positional_embedding_type="rotary",
+            rotary_dim=base["d_head"],
+            gated_mlp=True,
+            final_rms=True,
+            n_key_value_heads=max(1, base["n_heads"] // 2),
+        )
+    else:
+        raise ValueError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
+    return HookedTransformerConfig(**base, **extra)
+
+
+def random_model(
+    family: str, process: bool = True, noise: float = 0.5, **dims
+) -> HookedTransformer:
+    """A tiny random model of a family, every parameter perturbed (LayerNorm weights and all
+    biases too, so nothing is trivially 1 or 0), then processed as the paper loads models."""
+    cfg = family_config(family, **dims)
+    model = HookedTransformer(cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            bump = torch.randn(param.shape, generator=gen) * noise
+            leaf = name.rsplit(".", 1)[-1].lstrip("_")
+            if leaf == "w":  # norm weights: around 1
+                param.copy_(1.0 + 0.3 * bump)
+            elif leaf == "b" or leaf.startswith("b_"):
+                param.copy_(0.2 * bump)
+            else:
+                param.add_(bump * param.std().clamp(min=0.02))
+    model.eval()
+    if process:
+        model.process_weights_(**PROCESSING)
+    return model
+
+
+def load_model(name: str, path: str | None = None, device: str = "cpu", dtype=torch.float32):
+    """A model by TransformerLens name (from the hub) or from a local Hugging Face checkpoint."""
+    if path is None:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+
+        try:
+            get_official_model_name(name)
+        except ValueError:
+            raise ValueError(
+                f"unknown model {name!r}: use a TransformerLens model name (e.g. gpt2-small, "
+                "pythia-160m) or give the model a `path` to a local Hugging Face checkpoint"
+            ) from None
+        model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype, **PROCESSING)
+    else:
+        model = load_local_checkpoint(path, device=device, dtype=dtype)
+    model.eval()
+    return model
+
+
+def load_local_checkpoint(path: str, device: str = "cpu", dtype=torch.float32) -> HookedTransformer:
+    """A local Hugging Face checkpoint (config.json + weights [+ tokenizer]) as a processed
+    HookedTransformer, through TransformerLens' own weight conversion, with no hub access."""
+    from transformer_lens import loading_from_pretrained as loading
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = Path(path)
+    if not (root / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model path {path!r} has no config.json: point `path` at a Hugging Face checkpoint "
+            "directory (save_pretrained output)"
+        )
+    root = str(root.resolve())
+    hf_model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32)
+    cfg = loading.get_pretrained_model_config(root, fold_ln=True, device=device, dtype=dtype)
+    cfg.model_name = Path(root).name
+    tokenizer = None
+    if (Path(root) / "tokenizer.json").is_file() or (
+        Path(root) / "tokenizer_config.json"
+    ).is_file():
+        tokenizer = AutoTokenizer.from_pretrained(root)
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    state_dict = loading.get_pretrained_state_dict(
+        root, cfg, hf_model=hf_model, dtype=torch.float32
+    )
+    model.load_and_process_state_dict(state_dict, **PROCESSING)
+    return model.to(device=device, dtype=dtype) if dtype != torch.float32 else model.to(device)
