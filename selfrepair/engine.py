@@ -89,7 +89,7 @@ def validate_tokens(model, tokens: Tensor) -> None:
         )
 
 
-def resample_source(n_rows: int) -> Int[Tensor, batch]:
+def resample_source(n_rows: int) -> Int[Tensor, " batch"]:
     """The paper's resample partner: row i takes z from row (i + 1) mod n_rows, same position."""
     return (torch.arange(n_rows) + 1) % n_rows
 
@@ -220,7 +220,7 @@ def measure_heads(
     *,
     batch_size: int | None = None,
     heads_per_pass: int | None = None,
-    source: Int[Tensor, batch] | None = None,
+    source: Int[Tensor, " batch"] | None = None,
     mean_include_bos: bool = True,
     progress: bool = False,
     desc: str | None = None,

@@ -24,7 +24,7 @@ class Readout:
     """Effective unembedding of a model, float32, on the model's device."""
 
     w_u: Float[Tensor, "d_model d_vocab"]  # LN weight folded, vocab-centred (and d_model-centred)
-    b_u: Float[Tensor, d_vocab]  # LN bias pushed through W_U, plus b_U, vocab-centred
+    b_u: Float[Tensor, " d_vocab"]  # LN bias pushed through W_U, plus b_U, vocab-centred
     centre: bool  # LayerNorm subtracts the mean over d_model; RMSNorm does not
     eps: float
 
