@@ -86,6 +86,7 @@ class CleanPass:
     restart: dict[int, Float[Tensor, "batch pos d_model"]] = field(default_factory=dict)
     embed_dot: Float[Tensor, "batch pos"] | None = None  # token embedding . u
     pos_embed_dot: Float[Tensor, "batch pos"] | None = None  # positional embedding . u
+    final: Float[Tensor, "batch pos d_model"] | None = None  # final residual (embeddings=True)
 
 
 def dot(x: Float[Tensor, "... d_model"], u: Float[Tensor, "... d_model"]) -> Float[Tensor, ...]:
@@ -106,6 +107,7 @@ def clean_pass(
 
     z_layers: layers whose hook_z is kept; restart_layers: layers whose restart residual is kept.
     rows: global row indices of the batch, only used to name rows in errors.
+    embeddings: also keep the embeddings' projections and the final residual (clean cache).
     """
     if rows is None:
         rows = torch.arange(tokens.shape[0])
@@ -147,7 +149,9 @@ def clean_pass(
         def keep_pos_embed(x, hook):
             cp.pos_embed_dot = dot(x, u)
 
-        hooks += [("hook_embed", keep_embed), ("hook_pos_embed", keep_pos_embed)]
+        hooks.append(("hook_embed", keep_embed))
+        if model.cfg.positional_embedding_type == "standard":
+            hooks.append(("hook_pos_embed", keep_pos_embed))
 
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         resid = embed(model, inp)
@@ -155,6 +159,8 @@ def clean_pass(
         for layer, block in enumerate(model.blocks):
             resid = block(resid)
             check_finite(resid, f"the residual stream after layer {layer}", rows)
+    if embeddings:
+        cp.final = resid
     cp.scale = ro.scale(resid)
     cp.logit = dot(resid, u) / cp.scale + const
     return cp
