@@ -3,7 +3,10 @@ the key, model entries, and the row/shard layout that every stage agrees on."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -19,13 +22,19 @@ def key_path(error: jsonschema.ValidationError) -> str:
 
 
 def describe_validation_error(error: jsonschema.ValidationError) -> str:
-    """One line naming the offending key, descending into oneOf/anyOf to the real cause."""
-    if error.context:
-        deepest = max(error.context, key=lambda e: len(e.absolute_path))
-        if len(deepest.absolute_path) > len(error.absolute_path):
-            error = deepest
-        else:
-            error = jsonschema.exceptions.best_match(error.context) or error
+    """One line naming the offending key, descending into oneOf/anyOf to the real cause: the
+    branch whose type matches the value, and in it the most deeply nested error."""
+    while error.context:
+        branches: dict[Any, list[jsonschema.ValidationError]] = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        right_type = [
+            errs
+            for errs in branches.values()
+            if not any(e.validator == "type" and not e.relative_path for e in errs)
+        ]
+        candidates = right_type[0] if len(right_type) == 1 else list(error.context)
+        error = max(candidates, key=lambda e: len(e.absolute_path))
     if error.validator == "additionalProperties":
         return f"config key {key_path(error)}: {error.message} (see config/README.md)"
     return f"config key {key_path(error)}: {error.message}"
@@ -60,21 +69,42 @@ def model_entries(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return entries
 
 
+@functools.cache
+def _model_alias_map() -> dict[str, str]:
+    """TransformerLens' alias -> Hugging Face name map, read from its registry file without
+    importing transformer_lens (which takes seconds: the Snakefile is parsed by every job)."""
+    spec = importlib.util.find_spec("transformer_lens")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("transformer_lens is not installed: run the README's setup command")
+    registry = Path(next(iter(spec.submodule_search_locations))) / "supported_models.py"
+    namespace: dict[str, Any] = {}
+    exec(compile(registry.read_text(), str(registry), "exec"), namespace)
+    aliases = {}
+    for official in namespace["OFFICIAL_MODEL_NAMES"]:
+        for alias in namespace["MODEL_ALIASES"].get(official, []):
+            aliases[alias.lower()] = official
+        aliases[official.lower()] = official
+    return aliases
+
+
+def official_model_name(name: str) -> str:
+    """The Hugging Face name of a TransformerLens model name or alias (e.g. pythia-160m ->
+    EleutherAI/pythia-160m); ConfigError naming the fix when unknown."""
+    try:
+        return _model_alias_map()[name.lower()]
+    except KeyError:
+        raise ConfigError(
+            f"config key models: unknown model {name!r}; use a TransformerLens name "
+            "(e.g. gpt2-small, pythia-160m) or give the entry a `path` to a local Hugging "
+            "Face checkpoint"
+        ) from None
+
+
 def check_hub_names(entries: dict[str, dict[str, Any]]) -> None:
     """Hub models must be TransformerLens names; checked offline, before any work starts."""
-    from transformer_lens.loading_from_pretrained import get_official_model_name
-
     for name, entry in entries.items():
-        if "path" in entry or "train" in entry:
-            continue
-        try:
-            get_official_model_name(name)
-        except ValueError:
-            raise ConfigError(
-                f"config key models: unknown model {name!r}; use a TransformerLens name "
-                "(e.g. gpt2-small, pythia-160m) or give the entry a `path` to a local Hugging "
-                "Face checkpoint"
-            ) from None
+        if "path" not in entry and "train" not in entry:
+            official_model_name(name)
 
 
 def n_rows(data: dict[str, Any]) -> int:

@@ -31,18 +31,7 @@ from tqdm.auto import tqdm
 
 from .forward import CleanPass, check_finite, check_supported, clean_pass, dot, embed, restart_point
 from .readout import Readout, readout
-
-ABLATIONS = ("resample", "mean", "zero")
-HEAD_VARIABLES = (
-    "logit_diff",
-    "de_clean",
-    "de_ablated",
-    "self_repair",
-    "sr_heads",
-    "sr_mlps",
-    "sr_ln",
-    "ln_scale_ablated",
-)
+from .variables import ABLATIONS, HEAD_VARIABLES
 
 
 def normalize_heads(model, heads: Iterable[Sequence[int]] | None) -> dict[int, list[int]]:

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from .config import official_model_name
+
 FAMILIES = ("gpt2", "pythia", "llama")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True)
@@ -111,15 +113,7 @@ def random_model(
 def load_model(name: str, path: str | None = None, device: str = "cpu", dtype=torch.float32):
     """A model by TransformerLens name (from the hub) or from a local Hugging Face checkpoint."""
     if path is None:
-        from transformer_lens.loading_from_pretrained import get_official_model_name
-
-        try:
-            get_official_model_name(name)
-        except ValueError:
-            raise ValueError(
-                f"unknown model {name!r}: use a TransformerLens model name (e.g. gpt2-small, "
-                "pythia-160m) or give the model a `path` to a local Hugging Face checkpoint"
-            ) from None
+        official_model_name(name)  # unknown names fail here, naming the fix
         model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype, **PROCESSING)
     else:
         model = load_local_checkpoint(path, device=device, dtype=dtype)

@@ -17,14 +17,24 @@ def _clear_stale_tmp(path: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def write_zarr(ds: xr.Dataset, path: str | os.PathLike) -> None:
+def write_zarr(
+    ds: xr.Dataset, path: str | os.PathLike, chunks: dict[str, int] | None = None
+) -> None:
     """Write ds to a Zarr store at path, atomically: readers see the old store or the whole
-    new one, never a half-written one (a killed job leaves only a *.tmp-PID directory)."""
+    new one, never a half-written one (a killed job leaves only a *.tmp-PID directory).
+
+    chunks: chunk length per dimension (others whole), e.g. {"layer": 1} so that readers can
+    load one layer of many shards at a time.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale_tmp(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    ds.to_zarr(tmp, mode="w", zarr_format=ZARR_FORMAT, consolidated=True)
+    encoding = {}
+    for name, var in ds.data_vars.items():
+        if chunks and any(d in chunks for d in var.dims):
+            encoding[name] = {"chunks": tuple(chunks.get(d, n) for d, n in var.sizes.items())}
+    ds.to_zarr(tmp, mode="w", zarr_format=ZARR_FORMAT, consolidated=True, encoding=encoding)
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)

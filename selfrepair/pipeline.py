@@ -1,0 +1,130 @@
+"""Workflow stages as plain functions: the Snakemake scripts only unpack `snakemake` and call
+these, so every stage can also be run (and tested) without Snakemake."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from .clean import clean_direct_effects, decomposition_error
+from .engine import measure_heads
+from .joblog import provenance
+from .models import load_model, resolve_device, resolve_dtype
+from .store import open_zarr, write_zarr
+
+log = logging.getLogger("selfrepair")
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def read_token_rows(tokens_path: str, start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) of the tokenized corpus as a LongTensor [rows, seq_len]."""
+    ds = open_zarr(tokens_path)
+    n = ds.sizes["row"]
+    if stop > n:
+        raise ValueError(
+            f"{tokens_path} holds {n} rows but rows up to {stop} are needed: rerun tokenize "
+            "(the data section of the config changed)"
+        )
+    return torch.from_numpy(ds.tokens.isel(row=slice(start, stop)).values.astype(np.int64))
+
+
+def model_for(entry: dict[str, Any], checkpoint: str | None, device: str, dtype: str):
+    """The configured model: a local/trained checkpoint when given, else the hub name."""
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    model = load_model(entry["name"], path=checkpoint, device=dev, dtype=resolve_dtype(dtype, dev))
+    log.info(
+        "loaded %s (%d layers x %d heads) on %s in %.1fs",
+        entry["name"],
+        model.cfg.n_layers,
+        model.cfg.n_heads,
+        dev,
+        time.perf_counter() - t0,
+    )
+    return model
+
+
+def _row_coords(ds: xr.Dataset, start: int) -> xr.Dataset:
+    """Global row numbers as the batch coordinate, so shards concatenate into one index."""
+    return ds.assign_coords(batch=np.arange(start, start + ds.sizes["batch"]))
+
+
+def clean_shard(
+    *,
+    tokens: str,
+    bounds: tuple[int, int],
+    entry: dict[str, Any],
+    checkpoint: str | None,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    out: str,
+    attrs: dict[str, Any],
+    tolerance: float = 1e-4,
+) -> xr.Dataset:
+    """Clean direct effects of one shard; refuses to write if they do not sum to the logit."""
+    model = model_for(entry, checkpoint, device, dtype)
+    rows = read_token_rows(tokens, *bounds)
+    ds = clean_direct_effects(model, rows, batch_size=batch_size, progress=True, desc="clean")
+    err = decomposition_error(ds)
+    log.info("max |sum of direct effects - logit| = %.3g (tolerance %.1g)", err, tolerance)
+    if not err <= tolerance:
+        raise ArithmeticError(
+            f"direct effects miss the logit by {err:.3g} > {tolerance}: the model's dtype is too "
+            "coarse for this check (use dtype: float32)"
+        )
+    ds = _row_coords(ds, bounds[0])
+    ds.attrs.update(provenance(**attrs, decomposition_max_error=err))
+    write_zarr(ds, out)
+    return ds
+
+
+def ablate_shard(
+    *,
+    tokens: str,
+    bounds: tuple[int, int],
+    entry: dict[str, Any],
+    checkpoint: str | None,
+    device: str,
+    dtype: str,
+    ablation: str,
+    batch_size: int,
+    heads_per_pass: int,
+    mean_include_bos: bool,
+    out: str,
+    attrs: dict[str, Any],
+) -> xr.Dataset:
+    """Every configured head of one shard under one ablation (engine.measure_heads)."""
+    model = model_for(entry, checkpoint, device, dtype)
+    rows = read_token_rows(tokens, *bounds)
+    heads = entry.get("heads")
+    t0 = time.perf_counter()
+    ds = measure_heads(
+        model,
+        rows,
+        ablation,
+        heads=[tuple(h) for h in heads] if heads else None,
+        batch_size=batch_size,
+        heads_per_pass=heads_per_pass,
+        mean_include_bos=mean_include_bos,
+        progress=True,
+        desc=f"{ablation} ablation",
+    )
+    seconds = time.perf_counter() - t0
+    n_tok = rows.shape[0] * (rows.shape[1] - 1)
+    log.info("%d tokens in %.1fs (%.1f ms per 1k tokens)", n_tok, seconds, 1e6 * seconds / n_tok)
+    ds = _row_coords(ds, bounds[0])
+    if "resample_source" in ds.coords:  # as global row numbers too
+        ds = ds.assign_coords(resample_source=ds.resample_source + bounds[0])
+    ds.attrs.update(provenance(**attrs, seconds=round(seconds, 3)))
+    write_zarr(ds, out, chunks={"layer": 1})
+    return ds

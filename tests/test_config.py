@@ -1,0 +1,111 @@
+"""Config validation: both shipped configs are valid; a wrong key or value fails at once with a
+message naming the key, both from the package and from `snakemake -n`."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+import selfrepair.config as sr_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+def message_for(config: dict) -> str:
+    with pytest.raises(Exception) as info:
+        validate(config, SCHEMA)
+    detail = sr_config.validation_error_from(info.value)
+    assert detail is not None
+    return sr_config.describe_validation_error(detail)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml"])
+def test_shipped_configs_are_valid_and_get_defaults(name):
+    config = load(name)
+    validate(config, SCHEMA)
+    assert config["engine"]["top_fraction"] == 0.02
+    entries = sr_config.model_entries(config)
+    sr_config.check_hub_names(entries)
+    assert sr_config.n_shards(config["data"]) >= 1
+
+
+def test_paper_config_is_the_paper_setup():
+    config = load("config.yaml")
+    validate(config, SCHEMA)
+    assert config["data"]["corpus"]["hub"]["path"] == "NeelNanda/pile-10k"
+    assert config["data"]["n_tokens"] == 1_000_000 and config["data"]["seq_len"] == 128
+    names = set(sr_config.model_entries(config))
+    assert {"pythia-160m", "pythia-410m", "pythia-1b", "gpt2-small", "gpt2-medium"} <= names
+    assert config["ablations"] == ["resample", "mean", "zero"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda c: c.update(devcie="cpu"), "'devcie' was unexpected"),
+        (lambda c: c["data"].update(n_tokens=-5), "config key data.n_tokens"),
+        (lambda c: c["data"].update(seq_len="long"), "config key data.seq_len"),
+        (lambda c: c.update(device="gpu"), "config key device"),
+        (lambda c: c.update(ablations=["resample", "noise"]), "config key ablations[1]"),
+        (lambda c: c["engine"].update(top_fraction=2), "config key engine.top_fraction"),
+        (lambda c: c["models"].append({"name": "x", "heads": [[1]]}), "models[5].heads[0]"),
+        (lambda c: c["models"].append({"name": "y", "pth": "/m"}), "'pth' was unexpected"),
+    ],
+)
+def test_wrong_key_or_value_names_the_key(edit, expected):
+    config = copy.deepcopy(load("config.yaml"))
+    edit(config)
+    message = message_for(config)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_unknown_model_and_duplicates_fail_with_the_fix():
+    with pytest.raises(sr_config.ConfigError, match="unknown model 'gpt-5'.*path"):
+        sr_config.check_hub_names(sr_config.model_entries({"models": ["gpt-5"]}))
+    with pytest.raises(sr_config.ConfigError, match="listed twice"):
+        sr_config.model_entries({"models": ["gpt2-small", {"name": "gpt2-small"}]})
+    with pytest.raises(sr_config.ConfigError, match="not defined under tokenizers"):
+        sr_config.model_entries(
+            {"models": [{"name": "t", "train": {"arch": "gpt2", "tokenizer": "nope"}}]}
+        )
+
+
+def test_official_names_and_aliases_resolve_offline():
+    assert sr_config.official_model_name("pythia-160m") == "EleutherAI/pythia-160m"
+    assert sr_config.official_model_name("gpt2-small") == "gpt2"
+
+
+def test_shards_cover_rows_and_never_leave_a_single_row():
+    data = {"n_tokens": 129 * 8 + 1, "seq_len": 129, "shard_rows": 4}  # 9 rows -> 10
+    assert sr_config.n_rows(data) == 10
+    bounds = [sr_config.shard_bounds(data, s) for s in range(sr_config.n_shards(data))]
+    assert bounds == [(0, 4), (4, 8), (8, 10)]
+    with pytest.raises(sr_config.ConfigError, match="does not exist"):
+        sr_config.shard_bounds(data, 3)
+
+
+def test_snakemake_reports_a_bad_config_in_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"data": {"n_tokens": 100, "sequence_length": 8}}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "config key data: Additional properties are not allowed ('sequence_length'" in out

@@ -1,0 +1,22 @@
+rule clean_cache:
+    input:
+        unpack(model_input),
+        tokens="results/{model}/tokens.zarr",
+    output:
+        clean=directory("results/{model}/clean/shard-{shard}.zarr"),
+    params:
+        model=model_entry,
+        bounds=shard_bounds,
+        batch_size=batch_size,
+        device=config["device"],
+        dtype=config["dtype"],
+        attrs=run_attrs,
+    threads: workflow.cores
+    log:
+        "results/logs/clean_cache/{model}/shard-{shard}.log",
+    benchmark:
+        "results/benchmarks/clean_cache/{model}/shard-{shard}.tsv"
+    conda:
+        "../../envs/engine.yaml"
+    script:
+        "../scripts/clean_cache.py"

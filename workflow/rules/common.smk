@@ -1,0 +1,94 @@
+import re
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+# The selfrepair package sits beside workflow/; make it importable even when not installed.
+sys.path.insert(0, str(Path(workflow.basedir).parent))
+
+import selfrepair.config as sr_config  # noqa: E402
+
+
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+except Exception as err:
+    detail = sr_config.validation_error_from(err)
+    if detail is None:
+        raise
+    raise sr_config.ConfigError(sr_config.describe_validation_error(detail)) from None
+
+MODELS = sr_config.model_entries(config)
+sr_config.check_hub_names(MODELS)
+DATA = config["data"]
+ENGINE = config["engine"]
+ABLATIONS = config["ablations"]
+SHARDS = [f"{i:03d}" for i in range(sr_config.n_shards(DATA))]
+
+
+wildcard_constraints:
+    model="|".join(re.escape(m) for m in MODELS),
+    tokenizer="|".join(re.escape(t) for t in config["tokenizers"]) or "(?!)",
+    ablation="|".join(ABLATIONS),
+    shard=r"\d+",
+
+
+def model_entry(wildcards):
+    return MODELS[wildcards.model]
+
+
+def checkpoint_path(model):
+    """Local checkpoint of a model: trained by the workflow, given by path, or None (hub)."""
+    entry = MODELS[model]
+    if "train" in entry:
+        return f"resources/models/{model}"
+    return entry.get("path")
+
+
+def model_input(wildcards):
+    path = checkpoint_path(wildcards.model)
+    return {"model_dir": path} if path else {}
+
+
+def shard_bounds(wildcards):
+    return sr_config.shard_bounds(DATA, int(wildcards.shard))
+
+
+def batch_size(wildcards):
+    return MODELS[wildcards.model].get("batch_size", ENGINE["batch_size"])
+
+
+def run_attrs(wildcards):
+    """Provenance recorded on every store of a model: the config that made it."""
+    return {
+        "model": wildcards.model,
+        "model_entry": MODELS[wildcards.model],
+        "seed": config["seed"],
+        "data": DATA,
+        "engine": ENGINE,
+        "device": config["device"],
+        "dtype": config["dtype"],
+    }
+
+
+def clean_shards(model):
+    return expand("results/{model}/clean/shard-{shard}.zarr", model=model, shard=SHARDS)
+
+
+def ablation_shards(wildcards):
+    return expand(
+        "results/{model}/ablation/{ablation}/shard-{shard}.zarr",
+        model=wildcards.model,
+        ablation=wildcards.ablation,
+        shard=SHARDS,
+    )
+
+
+def all_outputs():
+    outputs = []
+    for model, entry in MODELS.items():
+        outputs += clean_shards(model)
+        outputs += expand("results/{model}/summary/{ablation}.zarr", model=model, ablation=ABLATIONS)
+        if "train" in entry:
+            outputs.append(f"results/{model}/training.json")
+    return outputs

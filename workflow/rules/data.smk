@@ -1,0 +1,57 @@
+rule train_tokenizer:
+    output:
+        tokenizer=directory("resources/tokenizers/{tokenizer}"),
+    params:
+        vocab_size=lambda w: config["tokenizers"][w.tokenizer]["vocab_size"],
+        corpus=lambda w: config["tokenizers"][w.tokenizer]["corpus"],
+    log:
+        "results/logs/train_tokenizer/{tokenizer}.log",
+    benchmark:
+        "results/benchmarks/train_tokenizer/{tokenizer}.tsv"
+    conda:
+        "../../envs/engine.yaml"
+    script:
+        "../scripts/train_tokenizer.py"
+
+
+rule train_model:
+    input:
+        tokenizer=lambda w: f"resources/tokenizers/{MODELS[w.model]['train']['tokenizer']}",
+    output:
+        checkpoint=directory("resources/models/{model}"),
+        metrics="results/{model}/training.json",
+    params:
+        train=lambda w: MODELS[w.model]["train"],
+        corpus=lambda w: config["tokenizers"][MODELS[w.model]["train"]["tokenizer"]]["corpus"],
+        seq_len=DATA["seq_len"],
+    threads: workflow.cores
+    log:
+        "results/logs/train_model/{model}.log",
+    benchmark:
+        "results/benchmarks/train_model/{model}.tsv"
+    conda:
+        "../../envs/engine.yaml"
+    script:
+        "../scripts/train_model.py"
+
+
+rule tokenize:
+    input:
+        unpack(model_input),
+    output:
+        tokens=directory("results/{model}/tokens.zarr"),
+    params:
+        model=model_entry,
+        corpus=DATA["corpus"],
+        seq_len=DATA["seq_len"],
+        n_rows=sr_config.n_rows(DATA),
+        shard_rows=DATA["shard_rows"],
+        seed=config["seed"],
+    log:
+        "results/logs/tokenize/{model}.log",
+    benchmark:
+        "results/benchmarks/tokenize/{model}.tsv"
+    conda:
+        "../../envs/engine.yaml"
+    script:
+        "../scripts/tokenize.py"
