@@ -4,6 +4,13 @@ rule ablate:
         tokens="results/{model}/tokens.zarr",
     output:
         heads=directory("results/{model}/ablation/{ablation}/shard-{shard}.zarr"),
+    log:
+        "results/logs/ablate/{model}/{ablation}/shard-{shard}.log",
+    benchmark:
+        "results/benchmarks/ablate/{model}/{ablation}/shard-{shard}.tsv"
+    conda:
+        "../../envs/engine.yaml"
+    threads: workflow.cores
     params:
         model=model_entry,
         bounds=shard_bounds,
@@ -13,13 +20,6 @@ rule ablate:
         device=config["device"],
         dtype=config["dtype"],
         attrs=run_attrs,
-    threads: workflow.cores
-    log:
-        "results/logs/ablate/{model}/{ablation}/shard-{shard}.log",
-    benchmark:
-        "results/benchmarks/ablate/{model}/{ablation}/shard-{shard}.tsv"
-    conda:
-        "../../envs/engine.yaml"
     script:
         "../scripts/ablate.py"
 
@@ -29,15 +29,15 @@ rule summarize_heads:
         shards=ablation_shards,
     output:
         summary=directory("results/{model}/summary/{ablation}.zarr"),
-    params:
-        top_fraction=ENGINE["top_fraction"],
-        de_epsilon=ENGINE["de_epsilon"],
-        attrs=run_attrs,
     log:
         "results/logs/summarize_heads/{model}/{ablation}.log",
     benchmark:
         "results/benchmarks/summarize_heads/{model}/{ablation}.tsv"
     conda:
         "../../envs/analysis.yaml"
+    params:
+        top_fraction=ENGINE["top_fraction"],
+        de_epsilon=ENGINE["de_epsilon"],
+        attrs=run_attrs,
     script:
         "../scripts/summarize_heads.py"

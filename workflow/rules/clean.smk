@@ -4,6 +4,13 @@ rule clean_cache:
         tokens="results/{model}/tokens.zarr",
     output:
         clean=directory("results/{model}/clean/shard-{shard}.zarr"),
+    log:
+        "results/logs/clean_cache/{model}/shard-{shard}.log",
+    benchmark:
+        "results/benchmarks/clean_cache/{model}/shard-{shard}.tsv"
+    conda:
+        "../../envs/engine.yaml"
+    threads: workflow.cores
     params:
         model=model_entry,
         bounds=shard_bounds,
@@ -11,12 +18,5 @@ rule clean_cache:
         device=config["device"],
         dtype=config["dtype"],
         attrs=run_attrs,
-    threads: workflow.cores
-    log:
-        "results/logs/clean_cache/{model}/shard-{shard}.log",
-    benchmark:
-        "results/benchmarks/clean_cache/{model}/shard-{shard}.tsv"
-    conda:
-        "../../envs/engine.yaml"
     script:
         "../scripts/clean_cache.py"

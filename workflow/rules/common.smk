@@ -9,7 +9,6 @@ sys.path.insert(0, str(Path(workflow.basedir).parent))
 
 import selfrepair.config as sr_config  # noqa: E402
 
-
 try:
     validate(config, schema="../schemas/config.schema.yaml")
 except Exception as err:
@@ -88,7 +87,9 @@ def all_outputs():
     outputs = []
     for model, entry in MODELS.items():
         outputs += clean_shards(model)
-        outputs += expand("results/{model}/summary/{ablation}.zarr", model=model, ablation=ABLATIONS)
+        outputs += expand(
+            "results/{model}/summary/{ablation}.zarr", model=model, ablation=ABLATIONS
+        )
         if "train" in entry:
             outputs.append(f"results/{model}/training.json")
     return outputs

@@ -1,15 +1,15 @@
 rule train_tokenizer:
     output:
         tokenizer=directory("resources/tokenizers/{tokenizer}"),
-    params:
-        vocab_size=lambda w: config["tokenizers"][w.tokenizer]["vocab_size"],
-        corpus=lambda w: config["tokenizers"][w.tokenizer]["corpus"],
     log:
         "results/logs/train_tokenizer/{tokenizer}.log",
     benchmark:
         "results/benchmarks/train_tokenizer/{tokenizer}.tsv"
     conda:
         "../../envs/engine.yaml"
+    params:
+        vocab_size=lambda w: config["tokenizers"][w.tokenizer]["vocab_size"],
+        corpus=lambda w: config["tokenizers"][w.tokenizer]["corpus"],
     script:
         "../scripts/train_tokenizer.py"
 
@@ -20,17 +20,19 @@ rule train_model:
     output:
         checkpoint=directory("resources/models/{model}"),
         metrics="results/{model}/training.json",
-    params:
-        train=lambda w: MODELS[w.model]["train"],
-        corpus=lambda w: config["tokenizers"][MODELS[w.model]["train"]["tokenizer"]]["corpus"],
-        seq_len=DATA["seq_len"],
-    threads: workflow.cores
     log:
         "results/logs/train_model/{model}.log",
     benchmark:
         "results/benchmarks/train_model/{model}.tsv"
     conda:
         "../../envs/engine.yaml"
+    threads: workflow.cores
+    params:
+        train=lambda w: MODELS[w.model]["train"],
+        corpus=lambda w: config["tokenizers"][MODELS[w.model]["train"]["tokenizer"]][
+            "corpus"
+        ],
+        seq_len=DATA["seq_len"],
     script:
         "../scripts/train_model.py"
 
@@ -40,6 +42,12 @@ rule tokenize:
         unpack(model_input),
     output:
         tokens=directory("results/{model}/tokens.zarr"),
+    log:
+        "results/logs/tokenize/{model}.log",
+    benchmark:
+        "results/benchmarks/tokenize/{model}.tsv"
+    conda:
+        "../../envs/engine.yaml"
     params:
         model=model_entry,
         corpus=DATA["corpus"],
@@ -47,11 +55,5 @@ rule tokenize:
         n_rows=sr_config.n_rows(DATA),
         shard_rows=DATA["shard_rows"],
         seed=config["seed"],
-    log:
-        "results/logs/tokenize/{model}.log",
-    benchmark:
-        "results/benchmarks/tokenize/{model}.tsv"
-    conda:
-        "../../envs/engine.yaml"
     script:
         "../scripts/tokenize.py"
