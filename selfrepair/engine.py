@@ -21,6 +21,7 @@ Each part is computed on its own, so sr_heads + sr_mlps + sr_ln == self_repair i
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -124,6 +125,7 @@ def _take(cp: CleanPass, n: int) -> CleanPass:
         mlp_dot={k: v[:n] for k, v in cp.mlp_dot.items()},
         z={k: v[:n] for k, v in cp.z.items()},
         restart={k: v[:n] for k, v in cp.restart.items()},
+        norm_scale={k: v[:n] for k, v in cp.norm_scale.items()},
     )
 
 
@@ -134,11 +136,14 @@ def ablated_pass(
     layer: int,
     heads: list[int],
     z_new: Float[Tensor, "group batch pos d_head"],
+    freeze_ln: bool = False,
 ) -> dict[str, Float[Tensor, "group batch pos"]]:
     """Replace z of each head in `heads` (one head per group entry) and finish the forward pass.
 
     Restarts from the clean residual stream right after the attention of `layer`, adding the
-    head's change (z' - z) W_O; the stacked group shares every later block call.
+    head's change (z' - z) W_O; the stacked group shares every later block call. With freeze_ln
+    every LayerNorm downstream (and the final one) divides by its clean scale instead of
+    recomputing it, the remedy the paper suggests for LayerNorm self-repair.
     """
     g, b, p = z_new.shape[:3]
     block = model.blocks[layer]
@@ -158,35 +163,35 @@ def ablated_pass(
     def stacked_dot(x):
         return dot(x.reshape(g, b, p, -1), cp.u)
 
-    if restart_point(model) == "resid_mid":  # the MLP of this layer reads the ablated stream
-        mlp_out = block.apply_mlp(block.ln2(resid))
-        sr_mlps += stacked_dot(mlp_out) - cp.mlp_dot[layer]
-        resid = resid + mlp_out
-
     def on_attn(x, hook, later):
         sr_heads.add_(stacked_dot(x) - cp.attn_dot[later])
 
     def on_mlp(x, hook, later):
         sr_mlps.add_(stacked_dot(x) - cp.mlp_dot[later])
 
+    def clean_scale(x, hook, key):
+        return cp.norm_scale[key].repeat(g, 1, 1)
+
     hooks = []
     for later in range(layer + 1, model.cfg.n_layers):
-        hooks.append(
-            (f"blocks.{later}.hook_attn_out", lambda x, hook, later=later: on_attn(x, hook, later))
-        )
+        prefix = f"blocks.{later}"
+        hooks.append((f"{prefix}.hook_attn_out", partial(on_attn, later=later)))
         if not model.cfg.attn_only:
-            hooks.append(
-                (
-                    f"blocks.{later}.hook_mlp_out",
-                    lambda x, hook, later=later: on_mlp(x, hook, later),
-                )
-            )
+            hooks.append((f"{prefix}.hook_mlp_out", partial(on_mlp, later=later)))
+    if freeze_ln:
+        hooks += [(key, partial(clean_scale, key=key)) for key in frozen_norms(model, layer)]
+
+    sequential = restart_point(model) == "resid_mid"
     with model.hooks(fwd_hooks=hooks):
+        if sequential:  # the MLP of this layer reads the ablated stream
+            mlp_out = block.apply_mlp(block.ln2(resid))
+            sr_mlps += stacked_dot(mlp_out) - cp.mlp_dot[layer]
+            resid = resid + mlp_out
         for later in range(layer + 1, model.cfg.n_layers):
             resid = model.blocks[later](resid)
 
     x = resid.reshape(g, b, p, -1)
-    scale_ablated = ro.scale(x)
+    scale_ablated = cp.scale.expand(g, b, p) if freeze_ln else ro.scale(x)
     xu = dot(x, cp.u)
     logit_diff = (xu / scale_ablated + cp.const) - cp.logit
     return {
@@ -201,6 +206,19 @@ def ablated_pass(
     }
 
 
+def frozen_norms(model, layer: int) -> list[str]:
+    """hook_scale names of the norms an ablated pass of `layer` recomputes: ln2 of `layer` in a
+    sequential block, ln1 and ln2 of every later block."""
+    if model.cfg.normalization_type is None:
+        return []
+    names = [f"blocks.{layer}.ln2.hook_scale"] if restart_point(model) == "resid_mid" else []
+    for later in range(layer + 1, model.cfg.n_layers):
+        names.append(f"blocks.{later}.ln1.hook_scale")
+        if not model.cfg.attn_only:
+            names.append(f"blocks.{later}.ln2.hook_scale")
+    return names
+
+
 def measure_heads(
     model,
     tokens: Int[Tensor, "batch pos"],
@@ -211,6 +229,7 @@ def measure_heads(
     heads_per_pass: int | None = None,
     source: Int[Tensor, " batch"] | None = None,
     mean_include_bos: bool = True,
+    freeze_ln: bool = False,
     progress: bool = False,
     desc: str | None = None,
 ) -> xr.Dataset:
@@ -220,7 +239,9 @@ def measure_heads(
     ablation: "resample" (z of row source[i], default (i + 1) mod batch, same position),
     "mean" (mean z over all rows and positions of tokens) or "zero".
     batch_size and heads_per_pass bound memory (rows per pass, heads stacked per pass); they
-    never change a number. Returns dims layer, head, batch, pos (= tokens.shape[1] - 1).
+    never change a number. freeze_ln: every LayerNorm after the ablated head keeps its clean
+    scale (so sr_ln is 0 and the remaining self-repair is the heads' and MLPs').
+    Returns dims layer, head, batch, pos (= tokens.shape[1] - 1).
     """
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
@@ -269,7 +290,15 @@ def measure_heads(
                     sorted(set(source[rows].tolist()) - set(rows.tolist())), dtype=torch.long
                 )
                 run_rows = torch.cat([rows, extra])
-            cp_all = clean_pass(model, tokens[run_rows.to(device)], ro, layers, layers, run_rows)
+            cp_all = clean_pass(
+                model,
+                tokens[run_rows.to(device)],
+                ro,
+                layers,
+                layers,
+                run_rows,
+                norm_scales=freeze_ln,
+            )
             cp = _take(cp_all, len(rows))
             sl = slice(start, start + len(rows))
             logit_clean[sl] = cp.logit.cpu().numpy()
@@ -288,7 +317,7 @@ def measure_heads(
                         z_new = z_mean[layer][group][:, None, None, :].expand_as(z_clean)
                     else:
                         z_new = torch.zeros_like(z_clean)
-                    res = ablated_pass(model, ro, cp, layer, group, z_new)
+                    res = ablated_pass(model, ro, cp, layer, group, z_new, freeze_ln)
                     check_finite(res["logit_diff"].transpose(0, 1), f"ablated layer {layer}", rows)
                     for name, value in res.items():
                         out[name][layer, group, sl] = value.cpu().numpy()
@@ -315,6 +344,7 @@ def measure_heads(
         "parallel_attn_mlp": int(bool(model.cfg.parallel_attn_mlp)),
         "final_norm": "LayerNorm" if ro.centre else "RMSNorm",
         "mean_include_bos": int(mean_include_bos),
+        "freeze_ln": int(freeze_ln),
         "logits": "centred over the vocabulary; direct effects use the clean final-LN scale",
     }
     return xr.Dataset(data, coords=coords, attrs=attrs)

@@ -87,6 +87,7 @@ class CleanPass:
     embed_dot: Float[Tensor, "batch pos"] | None = None  # token embedding . u
     pos_embed_dot: Float[Tensor, "batch pos"] | None = None  # positional embedding . u
     final: Float[Tensor, "batch pos d_model"] | None = None  # final residual (embeddings=True)
+    norm_scale: dict[str, Float[Tensor, "batch pos 1"]] = field(default_factory=dict)  # by hook
 
 
 def dot(x: Float[Tensor, "... d_model"], u: Float[Tensor, "... d_model"]) -> Float[Tensor, ...]:
@@ -102,12 +103,14 @@ def clean_pass(
     restart_layers: set[int],
     rows: Tensor | None = None,
     embeddings: bool = False,
+    norm_scales: bool = False,
 ) -> CleanPass:
     """Run the model on tokens[:, :-1] (the last token is only a target) and keep what is asked.
 
     z_layers: layers whose hook_z is kept; restart_layers: layers whose restart residual is kept.
     rows: global row indices of the batch, only used to name rows in errors.
     embeddings: also keep the embeddings' projections and the final residual (clean cache).
+    norm_scales: also keep every block's ln1/ln2 scale (for frozen-LayerNorm ablations).
     """
     if rows is None:
         rows = torch.arange(tokens.shape[0])
@@ -152,6 +155,16 @@ def clean_pass(
         hooks.append(("hook_embed", keep_embed))
         if model.cfg.positional_embedding_type == "standard":
             hooks.append(("hook_pos_embed", keep_pos_embed))
+
+    if norm_scales and model.cfg.normalization_type is not None:
+
+        def keep_scale(x, hook):
+            cp.norm_scale[hook.name] = x
+
+        for layer in range(model.cfg.n_layers):
+            hooks.append((f"blocks.{layer}.ln1.hook_scale", keep_scale))
+            if not model.cfg.attn_only:
+                hooks.append((f"blocks.{layer}.ln2.hook_scale", keep_scale))
 
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         resid = embed(model, inp)

@@ -54,7 +54,10 @@ def reference_measure_heads(
     ablation: str = "resample",
     heads: Iterable[Sequence[int]] | None = None,
     mean_include_bos: bool = True,
+    freeze_ln: bool = False,
 ) -> xr.Dataset:
+    """freeze_ln: every LayerNorm hook_scale of the ablated run (final included) is replaced by
+    the clean run's value."""
     n_rows, n_ctx = tokens.shape
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if heads is None:
@@ -103,7 +106,14 @@ def reference_measure_heads(
                 z[:, :, head] = z_new
                 return z
 
-            with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)]):
+            hooks = [(f"blocks.{layer}.attn.hook_z", patch)]
+            if freeze_ln:
+                hooks += [
+                    (name, lambda x, hook: cache[hook.name])
+                    for name in cache
+                    if name.endswith("hook_scale")
+                ]
+            with model.hooks(fwd_hooks=hooks):
                 abl_logits, abl_cache = model.run_with_cache(tokens)
             logit_diff = centred_target_logit(abl_logits[:, keep].double(), targets) - clean_logit
             de_clean = clean_head_de[(layer, head)]

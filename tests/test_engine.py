@@ -162,3 +162,18 @@ def test_nan_in_weights_names_the_layer():
     tokens = torch.randint(1, model.cfg.d_vocab, (3, 8), generator=torch.Generator().manual_seed(0))
     with pytest.raises(FloatingPointError, match="after layer 1"):
         measure_heads(model, tokens, "zero")
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_frozen_layernorm_matches_reference(tiny_model, tiny_tokens, ablation):
+    got = measure_heads(
+        tiny_model, tiny_tokens, ablation, batch_size=4, heads_per_pass=3, freeze_ln=True
+    )
+    ref = reference_measure_heads(tiny_model, tiny_tokens, ablation, freeze_ln=True)
+    for name in HEAD_VARIABLES:
+        assert max_abs_diff(got[name], ref[name]) < TOL, name
+    assert float(np.abs(got.sr_ln).max()) < 1e-5  # nothing is left to the final LayerNorm
+    assert float(np.abs(got.ln_scale_ablated - got.ln_scale_clean).max()) == 0
+    # Freezing changes the downstream repair itself, not only the final LN term.
+    free = measure_heads(tiny_model, tiny_tokens, ablation)
+    assert max_abs_diff(free.sr_heads + free.sr_mlps, got.sr_heads + got.sr_mlps) > 1e-4
