@@ -107,6 +107,16 @@ def check_hub_names(entries: dict[str, dict[str, Any]]) -> None:
             official_model_name(name)
 
 
+FROZEN_LN_SUFFIX = "-frozen-ln"
+
+
+def parse_ablation(variant: str) -> tuple[str, bool]:
+    """'mean' -> ('mean', False); 'mean-frozen-ln' -> ('mean', True)."""
+    if variant.endswith(FROZEN_LN_SUFFIX):
+        return variant[: -len(FROZEN_LN_SUFFIX)], True
+    return variant, False
+
+
 def n_rows(data: dict[str, Any]) -> int:
     """Rows of seq_len tokens holding at least n_tokens tokens (one more if the last shard
     would otherwise hold a single row, which has no other row to resample from)."""

@@ -22,13 +22,15 @@ sr_config.check_hub_names(MODELS)
 DATA = config["data"]
 ENGINE = config["engine"]
 ABLATIONS = config["ablations"]
+# Frozen-LayerNorm variants run as their own "ablation" (e.g. resample-frozen-ln).
+VARIANTS = ABLATIONS + [f"{a}-frozen-ln" for a in ENGINE["frozen_ln"]]
 SHARDS = [f"{i:03d}" for i in range(sr_config.n_shards(DATA))]
 
 
 wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),
     tokenizer="|".join(re.escape(t) for t in config["tokenizers"]) or "(?!)",
-    ablation="|".join(ABLATIONS),
+    ablation="|".join(re.escape(v) for v in VARIANTS),
     shard=r"\d+",
 
 
