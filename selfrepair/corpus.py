@@ -19,8 +19,6 @@ import importlib.util
 import json
 import os
 import platform
-import shutil
-import sys
 import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -185,20 +183,29 @@ def _hash_split(docs: Iterable[str], split: str) -> Iterator[str]:
             yield text
 
 
+def _split(corpus: dict, split_override: str | None) -> str:
+    if split_override:
+        return split_override
+    if corpus.get("source", "python_stdlib") == "python_stdlib":
+        return corpus.get("split") or "measure"
+    return "all"
+
+
 def documents(corpus: dict, split_override: str | None = None) -> Iterator[str]:
-    """The documents a `corpus` config dict names, of its `split` or of `split_override`.
+    """The documents a `corpus` config dict names.
 
     corpus = {"source": "python_stdlib" | "hub" | "text_files", "split": ...,
               "hub": {"path", "split", "text_column", "name"}, "files": [...]}
 
-    `split` ('train', 'heldout', 'measure' or 'all') selects by a stable hash of each document
-    (its path for python_stdlib, its text otherwise). It defaults to 'measure' for python_stdlib
-    and to 'all' for hub and text_files (the paper measures on all of pile-10k, in order).
-    `hub.split` is the dataset's own split (default 'train')."""
+    Documents are split into 'train', 'heldout' and 'measure' by a stable hash (of the path for
+    python_stdlib, of the text otherwise). `corpus["split"]` (default 'measure') selects a split
+    of python_stdlib only: hub and text_files corpora give all their documents, in order, as the
+    paper measures on all of pile-10k. `split_override` selects a split of any source (the
+    demo training uses 'train' and 'heldout'). `hub.split` is the dataset's own split."""
     source = corpus.get("source", "python_stdlib")
-    split = split_override or corpus.get("split")
+    split = _split(corpus, split_override)
     if source == "python_stdlib":
-        return python_stdlib_documents(split or "measure")
+        return python_stdlib_documents(split)
     if source == "hub":
         hub = corpus.get("hub") or {}
         if not hub.get("path"):
@@ -209,22 +216,22 @@ def documents(corpus: dict, split_override: str | None = None) -> Iterator[str]:
             hub.get("text_column") or "text",
             hub.get("name"),
         )
-        return _hash_split(docs, split or "all")
+        return _hash_split(docs, split)
     if source == "text_files":
         files = corpus.get("files") or []
         if not files:
             raise ValueError("corpus.source is text_files but corpus.files is empty")
-        return _hash_split(text_file_documents([str(f) for f in files]), split or "all")
+        return _hash_split(text_file_documents([str(f) for f in files]), split)
     raise ValueError(f"unknown corpus source {source!r}: choose one of {', '.join(SOURCES)}")
 
 
 def describe_corpus(corpus: dict, split_override: str | None = None) -> dict:
     """JSON-serialisable provenance of a corpus config, for the attributes of outputs."""
     source = corpus.get("source", "python_stdlib")
-    split = split_override or corpus.get("split")
+    split = _split(corpus, split_override)
     if source == "python_stdlib":
-        return {**corpus_provenance(), "split": split or "measure"}
-    info: dict = {"source": source, "split": split or "all"}
+        return {**corpus_provenance(), "split": split}
+    info: dict = {"source": source, "split": split}
     if source == "hub":
         import datasets
 
@@ -241,16 +248,16 @@ def describe_corpus(corpus: dict, split_override: str | None = None) -> dict:
             {"path": str(f), "bytes": os.path.getsize(f)} if os.path.exists(f) else str(f)
             for f in corpus.get("files") or []
         ]
-    if split and split != "all":
+    if split != "all":
         info["split_rule"] = "sha1(document text) % 20: 0 heldout, 1-4 measure, 5-19 train"
     return info
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     """Batched fast encoding, no special tokens, no too-long-sequence warnings."""
-    return tokenizer(
-        texts, add_special_tokens=False, return_attention_mask=False, verbose=False
-    )["input_ids"]
+    return tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)[
+        "input_ids"
+    ]
 
 
 def _batches(docs: Iterable[str], max_docs: int = 64, max_chars: int = 1 << 21):
@@ -346,23 +353,10 @@ def load_tokenizer(model: dict, directory: str | None = None):
         return AutoTokenizer.from_pretrained(str(directory)), str(directory)
     if model.get("path"):
         return AutoTokenizer.from_pretrained(str(model["path"])), str(model["path"])
-    from transformer_lens.loading_from_pretrained import get_official_model_name
+    from .config import official_model_name
 
-    try:
-        official = get_official_model_name(model["name"])
-    except ValueError:
-        raise ValueError(
-            f"unknown model {model['name']!r}: use a TransformerLens model name (e.g. "
-            "gpt2-small, pythia-160m) or give the model a `path` to a local checkpoint"
-        ) from None
+    official = official_model_name(model["name"])  # unknown names fail naming the fix
     return AutoTokenizer.from_pretrained(official), official
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished directory into place (removing an older one first)."""
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() and not out.is_symlink() else out.unlink()
-    os.replace(tmp, out)
 
 
 def tokenize_to_zarr(
@@ -382,45 +376,37 @@ def tokenize_to_zarr(
     Written next to `out` and renamed into place. Returns the store's attributes."""
     import xarray as xr
 
+    from .joblog import provenance
+    from .store import write_zarr
+
     tokenizer, tokenizer_name = load_tokenizer(model, tokenizer_dir)
     bos_id, eos_id = special_ids(tokenizer)
     rows = pack_rows(documents(corpus), tokenizer, seq_len, n_rows, bos_id, eos_id)
     if seed is not None:
         rows = rows[np.random.default_rng(seed).permutation(len(rows))]
-    attrs = {
-        "corpus": describe_corpus(corpus),
-        "model": model.get("name"),
-        "tokenizer": tokenizer_name,
-        "vocab_size": len(tokenizer),
-        "seq_len": seq_len,
-        "n_rows": n_rows,
-        "n_tokens": int(rows.size),
-        "bos_id": bos_id,
-        "eos_id": eos_id,
-        "row_order": "corpus order" if seed is None else f"permuted, seed {seed}",
-        "seed": seed,
-        "packing": "documents tokenized without special tokens, joined by EOS, cut into "
-        "pieces of seq_len - 1 tokens, BOS prepended to each row",
-        "python": sys.version.split()[0],
-    }
+    attrs = provenance(
+        corpus=describe_corpus(corpus),
+        model=model.get("name"),
+        tokenizer=tokenizer_name,
+        vocab_size=len(tokenizer),
+        seq_len=seq_len,
+        n_rows=n_rows,
+        n_tokens=int(rows.size),
+        bos_id=bos_id,
+        eos_id=eos_id,
+        row_order="corpus order" if seed is None else f"permuted with seed {seed}",
+        seed=seed,
+        packing="documents tokenized without special tokens, joined by EOS, cut into pieces "
+        "of seq_len - 1 tokens, BOS prepended to each row",
+    )
     data = xr.Dataset({TOKENS_VARIABLE: (("row", "tok"), rows)}, attrs=attrs)
-    data[TOKENS_VARIABLE].encoding["chunks"] = (min(shard_rows, len(rows)), seq_len)
-    target = Path(out)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        data.to_zarr(tmp, mode="w", consolidated=False)
-        _replace_dir(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    write_zarr(data, out, chunks={"row": shard_rows})
     return attrs
 
 
 def open_tokens(path: str) -> tuple[np.ndarray, dict]:
     """(tokens [row, tok] int32, attributes) of a store written by tokenize_to_zarr."""
-    import xarray as xr
+    from .store import open_zarr
 
-    data = xr.open_zarr(path, consolidated=False)
+    data = open_zarr(path)
     return data[TOKENS_VARIABLE].values, dict(data.attrs)

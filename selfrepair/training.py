@@ -132,7 +132,6 @@ def build_model(
             intermediate_size=d_mlp,
             max_position_embeddings=n_ctx,
             rotary_pct=0.25,
-            rotary_emb_base=10000,
             use_parallel_residual=True,
             hidden_act="gelu",
             attention_dropout=0.0,
@@ -226,7 +225,7 @@ def train_causal_lm(
         losses: list[float] = []
         perm = order.permutation(len(train_rows))
         cursor = 0
-        start_time = time.perf_counter()
+        start_time, start_cpu = time.perf_counter(), time.process_time()
         from tqdm.auto import tqdm
 
         bar = tqdm(
@@ -257,6 +256,7 @@ def train_causal_lm(
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
         bar.close()
         seconds = time.perf_counter() - start_time
+        cpu_seconds = time.process_time() - start_cpu
         model.eval()
         heldout = evaluate_loss(model, heldout_rows, batch_size)
     finally:
@@ -271,6 +271,7 @@ def train_causal_lm(
         "tokens_per_second": tokens_seen / seconds,
         "steps": steps,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "train_rows": len(train_rows),
         "heldout_rows": len(heldout_rows),
         "epochs": steps * batch_size / len(train_rows),
@@ -363,7 +364,9 @@ def train_from_corpus(
     train_rows = pack_rows(documents(corpus, "train"), tokenizer, n_ctx, None, bos_id, eos_id)
     heldout_rows = pack_rows(documents(corpus, "heldout"), tokenizer, n_ctx, None, bos_id, eos_id)
     heldout_rows = spread_rows(heldout_rows, n_heldout_rows)
-    log.info("%d train rows, %d held-out rows of %d tokens", len(train_rows), len(heldout_rows), n_ctx)
+    log.info(
+        "%d train rows, %d held-out rows of %d tokens", len(train_rows), len(heldout_rows), n_ctx
+    )
     model = build_model(
         arch,
         len(tokenizer),
