@@ -203,6 +203,10 @@ def train_causal_lm(
         raise ValueError("train_rows and heldout_rows must not be empty")
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
+    if not 1 <= batch_size <= len(train_rows):
+        raise ValueError(
+            f"batch_size {batch_size} must lie in [1, {len(train_rows)}] (the train rows)"
+        )
     warmup = min(100, max(1, steps // 10)) if warmup is None else max(1, warmup)
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
