@@ -5,7 +5,9 @@ Every model is processed as the paper does: fold_ln, center_writing_weights, cen
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from pathlib import Path
 
 import torch
@@ -135,16 +137,34 @@ def load_local_checkpoint(path: str, device: str = "cpu", dtype=torch.float32) -
         )
     root = str(root.resolve())
     hf_model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32)
-    cfg = loading.get_pretrained_model_config(root, fold_ln=True, device=device, dtype=dtype)
-    cfg.model_name = Path(root).name
-    tokenizer = None
-    if (Path(root) / "tokenizer.json").is_file() or (
-        Path(root) / "tokenizer_config.json"
-    ).is_file():
-        tokenizer = AutoTokenizer.from_pretrained(root)
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    state_dict = loading.get_pretrained_state_dict(
-        root, cfg, hf_model=hf_model, dtype=torch.float32
-    )
+    # TransformerLens picks some architectures by substrings of the path ("llama", "gemma")
+    # before it reads config.json, and reads GPT2Config.n_ctx, which transformers 5 dropped.
+    # So it is shown a neutrally named directory of links to the checkpoint's files, with a
+    # config.json that has n_ctx (= n_positions) where that is missing.
+    with tempfile.TemporaryDirectory(prefix="selfrepair-ckpt-") as tmp:
+        view = Path(tmp) / "checkpoint"
+        view.mkdir()
+        for item in Path(root).iterdir():
+            if item.name != "config.json":
+                (view / item.name).symlink_to(item)
+        hf_config = json.loads((Path(root) / "config.json").read_text())
+        if "n_positions" in hf_config and "n_ctx" not in hf_config:
+            hf_config["n_ctx"] = hf_config["n_positions"]
+        (view / "config.json").write_text(json.dumps(hf_config))
+        cfg = loading.get_pretrained_model_config(
+            str(view), fold_ln=True, device=device, dtype=dtype
+        )
+        cfg.model_name = Path(root).name
+        cfg.tokenizer_name = None  # never the temporary view: the tokenizer is loaded here
+        tokenizer = None
+        if (Path(root) / "tokenizer.json").is_file() or (
+            Path(root) / "tokenizer_config.json"
+        ).is_file():
+            tokenizer = AutoTokenizer.from_pretrained(root)
+            cfg.tokenizer_name = root
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+        state_dict = loading.get_pretrained_state_dict(
+            str(view), cfg, hf_model=hf_model, dtype=torch.float32
+        )
     model.load_and_process_state_dict(state_dict, **PROCESSING)
     return model.to(device=device, dtype=dtype) if dtype != torch.float32 else model.to(device)

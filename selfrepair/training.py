@@ -1,0 +1,411 @@
+"""A tiny causal language model trained here, because no small pretrained one installs offline.
+
+A byte-level BPE tokenizer (GPT-2 style, `<|endoftext|>` as BOS, EOS, UNK and PAD) and a
+randomly initialised Hugging Face model of the GPT-2 family (sequential blocks, learned
+positions) or the Pythia family (GPT-NeoX: parallel attention and MLP, rotary on 25% of each
+head, untied unembedding), trained on rows from `corpus.pack_rows` with AdamW, linear warmup and
+cosine decay. Checkpoints are `save_pretrained` folders that `models.load_local_checkpoint` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SPECIAL = "<|endoftext|>"
+ARCHS = ("gpt2", "pythia")
+
+log = logging.getLogger(__name__)
+
+
+def _fresh_tmp(out: Path) -> Path:
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    return tmp
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() and not out.is_symlink() else out.unlink()
+    os.replace(tmp, out)
+
+
+def train_tokenizer(documents: Iterable[str], vocab_size: int, out_dir):
+    """A byte-level BPE of vocab_size tokens trained on documents, GPT-2 pre-tokenizer and
+    decoder, one special token `<|endoftext|>` (id 0) serving as BOS, EOS, UNK and PAD.
+    Saved with save_pretrained into out_dir (atomically) and returned as a fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 257 + 1:
+        raise ValueError(f"vocab_size must exceed 257 (256 bytes + {SPECIAL}), got {vocab_size}")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[SPECIAL],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(documents, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=SPECIAL,
+        eos_token=SPECIAL,
+        unk_token=SPECIAL,
+        pad_token=SPECIAL,
+        model_max_length=1 << 30,
+    )
+    out = Path(out_dir)
+    tmp = _fresh_tmp(out)
+    try:
+        tokenizer.save_pretrained(str(tmp))
+        _replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return tokenizer
+
+
+def build_model(
+    arch: str,
+    vocab_size: int,
+    n_layers: int,
+    d_model: int,
+    n_heads: int,
+    n_ctx: int,
+    d_mlp: int | None = None,
+    seed: int = 0,
+    bos_id: int = 0,
+    eos_id: int = 0,
+):
+    """A randomly initialised Hugging Face causal LM: arch 'gpt2' -> GPT2LMHeadModel (sequential
+    blocks, learned positions, gelu_new, tied embeddings); 'pythia' -> GPTNeoXForCausalLM
+    (parallel attention + MLP, rotary on 25% of each head, gelu, untied unembedding). No
+    dropout. bos_id / eos_id: the tokenizer's `<|endoftext|>` id."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
+
+    if d_model % n_heads:
+        raise ValueError(f"d_model {d_model} is not a multiple of n_heads {n_heads}")
+    d_mlp = 4 * d_model if d_mlp is None else d_mlp
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        if d_mlp != 4 * d_model:
+            # TransformerLens reads GPT-2's MLP width as 4 * d_model, ignoring n_inner.
+            raise ValueError(f"gpt2 models need d_mlp = 4 * d_model = {4 * d_model}")
+        config = GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=n_ctx,
+            n_ctx=n_ctx,  # TransformerLens reads n_ctx
+            n_embd=d_model,
+            n_layer=n_layers,
+            n_head=n_heads,
+            activation_function="gelu_new",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,
+        )
+        model = GPT2LMHeadModel(config)
+    elif arch == "pythia":
+        config = GPTNeoXConfig(
+            vocab_size=vocab_size,
+            hidden_size=d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            intermediate_size=d_mlp,
+            max_position_embeddings=n_ctx,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            hidden_act="gelu",
+            attention_dropout=0.0,
+            hidden_dropout=0.0,
+            tie_word_embeddings=False,
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,
+        )
+        model = GPTNeoXForCausalLM(config)
+    else:
+        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
+    return model
+
+
+def _lr_at(step: int, steps: int, lr: float, warmup: int, min_ratio: float = 0.1) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _row_loss(model, rows: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy: positions 0..n-2 predict tokens 1..n-1."""
+    logits = model(input_ids=rows[:, :-1]).logits
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), rows[:, 1:].reshape(-1))
+
+
+@torch.no_grad()
+def evaluate_loss(model, rows: np.ndarray, batch_size: int = 32) -> float:
+    """Mean next-token loss (nats) over all predicted positions of rows."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        chunk = torch.as_tensor(rows[start : start + batch_size], dtype=torch.long)
+        n = chunk.shape[0] * (chunk.shape[1] - 1)
+        total += float(_row_loss(model, chunk)) * n
+        count += n
+    model.train(was_training)
+    return total / count
+
+
+def spread_rows(rows: np.ndarray, n: int) -> np.ndarray:
+    """At most n rows, evenly spaced over all of rows (so every part of a split is seen)."""
+    if len(rows) <= n:
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, n).round().astype(np.int64)]
+
+
+def train_causal_lm(
+    model,
+    train_rows: np.ndarray,
+    heldout_rows: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    warmup: int | None = None,
+    weight_decay: float = 0.1,
+    grad_clip: float = 1.0,
+    progress: bool = True,
+) -> dict:
+    """Train on rows (from pack_rows) by next-token cross-entropy: AdamW (betas 0.9, 0.95,
+    weight decay on matrices only), linear warmup (default min(100, steps // 10) steps) then
+    cosine decay to lr / 10, gradient clipping. Batches walk through a seeded permutation of
+    the rows, epoch after epoch. Deterministic for a seed on CPU. Returns metrics."""
+    if len(train_rows) == 0 or len(heldout_rows) == 0:
+        raise ValueError("train_rows and heldout_rows must not be empty")
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    if not 1 <= batch_size <= len(train_rows):
+        raise ValueError(
+            f"batch_size {batch_size} must lie in [1, {len(train_rows)}] (the train rows)"
+        )
+    warmup = min(100, max(1, steps // 10)) if warmup is None else max(1, warmup)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(seed)
+        order = np.random.default_rng(seed)
+        initial_heldout = evaluate_loss(model, heldout_rows, batch_size)
+        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=lr,
+            betas=(0.9, 0.95),
+            eps=1e-8,
+        )
+        model.train()
+        losses: list[float] = []
+        perm = order.permutation(len(train_rows))
+        cursor = 0
+        start_time, start_cpu = time.perf_counter(), time.process_time()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            range(steps),
+            desc="training",
+            disable=not progress,
+            mininterval=5.0,
+            file=sys.stderr,
+            ascii=True,
+        )
+        for step in bar:
+            if cursor + batch_size > len(perm):
+                perm = order.permutation(len(train_rows))
+                cursor = 0
+            index = perm[cursor : cursor + batch_size]
+            cursor += batch_size
+            batch = torch.as_tensor(train_rows[np.sort(index)], dtype=torch.long)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, steps, lr, warmup)
+            loss = _row_loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(f"training loss is {losses[-1]} at step {step}")
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
+        bar.close()
+        seconds = time.perf_counter() - start_time
+        cpu_seconds = time.process_time() - start_cpu
+        model.eval()
+        heldout = evaluate_loss(model, heldout_rows, batch_size)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    tokens_seen = steps * batch_size * (train_rows.shape[1] - 1)
+    metrics = {
+        "train_loss": float(np.mean(losses[-50:])),
+        "heldout_loss": heldout,
+        "initial_heldout_loss": initial_heldout,
+        "uniform_loss": math.log(model.config.vocab_size),
+        "tokens_seen": int(tokens_seen),
+        "tokens_per_second": tokens_seen / seconds,
+        "steps": steps,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "train_rows": len(train_rows),
+        "heldout_rows": len(heldout_rows),
+        "epochs": steps * batch_size / len(train_rows),
+        "hyperparameters": {
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "warmup": warmup,
+            "weight_decay": weight_decay,
+            "grad_clip": grad_clip,
+            "schedule": "linear warmup, cosine decay to lr / 10",
+            "optimizer": "AdamW(betas=(0.9, 0.95), eps=1e-8)",
+            "seq_len": int(train_rows.shape[1]),
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+    log.info(
+        "trained %d steps in %.0f s (%.0f tokens/s): train loss %.3f, held-out %.3f "
+        "(initial %.3f, uniform %.3f)",
+        steps,
+        seconds,
+        metrics["tokens_per_second"],
+        metrics["train_loss"],
+        heldout,
+        initial_heldout,
+        metrics["uniform_loss"],
+    )
+    return metrics
+
+
+def save_checkpoint(model, tokenizer, metrics: dict, out_dir) -> None:
+    """save_pretrained of model (safetensors) and tokenizer, plus training.json (metrics,
+    hyper-parameters, versions), written into a temporary sibling and renamed into place."""
+    import tokenizers
+    import transformers
+
+    out = Path(out_dir)
+    tmp = _fresh_tmp(out)
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        record = {
+            **metrics,
+            "model": {
+                "architecture": model.config.architectures[0]
+                if model.config.architectures
+                else type(model).__name__,
+                "n_parameters": sum(p.numel() for p in model.parameters()),
+            },
+            "versions": {
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "tokenizers": tokenizers.__version__,
+                "python": sys.version.split()[0],
+            },
+        }
+        (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+        _replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def train_from_corpus(
+    tokenizer_dir,
+    out_dir,
+    *,
+    arch: str,
+    n_layers: int,
+    d_model: int,
+    n_heads: int,
+    n_ctx: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    corpus: dict,
+    d_mlp: int | None = None,
+    n_heldout_rows: int = 256,
+    progress: bool = True,
+) -> dict:
+    """The whole demo training: rows of n_ctx tokens from the corpus' train split (all of it)
+    and its heldout split (up to n_heldout_rows), a fresh model, training, checkpoint."""
+    from transformers import AutoTokenizer
+
+    from .corpus import describe_corpus, documents, pack_rows, special_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    bos_id, eos_id = special_ids(tokenizer)
+    train_rows = pack_rows(documents(corpus, "train"), tokenizer, n_ctx, None, bos_id, eos_id)
+    heldout_rows = pack_rows(documents(corpus, "heldout"), tokenizer, n_ctx, None, bos_id, eos_id)
+    heldout_rows = spread_rows(heldout_rows, n_heldout_rows)
+    log.info(
+        "%d train rows, %d held-out rows of %d tokens", len(train_rows), len(heldout_rows), n_ctx
+    )
+    model = build_model(
+        arch,
+        len(tokenizer),
+        n_layers,
+        d_model,
+        n_heads,
+        n_ctx,
+        d_mlp=d_mlp,
+        seed=seed,
+        bos_id=bos_id,
+        eos_id=eos_id,
+    )
+    metrics = train_causal_lm(
+        model,
+        train_rows,
+        heldout_rows,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        progress=progress,
+    )
+    metrics["hyperparameters"].update(
+        arch=arch, n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_ctx=n_ctx, d_mlp=d_mlp
+    )
+    metrics["corpus"] = {
+        "train": describe_corpus(corpus, "train"),
+        "heldout_split": "heldout",
+    }
+    save_checkpoint(model, tokenizer, metrics, out_dir)
+    return metrics
+
+
+def train_tokenizer_from_corpus(corpus: dict, vocab_size: int, out_dir):
+    """The demo tokenizer, trained on the corpus' train split."""
+    from .corpus import documents
+
+    return train_tokenizer(documents(corpus, "train"), vocab_size, out_dir)

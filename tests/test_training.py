@@ -1,0 +1,226 @@
+"""The demo tokenizer and models, their training, checkpoints, and how local Hugging Face
+checkpoints load into TransformerLens (the offline stand-in for the hub loading path)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from selfrepair import corpus as sc
+from selfrepair import training as tr
+from selfrepair.models import load_local_checkpoint
+
+SEQ = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Toy models run fastest on one thread, and do not stall on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return [d for _, d in zip(range(60), sc.python_stdlib_documents("train"), strict=False)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(docs, tmp_path_factory):
+    return tr.train_tokenizer(docs, 512, tmp_path_factory.mktemp("tok") / "tokenizer")
+
+
+@pytest.fixture(scope="module")
+def rows(docs, tokenizer):
+    train = sc.pack_rows(docs[:50], tokenizer, SEQ, 400, 0, 0)
+    heldout = sc.pack_rows(docs[50:], tokenizer, SEQ, 24, 0, 0)
+    return train, heldout
+
+
+def test_tokenizer_round_trip_and_reload(tokenizer, docs, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    assert tokenizer.bos_token_id == tokenizer.eos_token_id == tokenizer.pad_token_id == 0
+    assert tokenizer.convert_ids_to_tokens(0) == tr.SPECIAL
+    assert len(tokenizer) == 512
+    text = "def naïve(x):\n\treturn x ** 2  # ünïcode, 中文, emoji 🐍\n"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = tmp_path / "saved"
+    tokenizer.save_pretrained(str(path))
+    again = AutoTokenizer.from_pretrained(str(path))
+    assert again(text, add_special_tokens=False)["input_ids"] == ids
+    assert again.bos_token_id == again.eos_token_id == 0
+    # training is deterministic
+    other = tr.train_tokenizer(docs, 512, tmp_path / "other")
+    assert other.get_vocab() == tokenizer.get_vocab()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "saved"]
+
+
+def test_build_model_families():
+    gpt2 = tr.build_model("gpt2", 300, 2, 32, 4, SEQ)
+    assert gpt2.config.n_positions == SEQ and gpt2.config.n_ctx == SEQ
+    tied = gpt2.get_output_embeddings().weight, gpt2.get_input_embeddings().weight
+    assert tied[0].data_ptr() == tied[1].data_ptr()
+    neox = tr.build_model("pythia", 300, 2, 32, 4, SEQ, d_mlp=64, seed=1)
+    assert neox.config.use_parallel_residual
+    assert neox.config.intermediate_size == 64
+    untied = neox.get_output_embeddings().weight, neox.get_input_embeddings().weight
+    assert untied[0].data_ptr() != untied[1].data_ptr()
+    assert neox.config.rope_parameters["partial_rotary_factor"] == 0.25
+    again = tr.build_model("pythia", 300, 2, 32, 4, SEQ, d_mlp=64, seed=1)
+    for a, b in zip(neox.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="unknown arch"):
+        tr.build_model("bert", 300, 2, 32, 4, SEQ)
+    with pytest.raises(ValueError, match="d_mlp"):
+        tr.build_model("gpt2", 300, 2, 32, 4, SEQ, d_mlp=100)
+
+
+def test_training_lowers_heldout_loss_deterministically(tokenizer, rows):
+    train, heldout = rows
+    runs = []
+    for _ in range(2):
+        model = tr.build_model("pythia", len(tokenizer), 2, 32, 4, SEQ, seed=0)
+        metrics = tr.train_causal_lm(
+            model, train, heldout, steps=60, batch_size=8, lr=5e-3, seed=0, progress=False
+        )
+        runs.append((metrics, model))
+    (m1, model1), (m2, model2) = runs
+    assert m1["uniform_loss"] == pytest.approx(math.log(len(tokenizer)))
+    assert m1["initial_heldout_loss"] == pytest.approx(m1["uniform_loss"], abs=0.3)
+    assert m1["heldout_loss"] < m1["initial_heldout_loss"] - 0.5
+    assert m1["tokens_seen"] == 60 * 8 * (SEQ - 1) and m1["steps"] == 60
+    assert m1["heldout_loss"] == m2["heldout_loss"] and m1["train_loss"] == m2["train_loss"]
+    for a, b in zip(model1.parameters(), model2.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert tr.evaluate_loss(model1, heldout) == pytest.approx(m1["heldout_loss"])
+
+
+def test_checkpoint_loads_into_transformer_lens(tokenizer, rows, tmp_path):
+    train, heldout = rows
+    model = tr.build_model("gpt2", len(tokenizer), 2, 32, 4, SEQ, seed=0)
+    metrics = tr.train_causal_lm(
+        model, train, heldout, steps=5, batch_size=8, lr=5e-3, seed=0, progress=False
+    )
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "stale").write_text("an older checkpoint is replaced whole")
+    tr.save_checkpoint(model, tokenizer, metrics, out)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "training.json"} <= names
+    assert "stale" not in names and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    record = json.loads((out / "training.json").read_text())
+    assert record["heldout_loss"] == metrics["heldout_loss"] and "versions" in record
+    hooked = load_local_checkpoint(str(out))
+    assert hooked.tokenizer is not None and hooked.cfg.d_vocab == len(tokenizer)
+    tokens = torch.as_tensor(heldout[:3], dtype=torch.long)
+    assert_same_centred_logits(model, hooked, tokens)
+
+
+def assert_same_centred_logits(hf_model, hooked, tokens, atol=1e-4):
+    hf_model.eval()
+    with torch.no_grad():
+        ref = hf_model(tokens).logits.float()
+        got = hooked(tokens).float()
+    ref = ref - ref.mean(-1, keepdim=True)
+    got = got - got.mean(-1, keepdim=True)
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, atol=atol, rtol=0)
+
+
+def random_hf_model(family: str, vocab: int = 101):
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        model = GPT2LMHeadModel(
+            GPT2Config(vocab_size=vocab, n_positions=24, n_embd=32, n_layer=2, n_head=4)
+        )
+    elif family == "pythia":
+        model = GPTNeoXForCausalLM(
+            GPTNeoXConfig(
+                vocab_size=vocab,
+                max_position_embeddings=24,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                rotary_pct=0.25,
+                use_parallel_residual=True,
+                tie_word_embeddings=False,
+            )
+        )
+    else:
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=vocab,
+                max_position_embeddings=24,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                intermediate_size=64,
+            )
+        )
+    with torch.no_grad():  # move every weight off its initial value (norms, biases too)
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "pythia", "llama"])
+def test_local_hf_checkpoint_matches_in_transformer_lens(family, tmp_path, monkeypatch):
+    """Random GPT-2, GPT-NeoX and Llama checkpoints give TransformerLens models with the same
+    vocabulary-centred logits (after fold_ln, centring). The folder is named after the family
+    on purpose: TransformerLens picks architectures by substrings of model names."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = random_hf_model(family)
+    path = tmp_path / f"{family}-tiny"
+    model.save_pretrained(str(path))
+    hooked = load_local_checkpoint(str(path))
+    assert hooked.cfg.model_name == path.name and hooked.cfg.n_layers == 2
+    tokens = torch.randint(0, 101, (3, 20), generator=torch.Generator().manual_seed(1))
+    assert_same_centred_logits(model, hooked, tokens)
+    if family == "pythia":
+        assert hooked.cfg.parallel_attn_mlp and hooked.cfg.rotary_dim == 2
+
+
+@pytest.mark.slow
+def test_train_from_corpus_demo_path(tmp_path):
+    """The demo path end to end at toy size: tokenizer and model from the stdlib corpus."""
+    corpus = {"source": "python_stdlib", "split": "measure"}
+    tok = tr.train_tokenizer_from_corpus(corpus, 1024, tmp_path / "tok")
+    assert len(tok) == 1024
+    metrics = tr.train_from_corpus(
+        tmp_path / "tok",
+        tmp_path / "model",
+        arch="pythia",
+        n_layers=2,
+        d_model=32,
+        n_heads=4,
+        n_ctx=64,
+        steps=30,
+        batch_size=8,
+        lr=5e-3,
+        seed=0,
+        corpus=corpus,
+        progress=False,
+    )
+    assert metrics["heldout_loss"] < metrics["initial_heldout_loss"]
+    assert metrics["hyperparameters"]["arch"] == "pythia"
+    hooked = load_local_checkpoint(str(tmp_path / "model"))
+    assert hooked.cfg.n_ctx == 64 and hooked.cfg.d_vocab == 1024

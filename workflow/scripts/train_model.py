@@ -1,0 +1,32 @@
+"""Snakemake script: train one demo model (gpt2- or pythia-style) and save its checkpoint.
+
+Hyper-parameters come from params.train (the model's `train` config entry) and/or flat params
+(arch, n_layers, d_model, n_heads, steps, batch_size, lr, seed); the context length from
+params.n_ctx or params.seq_len."""
+
+import json
+
+from selfrepair.joblog import logged
+from selfrepair.training import train_from_corpus
+
+params = snakemake.params
+train = {**dict(params.get("train") or {}), **{k: v for k, v in params.items() if k != "train"}}
+
+with logged(snakemake.log[0]):
+    metrics = train_from_corpus(
+        snakemake.input.tokenizer,
+        snakemake.output.checkpoint,
+        arch=train["arch"],
+        n_layers=int(train["n_layers"]),
+        d_model=int(train["d_model"]),
+        n_heads=int(train["n_heads"]),
+        n_ctx=int(train.get("n_ctx") or train["seq_len"]),
+        steps=int(train["steps"]),
+        batch_size=int(train["batch_size"]),
+        lr=float(train["lr"]),
+        seed=int(train["seed"]),
+        corpus=dict(train["corpus"]),
+    )
+    with open(snakemake.output.metrics, "w") as out:
+        json.dump(metrics, out, indent=2)
+        out.write("\n")

@@ -1,0 +1,14 @@
+"""Snakemake script: train the demo byte-level BPE tokenizer on the corpus' train split."""
+
+import logging
+
+from selfrepair.joblog import logged
+from selfrepair.training import train_tokenizer_from_corpus
+
+with logged(snakemake.log[0]):
+    tokenizer = train_tokenizer_from_corpus(
+        dict(snakemake.params.corpus),
+        int(snakemake.params.vocab_size),
+        snakemake.output.tokenizer,
+    )
+    logging.info("tokenizer of %d tokens written to %s", len(tokenizer), snakemake.output.tokenizer)
