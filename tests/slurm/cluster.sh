@@ -9,7 +9,7 @@
 # Needs root and the Debian packages slurm-wlm and munge (22.05 on Debian 12). The config goes to
 # the default path /etc/slurm/slurm.conf because the executor plugin's job step drops SLURM_CONF
 # from the environment of `srun`. There is no accounting daemon (slurmdbd), so status queries
-# must use squeue; MinJobAge keeps finished jobs visible to squeue for 5 minutes.
+# must use squeue; MinJobAge keeps finished jobs visible to squeue and scontrol for an hour.
 # One fake GPU (gres gpu, Count without a device file) lets GPU rules (--gpus=1) schedule.
 #
 # `start` prints one line starting with "CANNOT START:" and exits 3 when the cluster cannot be
@@ -85,7 +85,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
 ReturnToService=2
-MinJobAge=300
+MinJobAge=3600
 SlurmdTimeout=60
 InactiveLimit=0
 KillWait=5
