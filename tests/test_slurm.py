@@ -47,7 +47,8 @@ RUN_TIMEOUT = 1500
 MODEL_RESOURCES = {"threads": 1, "mem_mb": 1000, "runtime": 10}
 REDUCED = {
     "data": {"n_tokens": 16 * 31, "seq_len": 32, "shard_rows": 8},
-    "engine": {"batch_size": 8},
+    "engine": {"batch_size": 8, "frozen_ln": []},
+    "ablations": ["resample"],  # one is enough: the others are the same rule
     "resources": MODEL_RESOURCES,
     "tokenizers": {"stdlib-bpe": {"vocab_size": 300}},
     "models": [
@@ -56,9 +57,9 @@ REDUCED = {
             "train": {
                 "arch": "gpt2",
                 "tokenizer": "stdlib-bpe",
-                "n_layers": 2,
+                "n_layers": 4,
                 "d_model": 32,
-                "n_heads": 2,
+                "n_heads": 4,
                 "steps": 20,
                 "batch_size": 4,
             },
@@ -68,9 +69,9 @@ REDUCED = {
             "train": {
                 "arch": "pythia",
                 "tokenizer": "stdlib-bpe",
-                "n_layers": 2,
+                "n_layers": 4,
                 "d_model": 32,
-                "n_heads": 2,
+                "n_heads": 4,
                 "steps": 20,
                 "batch_size": 4,
             },
@@ -139,11 +140,12 @@ SLURM_ARGS = (
 
 def jobs_per_rule(dry_run_output: str) -> Counter:
     """The 'Job stats' table of a dry run: jobs per rule, without the local target rule."""
-    table = dry_run_output.split("Job stats:", 1)[1]
     counts = Counter()
-    for line in table.splitlines():
+    for line in dry_run_output.split("Job stats:", 1)[1].splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "all"):
+        if parts and parts[0] == "total":
+            break
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] != "all":
             counts[parts[0]] = int(parts[1])
     return counts
 
@@ -155,11 +157,8 @@ def slurm_jobs(run_id: str) -> list[dict[str, str]]:
     ).stdout
     jobs = []
     for line in out.splitlines():
-        fields = dict(
-            item.split("=", 1)
-            for item in re.split(r" (?=[A-Za-z:/]+=)", line.strip())
-            if "=" in item
-        )
+        items = re.split(r"\s+(?=[A-Za-z:/]+=)", line.strip())
+        fields = dict(item.strip().split("=", 1) for item in items if "=" in item)
         if fields.get("JobName") == run_id:
             jobs.append(fields)
     return jobs

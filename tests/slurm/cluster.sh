@@ -29,8 +29,8 @@ ours() { [ -f "$1" ] && grep -qF "$MARK" "$1"; }
 
 pid_alive() {  # pid_alive PIDFILE NAME: the PID in PIDFILE is a running process called NAME
     local pid
-    [ -s "$1" ] || return 1
-    pid=$(cat "$1")
+    pid=$(cat "$1" 2>/dev/null) || return 1  # a daemon may remove its PID file as it exits
+    [ -n "$pid" ] || return 1
     [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = "$2" ]
 }
 
