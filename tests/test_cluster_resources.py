@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,16 @@ def test_site_settings_come_from_the_environment(monkeypatch):
     # The GPU partition falls back to the general one.
     parsed = parse_profile(monkeypatch, SELFREPAIR_SLURM_PARTITION="batch")
     assert all(eval(r["slurm_partition"]) == "batch" for r in set_resources(parsed).values())
+
+
+def test_cluster_script_says_in_one_line_why_it_cannot_start(tmp_path):
+    """Without the SLURM daemons on PATH (or without root) tests/slurm/cluster.sh exits 3 with
+    one 'CANNOT START:' line, the skip reason of tests/test_slurm.py, and writes nothing."""
+    script = ROOT / "tests" / "slurm" / "cluster.sh"
+    env = {"PATH": "/usr/bin:/bin", "SELFREPAIR_SLURM_STATE": str(tmp_path / "state")}
+    proc = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("CANNOT START: ")
+    assert ("needs root" in lines[0]) or ("missing slurmctld slurmd munged" in lines[0])
+    assert not (tmp_path / "state").exists()
