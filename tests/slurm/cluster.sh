@@ -2,8 +2,9 @@
 # A throw-away single-node SLURM cluster on this machine, for tests/test_slurm.py and .ci/run.
 #
 #   tests/slurm/cluster.sh start    write configs, start munged, slurmctld, slurmd; wait for idle
-#   tests/slurm/cluster.sh stop     cancel its jobs, stop the daemons it started (by PID), remove
-#                                   the configs it wrote
+#   tests/slurm/cluster.sh stop     cancel its jobs, stop the daemons it started (by PID), end
+#                                   processes its jobs left behind (found by the cluster name in
+#                                   their environment), remove the configs it wrote
 #   tests/slurm/cluster.sh status   sinfo of the running test cluster
 #
 # Needs root and the Debian packages slurm-wlm and munge (22.05 on Debian 12). The config goes to
@@ -22,6 +23,7 @@ CONF_DIR=/etc/slurm
 MARK="# written by selfrepair tests/slurm/cluster.sh (removed by its 'stop')"
 PARTITION=${SELFREPAIR_SLURM_PARTITION_NAME:-debug}
 NODE=$(hostname -s)
+CLUSTER_NAME=selfrepair-test
 
 cannot() { echo "CANNOT START: $*" >&2; exit 3; }
 die() { echo "cluster.sh: $*" >&2; exit 1; }
@@ -61,7 +63,7 @@ write_configs() {
     mkdir -p "$CONF_DIR" "$STATE/ctld" "$STATE/d" "$STATE/log"
     cat >"$CONF_DIR/slurm.conf" <<EOF
 $MARK
-ClusterName=selfrepair-test
+ClusterName=$CLUSTER_NAME
 SlurmctldHost=$NODE
 SlurmUser=root
 SlurmdUser=root
@@ -161,6 +163,17 @@ cmd_start() {
     echo "SLURM test cluster up: $(sinfo -h -N -o 'node %N, partition %P, %c CPUs, %m MB, gres %G, %T')"
 }
 
+job_processes() {  # PIDs of processes left by jobs of this cluster (they carry its name)
+    local f pid
+    for f in /proc/[0-9]*/environ; do
+        pid=${f#/proc/}
+        pid=${pid%/environ}
+        if { tr '\0' '\n' <"$f"; } 2>/dev/null | grep -qx "SLURM_CLUSTER_NAME=$CLUSTER_NAME"; then
+            echo "$pid"
+        fi
+    done
+}
+
 cmd_stop() {
     if pid_alive "$STATE/slurmctld.pid" slurmctld; then
         # Jobs of this throw-away cluster only: cancel them so no slurmstepd outlives slurmd.
@@ -170,6 +183,16 @@ cmd_stop() {
     stop_daemon "$STATE/slurmd.pid" slurmd
     stop_daemon "$STATE/slurmctld.pid" slurmctld
     stop_daemon "$STATE/munge/munged.pid" munged
+    # A cancelled job's batch process can outlive its job (seen under gVisor): end those too.
+    local left
+    left=$(job_processes)
+    if [ -n "$left" ]; then
+        echo "ending processes left by jobs: $(echo $left)"
+        kill -TERM $left 2>/dev/null || true
+        sleep 2
+        left=$(job_processes)
+        [ -z "$left" ] || kill -KILL $left 2>/dev/null || true
+    fi
     for f in "$CONF_DIR/slurm.conf" "$CONF_DIR/gres.conf"; do
         if ours "$f"; then rm -f "$f"; fi
     done
