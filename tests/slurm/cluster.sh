@@ -11,7 +11,8 @@
 # the default path /etc/slurm/slurm.conf because the executor plugin's job step drops SLURM_CONF
 # from the environment of `srun`. There is no accounting daemon (slurmdbd), so status queries
 # must use squeue; MinJobAge keeps finished jobs visible to squeue and scontrol for an hour.
-# One fake GPU (gres gpu, Count without a device file) lets GPU rules (--gpus=1) schedule.
+# Two fake GPUs (gres gpu on /dev/null and /dev/zero; slurmd 22.05 counts none from `Count=`
+# alone) let GPU rules (--gpus=1) schedule on a machine without one.
 #
 # `start` prints one line starting with "CANNOT START:" and exits 3 when the cluster cannot be
 # started here (not root, packages missing, a foreign SLURM config or daemon present); any other
