@@ -10,7 +10,10 @@ rule clean_cache:
         "results/benchmarks/clean_cache/{model}/shard-{shard}.tsv"
     conda:
         "../../envs/engine.yaml"
-    threads: workflow.cores
+    threads: model_threads
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=model_runtime,
     params:
         model=model_entry,
         bounds=shard_bounds,

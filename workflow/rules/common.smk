@@ -7,6 +7,7 @@ from snakemake.utils import validate
 # The selfrepair package sits beside workflow/; make it importable even when not installed.
 sys.path.insert(0, str(Path(workflow.basedir).parent))
 
+import selfrepair.cluster as sr_cluster  # noqa: E402
 import selfrepair.config as sr_config  # noqa: E402
 from selfrepair.plots import captions  # noqa: E402
 
@@ -62,6 +63,23 @@ def shard_bounds(wildcards):
 
 def batch_size(wildcards):
     return MODELS[wildcards.model].get("batch_size", ENGINE["batch_size"])
+
+
+# Resources of a model's shard jobs (clean_cache, ablate, train_model), from the config: the
+# SLURM profile (profiles/slurm) only adds the GPU. Memory and wall time grow with the attempt,
+# so a job retried by `retries` after running out of either asks for more.
+def model_threads(wildcards):
+    return sr_cluster.model_resources(config, MODELS[wildcards.model])["threads"]
+
+
+def model_mem_mb(wildcards, attempt):
+    mem_mb = sr_cluster.model_resources(config, MODELS[wildcards.model])["mem_mb"]
+    return sr_cluster.mem_mb_for_attempt(mem_mb, attempt)
+
+
+def model_runtime(wildcards, attempt):
+    runtime = sr_cluster.model_resources(config, MODELS[wildcards.model])["runtime"]
+    return sr_cluster.runtime_for_attempt(runtime, attempt)
 
 
 def run_attrs(wildcards):

@@ -26,7 +26,10 @@ rule train_model:
         "results/benchmarks/train_model/{model}.tsv"
     conda:
         "../../envs/engine.yaml"
-    threads: workflow.cores
+    threads: model_threads
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=model_runtime,
     params:
         train=lambda w: MODELS[w.model]["train"],
         corpus=lambda w: config["tokenizers"][MODELS[w.model]["train"]["tokenizer"]][
