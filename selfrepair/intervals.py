@@ -63,12 +63,17 @@ def bootstrap_means(
     dtype = np.result_type(values.dtype, np.float32)
     values = values.astype(dtype, copy=False)
     kept = np.isfinite(values)
-    filled = np.where(kept, values, 0)
+    everything_kept = bool(kept.all())  # then skip the copies: a model's every token is big
+    filled = values if everything_kept else np.where(kept, values, 0)
+    kept_weights = None if everything_kept else kept.astype(dtype)
     out = []
     for counts in resample_blocks(values.shape[-1], n_resamples, seed):
         counts = counts.astype(dtype, copy=False)
         totals = filled @ counts.T
-        n_kept = kept.astype(dtype) @ counts.T
+        if kept_weights is None:
+            n_kept = np.broadcast_to(counts.sum(axis=1), totals.shape)
+        else:
+            n_kept = kept_weights @ counts.T
         with np.errstate(invalid="ignore", divide="ignore"):
             out.append(np.where(n_kept > 0, totals / n_kept, np.nan))
     return np.concatenate(out, axis=-1)

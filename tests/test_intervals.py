@@ -131,3 +131,11 @@ def test_a_layer_with_no_measured_head_gives_nan_and_others_are_unchanged():
     assert np.isnan(part.isel(layer=1).to_array()).all()
     for layer in (0, 2):
         xr.testing.assert_allclose(part.isel(layer=layer), full.isel(layer=layer))
+
+
+def test_float32_means_agree_with_float64_on_many_tokens():
+    values = np.random.default_rng(3).normal(0.1, 1.0, size=(2, 20000)).astype(np.float32)
+    single = bootstrap_means(values, 40, seed=0)
+    double = bootstrap_means(values.astype(np.float64), 40, seed=0)
+    assert single.dtype == np.float32
+    np.testing.assert_allclose(single, double, atol=1e-6)
