@@ -292,3 +292,15 @@ def figure_ablation(config: dict[str, Any]) -> str:
             f"{config.get('ablations')}; add it there or show one of those"
         )
     return shown
+
+
+def check_target_heads(target: dict[str, Any], n_layers: int, n_heads: int) -> None:
+    """A figure's heads (FigureTarget.as_params()) against the model's size, known once its
+    data are read (hub models); ConfigError naming the key otherwise."""
+    key = f"figures.{target['key']}" + (".substitute" if target["substitution"] else "")
+    for layer, head in target["heads"]:
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise ConfigError(
+                f"config key {key}.heads: {target['model']} has no L{layer}H{head} "
+                f"({n_layers} layers x {n_heads} heads)"
+            )

@@ -4,7 +4,7 @@ Slow: by default it runs a reduced demo (the whole DAG of config/demo.yaml with 
 and training steps) in a temporary directory, then `snakemake --report`. Point
 SELFREPAIR_DEMO_RUN at the directory of a finished run of config/demo.yaml (e.g. the checkout
 after `snakemake --cores all --configfile config/demo.yaml`) to build the report from it
-instead.
+instead (SELFREPAIR_DEMO_CONFIG: its config file, if not config/demo.yaml).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def finished_run(tmp_path_factory) -> tuple[Path, str]:
     """(run directory, its config file) of a finished demo run."""
     given = os.environ.get("SELFREPAIR_DEMO_RUN")
     if given:
-        return Path(given), "config/demo.yaml"
+        return Path(given), os.environ.get("SELFREPAIR_DEMO_CONFIG", "config/demo.yaml")
     run = tmp_path_factory.mktemp("demo-run")
     for name in ("workflow", "config", "selfrepair"):
         (run / name).symlink_to(ROOT / name)

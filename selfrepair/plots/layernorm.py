@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from .common import add_zero, model_panels, outer_labels
+from .common import add_zero, model_panels
 from .style import FROZEN_LN_COLORS, styled, with_unit
 
 
@@ -36,13 +36,9 @@ def frozen_ln_self_repair(layers: Mapping[str, xr.DataArray], top_fraction: floa
         add_zero(ax, label=None)
         step = max(1, int(np.ceil(len(x) / 8)))
         ax.set_xticks(x[::step])
-    outer_labels(
-        list(axes.values()),
-        "layer of the ablated head",
-        with_unit(f"mean self-repair, top {top_fraction:.0%} tokens"),
-        ncols=ncols,
-    )
-    for ax in axes.values():  # layer counts differ between models: label every x axis
-        ax.set_xlabel("layer of the ablated head")
+    for i, ax in enumerate(axes.values()):
+        ax.set_xlabel("layer of the ablated head")  # layer counts differ: label every panel
+        if i % ncols == 0:
+            ax.set_ylabel(with_unit(f"self-repair, top {top_fraction:.0%} tokens"))
     fig.legend(loc="outside lower center", ncols=3)
     return fig
