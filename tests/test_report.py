@@ -84,7 +84,10 @@ def test_demo_run_builds_a_report_with_every_figure_and_the_table(finished_run):
             assert (run / "results" / "figures" / f"{stem}{suffix}").stat().st_size > 1000
 
     report = run / "report.zip"
-    proc = snakemake("--configfile", configfile, "--report", str(report), cwd=run, timeout=600)
+    # --cores: rules/data.smk sizes threads from workflow.cores, so the DAG needs it.
+    proc = snakemake(
+        "--cores", "1", "--configfile", configfile, "--report", str(report), cwd=run, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     with zipfile.ZipFile(report) as archive:
         names = archive.namelist()

@@ -39,6 +39,6 @@ def frozen_ln_self_repair(layers: Mapping[str, xr.DataArray], top_fraction: floa
     for i, ax in enumerate(axes.values()):
         ax.set_xlabel("layer of the ablated head")  # layer counts differ: label every panel
         if i % ncols == 0:
-            ax.set_ylabel(with_unit(f"self-repair, top {top_fraction:.0%} tokens"))
+            ax.set_ylabel(with_unit(f"layer mean of self-repair\non top {top_fraction:.0%} tokens"))
     fig.legend(loc="outside lower center", ncols=3)
     return fig

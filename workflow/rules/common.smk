@@ -97,7 +97,7 @@ N_PREDICTIONS = sr_config.n_predictions(DATA)  # tokens measured per model
 TOP_SELECTION = captions.Selection(ENGINE["top_fraction"], N_PREDICTIONS).describe()
 ALL_SELECTION = captions.Selection(None, N_PREDICTIONS).describe()
 BOOTSTRAP_NOTE = (
-    "Bars: {level:.0%} percentile bootstrap intervals over each head's tokens "
+    "Intervals: {level:.0%} percentile bootstrap over each head's tokens "
     "({resamples:,} resamples, seed {seed})."
 ).format(seed=config["seed"], **FIGURES["bootstrap"])
 
