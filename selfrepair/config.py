@@ -8,9 +8,10 @@ import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
+if TYPE_CHECKING:  # figure scripts import this module in the analysis env, without jsonschema
+    import jsonschema
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,8 @@ def describe_validation_error(error: jsonschema.ValidationError) -> str:
 
 def validation_error_from(exc: BaseException) -> jsonschema.ValidationError | None:
     """The jsonschema error inside Snakemake's WorkflowError (or the error itself)."""
+    import jsonschema
+
     if isinstance(exc, jsonschema.ValidationError):
         return exc
     for arg in getattr(exc, "args", ()):

@@ -15,15 +15,17 @@ head (each head's interval is a valid bootstrap of that head; nothing is compare
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
-from jaxtyping import Float
 
 from .joblog import provenance
 from .reduce import ln_share, stack_tokens, top_token_mask
 from .store import open_shards, write_zarr
+
+if TYPE_CHECKING:  # shape annotations only: the analysis env has no jaxtyping
+    from jaxtyping import Float
 
 BOUNDS = ("low", "high")
 MAX_BLOCK_ELEMENTS = 1 << 24  # resamples x tokens per block of counts (64 MB in float32)

@@ -143,3 +143,29 @@ def test_head_table_has_one_row_per_measured_head_with_its_numbers_and_bounds():
     assert row.mean_self_repair_low < row.mean_self_repair < row.mean_self_repair_high
     parts = table.top_sr_heads + table.top_sr_mlps + table.top_sr_ln
     np.testing.assert_allclose(parts, table.top_self_repair, atol=1e-12)
+
+
+def test_figure_modules_import_in_the_analysis_env_without_engine_packages():
+    """envs/analysis.yaml has no torch, jaxtyping, jsonschema or transformer_lens: the modules
+    the figure, interval and table scripts import must not need them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'torch', 'jaxtyping', 'jsonschema', "
+        "'transformer_lens', 'transformers'}:\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import selfrepair.config, selfrepair.reduce, selfrepair.intervals, selfrepair.tables\n"
+        "import selfrepair.plots.common, selfrepair.plots.per_head, selfrepair.plots.effects\n"
+        "import selfrepair.plots.layernorm, selfrepair.plots.captions\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
