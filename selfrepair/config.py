@@ -8,9 +8,10 @@ import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
+if TYPE_CHECKING:  # figure scripts import this module in the analysis env, without jsonschema
+    import jsonschema
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,8 @@ def describe_validation_error(error: jsonschema.ValidationError) -> str:
 
 def validation_error_from(exc: BaseException) -> jsonschema.ValidationError | None:
     """The jsonschema error inside Snakemake's WorkflowError (or the error itself)."""
+    import jsonschema
+
     if isinstance(exc, jsonschema.ValidationError):
         return exc
     for arg in getattr(exc, "args", ()):
@@ -254,3 +257,53 @@ def figure_targets(config: dict[str, Any]) -> dict[str, FigureTarget]:
         for key, spec in config.get("figures", {}).items()
         if isinstance(spec, dict) and "model" in spec
     }
+
+
+def other_models(config: dict[str, Any]) -> list[str]:
+    """The models of Figs 21-24: figures.fig21_24.models, or (null) every model of the run
+    except the one Fig 2 shows."""
+    entries = model_entries(config)
+    chosen = config.get("figures", {}).get("fig21_24", {}).get("models")
+    if chosen is None:
+        shown = figure_target(config, "fig02").model
+        return [m for m in entries if m != shown]
+    for i, model in enumerate(chosen):
+        if model not in entries:
+            raise ConfigError(
+                f"config key figures.fig21_24.models[{i}]: {model} is not among this run's models"
+            )
+    return list(chosen)
+
+
+def frozen_ln_ablation(config: dict[str, Any]) -> str | None:
+    """The ablation whose frozen-LayerNorm variant the frozen-LN figure compares with:
+    figures.ablation when engine.frozen_ln runs it, else the first of engine.frozen_ln; None
+    when no frozen variant is run."""
+    frozen = config.get("engine", {}).get("frozen_ln", [])
+    shown = config.get("figures", {}).get("ablation", "resample")
+    if shown in frozen:
+        return shown
+    return frozen[0] if frozen else None
+
+
+def figure_ablation(config: dict[str, Any]) -> str:
+    """figures.ablation, which must be one of the run's ablations."""
+    shown = config.get("figures", {}).get("ablation", "resample")
+    if shown not in config.get("ablations", []):
+        raise ConfigError(
+            f"config key figures.ablation: {shown} is not among ablations "
+            f"{config.get('ablations')}; add it there or show one of those"
+        )
+    return shown
+
+
+def check_target_heads(target: dict[str, Any], n_layers: int, n_heads: int) -> None:
+    """A figure's heads (FigureTarget.as_params()) against the model's size, known once its
+    data are read (hub models); ConfigError naming the key otherwise."""
+    key = f"figures.{target['key']}" + (".substitute" if target["substitution"] else "")
+    for layer, head in target["heads"]:
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise ConfigError(
+                f"config key {key}.heads: {target['model']} has no L{layer}H{head} "
+                f"({n_layers} layers x {n_heads} heads)"
+            )

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from .config import top_count
@@ -104,3 +105,115 @@ def summarize_heads(
     summary.attrs.update(provenance(**attrs))
     write_zarr(summary, out)
     return summary
+
+
+# --- Reductions the figures draw -------------------------------------------------------------
+
+
+def effect_drops(
+    de_clean: xr.DataArray, de_ablated: xr.DataArray, logit_diff: xr.DataArray
+) -> xr.Dataset:
+    """What ablating a head costs, as drops (clean minus ablated): its direct effect
+    (`de_drop`, the clean DE itself under zero ablation) and the correct-token logit
+    (`logit_drop` = -logit_diff). Without self-repair the two are equal (y = x); with full
+    self-repair the logit does not drop (y = 0); self_repair = de_drop - logit_drop."""
+    return xr.Dataset({"de_drop": de_clean - de_ablated, "logit_drop": -logit_diff})
+
+
+def head_effect_drops(summary: xr.Dataset, selection: str = "mean") -> xr.Dataset:
+    """effect_drops of each head's means over all tokens ("mean") or its top tokens ("top")."""
+    return effect_drops(
+        summary[f"{selection}_de_clean"],
+        summary[f"{selection}_de_ablated"],
+        summary[f"{selection}_logit_diff"],
+    )
+
+
+def head_tokens(ds: xr.Dataset, heads: list[tuple[int, int]]) -> xr.Dataset:
+    """Per-token effect_drops of a few heads (dims head_name, token), e.g. "L22H11", read from
+    lazily opened ablation shards (only those heads are loaded)."""
+    names = [f"L{layer}H{head}" for layer, head in heads]
+    n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
+    for (layer, head), name in zip(heads, names, strict=True):
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise ValueError(f"{name} is not a head of this model ({n_layers} x {n_heads})")
+    parts = []
+    for layer, head in heads:
+        one = ds[["de_clean", "de_ablated", "logit_diff"]].isel(layer=layer, head=head).load()
+        parts.append(
+            effect_drops(one.de_clean, one.de_ablated, one.logit_diff)
+            .stack(token=TOKEN_DIMS)
+            .reset_index("token", drop=True)
+            .drop_vars(["layer", "head"], errors="ignore")
+        )
+    out = xr.concat(parts, "head_name").assign_coords(head_name=names)
+    unmeasured = out.de_drop.isnull().all("token").values
+    if unmeasured.any():
+        missing = [n for n, bad in zip(names, unmeasured, strict=True) if bad]
+        raise ValueError(f"heads {missing} were not measured in this run")
+    return out
+
+
+FROZEN_LN_VARIANTS = ("normal", "final LN frozen", "every LN frozen")
+
+
+def frozen_ln_layers(normal: xr.Dataset, frozen: xr.Dataset) -> xr.DataArray:
+    """Per-layer mean self-repair on top tokens (dims variant, layer) for the three treatments
+    of LayerNorm: as measured; with only the final LayerNorm frozen at its clean scale, which
+    is exactly the measured repair of heads and MLPs (sr_heads + sr_mlps; the final LN's part
+    sr_ln vanishes and nothing upstream of it changes); and with every LayerNorm after the
+    ablated head frozen (the `<ablation>-frozen-ln` run)."""
+    rows = [
+        layer_mean(normal.top_self_repair),
+        layer_mean(normal.top_sr_heads + normal.top_sr_mlps),
+        layer_mean(frozen.top_self_repair),
+    ]
+    return xr.concat(rows, "variant").assign_coords(variant=list(FROZEN_LN_VARIANTS))
+
+
+TABLE_COLUMNS = (
+    "mean_self_repair",
+    "mean_logit_diff",
+    "mean_de_clean",
+    "mean_de_ablated",
+    "top_self_repair",
+    "top_sr_heads",
+    "top_sr_mlps",
+    "top_sr_ln",
+    "top_logit_diff",
+    "top_de_clean",
+    "top_de_ablated",
+    "top_ln_share_clipped",
+    "top_ln_share",
+    "top_n_tokens",
+    "top_n_dropped",
+    "top_threshold",
+)
+
+
+def head_table(
+    summaries: dict[tuple[str, str], xr.Dataset],
+    intervals: dict[tuple[str, str], xr.Dataset] | None = None,
+) -> pd.DataFrame:
+    """One row per (model, ablation, layer, head) that was measured: the per-head summary
+    (self-repair, its decomposition, LN shares, token counts) and, from intervals, `<name>_low`
+    and `<name>_high` bounds. Keys are (model, ablation)."""
+    frames = []
+    for (model, ablation), summary in summaries.items():
+        columns = {}
+        for name in TABLE_COLUMNS:
+            columns[name] = summary[name].transpose("layer", "head")
+            if intervals is not None and name in intervals[(model, ablation)]:
+                bounds = intervals[(model, ablation)][name].transpose("layer", "head", "bound")
+                columns[f"{name}_low"] = bounds.sel(bound="low", drop=True)
+                columns[f"{name}_high"] = bounds.sel(bound="high", drop=True)
+        frame = xr.Dataset(columns).to_dataframe().reset_index()
+        frame = frame[frame.top_n_tokens > 0]  # heads not measured
+        frame.insert(0, "ablation", ablation)
+        frame.insert(0, "model", model)
+        frame.insert(4, "n_tokens", int(summary.attrs["n_tokens"]))
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    order = ["model", "ablation", "layer", "head", "n_tokens"]
+    table = table[order + [c for c in table.columns if c not in order]]
+    return table.sort_values(["model", "ablation", "layer", "head"], ignore_index=True)

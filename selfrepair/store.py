@@ -60,3 +60,15 @@ def open_shards(paths: Sequence[str | os.PathLike], dim: str = "batch") -> xr.Da
     if not paths:
         raise ValueError("no shards given")
     return xr.concat([open_zarr(p) for p in paths], dim=dim, combine_attrs="override")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (temporary name in the same directory, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

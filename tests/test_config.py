@@ -192,3 +192,14 @@ def test_a_model_run_without_the_papers_head_gets_the_substitute():
     target = sr_config.figure_target(config, "fig03")
     assert target.substituted and target.heads == ((22, 11),)
     assert "L23H1 is not among the heads measured in pythia-410m" in target.substitution()
+
+
+def test_hub_model_heads_are_checked_against_the_data_naming_the_key():
+    config = load("config.yaml")
+    target = sr_config.figure_target(config, "fig03").as_params()
+    sr_config.check_target_heads(target, 24, 16)
+    with pytest.raises(sr_config.ConfigError) as info:
+        sr_config.check_target_heads(target, 22, 16)
+    assert str(info.value) == (
+        "config key figures.fig03.heads: pythia-410m has no L22H11 (22 layers x 16 heads)"
+    )

@@ -51,7 +51,7 @@ def test_env_pins_match_pyproject(env_file):
 def test_every_rule_has_a_pinned_conda_env():
     rules_dir = ROOT / "workflow" / "rules"
     text = "\n".join(p.read_text() for p in rules_dir.glob("*.smk"))
-    n_rules = len(re.findall(r"^rule \w+:", text, flags=re.M))
+    n_rules = len(re.findall(r"^\s*rule \w+:", text, flags=re.M))  # also rules under an if
     envs = re.findall(r'conda:\s*\n\s*"([^"]+)"', text)
     assert len(envs) == n_rules - text.count("rule all:"), "a rule lacks a conda: directive"
     for env in envs:

@@ -6,12 +6,30 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from selfrepair.plots import common
 from selfrepair.plots.common import IDENTITY_GID, ZERO_GID, reference_lines
-from selfrepair.plots.per_head import self_repair_per_head
-from selfrepair.reduce import head_summary
+from selfrepair.plots.effects import (
+    IDEAL_TITLES,
+    heads_de_vs_logit_drop,
+    tokens_by_ablation,
+    tokens_de_vs_logit_drop,
+)
+from selfrepair.plots.layernorm import frozen_ln_self_repair
+from selfrepair.plots.per_head import (
+    ln_share_clipped_and_unclipped,
+    ln_share_per_head,
+    self_repair_per_head,
+)
+from selfrepair.reduce import (
+    FROZEN_LN_VARIANTS,
+    frozen_ln_layers,
+    head_effect_drops,
+    head_summary,
+    head_tokens,
+)
 from selfrepair.variables import HEAD_VARIABLES
 
 
@@ -124,3 +142,135 @@ def test_fig01_one_panel_per_model_with_heads_and_layer_means(summaries):
         )
     # Shared y scale across models.
     assert axes[0].get_ylim() == axes[1].get_ylim()
+
+
+def test_fig01_interval_bars_span_the_given_bounds(summaries):
+    intervals = {
+        m: xr.concat([s.top_self_repair - 0.1, s.top_self_repair + 0.2], dim="bound").assign_coords(
+            bound=["low", "high"]
+        )
+        for m, s in summaries.items()
+    }
+    for da in intervals.values():
+        da.attrs["level"] = 0.9
+    fig = self_repair_per_head(summaries, intervals)
+    ax = panels(fig)[0]
+    (bars,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    segments = np.array(bars.get_segments())  # [head, 2 ends, (x, y)]
+    values = summaries["model-a"].top_self_repair.values.ravel()
+    np.testing.assert_allclose(np.sort(segments[:, 0, 1]), np.sort(values - 0.1), rtol=1e-6)
+    np.testing.assert_allclose(np.sort(segments[:, 1, 1]), np.sort(values + 0.2), rtol=1e-6)
+    labels = ax.get_legend_handles_labels()[1]
+    assert "90% bootstrap interval" in labels
+
+
+def drops_of(summaries):
+    return {m: head_effect_drops(s) for m, s in summaries.items()}
+
+
+def test_fig02_heads_on_drop_axes_with_both_references(summaries):
+    drops = drops_of(summaries)
+    fig = heads_de_vs_logit_drop({"model-a": drops["model-a"]})
+    (ax,) = panels(fig)
+    assert ax.get_title() == "model-a"
+    assert "(logits)" in ax.get_xlabel() and "(logits)" in ax.get_ylabel()
+    assert reference_lines(ax) == {IDENTITY_GID, ZERO_GID}
+    dots = ax.collections[0].get_offsets()
+    np.testing.assert_allclose(dots[:, 0], drops["model-a"].de_drop.values.ravel(), rtol=1e-6)
+    np.testing.assert_allclose(dots[:, 1], drops["model-a"].logit_drop.values.ravel(), rtol=1e-6)
+    assert len(fig.axes) == 2  # the panel and the layer colour bar
+    # y = x is the diagonal: equal ranges on both axes.
+    assert ax.get_xlim() == ax.get_ylim()
+
+
+def test_fig21_24_one_panel_per_other_model_and_two_idealised(summaries):
+    drops = drops_of(summaries)
+    fig = heads_de_vs_logit_drop(drops, shown=["model-b"], idealised_from="model-a")
+    axes = panels(fig)
+    assert len(axes) == 3
+    assert axes[0].get_title() == "model-b"
+    assert axes[1].get_title().startswith(IDEAL_TITLES[0]) and "model-a" in axes[1].get_title()
+    no_repair = axes[1].collections[0].get_offsets()
+    full_repair = axes[2].collections[0].get_offsets()
+    np.testing.assert_allclose(no_repair[:, 1], no_repair[:, 0])
+    np.testing.assert_allclose(full_repair[:, 1], 0.0)
+    np.testing.assert_allclose(full_repair[:, 0], drops["model-a"].de_drop.values.ravel())
+    assert all(reference_lines(ax) == {IDENTITY_GID, ZERO_GID} for ax in axes)
+    with pytest.raises(ValueError, match="nothing to draw"):
+        heads_de_vs_logit_drop(drops, shown=[])
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return head_tokens(token_data(3, 2), [(2, 1), (0, 0), (1, 1)])
+
+
+def test_fig03_one_panel_per_head_with_every_token(tokens):
+    fig = tokens_de_vs_logit_drop(tokens, "model-a")
+    axes = panels(fig)
+    assert [ax.get_title() for ax in axes] == ["model-a L2H1", "model-a L0H0", "model-a L1H1"]
+    for ax, name in zip(axes, ["L2H1", "L0H0", "L1H1"], strict=True):
+        assert "(logits)" in ax.get_xlabel() and "(logits)" in ax.get_ylabel()
+        assert reference_lines(ax) == {IDENTITY_GID, ZERO_GID}
+        dots = ax.collections[0].get_offsets()
+        np.testing.assert_allclose(dots[:, 0], tokens.de_drop.sel(head_name=name), rtol=1e-6)
+        np.testing.assert_allclose(dots[:, 1], tokens.logit_drop.sel(head_name=name), rtol=1e-6)
+
+
+def test_fig05_one_panel_per_ablation_on_shared_axes(tokens):
+    by_ablation = {a: tokens.isel(head_name=i) for i, a in enumerate(["resample", "mean", "zero"])}
+    fig = tokens_by_ablation(by_ablation, "model-a L2H1")
+    axes = panels(fig)
+    assert [ax.get_title() for ax in axes] == [
+        f"model-a L2H1, {a} ablation" for a in ("resample", "mean", "zero")
+    ]
+    assert len({ax.get_xlim() for ax in axes}) == 1 and len({ax.get_ylim() for ax in axes}) == 1
+    assert "(logits)" in axes[0].get_ylabel() and all("(logits)" in a.get_xlabel() for a in axes)
+    assert all(reference_lines(ax) == {IDENTITY_GID, ZERO_GID} for ax in axes)
+    colours = [tuple(ax.collections[0].get_facecolor()[0][:3]) for ax in axes]
+    assert len(set(colours)) == 3
+
+
+def test_fig06_clipped_share_on_a_unit_scale(summaries):
+    fig = ln_share_per_head(summaries)
+    axes = panels(fig)
+    assert [ax.get_title() for ax in axes] == ["model-a", "model-b"]
+    assert "LayerNorm share" in axes[0].get_ylabel() and "clipped" in axes[0].get_ylabel()
+    assert axes[0].get_ylim() == (-0.05, 1.05)
+    dots = axes[1].collections[0].get_offsets()
+    np.testing.assert_allclose(
+        np.sort(dots[:, 1]), np.sort(summaries["model-b"].top_ln_share_clipped.values.ravel())
+    )
+
+
+def test_fig11_clipped_beside_unclipped_for_each_model(summaries):
+    fig = ln_share_clipped_and_unclipped(summaries)
+    axes = panels(fig)
+    assert [ax.get_title() for ax in axes] == [
+        "model-a: clipped to [0, 1]",
+        "model-a: unclipped",
+        "model-b: clipped to [0, 1]",
+        "model-b: unclipped",
+    ]
+    dots = axes[3].collections[0].get_offsets()
+    np.testing.assert_allclose(
+        np.sort(dots[:, 1]), np.sort(summaries["model-b"].top_ln_share.values.ravel())
+    )
+    assert axes[2].get_xlabel() == axes[3].get_xlabel() == "layer / number of layers"
+
+
+def test_frozen_ln_figure_draws_the_three_treatments_per_model(summaries):
+    layers = {m: frozen_ln_layers(s, s) for m, s in summaries.items()}
+    fig = frozen_ln_self_repair(layers)
+    axes = panels(fig)
+    assert [ax.get_title() for ax in axes] == ["model-a", "model-b"]
+    assert "(logits)" in axes[0].get_ylabel()
+    for ax, (model, data) in zip(axes, layers.items(), strict=True):
+        assert ZERO_GID in reference_lines(ax)
+        lines = [line for line in ax.get_lines() if line.get_gid() is None]
+        assert len(lines) == 3
+        for line, variant in zip(lines, data.variant.values, strict=True):
+            np.testing.assert_allclose(line.get_ydata(), data.sel(variant=variant).values)
+            assert list(line.get_xdata()) == list(range(summaries[model].sizes["layer"]))
+    labels = sorted(t.get_text() for t in fig.legends[0].get_texts())
+    assert labels == sorted(FROZEN_LN_VARIANTS)

@@ -25,7 +25,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..store import open_zarr
+from ..store import open_shards, open_zarr
 from .captions import head_label  # noqa: F401  (re-exported)
 from .style import PANEL_SIZE, PNG_DPI, REFERENCE_COLOR
 
@@ -172,3 +172,19 @@ def open_by_model(
             )
         out[model] = ds
     return out
+
+
+def open_tokens(
+    paths: Sequence[str | os.PathLike], model: str, n_tokens: int | None = None
+) -> xr.Dataset:
+    """Per-token shards of one model and ablation (lazily), checked like open_by_model."""
+    ds = open_shards(list(paths))
+    if ds.attrs.get("model", model) != model:
+        raise ValueError(f"{paths[0]} holds model {ds.attrs['model']!r}, not {model!r}")
+    held = ds.sizes["batch"] * ds.sizes["pos"]
+    if n_tokens is not None and held != n_tokens:
+        raise ValueError(
+            f"the shards of {model} hold {held} tokens but the config measures {n_tokens}: "
+            "rerun the workflow so the stores match the config"
+        )
+    return ds

@@ -8,7 +8,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from ..reduce import layer_mean
-from .common import add_zero, model_panels, outer_labels
+from .common import add_zero, model_panels, outer_labels, panel_grid
 from .style import HEAD_COLOR, MEAN_COLOR, styled, with_unit
 
 DEPTH_LABEL = "layer / number of layers"
@@ -103,3 +103,50 @@ def self_repair_per_head(
         with_unit(f"self-repair, top {top_fraction:.0%} tokens"),
         intervals=intervals,
     )
+
+
+LN_SHARE_LABEL = "LayerNorm share of direct effect"
+
+
+def ln_share_per_head(
+    summaries: Mapping[str, xr.Dataset],
+    intervals: Mapping[str, xr.DataArray] | None = None,
+    top_fraction: float = 0.02,
+) -> Figure:
+    """Fig 6: each head's LayerNorm share of its direct effect (sr_ln / clean DE per token,
+    clipped to [0, 1]) averaged over its top tokens, by relative depth."""
+    return per_head_by_depth(
+        summaries,
+        "top_ln_share_clipped",
+        f"{LN_SHARE_LABEL}\n(clipped to [0, 1], top {top_fraction:.0%} tokens)",
+        intervals=intervals,
+        ylim=(-0.05, 1.05),
+    )
+
+
+@styled
+def ln_share_clipped_and_unclipped(
+    summaries: Mapping[str, xr.Dataset],
+    intervals: Mapping[str, xr.Dataset] | None = None,
+    top_fraction: float = 0.02,
+) -> Figure:
+    """Fig 11: per model, the clipped share (left, as Fig 6) beside the unclipped one (right,
+    its own scale: single tokens with a tiny clean DE make it wild). intervals[model] holds
+    top_ln_share_clipped and top_ln_share with a `bound` dimension."""
+    models = list(summaries)
+    fig, axes = panel_grid(2 * len(models), ncols=2, sharex=True)
+    columns = (("top_ln_share_clipped", "clipped to [0, 1]"), ("top_ln_share", "unclipped"))
+    for row, model in enumerate(models):
+        for col, (variable, kind) in enumerate(columns):
+            ax = axes[2 * row + col]
+            interval = None if intervals is None else intervals[model][variable]
+            _draw_heads(ax, summaries[model][variable], interval, label_first=row == col == 0)
+            add_zero(ax, label=None)
+            ax.set_title(f"{model}: {kind}")
+            ax.set_ylabel(f"{LN_SHARE_LABEL}\n({kind}, top {top_fraction:.0%} tokens)")
+            if kind.startswith("clipped"):
+                ax.set_ylim(-0.05, 1.05)
+            if row == len(models) - 1:
+                ax.set_xlabel(DEPTH_LABEL)
+    fig.legend(loc="outside lower center", ncols=3)
+    return fig

@@ -58,6 +58,11 @@ COMPONENT_LABELS = {
     "sr_mlps": "MLP layers",
     "sr_ln": "final LayerNorm",
 }
+FROZEN_LN_COLORS = {  # keys: selfrepair.reduce.FROZEN_LN_VARIANTS
+    "normal": "#222222",
+    "final LN frozen": "#1f77b4",
+    "every LN frozen": "#d62728",
+}
 HEAD_COLOR = "#4c72b0"  # dots for heads
 MEAN_COLOR = "#c44e52"  # per-layer mean lines
 REFERENCE_COLOR = "#555555"  # y = x, y = 0

@@ -27,10 +27,6 @@ ABLATIONS = config["ablations"]
 # Frozen-LayerNorm variants run as their own "ablation" (e.g. resample-frozen-ln).
 VARIANTS = ABLATIONS + [f"{a}-frozen-ln" for a in ENGINE["frozen_ln"]]
 SHARDS = [f"{i:03d}" for i in range(sr_config.n_shards(DATA))]
-# Figures: the paper's model/heads per figure, or the configured substitutes (see figures.smk).
-FIGURES = config["figures"]
-FIGURE_TARGETS = sr_config.figure_targets(config)
-N_PREDICTIONS = sr_config.n_predictions(DATA)  # tokens measured per model
 
 
 wildcard_constraints:
@@ -109,12 +105,45 @@ def ablation_shards(wildcards):
 
 
 # --- figures -----------------------------------------------------------------------------
+# The paper's model/heads per figure, or the configured substitutes; see rules/figures.smk.
+FIGURES = config["figures"]
+FIGURE_TARGETS = sr_config.figure_targets(config)
+FIG_ABLATION = sr_config.figure_ablation(config)
+OTHER_MODELS = sr_config.other_models(config)  # Figs 21-24
+FROZEN_BASE = sr_config.frozen_ln_ablation(config)  # None: no frozen-LayerNorm run
+N_PREDICTIONS = sr_config.n_predictions(DATA)  # tokens measured per model
+TOP_SELECTION = captions.Selection(ENGINE["top_fraction"], N_PREDICTIONS).describe()
+ALL_SELECTION = captions.Selection(None, N_PREDICTIONS).describe()
+BOOTSTRAP_NOTE = (
+    "Intervals: {level:.0%} percentile bootstrap over each head's tokens "
+    "({resamples:,} resamples, seed {seed})."
+).format(seed=config["seed"], **FIGURES["bootstrap"])
 
 
 def summary_paths(models, ablation):
     return expand(
         "results/{model}/summary/{ablation}.zarr", model=models, ablation=ablation
     )
+
+
+def interval_paths(models, ablation):
+    return expand(
+        "results/{model}/intervals/{ablation}.zarr", model=models, ablation=ablation
+    )
+
+
+def shard_paths(model, ablation):
+    return expand(
+        "results/{model}/ablation/{ablation}/shard-{shard}.zarr",
+        model=model,
+        ablation=ablation,
+        shard=SHARDS,
+    )
+
+
+def fig05_shards(wildcards):
+    """Fig 5's head under every ablation: the shards of each, by ablation name."""
+    return {a: shard_paths(FIGURE_TARGETS["fig05"].model, a) for a in ABLATIONS}
 
 
 def figure_paths(name):
@@ -124,16 +153,36 @@ def figure_paths(name):
     }
 
 
-TOP_SELECTION = captions.Selection(ENGINE["top_fraction"], N_PREDICTIONS).describe()
-ALL_SELECTION = captions.Selection(None, N_PREDICTIONS).describe()
+def figure_caption(models, ablations, selection, target=None, extra=()):
+    """The 'Measured' paragraph of a caption (selfrepair.plots.captions.measured)."""
+    subs = [target.substitution()] if target is not None and target.substituted else []
+    return captions.measured(
+        models=models,
+        ablations=ablations,
+        n_tokens=N_PREDICTIONS,
+        selection=selection,
+        substitutions=subs,
+        extra=extra,
+    )
 
-# Every figure of rules/figures.smk (and other figure files), by name; each makes
-# results/figures/<name>.pdf and .png. Add a figure here and it joins all_outputs().
-FIGURE_NAMES = ["fig01_self_repair_per_head"]
+
+# Every figure by name; each makes results/figures/<name>.pdf and .png. Add a figure here and
+# it joins all_outputs().
+FIGURE_NAMES = [
+    "fig01_self_repair_per_head",
+    "fig02_de_vs_logit_drop",
+    "fig03_tokens_de_vs_logit_drop",
+    "fig05_tokens_by_ablation",
+    "fig06_ln_share",
+    "fig11_ln_share_unclipped",
+    "fig21-24_de_vs_logit_drop_other_models",
+] + (["extra_frozen_ln"] if FROZEN_BASE else [])
+TABLE_OUTPUTS = ["results/tables/head_summary.csv", "results/tables/head_summary.html"]
 
 
 def figure_outputs():
-    return [path for name in FIGURE_NAMES for path in figure_paths(name).values()]
+    paths = [path for name in FIGURE_NAMES for path in figure_paths(name).values()]
+    return paths + TABLE_OUTPUTS
 
 
 def all_outputs():

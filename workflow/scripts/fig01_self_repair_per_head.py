@@ -5,8 +5,12 @@ from selfrepair.plots.common import open_by_model, save_figure
 from selfrepair.plots.per_head import self_repair_per_head
 
 with logged(snakemake.log[0]):
-    summaries = open_by_model(
-        snakemake.input.summaries, snakemake.params.models, snakemake.params.n_tokens
+    models, n_tokens = snakemake.params.models, snakemake.params.n_tokens
+    summaries = open_by_model(snakemake.input.summaries, models, n_tokens)
+    intervals = open_by_model(snakemake.input.intervals, models, n_tokens)
+    fig = self_repair_per_head(
+        summaries,
+        {m: ds.top_self_repair for m, ds in intervals.items()},
+        top_fraction=snakemake.params.top_fraction,
     )
-    fig = self_repair_per_head(summaries, top_fraction=snakemake.params.top_fraction)
     save_figure(fig, snakemake.output.pdf, snakemake.output.png)

@@ -1,0 +1,86 @@
+"""The per-head summary table of every model and ablation of a run: CSV (every column) and an
+HTML page for the report (the columns a reader compares, with their intervals)."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import pandas as pd
+
+from .reduce import head_table
+from .store import open_zarr, write_text
+
+HTML_COLUMNS = {  # column of the HTML table -> how it is made from the CSV's
+    "head": lambda t: "L" + t["layer"].astype(str) + "H" + t["head"].astype(str),
+    "self-repair, top tokens": lambda t: _with_interval(t, "top_self_repair"),
+    "other heads": lambda t: _number(t["top_sr_heads"]),
+    "MLP layers": lambda t: _number(t["top_sr_mlps"]),
+    "final LayerNorm": lambda t: _number(t["top_sr_ln"]),
+    "LN share (clipped)": lambda t: _with_interval(t, "top_ln_share_clipped"),
+    "LN share (unclipped)": lambda t: _with_interval(t, "top_ln_share"),
+    "dropped / top tokens": lambda t: (
+        t["top_n_dropped"].astype(str) + " / " + t["top_n_tokens"].astype(str)
+    ),
+    "self-repair, all tokens": lambda t: _with_interval(t, "mean_self_repair"),
+}
+
+STYLE = """
+table.heads { border-collapse: collapse; font: 13px sans-serif; margin-bottom: 1.5em; }
+table.heads th, table.heads td { padding: 2px 8px; border-bottom: 1px solid #ddd; }
+table.heads td { text-align: right; font-variant-numeric: tabular-nums; }
+table.heads th { background: #f3f3f3; position: sticky; top: 0; }
+"""
+
+
+def _number(values: pd.Series) -> pd.Series:
+    return values.map(lambda v: f"{v:.3f}")
+
+
+def _with_interval(table: pd.DataFrame, name: str) -> pd.Series:
+    """'0.123 [0.100, 0.150]' (the interval when the table has it)."""
+    text = _number(table[name])
+    if f"{name}_low" in table:
+        text = text + " [" + _number(table[f"{name}_low"]) + ", "
+        text = text + _number(table[f"{name}_high"]) + "]"
+    return text
+
+
+def table_html(table: pd.DataFrame, note: str = "") -> str:
+    """A standalone HTML page: one table per (model, ablation), heads in layer order."""
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>Per-head self-repair</title><style>{STYLE}</style></head><body>",
+        "<h1>Per-head self-repair</h1>",
+        f"<p>{html.escape(note)}</p>" if note else "",
+    ]
+    for (model, ablation), rows in table.groupby(["model", "ablation"], sort=True):
+        shown = pd.DataFrame({col: make(rows) for col, make in HTML_COLUMNS.items()})
+        n_tokens = int(rows["n_tokens"].iloc[0])
+        parts.append(f"<h2>{html.escape(model)}, {html.escape(ablation)} ablation</h2>")
+        parts.append(f"<p>{len(rows)} heads, {n_tokens:,} tokens; values in logits.</p>")
+        parts.append(shown.to_html(index=False, classes="heads", border=0, escape=True))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def table_stage(
+    *,
+    keys: Sequence[Sequence[str]],
+    summaries: Sequence[str],
+    intervals: Sequence[str],
+    csv: str,
+    html_path: str,
+    note: str = "",
+) -> pd.DataFrame:
+    """Workflow stage: keys[i] = (model, ablation) of summaries[i] and intervals[i]."""
+    keys = [tuple(k) for k in keys]
+    if not len(keys) == len(summaries) == len(intervals):
+        raise ValueError("give one summary and one interval store per (model, ablation)")
+    table = head_table(
+        {k: open_zarr(p) for k, p in zip(keys, summaries, strict=True)},
+        {k: open_zarr(p) for k, p in zip(keys, intervals, strict=True)},
+    )
+    write_text(csv, table.to_csv(index=False, float_format="%.6g"))
+    write_text(html_path, table_html(table, note))
+    return table

@@ -1,0 +1,15 @@
+"""Fig 3: per-token direct-effect drop against logit drop for a few heads of one model."""
+
+from selfrepair.config import check_target_heads
+from selfrepair.joblog import logged
+from selfrepair.plots.common import open_tokens, save_figure
+from selfrepair.plots.effects import tokens_de_vs_logit_drop
+from selfrepair.reduce import head_tokens
+
+with logged(snakemake.log[0]):
+    target = snakemake.params.target
+    shards = open_tokens(snakemake.input.shards, target["model"], snakemake.params.n_tokens)
+    check_target_heads(target, shards.sizes["layer"], shards.sizes["head"])
+    tokens = head_tokens(shards, [tuple(h) for h in target["heads"]])
+    fig = tokens_de_vs_logit_drop(tokens, target["model"])
+    save_figure(fig, snakemake.output.pdf, snakemake.output.png)
