@@ -175,5 +175,5 @@ def classify_reinforcement(ds: xr.Dataset) -> xr.Dataset:
             "trend": ("head", trend.astype(np.float32)),
             "classification": ("head", classes.astype(str)),
         },
-        coords={"head": ds.head, "scale": ds.scale},
+        coords={"head": ds["head"], "scale": ds["scale"]},
     )

@@ -129,7 +129,9 @@ def reference_reinforcement(
         de_clean = frozen_ln_direct_effect(
             model, out, cache["ln_final.hook_scale"][..., 0], targets
         )
+        clean_scale = cache["ln_final.hook_scale"][..., 0]
         de_new = np.zeros((len(scales), n_rows, n_pos), np.float32)
+        de_new_clean_scale = np.zeros_like(de_new)
         for i, s in enumerate(scales):
             for p in range(n_pos):
 
@@ -145,4 +147,10 @@ def reference_reinforcement(
                     model, new_out, new["ln_final.hook_scale"][..., 0], targets
                 )
                 de_new[i, :, p] = new_de[:, p].float().numpy()
-    return {"de_clean": de_clean.float().numpy(), "de_new": de_new}
+                frozen = frozen_ln_direct_effect(model, new_out, clean_scale, targets)
+                de_new_clean_scale[i, :, p] = frozen[:, p].float().numpy()
+    return {
+        "de_clean": de_clean.float().numpy(),
+        "de_new": de_new,
+        "de_new_clean_scale": de_new_clean_scale,
+    }
