@@ -151,7 +151,7 @@ def classify_reinforcement(ds: xr.Dataset) -> xr.Dataset:
     through the origin, since scale 0 changes nothing) and the class: self-repressing when the
     change slope is negative at every scale and falls with it, self-reinforcing when positive
     and rising, else mixed."""
-    scales = ds.scale.values.astype(np.float64)
+    scales = ds["scale"].values.astype(np.float64)
     slope = np.full((ds.sizes["head"], len(scales)), np.nan)
     for i in range(ds.sizes["head"]):
         x = ds.de_clean.values[i].ravel().astype(np.float64)
