@@ -77,6 +77,7 @@ def reductions(n_tok=30, d_mlp=20, ranks=20) -> xr.Dataset:
             "cumulative_abs_share": ("rank", np.linspace(0.1, 1, ranks)),
             "rank_median_clean_de": ("rank", RNG.normal(size=ranks)),
             "top_n_frequency": ("neuron", RNG.uniform(0, 0.3, d_mlp)),
+            "median_clean_de": ("neuron", RNG.normal(size=d_mlp)),
             "repair_fraction": (
                 ("rank", "threshold"),
                 np.sort(RNG.uniform(size=(ranks, 3)), 0)[::-1],
@@ -139,7 +140,13 @@ def test_cumulative_share_panels_and_frequency_sorted():
     assert heights[0] == pytest.approx(red.top_n_frequency.max().item())
     assert right.get_ylabel() == "share of tokens in the top 10"
     (bar,) = colorbars(fig)
-    assert bar.get_ylabel() == "median clean DE of the k-th neuron (logits)"
+    assert bar.get_ylabel() == "median clean direct effect (logits)"
+    # Bars carry each neuron's own median clean DE: the most frequent neuron's colour.
+    best = int(np.argmax(red.top_n_frequency.values))
+    cmap, norm = left.collections[0].get_cmap(), left.collections[0].norm
+    np.testing.assert_allclose(
+        right.patches[0].get_facecolor(), cmap(norm(red.median_clean_de.values[best]))
+    )
 
 
 def test_self_repression_one_panel_per_scale_with_slope():

@@ -163,19 +163,21 @@ def neuron_threshold_curves(panels: Mapping[str, xr.DataArray], ranks: int = 50)
 def cumulative_neuron_share(red: xr.Dataset, title: str, ranks: int | None = None) -> Figure:
     """Fig 15, left: for k = 1.., the mean over tokens of the share of all neurons' absolute
     self-repair held by the k best self-repairing neurons, each dot coloured by the median clean
-    direct effect of the k-th best neuron. Right: per neuron, sorted, the share of tokens where it
-    is among the top_n best (few neurons repeat: the repair is spread)."""
+    direct effect of the k-th best neuron. Right: per neuron, most frequent first, the share of
+    tokens where it is among the top_n best, coloured by its own median clean direct effect (few
+    neurons repeat: the repair is spread; red: erasure neurons)."""
     share = red.cumulative_abs_share
     median = red.rank_median_clean_de
     if ranks is not None:
         share, median = share.sel(rank=slice(1, ranks)), median.sel(rank=slice(1, ranks))
+    norm = _centred_norm(np.concatenate([median.values, red.median_clean_de.values]))
     fig, (left, right) = panel_grid(2, ncols=2, panel_size=(4.0, 3.2))
     points = left.scatter(
         share["rank"].values,
         share.values,
         c=median.values,
         cmap=DIVERGING_CMAP,
-        norm=_centred_norm(median.values),
+        norm=norm,
         s=8,
         zorder=3,
     )
@@ -184,15 +186,23 @@ def cumulative_neuron_share(red: xr.Dataset, title: str, ranks: int | None = Non
     left.set_ylabel("share of total |neuron self-repair|")
     left.set_ylim(0, 1.02)
     left.yaxis.set_major_formatter(PercentFormatter(1.0))
-    fig.colorbar(points, ax=left, label=with_unit("median clean DE of the k-th neuron"))
     top_n = int(red.attrs.get("top_n", 10))
-    freq = np.sort(red.top_n_frequency.values)[::-1]
-    shown = freq[: max(ranks or 0, int(np.count_nonzero(freq)), 1)]
-    right.bar(np.arange(1, shown.size + 1), shown, width=1.0, color=HEAD_COLOR)
+    order = np.argsort(-red.top_n_frequency.values, kind="stable")
+    freq = red.top_n_frequency.values[order]
+    n_shown = max(ranks or 0, int(np.count_nonzero(freq)), 1)
+    right.bar(
+        np.arange(1, n_shown + 1),
+        freq[:n_shown],
+        width=1.0,
+        color=colormaps[DIVERGING_CMAP](norm(red.median_clean_de.values[order][:n_shown])),
+        edgecolor="#999999",  # white (DE near 0) bars stay visible
+        linewidth=0.3,
+    )
     right.set_title(f"{title}\nmost frequent neuron: {freq[0]:.0%} of tokens")
     right.set_xlabel("neurons, most frequent first")
     right.set_ylabel(f"share of tokens in the top {top_n}")
     right.yaxis.set_major_formatter(PercentFormatter(1.0))
+    fig.colorbar(points, ax=[left, right], label=with_unit("median clean direct effect"))
     return fig
 
 
