@@ -195,4 +195,5 @@ def all_outputs():
         if "train" in entry:
             outputs.append(f"results/{model}/training.json")
     outputs += figure_outputs()
+    outputs += mechanism_outputs()  # rules/mechanisms.smk
     return outputs

@@ -1,0 +1,178 @@
+"""The `mechanisms` section of the config: which model and heads each mechanism figure uses (the
+paper's, or a named substitute when this run lacks them), resolved and checked before any job
+starts, with one-line errors naming the key. No heavy imports: the Snakefile uses it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, FigureTarget, model_entries, n_rows
+
+Head = tuple[int, int]
+
+# (n_layers, n_heads) of hub models whose size the config cannot read: the paper's, so that a
+# configured head out of range fails before any job starts. Other hub models are checked when
+# their job loads them.
+KNOWN_DIMS = {
+    "gpt2": (12, 12),
+    "gpt2-small": (12, 12),
+    "gpt2-medium": (24, 16),
+    "gpt2-large": (36, 20),
+    "gpt2-xl": (48, 25),
+    "pythia-70m": (6, 8),
+    "pythia-160m": (12, 12),
+    "pythia-410m": (24, 16),
+    "pythia-1b": (16, 8),
+    "pythia-1.4b": (24, 16),
+    "pythia-2.8b": (32, 32),
+    "llama-7b": (32, 32),
+}
+
+# Where each experiment's targets live: (experiment, key, is a list of targets).
+TARGET_KEYS = (
+    ("neurons", "fig07", False),
+    ("neurons", "fig08", True),
+    ("neurons", "fig15", False),
+    ("norms", "fig04", False),
+    ("norms", "fig16_18", False),
+    ("reinforcement", "fig09", False),
+)
+
+
+def model_dims(entry: dict[str, Any]) -> tuple[int, int] | None:
+    """(n_layers, n_heads) of a model entry when the config can know it without loading it."""
+    if "train" in entry:
+        return entry["train"].get("n_layers", 4), entry["train"].get("n_heads", 4)
+    if "path" in entry:
+        cfg_file = Path(entry["path"]) / "config.json"
+        if cfg_file.is_file():
+            hf = json.loads(cfg_file.read_text())
+            layers = hf.get("num_hidden_layers", hf.get("n_layer"))
+            heads = hf.get("num_attention_heads", hf.get("n_head"))
+            if isinstance(layers, int) and isinstance(heads, int):
+                return layers, heads
+        return None
+    return KNOWN_DIMS.get(entry["name"].lower())
+
+
+def parallel_blocks(entry: dict[str, Any]) -> bool | None:
+    """Whether attention and MLP of a block read the same residual (Pythia), when known."""
+    if "train" in entry:
+        return entry["train"]["arch"] == "pythia"
+    if "path" in entry:
+        cfg_file = Path(entry["path"]) / "config.json"
+        if cfg_file.is_file():
+            return bool(json.loads(cfg_file.read_text()).get("use_parallel_residual", False))
+        return None
+    name = entry["name"].lower()
+    return True if name.startswith("pythia") else (False if name in KNOWN_DIMS else None)
+
+
+def target_problem(
+    entries: dict[str, dict[str, Any]],
+    model: str,
+    heads: tuple[Head, ...],
+    need_measured: bool = False,
+    mlp_layer: int | None = None,
+) -> str | None:
+    """Why (model, heads) cannot be used in this run, or None. need_measured: the experiment
+    reads the ablation stage's stores, so a model entry's `heads` list must include them.
+    mlp_layer: that MLP layer must read each head's output (it is above it, or in the same
+    sequential block)."""
+    if model not in entries:
+        return f"{model} is not among this run's models"
+    entry = entries[model]
+    dims = model_dims(entry)
+    measured = {tuple(h) for h in entry.get("heads", [])}
+    for layer, head in heads:
+        if dims is not None and (layer >= dims[0] or head >= dims[1]):
+            return f"{model} has no L{layer}H{head} ({dims[0]} layers x {dims[1]} heads)"
+        if need_measured and measured and (layer, head) not in measured:
+            return f"L{layer}H{head} is not among the heads measured in {model}"
+        if mlp_layer is not None and dims is not None:
+            if not -dims[0] <= mlp_layer < dims[0]:
+                return f"{model} has no MLP layer {mlp_layer} ({dims[0]} layers)"
+            mlp = mlp_layer % dims[0]
+            parallel = parallel_blocks(entry)
+            if mlp < layer or (mlp == layer and parallel):
+                return (
+                    f"the MLP of layer {mlp} does not read the output of L{layer}H{head} in "
+                    f"{model}" + (" (parallel attention and MLP)" if parallel else "")
+                )
+    return None
+
+
+def _heads(value: Any) -> tuple[Head, ...]:
+    return tuple((int(layer), int(head)) for layer, head in (value or []))
+
+
+def resolve_target(
+    entries: dict[str, dict[str, Any]], spec: dict[str, Any], key: str, **checks: Any
+) -> FigureTarget:
+    """The paper's model and heads of `spec`, or its substitute when this run lacks them;
+    ConfigError in one line naming `key` when neither can be used. checks: target_problem's."""
+    paper_model, paper_heads = spec["model"], _heads(spec.get("heads"))
+    reason = target_problem(entries, paper_model, paper_heads, **checks)
+    if reason is None:
+        return FigureTarget(key, paper_model, paper_heads, paper_model, paper_heads)
+    sub = spec.get("substitute")
+    if sub is None:
+        raise ConfigError(
+            f"config key {key}.model: {reason}; add it to models or set {key}.substitute"
+        )
+    sub_heads = _heads(sub.get("heads"))
+    sub_reason = target_problem(entries, sub["model"], sub_heads, **checks)
+    if sub_reason is not None:
+        raise ConfigError(f"config key {key}.substitute: {sub_reason}")
+    return FigureTarget(key, sub["model"], sub_heads, paper_model, paper_heads, reason)
+
+
+def mechanism_targets(config: dict[str, Any]) -> dict[str, list[FigureTarget]]:
+    """Every target of the mechanisms section, by figure key (fig07, fig08, ...), resolved."""
+    entries = model_entries(config)
+    section = config["mechanisms"]
+    out: dict[str, list[FigureTarget]] = {}
+    for experiment, key, is_list in TARGET_KEYS:
+        spec = section[experiment][key]
+        specs = spec if is_list else [spec]
+        path = f"mechanisms.{experiment}.{key}"
+        checks = {
+            "need_measured": experiment == "norms",
+            "mlp_layer": section["neurons"]["mlp_layer"] if experiment == "neurons" else None,
+        }
+        out[key] = [
+            resolve_target(entries, s, f"{path}[{i}]" if is_list else path, **checks)
+            for i, s in enumerate(specs)
+        ]
+    check_reinforcement_rows(config)
+    return out
+
+
+def check_reinforcement_rows(config: dict[str, Any]) -> None:
+    section, data = config["mechanisms"]["reinforcement"], config["data"]
+    if section["seq_len"] > data["seq_len"]:
+        raise ConfigError(
+            f"config key mechanisms.reinforcement.seq_len: {section['seq_len']} is longer than "
+            f"the token rows (data.seq_len: {data['seq_len']})"
+        )
+    if section["rows"] > n_rows(data):
+        raise ConfigError(
+            f"config key mechanisms.reinforcement.rows: {section['rows']} rows asked, the data "
+            f"has {n_rows(data)} (raise data.n_tokens or lower rows)"
+        )
+
+
+def heads_by_model(targets: list[FigureTarget]) -> dict[str, list[Head]]:
+    """The heads each model runs for these targets, sorted, without repeats."""
+    out: dict[str, set[Head]] = {}
+    for target in targets:
+        out.setdefault(target.model, set()).update(target.heads)
+    return {model: sorted(heads) for model, heads in out.items()}
+
+
+def caption_label(target: FigureTarget) -> str:
+    """'pythia-160m L10H11', the shown model and heads."""
+    return target.label(target.model, target.heads)

@@ -1,0 +1,390 @@
+"""Neuron-level self-repair (paper Figs 7, 8, 15): per-token direct effects of every neuron of
+one MLP layer, clean and with one head ablated.
+
+The direct effect of neuron n at token t, with post-activation a_n, output row W_out[n], the
+correct-token direction u (readout.py, already centred) and the clean final-LN scale s, is
+
+    DE_n = a_n (W_out[n] . u) / s
+
+in the clean run and in the ablated run alike (the ablated run keeps the clean scale, as every
+direct effect here does). Summed over n it is the layer's direct effect minus its bias term
+b_out . u / s. A neuron's self-repair is its ablated minus its clean DE.
+
+Storing every neuron on every token would take d_mlp floats per token, head and run, so only the
+top fraction of tokens is kept, twice: by the head's clean DE ("head_de", Figs 8, 15) and by the
+MLP layer's self-repair, i.e. its ablated minus clean DE ("mlp_repair", Fig 7). Tokens are
+streamed and the running top set updated in place, so memory is that of the kept tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .engine import validate_tokens
+from .forward import check_supported, dot, restart_point
+from .mechanism_reductions import at_selected
+from .readout import Readout, readout
+from .rerun import AblationChunk, ablated_final, ablation_chunks
+
+SELECTIONS = ("head_de", "mlp_repair")
+PER_TOKEN = ("de_clean", "de_ablated", "mlp_de_clean", "mlp_de_ablated", "mlp_bias_de")
+PER_NEURON = ("neuron_de_clean", "neuron_de_ablated")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A head to ablate and the MLP layer whose neurons are watched."""
+
+    layer: int
+    head: int
+    mlp_layer: int
+
+    @property
+    def label(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+
+def resolve_probes(model, heads: Iterable[Sequence[int]], mlp_layer: int = -1) -> list[Probe]:
+    """Probes for (layer, head) or (layer, head, mlp_layer) items; mlp_layer counts from the end
+    when negative. Fails naming the head when it or its MLP layer does not exist, or when the MLP
+    layer does not read the head's output (below it, or beside it in a parallel block)."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    if model.cfg.attn_only:
+        raise ValueError(f"{model.cfg.model_name} has no MLP layers: neurons need one")
+    probes = []
+    for item in heads:
+        layer, head = int(item[0]), int(item[1])
+        mlp = int(item[2]) if len(item) > 2 else int(mlp_layer)
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise ValueError(
+                f"head L{layer}H{head} is out of range: {model.cfg.model_name} has {n_layers} "
+                f"layers of {n_heads} heads (layers and heads count from 0)"
+            )
+        if not -n_layers <= mlp < n_layers:
+            raise ValueError(
+                f"MLP layer {mlp} is out of range: {model.cfg.model_name} has {n_layers} layers"
+            )
+        mlp %= n_layers
+        sequential = restart_point(model) == "resid_mid"
+        if mlp < layer or (mlp == layer and not sequential):
+            raise ValueError(
+                f"the MLP of layer {mlp} does not read the output of head L{layer}H{head} in "
+                f"{model.cfg.model_name}: choose a later MLP layer"
+                + ("" if sequential else " (attention and MLP of a layer run in parallel)")
+            )
+        probe = Probe(layer, head, mlp)
+        if probe in probes:
+            raise ValueError(f"head L{layer}H{head} with MLP layer {mlp} is listed twice")
+        probes.append(probe)
+    if not probes:
+        raise ValueError("no heads given: list at least one (layer, head)")
+    return probes
+
+
+def post_hook(mlp_layer: int) -> str:
+    return f"blocks.{mlp_layer}.mlp.hook_post"
+
+
+def out_hook(mlp_layer: int) -> str:
+    return f"blocks.{mlp_layer}.hook_mlp_out"
+
+
+def neuron_readout(
+    model, mlp_layer: int, u: Float[Tensor, "batch pos d_model"], scale: Float[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos d_mlp"]:
+    """Direct effect per unit post-activation of each neuron: (W_out[n] . u) / s."""
+    w_out = model.blocks[mlp_layer].mlp.W_out.float()  # [d_mlp, d_model]
+    return torch.einsum("nm,bpm->bpn", w_out, u) / scale[..., None]
+
+
+def head_direct_effect(
+    model,
+    z: Float[Tensor, "batch pos head d_head"],
+    layer: int,
+    head: int,
+    u: Float[Tensor, "batch pos d_model"],
+    scale: Float[Tensor, "batch pos"],
+) -> Float[Tensor, "batch pos"]:
+    """z W_O[head] . u / s, through W_O . u (never a [batch, pos, d_model] head output)."""
+    v = torch.einsum("dm,bpm->bpd", model.blocks[layer].attn.W_O[head].float(), u)
+    return torch.einsum("bpd,bpd->bp", z[:, :, head].float(), v) / scale
+
+
+def chunk_neuron_effects(
+    model, chunk: AblationChunk, probes: Sequence[Probe]
+) -> dict[Probe, dict[str, Tensor]]:
+    """Per probe, on one chunk: the head's clean and ablated DE, the MLP layer's clean and
+    ablated DE and its bias term ([batch, pos]), and every neuron's clean and ablated DE
+    ([batch, pos, d_mlp]); all float32, on the model's device."""
+    cp = chunk.cp
+    u, s = cp.u, cp.scale
+    clean: dict[int, dict[str, Tensor]] = {}
+    for m in sorted({p.mlp_layer for p in probes}):
+        w = neuron_readout(model, m, u, s)
+        clean[m] = {
+            "w": w,
+            "neuron_de_clean": chunk.kept[post_hook(m)].float() * w,
+            "mlp_de_clean": cp.mlp_dot[m] / s,
+            "mlp_bias_de": dot(model.blocks[m].mlp.b_out, u) / s,
+        }
+    out = {}
+    for p in probes:
+        c = clean[p.mlp_layer]
+        m = p.mlp_layer
+        _, kept = ablated_final(model, chunk, p.layer, p.head, [post_hook(m), out_hook(m)])
+        out[p] = {
+            "de_clean": head_direct_effect(model, cp.z[p.layer], p.layer, p.head, u, s),
+            "de_ablated": head_direct_effect(model, chunk.z_new[p.layer], p.layer, p.head, u, s),
+            "mlp_de_clean": c["mlp_de_clean"],
+            # The layer's own output, not the sum of its neurons: the invariant
+            # sum(neurons) + bias == layer DE is then a real check (tests, sum_error).
+            "mlp_de_ablated": dot(kept[out_hook(m)], u) / s,
+            "mlp_bias_de": c["mlp_bias_de"],
+            "neuron_de_clean": c["neuron_de_clean"],
+            "neuron_de_ablated": kept[post_hook(m)].float() * c["w"],
+        }
+    return out
+
+
+def neuron_chunks(
+    model,
+    tokens: Int[Tensor, "rows pos_plus_1"],
+    ablation: str,
+    probes: Sequence[Probe],
+    *,
+    batch_size: int | None = None,
+    mean_include_bos: bool = True,
+    ro: Readout | None = None,
+) -> Iterator[tuple[Int[Tensor, " batch"], dict[Probe, dict[str, Tensor]]]]:
+    """(rows, chunk_neuron_effects) for each batch of rows of `tokens`; ablation as the engine
+    does it over `tokens` (pass one shard to match one shard of the engine)."""
+    check_supported(model)
+    validate_tokens(model, tokens)
+    ro = ro or readout(model)
+    chunks = ablation_chunks(
+        model,
+        tokens,
+        ablation,
+        {p.layer for p in probes},
+        ro,
+        batch_size=batch_size or tokens.shape[0],
+        mean_include_bos=mean_include_bos,
+        keep=[post_hook(m) for m in {p.mlp_layer for p in probes}],
+    )
+    for chunk in chunks:
+        yield chunk.rows, chunk_neuron_effects(model, chunk, probes)
+
+
+def probe_coords(probes: Sequence[Probe]) -> dict[str, tuple[str, list]]:
+    return {
+        "head": ("head", [p.label for p in probes]),
+        "head_layer": ("head", [p.layer for p in probes]),
+        "head_index": ("head", [p.head for p in probes]),
+        "mlp_layer": ("head", [p.mlp_layer for p in probes]),
+    }
+
+
+def neuron_direct_effects(
+    model,
+    tokens: Int[Tensor, "rows pos_plus_1"],
+    ablation: str,
+    probes: Sequence[Probe],
+    *,
+    batch_size: int | None = None,
+    mean_include_bos: bool = True,
+) -> xr.Dataset:
+    """Every neuron on every token (dims head, batch, pos, neuron): for small inputs and tests;
+    the workflow keeps only selected tokens (select_neuron_tokens)."""
+    n_rows, n_pos = tokens.shape[0], tokens.shape[1] - 1
+    d_mlp = model.cfg.d_mlp
+    out = {v: np.zeros((len(probes), n_rows, n_pos), np.float32) for v in PER_TOKEN}
+    out |= {v: np.zeros((len(probes), n_rows, n_pos, d_mlp), np.float32) for v in PER_NEURON}
+    for rows, effects in neuron_chunks(
+        model,
+        tokens,
+        ablation,
+        probes,
+        batch_size=batch_size,
+        mean_include_bos=mean_include_bos,
+    ):
+        for i, p in enumerate(probes):
+            for name, value in effects[p].items():
+                out[name][i, rows.numpy()] = value.cpu().numpy()
+    data = {v: (("head", "batch", "pos"), out[v]) for v in PER_TOKEN}
+    data |= {v: (("head", "batch", "pos", "neuron"), out[v]) for v in PER_NEURON}
+    coords = probe_coords(probes) | {
+        "batch": np.arange(n_rows),
+        "pos": np.arange(n_pos),
+        "neuron": np.arange(d_mlp),
+    }
+    return xr.Dataset(data, coords=coords, attrs={"ablation": ablation})
+
+
+class TopTokens:
+    """The k tokens of highest score seen so far, with their feature rows, updated in place.
+
+    Ties are broken towards the earlier token (lower global index), as reduce.top_token_mask
+    breaks them, so streaming gives the same set as selecting over all tokens at once.
+    """
+
+    def __init__(self, k: int, features: dict[str, int]):
+        self.k = k
+        self.score = np.full(k, -np.inf)
+        self.index = np.full(k, np.iinfo(np.int64).max, np.int64)  # empty slots sort last
+        self.values = {name: np.zeros((k, n), np.float32) for name, n in features.items()}
+
+    def offer(
+        self,
+        score: Float[Tensor, " m"],
+        index: Int[Tensor, " m"],
+        values: dict[str, Float[Tensor, "m n"]],
+    ) -> None:
+        score_np = score.detach().double().cpu().numpy()
+        all_score = np.concatenate([self.score, score_np])
+        all_index = np.concatenate([self.index, index.cpu().numpy().astype(np.int64)])
+        best = np.lexsort((all_index, -all_score))[: self.k]
+        chosen = np.zeros(len(all_score), bool)
+        chosen[best] = True
+        leaving = np.flatnonzero(~chosen[: self.k])  # slots whose token drops out
+        entering = np.flatnonzero(chosen[self.k :])  # new tokens that get in
+        if len(entering) == 0:
+            return
+        self.score[leaving] = score_np[entering]
+        self.index[leaving] = all_index[self.k + entering]
+        picked = torch.as_tensor(entering, device=score.device)
+        for name, value in values.items():
+            self.values[name][leaving] = value[picked].detach().float().cpu().numpy()
+
+    def in_token_order(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        order = np.argsort(self.index, kind="stable")
+        return (
+            self.index[order],
+            self.score[order],
+            {name: v[order] for name, v in self.values.items()},
+        )
+
+
+def n_selected(n_tokens: int, fraction: float) -> int:
+    """Tokens kept per head and selection: ceil(fraction * n_tokens), as reduce.top_token_mask."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"top_fraction must lie in (0, 1], got {fraction}")
+    return max(1, math.ceil(fraction * n_tokens))
+
+
+def select_neuron_tokens(
+    model,
+    shards: Iterable[tuple[int, Int[Tensor, "rows pos_plus_1"]]],
+    ablation: str,
+    probes: Sequence[Probe],
+    *,
+    n_tokens: int,
+    top_fraction: float = 0.02,
+    batch_size: int | None = None,
+    mean_include_bos: bool = True,
+) -> xr.Dataset:
+    """Stream shards of token rows, (first global row, rows), ablating within each shard as the
+    engine does, and keep neuron DEs only on each head's top tokens by clean DE ("head_de") and
+    by its MLP layer's self-repair ("mlp_repair").
+
+    n_tokens: total predictions over all shards (to size the top sets). Returns per-token
+    scalars (head, batch, pos) for all tokens, and per selected token (head, selection, token):
+    token_row, token_pos, score, and (head, selection, token, neuron) neuron_de_clean/ablated.
+    """
+    k = n_selected(n_tokens, top_fraction)
+    d_mlp = model.cfg.d_mlp
+    tops = {
+        (p, sel): TopTokens(k, {v: d_mlp for v in PER_NEURON}) for p in probes for sel in SELECTIONS
+    }
+    per_token: dict[str, list[np.ndarray]] = {v: [] for v in PER_TOKEN}
+    row_ids: list[np.ndarray] = []
+    ro = readout(model)
+    seen = 0
+    n_pos = None
+    for first_row, rows_tokens in shards:
+        n_pos = rows_tokens.shape[1] - 1
+        for rows, effects in neuron_chunks(
+            model,
+            rows_tokens,
+            ablation,
+            probes,
+            batch_size=batch_size,
+            mean_include_bos=mean_include_bos,
+            ro=ro,
+        ):
+            global_rows = first_row + rows
+            row_ids.append(global_rows.numpy())
+            flat_index = (global_rows[:, None] * n_pos + torch.arange(n_pos)).flatten()
+            for name in PER_TOKEN:
+                per_token[name].append(np.stack([effects[p][name].cpu().numpy() for p in probes]))
+            for p in probes:
+                e = effects[p]
+                neurons = {v: e[v].flatten(0, 1) for v in PER_NEURON}
+                scores = {
+                    "head_de": e["de_clean"],
+                    "mlp_repair": e["mlp_de_ablated"] - e["mlp_de_clean"],
+                }
+                for sel, score in scores.items():
+                    tops[p, sel].offer(score.flatten(), flat_index, neurons)
+            seen += rows.numel() * n_pos
+    if seen != n_tokens:
+        raise ValueError(f"n_tokens is {n_tokens} but the shards held {seen} predictions")
+
+    token_row = np.zeros((len(probes), len(SELECTIONS), k), np.int64)
+    token_pos = np.zeros_like(token_row)
+    score = np.zeros(token_row.shape, np.float32)
+    neuron = {v: np.zeros((*token_row.shape, d_mlp), np.float32) for v in PER_NEURON}
+    for i, p in enumerate(probes):
+        for j, sel in enumerate(SELECTIONS):
+            index, sc, values = tops[p, sel].in_token_order()
+            token_row[i, j], token_pos[i, j] = np.divmod(index, n_pos)
+            score[i, j] = sc
+            for v in PER_NEURON:
+                neuron[v][i, j] = values[v]
+
+    dims3 = ("head", "selection", "token")
+    data = {v: (("head", "batch", "pos"), np.concatenate(per_token[v], 1)) for v in PER_TOKEN}
+    data |= {
+        "token_row": (dims3, token_row),
+        "token_pos": (dims3, token_pos),
+        "score": (dims3, score),
+    }
+    data |= {v: ((*dims3, "neuron"), neuron[v]) for v in PER_NEURON}
+    coords = probe_coords(probes) | {
+        "selection": list(SELECTIONS),
+        "batch": np.concatenate(row_ids),
+        "pos": np.arange(n_pos),
+        "token": np.arange(k),
+        "neuron": np.arange(d_mlp),
+    }
+    attrs = {
+        "ablation": ablation,
+        "top_fraction": top_fraction,
+        "n_tokens": n_tokens,
+        "selections": "head_de: top tokens by the head's clean DE; mlp_repair: top tokens by "
+        "the MLP layer's self-repair (ablated - clean DE)",
+        "logits": "centred over the vocabulary; direct effects use the clean final-LN scale",
+    }
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def sum_error(ds: xr.Dataset) -> float:
+    """max |sum of neuron DEs + bias term - MLP layer DE| over heads, tokens and both runs, on
+    a dataset of every token (neuron_direct_effects) or of selected ones (select_neuron_tokens)."""
+    selected = "token" in ds.dims
+
+    def per_token(name):
+        return at_selected(ds, name) if selected else ds[name]
+
+    err = 0.0
+    for run in ("clean", "ablated"):
+        total = ds[f"neuron_de_{run}"].sum("neuron") + per_token("mlp_bias_de")
+        err = max(err, float(np.abs(total - per_token(f"mlp_de_{run}")).max()))
+    return err

@@ -1,0 +1,202 @@
+"""The mechanism stages end to end on a tiny random model and a two-shard token store: they
+write stores the figure builders read back, and line up with the ablation stage's stores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import selfrepair.mechanism_pipeline as mp
+import selfrepair.pipeline as pipeline
+from selfrepair.models import random_model
+from selfrepair.neurons import neuron_direct_effects, resolve_probes
+from selfrepair.plots import mechanism_figures
+from selfrepair.store import open_zarr, write_zarr
+
+BOUNDS = [(0, 5), (5, 9)]
+NEURON_HEADS = [[1, 2], [0, 1]]
+NORM_HEADS = [[2, 3], [1, 0]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model("pythia")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, model):
+    """Tokens, the ablation stage's shards and every mechanism stage, with the model loader
+    replaced by the random model (no hub, no checkpoint)."""
+    root = tmp_path_factory.mktemp("mech")
+    rows = torch.randint(1, model.cfg.d_vocab, (9, 12), generator=torch.Generator().manual_seed(5))
+    rows[:, 0] = 0
+    tokens = str(root / "tokens.zarr")
+    write_zarr(xr.Dataset({"tokens": (("row", "tok"), rows.numpy().astype(np.int32))}), tokens)
+    patch = pytest.MonkeyPatch()
+    patch.setattr(pipeline, "model_for", lambda *a, **k: model)
+    patch.setattr(mp, "model_for", lambda *a, **k: model)
+    common = dict(entry={"name": "random-pythia"}, checkpoint=None, device="cpu", dtype="float32")
+    attrs = {"model": "random-pythia"}
+    shards = {}
+    for ablation in ("resample", "zero"):
+        shards[ablation] = []
+        for i, bounds in enumerate(BOUNDS):
+            out = str(root / f"ablation-{ablation}-{i}.zarr")
+            pipeline.ablate_shard(
+                tokens=tokens,
+                bounds=bounds,
+                ablation=ablation,
+                batch_size=3,
+                heads_per_pass=4,
+                mean_include_bos=True,
+                out=out,
+                attrs=attrs,
+                **common,
+            )
+            shards[ablation].append(out)
+    paths = {
+        "tokens": tokens,
+        "shards": shards,
+        "selected": str(root / "selected.zarr"),
+        "reductions": str(root / "reductions.zarr"),
+        "norms": {a: str(root / f"norms-{a}.zarr") for a in shards},
+        "reinforcement": str(root / "reinforcement.zarr"),
+    }
+    mp.neuron_stage(
+        tokens=tokens,
+        bounds=BOUNDS,
+        heads=NEURON_HEADS,
+        mlp_layer=-1,
+        ablation="resample",
+        top_fraction=0.1,
+        batch_size=2,
+        mean_include_bos=True,
+        out=paths["selected"],
+        attrs=attrs,
+        **common,
+    )
+    mp.neuron_reduction_stage(
+        selected=paths["selected"],
+        thresholds=[0.5, 0.1],
+        top_n=3,
+        out=paths["reductions"],
+        attrs=attrs,
+    )
+    for ablation, out in paths["norms"].items():
+        mp.norms_stage(
+            tokens=tokens,
+            bounds=BOUNDS,
+            engine_shards=shards[ablation],
+            heads=NORM_HEADS,
+            ablation=ablation,
+            top_fraction=0.1,
+            batch_size=3,
+            mean_include_bos=True,
+            out=out,
+            attrs=attrs,
+            **common,
+        )
+    mp.reinforcement_stage(
+        tokens=tokens,
+        heads=[[2, 1]],
+        second_half=True,
+        scales=[1.0, 2.0],
+        rows=4,
+        seq_len=7,
+        batch_size=3,
+        out=paths["reinforcement"],
+        attrs=attrs,
+        **common,
+    )
+    yield paths, rows
+    patch.undo()
+
+
+def test_neuron_store_holds_the_top_tokens_of_the_whole_run(run, model):
+    paths, rows = run
+    ds = open_zarr(paths["selected"]).load()
+    assert ds.attrs["model"] == "random-pythia" and ds.attrs["neuron_sum_max_error"] < 1e-5
+    assert ds.sizes["token"] == int(np.ceil(0.1 * 9 * 11))
+    assert ds.batch.values.tolist() == list(range(9))
+    # Per shard, as the ablation stage ablates.
+    probes = resolve_probes(model, NEURON_HEADS)
+    full = xr.concat(
+        [
+            neuron_direct_effects(model, rows[a:b], "resample", probes).assign_coords(
+                batch=np.arange(a, b)
+            )
+            for a, b in BOUNDS
+        ],
+        "batch",
+    )
+    assert float(np.abs(ds.de_ablated - full.de_ablated).max()) < 1e-6
+    red = open_zarr(paths["reductions"])
+    assert red.sizes["threshold"] == 2 and red.attrs["top_n"] == 3
+
+
+def test_norm_store_lines_up_with_the_ablation_shards(run):
+    paths, _ = run
+    for ablation in ("resample", "zero"):
+        ds = open_zarr(paths["norms"][ablation]).load()
+        engine = xr.concat([open_zarr(p) for p in paths["shards"][ablation]], "batch")
+        eng = engine.sel(layer=2, head=3)
+        np.testing.assert_allclose(
+            ds.ln_scale_ratio.sel(head="L2H3"), eng.ln_scale_clean / eng.ln_scale_ablated, 1e-6
+        )
+        assert ds.attrs["ln_scale_rerun_max_relative_difference"] < 1e-5
+        assert ds.attrs["ablation"] == ablation and ds.attrs["n_tokens"] == 99
+
+
+def test_norms_against_another_ablations_store_are_refused(run, tmp_path):
+    paths, _ = run
+    out = tmp_path / "bad.zarr"
+    with pytest.raises(ArithmeticError, match="differs from the ablation store"):
+        mp.norms_stage(
+            tokens=paths["tokens"],
+            bounds=BOUNDS,
+            engine_shards=paths["shards"]["zero"],
+            entry={"name": "random-pythia"},
+            checkpoint=None,
+            device="cpu",
+            dtype="float32",
+            heads=NORM_HEADS,
+            ablation="resample",
+            top_fraction=0.1,
+            batch_size=3,
+            mean_include_bos=True,
+            out=str(out),
+            attrs={"model": "random-pythia"},
+        )
+    assert not out.exists()
+
+
+def test_reinforcement_store_covers_the_second_half(run):
+    paths, _ = run
+    ds = open_zarr(paths["reinforcement"])
+    assert ds.sizes["head"] == 8 and ds.sizes["batch"] == 4 and ds.sizes["pos"] == 6
+    assert "L2H1" in ds["head"].values.tolist() and ds.classification.dtype.kind == "U"
+
+
+def test_figure_builders_read_the_stores(run):
+    paths, _ = run
+    t07 = {"model": "random-pythia", "heads": [[1, 2]]}
+    assert len(mechanism_figures.fig07(paths["reductions"], t07).axes) == 2  # panel, colour bar
+    t08 = [t07, {"model": "random-pythia", "heads": [[0, 1]]}]
+    fig = mechanism_figures.fig08([paths["reductions"]] * 2, t08, ranks=20)
+    assert [ax.get_title() for ax in fig.axes] == ["random-pythia L1H2", "random-pythia L0H1"]
+    assert len(mechanism_figures.fig15(paths["reductions"], t07).axes) == 3
+    t04 = {"model": "random-pythia", "heads": [[2, 3]]}
+    assert len(mechanism_figures.fig04(paths["norms"], t04).axes) == 2
+    t16 = {"model": "random-pythia", "heads": [[2, 3], [1, 0]]}
+    assert len(mechanism_figures.fig16_18(paths["norms"], t16).axes) == 4
+    t09 = {"model": "random-pythia", "heads": [[2, 1]]}
+    assert len(mechanism_figures.fig09_19(paths["reinforcement"], t09, [1.0]).axes) == 1
+    assert len(mechanism_figures.fig09_19(paths["reinforcement"], t09, None).axes) == 2
+    with pytest.raises(ValueError, match="has no head L0H0"):
+        mechanism_figures.fig07(paths["reductions"], {"model": "random-pythia", "heads": [[0, 0]]})
+    with pytest.raises(ValueError, match="holds model 'random-pythia', not 'other'"):
+        mechanism_figures.fig15(paths["reductions"], {"model": "other", "heads": [[1, 2]]})
+    with pytest.raises(ValueError, match=r"has no scale \[3.0\]"):
+        mechanism_figures.fig09_19(paths["reinforcement"], t09, [3.0])

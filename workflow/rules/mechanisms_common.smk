@@ -1,0 +1,72 @@
+# Helpers of rules/mechanisms.smk: the resolved targets of config["mechanisms"] (the paper's
+# model and heads per figure, or named substitutes; selfrepair.mechanism_config), the heads each
+# model runs, captions and the list of final outputs.
+import selfrepair.mechanism_config as mech_config  # noqa: E402
+
+MECH = config["mechanisms"]
+MECH_TARGETS = mech_config.mechanism_targets(config)
+NEURON_HEADS = mech_config.heads_by_model(
+    MECH_TARGETS["fig07"] + MECH_TARGETS["fig08"] + MECH_TARGETS["fig15"]
+)
+NORM_HEADS = mech_config.heads_by_model(
+    MECH_TARGETS["fig04"] + MECH_TARGETS["fig16_18"]
+)
+REINFORCEMENT_HEADS = mech_config.heads_by_model(MECH_TARGETS["fig09"])
+SHARD_BOUNDS = [list(sr_config.shard_bounds(DATA, int(s))) for s in SHARDS]
+REINFORCEMENT_TOKENS = MECH["reinforcement"]["rows"] * (
+    MECH["reinforcement"]["seq_len"] - 1
+)
+MLP_REPAIR_SELECTION = (
+    f"the top {ENGINE['top_fraction']:.0%} of tokens by the MLP layer's self-repair "
+    f"({sr_config.top_count(N_PREDICTIONS, ENGINE['top_fraction']):,} of "
+    f"{N_PREDICTIONS:,} tokens)"
+)
+REINFORCEMENT_SELECTION = (
+    f"the first {MECH['reinforcement']['rows']} token rows cut to "
+    f"{MECH['reinforcement']['seq_len']} tokens, every position"
+)
+MECHANISM_FIGURES = {
+    "fig04": "fig04_ln_scale_ratio",
+    "fig07": "fig07_top_repairing_neuron",
+    "fig08": "fig08_neuron_repair_thresholds",
+    "fig09": "fig09_self_repression",
+    "fig15": "fig15_neuron_cumulative_share",
+    "fig16_18": "fig16-18_resid_norm_ratio",
+    "fig19": "fig19_self_repression_scales",
+}
+
+
+def target(key):
+    """The (single) resolved target of a mechanism figure, as plain params."""
+    return MECH_TARGETS[key][0].as_params()
+
+
+def mech_caption(key, ablations, selection, n_tokens=N_PREDICTIONS, extra=()):
+    """The 'Measured' paragraph of a mechanism figure's caption."""
+    targets = MECH_TARGETS[key]
+    return captions.measured(
+        models=list(dict.fromkeys(t.model for t in targets)),
+        ablations=ablations,
+        n_tokens=n_tokens,
+        selection=selection,
+        substitutions=[t.substitution() for t in targets if t.substituted],
+        extra=extra,
+    )
+
+
+def norm_paths(model):
+    return expand(
+        "results/{model}/norms/{ablation}.zarr", model=model, ablation=ABLATIONS
+    )
+
+
+def mechanism_outputs():
+    """Every final output of the mechanism rules: stores, reductions and figures."""
+    outputs = [f"results/{m}/neurons/reductions.zarr" for m in NEURON_HEADS]
+    outputs += [path for m in NORM_HEADS for path in norm_paths(m)]
+    outputs += [
+        f"results/{m}/reinforcement/reinforcement.zarr" for m in REINFORCEMENT_HEADS
+    ]
+    for name in MECHANISM_FIGURES.values():
+        outputs += list(figure_paths(name).values())
+    return outputs

@@ -1,0 +1,10 @@
+"""Fig 4: clean / ablated final-LN scale on one head's top tokens, per ablation."""
+
+from selfrepair.joblog import logged
+from selfrepair.plots import mechanism_figures
+from selfrepair.plots.common import save_figure
+
+with logged(snakemake.log[0]):
+    paths = dict(zip(snakemake.params.ablations, snakemake.input.norms, strict=True))
+    fig = mechanism_figures.fig04(paths, snakemake.params.target)
+    save_figure(fig, snakemake.output.pdf, snakemake.output.png)

@@ -1,0 +1,11 @@
+"""Fig 8: how often the k-th best neuron repairs a given share of the head's DE."""
+
+from selfrepair.joblog import logged
+from selfrepair.plots import mechanism_figures
+from selfrepair.plots.common import save_figure
+
+with logged(snakemake.log[0]):
+    fig = mechanism_figures.fig08(
+        list(snakemake.input.reductions), snakemake.params.targets, snakemake.params.ranks
+    )
+    save_figure(fig, snakemake.output.pdf, snakemake.output.png)

@@ -1,0 +1,25 @@
+"""Neuron direct effects of one model's configured heads on their top tokens
+(selfrepair.mechanism_pipeline.neuron_stage)."""
+
+from selfrepair.joblog import logged
+from selfrepair.mechanism_pipeline import neuron_stage
+from selfrepair.pipeline import set_threads
+
+with logged(snakemake.log[0]):
+    set_threads(snakemake.threads)
+    neuron_stage(
+        tokens=snakemake.input.tokens,
+        bounds=snakemake.params.bounds,
+        entry=snakemake.params.model,
+        checkpoint=snakemake.input.get("model_dir"),
+        device=snakemake.params.device,
+        dtype=snakemake.params.dtype,
+        heads=snakemake.params.heads,
+        mlp_layer=snakemake.params.mlp_layer,
+        ablation=snakemake.params.ablation,
+        top_fraction=snakemake.params.top_fraction,
+        batch_size=snakemake.params.batch_size,
+        mean_include_bos=snakemake.params.mean_include_bos,
+        out=snakemake.output.selected,
+        attrs=snakemake.params.attrs,
+    )

@@ -1,0 +1,13 @@
+"""Neuron reductions for Figs 7, 8, 15 (selfrepair.mechanism_pipeline)."""
+
+from selfrepair.joblog import logged
+from selfrepair.mechanism_pipeline import neuron_reduction_stage
+
+with logged(snakemake.log[0]):
+    neuron_reduction_stage(
+        selected=snakemake.input.selected,
+        thresholds=snakemake.params.thresholds,
+        top_n=snakemake.params.top_n,
+        out=snakemake.output.reductions,
+        attrs=snakemake.params.attrs,
+    )

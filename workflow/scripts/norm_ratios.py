@@ -1,0 +1,25 @@
+"""Final-LN scale and residual-norm ratios of one model's configured heads under one ablation
+(selfrepair.mechanism_pipeline.norms_stage)."""
+
+from selfrepair.joblog import logged
+from selfrepair.mechanism_pipeline import norms_stage
+from selfrepair.pipeline import set_threads
+
+with logged(snakemake.log[0]):
+    set_threads(snakemake.threads)
+    norms_stage(
+        tokens=snakemake.input.tokens,
+        bounds=snakemake.params.bounds,
+        engine_shards=list(snakemake.input.shards),
+        entry=snakemake.params.model,
+        checkpoint=snakemake.input.get("model_dir"),
+        device=snakemake.params.device,
+        dtype=snakemake.params.dtype,
+        heads=snakemake.params.heads,
+        ablation=snakemake.wildcards.ablation,
+        top_fraction=snakemake.params.top_fraction,
+        batch_size=snakemake.params.batch_size,
+        mean_include_bos=snakemake.params.mean_include_bos,
+        out=snakemake.output.norms,
+        attrs=snakemake.params.attrs,
+    )

@@ -1,0 +1,23 @@
+"""Self-reinforcement experiment of one model's heads (selfrepair.mechanism_pipeline)."""
+
+from selfrepair.joblog import logged
+from selfrepair.mechanism_pipeline import reinforcement_stage
+from selfrepair.pipeline import set_threads
+
+with logged(snakemake.log[0]):
+    set_threads(snakemake.threads)
+    reinforcement_stage(
+        tokens=snakemake.input.tokens,
+        entry=snakemake.params.model,
+        checkpoint=snakemake.input.get("model_dir"),
+        device=snakemake.params.device,
+        dtype=snakemake.params.dtype,
+        heads=snakemake.params.heads,
+        second_half=snakemake.params.second_half,
+        scales=snakemake.params.scales,
+        rows=snakemake.params.rows,
+        seq_len=snakemake.params.seq_len,
+        batch_size=snakemake.params.batch_size,
+        out=snakemake.output.reinforcement,
+        attrs=snakemake.params.attrs,
+    )
