@@ -30,6 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .blocks import run_block, run_mlp
 from .forward import CleanPass, check_finite, check_supported, clean_pass, dot, embed, restart_point
 from .readout import Readout, readout
 from .variables import ABLATIONS, HEAD_VARIABLES
@@ -90,6 +91,7 @@ def mean_z(
     layers: Iterable[int],
     batch_size: int,
     include_bos: bool = True,
+    fused: bool = True,
 ) -> dict[int, Float[Tensor, "head d_head"]]:
     """Mean of each head's z over all rows and positions of tokens (position 0 optional)."""
     layers = sorted(set(layers))
@@ -109,7 +111,7 @@ def mean_z(
             chunk = tokens[start : start + batch_size]
             resid = embed(model, chunk)
             for block in model.blocks[: layers[-1] + 1]:
-                resid = block(resid)
+                resid = run_block(block, resid, fused)
             count += chunk.shape[0] * (chunk.shape[1] - first)
     return {layer: (s / count).to(model.cfg.dtype) for layer, s in sums.items()}
 
@@ -137,6 +139,7 @@ def ablated_pass(
     heads: list[int],
     z_new: Float[Tensor, "group batch pos d_head"],
     freeze_ln: bool = False,
+    fused: bool = True,
 ) -> dict[str, Float[Tensor, "group batch pos"]]:
     """Replace z of each head in `heads` (one head per group entry) and finish the forward pass.
 
@@ -184,11 +187,11 @@ def ablated_pass(
     sequential = restart_point(model) == "resid_mid"
     with model.hooks(fwd_hooks=hooks):
         if sequential:  # the MLP of this layer reads the ablated stream
-            mlp_out = block.apply_mlp(block.ln2(resid))
+            mlp_out = run_mlp(block, resid, fused)
             sr_mlps += stacked_dot(mlp_out) - cp.mlp_dot[layer]
             resid = resid + mlp_out
         for later in range(layer + 1, model.cfg.n_layers):
-            resid = model.blocks[later](resid)
+            resid = run_block(model.blocks[later], resid, fused)
 
     x = resid.reshape(g, b, p, -1)
     scale_ablated = cp.scale.expand(g, b, p) if freeze_ln else ro.scale(x)
@@ -230,6 +233,7 @@ def measure_heads(
     source: Int[Tensor, " batch"] | None = None,
     mean_include_bos: bool = True,
     freeze_ln: bool = False,
+    fused: bool = True,
     progress: bool = False,
     desc: str | None = None,
 ) -> xr.Dataset:
@@ -241,6 +245,8 @@ def measure_heads(
     batch_size and heads_per_pass bound memory (rows per pass, heads stacked per pass); they
     never change a number. freeze_ln: every LayerNorm after the ablated head keeps its clean
     scale (so sr_ln is 0 and the remaining self-repair is the heads' and MLPs').
+    fused: run blocks with selfrepair.blocks' fused forward where it applies (same numbers to
+    float tolerance, several times faster on a CPU); False runs TransformerLens' block modules.
     Returns dims layer, head, batch, pos (= tokens.shape[1] - 1).
     """
     if ablation not in ABLATIONS:
@@ -264,7 +270,9 @@ def measure_heads(
         if n_rows < 2:
             raise ValueError("resample ablation needs at least 2 rows to take z from another row")
     z_mean = (
-        mean_z(model, tokens, layers, batch_size, mean_include_bos) if ablation == "mean" else None
+        mean_z(model, tokens, layers, batch_size, mean_include_bos, fused)
+        if ablation == "mean"
+        else None
     )
 
     out = {
@@ -298,6 +306,7 @@ def measure_heads(
                 layers,
                 run_rows,
                 norm_scales=freeze_ln,
+                fused=fused,
             )
             cp = _take(cp_all, len(rows))
             sl = slice(start, start + len(rows))
@@ -317,7 +326,7 @@ def measure_heads(
                         z_new = z_mean[layer][group][:, None, None, :].expand_as(z_clean)
                     else:
                         z_new = torch.zeros_like(z_clean)
-                    res = ablated_pass(model, ro, cp, layer, group, z_new, freeze_ln)
+                    res = ablated_pass(model, ro, cp, layer, group, z_new, freeze_ln, fused)
                     check_finite(res["logit_diff"].transpose(0, 1), f"ablated layer {layer}", rows)
                     for name, value in res.items():
                         out[name][layer, group, sl] = value.cpu().numpy()
