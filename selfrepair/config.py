@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,16 @@ def check_hub_names(entries: dict[str, dict[str, Any]]) -> None:
             official_model_name(name)
 
 
+FROZEN_LN_SUFFIX = "-frozen-ln"
+
+
+def parse_ablation(variant: str) -> tuple[str, bool]:
+    """'mean' -> ('mean', False); 'mean-frozen-ln' -> ('mean', True)."""
+    if variant.endswith(FROZEN_LN_SUFFIX):
+        return variant[: -len(FROZEN_LN_SUFFIX)], True
+    return variant, False
+
+
 def n_rows(data: dict[str, Any]) -> int:
     """Rows of seq_len tokens holding at least n_tokens tokens (one more if the last shard
     would otherwise hold a single row, which has no other row to resample from)."""
@@ -124,3 +135,122 @@ def shard_bounds(data: dict[str, Any], shard: int) -> tuple[int, int]:
         raise ConfigError(f"shard {shard} does not exist: there are {n_shards(data)} shards")
     start = shard * data["shard_rows"]
     return start, min(start + data["shard_rows"], n_rows(data))
+
+
+def n_predictions(data: dict[str, Any]) -> int:
+    """Tokens measured per model: every row predicts seq_len - 1 next tokens."""
+    return n_rows(data) * (data["seq_len"] - 1)
+
+
+def top_count(n_tokens: int, fraction: float) -> int:
+    """Tokens in a head's top fraction of n_tokens: ceil(fraction * n_tokens), at least 1."""
+    return max(1, math.ceil(fraction * n_tokens))
+
+
+# --- Figures: which model and heads each figure shows, with substitutes -----------------------
+
+Head = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class FigureTarget:
+    """The model (and heads) a figure shows: the paper's, or the configured substitute when the
+    paper's model or heads are not in this run."""
+
+    key: str  # the config key under `figures`, e.g. "fig03"
+    model: str
+    heads: tuple[Head, ...]
+    paper_model: str
+    paper_heads: tuple[Head, ...]
+    reason: str | None = None  # why the paper's choice is not shown; None: it is
+
+    @property
+    def substituted(self) -> bool:
+        return self.reason is not None
+
+    def label(self, model: str, heads: tuple[Head, ...]) -> str:
+        names = ", ".join(f"L{layer}H{head}" for layer, head in heads)
+        return f"{model} {names}" if names else model
+
+    def substitution(self) -> str | None:
+        """The sentence a caption carries when a substitute is shown."""
+        if not self.substituted:
+            return None
+        return (
+            f"{self.label(self.model, self.heads)} is a substitute for the paper's "
+            f"{self.label(self.paper_model, self.paper_heads)} ({self.reason})."
+        )
+
+    def as_params(self) -> dict[str, Any]:
+        """Plain types for Snakemake params (scripts rebuild nothing from it but read it)."""
+        return {
+            "key": self.key,
+            "model": self.model,
+            "heads": [list(h) for h in self.heads],
+            "paper_model": self.paper_model,
+            "paper_heads": [list(h) for h in self.paper_heads],
+            "substitution": self.substitution(),
+        }
+
+
+def _as_heads(value: Any) -> tuple[Head, ...]:
+    return tuple((int(layer), int(head)) for layer, head in (value or []))
+
+
+def unavailable(
+    entries: dict[str, dict[str, Any]], model: str, heads: tuple[Head, ...]
+) -> str | None:
+    """Why (model, heads) cannot be shown from this run, or None when it can. Head ranges are
+    checked where the config knows them (trained models, explicit `heads` lists); a hub
+    model's size is checked against the data when the figure is drawn."""
+    if model not in entries:
+        return f"{model} is not among this run's models"
+    entry = entries[model]
+    measured = {tuple(h) for h in entry.get("heads", [])}
+    dims = entry.get("train")
+    for layer, head in heads:
+        if measured and (layer, head) not in measured:
+            return f"L{layer}H{head} is not among the heads measured in {model}"
+        if dims is not None:
+            n_layers, n_heads = dims.get("n_layers", 4), dims.get("n_heads", 4)
+            if layer >= n_layers or head >= n_heads:
+                return f"{model} has no L{layer}H{head} ({n_layers} layers x {n_heads} heads)"
+    return None
+
+
+def figure_target(config: dict[str, Any], key: str) -> FigureTarget:
+    """Resolve figures.<key> (model, heads, substitute) against the run's models; ConfigError
+    in one line naming the key when neither the paper's choice nor a substitute is available."""
+    entries = model_entries(config)
+    spec = config.get("figures", {}).get(key)
+    if not isinstance(spec, dict) or "model" not in spec:
+        raise ConfigError(f"config key figures.{key}.model: missing; name the model to show")
+    paper_model, paper_heads = spec["model"], _as_heads(spec.get("heads"))
+    reason = unavailable(entries, paper_model, paper_heads)
+    if reason is None:
+        return FigureTarget(key, paper_model, paper_heads, paper_model, paper_heads)
+    sub = spec.get("substitute")
+    if sub is None:
+        raise ConfigError(
+            f"config key figures.{key}.model: {reason}; add it to models or set "
+            f"figures.{key}.substitute"
+        )
+    sub_heads = _as_heads(sub.get("heads"))
+    if paper_heads and not sub_heads:
+        raise ConfigError(
+            f"config key figures.{key}.substitute.heads: missing; name the heads of "
+            f"{sub['model']} to show in place of the paper's"
+        )
+    sub_reason = unavailable(entries, sub["model"], sub_heads)
+    if sub_reason is not None:
+        raise ConfigError(f"config key figures.{key}.substitute: {sub_reason}")
+    return FigureTarget(key, sub["model"], sub_heads, paper_model, paper_heads, reason)
+
+
+def figure_targets(config: dict[str, Any]) -> dict[str, FigureTarget]:
+    """Every figures.<key> that names a model (the single-model figures), resolved."""
+    return {
+        key: figure_target(config, key)
+        for key, spec in config.get("figures", {}).items()
+        if isinstance(spec, dict) and "model" in spec
+    }

@@ -101,6 +101,7 @@ def ablate_shard(
     heads_per_pass: int,
     mean_include_bos: bool,
     out: str,
+    freeze_ln: bool = False,
     attrs: dict[str, Any],
 ) -> xr.Dataset:
     """Every configured head of one shard under one ablation (engine.measure_heads)."""
@@ -116,8 +117,9 @@ def ablate_shard(
         batch_size=batch_size,
         heads_per_pass=heads_per_pass,
         mean_include_bos=mean_include_bos,
+        freeze_ln=freeze_ln,
         progress=True,
-        desc=f"{ablation} ablation",
+        desc=f"{ablation} ablation" + (" (frozen LayerNorm)" if freeze_ln else ""),
     )
     seconds = time.perf_counter() - t0
     n_tok = rows.shape[0] * (rows.shape[1] - 1)

@@ -7,12 +7,12 @@ tokens with de_clean <= de_epsilon are dropped (the ratio explodes near 0) and c
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from .config import top_count
 from .joblog import provenance
 from .store import open_shards, write_zarr
 from .variables import HEAD_VARIABLES
@@ -33,7 +33,7 @@ def top_token_mask(de_clean: xr.DataArray, fraction: float) -> xr.DataArray:
     """
     flat = stack_tokens(de_clean)  # [layer, head, token]
     n_tokens = flat.sizes["token"]
-    k = max(1, math.ceil(fraction * n_tokens))
+    k = top_count(n_tokens, fraction)
     values = flat.transpose(..., "token").values
     filled = np.where(np.isnan(values), -np.inf, values)
     order = np.argsort(-filled, axis=-1, kind="stable")[..., :k]

@@ -109,3 +109,86 @@ def test_snakemake_reports_a_bad_config_in_one_line(tmp_path):
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "config key data: Additional properties are not allowed ('sequence_length'" in out
+
+
+# --- figures: the paper's model and heads, or a named substitute ------------------------------
+
+
+def merged(base: dict, extra: dict) -> dict:
+    """Snakemake's --configfile merge: mappings key by key, everything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def test_paper_config_shows_the_papers_heads_without_substitutes():
+    config = load("config.yaml")
+    validate(config, SCHEMA)
+    targets = sr_config.figure_targets(config)
+    assert targets["fig03"].model == "pythia-410m"
+    assert targets["fig03"].heads == ((22, 11), (20, 6), (23, 1), (20, 14))
+    assert targets["fig05"].heads == ((11, 10),) and targets["fig02"].model == "pythia-1b"
+    assert not any(t.substituted for t in targets.values())
+    assert config["figures"]["bootstrap"] == {"resamples": 1000, "level": 0.95}
+
+
+def test_demo_config_names_substitutes_in_the_caption_sentence():
+    config = merged(load("config.yaml"), load("demo.yaml"))
+    validate(config, SCHEMA)
+    targets = sr_config.figure_targets(config)
+    fig03 = targets["fig03"]
+    assert fig03.model == "tiny-pythia" and len(fig03.heads) == 4
+    sentence = fig03.substitution()
+    assert "is a substitute for the paper's pythia-410m L22H11, L20H6, L23H1, L20H14" in sentence
+    assert "pythia-410m is not among this run's models" in sentence
+    assert fig03.as_params()["substitution"] == sentence
+
+
+def demo_with(figures: dict) -> dict:
+    config = merged(load("config.yaml"), load("demo.yaml"))
+    for key, entry in figures.items():
+        config["figures"][key].update(entry)
+    return config
+
+
+@pytest.mark.parametrize(
+    ("figures", "expected"),
+    [
+        (
+            {"fig02": {"substitute": None}},
+            "config key figures.fig02.model: pythia-1b is not among this run's models; add "
+            "it to models or set figures.fig02.substitute",
+        ),
+        (
+            {"fig05": {"substitute": {"model": "tiny-pythia", "heads": [[4, 0]]}}},
+            "config key figures.fig05.substitute: tiny-pythia has no L4H0 (4 layers x 4 heads)",
+        ),
+        (
+            {"fig03": {"substitute": {"model": "tiny-llama", "heads": [[0, 0]]}}},
+            "config key figures.fig03.substitute: tiny-llama is not among this run's models",
+        ),
+        (
+            {"fig03": {"substitute": {"model": "tiny-gpt2"}}},
+            "config key figures.fig03.substitute.heads: missing",
+        ),
+    ],
+)
+def test_unavailable_figure_model_or_head_fails_in_one_line_naming_the_key(figures, expected):
+    config = demo_with(figures)
+    with pytest.raises(sr_config.ConfigError) as info:
+        sr_config.figure_targets(config)
+    assert str(info.value).startswith(expected)
+    assert "\n" not in str(info.value)
+
+
+def test_a_model_run_without_the_papers_head_gets_the_substitute():
+    config = load("config.yaml")
+    config["models"][1] = {"name": "pythia-410m", "heads": [[22, 11], [20, 6]]}
+    config["figures"]["fig03"]["substitute"] = {"model": "pythia-410m", "heads": [[22, 11]]}
+    target = sr_config.figure_target(config, "fig03")
+    assert target.substituted and target.heads == ((22, 11),)
+    assert "L23H1 is not among the heads measured in pythia-410m" in target.substitution()

@@ -17,6 +17,8 @@ rule ablate:
         batch_size=batch_size,
         heads_per_pass=ENGINE["heads_per_pass"],
         mean_include_bos=ENGINE["mean_include_bos"],
+        ablation=lambda w: sr_config.parse_ablation(w.ablation)[0],
+        freeze_ln=lambda w: sr_config.parse_ablation(w.ablation)[1],
         device=config["device"],
         dtype=config["dtype"],
         attrs=run_attrs,

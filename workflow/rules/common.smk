@@ -8,6 +8,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir).parent))
 
 import selfrepair.config as sr_config  # noqa: E402
+from selfrepair.plots import captions  # noqa: E402
 
 try:
     validate(config, schema="../schemas/config.schema.yaml")
@@ -22,13 +23,19 @@ sr_config.check_hub_names(MODELS)
 DATA = config["data"]
 ENGINE = config["engine"]
 ABLATIONS = config["ablations"]
+# Frozen-LayerNorm variants run as their own "ablation" (e.g. resample-frozen-ln).
+VARIANTS = ABLATIONS + [f"{a}-frozen-ln" for a in ENGINE["frozen_ln"]]
 SHARDS = [f"{i:03d}" for i in range(sr_config.n_shards(DATA))]
+# Figures: the paper's model/heads per figure, or the configured substitutes (see figures.smk).
+FIGURES = config["figures"]
+FIGURE_TARGETS = sr_config.figure_targets(config)
+N_PREDICTIONS = sr_config.n_predictions(DATA)  # tokens measured per model
 
 
 wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),
     tokenizer="|".join(re.escape(t) for t in config["tokenizers"]) or "(?!)",
-    ablation="|".join(ABLATIONS),
+    ablation="|".join(re.escape(v) for v in VARIANTS),
     shard=r"\d+",
 
 
@@ -83,6 +90,34 @@ def ablation_shards(wildcards):
     )
 
 
+# --- figures -----------------------------------------------------------------------------
+
+
+def summary_paths(models, ablation):
+    return expand(
+        "results/{model}/summary/{ablation}.zarr", model=models, ablation=ablation
+    )
+
+
+def figure_paths(name):
+    return {
+        "pdf": f"results/figures/{name}.pdf",
+        "png": f"results/figures/{name}.png",
+    }
+
+
+TOP_SELECTION = captions.Selection(ENGINE["top_fraction"], N_PREDICTIONS).describe()
+ALL_SELECTION = captions.Selection(None, N_PREDICTIONS).describe()
+
+# Every figure of rules/figures.smk (and other figure files), by name; each makes
+# results/figures/<name>.pdf and .png. Add a figure here and it joins all_outputs().
+FIGURE_NAMES = ["fig01_self_repair_per_head"]
+
+
+def figure_outputs():
+    return [path for name in FIGURE_NAMES for path in figure_paths(name).values()]
+
+
 def all_outputs():
     outputs = []
     for model, entry in MODELS.items():
@@ -92,4 +127,5 @@ def all_outputs():
         )
         if "train" in entry:
             outputs.append(f"results/{model}/training.json")
+    outputs += figure_outputs()
     return outputs

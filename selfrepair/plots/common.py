@@ -1,0 +1,174 @@
+"""Building blocks of every figure: panel grids, reference lines, labels and atomic saving.
+
+Conventions (every plotting function follows them):
+- a plotting function takes xarray objects (and plain options) and returns a
+  `matplotlib.figure.Figure`; it never reads or writes files and never uses pyplot's global
+  figure registry, so tests can inspect the returned object;
+- it is decorated with `style.styled`;
+- one panel per model (`model_panels`), titled with the model's name;
+- quantities in logits say so in the axis label (`style.with_unit`);
+- reference lines come from `add_identity` (y = x) and `add_zero` (y = 0), which tag them with
+  a gid so tests can find them;
+- workflow scripts save with `save_figure(fig, pdf, png)`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from ..store import open_zarr
+from .captions import head_label  # noqa: F401  (re-exported)
+from .style import PANEL_SIZE, PNG_DPI, REFERENCE_COLOR
+
+IDENTITY_GID = "y=x"
+ZERO_GID = "y=0"
+
+
+def save_figure(fig: Figure, *paths: str | os.PathLike, dpi: int = PNG_DPI) -> None:
+    """Save fig to each path (format from the suffix: .pdf, .png, .svg), atomically: written
+    under a temporary name in the same directory, then renamed, so a killed job never leaves a
+    truncated figure behind."""
+    if not paths:
+        raise ValueError("save_figure needs at least one output path")
+    for path in map(Path, paths):
+        fmt = path.suffix.lstrip(".").lower()
+        if not fmt:
+            raise ValueError(f"{path}: give the figure file a suffix (.pdf, .png)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            fig.savefig(tmp, format=fmt, dpi=dpi)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def panel_grid(
+    n_panels: int,
+    *,
+    ncols: int | None = None,
+    sharex: bool = False,
+    sharey: bool = False,
+    panel_size: tuple[float, float] = PANEL_SIZE,
+) -> tuple[Figure, list[Axes]]:
+    """A figure of n_panels axes in rows of ncols (default: up to 3 per row), row by row.
+
+    Empty grid cells are removed, so `fig.axes` holds exactly the panels. With shared axes,
+    tick labels stay on every panel that has no panel below it (or to its left).
+    """
+    if n_panels < 1:
+        raise ValueError("a figure needs at least one panel")
+    ncols = ncols or min(n_panels, 3)
+    nrows = math.ceil(n_panels / ncols)
+    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
+    grid = fig.subplots(nrows, ncols, sharex=sharex, sharey=sharey, squeeze=False)
+    for ax in grid.ravel()[n_panels:]:
+        fig.delaxes(ax)
+    for index, ax in enumerate(grid.ravel()[:n_panels]):
+        # A panel whose lower neighbour was removed shows its own x tick labels.
+        if sharex and index + ncols >= n_panels:
+            ax.xaxis.set_tick_params(labelbottom=True)
+    return fig, list(grid.ravel()[:n_panels])
+
+
+def model_panels(
+    models: Sequence[str],
+    *,
+    titles: dict[str, str] | None = None,
+    **grid_kwargs,
+) -> tuple[Figure, dict[str, Axes]]:
+    """One panel per model, titled with its name (or titles[model], which must contain it)."""
+    if len(set(models)) != len(models):
+        raise ValueError(f"models listed twice: {list(models)}")
+    fig, axes = panel_grid(len(models), **grid_kwargs)
+    for model, ax in zip(models, axes, strict=True):
+        title = (titles or {}).get(model, model)
+        if model not in title:
+            raise ValueError(f"panel title {title!r} must name the model {model!r}")
+        ax.set_title(title)
+    return fig, dict(zip(models, axes, strict=True))
+
+
+def outer_labels(axes: Sequence[Axes], xlabel: str, ylabel: str, *, ncols: int) -> None:
+    """x labels on panels with nothing below, y labels on the first column (shared axes);
+    use `ax.set_xlabel` on every panel when scales are not shared."""
+    n = len(axes)
+    for index, ax in enumerate(axes):
+        if index + ncols >= n:
+            ax.set_xlabel(xlabel)
+        if index % ncols == 0:
+            ax.set_ylabel(ylabel)
+
+
+def add_identity(ax: Axes, label: str | None = "y = x (no self-repair)") -> Line2D:
+    """The y = x line across the whole panel, whatever the limits become."""
+    return ax.axline(
+        (0.0, 0.0),
+        slope=1.0,
+        color=REFERENCE_COLOR,
+        linestyle="--",
+        linewidth=1.0,
+        zorder=1,
+        label=label,
+        gid=IDENTITY_GID,
+    )
+
+
+def add_zero(ax: Axes, label: str | None = "y = 0") -> Line2D:
+    return ax.axhline(
+        0.0,
+        color=REFERENCE_COLOR,
+        linestyle=":",
+        linewidth=1.0,
+        zorder=1,
+        label=label,
+        gid=ZERO_GID,
+    )
+
+
+def reference_lines(ax: Axes) -> set[str]:
+    """The reference lines present on a panel (by gid), for checks and tests."""
+    return {line.get_gid() for line in ax.get_lines() if line.get_gid() in (IDENTITY_GID, ZERO_GID)}
+
+
+def square_limits(ax: Axes, x: np.ndarray, y: np.ndarray, pad: float = 0.05) -> None:
+    """Equal x and y ranges covering 0 and the data, so y = x is the diagonal."""
+    values = np.concatenate([np.ravel(x), np.ravel(y), [0.0]])
+    values = values[np.isfinite(values)]
+    lo, hi = float(values.min()), float(values.max())
+    span = (hi - lo) or 1.0
+    lo, hi = lo - pad * span, hi + pad * span
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal", adjustable="box")
+
+
+def open_by_model(
+    paths: Sequence[str | os.PathLike], models: Sequence[str], n_tokens: int | None = None
+) -> dict[str, xr.Dataset]:
+    """Stores of one kind per model (paths in the order of models), checked to be the model's
+    and, when n_tokens is given, to hold as many tokens as the caption states."""
+    if len(paths) != len(models):
+        raise ValueError(f"{len(paths)} stores for {len(models)} models")
+    out = {}
+    for path, model in zip(paths, models, strict=True):
+        ds = open_zarr(path)
+        if ds.attrs.get("model", model) != model:
+            raise ValueError(f"{path} holds model {ds.attrs['model']!r}, not {model!r}")
+        held = ds.attrs.get("n_tokens")
+        if n_tokens is not None and held is not None and int(held) != n_tokens:
+            raise ValueError(
+                f"{path} holds {held} tokens but the config measures {n_tokens}: rerun the "
+                "workflow so the stores match the config"
+            )
+        out[model] = ds
+    return out

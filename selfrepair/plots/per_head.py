@@ -1,0 +1,105 @@
+"""Per-head values against relative depth, one panel per model: Figs 1, 6 and 11."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import xarray as xr
+from matplotlib.figure import Figure
+
+from ..reduce import layer_mean
+from .common import add_zero, model_panels, outer_labels
+from .style import HEAD_COLOR, MEAN_COLOR, styled, with_unit
+
+DEPTH_LABEL = "layer / number of layers"
+
+
+def relative_depth(da: xr.DataArray) -> xr.DataArray:
+    """layer / n_layers for each layer of a (layer, head) array (the paper's x axis)."""
+    return da.layer.astype(float) / da.sizes["layer"]
+
+
+def _draw_heads(ax, values: xr.DataArray, interval: xr.DataArray | None, label_first: bool):
+    depth = relative_depth(values)
+    x, y = xr.broadcast(depth, values)
+    ax.scatter(
+        x.values.ravel(),
+        y.values.ravel(),
+        s=14,
+        color=HEAD_COLOR,
+        alpha=0.7,
+        zorder=3,
+        label="head" if label_first else None,
+    )
+    if interval is not None:
+        lo = interval.sel(bound="low").broadcast_like(values)
+        hi = interval.sel(bound="high").broadcast_like(values)
+        level = interval.attrs.get("level")
+        ax.vlines(
+            x.values.ravel(),
+            lo.values.ravel(),
+            hi.values.ravel(),
+            color=HEAD_COLOR,
+            alpha=0.35,
+            linewidth=0.9,
+            zorder=2,
+            label=(f"{level:.0%} bootstrap interval" if level else "bootstrap interval")
+            if label_first
+            else None,
+        )
+    ax.plot(
+        depth.values,
+        layer_mean(values).values,
+        color=MEAN_COLOR,
+        marker="o",
+        markersize=3,
+        zorder=4,
+        label="layer mean" if label_first else None,
+    )
+
+
+@styled
+def per_head_by_depth(
+    summaries: Mapping[str, xr.Dataset],
+    variable: str,
+    ylabel: str,
+    *,
+    intervals: Mapping[str, xr.DataArray] | None = None,
+    sharey: bool = True,
+    ylim: tuple[float, float] | None = None,
+) -> Figure:
+    """Dots: summaries[model][variable] of every head at x = layer / n_layers; line: the mean
+    over the heads of each layer; optional vertical bars: intervals[model] with a `bound`
+    dimension (low, high). One panel per model, y scale shared unless sharey is False."""
+    models = list(summaries)
+    ncols = min(len(models), 3)
+    fig, axes = model_panels(models, sharex=True, sharey=sharey, ncols=ncols)
+    for i, (model, ax) in enumerate(axes.items()):
+        interval = None if intervals is None else intervals[model]
+        _draw_heads(ax, summaries[model][variable], interval, label_first=i == 0)
+        add_zero(ax, label=None)
+        ax.set_xlim(-0.05, 1.0)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+    if sharey:
+        outer_labels(list(axes.values()), DEPTH_LABEL, ylabel, ncols=ncols)
+    else:
+        for ax in axes.values():
+            ax.set_xlabel(DEPTH_LABEL)
+            ax.set_ylabel(ylabel)
+    next(iter(axes.values())).legend(loc="best")
+    return fig
+
+
+def self_repair_per_head(
+    summaries: Mapping[str, xr.Dataset],
+    intervals: Mapping[str, xr.DataArray] | None = None,
+    top_fraction: float = 0.02,
+) -> Figure:
+    """Fig 1: each head's mean self-repair on its top tokens, by relative depth."""
+    return per_head_by_depth(
+        summaries,
+        "top_self_repair",
+        with_unit(f"self-repair, top {top_fraction:.0%} tokens"),
+        intervals=intervals,
+    )
