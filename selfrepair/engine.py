@@ -80,6 +80,24 @@ def validate_tokens(model, tokens: Tensor) -> None:
         )
 
 
+# On a CPU, a pass's largest activation is kept under this size: glibc's malloc serves blocks
+# under 32 MiB from its heap and reuses them, while larger ones are mapped afresh and page-faulted
+# in on every use (about a tenth of the engine's time at gpt2-small shapes).
+CPU_PASS_BYTES = 24 * 2**20
+
+
+def default_heads_per_pass(model, rows: int, n_pos: int) -> int:
+    """Heads stacked per ablated pass when not given: all of a layer's on a GPU; on a CPU as many
+    as keep the pass's widest activation ([heads x rows x pos, width]) within CPU_PASS_BYTES."""
+    cfg = model.cfg
+    if model.W_U.device.type != "cpu":
+        return cfg.n_heads
+    n_kv = cfg.n_key_value_heads or cfg.n_heads
+    width = max(cfg.d_mlp or 0, (cfg.n_heads + 2 * n_kv) * cfg.d_head, cfg.d_model)
+    per_head = rows * n_pos * width * model.W_U.element_size()
+    return max(1, min(cfg.n_heads, CPU_PASS_BYTES // per_head))
+
+
 def resample_source(n_rows: int) -> Int[Tensor, " batch"]:
     """The paper's resample partner: row i takes z from row (i + 1) mod n_rows, same position."""
     return (torch.arange(n_rows) + 1) % n_rows
@@ -243,7 +261,7 @@ def measure_heads(
     ablation: "resample" (z of row source[i], default (i + 1) mod batch, same position),
     "mean" (mean z over all rows and positions of tokens) or "zero".
     batch_size and heads_per_pass bound memory (rows per pass, heads stacked per pass); they
-    never change a number. freeze_ln: every LayerNorm after the ablated head keeps its clean
+    never change a number. Defaults: all rows; heads per pass from default_heads_per_pass. freeze_ln: every LayerNorm after the ablated head keeps its clean
     scale (so sr_ln is 0 and the remaining self-repair is the heads' and MLPs').
     fused: run blocks with selfrepair.blocks' fused forward where it applies (same numbers to
     float tolerance, several times faster on a CPU); False runs TransformerLens' block modules.
@@ -258,7 +276,7 @@ def measure_heads(
     n_rows, n_pos = tokens.shape[0], tokens.shape[1] - 1
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     batch_size = batch_size or n_rows
-    heads_per_pass = heads_per_pass or n_heads
+    heads_per_pass = heads_per_pass or default_heads_per_pass(model, batch_size, n_pos)
     device = model.W_U.device
     tokens = tokens.to(device=device, dtype=torch.long)
     ro = readout(model)
