@@ -14,6 +14,7 @@ architecture outside `unsupported_reason`'s list, or a hook on a point it does n
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -123,6 +124,30 @@ def normalize(ln, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch
     return y
 
 
+# While `cached_weights()` is active: per attention module, the merged Q/K/V weights and the
+# identity and version counters of the parameters they were built from (rebuilt if a parameter
+# is replaced or modified in place). Scoped so the copy lives only as long as a computation.
+_QKV_CACHE: dict | None = None
+
+
+@contextmanager
+def cached_weights():
+    """Build each block's merged Q/K/V weights once for the calls inside, not once per call."""
+    global _QKV_CACHE
+    outer = _QKV_CACHE
+    _QKV_CACHE = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _QKV_CACHE = outer
+
+
+def version(t: Tensor) -> int | None:
+    """In-place modification counter (inference tensors have none: they cannot be modified
+    outside inference mode, and the cache lives inside one computation)."""
+    return None if t.is_inference() else t._version
+
+
 def qkv_weights(attn) -> tuple[Tensor, Tensor, list[int]]:
     """Q, K and V projections as one [d_model, (q + 2 kv heads) d_head] matrix and its bias;
     grouped-query K and V keep their n_key_value_heads (expanded after the matmul)."""
@@ -131,10 +156,18 @@ def qkv_weights(attn) -> tuple[Tensor, Tensor, list[int]]:
     )
     w_k, b_k = (attn._W_K, attn._b_K) if grouped else (attn.W_K, attn.b_K)
     w_v, b_v = (attn._W_V, attn._b_V) if grouped else (attn.W_V, attn.b_V)
-    w = torch.cat([attn.W_Q, w_k, w_v])  # [heads, d_model, d_head]
-    b = torch.cat([attn.b_Q, b_k, b_v])  # [heads, d_head]
+    params = (attn.W_Q, w_k, w_v, attn.b_Q, b_k, b_v)
+    key = tuple((p.data_ptr(), version(p), p.dtype, p.device, p.shape) for p in params)
+    cached = _QKV_CACHE.get(id(attn)) if _QKV_CACHE is not None else None
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    w = torch.cat(params[:3])  # [heads, d_model, d_head]
+    b = torch.cat(params[3:])  # [heads, d_head]
     sizes = [attn.W_Q.shape[0], w_k.shape[0], w_v.shape[0]]
-    return w.permute(1, 0, 2).reshape(w.shape[1], -1), b.reshape(-1), sizes
+    merged = (w.permute(1, 0, 2).reshape(w.shape[1], -1), b.reshape(-1), sizes)
+    if _QKV_CACHE is not None:
+        _QKV_CACHE[id(attn)] = (key, merged)
+    return merged
 
 
 def attention(attn, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:

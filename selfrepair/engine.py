@@ -30,7 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .blocks import run_block, run_mlp
+from .blocks import cached_weights, run_block, run_mlp
 from .forward import CleanPass, check_finite, check_supported, clean_pass, dot, embed, restart_point
 from .readout import Readout, readout
 from .variables import ABLATIONS, HEAD_VARIABLES
@@ -307,7 +307,7 @@ def measure_heads(
         disable=not progress,
         mininterval=5.0,
     )
-    with torch.no_grad():
+    with torch.inference_mode(), cached_weights():
         for start in range(0, n_rows, batch_size):
             rows = torch.arange(start, min(start + batch_size, n_rows))
             run_rows = rows
@@ -339,7 +339,7 @@ def measure_heads(
                     group = layer_heads[i : i + heads_per_pass]
                     z_clean = cp.z[layer][:, :, group].permute(2, 0, 1, 3)
                     if ablation == "resample":
-                        z_new = cp_all.z[layer][src_idx][:, :, group].permute(2, 0, 1, 3)
+                        z_new = cp_all.z[layer][:, :, group][src_idx].permute(2, 0, 1, 3)
                     elif ablation == "mean":
                         z_new = z_mean[layer][group][:, None, None, :].expand_as(z_clean)
                     else:

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from selfrepair.blocks import FUSED_HOOKS, can_fuse, run_block, run_mlp, unsupported_reason
+from selfrepair.blocks import (
+    FUSED_HOOKS,
+    cached_weights,
+    can_fuse,
+    run_block,
+    run_mlp,
+    unsupported_reason,
+)
 from selfrepair.engine import HEAD_VARIABLES, measure_heads
 from selfrepair.forward import embed
 from selfrepair.models import random_model
@@ -126,3 +133,17 @@ def test_engine_with_and_without_fused_blocks_agree(tiny_model, tiny_tokens):
     plain = measure_heads(tiny_model, tiny_tokens, "resample", fused=False)
     for name in HEAD_VARIABLES:
         assert float(np.abs(fused[name] - plain[name]).max()) < 1e-5, name
+
+
+def test_cached_weights_follow_in_place_changes():
+    """Inside cached_weights() the merged Q/K/V weights are built once, and rebuilt when a
+    weight changes in place (as tests and users do between calls)."""
+    model = random_model("llama")
+    resid = block_inputs(model)
+    block = model.blocks[0]
+    with torch.no_grad(), cached_weights():
+        before = run_block(block, resid)
+        block.attn.W_Q[0, :, 0] += 1.0
+        after = run_block(block, resid)
+        assert float((after - before).abs().max()) > 1e-3
+        assert float((after - block(resid)).abs().max()) < TOL
