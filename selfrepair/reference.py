@@ -225,6 +225,7 @@ def full_forward_measure_heads(
     if heads is None:
         heads = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     heads = [(int(layer), int(head)) for layer, head in heads]
+    tokens = tokens.to(model.W_U.device)
     targets = tokens[:, 1:]
     n_rows, n_pos = targets.shape
     mlps = [] if model.cfg.attn_only else [f"blocks.{lay}.hook_mlp_out" for lay in range(n_layers)]
