@@ -30,6 +30,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .blocks import cached_weights, run_block, run_mlp
 from .forward import CleanPass, check_finite, check_supported, clean_pass, dot, embed, restart_point
 from .readout import Readout, readout
 from .variables import ABLATIONS, HEAD_VARIABLES
@@ -79,6 +80,24 @@ def validate_tokens(model, tokens: Tensor) -> None:
         )
 
 
+# On a CPU, a pass's largest activation is kept under this size: glibc's malloc serves blocks
+# under 32 MiB from its heap and reuses them, while larger ones are mapped afresh and page-faulted
+# in on every use (about a tenth of the engine's time at gpt2-small shapes).
+CPU_PASS_BYTES = 24 * 2**20
+
+
+def default_heads_per_pass(model, rows: int, n_pos: int) -> int:
+    """Heads stacked per ablated pass when not given: all of a layer's on a GPU; on a CPU as many
+    as keep the pass's widest activation ([heads x rows x pos, width]) within CPU_PASS_BYTES."""
+    cfg = model.cfg
+    if model.W_U.device.type != "cpu":
+        return cfg.n_heads
+    n_kv = cfg.n_key_value_heads or cfg.n_heads
+    width = max(cfg.d_mlp or 0, (cfg.n_heads + 2 * n_kv) * cfg.d_head, cfg.d_model)
+    per_head = rows * n_pos * width * model.W_U.element_size()
+    return max(1, min(cfg.n_heads, CPU_PASS_BYTES // per_head))
+
+
 def resample_source(n_rows: int) -> Int[Tensor, " batch"]:
     """The paper's resample partner: row i takes z from row (i + 1) mod n_rows, same position."""
     return (torch.arange(n_rows) + 1) % n_rows
@@ -90,6 +109,7 @@ def mean_z(
     layers: Iterable[int],
     batch_size: int,
     include_bos: bool = True,
+    fused: bool = True,
 ) -> dict[int, Float[Tensor, "head d_head"]]:
     """Mean of each head's z over all rows and positions of tokens (position 0 optional)."""
     layers = sorted(set(layers))
@@ -109,7 +129,7 @@ def mean_z(
             chunk = tokens[start : start + batch_size]
             resid = embed(model, chunk)
             for block in model.blocks[: layers[-1] + 1]:
-                resid = block(resid)
+                resid = run_block(block, resid, fused)
             count += chunk.shape[0] * (chunk.shape[1] - first)
     return {layer: (s / count).to(model.cfg.dtype) for layer, s in sums.items()}
 
@@ -137,6 +157,7 @@ def ablated_pass(
     heads: list[int],
     z_new: Float[Tensor, "group batch pos d_head"],
     freeze_ln: bool = False,
+    fused: bool = True,
 ) -> dict[str, Float[Tensor, "group batch pos"]]:
     """Replace z of each head in `heads` (one head per group entry) and finish the forward pass.
 
@@ -184,11 +205,11 @@ def ablated_pass(
     sequential = restart_point(model) == "resid_mid"
     with model.hooks(fwd_hooks=hooks):
         if sequential:  # the MLP of this layer reads the ablated stream
-            mlp_out = block.apply_mlp(block.ln2(resid))
+            mlp_out = run_mlp(block, resid, fused)
             sr_mlps += stacked_dot(mlp_out) - cp.mlp_dot[layer]
             resid = resid + mlp_out
         for later in range(layer + 1, model.cfg.n_layers):
-            resid = model.blocks[later](resid)
+            resid = run_block(model.blocks[later], resid, fused)
 
     x = resid.reshape(g, b, p, -1)
     scale_ablated = cp.scale.expand(g, b, p) if freeze_ln else ro.scale(x)
@@ -230,6 +251,7 @@ def measure_heads(
     source: Int[Tensor, " batch"] | None = None,
     mean_include_bos: bool = True,
     freeze_ln: bool = False,
+    fused: bool = True,
     progress: bool = False,
     desc: str | None = None,
 ) -> xr.Dataset:
@@ -239,8 +261,10 @@ def measure_heads(
     ablation: "resample" (z of row source[i], default (i + 1) mod batch, same position),
     "mean" (mean z over all rows and positions of tokens) or "zero".
     batch_size and heads_per_pass bound memory (rows per pass, heads stacked per pass); they
-    never change a number. freeze_ln: every LayerNorm after the ablated head keeps its clean
+    never change a number. Defaults: all rows; heads per pass from default_heads_per_pass. freeze_ln: every LayerNorm after the ablated head keeps its clean
     scale (so sr_ln is 0 and the remaining self-repair is the heads' and MLPs').
+    fused: run blocks with selfrepair.blocks' fused forward where it applies (same numbers to
+    float tolerance, several times faster on a CPU); False runs TransformerLens' block modules.
     Returns dims layer, head, batch, pos (= tokens.shape[1] - 1).
     """
     if ablation not in ABLATIONS:
@@ -252,7 +276,7 @@ def measure_heads(
     n_rows, n_pos = tokens.shape[0], tokens.shape[1] - 1
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     batch_size = batch_size or n_rows
-    heads_per_pass = heads_per_pass or n_heads
+    heads_per_pass = heads_per_pass or default_heads_per_pass(model, batch_size, n_pos)
     device = model.W_U.device
     tokens = tokens.to(device=device, dtype=torch.long)
     ro = readout(model)
@@ -264,7 +288,9 @@ def measure_heads(
         if n_rows < 2:
             raise ValueError("resample ablation needs at least 2 rows to take z from another row")
     z_mean = (
-        mean_z(model, tokens, layers, batch_size, mean_include_bos) if ablation == "mean" else None
+        mean_z(model, tokens, layers, batch_size, mean_include_bos, fused)
+        if ablation == "mean"
+        else None
     )
 
     out = {
@@ -281,7 +307,7 @@ def measure_heads(
         disable=not progress,
         mininterval=5.0,
     )
-    with torch.no_grad():
+    with torch.inference_mode(), cached_weights():
         for start in range(0, n_rows, batch_size):
             rows = torch.arange(start, min(start + batch_size, n_rows))
             run_rows = rows
@@ -298,6 +324,7 @@ def measure_heads(
                 layers,
                 run_rows,
                 norm_scales=freeze_ln,
+                fused=fused,
             )
             cp = _take(cp_all, len(rows))
             sl = slice(start, start + len(rows))
@@ -312,12 +339,12 @@ def measure_heads(
                     group = layer_heads[i : i + heads_per_pass]
                     z_clean = cp.z[layer][:, :, group].permute(2, 0, 1, 3)
                     if ablation == "resample":
-                        z_new = cp_all.z[layer][src_idx][:, :, group].permute(2, 0, 1, 3)
+                        z_new = cp_all.z[layer][:, :, group][src_idx].permute(2, 0, 1, 3)
                     elif ablation == "mean":
                         z_new = z_mean[layer][group][:, None, None, :].expand_as(z_clean)
                     else:
                         z_new = torch.zeros_like(z_clean)
-                    res = ablated_pass(model, ro, cp, layer, group, z_new, freeze_ln)
+                    res = ablated_pass(model, ro, cp, layer, group, z_new, freeze_ln, fused)
                     check_finite(res["logit_diff"].transpose(0, 1), f"ablated layer {layer}", rows)
                     for name, value in res.items():
                         out[name][layer, group, sl] = value.cpu().numpy()

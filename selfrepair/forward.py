@@ -15,6 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
+from .blocks import run_block
 from .readout import Readout
 
 
@@ -63,6 +64,8 @@ def restart_point(model) -> str:
 
 
 def check_finite(x: Tensor, where: str, rows: Tensor) -> None:
+    if bool(torch.isfinite(x.sum())):  # one cheap pass: any NaN or inf makes the sum non-finite
+        return
     bad = ~torch.isfinite(x)
     if bad.any():
         bad_rows = rows[bad.flatten(1).any(1).nonzero().flatten().cpu()].tolist()
@@ -104,6 +107,7 @@ def clean_pass(
     rows: Tensor | None = None,
     embeddings: bool = False,
     norm_scales: bool = False,
+    fused: bool = True,
 ) -> CleanPass:
     """Run the model on tokens[:, :-1] (the last token is only a target) and keep what is asked.
 
@@ -111,6 +115,7 @@ def clean_pass(
     rows: global row indices of the batch, only used to name rows in errors.
     embeddings: also keep the embeddings' projections and the final residual (clean cache).
     norm_scales: also keep every block's ln1/ln2 scale (for frozen-LayerNorm ablations).
+    fused: run the blocks with selfrepair.blocks' fused forward where it applies.
     """
     if rows is None:
         rows = torch.arange(tokens.shape[0])
@@ -170,7 +175,7 @@ def clean_pass(
         resid = embed(model, inp)
         check_finite(resid, "the embedding", rows)
         for layer, block in enumerate(model.blocks):
-            resid = block(resid)
+            resid = run_block(block, resid, fused)
             check_finite(resid, f"the residual stream after layer {layer}", rows)
     if embeddings:
         cp.final = resid

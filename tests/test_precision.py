@@ -10,9 +10,12 @@ import torch
 from selfrepair.engine import measure_heads
 from selfrepair.models import random_model, resolve_dtype
 
-# Per token, bfloat16 values stay within 6% of the variable's range; per-head means over
-# tokens (what the figures show) within 1%. Measured: 3% and 0.3% on the tiny models.
-TOKEN_TOL, MEAN_TOL = 0.06, 0.01
+# Per token, bfloat16 values stay within 8% of the variable's range; per-head means over
+# tokens (what the figures show) within 1%. Measured over 4 token seeds x 3 families: per token
+# up to 5.2% with TransformerLens' eager attention and 6.5% (Pythia sr_ln, whose range is the
+# smallest) with the fused blocks' scaled_dot_product_attention; the two are the same rounding
+# noise (means of the per-seed maxima agree within 0.5 points), not a bias.
+TOKEN_TOL, MEAN_TOL = 0.08, 0.01
 
 
 def test_bfloat16_error_against_float32(family, tiny_tokens):

@@ -1,0 +1,479 @@
+"""Engine speed against the original code's method and against the machine's matmul peak.
+
+On one model and one set of tokens, in one run, it times
+- the engine (selfrepair.engine.measure_heads) on every head, with its fused blocks and, for
+  comparison, with TransformerLens' own block modules;
+- the original code's method (selfrepair.reference.full_forward_measure_heads: a clean pass and
+  one full forward pass with a hook per head), checking that it gives the engine's numbers;
+- the machine's peak matmul rate in the same dtype on the same device (square matmuls, best of
+  several, measured before and after the runs);
+and prints time per 1k tokens, matmul FLOPs counted from the model's shapes (selfrepair.flops)
+over wall time as a fraction of that peak, and peak memory. It exits 1 if the engine and the
+reference disagree. Timings are wall clock on a machine that may be shared: the load average
+is printed beside them.
+
+    python benchmarks/benchmark.py --model gpt2-small-random --rows 8 --seq-len 128
+    python benchmarks/benchmark.py --model demo:resources/models/tiny-gpt2 --rows 32
+    python benchmarks/benchmark.py --model gpt2-small-random --device cuda --dtype bfloat16 \\
+        --rows 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's selfrepair
+
+from selfrepair.engine import HEAD_VARIABLES, measure_heads
+from selfrepair.flops import Shapes, engine_flops, forward_flops, reference_flops
+from selfrepair.models import (
+    load_local_checkpoint,
+    load_model,
+    random_model,
+    resolve_device,
+    resolve_dtype,
+)
+from selfrepair.reference import full_forward_measure_heads
+
+GPT2_SMALL = dict(
+    n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024
+)
+FLOAT32_ATOL = 1e-3  # engine vs reference, absolute, in logits
+ENGINE, ENGINE_TL = "engine (fused blocks)", "engine (TransformerLens blocks)"
+REFERENCE, REFERENCE_CLEAN = "full forward per head (reference)", "reference clean pass"
+REDUCED_RTOL = 0.15  # bfloat16/float16 (both sides rounded): fraction of the scale's range
+
+
+def load(spec: str, device: str, dtype: torch.dtype):
+    """gpt2-small-random | tiny-random-<family> | demo:<checkpoint dir> | <TransformerLens name>."""
+    if spec == "gpt2-small-random":
+        model = random_model("gpt2", **GPT2_SMALL)
+        model.cfg.model_name = spec
+    elif spec.startswith("tiny-random-"):
+        model = random_model(spec.removeprefix("tiny-random-"))
+    elif spec.startswith("demo:"):
+        model = load_local_checkpoint(spec.removeprefix("demo:"))
+    else:
+        return load_model(spec, device=device, dtype=dtype)
+    model.to(device, print_details=False)
+    if dtype != torch.float32:
+        model.to(dtype, print_details=False)
+    return model.eval()
+
+
+def random_tokens(model, rows: int, seq_len: int, seed: int = 0) -> torch.Tensor:
+    """Uniform random tokens after a BOS; the engine's speed does not depend on the text."""
+    if seq_len > model.cfg.n_ctx:
+        raise SystemExit(f"--seq-len {seq_len} exceeds the model's context {model.cfg.n_ctx}")
+    if rows < 2:
+        raise SystemExit("--rows must be at least 2 (resample ablation takes z from another row)")
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, model.cfg.d_vocab, (rows, seq_len), generator=gen)
+    tok = getattr(model, "tokenizer", None)
+    tokens[:, 0] = tok.bos_token_id if tok is not None and tok.bos_token_id is not None else 0
+    return tokens
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str):
+    """Result, wall seconds and process CPU seconds (all threads) of fn()."""
+    sync(device)
+    start, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start, time.process_time() - cpu
+
+
+def peak_matmul_rate(
+    device: str, dtype: torch.dtype, sizes: list[int], repeats: int = 5
+) -> dict[str, dict[int, float]]:
+    """Best FLOP/s of square n x n matmuls for each n, in dtype on device, per wall second and
+    per process CPU second (the latter only on a CPU)."""
+    if not sizes:
+        sizes = [2048, 4096, 8192] if device.startswith("cuda") else [1024, 2048, 3072]
+    wall, cpu = {}, {}
+    gen = torch.Generator(device=device).manual_seed(0)
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+        b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+        out = a @ b  # warm-up
+        times = [
+            timed(lambda a=a, b=b, out=out: torch.mm(a, b, out=out), device) for _ in range(repeats)
+        ]
+        wall[n] = 2 * n**3 / min(t[1] for t in times)
+        cpu[n] = 2 * n**3 / max(min(t[2] for t in times), 1e-9)
+        del a, b, out
+    return {"wall": wall, "cpu": cpu}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: CUDA allocator peak, or CPU resident set size
+    sampled every 2 ms (torch's CPU allocations are invisible to tracemalloc)."""
+
+    def __init__(self, device: str):
+        self.device, self.peak = device, 0
+
+    def __enter__(self):
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start = self.high = rss_bytes()
+            self.done = threading.Event()
+            self.thread = threading.Thread(target=self.sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def sample(self):
+        while not self.done.wait(0.002):
+            self.high = max(self.high, rss_bytes())
+
+    def __exit__(self, *exc):
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.start
+        else:
+            self.done.set()
+            self.thread.join()
+            self.peak = max(self.high, rss_bytes()) - self.start
+
+
+def timing_row(name: str, seconds: float, cpu_seconds: float, flops: int, n_tokens: int) -> dict:
+    return {
+        "method": name,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "seconds_per_1k_tokens": seconds / n_tokens * 1000,
+        "flops": flops,
+        "gflop_per_token": flops / n_tokens / 1e9,
+        "flop_per_s": flops / seconds,
+        "flop_per_cpu_s": flops / max(cpu_seconds, 1e-9),
+    }
+
+
+def best_of(jobs: dict, repeats: int, device: str, n_tokens: int, measure_peak) -> tuple:
+    """Run every job `repeats` times, round robin (so a busy spell of a shared machine hits the
+    methods alike), measuring the peak matmul rate before each round and at the end. Keeps each
+    job's fastest wall and CPU time, its largest peak memory, and its first result; returns
+    the rows, the results and the peak rates measured."""
+    rows, results, rates = {}, {}, []
+    for _ in range(repeats):
+        rates.append(measure_peak())
+        for name, (fn, _) in jobs.items():
+            with PeakMemory(device) as mem:
+                result, seconds, cpu_seconds = timed(fn, device)
+            print(f"  {name}: {seconds:.1f} s wall, {cpu_seconds:.1f} s CPU", flush=True)
+            results.setdefault(name, result)
+            row = rows.setdefault(name, {"walls": [], "cpus": [], "peak_memory_bytes": 0})
+            row["walls"].append(seconds)
+            row["cpus"].append(cpu_seconds)
+            row["peak_memory_bytes"] = max(row["peak_memory_bytes"], mem.peak)
+            del result
+    rates.append(measure_peak())
+    out = {}
+    for name, (_, flops) in jobs.items():
+        r = rows[name]
+        out[name] = timing_row(name, min(r["walls"]), min(r["cpus"]), flops, n_tokens)
+        out[name].update(r)
+    return out, results, rates
+
+
+def spread_heads(n_layers: int, n_heads: int, k: int) -> list[tuple[int, int]]:
+    """k heads spread evenly over all (layer, head) pairs (all of them if k is 0 or too big)."""
+    pairs = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    if k <= 0 or k >= len(pairs):
+        return pairs
+    return [pairs[int(i)] for i in np.linspace(0, len(pairs) - 1, k).round()]
+
+
+def compare(engine, reference, heads, reduced: bool) -> dict:
+    """Largest |engine - reference| per variable on the reference's heads, with its bound: an
+    absolute FLOAT32_ATOL, or in reduced precision REDUCED_RTOL of the range of the quantity's
+    scale (logit_diff for the logit parts, whose remainder sr_ln carries every rounding)."""
+    scale_of = {"logit_clean": "logit_clean", "ln_scale_clean": "ln_scale_clean"}
+    scale_of["ln_scale_ablated"] = "ln_scale_clean"
+
+    def values(ds, name):
+        v = ds[name].values
+        return np.stack([v[layer, head] for layer, head in heads]) if v.ndim == 4 else v
+
+    out = {}
+    for name in (*HEAD_VARIABLES, "logit_clean", "ln_scale_clean"):
+        a, b = values(engine, name), values(reference, name)
+        span = float(np.abs(values(reference, scale_of.get(name, "logit_diff"))).max())
+        bound = REDUCED_RTOL * span if reduced else FLOAT32_ATOL
+        out[name] = {"max_abs_diff": float(np.abs(a - b).max()), "bound": bound}
+    return out
+
+
+def scale_reference(rows: dict, n_heads: int, n_timed: int, flops: int, n_tokens: int) -> dict:
+    """The reference's time for all heads from its time on n_timed heads: the clean pass plus
+    the per-head time (each head is one full pass) times n_heads."""
+    ref, clean = rows[REFERENCE], rows[REFERENCE_CLEAN]
+    scaled = {
+        key: clean[key] + (ref[key] - clean[key]) * n_heads / n_timed
+        for key in ("seconds", "cpu_seconds")
+    }
+    row = timing_row(
+        f"full forward per head (reference, {n_timed} of {n_heads} heads timed)",
+        scaled["seconds"],
+        scaled["cpu_seconds"],
+        flops,
+        n_tokens,
+    )
+    row["peak_memory_bytes"] = ref["peak_memory_bytes"]
+    row["timed_heads"] = n_timed
+    return row
+
+
+def run(args) -> dict:
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    on_cpu = device == "cpu"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    model = load(args.model, device, dtype)
+    cfg = model.cfg
+    shapes = Shapes.of(cfg)
+    tokens = random_tokens(model, args.rows, args.seq_len, args.seed)
+    n_tokens = args.rows * (args.seq_len - 1)  # predicted tokens
+    every_head = spread_heads(cfg.n_layers, cfg.n_heads, 0)
+    ref_heads = spread_heads(cfg.n_layers, cfg.n_heads, args.reference_heads)
+    print(
+        f"{args.model}: {cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, "
+        f"d_vocab {cfg.d_vocab}; {args.rows} rows x {args.seq_len} tokens; {device} "
+        f"{args.dtype}, {torch.get_num_threads()} threads; load average {load_before[0]:.2f}",
+        flush=True,
+    )
+
+    engine_kw = dict(batch_size=args.batch_size, heads_per_pass=args.heads_per_pass)
+    warm = tokens[:2, : min(args.seq_len, 16)]  # first calls allocate and pick kernels
+    measure_heads(model, warm, args.ablation, [(0, 0)], **engine_kw)
+    full_forward_measure_heads(model, warm, args.ablation, [(0, 0)])
+
+    per_row_engine = engine_flops(
+        shapes, args.seq_len - 1, {lay: cfg.n_heads for lay in range(cfg.n_layers)}
+    )
+    e_flops = per_row_engine * args.rows
+    r_flops = reference_flops(shapes, args.seq_len, len(every_head)) * args.rows
+    jobs = {
+        ENGINE: (lambda: measure_heads(model, tokens, args.ablation, **engine_kw), e_flops),
+    }
+    if args.tl_blocks:
+        jobs[ENGINE_TL] = (
+            lambda: measure_heads(model, tokens, args.ablation, fused=False, **engine_kw),
+            e_flops,
+        )
+    jobs[REFERENCE] = (
+        lambda: full_forward_measure_heads(model, tokens, args.ablation, ref_heads),
+        reference_flops(shapes, args.seq_len, len(ref_heads)) * args.rows,
+    )
+    if len(ref_heads) < len(every_head):
+        jobs[REFERENCE_CLEAN] = (
+            lambda: full_forward_measure_heads(model, tokens, args.ablation, []),
+            forward_flops(shapes, args.seq_len) * args.rows,
+        )
+    print(f"timing, best of {args.repeats}:", flush=True)
+    timings, results, rates = best_of(
+        jobs,
+        args.repeats,
+        device,
+        n_tokens,
+        lambda: peak_matmul_rate(device, dtype, args.peak_sizes),
+    )
+    rows = [timings[ENGINE]] + ([timings[ENGINE_TL]] if args.tl_blocks else [])
+    if len(ref_heads) < len(every_head):
+        rows.append(scale_reference(timings, len(every_head), len(ref_heads), r_flops, n_tokens))
+    else:
+        rows.append(timings[REFERENCE])
+    engine_row, ref_row = rows[0], rows[-1]
+
+    # Against the best rate seen in the run, so a busy moment during one measurement of the
+    # peak does not flatter the methods.
+    peak = max(v for r in rates for v in r["wall"].values())
+    peak_cpu = max(v for r in rates for v in r["cpu"].values())
+    for r in rows:
+        r["fraction_of_peak"] = r["flop_per_s"] / peak
+        r["fraction_of_peak_cpu_time"] = r["flop_per_cpu_s"] / peak_cpu if on_cpu else None
+    check = compare(results[ENGINE], results[REFERENCE], ref_heads, dtype != torch.float32)
+    report = {
+        "command": "python " + " ".join(["benchmarks/benchmark.py", *args.argv]),
+        "model": args.model,
+        "shapes": shapes.__dict__,
+        "rows": args.rows,
+        "seq_len": args.seq_len,
+        "predicted_tokens": n_tokens,
+        "ablation": args.ablation,
+        "heads": len(every_head),
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if not on_cpu else cpu_name(),
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "peak_matmul": rates,
+        "repeats": args.repeats,
+        "peak_flop_per_s": peak,
+        "peak_flop_per_cpu_s": peak_cpu if on_cpu else None,
+        "methods": rows,
+        "speedup": ref_row["seconds"] / engine_row["seconds"],
+        "speedup_cpu_time": ref_row["cpu_seconds"] / engine_row["cpu_seconds"] if on_cpu else None,
+        "flops_engine": e_flops,
+        "flops_reference": r_flops,
+        "flops_avoided": r_flops - e_flops,
+        "flop_ratio": r_flops / e_flops,
+        "agreement": check,
+        "agreement_heads": len(ref_heads),
+        "passed": all(v["max_abs_diff"] <= v["bound"] for v in check.values()),
+    }
+    print_report(report)
+    return report
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+def table(r: dict) -> str:
+    """The methods as a Markdown table."""
+    cpu = r["peak_flop_per_cpu_s"] is not None
+    head = "| method | s / 1k tokens | GFLOP / token | GFLOP/s | % of peak |"
+    head += " % of peak (CPU time) |" if cpu else ""
+    head += " peak memory |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for m in r["methods"]:
+        line = (
+            f"| {m['method']} | {m['seconds_per_1k_tokens']:.2f} | {m['gflop_per_token']:.2f} | "
+            f"{m['flop_per_s'] / 1e9:.1f} | {m['fraction_of_peak']:.0%} |"
+        )
+        line += f" {m['fraction_of_peak_cpu_time']:.0%} |" if cpu else ""
+        lines.append(line + f" {m['peak_memory_bytes'] / 2**20:.0f} MiB |")
+    return "\n".join(lines)
+
+
+def print_report(r: dict) -> None:
+    before = r["peak_matmul"][0]["wall"]
+    sizes = ", ".join(f"{n}: {v / 1e9:.1f}" for n, v in before.items())
+    print()
+    print(
+        f"{r['model']} | {r['rows']} rows x {r['seq_len']} tokens ({r['predicted_tokens']} "
+        f"predicted) | {r['heads']} heads, {r['ablation']} | {r['device_name']}, {r['dtype']}, "
+        f"{r['threads']} threads | load average {r['load_average_before'][0]:.2f} -> "
+        f"{r['load_average_after'][0]:.2f}"
+    )
+    line = f"peak matmul: {r['peak_flop_per_s'] / 1e9:.1f} GFLOP/s"
+    if r["peak_flop_per_cpu_s"] is not None:
+        line += f" ({r['peak_flop_per_cpu_s'] / 1e9:.1f} GFLOP per CPU second)"
+    print(line + f"; n x n at the start, GFLOP/s: {sizes}")
+    print(table(r))
+    line = f"engine vs reference: {r['speedup']:.2f}x faster"
+    if r["speedup_cpu_time"] is not None:
+        line += f" ({r['speedup_cpu_time']:.2f}x in CPU time)"
+    print(
+        line + f"; {r['flop_ratio']:.2f}x fewer FLOPs "
+        f"({r['flops_avoided'] / r['predicted_tokens'] / 1e9:.2f} GFLOP/token avoided)"
+    )
+    print(
+        f"agreement on {r['agreement_heads']} heads, largest |engine - reference|: "
+        + ", ".join(
+            f"{k} {v['max_abs_diff']:.1e} (bound {v['bound']:.0e})"
+            for k, v in r["agreement"].items()
+        )
+        + f": {'OK' if r['passed'] else 'FAILED'}"
+    )
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--model",
+        default="gpt2-small-random",
+        help="gpt2-small-random | tiny-random-<gpt2|pythia|llama> | demo:<HF checkpoint dir> | "
+        "<TransformerLens name> (from the hub)",
+    )
+    p.add_argument("--rows", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per row, BOS included")
+    p.add_argument("--ablation", default="resample", choices=("resample", "mean", "zero"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--batch-size", type=int, default=None, help="engine rows per pass")
+    p.add_argument("--heads-per-pass", type=int, default=None, help="engine heads per pass")
+    p.add_argument(
+        "--reference-heads",
+        type=int,
+        default=0,
+        help="time the reference on this many heads spread over the model and scale its time "
+        "to all heads (each head is one full pass); 0: all heads",
+    )
+    p.add_argument(
+        "--no-tl-blocks",
+        dest="tl_blocks",
+        action="store_false",
+        help="skip timing the engine with TransformerLens' own blocks",
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--peak-sizes",
+        type=lambda s: [int(n) for n in s.split(",")],
+        default=[],
+        help="n of the n x n matmuls that measure the peak, comma separated "
+        "(default 1024,2048,3072 on CPU, 2048,4096,8192 on CUDA)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="time every method this many times, round robin, and keep the fastest",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the report as JSON here")
+    args = p.parse_args(argv)
+    args.argv = argv
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    report = run(args)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
+        tmp.replace(out)
+    if not report["passed"]:
+        print("the engine and the reference disagree beyond the bound", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

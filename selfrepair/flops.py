@@ -1,0 +1,123 @@
+"""Matmul FLOPs (2 m n k per [m, k] x [k, n] product) of a forward pass, counted from shapes.
+
+Only matrix products are counted: norms, activations, softmax and the residual adds are a few
+FLOPs per element and no part of what a peak matmul rate measures. Causal attention is counted
+as the products a causal kernel needs (query i against keys 0..i); causal=False counts the full
+square that TransformerLens' eager attention multiplies before masking.
+All counts are per sequence of `n_pos` positions; divide by n_pos for per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Shapes:
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_kv_heads: int | None = None  # grouped-query attention; None means n_heads
+    gated_mlp: bool = False
+    parallel_attn_mlp: bool = False
+    attn_only: bool = False
+
+    @classmethod
+    def of(cls, cfg) -> Shapes:
+        """The shapes of a HookedTransformerConfig."""
+        return cls(
+            n_layers=cfg.n_layers,
+            d_model=cfg.d_model,
+            n_heads=cfg.n_heads,
+            d_head=cfg.d_head,
+            d_mlp=cfg.d_mlp or 0,
+            d_vocab=cfg.d_vocab,
+            n_kv_heads=cfg.n_key_value_heads,
+            gated_mlp=bool(cfg.gated_mlp),
+            parallel_attn_mlp=bool(cfg.parallel_attn_mlp),
+            attn_only=bool(cfg.attn_only),
+        )
+
+    @property
+    def sequential(self) -> bool:
+        """The MLP of a layer reads the stream its own attention wrote (GPT-2, Llama)."""
+        return not (self.parallel_attn_mlp or self.attn_only)
+
+
+def matmul(m: int, k: int, n: int) -> int:
+    """FLOPs of an [m, k] x [k, n] product (one multiply and one add per term)."""
+    return 2 * m * k * n
+
+
+def query_key_pairs(n_pos: int, causal: bool = True) -> int:
+    """Query-key pairs attention multiplies: position i against 0..i (causal) or all."""
+    return n_pos * (n_pos + 1) // 2 if causal else n_pos * n_pos
+
+
+def attention_flops(s: Shapes, n_pos: int, causal: bool = True) -> int:
+    """Q, K, V projections, scores q.k, pattern.v and the output projection W_O."""
+    n_kv = s.n_kv_heads or s.n_heads
+    qkv = matmul(n_pos, s.d_model, (s.n_heads + 2 * n_kv) * s.d_head)
+    scores_and_mix = 2 * s.n_heads * query_key_pairs(n_pos, causal) * 2 * s.d_head
+    out = matmul(n_pos, s.n_heads * s.d_head, s.d_model)
+    return qkv + scores_and_mix + out
+
+
+def mlp_flops(s: Shapes, n_pos: int) -> int:
+    """W_in and W_out (and W_gate for a gated MLP)."""
+    if s.attn_only:
+        return 0
+    return (3 if s.gated_mlp else 2) * matmul(n_pos, s.d_model, s.d_mlp)
+
+
+def block_flops(s: Shapes, n_pos: int, causal: bool = True) -> int:
+    return attention_flops(s, n_pos, causal) + mlp_flops(s, n_pos)
+
+
+def unembed_flops(s: Shapes, n_pos: int) -> int:
+    return matmul(n_pos, s.d_model, s.d_vocab)
+
+
+def forward_flops(s: Shapes, n_pos: int, unembed: bool = True, causal: bool = True) -> int:
+    """One forward pass of a sequence through every block (and the full unembedding)."""
+    blocks = s.n_layers * block_flops(s, n_pos, causal)
+    return blocks + (unembed_flops(s, n_pos) if unembed else 0)
+
+
+def reference_flops(s: Shapes, n_pos: int, n_ablated: int, causal: bool = True) -> int:
+    """The original code's method: a clean pass plus one full forward pass per ablated head."""
+    return (1 + n_ablated) * forward_flops(s, n_pos, causal=causal)
+
+
+def direct_effect_flops(s: Shapes, n_pos: int, layer: int) -> int:
+    """The engine's contractions for one ablated head of `layer`: (z' - z) W_O into the stream,
+    W_O . u, the head's clean and ablated z . (W_O u), the projection on u of each downstream
+    attention and MLP output, and of the final residual."""
+    d_m, d_h = s.d_model, s.d_head
+    later = s.n_layers - 1 - layer
+    outputs = later * (1 if s.attn_only else 2) + (1 if s.sequential else 0) + 1
+    per_pos = 2 * d_h * d_m + 2 * d_h * d_m + 2 * 2 * d_h + outputs * 2 * d_m
+    return n_pos * per_pos
+
+
+def engine_flops(
+    s: Shapes, n_pos: int, heads_per_layer: dict[int, int], causal: bool = True
+) -> int:
+    """selfrepair.engine.measure_heads: one clean pass without unembedding (projecting every
+    attention and MLP output and the final residual on u), then per ablated head of layer L the
+    MLP of L (sequential blocks only), every block above L and its direct-effect contractions."""
+    outputs = s.n_layers * (1 if s.attn_only else 2) + 1  # each layer's outputs and the final
+    total = forward_flops(s, n_pos, unembed=False, causal=causal) + n_pos * outputs * 2 * s.d_model
+    for layer, k in heads_per_layer.items():
+        ablated_pass = (s.n_layers - 1 - layer) * block_flops(s, n_pos, causal)
+        if s.sequential:
+            ablated_pass += mlp_flops(s, n_pos)
+        total += k * (ablated_pass + direct_effect_flops(s, n_pos, layer))
+    return total
+
+
+def all_heads(s: Shapes) -> dict[int, int]:
+    return {layer: s.n_heads for layer in range(s.n_layers)}

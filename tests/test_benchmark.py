@@ -1,0 +1,66 @@
+"""The benchmark CLI end to end on a tiny model (no timing thresholds: speed is not tested)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "benchmark.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_runs_and_writes_every_field(tmp_path):
+    out = tmp_path / "bench.json"
+    args = "--model tiny-random-pythia --rows 3 --seq-len 10 --peak-sizes 128"
+    args += f" --reference-heads 5 --out {out}"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args.split()], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "engine vs reference" in proc.stdout and "| engine (fused blocks) |" in proc.stdout
+    r = json.loads(out.read_text())
+    assert r["passed"] and r["heads"] == 12 and r["agreement_heads"] == 5
+    names = [m["method"] for m in r["methods"]]
+    assert names[0] == "engine (fused blocks)" and len(names) == 3
+    for m in r["methods"]:
+        for key in ("seconds", "cpu_seconds", "seconds_per_1k_tokens", "flop_per_s"):
+            assert m[key] > 0, key
+        assert 0 < m["fraction_of_peak"] and m["peak_memory_bytes"] >= 0
+    assert r["methods"][-1]["timed_heads"] == 5  # reference time scaled from 5 heads to 12
+    assert r["flops_reference"] > r["flops_engine"] > 0
+    assert r["flops_avoided"] == r["flops_reference"] - r["flops_engine"]
+    assert set(r["agreement"]) >= {"logit_diff", "self_repair", "sr_ln", "ln_scale_ablated"}
+    assert r["peak_flop_per_s"] > 0 and r["load_average_before"]
+
+
+def test_disagreement_is_reported():
+    bench = load_script()
+    import xarray as xr
+
+    dims = ("layer", "head", "batch", "pos")
+    ref = xr.Dataset(
+        {n: (dims, np.zeros((1, 2, 2, 3), np.float32)) for n in bench.HEAD_VARIABLES}
+        | {
+            n: (("batch", "pos"), np.ones((2, 3), np.float32))
+            for n in ("logit_clean", "ln_scale_clean")
+        }
+    )
+    eng = ref.copy(deep=True)
+    assert all(v["max_abs_diff"] == 0 for v in bench.compare(eng, ref, [(0, 1)], False).values())
+    eng["sr_ln"][0, 1, 1, 2] = 0.01  # on a compared head
+    eng["sr_mlps"][0, 0, 0, 0] = 5.0  # on a head the reference did not run: ignored
+    check = bench.compare(eng, ref, [(0, 1)], False)
+    assert check["sr_ln"]["max_abs_diff"] > check["sr_ln"]["bound"]
+    assert check["sr_mlps"]["max_abs_diff"] == 0
