@@ -150,6 +150,36 @@ def top_count(n_tokens: int, fraction: float) -> int:
     return max(1, math.ceil(fraction * n_tokens))
 
 
+# A head's top-fraction selection (the paper's top 2%) averages over at least this many tokens;
+# fewer and its means are noise.
+MIN_TOP_TOKENS = 10
+
+
+def check_run(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
+    """What the schema cannot check, before any work: enough tokens for the top-fraction
+    selection, and heads that exist in the models whose size the config states."""
+    data, fraction = config["data"], config["engine"]["top_fraction"]
+    n = n_predictions(data)
+    if fraction * n < MIN_TOP_TOKENS:
+        need = math.ceil(MIN_TOP_TOKENS / fraction * data["seq_len"] / (data["seq_len"] - 1))
+        raise ConfigError(
+            f"config key data.n_tokens: {n} predicted tokens leave {fraction * n:.1f} in each "
+            f"head's top {fraction:.0%} (engine.top_fraction), fewer than {MIN_TOP_TOKENS}; "
+            f"raise data.n_tokens to at least {need}"
+        )
+    for name, entry in entries.items():
+        dims = entry.get("train")
+        if dims is None:
+            continue  # a hub or local checkpoint's size is checked when the job loads it
+        n_layers, n_heads = dims.get("n_layers", 4), dims.get("n_heads", 4)
+        for layer, head in entry.get("heads") or []:
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise ConfigError(
+                    f"config key models[{name}].heads: {name} has no L{layer}H{head} "
+                    f"({n_layers} layers x {n_heads} heads, counted from 0)"
+                )
+
+
 # --- Figures: which model and heads each figure shows, with substitutes -----------------------
 
 Head = tuple[int, int]

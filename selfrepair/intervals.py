@@ -23,6 +23,7 @@ import xarray as xr
 from .joblog import provenance
 from .reduce import ln_share, stack_tokens, top_token_mask
 from .store import open_shards, write_zarr
+from .variables import HEAD_VARIABLES
 
 if TYPE_CHECKING:  # shape annotations only: the analysis env has no jaxtyping
     from jaxtyping import Float
@@ -194,7 +195,7 @@ def intervals_stage(
 ) -> xr.Dataset:
     """Workflow stage: the per-head intervals over all shards of one (model, ablation)."""
     result = head_intervals(
-        open_shards(shards),
+        open_shards(shards, variables=HEAD_VARIABLES),
         top_fraction=top_fraction,
         de_epsilon=de_epsilon,
         n_resamples=n_resamples,

@@ -3,8 +3,12 @@ these, so every stage can also be run (and tested) without Snakemake."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +16,9 @@ import torch
 import xarray as xr
 
 from .clean import clean_direct_effects, decomposition_error
+from .config import ConfigError, official_model_name
 from .engine import measure_heads
+from .forward import NonFiniteActivation
 from .joblog import provenance
 from .models import load_model, resolve_device, resolve_dtype
 from .store import open_zarr, write_zarr
@@ -27,7 +33,7 @@ def set_threads(threads: int | None) -> None:
 
 def read_token_rows(tokens_path: str, start: int, stop: int) -> torch.Tensor:
     """Rows [start, stop) of the tokenized corpus as a LongTensor [rows, seq_len]."""
-    ds = open_zarr(tokens_path)
+    ds = open_zarr(tokens_path, variables=("tokens",))
     n = ds.sizes["row"]
     if stop > n:
         raise ValueError(
@@ -37,8 +43,15 @@ def read_token_rows(tokens_path: str, start: int, stop: int) -> torch.Tensor:
     return torch.from_numpy(ds.tokens.isel(row=slice(start, stop)).values.astype(np.int64))
 
 
-def model_for(entry: dict[str, Any], checkpoint: str | None, device: str, dtype: str):
-    """The configured model: a local/trained checkpoint when given, else the hub name."""
+def model_for(
+    entry: dict[str, Any],
+    checkpoint: str | None,
+    device: str,
+    dtype: str,
+    seq_len: int | None = None,
+):
+    """The configured model: a local/trained checkpoint when given, else the hub name. Checked
+    against the config (seq_len, heads) before any work is done with it."""
     dev = resolve_device(device)
     t0 = time.perf_counter()
     model = load_model(entry["name"], path=checkpoint, device=dev, dtype=resolve_dtype(dtype, dev))
@@ -50,7 +63,74 @@ def model_for(entry: dict[str, Any], checkpoint: str | None, device: str, dtype:
         dev,
         time.perf_counter() - t0,
     )
+    check_model_fits(model, entry, seq_len)
     return model
+
+
+def check_model_fits(model, entry: dict[str, Any], seq_len: int | None) -> None:
+    """ConfigError naming the key when the config asks more of the model than it has."""
+    cfg = model.cfg
+    if seq_len is not None and seq_len - 1 > cfg.n_ctx:
+        raise ConfigError(
+            f"config key data.seq_len: {seq_len} tokens per row exceed the context of "
+            f"{entry['name']} ({cfg.n_ctx} positions); lower it to at most {cfg.n_ctx + 1}"
+        )
+    for layer, head in entry.get("heads") or []:
+        if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
+            raise ConfigError(
+                f"config key models[{entry['name']}].heads: {entry['name']} has no "
+                f"L{layer}H{head} ({cfg.n_layers} layers x {cfg.n_heads} heads, counted from 0)"
+            )
+
+
+def model_revision(name: str, checkpoint: str | None) -> str:
+    """What exactly was loaded: the hub commit of the cached snapshot, or a hash of a local
+    checkpoint's weight files ("unknown" when the hub cache does not say)."""
+    if checkpoint is not None:
+        digest = hashlib.sha256()
+        weights = sorted(
+            p for p in Path(checkpoint).iterdir() if p.suffix in (".safetensors", ".bin", ".pt")
+        )
+        for path in weights:
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+        return f"sha256:{digest.hexdigest()}" if weights else "unknown"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(official_model_name(name), "config.json")
+    if isinstance(cached, str) and "/snapshots/" in cached:
+        return cached.split("/snapshots/")[1].split("/")[0]
+    return "unknown"
+
+
+@contextlib.contextmanager
+def in_shard(tokens: str, bounds: tuple[int, int]) -> Iterator[None]:
+    """Say which shard a NaN/inf appeared in (the engine names layer and row within it)."""
+    try:
+        yield
+    except NonFiniteActivation as err:
+        raise NonFiniteActivation(
+            f"{err} [shard rows {bounds[0]}..{bounds[1] - 1} of {tokens}; row numbers above "
+            "count from the shard's first row]"
+        ) from err
+
+
+@contextlib.contextmanager
+def memory_hint(device: str, keys: dict[str, Any]) -> Iterator[None]:
+    """Turn running out of device memory into one line naming the config keys to lower."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+        text = str(err)
+        if not isinstance(err, torch.OutOfMemoryError | MemoryError) and not (
+            "out of memory" in text or "can't allocate memory" in text
+        ):
+            raise
+        lower = " or ".join(f"{k} (now {v})" for k, v in keys.items())
+        raise MemoryError(
+            f"out of memory on {device} ({text.splitlines()[0] if text else type(err).__name__}"
+            f"): lower {lower} in the config"
+        ) from err
 
 
 def _row_coords(ds: xr.Dataset, start: int) -> xr.Dataset:
@@ -72,9 +152,11 @@ def clean_shard(
     tolerance: float = 1e-4,
 ) -> xr.Dataset:
     """Clean direct effects of one shard; refuses to write if they do not sum to the logit."""
-    model = model_for(entry, checkpoint, device, dtype)
     rows = read_token_rows(tokens, *bounds)
-    ds = clean_direct_effects(model, rows, batch_size=batch_size, progress=True, desc="clean")
+    model = model_for(entry, checkpoint, device, dtype, seq_len=rows.shape[1])
+    keys = {"engine.batch_size": batch_size}
+    with in_shard(tokens, bounds), memory_hint(str(model.cfg.device), keys):
+        ds = clean_direct_effects(model, rows, batch_size=batch_size, progress=True, desc="clean")
     err = decomposition_error(ds)
     log.info("max |sum of direct effects - logit| = %.3g (tolerance %.1g)", err, tolerance)
     if not err <= tolerance:
@@ -83,7 +165,13 @@ def clean_shard(
             "coarse for this check (use dtype: float32)"
         )
     ds = _row_coords(ds, bounds[0])
-    ds.attrs.update(provenance(**attrs, decomposition_max_error=err))
+    ds.attrs.update(
+        provenance(
+            **attrs,
+            model_revision=model_revision(entry["name"], checkpoint),
+            decomposition_max_error=err,
+        )
+    )
     write_zarr(ds, out)
     return ds
 
@@ -105,28 +193,36 @@ def ablate_shard(
     attrs: dict[str, Any],
 ) -> xr.Dataset:
     """Every configured head of one shard under one ablation (engine.measure_heads)."""
-    model = model_for(entry, checkpoint, device, dtype)
     rows = read_token_rows(tokens, *bounds)
+    model = model_for(entry, checkpoint, device, dtype, seq_len=rows.shape[1])
     heads = entry.get("heads")
     t0 = time.perf_counter()
-    ds = measure_heads(
-        model,
-        rows,
-        ablation,
-        heads=[tuple(h) for h in heads] if heads else None,
-        batch_size=batch_size,
-        heads_per_pass=heads_per_pass,
-        mean_include_bos=mean_include_bos,
-        freeze_ln=freeze_ln,
-        progress=True,
-        desc=f"{ablation} ablation" + (" (frozen LayerNorm)" if freeze_ln else ""),
-    )
+    keys = {"engine.batch_size": batch_size, "engine.heads_per_pass": heads_per_pass}
+    with in_shard(tokens, bounds), memory_hint(str(model.cfg.device), keys):
+        ds = measure_heads(
+            model,
+            rows,
+            ablation,
+            heads=[tuple(h) for h in heads] if heads else None,
+            batch_size=batch_size,
+            heads_per_pass=heads_per_pass,
+            mean_include_bos=mean_include_bos,
+            freeze_ln=freeze_ln,
+            progress=True,
+            desc=f"{ablation} ablation" + (" (frozen LayerNorm)" if freeze_ln else ""),
+        )
     seconds = time.perf_counter() - t0
     n_tok = rows.shape[0] * (rows.shape[1] - 1)
     log.info("%d tokens in %.1fs (%.1f ms per 1k tokens)", n_tok, seconds, 1e6 * seconds / n_tok)
     ds = _row_coords(ds, bounds[0])
     if "resample_source" in ds.coords:  # as global row numbers too
         ds = ds.assign_coords(resample_source=ds.resample_source + bounds[0])
-    ds.attrs.update(provenance(**attrs, seconds=round(seconds, 3)))
+    ds.attrs.update(
+        provenance(
+            **attrs,
+            model_revision=model_revision(entry["name"], checkpoint),
+            seconds=round(seconds, 3),
+        )
+    )
     write_zarr(ds, out, chunks={"layer": 1})
     return ds

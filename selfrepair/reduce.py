@@ -101,7 +101,11 @@ def summarize_heads(
     *, shards: list[str], top_fraction: float, de_epsilon: float, out: str, attrs: dict[str, Any]
 ) -> xr.Dataset:
     """Workflow stage: the per-head summary over all shards of one (model, ablation)."""
-    summary = head_summary(open_shards(shards), top_fraction=top_fraction, de_epsilon=de_epsilon)
+    summary = head_summary(
+        open_shards(shards, variables=HEAD_VARIABLES),
+        top_fraction=top_fraction,
+        de_epsilon=de_epsilon,
+    )
     summary.attrs.update(provenance(**attrs))
     write_zarr(summary, out)
     return summary

@@ -58,6 +58,7 @@ def reference_measure_heads(
 ) -> xr.Dataset:
     """freeze_ln: every LayerNorm hook_scale of the ablated run (final included) is replaced by
     the clean run's value."""
+    tokens = tokens.to(model.W_U.device)
     n_rows, n_ctx = tokens.shape
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if heads is None:
@@ -155,6 +156,7 @@ def reference_clean_direct_effects(
     model, tokens: Int[Tensor, "batch pos"]
 ) -> dict[str, np.ndarray]:
     """Per-component clean direct effects from a full cached forward pass."""
+    tokens = tokens.to(model.W_U.device)
     targets = tokens[:, 1:]
     keep = slice(0, tokens.shape[1] - 1)
     with torch.no_grad():
@@ -162,12 +164,17 @@ def reference_clean_direct_effects(
         scale = cache["ln_final.hook_scale"][:, keep, 0]
 
         def de(vec):
-            return frozen_ln_direct_effect(model, vec[:, keep], scale, targets).float().numpy()
+            return (
+                frozen_ln_direct_effect(model, vec[:, keep], scale, targets).float().cpu().numpy()
+            )
 
         n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
         out = {
-            "logit_clean": centred_target_logit(logits[:, keep].double(), targets).float().numpy(),
-            "ln_scale_clean": scale.float().numpy(),
+            "logit_clean": centred_target_logit(logits[:, keep].double(), targets)
+            .float()
+            .cpu()
+            .numpy(),
+            "ln_scale_clean": scale.float().cpu().numpy(),
             "de_embed": de(cache["hook_embed"]),
             "de_head": np.stack(
                 [

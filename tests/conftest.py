@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -10,6 +11,10 @@ import torch
 from selfrepair.models import FAMILIES, random_model
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+# Where the shared tiny models live: SELFREPAIR_TEST_DEVICE=cuda runs the engine-vs-reference
+# tests on a GPU (CI has none; the default is the CPU).
+TEST_DEVICE = os.environ.get("SELFREPAIR_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session", params=FAMILIES)
@@ -20,7 +25,7 @@ def family(request) -> str:
 @pytest.fixture(scope="session")
 def tiny_model(family):
     """A processed (fold_ln, centred) random model of each family, as the paper loads models."""
-    return random_model(family)
+    return random_model(family).to(TEST_DEVICE)
 
 
 @pytest.fixture(scope="session")

@@ -38,4 +38,4 @@ def test_loss_is_the_model_cross_entropy(tiny_model, tiny_tokens):
     ds = clean_direct_effects(tiny_model, tiny_tokens)
     with torch.no_grad():
         loss = tiny_model(tiny_tokens, return_type="loss", loss_per_token=True)
-    assert float(np.abs(ds.loss.values - loss.numpy()).max()) < 1e-4
+    assert float(np.abs(ds.loss.values - loss.cpu().numpy()).max()) < 1e-4

@@ -102,7 +102,8 @@ def test_subset_of_heads_leaves_others_nan_and_matches_all(tiny_model, tiny_toke
     for name in HEAD_VARIABLES:
         values = sub[name].values
         assert np.isnan(values[~measured]).all()
-        assert max_abs_diff(values[measured], full[name].values[measured]) < 1e-6
+        # 1e-5, as for batch and chunk sizes: CUDA kernels pick their reduction order by shape.
+        assert max_abs_diff(values[measured], full[name].values[measured]) < 1e-5
 
 
 def test_resample_source_default_is_next_row_and_custom_source_is_used(tiny_model, tiny_tokens):

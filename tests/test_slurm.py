@@ -46,7 +46,8 @@ RUN_TIMEOUT = 1500
 # key for mappings). Two shards per model, so that a failed shard can rerun alone.
 MODEL_RESOURCES = {"threads": 1, "mem_mb": 1000, "runtime": 10}
 REDUCED = {
-    "data": {"n_tokens": 16 * 31, "seq_len": 32, "shard_rows": 8},
+    "data": {"n_tokens": 24 * 31, "seq_len": 32, "shard_rows": 12},
+    "mechanisms": {"reinforcement": {"rows": 12}},
     "engine": {"batch_size": 8, "frozen_ln": []},
     "ablations": ["resample"],  # one is enough: the others are the same rule
     "resources": MODEL_RESOURCES,
@@ -241,9 +242,10 @@ def test_every_job_went_through_sbatch(runs):
 
 
 def test_gpu_only_for_the_rules_that_run_a_model(runs):
-    """--gpus=1 on clean_cache, ablate, train_model; no GPU on tokenize, reductions, figures.
+    """--gpus=1 on the rules that run a model; no GPU on tokenize, reductions, figures.
     Threads and memory of model jobs are the config's `resources`."""
     gpu_rules = {"clean_cache", "ablate", "train_model"}
+    gpu_rules |= {"neuron_effects", "norm_ratios", "self_reinforcement"}
     assert gpu_rules <= set(runs["expected"]) and set(runs["expected"]) - gpu_rules
     for job in runs["jobs"]:
         rule = rule_of(job["Comment"])

@@ -21,6 +21,7 @@ except Exception as err:
 
 MODELS = sr_config.model_entries(config)
 sr_config.check_hub_names(MODELS)
+sr_config.check_run(config, MODELS)
 DATA = config["data"]
 ENGINE = config["engine"]
 ABLATIONS = config["ablations"]

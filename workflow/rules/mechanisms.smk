@@ -15,7 +15,10 @@ rule neuron_effects:
         "results/benchmarks/neuron_effects/{model}.tsv"
     conda:
         "../../envs/engine.yaml"
-    threads: workflow.cores
+    threads: model_threads
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=model_runtime,
     params:
         model=model_entry,
         bounds=SHARD_BOUNDS,
@@ -66,7 +69,10 @@ rule norm_ratios:
         ablation="|".join(ABLATIONS),
     conda:
         "../../envs/engine.yaml"
-    threads: workflow.cores
+    threads: model_threads
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=model_runtime,
     params:
         model=model_entry,
         bounds=SHARD_BOUNDS,
@@ -93,7 +99,10 @@ rule self_reinforcement:
         "results/benchmarks/self_reinforcement/{model}.tsv"
     conda:
         "../../envs/engine.yaml"
-    threads: workflow.cores
+    threads: model_threads
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=model_runtime,
     params:
         model=model_entry,
         heads=lambda w: REINFORCEMENT_HEADS[w.model],
