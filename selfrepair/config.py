@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -167,6 +168,10 @@ def check_run(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> Non
             f"head's top {fraction:.0%} (engine.top_fraction), fewer than {MIN_TOP_TOKENS}; "
             f"raise data.n_tokens to at least {need}"
         )
+    check_corpus_files(data["corpus"], "data.corpus")
+    for name, tokenizer in (config.get("tokenizers") or {}).items():
+        if "corpus" in tokenizer:
+            check_corpus_files(tokenizer["corpus"], f"tokenizers.{name}.corpus")
     for name, entry in entries.items():
         dims = entry.get("train")
         if dims is None:
@@ -178,6 +183,25 @@ def check_run(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> Non
                     f"config key models[{name}].heads: {name} has no L{layer}H{head} "
                     f"({n_layers} layers x {n_heads} heads, counted from 0)"
                 )
+
+
+def check_corpus_files(corpus: dict[str, Any], key: str) -> None:
+    """A text-file corpus must be readable now, not when the tokenize job opens it."""
+    if corpus.get("source") != "text_files":
+        return
+    for index, name in enumerate(corpus.get("files") or []):
+        path = Path(name)
+        problem = (
+            "does not exist"
+            if not path.exists()
+            else "is not a file"
+            if not path.is_file()
+            else "is not readable"
+            if not os.access(path, os.R_OK)
+            else None
+        )
+        if problem:
+            raise ConfigError(f"config key {key}.files[{index}]: {name!r} {problem}")
 
 
 # --- Figures: which model and heads each figure shows, with substitutes -----------------------

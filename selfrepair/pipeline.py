@@ -97,7 +97,11 @@ def model_revision(name: str, checkpoint: str | None) -> str:
         return f"sha256:{digest.hexdigest()}" if weights else "unknown"
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(official_model_name(name), "config.json")
+    try:
+        repo = official_model_name(name)
+    except ConfigError:  # loaded some other way (e.g. a model object handed in by a test)
+        return "unknown"
+    cached = try_to_load_from_cache(repo, "config.json")
     if isinstance(cached, str) and "/snapshots/" in cached:
         return cached.split("/snapshots/")[1].split("/")[0]
     return "unknown"

@@ -17,6 +17,15 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 TEST_DEVICE = os.environ.get("SELFREPAIR_TEST_DEVICE", "cpu")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Toy models run fastest on one thread, and do not stall on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", params=FAMILIES)
 def family(request) -> str:
     return request.param

@@ -21,14 +21,7 @@ from selfrepair.variables import HEAD_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CTX, VOCAB = 16, 64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +152,25 @@ def test_head_out_of_range_of_a_trained_model_names_the_key():
     config = demo_config()
     config["models"][0]["heads"] = [[1, 2], [4, 0]]
     with pytest.raises(ConfigError, match=r"models\[tiny-gpt2\]\.heads: tiny-gpt2 has no L4H0"):
+        check_run(config, model_entries(config))
+
+
+def test_unreadable_corpus_file_names_the_key(tmp_path):
+    config = demo_config()
+    text = tmp_path / "a.txt"
+    text.write_text("some text")
+    config["data"]["corpus"] = {"source": "text_files", "files": [str(text), str(tmp_path)]}
+    with pytest.raises(ConfigError, match=r"data\.corpus\.files\[1\]: .* is not a file"):
+        check_run(config, model_entries(config))
+    config["data"]["corpus"]["files"] = [str(text)]
+    check_run(config, model_entries(config))
+    config["tokenizers"]["stdlib-bpe"]["corpus"] = {
+        "source": "text_files",
+        "files": [str(tmp_path / "missing.txt")],
+    }
+    with pytest.raises(
+        ConfigError, match=r"tokenizers\.stdlib-bpe\.corpus\.files\[0\]: .* does not exist"
+    ):
         check_run(config, model_entries(config))
 
 

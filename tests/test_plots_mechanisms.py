@@ -169,7 +169,7 @@ def test_self_repression_one_panel_per_scale_with_slope():
         "m L3H1, scale 3\nslope 0.20",
     ]
     assert all(reference_lines(ax) == {IDENTITY_GID, ZERO_GID} for ax in axes)
-    assert axes[0].get_ylabel() == "direct effect with output added (logits)"
+    assert axes[0].get_ylabel() == "direct effect with\noutput added (logits)"
     assert axes[1].get_xlabel() == "clean direct effect (logits)"
     assert len(panels(self_repression_scatter(ds, "m L3H1", [3.0]))) == 1
 

@@ -18,12 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from toy import toy_model
 
 from selfrepair.store import open_zarr
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 TIMEOUT = 900
+JOBS = 2  # --cores: one-thread jobs run side by side
 MODEL = "tiny-pythia"
 TOY = {
     "data": {"n_tokens": 64 * 31, "seq_len": 32, "shard_rows": 16},  # 4 shards
@@ -32,21 +34,7 @@ TOY = {
     "resources": {"threads": 1},
     "tokenizers": {"stdlib-bpe": {"vocab_size": 300}},
     # Both demo models (the demo's figure substitutes name them); only one is run.
-    "models": [
-        {
-            "name": name,
-            "train": {
-                "arch": arch,
-                "tokenizer": "stdlib-bpe",
-                "n_layers": 4,
-                "d_model": 32,
-                "n_heads": 4,
-                "steps": 20,
-                "batch_size": 4,
-            },
-        }
-        for name, arch in (("tiny-gpt2", "gpt2"), (MODEL, "pythia"))
-    ],
+    "models": [toy_model("tiny-gpt2", "gpt2"), toy_model(MODEL, "pythia")],
 }
 TARGETS = [f"results/{MODEL}/summary/{a}.zarr" for a in TOY["ablations"]]
 
@@ -57,7 +45,7 @@ def command(workdir: Path, *args: str) -> list[str]:
         sys.executable, "-m", "snakemake",
         "--snakefile", str(ROOT / "workflow" / "Snakefile"),
         "--configfile", *map(str, configs),
-        "--cores", "2",
+        "--cores", str(JOBS),
         *args,
     ]  # fmt: skip
 
@@ -99,7 +87,7 @@ def kill_during_ablation(workdir: Path) -> dict[str, int]:
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             done = shards(workdir)
-            if 2 <= len(done) < n_ablation_shards():
+            if JOBS + 1 <= len(done) < n_ablation_shards():
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return {str(p.relative_to(workdir)): p.stat().st_ino for p in shards(workdir)}
@@ -125,7 +113,7 @@ def runs(tmp_path_factory):
 
 def test_killed_run_left_only_complete_shards(runs):
     _, killed, before, _ = runs
-    assert 2 <= len(before) < n_ablation_shards()
+    assert JOBS + 1 <= len(before) < n_ablation_shards()
     for rel in before:  # every store present at the kill was whole (atomic rename)
         open_zarr(killed / rel).load()
 
@@ -134,10 +122,10 @@ def test_resumed_run_reused_finished_shards_and_left_no_temporary_stores(runs):
     _, killed, before, log = runs
     now = {str(p.relative_to(killed)): p.stat().st_ino for p in shards(killed)}
     assert len(now) == n_ablation_shards()
-    # A shard renamed into place but not yet recorded by Snakemake at the kill may be redone
-    # (--rerun-incomplete); every other one is kept as it was.
+    # A shard renamed into place by a job that Snakemake had not yet seen finish may be redone
+    # (--rerun-incomplete): at most one per job running at the kill. Every other one is kept.
     kept = [rel for rel, inode in before.items() if now[rel] == inode]
-    assert len(kept) >= len(before) - 1, (before, now)
+    assert len(kept) >= len(before) - JOBS, (before, now)
     assert "rule train_model:" not in log and "rule tokenize:" not in log  # upstream kept
     leftovers = [p for p in (killed / "results").rglob("*") if ".tmp-" in p.name]
     assert not leftovers, leftovers

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from toy import toy_model
 
 from selfrepair.store import open_zarr
 
@@ -52,32 +53,7 @@ REDUCED = {
     "ablations": ["resample"],  # one is enough: the others are the same rule
     "resources": MODEL_RESOURCES,
     "tokenizers": {"stdlib-bpe": {"vocab_size": 300}},
-    "models": [
-        {
-            "name": "tiny-gpt2",
-            "train": {
-                "arch": "gpt2",
-                "tokenizer": "stdlib-bpe",
-                "n_layers": 4,
-                "d_model": 32,
-                "n_heads": 4,
-                "steps": 20,
-                "batch_size": 4,
-            },
-        },
-        {
-            "name": "tiny-pythia",
-            "train": {
-                "arch": "pythia",
-                "tokenizer": "stdlib-bpe",
-                "n_layers": 4,
-                "d_model": 32,
-                "n_heads": 4,
-                "steps": 20,
-                "batch_size": 4,
-            },
-        },
-    ],
+    "models": [toy_model("tiny-gpt2", "gpt2"), toy_model("tiny-pythia", "pythia")],
 }
 # The job the test cancels while it runs (comment the plugin gives it: rule, then wildcards).
 VICTIM = "rule_ablate_wildcards_tiny-gpt2_resample_001"

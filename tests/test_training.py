@@ -14,15 +14,7 @@ from selfrepair import training as tr
 from selfrepair.models import load_local_checkpoint
 
 SEQ = 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Toy models run fastest on one thread, and do not stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

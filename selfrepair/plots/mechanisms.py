@@ -226,7 +226,7 @@ def self_repression_scatter(
         ax.set_title(f"{title}, scale {s:g}\nslope {slope:.2f}")
         ax.set_xlabel(with_unit("clean direct effect"))
         if i == 0:
-            ax.set_ylabel(with_unit("direct effect with output added"))
+            ax.set_ylabel(with_unit("direct effect with\noutput added"))
     for ax in axes:
         square_limits(ax, np.concatenate([x] * len(scales)), all_y)
     axes[0].legend(loc="upper left")
