@@ -50,6 +50,9 @@ def test_ln_scale_ratio_panels_per_ablation_with_share_above_one():
     assert all(has_line_at_one(ax) for ax in axes)
     assert axes[0].get_xlabel() == "clean / ablated final LayerNorm scale"
     assert sum(p.get_height() for p in axes[0].patches) == 4  # every token counted
+    # Panels compare bin for bin: the same bins and x range in every panel.
+    edges = [[p.get_x() for p in ax.patches] for ax in axes]
+    assert edges[0] == edges[1] and axes[0].get_xlim() == axes[1].get_xlim()
 
 
 def test_resid_norm_ratio_rows_are_ablations_and_columns_heads():
@@ -66,6 +69,7 @@ def test_resid_norm_ratio_rows_are_ablations_and_columns_heads():
     share = float(np.mean(da.sel(head="L3H3").values > 1))
     assert f"{share:.1%} of tokens above 1" in axes[1].get_title()
     assert all(has_line_at_one(ax) for ax in axes)
+    assert len({ax.get_xlim() for ax in axes}) == 1  # one scale for every head and ablation
 
 
 def reductions(n_tok=30, d_mlp=20, ranks=20) -> xr.Dataset:

@@ -40,10 +40,20 @@ def _token_alpha(n: int) -> float:
     return float(np.clip(3000 / max(n, 1), 0.05, 0.7))
 
 
-def _ratio_hist(ax, values: np.ndarray, color: str) -> float:
+def _ratio_bins(arrays: Sequence[np.ndarray], n: int = 60) -> np.ndarray:
+    """Bin edges shared by every panel, so their histograms compare bin for bin."""
+    values = np.concatenate([np.ravel(a) for a in arrays])
+    values = values[np.isfinite(values)]
+    low, high = (values.min(), values.max()) if values.size else (0.0, 2.0)
+    if low == high:
+        low, high = low - 0.5, high + 0.5
+    return np.linspace(low, high, n + 1)
+
+
+def _ratio_hist(ax, values: np.ndarray, color: str, bins: np.ndarray) -> float:
     """Histogram of a ratio over tokens; returns the share above 1."""
     values = values[np.isfinite(values)]
-    ax.hist(values, bins=60, color=color, alpha=0.8)
+    ax.hist(values, bins=bins, color=color, alpha=0.8)
     add_one(ax, label=None)
     return float(np.mean(values > 1)) if values.size else float("nan")
 
@@ -54,10 +64,11 @@ def ln_scale_ratio_hist(ratios: Mapping[str, xr.DataArray], title: str) -> Figur
     tokens (ratios[ablation], any shape), with the line at 1 and the share above 1 in the
     panel title."""
     ablations = list(ratios)
-    fig, axes = panel_grid(len(ablations), ncols=len(ablations), sharey=True)
+    fig, axes = panel_grid(len(ablations), ncols=len(ablations), sharex=True, sharey=True)
+    bins = _ratio_bins([ratios[a].values for a in ablations])
     for ax, ablation in zip(axes, ablations, strict=True):
         share = _ratio_hist(
-            ax, np.ravel(ratios[ablation].values), ABLATION_COLORS.get(ablation, HEAD_COLOR)
+            ax, np.ravel(ratios[ablation].values), ABLATION_COLORS.get(ablation, HEAD_COLOR), bins
         )
         ax.set_title(f"{title}, {ablation} ablation\n{share:.1%} of tokens above 1")
         ax.set_xlabel("clean / ablated final LayerNorm scale")
@@ -71,12 +82,13 @@ def resid_norm_ratio_hists(norms: Mapping[str, xr.DataArray], model: str) -> Fig
     the histogram of ablated / clean final residual-stream norm over all tokens."""
     ablations = list(norms)
     heads = [str(h) for h in norms[ablations[0]]["head"].values]
-    fig, axes = panel_grid(len(ablations) * len(heads), ncols=len(heads))
+    fig, axes = panel_grid(len(ablations) * len(heads), ncols=len(heads), sharex=True, sharey=True)
+    bins = _ratio_bins([norms[a].values for a in ablations])
     for r, ablation in enumerate(ablations):
         for c, head in enumerate(heads):
             ax = axes[r * len(heads) + c]
             values = np.ravel(norms[ablation].sel(head=head).values)
-            share = _ratio_hist(ax, values, ABLATION_COLORS.get(ablation, HEAD_COLOR))
+            share = _ratio_hist(ax, values, ABLATION_COLORS.get(ablation, HEAD_COLOR), bins)
             ax.set_title(f"{model} {head}, {ablation} ablation\n{share:.1%} of tokens above 1")
             ax.set_xlabel("ablated / clean final residual norm")
             if c == 0:
