@@ -95,7 +95,7 @@ def test_demo_substitutes_are_named():
     assert all(t.substituted for ts in targets.values() for t in ts)
     sentence = targets["fig16_18"][0].substitution()
     assert sentence.startswith(
-        "tiny-gpt2 L3H0, L3H3 is a substitute for the paper's gpt2-small L11H3, L11H11"
+        "tiny-gpt2 L3H2, L3H0 is a substitute for the paper's gpt2-small L11H3, L11H11"
     )
     assert {t.model for t in targets["fig08"]} == {"tiny-gpt2", "tiny-pythia"}
 
