@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -156,9 +157,52 @@ def top_count(n_tokens: int, fraction: float) -> int:
 MIN_TOP_TOKENS = 10
 
 
+# (n_layers, n_heads) of hub models whose size the config cannot read: the paper's, so that a
+# configured head out of range fails before any job starts. Other hub models are checked when
+# their job loads them.
+KNOWN_DIMS = {
+    "gpt2": (12, 12),
+    "gpt2-small": (12, 12),
+    "gpt2-medium": (24, 16),
+    "gpt2-large": (36, 20),
+    "gpt2-xl": (48, 25),
+    "pythia-70m": (6, 8),
+    "pythia-160m": (12, 12),
+    "pythia-410m": (24, 16),
+    "pythia-1b": (16, 8),
+    "pythia-1.4b": (24, 16),
+    "pythia-2.8b": (32, 32),
+    "llama-7b": (32, 32),
+}
+
+
+def model_dims(entry: dict[str, Any]) -> tuple[int, int] | None:
+    """(n_layers, n_heads) of a model entry when the config can know it without loading it."""
+    if "train" in entry:
+        return entry["train"].get("n_layers", 4), entry["train"].get("n_heads", 4)
+    if "path" in entry:
+        cfg_file = Path(entry["path"]) / "config.json"
+        if cfg_file.is_file():
+            hf = json.loads(cfg_file.read_text())
+            layers = hf.get("num_hidden_layers", hf.get("n_layer"))
+            heads = hf.get("num_attention_heads", hf.get("n_head"))
+            if isinstance(layers, int) and isinstance(heads, int):
+                return layers, heads
+        return None
+    return KNOWN_DIMS.get(entry["name"].lower())
+
+
+def missing_head(model: str, layer: int, head: int, n_layers: int, n_heads: int) -> str | None:
+    """Why L{layer}H{head} does not exist in a model of this size, or None when it does."""
+    if 0 <= layer < n_layers and 0 <= head < n_heads:
+        return None
+    return f"{model} has no L{layer}H{head} ({n_layers} layers x {n_heads} heads)"
+
+
 def check_run(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
     """What the schema cannot check, before any work: enough tokens for the top-fraction
-    selection, and heads that exist in the models whose size the config states."""
+    selection, readable corpus files, and heads that exist in the models whose size the config
+    can know (model_dims)."""
     data, fraction = config["data"], config["engine"]["top_fraction"]
     n = n_predictions(data)
     if fraction * n < MIN_TOP_TOKENS:
@@ -173,16 +217,12 @@ def check_run(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> Non
         if "corpus" in tokenizer:
             check_corpus_files(tokenizer["corpus"], f"tokenizers.{name}.corpus")
     for name, entry in entries.items():
-        dims = entry.get("train")
+        dims = model_dims(entry)
         if dims is None:
-            continue  # a hub or local checkpoint's size is checked when the job loads it
-        n_layers, n_heads = dims.get("n_layers", 4), dims.get("n_heads", 4)
+            continue  # other hub models: checked when the job loads them (check_model_fits)
         for layer, head in entry.get("heads") or []:
-            if not (0 <= layer < n_layers and 0 <= head < n_heads):
-                raise ConfigError(
-                    f"config key models[{name}].heads: {name} has no L{layer}H{head} "
-                    f"({n_layers} layers x {n_heads} heads, counted from 0)"
-                )
+            if missing := missing_head(name, layer, head, *dims):
+                raise ConfigError(f"config key models[{name}].heads: {missing}")
 
 
 def check_corpus_files(corpus: dict[str, Any], key: str) -> None:
@@ -269,9 +309,11 @@ def unavailable(
         if measured and (layer, head) not in measured:
             return f"L{layer}H{head} is not among the heads measured in {model}"
         if dims is not None:
-            n_layers, n_heads = dims.get("n_layers", 4), dims.get("n_heads", 4)
-            if layer >= n_layers or head >= n_heads:
-                return f"{model} has no L{layer}H{head} ({n_layers} layers x {n_heads} heads)"
+            missing = missing_head(
+                model, layer, head, dims.get("n_layers", 4), dims.get("n_heads", 4)
+            )
+            if missing:
+                return missing
     return None
 
 
@@ -356,8 +398,5 @@ def check_target_heads(target: dict[str, Any], n_layers: int, n_heads: int) -> N
     data are read (hub models); ConfigError naming the key otherwise."""
     key = f"figures.{target['key']}" + (".substitute" if target["substitution"] else "")
     for layer, head in target["heads"]:
-        if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise ConfigError(
-                f"config key {key}.heads: {target['model']} has no L{layer}H{head} "
-                f"({n_layers} layers x {n_heads} heads)"
-            )
+        if missing := missing_head(target["model"], layer, head, n_layers, n_heads):
+            raise ConfigError(f"config key {key}.heads: {missing}")

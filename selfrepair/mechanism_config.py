@@ -9,27 +9,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, FigureTarget, model_entries, n_rows
+from .config import (
+    KNOWN_DIMS,
+    ConfigError,
+    FigureTarget,
+    missing_head,
+    model_dims,
+    model_entries,
+    n_rows,
+)
 
 Head = tuple[int, int]
-
-# (n_layers, n_heads) of hub models whose size the config cannot read: the paper's, so that a
-# configured head out of range fails before any job starts. Other hub models are checked when
-# their job loads them.
-KNOWN_DIMS = {
-    "gpt2": (12, 12),
-    "gpt2-small": (12, 12),
-    "gpt2-medium": (24, 16),
-    "gpt2-large": (36, 20),
-    "gpt2-xl": (48, 25),
-    "pythia-70m": (6, 8),
-    "pythia-160m": (12, 12),
-    "pythia-410m": (24, 16),
-    "pythia-1b": (16, 8),
-    "pythia-1.4b": (24, 16),
-    "pythia-2.8b": (32, 32),
-    "llama-7b": (32, 32),
-}
 
 # Where each experiment's targets live: (experiment, key, is a list of targets).
 TARGET_KEYS = (
@@ -40,22 +30,6 @@ TARGET_KEYS = (
     ("norms", "fig16_18", False),
     ("reinforcement", "fig09", False),
 )
-
-
-def model_dims(entry: dict[str, Any]) -> tuple[int, int] | None:
-    """(n_layers, n_heads) of a model entry when the config can know it without loading it."""
-    if "train" in entry:
-        return entry["train"].get("n_layers", 4), entry["train"].get("n_heads", 4)
-    if "path" in entry:
-        cfg_file = Path(entry["path"]) / "config.json"
-        if cfg_file.is_file():
-            hf = json.loads(cfg_file.read_text())
-            layers = hf.get("num_hidden_layers", hf.get("n_layer"))
-            heads = hf.get("num_attention_heads", hf.get("n_head"))
-            if isinstance(layers, int) and isinstance(heads, int):
-                return layers, heads
-        return None
-    return KNOWN_DIMS.get(entry["name"].lower())
 
 
 def parallel_blocks(entry: dict[str, Any]) -> bool | None:
@@ -88,8 +62,8 @@ def target_problem(
     dims = model_dims(entry)
     measured = {tuple(h) for h in entry.get("heads", [])}
     for layer, head in heads:
-        if dims is not None and (layer >= dims[0] or head >= dims[1]):
-            return f"{model} has no L{layer}H{head} ({dims[0]} layers x {dims[1]} heads)"
+        if dims is not None and (missing := missing_head(model, layer, head, *dims)):
+            return missing
         if need_measured and measured and (layer, head) not in measured:
             return f"L{layer}H{head} is not among the heads measured in {model}"
         if mlp_layer is not None and dims is not None:

@@ -16,7 +16,7 @@ import torch
 import xarray as xr
 
 from .clean import clean_direct_effects, decomposition_error
-from .config import ConfigError, official_model_name
+from .config import ConfigError, missing_head, official_model_name
 from .engine import measure_heads
 from .forward import NonFiniteActivation
 from .joblog import provenance
@@ -76,11 +76,8 @@ def check_model_fits(model, entry: dict[str, Any], seq_len: int | None) -> None:
             f"{entry['name']} ({cfg.n_ctx} positions); lower it to at most {cfg.n_ctx + 1}"
         )
     for layer, head in entry.get("heads") or []:
-        if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
-            raise ConfigError(
-                f"config key models[{entry['name']}].heads: {entry['name']} has no "
-                f"L{layer}H{head} ({cfg.n_layers} layers x {cfg.n_heads} heads, counted from 0)"
-            )
+        if missing := missing_head(entry["name"], layer, head, cfg.n_layers, cfg.n_heads):
+            raise ConfigError(f"config key models[{entry['name']}].heads: {missing}")
 
 
 def model_revision(name: str, checkpoint: str | None) -> str:

@@ -155,6 +155,18 @@ def test_head_out_of_range_of_a_trained_model_names_the_key():
         check_run(config, model_entries(config))
 
 
+def test_head_out_of_range_of_a_known_hub_model_names_the_key():
+    """The paper's hub models have known sizes, so their heads are checked before any job."""
+    config = demo_config()
+    config["models"].append({"name": "pythia-160m", "heads": [[11, 11], [12, 0]]})
+    with pytest.raises(
+        ConfigError, match=r"models\[pythia-160m\]\.heads: pythia-160m has no L12H0"
+    ):
+        check_run(config, model_entries(config))
+    config["models"][-1]["heads"] = [[11, 11]]
+    check_run(config, model_entries(config))
+
+
 def test_unreadable_corpus_file_names_the_key(tmp_path):
     config = demo_config()
     text = tmp_path / "a.txt"
