@@ -39,6 +39,11 @@ def describe_validation_error(error: jsonschema.ValidationError) -> str:
         ]
         candidates = right_type[0] if len(right_type) == 1 else list(error.context)
         error = max(candidates, key=lambda e: len(e.absolute_path))
+    if error.validator == "not" and error.validator_value == {"required": ["path", "train"]}:
+        return (
+            f"config key {key_path(error)}: has both path and train; keep path (a checkpoint "
+            "to load) or train (a model the workflow trains), not both"
+        )
     if error.validator == "additionalProperties":
         return f"config key {key_path(error)}: {error.message} (see config/README.md)"
     return f"config key {key_path(error)}: {error.message}"
@@ -176,6 +181,20 @@ KNOWN_DIMS = {
 }
 
 
+# The spellings of layer and head counts in a Hugging Face config.json that TransformerLens reads
+# (GPT-2/Bloom/GPT-J: n_layer, n_head; GPT-Neo: num_layers, num_heads; most others:
+# num_hidden_layers, num_attention_heads).
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
+
+
+def _first_int(hf: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+    for key in keys:
+        if isinstance(hf.get(key), int) and not isinstance(hf.get(key), bool):
+            return hf[key]
+    return None
+
+
 def model_dims(entry: dict[str, Any]) -> tuple[int, int] | None:
     """(n_layers, n_heads) of a model entry when the config can know it without loading it."""
     if "train" in entry:
@@ -184,9 +203,9 @@ def model_dims(entry: dict[str, Any]) -> tuple[int, int] | None:
         cfg_file = Path(entry["path"]) / "config.json"
         if cfg_file.is_file():
             hf = json.loads(cfg_file.read_text())
-            layers = hf.get("num_hidden_layers", hf.get("n_layer"))
-            heads = hf.get("num_attention_heads", hf.get("n_head"))
-            if isinstance(layers, int) and isinstance(heads, int):
+            layers = _first_int(hf, LAYER_KEYS)
+            heads = _first_int(hf, HEAD_KEYS)
+            if layers is not None and heads is not None:
                 return layers, heads
         return None
     return KNOWN_DIMS.get(entry["name"].lower())
@@ -212,10 +231,16 @@ def check_run(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> Non
             f"head's top {fraction:.0%} (engine.top_fraction), fewer than {MIN_TOP_TOKENS}; "
             f"raise data.n_tokens to at least {need}"
         )
+    check_shard_count(data)
+    check_device_dtype(config["device"], config["dtype"])
+    check_frozen_ln(config)
     check_corpus_files(data["corpus"], "data.corpus")
     for name, tokenizer in (config.get("tokenizers") or {}).items():
         if "corpus" in tokenizer:
             check_corpus_files(tokenizer["corpus"], f"tokenizers.{name}.corpus")
+    for name, entry in entries.items():
+        check_model_entry(name, entry)
+    check_distinct_heads(config)
     for name, entry in entries.items():
         dims = model_dims(entry)
         if dims is None:
@@ -229,6 +254,11 @@ def check_corpus_files(corpus: dict[str, Any], key: str) -> None:
     """A text-file corpus must be readable now, not when the tokenize job opens it."""
     if corpus.get("source") != "text_files":
         return
+    if not corpus.get("files"):
+        raise ConfigError(
+            f"config key {key}.files: empty; list the plain-text or .jsonl files of the corpus "
+            f"(or set {key}.source to hub or python_stdlib)"
+        )
     for index, name in enumerate(corpus.get("files") or []):
         path = Path(name)
         problem = (
@@ -242,6 +272,272 @@ def check_corpus_files(corpus: dict[str, Any], key: str) -> None:
         )
         if problem:
             raise ConfigError(f"config key {key}.files[{index}]: {name!r} {problem}")
+
+
+# --- Checks of what planning and the machine can bear (before any job) --------------------------
+
+# Every shard of every model is one clean_cache job and one ablate job per ablation variant, and
+# Snakemake holds each job in memory while it plans: 1e9 tokens in the paper's shards are
+# 190,000 jobs and more than 12 minutes of planning. So a model gets at most this many shards
+# (the paper: 8; the demo: 2); larger runs take larger shards (data.shard_rows).
+MAX_SHARDS = 256
+
+
+def check_shard_count(data: dict[str, Any]) -> None:
+    """ConfigError naming data.n_tokens and data.shard_rows when a model would get more than
+    MAX_SHARDS shards, with the smallest shard_rows that fits.
+
+    Args:
+        data: the config's `data` section (n_tokens, seq_len, shard_rows).
+    """
+    shards = n_shards(data)
+    if shards <= MAX_SHARDS:
+        return
+    need = math.ceil(n_rows(data) / MAX_SHARDS)
+    raise ConfigError(
+        f"config key data.n_tokens: {data['n_tokens']:,} tokens make {shards:,} shards of "
+        f"data.shard_rows={data['shard_rows']} rows per model, more than {MAX_SHARDS} (one job "
+        f"each per ablation; planning them would take minutes and gigabytes); raise "
+        f"data.shard_rows to at least {need} or lower data.n_tokens"
+    )
+
+
+def check_device_dtype(device: str, dtype: str) -> None:
+    """Half precision on an explicit CPU device fails everywhere, so it fails at once.
+
+    Args:
+        device: config `device` (auto, cpu, cuda, cuda:N).
+        dtype: config `dtype` (float32, bfloat16, float16).
+    """
+    if dtype != "float32" and device == "cpu":
+        raise ConfigError(
+            f"config key dtype: {dtype} runs only on CUDA and device is cpu; set dtype: float32 "
+            "(or device: cuda on a machine with a GPU)"
+        )
+
+
+def device_problem(device: str, dtype: str, n_cuda: int) -> str | None:
+    """Why this machine cannot run `device` and `dtype`, in one line naming the key and the fix,
+    or None. The same line comes from the workflow's start (a local run) and from a job's model
+    load (selfrepair.models: a cluster node).
+
+    Args:
+        device: config `device` (auto, cpu, cuda, cuda:N).
+        dtype: config `dtype`.
+        n_cuda: CUDA devices this machine has (torch.cuda.device_count(); 0 without CUDA).
+    """
+    if device.startswith("cuda"):
+        if n_cuda == 0:
+            return (
+                f"config key device: {device} was asked for but this machine has no CUDA device; "
+                "set device: auto (or cpu)"
+            )
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= n_cuda:
+            return (
+                f"config key device: {device} was asked for but this machine has {n_cuda} CUDA "
+                f"device(s); set device: cuda:0 .. cuda:{n_cuda - 1} or auto"
+            )
+    if dtype != "float32" and (device == "cpu" or (device == "auto" and n_cuda == 0)):
+        where = "this machine has no CUDA device" if device == "auto" else "device is cpu"
+        return f"config key dtype: {dtype} runs only on CUDA and {where}; set dtype: float32"
+    return None
+
+
+def check_machine(config: dict[str, Any]) -> None:
+    """device/dtype against this machine's CUDA devices, for a run whose jobs run here (imports
+    torch, so only the workflow's start calls it, not every job's parse).
+
+    Args:
+        config: the validated workflow config.
+    """
+    device, dtype = config["device"], config["dtype"]
+    if device == "cpu" or (device == "auto" and dtype == "float32"):
+        return  # nothing this machine could lack
+    import torch
+
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if problem := device_problem(device, dtype, n_cuda):
+        raise ConfigError(problem)
+
+
+def check_frozen_ln(config: dict[str, Any]) -> None:
+    """engine.frozen_ln reruns ablations of the run, which must therefore be among them."""
+    ablations, frozen = config["ablations"], config["engine"].get("frozen_ln", [])
+    for index, ablation in enumerate(frozen):
+        if ablation not in ablations:
+            raise ConfigError(
+                f"config key engine.frozen_ln[{index}]: {ablation} is not among ablations "
+                f"{ablations}; add it to ablations or drop it from engine.frozen_ln "
+                f"(engine.frozen_ln: [] runs none)"
+            )
+
+
+# Architectures (config.json `architectures`) that TransformerLens 3.9 converts from a local
+# checkpoint's config.json into a causal (decoder-only) HookedTransformer. README "Models you can
+# add by path" lists those tested (tests/test_architectures.py).
+LOCAL_ARCHITECTURES = frozenset(
+    {
+        "GPT2LMHeadModel",
+        "GPTNeoForCausalLM",
+        "GPTJForCausalLM",
+        "GPTNeoXForCausalLM",
+        "OPTForCausalLM",
+        "BloomForCausalLM",
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "MixtralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "PhiForCausalLM",
+        "Phi3ForCausalLM",
+        "OlmoeForCausalLM",
+        "Olmo3ForCausalLM",
+        "GptOssForCausalLM",
+        "ApertusForCausalLM",
+    }
+)
+# Encoders and encoder-decoders (BERT, T5, ...): no causal next-token logits to repair.
+NON_CAUSAL_TYPES = frozenset(
+    {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "t5", "mt5",
+     "bart", "mbart", "pegasus", "hubert", "wav2vec2", "whisper", "vit", "clip"}
+)  # fmt: skip
+
+
+def architecture_problem(hf: dict[str, Any]) -> str | None:
+    """Why a checkpoint with this config.json cannot be loaded by path, or None.
+
+    Args:
+        hf: the checkpoint's config.json as a dict.
+    """
+    archs = hf.get("architectures") or []
+    arch = archs[0] if archs else None
+    model_type = hf.get("model_type", "?")
+    label = f"{arch} ({model_type})" if arch else f"model_type {model_type!r}"
+    if model_type in NON_CAUSAL_TYPES or (
+        arch and not arch.endswith(("ForCausalLM", "LMHeadModel"))
+    ):
+        return (
+            f"is a {label} checkpoint, not a causal language model; self-repair is measured on "
+            "decoder-only LMs (GPT-2, Pythia, Llama, ...)"
+        )
+    if arch is None:
+        return (
+            "has a config.json without `architectures`; save the checkpoint with "
+            "save_pretrained of a *ForCausalLM model"
+        )
+    if arch.startswith("Gemma"):
+        return (
+            f"is a {label} checkpoint: TransformerLens 3.9 builds Gemma models only from its own "
+            "hub names (e.g. google/gemma-2b), never from a local config.json; use that name "
+            "without `path`"
+        )
+    if arch not in LOCAL_ARCHITECTURES:
+        return (
+            f"is a {label} checkpoint, which TransformerLens 3.9 cannot convert from a local "
+            "config.json; see README, Models you can add by path"
+        )
+    return None
+
+
+def check_model_entry(name: str, entry: dict[str, Any]) -> None:
+    """A model entry's own consistency: a trained model's head count divides its width; a
+    `path` is a Hugging Face checkpoint of a causal architecture TransformerLens converts.
+
+    Args:
+        name: the entry's name.
+        entry: the entry (model_entries' dict form).
+    """
+    key = f"config key models[{name}]"
+    train = entry.get("train")
+    if train is not None:
+        d_model, n_heads = train.get("d_model", 128), train.get("n_heads", 4)
+        if d_model % n_heads:
+            raise ConfigError(
+                f"{key}.train.n_heads: {n_heads} heads do not divide train.d_model {d_model}; "
+                "choose n_heads that divides d_model (e.g. 4 for 128)"
+            )
+    path = entry.get("path")
+    if path is None:
+        return
+    root = Path(path)
+    fix = "point it at a Hugging Face checkpoint directory (save_pretrained output)"
+    if not root.exists():
+        raise ConfigError(f"{key}.path: {path!r} does not exist; {fix}")
+    if not (root / "config.json").is_file():
+        raise ConfigError(f"{key}.path: {path!r} has no config.json; {fix}")
+    try:
+        hf = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{key}.path: {path}/config.json cannot be read ({err}); {fix}") from None
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{key}.path: {path}/config.json is not a JSON object; {fix}")
+    if problem := architecture_problem(hf):
+        raise ConfigError(f"{key}.path: {path!r} {problem}")
+
+
+def _head_lists(config: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(config key, heads list) of every heads list of models, figures and mechanisms."""
+    lists = []
+    for item in config.get("models", []):
+        if isinstance(item, dict) and item.get("heads"):
+            lists.append((f"models[{item['name']}].heads", item["heads"]))
+
+    def targets(prefix: str, spec: Any) -> None:
+        if not isinstance(spec, dict):
+            return
+        if spec.get("heads"):
+            lists.append((f"{prefix}.heads", spec["heads"]))
+        sub = spec.get("substitute")
+        if isinstance(sub, dict) and sub.get("heads"):
+            lists.append((f"{prefix}.substitute.heads", sub["heads"]))
+
+    for key, spec in (config.get("figures") or {}).items():
+        targets(f"figures.{key}", spec)
+    for experiment, section in (config.get("mechanisms") or {}).items():
+        for key, spec in (section or {}).items() if isinstance(section, dict) else ():
+            if isinstance(spec, list):
+                for index, item in enumerate(spec):
+                    targets(f"mechanisms.{experiment}.{key}[{index}]", item)
+            else:
+                targets(f"mechanisms.{experiment}.{key}", spec)
+    return lists
+
+
+def check_distinct_heads(config: dict[str, Any]) -> None:
+    """No heads list names a head twice (a figure would draw it twice, a store index it twice).
+
+    Args:
+        config: the validated workflow config.
+    """
+    for key, heads in _head_lists(config):
+        seen = set()
+        for layer, head in heads:
+            if (layer, head) in seen:
+                raise ConfigError(
+                    f"config key {key}: L{layer}H{head} is listed twice; list it once"
+                )
+            seen.add((layer, head))
+
+
+def check_distinct_targets(key: str, targets: list[FigureTarget]) -> None:
+    """The panels of a list-valued figure (mechanisms.neurons.fig08) show different heads, also
+    after substitution.
+
+    Args:
+        key: the figure's config key.
+        targets: its resolved targets, in config order.
+    """
+    seen: dict[tuple[str, Head], int] = {}
+    for index, target in enumerate(targets):
+        for head in target.heads:
+            if (target.model, head) in seen:
+                raise ConfigError(
+                    f"config key {key}[{index}]: {target.model} L{head[0]}H{head[1]} is already "
+                    f"shown by {key}[{seen[(target.model, head)]}]; give each entry another head "
+                    "or remove one"
+                )
+            seen[(target.model, head)] = index
 
 
 # --- Figures: which model and heads each figure shows, with substitutes -----------------------

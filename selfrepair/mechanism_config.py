@@ -13,6 +13,7 @@ from .config import (
     KNOWN_DIMS,
     ConfigError,
     FigureTarget,
+    check_distinct_targets,
     missing_head,
     model_dims,
     model_entries,
@@ -67,8 +68,11 @@ def target_problem(
         if need_measured and measured and (layer, head) not in measured:
             return f"L{layer}H{head} is not among the heads measured in {model}"
         if mlp_layer is not None and dims is not None:
-            if not -dims[0] <= mlp_layer < dims[0]:
-                return f"{model} has no MLP layer {mlp_layer} ({dims[0]} layers)"
+            if not -dims[0] <= mlp_layer < dims[0]:  # the key's fault, not the figure's
+                raise ConfigError(
+                    f"config key mechanisms.neurons.mlp_layer: {model} has no MLP layer "
+                    f"{mlp_layer} ({dims[0]} layers); use -{dims[0]} .. {dims[0] - 1}"
+                )
             mlp = mlp_layer % dims[0]
             parallel = parallel_blocks(entry)
             if mlp < layer or (mlp == layer and parallel):
@@ -121,6 +125,7 @@ def mechanism_targets(config: dict[str, Any]) -> dict[str, list[FigureTarget]]:
             resolve_target(entries, s, f"{path}[{i}]" if is_list else path, **checks)
             for i, s in enumerate(specs)
         ]
+    check_distinct_targets("mechanisms.neurons.fig08", out["fig08"])
     check_reinforcement_rows(config)
     return out
 

@@ -5,6 +5,7 @@ Every model is processed as the paper does: fold_ln, center_writing_weights, cen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from .config import official_model_name
+from .config import ConfigError, device_problem, official_model_name
 
 FAMILIES = ("gpt2", "pythia", "llama")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -23,13 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(spec: str = "auto") -> str:
-    """'auto' picks CUDA when present; an explicit CUDA request without CUDA fails clearly."""
+    """'auto' picks CUDA when present; a CUDA device this machine lacks fails in the line a local
+    run's start gives (selfrepair.config.device_problem)."""
     if spec == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {spec!r} was asked for but CUDA is not available: set device: auto"
-        )
+    if spec.startswith("cuda"):
+        n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if problem := device_problem(spec, "float32", n_cuda):
+            raise ConfigError(problem)
     return spec
 
 
@@ -37,7 +39,7 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPES)}")
     if name != "float32" and not device.startswith("cuda"):
-        raise ValueError(f"dtype {name} is only allowed on CUDA; on {device} use dtype: float32")
+        raise ConfigError(device_problem("cpu", name, 0))
     return DTYPES[name]
 
 
@@ -151,9 +153,10 @@ def load_local_checkpoint(path: str, device: str = "cpu", dtype=torch.float32) -
         if "n_positions" in hf_config and "n_ctx" not in hf_config:
             hf_config["n_ctx"] = hf_config["n_positions"]
         (view / "config.json").write_text(json.dumps(hf_config))
-        cfg = loading.get_pretrained_model_config(
-            str(view), fold_ln=True, device=device, dtype=dtype
-        )
+        with _rope_attributes_restored(loading):
+            cfg = loading.get_pretrained_model_config(
+                str(view), fold_ln=True, device=device, dtype=dtype
+            )
         cfg.model_name = Path(root).name
         cfg.tokenizer_name = None  # never the temporary view: the tokenizer is loaded here
         tokenizer = None
@@ -168,3 +171,31 @@ def load_local_checkpoint(path: str, device: str = "cpu", dtype=torch.float32) -
         )
     model.load_and_process_state_dict(state_dict, **PROCESSING)
     return model.to(device=device, dtype=dtype) if dtype != torch.float32 else model.to(device)
+
+
+@contextlib.contextmanager
+def _rope_attributes_restored(loading):
+    """While TransformerLens builds its config: transformers 5 keeps Phi's partial_rotary_factor
+    only under rope_parameters (a config.json key at the top level is moved there when read),
+    while TransformerLens 3.9 reads the attribute. So its AutoConfig is shown configs that have
+    the attribute back, read from rope_parameters; nothing else changes.
+
+    Args:
+        loading: the transformer_lens.loading_from_pretrained module.
+    """
+    auto = loading.AutoConfig
+
+    class ConfigView:
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            hf_config = auto.from_pretrained(*args, **kwargs)
+            rope = getattr(hf_config, "rope_parameters", None) or {}
+            if "partial_rotary_factor" in rope and not hasattr(hf_config, "partial_rotary_factor"):
+                hf_config.partial_rotary_factor = rope["partial_rotary_factor"]
+            return hf_config
+
+    loading.AutoConfig = ConfigView
+    try:
+        yield
+    finally:
+        loading.AutoConfig = auto

@@ -33,6 +33,8 @@ def test_bfloat16_error_against_float32(family, tiny_tokens):
 
 
 def test_reduced_precision_is_refused_on_cpu():
-    with pytest.raises(ValueError, match="only allowed on CUDA"):
+    with pytest.raises(
+        ValueError, match="^config key dtype: bfloat16 runs only on CUDA .*set dtype: float32$"
+    ):
         resolve_dtype("bfloat16", "cpu")
     assert resolve_dtype("float32", "cpu") is torch.float32
