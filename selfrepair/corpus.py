@@ -154,25 +154,72 @@ def hub_documents(
 
 def text_file_documents(paths: list[str]) -> Iterator[str]:
     """Documents from local files, in the order given: a .jsonl file gives one document a line
-    (its 'text' field), any other file is one document (UTF-8 text)."""
+    (its 'text' field), any other file is one document. Every file must be UTF-8 text: a file
+    that is not (Latin-1, binary) stops the job naming the file, the line and the fix, rather than
+    being tokenized as replacement characters."""
     for path in paths:
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"corpus file {path!r} does not exist: check corpus.files")
         if file.suffix == ".jsonl":
-            with file.open(encoding="utf-8") as lines:
-                for number, line in enumerate(lines, 1):
-                    if not line.strip():
-                        continue
-                    record = json.loads(line)
-                    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                        raise ValueError(
-                            f"{path}:{number} has no string 'text' field: each line of a .jsonl "
-                            'corpus file must be an object like {"text": "..."}'
-                        )
-                    yield record["text"]
+            yield from _jsonl_texts(path)
         else:
-            yield file.read_text(encoding="utf-8", errors="replace")
+            # newlines as text-mode reading gives them (\r\n and \r become \n)
+            text = _utf8_text(path, file.read_bytes())
+            yield text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+NOT_TEXT_FIX = (
+    "corpus.files takes UTF-8 text only: convert it (e.g. iconv -f latin1 -t utf-8) or remove it"
+)
+
+
+def _utf8_text(path: str, raw: bytes, line: int | None = None) -> str:
+    """raw decoded as UTF-8; ValueError naming the file (and line) when it is not UTF-8 text.
+
+    Args:
+        path: the file, for the message.
+        raw: its bytes (one line of a .jsonl file, or the whole file).
+        line: the 1-based line of raw in the file, or None for a whole file.
+    """
+    where = f"{path}:{line}" if line is not None else path
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if line is None:
+            line = raw.count(b"\n", 0, err.start) + 1
+            where = f"{path}:{line}"
+        raise ValueError(
+            f"corpus file {where} is not UTF-8 text (byte 0x{raw[err.start]:02x}); {NOT_TEXT_FIX}"
+        ) from None
+    if "\x00" in text:  # valid UTF-8 but binary: text files never hold NUL
+        line = (line or 1) + text.count("\n", 0, text.index("\x00"))
+        raise ValueError(
+            f"corpus file {path}:{line} holds NUL bytes, so it is binary, not text; {NOT_TEXT_FIX}"
+        )
+    return text
+
+
+def _jsonl_texts(path: str) -> Iterator[str]:
+    """The 'text' field of every line of a .jsonl file; ValueError naming file:line otherwise."""
+    with open(path, "rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            line = _utf8_text(path, raw, number)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"corpus file {path}:{number} is not JSON ({err.msg}, column {err.colno}): "
+                    'each line of a .jsonl corpus file must be an object like {"text": "..."}'
+                ) from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise ValueError(
+                    f"{path}:{number} has no string 'text' field: each line of a .jsonl "
+                    'corpus file must be an object like {"text": "..."}'
+                )
+            yield record["text"]
 
 
 def _hash_split(docs: Iterable[str], split: str) -> Iterator[str]:

@@ -178,6 +178,56 @@ def test_text_file_documents(tmp_path):
         list(sc.text_file_documents([str(tmp_path / "missing.txt")]))
 
 
+FIX = r"corpus.files takes UTF-8 text only: convert it \(e.g. iconv -f latin1 -t utf-8\) or remove it$"
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        (
+            "broken.jsonl",
+            b'{"text": "ok"}\n\n{"text": "cut\n',
+            r"^corpus file .*broken.jsonl:3 is not JSON \(Unterminated string .*, column 10\): "
+            r"each line of a .jsonl corpus file must be an object like",
+        ),
+        (
+            "latin1.jsonl",
+            b'{"text": "ok"}\n{"text": "caf\xe9"}\n',
+            r"^corpus file .*latin1.jsonl:2 is not UTF-8 text \(byte 0xe9\); " + FIX,
+        ),
+        (
+            "latin1.txt",
+            "line one\nna\u00efve\n".encode("latin-1"),
+            r"^corpus file .*latin1.txt:2 is not UTF-8 text \(byte 0xef\); " + FIX,
+        ),
+        (
+            "image.bin",
+            b"\x89PNG\r\n\x1a\n\x00\x00",
+            r"^corpus file .*image.bin:1 is not UTF-8 text \(byte 0x89\); " + FIX,
+        ),
+        (
+            "nul.txt",
+            b"text\nmore\x00\x00\x01",
+            r"^corpus file .*nul.txt:2 holds NUL bytes, so it is binary, not text; " + FIX,
+        ),
+    ],
+)
+def test_text_files_that_are_not_utf8_text_are_refused_naming_file_and_line(
+    tmp_path, name, content, expected
+):
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=expected) as info:
+        list(sc.text_file_documents([str(bad)]))
+    assert "\n" not in str(info.value)
+
+
+def test_text_files_keep_text_mode_newlines(tmp_path):
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes("caf\u00e9\r\nold mac\rend".encode())
+    assert list(sc.text_file_documents([str(crlf)])) == ["caf\u00e9\nold mac\nend"]
+
+
 def test_tokenize_to_zarr(tokenizer, tmp_path):
     tok_dir = tmp_path / "tokdir"
     tokenizer.save_pretrained(str(tok_dir))

@@ -186,6 +186,234 @@ def test_unreadable_corpus_file_names_the_key(tmp_path):
         check_run(config, model_entries(config))
 
 
+# --- point by point: each mistake in one line naming the key and the fix, before any job -----
+
+
+def checked(config: dict) -> str:
+    """The one-line ConfigError that check_run and the mechanism targets give for config."""
+    from selfrepair.mechanism_config import mechanism_targets
+
+    with pytest.raises(ConfigError) as info:
+        check_run(config, model_entries(config))
+        mechanism_targets(config)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_shipped_shard_layouts_are_unchanged_and_far_below_the_cap():
+    """The cap changes only extreme configs: the demo keeps 2 shards, the paper 8."""
+    from selfrepair.config import MAX_SHARDS, n_shards
+
+    paper = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    assert n_shards(demo_config()["data"]) == 2 and n_shards(paper["data"]) == 8 < MAX_SHARDS
+
+
+def test_too_many_shards_name_n_tokens_and_shard_rows_with_the_size_that_fits():
+    from selfrepair.config import MAX_SHARDS, n_shards
+
+    config = demo_config()
+    config["data"].update(n_tokens=1_000_000_000, shard_rows=1024)
+    assert checked(config) == (
+        "config key data.n_tokens: 1,000,000,000 tokens make 7,630 shards of "
+        "data.shard_rows=1024 rows per model, more than 256 (one job each per ablation; "
+        "planning them would take minutes and gigabytes); raise data.shard_rows to at least "
+        "30518 or lower data.n_tokens"
+    )
+    config["data"]["shard_rows"] = 30518  # ceil(7,812,500 rows / 256)
+    assert n_shards(config["data"]) == MAX_SHARDS
+    check_run(config, model_entries(config))
+
+
+def test_half_precision_on_an_explicit_cpu_names_dtype():
+    config = demo_config()
+    config.update(device="cpu", dtype="bfloat16")
+    assert checked(config) == (
+        "config key dtype: bfloat16 runs only on CUDA and device is cpu; set dtype: float32 "
+        "(or device: cuda on a machine with a GPU)"
+    )
+
+
+@pytest.mark.parametrize(
+    "device, dtype, n_cuda, expected",
+    [
+        ("cuda", "float32", 0, "config key device: cuda was asked for but this machine has no "
+         "CUDA device; set device: auto (or cpu)"),
+        ("cuda:2", "float32", 2, "config key device: cuda:2 was asked for but this machine has 2 "
+         "CUDA device(s); set device: cuda:0 .. cuda:1 or auto"),
+        ("auto", "float16", 0, "config key dtype: float16 runs only on CUDA and this machine has "
+         "no CUDA device; set dtype: float32"),
+        ("cpu", "bfloat16", 4, "config key dtype: bfloat16 runs only on CUDA and device is cpu; "
+         "set dtype: float32"),
+        ("cuda:1", "bfloat16", 2, None),
+        ("auto", "bfloat16", 1, None),
+        ("cpu", "float32", 0, None),
+    ],
+)  # fmt: skip
+def test_device_and_dtype_against_the_machine(device, dtype, n_cuda, expected):
+    from selfrepair.config import device_problem
+
+    assert device_problem(device, dtype, n_cuda) == expected
+
+
+def test_model_load_fails_in_the_same_line_as_the_workflow_start():
+    """On a cluster node (no check at the workflow's start) the job's model load says it."""
+    from selfrepair.config import device_problem
+    from selfrepair.models import resolve_device
+
+    device = f"cuda:{torch.cuda.device_count()}"  # one past this machine's last device
+    with pytest.raises(ConfigError) as info:
+        resolve_device(device)
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert str(info.value) == device_problem(device, "float32", n_cuda)
+
+
+def test_heads_that_do_not_divide_d_model_name_the_key():
+    config = demo_config()
+    config["models"][1]["train"]["n_heads"] = 3
+    assert checked(config) == (
+        "config key models[tiny-pythia].train.n_heads: 3 heads do not divide train.d_model "
+        "128; choose n_heads that divides d_model (e.g. 4 for 128)"
+    )
+
+
+def test_missing_path_or_config_json_names_the_key(tmp_path):
+    config = demo_config()
+    config["models"].append({"name": "mine", "path": str(tmp_path / "nowhere")})
+    fix = "point it at a Hugging Face checkpoint directory (save_pretrained output)"
+    assert checked(config) == (
+        f"config key models[mine].path: {str(tmp_path / 'nowhere')!r} does not exist; {fix}"
+    )
+    config["models"][-1]["path"] = str(tmp_path)
+    assert (
+        checked(config)
+        == f"config key models[mine].path: {str(tmp_path)!r} has no config.json; {fix}"
+    )
+
+
+def test_non_causal_checkpoint_names_the_model_and_reason(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architectures": ["BertForMaskedLM"], "model_type": "bert"})
+    )
+    config = demo_config()
+    config["models"].append({"name": "bert", "path": str(tmp_path)})
+    assert checked(config) == (
+        f"config key models[bert].path: {str(tmp_path)!r} is a BertForMaskedLM (bert) "
+        "checkpoint, not a causal language model; self-repair is measured on decoder-only LMs "
+        "(GPT-2, Pythia, Llama, ...)"
+    )
+
+
+def test_empty_corpus_files_name_the_key():
+    config = demo_config()
+    config["data"]["corpus"] = {"source": "text_files", "files": []}
+    assert checked(config) == (
+        "config key data.corpus.files: empty; list the plain-text or .jsonl files of the corpus "
+        "(or set data.corpus.source to hub or python_stdlib)"
+    )
+
+
+def test_frozen_ln_of_an_ablation_not_run_names_engine_frozen_ln():
+    config = demo_config()
+    config["ablations"] = ["mean"]
+    assert checked(config) == (
+        "config key engine.frozen_ln[0]: resample is not among ablations ['mean']; add it to "
+        "ablations or drop it from engine.frozen_ln (engine.frozen_ln: [] runs none)"
+    )
+    config["engine"]["frozen_ln"] = ["mean"]
+    check_run(config, model_entries(config))
+
+
+def test_mlp_layer_out_of_range_names_mechanisms_neurons_mlp_layer():
+    config = demo_config()
+    config["mechanisms"]["neurons"]["mlp_layer"] = 10
+    assert checked(config) == (
+        "config key mechanisms.neurons.mlp_layer: tiny-pythia has no MLP layer 10 (4 layers); "
+        "use -4 .. 3"
+    )
+
+
+def test_a_head_listed_twice_fails_naming_the_key():
+    config = demo_config()
+    fig08 = config["mechanisms"]["neurons"]["fig08"]
+    fig08[2]["substitute"] = dict(fig08[1]["substitute"])
+    assert checked(config) == (
+        "config key mechanisms.neurons.fig08[2]: tiny-pythia L2H3 is already shown by "
+        "mechanisms.neurons.fig08[1]; give each entry another head or remove one"
+    )
+    config = demo_config()
+    config["mechanisms"]["norms"]["fig16_18"]["substitute"]["heads"] = [[3, 2], [3, 2]]
+    assert checked(config) == (
+        "config key mechanisms.norms.fig16_18.substitute.heads: L3H2 is listed twice; list it once"
+    )
+    config = demo_config()
+    config["models"][0]["heads"] = [[1, 0], [1, 0]]
+    assert (
+        checked(config) == "config key models[tiny-gpt2].heads: L1H0 is listed twice; list it once"
+    )
+
+
+# Each workflow-level check stops `snakemake -n` within seconds, before any job, in its line.
+BERT = {"architectures": ["BertForMaskedLM"], "model_type": "bert"}
+
+
+@pytest.mark.parametrize(
+    "overlay, line",
+    [
+        ({"data": {"n_tokens": 1_000_000_000}}, "config key data.n_tokens: 1,000,000,000 tokens"),
+        ({"device": "cpu", "dtype": "float16"}, "config key dtype: float16 runs only on CUDA"),
+        ({"ablations": ["mean"]}, "config key engine.frozen_ln[0]: resample is not among"),
+        ({"data": {"corpus": {"source": "text_files", "files": []}}}, "config key data.corpus.files: empty"),
+        ({"models": [{"name": "b", "path": "BERT"}]}, "config key models[b].path: 'BERT' is a BertForMaskedLM"),
+        ({"models": [{"name": "b", "path": "nowhere"}]}, "config key models[b].path: 'nowhere' does not exist"),
+        ({"models": [{"name": "b", "path": "BERT", "train": {"arch": "gpt2", "tokenizer": "stdlib-bpe"}}]},
+         "config key models[0]: has both path and train; keep path"),
+        ({"mechanisms": {"neurons": {"mlp_layer": 10}}}, "config key mechanisms.neurons.mlp_layer: "),
+        ({"mechanisms": {"neurons": {"fig08": [{"model": "tiny-gpt2", "heads": [[3, 2]]}] * 2}}},
+         "config key mechanisms.neurons.fig08[1]: tiny-gpt2 L3H2 is already shown"),
+    ],
+)  # fmt: skip
+def test_snakemake_dry_run_stops_at_once_naming_the_key(tmp_path, overlay, line):
+    (tmp_path / "BERT").mkdir()
+    (tmp_path / "BERT" / "config.json").write_text(json.dumps(BERT))
+    out, seconds = run_snakemake(tmp_path, overlay, "-n")
+    assert any(row.startswith(line) for row in out.splitlines()), out[-2000:]
+    assert seconds < 60
+
+
+def test_local_run_on_a_machine_without_the_device_stops_before_the_first_job(tmp_path):
+    """device and dtype are checked against this machine once Snakemake knows the jobs run here
+    (a dry run cannot know: on SLURM the nodes' hardware counts)."""
+    device = f"cuda:{torch.cuda.device_count()}"  # one past this machine's last device
+    out, seconds = run_snakemake(tmp_path, {"device": device}, "--cores", "1")
+    assert any(
+        row.startswith(f"config key device: {device} was asked for") for row in out.splitlines()
+    ), out[-2000:]
+    assert (
+        seconds < 60
+        and not (tmp_path / "results").exists()
+        and not (tmp_path / "resources").exists()
+    )
+
+
+def run_snakemake(workdir: Path, overlay: dict, *args: str) -> tuple[str, float]:
+    """Snakemake on the demo config plus overlay, in workdir; (stdout + stderr, seconds)."""
+    import subprocess
+    import sys
+    import time
+
+    extra = workdir / "overlay.yaml"
+    extra.write_text(yaml.safe_dump(overlay))
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args, "--snakefile", str(ROOT / "workflow" / "Snakefile"),
+         "--directory", str(workdir), "--configfile", str(ROOT / "config" / "demo.yaml"), str(extra)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    return proc.stdout + proc.stderr, time.monotonic() - start
+
+
 def test_loaded_model_checked_against_seq_len_and_heads(tokens, checkpoint, tmp_path):
     model = pipeline.model_for({"name": "tiny"}, checkpoint, "cpu", "float32", seq_len=N_CTX)
     with pytest.raises(ConfigError, match=r"data\.seq_len: 18 tokens .* at most 17"):
