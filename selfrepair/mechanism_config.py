@@ -33,6 +33,11 @@ TARGET_KEYS = (
 )
 
 
+# Hugging Face model types whose blocks TransformerLens runs with parallel attention and MLP
+# (parallel_attn_mlp) without a use_parallel_residual key in config.json.
+PARALLEL_TYPES = frozenset({"gptj", "phi"})
+
+
 def parallel_blocks(entry: dict[str, Any]) -> bool | None:
     """Whether attention and MLP of a block read the same residual (Pythia), when known."""
     if "train" in entry:
@@ -40,7 +45,8 @@ def parallel_blocks(entry: dict[str, Any]) -> bool | None:
     if "path" in entry:
         cfg_file = Path(entry["path"]) / "config.json"
         if cfg_file.is_file():
-            return bool(json.loads(cfg_file.read_text()).get("use_parallel_residual", False))
+            hf = json.loads(cfg_file.read_text())
+            return bool(hf.get("use_parallel_residual", hf.get("model_type") in PARALLEL_TYPES))
         return None
     name = entry["name"].lower()
     return True if name.startswith("pythia") else (False if name in KNOWN_DIMS else None)

@@ -13,6 +13,7 @@ import transformers as tf
 
 from selfrepair import config as sr_config
 from selfrepair.clean import clean_direct_effects, decomposition_error
+from selfrepair.mechanism_config import parallel_blocks
 from selfrepair.models import load_local_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -104,6 +105,8 @@ def test_clean_logits_match_hugging_face(saved):
     correct = ref[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
     torch.testing.assert_close(torch.from_numpy(ds.logit_clean.values), correct, atol=1e-4, rtol=0)
     assert decomposition_error(ds) < 1e-4
+    # the config-time reading of the block layout (neuron experiment checks) agrees with the model
+    assert parallel_blocks({"name": name, "path": path}) == hooked.cfg.parallel_attn_mlp
 
 
 def write_config(tmp_path, hf: dict) -> str:

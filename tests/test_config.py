@@ -61,6 +61,13 @@ def test_paper_config_is_the_paper_setup():
         (lambda c: c["engine"].update(top_fraction=2), "config key engine.top_fraction"),
         (lambda c: c["models"].append({"name": "x", "heads": [[1]]}), "models[5].heads[0]"),
         (lambda c: c["models"].append({"name": "y", "pth": "/m"}), "'pth' was unexpected"),
+        (
+            lambda c: c["models"].append(
+                {"name": "z", "path": "/m", "train": {"arch": "gpt2", "tokenizer": "t"}}
+            ),
+            "config key models[5]: has both path and train; keep path (a checkpoint to load) or "
+            "train (a model the workflow trains), not both",
+        ),
     ],
 )
 def test_wrong_key_or_value_names_the_key(edit, expected):
