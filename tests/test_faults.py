@@ -357,6 +357,7 @@ def test_a_head_listed_twice_fails_naming_the_key():
 BERT = {"architectures": ["BertForMaskedLM"], "model_type": "bert"}
 
 
+@pytest.mark.slow  # starts Snakemake: about 3 s each
 @pytest.mark.parametrize(
     "overlay, line",
     [
@@ -381,6 +382,7 @@ def test_snakemake_dry_run_stops_at_once_naming_the_key(tmp_path, overlay, line)
     assert seconds < 60
 
 
+@pytest.mark.slow  # starts Snakemake: about 3 s each
 def test_local_run_on_a_machine_without_the_device_stops_before_the_first_job(tmp_path):
     """device and dtype are checked against this machine once Snakemake knows the jobs run here
     (a dry run cannot know: on SLURM the nodes' hardware counts)."""
