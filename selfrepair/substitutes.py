@@ -101,7 +101,8 @@ def describe(pick: Mapping[str, Any], values: Sequence[float], extra: Mapping[st
     Args:
         pick: config.pick_spec's dict.
         values: the selecting values, in the order of the picked heads.
-        extra: top_fraction (largest_top_de) or scale (most_self_repressing).
+        extra: top_fraction and, for neuron figures, mlp (the MLP's layer) (largest_top_de),
+            or scale (most_self_repressing).
     """
     n, rank = pick["n"], pick.get("rank", 1)
     nth = "" if rank == 1 else f"{ordinal(rank)}{'' if n == 1 else ' to ' + ordinal(rank + n - 1)} "
@@ -113,9 +114,9 @@ def describe(pick: Mapping[str, Any], values: Sequence[float], extra: Mapping[st
             f"(slope {shown} at s = {extra['scale']:g})"
         )
     where = {"late": "late", "last": "last-layer"}[pick["layers"]]
-    if pick.get("mlp_layer") is not None:
-        where += " MLP-read"
     what = f"{where} head" if n == 1 else f"{n} {where} heads"
+    if "mlp" in extra:
+        what += f" read by the layer-{extra['mlp']} MLP"
     shown = ", ".join(f"{v:.2f}" for v in values)
     return (
         f"the {what} with the {nth}largest mean clean direct effect on "
@@ -141,6 +142,8 @@ def pick_record(
     if pick["criterion"] == "largest_top_de":
         chosen = pick_largest_top_de(store, pick)
         extra = {"top_fraction": float(store.attrs.get("top_fraction", 0.02))}
+        if pick.get("mlp_layer") is not None:
+            extra["mlp"] = int(pick["mlp_layer"]) % store.sizes["layer"]
     elif pick["criterion"] == "most_self_repressing":
         chosen = pick_most_self_repressing(store, pick)
         extra = {"scale": float(np.max(store["scale"].values))}

@@ -164,11 +164,14 @@ def test_pick_records_name_the_heads_and_the_values_that_chose_them():
         "the 2 late heads with the largest mean clean direct effect on their top 2% tokens "
         "(4.00, 3.00 logits)"
     )
-    one = describe(spec(rank=2, mlp_layer=-1, parallel=True), [1.5], {"top_fraction": 0.02})
+    one = describe(spec(rank=2, mlp_layer=-1), [1.5], {"top_fraction": 0.02, "mlp": 3})
     assert one == (
-        "the late MLP-read head with the 2nd largest mean clean direct effect on its top 2% "
-        "tokens (1.50 logits)"
+        "the late head read by the layer-3 MLP with the 2nd largest mean clean direct effect "
+        "on its top 2% tokens (1.50 logits)"
     )
+    rec = pick_record("toy", "fig07", spec(mlp_layer=-1, parallel=True), summary(TOP))
+    assert rec["heads"] == [[2, 1]] and rec["mlp"] == 3
+    assert rec["description"].startswith("the late head read by the layer-3 MLP with the")
     with pytest.raises(ValueError, match="holds 'other'"):
         pick_record("toy", "fig03", spec(), summary(TOP).assign_attrs(model="other"))
 
