@@ -198,7 +198,7 @@ def pick_targets(targets: dict[str, list[FigureTarget]]) -> dict[str, FigureTarg
     for key, listed in targets.items():
         for i, target in enumerate(listed):
             if target.picked:
-                out[f"{key}-{i}" if len(listed) > 1 or key == "fig08" else key] = target
+                out[f"{key}-{i}" if key == "fig08" else key] = target
     return out
 
 

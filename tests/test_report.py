@@ -222,3 +222,12 @@ def test_demo_picks_are_the_extremes_of_their_criteria(finished_run):
     assert [tuple(h) for h in record["heads"]] == [best], slopes
     assert record["values"][0] == pytest.approx(slopes[best], abs=1e-4)
     assert f"(slope {slopes[best]:.2f} at s = {scale:g})" in record["description"]
+
+
+def test_demo_rerun_has_nothing_to_do(finished_run):
+    """Captions that read the pick records are evaluated when the jobs run, so a rerun finds
+    the same params and nothing to do."""
+    run, configfile = finished_run
+    proc = snakemake("-n", "--cores", "1", "--configfile", configfile, cwd=run, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -110,9 +110,8 @@ def ablation_shards(wildcards):
 # The paper's model/heads per figure, or the configured substitutes; see rules/figures.smk.
 FIGURES = config["figures"]
 FIGURE_TARGETS = sr_config.figure_targets(config)
-FIGURE_PICKS = {
-    k: t for k, t in FIGURE_TARGETS.items() if t.picked
-}  # rule pick_substitute
+# Figures whose substitute heads are picked at run time (rule pick_substitute).
+FIGURE_PICKS = {k: t for k, t in FIGURE_TARGETS.items() if t.picked}
 FIG_ABLATION = sr_config.figure_ablation(config)
 OTHER_MODELS = sr_config.other_models(config)  # Figs 21-24
 FROZEN_BASE = sr_config.frozen_ln_ablation(config)  # None: no frozen-LayerNorm run
@@ -187,7 +186,7 @@ def resolved(target, paths):
         {
             "model": target.model,
             "heads": [],
-            "description": "picked when the run makes it",
+            "description": "heads to be picked when the workflow runs",
         }
     )
 
