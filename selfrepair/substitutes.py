@@ -120,7 +120,7 @@ def describe(pick: Mapping[str, Any], values: Sequence[float], extra: Mapping[st
     shown = ", ".join(f"{v:.2f}" for v in values)
     return (
         f"the {what} with the {nth}largest mean clean direct effect on "
-        f"{'its' if n == 1 else 'their'} top {extra['top_fraction']:.0%} tokens ({shown} logits)"
+        f"{'its' if n == 1 else 'their'} top {extra['top_fraction'] * 100:g}% tokens ({shown} logits)"
     )
 
 
