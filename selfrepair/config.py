@@ -8,7 +8,7 @@ import importlib.util
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -544,11 +544,32 @@ def check_distinct_targets(key: str, targets: list[FigureTarget]) -> None:
 
 Head = tuple[int, int]
 
+# Run-time picks of substitute heads (`substitute: {model, pick}`), by the paper's own criterion;
+# selfrepair.substitutes computes them from the run's stores.
+PICK_CRITERIA = {
+    "largest_top_de": "per-head summaries: late heads by mean clean direct effect on their top tokens",
+    "most_self_repressing": "reinforcement store: second-half heads by slope at the largest scale",
+}
+# The criteria each figure key accepts, which layers its candidates come from ("late": the
+# second half of the layers, "last": the last layer, as the paper's Fig 5 head), and whether it
+# shows exactly one head.
+PICKABLE = {
+    "fig03": (("largest_top_de",), "late", False),
+    "fig05": (("largest_top_de",), "last", True),
+    "fig04": (("largest_top_de",), "late", True),
+    "fig16_18": (("largest_top_de",), "late", False),
+    "fig07": (("largest_top_de",), "late", True),
+    "fig08": (("largest_top_de",), "late", True),
+    "fig15": (("largest_top_de",), "late", True),
+    "fig09": (("most_self_repressing",), "late", True),
+}
+
 
 @dataclass(frozen=True)
 class FigureTarget:
     """The model (and heads) a figure shows: the paper's, or the configured substitute when the
-    paper's model or heads are not in this run."""
+    paper's model or heads are not in this run. A substitute picked at run time (`pick`) has no
+    heads until resolved() with its pick record (selfrepair.substitutes)."""
 
     key: str  # the config key under `figures`, e.g. "fig03"
     model: str
@@ -556,21 +577,39 @@ class FigureTarget:
     paper_model: str
     paper_heads: tuple[Head, ...]
     reason: str | None = None  # why the paper's choice is not shown; None: it is
+    pick: dict[str, Any] | None = field(default=None, compare=False)  # pick_spec()
+    selected_by: str | None = None  # the pick record's description, once resolved
 
     @property
     def substituted(self) -> bool:
         return self.reason is not None
 
+    @property
+    def picked(self) -> bool:
+        """Whether the heads are picked at run time (then read them from the pick record)."""
+        return self.pick is not None
+
     def label(self, model: str, heads: tuple[Head, ...]) -> str:
         names = ", ".join(f"L{layer}H{head}" for layer, head in heads)
         return f"{model} {names}" if names else model
+
+    def resolved(self, record: dict[str, Any]) -> FigureTarget:
+        """This target with the heads of its pick record (pick_substitute's JSON)."""
+        if record.get("model") != self.model:
+            raise ValueError(f"pick record for {record.get('model')!r}, target is {self.model!r}")
+        return replace(self, heads=_as_heads(record["heads"]), selected_by=record["description"])
 
     def substitution(self) -> str | None:
         """The sentence a caption carries when a substitute is shown."""
         if not self.substituted:
             return None
+        if self.picked and self.selected_by is None:
+            raise ValueError(f"{self.key}: the substitute is picked at run time; resolve it first")
+        shown = self.label(self.model, self.heads)
+        if self.selected_by:
+            shown += f", {self.selected_by},"
         return (
-            f"{self.label(self.model, self.heads)} is a substitute for the paper's "
+            f"{shown} is a substitute for the paper's "
             f"{self.label(self.paper_model, self.paper_heads)} ({self.reason})."
         )
 
@@ -582,12 +621,95 @@ class FigureTarget:
             "heads": [list(h) for h in self.heads],
             "paper_model": self.paper_model,
             "paper_heads": [list(h) for h in self.paper_heads],
-            "substitution": self.substitution(),
+            "reason": self.reason,
+            "substitution": None if self.picked and not self.selected_by else self.substitution(),
+            "pick": self.pick,
         }
+
+
+def target_with_pick(target: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """A figure script's target params (as_params()) with the heads of its pick record and the
+    caption sentence naming them and the value that selected them."""
+    base = FigureTarget(
+        target["key"],
+        target["model"],
+        _as_heads(target["heads"]),
+        target["paper_model"],
+        _as_heads(target["paper_heads"]),
+        reason=target["reason"],
+        pick=target["pick"],
+    )
+    return base.resolved(record).as_params()
 
 
 def _as_heads(value: Any) -> tuple[Head, ...]:
     return tuple((int(layer), int(head)) for layer, head in (value or []))
+
+
+def candidate_layers(
+    n_layers: int, layers: str, mlp_layer: int | None = None, parallel: bool | None = None
+) -> list[int]:
+    """Layers a pick may choose heads from: "late" (the second half, n_layers // 2 and up) or
+    "last"; with mlp_layer, only those whose heads that MLP reads (below it, or in its own
+    layer when attention and MLP are sequential; unknown counts as parallel)."""
+    chosen = range(n_layers // 2, n_layers) if layers == "late" else range(n_layers - 1, n_layers)
+    if mlp_layer is None:
+        return list(chosen)
+    mlp = mlp_layer % n_layers
+    return [layer for layer in chosen if layer < mlp or (layer == mlp and parallel is False)]
+
+
+def pick_spec(
+    key: str,
+    base_key: str,
+    sub: dict[str, Any],
+    paper_heads: tuple[Head, ...],
+    entry: dict[str, Any] | None,
+    mlp_layer: int | None = None,
+    parallel: bool | None = None,
+) -> dict[str, Any]:
+    """The checked pick of `substitute: {model, pick, n, rank}` at config key `key` (base_key:
+    the figure key, e.g. fig08): criterion, n heads, rank of the first, candidate layers and the
+    MLP constraint; ConfigError in one line naming the key otherwise."""
+    if "heads" in sub:
+        raise ConfigError(f"config key {key}.substitute: give either heads or pick, not both")
+    if base_key not in PICKABLE:
+        raise ConfigError(
+            f"config key {key}.substitute.pick: {base_key} shows no heads to pick; remove pick"
+        )
+    allowed, layers, single = PICKABLE[base_key]
+    criterion = sub["pick"]
+    if criterion not in allowed:
+        raise ConfigError(
+            f"config key {key}.substitute.pick: unknown criterion {criterion!r} for {base_key}; "
+            f"use {' or '.join(allowed)}"
+        )
+    n = int(sub.get("n", max(1, len(paper_heads))))
+    if single and n != 1:
+        raise ConfigError(f"config key {key}.substitute.n: {base_key} shows one head; set n: 1")
+    spec = {
+        "criterion": criterion,
+        "n": n,
+        "rank": int(sub.get("rank", 1)),
+        "layers": layers,
+        "mlp_layer": mlp_layer,
+        "parallel": parallel,
+    }
+    dims = model_dims(entry) if entry is not None else None
+    if dims is not None:
+        measured = {tuple(h) for h in entry.get("heads") or []}
+        n_candidates = sum(
+            1
+            for layer in candidate_layers(dims[0], layers, mlp_layer, parallel)
+            for head in range(dims[1])
+            if not measured or (layer, head) in measured
+        )
+        if n_candidates < spec["rank"] + n - 1:
+            raise ConfigError(
+                f"config key {key}.substitute: {sub['model']} has {n_candidates} candidate heads "
+                f"for {criterion}, fewer than rank + n - 1 = {spec['rank'] + n - 1}"
+            )
+    return spec
 
 
 def unavailable(
@@ -631,14 +753,17 @@ def figure_target(config: dict[str, Any], key: str) -> FigureTarget:
             f"figures.{key}.substitute"
         )
     sub_heads = _as_heads(sub.get("heads"))
-    if paper_heads and not sub_heads:
-        raise ConfigError(
-            f"config key figures.{key}.substitute.heads: missing; name the heads of "
-            f"{sub['model']} to show in place of the paper's"
-        )
     sub_reason = unavailable(entries, sub["model"], sub_heads)
     if sub_reason is not None:
         raise ConfigError(f"config key figures.{key}.substitute: {sub_reason}")
+    if "pick" in sub:
+        pick = pick_spec(f"figures.{key}", key, sub, paper_heads, entries.get(sub["model"]))
+        return FigureTarget(key, sub["model"], (), paper_model, paper_heads, reason, pick)
+    if paper_heads and not sub_heads:
+        raise ConfigError(
+            f"config key figures.{key}.substitute.heads: missing; name the heads of "
+            f"{sub['model']} to show in place of the paper's, or pick them (config/README.md)"
+        )
     return FigureTarget(key, sub["model"], sub_heads, paper_model, paper_heads, reason)
 
 

@@ -18,6 +18,7 @@ from .config import (
     model_dims,
     model_entries,
     n_rows,
+    pick_spec,
 )
 
 Head = tuple[int, int]
@@ -94,10 +95,16 @@ def _heads(value: Any) -> tuple[Head, ...]:
 
 
 def resolve_target(
-    entries: dict[str, dict[str, Any]], spec: dict[str, Any], key: str, **checks: Any
+    entries: dict[str, dict[str, Any]],
+    spec: dict[str, Any],
+    key: str,
+    base_key: str | None = None,
+    **checks: Any,
 ) -> FigureTarget:
-    """The paper's model and heads of `spec`, or its substitute when this run lacks them;
-    ConfigError in one line naming `key` when neither can be used. checks: target_problem's."""
+    """The paper's model and heads of `spec`, or its substitute when this run lacks them (heads
+    given, or picked at run time: config.pick_spec); ConfigError in one line naming `key` when
+    neither can be used. base_key: the figure key (fig08 for fig08[1]); checks:
+    target_problem's."""
     paper_model, paper_heads = spec["model"], _heads(spec.get("heads"))
     reason = target_problem(entries, paper_model, paper_heads, **checks)
     if reason is None:
@@ -111,6 +118,19 @@ def resolve_target(
     sub_reason = target_problem(entries, sub["model"], sub_heads, **checks)
     if sub_reason is not None:
         raise ConfigError(f"config key {key}.substitute: {sub_reason}")
+    if "pick" in sub:
+        mlp_layer = checks.get("mlp_layer")
+        entry = entries[sub["model"]]
+        pick = pick_spec(
+            key,
+            base_key or key.rsplit(".", 1)[-1],
+            sub,
+            paper_heads,
+            entry,
+            mlp_layer=mlp_layer,
+            parallel=parallel_blocks(entry) if mlp_layer is not None else None,
+        )
+        return FigureTarget(key, sub["model"], (), paper_model, paper_heads, reason, pick)
     return FigureTarget(key, sub["model"], sub_heads, paper_model, paper_heads, reason)
 
 
@@ -128,12 +148,36 @@ def mechanism_targets(config: dict[str, Any]) -> dict[str, list[FigureTarget]]:
             "mlp_layer": section["neurons"]["mlp_layer"] if experiment == "neurons" else None,
         }
         out[key] = [
-            resolve_target(entries, s, f"{path}[{i}]" if is_list else path, **checks)
+            resolve_target(entries, s, f"{path}[{i}]" if is_list else path, key, **checks)
             for i, s in enumerate(specs)
         ]
     check_distinct_targets("mechanisms.neurons.fig08", out["fig08"])
+    check_picks(config, out)
     check_reinforcement_rows(config)
     return out
+
+
+def check_picks(config: dict[str, Any], targets: dict[str, list[FigureTarget]]) -> None:
+    """Picks the run can make: most_self_repressing reads the second-half heads of the
+    reinforcement store, so second_half must be on; two fig08 entries picking by the same rule
+    in the same model would show the same head twice (give one a higher `rank`)."""
+    if any(t.picked for t in targets["fig09"]) and not config["mechanisms"]["reinforcement"].get(
+        "second_half", True
+    ):
+        raise ConfigError(
+            "config key mechanisms.reinforcement.fig09.substitute.pick: most_self_repressing "
+            "ranks the second-half heads; set mechanisms.reinforcement.second_half: true"
+        )
+    seen: dict[tuple[Any, ...], str] = {}
+    for target in targets["fig08"]:
+        if target.picked:
+            rule = (target.model, *sorted(target.pick.items()))
+            if rule in seen:
+                raise ConfigError(
+                    f"config key {target.key}.substitute: picks the same head as {seen[rule]}; "
+                    "set a different rank (rank: 2 is the second best)"
+                )
+            seen[rule] = target.key
 
 
 def check_reinforcement_rows(config: dict[str, Any]) -> None:
@@ -156,6 +200,17 @@ def heads_by_model(targets: list[FigureTarget]) -> dict[str, list[Head]]:
     for target in targets:
         out.setdefault(target.model, set()).update(target.heads)
     return {model: sorted(heads) for model, heads in out.items()}
+
+
+def pick_targets(targets: dict[str, list[FigureTarget]]) -> dict[str, FigureTarget]:
+    """The picked targets by pick key: the figure key, with the list index for fig08
+    (fig08-1); each is written to results/<model>/substitutes/<pick key>.json."""
+    out = {}
+    for key, listed in targets.items():
+        for i, target in enumerate(listed):
+            if target.picked:
+                out[f"{key}-{i}" if key == "fig08" else key] = target
+    return out
 
 
 def caption_label(target: FigureTarget) -> str:

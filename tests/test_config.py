@@ -148,11 +148,18 @@ def test_demo_config_names_substitutes_in_the_caption_sentence():
     validate(config, SCHEMA)
     targets = sr_config.figure_targets(config)
     fig03 = targets["fig03"]
-    assert fig03.model == "tiny-pythia" and len(fig03.heads) == 4
-    sentence = fig03.substitution()
-    assert "is a substitute for the paper's pythia-410m L22H11, L20H6, L23H1, L20H14" in sentence
+    # Picked at run time (selfrepair.substitutes): the sentence names the heads once resolved.
+    assert fig03.model == "tiny-pythia" and fig03.picked and fig03.pick["n"] == 4
+    record = {"model": "tiny-pythia", "heads": [[2, 0], [2, 3], [3, 2], [2, 1]]}
+    shown = fig03.resolved(record | {"description": "the 4 late heads with the largest DE"})
+    sentence = shown.substitution()
+    assert sentence.startswith(
+        "tiny-pythia L2H0, L2H3, L3H2, L2H1, the 4 late heads with the largest DE, is a "
+        "substitute for the paper's pythia-410m L22H11, L20H6, L23H1, L20H14"
+    )
     assert "pythia-410m is not among this run's models" in sentence
-    assert fig03.as_params()["substitution"] == sentence
+    assert shown.as_params()["substitution"] == sentence
+    assert fig03.as_params()["substitution"] is None  # not resolved yet
 
 
 def demo_with(figures: dict) -> dict:

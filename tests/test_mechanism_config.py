@@ -93,9 +93,10 @@ def test_schema_defaults_are_the_papers():
 def test_demo_substitutes_are_named():
     targets = mechanism_targets(demo())
     assert all(t.substituted for ts in targets.values() for t in ts)
-    sentence = targets["fig16_18"][0].substitution()
+    record = {"model": "tiny-gpt2", "heads": [[3, 2], [3, 0]], "description": "picked"}
+    sentence = targets["fig16_18"][0].resolved(record).substitution()
     assert sentence.startswith(
-        "tiny-gpt2 L3H2, L3H0 is a substitute for the paper's gpt2-small L11H3, L11H11"
+        "tiny-gpt2 L3H2, L3H0, picked, is a substitute for the paper's gpt2-small L11H3, L11H11"
     )
     assert {t.model for t in targets["fig08"]} == {"tiny-gpt2", "tiny-pythia"}
 

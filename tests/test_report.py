@@ -46,6 +46,11 @@ FIGURES = {
     "fig19_self_repression_scales",
 }
 TABLES = {"head_summary.csv", "head_summary.html"}
+# The demo's substitutes picked at run time (results/<model>/substitutes/<key>.json).
+PICKS = {"fig03", "fig05", "fig04", "fig16_18", "fig07", "fig08-0", "fig08-1", "fig08-2"} | {
+    "fig15",
+    "fig09",
+}
 
 
 def reduced_demo(demo: dict) -> dict:
@@ -115,6 +120,16 @@ def test_demo_run_builds_a_report_with_every_figure_and_the_table(finished_run):
     assert page.count("Measured.") >= len(FIGURES) + 2  # + the table's two files
     for paper in ("pythia-1b", "pythia-410m L22H11", "pythia-160m L11H10"):
         assert f"substitute for the paper's {paper}" in page
+    # Picked substitutes: the caption names the picked heads and the values that chose them.
+    records = sorted((run / "results").glob("*/substitutes/*.json"))
+    assert {p.stem for p in records} >= PICKS
+    for path in records:
+        record = json.loads(path.read_text())
+        heads = ", ".join(f"L{layer}H{head}" for layer, head in record["heads"])
+        sentence = f"{record['model']} {heads}, {record['description']}, is a substitute"
+        assert sentence in page, sentence
+        for value in record["values"]:
+            assert f"{value:.2f}" in record["description"]
 
 
 def test_demo_clean_direct_effects_sum_to_the_centred_logit(finished_run):
@@ -141,3 +156,78 @@ def test_demo_models_learned_far_below_uniform(finished_run):
         assert record["uniform_loss"] == pytest.approx(np.log(vocab), rel=1e-6)
         assert record["heldout_loss"] < 0.8 * record["uniform_loss"], (path, record)
         assert record["heldout_loss"] < record["initial_heldout_loss"] - 1.0, (path, record)
+
+
+def _record(run: Path, model: str, key: str) -> dict:
+    return json.loads((run / "results" / model / "substitutes" / f"{key}.json").read_text())
+
+
+def _top_de(run: Path, model: str, fraction: float = 0.02) -> np.ndarray:
+    """Mean clean DE of each (layer, head) on its top `fraction` of tokens, from the ablation
+    shards (not the summaries the pick reads)."""
+    shards = sorted((run / "results" / model / "ablation" / "resample").glob("shard-*.zarr"))
+    de = np.concatenate(
+        [
+            xr.open_zarr(p).de_clean.transpose("layer", "head", "batch", "pos").values
+            for p in shards
+        ],
+        axis=2,
+    )
+    flat = de.reshape(de.shape[0], de.shape[1], -1).astype(np.float64)
+    k = int(np.ceil(fraction * flat.shape[-1]))
+    return -np.sort(-flat, axis=-1)[..., :k].mean(-1)
+
+
+def _ranked(values: dict, largest: bool) -> list:
+    return sorted(values, key=lambda h: ((-values[h] if largest else values[h]), h))
+
+
+def test_demo_picks_are_the_extremes_of_their_criteria(finished_run):
+    """Each picked substitute is the best head by the paper's criterion, computed here from the
+    shards (largest top-2% clean DE) and from the reinforcement store's per-token effects
+    (smallest slope of new on clean DE at the largest scale): the demo's models have 4 layers,
+    so late heads are layers 2 and 3 and a Pythia MLP of layer 3 reads layer 2 only."""
+    run, _ = finished_run
+    for model, key, layers, rank, n in [
+        ("tiny-pythia", "fig03", (2, 3), 1, 4),
+        ("tiny-pythia", "fig05", (3,), 1, 1),
+        ("tiny-pythia", "fig04", (2, 3), 1, 1),
+        ("tiny-pythia", "fig07", (2,), 1, 1),
+        ("tiny-pythia", "fig15", (2,), 1, 1),
+        ("tiny-pythia", "fig08-1", (2,), 1, 1),
+        ("tiny-pythia", "fig08-2", (2,), 2, 1),
+        ("tiny-gpt2", "fig08-0", (2, 3), 1, 1),
+        ("tiny-gpt2", "fig16_18", (2, 3), 1, 2),
+    ]:
+        top = _top_de(run, model)
+        values = {(layer, h): top[layer, h] for layer in layers for h in range(top.shape[1])}
+        expected = _ranked(values, largest=True)[rank - 1 : rank - 1 + n]
+        record = _record(run, model, key)
+        assert [tuple(h) for h in record["heads"]] == expected, (key, values)
+        got = [values[h] for h in expected]
+        np.testing.assert_allclose(record["values"], got, rtol=1e-4, atol=1e-5)
+
+    record = _record(run, "tiny-gpt2", "fig09")
+    ds = xr.open_zarr(run / "results" / "tiny-gpt2" / "reinforcement" / "reinforcement.zarr")
+    scale = float(ds.scale.max())
+    slopes = {}
+    for label in map(str, ds["head"].values):
+        layer, head = (int(x) for x in label[1:].split("H"))
+        if layer >= 2:
+            x = ds.de_clean.sel(head=label).values.ravel().astype(np.float64)
+            y = ds.de_new.sel(head=label, scale=scale).values.ravel().astype(np.float64)
+            slopes[(layer, head)] = np.polyfit(x, y, 1)[0]
+    assert len(slopes) == 8  # every second-half head is ranked
+    best = _ranked(slopes, largest=False)[0]
+    assert [tuple(h) for h in record["heads"]] == [best], slopes
+    assert record["values"][0] == pytest.approx(slopes[best], abs=1e-4)
+    assert f"(slope {slopes[best]:.2f} at s = {scale:g})" in record["description"]
+
+
+def test_demo_rerun_has_nothing_to_do(finished_run):
+    """Captions that read the pick records are evaluated when the jobs run, so a rerun finds
+    the same params and nothing to do."""
+    run, configfile = finished_run
+    proc = snakemake("-n", "--cores", "1", "--configfile", configfile, cwd=run, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -1,3 +1,4 @@
+import json
 import re
 import sys
 from pathlib import Path
@@ -119,6 +120,8 @@ def ablation_shards(wildcards):
 # The paper's model/heads per figure, or the configured substitutes; see rules/figures.smk.
 FIGURES = config["figures"]
 FIGURE_TARGETS = sr_config.figure_targets(config)
+# Figures whose substitute heads are picked at run time (rule pick_substitute).
+FIGURE_PICKS = {k: t for k, t in FIGURE_TARGETS.items() if t.picked}
 FIG_ABLATION = sr_config.figure_ablation(config)
 OTHER_MODELS = sr_config.other_models(config)  # Figs 21-24
 FROZEN_BASE = sr_config.frozen_ln_ablation(config)  # None: no frozen-LayerNorm run
@@ -153,8 +156,10 @@ def shard_paths(model, ablation):
 
 
 def fig05_shards(wildcards):
-    """Fig 5's head under every ablation: the shards of each, by ablation name."""
-    return {a: shard_paths(FIGURE_TARGETS["fig05"].model, a) for a in ABLATIONS}
+    """Fig 5's head under every ablation: the shards of each, by ablation name, and its pick
+    record when picked."""
+    shards = {a: shard_paths(FIGURE_TARGETS["fig05"].model, a) for a in ABLATIONS}
+    return shards | {"picks": pick_paths({"fig05": FIGURE_TARGETS["fig05"]})}
 
 
 def figure_paths(name):
@@ -162,6 +167,38 @@ def figure_paths(name):
         "pdf": f"results/figures/{name}.pdf",
         "png": f"results/figures/{name}.png",
     }
+
+
+def pick_path(key, target):
+    """The pick record of a target whose substitute heads are picked at run time (rule
+    pick_substitute); key: the pick key (figure key, fig08-<i> for Fig 8's entries)."""
+    return f"results/{target.model}/substitutes/{key}.json"
+
+
+def pick_paths(targets):
+    """The pick records among targets (pick key -> FigureTarget) whose heads are picked."""
+    return [pick_path(key, t) for key, t in targets.items() if t.picked]
+
+
+def resolved(target, paths):
+    """target with the heads of its pick record among paths (a rule's `picks` input), or as
+    configured when not picked. Before the record exists (a dry run's DAG) the caption cannot
+    name the heads yet; captions are rendered when the job runs or the report is built.
+    """
+    if not target.picked:
+        return target
+    for path in paths:
+        if Path(path).exists():
+            record = json.loads(Path(path).read_text())
+            if record["target"] == target.key:
+                return target.resolved(record)
+    return target.resolved(
+        {
+            "model": target.model,
+            "heads": [],
+            "description": "heads to be picked when the workflow runs",
+        }
+    )
 
 
 def figure_caption(models, ablations, selection, target=None, extra=()):
@@ -175,6 +212,12 @@ def figure_caption(models, ablations, selection, target=None, extra=()):
         substitutions=subs,
         extra=extra,
     )
+
+
+def one_target_caption(target, ablations):
+    """The caption paragraph of a figure of one model's heads (Figs 3, 5), on all tokens."""
+    label = target.label(target.model, target.heads)
+    return figure_caption([label], ablations, ALL_SELECTION, target)
 
 
 # Every figure by name; each makes results/figures/<name>.pdf and .png. Add a figure here and

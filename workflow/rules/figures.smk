@@ -160,6 +160,7 @@ rule fig21_24:
 rule fig03:
     input:
         shards=shard_paths(FIGURE_TARGETS["fig03"].model, FIG_ABLATION),
+        picks=pick_paths({"fig03": FIGURE_TARGETS["fig03"]}),
     output:
         pdf=figure_paths("fig03_tokens_de_vs_logit_drop")["pdf"],
         png=report(
@@ -177,15 +178,8 @@ rule fig03:
     params:
         target=FIGURE_TARGETS["fig03"].as_params(),
         n_tokens=N_PREDICTIONS,
-        caption=figure_caption(
-            [
-                FIGURE_TARGETS["fig03"].label(
-                    FIGURE_TARGETS["fig03"].model, FIGURE_TARGETS["fig03"].heads
-                )
-            ],
-            [FIG_ABLATION],
-            ALL_SELECTION,
-            FIGURE_TARGETS["fig03"],
+        caption=lambda w, input: one_target_caption(
+            resolved(FIGURE_TARGETS["fig03"], input.picks), [FIG_ABLATION]
         ),
     script:
         "../scripts/fig03_tokens_de_vs_logit_drop.py"
@@ -212,15 +206,8 @@ rule fig05:
         target=FIGURE_TARGETS["fig05"].as_params(),
         ablations=ABLATIONS,
         n_tokens=N_PREDICTIONS,
-        caption=figure_caption(
-            [
-                FIGURE_TARGETS["fig05"].label(
-                    FIGURE_TARGETS["fig05"].model, FIGURE_TARGETS["fig05"].heads
-                )
-            ],
-            ABLATIONS,
-            ALL_SELECTION,
-            FIGURE_TARGETS["fig05"],
+        caption=lambda w, input: one_target_caption(
+            resolved(FIGURE_TARGETS["fig05"], input.picks), ABLATIONS
         ),
     script:
         "../scripts/fig05_tokens_by_ablation.py"

@@ -3,10 +3,31 @@
 # model on the union of its figures' heads (helpers in rules/mechanisms_common.smk).
 
 
+rule pick_substitute:
+    input:
+        store=pick_store,
+    output:
+        pick="results/{model}/substitutes/{key}.json",
+    log:
+        "results/logs/pick_substitute/{model}/{key}.log",
+    benchmark:
+        "results/benchmarks/pick_substitute/{model}/{key}.tsv"
+    wildcard_constraints:
+        key="|".join(PICKS) or "(?!)",
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        target=lambda w: PICKS[w.key].key,
+        pick=lambda w: PICKS[w.key].pick,
+    script:
+        "../scripts/pick_substitute.py"
+
+
 rule neuron_effects:
     input:
         unpack(model_input),
         tokens="results/{model}/tokens.zarr",
+        picks=lambda w: mech_picks(("fig07", "fig08", "fig15"), w.model),
     output:
         selected=directory("results/{model}/neurons/selected.zarr"),
     log:
@@ -59,6 +80,7 @@ rule norm_ratios:
         unpack(model_input),
         tokens="results/{model}/tokens.zarr",
         shards=ablation_shards,
+        picks=lambda w: mech_picks(("fig04", "fig16_18"), w.model),
     output:
         norms=directory("results/{model}/norms/{ablation}.zarr"),
     log:
@@ -121,6 +143,7 @@ rule self_reinforcement:
 rule fig04:
     input:
         norms=norm_paths(target("fig04")["model"]),
+        picks=mech_picks(("fig04",)),
     output:
         pdf=figure_paths(MECHANISM_FIGURES["fig04"])["pdf"],
         png=report(
@@ -138,7 +161,9 @@ rule fig04:
     params:
         ablations=ABLATIONS,
         target=target("fig04"),
-        caption=mech_caption("fig04", ABLATIONS, TOP_SELECTION),
+        caption=lambda w, input: mech_caption(
+            "fig04", ABLATIONS, TOP_SELECTION, picks=input.picks
+        ),
     script:
         "../scripts/fig04_ln_scale_ratio.py"
 
@@ -146,6 +171,7 @@ rule fig04:
 rule fig16_18:
     input:
         norms=norm_paths(target("fig16_18")["model"]),
+        picks=mech_picks(("fig16_18",)),
     output:
         pdf=figure_paths(MECHANISM_FIGURES["fig16_18"])["pdf"],
         png=report(
@@ -163,7 +189,9 @@ rule fig16_18:
     params:
         ablations=ABLATIONS,
         target=target("fig16_18"),
-        caption=mech_caption("fig16_18", ABLATIONS, ALL_SELECTION),
+        caption=lambda w, input: mech_caption(
+            "fig16_18", ABLATIONS, ALL_SELECTION, picks=input.picks
+        ),
     script:
         "../scripts/fig16_18_resid_norm_ratio.py"
 
@@ -171,6 +199,7 @@ rule fig16_18:
 rule fig07:
     input:
         reductions=f"results/{target('fig07')['model']}/neurons/reductions.zarr",
+        picks=mech_picks(("fig07",)),
     output:
         pdf=figure_paths(MECHANISM_FIGURES["fig07"])["pdf"],
         png=report(
@@ -187,8 +216,11 @@ rule fig07:
         "../../envs/analysis.yaml"
     params:
         target=target("fig07"),
-        caption=mech_caption(
-            "fig07", [MECH["neurons"]["ablation"]], MLP_REPAIR_SELECTION
+        caption=lambda w, input: mech_caption(
+            "fig07",
+            [MECH["neurons"]["ablation"]],
+            MLP_REPAIR_SELECTION,
+            picks=input.picks,
         ),
     script:
         "../scripts/fig07_top_repairing_neuron.py"
@@ -199,6 +231,7 @@ rule fig08:
         reductions=[
             f"results/{t.model}/neurons/reductions.zarr" for t in MECH_TARGETS["fig08"]
         ],
+        picks=mech_picks(("fig08",)),
     output:
         pdf=figure_paths(MECHANISM_FIGURES["fig08"])["pdf"],
         png=report(
@@ -216,7 +249,9 @@ rule fig08:
     params:
         targets=[t.as_params() for t in MECH_TARGETS["fig08"]],
         ranks=MECH["neurons"]["ranks"],
-        caption=mech_caption("fig08", [MECH["neurons"]["ablation"]], TOP_SELECTION),
+        caption=lambda w, input: mech_caption(
+            "fig08", [MECH["neurons"]["ablation"]], TOP_SELECTION, picks=input.picks
+        ),
     script:
         "../scripts/fig08_neuron_repair_thresholds.py"
 
@@ -224,6 +259,7 @@ rule fig08:
 rule fig15:
     input:
         reductions=f"results/{target('fig15')['model']}/neurons/reductions.zarr",
+        picks=mech_picks(("fig15",)),
     output:
         pdf=figure_paths(MECHANISM_FIGURES["fig15"])["pdf"],
         png=report(
@@ -240,7 +276,9 @@ rule fig15:
         "../../envs/analysis.yaml"
     params:
         target=target("fig15"),
-        caption=mech_caption("fig15", [MECH["neurons"]["ablation"]], TOP_SELECTION),
+        caption=lambda w, input: mech_caption(
+            "fig15", [MECH["neurons"]["ablation"]], TOP_SELECTION, picks=input.picks
+        ),
     script:
         "../scripts/fig15_neuron_cumulative_share.py"
 
@@ -248,6 +286,7 @@ rule fig15:
 rule fig09:
     input:
         reinforcement=f"results/{target('fig09')['model']}/reinforcement/reinforcement.zarr",
+        picks=mech_picks(("fig09",)),
     output:
         pdf=figure_paths(MECHANISM_FIGURES["fig09"])["pdf"],
         png=report(
@@ -265,11 +304,12 @@ rule fig09:
     params:
         target=target("fig09"),
         scales=MECH["reinforcement"]["scales"][:1],
-        caption=mech_caption(
+        caption=lambda w, input: mech_caption(
             "fig09",
             ["none (the head's own output is added back)"],
             REINFORCEMENT_SELECTION,
             n_tokens=REINFORCEMENT_TOKENS,
+            picks=input.picks,
         ),
     script:
         "../scripts/fig09_19_self_repression.py"
@@ -278,6 +318,7 @@ rule fig09:
 rule fig19:
     input:
         reinforcement=f"results/{target('fig09')['model']}/reinforcement/reinforcement.zarr",
+        picks=mech_picks(("fig09",)),
     output:
         pdf=figure_paths(MECHANISM_FIGURES["fig19"])["pdf"],
         png=report(
@@ -295,11 +336,12 @@ rule fig19:
     params:
         target=target("fig09"),
         scales=MECH["reinforcement"]["scales"],
-        caption=mech_caption(
+        caption=lambda w, input: mech_caption(
             "fig09",
             ["none (the head's own output is added back)"],
             REINFORCEMENT_SELECTION,
             n_tokens=REINFORCEMENT_TOKENS,
+            picks=input.picks,
         ),
     script:
         "../scripts/fig09_19_self_repression.py"

@@ -5,9 +5,10 @@ from selfrepair.joblog import logged
 from selfrepair.plots.common import open_tokens, save_figure
 from selfrepair.plots.effects import tokens_de_vs_logit_drop
 from selfrepair.reduce import head_tokens
+from selfrepair.substitutes import resolve_params
 
 with logged(snakemake.log[0]):
-    target = snakemake.params.target
+    target = resolve_params(snakemake.params.target, snakemake.input.picks)
     shards = open_tokens(snakemake.input.shards, target["model"], snakemake.params.n_tokens)
     check_target_heads(target, shards.sizes["layer"], shards.sizes["head"])
     tokens = head_tokens(shards, [tuple(h) for h in target["heads"]])

@@ -5,9 +5,11 @@ from selfrepair.joblog import logged
 from selfrepair.plots.common import open_tokens, save_figure
 from selfrepair.plots.effects import tokens_by_ablation
 from selfrepair.reduce import head_tokens
+from selfrepair.substitutes import resolve_params
 
 with logged(snakemake.log[0]):
-    target, n_tokens = snakemake.params.target, snakemake.params.n_tokens
+    target = resolve_params(snakemake.params.target, snakemake.input.picks)
+    n_tokens = snakemake.params.n_tokens
     (head,) = [tuple(h) for h in target["heads"]]
     shards = {
         ablation: open_tokens(getattr(snakemake.input, ablation), target["model"], n_tokens)

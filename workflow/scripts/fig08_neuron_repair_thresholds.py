@@ -3,9 +3,12 @@
 from selfrepair.joblog import logged
 from selfrepair.plots import mechanism_figures
 from selfrepair.plots.common import save_figure
+from selfrepair.substitutes import resolve_params
 
 with logged(snakemake.log[0]):
     fig = mechanism_figures.fig08(
-        list(snakemake.input.reductions), snakemake.params.targets, snakemake.params.ranks
+        list(snakemake.input.reductions),
+        [resolve_params(t, snakemake.input.picks) for t in snakemake.params.targets],
+        snakemake.params.ranks,
     )
     save_figure(fig, snakemake.output.pdf, snakemake.output.png)

@@ -4,6 +4,7 @@
 from selfrepair.joblog import logged
 from selfrepair.mechanism_pipeline import neuron_stage
 from selfrepair.pipeline import set_threads
+from selfrepair.substitutes import heads_with_picks
 
 with logged(snakemake.log[0]):
     set_threads(snakemake.threads)
@@ -14,7 +15,7 @@ with logged(snakemake.log[0]):
         checkpoint=snakemake.input.get("model_dir"),
         device=snakemake.params.device,
         dtype=snakemake.params.dtype,
-        heads=snakemake.params.heads,
+        heads=heads_with_picks(snakemake.params.heads, snakemake.input.picks),
         mlp_layer=snakemake.params.mlp_layer,
         ablation=snakemake.params.ablation,
         top_fraction=snakemake.params.top_fraction,

@@ -1,0 +1,15 @@
+"""A substitute's heads picked by the paper's criterion from the run's store
+(selfrepair.substitutes)."""
+
+from selfrepair.joblog import logged
+from selfrepair.substitutes import pick_stage
+
+with logged(snakemake.log[0]):
+    pick_stage(
+        store=snakemake.input.store,
+        model=snakemake.wildcards.model,
+        key=snakemake.wildcards.key,
+        target=snakemake.params.target,
+        pick=snakemake.params.pick,
+        out=snakemake.output.pick,
+    )
