@@ -69,17 +69,18 @@ def target_problem(
     entry = entries[model]
     dims = model_dims(entry)
     measured = {tuple(h) for h in entry.get("heads", [])}
+    # The key's fault, not the figure's; checked before any head, so also for picked heads.
+    if mlp_layer is not None and dims is not None and not -dims[0] <= mlp_layer < dims[0]:
+        raise ConfigError(
+            f"config key mechanisms.neurons.mlp_layer: {model} has no MLP layer "
+            f"{mlp_layer} ({dims[0]} layers); use -{dims[0]} .. {dims[0] - 1}"
+        )
     for layer, head in heads:
         if dims is not None and (missing := missing_head(model, layer, head, *dims)):
             return missing
         if need_measured and measured and (layer, head) not in measured:
             return f"L{layer}H{head} is not among the heads measured in {model}"
         if mlp_layer is not None and dims is not None:
-            if not -dims[0] <= mlp_layer < dims[0]:  # the key's fault, not the figure's
-                raise ConfigError(
-                    f"config key mechanisms.neurons.mlp_layer: {model} has no MLP layer "
-                    f"{mlp_layer} ({dims[0]} layers); use -{dims[0]} .. {dims[0] - 1}"
-                )
             mlp = mlp_layer % dims[0]
             parallel = parallel_blocks(entry)
             if mlp < layer or (mlp == layer and parallel):

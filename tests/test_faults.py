@@ -336,7 +336,9 @@ def test_mlp_layer_out_of_range_names_mechanisms_neurons_mlp_layer():
 def test_a_head_listed_twice_fails_naming_the_key():
     config = demo_config()
     fig08 = config["mechanisms"]["neurons"]["fig08"]
-    fig08[2]["substitute"] = dict(fig08[1]["substitute"])
+    # Literal heads (the demo picks its substitutes at run time; a pick clash is test_substitutes')
+    fig08[1]["substitute"] = {"model": "tiny-pythia", "heads": [[2, 3]]}
+    fig08[2]["substitute"] = {"model": "tiny-pythia", "heads": [[2, 3]]}
     assert checked(config) == (
         "config key mechanisms.neurons.fig08[2]: tiny-pythia L2H3 is already shown by "
         "mechanisms.neurons.fig08[1]; give each entry another head or remove one"
