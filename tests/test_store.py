@@ -191,8 +191,14 @@ def test_chunk_files_are_compared_with_the_shape(tmp_path):
     assert store.chunk_file_problem(path, recorded) is None
     assert sorted(p.name for p in chunk_files(path / "x")) == ["0.0", "1.0", "2.0"]
     os.rename(path / "x" / "2.0", path / "x" / "3.0")
-    assert store.chunk_file_problem(path, recorded) == "array x lacks chunk files 2.0 (2 of its 3 present)"
+    assert (
+        store.chunk_file_problem(path, recorded)
+        == "array x lacks chunk files 2.0 (2 of its 3 present)"
+    )
     os.rename(path / "x" / "3.0", path / "x" / "2.0")
     (path / "x" / "sub").mkdir()
     (path / "x" / "sub" / "0.0").write_bytes(b"")
-    assert store.chunk_file_problem(path, recorded) == "array x has stray files sub/0.0 beside its chunks"
+    assert (
+        store.chunk_file_problem(path, recorded)
+        == "array x has stray files sub/0.0 beside its chunks"
+    )
