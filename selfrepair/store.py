@@ -31,7 +31,9 @@ CHECKSUM = numcodecs.CRC32C()
 # store's attributes: a chunk file replaced by another valid one (of another array, chunk or
 # store) passes its own checksum, but not this record of what was written at its place.
 CHUNK_CHECKSUMS = "selfrepair_chunk_crc32c"
-METADATA_FILES = {".zattrs", ".zgroup", ".zmetadata"}
+# Beside the metadata, the only file a store may hold outside its arrays: the empty marker
+# Snakemake puts into each directory() output it has made.
+METADATA_FILES = {".zattrs", ".zgroup", ".zmetadata", ".snakemake_timestamp"}
 ARRAY_METADATA_FILES = {".zarray", ".zattrs"}
 
 
@@ -77,7 +79,7 @@ def write_zarr(
             var.encoding.pop(key, None)
     ds.attrs[STORE_MARK] = STORE_VERSION
     # Every chunk is written, even all-NaN ones (heads not measured), so that a missing chunk
-    # file means damage (open_zarr counts them) and is never read back as fill values.
+    # file means damage (open_zarr compares the names with the shape), never fill values.
     ds.to_zarr(
         tmp,
         mode="w",
