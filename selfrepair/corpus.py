@@ -415,15 +415,17 @@ def tokenize_to_zarr(
     shard_rows: int,
     seed: int | None = None,
     tokenizer_dir: str | None = None,
+    attrs: dict | None = None,
 ) -> dict:
     """Pack n_rows rows of seq_len tokens of a corpus with a model's tokenizer into a Zarr store
     `out`: variable `tokens` (int32, dims row, tok), chunked by shard_rows rows. The rows are the
     first n_rows of the corpus stream; with a seed their order is permuted (the set of rows, and
     so every token measured, does not depend on it; only which rows sit next to each other).
-    Written next to `out` and renamed into place. Returns the store's attributes."""
+    Written next to `out` and renamed into place. Returns the store's attributes: `attrs` (the
+    run's provenance, joblog.PROVENANCE_KEYS) with the model's revision and the packing's."""
     import xarray as xr
 
-    from .joblog import provenance
+    from .joblog import model_revision, provenance
     from .store import write_zarr
 
     tokenizer, tokenizer_name = load_tokenizer(model, tokenizer_dir)
@@ -431,7 +433,8 @@ def tokenize_to_zarr(
     rows = pack_rows(documents(corpus), tokenizer, seq_len, n_rows, bos_id, eos_id)
     if seed is not None:
         rows = rows[np.random.default_rng(seed).permutation(len(rows))]
-    attrs = provenance(
+    own = dict(
+        model_revision=model_revision(model.get("name"), tokenizer_dir),
         corpus=describe_corpus(corpus),
         model=model.get("name"),
         tokenizer=tokenizer_name,
@@ -446,6 +449,7 @@ def tokenize_to_zarr(
         packing="documents tokenized without special tokens, joined by EOS, cut into pieces "
         "of seq_len - 1 tokens, BOS prepended to each row",
     )
+    attrs = provenance(**{**(attrs or {}), **own})
     data = xr.Dataset({TOKENS_VARIABLE: (("row", "tok"), rows)}, attrs=attrs)
     write_zarr(data, out, chunks={"row": shard_rows})
     return attrs

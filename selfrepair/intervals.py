@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from .joblog import provenance
+from .joblog import provenance, revision_of
 from .reduce import ln_share, stack_tokens, top_token_mask
 from .store import open_shards, write_zarr
 from .variables import HEAD_VARIABLES
@@ -194,14 +194,15 @@ def intervals_stage(
     attrs: dict[str, Any],
 ) -> xr.Dataset:
     """Workflow stage: the per-head intervals over all shards of one (model, ablation)."""
+    data = open_shards(shards, variables=HEAD_VARIABLES)
     result = head_intervals(
-        open_shards(shards, variables=HEAD_VARIABLES),
+        data,
         top_fraction=top_fraction,
         de_epsilon=de_epsilon,
         n_resamples=n_resamples,
         level=level,
         seed=seed,
     )
-    result.attrs.update(provenance(**attrs))
+    result.attrs.update(provenance(**attrs, model_revision=revision_of(data)))
     write_zarr(result, out)
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import platform
 from collections.abc import Iterator
@@ -15,6 +16,21 @@ from . import __version__
 log = logging.getLogger("selfrepair")
 
 PACKAGES = ("torch", "transformer-lens", "transformers", "numpy", "xarray", "zarr")
+# What every store records of the run that made it: the rule's run_attrs (Snakemake's
+# common.smk), the weights' revision and the package versions. A key every store should carry
+# (e.g. the data set's name, split and revision) is added here and to run_attrs; a stage's own
+# keys are keyword arguments of provenance().
+PROVENANCE_KEYS = (
+    "model",
+    "model_entry",
+    "data",
+    "engine",
+    "seed",
+    "device",
+    "dtype",
+    "model_revision",
+    "versions",
+)
 
 
 @contextlib.contextmanager
@@ -54,5 +70,43 @@ def package_versions() -> dict[str, str]:
 
 
 def provenance(**extra: Any) -> dict[str, Any]:
-    """Attributes recorded on every store: what made it, with which versions."""
+    """Attributes recorded on every store: what made it (PROVENANCE_KEYS, given by the stage),
+    with which versions. Nothing that changes between reruns (timings go to the job's log)."""
     return {"versions": package_versions(), **extra}
+
+
+def missing_provenance(attrs: dict[str, Any]) -> list[str]:
+    """The PROVENANCE_KEYS a store's attributes lack."""
+    return [key for key in PROVENANCE_KEYS if key not in attrs]
+
+
+def model_revision(name: str, checkpoint: str | None) -> str:
+    """What exactly was loaded: the hub commit of the cached snapshot, or a hash of a local
+    checkpoint's weight files ("unknown" when the hub cache does not say)."""
+    if checkpoint is not None:
+        digest = hashlib.sha256()
+        weights = sorted(
+            p for p in Path(checkpoint).iterdir() if p.suffix in (".safetensors", ".bin", ".pt")
+        )
+        for path in weights:
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+        return f"sha256:{digest.hexdigest()}" if weights else "unknown"
+    from huggingface_hub import try_to_load_from_cache
+
+    from .config import ConfigError, official_model_name
+
+    try:
+        repo = official_model_name(name)
+    except ConfigError:  # loaded some other way (e.g. a model object handed in by a test)
+        return "unknown"
+    cached = try_to_load_from_cache(repo, "config.json")
+    if isinstance(cached, str) and "/snapshots/" in cached:
+        return cached.split("/snapshots/")[1].split("/")[0]
+    return "unknown"
+
+
+def revision_of(ds: Any) -> str:
+    """The model_revision a store (or shards opened together) records, for the stores made
+    from it without loading the model."""
+    return str(ds.attrs.get("model_revision", "unknown"))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .joblog import provenance
+from .joblog import model_revision, provenance, revision_of
 from .mechanism_reductions import neuron_reductions
 from .neurons import resolve_probes, select_neuron_tokens, sum_error
 from .norms import norm_ratios, residual_norms
@@ -83,7 +83,8 @@ def neuron_stage(
             f"neuron direct effects miss the MLP layer's by {err:.3g} > {tolerance}: the "
             "model's dtype is too coarse for this check (use dtype: float32)"
         )
-    ds.attrs.update(provenance(**attrs, seconds=round(seconds, 3), neuron_sum_max_error=err))
+    revision = model_revision(entry["name"], checkpoint)
+    ds.attrs.update(provenance(**attrs, model_revision=revision, neuron_sum_max_error=err))
     write_zarr(ds, out, chunks={"head": 1, "selection": 1})
     return ds
 
@@ -96,8 +97,9 @@ def neuron_reduction_stage(
     out: str,
     attrs: dict[str, Any],
 ) -> xr.Dataset:
-    ds = neuron_reductions(open_zarr(selected).load(), thresholds=thresholds, top_n=top_n)
-    ds.attrs.update(provenance(**attrs))
+    source = open_zarr(selected).load()
+    ds = neuron_reductions(source, thresholds=thresholds, top_n=top_n)
+    ds.attrs.update(provenance(**attrs, model_revision=revision_of(source)))
     for i, head in enumerate(ds["head"].values):
         for sel in ds["selection"].values:
             log.info(
@@ -144,7 +146,14 @@ def norms_stage(
         parts.append(part.assign_coords(batch=np.arange(start, start + rows.shape[0])))
     norms = xr.concat(parts, "batch")
     ds = norm_ratios(open_shards(engine_shards), norms, heads, top_fraction=top_fraction)
-    ds.attrs.update(provenance(**attrs, ablation=ablation, n_tokens=int(ds.de_clean[0].size)))
+    ds.attrs.update(
+        provenance(
+            **attrs,
+            model_revision=model_revision(entry["name"], checkpoint),
+            ablation=ablation,
+            n_tokens=int(ds.de_clean[0].size),
+        )
+    )
     for i, head in enumerate(ds["head"].values):
         log.info(
             "%s %s: clean/ablated LN scale > 1 on %.2f%% of top tokens; ablated/clean norm "
@@ -187,6 +196,7 @@ def reinforcement_stage(
     log.info(
         "%d heads x %d scales in %.1fs; classes: %s", len(chosen), len(scales), seconds, counts
     )
-    ds.attrs.update(provenance(**attrs, seconds=round(seconds, 3), rows=rows, seq_len=seq_len))
+    revision = model_revision(entry["name"], checkpoint)
+    ds.attrs.update(provenance(**attrs, model_revision=revision, rows=rows, seq_len=seq_len))
     write_zarr(ds, out)
     return ds

@@ -4,11 +4,9 @@ these, so every stage can also be run (and tested) without Snakemake."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,10 +14,10 @@ import torch
 import xarray as xr
 
 from .clean import clean_direct_effects, decomposition_error
-from .config import ConfigError, missing_head, official_model_name
+from .config import ConfigError, missing_head
 from .engine import measure_heads
 from .forward import NonFiniteActivation
-from .joblog import provenance
+from .joblog import model_revision, provenance
 from .models import load_model, resolve_device, resolve_dtype
 from .store import open_zarr, write_zarr
 
@@ -78,30 +76,6 @@ def check_model_fits(model, entry: dict[str, Any], seq_len: int | None) -> None:
     for layer, head in entry.get("heads") or []:
         if missing := missing_head(entry["name"], layer, head, cfg.n_layers, cfg.n_heads):
             raise ConfigError(f"config key models[{entry['name']}].heads: {missing}")
-
-
-def model_revision(name: str, checkpoint: str | None) -> str:
-    """What exactly was loaded: the hub commit of the cached snapshot, or a hash of a local
-    checkpoint's weight files ("unknown" when the hub cache does not say)."""
-    if checkpoint is not None:
-        digest = hashlib.sha256()
-        weights = sorted(
-            p for p in Path(checkpoint).iterdir() if p.suffix in (".safetensors", ".bin", ".pt")
-        )
-        for path in weights:
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
-        return f"sha256:{digest.hexdigest()}" if weights else "unknown"
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        repo = official_model_name(name)
-    except ConfigError:  # loaded some other way (e.g. a model object handed in by a test)
-        return "unknown"
-    cached = try_to_load_from_cache(repo, "config.json")
-    if isinstance(cached, str) and "/snapshots/" in cached:
-        return cached.split("/snapshots/")[1].split("/")[0]
-    return "unknown"
 
 
 @contextlib.contextmanager
@@ -218,12 +192,6 @@ def ablate_shard(
     ds = _row_coords(ds, bounds[0])
     if "resample_source" in ds.coords:  # as global row numbers too
         ds = ds.assign_coords(resample_source=ds.resample_source + bounds[0])
-    ds.attrs.update(
-        provenance(
-            **attrs,
-            model_revision=model_revision(entry["name"], checkpoint),
-            seconds=round(seconds, 3),
-        )
-    )
+    ds.attrs.update(provenance(**attrs, model_revision=model_revision(entry["name"], checkpoint)))
     write_zarr(ds, out, chunks={"layer": 1})
     return ds

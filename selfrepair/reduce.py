@@ -14,7 +14,7 @@ import pandas as pd
 import xarray as xr
 
 from .config import top_count
-from .joblog import provenance
+from .joblog import provenance, revision_of
 from .store import open_shards, write_zarr
 from .variables import HEAD_VARIABLES
 
@@ -101,12 +101,9 @@ def summarize_heads(
     *, shards: list[str], top_fraction: float, de_epsilon: float, out: str, attrs: dict[str, Any]
 ) -> xr.Dataset:
     """Workflow stage: the per-head summary over all shards of one (model, ablation)."""
-    summary = head_summary(
-        open_shards(shards, variables=HEAD_VARIABLES),
-        top_fraction=top_fraction,
-        de_epsilon=de_epsilon,
-    )
-    summary.attrs.update(provenance(**attrs))
+    data = open_shards(shards, variables=HEAD_VARIABLES)
+    summary = head_summary(data, top_fraction=top_fraction, de_epsilon=de_epsilon)
+    summary.attrs.update(provenance(**attrs, model_revision=revision_of(data)))
     write_zarr(summary, out)
     return summary
 

@@ -81,20 +81,20 @@ def test_foreign_zarr_store_is_refused(tmp_path):
     xr.Dataset({"tokens": (("row", "tok"), np.zeros((2, 3)))}).to_zarr(
         tmp_path / "foreign.zarr", zarr_format=2, consolidated=True
     )
-    with pytest.raises(ValueError, match="did not write; delete it and rerun"):
+    with pytest.raises(ValueError, match=r"did not write .*; delete .*foreign\.zarr and rerun"):
         store.open_zarr(tmp_path / "foreign.zarr")
 
 
 def test_store_without_expected_variables_is_refused(tmp_path):
     small_store(tmp_path / "s.zarr")
-    with pytest.raises(ValueError, match="lacks variables tokens; delete it"):
+    with pytest.raises(ValueError, match=r"lacks variables tokens; delete .*s\.zarr and rerun"):
         pipeline.read_token_rows(str(tmp_path / "s.zarr"), 0, 1)
 
 
 def test_store_with_a_lost_chunk_is_refused(tmp_path):
     small_store(tmp_path / "s.zarr")
     (tmp_path / "s.zarr" / "x" / "1.0").unlink()
-    with pytest.raises(ValueError, match="damaged: x has 2 of its 3 chunk files"):
+    with pytest.raises(ValueError, match=r"damaged: array x lacks chunk files 1\.0 \(2 of its 3"):
         store.open_zarr(tmp_path / "s.zarr")
 
 

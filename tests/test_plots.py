@@ -3,6 +3,9 @@ titles, labels (in logits) and reference lines; saving is atomic."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -100,6 +103,32 @@ def test_save_figure_writes_every_format_and_no_temporary(tmp_path):
     assert pdf.read_bytes()[:4] == b"%PDF"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["f.pdf", "f.png"]
+
+
+DRAW_AND_SAVE = """
+import sys
+from selfrepair.plots import common
+fig, (ax,) = common.panel_grid(1)
+ax.plot([0, 1], [0, 1], label="a line")
+ax.set_title("a title")
+ax.legend()
+common.save_figure(fig, *sys.argv[1:])
+"""
+
+
+def test_saved_figures_are_undated_and_identical_across_processes(tmp_path):
+    """Two processes drawing the same figure write the same bytes (no creation date)."""
+    names = ("f.pdf", "f.png", "f.svg")
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        paths = [str(tmp_path / run / n) for n in names]
+        subprocess.run([sys.executable, "-c", DRAW_AND_SAVE, *paths], check=True, timeout=120)
+    for name in names:
+        a, b = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
+        assert a == b, name
+    pdf = (tmp_path / "a" / "f.pdf").read_bytes()
+    assert b"/CreationDate" not in pdf and b"/Producer" in pdf
+    assert b"<dc:date>" not in (tmp_path / "a" / "f.svg").read_bytes()
 
 
 def test_save_figure_leaves_old_file_when_rendering_fails(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -22,6 +23,8 @@ import xarray as xr
 import yaml
 
 from selfrepair.clean import decomposition_error
+from selfrepair.joblog import missing_provenance
+from selfrepair.store import open_zarr
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -231,3 +234,77 @@ def test_demo_rerun_has_nothing_to_do(finished_run):
     proc = snakemake("-n", "--cores", "1", "--configfile", configfile, cwd=run, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+# Every kind of store the demo writes (a path pattern under results/ for each).
+STORES = (
+    "*/tokens.zarr",
+    "*/clean/shard-*.zarr",
+    "*/ablation/*/shard-*.zarr",
+    "*/summary/*.zarr",
+    "*/intervals/*.zarr",
+    "*/neurons/selected.zarr",
+    "*/neurons/reductions.zarr",
+    "*/norms/*.zarr",
+    "*/reinforcement/reinforcement.zarr",
+)
+
+
+def test_every_store_records_the_full_provenance(finished_run):
+    """Each store names the model entry, data and engine sections, seed, device, dtype, the
+    weights' revision and the package versions, and no timing (reruns are byte-identical)."""
+    run, _ = finished_run
+    results = run / "results"
+    stores = sorted(results.rglob("*.zarr"))
+    for pattern in STORES:
+        assert list(results.glob(pattern)), pattern
+    assert set(stores) == {p for pattern in STORES for p in results.glob(pattern)}
+    for path in stores:
+        attrs = open_zarr(path).attrs  # open_zarr also checks every chunk file is there
+        assert missing_provenance(attrs) == [], path
+        model = path.relative_to(results).parts[0]
+        assert attrs["model"] == attrs["model_entry"]["name"] == model, path
+        assert attrs["model_revision"].startswith("sha256:"), path  # a trained checkpoint
+        assert "seconds" not in attrs, path
+    tokens = {p.parent.name: open_zarr(p).attrs for p in results.glob("*/tokens.zarr")}
+    for model, attrs in tokens.items():
+        shard = open_zarr(next(results.glob(f"{model}/ablation/*/shard-000.zarr"))).attrs
+        assert attrs["model_revision"] == shard["model_revision"]
+
+
+def test_redrawn_figures_and_tables_are_the_same_bytes(finished_run):
+    """Drawing every figure and table again from the same stores writes identical files (no
+    creation date in PDFs, nothing timed), so two runs of a config give the same results/."""
+    run, configfile = finished_run
+    outputs = sorted(
+        p for name in ("figures", "tables") for p in (run / "results" / name).iterdir()
+    )
+    assert {p.name for p in outputs} >= {f"{stem}.pdf" for stem in FIGURES} | TABLES
+    before = {p: p.read_bytes() for p in outputs}
+    forced = [str(p.relative_to(run)) for p in outputs]
+    proc = snakemake(
+        "--cores", "2", "--configfile", configfile, "--forcerun", *forced, cwd=run, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "rule head_table:" in proc.stdout + proc.stderr  # they were made again
+    assert [p.name for p in outputs if p.read_bytes() != before[p]] == []
+
+
+def test_a_deleted_store_is_made_again_with_everything_downstream(finished_run, tmp_path):
+    """What a damaged store's message says to do: after deleting it, the next run remakes it
+    and every output made from it, and nothing upstream."""
+    run, configfile = finished_run
+    summary = run / "results" / "tiny-pythia" / "summary" / "resample.zarr"
+    aside = tmp_path / "resample.zarr"
+    summary.rename(aside)
+    try:
+        proc = snakemake(
+            "--cores", "2", "--configfile", configfile, "--dry-run", cwd=run, timeout=600
+        )
+    finally:
+        aside.rename(summary)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    jobs = set(re.findall(r"^rule (\w+):", out, flags=re.MULTILINE))
+    assert {"summarize_heads", "head_table", "fig01"} <= jobs, jobs
+    assert not jobs & {"ablate", "clean_cache", "train_model", "tokenize"}, jobs

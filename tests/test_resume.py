@@ -1,6 +1,7 @@
 """A workflow killed (SIGKILL, the whole process group) in the middle of the ablation stage
 resumes: the rerun keeps every shard finished before the kill, and its numbers equal those of
-an uninterrupted run bit for bit.
+an uninterrupted run bit for bit; so does every file of results/ (stores, metrics), byte for
+byte, but the logs and benchmarks (they record times).
 
 Slow: three runs of a toy configuration (one small trained model, four token shards, three
 ablations, up to the per-head summaries).
@@ -8,6 +9,7 @@ ablations, up to the per-head summaries).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -140,5 +142,28 @@ def test_resumed_numbers_equal_an_uninterrupted_run(runs):
         assert set(a.data_vars) == set(b.data_vars), rel
         for name in a.data_vars:
             assert np.array_equal(a[name].values, b[name].values, equal_nan=True), (rel, name)
-        if "model_revision" in a.attrs:
-            assert a.attrs["model_revision"] == b.attrs["model_revision"], rel
+        assert a.attrs["model_revision"] == b.attrs["model_revision"], rel
+        assert "seconds" not in a.attrs, rel
+
+
+# What may differ between two runs of the same config: the logs (timestamps, progress bars) and
+# Snakemake's benchmark files (wall times). Everything else in results/ must be the same bytes.
+TIMED = ("logs", "benchmarks")
+
+
+def result_files(workdir: Path) -> dict[str, str]:
+    """{path under results/: sha256 of its bytes} of every file but the timed ones."""
+    root = workdir / "results"
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).parts[0] not in TIMED
+    }
+
+
+def test_resumed_run_is_byte_identical_to_an_uninterrupted_one(runs):
+    whole, killed, _, _ = runs
+    a, b = result_files(whole), result_files(killed)
+    assert any(".zarr/" in f for f in a) and any(f.endswith("training.json") for f in a)
+    assert sorted(a) == sorted(b)
+    assert [f for f in a if a[f] != b[f]] == []

@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib as mpl
 import numpy as np
 import xarray as xr
 from matplotlib.axes import Axes
@@ -30,13 +31,16 @@ from .captions import head_label  # noqa: F401  (re-exported)
 from .style import PANEL_SIZE, PNG_DPI, REFERENCE_COLOR
 
 IDENTITY_GID = "y=x"
+# Metadata that would date a figure file: left out, so that a rerun writes the same bytes (PNGs
+# carry no date; their "Software" entry is matplotlib's version).
+UNDATED = {fmt: {"CreationDate": None} for fmt in ("pdf", "ps", "eps")} | {"svg": {"Date": None}}
 ZERO_GID = "y=0"
 
 
 def save_figure(fig: Figure, *paths: str | os.PathLike, dpi: int = PNG_DPI) -> None:
     """Save fig to each path (format from the suffix: .pdf, .png, .svg), atomically: written
     under a temporary name in the same directory, then renamed, so a killed job never leaves a
-    truncated figure behind."""
+    truncated figure behind. No creation date is written (reruns give identical files)."""
     if not paths:
         raise ValueError("save_figure needs at least one output path")
     for path in map(Path, paths):
@@ -46,7 +50,9 @@ def save_figure(fig: Figure, *paths: str | os.PathLike, dpi: int = PNG_DPI) -> N
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            fig.savefig(tmp, format=fmt, dpi=dpi)
+            # A fixed salt: SVG element ids are otherwise random per process.
+            with mpl.rc_context({"svg.hashsalt": "selfrepair"}):
+                fig.savefig(tmp, format=fmt, dpi=dpi, metadata=UNDATED.get(fmt))
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -58,5 +58,6 @@ rule tokenize:
         n_rows=sr_config.n_rows(DATA),
         shard_rows=DATA["shard_rows"],
         seed=config["seed"],
+        attrs=run_attrs,
     script:
         "../scripts/tokenize.py"

@@ -23,6 +23,7 @@ with logged(snakemake.log[0]):
         shard_rows=int(params.shard_rows),
         seed=None if seed is None else int(seed),
         tokenizer_dir=str(tokenizer_dir) if tokenizer_dir else None,
+        attrs=dict(params.attrs),
     )
     logging.info(
         "%d rows of %d tokens (tokenizer %s) written to %s",

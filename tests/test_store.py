@@ -1,0 +1,204 @@
+"""Damaged stores never reach a number: every chunk carries a CRC32C checksum verified when it is
+loaded, and the chunk files of every array are compared with what its shape implies. Each kind of
+damage is made in a real ablation shard, clean shard and per-head summary, then the stage that
+reads the store (or a plain load) must stop with one line naming the store, the array and the
+fix, before writing anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from selfrepair import pipeline, reduce, store
+from selfrepair.training import build_model
+from selfrepair.variables import HEAD_VARIABLES
+
+N_CTX, VOCAB = 16, 64
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict[str, Path]:
+    """An ablation shard, a clean shard and a summary, as the workflow writes them."""
+    root = tmp_path_factory.mktemp("stores")
+    checkpoint = str(root / "tiny")
+    build_model("gpt2", VOCAB, 2, 32, 4, N_CTX, seed=0).save_pretrained(checkpoint)
+    rows = np.random.default_rng(0).integers(1, VOCAB, (8, N_CTX), dtype=np.int32)
+    rows[:, 0] = 0
+    tokens = root / "tokens.zarr"
+    store.write_zarr(xr.Dataset({"tokens": (("row", "tok"), rows)}), tokens, chunks={"row": 4})
+    common = dict(
+        tokens=str(tokens),
+        bounds=(0, 8),
+        entry={"name": "tiny"},
+        checkpoint=checkpoint,
+        device="cpu",
+        dtype="float32",
+        batch_size=4,
+        attrs={"seed": 0},
+    )
+    pipeline.ablate_shard(
+        **common,
+        ablation="resample",
+        heads_per_pass=4,
+        mean_include_bos=True,
+        out=str(root / "shard-000.zarr"),
+    )
+    pipeline.clean_shard(**common, out=str(root / "clean-000.zarr"))
+    summarize(root / "shard-000.zarr", root / "summary.zarr")
+    return {
+        "tokens": tokens,
+        "shard": root / "shard-000.zarr",
+        "clean": root / "clean-000.zarr",
+        "summary": root / "summary.zarr",
+    }
+
+
+def summarize(shard: Path, out: Path) -> xr.Dataset:
+    return reduce.summarize_heads(
+        shards=[str(shard)], top_fraction=0.25, de_epsilon=1e-6, out=str(out), attrs={}
+    )
+
+
+def read_summary(summary: Path, out: Path) -> np.ndarray:
+    """A reader of the summary: the numbers a table or figure would draw."""
+    return store.open_zarr(summary)["mean_de_ablated"].values
+
+
+# store kind -> (array damaged, the stage or read that uses it)
+USES = {
+    "shard": ("de_ablated", lambda path, out: summarize(path, out)),
+    "clean": ("de_head", lambda path, out: store.open_zarr(path).load()),
+    "summary": ("mean_de_ablated", read_summary),
+    "tokens": ("tokens", lambda path, out: pipeline.read_token_rows(str(path), 4, 8)),
+}
+
+
+def chunk_files(array: Path) -> list[Path]:
+    return sorted(p for p in array.iterdir() if not p.name.startswith("."))
+
+
+def flip_bit(chunk: Path) -> None:
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    chunk.write_bytes(bytes(data))
+
+
+def truncate(chunk: Path) -> None:
+    chunk.write_bytes(chunk.read_bytes()[:-9])
+
+
+def random_bytes(chunk: Path) -> None:
+    chunk.write_bytes(np.random.default_rng(1).bytes(chunk.stat().st_size))
+
+
+def swap_for_another_file(chunk: Path) -> None:
+    """The chunk deleted and another file put beside it: the file count stays the same."""
+    chunk.unlink()
+    (chunk.parent / "notes.txt").write_text("not a chunk")
+
+
+def overwrite_with_another_chunk(chunk: Path) -> None:
+    """The chunk's bytes replaced by another valid chunk (it passes its own checksum): another
+    chunk of its array, else the same chunk of another array, else any other chunk."""
+    others = [p for p in chunk_files(chunk.parent) if p != chunk]
+    others += [p for p in chunk.parents[1].glob(f"*/{chunk.name}") if p != chunk]
+    others += [p for p in chunk.parents[1].glob("*/[0-9]*") if p.parent != chunk.parent]
+    chunk.write_bytes(others[0].read_bytes())
+
+
+def lost(chunk: Path) -> None:
+    chunk.unlink()
+
+
+def stray_in_store(chunk: Path) -> None:
+    (chunk.parents[1] / "extra").write_bytes(b"stray")
+
+
+def flip_stored_checksum_bit(chunk: Path) -> None:
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 0x01
+    chunk.write_bytes(bytes(data))
+
+
+# Damage to a chunk's content fails its checksum when loaded; damage that changes its last 4
+# bytes (the stored checksum) is already seen when the store is opened.
+CHECKSUM = "a chunk of array {array} fails its CRC32C checksum"
+NOT_WRITTEN = "array {array} chunk {chunk} is not the file written there"
+DAMAGE = {
+    "bit flip": (flip_bit, CHECKSUM),
+    "bit flip in the checksum": (flip_stored_checksum_bit, NOT_WRITTEN),
+    "truncated": (truncate, NOT_WRITTEN),
+    "random bytes": (random_bytes, NOT_WRITTEN),
+    "overwritten": (overwrite_with_another_chunk, NOT_WRITTEN),
+    "swapped": (swap_for_another_file, "array {array} lacks chunk files {chunk} "),
+    "lost": (lost, "array {array} lacks chunk files {chunk} "),
+    "stray in store": (stray_in_store, "stray entries extra in the store"),
+}
+
+
+@pytest.mark.parametrize("kind", ["shard", "clean", "summary", "tokens"])
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_store_stops_its_reader_in_one_line(made, kind, damage, tmp_path):
+    array, use = USES[kind]
+    damaged = tmp_path / made[kind].name
+    shutil.copytree(made[kind], damaged)
+    chunk = chunk_files(damaged / array)[-1]  # the last: in the rows or layer a reader uses
+    make, what = DAMAGE[damage]
+    make(chunk)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(store.DamagedStore) as caught:
+        use(damaged, out)
+    message = str(caught.value)
+    expected = what.format(array=array, chunk=re.escape(chunk.name))
+    assert re.fullmatch(
+        rf"{re.escape(str(damaged))} is damaged: {expected}.*; delete "
+        rf"{re.escape(str(damaged))} and rerun the workflow",
+        message,
+    ), message
+    assert "\n" not in message
+    assert not out.exists()  # nothing was made from it
+
+
+def test_undamaged_stores_read_back_whole(made):
+    for path in made.values():
+        store.open_zarr(path).load()
+    shard = store.open_zarr(made["shard"], variables=HEAD_VARIABLES)
+    summary = summarize(made["shard"], made["shard"].parent / "again.zarr")
+    xr.testing.assert_equal(store.open_zarr(made["summary"]).load(), summary)
+    assert np.isfinite(shard.de_ablated.values).any()
+
+
+def test_every_array_carries_a_checksum(made):
+    for path in made.values():
+        for meta in path.glob("*/.zarray"):
+            assert '"id": "crc32c"' in meta.read_text(), meta
+
+
+def test_chunk_files_are_compared_with_the_shape(tmp_path):
+    path = tmp_path / "s.zarr"
+    ds = xr.Dataset({"x": (("a", "b"), np.zeros((5, 3))), "s": ((), 1.0)})
+    store.write_zarr(ds, path, chunks={"a": 2})
+    recorded = json.loads((path / ".zattrs").read_text())[store.CHUNK_CHECKSUMS]
+    assert set(recorded) == {"x", "s"} and set(recorded["x"]) == {"0.0", "1.0", "2.0"}
+    assert store.chunk_file_problem(path, recorded) is None
+    assert sorted(p.name for p in chunk_files(path / "x")) == ["0.0", "1.0", "2.0"]
+    os.rename(path / "x" / "2.0", path / "x" / "3.0")
+    assert (
+        store.chunk_file_problem(path, recorded)
+        == "array x lacks chunk files 2.0 (2 of its 3 present)"
+    )
+    os.rename(path / "x" / "3.0", path / "x" / "2.0")
+    (path / "x" / "sub").mkdir()
+    (path / "x" / "sub" / "0.0").write_bytes(b"")
+    assert (
+        store.chunk_file_problem(path, recorded)
+        == "array x has stray files sub/0.0 beside its chunks"
+    )
