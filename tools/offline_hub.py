@@ -297,19 +297,29 @@ def fill_datasets_cache(datasets_cache: Path, documents: list[str]) -> str:
     import pyarrow.parquet as pq
     from datasets.packaged_modules.parquet.parquet import Parquet
 
+    org, name = DATASET.split("/")
+    target = datasets_cache / f"{org}___{name}"
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train-00000-of-00001.parquet"
         pq.write_table(pile_table(documents), data)
         commit = hashlib.sha1(_sha256(data).encode()).hexdigest()
+        # With the repo id the builder insists on hf:// data files; without it, it writes
+        # <name>/default-<data files hash>/0.0.0/<commit>, renamed here to the folders an
+        # online load writes, <org>___<name>/default/0.0.0/<commit>.
         builder = Parquet(
-            cache_dir=str(datasets_cache),
-            dataset_name=DATASET.split("/")[-1],
-            repo_id=DATASET,
+            cache_dir=str(Path(tmp) / "cache"),
+            dataset_name=name,
             config_name="default",
             hash=commit,
             data_files={"train": [str(data)]},
         )
         builder.download_and_prepare()
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(Path(tmp) / "cache" / name), target)
+        (config_dir,) = target.glob("default-*")
+        config_dir.rename(target / "default")
     return commit
 
 
