@@ -14,7 +14,6 @@ finished run there instead (its HF_HOME in <dir>/hf).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -136,7 +135,9 @@ def test_every_figure_and_the_report(paper_run):
 def hf_model(hf_home: Path, repo: str):
     from transformers import AutoModelForCausalLM
 
-    snapshot = next((hf_home / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots").iterdir())
+    snapshot = next(
+        (hf_home / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots").iterdir()
+    )
     return AutoModelForCausalLM.from_pretrained(str(snapshot), dtype=torch.float32).eval()
 
 
@@ -179,7 +180,9 @@ def test_clean_and_resample_numbers_match_transformers(paper_run, model):
     for layer, head in CHECKED_HEADS[model]:
         proj = out_projection(ref, layer)
         kept = {}
-        hook = proj.register_forward_pre_hook(lambda m, args: kept.update(z=args[0].clone()))
+        hook = proj.register_forward_pre_hook(
+            lambda module, args, kept=kept: kept.update(z=args[0].clone())
+        )
         with torch.no_grad():
             ref(rows)
         hook.remove()
@@ -197,4 +200,6 @@ def test_clean_and_resample_numbers_match_transformers(paper_run, model):
         got = ablated.logit_diff.sel(layer=layer, head=head).values
         diff = np.abs(expected).max()
         assert diff > 0, (model, layer, head)  # the ablation changes something
-        np.testing.assert_allclose(got, expected, atol=1e-4 * max(1, scale), err_msg=f"L{layer}H{head}")
+        np.testing.assert_allclose(
+            got, expected, atol=1e-4 * max(1, scale), err_msg=f"L{layer}H{head}"
+        )
