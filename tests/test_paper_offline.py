@@ -176,7 +176,9 @@ def test_clean_and_resample_numbers_match_transformers(paper_run, model):
     logit_clean = correct_centred(clean_logits, rows)
     scale = np.abs(logit_clean).max()
     assert scale > 0
-    np.testing.assert_allclose(clean.logit_clean.values, logit_clean, atol=2e-5 * max(1, scale))
+    err = np.abs(clean.logit_clean.values - logit_clean).max()
+    print(f"{model}: |logit_clean| up to {scale:.3g}, off by {err:.2g}")
+    assert err <= 2e-5 * max(1, scale)
     for layer, head in CHECKED_HEADS[model]:
         proj = out_projection(ref, layer)
         kept = {}
@@ -198,8 +200,8 @@ def test_clean_and_resample_numbers_match_transformers(paper_run, model):
             expected = correct_centred(ref(rows).logits, rows) - logit_clean
         hook.remove()
         got = ablated.logit_diff.sel(layer=layer, head=head).values
-        diff = np.abs(expected).max()
-        assert diff > 0, (model, layer, head)  # the ablation changes something
-        np.testing.assert_allclose(
-            got, expected, atol=1e-4 * max(1, scale), err_msg=f"L{layer}H{head}"
-        )
+        size = np.abs(expected).max()
+        assert size > 1e-3, (model, layer, head)  # the ablation changes the logits
+        err = np.abs(got - expected).max()
+        print(f"{model} L{layer}H{head}: |logit_diff| up to {size:.3g}, off by {err:.2g}")
+        assert err <= 1e-5 + 1e-3 * size, (model, layer, head, err, size)
