@@ -77,6 +77,7 @@ print(json.dumps({"err": err, "n_ctx": model.cfg.n_ctx, "name": model.cfg.model_
 """
 
 
+@pytest.mark.slow  # fresh interpreters importing TransformerLens: about 15 s each on 2 free cores
 @pytest.mark.parametrize("n_ctx", [True, False], ids=["hub-config", "config-without-n_ctx"])
 def test_hub_gpt2_loads_offline_with_or_without_n_ctx(tmp_path, n_ctx):
     """gpt2-small by its official name from the hub cache, offline: the hub's config.json (with
@@ -106,6 +107,7 @@ except Exception as err:
 """
 
 
+@pytest.mark.slow
 def test_pile_from_a_hub_download_snapshot(tmp_path):
     """The layout `hf download --repo-type dataset` leaves (which datasets.load_dataset offline
     does not read): read through huggingface_hub's snapshot, its commit the revision."""
@@ -119,6 +121,7 @@ def test_pile_from_a_hub_download_snapshot(tmp_path):
     assert result["where"]["revision"] == commit
 
 
+@pytest.mark.slow
 def test_pile_from_an_online_load_datasets_cache(tmp_path):
     """The layout an online datasets.load_dataset leaves in HF_DATASETS_CACHE: datasets reads it
     offline itself, and the revision is its commit directory."""
