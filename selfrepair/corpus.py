@@ -120,15 +120,54 @@ def _is_saved_dataset(path: Path) -> bool:
     )
 
 
-def hub_documents(
-    path: str, split: str, text_column: str = "text", name: str | None = None
-) -> Iterator[str]:
-    """The `text_column` of a Hugging Face dataset: a hub name (e.g. NeelNanda/pile-10k, split
-    train), a local folder or file that `datasets.load_dataset` reads (.jsonl, .parquet, .csv),
-    or a folder written by `Dataset.save_to_disk`. Null texts are skipped."""
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The hub cache's snapshot of a data set repo (what `hf download --repo-type dataset`
+    leaves, or an earlier online load), found without the network; None when not cached."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, repo_type="dataset", local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
+        return None
+    # A snapshot holding only the data set card (what `load_dataset` fetches first) has no data.
+    return folder if any(p.name != "README.md" for p in folder.iterdir()) else None
+
+
+def datasets_cache_revision(repo_id: str) -> str | None:
+    """The commit of the newest copy of a hub data set that an online `datasets.load_dataset`
+    left in HF_DATASETS_CACHE (<org>___<name>/<config>/<version>/<commit>), or None."""
     import datasets
 
-    local = Path(path)
+    org, _, name = repo_id.rpartition("/")
+    root = Path(datasets.config.HF_DATASETS_CACHE) / "___".join(filter(None, [org, name]))
+    found = [p for p in root.glob("*/*/*") if p.is_dir() and (p / "dataset_info.json").is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime).name if found else None
+
+
+def _is_local(path: str) -> bool:
+    return Path(path).exists() or path.startswith((".", "/", "~"))
+
+
+def resolve_hub_dataset(path: str) -> dict:
+    """Where a `corpus.hub.path` is read from, without the network: {"kind": "local" (a folder,
+    file or save_to_disk folder), "hub_snapshot" (the hub cache's snapshot, with its commit as
+    `revision`) or "hub" (datasets.load_dataset by name: online, or offline from the copy an
+    online load left in HF_DATASETS_CACHE, whose commit is `revision` when there is one)}."""
+    if _is_local(path):
+        return {"kind": "local", "path": str(Path(path).expanduser().resolve())}
+    snapshot = _hub_snapshot(path)
+    if snapshot is not None:
+        return {"kind": "hub_snapshot", "snapshot": str(snapshot), "revision": snapshot.name}
+    return {"kind": "hub", "revision": datasets_cache_revision(path)}
+
+
+def _load_local_dataset(path: str, name: str | None, split: str):
+    """A local copy read by `datasets`: a save_to_disk folder, a folder of data files, or one
+    data file (.jsonl/.json, .parquet, .csv, .txt)."""
+    import datasets
+
+    local = Path(path).expanduser()
     if _is_saved_dataset(local):
         data = datasets.load_from_disk(str(local))
         if isinstance(data, datasets.DatasetDict):
@@ -138,6 +177,30 @@ def hub_documents(
                     "set corpus.hub.split to one of them"
                 )
             data = data[split]
+        return data
+    if local.is_file():
+        builders = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+        builder = builders.get(local.suffix, "text")
+        return datasets.load_dataset(builder, data_files={split: str(local)}, split=split)
+    return datasets.load_dataset(str(local), name, split=split)
+
+
+def hub_documents(
+    path: str, split: str, text_column: str = "text", name: str | None = None
+) -> Iterator[str]:
+    """The `text_column` of a Hugging Face dataset: a hub name (e.g. NeelNanda/pile-10k, split
+    train), read from the hub cache's snapshot when there is one (`hf download` or an earlier
+    run; `datasets.load_dataset` with HF_HUB_OFFLINE=1 does not read those), else by
+    `datasets.load_dataset` (online, or the copy an online load left in HF_DATASETS_CACHE); or a
+    local folder, data file (.jsonl, .parquet, .csv) or `Dataset.save_to_disk` folder. Null texts
+    are skipped."""
+    import datasets
+
+    where = resolve_hub_dataset(path)
+    if where["kind"] == "local":
+        data = _load_local_dataset(path, name, split)
+    elif where["kind"] == "hub_snapshot":
+        data = datasets.load_dataset(where["snapshot"], name, split=split)
     else:
         data = datasets.load_dataset(path, name, split=split)
     columns = list(data.column_names or [])
@@ -289,6 +352,8 @@ def describe_corpus(corpus: dict, split_override: str | None = None) -> dict:
             "split": hub.get("split") or "train",
             "text_column": hub.get("text_column") or "text",
         }
+        if hub.get("path"):
+            info["hub"].update(resolve_hub_dataset(hub["path"]))
         info["datasets_version"] = datasets.__version__
     elif source == "text_files":
         info["files"] = [
@@ -390,6 +455,35 @@ def special_ids(tokenizer) -> tuple[int, int]:
     return int(bos), int(eos)
 
 
+def hub_revision(repo_id: str) -> str | None:
+    """The commit of a hub model's snapshot in the local cache (the one `from_pretrained` reads
+    offline), found from its cached config or tokenizer files; None when not cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("config.json", "tokenizer_config.json", "tokenizer.json"):
+        found = try_to_load_from_cache(repo_id, filename)
+        if isinstance(found, str):
+            return Path(found).parent.name
+    return None
+
+
+def hub_provenance(corpus: dict, model: dict, tokenizer_name: str) -> dict:
+    """Top-level provenance of a token store: the data set (name, split, revision) for a hub
+    corpus and the hub repository and revision of a hub model (None where not applicable)."""
+    info: dict = {}
+    if corpus.get("source") == "hub":
+        hub = corpus.get("hub") or {}
+        where = resolve_hub_dataset(hub["path"])
+        info.update(
+            dataset=hub["path"],
+            dataset_split=hub.get("split") or "train",
+            dataset_revision=where.get("revision"),
+        )
+    if not model.get("path") and "train" not in model:
+        info.update(model_repo=tokenizer_name, model_revision=hub_revision(tokenizer_name))
+    return info
+
+
 def load_tokenizer(model: dict, directory: str | None = None):
     """The tokenizer of a model config {name, path}: from `directory` (a tokenizer or checkpoint
     folder) when given, else from the model's local `path`, else the Hugging Face name that
@@ -437,6 +531,7 @@ def tokenize_to_zarr(
         model_revision=model_revision(model.get("name"), tokenizer_dir),
         corpus=describe_corpus(corpus),
         model=model.get("name"),
+        **hub_provenance(corpus, model, tokenizer_name),
         tokenizer=tokenizer_name,
         vocab_size=len(tokenizer),
         seq_len=seq_len,

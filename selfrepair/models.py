@@ -117,12 +117,32 @@ def random_model(
 def load_model(name: str, path: str | None = None, device: str = "cpu", dtype=torch.float32):
     """A model by TransformerLens name (from the hub) or from a local Hugging Face checkpoint."""
     if path is None:
-        official_model_name(name)  # unknown names fail here, naming the fix
-        model = HookedTransformer.from_pretrained(name, device=device, dtype=dtype, **PROCESSING)
+        official = official_model_name(name)  # unknown names fail here, naming the fix
+        snapshot = _gpt2_snapshot_without_n_ctx(official)
+        if snapshot is None:
+            model = HookedTransformer.from_pretrained(
+                name, device=device, dtype=dtype, **PROCESSING
+            )
+        else:
+            model = load_local_checkpoint(snapshot, device=device, dtype=dtype)
+            model.cfg.model_name = official.split("/")[-1]  # as from_pretrained names it
     else:
         model = load_local_checkpoint(path, device=device, dtype=dtype)
     model.eval()
     return model
+
+
+def _gpt2_snapshot_without_n_ctx(repo_id: str) -> str | None:
+    """The local snapshot of a hub GPT-2 checkpoint whose config.json lacks n_ctx (transformers 5
+    writes none; TransformerLens 3.9's from_pretrained reads it), fetched if needed, so that it
+    is loaded through load_local_checkpoint's config view; None for every other checkpoint."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    config = json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text())
+    if config.get("model_type") != "gpt2" or "n_ctx" in config:
+        return None
+    patterns = ["*.json", "*.txt", "*.safetensors"]
+    return snapshot_download(repo_id, allow_patterns=patterns)
 
 
 def load_local_checkpoint(path: str, device: str = "cpu", dtype=torch.float32) -> HookedTransformer:

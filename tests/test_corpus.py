@@ -253,3 +253,24 @@ def test_tokenize_to_zarr(tokenizer, tmp_path):
     assert sorted(map(tuple, shuffled)) == sorted(map(tuple, expect))
     assert not (shuffled == expect).all() and stored["seed"] == 3
     assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []
+
+
+def test_hub_documents_local_copies_of_the_pile(offline_datasets):
+    """The three local forms config/README.md names for a copy of the Pile (corpus.hub.path):
+    a folder of data files, a save_to_disk folder, a single .jsonl file; the `meta` column of
+    the real data set rides along unread."""
+    import datasets
+
+    texts = [t for t in TEXTS if t]
+    records = [{"text": t, "meta": {"pile_set_name": "Github"}} for t in texts]
+    folder = offline_datasets / "pile-folder"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", records)
+    single = offline_datasets / "pile.jsonl"
+    write_jsonl(single, records)
+    saved = offline_datasets / "pile-saved"
+    datasets.Dataset.from_list(records).save_to_disk(str(saved))
+    for path in (folder, saved, single):
+        corpus = {"source": "hub", "hub": {"path": str(path), "split": "train"}}
+        assert list(sc.documents(corpus)) == texts, path
+        assert sc.describe_corpus(corpus)["hub"]["kind"] == "local"

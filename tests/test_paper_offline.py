@@ -1,0 +1,207 @@
+"""The paper's own configuration, run end to end offline: config/config.yaml with the size-only
+overlay config/paper-ci.yaml (gpt2-small and pythia-160m, official names, the paper's heads),
+through a Hugging Face cache filled by tools/offline_hub.py (random weights, real configs and
+tokenizer sizes; NeelNanda/pile-10k as `hf download` leaves it), with HF_HUB_OFFLINE=1.
+
+Checked: the stores' provenance names the official models, their hub revisions and the Pile by
+`datasets`; every figure and the report are made; no figure whose paper head lives on these two
+models is drawn with a substitute; and the engine's clean logit and resample logit_diff agree
+with Hugging Face transformers' own forward pass of the same checkpoint (not TransformerLens).
+
+Slow: about 10 minutes on 2 free cores (README, "Tests"). SELFREPAIR_PAPER_RUN=<dir> checks a
+finished run there instead (its HF_HOME in <dir>/hf).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import offline_hub  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+MODELS = {"gpt2-small": "gpt2", "pythia-160m": "EleutherAI/pythia-160m"}
+FIGURES = {
+    "fig01_self_repair_per_head",
+    "fig02_de_vs_logit_drop",
+    "fig03_tokens_de_vs_logit_drop",
+    "fig05_tokens_by_ablation",
+    "fig06_ln_share",
+    "fig11_ln_share_unclipped",
+    "fig21-24_de_vs_logit_drop_other_models",
+    "extra_frozen_ln",
+    "fig04_ln_scale_ratio",
+    "fig07_top_repairing_neuron",
+    "fig08_neuron_repair_thresholds",
+    "fig09_self_repression",
+    "fig15_neuron_cumulative_share",
+    "fig16-18_resid_norm_ratio",
+    "fig19_self_repression_scales",
+}
+# The paper's figure heads that are not on gpt2-small or pythia-160m: the overlay names a
+# substitute for each, and the caption says so.
+SUBSTITUTED = ("pythia-1b", "pythia-410m L22H11", "pythia-410m L17H4", "gpt2-medium L21H1")
+# Heads compared with transformers: paper heads on each model, and a first-layer one.
+CHECKED_HEADS = {"gpt2-small": [(9, 11), (11, 3), (0, 5)], "pythia-160m": [(11, 2), (7, 8), (0, 5)]}
+
+
+def environment(hf_home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1")
+    return env
+
+
+def snakemake(run: Path, hf_home: Path, *args: str, timeout: int) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--configfile", "config/paper-ci.yaml", *args],
+        cwd=run,
+        env=environment(hf_home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    (run / f"snakemake{'-report' if '--report' in args else ''}.log").write_text(proc.stderr)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """(run directory, HF_HOME, {repo: commit}) of a finished reduced paper run with its report."""
+    given = os.environ.get("SELFREPAIR_PAPER_RUN")
+    if given:
+        run = Path(given)
+        hf_home = run / "hf"
+    else:
+        run = tmp_path_factory.mktemp("paper-run")
+        for name in ("workflow", "config", "selfrepair"):
+            (run / name).symlink_to(ROOT / name)
+        hf_home = run / "hf"
+        offline_hub.fill(hf_home, list(MODELS))
+        snakemake(run, hf_home, "--cores", "2", timeout=3600)
+        snakemake(run, hf_home, "--cores", "1", "--report", "report.zip", timeout=900)
+    commits = {}
+    for repo_dir in (hf_home / "hub").iterdir():
+        kind, _, name = repo_dir.name.partition("--")
+        commits[name.replace("--", "/")] = (repo_dir / "refs" / "main").read_text().strip()
+    return run, hf_home, commits
+
+
+def test_stores_record_official_models_and_the_pile_by_datasets(paper_run):
+    run, _, commits = paper_run
+    for model, repo in MODELS.items():
+        attrs = xr.open_zarr(run / "results" / model / "tokens.zarr").attrs
+        assert attrs["model"] == model and attrs["model_repo"] == repo
+        assert attrs["model_revision"] == commits[repo]
+        assert attrs["dataset"] == "NeelNanda/pile-10k" and attrs["dataset_split"] == "train"
+        assert attrs["dataset_revision"] == commits["NeelNanda/pile-10k"]
+        assert attrs["corpus"]["source"] == "hub"
+        assert attrs["corpus"]["hub"]["kind"] == "hub_snapshot"
+        assert "datasets_version" in attrs["corpus"]
+        for store in (run / "results" / model).glob("*/*/shard-000.zarr"):
+            assert xr.open_zarr(store).attrs["model_revision"] == commits[repo], store
+
+
+def test_every_figure_and_the_report(paper_run):
+    run, _, _ = paper_run
+    made = {p.stem for p in (run / "results" / "figures").glob("*.png")}
+    assert made >= FIGURES
+    with zipfile.ZipFile(run / "report.zip") as archive:
+        names = archive.namelist()
+        page = archive.read(next(n for n in names if n.endswith("report.html"))).decode()
+    assert {f"{stem}.png" for stem in FIGURES} <= {Path(n).name for n in names}
+    # Only the figures whose paper model is absent are substituted, and they say so.
+    for paper in SUBSTITUTED:
+        assert f"substitute for the paper's {paper}" in page, paper
+    assert page.count("substitute for the paper's") == page.count(
+        "substitute for the paper's pythia-1b"
+    ) + page.count("substitute for the paper's pythia-410m") + page.count(
+        "substitute for the paper's gpt2-medium"
+    )
+    for model in MODELS:
+        assert f"substitute for the paper's {model}" not in page
+
+
+def hf_model(hf_home: Path, repo: str):
+    from transformers import AutoModelForCausalLM
+
+    snapshot = next(
+        (hf_home / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots").iterdir()
+    )
+    return AutoModelForCausalLM.from_pretrained(str(snapshot), dtype=torch.float32).eval()
+
+
+def out_projection(model, layer: int):
+    """The attention output projection of a layer, whose input holds the heads' z side by side
+    (GPT-2: c_proj; GPT-NeoX: dense)."""
+    if hasattr(model, "transformer"):
+        return model.transformer.h[layer].attn.c_proj
+    return model.gpt_neox.layers[layer].attention.dense
+
+
+def correct_centred(logits: torch.Tensor, tokens: torch.Tensor) -> np.ndarray:
+    """Centred logit (minus the mean over the vocabulary) of each next token, [row, pos]."""
+    centred = logits - logits.mean(-1, keepdim=True)
+    return centred[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0].double().numpy()
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_clean_and_resample_numbers_match_transformers(paper_run, model):
+    """logit_clean and resample logit_diff against transformers' forward pass: the head's slice
+    of the output projection's input replaced by the resample partner row's (the value bias's
+    constant part cancels), the correct token's centred logit compared."""
+    run, hf_home, _ = paper_run
+    results = run / "results" / model
+    tokens = torch.from_numpy(xr.open_zarr(results / "tokens.zarr").tokens.values.astype(np.int64))
+    clean = xr.open_zarr(results / "clean" / "shard-000.zarr")
+    ablated = xr.open_zarr(results / "ablation" / "resample" / "shard-000.zarr")
+    rows = tokens[: clean.sizes["batch"]]
+    source = torch.as_tensor(ablated.resample_source.values).long()
+    ref = hf_model(hf_home, MODELS[model])
+    d_head = ref.config.hidden_size // (
+        ref.config.n_head if hasattr(ref.config, "n_head") else ref.config.num_attention_heads
+    )
+    with torch.no_grad():
+        clean_logits = ref(rows).logits
+    logit_clean = correct_centred(clean_logits, rows)
+    scale = np.abs(logit_clean).max()
+    assert scale > 0
+    err = np.abs(clean.logit_clean.values - logit_clean).max()
+    print(f"{model}: |logit_clean| up to {scale:.3g}, off by {err:.2g}")
+    assert err <= 1e-5 * max(1, scale)
+    for layer, head in CHECKED_HEADS[model]:
+        proj = out_projection(ref, layer)
+        kept = {}
+        hook = proj.register_forward_pre_hook(
+            lambda module, args, kept=kept: kept.update(z=args[0].clone())
+        )
+        with torch.no_grad():
+            ref(rows)
+        hook.remove()
+        part = slice(head * d_head, (head + 1) * d_head)
+
+        def resample(module, args, part=part, z=kept["z"]):
+            x = args[0].clone()
+            x[..., part] = z[source][..., part]
+            return (x,)
+
+        hook = proj.register_forward_pre_hook(resample)
+        with torch.no_grad():
+            expected = correct_centred(ref(rows).logits, rows) - logit_clean
+        hook.remove()
+        got = ablated.logit_diff.sel(layer=layer, head=head).values
+        size = np.abs(expected).max()
+        assert size > 1e-3, (model, layer, head)  # the ablation changes the logits
+        err = np.abs(got - expected).max()
+        print(f"{model} L{layer}H{head}: |logit_diff| up to {size:.3g}, off by {err:.2g}")
+        assert err <= 1e-5 + 2e-4 * size, (model, layer, head, err, size)

@@ -1,0 +1,370 @@
+"""Fill a Hugging Face cache (an HF_HOME folder) with the paper's models and data set, offline.
+
+Random weights, real shapes: every checkpoint carries the real model's config.json (layers,
+heads, widths, rotary fraction, parallel residual, vocabulary, context; a GPT-2 config.json with
+n_ctx, as the hub's files have it) and a tokenizer of the real class and vocabulary size (a
+byte-level BPE trained here on the Python standard library's sources). The data set
+NeelNanda/pile-10k gets a train split in the real columns (`text`, and `meta` with
+`pile_set_name`), its text the standard library's sources and pydoc topics. So, with
+HF_HUB_OFFLINE=1 and HF_HOME pointing here, TransformerLens' `from_pretrained("pythia-160m")`
+and the workflow's corpus loader resolve the paper's names as they would online; only the
+numbers differ (random weights, other text).
+
+Layouts (the real ones, as huggingface_hub and datasets write them):
+- models, and the data set by default: HF_HOME/hub/{models,datasets}--<org>--<name>/ with
+  blobs/, snapshots/<commit>/<file> (links to the blobs) and refs/main, what `hf download`
+  leaves;
+- `--datasets-cache`: the data set instead as an online `datasets.load_dataset` leaves it,
+  HF_HOME/datasets/NeelNanda___pile-10k/default/0.0.0/<commit>/ (Arrow files and
+  dataset_info.json).
+
+The commits are sha1 digests of the files written (stable across runs), not the hub's.
+
+Usage:
+    python tools/offline_hub.py HF_HOME [--models gpt2-small pythia-160m ...] [--documents N]
+                                        [--datasets-cache]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATASET = "NeelNanda/pile-10k"
+EOT = "<|endoftext|>"
+PAD = "<|padding|>"
+
+# The hub's config.json of each model, value for value (GPT-2: gpt2, gpt2-medium; Pythia:
+# EleutherAI/pythia-*, the final checkpoint), by TransformerLens name.
+_GPT2 = {
+    "activation_function": "gelu_new",
+    "architectures": ["GPT2LMHeadModel"],
+    "attn_pdrop": 0.1,
+    "bos_token_id": 50256,
+    "embd_pdrop": 0.1,
+    "eos_token_id": 50256,
+    "initializer_range": 0.02,
+    "layer_norm_epsilon": 1e-05,
+    "model_type": "gpt2",
+    "n_ctx": 1024,
+    "n_positions": 1024,
+    "resid_pdrop": 0.1,
+    "summary_activation": None,
+    "summary_first_dropout": 0.1,
+    "summary_proj_to_labels": True,
+    "summary_type": "cls_index",
+    "summary_use_proj": True,
+    "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
+    "vocab_size": 50257,
+}
+_PYTHIA = {
+    "architectures": ["GPTNeoXForCausalLM"],
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+    "hidden_act": "gelu",
+    "initializer_range": 0.02,
+    "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 2048,
+    "model_type": "gpt_neox",
+    "rotary_emb_base": 10000,
+    "rotary_pct": 0.25,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float16",
+    "transformers_version": "4.24.0",
+    "use_cache": True,
+    "use_parallel_residual": True,
+    "vocab_size": 50304,
+}
+MODELS = {
+    "gpt2-small": {**_GPT2, "n_embd": 768, "n_head": 12, "n_layer": 12},
+    "gpt2-medium": {**_GPT2, "n_embd": 1024, "n_head": 16, "n_layer": 24, "n_special": 0},
+    "pythia-160m": {
+        **_PYTHIA,
+        **{"hidden_size": 768, "intermediate_size": 3072},
+        **{"num_attention_heads": 12, "num_hidden_layers": 12},
+    },
+    "pythia-410m": {
+        **_PYTHIA,
+        **{"hidden_size": 1024, "intermediate_size": 4096},
+        **{"num_attention_heads": 16, "num_hidden_layers": 24},
+    },
+    "pythia-1b": {
+        **_PYTHIA,
+        **{"hidden_size": 2048, "intermediate_size": 8192},
+        **{"num_attention_heads": 8, "num_hidden_layers": 16},
+    },
+}
+# Tokenizer vocabulary sizes: GPT-2 50,257 (<|endoftext|> last); Pythia's GPT-NeoX tokenizer
+# 50,277 (<|endoftext|> 0, <|padding|> 1; the model's 50,304 rows leave padding room).
+GPT2_VOCAB, NEOX_VOCAB = 50257, 50277
+
+
+def repo_for(name: str) -> str:
+    """The hub repository TransformerLens loads for a model name (its own alias table)."""
+    from selfrepair.config import official_model_name
+
+    return official_model_name(name)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_snapshot(hub_cache: Path, repo_id: str, repo_type: str, files: Path) -> str:
+    """Move the files under `files` into hub_cache as one snapshot of repo_id (blobs named by
+    sha256, snapshot entries linking to them, refs/main naming the commit); returns the
+    commit (sha1 over the files' paths and digests)."""
+    entries = sorted(p for p in files.rglob("*") if p.is_file())
+    digests = {p.relative_to(files).as_posix(): _sha256(p) for p in entries}
+    commit = hashlib.sha1(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+    repo = hub_cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    if repo.exists():
+        shutil.rmtree(repo)
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    for path in entries:
+        rel = path.relative_to(files).as_posix()
+        blob = repo / "blobs" / digests[rel]
+        if not blob.exists():
+            shutil.move(str(path), blob)
+        link = repo / "snapshots" / commit / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs" / "main").write_text(commit)
+    return commit
+
+
+def stdlib_documents() -> list[str]:
+    """Every document of the offline corpus the demo uses (all splits, sorted by path)."""
+    from selfrepair.corpus import python_stdlib_documents
+
+    return list(python_stdlib_documents("all"))
+
+
+def train_bpe(documents: list[str], vocab_size: int, specials: list[str]):
+    """A GPT-2 style byte-level BPE (tokenizers' backend) of exactly vocab_size tokens with the
+    special tokens first; the caller reorders for GPT-2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(documents, trainer=trainer)
+    if backend.get_vocab_size() != vocab_size:
+        raise RuntimeError(
+            f"the corpus gave a BPE of {backend.get_vocab_size()} tokens, not {vocab_size}"
+        )
+    return backend
+
+
+def _bpe_files(backend) -> tuple[dict[str, int], list[str]]:
+    model = json.loads(backend.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return model["vocab"], merges
+
+
+def gpt2_tokenizer_files(documents: list[str], out: Path) -> None:
+    """GPT-2's tokenizer files (vocab.json, merges.txt, tokenizer.json, tokenizer_config.json):
+    256 bytes and 50,000 merges, then <|endoftext|> as id 50256, as the real vocabulary is laid
+    out."""
+    from tokenizers import AddedToken, Tokenizer
+
+    backend = train_bpe(documents, GPT2_VOCAB - 1, [])
+    vocab, merges = _bpe_files(backend)
+    vocab = {token: i for i, token in enumerate(sorted(vocab, key=vocab.get))}
+    vocab[EOT] = GPT2_VOCAB - 1
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    spec = json.loads(backend.to_str())
+    spec["model"]["vocab"] = vocab
+    full = Tokenizer.from_str(json.dumps(spec))
+    full.add_special_tokens([AddedToken(EOT, special=True, normalized=True)])
+    full.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1024}))
+
+
+def neox_tokenizer_files(documents: list[str], out: Path) -> None:
+    """Pythia's tokenizer files (tokenizer.json, tokenizer_config.json,
+    special_tokens_map.json): GPTNeoXTokenizer, <|endoftext|> 0 and <|padding|> 1."""
+    backend = train_bpe(documents, NEOX_VOCAB, [EOT, PAD])
+    backend.save(str(out / "tokenizer.json"))
+    specials = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+    (out / "special_tokens_map.json").write_text(json.dumps(specials))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps({"add_prefix_space": False, "tokenizer_class": "GPTNeoXTokenizer", **specials})
+    )
+
+
+def weight_files(config: dict, out: Path, seed: int) -> None:
+    """model.safetensors of a randomly initialised model of this config (Hugging Face's own
+    initialisation, seeded), keyed and typed as the hub's file: GPT-2 float32 without the
+    `transformer.` prefix and without the tied lm_head, Pythia float16."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf_config = AutoConfig.for_model(**config)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    if config["model_type"] == "gpt2":
+        state = model.transformer.state_dict()
+    else:
+        state = {k: v.half() for k, v in model.state_dict().items()}
+    state = {k: v.contiguous() for k, v in state.items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}
+    (out / "generation_config.json").write_text(json.dumps(generation))
+
+
+def fill_model(
+    hub_cache: Path, name: str, documents: list[str], tokenizers_dir: Path, seed: int
+) -> tuple[str, str]:
+    """One model's snapshot: real config.json, random weights, trained tokenizer. Returns
+    (repo id, commit)."""
+    repo_id = repo_for(name)
+    config = MODELS[name]
+    family = config["model_type"]
+    tokenizer = tokenizers_dir / family
+    if not tokenizer.exists():
+        tokenizer.mkdir(parents=True)
+        if family == "gpt2":
+            gpt2_tokenizer_files(documents, tokenizer)
+        else:
+            neox_tokenizer_files(documents, tokenizer)
+    with tempfile.TemporaryDirectory(dir=hub_cache) as tmp:
+        files = Path(tmp)
+        for item in tokenizer.iterdir():
+            shutil.copy(item, files / item.name)
+        (files / "config.json").write_text(json.dumps(config, indent=2))
+        weight_files(config, files, seed)
+        commit = write_snapshot(hub_cache, repo_id, "model", files)
+    return repo_id, commit
+
+
+def pile_table(documents: list[str]):
+    """The pile-10k train split's columns: text, and meta {pile_set_name} (a struct, as the
+    real data set's parquet file has it)."""
+    import pyarrow as pa
+
+    meta = [{"pile_set_name": "Python standard library (offline stand-in)"}] * len(documents)
+    return pa.table({"text": documents, "meta": meta})
+
+
+def fill_dataset_hub(hub_cache: Path, documents: list[str]) -> str:
+    """NeelNanda/pile-10k as `hf download --repo-type dataset` leaves it: data/*.parquet and a
+    README.md with the data set's configs. Returns the commit."""
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory(dir=hub_cache) as tmp:
+        files = Path(tmp)
+        (files / "data").mkdir()
+        pq.write_table(pile_table(documents), files / "data" / "train-00000-of-00001.parquet")
+        (files / "README.md").write_text(
+            "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+            "    path: data/train-*\n---\nOffline stand-in for NeelNanda/pile-10k written by "
+            "tools/offline_hub.py: the Python standard library's sources, real columns.\n"
+        )
+        return write_snapshot(hub_cache, DATASET, "dataset", files)
+
+
+def fill_datasets_cache(datasets_cache: Path, documents: list[str]) -> str:
+    """NeelNanda/pile-10k as an online `datasets.load_dataset("NeelNanda/pile-10k")` leaves it
+    in HF_DATASETS_CACHE: the parquet builder run with the hub's repo id, data set name and
+    commit, so datasets' offline fallback finds NeelNanda___pile-10k/default/0.0.0/<commit>.
+    Returns the commit."""
+    import pyarrow.parquet as pq
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    org, name = DATASET.split("/")
+    target = datasets_cache / f"{org}___{name}"
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "train-00000-of-00001.parquet"
+        pq.write_table(pile_table(documents), data)
+        commit = hashlib.sha1(_sha256(data).encode()).hexdigest()
+        # With the repo id the builder insists on hf:// data files; without it, it writes
+        # <name>/default-<data files hash>/0.0.0/<commit>, renamed here to the folders an
+        # online load writes, <org>___<name>/default/0.0.0/<commit>.
+        builder = Parquet(
+            cache_dir=str(Path(tmp) / "cache"),
+            dataset_name=name,
+            config_name="default",
+            hash=commit,
+            data_files={"train": [str(data)]},
+        )
+        builder.download_and_prepare()
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(Path(tmp) / "cache" / name), target)
+        (config_dir,) = target.glob("default-*")
+        config_dir.rename(target / "default")
+    return commit
+
+
+def fill(
+    hf_home: Path,
+    models: list[str],
+    n_documents: int | None = None,
+    datasets_cache: bool = False,
+    seed: int = 0,
+) -> dict:
+    """Fill hf_home (see the module docstring); returns {repo id: commit}."""
+    hub_cache = hf_home / "hub"
+    hub_cache.mkdir(parents=True, exist_ok=True)
+    documents = stdlib_documents()
+    commits = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for index, name in enumerate(models):
+            t0 = time.perf_counter()
+            repo_id, commit = fill_model(hub_cache, name, documents, Path(tmp), seed + index)
+            commits[repo_id] = commit
+            print(f"{name}: {repo_id}@{commit} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    pile = documents if n_documents is None else documents[:n_documents]
+    if datasets_cache:
+        commits[DATASET] = fill_datasets_cache(hf_home / "datasets", pile)
+    else:
+        commits[DATASET] = fill_dataset_hub(hub_cache, pile)
+    print(f"{DATASET}: {len(pile)} documents @{commits[DATASET]}", flush=True)
+    return commits
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("hf_home", type=Path, help="the folder to fill (use it as HF_HOME)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--documents", type=int, default=None, help="pile-10k rows (all)")
+    parser.add_argument(
+        "--datasets-cache",
+        action="store_true",
+        help="write the data set as an online datasets.load_dataset leaves it, not as "
+        "`hf download` does",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    fill(args.hf_home, args.models, args.documents, args.datasets_cache, args.seed)
+
+
+if __name__ == "__main__":
+    main()
