@@ -25,14 +25,6 @@ sr_config.check_hub_names(MODELS)
 sr_config.check_run(config, MODELS)
 
 
-# device/dtype against this machine's CUDA devices, after planning and before the first job, when
-# the jobs run here. onstart is the first point where Snakemake knows the executor; on a cluster
-# (SLURM) the login node says nothing about the nodes, whose model load fails in the same line.
-onstart:
-    if workflow.local_exec:
-        sr_config.check_machine(config)
-
-
 DATA = config["data"]
 ENGINE = config["engine"]
 ABLATIONS = config["ablations"]
