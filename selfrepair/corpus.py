@@ -455,21 +455,10 @@ def special_ids(tokenizer) -> tuple[int, int]:
     return int(bos), int(eos)
 
 
-def hub_revision(repo_id: str) -> str | None:
-    """The commit of a hub model's snapshot in the local cache (the one `from_pretrained` reads
-    offline), found from its cached config or tokenizer files; None when not cached."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for filename in ("config.json", "tokenizer_config.json", "tokenizer.json"):
-        found = try_to_load_from_cache(repo_id, filename)
-        if isinstance(found, str):
-            return Path(found).parent.name
-    return None
-
-
 def hub_provenance(corpus: dict, model: dict, tokenizer_name: str) -> dict:
     """Top-level provenance of a token store: the data set (name, split, revision) for a hub
-    corpus and the hub repository and revision of a hub model (None where not applicable)."""
+    corpus and the hub repository of a hub model (its revision is joblog.model_revision's, as on
+    every store)."""
     info: dict = {}
     if corpus.get("source") == "hub":
         hub = corpus.get("hub") or {}
@@ -480,7 +469,7 @@ def hub_provenance(corpus: dict, model: dict, tokenizer_name: str) -> dict:
             dataset_revision=where.get("revision"),
         )
     if not model.get("path") and "train" not in model:
-        info.update(model_repo=tokenizer_name, model_revision=hub_revision(tokenizer_name))
+        info.update(model_repo=tokenizer_name)
     return info
 
 

@@ -42,27 +42,45 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def train_tokenizer(documents: Iterable[str], vocab_size: int, out_dir):
-    """A byte-level BPE of vocab_size tokens trained on documents, GPT-2 pre-tokenizer and
-    decoder, one special token `<|endoftext|>` (id 0) serving as BOS, EOS, UNK and PAD.
-    Saved with save_pretrained into out_dir (atomically) and returned as a fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+def byte_level_bpe(
+    documents: Iterable[str], vocab_size: int, specials: list[str], min_frequency: int
+):
+    """A GPT-2 style byte-level BPE (tokenizers' backend: GPT-2 pre-tokenizer, decoder and
+    post-processor, all 256 bytes in the alphabet) of at most vocab_size tokens, the special
+    tokens first, trained on documents.
 
-    if vocab_size < 257 + 1:
-        raise ValueError(f"vocab_size must exceed 257 (256 bytes + {SPECIAL}), got {vocab_size}")
+    Args:
+        documents: the training texts.
+        vocab_size: tokens in all, specials and bytes included.
+        specials: special tokens, given the first ids.
+        min_frequency: a merge must occur this often.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=[SPECIAL],
+        min_frequency=min_frequency,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(documents, trainer=trainer)
+    return backend
+
+
+def train_tokenizer(documents: Iterable[str], vocab_size: int, out_dir):
+    """A byte-level BPE of vocab_size tokens trained on documents, GPT-2 pre-tokenizer and
+    decoder, one special token `<|endoftext|>` (id 0) serving as BOS, EOS, UNK and PAD.
+    Saved with save_pretrained into out_dir (atomically) and returned as a fast tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 257 + 1:
+        raise ValueError(f"vocab_size must exceed 257 (256 bytes + {SPECIAL}), got {vocab_size}")
+    backend = byte_level_bpe(documents, vocab_size, [SPECIAL], min_frequency=2)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=SPECIAL,

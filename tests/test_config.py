@@ -6,20 +6,13 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, SCHEMA, load, merged
 from snakemake.utils import validate
 
 import selfrepair.config as sr_config
-
-ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
-
-
-def load(name: str) -> dict:
-    return yaml.safe_load((ROOT / "config" / name).read_text())
 
 
 def message_for(config: dict) -> str:
@@ -119,17 +112,6 @@ def test_snakemake_reports_a_bad_config_in_one_line(tmp_path):
 
 
 # --- figures: the paper's model and heads, or a named substitute ------------------------------
-
-
-def merged(base: dict, extra: dict) -> dict:
-    """Snakemake's --configfile merge: mappings key by key, everything else replaced."""
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def test_paper_config_shows_the_papers_heads_without_substitutes():

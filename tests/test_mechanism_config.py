@@ -3,36 +3,17 @@ the demo, and one-line errors naming the key for heads or models that do not exi
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, SCHEMA, load, merged
 from snakemake.utils import validate
 
 import selfrepair.config as sr_config
 from selfrepair.mechanism_config import heads_by_model, mechanism_targets, model_dims
-
-ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
-
-
-def load(name: str) -> dict:
-    return yaml.safe_load((ROOT / "config" / name).read_text())
-
-
-def merged(base: dict, extra: dict) -> dict:
-    """Snakemake's --configfile merge: mappings key by key, everything else replaced."""
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def paper() -> dict:

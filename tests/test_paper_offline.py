@@ -28,27 +28,11 @@ import xarray as xr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import offline_hub  # noqa: E402
+from helpers import FIGURES  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 MODELS = {"gpt2-small": "gpt2", "pythia-160m": "EleutherAI/pythia-160m"}
-FIGURES = {
-    "fig01_self_repair_per_head",
-    "fig02_de_vs_logit_drop",
-    "fig03_tokens_de_vs_logit_drop",
-    "fig05_tokens_by_ablation",
-    "fig06_ln_share",
-    "fig11_ln_share_unclipped",
-    "fig21-24_de_vs_logit_drop_other_models",
-    "extra_frozen_ln",
-    "fig04_ln_scale_ratio",
-    "fig07_top_repairing_neuron",
-    "fig08_neuron_repair_thresholds",
-    "fig09_self_repression",
-    "fig15_neuron_cumulative_share",
-    "fig16-18_resid_norm_ratio",
-    "fig19_self_repression_scales",
-}
 # The paper's figure heads that are not on gpt2-small or pythia-160m: the overlay names a
 # substitute for each, and the caption says so.
 SUBSTITUTED = ("pythia-1b", "pythia-410m L22H11", "pythia-410m L17H4", "gpt2-medium L21H1")

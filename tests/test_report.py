@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from helpers import FIGURES
 
 from selfrepair.clean import decomposition_error
 from selfrepair.joblog import missing_provenance
@@ -29,25 +30,6 @@ from selfrepair.store import open_zarr
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-# The figures and tables of the workflow (the file name stems of results/figures/*.png).
-FIGURES = {
-    "fig01_self_repair_per_head",
-    "fig02_de_vs_logit_drop",
-    "fig03_tokens_de_vs_logit_drop",
-    "fig05_tokens_by_ablation",
-    "fig06_ln_share",
-    "fig11_ln_share_unclipped",
-    "fig21-24_de_vs_logit_drop_other_models",
-    "extra_frozen_ln",
-    # rules/mechanisms.smk
-    "fig04_ln_scale_ratio",
-    "fig07_top_repairing_neuron",
-    "fig08_neuron_repair_thresholds",
-    "fig09_self_repression",
-    "fig15_neuron_cumulative_share",
-    "fig16-18_resid_norm_ratio",
-    "fig19_self_repression_scales",
-}
 TABLES = {"head_summary.csv", "head_summary.html"}
 # The demo's substitutes picked at run time (results/<model>/substitutes/<key>.json).
 PICKS = {"fig03", "fig05", "fig04", "fig16_18", "fig07", "fig08-0", "fig08-1", "fig08-2"} | {

@@ -9,7 +9,6 @@ ablations, up to the per-head summaries).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import result_files
 from toy import toy_model
 
 from selfrepair.store import open_zarr
@@ -144,21 +144,6 @@ def test_resumed_numbers_equal_an_uninterrupted_run(runs):
             assert np.array_equal(a[name].values, b[name].values, equal_nan=True), (rel, name)
         assert a.attrs["model_revision"] == b.attrs["model_revision"], rel
         assert "seconds" not in a.attrs, rel
-
-
-# What may differ between two runs of the same config: the logs (timestamps, progress bars) and
-# Snakemake's benchmark files (wall times). Everything else in results/ must be the same bytes.
-TIMED = ("logs", "benchmarks")
-
-
-def result_files(workdir: Path) -> dict[str, str]:
-    """{path under results/: sha256 of its bytes} of every file but the timed ones."""
-    root = workdir / "results"
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.relative_to(root).parts[0] not in TIMED
-    }
 
 
 def test_resumed_run_is_byte_identical_to_an_uninterrupted_one(runs):

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import result_files
 from toy import toy_model
 
 from selfrepair.store import open_zarr
@@ -279,3 +280,14 @@ def test_outputs_equal_a_local_run(runs):
     assert figures and figures == sorted(
         p.name for p in (runs["cluster"] / "results" / "figures").glob("*.png")
     )
+
+
+def test_every_result_file_is_the_same_bytes_as_the_local_run(runs):
+    """Two independent runs of one config (here, and through SLURM with a cancelled and
+    resubmitted shard) write the same bytes: every store, figure (PDF and PNG), table, pick
+    record and JSON under results/, the logs and benchmark timings aside."""
+    local, cluster = result_files(runs["local"]), result_files(runs["cluster"])
+    for kind in (".zarr/", ".pdf", ".png", ".csv", ".html", ".json"):
+        assert any(kind in f for f in local), kind
+    assert sorted(local) == sorted(cluster)
+    assert [f for f in local if local[f] != cluster[f]] == []

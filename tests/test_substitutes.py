@@ -4,15 +4,13 @@ caption sentences, and the config checks of `substitute: {model, pick}`."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
-import yaml
+from helpers import SCHEMA, load, merged
 from snakemake.utils import validate
 
 import selfrepair.config as sr_config
@@ -29,8 +27,6 @@ from selfrepair.substitutes import (
     resolve_params,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
 NAN = math.nan
 
 
@@ -209,20 +205,6 @@ def test_pick_stage_writes_the_record_that_figures_and_stages_read(tmp_path):
 
 
 # --- config ---------------------------------------------------------------------------------
-
-
-def load(name: str) -> dict:
-    return yaml.safe_load((ROOT / "config" / name).read_text())
-
-
-def merged(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def demo() -> dict:

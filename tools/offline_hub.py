@@ -158,20 +158,9 @@ def stdlib_documents() -> list[str]:
 def train_bpe(documents: list[str], vocab_size: int, specials: list[str]):
     """A GPT-2 style byte-level BPE (tokenizers' backend) of exactly vocab_size tokens with the
     special tokens first; the caller reorders for GPT-2."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from selfrepair.training import byte_level_bpe
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=1,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(documents, trainer=trainer)
+    backend = byte_level_bpe(documents, vocab_size, specials, min_frequency=1)
     if backend.get_vocab_size() != vocab_size:
         raise RuntimeError(
             f"the corpus gave a BPE of {backend.get_vocab_size()} tokens, not {vocab_size}"
