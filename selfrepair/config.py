@@ -613,6 +613,20 @@ class FigureTarget:
             f"{self.label(self.paper_model, self.paper_heads)} ({self.reason})."
         )
 
+    def announcement(self) -> str | None:
+        """What the run says at its start about a substitute: substitution(), or for a pick not
+        yet made, the rule that will make it."""
+        if self.picked and self.selected_by is None:
+            pick = self.pick
+            heads = f"{pick['n']} head{'s' if pick['n'] > 1 else ''}"
+            rank = f" from rank {pick['rank']}" if pick["rank"] > 1 else ""
+            return (
+                f"{self.model}'s {heads} by {pick['criterion']}{rank}, picked at run time, "
+                f"in place of the paper's {self.label(self.paper_model, self.paper_heads)} "
+                f"({self.reason})."
+            )
+        return self.substitution()
+
     def as_params(self) -> dict[str, Any]:
         """Plain types for Snakemake params (scripts rebuild nothing from it but read it)."""
         return {

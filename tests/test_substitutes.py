@@ -233,6 +233,25 @@ def test_demo_picks_every_substitute_by_the_papers_criteria():
     assert all(t.picked for ts in mech.values() for t in ts)
 
 
+def test_the_run_start_announces_picks_before_they_are_made():
+    """onstart (workflow/Snakefile) prints every substitute before any job: a pick not yet made
+    is named by its rule, never by heads it does not have yet."""
+    config = demo()
+    figures = sr_config.figure_targets(config)
+    assert figures["fig03"].announcement() == (
+        "tiny-pythia's 4 heads by largest_top_de, picked at run time, in place of the paper's "
+        "pythia-410m L22H11, L20H6, L23H1, L20H14 (pythia-410m is not among this run's models)."
+    )
+    fig08 = pick_targets(mechanism_targets(config))["fig08-2"]
+    assert "1 head by largest_top_de from rank 2, picked at run time" in fig08.announcement()
+    with pytest.raises(ValueError, match="resolve it first"):
+        figures["fig03"].substitution()  # a caption needs the picked heads
+    resolved = figures["fig03"].resolved(
+        {"model": "tiny-pythia", "heads": [[3, 1]], "description": "chosen"}
+    )
+    assert resolved.announcement() == resolved.substitution()
+
+
 def with_sub(config: dict, path: str, sub: dict) -> dict:
     node = config
     keys = path.split(".")
