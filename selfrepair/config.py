@@ -867,17 +867,12 @@ def model_cached(repo_id: str) -> bool:
 
 def dataset_cached(repo_id: str) -> bool:
     """A hub data set is in the hub cache with data files (`hf download`), or in the datasets
-    cache as an online `datasets.load_dataset` leaves it (<org>___<name>/*/*/*)."""
-    from huggingface_hub import constants
+    cache as an online `datasets.load_dataset` leaves it: where the corpus loader would read it
+    without the network (corpus.resolve_hub_dataset)."""
+    from .corpus import resolve_hub_dataset
 
-    if any(
-        f != "README.md" and not f.startswith(".") for f in _hub_snapshot_files(repo_id, "dataset")
-    ):
-        return True
-    root = Path(os.environ.get("HF_DATASETS_CACHE") or Path(constants.HF_HOME) / "datasets")
-    org, _, name = repo_id.rpartition("/")
-    folder = root / "___".join(filter(None, [org, name]))
-    return any((p / "dataset_info.json").is_file() for p in folder.glob("*/*/*"))
+    where = resolve_hub_dataset(repo_id)
+    return where["kind"] == "hub_snapshot" or where["revision"] is not None
 
 
 def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
@@ -911,9 +906,10 @@ def hub_needs(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> lis
     corpus = config["data"]["corpus"]
     path = (corpus.get("hub") or {}).get("path")
     if corpus.get("source") == "hub" and path:
-        local = Path(path).expanduser()
-        if local.exists() or path.startswith((".", "/", "~")):
-            if not local.exists():
+        from .corpus import is_local_path
+
+        if is_local_path(path):
+            if not Path(path).expanduser().exists():
                 raise ConfigError(
                     f"config key data.corpus.hub.path: {path!r} does not exist; give a local "
                     "copy (folder, save_to_disk folder or data file) or a hub data set name"

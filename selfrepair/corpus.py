@@ -130,8 +130,10 @@ def _hub_snapshot(repo_id: str) -> Path | None:
         folder = Path(snapshot_download(repo_id, repo_type="dataset", local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
         return None
-    # A snapshot holding only the data set card (what `load_dataset` fetches first) has no data.
-    return folder if any(p.name != "README.md" for p in folder.iterdir()) else None
+    # A snapshot holding only the data set card (what `load_dataset` fetches first) or git
+    # attributes has no data.
+    has_data = any(p.name != "README.md" and not p.name.startswith(".") for p in folder.iterdir())
+    return folder if has_data else None
 
 
 def datasets_cache_revision(repo_id: str) -> str | None:
@@ -145,7 +147,9 @@ def datasets_cache_revision(repo_id: str) -> str | None:
     return max(found, key=lambda p: p.stat().st_mtime).name if found else None
 
 
-def _is_local(path: str) -> bool:
+def is_local_path(path: str) -> bool:
+    """Whether a `corpus.hub.path` names a local copy (it exists, or is written as a path)
+    rather than a hub data set."""
     return Path(path).exists() or path.startswith((".", "/", "~"))
 
 
@@ -154,7 +158,7 @@ def resolve_hub_dataset(path: str) -> dict:
     file or save_to_disk folder), "hub_snapshot" (the hub cache's snapshot, with its commit as
     `revision`) or "hub" (datasets.load_dataset by name: online, or offline from the copy an
     online load left in HF_DATASETS_CACHE, whose commit is `revision` when there is one)}."""
-    if _is_local(path):
+    if is_local_path(path):
         return {"kind": "local", "path": str(Path(path).expanduser().resolve())}
     snapshot = _hub_snapshot(path)
     if snapshot is not None:
