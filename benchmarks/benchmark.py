@@ -1,13 +1,13 @@
 """Engine speed against the original code's method and against the machine's matmul peak.
 
 On one model and one set of tokens, in one run, it times
-- the engine (selfrepair.engine.measure_heads) on every head, with its fused blocks and, for
+- the engine (selfrepair.engine.self_repair.measure_heads) on every head, with its fused blocks and, for
   comparison, with TransformerLens' own block modules;
-- the original code's method (selfrepair.reference.full_forward_measure_heads: a clean pass and
+- the original code's method (selfrepair.reference.heads.full_forward_measure_heads: a clean pass and
   one full forward pass with a hook per head), checking that it gives the engine's numbers;
 - the machine's peak matmul rate in the same dtype on the same device (square matmuls, best of
   several, measured before and after the runs);
-and prints time per 1k tokens, matmul FLOPs counted from the model's shapes (selfrepair.flops)
+and prints time per 1k tokens, matmul FLOPs counted from the model's shapes (selfrepair.models.flops)
 over wall time as a fraction of that peak, and peak memory. It exits 1 if the engine and the
 reference disagree. Timings are wall clock on a machine that may be shared: the load average
 is printed beside them.
@@ -33,16 +33,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's selfrepair
 
-from selfrepair.engine import HEAD_VARIABLES, measure_heads
-from selfrepair.flops import Shapes, engine_flops, forward_flops, reference_flops
-from selfrepair.models import (
+from selfrepair.engine.self_repair import HEAD_VARIABLES, measure_heads
+from selfrepair.models.flops import Shapes, engine_flops, forward_flops, reference_flops
+from selfrepair.models.loading import (
     load_local_checkpoint,
     load_model,
     random_model,
     resolve_device,
     resolve_dtype,
 )
-from selfrepair.reference import full_forward_measure_heads
+from selfrepair.reference.heads import full_forward_measure_heads
 
 GPT2_SMALL = dict(
     n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024

@@ -21,10 +21,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from selfrepair import config as sr_config  # noqa: E402
-from selfrepair.clean import clean_direct_effects  # noqa: E402
-from selfrepair.engine import measure_heads  # noqa: E402
-from selfrepair.models import random_model  # noqa: E402
+import selfrepair.config.core as sr_config  # noqa: E402
+from selfrepair.engine.clean import clean_direct_effects  # noqa: E402
+from selfrepair.engine.self_repair import measure_heads  # noqa: E402
+from selfrepair.models.loading import random_model  # noqa: E402
 
 # The architectures of the paper's models (their Hugging Face configs), for random stand-ins.
 ARCHITECTURES = {

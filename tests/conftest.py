@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from selfrepair.models import FAMILIES, random_model
+from selfrepair.models.loading import FAMILIES, random_model
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 import transformers as tf
 
-from selfrepair import config as sr_config
-from selfrepair.clean import clean_direct_effects, decomposition_error
-from selfrepair.mechanism_config import parallel_blocks
-from selfrepair.models import load_local_checkpoint
+import selfrepair.config.core as sr_config
+from selfrepair.config.mechanisms import parallel_blocks
+from selfrepair.engine.clean import clean_direct_effects, decomposition_error
+from selfrepair.models.loading import load_local_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

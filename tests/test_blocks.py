@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from selfrepair.blocks import (
+from selfrepair.engine.self_repair import HEAD_VARIABLES, measure_heads
+from selfrepair.models.blocks import (
     FUSED_HOOKS,
     cached_weights,
     can_fuse,
@@ -14,9 +15,8 @@ from selfrepair.blocks import (
     run_mlp,
     unsupported_reason,
 )
-from selfrepair.engine import HEAD_VARIABLES, measure_heads
-from selfrepair.forward import embed
-from selfrepair.models import random_model
+from selfrepair.models.forward import embed
+from selfrepair.models.loading import random_model
 
 TOL = 2e-5
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from selfrepair.clean import clean_direct_effects, decomposition_error, total_direct_effect
-from selfrepair.engine import measure_heads
-from selfrepair.reference import reference_clean_direct_effects
+from selfrepair.engine.clean import clean_direct_effects, decomposition_error, total_direct_effect
+from selfrepair.engine.self_repair import measure_heads
+from selfrepair.reference.heads import reference_clean_direct_effects
 
 
 def test_components_match_reference(tiny_model, tiny_tokens):

@@ -12,7 +12,7 @@ import yaml
 from helpers import ROOT, SCHEMA, load, merged
 from snakemake.utils import validate
 
-import selfrepair.config as sr_config
+import selfrepair.config.core as sr_config
 
 
 def message_for(config: dict) -> str:
@@ -130,7 +130,7 @@ def test_demo_config_names_substitutes_in_the_caption_sentence():
     validate(config, SCHEMA)
     targets = sr_config.figure_targets(config)
     fig03 = targets["fig03"]
-    # Picked at run time (selfrepair.substitutes): the sentence names the heads once resolved.
+    # Picked at run time (selfrepair.analysis.substitutes): the sentence names the heads once resolved.
     assert fig03.model == "tiny-pythia" and fig03.picked and fig03.pick["n"] == 4
     record = {"model": "tiny-pythia", "heads": [[2, 0], [2, 3], [3, 2], [2, 1]]}
     shown = fig03.resolved(record | {"description": "the 4 late heads with the largest DE"})

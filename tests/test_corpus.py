@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from selfrepair import corpus as sc
-from selfrepair.training import train_tokenizer
+import selfrepair.data.corpus as sc
+from selfrepair.data.training import train_tokenizer
 
 TEXTS = [
     "def add(a, b):\n    return a + b\n",

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from selfrepair.engine import ABLATIONS, HEAD_VARIABLES, measure_heads
-from selfrepair.models import random_model
-from selfrepair.reference import reference_measure_heads
+from selfrepair.engine.self_repair import ABLATIONS, HEAD_VARIABLES, measure_heads
+from selfrepair.models.loading import random_model
+from selfrepair.reference.heads import reference_measure_heads
 
 TOL = 1e-4
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from selfrepair.intervals import head_intervals
-from selfrepair.reduce import (
+from selfrepair.analysis.intervals import head_intervals
+from selfrepair.analysis.reduce import (
     FROZEN_LN_VARIANTS,
     frozen_ln_layers,
     head_effect_drops,
@@ -160,7 +160,7 @@ def test_figure_modules_import_in_the_analysis_env_without_engine_packages():
         "'transformer_lens', 'transformers'}:\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import selfrepair.config, selfrepair.reduce, selfrepair.intervals, selfrepair.tables\n"
+        "import selfrepair.config.core, selfrepair.analysis.reduce, selfrepair.analysis.intervals, selfrepair.analysis.tables\n"
         "import selfrepair.plots.common, selfrepair.plots.per_head, selfrepair.plots.effects\n"
         "import selfrepair.plots.layernorm, selfrepair.plots.captions\n"
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from selfrepair.engine import ABLATIONS, HEAD_VARIABLES, measure_heads
-from selfrepair.reference import full_forward_measure_heads, reference_measure_heads
+from selfrepair.engine.self_repair import ABLATIONS, HEAD_VARIABLES, measure_heads
+from selfrepair.reference.heads import full_forward_measure_heads, reference_measure_heads
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)

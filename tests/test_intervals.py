@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from selfrepair import intervals
-from selfrepair.intervals import (
+import selfrepair.analysis.intervals as intervals
+from selfrepair.analysis.intervals import (
     bootstrap_means,
     head_intervals,
     percentile_interval,

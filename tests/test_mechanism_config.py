@@ -12,8 +12,8 @@ import yaml
 from helpers import ROOT, SCHEMA, load, merged
 from snakemake.utils import validate
 
-import selfrepair.config as sr_config
-from selfrepair.mechanism_config import heads_by_model, mechanism_targets, model_dims
+import selfrepair.config.core as sr_config
+from selfrepair.config.mechanisms import heads_by_model, mechanism_targets, model_dims
 
 
 def paper() -> dict:

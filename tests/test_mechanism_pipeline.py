@@ -8,12 +8,12 @@ import pytest
 import torch
 import xarray as xr
 
-import selfrepair.mechanism_pipeline as mp
-import selfrepair.pipeline as pipeline
-from selfrepair.models import random_model
-from selfrepair.neurons import neuron_direct_effects, resolve_probes
-from selfrepair.plots import mechanism_figures
-from selfrepair.store import open_zarr, write_zarr
+import selfrepair.stages.ablation as pipeline
+import selfrepair.stages.figures as mechanism_figures
+import selfrepair.stages.mechanisms as mp
+from selfrepair.mechanisms.neurons import neuron_direct_effects, resolve_probes
+from selfrepair.models.loading import random_model
+from selfrepair.stages.store import open_zarr, write_zarr
 
 BOUNDS = [(0, 5), (5, 9)]
 NEURON_HEADS = [[1, 2], [0, 1]]

@@ -8,10 +8,10 @@ import pytest
 import torch
 import xarray as xr
 
-from selfrepair.engine import measure_heads
-from selfrepair.mechanism_reductions import at_selected, neuron_reductions
-from selfrepair.models import random_model
-from selfrepair.neurons import (
+from selfrepair.analysis.mechanisms import at_selected, neuron_reductions
+from selfrepair.analysis.reduce import top_token_mask
+from selfrepair.engine.self_repair import measure_heads
+from selfrepair.mechanisms.neurons import (
     PER_NEURON,
     PER_TOKEN,
     SELECTIONS,
@@ -21,8 +21,8 @@ from selfrepair.neurons import (
     select_neuron_tokens,
     sum_error,
 )
-from selfrepair.reduce import top_token_mask
-from selfrepair.reference_mechanisms import reference_neuron_effects
+from selfrepair.models.loading import random_model
+from selfrepair.reference.mechanisms import reference_neuron_effects
 from selfrepair.variables import ABLATIONS
 
 TOL = 1e-5

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from selfrepair.engine import measure_heads
-from selfrepair.norms import norm_ratios, residual_norms
-from selfrepair.reference_mechanisms import reference_norms
+from selfrepair.engine.self_repair import measure_heads
+from selfrepair.mechanisms.norms import norm_ratios, residual_norms
+from selfrepair.reference.mechanisms import reference_norms
 from selfrepair.variables import ABLATIONS
 
 HEADS = [(1, 2), (2, 3), (0, 0)]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from selfrepair import config as sr_config
-from selfrepair.corpus import python_stdlib_documents
-from selfrepair.training import train_tokenizer
+import selfrepair.config.core as sr_config
+from selfrepair.data.corpus import python_stdlib_documents
+from selfrepair.data.training import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -64,7 +64,7 @@ COMPARE_GPT2 = """
 import json, torch
 from huggingface_hub import snapshot_download
 from transformers import GPT2LMHeadModel
-from selfrepair.models import load_model
+from selfrepair.models.loading import load_model
 tokens = torch.tensor([[0, 5, 17, 99, 3, 250, 7, 8], [0, 44, 2, 9, 120, 11, 6, 1]])
 model = load_model("gpt2-small")
 ours = model(tokens)
@@ -92,7 +92,7 @@ def test_hub_gpt2_loads_offline_with_or_without_n_ctx(tmp_path, n_ctx):
 
 READ_PILE = """
 import json
-from selfrepair.corpus import hub_documents, resolve_hub_dataset
+from selfrepair.data.corpus import hub_documents, resolve_hub_dataset
 docs = list(hub_documents("NeelNanda/pile-10k", "train"))
 print(json.dumps({"docs": docs, "where": resolve_hub_dataset("NeelNanda/pile-10k")}))
 """

@@ -12,6 +12,13 @@ import xarray as xr
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
+from selfrepair.analysis.reduce import (
+    FROZEN_LN_VARIANTS,
+    frozen_ln_layers,
+    head_effect_drops,
+    head_summary,
+    head_tokens,
+)
 from selfrepair.plots import common
 from selfrepair.plots.common import IDENTITY_GID, ZERO_GID, reference_lines
 from selfrepair.plots.effects import (
@@ -25,13 +32,6 @@ from selfrepair.plots.per_head import (
     ln_share_clipped_and_unclipped,
     ln_share_per_head,
     self_repair_per_head,
-)
-from selfrepair.reduce import (
-    FROZEN_LN_VARIANTS,
-    frozen_ln_layers,
-    head_effect_drops,
-    head_summary,
-    head_tokens,
 )
 from selfrepair.variables import HEAD_VARIABLES
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from selfrepair.mechanism_reductions import classify_reinforcement
+from selfrepair.analysis.mechanisms import classify_reinforcement
 from selfrepair.plots.common import IDENTITY_GID, ZERO_GID, reference_lines, save_figure
 from selfrepair.plots.mechanisms import (
     ONE_GID,

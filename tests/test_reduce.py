@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from selfrepair.reduce import head_summary, top_token_mask
+from selfrepair.analysis.reduce import head_summary, top_token_mask
 from selfrepair.variables import HEAD_VARIABLES
 
 

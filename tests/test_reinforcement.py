@@ -8,15 +8,15 @@ import pytest
 import torch
 import xarray as xr
 
-from selfrepair.mechanism_reductions import classify_reinforcement
-from selfrepair.models import random_model
-from selfrepair.reference_mechanisms import reference_reinforcement
-from selfrepair.reinforcement import (
+from selfrepair.analysis.mechanisms import classify_reinforcement
+from selfrepair.mechanisms.reinforcement import (
     reinforcement_heads,
     reinforcement_with_classes,
     second_half_heads,
     self_reinforcement,
 )
+from selfrepair.models.loading import random_model
+from selfrepair.reference.mechanisms import reference_reinforcement
 
 HEADS = [(1, 2), (2, 0), (0, 3)]  # middle, last and first layer
 SCALES = [1.0, 3.0, 5.0]

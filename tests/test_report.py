@@ -23,9 +23,9 @@ import xarray as xr
 import yaml
 from helpers import FIGURES
 
-from selfrepair.clean import decomposition_error
-from selfrepair.joblog import missing_provenance
-from selfrepair.store import open_zarr
+from selfrepair.engine.clean import decomposition_error
+from selfrepair.stages.joblog import missing_provenance
+from selfrepair.stages.store import open_zarr
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ import yaml
 from helpers import result_files
 from toy import toy_model
 
-from selfrepair.store import open_zarr
+from selfrepair.stages.store import open_zarr
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -28,7 +28,7 @@ import yaml
 from helpers import result_files
 from toy import toy_model
 
-from selfrepair.store import open_zarr
+from selfrepair.stages.store import open_zarr
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from selfrepair import pipeline, reduce, store
-from selfrepair.training import build_model
+import selfrepair.analysis.reduce as reduce
+import selfrepair.stages.ablation as pipeline
+import selfrepair.stages.store as store
+from selfrepair.data.training import build_model
 from selfrepair.variables import HEAD_VARIABLES
 
 N_CTX, VOCAB = 16, 64

@@ -1,4 +1,4 @@
-"""Substitute heads picked at run time by the paper's criteria (selfrepair.substitutes): the pure
+"""Substitute heads picked at run time by the paper's criteria (selfrepair.analysis.substitutes): the pure
 picking functions on small synthetic stores against hand computations, the pick records and
 caption sentences, and the config checks of `substitute: {model, pick}`."""
 
@@ -13,10 +13,8 @@ import xarray as xr
 from helpers import SCHEMA, load, merged
 from snakemake.utils import validate
 
-import selfrepair.config as sr_config
-from selfrepair.mechanism_config import mechanism_targets, pick_targets
-from selfrepair.store import write_zarr
-from selfrepair.substitutes import (
+import selfrepair.config.core as sr_config
+from selfrepair.analysis.substitutes import (
     describe,
     heads_with_picks,
     pick_largest_top_de,
@@ -26,6 +24,8 @@ from selfrepair.substitutes import (
     rank_heads,
     resolve_params,
 )
+from selfrepair.config.mechanisms import mechanism_targets, pick_targets
+from selfrepair.stages.store import write_zarr
 
 NAN = math.nan
 

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from selfrepair import corpus as sc
-from selfrepair import training as tr
-from selfrepair.models import load_local_checkpoint
+import selfrepair.data.corpus as sc
+import selfrepair.data.training as tr
+from selfrepair.models.loading import load_local_checkpoint
 
 SEQ = 32
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -111,7 +111,7 @@ GPT2_VOCAB, NEOX_VOCAB = 50257, 50277
 
 def repo_for(name: str) -> str:
     """The hub repository TransformerLens loads for a model name (its own alias table)."""
-    from selfrepair.config import official_model_name
+    from selfrepair.config.core import official_model_name
 
     return official_model_name(name)
 
@@ -150,7 +150,7 @@ def write_snapshot(hub_cache: Path, repo_id: str, repo_type: str, files: Path) -
 
 def stdlib_documents() -> list[str]:
     """Every document of the offline corpus the demo uses (all splits, sorted by path)."""
-    from selfrepair.corpus import python_stdlib_documents
+    from selfrepair.data.corpus import python_stdlib_documents
 
     return list(python_stdlib_documents("all"))
 
@@ -158,7 +158,7 @@ def stdlib_documents() -> list[str]:
 def train_bpe(documents: list[str], vocab_size: int, specials: list[str]):
     """A GPT-2 style byte-level BPE (tokenizers' backend) of exactly vocab_size tokens with the
     special tokens first; the caller reorders for GPT-2."""
-    from selfrepair.training import byte_level_bpe
+    from selfrepair.data.training import byte_level_bpe
 
     backend = byte_level_bpe(documents, vocab_size, specials, min_frequency=1)
     if backend.get_vocab_size() != vocab_size:

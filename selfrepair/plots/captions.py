@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..config import top_count
+from selfrepair.config.core import top_count
 
 
 def head_label(layer: int, head: int) -> str:

@@ -26,9 +26,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ..store import open_shards, open_zarr
-from .captions import head_label  # noqa: F401  (re-exported)
-from .style import PANEL_SIZE, PNG_DPI, REFERENCE_COLOR
+from selfrepair.plots.captions import head_label  # noqa: F401  (re-exported)
+from selfrepair.plots.style import PANEL_SIZE, PNG_DPI, REFERENCE_COLOR
+from selfrepair.stages.store import open_shards, open_zarr
 
 IDENTITY_GID = "y=x"
 # Metadata that would date a figure file: left out, so that a rerun writes the same bytes (PNGs

@@ -1,6 +1,6 @@
 """Direct effect against total effect of ablating a head: Figs 2, 3, 5 and 21-24.
 
-Both axes are drops caused by the ablation, clean minus ablated (selfrepair.reduce.effect_drops):
+Both axes are drops caused by the ablation, clean minus ablated (selfrepair.analysis.reduce.effect_drops):
 x, the head's own direct effect; y, the correct-token logit. On y = x the logit drops by exactly
 the direct effect (no self-repair); on y = 0 it does not drop at all (full self-repair); the
 vertical distance below y = x is the self-repair.
@@ -16,9 +16,16 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from .common import add_identity, add_zero, model_panels, outer_labels, panel_grid, square_limits
-from .per_head import DEPTH_LABEL, relative_depth
-from .style import ABLATION_COLORS, HEAD_COLOR, styled, with_unit
+from selfrepair.plots.common import (
+    add_identity,
+    add_zero,
+    model_panels,
+    outer_labels,
+    panel_grid,
+    square_limits,
+)
+from selfrepair.plots.per_head import DEPTH_LABEL, relative_depth
+from selfrepair.plots.style import ABLATION_COLORS, HEAD_COLOR, styled, with_unit
 
 X_LABEL = with_unit("direct effect drop")
 Y_LABEL = with_unit("logit drop")

@@ -8,15 +8,15 @@ import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from .common import add_zero, model_panels
-from .style import FROZEN_LN_COLORS, styled, with_unit
+from selfrepair.plots.common import add_zero, model_panels
+from selfrepair.plots.style import FROZEN_LN_COLORS, styled, with_unit
 
 
 @styled
 def frozen_ln_self_repair(layers: Mapping[str, xr.DataArray], top_fraction: float = 0.02) -> Figure:
     """Per model (one panel each, shared y scale), the per-layer mean self-repair on top tokens
     for each LayerNorm treatment in layers[model] (dims variant, layer; see
-    selfrepair.reduce.frozen_ln_layers): as measured, final LayerNorm frozen, every LayerNorm
+    selfrepair.analysis.reduce.frozen_ln_layers): as measured, final LayerNorm frozen, every LayerNorm
     frozen."""
     models = list(layers)
     ncols = min(len(models), 3)

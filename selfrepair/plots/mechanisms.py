@@ -1,6 +1,6 @@
 """Figures of the mechanism experiments: Figs 4, 7, 8, 9, 15, 16-18 and 19.
 
-Inputs are the stores of the mechanism stages (see selfrepair.mechanism_pipeline), already
+Inputs are the stores of the mechanism stages (see selfrepair.stages.mechanisms), already
 narrowed to what a figure shows; every function returns a Figure (conventions: common.py).
 """
 
@@ -15,8 +15,8 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from .common import add_identity, add_zero, panel_grid, square_limits
-from .style import ABLATION_COLORS, HEAD_COLOR, REFERENCE_COLOR, styled, with_unit
+from selfrepair.plots.common import add_identity, add_zero, panel_grid, square_limits
+from selfrepair.plots.style import ABLATION_COLORS, HEAD_COLOR, REFERENCE_COLOR, styled, with_unit
 
 ONE_GID = "x=1"
 DIVERGING_CMAP = "RdBu"

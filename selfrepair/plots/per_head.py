@@ -7,9 +7,9 @@ from collections.abc import Mapping
 import xarray as xr
 from matplotlib.figure import Figure
 
-from ..reduce import layer_mean
-from .common import add_zero, model_panels, outer_labels, panel_grid
-from .style import HEAD_COLOR, MEAN_COLOR, styled, with_unit
+from selfrepair.analysis.reduce import layer_mean
+from selfrepair.plots.common import add_zero, model_panels, outer_labels, panel_grid
+from selfrepair.plots.style import HEAD_COLOR, MEAN_COLOR, styled, with_unit
 
 DEPTH_LABEL = "layer / number of layers"
 

@@ -58,7 +58,7 @@ COMPONENT_LABELS = {
     "sr_mlps": "MLP layers",
     "sr_ln": "final LayerNorm",
 }
-FROZEN_LN_COLORS = {  # keys: selfrepair.reduce.FROZEN_LN_VARIANTS
+FROZEN_LN_COLORS = {  # keys: selfrepair.analysis.reduce.FROZEN_LN_VARIANTS
     "normal": "#222222",
     "final LN frozen": "#1f77b4",
     "every LN frozen": "#d62728",

@@ -8,8 +8,8 @@ from snakemake.utils import validate
 # The selfrepair package sits beside workflow/; make it importable even when not installed.
 sys.path.insert(0, str(Path(workflow.basedir).parent))
 
-import selfrepair.cluster as sr_cluster  # noqa: E402
-import selfrepair.config as sr_config  # noqa: E402
+import selfrepair.config.cluster as sr_cluster  # noqa: E402
+import selfrepair.config.core as sr_config  # noqa: E402
 from selfrepair.plots import captions  # noqa: E402
 
 try:

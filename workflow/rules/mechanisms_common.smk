@@ -1,7 +1,7 @@
 # Helpers of rules/mechanisms.smk: the resolved targets of config["mechanisms"] (the paper's
-# model and heads per figure, or named substitutes; selfrepair.mechanism_config), the heads each
+# model and heads per figure, or named substitutes; selfrepair.config.mechanisms), the heads each
 # model runs, captions and the list of final outputs.
-import selfrepair.mechanism_config as mech_config  # noqa: E402
+import selfrepair.config.mechanisms as mech_config  # noqa: E402
 
 MECH = config["mechanisms"]
 MECH_TARGETS = mech_config.mechanism_targets(config)

@@ -1,7 +1,7 @@
-"""Every head of one token shard under one ablation (selfrepair.pipeline.ablate_shard)."""
+"""Every head of one token shard under one ablation (selfrepair.stages.ablation.ablate_shard)."""
 
-from selfrepair.joblog import logged
-from selfrepair.pipeline import ablate_shard, set_threads
+from selfrepair.stages.ablation import ablate_shard, set_threads
+from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
     set_threads(snakemake.threads)

@@ -1,7 +1,7 @@
-"""Clean direct effects of one token shard (selfrepair.pipeline.clean_shard)."""
+"""Clean direct effects of one token shard (selfrepair.stages.ablation.clean_shard)."""
 
-from selfrepair.joblog import logged
-from selfrepair.pipeline import clean_shard, set_threads
+from selfrepair.stages.ablation import clean_shard, set_threads
+from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
     set_threads(snakemake.threads)

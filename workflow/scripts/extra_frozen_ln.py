@@ -1,10 +1,10 @@
 """Beyond the paper: per-layer self-repair as measured, with the final LayerNorm frozen, and
 with every LayerNorm frozen at its clean scale."""
 
-from selfrepair.joblog import logged
+from selfrepair.analysis.reduce import frozen_ln_layers
 from selfrepair.plots.common import open_by_model, save_figure
 from selfrepair.plots.layernorm import frozen_ln_self_repair
-from selfrepair.reduce import frozen_ln_layers
+from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
     p = snakemake.params

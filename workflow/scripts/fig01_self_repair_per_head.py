@@ -1,8 +1,8 @@
 """Fig 1: per-head mean self-repair on top tokens by relative depth, one panel per model."""
 
-from selfrepair.joblog import logged
 from selfrepair.plots.common import open_by_model, save_figure
 from selfrepair.plots.per_head import self_repair_per_head
+from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
     models, n_tokens = snakemake.params.models, snakemake.params.n_tokens

@@ -1,9 +1,9 @@
 """Figs 2 and 21-24: per-head mean direct-effect drop against mean logit drop."""
 
-from selfrepair.joblog import logged
+from selfrepair.analysis.reduce import head_effect_drops
 from selfrepair.plots.common import open_by_model, save_figure
 from selfrepair.plots.effects import heads_de_vs_logit_drop
-from selfrepair.reduce import head_effect_drops
+from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
     p = snakemake.params

@@ -1,11 +1,11 @@
 """Fig 5: one head's per-token direct-effect drop against logit drop under each ablation."""
 
-from selfrepair.config import check_target_heads
-from selfrepair.joblog import logged
+from selfrepair.analysis.reduce import head_tokens
+from selfrepair.analysis.substitutes import resolve_params
+from selfrepair.config.core import check_target_heads
 from selfrepair.plots.common import open_tokens, save_figure
 from selfrepair.plots.effects import tokens_by_ablation
-from selfrepair.reduce import head_tokens
-from selfrepair.substitutes import resolve_params
+from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
     target = resolve_params(snakemake.params.target, snakemake.input.picks)

@@ -1,8 +1,8 @@
 """Fig 6 (clipped LayerNorm share per head) and Fig 11 (clipped beside unclipped)."""
 
-from selfrepair.joblog import logged
 from selfrepair.plots.common import open_by_model, save_figure
 from selfrepair.plots.per_head import ln_share_clipped_and_unclipped, ln_share_per_head
+from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
     p = snakemake.params

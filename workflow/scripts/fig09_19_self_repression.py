@@ -1,9 +1,9 @@
 """Figs 9 and 19: a head's clean vs new DE after adding its own output back to its input."""
 
-from selfrepair.joblog import logged
-from selfrepair.plots import mechanism_figures
+import selfrepair.stages.figures as mechanism_figures
+from selfrepair.analysis.substitutes import resolve_params
 from selfrepair.plots.common import save_figure
-from selfrepair.substitutes import resolve_params
+from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
     fig = mechanism_figures.fig09_19(

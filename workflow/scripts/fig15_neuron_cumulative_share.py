@@ -1,9 +1,9 @@
 """Fig 15: cumulative share of neuron self-repair held by the top-k neurons."""
 
-from selfrepair.joblog import logged
-from selfrepair.plots import mechanism_figures
+import selfrepair.stages.figures as mechanism_figures
+from selfrepair.analysis.substitutes import resolve_params
 from selfrepair.plots.common import save_figure
-from selfrepair.substitutes import resolve_params
+from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
     fig = mechanism_figures.fig15(

@@ -1,7 +1,7 @@
-"""Per-head bootstrap intervals over tokens of one (model, ablation) (selfrepair.intervals)."""
+"""Per-head bootstrap intervals over tokens of one (model, ablation) (selfrepair.analysis.intervals)."""
 
-from selfrepair.intervals import intervals_stage
-from selfrepair.joblog import logged
+from selfrepair.analysis.intervals import intervals_stage
+from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
     intervals_stage(

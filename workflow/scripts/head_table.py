@@ -1,7 +1,7 @@
-"""Per-head summary table of every model and ablation, as CSV and HTML (selfrepair.tables)."""
+"""Per-head summary table of every model and ablation, as CSV and HTML (selfrepair.analysis.tables)."""
 
-from selfrepair.joblog import logged
-from selfrepair.tables import table_stage
+from selfrepair.analysis.tables import table_stage
+from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
     table_stage(

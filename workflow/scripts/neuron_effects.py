@@ -1,10 +1,10 @@
 """Neuron direct effects of one model's configured heads on their top tokens
-(selfrepair.mechanism_pipeline.neuron_stage)."""
+(selfrepair.stages.mechanisms.neuron_stage)."""
 
-from selfrepair.joblog import logged
-from selfrepair.mechanism_pipeline import neuron_stage
-from selfrepair.pipeline import set_threads
-from selfrepair.substitutes import heads_with_picks
+from selfrepair.analysis.substitutes import heads_with_picks
+from selfrepair.stages.ablation import set_threads
+from selfrepair.stages.joblog import logged
+from selfrepair.stages.mechanisms import neuron_stage
 
 with logged(snakemake.log[0]):
     set_threads(snakemake.threads)

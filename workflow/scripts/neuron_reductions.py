@@ -1,7 +1,7 @@
-"""Neuron reductions for Figs 7, 8, 15 (selfrepair.mechanism_pipeline)."""
+"""Neuron reductions for Figs 7, 8, 15 (selfrepair.stages.mechanisms)."""
 
-from selfrepair.joblog import logged
-from selfrepair.mechanism_pipeline import neuron_reduction_stage
+from selfrepair.stages.joblog import logged
+from selfrepair.stages.mechanisms import neuron_reduction_stage
 
 with logged(snakemake.log[0]):
     neuron_reduction_stage(

@@ -1,10 +1,10 @@
 """Final-LN scale and residual-norm ratios of one model's configured heads under one ablation
-(selfrepair.mechanism_pipeline.norms_stage)."""
+(selfrepair.stages.mechanisms.norms_stage)."""
 
-from selfrepair.joblog import logged
-from selfrepair.mechanism_pipeline import norms_stage
-from selfrepair.pipeline import set_threads
-from selfrepair.substitutes import heads_with_picks
+from selfrepair.analysis.substitutes import heads_with_picks
+from selfrepair.stages.ablation import set_threads
+from selfrepair.stages.joblog import logged
+from selfrepair.stages.mechanisms import norms_stage
 
 with logged(snakemake.log[0]):
     set_threads(snakemake.threads)

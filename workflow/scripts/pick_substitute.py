@@ -1,8 +1,8 @@
 """A substitute's heads picked by the paper's criterion from the run's store
-(selfrepair.substitutes)."""
+(selfrepair.analysis.substitutes)."""
 
-from selfrepair.joblog import logged
-from selfrepair.substitutes import pick_stage
+from selfrepair.analysis.substitutes import pick_stage
+from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
     pick_stage(

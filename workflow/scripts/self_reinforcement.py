@@ -1,8 +1,8 @@
-"""Self-reinforcement experiment of one model's heads (selfrepair.mechanism_pipeline)."""
+"""Self-reinforcement experiment of one model's heads (selfrepair.stages.mechanisms)."""
 
-from selfrepair.joblog import logged
-from selfrepair.mechanism_pipeline import reinforcement_stage
-from selfrepair.pipeline import set_threads
+from selfrepair.stages.ablation import set_threads
+from selfrepair.stages.joblog import logged
+from selfrepair.stages.mechanisms import reinforcement_stage
 
 with logged(snakemake.log[0]):
     set_threads(snakemake.threads)

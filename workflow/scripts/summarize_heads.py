@@ -1,7 +1,7 @@
-"""Per-head summary of one (model, ablation) over all shards (selfrepair.pipeline)."""
+"""Per-head summary of one (model, ablation) over all shards (selfrepair.stages.ablation)."""
 
-from selfrepair.joblog import logged
-from selfrepair.reduce import summarize_heads
+from selfrepair.analysis.reduce import summarize_heads
+from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
     summarize_heads(

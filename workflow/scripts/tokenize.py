@@ -5,8 +5,8 @@ when there is one, else from the Hugging Face name TransformerLens uses for the 
 
 import logging
 
-from selfrepair.corpus import tokenize_to_zarr
-from selfrepair.joblog import logged
+from selfrepair.data.corpus import tokenize_to_zarr
+from selfrepair.stages.joblog import logged
 
 inputs = snakemake.input
 tokenizer_dir = inputs.get("model_dir") or inputs.get("tokenizer") or inputs.get("checkpoint")

@@ -6,8 +6,8 @@ params.n_ctx or params.seq_len."""
 
 import json
 
-from selfrepair.joblog import logged
-from selfrepair.training import train_from_corpus
+from selfrepair.data.training import train_from_corpus
+from selfrepair.stages.joblog import logged
 
 params = snakemake.params
 train = {**dict(params.get("train") or {}), **{k: v for k, v in params.items() if k != "train"}}

@@ -2,8 +2,8 @@
 
 import logging
 
-from selfrepair.joblog import logged
-from selfrepair.training import train_tokenizer_from_corpus
+from selfrepair.data.training import train_tokenizer_from_corpus
+from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
     tokenizer = train_tokenizer_from_corpus(

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .config import top_count
-from .joblog import provenance, revision_of
-from .store import open_shards, write_zarr
-from .variables import HEAD_VARIABLES
+from selfrepair.config.core import top_count
+from selfrepair.stages.joblog import provenance, revision_of
+from selfrepair.stages.store import open_shards, write_zarr
+from selfrepair.variables import HEAD_VARIABLES
 
 TOKEN_DIMS = ("batch", "pos")
 

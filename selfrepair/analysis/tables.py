@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from .reduce import head_table
-from .store import open_zarr, write_text
+from selfrepair.analysis.reduce import head_table
+from selfrepair.stages.store import open_zarr, write_text
 
 HTML_COLUMNS = {  # column of the HTML table -> how it is made from the CSV's
     "head": lambda t: "L" + t["layer"].astype(str) + "H" + t["head"].astype(str),

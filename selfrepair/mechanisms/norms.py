@@ -22,12 +22,12 @@ import xarray as xr
 from jaxtyping import Int
 from torch import Tensor
 
-from .engine import normalize_heads, validate_tokens
-from .forward import check_supported
-from .mechanism_reductions import ratio_shares
-from .readout import readout
-from .reduce import top_token_mask
-from .rerun import ablated_final, ablation_chunks
+from selfrepair.analysis.mechanisms import ratio_shares
+from selfrepair.analysis.reduce import top_token_mask
+from selfrepair.engine.ablation import ablated_final, ablation_chunks
+from selfrepair.engine.self_repair import normalize_heads, validate_tokens
+from selfrepair.models.forward import check_supported
+from selfrepair.models.readout import readout
 
 
 def head_labels(heads: Iterable[Sequence[int]]) -> list[str]:

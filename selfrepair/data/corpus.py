@@ -487,7 +487,7 @@ def load_tokenizer(model: dict, directory: str | None = None):
         return AutoTokenizer.from_pretrained(str(directory)), str(directory)
     if model.get("path"):
         return AutoTokenizer.from_pretrained(str(model["path"])), str(model["path"])
-    from .config import official_model_name
+    from selfrepair.config.core import official_model_name
 
     official = official_model_name(model["name"])  # unknown names fail naming the fix
     return AutoTokenizer.from_pretrained(official), official
@@ -512,8 +512,8 @@ def tokenize_to_zarr(
     run's provenance, joblog.PROVENANCE_KEYS) with the model's revision and the packing's."""
     import xarray as xr
 
-    from .joblog import model_revision, provenance
-    from .store import write_zarr
+    from selfrepair.stages.joblog import model_revision, provenance
+    from selfrepair.stages.store import write_zarr
 
     tokenizer, tokenizer_name = load_tokenizer(model, tokenizer_dir)
     bos_id, eos_id = special_ids(tokenizer)
@@ -545,7 +545,7 @@ def tokenize_to_zarr(
 
 def open_tokens(path: str) -> tuple[np.ndarray, dict]:
     """(tokens [row, tok] int32, attributes) of a store written by tokenize_to_zarr."""
-    from .store import open_zarr
+    from selfrepair.stages.store import open_zarr
 
     data = open_zarr(path)
     return data[TOKENS_VARIABLE].values, dict(data.attrs)

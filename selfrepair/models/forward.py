@@ -15,8 +15,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
-from .blocks import run_block
-from .readout import Readout
+from selfrepair.models.blocks import run_block
+from selfrepair.models.readout import Readout
 
 
 class NonFiniteActivation(FloatingPointError):
@@ -115,7 +115,7 @@ def clean_pass(
     rows: global row indices of the batch, only used to name rows in errors.
     embeddings: also keep the embeddings' projections and the final residual (clean cache).
     norm_scales: also keep every block's ln1/ln2 scale (for frozen-LayerNorm ablations).
-    fused: run the blocks with selfrepair.blocks' fused forward where it applies.
+    fused: run the blocks with selfrepair.models.blocks' fused forward where it applies.
     """
     if rows is None:
         rows = torch.arange(tokens.shape[0])

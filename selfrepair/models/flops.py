@@ -106,7 +106,7 @@ def direct_effect_flops(s: Shapes, n_pos: int, layer: int) -> int:
 def engine_flops(
     s: Shapes, n_pos: int, heads_per_layer: dict[int, int], causal: bool = True
 ) -> int:
-    """selfrepair.engine.measure_heads: one clean pass without unembedding (projecting every
+    """selfrepair.engine.self_repair.measure_heads: one clean pass without unembedding (projecting every
     attention and MLP output and the final residual on u), then per ablated head of layer L the
     MLP of L (sequential blocks only), every block above L and its direct-effect contractions."""
     outputs = s.n_layers * (1 if s.attn_only else 2) + 1  # each layer's outputs and the final

@@ -21,13 +21,13 @@ import xarray as xr
 from jaxtyping import Int
 from torch import Tensor
 
-from .engine import normalize_heads, validate_tokens
-from .forward import check_supported, clean_pass
-from .mechanism_reductions import classify_reinforcement
-from .neurons import head_direct_effect
-from .norms import head_labels
-from .readout import readout
-from .rerun import finish_from, head_output, keeping
+from selfrepair.analysis.mechanisms import classify_reinforcement
+from selfrepair.engine.ablation import finish_from, head_output, keeping
+from selfrepair.engine.self_repair import normalize_heads, validate_tokens
+from selfrepair.mechanisms.neurons import head_direct_effect
+from selfrepair.mechanisms.norms import head_labels
+from selfrepair.models.forward import check_supported, clean_pass
+from selfrepair.models.readout import readout
 
 
 def second_half_heads(model) -> list[tuple[int, int]]:

@@ -12,13 +12,17 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .joblog import model_revision, provenance, revision_of
-from .mechanism_reductions import neuron_reductions
-from .neurons import resolve_probes, select_neuron_tokens, sum_error
-from .norms import norm_ratios, residual_norms
-from .pipeline import model_for, read_token_rows
-from .reinforcement import reinforcement_heads, reinforcement_with_classes, self_reinforcement
-from .store import open_shards, open_zarr, write_zarr
+from selfrepair.analysis.mechanisms import neuron_reductions
+from selfrepair.mechanisms.neurons import resolve_probes, select_neuron_tokens, sum_error
+from selfrepair.mechanisms.norms import norm_ratios, residual_norms
+from selfrepair.mechanisms.reinforcement import (
+    reinforcement_heads,
+    reinforcement_with_classes,
+    self_reinforcement,
+)
+from selfrepair.stages.ablation import model_for, read_token_rows
+from selfrepair.stages.joblog import model_revision, provenance, revision_of
+from selfrepair.stages.store import open_shards, open_zarr, write_zarr
 
 log = logging.getLogger("selfrepair")
 

@@ -14,9 +14,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .engine import validate_tokens
-from .forward import check_supported, clean_pass, dot
-from .readout import readout
+from selfrepair.engine.self_repair import validate_tokens
+from selfrepair.models.forward import check_supported, clean_pass, dot
+from selfrepair.models.readout import readout
 
 COMPONENTS_2D = ("de_embed", "de_pos_embed", "de_unembed_bias")
 

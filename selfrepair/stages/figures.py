@@ -10,9 +10,8 @@ from typing import Any
 import xarray as xr
 from matplotlib.figure import Figure
 
-from ..store import open_zarr
-from .captions import head_label
-from .mechanisms import (
+from selfrepair.plots.captions import head_label
+from selfrepair.plots.mechanisms import (
     cumulative_neuron_share,
     ln_scale_ratio_hist,
     neuron_threshold_curves,
@@ -20,6 +19,7 @@ from .mechanisms import (
     self_repression_scatter,
     top_neuron_scatter,
 )
+from selfrepair.stages.store import open_zarr
 
 
 def _open(path: str, model: str) -> xr.Dataset:

@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from selfrepair import __version__
 
 log = logging.getLogger("selfrepair")
 
@@ -94,7 +94,7 @@ def model_revision(name: str, checkpoint: str | None) -> str:
         return f"sha256:{digest.hexdigest()}" if weights else "unknown"
     from huggingface_hub import try_to_load_from_cache
 
-    from .config import ConfigError, official_model_name
+    from selfrepair.config.core import ConfigError, official_model_name
 
     try:
         repo = official_model_name(name)

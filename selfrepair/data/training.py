@@ -379,7 +379,7 @@ def train_from_corpus(
     and its heldout split (up to n_heldout_rows), a fresh model, training, checkpoint."""
     from transformers import AutoTokenizer
 
-    from .corpus import describe_corpus, documents, pack_rows, special_ids
+    from selfrepair.data.corpus import describe_corpus, documents, pack_rows, special_ids
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     bos_id, eos_id = special_ids(tokenizer)
@@ -424,6 +424,6 @@ def train_from_corpus(
 
 def train_tokenizer_from_corpus(corpus: dict, vocab_size: int, out_dir):
     """The demo tokenizer, trained on the corpus' train split."""
-    from .corpus import documents
+    from selfrepair.data.corpus import documents
 
     return train_tokenizer(documents(corpus, "train"), vocab_size, out_dir)

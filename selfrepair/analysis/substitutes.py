@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .config import Head, candidate_layers, target_with_pick
+from selfrepair.config.core import Head, candidate_layers, target_with_pick
 
 _LABEL = re.compile(r"^L(\d+)H(\d+)$")
 
@@ -167,7 +167,7 @@ def pick_stage(
     *, store: str, model: str, key: str, target: str, pick: Mapping[str, Any], out: str
 ) -> dict:
     """Workflow stage: pick one target's heads from its store and write the record as JSON."""
-    from .store import open_zarr
+    from selfrepair.stages.store import open_zarr
 
     record = pick_record(model, key, pick, open_zarr(store), target)
     with open(out, "w") as f:

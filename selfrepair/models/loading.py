@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from .config import ConfigError, device_problem, official_model_name
+from selfrepair.config.core import ConfigError, device_problem, official_model_name
 
 FAMILIES = ("gpt2", "pythia", "llama")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def resolve_device(spec: str = "auto") -> str:
     """'auto' picks CUDA when present; a CUDA device this machine lacks fails in the line a local
-    run's start gives (selfrepair.config.device_problem)."""
+    run's start gives (selfrepair.config.core.device_problem)."""
     if spec == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("cuda"):

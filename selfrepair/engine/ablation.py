@@ -19,10 +19,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .engine import mean_z, resample_source
-from .forward import CleanPass, check_finite, clean_pass, restart_point
-from .readout import Readout
-from .variables import ABLATIONS
+from selfrepair.engine.self_repair import mean_z, resample_source
+from selfrepair.models.forward import CleanPass, check_finite, clean_pass, restart_point
+from selfrepair.models.readout import Readout
+from selfrepair.variables import ABLATIONS
 
 POINTS = ("resid_pre", "resid_mid", "resid_post")
 

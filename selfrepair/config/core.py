@@ -319,7 +319,7 @@ def check_device_dtype(device: str, dtype: str) -> None:
 def device_problem(device: str, dtype: str, n_cuda: int) -> str | None:
     """Why this machine cannot run `device` and `dtype`, in one line naming the key and the fix,
     or None. The same line comes from the workflow's start (a local run) and from a job's model
-    load (selfrepair.models: a cluster node).
+    load (selfrepair.models.loading: a cluster node).
 
     Args:
         device: config `device` (auto, cpu, cuda, cuda:N).
@@ -545,7 +545,7 @@ def check_distinct_targets(key: str, targets: list[FigureTarget]) -> None:
 Head = tuple[int, int]
 
 # Run-time picks of substitute heads (`substitute: {model, pick}`), by the paper's own criterion;
-# selfrepair.substitutes computes them from the run's stores.
+# selfrepair.analysis.substitutes computes them from the run's stores.
 PICK_CRITERIA = {
     "largest_top_de": "per-head summaries: late heads by mean clean direct effect on their top tokens",
     "most_self_repressing": "reinforcement store: second-half heads by slope at the largest scale",
@@ -569,7 +569,7 @@ PICKABLE = {
 class FigureTarget:
     """The model (and heads) a figure shows: the paper's, or the configured substitute when the
     paper's model or heads are not in this run. A substitute picked at run time (`pick`) has no
-    heads until resolved() with its pick record (selfrepair.substitutes)."""
+    heads until resolved() with its pick record (selfrepair.analysis.substitutes)."""
 
     key: str  # the config key under `figures`, e.g. "fig03"
     model: str
@@ -869,7 +869,7 @@ def dataset_cached(repo_id: str) -> bool:
     """A hub data set is in the hub cache with data files (`hf download`), or in the datasets
     cache as an online `datasets.load_dataset` leaves it: where the corpus loader would read it
     without the network (corpus.resolve_hub_dataset)."""
-    from .corpus import resolve_hub_dataset
+    from selfrepair.data.corpus import resolve_hub_dataset
 
     where = resolve_hub_dataset(repo_id)
     return where["kind"] == "hub_snapshot" or where["revision"] is not None
@@ -906,7 +906,7 @@ def hub_needs(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> lis
     corpus = config["data"]["corpus"]
     path = (corpus.get("hub") or {}).get("path")
     if corpus.get("source") == "hub" and path:
-        from .corpus import is_local_path
+        from selfrepair.data.corpus import is_local_path
 
         if is_local_path(path):
             if not Path(path).expanduser().exists():

@@ -28,11 +28,11 @@ import xarray as xr
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .engine import validate_tokens
-from .forward import check_supported, dot, restart_point
-from .mechanism_reductions import at_selected
-from .readout import Readout, readout
-from .rerun import AblationChunk, ablated_final, ablation_chunks
+from selfrepair.analysis.mechanisms import at_selected
+from selfrepair.engine.ablation import AblationChunk, ablated_final, ablation_chunks
+from selfrepair.engine.self_repair import validate_tokens
+from selfrepair.models.forward import check_supported, dot, restart_point
+from selfrepair.models.readout import Readout, readout
 
 SELECTIONS = ("head_de", "mlp_repair")
 PER_TOKEN = ("de_clean", "de_ablated", "mlp_de_clean", "mlp_de_ablated", "mlp_bias_de")

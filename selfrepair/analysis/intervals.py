@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from .joblog import provenance, revision_of
-from .reduce import ln_share, stack_tokens, top_token_mask
-from .store import open_shards, write_zarr
-from .variables import HEAD_VARIABLES
+from selfrepair.analysis.reduce import ln_share, stack_tokens, top_token_mask
+from selfrepair.stages.joblog import provenance, revision_of
+from selfrepair.stages.store import open_shards, write_zarr
+from selfrepair.variables import HEAD_VARIABLES
 
 if TYPE_CHECKING:  # shape annotations only: the analysis env has no jaxtyping
     from jaxtyping import Float

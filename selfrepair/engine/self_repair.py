@@ -30,10 +30,18 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .blocks import cached_weights, run_block, run_mlp
-from .forward import CleanPass, check_finite, check_supported, clean_pass, dot, embed, restart_point
-from .readout import Readout, readout
-from .variables import ABLATIONS, HEAD_VARIABLES
+from selfrepair.models.blocks import cached_weights, run_block, run_mlp
+from selfrepair.models.forward import (
+    CleanPass,
+    check_finite,
+    check_supported,
+    clean_pass,
+    dot,
+    embed,
+    restart_point,
+)
+from selfrepair.models.readout import Readout, readout
+from selfrepair.variables import ABLATIONS, HEAD_VARIABLES
 
 
 def normalize_heads(model, heads: Iterable[Sequence[int]] | None) -> dict[int, list[int]]:
@@ -263,7 +271,7 @@ def measure_heads(
     batch_size and heads_per_pass bound memory (rows per pass, heads stacked per pass); they
     never change a number. Defaults: all rows; heads per pass from default_heads_per_pass. freeze_ln: every LayerNorm after the ablated head keeps its clean
     scale (so sr_ln is 0 and the remaining self-repair is the heads' and MLPs').
-    fused: run blocks with selfrepair.blocks' fused forward where it applies (same numbers to
+    fused: run blocks with selfrepair.models.blocks' fused forward where it applies (same numbers to
     float tolerance, several times faster on a CPU); False runs TransformerLens' block modules.
     Returns dims layer, head, batch, pos (= tokens.shape[1] - 1).
     """

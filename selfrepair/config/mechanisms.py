@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import (
+from selfrepair.config.core import (
     KNOWN_DIMS,
     ConfigError,
     FigureTarget,

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .clean import clean_direct_effects, decomposition_error
-from .config import ConfigError, missing_head
-from .engine import measure_heads
-from .forward import NonFiniteActivation
-from .joblog import model_revision, provenance
-from .models import load_model, resolve_device, resolve_dtype
-from .store import open_zarr, write_zarr
+from selfrepair.config.core import ConfigError, missing_head
+from selfrepair.engine.clean import clean_direct_effects, decomposition_error
+from selfrepair.engine.self_repair import measure_heads
+from selfrepair.models.forward import NonFiniteActivation
+from selfrepair.models.loading import load_model, resolve_device, resolve_dtype
+from selfrepair.stages.joblog import model_revision, provenance
+from selfrepair.stages.store import open_zarr, write_zarr
 
 log = logging.getLogger("selfrepair")
 

@@ -11,7 +11,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from .reference import frozen_ln_direct_effect
+from selfrepair.reference.heads import frozen_ln_direct_effect
 
 
 def ablated_z(z_clean: Tensor, ablation: str, mean_include_bos: bool = True) -> Tensor:
