@@ -1,0 +1,44 @@
+"""tools/compare_runs.py: the check that a refactor left every result bit for bit the same."""
+
+import importlib.util
+import shutil
+
+import numpy as np
+import zarr
+from helpers import ROOT
+
+spec = importlib.util.spec_from_file_location("compare_runs", ROOT / "tools" / "compare_runs.py")
+compare_runs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare_runs)
+
+
+def _run(root, values, attrs):
+    store = root / "results" / "m" / "s.zarr"
+    group = zarr.open_group(str(store), mode="w", zarr_format=2)
+    group.attrs.update(attrs)
+    group.create_array("x", data=np.asarray(values, dtype=np.float32), chunks=(2,))
+    (root / "results" / "m" / "t.csv").write_text("a,b\n1,2\n")
+    (root / "results" / "logs").mkdir(parents=True)
+    (root / "results" / "logs" / "job.log").write_text(str(root))  # differs, not compared
+
+
+def test_identical_runs_and_each_kind_of_difference(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _run(a, [1, 2, 3], {"seed": 0, "versions": {"torch": "1"}})
+    _run(b, [1, 2, 3], {"seed": 0, "versions": {"torch": "1"}})
+    assert compare_runs.main([str(a), str(b)]) == 0
+    assert "identical" in capsys.readouterr().out
+
+    _run(c := tmp_path / "c", [1, 2, 3.0000002], {"seed": 0, "versions": {"torch": "2"}})
+    problems = compare_runs.compare_runs(a, c, ["results"], ())
+    assert problems == ["results/m/s.zarr: attribute 'versions' differs; array 'x': values differ"]
+    problems = compare_runs.compare_runs(a, c, ["results"], compare_runs.PROVENANCE_KEYS)
+    assert problems == ["results/m/s.zarr: array 'x': values differ"]
+
+    (b / "results" / "m" / "t.csv").write_text("a,b\n1,3\n")
+    shutil.copy(b / "results" / "m" / "t.csv", b / "results" / "m" / "u.csv")
+    assert compare_runs.compare_runs(a, b, ["results"], ()) == [
+        "results/m/t.csv: bytes differ",
+        "results/m/u.csv: only in the second run",
+    ]
+    assert compare_runs.main([str(a), str(b)]) == 1
