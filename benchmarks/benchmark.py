@@ -3,7 +3,7 @@
 On one model and one set of tokens, in one run, it times
 - the engine (selfrepair.engine.self_repair.measure_heads) on every head, with its fused blocks and, for
   comparison, with TransformerLens' own block modules;
-- the original code's method (selfrepair.reference.heads.full_forward_measure_heads: a clean pass and
+- the original code's method (selfrepair.reference.full_forward.full_forward_measure_heads: a clean pass and
   one full forward pass with a hook per head), checking that it gives the engine's numbers;
 - the machine's peak matmul rate in the same dtype on the same device (square matmuls, best of
   several, measured before and after the runs);
@@ -42,7 +42,7 @@ from selfrepair.models.loading import (
     resolve_device,
     resolve_dtype,
 )
-from selfrepair.reference.heads import full_forward_measure_heads
+from selfrepair.reference.full_forward import full_forward_measure_heads
 
 GPT2_SMALL = dict(
     n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024

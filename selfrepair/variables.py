@@ -1,6 +1,8 @@
 """Names shared by the engine, the reductions and the figures (no heavy imports here, so the
 analysis environment needs neither torch nor TransformerLens)."""
 
+__all__ = ["ABLATIONS", "HEAD_VARIABLES"]
+
 ABLATIONS = ("resample", "mean", "zero")
 
 # Per (layer, head, batch, pos) outputs of engine.measure_heads, all float32, in logits

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from selfrepair.engine.self_repair import ABLATIONS, HEAD_VARIABLES, measure_heads
-from selfrepair.reference.heads import full_forward_measure_heads, reference_measure_heads
+from selfrepair.reference.full_forward import full_forward_measure_heads
+from selfrepair.reference.heads import reference_measure_heads
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)

@@ -1,30 +1,196 @@
-"""Forward passes for the mechanism experiments (neurons, norms, self-reinforcement).
+"""The one ablation routine: how the ablated z of a head is chosen, and the clean passes it needs.
 
-They follow the engine's conventions so that their numbers line up with its stores:
-- the ablated z of a head is taken as engine.measure_heads takes it (resample: row (i + 1) mod n
-  of the tokens passed, same position; mean: mean z over all their rows and positions; zero);
-- an ablated pass restarts from the clean residual stream right after the ablated layer's
-  attention (forward.restart_point), so only what reads the head's output is recomputed.
-
-What they add is the choice of activations to keep (any hook by name), in the clean pass and in
-the rerun, and reruns from any point of a layer (resid_pre for the self-reinforcement edit).
+engine.self_repair.measure_heads and the mechanism passes (mechanisms/neurons.py, norms.py)
+ablate through this module only, so their numbers line up:
+- resample: row i takes z from row source[i] (default (i + 1) mod n of the tokens passed), same
+  position; a batch of rows is run together with the rows outside it that it takes z from
+  (`with_partners`), and only its own rows are kept (`first_rows`);
+- mean: mean z over all rows and positions of the tokens passed (position 0 optional);
+- zero: z = 0.
+An ablated pass restarts from the clean residual stream right after the ablated layer's attention
+(forward.restart_point), so only what reads the head's output is recomputed. The mechanism passes
+add the choice of activations to keep (any hook by name), in the clean pass and in the rerun, and
+reruns from any point of a layer (resid_pre for the self-reinforcement edit).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from selfrepair.engine.self_repair import mean_z, resample_source
-from selfrepair.models.forward import CleanPass, check_finite, clean_pass, restart_point
+from selfrepair.models.blocks import run_block
+from selfrepair.models.forward import CleanPass, check_finite, clean_pass, embed, restart_point
 from selfrepair.models.readout import Readout
 from selfrepair.variables import ABLATIONS
 
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+__all__ = [
+    "ALL_HEADS",
+    "POINTS",
+    "AblationChunk",
+    "ablated_final",
+    "ablated_z",
+    "ablation_chunks",
+    "check_ablation",
+    "checked_source",
+    "finish_from",
+    "first_rows",
+    "head_output",
+    "keeping",
+    "mean_z",
+    "partner_index",
+    "resample_source",
+    "with_partners",
+]
+
 POINTS = ("resid_pre", "resid_mid", "resid_post")
+ALL_HEADS = slice(None)
+
+
+def check_ablation(ablation: str) -> None:
+    """Fail naming the choices when `ablation` is not one of ABLATIONS."""
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
+
+
+def resample_source(n_rows: int) -> Int[Tensor, " batch"]:
+    """The paper's resample partner: row i takes z from row (i + 1) mod n_rows, same position."""
+    return (torch.arange(n_rows) + 1) % n_rows
+
+
+def checked_source(source: Tensor | None, n_rows: int) -> Int[Tensor, " batch"]:
+    """The resample partner of each row (resample_source when None), checked to be row indices."""
+    source = resample_source(n_rows) if source is None else torch.as_tensor(source).long()
+    if source.shape != (n_rows,) or bool(((source < 0) | (source >= n_rows)).any()):
+        raise ValueError(f"source must hold {n_rows} row indices in [0, {n_rows})")
+    if n_rows < 2:
+        raise ValueError("resample ablation needs at least 2 rows to take z from another row")
+    return source
+
+
+def mean_z(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    layers: Iterable[int],
+    batch_size: int,
+    include_bos: bool = True,
+    fused: bool = True,
+) -> dict[int, Float[Tensor, "head d_head"]]:
+    """Mean of each head's z over all rows and positions of tokens (position 0 optional)."""
+    layers = sorted(set(layers))
+    sums: dict[int, Tensor] = {}
+    count = 0
+    first = 0 if include_bos else 1
+
+    def add(x, hook, layer):
+        sums[layer] = sums.get(layer, 0) + x[:, first:].float().sum((0, 1))
+
+    hooks = [
+        (f"blocks.{layer}.attn.hook_z", lambda x, hook, layer=layer: add(x, hook, layer))
+        for layer in layers
+    ]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        for start in range(0, tokens.shape[0], batch_size):
+            chunk = tokens[start : start + batch_size]
+            resid = embed(model, chunk)
+            for block in model.blocks[: layers[-1] + 1]:
+                resid = run_block(block, resid, fused)
+            count += chunk.shape[0] * (chunk.shape[1] - first)
+    return {layer: (s / count).to(model.cfg.dtype) for layer, s in sums.items()}
+
+
+def with_partners(rows: Int[Tensor, " batch"], source: Int[Tensor, " rows"]) -> Tensor:
+    """`rows`, then (sorted) the rows outside them that one of them takes its resample z from."""
+    extra = sorted(set(source[rows].tolist()) - set(rows.tolist()))
+    return torch.cat([rows, torch.tensor(extra, dtype=torch.long)])
+
+
+def partner_index(
+    run_rows: Int[Tensor, " run"], rows: Int[Tensor, " batch"], source: Tensor, device
+) -> Int[Tensor, " batch"]:
+    """Where in `run_rows` (with_partners' order) each of `rows` finds its resample partner."""
+    where = {r: i for i, r in enumerate(run_rows.tolist())}
+    return torch.tensor([where[s] for s in source[rows].tolist()], device=device)
+
+
+def _first(d: dict, n: int) -> dict:
+    return {k: v[:n] for k, v in d.items()}
+
+
+def first_rows(cp: CleanPass, n: int) -> CleanPass:
+    """The first n rows of a clean pass (the rest were only run for their resample z)."""
+    return CleanPass(
+        u=cp.u[:n],
+        const=cp.const[:n],
+        scale=cp.scale[:n],
+        logit=cp.logit[:n],
+        attn_dot=_first(cp.attn_dot, n),
+        mlp_dot=_first(cp.mlp_dot, n),
+        z=_first(cp.z, n),
+        restart=_first(cp.restart, n),
+        norm_scale=_first(cp.norm_scale, n),
+    )
+
+
+def ablated_z(
+    ablation: str,
+    z: Float[Tensor, "run pos head d_head"],
+    n: int,
+    partner: Int[Tensor, " batch"] | None = None,
+    z_mean: Float[Tensor, "head d_head"] | None = None,
+    heads: list[int] | slice = ALL_HEADS,
+) -> Float[Tensor, "batch pos heads d_head"]:
+    """The ablated z of `heads` of one layer for the first n rows of `z` (one layer's clean z over
+    a batch and its resample partners): resample, z of row partner[i]; mean, z_mean; zero, 0.
+
+    Only indexing and views: no arithmetic, so every caller gets the same numbers.
+    """
+    if ablation == "resample":
+        return z[:, :, heads][partner]
+    if ablation == "mean":
+        chosen = z_mean[heads]
+        return chosen.expand(n, z.shape[1], *chosen.shape)
+    return torch.zeros_like(z[:n, :, heads])
+
+
+@dataclass
+class AblationChunk:
+    """One batch of rows: its clean pass, the clean activations asked for by hook name, and
+    what z_new needs to choose the ablated z of any head of the asked layers."""
+
+    rows: Int[Tensor, " batch"]  # indices into the tokens passed to ablation_chunks
+    cp: CleanPass  # the batch's own rows
+    kept: dict[str, Tensor]
+    ablation: str
+    z_run: dict[int, Tensor]  # clean z over the batch and its resample partners
+    partner: Int[Tensor, " batch"] | None  # resample: index into z_run's rows
+    z_mean: dict[int, Tensor]
+
+    @property
+    def span(self) -> slice:
+        """The rows as a slice (a chunk's rows are consecutive)."""
+        start = int(self.rows[0])
+        return slice(start, start + len(self.rows))
+
+    def z_new(
+        self, layer: int, heads: list[int] | slice = ALL_HEADS
+    ) -> Float[Tensor, "batch pos heads d_head"]:
+        """The ablated z of `heads` of `layer` (ablated_z)."""
+        return ablated_z(
+            self.ablation,
+            self.z_run[layer],
+            len(self.rows),
+            self.partner,
+            self.z_mean.get(layer),
+            heads,
+        )
 
 
 def keeping(names: Iterable[str], store: dict[str, Tensor]) -> list[tuple[str, object]]:
@@ -36,19 +202,8 @@ def keeping(names: Iterable[str], store: dict[str, Tensor]) -> list[tuple[str, o
     return [(name, keep) for name in names]
 
 
-@dataclass
-class AblationChunk:
-    """One batch of rows: its clean pass, the ablated z of every head of the asked layers, and
-    the clean activations asked for by hook name."""
-
-    rows: Int[Tensor, " batch"]  # indices into the tokens passed to ablation_chunks
-    cp: CleanPass
-    z_new: dict[int, Float[Tensor, "batch pos head d_head"]]
-    kept: dict[str, Tensor]
-
-
 def ablation_chunks(
-    model,
+    model: HookedTransformer,
     tokens: Int[Tensor, "rows pos_plus_1"],
     ablation: str,
     layers: Iterable[int],
@@ -58,77 +213,72 @@ def ablation_chunks(
     mean_include_bos: bool = True,
     keep: Iterable[str] = (),
     restart_layers: Iterable[int] | None = None,
+    source: Tensor | None = None,
+    z_mean: dict[int, Tensor] | None = None,
+    norm_scales: bool = False,
+    fused: bool = True,
 ) -> Iterator[AblationChunk]:
-    """Clean passes over `tokens` in batches of rows, with each head's ablated z as the engine
-    takes it over the same `tokens` (so pass one shard to match a shard of the engine).
+    """Clean passes over `tokens` in batches of rows, each with what choosing the ablated z of
+    its heads over the same `tokens` needs (so pass one shard to match a shard of the engine).
 
-    layers: layers whose z (clean and ablated) is needed. restart_layers: layers whose restart
-    residual is kept (default: `layers`). keep: extra hook names kept from the clean pass.
+    Args:
+        model: the HookedTransformer (not modified).
+        tokens: [rows, pos + 1] token ids, each row starting with BOS.
+        ablation: "resample", "mean" or "zero".
+        layers: layers whose z (clean and ablated) is needed.
+        ro: the model's readout (models.readout.readout).
+        batch_size: rows per clean pass (resample partners outside the batch come on top).
+        mean_include_bos: whether the mean z includes position 0.
+        keep: extra hook names kept from the clean pass (AblationChunk.kept).
+        restart_layers: layers whose restart residual is kept (default: `layers`).
+        source: resample partner of each row (default: resample_source).
+        z_mean: the mean z per layer when already computed (default: mean_z over `tokens`).
+        norm_scales, fused: passed to models.forward.clean_pass.
     """
-    if ablation not in ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
+    check_ablation(ablation)
     layers = sorted(set(layers))
     restart_layers = set(layers if restart_layers is None else restart_layers)
     keep = list(keep)
     device = model.W_U.device
     tokens = tokens.to(device=device, dtype=torch.long)
     n_rows = tokens.shape[0]
-    source = resample_source(n_rows)
-    if ablation == "resample" and n_rows < 2:
-        raise ValueError("resample ablation needs at least 2 rows to take z from another row")
-    z_mean = (
-        mean_z(model, tokens, layers, batch_size, mean_include_bos) if ablation == "mean" else {}
-    )
+    if ablation == "resample":
+        source = checked_source(source, n_rows)
+    if ablation == "mean" and z_mean is None:
+        z_mean = mean_z(model, tokens, layers, batch_size, mean_include_bos, fused)
 
-    with torch.no_grad():
-        for start in range(0, n_rows, batch_size):
-            rows = torch.arange(start, min(start + batch_size, n_rows))
-            run_rows = rows
-            if ablation == "resample":
-                extra = sorted(set(source[rows].tolist()) - set(rows.tolist()))
-                run_rows = torch.cat([rows, torch.tensor(extra, dtype=torch.long)])
-            kept: dict[str, Tensor] = {}
-            with model.hooks(fwd_hooks=keeping(keep, kept)):
-                cp = clean_pass(
-                    model, tokens[run_rows.to(device)], ro, set(layers), restart_layers, run_rows
-                )
-            n = len(rows)
-            if ablation == "resample":
-                where = {r: i for i, r in enumerate(run_rows.tolist())}
-                src = torch.tensor([where[s] for s in source[rows].tolist()], device=device)
-            z_new = {}
-            for layer in layers:
-                z = cp.z[layer]
-                if ablation == "resample":
-                    z_new[layer] = z[src]
-                elif ablation == "mean":
-                    z_new[layer] = z_mean[layer].expand_as(z[:n])
-                else:
-                    z_new[layer] = torch.zeros_like(z[:n])
-            yield AblationChunk(rows=rows, cp=first_rows(cp, n), z_new=z_new, kept=_head(kept, n))
-
-
-def _head(d: dict[str, Tensor], n: int) -> dict[str, Tensor]:
-    return {k: v[:n] for k, v in d.items()}
-
-
-def first_rows(cp: CleanPass, n: int) -> CleanPass:
-    """The first n rows of a clean pass (the rest were only run for their resample z)."""
-    return CleanPass(
-        u=cp.u[:n],
-        const=cp.const[:n],
-        scale=cp.scale[:n],
-        logit=cp.logit[:n],
-        attn_dot=_head(cp.attn_dot, n),
-        mlp_dot=_head(cp.mlp_dot, n),
-        z=_head(cp.z, n),
-        restart=_head(cp.restart, n),
-        norm_scale=_head(cp.norm_scale, n),
-    )
+    # No torch.no_grad() around the loop: a context held open across `yield` would be left by
+    # whoever finalises the generator (clean_pass runs under no_grad itself; callers keep theirs).
+    for start in range(0, n_rows, batch_size):
+        rows = torch.arange(start, min(start + batch_size, n_rows))
+        run_rows = with_partners(rows, source) if ablation == "resample" else rows
+        kept: dict[str, Tensor] = {}
+        with model.hooks(fwd_hooks=keeping(keep, kept)):
+            cp = clean_pass(
+                model,
+                tokens[run_rows.to(device)],
+                ro,
+                set(layers),
+                restart_layers,
+                run_rows,
+                norm_scales=norm_scales,
+                fused=fused,
+            )
+        n = len(rows)
+        partner = partner_index(run_rows, rows, source, device) if ablation == "resample" else None
+        yield AblationChunk(
+            rows=rows,
+            cp=first_rows(cp, n),
+            kept=_first(kept, n),
+            ablation=ablation,
+            z_run=cp.z,
+            partner=partner,
+            z_mean=z_mean or {},
+        )
 
 
 def finish_from(
-    model,
+    model: HookedTransformer,
     layer: int,
     point: str,
     resid: Float[Tensor, "batch pos d_model"],
@@ -156,14 +306,14 @@ def finish_from(
 
 
 def head_output(
-    model, z: Float[Tensor, "batch pos head d_head"], layer: int, head: int
+    model: HookedTransformer, z: Float[Tensor, "batch pos head d_head"], layer: int, head: int
 ) -> Float[Tensor, "batch pos d_model"]:
     """A head's output z W_O (no bias: b_O is shared by the layer's heads)."""
     return torch.einsum("bpd,dm->bpm", z[:, :, head], model.blocks[layer].attn.W_O[head])
 
 
 def ablated_final(
-    model,
+    model: HookedTransformer,
     chunk: AblationChunk,
     layer: int,
     head: int,
@@ -172,7 +322,6 @@ def ablated_final(
     """Final residual (and kept activations) of the run where only `head` of `layer` is ablated,
     restarted right after that layer's attention from the chunk's clean residual stream."""
     cp = chunk.cp
-    n = len(chunk.rows)
-    delta = head_output(model, chunk.z_new[layer][:n] - cp.z[layer], layer, head)
+    delta = head_output(model, chunk.z_new(layer) - cp.z[layer], layer, head)
     point = restart_point(model)
     return finish_from(model, layer, point, cp.restart[layer] + delta, keep, chunk.rows)

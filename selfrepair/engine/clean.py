@@ -7,6 +7,8 @@ checked on every token by `decomposition_error`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import xarray as xr
@@ -14,24 +16,74 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from selfrepair.engine.self_repair import validate_tokens
-from selfrepair.models.forward import check_supported, clean_pass, dot
+from selfrepair.engine.inputs import grid_coords, validate_tokens
+from selfrepair.models.forward import CleanPass, check_supported, clean_pass, dot
 from selfrepair.models.readout import readout
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+__all__ = [
+    "COMPONENTS_2D",
+    "chunk_direct_effects",
+    "clean_direct_effects",
+    "decomposition_error",
+    "next_token_loss",
+    "total_direct_effect",
+]
 
 COMPONENTS_2D = ("de_embed", "de_pos_embed", "de_unembed_bias")
 
 
+def chunk_direct_effects(
+    model: HookedTransformer,
+    cp: CleanPass,
+    chunk: Int[Tensor, "batch pos_plus_1"],
+    sl: slice,
+    out: dict[str, np.ndarray],
+) -> None:
+    """Write one chunk's clean quantities and every component's direct effect into out."""
+    s = cp.scale
+    for layer in range(model.cfg.n_layers):
+        w_o = model.blocks[layer].attn.W_O.float()  # [head, d_head, d_model]
+        v = torch.einsum("hdm,bpm->bphd", w_o, cp.u)
+        out["de_head"][layer, :, sl] = (
+            (torch.einsum("bphd,bphd->hbp", cp.z[layer].float(), v) / s).cpu().numpy()
+        )
+        b_o = model.blocks[layer].attn.b_O.float()
+        out["de_attn_bias"][layer, sl] = (dot(b_o, cp.u) / s).cpu().numpy()
+        if layer in cp.mlp_dot:
+            out["de_mlp"][layer, sl] = (cp.mlp_dot[layer] / s).cpu().numpy()
+    out["logit_clean"][sl] = cp.logit.cpu().numpy()
+    out["ln_scale_clean"][sl] = s.cpu().numpy()
+    out["de_embed"][sl] = (cp.embed_dot / s).cpu().numpy()
+    if cp.pos_embed_dot is not None:
+        out["de_pos_embed"][sl] = (cp.pos_embed_dot / s).cpu().numpy()
+    out["de_unembed_bias"][sl] = cp.const.cpu().numpy()
+    out["loss"][sl] = next_token_loss(model, cp.final, chunk[:, 1:]).cpu().numpy()
+
+
 def clean_direct_effects(
-    model,
+    model: HookedTransformer,
     tokens: Int[Tensor, "batch pos"],
     *,
     batch_size: int | None = None,
     progress: bool = False,
     desc: str | None = None,
 ) -> xr.Dataset:
-    """Dims layer, head, batch, pos (pos = tokens.shape[1] - 1). Variables: logit_clean,
-    ln_scale_clean, loss, target, de_head, de_attn_bias, de_mlp, de_embed, de_pos_embed,
-    de_unembed_bias."""
+    """The clean direct effect of every component on every token's centred correct-token logit.
+
+    Args:
+        model: the HookedTransformer (not modified).
+        tokens: [batch, pos + 1] token rows, each starting with BOS.
+        batch_size: rows per clean pass (default: all); never changes a number.
+        progress, desc: show a progress bar with this label.
+
+    Returns:
+        Dims layer, head, batch, pos (pos = tokens.shape[1] - 1). Variables: logit_clean,
+        ln_scale_clean, loss, target, de_head, de_attn_bias, de_mlp, de_embed, de_pos_embed,
+        de_unembed_bias.
+    """
     check_supported(model)
     validate_tokens(model, tokens)
     n_rows, n_pos = tokens.shape[0], tokens.shape[1] - 1
@@ -45,12 +97,12 @@ def clean_direct_effects(
     def empty(*shape):
         return np.zeros(shape, np.float32)
 
-    out2 = {
+    out = {
         k: empty(n_rows, n_pos) for k in ("logit_clean", "ln_scale_clean", "loss", *COMPONENTS_2D)
     }
-    de_head = empty(n_layers, n_heads, n_rows, n_pos)
-    de_attn_bias = empty(n_layers, n_rows, n_pos)
-    de_mlp = empty(n_layers, n_rows, n_pos)
+    out["de_head"] = empty(n_layers, n_heads, n_rows, n_pos)
+    out["de_attn_bias"] = empty(n_layers, n_rows, n_pos)
+    out["de_mlp"] = empty(n_layers, n_rows, n_pos)
 
     for start in tqdm(
         range(0, n_rows, batch_size),
@@ -60,41 +112,18 @@ def clean_direct_effects(
         mininterval=5.0,
     ):
         rows = torch.arange(start, min(start + batch_size, n_rows))
-        sl = slice(start, start + len(rows))
         chunk = tokens[rows.to(device)]
         with torch.no_grad():
             cp = clean_pass(model, chunk, ro, all_layers, set(), rows, embeddings=True)
-            s = cp.scale
-            for layer in range(n_layers):
-                w_o = model.blocks[layer].attn.W_O.float()  # [head, d_head, d_model]
-                v = torch.einsum("hdm,bpm->bphd", w_o, cp.u)
-                de_head[layer, :, sl] = (
-                    (torch.einsum("bphd,bphd->hbp", cp.z[layer].float(), v) / s).cpu().numpy()
-                )
-                b_o = model.blocks[layer].attn.b_O.float()
-                de_attn_bias[layer, sl] = (dot(b_o, cp.u) / s).cpu().numpy()
-                if layer in cp.mlp_dot:
-                    de_mlp[layer, sl] = (cp.mlp_dot[layer] / s).cpu().numpy()
-            out2["logit_clean"][sl] = cp.logit.cpu().numpy()
-            out2["ln_scale_clean"][sl] = s.cpu().numpy()
-            out2["de_embed"][sl] = (cp.embed_dot / s).cpu().numpy()
-            if cp.pos_embed_dot is not None:
-                out2["de_pos_embed"][sl] = (cp.pos_embed_dot / s).cpu().numpy()
-            out2["de_unembed_bias"][sl] = cp.const.cpu().numpy()
-            out2["loss"][sl] = next_token_loss(model, cp.final, chunk[:, 1:]).cpu().numpy()
+            chunk_direct_effects(model, cp, chunk, slice(start, start + len(rows)), out)
 
     dims2, dims3 = ("batch", "pos"), ("layer", "batch", "pos")
-    data = {k: (dims2, v) for k, v in out2.items()}
+    data = {k: (dims2, out[k]) for k in ("logit_clean", "ln_scale_clean", "loss", *COMPONENTS_2D)}
     data["target"] = (dims2, tokens[:, 1:].to(torch.int32).cpu().numpy())
-    data["de_head"] = (("layer", "head", "batch", "pos"), de_head)
-    data["de_attn_bias"] = (dims3, de_attn_bias)
-    data["de_mlp"] = (dims3, de_mlp)
-    coords = {
-        "layer": np.arange(n_layers),
-        "head": np.arange(n_heads),
-        "batch": np.arange(n_rows),
-        "pos": np.arange(n_pos),
-    }
+    data["de_head"] = (("layer", "head", "batch", "pos"), out["de_head"])
+    data["de_attn_bias"] = (dims3, out["de_attn_bias"])
+    data["de_mlp"] = (dims3, out["de_mlp"])
+    coords = grid_coords(model, n_rows, n_pos)
     attrs = {
         "model": model.cfg.model_name,
         "final_norm": "LayerNorm" if ro.centre else "RMSNorm",
@@ -104,7 +133,9 @@ def clean_direct_effects(
 
 
 def next_token_loss(
-    model, final_resid: Float[Tensor, "batch pos d_model"], targets: Int[Tensor, "batch pos"]
+    model: HookedTransformer,
+    final_resid: Float[Tensor, "batch pos d_model"],
+    targets: Int[Tensor, "batch pos"],
 ) -> Float[Tensor, "batch pos"]:
     """Cross-entropy of the next token, from the final residual stream (full unembedding)."""
     logits = model.unembed(model.ln_final(final_resid)).float()

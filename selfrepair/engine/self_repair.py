@@ -20,8 +20,9 @@ Each part is computed on its own, so sr_heads + sr_mlps + sr_ln == self_repair i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,135 +31,58 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from selfrepair.engine.ablation import (
+    AblationChunk,
+    ablation_chunks,
+    check_ablation,
+    checked_source,
+    mean_z,
+    resample_source,
+)
+from selfrepair.engine.inputs import (
+    CPU_PASS_BYTES,
+    default_heads_per_pass,
+    grid_coords,
+    normalize_heads,
+    validate_tokens,
+)
 from selfrepair.models.blocks import cached_weights, run_block, run_mlp
 from selfrepair.models.forward import (
     CleanPass,
     check_finite,
     check_supported,
-    clean_pass,
     dot,
-    embed,
     restart_point,
 )
 from selfrepair.models.readout import Readout, readout
 from selfrepair.variables import ABLATIONS, HEAD_VARIABLES
 
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
 
-def normalize_heads(model, heads: Iterable[Sequence[int]] | None) -> dict[int, list[int]]:
-    """{layer: sorted heads}; all heads when None. Out-of-range heads fail naming the model size."""
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    if heads is None:
-        return {layer: list(range(n_heads)) for layer in range(n_layers)}
-    by_layer: dict[int, set[int]] = {}
-    for pair in heads:
-        layer, head = (int(x) for x in pair)
-        if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise ValueError(
-                f"head L{layer}H{head} is out of range: {model.cfg.model_name} has {n_layers} "
-                f"layers of {n_heads} heads (layers and heads count from 0)"
-            )
-        by_layer.setdefault(layer, set()).add(head)
-    if not by_layer:
-        raise ValueError("heads is empty: pass None for all heads or a list of (layer, head)")
-    return {layer: sorted(hs) for layer, hs in sorted(by_layer.items())}
-
-
-def validate_tokens(model, tokens: Tensor) -> None:
-    if (
-        not isinstance(tokens, Tensor)
-        or tokens.dim() != 2
-        or tokens.dtype
-        not in (
-            torch.int64,
-            torch.int32,
-        )
-    ):
-        raise TypeError("tokens must be an integer tensor of shape [batch, pos]")
-    if tokens.shape[1] < 2:
-        raise ValueError("tokens need at least 2 positions (position t predicts token t+1)")
-    if tokens.shape[1] - 1 > model.cfg.n_ctx:
-        raise ValueError(
-            f"rows of {tokens.shape[1]} tokens exceed the context of {model.cfg.model_name} "
-            f"({model.cfg.n_ctx}): lower data.seq_len"
-        )
-    if int(tokens.min()) < 0 or int(tokens.max()) >= model.cfg.d_vocab:
-        raise ValueError(
-            f"token ids must lie in [0, {model.cfg.d_vocab}); got {int(tokens.min())}.."
-            f"{int(tokens.max())}: the tokens were made with another tokenizer"
-        )
-
-
-# On a CPU, a pass's largest activation is kept under this size: glibc's malloc serves blocks
-# under 32 MiB from its heap and reuses them, while larger ones are mapped afresh and page-faulted
-# in on every use (about a tenth of the engine's time at gpt2-small shapes).
-CPU_PASS_BYTES = 24 * 2**20
-
-
-def default_heads_per_pass(model, rows: int, n_pos: int) -> int:
-    """Heads stacked per ablated pass when not given: all of a layer's on a GPU; on a CPU as many
-    as keep the pass's widest activation ([heads x rows x pos, width]) within CPU_PASS_BYTES."""
-    cfg = model.cfg
-    if model.W_U.device.type != "cpu":
-        return cfg.n_heads
-    n_kv = cfg.n_key_value_heads or cfg.n_heads
-    width = max(cfg.d_mlp or 0, (cfg.n_heads + 2 * n_kv) * cfg.d_head, cfg.d_model)
-    per_head = rows * n_pos * width * model.W_U.element_size()
-    return max(1, min(cfg.n_heads, CPU_PASS_BYTES // per_head))
-
-
-def resample_source(n_rows: int) -> Int[Tensor, " batch"]:
-    """The paper's resample partner: row i takes z from row (i + 1) mod n_rows, same position."""
-    return (torch.arange(n_rows) + 1) % n_rows
-
-
-def mean_z(
-    model,
-    tokens: Int[Tensor, "batch pos"],
-    layers: Iterable[int],
-    batch_size: int,
-    include_bos: bool = True,
-    fused: bool = True,
-) -> dict[int, Float[Tensor, "head d_head"]]:
-    """Mean of each head's z over all rows and positions of tokens (position 0 optional)."""
-    layers = sorted(set(layers))
-    sums: dict[int, Tensor] = {}
-    count = 0
-    first = 0 if include_bos else 1
-
-    def add(x, hook, layer):
-        sums[layer] = sums.get(layer, 0) + x[:, first:].float().sum((0, 1))
-
-    hooks = [
-        (f"blocks.{layer}.attn.hook_z", lambda x, hook, layer=layer: add(x, hook, layer))
-        for layer in layers
-    ]
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        for start in range(0, tokens.shape[0], batch_size):
-            chunk = tokens[start : start + batch_size]
-            resid = embed(model, chunk)
-            for block in model.blocks[: layers[-1] + 1]:
-                resid = run_block(block, resid, fused)
-            count += chunk.shape[0] * (chunk.shape[1] - first)
-    return {layer: (s / count).to(model.cfg.dtype) for layer, s in sums.items()}
-
-
-def _take(cp: CleanPass, n: int) -> CleanPass:
-    """The first n rows of a clean pass (the rest were only run for their resample z)."""
-    return CleanPass(
-        u=cp.u[:n],
-        const=cp.const[:n],
-        scale=cp.scale[:n],
-        logit=cp.logit[:n],
-        attn_dot={k: v[:n] for k, v in cp.attn_dot.items()},
-        mlp_dot={k: v[:n] for k, v in cp.mlp_dot.items()},
-        z={k: v[:n] for k, v in cp.z.items()},
-        restart={k: v[:n] for k, v in cp.restart.items()},
-        norm_scale={k: v[:n] for k, v in cp.norm_scale.items()},
-    )
+__all__ = [
+    "ABLATIONS",
+    "CPU_PASS_BYTES",
+    "HEAD_VARIABLES",
+    "ablate_group",
+    "ablated_pass",
+    "default_heads_per_pass",
+    "empty_head_arrays",
+    "frozen_norms",
+    "head_groups",
+    "heads_dataset",
+    "mean_z",
+    "measure_chunk",
+    "measure_heads",
+    "progress_bar",
+    "normalize_heads",
+    "resample_source",
+    "validate_tokens",
+]
 
 
 def ablated_pass(
-    model,
+    model: HookedTransformer,
     ro: Readout,
     cp: CleanPass,
     layer: int,
@@ -235,7 +159,7 @@ def ablated_pass(
     }
 
 
-def frozen_norms(model, layer: int) -> list[str]:
+def frozen_norms(model: HookedTransformer, layer: int) -> list[str]:
     """hook_scale names of the norms an ablated pass of `layer` recomputes: ln2 of `layer` in a
     sequential block, ln1 and ln2 of every later block."""
     if model.cfg.normalization_type is None:
@@ -248,8 +172,106 @@ def frozen_norms(model, layer: int) -> list[str]:
     return names
 
 
+def empty_head_arrays(model: HookedTransformer, n_rows: int, n_pos: int) -> dict[str, np.ndarray]:
+    """NaN-filled float32 (layer, head, batch, pos) arrays of HEAD_VARIABLES (NaN: not measured)
+    and (batch, pos) arrays of the clean logit and final-LN scale."""
+    shape = (model.cfg.n_layers, model.cfg.n_heads, n_rows, n_pos)
+    out = {v: np.full(shape, np.nan, np.float32) for v in HEAD_VARIABLES}
+    out["logit_clean"] = np.empty((n_rows, n_pos), np.float32)
+    out["ln_scale_clean"] = np.empty((n_rows, n_pos), np.float32)
+    return out
+
+
+def head_groups(
+    by_layer: dict[int, list[int]], heads_per_pass: int
+) -> Iterator[tuple[int, list[list[int]]]]:
+    """Per layer, its heads in groups of at most heads_per_pass (the heads stacked in one pass)."""
+    for layer, layer_heads in by_layer.items():
+        yield (
+            layer,
+            [
+                layer_heads[i : i + heads_per_pass]
+                for i in range(0, len(layer_heads), heads_per_pass)
+            ],
+        )
+
+
+def ablate_group(
+    model: HookedTransformer,
+    ro: Readout,
+    chunk: AblationChunk,
+    layer: int,
+    group: list[int],
+    freeze_ln: bool,
+    fused: bool,
+) -> dict[str, Float[Tensor, "group batch pos"]]:
+    """ablated_pass for the heads `group` of `layer` on one chunk, each with its ablated z."""
+    z_new = chunk.z_new(layer, group).permute(2, 0, 1, 3)  # [group, batch, pos, d_head]
+    res = ablated_pass(model, ro, chunk.cp, layer, group, z_new, freeze_ln, fused)
+    check_finite(res["logit_diff"].transpose(0, 1), f"ablated layer {layer}", chunk.rows)
+    return res
+
+
+def measure_chunk(
+    model: HookedTransformer,
+    ro: Readout,
+    chunk: AblationChunk,
+    by_layer: dict[int, list[int]],
+    heads_per_pass: int,
+    out: dict[str, np.ndarray],
+    freeze_ln: bool,
+    fused: bool,
+    bar: tqdm,
+) -> None:
+    """Write the clean logit and scale and every asked head's variables of one chunk into out."""
+    sl = chunk.span
+    out["logit_clean"][sl] = chunk.cp.logit.cpu().numpy()
+    out["ln_scale_clean"][sl] = chunk.cp.scale.cpu().numpy()
+    for layer, groups in head_groups(by_layer, heads_per_pass):
+        for group in groups:
+            res = ablate_group(model, ro, chunk, layer, group, freeze_ln, fused)
+            for name, value in res.items():
+                out[name][layer, group, sl] = value.cpu().numpy()
+        bar.update(1)
+
+
+def progress_bar(total: int, desc: str, progress: bool) -> tqdm:
+    """measure_heads' bar: one step per layer of each chunk, shown when progress is set."""
+    return tqdm(total=total, desc=desc, unit="layer", disable=not progress, mininterval=5.0)
+
+
+def heads_dataset(
+    model: HookedTransformer,
+    ro: Readout,
+    out: dict[str, np.ndarray],
+    ablation: str,
+    source: Tensor | None,
+    mean_include_bos: bool,
+    freeze_ln: bool,
+) -> xr.Dataset:
+    """measure_heads' arrays as a Dataset with its coordinates and attributes."""
+    n_layers, n_heads, n_rows, n_pos = out[HEAD_VARIABLES[0]].shape
+    dims4 = ("layer", "head", "batch", "pos")
+    data = {name: (dims4 if arr.ndim == 4 else ("batch", "pos"), arr) for name, arr in out.items()}
+    coords = grid_coords(model, n_rows, n_pos)
+    if ablation == "resample":
+        coords["resample_source"] = ("batch", source.numpy())
+    attrs = {
+        "ablation": ablation,
+        "model": model.cfg.model_name,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "parallel_attn_mlp": int(bool(model.cfg.parallel_attn_mlp)),
+        "final_norm": "LayerNorm" if ro.centre else "RMSNorm",
+        "mean_include_bos": int(mean_include_bos),
+        "freeze_ln": int(freeze_ln),
+        "logits": "centred over the vocabulary; direct effects use the clean final-LN scale",
+    }
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
 def measure_heads(
-    model,
+    model: HookedTransformer,
     tokens: Int[Tensor, "batch pos"],
     ablation: str = "resample",
     heads: Iterable[Sequence[int]] | None = None,
@@ -265,121 +287,60 @@ def measure_heads(
 ) -> xr.Dataset:
     """Eq. 1 and 2 of the paper for every (or the given) head, per token.
 
-    model: HookedTransformer (not modified). tokens: [batch, pos] rows, each starting with BOS.
-    ablation: "resample" (z of row source[i], default (i + 1) mod batch, same position),
-    "mean" (mean z over all rows and positions of tokens) or "zero".
-    batch_size and heads_per_pass bound memory (rows per pass, heads stacked per pass); they
-    never change a number. Defaults: all rows; heads per pass from default_heads_per_pass. freeze_ln: every LayerNorm after the ablated head keeps its clean
-    scale (so sr_ln is 0 and the remaining self-repair is the heads' and MLPs').
-    fused: run blocks with selfrepair.models.blocks' fused forward where it applies (same numbers to
-    float tolerance, several times faster on a CPU); False runs TransformerLens' block modules.
-    Returns dims layer, head, batch, pos (= tokens.shape[1] - 1).
+    Args:
+        model: the HookedTransformer (not modified).
+        tokens: [batch, pos + 1] token rows, each starting with BOS.
+        ablation: "resample" (z of row source[i], default (i + 1) mod batch, same position),
+            "mean" (mean z over all rows and positions of tokens) or "zero".
+        heads: (layer, head) pairs to ablate; None: every head.
+        batch_size: rows per clean pass (default: all); bounds memory, never changes a number.
+        heads_per_pass: heads stacked per ablated pass (default: default_heads_per_pass);
+            bounds memory, never changes a number.
+        source: resample partner of each row (default: resample_source).
+        mean_include_bos: whether the mean z includes position 0.
+        freeze_ln: every LayerNorm after the ablated head keeps its clean scale (so sr_ln is 0
+            and the remaining self-repair is the heads' and MLPs').
+        fused: run blocks with selfrepair.models.blocks' fused forward where it applies (same
+            numbers to float tolerance, several times faster on a CPU); False runs
+            TransformerLens' block modules.
+        progress, desc: show a progress bar with this label.
+
+    Returns:
+        HEAD_VARIABLES with dims layer, head, batch, pos (= tokens.shape[1] - 1), NaN for heads
+        not measured, and logit_clean, ln_scale_clean with dims batch, pos.
     """
-    if ablation not in ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
+    check_ablation(ablation)
     check_supported(model)
     validate_tokens(model, tokens)
     by_layer = normalize_heads(model, heads)
     layers = set(by_layer)
     n_rows, n_pos = tokens.shape[0], tokens.shape[1] - 1
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     batch_size = batch_size or n_rows
     heads_per_pass = heads_per_pass or default_heads_per_pass(model, batch_size, n_pos)
-    device = model.W_U.device
-    tokens = tokens.to(device=device, dtype=torch.long)
+    tokens = tokens.to(device=model.W_U.device, dtype=torch.long)
     ro = readout(model)
-
-    if ablation == "resample":
-        source = resample_source(n_rows) if source is None else torch.as_tensor(source).long()
-        if source.shape != (n_rows,) or bool(((source < 0) | (source >= n_rows)).any()):
-            raise ValueError(f"source must hold {n_rows} row indices in [0, {n_rows})")
-        if n_rows < 2:
-            raise ValueError("resample ablation needs at least 2 rows to take z from another row")
+    source = checked_source(source, n_rows) if ablation == "resample" else None
     z_mean = (
         mean_z(model, tokens, layers, batch_size, mean_include_bos, fused)
         if ablation == "mean"
         else None
     )
-
-    out = {
-        v: np.full((n_layers, n_heads, n_rows, n_pos), np.nan, np.float32) for v in HEAD_VARIABLES
-    }
-    logit_clean = np.empty((n_rows, n_pos), np.float32)
-    scale_clean = np.empty((n_rows, n_pos), np.float32)
-
-    n_chunks = -(-n_rows // batch_size)
-    bar = tqdm(
-        total=n_chunks * len(layers),
-        desc=desc or "heads",
-        unit="layer",
-        disable=not progress,
-        mininterval=5.0,
+    out = empty_head_arrays(model, n_rows, n_pos)
+    chunks = ablation_chunks(
+        model,
+        tokens,
+        ablation,
+        layers,
+        ro,
+        batch_size=batch_size,
+        source=source,
+        z_mean=z_mean,
+        norm_scales=freeze_ln,
+        fused=fused,
     )
+    bar = progress_bar(-(-n_rows // batch_size) * len(layers), desc or "heads", progress)
     with torch.inference_mode(), cached_weights():
-        for start in range(0, n_rows, batch_size):
-            rows = torch.arange(start, min(start + batch_size, n_rows))
-            run_rows = rows
-            if ablation == "resample":
-                extra = torch.tensor(
-                    sorted(set(source[rows].tolist()) - set(rows.tolist())), dtype=torch.long
-                )
-                run_rows = torch.cat([rows, extra])
-            cp_all = clean_pass(
-                model,
-                tokens[run_rows.to(device)],
-                ro,
-                layers,
-                layers,
-                run_rows,
-                norm_scales=freeze_ln,
-                fused=fused,
-            )
-            cp = _take(cp_all, len(rows))
-            sl = slice(start, start + len(rows))
-            logit_clean[sl] = cp.logit.cpu().numpy()
-            scale_clean[sl] = cp.scale.cpu().numpy()
-            if ablation == "resample":
-                where = {r: i for i, r in enumerate(run_rows.tolist())}
-                src_idx = torch.tensor([where[s] for s in source[rows].tolist()], device=device)
-
-            for layer, layer_heads in by_layer.items():
-                for i in range(0, len(layer_heads), heads_per_pass):
-                    group = layer_heads[i : i + heads_per_pass]
-                    z_clean = cp.z[layer][:, :, group].permute(2, 0, 1, 3)
-                    if ablation == "resample":
-                        z_new = cp_all.z[layer][:, :, group][src_idx].permute(2, 0, 1, 3)
-                    elif ablation == "mean":
-                        z_new = z_mean[layer][group][:, None, None, :].expand_as(z_clean)
-                    else:
-                        z_new = torch.zeros_like(z_clean)
-                    res = ablated_pass(model, ro, cp, layer, group, z_new, freeze_ln, fused)
-                    check_finite(res["logit_diff"].transpose(0, 1), f"ablated layer {layer}", rows)
-                    for name, value in res.items():
-                        out[name][layer, group, sl] = value.cpu().numpy()
-                bar.update(1)
+        for chunk in chunks:
+            measure_chunk(model, ro, chunk, by_layer, heads_per_pass, out, freeze_ln, fused, bar)
     bar.close()
-
-    dims4 = ("layer", "head", "batch", "pos")
-    data = {name: (dims4, arr) for name, arr in out.items()}
-    data["logit_clean"] = (("batch", "pos"), logit_clean)
-    data["ln_scale_clean"] = (("batch", "pos"), scale_clean)
-    coords = {
-        "layer": np.arange(n_layers),
-        "head": np.arange(n_heads),
-        "batch": np.arange(n_rows),
-        "pos": np.arange(n_pos),
-    }
-    if ablation == "resample":
-        coords["resample_source"] = ("batch", source.numpy())
-    attrs = {
-        "ablation": ablation,
-        "model": model.cfg.model_name,
-        "n_layers": n_layers,
-        "n_heads": n_heads,
-        "parallel_attn_mlp": int(bool(model.cfg.parallel_attn_mlp)),
-        "final_norm": "LayerNorm" if ro.centre else "RMSNorm",
-        "mean_include_bos": int(mean_include_bos),
-        "freeze_ln": int(freeze_ln),
-        "logits": "centred over the vocabulary; direct effects use the clean final-LN scale",
-    }
-    return xr.Dataset(data, coords=coords, attrs=attrs)
+    return heads_dataset(model, ro, out, ablation, source, mean_include_bos, freeze_ln)

@@ -18,9 +18,8 @@ streamed and the running top set updated in place, so memory is that of the kept
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,75 +29,42 @@ from torch import Tensor
 
 from selfrepair.analysis.mechanisms import at_selected
 from selfrepair.engine.ablation import AblationChunk, ablated_final, ablation_chunks
-from selfrepair.engine.self_repair import validate_tokens
-from selfrepair.models.forward import check_supported, dot, restart_point
+from selfrepair.engine.inputs import validate_tokens
+from selfrepair.mechanisms.probes import Probe, out_hook, post_hook, probe_coords, resolve_probes
+from selfrepair.mechanisms.top_tokens import TopTokens, n_selected
+from selfrepair.models.forward import check_supported, dot
 from selfrepair.models.readout import Readout, readout
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+__all__ = [
+    "PER_NEURON",
+    "PER_TOKEN",
+    "SELECTIONS",
+    "Probe",
+    "TopTokens",
+    "chunk_neuron_effects",
+    "head_direct_effect",
+    "n_selected",
+    "neuron_chunks",
+    "neuron_direct_effects",
+    "neuron_readout",
+    "resolve_probes",
+    "select_neuron_tokens",
+    "sum_error",
+]
 
 SELECTIONS = ("head_de", "mlp_repair")
 PER_TOKEN = ("de_clean", "de_ablated", "mlp_de_clean", "mlp_de_ablated", "mlp_bias_de")
 PER_NEURON = ("neuron_de_clean", "neuron_de_ablated")
 
 
-@dataclass(frozen=True)
-class Probe:
-    """A head to ablate and the MLP layer whose neurons are watched."""
-
-    layer: int
-    head: int
-    mlp_layer: int
-
-    @property
-    def label(self) -> str:
-        return f"L{self.layer}H{self.head}"
-
-
-def resolve_probes(model, heads: Iterable[Sequence[int]], mlp_layer: int = -1) -> list[Probe]:
-    """Probes for (layer, head) or (layer, head, mlp_layer) items; mlp_layer counts from the end
-    when negative. Fails naming the head when it or its MLP layer does not exist, or when the MLP
-    layer does not read the head's output (below it, or beside it in a parallel block)."""
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    if model.cfg.attn_only:
-        raise ValueError(f"{model.cfg.model_name} has no MLP layers: neurons need one")
-    probes = []
-    for item in heads:
-        layer, head = int(item[0]), int(item[1])
-        mlp = int(item[2]) if len(item) > 2 else int(mlp_layer)
-        if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise ValueError(
-                f"head L{layer}H{head} is out of range: {model.cfg.model_name} has {n_layers} "
-                f"layers of {n_heads} heads (layers and heads count from 0)"
-            )
-        if not -n_layers <= mlp < n_layers:
-            raise ValueError(
-                f"MLP layer {mlp} is out of range: {model.cfg.model_name} has {n_layers} layers"
-            )
-        mlp %= n_layers
-        sequential = restart_point(model) == "resid_mid"
-        if mlp < layer or (mlp == layer and not sequential):
-            raise ValueError(
-                f"the MLP of layer {mlp} does not read the output of head L{layer}H{head} in "
-                f"{model.cfg.model_name}: choose a later MLP layer"
-                + ("" if sequential else " (attention and MLP of a layer run in parallel)")
-            )
-        probe = Probe(layer, head, mlp)
-        if probe in probes:
-            raise ValueError(f"head L{layer}H{head} with MLP layer {mlp} is listed twice")
-        probes.append(probe)
-    if not probes:
-        raise ValueError("no heads given: list at least one (layer, head)")
-    return probes
-
-
-def post_hook(mlp_layer: int) -> str:
-    return f"blocks.{mlp_layer}.mlp.hook_post"
-
-
-def out_hook(mlp_layer: int) -> str:
-    return f"blocks.{mlp_layer}.hook_mlp_out"
-
-
 def neuron_readout(
-    model, mlp_layer: int, u: Float[Tensor, "batch pos d_model"], scale: Float[Tensor, "batch pos"]
+    model: HookedTransformer,
+    mlp_layer: int,
+    u: Float[Tensor, "batch pos d_model"],
+    scale: Float[Tensor, "batch pos"],
 ) -> Float[Tensor, "batch pos d_mlp"]:
     """Direct effect per unit post-activation of each neuron: (W_out[n] . u) / s."""
     w_out = model.blocks[mlp_layer].mlp.W_out.float()  # [d_mlp, d_model]
@@ -106,7 +72,7 @@ def neuron_readout(
 
 
 def head_direct_effect(
-    model,
+    model: HookedTransformer,
     z: Float[Tensor, "batch pos head d_head"],
     layer: int,
     head: int,
@@ -119,7 +85,7 @@ def head_direct_effect(
 
 
 def chunk_neuron_effects(
-    model, chunk: AblationChunk, probes: Sequence[Probe]
+    model: HookedTransformer, chunk: AblationChunk, probes: Sequence[Probe]
 ) -> dict[Probe, dict[str, Tensor]]:
     """Per probe, on one chunk: the head's clean and ablated DE, the MLP layer's clean and
     ablated DE and its bias term ([batch, pos]), and every neuron's clean and ablated DE
@@ -142,7 +108,7 @@ def chunk_neuron_effects(
         _, kept = ablated_final(model, chunk, p.layer, p.head, [post_hook(m), out_hook(m)])
         out[p] = {
             "de_clean": head_direct_effect(model, cp.z[p.layer], p.layer, p.head, u, s),
-            "de_ablated": head_direct_effect(model, chunk.z_new[p.layer], p.layer, p.head, u, s),
+            "de_ablated": head_direct_effect(model, chunk.z_new(p.layer), p.layer, p.head, u, s),
             "mlp_de_clean": c["mlp_de_clean"],
             # The layer's own output, not the sum of its neurons: the invariant
             # sum(neurons) + bias == layer DE is then a real check (tests, sum_error).
@@ -155,14 +121,14 @@ def chunk_neuron_effects(
 
 
 def neuron_chunks(
-    model,
+    model: HookedTransformer,
     tokens: Int[Tensor, "rows pos_plus_1"],
     ablation: str,
     probes: Sequence[Probe],
     *,
+    ro: Readout | None = None,
     batch_size: int | None = None,
     mean_include_bos: bool = True,
-    ro: Readout | None = None,
 ) -> Iterator[tuple[Int[Tensor, " batch"], dict[Probe, dict[str, Tensor]]]]:
     """(rows, chunk_neuron_effects) for each batch of rows of `tokens`; ablation as the engine
     does it over `tokens` (pass one shard to match one shard of the engine)."""
@@ -180,20 +146,13 @@ def neuron_chunks(
         keep=[post_hook(m) for m in {p.mlp_layer for p in probes}],
     )
     for chunk in chunks:
-        yield chunk.rows, chunk_neuron_effects(model, chunk, probes)
-
-
-def probe_coords(probes: Sequence[Probe]) -> dict[str, tuple[str, list]]:
-    return {
-        "head": ("head", [p.label for p in probes]),
-        "head_layer": ("head", [p.layer for p in probes]),
-        "head_index": ("head", [p.head for p in probes]),
-        "mlp_layer": ("head", [p.mlp_layer for p in probes]),
-    }
+        with torch.no_grad():
+            effects = chunk_neuron_effects(model, chunk, probes)
+        yield chunk.rows, effects
 
 
 def neuron_direct_effects(
-    model,
+    model: HookedTransformer,
     tokens: Int[Tensor, "rows pos_plus_1"],
     ablation: str,
     probes: Sequence[Probe],
@@ -202,19 +161,22 @@ def neuron_direct_effects(
     mean_include_bos: bool = True,
 ) -> xr.Dataset:
     """Every neuron on every token (dims head, batch, pos, neuron): for small inputs and tests;
-    the workflow keeps only selected tokens (select_neuron_tokens)."""
+    the workflow keeps only selected tokens (select_neuron_tokens).
+
+    Args:
+        model: the HookedTransformer (not modified).
+        tokens: [rows, pos + 1] token ids; ablation as the engine does it over these rows.
+        ablation: "resample", "mean" or "zero".
+        probes: the heads and MLP layers (resolve_probes).
+        batch_size: rows per clean pass (default: all).
+        mean_include_bos: whether the mean z includes position 0.
+    """
     n_rows, n_pos = tokens.shape[0], tokens.shape[1] - 1
     d_mlp = model.cfg.d_mlp
     out = {v: np.zeros((len(probes), n_rows, n_pos), np.float32) for v in PER_TOKEN}
     out |= {v: np.zeros((len(probes), n_rows, n_pos, d_mlp), np.float32) for v in PER_NEURON}
-    for rows, effects in neuron_chunks(
-        model,
-        tokens,
-        ablation,
-        probes,
-        batch_size=batch_size,
-        mean_include_bos=mean_include_bos,
-    ):
+    opts = {"batch_size": batch_size, "mean_include_bos": mean_include_bos}
+    for rows, effects in neuron_chunks(model, tokens, ablation, probes, **opts):
         for i, p in enumerate(probes):
             for name, value in effects[p].items():
                 out[name][i, rows.numpy()] = value.cpu().numpy()
@@ -228,115 +190,61 @@ def neuron_direct_effects(
     return xr.Dataset(data, coords=coords, attrs={"ablation": ablation})
 
 
-class TopTokens:
-    """The k tokens of highest score seen so far, with their feature rows, updated in place.
-
-    Ties are broken towards the earlier token (lower global index), as reduce.top_token_mask
-    breaks them, so streaming gives the same set as selecting over all tokens at once.
-    """
-
-    def __init__(self, k: int, features: dict[str, int]):
-        self.k = k
-        self.score = np.full(k, -np.inf)
-        self.index = np.full(k, np.iinfo(np.int64).max, np.int64)  # empty slots sort last
-        self.values = {name: np.zeros((k, n), np.float32) for name, n in features.items()}
-
-    def offer(
-        self,
-        score: Float[Tensor, " m"],
-        index: Int[Tensor, " m"],
-        values: dict[str, Float[Tensor, "m n"]],
-    ) -> None:
-        score_np = score.detach().double().cpu().numpy()
-        all_score = np.concatenate([self.score, score_np])
-        all_index = np.concatenate([self.index, index.cpu().numpy().astype(np.int64)])
-        best = np.lexsort((all_index, -all_score))[: self.k]
-        chosen = np.zeros(len(all_score), bool)
-        chosen[best] = True
-        leaving = np.flatnonzero(~chosen[: self.k])  # slots whose token drops out
-        entering = np.flatnonzero(chosen[self.k :])  # new tokens that get in
-        if len(entering) == 0:
-            return
-        self.score[leaving] = score_np[entering]
-        self.index[leaving] = all_index[self.k + entering]
-        picked = torch.as_tensor(entering, device=score.device)
-        for name, value in values.items():
-            self.values[name][leaving] = value[picked].detach().float().cpu().numpy()
-
-    def in_token_order(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        order = np.argsort(self.index, kind="stable")
-        return (
-            self.index[order],
-            self.score[order],
-            {name: v[order] for name, v in self.values.items()},
-        )
+def offer_chunk(
+    tops: dict[tuple[Probe, str], TopTokens],
+    probes: Sequence[Probe],
+    effects: dict[Probe, dict[str, Tensor]],
+    flat_index: Int[Tensor, " tokens"],
+) -> None:
+    """Offer one chunk's tokens to each probe's top sets, scored by the head's clean DE
+    ("head_de") and by its MLP layer's self-repair ("mlp_repair")."""
+    for p in probes:
+        e = effects[p]
+        neurons = {v: e[v].flatten(0, 1) for v in PER_NEURON}
+        scores = {
+            "head_de": e["de_clean"],
+            "mlp_repair": e["mlp_de_ablated"] - e["mlp_de_clean"],
+        }
+        for sel, score in scores.items():
+            tops[p, sel].offer(score.flatten(), flat_index, neurons)
 
 
-def n_selected(n_tokens: int, fraction: float) -> int:
-    """Tokens kept per head and selection: ceil(fraction * n_tokens), as reduce.top_token_mask."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"top_fraction must lie in (0, 1], got {fraction}")
-    return max(1, math.ceil(fraction * n_tokens))
-
-
-def select_neuron_tokens(
-    model,
+def stream_shards(
+    model: HookedTransformer,
     shards: Iterable[tuple[int, Int[Tensor, "rows pos_plus_1"]]],
     ablation: str,
     probes: Sequence[Probe],
-    *,
-    n_tokens: int,
-    top_fraction: float = 0.02,
-    batch_size: int | None = None,
-    mean_include_bos: bool = True,
-) -> xr.Dataset:
-    """Stream shards of token rows, (first global row, rows), ablating within each shard as the
-    engine does, and keep neuron DEs only on each head's top tokens by clean DE ("head_de") and
-    by its MLP layer's self-repair ("mlp_repair").
-
-    n_tokens: total predictions over all shards (to size the top sets). Returns per-token
-    scalars (head, batch, pos) for all tokens, and per selected token (head, selection, token):
-    token_row, token_pos, score, and (head, selection, token, neuron) neuron_de_clean/ablated.
-    """
-    k = n_selected(n_tokens, top_fraction)
-    d_mlp = model.cfg.d_mlp
-    tops = {
-        (p, sel): TopTokens(k, {v: d_mlp for v in PER_NEURON}) for p in probes for sel in SELECTIONS
-    }
+    tops: dict[tuple[Probe, str], TopTokens],
+    **opts,
+) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray], int | None, int]:
+    """Run neuron_chunks over each shard, offering every chunk to `tops`; returns the per-token
+    arrays per chunk, the global rows per chunk, the positions per row and the tokens seen."""
     per_token: dict[str, list[np.ndarray]] = {v: [] for v in PER_TOKEN}
     row_ids: list[np.ndarray] = []
-    ro = readout(model)
     seen = 0
     n_pos = None
     for first_row, rows_tokens in shards:
         n_pos = rows_tokens.shape[1] - 1
-        for rows, effects in neuron_chunks(
-            model,
-            rows_tokens,
-            ablation,
-            probes,
-            batch_size=batch_size,
-            mean_include_bos=mean_include_bos,
-            ro=ro,
-        ):
+        for rows, effects in neuron_chunks(model, rows_tokens, ablation, probes, **opts):
             global_rows = first_row + rows
             row_ids.append(global_rows.numpy())
             flat_index = (global_rows[:, None] * n_pos + torch.arange(n_pos)).flatten()
             for name in PER_TOKEN:
                 per_token[name].append(np.stack([effects[p][name].cpu().numpy() for p in probes]))
-            for p in probes:
-                e = effects[p]
-                neurons = {v: e[v].flatten(0, 1) for v in PER_NEURON}
-                scores = {
-                    "head_de": e["de_clean"],
-                    "mlp_repair": e["mlp_de_ablated"] - e["mlp_de_clean"],
-                }
-                for sel, score in scores.items():
-                    tops[p, sel].offer(score.flatten(), flat_index, neurons)
+            offer_chunk(tops, probes, effects, flat_index)
             seen += rows.numel() * n_pos
-    if seen != n_tokens:
-        raise ValueError(f"n_tokens is {n_tokens} but the shards held {seen} predictions")
+    return per_token, row_ids, n_pos, seen
 
+
+def selected_arrays(
+    tops: dict[tuple[Probe, str], TopTokens],
+    probes: Sequence[Probe],
+    k: int,
+    n_pos: int,
+    d_mlp: int,
+) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+    """token_row, token_pos, score (head, selection, token) and the neuron DEs (head, selection,
+    token, neuron) of the top sets, each set in token order."""
     token_row = np.zeros((len(probes), len(SELECTIONS), k), np.int64)
     token_pos = np.zeros_like(token_row)
     score = np.zeros(token_row.shape, np.float32)
@@ -348,15 +256,57 @@ def select_neuron_tokens(
             score[i, j] = sc
             for v in PER_NEURON:
                 neuron[v][i, j] = values[v]
-
     dims3 = ("head", "selection", "token")
-    data = {v: (("head", "batch", "pos"), np.concatenate(per_token[v], 1)) for v in PER_TOKEN}
-    data |= {
+    data = {
         "token_row": (dims3, token_row),
         "token_pos": (dims3, token_pos),
         "score": (dims3, score),
     }
-    data |= {v: ((*dims3, "neuron"), neuron[v]) for v in PER_NEURON}
+    return data | {v: ((*dims3, "neuron"), neuron[v]) for v in PER_NEURON}
+
+
+def select_neuron_tokens(
+    model: HookedTransformer,
+    shards: Iterable[tuple[int, Int[Tensor, "rows pos_plus_1"]]],
+    ablation: str,
+    probes: Sequence[Probe],
+    *,
+    n_tokens: int,
+    top_fraction: float = 0.02,
+    batch_size: int | None = None,
+    mean_include_bos: bool = True,
+) -> xr.Dataset:
+    """Stream shards of token rows, ablating within each shard as the engine does, and keep
+    neuron DEs only on each head's top tokens by clean DE ("head_de") and by its MLP layer's
+    self-repair ("mlp_repair").
+
+    Args:
+        model: the HookedTransformer (not modified).
+        shards: (first global row, [rows, pos + 1] tokens) per shard.
+        ablation: "resample", "mean" or "zero", applied within each shard.
+        probes: the heads and MLP layers (resolve_probes).
+        n_tokens: total predictions over all shards (to size the top sets).
+        top_fraction: share of tokens kept per head and selection.
+        batch_size: rows per clean pass (default: a whole shard).
+        mean_include_bos: whether the mean z includes position 0.
+
+    Returns:
+        Per-token scalars (head, batch, pos) for all tokens, and per selected token (head,
+        selection, token): token_row, token_pos, score, and (head, selection, token, neuron)
+        neuron_de_clean/ablated.
+    """
+    k = n_selected(n_tokens, top_fraction)
+    d_mlp = model.cfg.d_mlp
+    tops = {
+        (p, sel): TopTokens(k, {v: d_mlp for v in PER_NEURON}) for p in probes for sel in SELECTIONS
+    }
+    opts = {"batch_size": batch_size, "mean_include_bos": mean_include_bos, "ro": readout(model)}
+    per_token, row_ids, n_pos, seen = stream_shards(model, shards, ablation, probes, tops, **opts)
+    if seen != n_tokens:
+        raise ValueError(f"n_tokens is {n_tokens} but the shards held {seen} predictions")
+
+    data = {v: (("head", "batch", "pos"), np.concatenate(per_token[v], 1)) for v in PER_TOKEN}
+    data |= selected_arrays(tops, probes, k, n_pos, d_mlp)
     coords = probe_coords(probes) | {
         "selection": list(SELECTIONS),
         "batch": np.concatenate(row_ids),

@@ -16,8 +16,10 @@ with the engine's: both must have ablated the same rows with the same z.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 import xarray as xr
 from jaxtyping import Int
 from torch import Tensor
@@ -25,17 +27,39 @@ from torch import Tensor
 from selfrepair.analysis.mechanisms import ratio_shares
 from selfrepair.analysis.reduce import top_token_mask
 from selfrepair.engine.ablation import ablated_final, ablation_chunks
-from selfrepair.engine.self_repair import normalize_heads, validate_tokens
+from selfrepair.engine.inputs import normalize_heads, validate_tokens
 from selfrepair.models.forward import check_supported
 from selfrepair.models.readout import readout
 
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+__all__ = [
+    "engine_heads",
+    "head_coords",
+    "head_labels",
+    "norm",
+    "norm_ratios",
+    "residual_norms",
+]
+
 
 def head_labels(heads: Iterable[Sequence[int]]) -> list[str]:
+    """The label L{layer}H{head} of each (layer, head)."""
     return [f"L{int(h[0])}H{int(h[1])}" for h in heads]
 
 
+def head_coords(heads: Sequence[Sequence[int]]) -> dict[str, object]:
+    """The head coordinate (labels) with the layer and index of each head beside it."""
+    return {
+        "head": head_labels(heads),
+        "head_layer": ("head", [int(h[0]) for h in heads]),
+        "head_index": ("head", [int(h[1]) for h in heads]),
+    }
+
+
 def residual_norms(
-    model,
+    model: HookedTransformer,
     tokens: Int[Tensor, "rows pos_plus_1"],
     ablation: str,
     heads: Sequence[Sequence[int]],
@@ -59,7 +83,7 @@ def residual_norms(
         "resid_norm_ablated": np.zeros((len(heads), n_rows, n_pos), np.float32),
         "ln_scale_ablated": np.zeros((len(heads), n_rows, n_pos), np.float32),
     }
-    for chunk in ablation_chunks(
+    chunks = ablation_chunks(
         model,
         tokens,
         ablation,
@@ -68,27 +92,24 @@ def residual_norms(
         batch_size=batch_size or n_rows,
         mean_include_bos=mean_include_bos,
         keep=[final],
-    ):
-        rows = chunk.rows.numpy()
-        out["resid_norm_clean"][rows] = norm(chunk.kept[final])
-        out["ln_scale_clean"][rows] = chunk.cp.scale.cpu().numpy()
-        for i, (layer, head) in enumerate(heads):
-            x, _ = ablated_final(model, chunk, layer, head)
-            out["resid_norm_ablated"][i, rows] = norm(x)
-            out["ln_scale_ablated"][i, rows] = ro.scale(x).cpu().numpy()
+    )
+    for chunk in chunks:
+        with torch.no_grad():
+            rows = chunk.rows.numpy()
+            out["resid_norm_clean"][rows] = norm(chunk.kept[final])
+            out["ln_scale_clean"][rows] = chunk.cp.scale.cpu().numpy()
+            for i, (layer, head) in enumerate(heads):
+                x, _ = ablated_final(model, chunk, layer, head)
+                out["resid_norm_ablated"][i, rows] = norm(x)
+                out["ln_scale_ablated"][i, rows] = ro.scale(x).cpu().numpy()
     dims2, dims3 = ("batch", "pos"), ("head", "batch", "pos")
     data = {k: (dims3 if v.ndim == 3 else dims2, v) for k, v in out.items()}
-    coords = {
-        "head": head_labels(heads),
-        "head_layer": ("head", [h[0] for h in heads]),
-        "head_index": ("head", [h[1] for h in heads]),
-        "batch": np.arange(n_rows),
-        "pos": np.arange(n_pos),
-    }
+    coords = head_coords(heads) | {"batch": np.arange(n_rows), "pos": np.arange(n_pos)}
     return xr.Dataset(data, coords=coords, attrs={"ablation": ablation})
 
 
 def norm(x: Tensor) -> np.ndarray:
+    """L2 norm over d_model, summed in float64, as float32 numpy."""
     return x.double().norm(dim=-1).float().cpu().numpy()
 
 
@@ -104,12 +125,7 @@ def engine_heads(ds: xr.Dataset, heads: Sequence[Sequence[int]], names: Sequence
                 "model's `heads` in the config (or remove that key to measure all heads)"
             )
         parts.append(one.drop_vars(["layer", "head"]))
-    out = xr.concat(parts, "head")
-    return out.assign_coords(
-        head=head_labels(heads),
-        head_layer=("head", [int(h[0]) for h in heads]),
-        head_index=("head", [int(h[1]) for h in heads]),
-    )
+    return xr.concat(parts, "head").assign_coords(head_coords(heads))
 
 
 def norm_ratios(

@@ -1,1 +1,28 @@
-"""models."""
+"""models: loading TransformerLens models (loading), the fused blocks (blocks), the clean pass
+(forward), the correct-token readout (readout) and matmul FLOP counts (flops)."""
+
+from selfrepair.models.forward import CleanPass, NonFiniteActivation, check_supported, clean_pass
+from selfrepair.models.loading import (
+    FAMILIES,
+    load_local_checkpoint,
+    load_model,
+    random_model,
+    resolve_device,
+    resolve_dtype,
+)
+from selfrepair.models.readout import Readout, readout
+
+__all__ = [
+    "FAMILIES",
+    "CleanPass",
+    "NonFiniteActivation",
+    "Readout",
+    "check_supported",
+    "clean_pass",
+    "load_local_checkpoint",
+    "load_model",
+    "random_model",
+    "readout",
+    "resolve_device",
+    "resolve_dtype",
+]

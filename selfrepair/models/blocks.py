@@ -34,6 +34,23 @@ from transformer_lens.components.mlps.mlp import MLP
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
+__all__ = [
+    "FUSED_HOOKS",
+    "NORMS",
+    "TANH_GELUS",
+    "activation",
+    "attention",
+    "cached_weights",
+    "can_fuse",
+    "has_other_hooks",
+    "mlp_forward",
+    "normalize",
+    "qkv_weights",
+    "run_block",
+    "run_mlp",
+    "unsupported_reason",
+]
+
 # Hook points (relative to the block) that the fused forward calls with the tensors
 # TransformerLens passes them; a hook anywhere else makes the block run as TransformerLens'.
 FUSED_HOOKS = frozenset(

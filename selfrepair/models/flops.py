@@ -11,6 +11,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = [
+    "Shapes",
+    "all_heads",
+    "attention_flops",
+    "block_flops",
+    "direct_effect_flops",
+    "engine_flops",
+    "forward_flops",
+    "matmul",
+    "mlp_flops",
+    "query_key_pairs",
+    "reference_flops",
+    "unembed_flops",
+]
+
 
 @dataclass(frozen=True)
 class Shapes:

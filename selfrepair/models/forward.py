@@ -9,6 +9,7 @@ ablated pass of that layer restarts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
@@ -18,12 +19,27 @@ from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 from selfrepair.models.blocks import run_block
 from selfrepair.models.readout import Readout
 
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+__all__ = [
+    "CleanPass",
+    "NonFiniteActivation",
+    "check_finite",
+    "check_supported",
+    "clean_hooks",
+    "clean_pass",
+    "dot",
+    "embed",
+    "restart_point",
+]
+
 
 class NonFiniteActivation(FloatingPointError):
     """NaN or inf in an activation; the message names the layer and the rows."""
 
 
-def check_supported(model) -> None:
+def check_supported(model: HookedTransformer) -> None:
     """Fail at once, naming the reason, on architectures where a head's ablation is not additive."""
     cfg = model.cfg
     problems = []
@@ -44,7 +60,9 @@ def check_supported(model) -> None:
         )
 
 
-def embed(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+def embed(
+    model: HookedTransformer, tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos d_model"]:
     """Token (and absolute positional) embedding, as HookedTransformer.input_to_embed does.
 
     No attention mask is ever built: rows are packed text with no padding, and a tokenizer whose
@@ -56,7 +74,7 @@ def embed(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d
     return resid
 
 
-def restart_point(model) -> str:
+def restart_point(model: HookedTransformer) -> str:
     """Where an ablated pass of layer L restarts: resid_mid for sequential blocks (the MLP of L
     reads the ablated stream), resid_post for parallel or attention-only blocks (it does not)."""
     cfg = model.cfg
@@ -64,6 +82,7 @@ def restart_point(model) -> str:
 
 
 def check_finite(x: Tensor, where: str, rows: Tensor) -> None:
+    """Fail naming `where` and the rows (global indices `rows`) when x holds a NaN or inf."""
     if bool(torch.isfinite(x.sum())):  # one cheap pass: any NaN or inf makes the sum non-finite
         return
     bad = ~torch.isfinite(x)
@@ -98,30 +117,18 @@ def dot(x: Float[Tensor, "... d_model"], u: Float[Tensor, "... d_model"]) -> Flo
     return torch.einsum("...m,...m->...", x.float(), u)
 
 
-def clean_pass(
-    model,
-    tokens: Int[Tensor, "batch pos_plus_1"],
-    ro: Readout,
+def clean_hooks(
+    model: HookedTransformer,
+    cp: CleanPass,
     z_layers: set[int],
     restart_layers: set[int],
-    rows: Tensor | None = None,
-    embeddings: bool = False,
-    norm_scales: bool = False,
-    fused: bool = True,
-) -> CleanPass:
-    """Run the model on tokens[:, :-1] (the last token is only a target) and keep what is asked.
-
-    z_layers: layers whose hook_z is kept; restart_layers: layers whose restart residual is kept.
-    rows: global row indices of the batch, only used to name rows in errors.
-    embeddings: also keep the embeddings' projections and the final residual (clean cache).
-    norm_scales: also keep every block's ln1/ln2 scale (for frozen-LayerNorm ablations).
-    fused: run the blocks with selfrepair.models.blocks' fused forward where it applies.
-    """
-    if rows is None:
-        rows = torch.arange(tokens.shape[0])
-    inp = tokens[:, :-1]
-    u, const = ro.directions(tokens[:, 1:])
-    cp = CleanPass(u=u, const=const, scale=None, logit=None)  # type: ignore[arg-type]
+    embeddings: bool,
+    norm_scales: bool,
+) -> list[tuple[str, object]]:
+    """Hooks that fill cp during a clean pass: every layer's attention and MLP output . cp.u,
+    z of z_layers, the restart residual of restart_layers, and optionally the embeddings' . cp.u
+    and every block norm's scale."""
+    u = cp.u
     point = restart_point(model)
     hooks = []
     for layer in range(model.cfg.n_layers):
@@ -170,7 +177,39 @@ def clean_pass(
             hooks.append((f"blocks.{layer}.ln1.hook_scale", keep_scale))
             if not model.cfg.attn_only:
                 hooks.append((f"blocks.{layer}.ln2.hook_scale", keep_scale))
+    return hooks
 
+
+def clean_pass(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos_plus_1"],
+    ro: Readout,
+    z_layers: set[int],
+    restart_layers: set[int],
+    rows: Tensor | None = None,
+    embeddings: bool = False,
+    norm_scales: bool = False,
+    fused: bool = True,
+) -> CleanPass:
+    """Run the model on tokens[:, :-1] (the last token is only a target) and keep what is asked.
+
+    Args:
+        model: the HookedTransformer (not modified).
+        tokens: [batch, pos + 1] token ids.
+        ro: the model's readout (models.readout.readout).
+        z_layers: layers whose hook_z is kept.
+        restart_layers: layers whose restart residual (restart_point) is kept.
+        rows: global row indices of the batch, only used to name rows in errors.
+        embeddings: also keep the embeddings' projections and the final residual (clean cache).
+        norm_scales: also keep every block's ln1/ln2 scale (for frozen-LayerNorm ablations).
+        fused: run the blocks with selfrepair.models.blocks' fused forward where it applies.
+    """
+    if rows is None:
+        rows = torch.arange(tokens.shape[0])
+    inp = tokens[:, :-1]
+    u, const = ro.directions(tokens[:, 1:])
+    cp = CleanPass(u=u, const=const, scale=None, logit=None)  # type: ignore[arg-type]
+    hooks = clean_hooks(model, cp, z_layers, restart_layers, embeddings, norm_scales)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         resid = embed(model, inp)
         check_finite(resid, "the embedding", rows)

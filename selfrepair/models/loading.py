@@ -16,6 +16,18 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from selfrepair.config.core import ConfigError, device_problem, official_model_name
 
+__all__ = [
+    "DTYPES",
+    "FAMILIES",
+    "PROCESSING",
+    "family_config",
+    "load_local_checkpoint",
+    "load_model",
+    "random_model",
+    "resolve_device",
+    "resolve_dtype",
+]
+
 FAMILIES = ("gpt2", "pythia", "llama")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True)
@@ -36,6 +48,7 @@ def resolve_device(spec: str = "auto") -> str:
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """The torch dtype of a config dtype name; other than float32 only on CUDA."""
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPES)}")
     if name != "float32" and not device.startswith("cuda"):
@@ -94,7 +107,14 @@ def random_model(
     family: str, process: bool = True, noise: float = 0.5, **dims
 ) -> HookedTransformer:
     """A tiny random model of a family, every parameter perturbed (LayerNorm weights and all
-    biases too, so nothing is trivially 1 or 0), then processed as the paper loads models."""
+    biases too, so nothing is trivially 1 or 0), then processed as the paper loads models.
+
+    Args:
+        family: one of FAMILIES ("gpt2", "pythia", "llama").
+        process: fold LayerNorm and centre weights as load_model does.
+        noise: size of the perturbation.
+        dims: HookedTransformerConfig overrides (n_layers, d_model, ...; seed).
+    """
     cfg = family_config(family, **dims)
     model = HookedTransformer(cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -114,8 +134,18 @@ def random_model(
     return model
 
 
-def load_model(name: str, path: str | None = None, device: str = "cpu", dtype=torch.float32):
-    """A model by TransformerLens name (from the hub) or from a local Hugging Face checkpoint."""
+def load_model(
+    name: str, path: str | None = None, device: str = "cpu", dtype=torch.float32
+) -> HookedTransformer:
+    """A model by TransformerLens name (from the hub) or from a local Hugging Face checkpoint,
+    processed as the paper loads models, in eval mode.
+
+    Args:
+        name: the TransformerLens model name (unknown names fail naming the fix).
+        path: a local Hugging Face checkpoint directory to load instead of the hub's.
+        device: torch device ("cpu", "cuda", "cuda:1").
+        dtype: torch dtype of the weights.
+    """
     if path is None:
         official = official_model_name(name)  # unknown names fail here, naming the fix
         snapshot = _gpt2_snapshot_without_n_ctx(official)
@@ -147,7 +177,13 @@ def _gpt2_snapshot_without_n_ctx(repo_id: str) -> str | None:
 
 def load_local_checkpoint(path: str, device: str = "cpu", dtype=torch.float32) -> HookedTransformer:
     """A local Hugging Face checkpoint (config.json + weights [+ tokenizer]) as a processed
-    HookedTransformer, through TransformerLens' own weight conversion, with no hub access."""
+    HookedTransformer, through TransformerLens' own weight conversion, with no hub access.
+
+    Args:
+        path: the checkpoint directory (save_pretrained output).
+        device: torch device.
+        dtype: torch dtype of the weights.
+    """
     from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -13,10 +13,19 @@ x . u_y, so the direct effect of any component c is simply (c . u_y) / s_clean.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+__all__ = [
+    "Readout",
+    "readout",
+]
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,7 @@ class Readout:
         return (x.pow(2).mean(-1) + self.eps).sqrt()
 
 
-def readout(model) -> Readout:
+def readout(model: HookedTransformer) -> Readout:
     """Build the effective unembedding of a HookedTransformer (processed or not)."""
     ln = model.ln_final
     w_u = model.W_U.detach().float()

@@ -3,12 +3,15 @@
 This is the original code's method (and TransformerLens' patching style): every quantity comes
 from full-vocabulary logits and per-component vectors pushed through the final LayerNorm frozen at
 the clean scale. It shares no code with the engine beyond TransformerLens itself, and exists to
-check the engine (tests) and to time it against (benchmark).
+check the engine (tests); full_forward.py is the same method written for speed, which the
+benchmark times the engine against.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,16 +20,35 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm
 
+from selfrepair.variables import HEAD_VARIABLES
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+__all__ = [
+    "ablated_z",
+    "all_heads",
+    "centred_target_logit",
+    "frozen_ln_direct_effect",
+    "heads_dataset",
+    "head_output",
+    "head_values",
+    "patch_z",
+    "reference_clean_direct_effects",
+    "reference_measure_heads",
+]
+
 
 def centred_target_logit(
     logits: Float[Tensor, "batch pos vocab"], targets: Int[Tensor, "batch pos"]
 ) -> Float[Tensor, "batch pos"]:
+    """The correct token's logit, centred over the vocabulary."""
     centred = logits - logits.mean(-1, keepdim=True)
     return centred.gather(-1, targets[..., None])[..., 0]
 
 
 def frozen_ln_direct_effect(
-    model,
+    model: HookedTransformer,
     vec: Float[Tensor, "batch pos d_model"],
     clean_scale: Float[Tensor, "batch pos"],
     targets: Int[Tensor, "batch pos"],
@@ -44,116 +66,212 @@ def frozen_ln_direct_effect(
     return centred_target_logit(logits, targets)
 
 
-def head_output(model, z: Float[Tensor, "batch pos head d_head"], layer: int, head: int):
+def head_output(
+    model: HookedTransformer, z: Float[Tensor, "batch pos head d_head"], layer: int, head: int
+) -> Float[Tensor, "batch pos d_model"]:
+    """The head's output z W_O, through TransformerLens' stacked W_O."""
     return z[:, :, head] @ model.W_O[layer, head]
 
 
+def ablated_z(
+    z_clean: Float[Tensor, "batch pos d_head"],
+    ablation: str,
+    mean_include_bos: bool = True,
+    mean_dtype: torch.dtype | None = None,
+) -> Float[Tensor, "batch pos d_head"]:
+    """One head's z after ablation, as the paper defines it: resample, row (i + 1) mod batch;
+    mean, over all rows and positions (summed in mean_dtype when given); zero."""
+    if ablation == "resample":
+        return z_clean.roll(-1, dims=0)  # row i takes row (i + 1) mod batch
+    if ablation == "mean":
+        z = z_clean[:, 0 if mean_include_bos else 1 :]
+        mean = z.mean((0, 1)) if mean_dtype is None else z.to(mean_dtype).mean((0, 1))
+        return mean.to(z_clean.dtype).expand_as(z_clean)
+    if ablation == "zero":
+        return torch.zeros_like(z_clean)
+    raise ValueError(f"unknown ablation {ablation!r}")
+
+
+def patch_z(layer: int, head: int, z_new: Tensor) -> tuple[str, Callable]:
+    """A forward hook that replaces the z of `head` of `layer` by z_new."""
+
+    def patch(z, hook):
+        z = z.clone()
+        z[:, :, head] = z_new
+        return z
+
+    return f"blocks.{layer}.attn.hook_z", patch
+
+
+def all_heads(model: HookedTransformer, heads: Iterable[Sequence[int]] | None) -> list:
+    """The given (layer, head) pairs as ints, or every head of the model when None."""
+    if heads is None:
+        return [
+            (layer, head)
+            for layer in range(model.cfg.n_layers)
+            for head in range(model.cfg.n_heads)
+        ]
+    return [(int(layer), int(head)) for layer, head in heads]
+
+
+def heads_dataset(
+    model: HookedTransformer,
+    per_head: dict,
+    clean_logit: Tensor,
+    clean_scale: Tensor,
+    ablation: str,
+) -> xr.Dataset:
+    """HEAD_VARIABLES (layer, head, batch, pos) from {(layer, head): {name: tensor}}, NaN for
+    heads not measured, with the clean logit and final-LN scale; float32."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    n_rows, n_pos = clean_logit.shape
+    out = {
+        n: np.full((n_layers, n_heads, n_rows, n_pos), np.nan, np.float32) for n in HEAD_VARIABLES
+    }
+    for (layer, head), values in per_head.items():
+        for name, value in values.items():
+            out[name][layer, head] = value.float().cpu().numpy()
+    dims4 = ("layer", "head", "batch", "pos")
+    data = {n: (dims4, a) for n, a in out.items()}
+    data["logit_clean"] = (("batch", "pos"), clean_logit.float().cpu().numpy())
+    data["ln_scale_clean"] = (("batch", "pos"), clean_scale.float().cpu().numpy())
+    return xr.Dataset(data, attrs={"ablation": ablation})
+
+
+def head_values(
+    logit_diff: Tensor,
+    de_clean: Tensor,
+    de_ablated: Tensor,
+    sr_heads: Tensor,
+    sr_mlps: Tensor,
+    ln_scale_ablated: Tensor,
+) -> dict[str, Tensor]:
+    """HEAD_VARIABLES of one head: self-repair is the logit change minus the direct effect's
+    (Eq. 1), and the LayerNorm part the remainder after the heads' and MLPs', as in the paper."""
+    self_repair = logit_diff - (de_ablated - de_clean)
+    return {
+        "logit_diff": logit_diff,
+        "de_clean": de_clean,
+        "de_ablated": de_ablated,
+        "self_repair": self_repair,
+        "sr_heads": sr_heads,
+        "sr_mlps": sr_mlps,
+        "sr_ln": self_repair - sr_heads - sr_mlps,
+        "ln_scale_ablated": ln_scale_ablated,
+    }
+
+
+@dataclass
+class _Clean:
+    """The clean run of reference_measure_heads and the direct effects taken from it."""
+
+    cache: dict
+    logit: Tensor
+    de: Callable[[Tensor], Tensor]  # direct effect through the final LN frozen at the clean scale
+    head_de: dict[tuple[int, int], Tensor]
+    mlp_de: list[Tensor]
+
+
+def _clean_run(model: HookedTransformer, tokens: Tensor) -> _Clean:
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    targets = tokens[:, 1:]
+    keep = slice(0, tokens.shape[1] - 1)
+    logits, cache = model.run_with_cache(tokens)
+    clean_scale = cache["ln_final.hook_scale"][:, keep, 0]
+
+    def de(vec):
+        return frozen_ln_direct_effect(model, vec[:, keep], clean_scale, targets)
+
+    head_de = {
+        (lay, hd): de(head_output(model, cache[f"blocks.{lay}.attn.hook_z"], lay, hd))
+        for lay in range(n_layers)
+        for hd in range(n_heads)
+    }
+    mlp_de = (
+        [de(cache[f"blocks.{lay}.hook_mlp_out"]) for lay in range(n_layers)]
+        if not model.cfg.attn_only
+        else []
+    )
+    logit = centred_target_logit(logits[:, keep].double(), targets)
+    return _Clean(cache=cache, logit=logit, de=de, head_de=head_de, mlp_de=mlp_de)
+
+
+def _reference_head(
+    model: HookedTransformer,
+    tokens: Tensor,
+    clean: _Clean,
+    layer: int,
+    head: int,
+    z_new: Tensor,
+    freeze_ln: bool,
+) -> dict[str, Tensor]:
+    """HEAD_VARIABLES of one head from one full ablated forward pass."""
+    keep = slice(0, tokens.shape[1] - 1)
+    de, cache = clean.de, clean.cache
+    hooks = [patch_z(layer, head, z_new)]
+    if freeze_ln:
+        hooks += [
+            (name, lambda x, hook: cache[hook.name])
+            for name in cache
+            if name.endswith("hook_scale")
+        ]
+    with model.hooks(fwd_hooks=hooks):
+        abl_logits, abl_cache = model.run_with_cache(tokens)
+    logit_diff = centred_target_logit(abl_logits[:, keep].double(), tokens[:, 1:]) - clean.logit
+    de_clean = clean.head_de[(layer, head)]
+    de_ablated = de(z_new @ model.W_O[layer, head])
+    sr_heads = sum(
+        de(head_output(model, abl_cache[f"blocks.{lay}.attn.hook_z"], lay, hd))
+        - clean.head_de[(lay, hd)]
+        for lay, hd in clean.head_de
+        if (lay, hd) != (layer, head)
+    )
+    sr_mlps = sum(
+        de(abl_cache[f"blocks.{lay}.hook_mlp_out"]) - clean.mlp_de[lay]
+        for lay in range(len(clean.mlp_de))
+    )
+    sr_mlps = sr_mlps if torch.is_tensor(sr_mlps) else torch.zeros_like(logit_diff)
+    ln_scale = abl_cache["ln_final.hook_scale"][:, keep, 0]
+    return head_values(logit_diff, de_clean, de_ablated, sr_heads, sr_mlps, ln_scale)
+
+
 def reference_measure_heads(
-    model,
+    model: HookedTransformer,
     tokens: Int[Tensor, "batch pos"],
     ablation: str = "resample",
     heads: Iterable[Sequence[int]] | None = None,
     mean_include_bos: bool = True,
     freeze_ln: bool = False,
 ) -> xr.Dataset:
-    """freeze_ln: every LayerNorm hook_scale of the ablated run (final included) is replaced by
-    the clean run's value."""
+    """The slow, obvious check of engine.measure_heads: per head, one full forward pass with a
+    hook replacing its z, and every component pushed through the full unembedding.
+
+    Args:
+        model: the HookedTransformer (not modified).
+        tokens: [batch, pos + 1] token rows.
+        ablation: "resample" (row (i + 1) mod batch), "mean" or "zero".
+        heads: (layer, head) pairs; None: every head.
+        mean_include_bos: whether the mean z includes position 0.
+        freeze_ln: every LayerNorm hook_scale of the ablated run (final included) is replaced
+            by the clean run's value.
+    """
     tokens = tokens.to(model.W_U.device)
-    n_rows, n_ctx = tokens.shape
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    if heads is None:
-        heads = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
-    targets = tokens[:, 1:]
-    keep = slice(0, n_ctx - 1)
-
     with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens)
-        clean_logit = centred_target_logit(logits[:, keep].double(), targets)
-        clean_scale = cache["ln_final.hook_scale"][:, keep, 0]
-
-        def de(vec):
-            return frozen_ln_direct_effect(model, vec[:, keep], clean_scale, targets)
-
-        clean_head_de = {
-            (lay, hd): de(head_output(model, cache[f"blocks.{lay}.attn.hook_z"], lay, hd))
-            for lay in range(n_layers)
-            for hd in range(n_heads)
-        }
-        clean_mlp_de = (
-            [de(cache[f"blocks.{lay}.hook_mlp_out"]) for lay in range(n_layers)]
-            if not model.cfg.attn_only
-            else []
-        )
-
-        names = (
-            "logit_diff de_clean de_ablated self_repair sr_heads sr_mlps sr_ln "
-            "ln_scale_ablated".split()
-        )
-        out = {n: np.full((n_layers, n_heads, n_rows, n_ctx - 1), np.nan) for n in names}
-        for layer, head in heads:
-            z_clean = cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
-            if ablation == "resample":
-                z_new = z_clean.roll(-1, dims=0)  # row i takes row (i + 1) mod batch
-            elif ablation == "mean":
-                first = 0 if mean_include_bos else 1
-                z_new = z_clean[:, first:].mean((0, 1)).expand_as(z_clean)
-            elif ablation == "zero":
-                z_new = torch.zeros_like(z_clean)
-            else:
-                raise ValueError(ablation)
-
-            def patch(z, hook, head=head, z_new=z_new):
-                z = z.clone()
-                z[:, :, head] = z_new
-                return z
-
-            hooks = [(f"blocks.{layer}.attn.hook_z", patch)]
-            if freeze_ln:
-                hooks += [
-                    (name, lambda x, hook: cache[hook.name])
-                    for name in cache
-                    if name.endswith("hook_scale")
-                ]
-            with model.hooks(fwd_hooks=hooks):
-                abl_logits, abl_cache = model.run_with_cache(tokens)
-            logit_diff = centred_target_logit(abl_logits[:, keep].double(), targets) - clean_logit
-            de_clean = clean_head_de[(layer, head)]
-            de_ablated = de(z_new @ model.W_O[layer, head])
-            self_repair = logit_diff - (de_ablated - de_clean)
-            sr_heads = sum(
-                de(head_output(model, abl_cache[f"blocks.{lay}.attn.hook_z"], lay, hd))
-                - clean_head_de[(lay, hd)]
-                for lay in range(n_layers)
-                for hd in range(n_heads)
-                if (lay, hd) != (layer, head)
+        clean = _clean_run(model, tokens)
+        per_head = {}
+        for layer, head in all_heads(model, heads):
+            z_new = ablated_z(
+                clean.cache[f"blocks.{layer}.attn.hook_z"][:, :, head], ablation, mean_include_bos
             )
-            sr_mlps = sum(
-                de(abl_cache[f"blocks.{lay}.hook_mlp_out"]) - clean_mlp_de[lay]
-                for lay in range(len(clean_mlp_de))
+            per_head[layer, head] = _reference_head(
+                model, tokens, clean, layer, head, z_new, freeze_ln
             )
-            sr_mlps = sr_mlps if torch.is_tensor(sr_mlps) else torch.zeros_like(self_repair)
-            values = {
-                "logit_diff": logit_diff,
-                "de_clean": de_clean,
-                "de_ablated": de_ablated,
-                "self_repair": self_repair,
-                "sr_heads": sr_heads,
-                "sr_mlps": sr_mlps,
-                "sr_ln": self_repair - sr_heads - sr_mlps,  # the paper's remainder
-                "ln_scale_ablated": abl_cache["ln_final.hook_scale"][:, keep, 0],
-            }
-            for name, value in values.items():
-                out[name][layer, head] = value.cpu().numpy()
-
-    dims4 = ("layer", "head", "batch", "pos")
-    data = {n: (dims4, a.astype(np.float32)) for n, a in out.items()}
-    data["logit_clean"] = (("batch", "pos"), clean_logit.float().cpu().numpy())
-    data["ln_scale_clean"] = (("batch", "pos"), clean_scale.float().cpu().numpy())
-    return xr.Dataset(data, attrs={"ablation": ablation})
+    clean_scale = clean.cache["ln_final.hook_scale"][:, : tokens.shape[1] - 1, 0]
+    return heads_dataset(model, per_head, clean.logit, clean_scale, ablation)
 
 
 def reference_clean_direct_effects(
-    model, tokens: Int[Tensor, "batch pos"]
+    model: HookedTransformer, tokens: Int[Tensor, "batch pos"]
 ) -> dict[str, np.ndarray]:
     """Per-component clean direct effects from a full cached forward pass."""
     tokens = tokens.to(model.W_U.device)
@@ -198,121 +316,3 @@ def reference_clean_direct_effects(
                 [de(cache[f"blocks.{lay}.hook_mlp_out"]) for lay in range(n_layers)]
             )
     return out
-
-
-def correct_token_directions(
-    model, targets: Int[Tensor, "batch pos"]
-) -> Float[Tensor, "batch pos d_model"]:
-    """The final norm's weight times the vocabulary-centred unembedding column of each target: a
-    vector c, centred over d_model (LayerNorm) and divided by the clean scale, adds c . u to the
-    centred correct-token logit."""
-    w_u = model.W_U.float()
-    u = (w_u - w_u.mean(1, keepdim=True)).T[targets]
-    if isinstance(model.ln_final, (LayerNorm, RMSNorm)):
-        u = u * model.ln_final.w.float()
-    return u
-
-
-def full_forward_measure_heads(
-    model,
-    tokens: Int[Tensor, "batch pos"],
-    ablation: str = "resample",
-    heads: Iterable[Sequence[int]] | None = None,
-    mean_include_bos: bool = True,
-) -> xr.Dataset:
-    """The original code's method, written to run as fast as that method allows: one clean pass,
-    then per ablated head one full forward pass from the embedding (all rows in one batch, whole
-    rows, full logits; the last position is dropped afterwards, as the original code does) with the head's hook_z replaced, caching only each layer's attention and MLP output
-    and the final LayerNorm scale. Same variables as engine.measure_heads; the benchmark times
-    the engine against it. Direct effects are projections on the correct-token direction (equal
-    to pushing each component through the final LayerNorm frozen at the clean scale and the full
-    unembedding, as reference_measure_heads does, but without a vocabulary-sized product per
-    component); the LayerNorm part is the remainder, as in the paper."""
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    if heads is None:
-        heads = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
-    heads = [(int(layer), int(head)) for layer, head in heads]
-    tokens = tokens.to(model.W_U.device)
-    targets = tokens[:, 1:]
-    n_rows, n_pos = targets.shape
-    mlps = [] if model.cfg.attn_only else [f"blocks.{lay}.hook_mlp_out" for lay in range(n_layers)]
-    outputs = [f"blocks.{lay}.hook_attn_out" for lay in range(n_layers)] + mlps
-    z_names = sorted({f"blocks.{layer}.attn.hook_z" for layer, _ in heads})
-    final_scale = "ln_final.hook_scale"
-    centre = isinstance(model.ln_final, (LayerNorm, LayerNormPre))
-
-    with torch.inference_mode():
-        u = correct_token_directions(model, targets)
-
-        def de(vec, scale):
-            """Direct effect of a component on the correct-token logit through the frozen LN."""
-            x = vec[:, :n_pos].float()
-            if centre:
-                x = x - x.mean(-1, keepdim=True)
-            return torch.einsum("bpm,bpm->bp", x, u) / scale
-
-        def target_logit(logits):
-            logits = logits[:, :n_pos].float()
-            return logits.gather(-1, targets[..., None])[..., 0] - logits.mean(-1)
-
-        logits, cache = model.run_with_cache(
-            tokens, names_filter=lambda name: name in {*outputs, *z_names, final_scale}
-        )
-        clean_logit = target_logit(logits)
-        scale = cache[final_scale][:, :n_pos, 0].float()
-        clean_de = {name: de(cache[name], scale) for name in outputs}
-
-        names = (
-            "logit_diff de_clean de_ablated self_repair sr_heads sr_mlps sr_ln "
-            "ln_scale_ablated".split()
-        )
-        out = {n: np.full((n_layers, n_heads, n_rows, n_pos), np.nan, np.float32) for n in names}
-        for layer, head in heads:
-            z_clean = cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
-            if ablation == "resample":
-                z_new = z_clean.roll(-1, dims=0)  # row i takes row (i + 1) mod batch
-            elif ablation == "mean":
-                first = 0 if mean_include_bos else 1
-                z_new = z_clean[:, first:].float().mean((0, 1)).to(z_clean.dtype)
-                z_new = z_new.expand_as(z_clean)
-            elif ablation == "zero":
-                z_new = torch.zeros_like(z_clean)
-            else:
-                raise ValueError(f"unknown ablation {ablation!r}")
-
-            def patch(z, hook, head=head, z_new=z_new):
-                z = z.clone()
-                z[:, :, head] = z_new
-                return z
-
-            with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)]):
-                abl_logits, abl_cache = model.run_with_cache(
-                    tokens, names_filter=lambda name: name in {*outputs, final_scale}
-                )
-            w_o = model.W_O[layer, head]
-            de_clean = de(z_clean @ w_o, scale)
-            de_ablated = de(z_new @ w_o, scale)
-            logit_diff = target_logit(abl_logits) - clean_logit
-            self_repair = logit_diff - (de_ablated - de_clean)
-            delta = {name: de(abl_cache[name], scale) - clean_de[name] for name in outputs}
-            attn_total = sum(v for k, v in delta.items() if k.endswith("attn_out"))
-            sr_heads = attn_total - (de_ablated - de_clean)  # every head but the ablated one
-            sr_mlps = sum((delta[k] for k in mlps), torch.zeros_like(self_repair))
-            values = {
-                "logit_diff": logit_diff,
-                "de_clean": de_clean,
-                "de_ablated": de_ablated,
-                "self_repair": self_repair,
-                "sr_heads": sr_heads,
-                "sr_mlps": sr_mlps,
-                "sr_ln": self_repair - sr_heads - sr_mlps,
-                "ln_scale_ablated": abl_cache[final_scale][:, :n_pos, 0],
-            }
-            for name, value in values.items():
-                out[name][layer, head] = value.float().cpu().numpy()
-
-    dims4 = ("layer", "head", "batch", "pos")
-    data = {n: (dims4, a) for n, a in out.items()}
-    data["logit_clean"] = (("batch", "pos"), clean_logit.cpu().numpy())
-    data["ln_scale_clean"] = (("batch", "pos"), scale.cpu().numpy())
-    return xr.Dataset(data, attrs={"ablation": ablation})

@@ -1,43 +1,40 @@
 """Slow, obvious references for the mechanism experiments: full forward passes with a hook,
-`run_with_cache`, and every vector pushed through the full unembedding (reference.py's
+`run_with_cache`, and every vector pushed through the full unembedding (reference.heads'
 frozen_ln_direct_effect). They share no code with neurons.py, norms.py, reinforcement.py or
-rerun.py, and exist to check them in the tests.
+engine/ablation.py, and exist to check them in the tests.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from selfrepair.reference.heads import frozen_ln_direct_effect
+from selfrepair.reference.heads import ablated_z, frozen_ln_direct_effect, patch_z
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+__all__ = [
+    "ablated_z",
+    "reference_neuron_effects",
+    "reference_norms",
+    "reference_reinforcement",
+    "run_ablated",
+]
 
 
-def ablated_z(z_clean: Tensor, ablation: str, mean_include_bos: bool = True) -> Tensor:
-    """One head's z [batch, pos, d_head] after ablation, as the paper defines it."""
-    if ablation == "resample":
-        return z_clean.roll(-1, dims=0)  # row i takes row (i + 1) mod batch
-    if ablation == "mean":
-        first = 0 if mean_include_bos else 1
-        return z_clean[:, first:].mean((0, 1)).expand_as(z_clean)
-    if ablation == "zero":
-        return torch.zeros_like(z_clean)
-    raise ValueError(ablation)
-
-
-def run_ablated(model, tokens: Tensor, layer: int, head: int, z_new: Tensor):
-    def patch(z, hook):
-        z = z.clone()
-        z[:, :, head] = z_new
-        return z
-
-    with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", patch)]):
+def run_ablated(model: HookedTransformer, tokens: Tensor, layer: int, head: int, z_new: Tensor):
+    """Logits and full cache of a forward pass with the z of `head` of `layer` replaced."""
+    with model.hooks(fwd_hooks=[patch_z(layer, head, z_new)]):
         return model.run_with_cache(tokens)
 
 
 def reference_neuron_effects(
-    model,
+    model: HookedTransformer,
     tokens: Int[Tensor, "batch pos"],
     ablation: str,
     layer: int,
@@ -88,7 +85,7 @@ def reference_neuron_effects(
 
 
 def reference_norms(
-    model,
+    model: HookedTransformer,
     tokens: Int[Tensor, "batch pos"],
     ablation: str,
     layer: int,
@@ -113,7 +110,11 @@ def reference_norms(
 
 
 def reference_reinforcement(
-    model, tokens: Int[Tensor, "batch pos"], layer: int, head: int, scales: list[float]
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    layer: int,
+    head: int,
+    scales: list[float],
 ) -> dict[str, np.ndarray]:
     """The paper's experiment literally: for each scale s and position p, one full forward pass
     with s x the head's clean output at p added to blocks.{layer}.hook_resid_pre at p (all rows
