@@ -136,8 +136,8 @@ def target_problem(
 ) -> str | None:
     """Why (model, heads) cannot be used in this run, or None. Head ranges are checked where the
     config knows the model's size (model_dims: trained models, checkpoints by path, the paper's
-    hub models); other hub models are checked against the data when a figure is drawn
-    (check_target_heads).
+    hub models); other hub models' heads are checked once their size is known (for figures,
+    check_target_heads when the figure is drawn).
 
     Args:
         entries: the run's model entries (model_entries).
