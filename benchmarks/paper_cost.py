@@ -21,7 +21,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import selfrepair.config.core as sr_config  # noqa: E402
+import selfrepair.config as sr_config  # noqa: E402
 from selfrepair.engine.clean import clean_direct_effects  # noqa: E402
 from selfrepair.engine.self_repair import measure_heads  # noqa: E402
 from selfrepair.models.loading import random_model  # noqa: E402

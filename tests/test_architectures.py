@@ -11,8 +11,8 @@ import pytest
 import torch
 import transformers as tf
 
-import selfrepair.config.core as sr_config
-from selfrepair.config.mechanisms import parallel_blocks
+import selfrepair.config as sr_config
+from selfrepair.config import parallel_blocks
 from selfrepair.engine.clean import clean_direct_effects, decomposition_error
 from selfrepair.models.loading import load_local_checkpoint
 

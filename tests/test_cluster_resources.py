@@ -14,8 +14,8 @@ import yaml
 from snakemake.profiles import ProfileConfigFileParser
 from snakemake.utils import validate
 
+import selfrepair.config as sr_config
 import selfrepair.config.cluster as sr_cluster
-import selfrepair.config.core as sr_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")

@@ -4,6 +4,7 @@ message naming the key, both from the package and from `snakemake -n`."""
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import yaml
 from helpers import ROOT, SCHEMA, load, merged
 from snakemake.utils import validate
 
-import selfrepair.config.core as sr_config
+import selfrepair.config as sr_config
 
 
 def message_for(config: dict) -> str:
@@ -199,3 +200,80 @@ def test_hub_model_heads_are_checked_against_the_data_naming_the_key():
     assert str(info.value) == (
         "config key figures.fig03.heads: pythia-410m has no L22H11 (22 layers x 16 heads)"
     )
+
+
+@pytest.mark.parametrize(
+    ("model", "config_json", "expected"),
+    [
+        # A hub model of known size (12 layers): its heads used to be checked only when the
+        # figure was drawn, since the figures' resolver read sizes from `train` alone.
+        (
+            "pythia-160m",
+            None,
+            "config key figures.fig05.model: pythia-160m has no L12H0 (12 layers x 12 heads); "
+            "add it to models or set figures.fig05.substitute",
+        ),
+        # A checkpoint by path with 2 layers: neither in `train` nor 4 layers.
+        (
+            "mine",
+            {"architectures": ["GPT2LMHeadModel"], "n_layer": 2, "n_head": 4},
+            "config key figures.fig05.model: mine has no L12H0 (2 layers x 4 heads); "
+            "add it to models or set figures.fig05.substitute",
+        ),
+    ],
+)
+def test_figure_heads_are_checked_against_model_dims_like_mechanism_heads(
+    tmp_path, model, config_json, expected
+):
+    """One resolver for figures and mechanisms: a figure's heads are checked against the size
+    the config knows (model_dims), not only a trained model's `train` with a default of 4."""
+    config = load("config.yaml")
+    if config_json is not None:
+        (tmp_path / "config.json").write_text(json.dumps(config_json))
+        config["models"].append({"name": model, "path": str(tmp_path)})
+    config["figures"]["fig05"] = {"model": model, "heads": [[12, 0]]}
+    with pytest.raises(sr_config.ConfigError) as info:
+        sr_config.figure_target(config, "fig05")
+    assert str(info.value) == expected
+    # The mechanisms section resolves the same spec to the same reason.
+    config["mechanisms"]["norms"]["fig04"] = {"model": model, "heads": [[12, 0]]}
+    with pytest.raises(sr_config.ConfigError) as info:
+        sr_config.mechanism_targets(config)
+    assert str(info.value) == expected.replace("figures.fig05", "mechanisms.norms.fig04")
+
+
+def test_validate_run_fills_defaults_and_names_the_key():
+    config = merged(load("config.yaml"), load("demo.yaml"))
+    entries = sr_config.validate_run(config)
+    assert config["engine"]["top_fraction"] == 0.02
+    assert list(entries) == list(sr_config.model_entries(config))
+    bad = load("config.yaml")
+    bad["data"]["n_tokens"] = -5
+    with pytest.raises(sr_config.ConfigError, match=r"^config key data\.n_tokens: "):
+        sr_config.validate_run(bad)
+
+
+def test_every_config_module_imports_without_the_heavy_packages():
+    """The Snakefile (parsed by every job) and the figure scripts (analysis environment) import
+    the config package: no module of it may need torch, jsonschema or transformer_lens."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'torch', 'jaxtyping', 'jsonschema', "
+        "'transformer_lens', 'transformers', 'huggingface_hub', 'snakemake'}:\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import selfrepair.config as package\n"
+        "names = [m.name for m in pkgutil.iter_modules(package.__path__)]\n"
+        "for name in names:\n"
+        "    importlib.import_module('selfrepair.config.' + name)\n"
+        "missing = [n for n in package.__all__ if not hasattr(package, n)]\n"
+        "assert not missing, missing\n"
+        "print(len(names))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout) >= 10  # errors, models, layout, picks, targets, ... and core

@@ -12,8 +12,8 @@ import yaml
 from helpers import ROOT, SCHEMA, load, merged
 from snakemake.utils import validate
 
-import selfrepair.config.core as sr_config
-from selfrepair.config.mechanisms import heads_by_model, mechanism_targets, model_dims
+import selfrepair.config as sr_config
+from selfrepair.config import heads_by_model, mechanism_targets, model_dims
 
 
 def paper() -> dict:
@@ -155,6 +155,23 @@ def test_norms_need_the_head_measured_by_the_ablation_stage():
     config["models"][3] = {"name": "gpt2-small", "heads": [[11, 3]]}
     with pytest.raises(sr_config.ConfigError, match="L11H11 is not among the heads measured"):
         mechanism_targets(config)
+
+
+def test_a_substitute_without_heads_or_pick_fails_as_in_the_figures_section():
+    """The resolver the figures section uses: a substitute for the paper's heads names heads
+    (or picks them); before, a mechanism substitute without either ran with no heads."""
+    config = paper()
+    config["mechanisms"]["norms"]["fig04"] = {
+        "model": "pythia-1b",
+        "heads": [[20, 0]],
+        "substitute": {"model": "pythia-160m"},
+    }
+    with pytest.raises(sr_config.ConfigError) as info:
+        mechanism_targets(config)
+    assert str(info.value).startswith(
+        "config key mechanisms.norms.fig04.substitute.heads: missing; name the heads of "
+        "pythia-160m to show in place of the paper's"
+    )
 
 
 def test_dims_of_local_checkpoints_come_from_their_config(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import selfrepair.config.core as sr_config
+import selfrepair.config as sr_config
 from selfrepair.data.corpus import python_stdlib_documents
 from selfrepair.data.training import train_tokenizer
 

@@ -13,7 +13,7 @@ import xarray as xr
 from helpers import SCHEMA, load, merged
 from snakemake.utils import validate
 
-import selfrepair.config.core as sr_config
+import selfrepair.config as sr_config
 from selfrepair.analysis.substitutes import (
     describe,
     heads_with_picks,

@@ -111,7 +111,7 @@ GPT2_VOCAB, NEOX_VOCAB = 50257, 50277
 
 def repo_for(name: str) -> str:
     """The hub repository TransformerLens loads for a model name (its own alias table)."""
-    from selfrepair.config.core import official_model_name
+    from selfrepair.config import official_model_name
 
     return official_model_name(name)
 

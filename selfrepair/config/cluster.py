@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["RESOURCE_KEYS", "mem_mb_for_attempt", "model_resources", "runtime_for_attempt"]
+
 RESOURCE_KEYS = ("threads", "mem_mb", "runtime")
 
 

@@ -1,27 +1,27 @@
 """The `mechanisms` section of the config: which model and heads each mechanism figure uses (the
-paper's, or a named substitute when this run lacks them), resolved and checked before any job
-starts, with one-line errors naming the key. No heavy imports: the Snakefile uses it.
+paper's, or a named substitute when this run lacks them), resolved by the same resolver as
+the `figures` section (selfrepair.config.targets) and checked before any job starts, with
+one-line errors naming the key. No heavy imports: the Snakefile uses it.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-from selfrepair.config.core import (
-    KNOWN_DIMS,
-    ConfigError,
-    FigureTarget,
-    check_distinct_targets,
-    missing_head,
-    model_dims,
-    model_entries,
-    n_rows,
-    pick_spec,
-)
+from selfrepair.config.errors import ConfigError
+from selfrepair.config.layout import n_rows
+from selfrepair.config.models import Head, model_entries
+from selfrepair.config.targets import FigureTarget, check_distinct_targets, resolve_target
 
-Head = tuple[int, int]
+__all__ = [
+    "TARGET_KEYS",
+    "caption_label",
+    "check_picks",
+    "check_reinforcement_rows",
+    "heads_by_model",
+    "mechanism_targets",
+    "pick_targets",
+]
 
 # Where each experiment's targets live: (experiment, key, is a list of targets).
 TARGET_KEYS = (
@@ -34,109 +34,15 @@ TARGET_KEYS = (
 )
 
 
-# Hugging Face model types whose blocks TransformerLens runs with parallel attention and MLP
-# (parallel_attn_mlp) without a use_parallel_residual key in config.json.
-PARALLEL_TYPES = frozenset({"gptj", "phi"})
-
-
-def parallel_blocks(entry: dict[str, Any]) -> bool | None:
-    """Whether attention and MLP of a block read the same residual (Pythia), when known."""
-    if "train" in entry:
-        return entry["train"]["arch"] == "pythia"
-    if "path" in entry:
-        cfg_file = Path(entry["path"]) / "config.json"
-        if cfg_file.is_file():
-            hf = json.loads(cfg_file.read_text())
-            return bool(hf.get("use_parallel_residual", hf.get("model_type") in PARALLEL_TYPES))
-        return None
-    name = entry["name"].lower()
-    return True if name.startswith("pythia") else (False if name in KNOWN_DIMS else None)
-
-
-def target_problem(
-    entries: dict[str, dict[str, Any]],
-    model: str,
-    heads: tuple[Head, ...],
-    need_measured: bool = False,
-    mlp_layer: int | None = None,
-) -> str | None:
-    """Why (model, heads) cannot be used in this run, or None. need_measured: the experiment
-    reads the ablation stage's stores, so a model entry's `heads` list must include them.
-    mlp_layer: that MLP layer must read each head's output (it is above it, or in the same
-    sequential block)."""
-    if model not in entries:
-        return f"{model} is not among this run's models"
-    entry = entries[model]
-    dims = model_dims(entry)
-    measured = {tuple(h) for h in entry.get("heads", [])}
-    # The key's fault, not the figure's; checked before any head, so also for picked heads.
-    if mlp_layer is not None and dims is not None and not -dims[0] <= mlp_layer < dims[0]:
-        raise ConfigError(
-            f"config key mechanisms.neurons.mlp_layer: {model} has no MLP layer "
-            f"{mlp_layer} ({dims[0]} layers); use -{dims[0]} .. {dims[0] - 1}"
-        )
-    for layer, head in heads:
-        if dims is not None and (missing := missing_head(model, layer, head, *dims)):
-            return missing
-        if need_measured and measured and (layer, head) not in measured:
-            return f"L{layer}H{head} is not among the heads measured in {model}"
-        if mlp_layer is not None and dims is not None:
-            mlp = mlp_layer % dims[0]
-            parallel = parallel_blocks(entry)
-            if mlp < layer or (mlp == layer and parallel):
-                return (
-                    f"the MLP of layer {mlp} does not read the output of L{layer}H{head} in "
-                    f"{model}" + (" (parallel attention and MLP)" if parallel else "")
-                )
-    return None
-
-
-def _heads(value: Any) -> tuple[Head, ...]:
-    return tuple((int(layer), int(head)) for layer, head in (value or []))
-
-
-def resolve_target(
-    entries: dict[str, dict[str, Any]],
-    spec: dict[str, Any],
-    key: str,
-    base_key: str | None = None,
-    **checks: Any,
-) -> FigureTarget:
-    """The paper's model and heads of `spec`, or its substitute when this run lacks them (heads
-    given, or picked at run time: config.pick_spec); ConfigError in one line naming `key` when
-    neither can be used. base_key: the figure key (fig08 for fig08[1]); checks:
-    target_problem's."""
-    paper_model, paper_heads = spec["model"], _heads(spec.get("heads"))
-    reason = target_problem(entries, paper_model, paper_heads, **checks)
-    if reason is None:
-        return FigureTarget(key, paper_model, paper_heads, paper_model, paper_heads)
-    sub = spec.get("substitute")
-    if sub is None:
-        raise ConfigError(
-            f"config key {key}.model: {reason}; add it to models or set {key}.substitute"
-        )
-    sub_heads = _heads(sub.get("heads"))
-    sub_reason = target_problem(entries, sub["model"], sub_heads, **checks)
-    if sub_reason is not None:
-        raise ConfigError(f"config key {key}.substitute: {sub_reason}")
-    if "pick" in sub:
-        mlp_layer = checks.get("mlp_layer")
-        entry = entries[sub["model"]]
-        pick = pick_spec(
-            key,
-            base_key or key.rsplit(".", 1)[-1],
-            sub,
-            paper_heads,
-            entry,
-            mlp_layer=mlp_layer,
-            parallel=parallel_blocks(entry) if mlp_layer is not None else None,
-        )
-        return FigureTarget(key, sub["model"], (), paper_model, paper_heads, reason, pick)
-    return FigureTarget(key, sub["model"], sub_heads, paper_model, paper_heads, reason)
-
-
 def mechanism_targets(config: dict[str, Any]) -> dict[str, list[FigureTarget]]:
-    """Every target of the mechanisms section, by figure key (fig07, fig08, ...), resolved."""
+    """Every target of the mechanisms section, by figure key (fig07, fig08, ...), resolved by
+    the figures' resolver (selfrepair.config.targets.resolve_target) with each experiment's
+    checks: the norms experiment reads the ablation stores (its heads must be measured), the
+    neurons experiment needs heads that its MLP layer reads.
+
+    Args:
+        config: the validated workflow config.
+    """
     entries = model_entries(config)
     section = config["mechanisms"]
     out: dict[str, list[FigureTarget]] = {}
@@ -182,6 +88,7 @@ def check_picks(config: dict[str, Any], targets: dict[str, list[FigureTarget]]) 
 
 
 def check_reinforcement_rows(config: dict[str, Any]) -> None:
+    """The reinforcement experiment's rows fit in the token rows of the run."""
     section, data = config["mechanisms"]["reinforcement"], config["data"]
     if section["seq_len"] > data["seq_len"]:
         raise ConfigError(

@@ -1,0 +1,112 @@
+"""The row and shard layout every stage agrees on (rows of seq_len tokens, shards of
+data.shard_rows rows, at most MAX_SHARDS per model), the size of a head's top-fraction selection,
+and the names of the ablation variants."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from selfrepair.config.errors import ConfigError
+
+__all__ = [
+    "FROZEN_LN_SUFFIX",
+    "MAX_SHARDS",
+    "MIN_TOP_TOKENS",
+    "check_shard_count",
+    "check_top_tokens",
+    "n_predictions",
+    "n_rows",
+    "n_shards",
+    "parse_ablation",
+    "shard_bounds",
+    "top_count",
+]
+
+FROZEN_LN_SUFFIX = "-frozen-ln"
+
+
+def parse_ablation(variant: str) -> tuple[str, bool]:
+    """'mean' -> ('mean', False); 'mean-frozen-ln' -> ('mean', True)."""
+    if variant.endswith(FROZEN_LN_SUFFIX):
+        return variant[: -len(FROZEN_LN_SUFFIX)], True
+    return variant, False
+
+
+def n_rows(data: dict[str, Any]) -> int:
+    """Rows of seq_len tokens holding at least n_tokens tokens (one more if the last shard
+    would otherwise hold a single row, which has no other row to resample from)."""
+    rows = math.ceil(data["n_tokens"] / data["seq_len"])
+    return rows + 1 if rows % data["shard_rows"] == 1 else rows
+
+
+def n_shards(data: dict[str, Any]) -> int:
+    """Shards of data.shard_rows rows that hold n_rows(data) rows."""
+    return math.ceil(n_rows(data) / data["shard_rows"])
+
+
+def shard_bounds(data: dict[str, Any], shard: int) -> tuple[int, int]:
+    """[start, stop) rows of a shard; the last shard may be shorter."""
+    if not 0 <= shard < n_shards(data):
+        raise ConfigError(f"shard {shard} does not exist: there are {n_shards(data)} shards")
+    start = shard * data["shard_rows"]
+    return start, min(start + data["shard_rows"], n_rows(data))
+
+
+def n_predictions(data: dict[str, Any]) -> int:
+    """Tokens measured per model: every row predicts seq_len - 1 next tokens."""
+    return n_rows(data) * (data["seq_len"] - 1)
+
+
+def top_count(n_tokens: int, fraction: float) -> int:
+    """Tokens in a head's top fraction of n_tokens: ceil(fraction * n_tokens), at least 1."""
+    return max(1, math.ceil(fraction * n_tokens))
+
+
+# A head's top-fraction selection (the paper's top 2%) averages over at least this many tokens;
+# fewer and its means are noise.
+MIN_TOP_TOKENS = 10
+
+
+def check_top_tokens(data: dict[str, Any], fraction: float) -> None:
+    """ConfigError naming data.n_tokens when a head's top fraction would hold fewer than
+    MIN_TOP_TOKENS tokens, with the n_tokens that suffice.
+
+    Args:
+        data: the config's `data` section (n_tokens, seq_len, shard_rows).
+        fraction: engine.top_fraction.
+    """
+    n = n_predictions(data)
+    if fraction * n < MIN_TOP_TOKENS:
+        need = math.ceil(MIN_TOP_TOKENS / fraction * data["seq_len"] / (data["seq_len"] - 1))
+        raise ConfigError(
+            f"config key data.n_tokens: {n} predicted tokens leave {fraction * n:.1f} in each "
+            f"head's top {fraction:.0%} (engine.top_fraction), fewer than {MIN_TOP_TOKENS}; "
+            f"raise data.n_tokens to at least {need}"
+        )
+
+
+# Every shard of every model is one clean_cache job and one ablate job per ablation variant, and
+# Snakemake holds each job in memory while it plans: 1e9 tokens in the paper's shards are
+# 190,000 jobs and more than 12 minutes of planning. So a model gets at most this many shards
+# (the paper: 8; the demo: 2); larger runs take larger shards (data.shard_rows).
+MAX_SHARDS = 256
+
+
+def check_shard_count(data: dict[str, Any]) -> None:
+    """ConfigError naming data.n_tokens and data.shard_rows when a model would get more than
+    MAX_SHARDS shards, with the smallest shard_rows that fits.
+
+    Args:
+        data: the config's `data` section (n_tokens, seq_len, shard_rows).
+    """
+    shards = n_shards(data)
+    if shards <= MAX_SHARDS:
+        return
+    need = math.ceil(n_rows(data) / MAX_SHARDS)
+    raise ConfigError(
+        f"config key data.n_tokens: {data['n_tokens']:,} tokens make {shards:,} shards of "
+        f"data.shard_rows={data['shard_rows']} rows per model, more than {MAX_SHARDS} (one job "
+        f"each per ablation; planning them would take minutes and gigabytes); raise "
+        f"data.shard_rows to at least {need} or lower data.n_tokens"
+    )

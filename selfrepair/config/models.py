@@ -1,0 +1,323 @@
+"""Model entries of the config: their names (TransformerLens aliases -> Hugging Face names), the
+size the config can know without loading a model (model_dims), whether a local checkpoint is an
+architecture TransformerLens converts, and device/dtype problems. No heavy imports: the Snakefile
+is parsed by every job, and transformer_lens takes seconds to import."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+from selfrepair.config.errors import ConfigError
+
+# (layer, head) of an attention head.
+Head = tuple[int, int]
+
+__all__ = [
+    "HEAD_KEYS",
+    "Head",
+    "KNOWN_DIMS",
+    "LAYER_KEYS",
+    "LOCAL_ARCHITECTURES",
+    "NON_CAUSAL_TYPES",
+    "PARALLEL_TYPES",
+    "architecture_problem",
+    "check_device_dtype",
+    "check_hub_names",
+    "check_model_entry",
+    "device_problem",
+    "missing_head",
+    "model_dims",
+    "model_entries",
+    "official_model_name",
+    "parallel_blocks",
+]
+
+
+def model_entries(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Models by name; a bare string entry is a TransformerLens name with no options.
+
+    Args:
+        config: the validated workflow config (its `models` and `tokenizers`).
+    """
+    entries: dict[str, dict[str, Any]] = {}
+    for item in config["models"]:
+        entry = {"name": item} if isinstance(item, str) else dict(item)
+        if entry["name"] in entries:
+            raise ConfigError(f"config key models: {entry['name']!r} is listed twice")
+        entries[entry["name"]] = entry
+    for name, entry in entries.items():
+        tok = entry.get("train", {}).get("tokenizer")
+        if tok is not None and tok not in config.get("tokenizers", {}):
+            raise ConfigError(
+                f"config key models[{name}].train.tokenizer: {tok!r} is not defined under "
+                "tokenizers"
+            )
+    return entries
+
+
+@functools.cache
+def _model_alias_map() -> dict[str, str]:
+    """TransformerLens' alias -> Hugging Face name map, read from its registry file without
+    importing transformer_lens (which takes seconds: the Snakefile is parsed by every job)."""
+    spec = importlib.util.find_spec("transformer_lens")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("transformer_lens is not installed: run the README's setup command")
+    registry = Path(next(iter(spec.submodule_search_locations))) / "supported_models.py"
+    namespace: dict[str, Any] = {}
+    exec(compile(registry.read_text(), str(registry), "exec"), namespace)
+    aliases = {}
+    for official in namespace["OFFICIAL_MODEL_NAMES"]:
+        for alias in namespace["MODEL_ALIASES"].get(official, []):
+            aliases[alias.lower()] = official
+        aliases[official.lower()] = official
+    return aliases
+
+
+def official_model_name(name: str) -> str:
+    """The Hugging Face name of a TransformerLens model name or alias (e.g. pythia-160m ->
+    EleutherAI/pythia-160m); ConfigError naming the fix when unknown."""
+    try:
+        return _model_alias_map()[name.lower()]
+    except KeyError:
+        raise ConfigError(
+            f"config key models: unknown model {name!r}; use a TransformerLens name "
+            "(e.g. gpt2-small, pythia-160m) or give the entry a `path` to a local Hugging "
+            "Face checkpoint"
+        ) from None
+
+
+def check_hub_names(entries: dict[str, dict[str, Any]]) -> None:
+    """Hub models must be TransformerLens names; checked offline, before any work starts."""
+    for name, entry in entries.items():
+        if "path" not in entry and "train" not in entry:
+            official_model_name(name)
+
+
+# (n_layers, n_heads) of hub models whose size the config cannot read: the paper's, so that a
+# configured head out of range fails before any job starts. Other hub models are checked when
+# their job loads them.
+KNOWN_DIMS = {
+    "gpt2": (12, 12),
+    "gpt2-small": (12, 12),
+    "gpt2-medium": (24, 16),
+    "gpt2-large": (36, 20),
+    "gpt2-xl": (48, 25),
+    "pythia-70m": (6, 8),
+    "pythia-160m": (12, 12),
+    "pythia-410m": (24, 16),
+    "pythia-1b": (16, 8),
+    "pythia-1.4b": (24, 16),
+    "pythia-2.8b": (32, 32),
+    "llama-7b": (32, 32),
+}
+
+
+# The spellings of layer and head counts in a Hugging Face config.json that TransformerLens reads
+# (GPT-2/Bloom/GPT-J: n_layer, n_head; GPT-Neo: num_layers, num_heads; most others:
+# num_hidden_layers, num_attention_heads).
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+HEAD_KEYS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
+
+
+def _first_int(hf: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+    for key in keys:
+        if isinstance(hf.get(key), int) and not isinstance(hf.get(key), bool):
+            return hf[key]
+    return None
+
+
+def _checkpoint_config(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """A `path` entry's config.json, or None while the checkpoint is not there (check_model_entry
+    says why at config time; model_dims and parallel_blocks then know nothing)."""
+    cfg_file = Path(entry["path"]) / "config.json"
+    return json.loads(cfg_file.read_text()) if cfg_file.is_file() else None
+
+
+def model_dims(entry: dict[str, Any]) -> tuple[int, int] | None:
+    """(n_layers, n_heads) of a model entry when the config can know it without loading it:
+    a trained model's `train`, a checkpoint's config.json, or KNOWN_DIMS; None otherwise."""
+    if "train" in entry:
+        return entry["train"].get("n_layers", 4), entry["train"].get("n_heads", 4)
+    if "path" in entry:
+        hf = _checkpoint_config(entry)
+        if hf is not None:
+            layers = _first_int(hf, LAYER_KEYS)
+            heads = _first_int(hf, HEAD_KEYS)
+            if layers is not None and heads is not None:
+                return layers, heads
+        return None
+    return KNOWN_DIMS.get(entry["name"].lower())
+
+
+def missing_head(model: str, layer: int, head: int, n_layers: int, n_heads: int) -> str | None:
+    """Why L{layer}H{head} does not exist in a model of this size, or None when it does."""
+    if 0 <= layer < n_layers and 0 <= head < n_heads:
+        return None
+    return f"{model} has no L{layer}H{head} ({n_layers} layers x {n_heads} heads)"
+
+
+# Hugging Face model types whose blocks TransformerLens runs with parallel attention and MLP
+# (parallel_attn_mlp) without a use_parallel_residual key in config.json.
+PARALLEL_TYPES = frozenset({"gptj", "phi"})
+
+
+def parallel_blocks(entry: dict[str, Any]) -> bool | None:
+    """Whether attention and MLP of a block read the same residual (Pythia), when known."""
+    if "train" in entry:
+        return entry["train"]["arch"] == "pythia"
+    if "path" in entry:
+        hf = _checkpoint_config(entry)
+        if hf is None:
+            return None
+        return bool(hf.get("use_parallel_residual", hf.get("model_type") in PARALLEL_TYPES))
+    name = entry["name"].lower()
+    return True if name.startswith("pythia") else (False if name in KNOWN_DIMS else None)
+
+
+# Architectures (config.json `architectures`) that TransformerLens 3.9 converts from a local
+# checkpoint's config.json into a causal (decoder-only) HookedTransformer. README "Models you can
+# add by path" lists those tested (tests/test_architectures.py).
+LOCAL_ARCHITECTURES = frozenset(
+    {
+        "GPT2LMHeadModel",
+        "GPTNeoForCausalLM",
+        "GPTJForCausalLM",
+        "GPTNeoXForCausalLM",
+        "OPTForCausalLM",
+        "BloomForCausalLM",
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "MixtralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "PhiForCausalLM",
+        "Phi3ForCausalLM",
+        "OlmoeForCausalLM",
+        "Olmo3ForCausalLM",
+        "GptOssForCausalLM",
+        "ApertusForCausalLM",
+    }
+)
+# Encoders and encoder-decoders (BERT, T5, ...): no causal next-token logits to repair.
+NON_CAUSAL_TYPES = frozenset(
+    {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "t5", "mt5",
+     "bart", "mbart", "pegasus", "hubert", "wav2vec2", "whisper", "vit", "clip"}
+)  # fmt: skip
+
+
+def architecture_problem(hf: dict[str, Any]) -> str | None:
+    """Why a checkpoint with this config.json cannot be loaded by path, or None.
+
+    Args:
+        hf: the checkpoint's config.json as a dict.
+    """
+    archs = hf.get("architectures") or []
+    arch = archs[0] if archs else None
+    model_type = hf.get("model_type", "?")
+    label = f"{arch} ({model_type})" if arch else f"model_type {model_type!r}"
+    if model_type in NON_CAUSAL_TYPES or (
+        arch and not arch.endswith(("ForCausalLM", "LMHeadModel"))
+    ):
+        return (
+            f"is a {label} checkpoint, not a causal language model; self-repair is measured on "
+            "decoder-only LMs (GPT-2, Pythia, Llama, ...)"
+        )
+    if arch is None:
+        return (
+            "has a config.json without `architectures`; save the checkpoint with "
+            "save_pretrained of a *ForCausalLM model"
+        )
+    if arch.startswith("Gemma"):
+        return (
+            f"is a {label} checkpoint: TransformerLens 3.9 builds Gemma models only from its own "
+            "hub names (e.g. google/gemma-2b), never from a local config.json; use that name "
+            "without `path`"
+        )
+    if arch not in LOCAL_ARCHITECTURES:
+        return (
+            f"is a {label} checkpoint, which TransformerLens 3.9 cannot convert from a local "
+            "config.json; see README, Models you can add by path"
+        )
+    return None
+
+
+def check_model_entry(name: str, entry: dict[str, Any]) -> None:
+    """A model entry's own consistency: a trained model's head count divides its width; a
+    `path` is a Hugging Face checkpoint of a causal architecture TransformerLens converts.
+
+    Args:
+        name: the entry's name.
+        entry: the entry (model_entries' dict form).
+    """
+    key = f"config key models[{name}]"
+    train = entry.get("train")
+    if train is not None:
+        d_model, n_heads = train.get("d_model", 128), train.get("n_heads", 4)
+        if d_model % n_heads:
+            raise ConfigError(
+                f"{key}.train.n_heads: {n_heads} heads do not divide train.d_model {d_model}; "
+                "choose n_heads that divides d_model (e.g. 4 for 128)"
+            )
+    path = entry.get("path")
+    if path is None:
+        return
+    root = Path(path)
+    fix = "point it at a Hugging Face checkpoint directory (save_pretrained output)"
+    if not root.exists():
+        raise ConfigError(f"{key}.path: {path!r} does not exist; {fix}")
+    if not (root / "config.json").is_file():
+        raise ConfigError(f"{key}.path: {path!r} has no config.json; {fix}")
+    try:
+        hf = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{key}.path: {path}/config.json cannot be read ({err}); {fix}") from None
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{key}.path: {path}/config.json is not a JSON object; {fix}")
+    if problem := architecture_problem(hf):
+        raise ConfigError(f"{key}.path: {path!r} {problem}")
+
+
+def check_device_dtype(device: str, dtype: str) -> None:
+    """Half precision on an explicit CPU device fails everywhere, so it fails at once.
+
+    Args:
+        device: config `device` (auto, cpu, cuda, cuda:N).
+        dtype: config `dtype` (float32, bfloat16, float16).
+    """
+    if dtype != "float32" and device == "cpu":
+        raise ConfigError(
+            f"config key dtype: {dtype} runs only on CUDA and device is cpu; set dtype: float32 "
+            "(or device: cuda on a machine with a GPU)"
+        )
+
+
+def device_problem(device: str, dtype: str, n_cuda: int) -> str | None:
+    """Why this machine cannot run `device` and `dtype`, in one line naming the key and the fix,
+    or None. The same line comes from the workflow's start (a local run) and from a job's model
+    load (selfrepair.models.loading: a cluster node).
+
+    Args:
+        device: config `device` (auto, cpu, cuda, cuda:N).
+        dtype: config `dtype`.
+        n_cuda: CUDA devices this machine has (torch.cuda.device_count(); 0 without CUDA).
+    """
+    if device.startswith("cuda"):
+        if n_cuda == 0:
+            return (
+                f"config key device: {device} was asked for but this machine has no CUDA device; "
+                "set device: auto (or cpu)"
+            )
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= n_cuda:
+            return (
+                f"config key device: {device} was asked for but this machine has {n_cuda} CUDA "
+                f"device(s); set device: cuda:0 .. cuda:{n_cuda - 1} or auto"
+            )
+    if dtype != "float32" and (device == "cpu" or (device == "auto" and n_cuda == 0)):
+        where = "this machine has no CUDA device" if device == "auto" else "device is cpu"
+        return f"config key dtype: {dtype} runs only on CUDA and {where}; set dtype: float32"
+    return None
