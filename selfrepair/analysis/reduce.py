@@ -7,16 +7,28 @@ tokens with de_clean <= de_epsilon are dropped (the ratio explodes near 0) and c
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from selfrepair.config.core import top_count
-from selfrepair.stages.joblog import provenance, revision_of
-from selfrepair.stages.store import open_shards, write_zarr
 from selfrepair.variables import HEAD_VARIABLES
+
+__all__ = [
+    "FROZEN_LN_VARIANTS",
+    "TABLE_COLUMNS",
+    "TOKEN_DIMS",
+    "effect_drops",
+    "frozen_ln_layers",
+    "head_effect_drops",
+    "head_summary",
+    "head_table",
+    "head_tokens",
+    "layer_mean",
+    "ln_share",
+    "stack_tokens",
+    "top_token_mask",
+]
 
 TOKEN_DIMS = ("batch", "pos")
 
@@ -95,17 +107,6 @@ def _layer_summary(ds: xr.Dataset, top_fraction: float, de_epsilon: float) -> xr
 def layer_mean(summary_var: xr.DataArray) -> xr.DataArray:
     """Mean over the heads of each layer (unmeasured heads, NaN, are skipped)."""
     return summary_var.mean("head", skipna=True)
-
-
-def summarize_heads(
-    *, shards: list[str], top_fraction: float, de_epsilon: float, out: str, attrs: dict[str, Any]
-) -> xr.Dataset:
-    """Workflow stage: the per-head summary over all shards of one (model, ablation)."""
-    data = open_shards(shards, variables=HEAD_VARIABLES)
-    summary = head_summary(data, top_fraction=top_fraction, de_epsilon=de_epsilon)
-    summary.attrs.update(provenance(**attrs, model_revision=revision_of(data)))
-    write_zarr(summary, out)
-    return summary
 
 
 # --- Reductions the figures draw -------------------------------------------------------------

@@ -4,12 +4,14 @@ HTML page for the report (the columns a reader compares, with their intervals)."
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
 
 import pandas as pd
 
-from selfrepair.analysis.reduce import head_table
-from selfrepair.stages.store import open_zarr, write_text
+__all__ = [
+    "HTML_COLUMNS",
+    "table_html",
+]
+
 
 HTML_COLUMNS = {  # column of the HTML table -> how it is made from the CSV's
     "head": lambda t: "L" + t["layer"].astype(str) + "H" + t["head"].astype(str),
@@ -62,25 +64,3 @@ def table_html(table: pd.DataFrame, note: str = "") -> str:
         parts.append(shown.to_html(index=False, classes="heads", border=0, escape=True))
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def table_stage(
-    *,
-    keys: Sequence[Sequence[str]],
-    summaries: Sequence[str],
-    intervals: Sequence[str],
-    csv: str,
-    html_path: str,
-    note: str = "",
-) -> pd.DataFrame:
-    """Workflow stage: keys[i] = (model, ablation) of summaries[i] and intervals[i]."""
-    keys = [tuple(k) for k in keys]
-    if not len(keys) == len(summaries) == len(intervals):
-        raise ValueError("give one summary and one interval store per (model, ablation)")
-    table = head_table(
-        {k: open_zarr(p) for k, p in zip(keys, summaries, strict=True)},
-        {k: open_zarr(p) for k, p in zip(keys, intervals, strict=True)},
-    )
-    write_text(csv, table.to_csv(index=False, float_format="%.6g"))
-    write_text(html_path, table_html(table, note))
-    return table

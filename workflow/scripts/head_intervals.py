@@ -1,16 +1,18 @@
-"""Per-head bootstrap intervals over tokens of one (model, ablation) (selfrepair.analysis.intervals)."""
+"""Per-head bootstrap intervals over tokens of one (model, ablation)
+(selfrepair.stages.summaries.head_intervals)."""
 
-from selfrepair.analysis.intervals import intervals_stage
 from selfrepair.stages.joblog import logged
+from selfrepair.stages.summaries import head_intervals
 
+p = snakemake.params
 with logged(snakemake.log[0]):
-    intervals_stage(
+    head_intervals(
         shards=list(snakemake.input.shards),
-        top_fraction=snakemake.params.top_fraction,
-        de_epsilon=snakemake.params.de_epsilon,
-        n_resamples=snakemake.params.resamples,
-        level=snakemake.params.level,
-        seed=snakemake.params.seed,
+        top_fraction=p.top_fraction,
+        de_epsilon=p.de_epsilon,
+        n_resamples=p.resamples,
+        level=p.level,
+        seed=p.seed,
         out=snakemake.output.intervals,
-        attrs=dict(snakemake.params.attrs, ablation=snakemake.wildcards.ablation),
+        attrs=dict(p.attrs, ablation=snakemake.wildcards.ablation),
     )
