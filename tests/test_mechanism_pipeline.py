@@ -3,10 +3,13 @@ write stores the figure builders read back, and line up with the ablation stage'
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from snakemake.iocontainers import InputFiles, Params
 
 import selfrepair.stages.figures as mechanism_figures
 import selfrepair.stages.job as job
@@ -15,6 +18,7 @@ from selfrepair.mechanisms.neurons import neuron_direct_effects, resolve_probes
 from selfrepair.models.loading import random_model
 from selfrepair.stages.ablation import ablate
 from selfrepair.stages.job import ModelJob
+from selfrepair.stages.joblog import rule_params
 from selfrepair.stages.store import open_zarr, write_zarr
 
 BOUNDS = [(0, 5), (5, 9)]
@@ -185,3 +189,29 @@ def test_figure_builders_read_the_stores(run):
         mechanism_figures.fig15(paths["reductions"], {"model": "other", "heads": [[1, 2]]})
     with pytest.raises(ValueError, match=r"has no scale \[3.0\]"):
         mechanism_figures.fig09_19(paths["reinforcement"], t09, [3.0])
+
+
+def snakemake_job(inputs: dict, **params) -> SimpleNamespace:
+    """What a rule's script sees as `snakemake`: input, params and threads."""
+    rule = {"model": {"name": "m", "heads": [[1, 2]]}, "batch_size": 8, "device": "cpu"}
+    rule.update(dtype="float32", **params)
+    return SimpleNamespace(
+        input=InputFiles(fromdict=inputs), params=Params(fromdict=rule), threads=3
+    )
+
+
+def test_model_job_reads_the_rule_keys_once():
+    shard = ModelJob.from_snakemake(
+        snakemake_job({"tokens": "t.zarr", "model_dir": "ckpt"}, bounds=(4, 8))
+    )
+    assert shard == ModelJob(
+        "t.zarr", {"name": "m", "heads": [[1, 2]]}, 8, "ckpt", "cpu", "float32", ((4, 8),), 3
+    )
+    assert shard.bounds == (4, 8) and shard.heads == [(1, 2)]
+    every = ModelJob.from_snakemake(snakemake_job({"tokens": "t.zarr"}, bounds=[[0, 4], [4, 8]]))
+    assert every.shards == ((0, 4), (4, 8)) and every.checkpoint is None
+    with pytest.raises(ValueError, match="reads one shard, not 2"):
+        every.bounds  # noqa: B018
+    assert ModelJob.from_snakemake(snakemake_job({"tokens": "t.zarr"})).shards == ()
+    smk = snakemake_job({"tokens": "t.zarr"}, top_n=3)
+    assert rule_params(smk, "top_n", "device") == {"top_n": 3, "device": "cpu"}

@@ -2,19 +2,16 @@
 (selfrepair.stages.mechanisms.norm_ratios)."""
 
 from selfrepair.stages.job import ModelJob
-from selfrepair.stages.joblog import logged
+from selfrepair.stages.joblog import logged, rule_params
 from selfrepair.stages.mechanisms import norm_ratios
 from selfrepair.stages.summaries import heads_with_picks
 
-p = snakemake.params
 with logged(snakemake.log[0]):
     norm_ratios(
         ModelJob.from_snakemake(snakemake),
         engine_shards=list(snakemake.input.shards),
-        heads=heads_with_picks(p.heads, snakemake.input.picks),
+        heads=heads_with_picks(snakemake.params.heads, snakemake.input.picks),
         ablation=snakemake.wildcards.ablation,
-        top_fraction=p.top_fraction,
-        mean_include_bos=p.mean_include_bos,
+        **rule_params(snakemake, "top_fraction", "mean_include_bos", "attrs"),
         out=snakemake.output.norms,
-        attrs=p.attrs,
     )
