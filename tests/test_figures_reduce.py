@@ -12,10 +12,10 @@ from selfrepair.analysis.reduce import (
     frozen_ln_layers,
     head_effect_drops,
     head_summary,
-    head_table,
     head_tokens,
     layer_mean,
 )
+from selfrepair.analysis.tables import head_table
 
 DIMS = ("layer", "head", "batch", "pos")
 

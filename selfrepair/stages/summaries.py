@@ -111,7 +111,7 @@ def head_table(
     keys = [tuple(k) for k in keys]
     if not len(keys) == len(summaries) == len(intervals):
         raise ValueError("give one summary and one interval store per (model, ablation)")
-    table = reduce.head_table(
+    table = tables.head_table(
         {k: open_zarr(p) for k, p in zip(keys, summaries, strict=True)},
         {k: open_zarr(p) for k, p in zip(keys, intervals, strict=True)},
     )
