@@ -13,7 +13,9 @@ import torch
 import xarray as xr
 import yaml
 
-import selfrepair.stages.ablation as pipeline
+import selfrepair.stages.ablation as ablation_stage
+import selfrepair.stages.job as job
+import selfrepair.stages.joblog as joblog
 import selfrepair.stages.store as store
 from selfrepair.config.core import ConfigError, check_run, model_entries
 from selfrepair.data.training import build_model
@@ -42,24 +44,24 @@ def tokens(tmp_path_factory):
     return str(path)
 
 
-def stage_args(tokens, checkpoint, out, **over):
-    args = dict(
+def ablate(tokens, checkpoint, out, bounds=(0, 8), entry=None):
+    model_job = job.ModelJob(
         tokens=tokens,
-        bounds=(0, 8),
-        entry={"name": "tiny"},
+        shards=bounds,
+        entry=entry or {"name": "tiny"},
         checkpoint=checkpoint,
         device="cpu",
         dtype="float32",
         batch_size=4,
+    )
+    return ablation_stage.ablate(
+        model_job,
+        ablation="resample",
+        heads_per_pass=4,
+        mean_include_bos=True,
         out=str(out),
         attrs={"seed": 0, "data": {"seq_len": N_CTX}},
     )
-    return {**args, **over}
-
-
-def ablate(tokens, checkpoint, out, **over):
-    args = dict(ablation="resample", heads_per_pass=4, mean_include_bos=True)
-    return pipeline.ablate_shard(**stage_args(tokens, checkpoint, out, **{**args, **over}))
 
 
 # --- stores -----------------------------------------------------------------------------------
@@ -89,7 +91,7 @@ def test_foreign_zarr_store_is_refused(tmp_path):
 def test_store_without_expected_variables_is_refused(tmp_path):
     small_store(tmp_path / "s.zarr")
     with pytest.raises(ValueError, match=r"lacks variables tokens; delete .*s\.zarr and rerun"):
-        pipeline.read_token_rows(str(tmp_path / "s.zarr"), 0, 1)
+        job.read_token_rows(str(tmp_path / "s.zarr"), 0, 1)
 
 
 def test_store_with_a_lost_chunk_is_refused(tmp_path):
@@ -420,9 +422,9 @@ def run_snakemake(workdir: Path, overlay: dict, *args: str) -> tuple[str, float]
 
 
 def test_loaded_model_checked_against_seq_len_and_heads(tokens, checkpoint, tmp_path):
-    model = pipeline.model_for({"name": "tiny"}, checkpoint, "cpu", "float32", seq_len=N_CTX)
+    model = job.model_for({"name": "tiny"}, checkpoint, "cpu", "float32", seq_len=N_CTX)
     with pytest.raises(ConfigError, match=r"data\.seq_len: 18 tokens .* at most 17"):
-        pipeline.check_model_fits(model, {"name": "tiny"}, 18)
+        job.check_model_fits(model, {"name": "tiny"}, 18)
     entry = {"name": "tiny", "heads": [[0, 1], [2, 0]]}
     with pytest.raises(ConfigError, match=r"models\[tiny\]\.heads: tiny has no L2H0"):
         ablate(tokens, checkpoint, tmp_path / "out.zarr", entry=entry)
@@ -438,7 +440,7 @@ def test_out_of_memory_names_the_config_keys_and_writes_nothing(
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(pipeline, "measure_heads", oom)
+    monkeypatch.setattr(ablation_stage, "measure_heads", oom)
     with pytest.raises(MemoryError, match=r"lower engine\.batch_size \(now 4\) or engine\."):
         ablate(tokens, checkpoint, tmp_path / "out.zarr")
     assert not (tmp_path / "out.zarr").exists()
@@ -446,17 +448,17 @@ def test_out_of_memory_names_the_config_keys_and_writes_nothing(
 
 def test_cpu_allocation_failure_is_out_of_memory_and_other_errors_pass():
     with pytest.raises(MemoryError, match=r"engine\.batch_size \(now 8\)"):
-        with pipeline.memory_hint("cpu", {"engine.batch_size": 8}):
+        with job.memory_hint("cpu", {"engine.batch_size": 8}):
             raise RuntimeError(
                 "[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"
             )
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        with pipeline.memory_hint("cpu", {"engine.batch_size": 8}):
+        with job.memory_hint("cpu", {"engine.batch_size": 8}):
             raise RuntimeError("shape mismatch")
 
 
 def test_nan_names_layer_row_and_shard(tokens, checkpoint, tmp_path, monkeypatch):
-    load = pipeline.load_model
+    load = job.load_model
 
     def poisoned(*args, **kwargs):
         model = load(*args, **kwargs)
@@ -464,7 +466,7 @@ def test_nan_names_layer_row_and_shard(tokens, checkpoint, tmp_path, monkeypatch
             model.blocks[1].attn.W_V[0, 0, 0] = float("inf")
         return model
 
-    monkeypatch.setattr(pipeline, "load_model", poisoned)
+    monkeypatch.setattr(job, "load_model", poisoned)
     with pytest.raises(NonFiniteActivation, match=r"after layer 1 .*shard rows 4\.\.7 of"):
         ablate(tokens, checkpoint, tmp_path / "out.zarr", bounds=(4, 8))
     assert not (tmp_path / "out.zarr").exists()
@@ -491,12 +493,12 @@ def test_reruns_are_bit_identical_and_record_provenance(tokens, checkpoint, tmp_
 def test_model_revision_follows_the_weights_and_the_hub_cache(checkpoint, tmp_path, monkeypatch):
     copy = tmp_path / "copy"
     shutil.copytree(checkpoint, copy)
-    assert pipeline.model_revision("x", str(copy)) == pipeline.model_revision("x", checkpoint)
+    assert joblog.model_revision("x", str(copy)) == joblog.model_revision("x", checkpoint)
     weights = copy / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    assert pipeline.model_revision("x", str(copy)) != pipeline.model_revision("x", checkpoint)
+    assert joblog.model_revision("x", str(copy)) != joblog.model_revision("x", checkpoint)
     # The hub path: the snapshot the Hugging Face cache resolves "main" to.
     cache = tmp_path / "hub"
     repo = cache / "models--EleutherAI--pythia-160m"
@@ -506,5 +508,5 @@ def test_model_revision_follows_the_weights_and_the_hub_cache(checkpoint, tmp_pa
     snapshot.mkdir(parents=True)
     (snapshot / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
-    assert pipeline.model_revision("pythia-160m", None) == snapshot.name
-    assert pipeline.model_revision("gpt2-small", None) == "unknown"
+    assert joblog.model_revision("pythia-160m", None) == snapshot.name
+    assert joblog.model_revision("gpt2-small", None) == "unknown"

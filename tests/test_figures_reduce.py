@@ -12,10 +12,10 @@ from selfrepair.analysis.reduce import (
     frozen_ln_layers,
     head_effect_drops,
     head_summary,
-    head_table,
     head_tokens,
     layer_mean,
 )
+from selfrepair.analysis.tables import head_table
 
 DIMS = ("layer", "head", "batch", "pos")
 
@@ -161,6 +161,9 @@ def test_figure_modules_import_in_the_analysis_env_without_engine_packages():
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import selfrepair.config.core, selfrepair.analysis.reduce, selfrepair.analysis.intervals, selfrepair.analysis.tables\n"
+        "import selfrepair.analysis.substitutes, selfrepair.analysis.mechanisms\n"
+        "import selfrepair.stages.store, selfrepair.stages.joblog, selfrepair.stages.summaries\n"
+        "import selfrepair.stages.mechanisms\n"
         "import selfrepair.plots.common, selfrepair.plots.per_head, selfrepair.plots.effects\n"
         "import selfrepair.plots.layernorm, selfrepair.plots.captions\n"
     )

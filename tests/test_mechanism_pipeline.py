@@ -3,16 +3,22 @@ write stores the figure builders read back, and line up with the ablation stage'
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from snakemake.iocontainers import InputFiles, Params
 
-import selfrepair.stages.ablation as pipeline
 import selfrepair.stages.figures as mechanism_figures
+import selfrepair.stages.job as job
 import selfrepair.stages.mechanisms as mp
 from selfrepair.mechanisms.neurons import neuron_direct_effects, resolve_probes
 from selfrepair.models.loading import random_model
+from selfrepair.stages.ablation import ablate
+from selfrepair.stages.job import ModelJob
+from selfrepair.stages.joblog import rule_params
 from selfrepair.stages.store import open_zarr, write_zarr
 
 BOUNDS = [(0, 5), (5, 9)]
@@ -35,25 +41,22 @@ def run(tmp_path_factory, model):
     tokens = str(root / "tokens.zarr")
     write_zarr(xr.Dataset({"tokens": (("row", "tok"), rows.numpy().astype(np.int32))}), tokens)
     patch = pytest.MonkeyPatch()
-    patch.setattr(pipeline, "model_for", lambda *a, **k: model)
-    patch.setattr(mp, "model_for", lambda *a, **k: model)
-    common = dict(entry={"name": "random-pythia"}, checkpoint=None, device="cpu", dtype="float32")
+    patch.setattr(job, "model_for", lambda *a, **k: model)
+    common = dict(tokens=tokens, entry={"name": "random-pythia"}, checkpoint=None, device="cpu")
+    common.update(dtype="float32")
     attrs = {"model": "random-pythia"}
     shards = {}
     for ablation in ("resample", "zero"):
         shards[ablation] = []
         for i, bounds in enumerate(BOUNDS):
             out = str(root / f"ablation-{ablation}-{i}.zarr")
-            pipeline.ablate_shard(
-                tokens=tokens,
-                bounds=bounds,
+            ablate(
+                ModelJob(**common, batch_size=3, shards=bounds),
                 ablation=ablation,
-                batch_size=3,
                 heads_per_pass=4,
                 mean_include_bos=True,
                 out=out,
                 attrs=attrs,
-                **common,
             )
             shards[ablation].append(out)
     paths = {
@@ -64,20 +67,17 @@ def run(tmp_path_factory, model):
         "norms": {a: str(root / f"norms-{a}.zarr") for a in shards},
         "reinforcement": str(root / "reinforcement.zarr"),
     }
-    mp.neuron_stage(
-        tokens=tokens,
-        bounds=BOUNDS,
+    mp.neuron_effects(
+        ModelJob(**common, batch_size=2, shards=BOUNDS),
         heads=NEURON_HEADS,
         mlp_layer=-1,
         ablation="resample",
         top_fraction=0.1,
-        batch_size=2,
         mean_include_bos=True,
         out=paths["selected"],
         attrs=attrs,
-        **common,
     )
-    mp.neuron_reduction_stage(
+    mp.neuron_reductions(
         selected=paths["selected"],
         thresholds=[0.5, 0.1],
         top_n=3,
@@ -85,30 +85,25 @@ def run(tmp_path_factory, model):
         attrs=attrs,
     )
     for ablation, out in paths["norms"].items():
-        mp.norms_stage(
-            tokens=tokens,
-            bounds=BOUNDS,
+        mp.norm_ratios(
+            ModelJob(**common, batch_size=3, shards=BOUNDS),
             engine_shards=shards[ablation],
             heads=NORM_HEADS,
             ablation=ablation,
             top_fraction=0.1,
-            batch_size=3,
             mean_include_bos=True,
             out=out,
             attrs=attrs,
-            **common,
         )
-    mp.reinforcement_stage(
-        tokens=tokens,
+    mp.self_reinforcement(
+        ModelJob(**common, batch_size=3),
         heads=[[2, 1]],
         second_half=True,
         scales=[1.0, 2.0],
         rows=4,
         seq_len=7,
-        batch_size=3,
         out=paths["reinforcement"],
         attrs=attrs,
-        **common,
     )
     yield paths, rows
     patch.undo()
@@ -153,18 +148,12 @@ def test_norms_against_another_ablations_store_are_refused(run, tmp_path):
     paths, _ = run
     out = tmp_path / "bad.zarr"
     with pytest.raises(ArithmeticError, match="differs from the ablation store"):
-        mp.norms_stage(
-            tokens=paths["tokens"],
-            bounds=BOUNDS,
+        mp.norm_ratios(
+            ModelJob(paths["tokens"], {"name": "random-pythia"}, batch_size=3, shards=BOUNDS),
             engine_shards=paths["shards"]["zero"],
-            entry={"name": "random-pythia"},
-            checkpoint=None,
-            device="cpu",
-            dtype="float32",
             heads=NORM_HEADS,
             ablation="resample",
             top_fraction=0.1,
-            batch_size=3,
             mean_include_bos=True,
             out=str(out),
             attrs={"model": "random-pythia"},
@@ -200,3 +189,29 @@ def test_figure_builders_read_the_stores(run):
         mechanism_figures.fig15(paths["reductions"], {"model": "other", "heads": [[1, 2]]})
     with pytest.raises(ValueError, match=r"has no scale \[3.0\]"):
         mechanism_figures.fig09_19(paths["reinforcement"], t09, [3.0])
+
+
+def snakemake_job(inputs: dict, **params) -> SimpleNamespace:
+    """What a rule's script sees as `snakemake`: input, params and threads."""
+    rule = {"model": {"name": "m", "heads": [[1, 2]]}, "batch_size": 8, "device": "cpu"}
+    rule.update(dtype="float32", **params)
+    return SimpleNamespace(
+        input=InputFiles(fromdict=inputs), params=Params(fromdict=rule), threads=3
+    )
+
+
+def test_model_job_reads_the_rule_keys_once():
+    shard = ModelJob.from_snakemake(
+        snakemake_job({"tokens": "t.zarr", "model_dir": "ckpt"}, bounds=(4, 8))
+    )
+    assert shard == ModelJob(
+        "t.zarr", {"name": "m", "heads": [[1, 2]]}, 8, "ckpt", "cpu", "float32", ((4, 8),), 3
+    )
+    assert shard.bounds == (4, 8) and shard.heads == [(1, 2)]
+    every = ModelJob.from_snakemake(snakemake_job({"tokens": "t.zarr"}, bounds=[[0, 4], [4, 8]]))
+    assert every.shards == ((0, 4), (4, 8)) and every.checkpoint is None
+    with pytest.raises(ValueError, match="reads one shard, not 2"):
+        every.bounds  # noqa: B018
+    assert ModelJob.from_snakemake(snakemake_job({"tokens": "t.zarr"})).shards == ()
+    smk = snakemake_job({"tokens": "t.zarr"}, top_n=3)
+    assert rule_params(smk, "top_n", "device") == {"top_n": 3, "device": "cpu"}

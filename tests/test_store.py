@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import selfrepair.analysis.reduce as reduce
-import selfrepair.stages.ablation as pipeline
 import selfrepair.stages.store as store
 from selfrepair.data.training import build_model
+from selfrepair.stages.ablation import ablate
+from selfrepair.stages.clean import clean_cache
+from selfrepair.stages.job import ModelJob, read_token_rows
+from selfrepair.stages.summaries import summarize_heads
 from selfrepair.variables import HEAD_VARIABLES
 
 N_CTX, VOCAB = 16, 64
@@ -36,24 +38,24 @@ def made(tmp_path_factory) -> dict[str, Path]:
     rows[:, 0] = 0
     tokens = root / "tokens.zarr"
     store.write_zarr(xr.Dataset({"tokens": (("row", "tok"), rows)}), tokens, chunks={"row": 4})
-    common = dict(
+    job = ModelJob(
         tokens=str(tokens),
-        bounds=(0, 8),
+        shards=(0, 8),
         entry={"name": "tiny"},
         checkpoint=checkpoint,
         device="cpu",
         dtype="float32",
         batch_size=4,
-        attrs={"seed": 0},
     )
-    pipeline.ablate_shard(
-        **common,
+    ablate(
+        job,
         ablation="resample",
         heads_per_pass=4,
         mean_include_bos=True,
         out=str(root / "shard-000.zarr"),
+        attrs={"seed": 0},
     )
-    pipeline.clean_shard(**common, out=str(root / "clean-000.zarr"))
+    clean_cache(job, out=str(root / "clean-000.zarr"), attrs={"seed": 0})
     summarize(root / "shard-000.zarr", root / "summary.zarr")
     return {
         "tokens": tokens,
@@ -64,7 +66,7 @@ def made(tmp_path_factory) -> dict[str, Path]:
 
 
 def summarize(shard: Path, out: Path) -> xr.Dataset:
-    return reduce.summarize_heads(
+    return summarize_heads(
         shards=[str(shard)], top_fraction=0.25, de_epsilon=1e-6, out=str(out), attrs={}
     )
 
@@ -79,7 +81,7 @@ USES = {
     "shard": ("de_ablated", lambda path, out: summarize(path, out)),
     "clean": ("de_head", lambda path, out: store.open_zarr(path).load()),
     "summary": ("mean_de_ablated", read_summary),
-    "tokens": ("tokens", lambda path, out: pipeline.read_token_rows(str(path), 4, 8)),
+    "tokens": ("tokens", lambda path, out: read_token_rows(str(path), 4, 8)),
 }
 
 

@@ -1,6 +1,7 @@
-"""Substitute heads picked at run time by the paper's criteria (selfrepair.analysis.substitutes): the pure
-picking functions on small synthetic stores against hand computations, the pick records and
-caption sentences, and the config checks of `substitute: {model, pick}`."""
+"""Substitute heads picked at run time by the paper's criteria (selfrepair.analysis.substitutes;
+the pick_substitute rule and the record readers in selfrepair.stages.summaries): the pure picking
+functions on small synthetic stores against hand computations, the pick records and caption
+sentences, and the config checks of `substitute: {model, pick}`."""
 
 from __future__ import annotations
 
@@ -16,16 +17,14 @@ from snakemake.utils import validate
 import selfrepair.config as sr_config
 from selfrepair.analysis.substitutes import (
     describe,
-    heads_with_picks,
     pick_largest_top_de,
     pick_most_self_repressing,
     pick_record,
-    pick_stage,
     rank_heads,
-    resolve_params,
 )
 from selfrepair.config.mechanisms import mechanism_targets, pick_targets
 from selfrepair.stages.store import write_zarr
+from selfrepair.stages.summaries import heads_with_picks, pick_substitute, resolve_params
 
 NAN = math.nan
 
@@ -172,7 +171,7 @@ def test_pick_records_name_the_heads_and_the_values_that_chose_them():
         pick_record("toy", "fig03", spec(), summary(TOP).assign_attrs(model="other"))
 
 
-def test_pick_stage_writes_the_record_that_figures_and_stages_read(tmp_path):
+def test_pick_substitute_writes_the_record_that_figures_and_stages_read(tmp_path):
     store = tmp_path / "summary.zarr"
     write_zarr(summary(TOP), store)
     target = sr_config.FigureTarget(
@@ -185,7 +184,7 @@ def test_pick_stage_writes_the_record_that_figures_and_stages_read(tmp_path):
         spec(layers="last"),
     )
     out = tmp_path / "fig05.json"
-    pick_stage(
+    pick_substitute(
         store=str(store), model="toy", key="fig05", target=target.key, pick=target.pick, out=out
     )
     record = json.loads(out.read_text())

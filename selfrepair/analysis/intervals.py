@@ -15,15 +15,21 @@ head (each head's interval is a valid bootstrap of that head; nothing is compare
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
 from selfrepair.analysis.reduce import ln_share, stack_tokens, top_token_mask
-from selfrepair.stages.joblog import provenance, revision_of
-from selfrepair.stages.store import open_shards, write_zarr
-from selfrepair.variables import HEAD_VARIABLES
+
+__all__ = [
+    "BOUNDS",
+    "INTERVALS",
+    "bootstrap_means",
+    "head_intervals",
+    "percentile_interval",
+    "resample_blocks",
+]
 
 if TYPE_CHECKING:  # shape annotations only: the analysis env has no jaxtyping
     from jaxtyping import Float
@@ -179,30 +185,4 @@ def head_intervals(
         n_tokens=int(ds.sizes["batch"] * ds.sizes["pos"]),
         method="percentile bootstrap over tokens, per head",
     )
-    return result
-
-
-def intervals_stage(
-    *,
-    shards: list[str],
-    top_fraction: float,
-    de_epsilon: float,
-    n_resamples: int,
-    level: float,
-    seed: int,
-    out: str,
-    attrs: dict[str, Any],
-) -> xr.Dataset:
-    """Workflow stage: the per-head intervals over all shards of one (model, ablation)."""
-    data = open_shards(shards, variables=HEAD_VARIABLES)
-    result = head_intervals(
-        data,
-        top_fraction=top_fraction,
-        de_epsilon=de_epsilon,
-        n_resamples=n_resamples,
-        level=level,
-        seed=seed,
-    )
-    result.attrs.update(provenance(**attrs, model_revision=revision_of(data)))
-    write_zarr(result, out)
     return result

@@ -22,6 +22,16 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+__all__ = [
+    "REINFORCEMENT_CLASSES",
+    "THRESHOLDS",
+    "at_selected",
+    "classify_reinforcement",
+    "least_squares_slope",
+    "neuron_reductions",
+    "ratio_shares",
+]
+
 THRESHOLDS = (0.5, 0.1, 0.05, 0.02, 0.01)
 REINFORCEMENT_CLASSES = ("self-repressing", "self-reinforcing", "mixed")
 

@@ -7,16 +7,25 @@ tokens with de_clean <= de_epsilon are dropped (the ratio explodes near 0) and c
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from selfrepair.config.core import top_count
-from selfrepair.stages.joblog import provenance, revision_of
-from selfrepair.stages.store import open_shards, write_zarr
 from selfrepair.variables import HEAD_VARIABLES
+
+__all__ = [
+    "FROZEN_LN_VARIANTS",
+    "TOKEN_DIMS",
+    "effect_drops",
+    "frozen_ln_layers",
+    "head_effect_drops",
+    "head_summary",
+    "head_tokens",
+    "layer_mean",
+    "ln_share",
+    "stack_tokens",
+    "top_token_mask",
+]
 
 TOKEN_DIMS = ("batch", "pos")
 
@@ -97,17 +106,6 @@ def layer_mean(summary_var: xr.DataArray) -> xr.DataArray:
     return summary_var.mean("head", skipna=True)
 
 
-def summarize_heads(
-    *, shards: list[str], top_fraction: float, de_epsilon: float, out: str, attrs: dict[str, Any]
-) -> xr.Dataset:
-    """Workflow stage: the per-head summary over all shards of one (model, ablation)."""
-    data = open_shards(shards, variables=HEAD_VARIABLES)
-    summary = head_summary(data, top_fraction=top_fraction, de_epsilon=de_epsilon)
-    summary.attrs.update(provenance(**attrs, model_revision=revision_of(data)))
-    write_zarr(summary, out)
-    return summary
-
-
 # --- Reductions the figures draw -------------------------------------------------------------
 
 
@@ -170,51 +168,3 @@ def frozen_ln_layers(normal: xr.Dataset, frozen: xr.Dataset) -> xr.DataArray:
         layer_mean(frozen.top_self_repair),
     ]
     return xr.concat(rows, "variant").assign_coords(variant=list(FROZEN_LN_VARIANTS))
-
-
-TABLE_COLUMNS = (
-    "mean_self_repair",
-    "mean_logit_diff",
-    "mean_de_clean",
-    "mean_de_ablated",
-    "top_self_repair",
-    "top_sr_heads",
-    "top_sr_mlps",
-    "top_sr_ln",
-    "top_logit_diff",
-    "top_de_clean",
-    "top_de_ablated",
-    "top_ln_share_clipped",
-    "top_ln_share",
-    "top_n_tokens",
-    "top_n_dropped",
-    "top_threshold",
-)
-
-
-def head_table(
-    summaries: dict[tuple[str, str], xr.Dataset],
-    intervals: dict[tuple[str, str], xr.Dataset] | None = None,
-) -> pd.DataFrame:
-    """One row per (model, ablation, layer, head) that was measured: the per-head summary
-    (self-repair, its decomposition, LN shares, token counts) and, from intervals, `<name>_low`
-    and `<name>_high` bounds. Keys are (model, ablation)."""
-    frames = []
-    for (model, ablation), summary in summaries.items():
-        columns = {}
-        for name in TABLE_COLUMNS:
-            columns[name] = summary[name].transpose("layer", "head")
-            if intervals is not None and name in intervals[(model, ablation)]:
-                bounds = intervals[(model, ablation)][name].transpose("layer", "head", "bound")
-                columns[f"{name}_low"] = bounds.sel(bound="low", drop=True)
-                columns[f"{name}_high"] = bounds.sel(bound="high", drop=True)
-        frame = xr.Dataset(columns).to_dataframe().reset_index()
-        frame = frame[frame.top_n_tokens > 0]  # heads not measured
-        frame.insert(0, "ablation", ablation)
-        frame.insert(0, "model", model)
-        frame.insert(4, "n_tokens", int(summary.attrs["n_tokens"]))
-        frames.append(frame)
-    table = pd.concat(frames, ignore_index=True)
-    order = ["model", "ablation", "layer", "head", "n_tokens"]
-    table = table[order + [c for c in table.columns if c not in order]]
-    return table.sort_values(["model", "ablation", "layer", "head"], ignore_index=True)

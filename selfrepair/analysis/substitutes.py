@@ -12,7 +12,6 @@ values that selected them and the caption's phrase.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -21,7 +20,16 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from selfrepair.config.core import Head, candidate_layers, target_with_pick
+from selfrepair.config.core import Head, candidate_layers
+
+__all__ = [
+    "describe",
+    "ordinal",
+    "pick_largest_top_de",
+    "pick_most_self_repressing",
+    "pick_record",
+    "rank_heads",
+]
 
 _LABEL = re.compile(r"^L(\d+)H(\d+)$")
 
@@ -161,47 +169,3 @@ def pick_record(
         **extra,
         "description": describe(pick, values, extra),
     }
-
-
-def pick_stage(
-    *, store: str, model: str, key: str, target: str, pick: Mapping[str, Any], out: str
-) -> dict:
-    """Workflow stage: pick one target's heads from its store and write the record as JSON."""
-    from selfrepair.stages.store import open_zarr
-
-    record = pick_record(model, key, pick, open_zarr(store), target)
-    with open(out, "w") as f:
-        json.dump(record, f, indent=1)
-        f.write("\n")
-    return record
-
-
-def read_record(path: str) -> dict[str, Any]:
-    with open(path) as f:
-        return json.load(f)
-
-
-def record_for(target_key: str, paths: Sequence[str]) -> dict[str, Any]:
-    """The pick record among `paths` made for the target at config key `target_key`."""
-    for path in paths:
-        record = read_record(path)
-        if record["target"] == target_key:
-            return record
-    raise ValueError(f"no pick record for {target_key} among {list(paths)}: rerun the workflow")
-
-
-def resolve_params(target: dict[str, Any], paths: Sequence[str]) -> dict[str, Any]:
-    """A figure script's target params (FigureTarget.as_params()), with its picked heads and
-    caption sentence when the substitute is picked at run time (paths: the rule's pick files)."""
-    if not target.get("pick"):
-        return target
-    return target_with_pick(target, record_for(target["key"], paths))
-
-
-def heads_with_picks(heads: Sequence[Sequence[int]], paths: Sequence[str]) -> list[Head]:
-    """A mechanism stage's configured heads plus those its targets' picks chose, sorted,
-    without repeats."""
-    chosen = {(int(h[0]), int(h[1])) for h in heads}
-    for path in paths:
-        chosen.update((int(h[0]), int(h[1])) for h in read_record(path)["heads"])
-    return sorted(chosen)

@@ -1,15 +1,68 @@
-"""The per-head summary table of every model and ablation of a run: CSV (every column) and an
-HTML page for the report (the columns a reader compares, with their intervals)."""
+"""The per-head summary table of every model and ablation of a run, from the per-head summaries
+and intervals: a DataFrame (written as CSV, every column) and an HTML page for the report (the
+columns a reader compares, with their intervals)."""
 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
 
 import pandas as pd
+import xarray as xr
 
-from selfrepair.analysis.reduce import head_table
-from selfrepair.stages.store import open_zarr, write_text
+__all__ = [
+    "HTML_COLUMNS",
+    "TABLE_COLUMNS",
+    "head_table",
+    "table_html",
+]
+
+TABLE_COLUMNS = (
+    "mean_self_repair",
+    "mean_logit_diff",
+    "mean_de_clean",
+    "mean_de_ablated",
+    "top_self_repair",
+    "top_sr_heads",
+    "top_sr_mlps",
+    "top_sr_ln",
+    "top_logit_diff",
+    "top_de_clean",
+    "top_de_ablated",
+    "top_ln_share_clipped",
+    "top_ln_share",
+    "top_n_tokens",
+    "top_n_dropped",
+    "top_threshold",
+)
+
+
+def head_table(
+    summaries: dict[tuple[str, str], xr.Dataset],
+    intervals: dict[tuple[str, str], xr.Dataset] | None = None,
+) -> pd.DataFrame:
+    """One row per (model, ablation, layer, head) that was measured: the per-head summary
+    (self-repair, its decomposition, LN shares, token counts) and, from intervals, `<name>_low`
+    and `<name>_high` bounds. Keys are (model, ablation)."""
+    frames = []
+    for (model, ablation), summary in summaries.items():
+        columns = {}
+        for name in TABLE_COLUMNS:
+            columns[name] = summary[name].transpose("layer", "head")
+            if intervals is not None and name in intervals[(model, ablation)]:
+                bounds = intervals[(model, ablation)][name].transpose("layer", "head", "bound")
+                columns[f"{name}_low"] = bounds.sel(bound="low", drop=True)
+                columns[f"{name}_high"] = bounds.sel(bound="high", drop=True)
+        frame = xr.Dataset(columns).to_dataframe().reset_index()
+        frame = frame[frame.top_n_tokens > 0]  # heads not measured
+        frame.insert(0, "ablation", ablation)
+        frame.insert(0, "model", model)
+        frame.insert(4, "n_tokens", int(summary.attrs["n_tokens"]))
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    order = ["model", "ablation", "layer", "head", "n_tokens"]
+    table = table[order + [c for c in table.columns if c not in order]]
+    return table.sort_values(["model", "ablation", "layer", "head"], ignore_index=True)
+
 
 HTML_COLUMNS = {  # column of the HTML table -> how it is made from the CSV's
     "head": lambda t: "L" + t["layer"].astype(str) + "H" + t["head"].astype(str),
@@ -62,25 +115,3 @@ def table_html(table: pd.DataFrame, note: str = "") -> str:
         parts.append(shown.to_html(index=False, classes="heads", border=0, escape=True))
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def table_stage(
-    *,
-    keys: Sequence[Sequence[str]],
-    summaries: Sequence[str],
-    intervals: Sequence[str],
-    csv: str,
-    html_path: str,
-    note: str = "",
-) -> pd.DataFrame:
-    """Workflow stage: keys[i] = (model, ablation) of summaries[i] and intervals[i]."""
-    keys = [tuple(k) for k in keys]
-    if not len(keys) == len(summaries) == len(intervals):
-        raise ValueError("give one summary and one interval store per (model, ablation)")
-    table = head_table(
-        {k: open_zarr(p) for k, p in zip(keys, summaries, strict=True)},
-        {k: open_zarr(p) for k, p in zip(keys, intervals, strict=True)},
-    )
-    write_text(csv, table.to_csv(index=False, float_format="%.6g"))
-    write_text(html_path, table_html(table, note))
-    return table

@@ -13,6 +13,17 @@ from typing import Any
 
 from selfrepair import __version__
 
+__all__ = [
+    "PROVENANCE_KEYS",
+    "logged",
+    "missing_provenance",
+    "model_revision",
+    "package_versions",
+    "provenance",
+    "revision_of",
+    "rule_params",
+]
+
 log = logging.getLogger("selfrepair")
 
 PACKAGES = ("torch", "transformer-lens", "transformers", "numpy", "xarray", "zarr")
@@ -57,6 +68,12 @@ def logged(path: str | None) -> Iterator[None]:
             raise
         finally:
             root.removeHandler(handler)
+
+
+def rule_params(smk: Any, *names: str) -> dict[str, Any]:
+    """The named params of a Snakemake job, as keyword arguments of its stage (a stage's
+    arguments are named as its rule's params)."""
+    return {name: smk.params[name] for name in names}
 
 
 def package_versions() -> dict[str, str]:

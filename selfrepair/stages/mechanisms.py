@@ -1,56 +1,38 @@
-"""Workflow stages of the mechanism experiments, as plain functions the Snakemake scripts call
-(so each can also be run and tested without Snakemake)."""
+"""The mechanism rules: neuron_effects, neuron_reductions, norm_ratios and self_reinforcement.
+
+neuron_reductions runs in the analysis environment (no torch), so this module imports the
+model-side code (selfrepair.mechanisms, which needs torch) inside the three model stages only.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import xarray as xr
 
-from selfrepair.analysis.mechanisms import neuron_reductions
-from selfrepair.mechanisms.neurons import resolve_probes, select_neuron_tokens, sum_error
-from selfrepair.mechanisms.norms import norm_ratios, residual_norms
-from selfrepair.mechanisms.reinforcement import (
-    reinforcement_heads,
-    reinforcement_with_classes,
-    self_reinforcement,
-)
-from selfrepair.stages.ablation import model_for, read_token_rows
-from selfrepair.stages.joblog import model_revision, provenance, revision_of
+from selfrepair.analysis import mechanisms as reductions
+from selfrepair.stages.joblog import provenance, revision_of
 from selfrepair.stages.store import open_shards, open_zarr, write_zarr
+
+if TYPE_CHECKING:
+    from selfrepair.stages.job import ModelJob
+
+__all__ = ["neuron_effects", "neuron_reductions", "norm_ratios", "self_reinforcement"]
 
 log = logging.getLogger("selfrepair")
 
 
-def _shards(tokens: str, bounds: Sequence[Sequence[int]]) -> Iterator[tuple[int, torch.Tensor]]:
-    for start, stop in bounds:
-        yield int(start), read_token_rows(tokens, int(start), int(stop))
-
-
-def _n_predictions(tokens: str, bounds: Sequence[Sequence[int]]) -> int:
-    """Predictions in the rows of `bounds`: each row of n tokens predicts n - 1."""
-    seq_len = open_zarr(tokens).tokens.shape[1]
-    return sum(int(stop) - int(start) for start, stop in bounds) * (seq_len - 1)
-
-
-def neuron_stage(
+def neuron_effects(
+    job: ModelJob,
     *,
-    tokens: str,
-    bounds: Sequence[Sequence[int]],
-    entry: dict[str, Any],
-    checkpoint: str | None,
-    device: str,
-    dtype: str,
     heads: Sequence[Sequence[int]],
     mlp_layer: int,
     ablation: str,
     top_fraction: float,
-    batch_size: int,
     mean_include_bos: bool,
     out: str,
     attrs: dict[str, Any],
@@ -58,19 +40,33 @@ def neuron_stage(
 ) -> xr.Dataset:
     """Neuron DEs of the configured heads on their top tokens, over every shard (ablating within
     each shard, as the ablation stage does); refuses to write if the neurons do not sum to the
-    layer's direct effect minus its bias."""
-    model = model_for(entry, checkpoint, device, dtype)
+    layer's direct effect minus its bias.
+
+    Args:
+        job: the model job (every shard).
+        heads: the heads whose top tokens are read ([layer, head] pairs).
+        mlp_layer: the MLP layer whose neurons are measured (negative: from the end).
+        ablation: how the heads are ablated.
+        top_fraction: share of each head's tokens, by clean direct effect, kept.
+        mean_include_bos: whether the mean ablation averages over the BOS position too.
+        out: the store to write (results/<model>/neurons/selected.zarr).
+        attrs: the rule's provenance attributes.
+        tolerance: the largest |sum of neurons + bias - MLP DE| accepted.
+    """
+    from selfrepair.mechanisms.neurons import resolve_probes, select_neuron_tokens, sum_error
+
+    model = job.model()
     probes = resolve_probes(model, heads, mlp_layer)
-    n_tokens = _n_predictions(tokens, bounds)
+    n_tokens = job.n_predictions()
     t0 = time.perf_counter()
     ds = select_neuron_tokens(
         model,
-        _shards(tokens, bounds),
+        job.each_shard(),
         ablation,
         probes,
         n_tokens=n_tokens,
         top_fraction=top_fraction,
-        batch_size=batch_size,
+        batch_size=job.batch_size,
         mean_include_bos=mean_include_bos,
     )
     seconds = time.perf_counter() - t0
@@ -87,13 +83,12 @@ def neuron_stage(
             f"neuron direct effects miss the MLP layer's by {err:.3g} > {tolerance}: the "
             "model's dtype is too coarse for this check (use dtype: float32)"
         )
-    revision = model_revision(entry["name"], checkpoint)
-    ds.attrs.update(provenance(**attrs, model_revision=revision, neuron_sum_max_error=err))
+    ds.attrs.update(job.provenance(attrs, neuron_sum_max_error=err))
     write_zarr(ds, out, chunks={"head": 1, "selection": 1})
     return ds
 
 
-def neuron_reduction_stage(
+def neuron_reductions(
     *,
     selected: str,
     thresholds: Sequence[float],
@@ -101,8 +96,17 @@ def neuron_reduction_stage(
     out: str,
     attrs: dict[str, Any],
 ) -> xr.Dataset:
+    """The reductions Figs 7, 8 and 15 draw, from the neuron_effects store.
+
+    Args:
+        selected: the neuron_effects store.
+        thresholds: shares of a head's repair a set of neurons must reach (Fig 8).
+        top_n: the per-token top neurons counted (Fig 7).
+        out: the store to write (results/<model>/neurons/reductions.zarr).
+        attrs: the rule's provenance attributes.
+    """
     source = open_zarr(selected).load()
-    ds = neuron_reductions(source, thresholds=thresholds, top_n=top_n)
+    ds = reductions.neuron_reductions(source, thresholds=thresholds, top_n=top_n)
     ds.attrs.update(provenance(**attrs, model_revision=revision_of(source)))
     for i, head in enumerate(ds["head"].values):
         for sel in ds["selection"].values:
@@ -117,47 +121,47 @@ def neuron_reduction_stage(
     return ds
 
 
-def norms_stage(
+def norm_ratios(
+    job: ModelJob,
     *,
-    tokens: str,
-    bounds: Sequence[Sequence[int]],
     engine_shards: Sequence[str],
-    entry: dict[str, Any],
-    checkpoint: str | None,
-    device: str,
-    dtype: str,
     heads: Sequence[Sequence[int]],
     ablation: str,
     top_fraction: float,
-    batch_size: int,
     mean_include_bos: bool,
     out: str,
     attrs: dict[str, Any],
 ) -> xr.Dataset:
     """Residual norms of the configured heads' ablated runs (shard by shard, as the ablation
-    stage ablates) beside the ablation stage's LN scales, DEs and logit differences."""
-    model = model_for(entry, checkpoint, device, dtype)
+    stage ablates) beside the ablation stage's LN scales, DEs and logit differences.
+
+    Args:
+        job: the model job (every shard, in the order of engine_shards).
+        engine_shards: the ablate rule's stores of this ablation.
+        heads: the heads ablated ([layer, head] pairs).
+        ablation: how the heads are ablated (that of engine_shards).
+        top_fraction: share of each head's tokens, by clean direct effect, called top tokens.
+        mean_include_bos: whether the mean ablation averages over the BOS position too.
+        out: the store to write (results/<model>/norms/<ablation>.zarr).
+        attrs: the rule's provenance attributes.
+    """
+    from selfrepair.mechanisms import norms
+
+    model = job.model()
     parts = []
-    for start, rows in _shards(tokens, bounds):
-        part = residual_norms(
+    for start, rows in job.each_shard():
+        part = norms.residual_norms(
             model,
             rows,
             ablation,
             heads,
-            batch_size=batch_size,
+            batch_size=job.batch_size,
             mean_include_bos=mean_include_bos,
         )
         parts.append(part.assign_coords(batch=np.arange(start, start + rows.shape[0])))
-    norms = xr.concat(parts, "batch")
-    ds = norm_ratios(open_shards(engine_shards), norms, heads, top_fraction=top_fraction)
-    ds.attrs.update(
-        provenance(
-            **attrs,
-            model_revision=model_revision(entry["name"], checkpoint),
-            ablation=ablation,
-            n_tokens=int(ds.de_clean[0].size),
-        )
-    )
+    resid = xr.concat(parts, "batch")
+    ds = norms.norm_ratios(open_shards(engine_shards), resid, heads, top_fraction=top_fraction)
+    ds.attrs.update(job.provenance(attrs, ablation=ablation, n_tokens=int(ds.de_clean[0].size)))
     for i, head in enumerate(ds["head"].values):
         log.info(
             "%s %s: clean/ablated LN scale > 1 on %.2f%% of top tokens; ablated/clean norm "
@@ -171,36 +175,45 @@ def norms_stage(
     return ds
 
 
-def reinforcement_stage(
+def self_reinforcement(
+    job: ModelJob,
     *,
-    tokens: str,
-    entry: dict[str, Any],
-    checkpoint: str | None,
-    device: str,
-    dtype: str,
     heads: Sequence[Sequence[int]],
     second_half: bool,
     scales: Sequence[float],
     rows: int,
     seq_len: int,
-    batch_size: int,
     out: str,
     attrs: dict[str, Any],
 ) -> xr.Dataset:
-    """The self-reinforcement experiment on the first `rows` token rows cut to `seq_len`."""
-    model = model_for(entry, checkpoint, device, dtype)
-    chosen = reinforcement_heads(model, heads, second_half)
-    token_rows = read_token_rows(tokens, 0, rows)[:, :seq_len]
+    """The self-reinforcement experiment on the first `rows` token rows cut to `seq_len`.
+
+    Args:
+        job: the model job (it reads rows from the start of the corpus, not by shard).
+        heads: the configured heads ([layer, head] pairs).
+        second_half: add every head of the model's second half.
+        scales: the factors each head's output is scaled by.
+        rows: token rows used.
+        seq_len: tokens kept per row.
+        out: the store to write (results/<model>/reinforcement/reinforcement.zarr).
+        attrs: the rule's provenance attributes.
+    """
+    from selfrepair.mechanisms import reinforcement
+
+    model = job.model()
+    chosen = reinforcement.reinforcement_heads(model, heads, second_half)
+    token_rows = job.rows(0, rows)[:, :seq_len]
     t0 = time.perf_counter()
-    ds = reinforcement_with_classes(
-        self_reinforcement(model, token_rows, chosen, scales, batch_size=batch_size)
+    ds = reinforcement.reinforcement_with_classes(
+        reinforcement.self_reinforcement(
+            model, token_rows, chosen, scales, batch_size=job.batch_size
+        )
     )
     seconds = time.perf_counter() - t0
     counts = {c: int((ds.classification == c).sum()) for c in np.unique(ds.classification)}
     log.info(
         "%d heads x %d scales in %.1fs; classes: %s", len(chosen), len(scales), seconds, counts
     )
-    revision = model_revision(entry["name"], checkpoint)
-    ds.attrs.update(provenance(**attrs, model_revision=revision, rows=rows, seq_len=seq_len))
+    ds.attrs.update(job.provenance(attrs, rows=rows, seq_len=seq_len))
     write_zarr(ds, out)
     return ds

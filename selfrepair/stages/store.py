@@ -17,6 +17,17 @@ import numcodecs
 import xarray as xr
 import zarr
 
+__all__ = [
+    "CHUNK_CHECKSUMS",
+    "DamagedStore",
+    "chunk_file_problem",
+    "open_shards",
+    "open_zarr",
+    "rebuild_hint",
+    "write_text",
+    "write_zarr",
+]
+
 ZARR_FORMAT = 2  # with consolidated metadata: read quietly by xr.open_zarr and by older zarr
 # Stamped on every store written here, so that a foreign Zarr store at an output path is refused
 # rather than read as if the workflow had made it.

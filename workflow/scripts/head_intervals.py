@@ -1,16 +1,14 @@
-"""Per-head bootstrap intervals over tokens of one (model, ablation) (selfrepair.analysis.intervals)."""
+"""Per-head bootstrap intervals over tokens of one (model, ablation)
+(selfrepair.stages.summaries.head_intervals)."""
 
-from selfrepair.analysis.intervals import intervals_stage
-from selfrepair.stages.joblog import logged
+from selfrepair.stages.joblog import logged, rule_params
+from selfrepair.stages.summaries import head_intervals
 
 with logged(snakemake.log[0]):
-    intervals_stage(
+    head_intervals(
         shards=list(snakemake.input.shards),
-        top_fraction=snakemake.params.top_fraction,
-        de_epsilon=snakemake.params.de_epsilon,
+        **rule_params(snakemake, "top_fraction", "de_epsilon", "level", "seed"),
         n_resamples=snakemake.params.resamples,
-        level=snakemake.params.level,
-        seed=snakemake.params.seed,
         out=snakemake.output.intervals,
         attrs=dict(snakemake.params.attrs, ablation=snakemake.wildcards.ablation),
     )

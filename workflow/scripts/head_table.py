@@ -1,10 +1,11 @@
-"""Per-head summary table of every model and ablation, as CSV and HTML (selfrepair.analysis.tables)."""
+"""Per-head summary table of every model and ablation, as CSV and HTML
+(selfrepair.stages.summaries.head_table)."""
 
-from selfrepair.analysis.tables import table_stage
 from selfrepair.stages.joblog import logged
+from selfrepair.stages.summaries import head_table
 
 with logged(snakemake.log[0]):
-    table_stage(
+    head_table(
         keys=snakemake.params.runs,
         summaries=list(snakemake.input.summaries),
         intervals=list(snakemake.input.intervals),

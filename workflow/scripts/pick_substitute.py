@@ -1,15 +1,14 @@
 """A substitute's heads picked by the paper's criterion from the run's store
-(selfrepair.analysis.substitutes)."""
+(selfrepair.stages.summaries.pick_substitute)."""
 
-from selfrepair.analysis.substitutes import pick_stage
-from selfrepair.stages.joblog import logged
+from selfrepair.stages.joblog import logged, rule_params
+from selfrepair.stages.summaries import pick_substitute
 
 with logged(snakemake.log[0]):
-    pick_stage(
+    pick_substitute(
         store=snakemake.input.store,
         model=snakemake.wildcards.model,
         key=snakemake.wildcards.key,
-        target=snakemake.params.target,
-        pick=snakemake.params.pick,
+        **rule_params(snakemake, "target", "pick"),
         out=snakemake.output.pick,
     )

@@ -1,13 +1,13 @@
-"""Per-head summary of one (model, ablation) over all shards (selfrepair.stages.ablation)."""
+"""Per-head summary of one (model, ablation) over all shards
+(selfrepair.stages.summaries.summarize_heads)."""
 
-from selfrepair.analysis.reduce import summarize_heads
-from selfrepair.stages.joblog import logged
+from selfrepair.stages.joblog import logged, rule_params
+from selfrepair.stages.summaries import summarize_heads
 
 with logged(snakemake.log[0]):
     summarize_heads(
         shards=list(snakemake.input.shards),
-        top_fraction=snakemake.params.top_fraction,
-        de_epsilon=snakemake.params.de_epsilon,
+        **rule_params(snakemake, "top_fraction", "de_epsilon"),
         out=snakemake.output.summary,
         attrs=dict(snakemake.params.attrs, ablation=snakemake.wildcards.ablation),
     )

@@ -1,0 +1,46 @@
+"""The clean_cache rule: clean direct effects of one token shard, checked against the logit."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import xarray as xr
+
+from selfrepair.engine.clean import clean_direct_effects, decomposition_error
+from selfrepair.stages.job import ModelJob, row_coords
+from selfrepair.stages.store import write_zarr
+
+__all__ = ["clean_cache"]
+
+log = logging.getLogger("selfrepair")
+
+
+def clean_cache(
+    job: ModelJob, *, out: str, attrs: dict[str, Any], tolerance: float = 1e-4
+) -> xr.Dataset:
+    """Clean direct effects of one shard; refuses to write if they do not sum to the logit.
+
+    Args:
+        job: the model job (one shard).
+        out: the store to write (results/<model>/clean/shard-<n>.zarr).
+        attrs: the rule's provenance attributes (run_attrs and the shard).
+        tolerance: the largest |sum of direct effects - logit| accepted.
+    """
+    rows = job.rows()
+    model = job.model(seq_len=rows.shape[1])
+    with job.guarded(model, {"engine.batch_size": job.batch_size}):
+        ds = clean_direct_effects(
+            model, rows, batch_size=job.batch_size, progress=True, desc="clean"
+        )
+    err = decomposition_error(ds)
+    log.info("max |sum of direct effects - logit| = %.3g (tolerance %.1g)", err, tolerance)
+    if not err <= tolerance:
+        raise ArithmeticError(
+            f"direct effects miss the logit by {err:.3g} > {tolerance}: the model's dtype is too "
+            "coarse for this check (use dtype: float32)"
+        )
+    ds = row_coords(ds, job.bounds[0])
+    ds.attrs.update(job.provenance(attrs, decomposition_max_error=err))
+    write_zarr(ds, out)
+    return ds

@@ -1,0 +1,173 @@
+"""The summary rules, from the ablation shards to what the figures and the report read:
+summarize_heads, head_intervals, head_table and pick_substitute, and the pick records' readers
+(the figure scripts and the mechanism stages read a substitute's picked heads with them).
+
+Runs in the analysis environment: no torch here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import xarray as xr
+
+from selfrepair.analysis import intervals as bootstrap
+from selfrepair.analysis import reduce, substitutes, tables
+from selfrepair.config.core import Head, target_with_pick
+from selfrepair.stages.joblog import provenance, revision_of
+from selfrepair.stages.store import open_shards, open_zarr, write_text, write_zarr
+from selfrepair.variables import HEAD_VARIABLES
+
+__all__ = [
+    "head_intervals",
+    "head_table",
+    "heads_with_picks",
+    "pick_substitute",
+    "read_record",
+    "record_for",
+    "resolve_params",
+    "summarize_heads",
+]
+
+
+def summarize_heads(
+    *, shards: list[str], top_fraction: float, de_epsilon: float, out: str, attrs: dict[str, Any]
+) -> xr.Dataset:
+    """The per-head summary over all shards of one (model, ablation) (analysis.reduce).
+
+    Args:
+        shards: the ablate rule's stores of this (model, ablation).
+        top_fraction: share of each head's tokens, by clean direct effect, called top tokens.
+        de_epsilon: tokens with a clean DE at most this are left out of the LayerNorm share.
+        out: the store to write (results/<model>/summary/<ablation>.zarr).
+        attrs: the rule's provenance attributes (run_attrs and the ablation).
+    """
+    data = open_shards(shards, variables=HEAD_VARIABLES)
+    summary = reduce.head_summary(data, top_fraction=top_fraction, de_epsilon=de_epsilon)
+    summary.attrs.update(provenance(**attrs, model_revision=revision_of(data)))
+    write_zarr(summary, out)
+    return summary
+
+
+def head_intervals(
+    *,
+    shards: list[str],
+    top_fraction: float,
+    de_epsilon: float,
+    n_resamples: int,
+    level: float,
+    seed: int,
+    out: str,
+    attrs: dict[str, Any],
+) -> xr.Dataset:
+    """The per-head bootstrap intervals over all shards of one (model, ablation)
+    (analysis.intervals).
+
+    Args:
+        shards: the ablate rule's stores of this (model, ablation).
+        top_fraction: share of each head's tokens, by clean direct effect, called top tokens.
+        de_epsilon: tokens with a clean DE at most this are left out of the LayerNorm share.
+        n_resamples: bootstrap resamples.
+        level: coverage of the intervals.
+        seed: seed of the resamples.
+        out: the store to write (results/<model>/intervals/<ablation>.zarr).
+        attrs: the rule's provenance attributes (run_attrs and the ablation).
+    """
+    data = open_shards(shards, variables=HEAD_VARIABLES)
+    result = bootstrap.head_intervals(
+        data,
+        top_fraction=top_fraction,
+        de_epsilon=de_epsilon,
+        n_resamples=n_resamples,
+        level=level,
+        seed=seed,
+    )
+    result.attrs.update(provenance(**attrs, model_revision=revision_of(data)))
+    write_zarr(result, out)
+    return result
+
+
+def head_table(
+    *,
+    keys: Sequence[Sequence[str]],
+    summaries: Sequence[str],
+    intervals: Sequence[str],
+    csv: str,
+    html_path: str,
+    note: str = "",
+) -> pd.DataFrame:
+    """The per-head table of every model and ablation, as CSV and HTML (analysis.tables).
+
+    Args:
+        keys: (model, ablation) of summaries[i] and intervals[i].
+        summaries: the summarize_heads stores.
+        intervals: the head_intervals stores.
+        csv: the CSV file to write (every column).
+        html_path: the HTML page to write (the columns a reader compares).
+        note: a paragraph above the HTML tables.
+    """
+    keys = [tuple(k) for k in keys]
+    if not len(keys) == len(summaries) == len(intervals):
+        raise ValueError("give one summary and one interval store per (model, ablation)")
+    table = tables.head_table(
+        {k: open_zarr(p) for k, p in zip(keys, summaries, strict=True)},
+        {k: open_zarr(p) for k, p in zip(keys, intervals, strict=True)},
+    )
+    write_text(csv, table.to_csv(index=False, float_format="%.6g"))
+    write_text(html_path, tables.table_html(table, note))
+    return table
+
+
+def pick_substitute(
+    *, store: str, model: str, key: str, target: str, pick: Mapping[str, Any], out: str
+) -> dict[str, Any]:
+    """Pick one target's heads from its store and write the record as JSON
+    (analysis.substitutes.pick_record).
+
+    Args:
+        store: the per-head summary (largest_top_de) or reinforcement store.
+        model: the substitute model.
+        key: the pick key (e.g. fig08-1), for messages.
+        target: the target's config key (FigureTarget.key), which figure rules match.
+        pick: config.pick_spec's dict.
+        out: the JSON file to write (results/<model>/substitutes/<key>.json).
+    """
+    record = substitutes.pick_record(model, key, pick, open_zarr(store), target)
+    with open(out, "w") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
+    return record
+
+
+def read_record(path: str) -> dict[str, Any]:
+    """A pick record written by pick_substitute."""
+    with open(path) as f:
+        return json.load(f)
+
+
+def record_for(target_key: str, paths: Sequence[str]) -> dict[str, Any]:
+    """The pick record among `paths` made for the target at config key `target_key`."""
+    for path in paths:
+        record = read_record(path)
+        if record["target"] == target_key:
+            return record
+    raise ValueError(f"no pick record for {target_key} among {list(paths)}: rerun the workflow")
+
+
+def resolve_params(target: dict[str, Any], paths: Sequence[str]) -> dict[str, Any]:
+    """A figure script's target params (FigureTarget.as_params()), with its picked heads and
+    caption sentence when the substitute is picked at run time (paths: the rule's pick files)."""
+    if not target.get("pick"):
+        return target
+    return target_with_pick(target, record_for(target["key"], paths))
+
+
+def heads_with_picks(heads: Sequence[Sequence[int]], paths: Sequence[str]) -> list[Head]:
+    """A mechanism stage's configured heads plus those its targets' picks chose, sorted,
+    without repeats."""
+    chosen = {(int(h[0]), int(h[1])) for h in heads}
+    for path in paths:
+        chosen.update((int(h[0]), int(h[1])) for h in read_record(path)["heads"])
+    return sorted(chosen)
