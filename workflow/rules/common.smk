@@ -1,5 +1,5 @@
-# Shared by all rule files: the config checked against its schema, the run's models, shards
-# and figure targets, and the input functions and caption helpers of the rules.
+# Shared by every rules file (the config checked against its schema; the run's models, shards
+# and figure targets; the input functions and caption helpers of the rules).
 import json
 import re
 import sys
