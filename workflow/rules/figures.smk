@@ -153,7 +153,6 @@ rule fig06:
         models=list(MODELS),
         n_tokens=N_PREDICTIONS,
         top_fraction=ENGINE["top_fraction"],
-        unclipped=False,
         caption=figure_caption(
             list(MODELS),
             [FIG_ABLATION],
@@ -168,7 +167,8 @@ rule fig06:
         figure_script("fig06")
 
 
-# Fig 11: Fig 6's clipped share beside the unclipped one; same stores and caption paragraph.
+# Fig 11: Fig 6's clipped share beside the unclipped one (same stores and caption paragraph;
+# the shared script draws it by the rule's name).
 use rule fig06 as fig11 with:
     output:
         pdf=figure_pdf("fig11"),
@@ -177,8 +177,6 @@ use rule fig06 as fig11 with:
         figure_log("fig11"),
     benchmark:
         figure_benchmark("fig11")
-    params:
-        unclipped=True,
 
 
 # Only when engine.frozen_ln runs a frozen-LayerNorm variant.
