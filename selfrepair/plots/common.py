@@ -29,6 +29,21 @@ from matplotlib.lines import Line2D
 from selfrepair.plots.captions import head_label  # noqa: F401  (re-exported)
 from selfrepair.plots.style import PANEL_SIZE, PNG_DPI, REFERENCE_COLOR
 
+__all__ = [
+    "IDENTITY_GID",
+    "UNDATED",
+    "ZERO_GID",
+    "add_identity",
+    "add_zero",
+    "head_label",
+    "model_panels",
+    "outer_labels",
+    "panel_grid",
+    "reference_lines",
+    "save_figure",
+    "square_limits",
+]
+
 IDENTITY_GID = "y=x"
 # Metadata that would date a figure file: left out, so that a rerun writes the same bytes (PNGs
 # carry no date; their "Software" entry is matplotlib's version).

@@ -4,14 +4,18 @@ narrows them to what is drawn, calls one drawing function of selfrepair.plots an
 figure to `out` (the rule's PDF and PNG; nothing is saved when `out` is empty). Each returns the
 Figure, so tests can inspect it.
 
-Arguments mirror the rule's input and params names. `target` is a FigureTarget's as_params()
-dict; `picks` the rule's pick records, whose heads a target picked at run time is resolved to.
+Arguments mirror the rule's input and params names; those several functions take:
+    target: the figure's model and heads (a FigureTarget's as_params() dict).
+    picks: the rule's pick records; a target whose heads are picked at run time takes them.
+    n_tokens: the tokens measured per model, checked against the stores.
+    out: the files to write (the PDF, then the PNG).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import xarray as xr
@@ -20,6 +24,7 @@ from matplotlib.figure import Figure
 from selfrepair.analysis.reduce import frozen_ln_layers, head_effect_drops, head_tokens
 from selfrepair.analysis.substitutes import resolve_params
 from selfrepair.config.core import check_target_heads
+from selfrepair.config.figures import FIGURES
 from selfrepair.plots.captions import head_label
 from selfrepair.plots.common import save_figure
 from selfrepair.plots.effects import (
@@ -43,25 +48,8 @@ from selfrepair.plots.per_head import (
 )
 from selfrepair.stages.store import open_shards, open_zarr
 
-__all__ = [
-    "extra_frozen_ln",
-    "fig01",
-    "fig02",
-    "fig03",
-    "fig04",
-    "fig05",
-    "fig06",
-    "fig07",
-    "fig08",
-    "fig09",
-    "fig11",
-    "fig15",
-    "fig16_18",
-    "fig19",
-    "fig21_24",
-    "open_by_model",
-    "open_tokens",
-]
+# The stage functions are the figure rules, one each (open_by_model, open_tokens: for tests).
+__all__ = ["open_by_model", "open_tokens", *(figure.rule for figure in FIGURES)]
 
 Paths = Sequence[str | os.PathLike]
 Target = Mapping[str, Any]
@@ -130,6 +118,13 @@ def _title(target: Target, heads: Sequence[Sequence[int]] | None = None) -> str:
     return f"{target['model']} {names}"
 
 
+def _per_head(
+    summaries: Paths, intervals: Paths, models: Sequence[str], n_tokens: int
+) -> tuple[dict[str, xr.Dataset], dict[str, xr.Dataset]]:
+    """Each model's per-head summary and bootstrap intervals, checked (open_by_model)."""
+    return open_by_model(summaries, models, n_tokens), open_by_model(intervals, models, n_tokens)
+
+
 def _saved(fig: Figure, out: Paths) -> Figure:
     if out:
         save_figure(fig, *out)
@@ -153,12 +148,9 @@ def fig01(
         summaries: each model's per-head summary under the figures' ablation, in models' order.
         intervals: each model's bootstrap intervals, in models' order.
         models: the models drawn.
-        n_tokens: the tokens measured per model (checked against the stores).
         top_fraction: the share of each head's tokens the top selection keeps.
-        out: the files to write (PDF, PNG).
     """
-    summary = open_by_model(summaries, models, n_tokens)
-    interval = open_by_model(intervals, models, n_tokens)
+    summary, interval = _per_head(summaries, intervals, models, n_tokens)
     fig = self_repair_per_head(
         summary,
         {m: ds.top_self_repair for m, ds in interval.items()},
@@ -181,10 +173,8 @@ def fig02(
         summaries: the per-head summaries of models, in their order.
         models: the models whose summaries are read.
         shown: the models drawn, one panel each.
-        n_tokens: the tokens measured per model (checked against the stores).
         idealised_from: a model whose heads are also drawn moved onto y = x and y = 0
             (Figs 21-24), or None.
-        out: the files to write (PDF, PNG).
     """
     summary = open_by_model(summaries, models, n_tokens)
     drops = {m: head_effect_drops(summary[m]) for m in dict.fromkeys(shown)}
@@ -194,31 +184,32 @@ def fig02(
     return _saved(fig, out)
 
 
-def fig21_24(
-    summaries: Paths,
-    models: Sequence[str],
-    shown: Sequence[str],
-    n_tokens: int,
-    idealised_from: str | None = None,
-    out: Paths = (),
-) -> Figure:
-    """Figs 21-24: Fig 2 for the other models (rule fig21_24 is fig02 `with:` other params),
-    beside Fig 2's model moved onto the ideal lines. Args as fig02."""
-    return fig02(summaries, models, shown, n_tokens, idealised_from, out)
+def _variant(base: Callable[..., Figure], rule: str, doc: str) -> Callable[..., Figure]:
+    """The stage function of a rule made `use rule <base> as <rule> with:` other params: the
+    base's drawing under the rule's name (the shared script calls it by the rule's name)."""
+
+    @functools.wraps(base)
+    def variant(*args: Any, **kwargs: Any) -> Figure:
+        return base(*args, **kwargs)
+
+    variant.__name__ = variant.__qualname__ = rule
+    variant.__doc__ = doc
+    return variant
+
+
+fig21_24 = _variant(
+    fig02,
+    "fig21_24",
+    """Figs 21-24: Fig 2 for the other models, beside Fig 2's model moved onto the ideal lines
+    (idealised_from). Args as fig02.""",
+)
 
 
 def fig03(
     shards: Paths, target: Target, n_tokens: int, picks: Paths = (), out: Paths = ()
 ) -> Figure:
-    """Fig 3: per-token direct-effect drop against logit drop for a few heads of one model.
-
-    Args:
-        shards: the model's ablation shards under the figures' ablation.
-        target: the figure's model and heads.
-        n_tokens: the tokens measured per model (checked against the shards).
-        picks: the rule's pick records.
-        out: the files to write (PDF, PNG).
-    """
+    """Fig 3: per-token direct-effect drop against logit drop for a few heads of one model;
+    shards: the model's ablation shards under the figures' ablation."""
     target = resolve_params(dict(target), picks)
     ds = open_tokens(shards, target["model"], n_tokens)
     check_target_heads(target, ds.sizes["layer"], ds.sizes["head"])
@@ -233,15 +224,8 @@ def fig05(
     picks: Paths = (),
     out: Paths = (),
 ) -> Figure:
-    """Fig 5: one head's per-token direct-effect drop against logit drop under each ablation.
-
-    Args:
-        shards: the model's ablation shards by ablation, in the order drawn.
-        target: the figure's model and (one) head.
-        n_tokens: the tokens measured per model (checked against the shards).
-        picks: the rule's pick records.
-        out: the files to write (PDF, PNG).
-    """
+    """Fig 5: one head's per-token direct-effect drop against logit drop under each ablation;
+    shards: the model's ablation shards by ablation, in the order drawn."""
     target = resolve_params(dict(target), picks)
     (head,) = [tuple(h) for h in target["heads"]]
     opened = {a: open_tokens(paths, target["model"], n_tokens) for a, paths in shards.items()}
@@ -262,8 +246,7 @@ def fig06(
 ) -> Figure:
     """Fig 6: the LayerNorm share of each head's direct effect (clipped per token). Args as
     fig01."""
-    summary = open_by_model(summaries, models, n_tokens)
-    interval = open_by_model(intervals, models, n_tokens)
+    summary, interval = _per_head(summaries, intervals, models, n_tokens)
     clipped = {m: ds.top_ln_share_clipped for m, ds in interval.items()}
     return _saved(ln_share_per_head(summary, clipped, top_fraction), out)
 
@@ -278,8 +261,7 @@ def fig11(
 ) -> Figure:
     """Fig 11: Fig 6's clipped share beside the unclipped one (rule fig11 is fig06 `with:`
     unclipped). Args as fig01."""
-    summary = open_by_model(summaries, models, n_tokens)
-    interval = open_by_model(intervals, models, n_tokens)
+    summary, interval = _per_head(summaries, intervals, models, n_tokens)
     return _saved(ln_share_clipped_and_unclipped(summary, interval, top_fraction), out)
 
 
@@ -298,9 +280,7 @@ def extra_frozen_ln(
         normal: each model's summary under the frozen variant's base ablation.
         frozen: each model's summary under the frozen-LayerNorm variant.
         models: the models drawn, in the order of both path lists.
-        n_tokens: the tokens measured per model (checked against the stores).
         top_fraction: the share of each head's tokens the top selection keeps.
-        out: the files to write (PDF, PNG).
     """
     normals = open_by_model(normal, models, n_tokens)
     frozens = open_by_model(frozen, models, n_tokens)
@@ -312,14 +292,8 @@ def extra_frozen_ln(
 
 
 def fig04(norms: Mapping[str, str], target: Target, picks: Paths = (), out: Paths = ()) -> Figure:
-    """Fig 4: LN scale ratio on the head's top tokens, per ablation.
-
-    Args:
-        norms: the model's norms store by ablation.
-        target: the figure's model and (one) head.
-        picks: the rule's pick records.
-        out: the files to write (PDF, PNG).
-    """
+    """Fig 4: LN scale ratio on the head's top tokens, per ablation; norms: the model's norms
+    store by ablation."""
     target = resolve_params(dict(target), picks)
     (layer, head) = target["heads"][0]
     ratios = {}
@@ -350,14 +324,8 @@ def _reductions(path: str, target: Target, selection: str) -> xr.Dataset:
 
 
 def fig07(reductions: str, target: Target, picks: Paths = (), out: Paths = ()) -> Figure:
-    """Fig 7: the top repairing neuron on the MLP layer's top self-repair tokens.
-
-    Args:
-        reductions: the model's neuron reductions store.
-        target: the figure's model and (one) head.
-        picks: the rule's pick records.
-        out: the files to write (PDF, PNG).
-    """
+    """Fig 7: the top repairing neuron on the MLP layer's top self-repair tokens; reductions:
+    the model's neuron reductions store."""
     target = resolve_params(dict(target), picks)
     fig = top_neuron_scatter(_reductions(reductions, target, "mlp_repair"), _title(target))
     return _saved(fig, out)
@@ -376,8 +344,6 @@ def fig08(
         reductions: each target's model's neuron reductions store, in the order of targets.
         targets: the figure's entries (model and one head each).
         ranks: how many neuron ranks to draw.
-        picks: the rule's pick records.
-        out: the files to write (PDF, PNG).
     """
     targets = [resolve_params(dict(t), picks) for t in targets]
     panels = {
@@ -408,10 +374,7 @@ def fig09(
 
     Args:
         reinforcement: the model's reinforcement store.
-        target: the figure's model and (one) head.
         scales: the scales drawn (Fig 9: the first; None: every measured scale).
-        picks: the rule's pick records.
-        out: the files to write (PDF, PNG).
     """
     target = resolve_params(dict(target), picks)
     (layer, head) = target["heads"][0]
@@ -425,13 +388,8 @@ def fig09(
     return _saved(self_repression_scatter(one, _title(target), scales), out)
 
 
-def fig19(
-    reinforcement: str,
-    target: Target,
-    scales: Sequence[float] | None,
-    picks: Paths = (),
-    out: Paths = (),
-) -> Figure:
-    """Fig 19: Fig 9 at every measured scale (rule fig19 is fig09 `with:` every scale). Args
-    as fig09."""
-    return fig09(reinforcement, target, scales, picks, out)
+fig19 = _variant(
+    fig09,
+    "fig19",
+    """Fig 19: Fig 9 at every measured scale (scales: all of them). Args as fig09.""",
+)
