@@ -323,6 +323,20 @@ def test_the_figure_list_covers_the_paper_once_and_its_files_exist():
     assert (WORKFLOW / "report" / "head_table.rst").is_file() and TABLES
 
 
+def test_the_figure_list_names_config_keys_and_stores_that_exist():
+    """Each figure's target is a key of config/config.yaml, and each kind of store it reads is
+    one a rule writes (results/{model}/<kind>/...)."""
+    paper = load("config.yaml")
+    rules = "".join(p.read_text() for p in (WORKFLOW / "rules").glob("*.smk"))
+    for figure in FIGURE_LIST:
+        node = paper
+        for part in figure.target.split(".") if figure.target else []:
+            assert isinstance(node, dict) and part in node, (figure.rule, figure.target)
+            node = node[part]
+        for kind in figure.reads:
+            assert f'"results/{{model}}/{kind}/' in rules, (figure.rule, kind)
+
+
 def _rule_blocks(text: str) -> dict[str, str]:
     """Rule name -> the text of its definition (plain rules and `use rule ... as NAME with:`)."""
     starts = list(re.finditer(r"^\s*(?:rule (\w+)|use rule \w+ as (\w+) with):", text, re.M))
