@@ -1,5 +1,6 @@
-"""Shared by the tests: config files as they read them, the workflow's figures, and the files of a
-run's results/ that two runs of one config must write byte for byte."""
+"""Shared by the tests: config files as they read them, the workflow's figures and tables, the
+committed test configs, and the files of a run's results/ that two runs of one config must write
+byte for byte."""
 
 from __future__ import annotations
 
@@ -9,28 +10,19 @@ from pathlib import Path
 
 import yaml
 
+from selfrepair.config.figures import TABLES as TABLE_FILES
+from selfrepair.config.figures import figure_names
+
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
 
-# The figures of the workflow (the file name stems of results/figures/*.png).
-FIGURES = {
-    "fig01_self_repair_per_head",
-    "fig02_de_vs_logit_drop",
-    "fig03_tokens_de_vs_logit_drop",
-    "fig05_tokens_by_ablation",
-    "fig06_ln_share",
-    "fig11_ln_share_unclipped",
-    "fig21-24_de_vs_logit_drop_other_models",
-    "extra_frozen_ln",
-    # rules/mechanisms.smk
-    "fig04_ln_scale_ratio",
-    "fig07_top_repairing_neuron",
-    "fig08_neuron_repair_thresholds",
-    "fig09_self_repression",
-    "fig15_neuron_cumulative_share",
-    "fig16-18_resid_norm_ratio",
-    "fig19_self_repression_scales",
-}
+# The figures of the workflow (the file name stems of results/figures/*.png) in a run with a
+# frozen-LayerNorm variant, as the demo, the reduced demo and the paper's config have: the one
+# figure list the rules read (selfrepair.config.figures).
+FIGURES = figure_names(frozen_ln=True)
+TABLES = set(TABLE_FILES)
+# The committed test configs (.test/config/), as the snakemake-workflows repositories keep them.
+TEST_CONFIG = ROOT / ".test" / "config"
 
 
 def load(name: str) -> dict:

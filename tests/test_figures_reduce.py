@@ -166,6 +166,7 @@ def test_figure_modules_import_in_the_analysis_env_without_engine_packages():
         "import selfrepair.stages.mechanisms\n"
         "import selfrepair.plots.common, selfrepair.plots.per_head, selfrepair.plots.effects\n"
         "import selfrepair.plots.layernorm, selfrepair.plots.captions\n"
+        "import selfrepair.config.figures, selfrepair.stages.figures\n"
     )
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run(

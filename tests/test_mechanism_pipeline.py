@@ -181,14 +181,14 @@ def test_figure_builders_read_the_stores(run):
     t16 = {"model": "random-pythia", "heads": [[2, 3], [1, 0]]}
     assert len(mechanism_figures.fig16_18(paths["norms"], t16).axes) == 4
     t09 = {"model": "random-pythia", "heads": [[2, 1]]}
-    assert len(mechanism_figures.fig09_19(paths["reinforcement"], t09, [1.0]).axes) == 1
-    assert len(mechanism_figures.fig09_19(paths["reinforcement"], t09, None).axes) == 2
+    assert len(mechanism_figures.fig09(paths["reinforcement"], t09, [1.0]).axes) == 1
+    assert len(mechanism_figures.fig19(paths["reinforcement"], t09, None).axes) == 2
     with pytest.raises(ValueError, match="has no head L0H0"):
         mechanism_figures.fig07(paths["reductions"], {"model": "random-pythia", "heads": [[0, 0]]})
     with pytest.raises(ValueError, match="holds model 'random-pythia', not 'other'"):
         mechanism_figures.fig15(paths["reductions"], {"model": "other", "heads": [[1, 2]]})
     with pytest.raises(ValueError, match=r"has no scale \[3.0\]"):
-        mechanism_figures.fig09_19(paths["reinforcement"], t09, [3.0])
+        mechanism_figures.fig09(paths["reinforcement"], t09, [3.0])
 
 
 def snakemake_job(inputs: dict, **params) -> SimpleNamespace:

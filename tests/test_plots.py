@@ -3,8 +3,10 @@ titles, labels (in logits) and reference lines; saving is atomic."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -303,3 +305,16 @@ def test_frozen_ln_figure_draws_the_three_treatments_per_model(summaries):
             assert list(line.get_xdata()) == list(range(summaries[model].sizes["layer"]))
     labels = sorted(t.get_text() for t in fig.legends[0].get_texts())
     assert labels == sorted(FROZEN_LN_VARIANTS)
+
+
+def test_plots_only_draw_and_the_stages_open_the_stores():
+    """No module of selfrepair.plots imports selfrepair.stages or zarr: opening and checking
+    stores is selfrepair.stages.figures' job, drawing is plots'."""
+    for path in sorted(Path(common.__file__).parent.glob("*.py")):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+        assert not {m for m in imported if m.startswith(("selfrepair.stages", "zarr"))}, path

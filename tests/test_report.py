@@ -1,10 +1,14 @@
 """The demo run builds the full Snakemake report: every figure, with its caption, and the table.
 
-Slow: by default it runs a reduced demo (the whole DAG of config/demo.yaml with fewer tokens
-and training steps) in a temporary directory, then `snakemake --report`. Point
-SELFREPAIR_DEMO_RUN at the directory of a finished run of config/demo.yaml (e.g. the checkout
-after `snakemake --cores all --configfile config/demo.yaml`) to build the report from it
-instead (SELFREPAIR_DEMO_CONFIG: its config file, if not config/demo.yaml).
+Slow: by default it runs the reduced demo (.test/config/config.yaml: the whole DAG of
+config/demo.yaml with fewer tokens and training steps) in a temporary directory, then
+`snakemake --report`. Point SELFREPAIR_DEMO_RUN at the directory of a finished run of
+config/demo.yaml (e.g. the checkout after `snakemake --cores all --configfile config/demo.yaml`)
+to build the report from it instead (SELFREPAIR_DEMO_CONFIG: its config file, if not
+config/demo.yaml).
+
+Fast: the one figure list (selfrepair.config.figures) against the rules, scripts, stage
+functions and captions that use it, and the reduced demo against config/demo.yaml.
 """
 
 from __future__ import annotations
@@ -21,37 +25,23 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from helpers import FIGURES
+from helpers import FIGURES, TABLES, TEST_CONFIG, load
 
+import selfrepair.stages.figures as stage_figures
+from selfrepair.config.figures import FIGURES as FIGURE_LIST
 from selfrepair.engine.clean import decomposition_error
 from selfrepair.stages.joblog import missing_provenance
 from selfrepair.stages.store import open_zarr
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow
+REDUCED_DEMO = TEST_CONFIG / "config.yaml"
 
-TABLES = {"head_summary.csv", "head_summary.html"}
 # The demo's substitutes picked at run time (results/<model>/substitutes/<key>.json).
 PICKS = {"fig03", "fig05", "fig04", "fig16_18", "fig07", "fig08-0", "fig08-1", "fig08-2"} | {
     "fig15",
     "fig09",
 }
-
-
-def reduced_demo(demo: dict) -> dict:
-    """config/demo.yaml at toy size: same models (4 layers x 4 heads, so the figure
-    substitutes stay valid), ablations and figures; fewer tokens and training steps."""
-    config = yaml.safe_load(yaml.safe_dump(demo))
-    config["data"].update(n_tokens=2048, seq_len=32, shard_rows=32)  # 64 rows, 2 shards
-    config["engine"].update(batch_size=32)
-    config["figures"] = dict(config.get("figures", {}), bootstrap={"resamples": 200})
-    for tok in config["tokenizers"].values():
-        tok["vocab_size"] = 512
-    for entry in config["models"]:
-        # Enough to learn well below the uniform guess: held-out 4.45 (gpt2) and 3.88 (pythia)
-        # nats against ln 512 = 6.24, in about 10 s each at d_model 32.
-        entry["train"].update(d_model=32, steps=400, batch_size=16, lr=0.02)
-    return config
 
 
 def snakemake(*args: str, cwd: Path, timeout: int) -> subprocess.CompletedProcess:
@@ -71,15 +61,15 @@ def finished_run(tmp_path_factory) -> tuple[Path, str]:
     if given:
         return Path(given), os.environ.get("SELFREPAIR_DEMO_CONFIG", "config/demo.yaml")
     run = tmp_path_factory.mktemp("demo-run")
-    for name in ("workflow", "config", "selfrepair"):
+    for name in ("workflow", "config", "selfrepair", ".test"):
         (run / name).symlink_to(ROOT / name)
-    config = reduced_demo(yaml.safe_load((ROOT / "config" / "demo.yaml").read_text()))
-    (run / "reduced.yaml").write_text(yaml.safe_dump(config))
-    proc = snakemake("--cores", "2", "--configfile", "reduced.yaml", cwd=run, timeout=3600)
+    configfile = str(REDUCED_DEMO.relative_to(ROOT))
+    proc = snakemake("--cores", "2", "--configfile", configfile, cwd=run, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return run, "reduced.yaml"
+    return run, configfile
 
 
+@slow
 def test_demo_run_builds_a_report_with_every_figure_and_the_table(finished_run):
     run, configfile = finished_run
     made = {p.stem for p in (run / "results" / "figures").glob("*.png")}
@@ -117,6 +107,7 @@ def test_demo_run_builds_a_report_with_every_figure_and_the_table(finished_run):
             assert f"{value:.2f}" in record["description"]
 
 
+@slow
 def test_demo_clean_direct_effects_sum_to_the_centred_logit(finished_run):
     """Every token of every clean store: the components' direct effects add up to the centred
     correct-token logit within 1e-4."""
@@ -130,6 +121,7 @@ def test_demo_clean_direct_effects_sum_to_the_centred_logit(finished_run):
         assert decomposition_error(ds) <= 1e-4, store
 
 
+@slow
 def test_demo_models_learned_far_below_uniform(finished_run):
     """The trained demo models record a held-out loss far below ln(vocab) (uniform guessing)."""
     run, _ = finished_run
@@ -167,6 +159,7 @@ def _ranked(values: dict, largest: bool) -> list:
     return sorted(values, key=lambda h: ((-values[h] if largest else values[h]), h))
 
 
+@slow
 def test_demo_picks_are_the_extremes_of_their_criteria(finished_run):
     """Each picked substitute is the best head by the paper's criterion, computed here from the
     shards (largest top-2% clean DE) and from the reinforcement store's per-token effects
@@ -209,6 +202,7 @@ def test_demo_picks_are_the_extremes_of_their_criteria(finished_run):
     assert f"(slope {slopes[best]:.2f} at s = {scale:g})" in record["description"]
 
 
+@slow
 def test_demo_rerun_has_nothing_to_do(finished_run):
     """Captions that read the pick records are evaluated when the jobs run, so a rerun finds
     the same params and nothing to do."""
@@ -232,6 +226,7 @@ STORES = (
 )
 
 
+@slow
 def test_every_store_records_the_full_provenance(finished_run):
     """Each store names the model entry, data and engine sections, seed, device, dtype, the
     weights' revision and the package versions, and no timing (reruns are byte-identical)."""
@@ -254,6 +249,7 @@ def test_every_store_records_the_full_provenance(finished_run):
         assert attrs["model_revision"] == shard["model_revision"]
 
 
+@slow
 def test_redrawn_figures_and_tables_are_the_same_bytes(finished_run):
     """Drawing every figure and table again from the same stores writes identical files (no
     creation date in PDFs, nothing timed), so two runs of a config give the same results/."""
@@ -272,6 +268,7 @@ def test_redrawn_figures_and_tables_are_the_same_bytes(finished_run):
     assert [p.name for p in outputs if p.read_bytes() != before[p]] == []
 
 
+@slow
 def test_a_deleted_store_is_made_again_with_everything_downstream(finished_run, tmp_path):
     """What a damaged store's message says to do: after deleting it, the next run remakes it
     and every output made from it, and nothing upstream."""
@@ -290,3 +287,101 @@ def test_a_deleted_store_is_made_again_with_everything_downstream(finished_run, 
     jobs = set(re.findall(r"^rule (\w+):", out, flags=re.MULTILINE))
     assert {"summarize_heads", "head_table", "fig01"} <= jobs, jobs
     assert not jobs & {"ablate", "clean_cache", "train_model", "tokenize"}, jobs
+
+
+# --- fast: the one figure list and the committed reduced demo ---------------------------------
+
+WORKFLOW = ROOT / "workflow"
+# The paper's figures the workflow reproduces (Figs 10, 12-14 and 20 show no measurement).
+PAPER_FIGURES = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 15, 16, 17, 18, 19, 21, 22, 23, 24}
+
+
+def _figure_numbers(name: str) -> set[int]:
+    match = re.match(r"fig(\d+)(?:-(\d+))?_", name)
+    if match is None:
+        return set()
+    first, last = int(match[1]), int(match[2] or match[1])
+    return set(range(first, last + 1))
+
+
+def test_the_figure_list_covers_the_paper_once_and_its_files_exist():
+    """Every paper figure drawn by exactly one entry; each entry's rule is unique, its script,
+    caption and stage function (named after the rule) exist, and the extra figure is the only
+    one beyond the paper."""
+    numbers = [n for f in FIGURE_LIST for n in _figure_numbers(f.name)]
+    assert sorted(numbers) == sorted(PAPER_FIGURES)
+    assert [f.name for f in FIGURE_LIST if not _figure_numbers(f.name)] == ["extra_frozen_ln"]
+    assert len({f.rule for f in FIGURE_LIST}) == len({f.name for f in FIGURE_LIST}) == 15
+    assert FIGURES == {f.name for f in FIGURE_LIST}
+    for figure in FIGURE_LIST:
+        assert (WORKFLOW / "report" / f"{figure.tag}.rst").is_file(), figure
+        script = WORKFLOW / "scripts" / figure.script
+        assert f"figures.{figure.rule}" in script.read_text(), figure
+        assert callable(getattr(stage_figures, figure.rule)), figure
+        assert figure.rule in stage_figures.__all__
+        assert figure.kind in ("paper", "mechanism", "extra")
+    assert (WORKFLOW / "report" / "head_table.rst").is_file() and TABLES
+
+
+def test_the_figure_list_names_config_keys_and_stores_that_exist():
+    """Each figure's target is a key of config/config.yaml, and each kind of store it reads is
+    one a rule writes (results/{model}/<kind>/...)."""
+    paper = load("config.yaml")
+    rules = "".join(p.read_text() for p in (WORKFLOW / "rules").glob("*.smk"))
+    for figure in FIGURE_LIST:
+        node = paper
+        for part in figure.target.split(".") if figure.target else []:
+            assert isinstance(node, dict) and part in node, (figure.rule, figure.target)
+            node = node[part]
+        for kind in figure.reads:
+            assert f'"results/{{model}}/{kind}/' in rules, (figure.rule, kind)
+
+
+def _rule_blocks(text: str) -> dict[str, str]:
+    """Rule name -> the text of its definition (plain rules and `use rule ... as NAME with:`)."""
+    starts = list(re.finditer(r"^\s*(?:rule (\w+)|use rule \w+ as (\w+) with):", text, re.M))
+    ends = [m.start() for m in starts[1:]] + [len(text)] * bool(starts)
+    return {(m[1] or m[2]): text[m.start() : end] for m, end in zip(starts, ends, strict=True)}
+
+
+def test_figure_rules_are_the_figure_list_and_name_their_own_files():
+    """rules/figures.smk defines one rule per listed figure and nothing else, and each rule
+    takes its files, log and benchmark from its own entry of the list."""
+    blocks = _rule_blocks((WORKFLOW / "rules" / "figures.smk").read_text())
+    assert set(blocks) == {f.rule for f in FIGURE_LIST}
+    for rule, block in blocks.items():
+        for helper in ("figure_pdf", "figure_png", "figure_log", "figure_benchmark"):
+            assert re.findall(rf'{helper}\("(\w+)"', block) == [rule], (rule, helper)
+    for name in ("common", "data", "clean", "ablation", "summaries", "mechanisms"):
+        text = (WORKFLOW / "rules" / f"{name}.smk").read_text()
+        assert not {f.rule for f in FIGURE_LIST} & set(_rule_blocks(text)), name
+
+
+def test_the_reduced_demo_is_the_demo_at_toy_size():
+    """.test/config/config.yaml differs from config/demo.yaml only in sizes (tokens, batch,
+    bootstrap resamples, vocabulary, model width and training), so the demo's substitutes and
+    every figure stay valid; the reduced demo is the one the slow tests above run."""
+    demo, reduced = load("demo.yaml"), yaml.safe_load(REDUCED_DEMO.read_text())
+    assert reduced["data"] == dict(demo["data"], n_tokens=2048, seq_len=32, shard_rows=32)
+    assert reduced["engine"] == dict(demo["engine"], batch_size=32)
+    assert reduced["figures"] == dict(demo["figures"], bootstrap={"resamples": 200})
+    assert [t["vocab_size"] for t in reduced["tokenizers"].values()] == [512]
+    sizes = {"d_model": 32, "steps": 400, "batch_size": 16, "lr": 0.02}
+    assert reduced["models"] == [
+        {**entry, "train": {**entry["train"], **sizes}} for entry in demo["models"]
+    ]
+    same = set(demo) - {"data", "engine", "figures", "tokenizers", "models"}
+    assert {k: reduced[k] for k in same} == {k: demo[k] for k in same}
+    assert set(reduced) == set(demo)
+    tokenizers = {k: dict(v, vocab_size=512) for k, v in demo["tokenizers"].items()}
+    assert reduced["tokenizers"] == tokenizers
+
+
+def test_the_readme_figure_table_lists_every_figure():
+    """README.md's table of figures names each figure of the list once, and nothing else."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Figures and report") :]
+    section = section[: section.index("\n## ", 1)]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    listed = re.findall(r"`([\w-]+)`", "".join(row.split(" | ")[0] for row in rows))
+    assert sorted(listed) == sorted(FIGURES)

@@ -3,8 +3,8 @@ resumes: the rerun keeps every shard finished before the kill, and its numbers e
 an uninterrupted run bit for bit; so does every file of results/ (stores, metrics), byte for
 byte, but the logs and benchmarks (they record times).
 
-Slow: three runs of a toy configuration (one small trained model, four token shards, three
-ablations, up to the per-head summaries).
+Slow: three runs of a toy configuration (.test/config/resume.yaml: one small trained model, four
+token shards, three ablations, up to the per-head summaries).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import result_files
-from toy import toy_model
+from helpers import TEST_CONFIG, result_files
 
 from selfrepair.stages.store import open_zarr
 
@@ -29,20 +28,14 @@ pytestmark = pytest.mark.slow
 TIMEOUT = 900
 JOBS = 2  # --cores: one-thread jobs run side by side
 MODEL = "tiny-pythia"
-TOY = {
-    "data": {"n_tokens": 64 * 31, "seq_len": 32, "shard_rows": 16},  # 4 shards
-    "engine": {"batch_size": 16, "frozen_ln": []},
-    "ablations": ["resample", "mean", "zero"],
-    "resources": {"threads": 1},
-    "tokenizers": {"stdlib-bpe": {"vocab_size": 300}},
-    # Both demo models (the demo's figure substitutes name them); only one is run.
-    "models": [toy_model("tiny-gpt2", "gpt2"), toy_model(MODEL, "pythia")],
-}
+# The toy run, given after config.yaml and demo.yaml (committed beside the reduced demo).
+TOY_CONFIG = TEST_CONFIG / "resume.yaml"
+TOY = yaml.safe_load(TOY_CONFIG.read_text())
 TARGETS = [f"results/{MODEL}/summary/{a}.zarr" for a in TOY["ablations"]]
 
 
 def command(workdir: Path, *args: str) -> list[str]:
-    configs = [ROOT / "config" / "config.yaml", ROOT / "config" / "demo.yaml", workdir / "toy.yaml"]
+    configs = [ROOT / "config" / "config.yaml", ROOT / "config" / "demo.yaml", TOY_CONFIG]
     return [
         sys.executable, "-m", "snakemake",
         "--snakefile", str(ROOT / "workflow" / "Snakefile"),
@@ -62,9 +55,7 @@ def run(workdir: Path, *args: str) -> str:
 
 
 def workdir_for(tmp_path_factory, name: str) -> Path:
-    path = tmp_path_factory.mktemp(name)
-    (path / "toy.yaml").write_text(yaml.safe_dump(TOY))
-    return path
+    return tmp_path_factory.mktemp(name)
 
 
 def shards(workdir: Path) -> list[Path]:
@@ -72,6 +63,7 @@ def shards(workdir: Path) -> list[Path]:
 
 
 def n_ablation_shards() -> int:
+    assert TOY["data"]["n_tokens"] // (TOY["data"]["seq_len"] - 1) == 4 * TOY["data"]["shard_rows"]
     return len(TOY["ablations"]) * 4
 
 

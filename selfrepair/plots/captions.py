@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from selfrepair.config.core import top_count
 
+__all__ = ["Selection", "head_label", "measured"]
+
 
 def head_label(layer: int, head: int) -> str:
     """The paper's name of a head, e.g. L22H11."""

@@ -9,7 +9,8 @@ Conventions (every plotting function follows them):
 - quantities in logits say so in the axis label (`style.with_unit`);
 - reference lines come from `add_identity` (y = x) and `add_zero` (y = 0), which tag them with
   a gid so tests can find them;
-- workflow scripts save with `save_figure(fig, pdf, png)`.
+- it never opens a store: selfrepair.stages.figures opens and checks them, then saves with
+  `save_figure(fig, pdf, png)`.
 """
 
 from __future__ import annotations
@@ -21,14 +22,27 @@ from pathlib import Path
 
 import matplotlib as mpl
 import numpy as np
-import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from selfrepair.plots.captions import head_label  # noqa: F401  (re-exported)
 from selfrepair.plots.style import PANEL_SIZE, PNG_DPI, REFERENCE_COLOR
-from selfrepair.stages.store import open_shards, open_zarr
+
+__all__ = [
+    "IDENTITY_GID",
+    "UNDATED",
+    "ZERO_GID",
+    "add_identity",
+    "add_zero",
+    "head_label",
+    "model_panels",
+    "outer_labels",
+    "panel_grid",
+    "reference_lines",
+    "save_figure",
+    "square_limits",
+]
 
 IDENTITY_GID = "y=x"
 # Metadata that would date a figure file: left out, so that a rerun writes the same bytes (PNGs
@@ -156,41 +170,3 @@ def square_limits(ax: Axes, x: np.ndarray, y: np.ndarray, pad: float = 0.05) -> 
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal", adjustable="box")
-
-
-def open_by_model(
-    paths: Sequence[str | os.PathLike], models: Sequence[str], n_tokens: int | None = None
-) -> dict[str, xr.Dataset]:
-    """Stores of one kind per model (paths in the order of models), checked to be the model's
-    and, when n_tokens is given, to hold as many tokens as the caption states."""
-    if len(paths) != len(models):
-        raise ValueError(f"{len(paths)} stores for {len(models)} models")
-    out = {}
-    for path, model in zip(paths, models, strict=True):
-        ds = open_zarr(path)
-        if ds.attrs.get("model", model) != model:
-            raise ValueError(f"{path} holds model {ds.attrs['model']!r}, not {model!r}")
-        held = ds.attrs.get("n_tokens")
-        if n_tokens is not None and held is not None and int(held) != n_tokens:
-            raise ValueError(
-                f"{path} holds {held} tokens but the config measures {n_tokens}: rerun the "
-                "workflow so the stores match the config"
-            )
-        out[model] = ds
-    return out
-
-
-def open_tokens(
-    paths: Sequence[str | os.PathLike], model: str, n_tokens: int | None = None
-) -> xr.Dataset:
-    """Per-token shards of one model and ablation (lazily), checked like open_by_model."""
-    ds = open_shards(list(paths))
-    if ds.attrs.get("model", model) != model:
-        raise ValueError(f"{paths[0]} holds model {ds.attrs['model']!r}, not {model!r}")
-    held = ds.sizes["batch"] * ds.sizes["pos"]
-    if n_tokens is not None and held != n_tokens:
-        raise ValueError(
-            f"the shards of {model} hold {held} tokens but the config measures {n_tokens}: "
-            "rerun the workflow so the stores match the config"
-        )
-    return ds

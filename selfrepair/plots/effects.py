@@ -27,6 +27,16 @@ from selfrepair.plots.common import (
 from selfrepair.plots.per_head import DEPTH_LABEL, relative_depth
 from selfrepair.plots.style import ABLATION_COLORS, HEAD_COLOR, styled, with_unit
 
+__all__ = [
+    "DEPTH_CMAP",
+    "IDEAL_TITLES",
+    "X_LABEL",
+    "Y_LABEL",
+    "heads_de_vs_logit_drop",
+    "tokens_by_ablation",
+    "tokens_de_vs_logit_drop",
+]
+
 X_LABEL = with_unit("direct effect drop")
 Y_LABEL = with_unit("logit drop")
 DEPTH_CMAP = "viridis"

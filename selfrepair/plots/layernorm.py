@@ -11,6 +11,8 @@ from matplotlib.figure import Figure
 from selfrepair.plots.common import add_zero, model_panels
 from selfrepair.plots.style import FROZEN_LN_COLORS, styled, with_unit
 
+__all__ = ["frozen_ln_self_repair"]
+
 
 @styled
 def frozen_ln_self_repair(layers: Mapping[str, xr.DataArray], top_fraction: float = 0.02) -> Figure:

@@ -18,6 +18,19 @@ from matplotlib.ticker import PercentFormatter
 from selfrepair.plots.common import add_identity, add_zero, panel_grid, square_limits
 from selfrepair.plots.style import ABLATION_COLORS, HEAD_COLOR, REFERENCE_COLOR, styled, with_unit
 
+__all__ = [
+    "DIVERGING_CMAP",
+    "ONE_GID",
+    "THRESHOLD_CMAP",
+    "add_one",
+    "cumulative_neuron_share",
+    "ln_scale_ratio_hist",
+    "neuron_threshold_curves",
+    "resid_norm_ratio_hists",
+    "self_repression_scatter",
+    "top_neuron_scatter",
+]
+
 ONE_GID = "x=1"
 DIVERGING_CMAP = "RdBu"
 THRESHOLD_CMAP = "viridis"

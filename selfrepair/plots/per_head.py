@@ -11,6 +11,16 @@ from selfrepair.analysis.reduce import layer_mean
 from selfrepair.plots.common import add_zero, model_panels, outer_labels, panel_grid
 from selfrepair.plots.style import HEAD_COLOR, MEAN_COLOR, styled, with_unit
 
+__all__ = [
+    "DEPTH_LABEL",
+    "LN_SHARE_LABEL",
+    "ln_share_clipped_and_unclipped",
+    "ln_share_per_head",
+    "per_head_by_depth",
+    "relative_depth",
+    "self_repair_per_head",
+]
+
 DEPTH_LABEL = "layer / number of layers"
 
 

@@ -12,6 +12,22 @@ from typing import ParamSpec, TypeVar
 
 import matplotlib as mpl
 
+__all__ = [
+    "ABLATION_COLORS",
+    "COMPONENT_COLORS",
+    "COMPONENT_LABELS",
+    "FROZEN_LN_COLORS",
+    "HEAD_COLOR",
+    "MEAN_COLOR",
+    "PANEL_SIZE",
+    "PNG_DPI",
+    "RC_PARAMS",
+    "REFERENCE_COLOR",
+    "UNIT",
+    "styled",
+    "with_unit",
+]
+
 P = ParamSpec("P")
 R = TypeVar("R")
 

@@ -27,22 +27,3 @@ rule ablate:
         attrs=run_attrs,
     script:
         "../scripts/ablate.py"
-
-
-rule summarize_heads:
-    input:
-        shards=ablation_shards,
-    output:
-        summary=directory("results/{model}/summary/{ablation}.zarr"),
-    log:
-        "results/logs/summarize_heads/{model}/{ablation}.log",
-    benchmark:
-        "results/benchmarks/summarize_heads/{model}/{ablation}.tsv"
-    conda:
-        "../../envs/analysis.yaml"
-    params:
-        top_fraction=ENGINE["top_fraction"],
-        de_epsilon=ENGINE["de_epsilon"],
-        attrs=run_attrs,
-    script:
-        "../scripts/summarize_heads.py"

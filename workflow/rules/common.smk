@@ -1,3 +1,5 @@
+# Shared by every rules file (the config checked against its schema; the run's models, shards
+# and figure targets; the input functions and caption helpers of the rules).
 import json
 import re
 import sys
@@ -10,6 +12,8 @@ sys.path.insert(0, str(Path(workflow.basedir).parent))
 
 import selfrepair.config.cluster as sr_cluster  # noqa: E402
 import selfrepair.config.core as sr_config  # noqa: E402
+import selfrepair.config.figures as sr_figures  # noqa: E402
+import selfrepair.config.mechanisms as mech_config  # noqa: E402
 from selfrepair.plots import captions  # noqa: E402
 
 try:
@@ -109,7 +113,7 @@ def ablation_shards(wildcards):
 
 
 # --- figures -----------------------------------------------------------------------------
-# The paper's model/heads per figure, or the configured substitutes; see rules/figures.smk.
+# The paper's model/heads per figure, or the configured substitutes (rules/figures.smk).
 FIGURES = config["figures"]
 FIGURE_TARGETS = sr_config.figure_targets(config)
 # Figures whose substitute heads are picked at run time (rule pick_substitute).
@@ -154,11 +158,33 @@ def fig05_shards(wildcards):
     return shards | {"picks": pick_paths({"fig05": FIGURE_TARGETS["fig05"]})}
 
 
-def figure_paths(name):
-    return {
-        "pdf": f"results/figures/{name}.pdf",
-        "png": f"results/figures/{name}.png",
-    }
+# Each figure rule's files, report entry, log, benchmark and script, from the one figure list
+# (selfrepair.config.figures); rule: the figure rule's name.
+def figure_pdf(rule):
+    return sr_figures.by_rule(rule).files["pdf"]
+
+
+def figure_png(rule, subcategory):
+    """The figure's PNG, registered in the report with its caption (report/<tag>.rst)."""
+    figure = sr_figures.by_rule(rule)
+    return report(
+        figure.files["png"],
+        caption=f"../report/{figure.tag}.rst",
+        category=figure.category,
+        subcategory=subcategory,
+    )
+
+
+def figure_log(rule):
+    return f"results/logs/figures/{sr_figures.by_rule(rule).tag}.log"
+
+
+def figure_benchmark(rule):
+    return f"results/benchmarks/figures/{sr_figures.by_rule(rule).tag}.tsv"
+
+
+def figure_script(rule):
+    return f"../scripts/{sr_figures.by_rule(rule).script}"
 
 
 def pick_path(key, target):
@@ -212,23 +238,106 @@ def one_target_caption(target, ablations):
     return figure_caption([label], ablations, ALL_SELECTION, target)
 
 
-# Every figure by name; each makes results/figures/<name>.pdf and .png. Add a figure here and
-# it joins all_outputs().
-FIGURE_NAMES = [
-    "fig01_self_repair_per_head",
-    "fig02_de_vs_logit_drop",
-    "fig03_tokens_de_vs_logit_drop",
-    "fig05_tokens_by_ablation",
-    "fig06_ln_share",
-    "fig11_ln_share_unclipped",
-    "fig21-24_de_vs_logit_drop_other_models",
-] + (["extra_frozen_ln"] if FROZEN_BASE else [])
-TABLE_OUTPUTS = ["results/tables/head_summary.csv", "results/tables/head_summary.html"]
+# --- mechanisms -----------------------------------------------------------------------------
+# The resolved targets of config["mechanisms"] (the paper's model and heads per figure, or named
+# substitutes; selfrepair.config.mechanisms), the heads each model runs (rules/mechanisms.smk)
+# and the captions of their figures.
+
+MECH = config["mechanisms"]
+MECH_TARGETS = mech_config.mechanism_targets(config)
+NEURON_HEADS = mech_config.heads_by_model(
+    MECH_TARGETS["fig07"] + MECH_TARGETS["fig08"] + MECH_TARGETS["fig15"]
+)
+NORM_HEADS = mech_config.heads_by_model(
+    MECH_TARGETS["fig04"] + MECH_TARGETS["fig16_18"]
+)
+REINFORCEMENT_HEADS = mech_config.heads_by_model(MECH_TARGETS["fig09"])
+# Substitutes whose heads are picked at run time from the run's stores (rule pick_substitute);
+# the stages and figures read the picked heads from results/<model>/substitutes/<key>.json.
+MECH_PICKS = mech_config.pick_targets(MECH_TARGETS)
+PICKS = FIGURE_PICKS | MECH_PICKS
+SHARD_BOUNDS = [list(sr_config.shard_bounds(DATA, int(s))) for s in SHARDS]
+REINFORCEMENT_TOKENS = MECH["reinforcement"]["rows"] * (
+    MECH["reinforcement"]["seq_len"] - 1
+)
+MLP_REPAIR_SELECTION = (
+    f"the top {ENGINE['top_fraction']:.0%} of tokens by the MLP layer's self-repair "
+    f"({sr_config.top_count(N_PREDICTIONS, ENGINE['top_fraction']):,} of "
+    f"{N_PREDICTIONS:,} tokens)"
+)
+REINFORCEMENT_SELECTION = (
+    f"the first {MECH['reinforcement']['rows']} token rows cut to "
+    f"{MECH['reinforcement']['seq_len']} tokens, every position"
+)
 
 
-def figure_outputs():
-    paths = [path for name in FIGURE_NAMES for path in figure_paths(name).values()]
-    return paths + TABLE_OUTPUTS
+def target(key):
+    """The (single) resolved target of a mechanism figure, as plain params."""
+    return MECH_TARGETS[key][0].as_params()
+
+
+def mech_picks(keys, model=None):
+    """The pick records of the mechanism targets of these figure keys (of one model if given)."""
+    return [
+        pick_path(k, t)
+        for k, t in MECH_PICKS.items()
+        if k.split("-")[0] in keys and model in (None, t.model)
+    ]
+
+
+def pick_store(wildcards):
+    """The store a pick reads: the model's reinforcement store (most_self_repressing) or its
+    per-head summary under the figures' ablation (largest_top_de: clean DE, the same in all).
+    """
+    target = PICKS[wildcards.key]
+    if target.model != wildcards.model:
+        raise ValueError(
+            f"pick {wildcards.key} is made in {target.model}, not {wildcards.model}"
+        )
+    if target.pick["criterion"] == "most_self_repressing":
+        return f"results/{target.model}/reinforcement/reinforcement.zarr"
+    return summary_paths(target.model, FIG_ABLATION)[0]
+
+
+def mech_caption(key, ablations, selection, picks=(), n_tokens=N_PREDICTIONS, extra=()):
+    """The 'Measured' paragraph of a mechanism figure's caption (picks: the rule's pick
+    records, naming picked substitutes and the values that selected them)."""
+    targets = [resolved(t, picks) for t in MECH_TARGETS[key]]
+    return captions.measured(
+        models=list(dict.fromkeys(t.model for t in targets)),
+        ablations=ablations,
+        n_tokens=n_tokens,
+        selection=selection,
+        substitutions=[t.substitution() for t in targets if t.substituted],
+        extra=extra,
+    )
+
+
+def norm_paths(model):
+    return expand(
+        "results/{model}/norms/{ablation}.zarr", model=model, ablation=ABLATIONS
+    )
+
+
+# --- final outputs ----------------------------------------------------------------------------
+# Every figure of the one list (selfrepair.config.figures) that this run makes.
+FIGURE_LIST = sr_figures.run_figures(bool(FROZEN_BASE))
+TABLE_OUTPUTS = [f"results/tables/{name}" for name in sr_figures.TABLES]
+
+
+def figure_outputs(kinds):
+    return [path for f in FIGURE_LIST if f.kind in kinds for path in f.files.values()]
+
+
+def mechanism_outputs():
+    """Every final output of the mechanism rules: stores, reductions and figures."""
+    outputs = [pick_path(k, t) for k, t in PICKS.items()]
+    outputs += [f"results/{m}/neurons/reductions.zarr" for m in NEURON_HEADS]
+    outputs += [path for m in NORM_HEADS for path in norm_paths(m)]
+    outputs += [
+        f"results/{m}/reinforcement/reinforcement.zarr" for m in REINFORCEMENT_HEADS
+    ]
+    return outputs + figure_outputs(["mechanism"])
 
 
 def all_outputs():
@@ -240,6 +349,6 @@ def all_outputs():
         )
         if "train" in entry:
             outputs.append(f"results/{model}/training.json")
-    outputs += figure_outputs()
-    outputs += mechanism_outputs()  # rules/mechanisms.smk
+    outputs += figure_outputs(["paper", "extra"]) + TABLE_OUTPUTS
+    outputs += mechanism_outputs()
     return outputs

@@ -1,62 +1,14 @@
-# One rule per figure. Each reads xarray reductions, calls one selfrepair.plots function and
-# writes results/figures/figNN_<name>.pdf and .png; the PNG is registered in the report with a
-# caption (workflow/report/figNN.rst) whose last paragraph, `params.caption`, states what was
-# measured: models, ablation, tokens, selection and substitutions (selfrepair.plots.captions).
-# Helpers (figure_paths, summary_paths, FIGURE_NAMES, *_SELECTION) live in common.smk.
+# Every figure rule: the paper's per-head figures (1-3, 5, 6, 11, 21-24), the mechanism figures
+# (4, 7, 8, 9, 15, 16-18, 19) and the figure beyond the paper (frozen LayerNorm). Each reads
+# reductions, calls the function of selfrepair.stages.figures named after the rule (through its
+# script) and writes results/figures/<name>.pdf and .png. Names, scripts, captions and report
+# categories come from the one figure list, selfrepair.config.figures (figure_* helpers in
+# rules/common.smk). The PNG is registered in the report with its caption (report/<tag>.rst)
+# whose last paragraph, `params.caption`, states what was measured: models, ablation, tokens,
+# selection and substitutions (selfrepair.plots.captions). Near-copies are `use rule ... with:`.
 
 
-rule head_intervals:
-    input:
-        shards=ablation_shards,
-    output:
-        intervals=directory("results/{model}/intervals/{ablation}.zarr"),
-    log:
-        "results/logs/head_intervals/{model}/{ablation}.log",
-    benchmark:
-        "results/benchmarks/head_intervals/{model}/{ablation}.tsv"
-    conda:
-        "../../envs/analysis.yaml"
-    params:
-        top_fraction=ENGINE["top_fraction"],
-        de_epsilon=ENGINE["de_epsilon"],
-        resamples=FIGURES["bootstrap"]["resamples"],
-        level=FIGURES["bootstrap"]["level"],
-        seed=config["seed"],
-        attrs=run_attrs,
-    script:
-        "../scripts/head_intervals.py"
-
-
-rule head_table:
-    input:
-        summaries=[summary_paths(m, v)[0] for m in MODELS for v in VARIANTS],
-        intervals=[interval_paths(m, v)[0] for m in MODELS for v in VARIANTS],
-    output:
-        csv=report(
-            "results/tables/head_summary.csv",
-            caption="../report/head_table.rst",
-            category="Tables",
-            subcategory="all models",
-        ),
-        html=report(
-            "results/tables/head_summary.html",
-            caption="../report/head_table.rst",
-            category="Tables",
-            subcategory="all models",
-        ),
-    log:
-        "results/logs/figures/head_table.log",
-    benchmark:
-        "results/benchmarks/figures/head_table.tsv"
-    conda:
-        "../../envs/analysis.yaml"
-    params:
-        runs=[[m, v] for m in MODELS for v in VARIANTS],
-        caption=figure_caption(
-            list(MODELS), VARIANTS, TOP_SELECTION, extra=[BOOTSTRAP_NOTE]
-        ),
-    script:
-        "../scripts/head_table.py"
+# --- the paper's per-head figures --------------------------------------------------------------
 
 
 rule fig01:
@@ -64,17 +16,12 @@ rule fig01:
         summaries=summary_paths(list(MODELS), FIG_ABLATION),
         intervals=interval_paths(list(MODELS), FIG_ABLATION),
     output:
-        pdf=figure_paths("fig01_self_repair_per_head")["pdf"],
-        png=report(
-            figure_paths("fig01_self_repair_per_head")["png"],
-            caption="../report/fig01.rst",
-            category="Fig 01: self-repair per head",
-            subcategory="all models",
-        ),
+        pdf=figure_pdf("fig01"),
+        png=figure_png("fig01", "all models"),
     log:
-        "results/logs/figures/fig01.log",
+        figure_log("fig01"),
     benchmark:
-        "results/benchmarks/figures/fig01.tsv"
+        figure_benchmark("fig01")
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -85,24 +32,19 @@ rule fig01:
             list(MODELS), [FIG_ABLATION], TOP_SELECTION, extra=[BOOTSTRAP_NOTE]
         ),
     script:
-        "../scripts/fig01_self_repair_per_head.py"
+        figure_script("fig01")
 
 
 rule fig02:
     input:
         summaries=summary_paths(FIGURE_TARGETS["fig02"].model, FIG_ABLATION),
     output:
-        pdf=figure_paths("fig02_de_vs_logit_drop")["pdf"],
-        png=report(
-            figure_paths("fig02_de_vs_logit_drop")["png"],
-            caption="../report/fig02.rst",
-            category="Fig 02: direct effect vs logit drop",
-            subcategory=FIGURE_TARGETS["fig02"].model,
-        ),
+        pdf=figure_pdf("fig02"),
+        png=figure_png("fig02", FIGURE_TARGETS["fig02"].model),
     log:
-        "results/logs/figures/fig02.log",
+        figure_log("fig02"),
     benchmark:
-        "results/benchmarks/figures/fig02.tsv"
+        figure_benchmark("fig02")
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -117,32 +59,25 @@ rule fig02:
             FIGURE_TARGETS["fig02"],
         ),
     script:
-        "../scripts/fig02_de_vs_logit_drop.py"
+        figure_script("fig02")
 
 
-rule fig21_24:
+# Figs 21-24: Fig 2 for the other models, beside Fig 2's model moved onto the ideal lines.
+use rule fig02 as fig21_24 with:
     input:
         summaries=summary_paths(
             OTHER_MODELS + [FIGURE_TARGETS["fig02"].model], FIG_ABLATION
         ),
     output:
-        pdf=figure_paths("fig21-24_de_vs_logit_drop_other_models")["pdf"],
-        png=report(
-            figure_paths("fig21-24_de_vs_logit_drop_other_models")["png"],
-            caption="../report/fig21-24.rst",
-            category="Fig 21-24: direct effect vs logit drop, other models",
-            subcategory="all models",
-        ),
+        pdf=figure_pdf("fig21_24"),
+        png=figure_png("fig21_24", "all models"),
     log:
-        "results/logs/figures/fig21-24.log",
+        figure_log("fig21_24"),
     benchmark:
-        "results/benchmarks/figures/fig21-24.tsv"
-    conda:
-        "../../envs/analysis.yaml"
+        figure_benchmark("fig21_24")
     params:
         models=OTHER_MODELS + [FIGURE_TARGETS["fig02"].model],
         shown=OTHER_MODELS,
-        n_tokens=N_PREDICTIONS,
         idealised_from=FIGURE_TARGETS["fig02"].model,
         caption=figure_caption(
             OTHER_MODELS or ["none besides Fig 2's"],
@@ -153,8 +88,6 @@ rule fig21_24:
                 "(Fig 2's model) moved onto y = x and onto y = 0"
             ],
         ),
-    script:
-        "../scripts/fig02_de_vs_logit_drop.py"
 
 
 rule fig03:
@@ -162,17 +95,12 @@ rule fig03:
         shards=shard_paths(FIGURE_TARGETS["fig03"].model, FIG_ABLATION),
         picks=pick_paths({"fig03": FIGURE_TARGETS["fig03"]}),
     output:
-        pdf=figure_paths("fig03_tokens_de_vs_logit_drop")["pdf"],
-        png=report(
-            figure_paths("fig03_tokens_de_vs_logit_drop")["png"],
-            caption="../report/fig03.rst",
-            category="Fig 03: per-token direct effect vs logit drop",
-            subcategory=FIGURE_TARGETS["fig03"].model,
-        ),
+        pdf=figure_pdf("fig03"),
+        png=figure_png("fig03", FIGURE_TARGETS["fig03"].model),
     log:
-        "results/logs/figures/fig03.log",
+        figure_log("fig03"),
     benchmark:
-        "results/benchmarks/figures/fig03.tsv"
+        figure_benchmark("fig03")
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -182,24 +110,19 @@ rule fig03:
             resolved(FIGURE_TARGETS["fig03"], input.picks), [FIG_ABLATION]
         ),
     script:
-        "../scripts/fig03_tokens_de_vs_logit_drop.py"
+        figure_script("fig03")
 
 
 rule fig05:
     input:
         unpack(fig05_shards),
     output:
-        pdf=figure_paths("fig05_tokens_by_ablation")["pdf"],
-        png=report(
-            figure_paths("fig05_tokens_by_ablation")["png"],
-            caption="../report/fig05.rst",
-            category="Fig 05: one head under each ablation",
-            subcategory=FIGURE_TARGETS["fig05"].model,
-        ),
+        pdf=figure_pdf("fig05"),
+        png=figure_png("fig05", FIGURE_TARGETS["fig05"].model),
     log:
-        "results/logs/figures/fig05.log",
+        figure_log("fig05"),
     benchmark:
-        "results/benchmarks/figures/fig05.tsv"
+        figure_benchmark("fig05")
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -210,7 +133,7 @@ rule fig05:
             resolved(FIGURE_TARGETS["fig05"], input.picks), ABLATIONS
         ),
     script:
-        "../scripts/fig05_tokens_by_ablation.py"
+        figure_script("fig05")
 
 
 rule fig06:
@@ -218,24 +141,18 @@ rule fig06:
         summaries=summary_paths(list(MODELS), FIG_ABLATION),
         intervals=interval_paths(list(MODELS), FIG_ABLATION),
     output:
-        pdf=figure_paths("fig06_ln_share")["pdf"],
-        png=report(
-            figure_paths("fig06_ln_share")["png"],
-            caption="../report/fig06.rst",
-            category="Fig 06: LayerNorm share of direct effect",
-            subcategory="all models",
-        ),
+        pdf=figure_pdf("fig06"),
+        png=figure_png("fig06", "all models"),
     log:
-        "results/logs/figures/fig06.log",
+        figure_log("fig06"),
     benchmark:
-        "results/benchmarks/figures/fig06.tsv"
+        figure_benchmark("fig06")
     conda:
         "../../envs/analysis.yaml"
     params:
         models=list(MODELS),
         n_tokens=N_PREDICTIONS,
         top_fraction=ENGINE["top_fraction"],
-        unclipped=False,
         caption=figure_caption(
             list(MODELS),
             [FIG_ABLATION],
@@ -247,44 +164,19 @@ rule fig06:
             ],
         ),
     script:
-        "../scripts/fig06_ln_share.py"
+        figure_script("fig06")
 
 
-rule fig11:
-    input:
-        summaries=summary_paths(list(MODELS), FIG_ABLATION),
-        intervals=interval_paths(list(MODELS), FIG_ABLATION),
+# Fig 11: Fig 6's clipped share beside the unclipped one (same stores and caption paragraph;
+# the shared script draws it by the rule's name).
+use rule fig06 as fig11 with:
     output:
-        pdf=figure_paths("fig11_ln_share_unclipped")["pdf"],
-        png=report(
-            figure_paths("fig11_ln_share_unclipped")["png"],
-            caption="../report/fig11.rst",
-            category="Fig 11: LayerNorm share, clipped and unclipped",
-            subcategory="all models",
-        ),
+        pdf=figure_pdf("fig11"),
+        png=figure_png("fig11", "all models"),
     log:
-        "results/logs/figures/fig11.log",
+        figure_log("fig11"),
     benchmark:
-        "results/benchmarks/figures/fig11.tsv"
-    conda:
-        "../../envs/analysis.yaml"
-    params:
-        models=list(MODELS),
-        n_tokens=N_PREDICTIONS,
-        top_fraction=ENGINE["top_fraction"],
-        unclipped=True,
-        caption=figure_caption(
-            list(MODELS),
-            [FIG_ABLATION],
-            TOP_SELECTION,
-            extra=[
-                f"Tokens whose clean direct effect is at most {ENGINE['de_epsilon']} "
-                "logits are left out of the share (counted in the summary table)",
-                BOOTSTRAP_NOTE,
-            ],
-        ),
-    script:
-        "../scripts/fig06_ln_share.py"
+        figure_benchmark("fig11")
 
 
 # Only when engine.frozen_ln runs a frozen-LayerNorm variant.
@@ -295,17 +187,12 @@ if FROZEN_BASE:
             normal=summary_paths(list(MODELS), FROZEN_BASE),
             frozen=summary_paths(list(MODELS), f"{FROZEN_BASE}-frozen-ln"),
         output:
-            pdf=figure_paths("extra_frozen_ln")["pdf"],
-            png=report(
-                figure_paths("extra_frozen_ln")["png"],
-                caption="../report/extra_frozen_ln.rst",
-                category="Beyond the paper: frozen LayerNorm",
-                subcategory="all models",
-            ),
+            pdf=figure_pdf("extra_frozen_ln"),
+            png=figure_png("extra_frozen_ln", "all models"),
         log:
-            "results/logs/figures/extra_frozen_ln.log",
+            figure_log("extra_frozen_ln"),
         benchmark:
-            "results/benchmarks/figures/extra_frozen_ln.tsv"
+            figure_benchmark("extra_frozen_ln")
         conda:
             "../../envs/analysis.yaml"
         params:
@@ -318,4 +205,165 @@ if FROZEN_BASE:
                 TOP_SELECTION,
             ),
         script:
-            "../scripts/extra_frozen_ln.py"
+            figure_script("extra_frozen_ln")
+
+
+# --- the mechanism figures (stores of rules/mechanisms.smk) -----------------------------------
+
+
+rule fig04:
+    input:
+        norms=norm_paths(target("fig04")["model"]),
+        picks=mech_picks(("fig04",)),
+    output:
+        pdf=figure_pdf("fig04"),
+        png=figure_png("fig04", target("fig04")["model"]),
+    log:
+        figure_log("fig04"),
+    benchmark:
+        figure_benchmark("fig04")
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        ablations=ABLATIONS,
+        target=target("fig04"),
+        caption=lambda w, input: mech_caption(
+            "fig04", ABLATIONS, TOP_SELECTION, picks=input.picks
+        ),
+    script:
+        figure_script("fig04")
+
+
+rule fig16_18:
+    input:
+        norms=norm_paths(target("fig16_18")["model"]),
+        picks=mech_picks(("fig16_18",)),
+    output:
+        pdf=figure_pdf("fig16_18"),
+        png=figure_png("fig16_18", target("fig16_18")["model"]),
+    log:
+        figure_log("fig16_18"),
+    benchmark:
+        figure_benchmark("fig16_18")
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        ablations=ABLATIONS,
+        target=target("fig16_18"),
+        caption=lambda w, input: mech_caption(
+            "fig16_18", ABLATIONS, ALL_SELECTION, picks=input.picks
+        ),
+    script:
+        figure_script("fig16_18")
+
+
+rule fig07:
+    input:
+        reductions=f"results/{target('fig07')['model']}/neurons/reductions.zarr",
+        picks=mech_picks(("fig07",)),
+    output:
+        pdf=figure_pdf("fig07"),
+        png=figure_png("fig07", target("fig07")["model"]),
+    log:
+        figure_log("fig07"),
+    benchmark:
+        figure_benchmark("fig07")
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        target=target("fig07"),
+        caption=lambda w, input: mech_caption(
+            "fig07",
+            [MECH["neurons"]["ablation"]],
+            MLP_REPAIR_SELECTION,
+            picks=input.picks,
+        ),
+    script:
+        figure_script("fig07")
+
+
+rule fig08:
+    input:
+        reductions=[
+            f"results/{t.model}/neurons/reductions.zarr" for t in MECH_TARGETS["fig08"]
+        ],
+        picks=mech_picks(("fig08",)),
+    output:
+        pdf=figure_pdf("fig08"),
+        png=figure_png("fig08", "one head per model"),
+    log:
+        figure_log("fig08"),
+    benchmark:
+        figure_benchmark("fig08")
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        targets=[t.as_params() for t in MECH_TARGETS["fig08"]],
+        ranks=MECH["neurons"]["ranks"],
+        caption=lambda w, input: mech_caption(
+            "fig08", [MECH["neurons"]["ablation"]], TOP_SELECTION, picks=input.picks
+        ),
+    script:
+        figure_script("fig08")
+
+
+rule fig15:
+    input:
+        reductions=f"results/{target('fig15')['model']}/neurons/reductions.zarr",
+        picks=mech_picks(("fig15",)),
+    output:
+        pdf=figure_pdf("fig15"),
+        png=figure_png("fig15", target("fig15")["model"]),
+    log:
+        figure_log("fig15"),
+    benchmark:
+        figure_benchmark("fig15")
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        target=target("fig15"),
+        caption=lambda w, input: mech_caption(
+            "fig15", [MECH["neurons"]["ablation"]], TOP_SELECTION, picks=input.picks
+        ),
+    script:
+        figure_script("fig15")
+
+
+rule fig09:
+    input:
+        reinforcement=f"results/{target('fig09')['model']}/reinforcement/reinforcement.zarr",
+        picks=mech_picks(("fig09",)),
+    output:
+        pdf=figure_pdf("fig09"),
+        png=figure_png("fig09", target("fig09")["model"]),
+    log:
+        figure_log("fig09"),
+    benchmark:
+        figure_benchmark("fig09")
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        target=target("fig09"),
+        scales=MECH["reinforcement"]["scales"][:1],
+        caption=lambda w, input: mech_caption(
+            "fig09",
+            ["none (the head's own output is added back)"],
+            REINFORCEMENT_SELECTION,
+            n_tokens=REINFORCEMENT_TOKENS,
+            picks=input.picks,
+        ),
+    script:
+        figure_script("fig09")
+
+
+# Fig 19: Fig 9's head at every measured scale (the same store and caption paragraph).
+use rule fig09 as fig19 with:
+    output:
+        pdf=figure_pdf("fig19"),
+        png=figure_png("fig19", target("fig09")["model"]),
+    log:
+        figure_log("fig19"),
+    benchmark:
+        figure_benchmark("fig19")
+    params:
+        scales=MECH["reinforcement"]["scales"],

@@ -1,15 +1,10 @@
-"""Figs 2 and 21-24: per-head mean direct-effect drop against mean logit drop."""
+"""Figs 2 and 21-24: per-head mean direct-effect drop against mean logit drop (rule fig21_24 is
+fig02 `with:` other models; selfrepair.stages.figures.fig02 and .fig21_24)."""
 
-from selfrepair.analysis.reduce import head_effect_drops
-from selfrepair.plots.common import open_by_model, save_figure
-from selfrepair.plots.effects import heads_de_vs_logit_drop
+from selfrepair.stages import figures
 from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
-    p = snakemake.params
-    summaries = open_by_model(snakemake.input.summaries, p.models, p.n_tokens)
-    drops = {m: head_effect_drops(summaries[m]) for m in dict.fromkeys(p.shown)}
-    if p.idealised_from is not None:
-        drops.setdefault(p.idealised_from, head_effect_drops(summaries[p.idealised_from]))
-    fig = heads_de_vs_logit_drop(drops, shown=p.shown, idealised_from=p.idealised_from)
-    save_figure(fig, snakemake.output.pdf, snakemake.output.png)
+    draw = {"fig02": figures.fig02, "fig21_24": figures.fig21_24}[snakemake.rule]
+    i, p, o = snakemake.input, snakemake.params, snakemake.output
+    draw(i.summaries, p.models, p.shown, p.n_tokens, p.idealised_from, [o.pdf, o.png])

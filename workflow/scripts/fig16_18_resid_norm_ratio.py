@@ -1,13 +1,10 @@
-"""Figs 16-18: ablated / clean final residual norm on all tokens, per ablation and head."""
+"""Figs 16-18: ablated / clean final residual norm on all tokens, per ablation and head
+(selfrepair.stages.figures.fig16_18)."""
 
-import selfrepair.stages.figures as mechanism_figures
-from selfrepair.analysis.substitutes import resolve_params
-from selfrepair.plots.common import save_figure
+from selfrepair.stages import figures
 from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
-    paths = dict(zip(snakemake.params.ablations, snakemake.input.norms, strict=True))
-    fig = mechanism_figures.fig16_18(
-        paths, resolve_params(snakemake.params.target, snakemake.input.picks)
-    )
-    save_figure(fig, snakemake.output.pdf, snakemake.output.png)
+    i, p, o = snakemake.input, snakemake.params, snakemake.output
+    norms = dict(zip(p.ablations, i.norms, strict=True))
+    figures.fig16_18(norms, p.target, i.picks, [o.pdf, o.png])

@@ -1,0 +1,248 @@
+"""The one list of the workflow's figures and tables: the figure rules (workflow/rules/figures.smk),
+the list of final outputs (workflow/rules/common.smk) and the tests all read it. No heavy
+imports: the Snakefile uses it.
+
+Add a figure here (and its rule, script, stage function and caption) and it joins the run's
+outputs, the report and the tests' checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "FIGURES",
+    "TABLES",
+    "Figure",
+    "by_rule",
+    "figure_names",
+    "run_figures",
+]
+
+Kind = Literal["paper", "mechanism", "extra"]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure rule and what it makes.
+
+    Attributes:
+        rule: the Snakemake rule, and the function of selfrepair.stages.figures it calls.
+        name: the file stem: results/figures/<name>.pdf and .png.
+        tag: the stem of its report caption (workflow/report/<tag>.rst), log
+            (results/logs/figures/<tag>.log) and benchmark (results/benchmarks/figures/<tag>.tsv).
+        script: its script under workflow/scripts/ (rules made `with:` another share its script).
+        category: its report category.
+        reads: the kinds of store it reads (results/<model>/<kind>/...).
+        kind: "paper" (rules/figures.smk, the paper's per-head figures), "mechanism" (the
+            paper's mechanism sections, drawn from rules/mechanisms.smk's stores) or "extra"
+            (beyond the paper: made only when engine.frozen_ln runs a frozen-LayerNorm variant).
+        target: the config key naming its model and heads (figures.<key> for paper figures,
+            mechanisms.<experiment>.<key> for mechanism ones), or None when it shows every model.
+    """
+
+    rule: str
+    name: str
+    tag: str
+    script: str
+    category: str
+    reads: tuple[str, ...]
+    kind: Kind
+    target: str | None = None
+
+    @property
+    def files(self) -> dict[str, str]:
+        """The figure's files by format: results/figures/<name>.pdf and .png."""
+        return {fmt: f"results/figures/{self.name}.{fmt}" for fmt in ("pdf", "png")}
+
+
+# In the order of the run's final outputs (rule all): the paper's per-head figures, then the
+# mechanism figures.
+FIGURES = (
+    Figure(
+        rule="fig01",
+        name="fig01_self_repair_per_head",
+        tag="fig01",
+        script="fig01_self_repair_per_head.py",
+        category="Fig 01: self-repair per head",
+        reads=("summary", "intervals"),
+        kind="paper",
+    ),
+    Figure(
+        rule="fig02",
+        name="fig02_de_vs_logit_drop",
+        tag="fig02",
+        script="fig02_de_vs_logit_drop.py",
+        category="Fig 02: direct effect vs logit drop",
+        reads=("summary",),
+        kind="paper",
+        target="figures.fig02",
+    ),
+    Figure(
+        rule="fig03",
+        name="fig03_tokens_de_vs_logit_drop",
+        tag="fig03",
+        script="fig03_tokens_de_vs_logit_drop.py",
+        category="Fig 03: per-token direct effect vs logit drop",
+        reads=("ablation",),
+        kind="paper",
+        target="figures.fig03",
+    ),
+    Figure(
+        rule="fig05",
+        name="fig05_tokens_by_ablation",
+        tag="fig05",
+        script="fig05_tokens_by_ablation.py",
+        category="Fig 05: one head under each ablation",
+        reads=("ablation",),
+        kind="paper",
+        target="figures.fig05",
+    ),
+    Figure(
+        rule="fig06",
+        name="fig06_ln_share",
+        tag="fig06",
+        script="fig06_ln_share.py",
+        category="Fig 06: LayerNorm share of direct effect",
+        reads=("summary", "intervals"),
+        kind="paper",
+    ),
+    Figure(
+        rule="fig11",
+        name="fig11_ln_share_unclipped",
+        tag="fig11",
+        script="fig06_ln_share.py",
+        category="Fig 11: LayerNorm share, clipped and unclipped",
+        reads=("summary", "intervals"),
+        kind="paper",
+    ),
+    Figure(
+        rule="fig21_24",
+        name="fig21-24_de_vs_logit_drop_other_models",
+        tag="fig21-24",
+        script="fig02_de_vs_logit_drop.py",
+        category="Fig 21-24: direct effect vs logit drop, other models",
+        reads=("summary",),
+        kind="paper",
+    ),
+    Figure(
+        rule="extra_frozen_ln",
+        name="extra_frozen_ln",
+        tag="extra_frozen_ln",
+        script="extra_frozen_ln.py",
+        category="Beyond the paper: frozen LayerNorm",
+        reads=("summary",),
+        kind="extra",
+    ),
+    Figure(
+        rule="fig04",
+        name="fig04_ln_scale_ratio",
+        tag="fig04",
+        script="fig04_ln_scale_ratio.py",
+        category="Fig 04: final LayerNorm scale ratio",
+        reads=("norms",),
+        kind="mechanism",
+        target="mechanisms.norms.fig04",
+    ),
+    Figure(
+        rule="fig07",
+        name="fig07_top_repairing_neuron",
+        tag="fig07",
+        script="fig07_top_repairing_neuron.py",
+        category="Fig 07: top self-repairing neuron",
+        reads=("neurons",),
+        kind="mechanism",
+        target="mechanisms.neurons.fig07",
+    ),
+    Figure(
+        rule="fig08",
+        name="fig08_neuron_repair_thresholds",
+        tag="fig08",
+        script="fig08_neuron_repair_thresholds.py",
+        category="Fig 08: neuron repair thresholds",
+        reads=("neurons",),
+        kind="mechanism",
+        target="mechanisms.neurons.fig08",
+    ),
+    Figure(
+        rule="fig09",
+        name="fig09_self_repression",
+        tag="fig09",
+        script="fig09_19_self_repression.py",
+        category="Fig 09: self-repression",
+        reads=("reinforcement",),
+        kind="mechanism",
+        target="mechanisms.reinforcement.fig09",
+    ),
+    Figure(
+        rule="fig15",
+        name="fig15_neuron_cumulative_share",
+        tag="fig15",
+        script="fig15_neuron_cumulative_share.py",
+        category="Fig 15: cumulative neuron self-repair",
+        reads=("neurons",),
+        kind="mechanism",
+        target="mechanisms.neurons.fig15",
+    ),
+    Figure(
+        rule="fig16_18",
+        name="fig16-18_resid_norm_ratio",
+        tag="fig16_18",
+        script="fig16_18_resid_norm_ratio.py",
+        category="Figs 16-18: residual norm ratio",
+        reads=("norms",),
+        kind="mechanism",
+        target="mechanisms.norms.fig16_18",
+    ),
+    Figure(
+        rule="fig19",
+        name="fig19_self_repression_scales",
+        tag="fig19",
+        script="fig09_19_self_repression.py",
+        category="Fig 19: self-repression by scale",
+        reads=("reinforcement",),
+        kind="mechanism",
+        target="mechanisms.reinforcement.fig09",
+    ),
+)
+
+# The per-head summary table of every model and ablation (rule head_table,
+# rules/summaries.smk): results/tables/<file>.
+TABLES = ("head_summary.csv", "head_summary.html")
+
+_BY_RULE = {figure.rule: figure for figure in FIGURES}
+
+
+def by_rule(rule: str) -> Figure:
+    """The figure a rule makes.
+
+    Args:
+        rule: a figure rule's name (fig01, fig21_24, extra_frozen_ln, ...).
+    """
+    return _BY_RULE[rule]
+
+
+def run_figures(frozen_ln: bool, kinds: tuple[Kind, ...] | None = None) -> list[Figure]:
+    """The figures a run makes, in output order.
+
+    Args:
+        frozen_ln: whether the run has a frozen-LayerNorm variant (engine.frozen_ln), which
+            the extra figure needs.
+        kinds: only the figures of these kinds ("paper", "mechanism", "extra"); None: all.
+    """
+    return [
+        f
+        for f in FIGURES
+        if (frozen_ln or f.kind != "extra") and (kinds is None or f.kind in kinds)
+    ]
+
+
+def figure_names(frozen_ln: bool = True) -> set[str]:
+    """The file stems of the figures a run makes (results/figures/<stem>.pdf and .png).
+
+    Args:
+        frozen_ln: whether the run has a frozen-LayerNorm variant (the default, as the demo and
+            the paper's config have).
+    """
+    return {f.name for f in run_figures(frozen_ln)}
