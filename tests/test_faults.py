@@ -17,7 +17,7 @@ import selfrepair.stages.ablation as ablation_stage
 import selfrepair.stages.job as job
 import selfrepair.stages.joblog as joblog
 import selfrepair.stages.store as store
-from selfrepair.config.core import ConfigError, check_run, model_entries
+from selfrepair.config import ConfigError, check_run, model_entries
 from selfrepair.data.training import build_model
 from selfrepair.models.forward import NonFiniteActivation
 from selfrepair.variables import HEAD_VARIABLES
@@ -206,14 +206,14 @@ def checked(config: dict) -> str:
 
 def test_shipped_shard_layouts_are_unchanged_and_far_below_the_cap():
     """The cap changes only extreme configs: the demo keeps 2 shards, the paper 8."""
-    from selfrepair.config.core import MAX_SHARDS, n_shards
+    from selfrepair.config import MAX_SHARDS, n_shards
 
     paper = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     assert n_shards(demo_config()["data"]) == 2 and n_shards(paper["data"]) == 8 < MAX_SHARDS
 
 
 def test_too_many_shards_name_n_tokens_and_shard_rows_with_the_size_that_fits():
-    from selfrepair.config.core import MAX_SHARDS, n_shards
+    from selfrepair.config import MAX_SHARDS, n_shards
 
     config = demo_config()
     config["data"].update(n_tokens=1_000_000_000, shard_rows=1024)
@@ -254,14 +254,14 @@ def test_half_precision_on_an_explicit_cpu_names_dtype():
     ],
 )  # fmt: skip
 def test_device_and_dtype_against_the_machine(device, dtype, n_cuda, expected):
-    from selfrepair.config.core import device_problem
+    from selfrepair.config import device_problem
 
     assert device_problem(device, dtype, n_cuda) == expected
 
 
 def test_model_load_fails_in_the_same_line_as_the_workflow_start():
     """On a cluster node (no check at the workflow's start) the job's model load says it."""
-    from selfrepair.config.core import device_problem
+    from selfrepair.config import device_problem
     from selfrepair.models.loading import resolve_device
 
     device = f"cuda:{torch.cuda.device_count()}"  # one past this machine's last device

@@ -160,7 +160,7 @@ def test_figure_modules_import_in_the_analysis_env_without_engine_packages():
         "'transformer_lens', 'transformers'}:\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import selfrepair.config.core, selfrepair.analysis.reduce, selfrepair.analysis.intervals, selfrepair.analysis.tables\n"
+        "import selfrepair.config, selfrepair.analysis.reduce, selfrepair.analysis.intervals, selfrepair.analysis.tables\n"
         "import selfrepair.analysis.substitutes, selfrepair.analysis.mechanisms\n"
         "import selfrepair.stages.store, selfrepair.stages.joblog, selfrepair.stages.summaries\n"
         "import selfrepair.stages.mechanisms\n"

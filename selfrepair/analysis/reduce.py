@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from selfrepair.config.core import top_count
+from selfrepair.config import top_count
 from selfrepair.variables import HEAD_VARIABLES
 
 __all__ = [

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from selfrepair.config.core import Head, candidate_layers
+from selfrepair.config import Head, candidate_layers
 
 __all__ = [
     "describe",

@@ -1,7 +1,7 @@
 """The run's configuration, checked before any job: schema errors in one line naming the key
 (errors), model entries and their sizes (models), the row/shard layout (layout), figure and
 mechanism targets with substitutes (targets, picks, mechanisms), parse-time and start-time checks
-(checks, hub), cluster resources (cluster), and the workflow's entry (core: validate_run).
+(checks, hub), cluster resources (cluster), and the workflow's entry (run: validate_run, check_before_jobs).
 
 Light on purpose: the Snakefile is parsed by every job and the figure scripts run in an
 environment without torch, jsonschema or transformer_lens, so no module here imports them at
@@ -20,11 +20,6 @@ from selfrepair.config.cluster import (
     mem_mb_for_attempt,
     model_resources,
     runtime_for_attempt,
-)
-from selfrepair.config.core import (
-    SCHEMA,
-    check_before_jobs,
-    validate_run,
 )
 from selfrepair.config.errors import (
     ConfigError,
@@ -87,6 +82,11 @@ from selfrepair.config.picks import (
     PICKABLE,
     candidate_layers,
     pick_spec,
+)
+from selfrepair.config.run import (
+    SCHEMA,
+    check_before_jobs,
+    validate_run,
 )
 from selfrepair.config.targets import (
     FigureTarget,

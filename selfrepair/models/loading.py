@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from selfrepair.config.core import ConfigError, device_problem, official_model_name
+from selfrepair.config import ConfigError, device_problem, official_model_name
 
 __all__ = [
     "DTYPES",
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def resolve_device(spec: str = "auto") -> str:
     """'auto' picks CUDA when present; a CUDA device this machine lacks fails in the line a local
-    run's start gives (selfrepair.config.core.device_problem)."""
+    run's start gives (selfrepair.config.device_problem)."""
     if spec == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if spec.startswith("cuda"):

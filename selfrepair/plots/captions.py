@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from selfrepair.config.core import top_count
+from selfrepair.config import top_count
 
 __all__ = ["Selection", "head_label", "measured"]
 

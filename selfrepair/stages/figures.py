@@ -22,8 +22,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from selfrepair.analysis.reduce import frozen_ln_layers, head_effect_drops, head_tokens
-from selfrepair.stages.summaries import resolve_params
-from selfrepair.config.core import check_target_heads
+from selfrepair.config import check_target_heads
 from selfrepair.config.figures import FIGURES
 from selfrepair.plots.captions import head_label
 from selfrepair.plots.common import save_figure
@@ -47,6 +46,7 @@ from selfrepair.plots.per_head import (
     self_repair_per_head,
 )
 from selfrepair.stages.store import open_shards, open_zarr
+from selfrepair.stages.summaries import resolve_params
 
 # The stage functions are the figure rules, one each (open_by_model, open_tokens: for tests).
 __all__ = ["open_by_model", "open_tokens", *(figure.rule for figure in FIGURES)]

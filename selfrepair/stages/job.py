@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from selfrepair.config.core import ConfigError, missing_head
+from selfrepair.config import ConfigError, missing_head
 from selfrepair.models.forward import NonFiniteActivation
 from selfrepair.models.loading import load_model, resolve_device, resolve_dtype
 from selfrepair.stages.joblog import model_revision, provenance

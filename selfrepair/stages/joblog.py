@@ -111,7 +111,7 @@ def model_revision(name: str, checkpoint: str | None) -> str:
         return f"sha256:{digest.hexdigest()}" if weights else "unknown"
     from huggingface_hub import try_to_load_from_cache
 
-    from selfrepair.config.core import ConfigError, official_model_name
+    from selfrepair.config import ConfigError, official_model_name
 
     try:
         repo = official_model_name(name)

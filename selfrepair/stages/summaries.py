@@ -15,7 +15,7 @@ import xarray as xr
 
 from selfrepair.analysis import intervals as bootstrap
 from selfrepair.analysis import reduce, substitutes, tables
-from selfrepair.config.core import Head, target_with_pick
+from selfrepair.config import Head, target_with_pick
 from selfrepair.stages.joblog import provenance, revision_of
 from selfrepair.stages.store import open_shards, open_zarr, write_text, write_zarr
 from selfrepair.variables import HEAD_VARIABLES

@@ -5,28 +5,17 @@ import re
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 # The selfrepair package sits beside workflow/; make it importable even when not installed.
 sys.path.insert(0, str(Path(workflow.basedir).parent))
 
-import selfrepair.config.cluster as sr_cluster  # noqa: E402
-import selfrepair.config.core as sr_config  # noqa: E402
+import selfrepair.config as sr_config  # noqa: E402
 import selfrepair.config.figures as sr_figures  # noqa: E402
-import selfrepair.config.mechanisms as mech_config  # noqa: E402
 from selfrepair.plots import captions  # noqa: E402
 
-try:
-    validate(config, schema="../schemas/config.schema.yaml")
-except Exception as err:
-    detail = sr_config.validation_error_from(err)
-    if detail is None:
-        raise
-    raise sr_config.ConfigError(sr_config.describe_validation_error(detail)) from None
-
-MODELS = sr_config.model_entries(config)
-sr_config.check_hub_names(MODELS)
-sr_config.check_run(config, MODELS)
+# The schema (filling in its defaults), then the checks it cannot make: one line naming the key.
+MODELS = sr_config.validate_run(
+    config, Path(workflow.basedir) / "schemas" / "config.schema.yaml"
+)
 
 
 DATA = config["data"]
@@ -73,17 +62,17 @@ def batch_size(wildcards):
 # SLURM profile (profiles/slurm) only adds the GPU. Memory and wall time grow with the attempt,
 # so a job retried by `retries` after running out of either asks for more.
 def model_threads(wildcards):
-    return sr_cluster.model_resources(config, MODELS[wildcards.model])["threads"]
+    return sr_config.model_resources(config, MODELS[wildcards.model])["threads"]
 
 
 def model_mem_mb(wildcards, attempt):
-    mem_mb = sr_cluster.model_resources(config, MODELS[wildcards.model])["mem_mb"]
-    return sr_cluster.mem_mb_for_attempt(mem_mb, attempt)
+    mem_mb = sr_config.model_resources(config, MODELS[wildcards.model])["mem_mb"]
+    return sr_config.mem_mb_for_attempt(mem_mb, attempt)
 
 
 def model_runtime(wildcards, attempt):
-    runtime = sr_cluster.model_resources(config, MODELS[wildcards.model])["runtime"]
-    return sr_cluster.runtime_for_attempt(runtime, attempt)
+    runtime = sr_config.model_resources(config, MODELS[wildcards.model])["runtime"]
+    return sr_config.runtime_for_attempt(runtime, attempt)
 
 
 def run_attrs(wildcards):
@@ -244,17 +233,15 @@ def one_target_caption(target, ablations):
 # and the captions of their figures.
 
 MECH = config["mechanisms"]
-MECH_TARGETS = mech_config.mechanism_targets(config)
-NEURON_HEADS = mech_config.heads_by_model(
+MECH_TARGETS = sr_config.mechanism_targets(config)
+NEURON_HEADS = sr_config.heads_by_model(
     MECH_TARGETS["fig07"] + MECH_TARGETS["fig08"] + MECH_TARGETS["fig15"]
 )
-NORM_HEADS = mech_config.heads_by_model(
-    MECH_TARGETS["fig04"] + MECH_TARGETS["fig16_18"]
-)
-REINFORCEMENT_HEADS = mech_config.heads_by_model(MECH_TARGETS["fig09"])
+NORM_HEADS = sr_config.heads_by_model(MECH_TARGETS["fig04"] + MECH_TARGETS["fig16_18"])
+REINFORCEMENT_HEADS = sr_config.heads_by_model(MECH_TARGETS["fig09"])
 # Substitutes whose heads are picked at run time from the run's stores (rule pick_substitute);
 # the stages and figures read the picked heads from results/<model>/substitutes/<key>.json.
-MECH_PICKS = mech_config.pick_targets(MECH_TARGETS)
+MECH_PICKS = sr_config.pick_targets(MECH_TARGETS)
 PICKS = FIGURE_PICKS | MECH_PICKS
 SHARD_BOUNDS = [list(sr_config.shard_bounds(DATA, int(s))) for s in SHARDS]
 REINFORCEMENT_TOKENS = MECH["reinforcement"]["rows"] * (

@@ -1,7 +1,5 @@
 """The workflow's entry to the config: validate_run at parse time (the schema, then the checks
-the schema cannot make) and check_before_jobs when the workflow starts (machine and hub). The
-rule files import this module as `sr_config`; the names they used from here before the package
-was split are still served (module __getattr__, below) until they import selfrepair.config."""
+the schema cannot make) and check_before_jobs when the workflow starts (machine and hub)."""
 
 from __future__ import annotations
 
@@ -63,14 +61,3 @@ def check_before_jobs(
     if local_exec:
         check_machine(config)
     check_hub_access(config, entries)
-
-
-def __getattr__(name: str) -> Any:
-    # Transitional: workflow/rules/*.smk, the figure scripts and modules of other rooms still
-    # import names from selfrepair.config.core, their home before the split; serve them from
-    # the package rather than keep a second list of them here.
-    import selfrepair.config as package
-
-    if name in package.__all__:
-        return getattr(package, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
