@@ -219,7 +219,12 @@ def documents(corpus: dict, split_override: str | None = None) -> Iterator[str]:
     python_stdlib, of the text otherwise). `corpus["split"]` (default 'measure') selects a split
     of python_stdlib only: hub and text_files corpora give all their documents, in order, as the
     paper measures on all of pile-10k. `split_override` selects a split of any source (the
-    demo training uses 'train' and 'heldout'). `hub.split` is the dataset's own split."""
+    demo training uses 'train' and 'heldout'). `hub.split` is the dataset's own split.
+
+    Args:
+        corpus: the config's corpus dict.
+        split_override: 'train', 'heldout', 'measure' or 'all' instead of the default split.
+    """
     source = corpus.get("source", "python_stdlib")
     split = _split(corpus, split_override)
     if source == "python_stdlib":

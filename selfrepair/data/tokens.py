@@ -48,7 +48,16 @@ def pack_rows(
 
     Documents are read and tokenized in batches only until n_rows rows are full. n_rows=None
     packs every complete row the documents give (the incomplete tail is dropped). Too few
-    tokens for n_rows rows raise ValueError."""
+    tokens for n_rows rows raise ValueError.
+
+    Args:
+        documents: the texts, in stream order.
+        tokenizer: a Hugging Face (fast) tokenizer.
+        seq_len: tokens per row, BOS included.
+        n_rows: rows to fill, or None for every complete row.
+        bos_id: the id each row starts with.
+        eos_id: the id between documents.
+    """
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2 (BOS and one token), got {seq_len}")
     if n_rows is not None and n_rows < 1:
@@ -108,7 +117,15 @@ def special_ids(tokenizer) -> tuple[int, int]:
 def load_tokenizer(model: dict, directory: str | None = None):
     """The tokenizer of a model config {name, path}: from `directory` (a tokenizer or checkpoint
     folder) when given, else from the model's local `path`, else the Hugging Face name that
-    TransformerLens uses for `name` (e.g. pythia-160m -> EleutherAI/pythia-160m)."""
+    TransformerLens uses for `name` (e.g. pythia-160m -> EleutherAI/pythia-160m).
+
+    Args:
+        model: the model's config entry ({name, path, ...}).
+        directory: a tokenizer or checkpoint folder that takes precedence.
+
+    Returns:
+        (tokenizer, where it was loaded from).
+    """
     from transformers import AutoTokenizer
 
     if directory:
