@@ -8,8 +8,11 @@ import json
 import numpy as np
 import pytest
 
-import selfrepair.data.corpus as sc
-from selfrepair.data.training import train_tokenizer
+import selfrepair.data.sources as sc
+from selfrepair.data.hub import hub_documents
+from selfrepair.data.tokenizer import train_tokenizer
+from selfrepair.data.tokens import pack_rows
+from selfrepair.stages.data import open_tokens, tokenize
 
 TEXTS = [
     "def add(a, b):\n    return a + b\n",
@@ -82,22 +85,22 @@ def test_documents_dispatch_and_split_override():
 def test_pack_rows_layout(tokenizer):
     bos, eos = 7, 0  # distinct, to see which is where
     seq_len, n_rows = 9, 5
-    rows = sc.pack_rows(TEXTS, tokenizer, seq_len, n_rows, bos, eos)
+    rows = pack_rows(TEXTS, tokenizer, seq_len, n_rows, bos, eos)
     assert rows.dtype == np.int32 and rows.shape == (n_rows, seq_len)
     assert (rows[:, 0] == bos).all()
     stream = stream_of(tokenizer, TEXTS, eos)
     np.testing.assert_array_equal(rows[:, 1:].ravel(), stream[: n_rows * (seq_len - 1)])
     # every complete row when n_rows is None; the tail is dropped
-    every = sc.pack_rows(TEXTS, tokenizer, seq_len, None, bos, eos)
+    every = pack_rows(TEXTS, tokenizer, seq_len, None, bos, eos)
     assert len(every) == len(stream) // (seq_len - 1)
     np.testing.assert_array_equal(every[:n_rows], rows)
     # exactly as many tokens as needed is enough; one more row is not
     exact = len(stream) // (seq_len - 1)
-    assert len(sc.pack_rows(TEXTS, tokenizer, seq_len, exact, bos, eos)) == exact
+    assert len(pack_rows(TEXTS, tokenizer, seq_len, exact, bos, eos)) == exact
     with pytest.raises(ValueError, match="lower data.n_tokens or give a larger corpus"):
-        sc.pack_rows(TEXTS, tokenizer, seq_len, exact + 1, bos, eos)
+        pack_rows(TEXTS, tokenizer, seq_len, exact + 1, bos, eos)
     with pytest.raises(ValueError, match="seq_len"):
-        sc.pack_rows(TEXTS, tokenizer, 1, 3, bos, eos)
+        pack_rows(TEXTS, tokenizer, 1, 3, bos, eos)
 
 
 def test_pack_rows_stops_reading_early(tokenizer):
@@ -109,7 +112,7 @@ def test_pack_rows_stops_reading_early(tokenizer):
             read += 1
             yield f"value_{i} = {i} * 2\n"
 
-    rows = sc.pack_rows(docs(), tokenizer, 16, 4, 0, 0)
+    rows = pack_rows(docs(), tokenizer, 16, 4, 0, 0)
     assert rows.shape == (4, 16)
     assert read < 200
 
@@ -133,13 +136,13 @@ def test_hub_documents_local_folder(offline_datasets):
     folder.mkdir()
     texts = [t for t in TEXTS if t]
     write_jsonl(folder / "train.jsonl", [{"text": t, "meta": i} for i, t in enumerate(texts)])
-    assert list(sc.hub_documents(str(folder), "train")) == texts
+    assert list(hub_documents(str(folder), "train")) == texts
     corpus = {"source": "hub", "split": "measure", "hub": {"path": str(folder), "split": "train"}}
     # corpus.split selects python_stdlib documents only: hub corpora are used whole, in order
     assert list(sc.documents(corpus)) == texts
     assert sc.describe_corpus(corpus)["hub"]["path"] == str(folder)
     with pytest.raises(KeyError, match="corpus.hub.text_column"):
-        list(sc.hub_documents(str(folder), "train", text_column="content"))
+        list(hub_documents(str(folder), "train", text_column="content"))
 
 
 def test_hub_documents_parquet_and_saved_dataset(offline_datasets):
@@ -150,12 +153,12 @@ def test_hub_documents_parquet_and_saved_dataset(offline_datasets):
     parquet = offline_datasets / "pq"
     parquet.mkdir()
     data.to_parquet(str(parquet / "train.parquet"))
-    assert list(sc.hub_documents(str(parquet), "train", text_column="content")) == texts
+    assert list(hub_documents(str(parquet), "train", text_column="content")) == texts
     saved = offline_datasets / "saved"
     datasets.DatasetDict({"train": data}).save_to_disk(str(saved))
-    assert list(sc.hub_documents(str(saved), "train", "content")) == texts
+    assert list(hub_documents(str(saved), "train", "content")) == texts
     with pytest.raises(ValueError, match="corpus.hub.split"):
-        list(sc.hub_documents(str(saved), "validation", "content"))
+        list(hub_documents(str(saved), "validation", "content"))
 
 
 def test_text_file_documents(tmp_path):
@@ -236,9 +239,9 @@ def test_tokenize_to_zarr(tokenizer, tmp_path):
     corpus = {"source": "text_files", "files": [str(texts)]}
     out = tmp_path / "tokens.zarr"
     model = {"name": "tiny", "path": str(tok_dir)}
-    attrs = sc.tokenize_to_zarr(str(out), corpus, model, 12, 10, 4, seed=None)
-    rows, stored = sc.open_tokens(str(out))
-    expect = sc.pack_rows(sc.documents(corpus), tokenizer, 12, 10, 0, 0)
+    attrs = tokenize(str(out), corpus, model, 12, 10, 4, seed=None)
+    rows, stored = open_tokens(str(out))
+    expect = pack_rows(sc.documents(corpus), tokenizer, 12, 10, 0, 0)
     np.testing.assert_array_equal(rows, expect)
     assert rows.dtype == np.int32
     assert stored["seq_len"] == 12 and stored["bos_id"] == 0 and stored["eos_id"] == 0
@@ -248,8 +251,8 @@ def test_tokenize_to_zarr(tokenizer, tmp_path):
 
     assert xr.open_zarr(out).tokens.encoding["chunks"] == (4, 12)
     # a seed permutes the same rows
-    sc.tokenize_to_zarr(str(out), corpus, model, 12, 10, 4, seed=3)
-    shuffled, stored = sc.open_tokens(str(out))
+    tokenize(str(out), corpus, model, 12, 10, 4, seed=3)
+    shuffled, stored = open_tokens(str(out))
     assert sorted(map(tuple, shuffled)) == sorted(map(tuple, expect))
     assert not (shuffled == expect).all() and stored["seed"] == 3
     assert [p.name for p in tmp_path.iterdir() if "tmp" in p.name] == []

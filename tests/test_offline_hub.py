@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 import selfrepair.config as sr_config
-from selfrepair.data.corpus import python_stdlib_documents
-from selfrepair.data.training import train_tokenizer
+from selfrepair.data.sources import python_stdlib_documents
+from selfrepair.data.tokenizer import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -92,7 +92,7 @@ def test_hub_gpt2_loads_offline_with_or_without_n_ctx(tmp_path, n_ctx):
 
 READ_PILE = """
 import json
-from selfrepair.data.corpus import hub_documents, resolve_hub_dataset
+from selfrepair.data.hub import hub_documents, resolve_hub_dataset
 docs = list(hub_documents("NeelNanda/pile-10k", "train"))
 print(json.dumps({"docs": docs, "where": resolve_hub_dataset("NeelNanda/pile-10k")}))
 """

@@ -9,8 +9,11 @@ import math
 import pytest
 import torch
 
-import selfrepair.data.corpus as sc
 import selfrepair.data.training as tr
+import selfrepair.stages.data as stage
+from selfrepair.data.sources import python_stdlib_documents
+from selfrepair.data.tokenizer import SPECIAL, train_tokenizer
+from selfrepair.data.tokens import pack_rows
 from selfrepair.models.loading import load_local_checkpoint
 
 SEQ = 32
@@ -19,18 +22,18 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def docs():
-    return [d for _, d in zip(range(60), sc.python_stdlib_documents("train"), strict=False)]
+    return [d for _, d in zip(range(60), python_stdlib_documents("train"), strict=False)]
 
 
 @pytest.fixture(scope="module")
 def tokenizer(docs, tmp_path_factory):
-    return tr.train_tokenizer(docs, 512, tmp_path_factory.mktemp("tok") / "tokenizer")
+    return train_tokenizer(docs, 512, tmp_path_factory.mktemp("tok") / "tokenizer")
 
 
 @pytest.fixture(scope="module")
 def rows(docs, tokenizer):
-    train = sc.pack_rows(docs[:50], tokenizer, SEQ, 400, 0, 0)
-    heldout = sc.pack_rows(docs[50:], tokenizer, SEQ, 24, 0, 0)
+    train = pack_rows(docs[:50], tokenizer, SEQ, 400, 0, 0)
+    heldout = pack_rows(docs[50:], tokenizer, SEQ, 24, 0, 0)
     return train, heldout
 
 
@@ -38,7 +41,7 @@ def test_tokenizer_round_trip_and_reload(tokenizer, docs, tmp_path, monkeypatch)
     from transformers import AutoTokenizer
 
     assert tokenizer.bos_token_id == tokenizer.eos_token_id == tokenizer.pad_token_id == 0
-    assert tokenizer.convert_ids_to_tokens(0) == tr.SPECIAL
+    assert tokenizer.convert_ids_to_tokens(0) == SPECIAL
     assert len(tokenizer) == 512
     text = "def naïve(x):\n\treturn x ** 2  # ünïcode, 中文, emoji 🐍\n"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -50,7 +53,7 @@ def test_tokenizer_round_trip_and_reload(tokenizer, docs, tmp_path, monkeypatch)
     assert again(text, add_special_tokens=False)["input_ids"] == ids
     assert again.bos_token_id == again.eos_token_id == 0
     # training is deterministic
-    other = tr.train_tokenizer(docs, 512, tmp_path / "other")
+    other = train_tokenizer(docs, 512, tmp_path / "other")
     assert other.get_vocab() == tokenizer.get_vocab()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "saved"]
 
@@ -192,12 +195,12 @@ def test_local_hf_checkpoint_matches_in_transformer_lens(family, tmp_path, monke
 
 
 @pytest.mark.slow
-def test_train_from_corpus_demo_path(tmp_path):
+def test_train_model_demo_path(tmp_path):
     """The demo path end to end at toy size: tokenizer and model from the stdlib corpus."""
     corpus = {"source": "python_stdlib", "split": "measure"}
-    tok = tr.train_tokenizer_from_corpus(corpus, 1024, tmp_path / "tok")
+    tok = stage.train_tokenizer(corpus, 1024, tmp_path / "tok")
     assert len(tok) == 1024
-    metrics = tr.train_from_corpus(
+    metrics = stage.train_model(
         tmp_path / "tok",
         tmp_path / "model",
         arch="pythia",

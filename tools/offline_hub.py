@@ -150,7 +150,7 @@ def write_snapshot(hub_cache: Path, repo_id: str, repo_type: str, files: Path) -
 
 def stdlib_documents() -> list[str]:
     """Every document of the offline corpus the demo uses (all splits, sorted by path)."""
-    from selfrepair.data.corpus import python_stdlib_documents
+    from selfrepair.data.sources import python_stdlib_documents
 
     return list(python_stdlib_documents("all"))
 
@@ -158,7 +158,7 @@ def stdlib_documents() -> list[str]:
 def train_bpe(documents: list[str], vocab_size: int, specials: list[str]):
     """A GPT-2 style byte-level BPE (tokenizers' backend) of exactly vocab_size tokens with the
     special tokens first; the caller reorders for GPT-2."""
-    from selfrepair.data.training import byte_level_bpe
+    from selfrepair.data.tokenizer import byte_level_bpe
 
     backend = byte_level_bpe(documents, vocab_size, specials, min_frequency=1)
     if backend.get_vocab_size() != vocab_size:

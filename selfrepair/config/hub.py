@@ -53,7 +53,7 @@ def dataset_cached(repo_id: str) -> bool:
     """A hub data set is in the hub cache with data files (`hf download`), or in the datasets
     cache as an online `datasets.load_dataset` leaves it: where the corpus loader would read it
     without the network (corpus.resolve_hub_dataset)."""
-    from selfrepair.data.corpus import resolve_hub_dataset
+    from selfrepair.data.hub import resolve_hub_dataset
 
     where = resolve_hub_dataset(repo_id)
     return where["kind"] == "hub_snapshot" or where["revision"] is not None
@@ -90,7 +90,7 @@ def hub_needs(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> lis
     corpus = config["data"]["corpus"]
     path = (corpus.get("hub") or {}).get("path")
     if corpus.get("source") == "hub" and path:
-        from selfrepair.data.corpus import is_local_path
+        from selfrepair.data.hub import is_local_path
 
         if is_local_path(path):
             if not Path(path).expanduser().exists():

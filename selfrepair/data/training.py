@@ -1,10 +1,11 @@
 """A tiny causal language model trained here, because no small pretrained one installs offline.
 
-A byte-level BPE tokenizer (GPT-2 style, `<|endoftext|>` as BOS, EOS, UNK and PAD) and a
-randomly initialised Hugging Face model of the GPT-2 family (sequential blocks, learned
+A randomly initialised Hugging Face model of the GPT-2 family (sequential blocks, learned
 positions) or the Pythia family (GPT-NeoX: parallel attention and MLP, rotary on 25% of each
-head, untied unembedding), trained on rows from `corpus.pack_rows` with AdamW, linear warmup and
-cosine decay. Checkpoints are `save_pretrained` folders that `models.load_local_checkpoint` loads.
+head, untied unembedding), trained on rows from `data.tokens.pack_rows` with AdamW, linear
+warmup and cosine decay. Checkpoints are `save_pretrained` folders that
+`models.loading.load_local_checkpoint` loads. The tokenizer is `data.tokenizer`'s; the rule's
+entry point (corpus -> rows -> model -> checkpoint) is `stages.data.train_model`.
 """
 
 from __future__ import annotations
@@ -12,92 +13,28 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 import sys
 import time
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-SPECIAL = "<|endoftext|>"
+from selfrepair.data.tokenizer import write_dir_atomically
+
+__all__ = [
+    "ARCHS",
+    "build_model",
+    "evaluate_loss",
+    "save_checkpoint",
+    "spread_rows",
+    "train_causal_lm",
+]
+
 ARCHS = ("gpt2", "pythia")
 
 log = logging.getLogger(__name__)
-
-
-def _fresh_tmp(out: Path) -> Path:
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    return tmp
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() and not out.is_symlink() else out.unlink()
-    os.replace(tmp, out)
-
-
-def byte_level_bpe(
-    documents: Iterable[str], vocab_size: int, specials: list[str], min_frequency: int
-):
-    """A GPT-2 style byte-level BPE (tokenizers' backend: GPT-2 pre-tokenizer, decoder and
-    post-processor, all 256 bytes in the alphabet) of at most vocab_size tokens, the special
-    tokens first, trained on documents.
-
-    Args:
-        documents: the training texts.
-        vocab_size: tokens in all, specials and bytes included.
-        specials: special tokens, given the first ids.
-        min_frequency: a merge must occur this often.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(documents, trainer=trainer)
-    return backend
-
-
-def train_tokenizer(documents: Iterable[str], vocab_size: int, out_dir):
-    """A byte-level BPE of vocab_size tokens trained on documents, GPT-2 pre-tokenizer and
-    decoder, one special token `<|endoftext|>` (id 0) serving as BOS, EOS, UNK and PAD.
-    Saved with save_pretrained into out_dir (atomically) and returned as a fast tokenizer."""
-    from transformers import PreTrainedTokenizerFast
-
-    if vocab_size < 257 + 1:
-        raise ValueError(f"vocab_size must exceed 257 (256 bytes + {SPECIAL}), got {vocab_size}")
-    backend = byte_level_bpe(documents, vocab_size, [SPECIAL], min_frequency=2)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=SPECIAL,
-        eos_token=SPECIAL,
-        unk_token=SPECIAL,
-        pad_token=SPECIAL,
-        model_max_length=1 << 30,
-    )
-    out = Path(out_dir)
-    tmp = _fresh_tmp(out)
-    try:
-        tokenizer.save_pretrained(str(tmp))
-        _replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return tokenizer
 
 
 def build_model(
@@ -199,6 +136,139 @@ def spread_rows(rows: np.ndarray, n: int) -> np.ndarray:
     return rows[np.linspace(0, len(rows) - 1, n).round().astype(np.int64)]
 
 
+def _check_rows(
+    train_rows: np.ndarray, heldout_rows: np.ndarray, steps: int, batch_size: int
+) -> None:
+    if len(train_rows) == 0 or len(heldout_rows) == 0:
+        raise ValueError("train_rows and heldout_rows must not be empty")
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    if not 1 <= batch_size <= len(train_rows):
+        raise ValueError(
+            f"batch_size {batch_size} must lie in [1, {len(train_rows)}] (the train rows)"
+        )
+
+
+def _adamw(model, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases, norms' scales)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
+
+
+def _batch_indices(order: np.random.Generator, n_rows: int, batch_size: int) -> Iterator:
+    """Sorted row indices of each batch, walking through a permutation of the rows that is
+    drawn anew (from `order`) whenever the rest of it cannot fill a batch. Endless."""
+    perm = order.permutation(n_rows)
+    cursor = 0
+    while True:
+        if cursor + batch_size > len(perm):
+            perm = order.permutation(n_rows)
+            cursor = 0
+        index = perm[cursor : cursor + batch_size]
+        cursor += batch_size
+        yield np.sort(index)
+
+
+def _run_steps(
+    model,
+    optimizer: torch.optim.Optimizer,
+    train_rows: np.ndarray,
+    batches: Iterator,
+    *,
+    steps: int,
+    lr: float,
+    warmup: int,
+    grad_clip: float,
+    progress: bool,
+) -> list[float]:
+    """The optimisation loop; returns each step's training loss."""
+    from tqdm.auto import tqdm
+
+    losses: list[float] = []
+    bar = tqdm(
+        range(steps),
+        desc="training",
+        disable=not progress,
+        mininterval=5.0,
+        file=sys.stderr,
+        ascii=True,
+    )
+    for step in bar:
+        batch = torch.as_tensor(train_rows[next(batches)], dtype=torch.long)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, steps, lr, warmup)
+        loss = _row_loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f"training loss is {losses[-1]} at step {step}")
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
+    bar.close()
+    return losses
+
+
+def _metrics(
+    model,
+    train_rows: np.ndarray,
+    heldout_rows: np.ndarray,
+    losses: list[float],
+    heldout: float,
+    initial_heldout: float,
+    hyperparameters: dict,
+) -> dict:
+    """The training record (training.json): losses, sizes, hyper-parameters; no timings."""
+    steps = len(losses)
+    batch_size = hyperparameters["batch_size"]
+    tokens_seen = steps * batch_size * (train_rows.shape[1] - 1)
+    return {
+        "train_loss": float(np.mean(losses[-50:])),
+        "heldout_loss": heldout,
+        "initial_heldout_loss": initial_heldout,
+        "uniform_loss": math.log(model.config.vocab_size),
+        "tokens_seen": int(tokens_seen),
+        "steps": steps,
+        "train_rows": len(train_rows),
+        "heldout_rows": len(heldout_rows),
+        "epochs": steps * batch_size / len(train_rows),
+        "hyperparameters": {
+            **hyperparameters,
+            "schedule": "linear warmup, cosine decay to lr / 10",
+            "optimizer": "AdamW(betas=(0.9, 0.95), eps=1e-8)",
+            "seq_len": int(train_rows.shape[1]),
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+
+
+def _log_training(metrics: dict, seconds: float, cpu_seconds: float) -> None:
+    # Timings go to the log (and the rule's benchmark file) only: the metrics are a result, the
+    # same on every rerun.
+    log.info(
+        "trained %d steps in %.0f s (%.0f CPU s, %.0f tokens/s): train loss %.3f, held-out %.3f "
+        "(initial %.3f, uniform %.3f)",
+        metrics["steps"],
+        seconds,
+        cpu_seconds,
+        metrics["tokens_seen"] / seconds,
+        metrics["train_loss"],
+        metrics["heldout_loss"],
+        metrics["initial_heldout_loss"],
+        metrics["uniform_loss"],
+    )
+
+
 def train_causal_lm(
     model,
     train_rows: np.ndarray,
@@ -216,15 +286,22 @@ def train_causal_lm(
     """Train on rows (from pack_rows) by next-token cross-entropy: AdamW (betas 0.9, 0.95,
     weight decay on matrices only), linear warmup (default min(100, steps // 10) steps) then
     cosine decay to lr / 10, gradient clipping. Batches walk through a seeded permutation of
-    the rows, epoch after epoch. Deterministic for a seed on CPU. Returns metrics."""
-    if len(train_rows) == 0 or len(heldout_rows) == 0:
-        raise ValueError("train_rows and heldout_rows must not be empty")
-    if steps < 1:
-        raise ValueError(f"steps must be positive, got {steps}")
-    if not 1 <= batch_size <= len(train_rows):
-        raise ValueError(
-            f"batch_size {batch_size} must lie in [1, {len(train_rows)}] (the train rows)"
-        )
+    the rows, epoch after epoch. Deterministic for a seed on CPU. Returns metrics.
+
+    Args:
+        model: a Hugging Face causal LM (build_model's), trained in place.
+        train_rows: [rows, seq_len] token ids to train on.
+        heldout_rows: [rows, seq_len] token ids for the held-out loss before and after.
+        steps: optimiser steps.
+        batch_size: rows per step (and per evaluation batch).
+        lr: peak learning rate.
+        seed: seeds torch and the batch order.
+        warmup: linear warmup steps (default min(100, steps // 10), at least 1).
+        weight_decay: AdamW weight decay of matrices.
+        grad_clip: gradient norm clip.
+        progress: show a progress bar on stderr.
+    """
+    _check_rows(train_rows, heldout_rows, steps, batch_size)
     warmup = min(100, max(1, steps // 10)) if warmup is None else max(1, warmup)
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
@@ -232,95 +309,38 @@ def train_causal_lm(
         torch.manual_seed(seed)
         order = np.random.default_rng(seed)
         initial_heldout = evaluate_loss(model, heldout_rows, batch_size)
-        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=lr,
-            betas=(0.9, 0.95),
-            eps=1e-8,
-        )
+        optimizer = _adamw(model, lr, weight_decay)
         model.train()
-        losses: list[float] = []
-        perm = order.permutation(len(train_rows))
-        cursor = 0
         start_time, start_cpu = time.perf_counter(), time.process_time()
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            range(steps),
-            desc="training",
-            disable=not progress,
-            mininterval=5.0,
-            file=sys.stderr,
-            ascii=True,
+        losses = _run_steps(
+            model,
+            optimizer,
+            train_rows,
+            _batch_indices(order, len(train_rows), batch_size),
+            steps=steps,
+            lr=lr,
+            warmup=warmup,
+            grad_clip=grad_clip,
+            progress=progress,
         )
-        for step in bar:
-            if cursor + batch_size > len(perm):
-                perm = order.permutation(len(train_rows))
-                cursor = 0
-            index = perm[cursor : cursor + batch_size]
-            cursor += batch_size
-            batch = torch.as_tensor(train_rows[np.sort(index)], dtype=torch.long)
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, steps, lr, warmup)
-            loss = _row_loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            losses.append(loss.item())
-            if not math.isfinite(losses[-1]):
-                raise FloatingPointError(f"training loss is {losses[-1]} at step {step}")
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
-        bar.close()
         seconds = time.perf_counter() - start_time
         cpu_seconds = time.process_time() - start_cpu
         model.eval()
         heldout = evaluate_loss(model, heldout_rows, batch_size)
     finally:
         torch.use_deterministic_algorithms(deterministic)
-    tokens_seen = steps * batch_size * (train_rows.shape[1] - 1)
-    metrics = {
-        "train_loss": float(np.mean(losses[-50:])),
-        "heldout_loss": heldout,
-        "initial_heldout_loss": initial_heldout,
-        "uniform_loss": math.log(model.config.vocab_size),
-        "tokens_seen": int(tokens_seen),
-        "steps": steps,
-        "train_rows": len(train_rows),
-        "heldout_rows": len(heldout_rows),
-        "epochs": steps * batch_size / len(train_rows),
-        "hyperparameters": {
-            "batch_size": batch_size,
-            "lr": lr,
-            "seed": seed,
-            "warmup": warmup,
-            "weight_decay": weight_decay,
-            "grad_clip": grad_clip,
-            "schedule": "linear warmup, cosine decay to lr / 10",
-            "optimizer": "AdamW(betas=(0.9, 0.95), eps=1e-8)",
-            "seq_len": int(train_rows.shape[1]),
-            "torch_threads": torch.get_num_threads(),
-        },
+    hyperparameters = {
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "warmup": warmup,
+        "weight_decay": weight_decay,
+        "grad_clip": grad_clip,
     }
-    # Timings go to the log (and the rule's benchmark file) only: the metrics are a result, the
-    # same on every rerun.
-    log.info(
-        "trained %d steps in %.0f s (%.0f CPU s, %.0f tokens/s): train loss %.3f, held-out %.3f "
-        "(initial %.3f, uniform %.3f)",
-        steps,
-        seconds,
-        cpu_seconds,
-        tokens_seen / seconds,
-        metrics["train_loss"],
-        heldout,
-        initial_heldout,
-        metrics["uniform_loss"],
+    metrics = _metrics(
+        model, train_rows, heldout_rows, losses, heldout, initial_heldout, hyperparameters
     )
+    _log_training(metrics, seconds, cpu_seconds)
     return metrics
 
 
@@ -330,9 +350,7 @@ def save_checkpoint(model, tokenizer, metrics: dict, out_dir) -> None:
     import tokenizers
     import transformers
 
-    out = Path(out_dir)
-    tmp = _fresh_tmp(out)
-    try:
+    def write(tmp) -> None:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         record = {
@@ -351,79 +369,5 @@ def save_checkpoint(model, tokenizer, metrics: dict, out_dir) -> None:
             },
         }
         (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-        _replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
-
-def train_from_corpus(
-    tokenizer_dir,
-    out_dir,
-    *,
-    arch: str,
-    n_layers: int,
-    d_model: int,
-    n_heads: int,
-    n_ctx: int,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    corpus: dict,
-    d_mlp: int | None = None,
-    n_heldout_rows: int = 256,
-    progress: bool = True,
-) -> dict:
-    """The whole demo training: rows of n_ctx tokens from the corpus' train split (all of it)
-    and its heldout split (up to n_heldout_rows), a fresh model, training, checkpoint."""
-    from transformers import AutoTokenizer
-
-    from selfrepair.data.corpus import describe_corpus, documents, pack_rows, special_ids
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    bos_id, eos_id = special_ids(tokenizer)
-    train_rows = pack_rows(documents(corpus, "train"), tokenizer, n_ctx, None, bos_id, eos_id)
-    heldout_rows = pack_rows(documents(corpus, "heldout"), tokenizer, n_ctx, None, bos_id, eos_id)
-    heldout_rows = spread_rows(heldout_rows, n_heldout_rows)
-    log.info(
-        "%d train rows, %d held-out rows of %d tokens", len(train_rows), len(heldout_rows), n_ctx
-    )
-    model = build_model(
-        arch,
-        len(tokenizer),
-        n_layers,
-        d_model,
-        n_heads,
-        n_ctx,
-        d_mlp=d_mlp,
-        seed=seed,
-        bos_id=bos_id,
-        eos_id=eos_id,
-    )
-    metrics = train_causal_lm(
-        model,
-        train_rows,
-        heldout_rows,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        progress=progress,
-    )
-    metrics["hyperparameters"].update(
-        arch=arch, n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_ctx=n_ctx, d_mlp=d_mlp
-    )
-    metrics["corpus"] = {
-        "train": describe_corpus(corpus, "train"),
-        "heldout_split": "heldout",
-    }
-    save_checkpoint(model, tokenizer, metrics, out_dir)
-    return metrics
-
-
-def train_tokenizer_from_corpus(corpus: dict, vocab_size: int, out_dir):
-    """The demo tokenizer, trained on the corpus' train split."""
-    from selfrepair.data.corpus import documents
-
-    return train_tokenizer(documents(corpus, "train"), vocab_size, out_dir)
+    write_dir_atomically(out_dir, write)

@@ -48,8 +48,8 @@ from selfrepair.plots.per_head import (
 from selfrepair.stages.store import open_shards, open_zarr
 from selfrepair.stages.summaries import resolve_params
 
-# The stage functions are the figure rules, one each (open_by_model, open_tokens: for tests).
-__all__ = ["open_by_model", "open_tokens", *(figure.rule for figure in FIGURES)]
+# The stage functions are the figure rules, one each (open_by_model, open_token_shards: for tests).
+__all__ = ["open_by_model", "open_token_shards", *(figure.rule for figure in FIGURES)]
 
 Paths = Sequence[str | os.PathLike]
 Target = Mapping[str, Any]
@@ -80,7 +80,7 @@ def open_by_model(
     return out
 
 
-def open_tokens(paths: Paths, model: str, n_tokens: int | None = None) -> xr.Dataset:
+def open_token_shards(paths: Paths, model: str, n_tokens: int | None = None) -> xr.Dataset:
     """Per-token shards of one model and ablation (lazily), checked like open_by_model."""
     ds = open_shards(list(paths))
     if ds.attrs.get("model", model) != model:
@@ -211,7 +211,7 @@ def fig03(
     """Fig 3: per-token direct-effect drop against logit drop for a few heads of one model;
     shards: the model's ablation shards under the figures' ablation."""
     target = resolve_params(dict(target), picks)
-    ds = open_tokens(shards, target["model"], n_tokens)
+    ds = open_token_shards(shards, target["model"], n_tokens)
     check_target_heads(target, ds.sizes["layer"], ds.sizes["head"])
     tokens = head_tokens(ds, [tuple(h) for h in target["heads"]])
     return _saved(tokens_de_vs_logit_drop(tokens, target["model"]), out)
@@ -228,7 +228,7 @@ def fig05(
     shards: the model's ablation shards by ablation, in the order drawn."""
     target = resolve_params(dict(target), picks)
     (head,) = [tuple(h) for h in target["heads"]]
-    opened = {a: open_tokens(paths, target["model"], n_tokens) for a, paths in shards.items()}
+    opened = {a: open_token_shards(paths, target["model"], n_tokens) for a, paths in shards.items()}
     for ds in opened.values():
         check_target_heads(target, ds.sizes["layer"], ds.sizes["head"])
     tokens = {a: head_tokens(ds, [head]).isel(head_name=0) for a, ds in opened.items()}

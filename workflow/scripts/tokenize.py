@@ -5,7 +5,7 @@ when there is one, else from the Hugging Face name TransformerLens uses for the 
 
 import logging
 
-from selfrepair.data.corpus import tokenize_to_zarr
+from selfrepair.stages.data import tokenize
 from selfrepair.stages.joblog import logged
 
 inputs = snakemake.input
@@ -14,7 +14,7 @@ params = snakemake.params
 seed = params.get("seed")
 
 with logged(snakemake.log[0]):
-    attrs = tokenize_to_zarr(
+    attrs = tokenize(
         snakemake.output.tokens,
         corpus=dict(params.corpus),
         model=dict(params.model),

@@ -6,14 +6,14 @@ params.n_ctx or params.seq_len."""
 
 import json
 
-from selfrepair.data.training import train_from_corpus
+from selfrepair.stages.data import train_model
 from selfrepair.stages.joblog import logged
 
 params = snakemake.params
 train = {**dict(params.get("train") or {}), **{k: v for k, v in params.items() if k != "train"}}
 
 with logged(snakemake.log[0]):
-    metrics = train_from_corpus(
+    metrics = train_model(
         snakemake.input.tokenizer,
         snakemake.output.checkpoint,
         arch=train["arch"],

@@ -2,11 +2,11 @@
 
 import logging
 
-from selfrepair.data.training import train_tokenizer_from_corpus
+from selfrepair.stages.data import train_tokenizer
 from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
-    tokenizer = train_tokenizer_from_corpus(
+    tokenizer = train_tokenizer(
         dict(snakemake.params.corpus),
         int(snakemake.params.vocab_size),
         snakemake.output.tokenizer,
