@@ -74,9 +74,10 @@ def test_head_tokens_hold_each_tokens_window_next_token_values_and_partner(synth
             for key in explorer.TOKEN_VALUES:
                 value = float(values[key][b, p])
                 assert e[key] is None if np.isnan(value) else e[key] == pytest.approx(value, 1e-5)
+            for key in explorer.WINDOW_VALUES:
                 expected = [values[key][b, j] for j in range(e["start"], p + 1)]
                 got = [np.nan if x is None else x for x in e["window"][key]]
-                assert np.allclose(got, expected, rtol=1e-3, equal_nan=True)
+                assert np.allclose(got, expected, rtol=1e-2, equal_nan=True)
             other = partner[b]
             assert e["partner"] == {
                 "row": int(other),

@@ -16,6 +16,8 @@ __all__ = [
     "RANKINGS",
     "SUMMARY_FIELDS",
     "TOKEN_VALUES",
+    "WINDOW_DIGITS",
+    "WINDOW_VALUES",
     "head_numbers",
     "head_tokens",
     "readable",
@@ -26,6 +28,9 @@ __all__ = [
 
 # Per-token values of a head kept for each shown token (short name -> store variable).
 TOKEN_VALUES = {"de": "de_clean", "sr": "self_repair", "dlogit": "logit_diff"}
+# Per-token values kept over each shown token's whole window (colour and hover), to fewer digits.
+WINDOW_VALUES = ("de", "sr")
+WINDOW_DIGITS = 3
 # The rankings of a head's top tokens (short name -> store variable, ranked high to low).
 RANKINGS = {"de": "de_clean", "sr": "self_repair"}
 # Summary numbers of a head (summarize_heads' variables); those the head_intervals store also
@@ -92,7 +97,10 @@ def token_entry(
         "ids": tokens[row, start : p + 1].tolist(),
         "next": int(tokens[row, p + 1]),
         **{key: rounded(v[b, p]) for key, v in values.items()},
-        "window": {key: [rounded(x, 4) for x in v[b, start : p + 1]] for key, v in values.items()},
+        "window": {
+            key: [rounded(x, WINDOW_DIGITS) for x in values[key][b, start : p + 1]]
+            for key in WINDOW_VALUES
+        },
     }
     if partner_rows is not None:
         other = int(partner_rows[b])

@@ -38,12 +38,12 @@ body{font:14px system-ui,sans-serif;margin:1em 2em;color:#222}
 h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.2em}
 #grid td{width:28px;height:22px;border:1px solid #fff;cursor:pointer;text-align:center;font-size:10px}
 #grid td.sel{outline:2px solid #000}#grid th{font-weight:normal;font-size:11px;padding:0 4px}
-#summary td{padding:1px 8px}#summary td.num{text-align:right;font-family:monospace}
+#summary td{padding:1px 8px;white-space:pre}#summary td.num{text-align:right;font-family:monospace}
 .entry{margin:6px 0;padding:4px;border-bottom:1px solid #eee}
 .meta{font-size:12px;color:#555}
 .ctx{font-family:monospace;white-space:pre-wrap;line-height:1.7}
 .tok{padding:1px 0;border-radius:2px}.tok.cur{outline:1px solid #000}
-.next{background:#cfc;border:1px solid #393;padding:0 2px;margin-left:6px}
+.next{background:#cfc;border:1px solid #393;padding:0 3px 3px;margin-left:6px}
 .partner{font-size:12px;color:#555}.controls label{margin-right:1em}
 """
 
@@ -51,7 +51,8 @@ JS = r"""
 const D = JSON.parse(document.getElementById('explorer-data').textContent);
 const S = {ablation: D.ablations[0], stat: 'mean_self_repair', colour: 'de', head: null};
 const $ = (id) => document.getElementById(id);
-const fmt = (x) => x === null || x === undefined ? 'n/a' : Number(x).toPrecision(4);
+const fmt = (x) => x === null || x === undefined ? 'n/a' : Number.isInteger(x) && Math.abs(x) >= 10 ? String(x) : Number(x).toPrecision(4);
+const fmt3 = (x) => x === null || x === undefined ? 'n/a' : Number(x).toPrecision(3);
 const piece = (id) => D.vocab[String(id)];
 function colour(x, scale) {
   if (x === null || !scale) return 'transparent';
@@ -89,7 +90,7 @@ function context(e, scale) {
   e.ids.forEach((id, i) => {
     const w = e.window[S.colour][i];
     const span = el('span', {class: 'tok' + (i === e.ids.length - 1 ? ' cur' : ''),
-      title: `pos ${e.start + i}: DE ${fmt(e.window.de[i])}, self-repair ${fmt(e.window.sr[i])}, Δlogit ${fmt(e.window.dlogit[i])}`}, piece(id));
+      title: `pos ${e.start + i}: DE ${fmt3(e.window.de[i])}, self-repair ${fmt3(e.window.sr[i])}`}, piece(id));
     span.style.background = colour(w, scale);
     div.appendChild(span);
   });
