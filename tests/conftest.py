@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import REDUCED_DEMO, ROOT, snakemake
 
 from selfrepair.models.loading import FAMILIES, random_model
 
@@ -43,3 +45,23 @@ def tiny_tokens(tiny_model) -> torch.Tensor:
     tokens = torch.randint(1, tiny_model.cfg.d_vocab, (6, 14), generator=gen)
     tokens[:, 0] = 0  # BOS
     return tokens
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> tuple[Path, str]:
+    """(run directory, its config file) of a finished demo run, made once per session (the
+    report and explorer tests share it).
+
+    By default the reduced demo (.test/config/config.yaml) runs in a temporary directory;
+    SELFREPAIR_DEMO_RUN names the directory of a finished run to use instead
+    (SELFREPAIR_DEMO_CONFIG: its config file, if not config/demo.yaml)."""
+    given = os.environ.get("SELFREPAIR_DEMO_RUN")
+    if given:
+        return Path(given), os.environ.get("SELFREPAIR_DEMO_CONFIG", "config/demo.yaml")
+    run = tmp_path_factory.mktemp("demo-run")
+    for name in ("workflow", "config", "selfrepair", ".test"):
+        (run / name).symlink_to(ROOT / name)
+    configfile = str(REDUCED_DEMO.relative_to(ROOT))
+    proc = snakemake("--cores", "2", "--configfile", configfile, cwd=run, timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return run, configfile

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -23,6 +25,17 @@ FIGURES = figure_names(frozen_ln=True)
 TABLES = set(TABLE_FILES)
 # The committed test configs (.test/config/), as the snakemake-workflows repositories keep them.
 TEST_CONFIG = ROOT / ".test" / "config"
+REDUCED_DEMO = TEST_CONFIG / "config.yaml"
+
+
+def snakemake(*args: str, cwd: Path, timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def load(name: str) -> dict:

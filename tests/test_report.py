@@ -14,10 +14,7 @@ functions and captions that use it, and the reduced demo against config/demo.yam
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -25,7 +22,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from helpers import FIGURES, TABLES, TEST_CONFIG, load
+from helpers import FIGURES, REDUCED_DEMO, TABLES, load, snakemake
 
 import selfrepair.stages.figures as stage_figures
 from selfrepair.config.figures import FIGURES as FIGURE_LIST
@@ -35,38 +32,12 @@ from selfrepair.stages.store import open_zarr
 
 ROOT = Path(__file__).resolve().parents[1]
 slow = pytest.mark.slow
-REDUCED_DEMO = TEST_CONFIG / "config.yaml"
 
 # The demo's substitutes picked at run time (results/<model>/substitutes/<key>.json).
 PICKS = {"fig03", "fig05", "fig04", "fig16_18", "fig07", "fig08-0", "fig08-1", "fig08-2"} | {
     "fig15",
     "fig09",
 }
-
-
-def snakemake(*args: str, cwd: Path, timeout: int) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> tuple[Path, str]:
-    """(run directory, its config file) of a finished demo run."""
-    given = os.environ.get("SELFREPAIR_DEMO_RUN")
-    if given:
-        return Path(given), os.environ.get("SELFREPAIR_DEMO_CONFIG", "config/demo.yaml")
-    run = tmp_path_factory.mktemp("demo-run")
-    for name in ("workflow", "config", "selfrepair", ".test"):
-        (run / name).symlink_to(ROOT / name)
-    configfile = str(REDUCED_DEMO.relative_to(ROOT))
-    proc = snakemake("--cores", "2", "--configfile", configfile, cwd=run, timeout=3600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return run, configfile
 
 
 @slow

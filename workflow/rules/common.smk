@@ -338,4 +338,5 @@ def all_outputs():
             outputs.append(f"results/{model}/training.json")
     outputs += figure_outputs(["paper", "extra"]) + TABLE_OUTPUTS
     outputs += mechanism_outputs()
-    return outputs
+    outputs += expand("results/explorer/{model}.html", model=MODELS)
+    return outputs + ["results/explorer/index.html"]

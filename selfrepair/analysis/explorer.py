@@ -1,0 +1,163 @@
+"""What the head explorer shows (rule head_explorer), from arrays: per head, its summary
+numbers with their intervals, and its top tokens by clean direct effect and by self-repair,
+each with a window of the tokens before it, the correct next token, the head's per-token
+values over the window and, for resample ablation, the resample partner's tokens.
+
+Pure: no store I/O, no tokenizer (the stage decodes the ids these entries hold)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "RANKINGS",
+    "SUMMARY_FIELDS",
+    "TOKEN_VALUES",
+    "WINDOW_DIGITS",
+    "WINDOW_VALUES",
+    "head_numbers",
+    "head_tokens",
+    "readable",
+    "rounded",
+    "token_entry",
+    "top_positions",
+]
+
+# Per-token values of a head kept for each shown token (short name -> store variable).
+TOKEN_VALUES = {"de": "de_clean", "sr": "self_repair", "dlogit": "logit_diff"}
+# Per-token values kept over each shown token's whole window (colour and hover), to fewer digits.
+WINDOW_VALUES = ("de", "sr")
+WINDOW_DIGITS = 3
+# The rankings of a head's top tokens (short name -> store variable, ranked high to low).
+RANKINGS = {"de": "de_clean", "sr": "self_repair"}
+# Summary numbers of a head (summarize_heads' variables); those the head_intervals store also
+# holds carry their interval.
+SUMMARY_FIELDS = tuple(
+    f"{selection}_{name}"
+    for selection in ("mean", "top")
+    for name in ("de_clean", "logit_diff", "self_repair", "sr_heads", "sr_mlps", "sr_ln")
+) + ("top_ln_share", "top_ln_share_clipped", "top_n_tokens")
+DIGITS = 6  # significant digits of the numbers written into the page
+
+
+def rounded(value: float, digits: int = DIGITS) -> float | None:
+    """value to `digits` significant digits, None for NaN (JSON has no NaN)."""
+    value = float(value)
+    if math.isnan(value):
+        return None
+    return float(f"{value:.{digits}g}")
+
+
+def readable(text: str) -> str:
+    """A decoded token piece with its white space visible: space ·, newline ↵, tab ⇥."""
+    return text.replace(" ", "·").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
+
+
+def top_positions(values: np.ndarray, k: int) -> list[tuple[int, int]]:
+    """The (batch, pos) of the k largest values of one head [batch, pos], largest first, ties by
+    position (row-major); NaN (not measured) never."""
+    flat = np.where(np.isnan(values), -np.inf, values).ravel()
+    k = min(k, int(np.isfinite(flat).sum()))
+    if k <= 0:
+        return []
+    candidates = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
+    order = candidates[np.lexsort((candidates, -flat[candidates]))]
+    return [divmod(int(i), values.shape[1]) for i in order]
+
+
+def token_entry(
+    b: int,
+    p: int,
+    *,
+    values: Mapping[str, np.ndarray],
+    tokens: np.ndarray,
+    rows: np.ndarray,
+    context: int,
+    partner_rows: np.ndarray | None = None,
+) -> dict:
+    """One shown token: prediction at (batch b, pos p) of one head.
+
+    Args:
+        b, p: the token's index into values (pos p predicts token p + 1 of its row).
+        values: short name (TOKEN_VALUES) -> the head's values [batch, pos].
+        tokens: the tokenized corpus [row, tok] (tokens.zarr, global rows).
+        rows: the global row of each batch index.
+        context: tokens shown, the current one (at p) last.
+        partner_rows: the global row of each batch index's resample partner, if any.
+    """
+    row = int(rows[b])
+    start = max(0, p - context + 1)
+    entry = {
+        "row": row,
+        "pos": int(p),
+        "start": start,
+        "ids": tokens[row, start : p + 1].tolist(),
+        "next": int(tokens[row, p + 1]),
+        **{key: rounded(v[b, p]) for key, v in values.items()},
+        "window": {
+            key: [rounded(x, WINDOW_DIGITS) for x in values[key][b, start : p + 1]]
+            for key in WINDOW_VALUES
+        },
+    }
+    if partner_rows is not None:
+        other = int(partner_rows[b])
+        entry["partner"] = {
+            "row": other,
+            "ids": tokens[other, start : p + 1].tolist(),
+            "next": int(tokens[other, p + 1]),
+        }
+    return entry
+
+
+def head_tokens(
+    values: Mapping[str, np.ndarray],
+    *,
+    tokens: np.ndarray,
+    rows: np.ndarray,
+    k: int,
+    context: int,
+    partner_rows: np.ndarray | None = None,
+) -> dict[str, list[dict]]:
+    """A head's top k tokens by each ranking (RANKINGS short name -> token_entry list).
+
+    values: short name (TOKEN_VALUES) -> the head's values [batch, pos]; the rest as token_entry.
+    """
+    return {
+        key: [
+            token_entry(
+                b,
+                p,
+                values=values,
+                tokens=tokens,
+                rows=rows,
+                context=context,
+                partner_rows=partner_rows,
+            )
+            for b, p in top_positions(values[key], k)
+        ]
+        for key in RANKINGS
+    }
+
+
+def head_numbers(
+    summary: Mapping[str, np.ndarray],
+    intervals: Mapping[str, np.ndarray],
+    layer: int,
+    head: int,
+    fields: Sequence[str] = SUMMARY_FIELDS,
+) -> dict[str, dict]:
+    """A head's summary numbers: field -> {value, and lo, hi where intervals has the field}.
+
+    summary: field -> [layer, head]; intervals: field -> [layer, head, 2] (lo, hi).
+    """
+    out = {}
+    for field in fields:
+        number = {"value": rounded(summary[field][layer, head])}
+        if field in intervals:
+            lo, hi = intervals[field][layer, head]
+            number.update(lo=rounded(lo), hi=rounded(hi))
+        out[field] = number
+    return out

@@ -1,0 +1,180 @@
+"""The explorer rules: head_explorer (one self-contained HTML page per model: pick an ablation
+and a head, read its summary and its top tokens in context) and explorer_index (the page
+linking them). The selection is analysis.explorer's, the page plots.explorer's; this module
+opens the stores (checksummed) and decodes the ids with the model's own tokenizer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from selfrepair.analysis import explorer as select
+from selfrepair.plots import explorer as page
+from selfrepair.stages.data import open_tokens
+from selfrepair.stages.store import open_shards, open_zarr, write_text
+
+__all__ = ["explorer_data", "explorer_index", "head_explorer", "vocabulary"]
+
+log = logging.getLogger("selfrepair")
+
+
+def _heads_data(
+    shards: Sequence[str], tokens: np.ndarray, *, ablation: str, k: int, context: int
+) -> dict[str, dict]:
+    """'L.H' -> the head's top tokens (analysis.explorer.head_tokens), layer by layer."""
+    names = tuple(select.TOKEN_VALUES.values())
+    data = open_shards(list(shards), variables=names)
+    rows = data["batch"].values
+    partner = None
+    if ablation.startswith("resample") and "resample_source" in data.coords:
+        partner = data["resample_source"].values
+    out = {}
+    for layer in range(data.sizes["layer"]):
+        one = {
+            key: data[name].isel(layer=layer).values for key, name in select.TOKEN_VALUES.items()
+        }
+        for head in range(data.sizes["head"]):
+            values = {key: v[head] for key, v in one.items()}
+            if np.isnan(values["de"]).all():
+                continue  # not measured
+            out[f"{layer}.{head}"] = select.head_tokens(
+                values, tokens=tokens, rows=rows, k=k, context=context, partner_rows=partner
+            )
+    return out
+
+
+def _summary_grid(summary_path: str, intervals_path: str) -> tuple[dict, dict]:
+    """(field -> [layer, head] list, 'L.H' -> head_numbers) of one ablation."""
+    summary = open_zarr(summary_path)
+    intervals = open_zarr(intervals_path)
+    fields = {f: summary[f].values for f in select.SUMMARY_FIELDS}
+    bounds = {f: intervals[f].values for f in intervals.data_vars if f in fields}
+    n_layers, n_heads = fields["mean_self_repair"].shape
+    numbers = {
+        f"{layer}.{head}": select.head_numbers(fields, bounds, layer, head)
+        for layer in range(n_layers)
+        for head in range(n_heads)
+    }
+    grid = {
+        f: [[select.rounded(x) for x in row] for row in fields[f]]
+        for f in ("mean_self_repair", "top_self_repair")
+    }
+    return grid, numbers
+
+
+def vocabulary(tokenizer: Any, ids: set[int]) -> dict[str, str]:
+    """id -> the readable piece (analysis.explorer.readable) of each id, decoded alone."""
+    return {str(i): select.readable(tokenizer.decode([i])) for i in sorted(ids)}
+
+
+def _used_ids(heads: Mapping[str, Mapping[str, dict]]) -> set[int]:
+    ids: set[int] = set()
+    for by_ablation in heads.values():
+        for rankings in by_ablation.values():
+            for entries in rankings.values():
+                for e in entries:
+                    ids.update(e["ids"])
+                    ids.add(e["next"])
+                    if "partner" in e:
+                        ids.update(e["partner"]["ids"])
+                        ids.add(e["partner"]["next"])
+    return ids
+
+
+def explorer_data(
+    *,
+    model: str,
+    tokens: str,
+    shards: Mapping[str, Sequence[str]],
+    summaries: Mapping[str, str],
+    intervals: Mapping[str, str],
+    tokens_per_head: int,
+    context: int,
+) -> dict[str, Any]:
+    """Everything one model's page shows, ids not decoded yet (keys of head_explorer)."""
+    rows, _ = open_tokens(tokens)
+    data: dict[str, Any] = {"model": model, "ablations": list(shards), "grid": {}, "numbers": {}}
+    heads: dict[str, dict] = {}
+    for ablation, paths in shards.items():
+        data["grid"][ablation], data["numbers"][ablation] = _summary_grid(
+            summaries[ablation], intervals[ablation]
+        )
+        heads[ablation] = _heads_data(
+            paths, rows, ablation=ablation, k=tokens_per_head, context=context
+        )
+    first = data["grid"][data["ablations"][0]]["mean_self_repair"]
+    data.update(
+        n_layers=len(first),
+        n_heads=len(first[0]),
+        heads=heads,
+        tokens_per_head=tokens_per_head,
+        context=context,
+    )
+    return data
+
+
+def head_explorer(
+    *,
+    model: str,
+    model_entry: Mapping[str, Any],
+    tokens: str,
+    shards: Sequence[str],
+    summaries: Sequence[str],
+    intervals: Sequence[str],
+    ablations: Sequence[str],
+    tokens_per_head: int,
+    context: int,
+    out: str,
+    tokenizer_dir: str | None = None,
+) -> dict[str, Any]:
+    """Write one model's explorer page (a self-contained HTML file).
+
+    Args:
+        model: the model's name.
+        model_entry: its config entry (whose tokenizer decodes the ids).
+        tokens: its tokens.zarr.
+        shards: the ablate rule's stores of every ablation (results/<m>/ablation/<a>/shard-*).
+        summaries, intervals: the summarize_heads and head_intervals stores, one per ablation.
+        ablations: the ablations shown, in the order of summaries and intervals.
+        tokens_per_head: top tokens shown per head and ranking.
+        context: tokens shown before (and with) each top token.
+        out: the HTML file to write.
+        tokenizer_dir: a tokenizer or checkpoint folder (a trained model's), else the model's own.
+    """
+    from selfrepair.data.tokens import load_tokenizer
+
+    by_ablation = {a: [s for s in shards if Path(s).parent.name == a] for a in ablations}
+    if not all(by_ablation.values()):
+        raise ValueError(f"every ablation of {list(ablations)} needs its shards among {shards}")
+    data = explorer_data(
+        model=model,
+        tokens=tokens,
+        shards=by_ablation,
+        summaries=dict(zip(ablations, summaries, strict=True)),
+        intervals=dict(zip(ablations, intervals, strict=True)),
+        tokens_per_head=tokens_per_head,
+        context=context,
+    )
+    tokenizer, source = load_tokenizer(dict(model_entry), tokenizer_dir)
+    data["vocab"] = vocabulary(tokenizer, _used_ids(data["heads"]))
+    data["tokenizer"] = source
+    html = page.explorer_html(data)
+    write_text(out, html)
+    log.info("%s: %d bytes, tokenizer %s", out, len(html.encode()), source)
+    return data
+
+
+def explorer_index(*, pages: Sequence[str], models: Sequence[str], out: str) -> None:
+    """Write the index page linking each model's explorer page (relative links).
+
+    Args:
+        pages: the head_explorer pages, one per model.
+        models: the models' names, in the order of pages.
+        out: the HTML file to write (beside the pages).
+    """
+    links = [(m, Path(p).name, Path(p).stat().st_size) for m, p in zip(models, pages, strict=True)]
+    write_text(out, page.index_html(links))

@@ -1,0 +1,172 @@
+"""The head explorer in a real browser: headless Chromium (Debian's `chromium`, driven by
+Playwright) opens the reduced demo's pages from disk with every network request refused, a head
+is clicked, and the numbers and the decoded context the page shows are checked against the
+stores (summary, intervals, tokens.zarr decoded with the model's tokenizer). Screenshots go to
+tests/artifacts/ (git-ignored): look at them.
+
+Slow: it shares the reduced demo run of tests/test_report.py (the session fixture
+`finished_run` in conftest.py). Skipped, saying why in one line, where chromium or Playwright
+cannot start."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from selfrepair.analysis.explorer import readable
+from selfrepair.data.tokens import load_tokenizer
+from selfrepair.stages.data import open_tokens
+from selfrepair.stages.store import open_zarr
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+MODEL = "tiny-gpt2"
+
+
+def page_data(path: Path) -> dict:
+    text = path.read_text()
+    return json.loads(re.search(r'id="explorer-data">(.*?)</script>', text, re.S).group(1))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.skip("no `chromium` on PATH (Debian: apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as e:
+        pytest.skip(f"Playwright is not installed ({e}): pip install -e '.[dev]'")
+    try:
+        pw = sync_playwright().start()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"Playwright cannot start: {str(e).splitlines()[0]}")
+    try:
+        chromium = pw.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+    except Exception as e:  # noqa: BLE001
+        pw.stop()
+        pytest.skip(f"chromium cannot start under Playwright: {str(e).splitlines()[0]}")
+    yield chromium
+    chromium.close()
+    pw.stop()
+
+
+def offline_page(browser, requested: list[str]):
+    """A page on which every request that is not file:// is refused and recorded."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+
+    def refuse(route):
+        requested.append(route.request.url)
+        route.abort()
+
+    page.route(re.compile(r"^(?!file:).*"), refuse)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return page, errors
+
+
+def shot(page, tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(path, ARTIFACTS / name)
+
+
+def number(text: str) -> float:
+    return float(text.replace("−", "-"))
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_index_links_every_model_offline(finished_run, browser, tmp_path):
+    run, _ = finished_run
+    explorer = run / "results" / "explorer"
+    requested: list[str] = []
+    page, errors = offline_page(browser, requested)
+    page.goto((explorer / "index.html").as_uri())
+    links = page.locator("a").evaluate_all("as => as.map(a => a.getAttribute('href'))")
+    assert set(links) == {"tiny-gpt2.html", "tiny-pythia.html"}
+    shot(page, tmp_path, "explorer-index.png")
+    assert requested == [] and errors == []
+
+
+def test_clicked_head_shows_the_stores_numbers_and_context(finished_run, browser, tmp_path):
+    run, _ = finished_run
+    results = run / "results"
+    path = results / "explorer" / f"{MODEL}.html"
+    data = page_data(path)
+    summary = open_zarr(results / MODEL / "summary" / "resample.zarr")
+    intervals = open_zarr(results / MODEL / "intervals" / "resample.zarr")
+    # The head with the largest mean self-repair under resample ablation.
+    grid = summary["mean_self_repair"].values
+    layer, head = np.unravel_index(np.nanargmax(grid), grid.shape)
+
+    requested: list[str] = []
+    page, errors = offline_page(browser, requested)
+    page.goto(path.as_uri())
+    shot(page, tmp_path, "explorer-grid.png")
+    page.click(f"#cell-{layer}-{head}")
+    assert page.inner_text("#head-title").startswith(f"L{layer}H{head}, resample")
+    for field in (
+        "mean_de_clean",
+        "mean_logit_diff",
+        "mean_self_repair",
+        "top_self_repair",
+        "top_sr_heads",
+        "top_sr_mlps",
+        "top_sr_ln",
+        "top_ln_share",
+    ):
+        row = page.locator(f'#summary tr[data-field="{field}"]')
+        shown = number(row.locator("td.value").inner_text())
+        assert shown == pytest.approx(float(summary[field].values[layer, head]), rel=1e-3), field
+        if field in intervals:
+            lo, hi = (
+                number(x)
+                for x in re.findall(r"[-−\d.e+]+", row.locator("td.interval").inner_text())
+            )
+            assert [lo, hi] == pytest.approx(list(intervals[field].values[layer, head]), rel=1e-3)
+
+    # The top token by clean DE: its context and next token are tokens.zarr's, decoded.
+    tokens, _ = open_tokens(str(results / MODEL / "tokens.zarr"))
+    tokenizer, _ = load_tokenizer({"name": MODEL}, str(run / "resources" / "models" / MODEL))
+    first = page.locator("#top-de .entry").first
+    row, pos = int(first.get_attribute("data-row")), int(first.get_attribute("data-pos"))
+    context = data["context"]
+    start = max(0, pos - context + 1)
+    expected = [readable(tokenizer.decode([int(t)])) for t in tokens[row, start : pos + 1]]
+    assert first.locator(".ctx .tok").all_inner_texts() == expected
+    assert first.locator(".ctx .next").first.inner_text() == readable(
+        tokenizer.decode([int(tokens[row, pos + 1])])
+    )
+    # ... and it is the head's largest clean DE over every measured token.
+    shards = sorted((results / MODEL / "ablation" / "resample").glob("shard-*.zarr"))
+    de = np.concatenate([open_zarr(s)["de_clean"].values[layer, head] for s in shards])
+    assert float(first.locator(".meta").inner_text().split("DE ")[1].split(",")[0]) == (
+        pytest.approx(float(np.nanmax(de)), rel=1e-3)
+    )
+    assert first.locator(".partner").count() == 1  # resample: the partner's context
+    first.locator(".ctx .tok").last.hover()
+    shot(page, tmp_path, "explorer-head.png")
+    page.select_option("#ablation", "zero")
+    assert page.inner_text("#head-title").startswith(f"L{layer}H{head}, zero")
+    assert page.locator("#top-de .entry .partner").count() == 0
+    page.select_option("#colour", "sr")
+    shot(page, tmp_path, "explorer-head-zero-by-self-repair.png")
+    assert requested == [], f"the page fetched {requested}"
+    assert errors == [], errors
+
+
+def test_the_network_guard_catches_a_request(browser):
+    """The guard the tests above rely on: a page that asks for a remote file is caught."""
+    requested: list[str] = []
+    page, _ = offline_page(browser, requested)
+    page.set_content('<img src="http://example.invalid/x.png">')
+    page.wait_for_timeout(200)
+    assert requested == ["http://example.invalid/x.png"]

@@ -1,0 +1,11 @@
+"""The index page of the head explorer (selfrepair.stages.explorer.explorer_index)."""
+
+from selfrepair.stages.explorer import explorer_index
+from selfrepair.stages.joblog import logged
+
+with logged(snakemake.log[0]):
+    explorer_index(
+        pages=list(snakemake.input.pages),
+        models=list(snakemake.params.models),
+        out=snakemake.output.html,
+    )

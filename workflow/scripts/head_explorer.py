@@ -1,0 +1,22 @@
+"""One model's head explorer page (selfrepair.stages.explorer.head_explorer)."""
+
+from selfrepair.stages.explorer import head_explorer
+from selfrepair.stages.joblog import logged
+
+inputs = snakemake.input
+params = snakemake.params
+
+with logged(snakemake.log[0]):
+    head_explorer(
+        model=snakemake.wildcards.model,
+        model_entry=dict(params.model_entry),
+        tokens=inputs.tokens,
+        shards=list(inputs.shards),
+        summaries=list(inputs.summaries),
+        intervals=list(inputs.intervals),
+        ablations=list(params.ablations),
+        tokens_per_head=int(params.tokens_per_head),
+        context=int(params.context),
+        out=snakemake.output.html,
+        tokenizer_dir=inputs.get("model_dir"),
+    )
