@@ -31,7 +31,8 @@ class Figure:
         rule: the Snakemake rule, and the function of selfrepair.stages.figures it calls.
         name: the file stem: results/figures/<name>.pdf and .png.
         tag: the stem of its report caption (workflow/report/<tag>.rst), log
-            (results/logs/figures/<tag>.log) and benchmark (results/benchmarks/figures/<tag>.tsv).
+            (results/logs/figures/<tag>.log) and benchmark (results/benchmarks/figures/<tag>.tsv);
+            the rule's name unless given.
         script: its script under workflow/scripts/ (rules made `with:` another share its script).
         category: its report category.
         reads: the kinds of store it reads (results/<model>/<kind>/...).
@@ -44,12 +45,16 @@ class Figure:
 
     rule: str
     name: str
-    tag: str
     script: str
     category: str
     reads: tuple[str, ...]
     kind: Kind
     target: str | None = None
+    tag: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.tag:
+            object.__setattr__(self, "tag", self.rule)  # frozen: set once, here
 
     @property
     def files(self) -> dict[str, str]:
@@ -63,7 +68,6 @@ FIGURES = (
     Figure(
         rule="fig01",
         name="fig01_self_repair_per_head",
-        tag="fig01",
         script="fig01_self_repair_per_head.py",
         category="Fig 01: self-repair per head",
         reads=("summary", "intervals"),
@@ -72,7 +76,6 @@ FIGURES = (
     Figure(
         rule="fig02",
         name="fig02_de_vs_logit_drop",
-        tag="fig02",
         script="fig02_de_vs_logit_drop.py",
         category="Fig 02: direct effect vs logit drop",
         reads=("summary",),
@@ -82,7 +85,6 @@ FIGURES = (
     Figure(
         rule="fig03",
         name="fig03_tokens_de_vs_logit_drop",
-        tag="fig03",
         script="fig03_tokens_de_vs_logit_drop.py",
         category="Fig 03: per-token direct effect vs logit drop",
         reads=("ablation",),
@@ -92,7 +94,6 @@ FIGURES = (
     Figure(
         rule="fig05",
         name="fig05_tokens_by_ablation",
-        tag="fig05",
         script="fig05_tokens_by_ablation.py",
         category="Fig 05: one head under each ablation",
         reads=("ablation",),
@@ -102,7 +103,6 @@ FIGURES = (
     Figure(
         rule="fig06",
         name="fig06_ln_share",
-        tag="fig06",
         script="fig06_ln_share.py",
         category="Fig 06: LayerNorm share of direct effect",
         reads=("summary", "intervals"),
@@ -111,7 +111,6 @@ FIGURES = (
     Figure(
         rule="fig11",
         name="fig11_ln_share_unclipped",
-        tag="fig11",
         script="fig06_ln_share.py",
         category="Fig 11: LayerNorm share, clipped and unclipped",
         reads=("summary", "intervals"),
@@ -129,7 +128,6 @@ FIGURES = (
     Figure(
         rule="extra_frozen_ln",
         name="extra_frozen_ln",
-        tag="extra_frozen_ln",
         script="extra_frozen_ln.py",
         category="Beyond the paper: frozen LayerNorm",
         reads=("summary",),
@@ -138,7 +136,6 @@ FIGURES = (
     Figure(
         rule="fig04",
         name="fig04_ln_scale_ratio",
-        tag="fig04",
         script="fig04_ln_scale_ratio.py",
         category="Fig 04: final LayerNorm scale ratio",
         reads=("norms",),
@@ -148,7 +145,6 @@ FIGURES = (
     Figure(
         rule="fig07",
         name="fig07_top_repairing_neuron",
-        tag="fig07",
         script="fig07_top_repairing_neuron.py",
         category="Fig 07: top self-repairing neuron",
         reads=("neurons",),
@@ -158,7 +154,6 @@ FIGURES = (
     Figure(
         rule="fig08",
         name="fig08_neuron_repair_thresholds",
-        tag="fig08",
         script="fig08_neuron_repair_thresholds.py",
         category="Fig 08: neuron repair thresholds",
         reads=("neurons",),
@@ -168,7 +163,6 @@ FIGURES = (
     Figure(
         rule="fig09",
         name="fig09_self_repression",
-        tag="fig09",
         script="fig09_19_self_repression.py",
         category="Fig 09: self-repression",
         reads=("reinforcement",),
@@ -178,7 +172,6 @@ FIGURES = (
     Figure(
         rule="fig15",
         name="fig15_neuron_cumulative_share",
-        tag="fig15",
         script="fig15_neuron_cumulative_share.py",
         category="Fig 15: cumulative neuron self-repair",
         reads=("neurons",),
@@ -188,7 +181,6 @@ FIGURES = (
     Figure(
         rule="fig16_18",
         name="fig16-18_resid_norm_ratio",
-        tag="fig16_18",
         script="fig16_18_resid_norm_ratio.py",
         category="Figs 16-18: residual norm ratio",
         reads=("norms",),
@@ -198,7 +190,6 @@ FIGURES = (
     Figure(
         rule="fig19",
         name="fig19_self_repression_scales",
-        tag="fig19",
         script="fig09_19_self_repression.py",
         category="Fig 19: self-repression by scale",
         reads=("reinforcement",),
