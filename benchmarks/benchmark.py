@@ -2,7 +2,8 @@
 
 On one model and one set of tokens, in one run, it times
 - the engine (selfrepair.engine.self_repair.measure_heads) on every head, with its fused blocks and, for
-  comparison, with TransformerLens' own block modules;
+  comparison, with TransformerLens' own block modules, and with who-repairs-whom measured in the
+  same passes (engine.attribution, the workflow's default: its overhead is printed);
 - the original code's method (selfrepair.reference.full_forward.full_forward_measure_heads: a clean pass and
   one full forward pass with a hook per head), checking that it gives the engine's numbers;
 - the machine's peak matmul rate in the same dtype on the same device (square matmuls, best of
@@ -33,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's selfrepair
 
+from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.self_repair import HEAD_VARIABLES, measure_heads
 from selfrepair.models.flops import Shapes, engine_flops, forward_flops, reference_flops
 from selfrepair.models.loading import (
@@ -49,6 +51,7 @@ GPT2_SMALL = dict(
 )
 FLOAT32_ATOL = 1e-3  # engine vs reference, absolute, in logits
 ENGINE, ENGINE_TL = "engine (fused blocks)", "engine (TransformerLens blocks)"
+ENGINE_ATTRIBUTION = "engine + who repairs whom"
 REFERENCE, REFERENCE_CLEAN = "full forward per head (reference)", "reference clean pass"
 REDUCED_RTOL = 0.15  # bfloat16/float16 (both sides rounded): fraction of the scale's range
 
@@ -279,6 +282,20 @@ def run(args) -> dict:
     jobs = {
         ENGINE: (lambda: measure_heads(model, tokens, args.ablation, **engine_kw), e_flops),
     }
+    if args.attribution:
+        # Any 2% of each head's tokens costs the same as its real top tokens.
+        top = (
+            np.random.default_rng(args.seed).random(
+                (cfg.n_layers, cfg.n_heads, args.rows, args.seq_len - 1)
+            )
+            < 0.02
+        )
+        jobs[ENGINE_ATTRIBUTION] = (
+            lambda: measure_heads(
+                model, tokens, args.ablation, sums=RepairSums(model, top), **engine_kw
+            ),
+            e_flops,
+        )
     if args.tl_blocks:
         jobs[ENGINE_TL] = (
             lambda: measure_heads(model, tokens, args.ablation, fused=False, **engine_kw),
@@ -302,6 +319,8 @@ def run(args) -> dict:
         lambda: peak_matmul_rate(device, dtype, args.peak_sizes),
     )
     rows = [timings[ENGINE]] + ([timings[ENGINE_TL]] if args.tl_blocks else [])
+    if args.attribution:
+        rows.insert(1, timings[ENGINE_ATTRIBUTION])
     if len(ref_heads) < len(every_head):
         rows.append(scale_reference(timings, len(every_head), len(ref_heads), r_flops, n_tokens))
     else:
@@ -339,6 +358,11 @@ def run(args) -> dict:
         "methods": rows,
         "speedup": ref_row["seconds"] / engine_row["seconds"],
         "speedup_cpu_time": ref_row["cpu_seconds"] / engine_row["cpu_seconds"] if on_cpu else None,
+        "attribution_overhead": (
+            timings[ENGINE_ATTRIBUTION]["seconds"] / timings[ENGINE]["seconds"] - 1
+            if args.attribution
+            else None
+        ),
         "flops_engine": e_flops,
         "flops_reference": r_flops,
         "flops_avoided": r_flops - e_flops,
@@ -401,6 +425,8 @@ def print_report(r: dict) -> None:
         line + f"; {r['flop_ratio']:.2f}x fewer FLOPs "
         f"({r['flops_avoided'] / r['predicted_tokens'] / 1e9:.2f} GFLOP/token avoided)"
     )
+    if r["attribution_overhead"] is not None:
+        print(f"who repairs whom adds {r['attribution_overhead']:.0%} to the engine's time")
     print(
         f"agreement on {r['agreement_heads']} heads, largest |engine - reference|: "
         + ", ".join(
@@ -438,6 +464,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         dest="tl_blocks",
         action="store_false",
         help="skip timing the engine with TransformerLens' own blocks",
+    )
+    p.add_argument(
+        "--no-attribution",
+        dest="attribution",
+        action="store_false",
+        help="skip timing the engine with who-repairs-whom (engine.attribution)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument(

@@ -33,7 +33,8 @@ def test_cli_runs_and_writes_every_field(tmp_path):
     r = json.loads(out.read_text())
     assert r["passed"] and r["heads"] == 12 and r["agreement_heads"] == 5
     names = [m["method"] for m in r["methods"]]
-    assert names[0] == "engine (fused blocks)" and len(names) == 3
+    assert names[:2] == ["engine (fused blocks)", "engine + who repairs whom"] and len(names) == 4
+    assert "who repairs whom adds" in proc.stdout and r["attribution_overhead"] > -1
     for m in r["methods"]:
         for key in ("seconds", "cpu_seconds", "seconds_per_1k_tokens", "flop_per_s"):
             assert m[key] > 0, key

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from selfrepair.analysis.attribution import top_repairers
 from selfrepair.analysis.explorer import readable
 from selfrepair.data.tokens import load_tokenizer
 from selfrepair.stages.data import open_tokens
@@ -132,6 +133,16 @@ def test_clicked_head_shows_the_stores_numbers_and_context(finished_run, browser
                 for x in re.findall(r"[-−\d.e+]+", row.locator("td.interval").inner_text())
             )
             assert [lo, hi] == pytest.approx(list(intervals[field].values[layer, head]), rel=1e-3)
+
+    # Who repairs it: the repair summary's top repairers, in its order, with their numbers.
+    repair = open_zarr(results / MODEL / "attribution" / "resample.zarr")
+    expected = top_repairers(repair, (int(layer), int(head)), 5)
+    shown_rows = page.locator("#repairers tr[data-component]")
+    assert [r.get_attribute("data-component") for r in shown_rows.all()] == expected
+    first_dde = number(shown_rows.first.locator("td.num").first.inner_text())
+    assert first_dde == pytest.approx(
+        float(repair.top_dde.sel(layer=layer, head=head, component=expected[0])), rel=1e-3
+    )
 
     # The top token by clean DE: its context and next token are tokens.zarr's, decoded.
     tokens, _ = open_tokens(str(results / MODEL / "tokens.zarr"))

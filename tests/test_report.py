@@ -25,6 +25,7 @@ import yaml
 from helpers import FIGURES, REDUCED_DEMO, TABLES, load, snakemake
 
 import selfrepair.stages.figures as stage_figures
+import selfrepair.stages.repair_figures as stage_repair_figures
 from selfrepair.config.figures import FIGURES as FIGURE_LIST
 from selfrepair.engine.clean import decomposition_error
 from selfrepair.stages.joblog import missing_provenance
@@ -281,17 +282,20 @@ def test_the_figure_list_covers_the_paper_once_and_its_files_exist():
     one beyond the paper."""
     numbers = [n for f in FIGURE_LIST for n in _figure_numbers(f.name)]
     assert sorted(numbers) == sorted(PAPER_FIGURES)
-    assert [f.name for f in FIGURE_LIST if not _figure_numbers(f.name)] == ["extra_frozen_ln"]
-    assert len({f.rule for f in FIGURE_LIST}) == len({f.name for f in FIGURE_LIST}) == 15
+    beyond = [f.name for f in FIGURE_LIST if not _figure_numbers(f.name)]
+    assert beyond == ["extra_frozen_ln", "repair_heatmap", "repair_top_repairers", "repair_tokens"]
+    assert len({f.rule for f in FIGURE_LIST}) == len({f.name for f in FIGURE_LIST}) == 18
     assert FIGURES == {f.name for f in FIGURE_LIST}
     for figure in FIGURE_LIST:
         assert (WORKFLOW / "report" / f"{figure.tag}.rst").is_file(), figure
         script = WORKFLOW / "scripts" / figure.script
-        assert f"figures.{figure.rule}" in script.read_text(), figure
-        assert callable(getattr(stage_figures, figure.rule)), figure
-        assert figure.rule in stage_figures.__all__
-        assert figure.kind in ("paper", "mechanism", "extra")
+        stages = stage_repair_figures if figure.kind == "repair" else stage_figures
+        assert f"{stages.__name__.split('.')[-1]}.{figure.rule}" in script.read_text(), figure
+        assert callable(getattr(stages, figure.rule)), figure
+        assert figure.rule in stages.__all__
+        assert figure.kind in ("paper", "mechanism", "extra", "repair")
     assert (WORKFLOW / "report" / "head_table.rst").is_file() and TABLES
+    assert (WORKFLOW / "report" / "repair_graph.rst").is_file()
 
 
 def test_the_figure_list_names_config_keys_and_stores_that_exist():
@@ -319,7 +323,14 @@ def test_figure_rules_are_the_figure_list_and_name_their_own_files():
     """rules/figures.smk defines one rule per listed figure and nothing else, and each rule
     takes its files, log and benchmark from its own entry of the list."""
     blocks = _rule_blocks((WORKFLOW / "rules" / "figures.smk").read_text())
-    assert set(blocks) == {f.rule for f in FIGURE_LIST}
+    assert set(blocks) == {f.rule for f in FIGURE_LIST if f.kind != "repair"}
+    repair = _rule_blocks((WORKFLOW / "rules" / "attribution.smk").read_text())
+    assert set(repair) >= {f.rule for f in FIGURE_LIST if f.kind == "repair"}
+    blocks |= {
+        rule: repair[rule]
+        for rule in repair
+        if rule.startswith("repair_") and rule in {f.rule for f in FIGURE_LIST}
+    }
     for rule, block in blocks.items():
         for helper in ("figure_pdf", "figure_png", "figure_log", "figure_benchmark"):
             assert re.findall(rf'{helper}\("(\w+)"', block) == [rule], (rule, helper)

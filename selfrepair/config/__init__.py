@@ -8,6 +8,7 @@ environment without torch, jsonschema or transformer_lens, so no module here imp
 import time. `import selfrepair.config as sr_config` gives every public name below.
 """
 
+from selfrepair.config.attribution import attribution_heads
 from selfrepair.config.checks import (
     check_corpus_files,
     check_distinct_heads,
@@ -104,11 +105,8 @@ from selfrepair.config.targets import (
 )
 
 __all__ = [
-    "ConfigError",
     "FROZEN_LN_SUFFIX",
-    "FigureTarget",
     "HEAD_KEYS",
-    "Head",
     "KNOWN_DIMS",
     "LAYER_KEYS",
     "LOCAL_ARCHITECTURES",
@@ -123,8 +121,12 @@ __all__ = [
     "SCHEMA",
     "TARGET_KEYS",
     "WEIGHT_SUFFIXES",
+    "ConfigError",
+    "FigureTarget",
+    "Head",
     "architecture_problem",
     "as_heads",
+    "attribution_heads",
     "candidate_layers",
     "caption_label",
     "check_before_jobs",

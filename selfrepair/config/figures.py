@@ -13,6 +13,7 @@ from typing import Literal
 
 __all__ = [
     "FIGURES",
+    "REPAIR_TABLES",
     "TABLES",
     "Figure",
     "by_rule",
@@ -20,7 +21,7 @@ __all__ = [
     "run_figures",
 ]
 
-Kind = Literal["paper", "mechanism", "extra"]
+Kind = Literal["paper", "mechanism", "extra", "repair"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ class Figure:
         reads: the kinds of store it reads (results/<model>/<kind>/...).
         kind: "paper" (rules/figures.smk, the paper's per-head figures), "mechanism" (the
             paper's mechanism sections, drawn from rules/mechanisms.smk's stores) or "extra"
-            (beyond the paper: made only when engine.frozen_ln runs a frozen-LayerNorm variant).
+            (beyond the paper: made only when engine.frozen_ln runs a frozen-LayerNorm variant)
+            or "repair" (beyond the paper, rules/attribution.smk: who repairs whom, made when
+            engine.attribution is on).
         target: the config key naming its model and heads (figures.<key> for paper figures,
             mechanisms.<experiment>.<key> for mechanism ones), or None when it shows every model.
     """
@@ -134,6 +137,30 @@ FIGURES = (
         kind="extra",
     ),
     Figure(
+        rule="repair_heatmap",
+        name="repair_heatmap",
+        script="repair_heatmap.py",
+        category="Beyond the paper: who repairs whom",
+        reads=("attribution",),
+        kind="repair",
+    ),
+    Figure(
+        rule="repair_bars",
+        name="repair_top_repairers",
+        script="repair_bars.py",
+        category="Beyond the paper: who repairs whom",
+        reads=("attribution",),
+        kind="repair",
+    ),
+    Figure(
+        rule="repair_scatter",
+        name="repair_tokens",
+        script="repair_scatter.py",
+        category="Beyond the paper: who repairs whom",
+        reads=("attribution",),
+        kind="repair",
+    ),
+    Figure(
         rule="fig04",
         name="fig04_ln_scale_ratio",
         script="fig04_ln_scale_ratio.py",
@@ -201,6 +228,8 @@ FIGURES = (
 # The per-head summary table of every model and ablation (rule head_table,
 # rules/summaries.smk): results/tables/<file>.
 TABLES = ("head_summary.csv", "head_summary.html")
+# The repair graph (rule repair_graph, rules/attribution.smk), when engine.attribution is on.
+REPAIR_TABLES = ("repair_graph.csv", "repair_graph.html")
 
 _BY_RULE = {figure.rule: figure for figure in FIGURES}
 
@@ -214,26 +243,34 @@ def by_rule(rule: str) -> Figure:
     return _BY_RULE[rule]
 
 
-def run_figures(frozen_ln: bool, kinds: tuple[Kind, ...] | None = None) -> list[Figure]:
+def run_figures(
+    frozen_ln: bool, kinds: tuple[Kind, ...] | None = None, attribution: bool = True
+) -> list[Figure]:
     """The figures a run makes, in output order.
 
     Args:
         frozen_ln: whether the run has a frozen-LayerNorm variant (engine.frozen_ln), which
             the extra figure needs.
-        kinds: only the figures of these kinds ("paper", "mechanism", "extra"); None: all.
+        kinds: only the figures of these kinds ("paper", "mechanism", "extra", "repair");
+            None: all.
+        attribution: whether the run measures who repairs whom (engine.attribution), which
+            the repair figures need.
     """
     return [
         f
         for f in FIGURES
-        if (frozen_ln or f.kind != "extra") and (kinds is None or f.kind in kinds)
+        if (frozen_ln or f.kind != "extra")
+        and (attribution or f.kind != "repair")
+        and (kinds is None or f.kind in kinds)
     ]
 
 
-def figure_names(frozen_ln: bool = True) -> set[str]:
+def figure_names(frozen_ln: bool = True, attribution: bool = True) -> set[str]:
     """The file stems of the figures a run makes (results/figures/<stem>.pdf and .png).
 
     Args:
         frozen_ln: whether the run has a frozen-LayerNorm variant (the default, as the demo and
             the paper's config have).
+        attribution: whether it measures who repairs whom (the default).
     """
-    return {f.name for f in run_figures(frozen_ln)}
+    return {f.name for f in run_figures(frozen_ln, attribution=attribution)}

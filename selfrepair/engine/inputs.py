@@ -1,5 +1,6 @@
 """What the engine's entry points take and give: checks on the heads and tokens asked for, the
-number of heads stacked per pass, and the (layer, head, batch, pos) coordinates of their stores."""
+number of heads stacked per pass, and the (layer, head, batch, pos) arrays and Dataset of their
+results."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import xarray as xr
 from torch import Tensor
+
+from selfrepair.models.readout import Readout
+from selfrepair.variables import HEAD_VARIABLES
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -16,7 +21,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CPU_PASS_BYTES",
     "default_heads_per_pass",
+    "empty_head_arrays",
     "grid_coords",
+    "heads_dataset",
     "normalize_heads",
     "validate_tokens",
 ]
@@ -96,3 +103,43 @@ def grid_coords(model: HookedTransformer, n_rows: int, n_pos: int) -> dict[str, 
         "batch": np.arange(n_rows),
         "pos": np.arange(n_pos),
     }
+
+
+def empty_head_arrays(model: HookedTransformer, n_rows: int, n_pos: int) -> dict[str, np.ndarray]:
+    """NaN-filled float32 (layer, head, batch, pos) arrays of HEAD_VARIABLES (NaN: not measured)
+    and (batch, pos) arrays of the clean logit and final-LN scale."""
+    shape = (model.cfg.n_layers, model.cfg.n_heads, n_rows, n_pos)
+    out = {v: np.full(shape, np.nan, np.float32) for v in HEAD_VARIABLES}
+    out["logit_clean"] = np.empty((n_rows, n_pos), np.float32)
+    out["ln_scale_clean"] = np.empty((n_rows, n_pos), np.float32)
+    return out
+
+
+def heads_dataset(
+    model: HookedTransformer,
+    ro: Readout,
+    out: dict[str, np.ndarray],
+    ablation: str,
+    source: Tensor | None,
+    mean_include_bos: bool,
+    freeze_ln: bool,
+) -> xr.Dataset:
+    """measure_heads' arrays as a Dataset with its coordinates and attributes."""
+    n_layers, n_heads, n_rows, n_pos = out[HEAD_VARIABLES[0]].shape
+    dims4 = ("layer", "head", "batch", "pos")
+    data = {name: (dims4 if arr.ndim == 4 else ("batch", "pos"), arr) for name, arr in out.items()}
+    coords = grid_coords(model, n_rows, n_pos)
+    if ablation == "resample":
+        coords["resample_source"] = ("batch", source.numpy())
+    attrs = {
+        "ablation": ablation,
+        "model": model.cfg.model_name,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "parallel_attn_mlp": int(bool(model.cfg.parallel_attn_mlp)),
+        "final_norm": "LayerNorm" if ro.centre else "RMSNorm",
+        "mean_include_bos": int(mean_include_bos),
+        "freeze_ln": int(freeze_ln),
+        "logits": "centred over the vocabulary; direct effects use the clean final-LN scale",
+    }
+    return xr.Dataset(data, coords=coords, attrs=attrs)

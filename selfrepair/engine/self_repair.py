@@ -20,7 +20,7 @@ Each part is computed on its own, so sr_heads + sr_mlps + sr_ln == self_repair i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -39,10 +39,17 @@ from selfrepair.engine.ablation import (
     mean_z,
     resample_source,
 )
+from selfrepair.engine.attribution import (
+    RepairSums,
+    component_effects,
+    component_hooks,
+    head_directions,
+)
 from selfrepair.engine.inputs import (
     CPU_PASS_BYTES,
     default_heads_per_pass,
-    grid_coords,
+    empty_head_arrays,
+    heads_dataset,
     normalize_heads,
     validate_tokens,
 )
@@ -66,16 +73,16 @@ __all__ = [
     "HEAD_VARIABLES",
     "ablate_group",
     "ablated_pass",
+    "chunk_directions",
     "default_heads_per_pass",
-    "empty_head_arrays",
     "frozen_norms",
     "head_groups",
-    "heads_dataset",
     "mean_z",
     "measure_chunk",
     "measure_heads",
     "progress_bar",
     "normalize_heads",
+    "pass_result",
     "resample_source",
     "validate_tokens",
 ]
@@ -90,13 +97,17 @@ def ablated_pass(
     z_new: Float[Tensor, "group batch pos d_head"],
     freeze_ln: bool = False,
     fused: bool = True,
+    directions: Callable[[int], Tensor] | None = None,
 ) -> dict[str, Float[Tensor, "group batch pos"]]:
     """Replace z of each head in `heads` (one head per group entry) and finish the forward pass.
 
     Restarts from the clean residual stream right after the attention of `layer`, adding the
     head's change (z' - z) W_O; the stacked group shares every later block call. With freeze_ln
     every LayerNorm downstream (and the final one) divides by its clean scale instead of
-    recomputing it, the remedy the paper suggests for LayerNorm self-repair.
+    recomputing it, the remedy the paper suggests for LayerNorm self-repair. With `directions`
+    (a later layer -> its heads' W_O . u, engine.attribution.head_directions) the result also
+    holds "components": every component's change of direct effect ([group, batch, pos,
+    component], engine.attribution), which needs cp.z of every later layer.
     """
     g, b, p = z_new.shape[:3]
     block = model.blocks[layer]
@@ -119,8 +130,13 @@ def ablated_pass(
     def on_attn(x, hook, later):
         sr_heads.add_(stacked_dot(x) - cp.attn_dot[later])
 
+    mlp_parts: dict[int, Tensor] = {}
+    head_parts: dict[int, Tensor] = {}
+
     def on_mlp(x, hook, later):
-        sr_mlps.add_(stacked_dot(x) - cp.mlp_dot[later])
+        part = stacked_dot(x) - cp.mlp_dot[later]
+        sr_mlps.add_(part)
+        mlp_parts[later] = part
 
     def clean_scale(x, hook, key):
         return cp.norm_scale[key].repeat(g, 1, 1)
@@ -133,17 +149,36 @@ def ablated_pass(
             hooks.append((f"{prefix}.hook_mlp_out", partial(on_mlp, later=later)))
     if freeze_ln:
         hooks += [(key, partial(clean_scale, key=key)) for key in frozen_norms(model, layer)]
+    if directions is not None:
+        hooks += component_hooks(model, cp, layer, g, directions, head_parts)
 
     sequential = restart_point(model) == "resid_mid"
     with model.hooks(fwd_hooks=hooks):
         if sequential:  # the MLP of this layer reads the ablated stream
             mlp_out = run_mlp(block, resid, fused)
-            sr_mlps += stacked_dot(mlp_out) - cp.mlp_dot[layer]
+            mlp_parts[layer] = stacked_dot(mlp_out) - cp.mlp_dot[layer]
+            sr_mlps += mlp_parts[layer]
             resid = resid + mlp_out
         for later in range(layer + 1, model.cfg.n_layers):
             resid = run_block(model.blocks[later], resid, fused)
 
-    x = resid.reshape(g, b, p, -1)
+    res = pass_result(ro, cp, resid.reshape(g, b, p, -1), freeze_ln, de_clean, de_ablated)
+    res["sr_heads"], res["sr_mlps"] = sr_heads / cp.scale, sr_mlps / cp.scale
+    if directions is not None:
+        res["components"] = component_effects(model, cp.scale, head_parts, mlp_parts, res["sr_ln"])
+    return res
+
+
+def pass_result(
+    ro: Readout,
+    cp: CleanPass,
+    x: Float[Tensor, "group batch pos d_model"],
+    freeze_ln: bool,
+    de_clean: Float[Tensor, "group batch pos"],
+    de_ablated: Float[Tensor, "group batch pos"],
+) -> dict[str, Float[Tensor, "group batch pos"]]:
+    """Eq. 1 and the LayerNorm part of Eq. 2 from a stacked pass's final residual stream x."""
+    g, b, p = x.shape[:3]
     scale_ablated = cp.scale.expand(g, b, p) if freeze_ln else ro.scale(x)
     xu = dot(x, cp.u)
     logit_diff = (xu / scale_ablated + cp.const) - cp.logit
@@ -152,8 +187,6 @@ def ablated_pass(
         "de_clean": de_clean,
         "de_ablated": de_ablated,
         "self_repair": logit_diff - (de_ablated - de_clean),
-        "sr_heads": sr_heads / cp.scale,
-        "sr_mlps": sr_mlps / cp.scale,
         "sr_ln": xu * (1.0 / scale_ablated - 1.0 / cp.scale),
         "ln_scale_ablated": scale_ablated,
     }
@@ -170,16 +203,6 @@ def frozen_norms(model: HookedTransformer, layer: int) -> list[str]:
         if not model.cfg.attn_only:
             names.append(f"blocks.{later}.ln2.hook_scale")
     return names
-
-
-def empty_head_arrays(model: HookedTransformer, n_rows: int, n_pos: int) -> dict[str, np.ndarray]:
-    """NaN-filled float32 (layer, head, batch, pos) arrays of HEAD_VARIABLES (NaN: not measured)
-    and (batch, pos) arrays of the clean logit and final-LN scale."""
-    shape = (model.cfg.n_layers, model.cfg.n_heads, n_rows, n_pos)
-    out = {v: np.full(shape, np.nan, np.float32) for v in HEAD_VARIABLES}
-    out["logit_clean"] = np.empty((n_rows, n_pos), np.float32)
-    out["ln_scale_clean"] = np.empty((n_rows, n_pos), np.float32)
-    return out
 
 
 def head_groups(
@@ -204,10 +227,11 @@ def ablate_group(
     group: list[int],
     freeze_ln: bool,
     fused: bool,
+    directions: Callable[[int], Tensor] | None = None,
 ) -> dict[str, Float[Tensor, "group batch pos"]]:
     """ablated_pass for the heads `group` of `layer` on one chunk, each with its ablated z."""
     z_new = chunk.z_new(layer, group).permute(2, 0, 1, 3)  # [group, batch, pos, d_head]
-    res = ablated_pass(model, ro, chunk.cp, layer, group, z_new, freeze_ln, fused)
+    res = ablated_pass(model, ro, chunk.cp, layer, group, z_new, freeze_ln, fused, directions)
     check_finite(res["logit_diff"].transpose(0, 1), f"ablated layer {layer}", chunk.rows)
     return res
 
@@ -222,52 +246,40 @@ def measure_chunk(
     freeze_ln: bool,
     fused: bool,
     bar: tqdm,
+    sums: RepairSums | None = None,
 ) -> None:
-    """Write the clean logit and scale and every asked head's variables of one chunk into out."""
+    """Write the clean logit and scale and every asked head's variables of one chunk into out
+    (and, with sums, add every component's change of direct effect to them)."""
     sl = chunk.span
     out["logit_clean"][sl] = chunk.cp.logit.cpu().numpy()
     out["ln_scale_clean"][sl] = chunk.cp.scale.cpu().numpy()
+    directions = None if sums is None else chunk_directions(model, chunk)
     for layer, groups in head_groups(by_layer, heads_per_pass):
         for group in groups:
-            res = ablate_group(model, ro, chunk, layer, group, freeze_ln, fused)
+            res = ablate_group(model, ro, chunk, layer, group, freeze_ln, fused, directions)
+            if sums is not None:
+                sums.add(layer, group, res, sl)
+                del res["components"]
             for name, value in res.items():
                 out[name][layer, group, sl] = value.cpu().numpy()
         bar.update(1)
 
 
+def chunk_directions(model: HookedTransformer, chunk: AblationChunk) -> Callable[[int], Tensor]:
+    """head_directions of a chunk's clean pass, each layer's computed once, when first asked."""
+    cache: dict[int, Tensor] = {}
+
+    def directions(layer: int) -> Tensor:
+        if layer not in cache:
+            cache[layer] = head_directions(model, chunk.cp, layer)
+        return cache[layer]
+
+    return directions
+
+
 def progress_bar(total: int, desc: str, progress: bool) -> tqdm:
     """measure_heads' bar: one step per layer of each chunk, shown when progress is set."""
     return tqdm(total=total, desc=desc, unit="layer", disable=not progress, mininterval=5.0)
-
-
-def heads_dataset(
-    model: HookedTransformer,
-    ro: Readout,
-    out: dict[str, np.ndarray],
-    ablation: str,
-    source: Tensor | None,
-    mean_include_bos: bool,
-    freeze_ln: bool,
-) -> xr.Dataset:
-    """measure_heads' arrays as a Dataset with its coordinates and attributes."""
-    n_layers, n_heads, n_rows, n_pos = out[HEAD_VARIABLES[0]].shape
-    dims4 = ("layer", "head", "batch", "pos")
-    data = {name: (dims4 if arr.ndim == 4 else ("batch", "pos"), arr) for name, arr in out.items()}
-    coords = grid_coords(model, n_rows, n_pos)
-    if ablation == "resample":
-        coords["resample_source"] = ("batch", source.numpy())
-    attrs = {
-        "ablation": ablation,
-        "model": model.cfg.model_name,
-        "n_layers": n_layers,
-        "n_heads": n_heads,
-        "parallel_attn_mlp": int(bool(model.cfg.parallel_attn_mlp)),
-        "final_norm": "LayerNorm" if ro.centre else "RMSNorm",
-        "mean_include_bos": int(mean_include_bos),
-        "freeze_ln": int(freeze_ln),
-        "logits": "centred over the vocabulary; direct effects use the clean final-LN scale",
-    }
-    return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
 def measure_heads(
@@ -284,6 +296,7 @@ def measure_heads(
     fused: bool = True,
     progress: bool = False,
     desc: str | None = None,
+    sums: RepairSums | None = None,
 ) -> xr.Dataset:
     """Eq. 1 and 2 of the paper for every (or the given) head, per token.
 
@@ -304,6 +317,9 @@ def measure_heads(
             numbers to float tolerance, several times faster on a CPU); False runs
             TransformerLens' block modules.
         progress, desc: show a progress bar with this label.
+        sums: when given (engine.attribution.RepairSums over the same rows), the same passes
+            add every downstream component's change of direct effect to it (who repairs whom);
+            the returned numbers do not change.
 
     Returns:
         HEAD_VARIABLES with dims layer, head, batch, pos (= tokens.shape[1] - 1), NaN for heads
@@ -320,27 +336,28 @@ def measure_heads(
     tokens = tokens.to(device=model.W_U.device, dtype=torch.long)
     ro = readout(model)
     source = checked_source(source, n_rows) if ablation == "resample" else None
-    z_mean = (
-        mean_z(model, tokens, layers, batch_size, mean_include_bos, fused)
-        if ablation == "mean"
-        else None
-    )
     out = empty_head_arrays(model, n_rows, n_pos)
+    # Attribution reads the clean z of every layer after the first ablated one (the mean z of
+    # mean ablation is then taken for those layers too: each layer's is the same).
+    z_layers = layers if sums is None else set(range(min(layers), model.cfg.n_layers))
     chunks = ablation_chunks(
         model,
         tokens,
         ablation,
-        layers,
+        z_layers,
         ro,
+        restart_layers=layers,
         batch_size=batch_size,
+        mean_include_bos=mean_include_bos,
         source=source,
-        z_mean=z_mean,
         norm_scales=freeze_ln,
         fused=fused,
     )
     bar = progress_bar(-(-n_rows // batch_size) * len(layers), desc or "heads", progress)
     with torch.inference_mode(), cached_weights():
         for chunk in chunks:
-            measure_chunk(model, ro, chunk, by_layer, heads_per_pass, out, freeze_ln, fused, bar)
+            measure_chunk(
+                model, ro, chunk, by_layer, heads_per_pass, out, freeze_ln, fused, bar, sums
+            )
     bar.close()
     return heads_dataset(model, ro, out, ablation, source, mean_include_bos, freeze_ln)

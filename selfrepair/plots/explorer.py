@@ -38,7 +38,8 @@ body{font:14px system-ui,sans-serif;margin:1em 2em;color:#222}
 h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.2em}
 #grid td{width:28px;height:22px;border:1px solid #fff;cursor:pointer;text-align:center;font-size:10px}
 #grid td.sel{outline:2px solid #000}#grid th{font-weight:normal;font-size:11px;padding:0 4px}
-#summary td{padding:1px 8px;white-space:pre}#summary td.num{text-align:right;font-family:monospace}
+#summary td,#repairers td{padding:1px 8px;white-space:pre}
+#summary td.num,#repairers td.num{text-align:right;font-family:monospace}
 .entry{margin:6px 0;padding:4px;border-bottom:1px solid #eee}
 .meta{font-size:12px;color:#555}
 .ctx{font-family:monospace;white-space:pre-wrap;line-height:1.7}
@@ -131,6 +132,18 @@ function show() {
     t.appendChild(tr);
   }
   out.appendChild(t);
+  const rep = ((D.repairers || {})[S.ablation] || {})[S.head];
+  if (rep) {
+    out.appendChild(el('h2', {}, 'Who repairs it: top repairers on its top tokens'));
+    const r = el('table', {id: 'repairers'});
+    r.appendChild(el('tr', {}, '')).replaceChildren(el('th', {}, 'component'), el('th', {}, 'mean change of DE'), el('th', {}, 'share of its self-repair'));
+    for (const x of rep) {
+      const tr = el('tr', {'data-component': x.component});
+      tr.append(el('td', {}, x.component), el('td', {class: 'num'}, fmt(x.top_dde)), el('td', {class: 'num'}, fmt(x.top_share)));
+      r.appendChild(tr);
+    }
+    out.appendChild(r);
+  }
   if (!tokens) { out.appendChild(el('p', {}, 'This head was not measured.')); return; }
   out.appendChild(entries(tokens.de, 'de', 'Top tokens by clean DE'));
   out.appendChild(entries(tokens.sr, 'sr', 'Top tokens by self-repair'));
@@ -149,7 +162,9 @@ Click a head for its summary ({interval_note}) and its top {k} tokens by clean d
 (DE) and by self-repair, each after {context} tokens of context (the current token outlined,
 the correct next token in green); tokens are coloured by the head's value at their position
 (the prediction of the token after them); hover for the numbers. Tokens decoded with {tokenizer};
-· is a space, ↵ a newline. Who repairs whom is not measured by this workflow yet.</p>
+· is a space, ↵ a newline. Where the run measures who repairs whom (engine.attribution), a
+head's top repairers follow its summary: the components whose direct effect grows the most on
+its top tokens when it is ablated, and their share of its self-repair.</p>
 <div class="controls">
 <label>ablation <select id="ablation"></select></label>
 <label>grid <select id="stat"><option value="mean_self_repair">mean self-repair</option>

@@ -8,9 +8,11 @@ from typing import Any
 
 import xarray as xr
 
+from selfrepair.analysis.attribution import shard_top_mask
+from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.self_repair import measure_heads
 from selfrepair.stages.job import ModelJob, row_coords
-from selfrepair.stages.store import write_zarr
+from selfrepair.stages.store import open_zarr, write_zarr
 
 __all__ = ["ablate"]
 
@@ -26,8 +28,12 @@ def ablate(
     out: str,
     attrs: dict[str, Any],
     freeze_ln: bool = False,
+    top_tokens: str | None = None,
+    attribution_out: str | None = None,
 ) -> xr.Dataset:
-    """Every configured head of one shard under one ablation (engine.measure_heads).
+    """Every configured head of one shard under one ablation (engine.measure_heads), and with
+    top_tokens every downstream component's share of each head's self-repair, from the same
+    passes (engine.attribution).
 
     Args:
         job: the model job (one shard); its model entry's heads are measured (all if none).
@@ -37,9 +43,18 @@ def ablate(
         out: the store to write (results/<model>/ablation/<ablation>/shard-<n>.zarr).
         attrs: the rule's provenance attributes (run_attrs and the shard).
         freeze_ln: freeze every LayerNorm after the ablated head at its clean scale.
+        top_tokens: the head_top_tokens store (each head's top tokens over all shards);
+            None: no attribution.
+        attribution_out: the attribution store to write
+            (results/<model>/attribution/<ablation>/shard-<n>.zarr), with top_tokens.
     """
     rows = job.rows()
     model = job.model(seq_len=rows.shape[1])
+    sums = None
+    if top_tokens is not None:
+        indices = open_zarr(top_tokens).token.values
+        top = shard_top_mask(indices, job.bounds[0], rows.shape[0], rows.shape[1] - 1)
+        sums = RepairSums(model, top, row_offset=job.bounds[0])
     t0 = time.perf_counter()
     keys = {"engine.batch_size": job.batch_size, "engine.heads_per_pass": heads_per_pass}
     with job.guarded(model, keys):
@@ -54,6 +69,7 @@ def ablate(
             freeze_ln=freeze_ln,
             progress=True,
             desc=f"{ablation} ablation" + (" (frozen LayerNorm)" if freeze_ln else ""),
+            sums=sums,
         )
     seconds = time.perf_counter() - t0
     n_tok = rows.shape[0] * (rows.shape[1] - 1)
@@ -63,5 +79,9 @@ def ablate(
     if "resample_source" in ds.coords:  # as global row numbers too
         ds = ds.assign_coords(resample_source=ds.resample_source + start)
     ds.attrs.update(job.provenance(attrs))
+    if sums is not None:
+        sums_ds = sums.dataset()
+        sums_ds.attrs.update(job.provenance(attrs), ablation=ablation, freeze_ln=int(freeze_ln))
+        write_zarr(sums_ds, attribution_out)
     write_zarr(ds, out, chunks={"layer": 1})
     return ds

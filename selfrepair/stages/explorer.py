@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from selfrepair.analysis import explorer as select
+from selfrepair.analysis.attribution import head_repairers
 from selfrepair.plots import explorer as page
 from selfrepair.stages.data import open_tokens
 from selfrepair.stages.store import open_shards, open_zarr, write_text
@@ -94,10 +95,16 @@ def explorer_data(
     intervals: Mapping[str, str],
     tokens_per_head: int,
     context: int,
+    repairs: Mapping[str, str] | None = None,
+    repairers: int = 5,
 ) -> dict[str, Any]:
     """Everything one model's page shows, ids not decoded yet (keys of head_explorer)."""
     rows, _ = open_tokens(tokens)
     data: dict[str, Any] = {"model": model, "ablations": list(shards), "grid": {}, "numbers": {}}
+    data["repairers"] = {
+        ablation: head_repairers(open_zarr(path), repairers)
+        for ablation, path in (repairs or {}).items()
+    }
     heads: dict[str, dict] = {}
     for ablation, paths in shards.items():
         data["grid"][ablation], data["numbers"][ablation] = _summary_grid(
@@ -130,6 +137,7 @@ def head_explorer(
     context: int,
     out: str,
     tokenizer_dir: str | None = None,
+    repairs: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write one model's explorer page (a self-contained HTML file).
 
@@ -144,6 +152,8 @@ def head_explorer(
         context: tokens shown before (and with) each top token.
         out: the HTML file to write.
         tokenizer_dir: a tokenizer or checkpoint folder (a trained model's), else the model's own.
+        repairs: the repair_summary stores, one per ablation (who repairs whom; none when
+            engine.attribution is off): each head's top repairers are listed.
     """
     from selfrepair.data.tokens import load_tokenizer
 
@@ -158,6 +168,7 @@ def head_explorer(
         intervals=dict(zip(ablations, intervals, strict=True)),
         tokens_per_head=tokens_per_head,
         context=context,
+        repairs=dict(zip(ablations, repairs, strict=True)) if repairs else None,
     )
     tokenizer, source = load_tokenizer(dict(model_entry), tokenizer_dir)
     data["vocab"] = vocabulary(tokenizer, _used_ids(data["heads"]))

@@ -1,8 +1,10 @@
 rule ablate:
     input:
         unpack(model_input),
+        unpack(top_tokens_input),
         tokens="results/{model}/tokens.zarr",
     output:
+        **attribution_outputs(),
         heads=directory("results/{model}/ablation/{ablation}/shard-{shard}.zarr"),
     log:
         "results/logs/ablate/{model}/{ablation}/shard-{shard}.log",

@@ -308,8 +308,11 @@ def norm_paths(model):
 
 # --- final outputs ----------------------------------------------------------------------------
 # Every figure of the one list (selfrepair.config.figures) that this run makes.
-FIGURE_LIST = sr_figures.run_figures(bool(FROZEN_BASE))
+FIGURE_LIST = sr_figures.run_figures(
+    bool(FROZEN_BASE), attribution=config["engine"]["attribution"]
+)
 TABLE_OUTPUTS = [f"results/tables/{name}" for name in sr_figures.TABLES]
+REPAIR_TABLES = [f"results/tables/{name}" for name in sr_figures.REPAIR_TABLES]
 
 
 def figure_outputs(kinds):
@@ -337,6 +340,72 @@ def all_outputs():
         if "train" in entry:
             outputs.append(f"results/{model}/training.json")
     outputs += figure_outputs(["paper", "extra"]) + TABLE_OUTPUTS
-    outputs += mechanism_outputs()
+    outputs += mechanism_outputs() + repair_outputs()
     outputs += expand("results/explorer/{model}.html", model=MODELS)
     return outputs + ["results/explorer/index.html"]
+
+
+# --- who repairs whom -----------------------------------------------------------------------
+# engine.attribution: the ablate jobs also sum every downstream component's change of direct
+# effect over each head's top tokens (chosen once from the clean cache, rule head_top_tokens);
+# rules/attribution.smk reduces them and keeps a few heads per token (REPAIR_HEADS, the picked
+# figure heads and each model's most repaired ones) for the figures.
+ATTRIBUTION = ENGINE["attribution"]
+REPAIR = FIGURES["attribution"]
+REPAIR_HEADS = sr_config.attribution_heads(
+    config,
+    MODELS,
+    list(FIGURE_TARGETS.values()) + [t for ts in MECH_TARGETS.values() for t in ts],
+)
+
+
+REPAIR_BOOTSTRAP = {
+    "n_resamples": FIGURES["bootstrap"]["resamples"],
+    "level": FIGURES["bootstrap"]["level"],
+    "seed": config["seed"],
+}
+
+
+def repair_paths(models, name):
+    """Each model's repair store `name`: an ablation (summary) or detail-<ablation>."""
+    return expand("results/{model}/attribution/{name}.zarr", model=models, name=name)
+
+
+def top_tokens_input(wildcards):
+    """The ablate rule's top-token store when it measures the attribution too."""
+    if not ATTRIBUTION:
+        return {}
+    return {"top_tokens": f"results/{wildcards.model}/attribution/top_tokens.zarr"}
+
+
+def attribution_outputs():
+    """The ablate rule's attribution store (an output only when engine.attribution is on)."""
+    if not ATTRIBUTION:
+        return {}
+    path = "results/{model}/attribution/{ablation}/shard-{shard}.zarr"
+    return {"attribution": directory(path)}
+
+
+def attribution_shards(wildcards):
+    return expand(
+        "results/{model}/attribution/{ablation}/shard-{shard}.zarr",
+        model=wildcards.model,
+        ablation=wildcards.ablation,
+        shard=SHARDS,
+    )
+
+
+def repair_picks(wildcards):
+    """The pick records of the figure and mechanism targets shown in this model."""
+    return [pick_path(k, t) for k, t in PICKS.items() if t.model == wildcards.model]
+
+
+def repair_outputs():
+    """The who-repairs-whom stores, figures and table of the run (none when it is off)."""
+    if not ATTRIBUTION:
+        return []
+    outputs = expand(
+        "results/{model}/attribution/{ablation}.zarr", model=MODELS, ablation=VARIANTS
+    )
+    outputs += [f"results/{m}/attribution/detail-{FIG_ABLATION}.zarr" for m in MODELS]
+    return outputs + figure_outputs(["repair"]) + REPAIR_TABLES

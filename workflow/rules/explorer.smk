@@ -10,6 +10,7 @@ rule head_explorer:
         shards=lambda w: [s for a in ABLATIONS for s in shard_paths(w.model, a)],
         summaries=lambda w: summary_paths(w.model, ABLATIONS),
         intervals=lambda w: interval_paths(w.model, ABLATIONS),
+        repairs=lambda w: repair_paths(w.model, ABLATIONS) if ATTRIBUTION else [],
     output:
         html=report(
             "results/explorer/{model}.html",

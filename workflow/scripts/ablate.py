@@ -9,5 +9,7 @@ with logged(snakemake.log[0]):
         ModelJob.from_snakemake(snakemake),
         **rule_params(snakemake, "ablation", "freeze_ln", "heads_per_pass", "mean_include_bos"),
         out=snakemake.output.heads,
+        top_tokens=snakemake.input.get("top_tokens"),
+        attribution_out=snakemake.output.get("attribution"),
         attrs=dict(snakemake.params.attrs, shard=snakemake.wildcards.shard),
     )

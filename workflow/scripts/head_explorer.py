@@ -19,4 +19,5 @@ with logged(snakemake.log[0]):
         context=int(params.context),
         out=snakemake.output.html,
         tokenizer_dir=inputs.get("model_dir"),
+        repairs=list(inputs.repairs),
     )

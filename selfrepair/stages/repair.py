@@ -1,0 +1,162 @@
+"""The who-repairs-whom rules (engine.attribution): head_top_tokens (each head's top tokens,
+from the clean cache, before any ablation), repair_summary (the ablate jobs' per-shard sums into
+per-(head, component) means, checked to add up to the head's self-repair) and repair_detail
+(every component's change of direct effect on each top token of a few heads, for the figures'
+intervals and scatter).
+
+head_top_tokens and repair_summary run in the analysis environment (no torch), so the engine is
+imported inside repair_detail only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import xarray as xr
+
+from selfrepair.analysis import attribution
+from selfrepair.stages.joblog import provenance, revision_of
+from selfrepair.stages.store import open_shards, open_zarr, write_zarr
+from selfrepair.stages.summaries import heads_with_picks
+
+if TYPE_CHECKING:
+    from selfrepair.stages.job import ModelJob
+
+__all__ = ["detail_heads", "head_top_tokens", "repair_detail", "repair_summary"]
+
+log = logging.getLogger("selfrepair")
+
+
+def head_top_tokens(
+    *, shards: Sequence[str], top_fraction: float, out: str, attrs: dict[str, Any]
+) -> xr.Dataset:
+    """Each head's top tokens over all shards, by clean direct effect (the selection
+    summarize_heads makes), as global token numbers, so every ablate job of the model can
+    sum over exactly them.
+
+    Args:
+        shards: the model's clean_cache stores, in shard order.
+        top_fraction: engine.top_fraction.
+        out: the store to write (results/<model>/attribution/top_tokens.zarr).
+        attrs: the rule's provenance attributes.
+    """
+    clean = open_shards(shards, variables=("de_head",))
+    token = attribution.top_token_indices(clean.de_head, top_fraction)
+    n_pos = clean.sizes["pos"]
+    ds = xr.Dataset(
+        {"token": token, "row": token // n_pos, "pos_index": token % n_pos},
+        attrs=provenance(
+            **attrs,
+            model_revision=revision_of(clean),
+            top_fraction=top_fraction,
+            n_tokens=int(clean.sizes["batch"] * n_pos),
+            n_pos=n_pos,
+        ),
+    )
+    write_zarr(ds, out)
+    return ds
+
+
+def repair_summary(
+    *, shards: Sequence[str], out: str, attrs: dict[str, Any], tolerance: float = 1e-4
+) -> xr.Dataset:
+    """Per (ablated head, component) means over all tokens and the head's top tokens, and
+    shares of its self-repair (analysis.attribution.repair_summary); refuses to write if the
+    components do not add up to sr_heads + sr_mlps and, with the LayerNorm, to self_repair.
+
+    Args:
+        shards: the ablate jobs' attribution stores of one (model, ablation).
+        out: the store to write (results/<model>/attribution/<ablation>.zarr).
+        attrs: the rule's provenance attributes.
+        tolerance: the largest |sum of components - total| accepted (logits).
+    """
+    sums = attribution.combine_sums([open_zarr(p).load() for p in shards])
+    summary = attribution.repair_summary(sums)
+    errors = attribution.sum_errors(summary)
+    log.info("largest |sum of components - total|: %s", errors)
+    if not max(errors.values()) <= tolerance:
+        raise ArithmeticError(
+            f"the components' changes of direct effect miss the self-repair by "
+            f"{max(errors.values()):.3g} > {tolerance}: {errors}"
+        )
+    summary.attrs = provenance(
+        **attrs,
+        model_revision=sums.attrs.get("model_revision", ""),
+        **{f"max_error_{k}": v for k, v in errors.items()},
+    )
+    write_zarr(summary, out)
+    return summary
+
+
+def repair_detail(
+    job: ModelJob,
+    *,
+    ablation: str,
+    freeze_ln: bool,
+    heads: Sequence[Sequence[int]],
+    top_tokens: str,
+    heads_per_pass: int,
+    mean_include_bos: bool,
+    out: str,
+    attrs: dict[str, Any],
+) -> xr.Dataset:
+    """Every component's change of direct effect on each top token of a few heads, over every
+    shard: storage grows with the heads asked for, never with every head x component x token.
+
+    Args:
+        job: the model job over every shard.
+        ablation: resample, mean or zero (each shard ablated as its ablate job does).
+        freeze_ln: freeze every LayerNorm after the ablated head at its clean scale.
+        heads: the (layer, head) pairs to keep.
+        top_tokens: the head_top_tokens store.
+        heads_per_pass, mean_include_bos: as the ablate rule's.
+        out: the store to write (results/<model>/attribution/detail-<ablation>.zarr).
+        attrs: the rule's provenance attributes.
+    """
+    from selfrepair.engine.attribution import RepairSums
+    from selfrepair.engine.self_repair import measure_heads
+
+    indices = open_zarr(top_tokens).token.values
+    heads = sorted({(int(h[0]), int(h[1])) for h in heads})
+    model = None
+    parts = []
+    for start, rows in job.each_shard():
+        model = model or job.model(seq_len=rows.shape[1])
+        top = attribution.shard_top_mask(indices, start, rows.shape[0], rows.shape[1] - 1)
+        sums = RepairSums(model, top, keep_tokens=True, row_offset=start)
+        measure_heads(
+            model,
+            rows,
+            ablation,
+            heads=heads,
+            batch_size=job.batch_size,
+            heads_per_pass=heads_per_pass,
+            mean_include_bos=mean_include_bos,
+            freeze_ln=freeze_ln,
+            progress=True,
+            desc=f"detail, rows {start}+",
+            sums=sums,
+        )
+        parts.append(sums.detail_dataset())
+    ds = xr.concat(parts, "token")
+    ds.attrs.update(job.provenance(attrs), ablation=ablation, heads=[list(h) for h in heads])
+    write_zarr(ds, out)
+    return ds
+
+
+def detail_heads(
+    heads: Sequence[Sequence[int]], picks: Sequence[str], summary: str, most_repaired: int
+) -> list[tuple[int, int]]:
+    """The heads repair_detail keeps: the configured ones, those picked at run time (pick
+    records), and the `most_repaired` heads of the repair summary, sorted, without repeats.
+
+    Args:
+        heads: the configured heads (config.attribution_heads).
+        picks: the pick records of the model's targets.
+        summary: the repair_summary store of the detail's ablation.
+        most_repaired: how many of the most self-repaired heads to add.
+    """
+    chosen = set(heads_with_picks(heads, picks))
+    chosen.update(attribution.most_repaired(open_zarr(summary), most_repaired))
+    return sorted(chosen)

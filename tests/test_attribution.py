@@ -1,0 +1,171 @@
+"""Who repairs whom (engine.attribution): every component's change of direct effect against the
+slow full-forward reference, the sums that must hold per token, and the reductions against a
+brute-force recomputation from per-token data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from selfrepair.analysis import attribution
+from selfrepair.analysis.reduce import head_summary, top_token_mask
+from selfrepair.engine.attribution import RepairSums
+from selfrepair.engine.self_repair import ABLATIONS, measure_heads
+from selfrepair.models.loading import random_model
+from selfrepair.reference.attribution import reference_component_effects
+from selfrepair.variables import component_kinds, component_names, downstream, n_components
+
+TOL = 1e-4
+
+
+def all_tokens(model, n_rows: int, n_pos: int) -> np.ndarray:
+    return np.ones((model.cfg.n_layers, model.cfg.n_heads, n_rows, n_pos), bool)
+
+
+def per_token(model, tokens, ablation, freeze_ln=False, heads=None, **kwargs):
+    """measure_heads with every token kept per head: (dataset, [layer, head, batch, pos, comp])."""
+    n_rows, n_pos = tokens.shape[0], tokens.shape[1] - 1
+    sums = RepairSums(model, all_tokens(model, n_rows, n_pos), keep_tokens=True)
+    ds = measure_heads(
+        model, tokens, ablation, heads=heads, freeze_ln=freeze_ln, sums=sums, **kwargs
+    )
+    det = sums.detail_dataset()
+    out = np.full((*all_tokens(model, n_rows, n_pos).shape, det.sizes["component"]), np.nan)
+    out[det.ablated_layer, det.ablated_head, det.row, det.pos_index] = det.dde.values
+    return ds, out, sums
+
+
+@pytest.mark.parametrize("freeze_ln", [False, True], ids=["ln", "frozen-ln"])
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_every_component_matches_full_forward_reference(
+    tiny_model, tiny_tokens, ablation, freeze_ln, one_torch_thread
+):
+    _, got, _ = per_token(
+        tiny_model, tiny_tokens, ablation, freeze_ln, batch_size=4, heads_per_pass=3
+    )
+    ref = reference_component_effects(tiny_model, tiny_tokens, ablation, freeze_ln=freeze_ln)
+    biggest = 0.0
+    for (layer, head), values in ref.items():
+        assert np.abs(got[layer, head] - values).max() < TOL, (layer, head)
+        biggest = max(biggest, float(np.abs(values[..., :-1]).max()))
+    assert biggest > 0.01  # the heads and MLPs do repair, or the comparison proves little
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_components_add_up_per_token(tiny_model, tiny_tokens, ablation, one_torch_thread):
+    ds, got, _ = per_token(tiny_model, tiny_tokens, ablation)
+    cfg = tiny_model.cfg
+    kinds = np.array(component_kinds(cfg.n_layers, cfg.n_heads))
+    is_head, is_mlp = kinds == "head", kinds == "mlp"
+    heads = got[..., is_head].sum(-1)
+    mlps = got[..., is_mlp].sum(-1)
+    assert np.abs(heads - ds.sr_heads.values).max() < 1e-5
+    assert np.abs(mlps - ds.sr_mlps.values).max() < 1e-5
+    assert np.abs(got.sum(-1) - ds.self_repair.values).max() < 1e-5
+    assert np.array_equal(got[..., -1], ds.sr_ln.values)  # the LayerNorm term is sr_ln itself
+    # Components that do not read the ablated head change nothing.
+    down = np.array(downstream(cfg.n_layers, cfg.n_heads, cfg.parallel_attn_mlp, cfg.attn_only))
+    for layer in range(cfg.n_layers):
+        assert np.all(got[layer][..., ~down[layer]] == 0)
+
+
+def test_head_variables_unchanged_by_attribution(tiny_model, tiny_tokens, one_torch_thread):
+    plain = measure_heads(tiny_model, tiny_tokens, "resample", batch_size=4, heads_per_pass=3)
+    ds, _, _ = per_token(tiny_model, tiny_tokens, "resample", batch_size=4, heads_per_pass=3)
+    for name in plain.data_vars:
+        np.testing.assert_array_equal(ds[name].values, plain[name].values, err_msg=name)
+
+
+def test_parallel_block_same_layer_mlp_and_last_layer(one_torch_thread):
+    """Pythia's MLP of the ablated layer does not repair; a last-layer head has only LN."""
+    model = random_model("pythia")
+    gen = torch.Generator().manual_seed(2)
+    tokens = torch.randint(1, model.cfg.d_vocab, (4, 10), generator=gen)
+    tokens[:, 0] = 0
+    ds, got, _ = per_token(model, tokens, "zero")
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    names = component_names(n_layers, n_heads)
+    for layer in range(n_layers):
+        assert np.all(got[layer][..., names.index(f"MLP{layer}")] == 0)
+    last = got[n_layers - 1]
+    assert np.all(last[..., :-1] == 0)
+    assert np.abs(last[..., -1]).max() > 0
+    np.testing.assert_array_equal(last[..., -1], ds.sr_ln.values[n_layers - 1])
+
+
+def test_sums_equal_brute_force_over_global_top_tokens(one_torch_thread):
+    """Two shards summed and reduced (the workflow's path) equal the means over the global top
+    2% taken from per-token data of the whole run, the same tokens summarize_heads takes."""
+    model = random_model("gpt2")
+    gen = torch.Generator().manual_seed(5)
+    tokens = torch.randint(1, model.cfg.d_vocab, (12, 17), generator=gen)
+    tokens[:, 0] = 0
+    n_pos, fraction = 16, 0.05
+    # Brute force: every token of each shard kept, the top set taken over the whole run.
+    shards = [(0, 6), (6, 12)]
+    runs = [per_token(model, tokens[a:b], "resample") for a, b in shards]
+    de = xr.concat([ds.de_clean for ds, _, _ in runs], "batch")
+    full = np.concatenate([got for _, got, _ in runs], axis=2)
+    mask = top_token_mask(de, fraction).values.reshape(full.shape[:4])
+    # The workflow: top tokens chosen once, each shard summed over its part of them.
+    indices = attribution.top_token_indices(de, fraction).values
+    parts = []
+    for a, b in shards:
+        top = attribution.shard_top_mask(indices, a, b - a, n_pos)
+        np.testing.assert_array_equal(top, mask[:, :, a:b])
+        sums = RepairSums(model, top)
+        measure_heads(model, tokens[a:b], "resample", sums=sums)
+        parts.append(sums.dataset())
+    summary = attribution.repair_summary(attribution.combine_sums(parts))
+    down = summary.downstream.values[:, None, :]
+    brute_top = np.nansum(full * mask[..., None], (2, 3)) / mask.sum((2, 3))[..., None]
+    brute_all = full.mean((2, 3))
+    np.testing.assert_allclose(summary.top_dde.values, np.where(down, brute_top, np.nan), atol=1e-6)
+    np.testing.assert_allclose(summary.all_dde.values, np.where(down, brute_all, np.nan), atol=1e-6)
+    # ... and its head totals are the per-head summary's, over the same tokens.
+    merged = xr.concat([ds for ds, _, _ in runs], "batch")
+    reference = head_summary(merged, top_fraction=fraction)
+    for name in ("self_repair", "sr_heads", "sr_mlps", "sr_ln"):
+        np.testing.assert_allclose(
+            summary[f"top_{name}"].values, reference[f"top_{name}"].values, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            summary[f"all_{name}"].values, reference[f"mean_{name}"].values, atol=1e-6
+        )
+    errors = attribution.sum_errors(summary)
+    assert max(errors.values()) < 1e-5, errors
+    assert summary.sizes["component"] == n_components(model.cfg.n_layers, model.cfg.n_heads)
+
+
+def test_shares_add_up_to_one():
+    model = random_model("llama")
+    gen = torch.Generator().manual_seed(4)
+    tokens = torch.randint(1, model.cfg.d_vocab, (4, 12), generator=gen)
+    tokens[:, 0] = 0
+    _, _, sums = per_token(model, tokens, "mean")
+    summary = attribution.repair_summary(sums.dataset())
+    total = summary.top_share.sum("component")
+    assert np.abs(total.values - 1).max() < 1e-3
+
+
+def test_rankings_and_table():
+    names = component_names(2, 2)
+    dde = np.full((2, 2, len(names)), np.nan)
+    dde[0, 0, 2:] = [0.5, -0.1, 0.2, 0.05, 0.15]  # L1H0, L1H1, MLP0, MLP1, LN
+    dde[0, 1, 2:] = [0.0, 0.0, 0.0, 0.0, 0.01]
+    summary = xr.Dataset(
+        {
+            "top_dde": (("layer", "head", "component"), dde),
+            "all_dde": (("layer", "head", "component"), dde / 2),
+            "top_share": (("layer", "head", "component"), dde / 0.8),
+            "top_self_repair": (("layer", "head"), np.array([[0.8, 0.01], [np.nan, np.nan]])),
+        },
+        coords={"layer": [0, 1], "head": [0, 1], "component": names},
+    )
+    assert attribution.most_repaired(summary, 5) == [(0, 0), (0, 1)]
+    assert attribution.top_repairers(summary, (0, 0), 3) == ["L1H0", "MLP0", "LN"]
+    table = attribution.repair_graph(summary, 2)
+    assert list(table.ablated_head) == ["L0H0", "L0H0", "L0H1", "L0H1"]
+    assert table.top_dde.iloc[0] == 0.5 and np.isnan(table.ci_low.iloc[0])

@@ -1,0 +1,11 @@
+"""Each head's top tokens over all shards (selfrepair.stages.repair.head_top_tokens)."""
+
+from selfrepair.stages.joblog import logged, rule_params
+from selfrepair.stages.repair import head_top_tokens
+
+with logged(snakemake.log[0]):
+    head_top_tokens(
+        shards=list(snakemake.input.shards),
+        **rule_params(snakemake, "top_fraction", "attrs"),
+        out=snakemake.output.top_tokens,
+    )

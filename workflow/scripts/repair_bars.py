@@ -1,0 +1,15 @@
+"""Beyond the paper: the top repairers of the most self-repaired heads
+(selfrepair.stages.repair_figures.repair_bars)."""
+
+from selfrepair.stages import repair_figures
+from selfrepair.stages.joblog import logged, rule_params
+
+with logged(snakemake.log[0]):
+    repair_figures.repair_bars(
+        list(snakemake.input.summaries),
+        list(snakemake.input.details),
+        **rule_params(
+            snakemake, "models", "most_repaired", "repairers", "bootstrap", "top_fraction"
+        ),
+        out=[snakemake.output.pdf, snakemake.output.png],
+    )

@@ -1,0 +1,12 @@
+"""Beyond the paper: each component's share of each head's self-repair
+(selfrepair.stages.repair_figures.repair_heatmap)."""
+
+from selfrepair.stages import repair_figures
+from selfrepair.stages.joblog import logged, rule_params
+
+with logged(snakemake.log[0]):
+    repair_figures.repair_heatmap(
+        list(snakemake.input.summaries),
+        **rule_params(snakemake, "models", "top_fraction"),
+        out=[snakemake.output.pdf, snakemake.output.png],
+    )
