@@ -15,6 +15,7 @@ from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.self_repair import ABLATIONS, measure_heads
 from selfrepair.models.loading import random_model
 from selfrepair.reference.attribution import reference_component_effects
+from selfrepair.stages.store import open_zarr
 from selfrepair.variables import component_kinds, component_names, downstream, n_components
 
 TOL = 1e-4
@@ -169,3 +170,59 @@ def test_rankings_and_table():
     table = attribution.repair_graph(summary, 2)
     assert list(table.ablated_head) == ["L0H0", "L0H0", "L0H1", "L0H1"]
     assert table.top_dde.iloc[0] == 0.5 and np.isnan(table.ci_low.iloc[0])
+
+
+# --- the reduced demo's stores (tests/conftest.py finished_run) -----------------------------
+
+
+@pytest.mark.slow
+def test_demo_repair_summaries_add_up_and_match_the_head_summaries(finished_run):
+    """In every model and variant the stored components add up to sr_heads + sr_mlps and to
+    self_repair; the top tokens are summarize_heads' own (same count, same means of the head
+    variables) where the ablated pass's clean DE is the clean cache's."""
+    run, _ = finished_run
+    results = run / "results"
+    for model in ("tiny-gpt2", "tiny-pythia"):
+        top = open_zarr(results / model / "attribution" / "top_tokens.zarr")
+        for variant in ("resample", "mean", "zero", "resample-frozen-ln"):
+            repair = open_zarr(results / model / "attribution" / f"{variant}.zarr")
+            heads = open_zarr(results / model / "summary" / f"{variant}.zarr")
+            errors = attribution.sum_errors(repair)
+            assert max(errors.values()) < 1e-5, (model, variant, errors)
+            assert np.all(repair.n_top.values == top.sizes["rank"])
+            assert np.all(repair.n_top.values == heads.top_n_tokens.values)
+            if variant.endswith("frozen-ln"):  # its clean pass differs in the last bits
+                assert np.abs(repair.top_dde.sel(component="LN")).max() < 1e-6
+                continue
+            for name in ("self_repair", "sr_heads", "sr_mlps", "sr_ln", "de_clean"):
+                np.testing.assert_allclose(
+                    repair[f"top_{name}"], heads[f"top_{name}"], atol=1e-5, err_msg=name
+                )
+                np.testing.assert_allclose(
+                    repair[f"all_{name}"], heads[f"mean_{name}"], atol=1e-5, err_msg=name
+                )
+
+
+@pytest.mark.slow
+def test_demo_repair_detail_is_the_summary_per_token(finished_run):
+    """The detail store's tokens of a head are its top tokens, and their means are the
+    summary's; per token the components add up to the head's self-repair."""
+    run, _ = finished_run
+    results = run / "results"
+    for model in ("tiny-gpt2", "tiny-pythia"):
+        base = results / model / "attribution"
+        detail = open_zarr(base / "detail-resample.zarr").load()
+        summary = open_zarr(base / "resample.zarr")
+        top = open_zarr(base / "top_tokens.zarr")
+        heads = [tuple(h) for h in detail.attrs["heads"]]
+        assert set(attribution.most_repaired(summary, 3)) <= set(heads)
+        n_pos = top.attrs["n_pos"]
+        for head in heads:
+            one = attribution.head_detail(detail, head)
+            tokens = np.sort(one.row.values * n_pos + one.pos_index.values)
+            np.testing.assert_array_equal(tokens, np.sort(top.token.values[head]))
+            means = one.dde.mean("token").values
+            stored = summary.top_dde.sel(layer=head[0], head=head[1]).values
+            np.testing.assert_allclose(np.where(np.isnan(stored), np.nan, means), stored, atol=1e-5)
+            per_token = one.dde.sum("component") - one.self_repair
+            assert float(np.abs(per_token).max()) < 1e-5

@@ -195,6 +195,8 @@ STORES = (
     "*/neurons/reductions.zarr",
     "*/norms/*.zarr",
     "*/reinforcement/reinforcement.zarr",
+    "*/attribution/*.zarr",
+    "*/attribution/*/shard-*.zarr",
 )
 
 
