@@ -4,13 +4,18 @@ brute-force recomputation from per-token data."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+import yaml
+from helpers import REDUCED_DEMO, ROOT, merged, snakemake
 
 from selfrepair.analysis import attribution
 from selfrepair.analysis.reduce import head_summary, top_token_mask
+from selfrepair.config import ConfigError, FigureTarget, attribution_heads
 from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.self_repair import ABLATIONS, measure_heads
 from selfrepair.models.loading import random_model
@@ -163,10 +168,16 @@ def test_rankings_and_table():
             "top_share": (("layer", "head", "component"), dde / 0.8),
             "top_self_repair": (("layer", "head"), np.array([[0.8, 0.01], [np.nan, np.nan]])),
         },
-        coords={"layer": [0, 1], "head": [0, 1], "component": names},
+        coords={
+            "layer": [0, 1],
+            "head": [0, 1],
+            "component": names,
+            "component_kind": ("component", component_kinds(2, 2)),
+        },
     )
     assert attribution.most_repaired(summary, 5) == [(0, 0), (0, 1)]
     assert attribution.top_repairers(summary, (0, 0), 3) == ["L1H0", "MLP0", "LN"]
+    assert attribution.top_repairers(summary, (0, 0), 2, kinds=("mlp",)) == ["MLP0", "MLP1"]
     table = attribution.repair_graph(summary, 2)
     assert list(table.ablated_head) == ["L0H0", "L0H0", "L0H1", "L0H1"]
     assert table.top_dde.iloc[0] == 0.5 and np.isnan(table.ci_low.iloc[0])
@@ -226,3 +237,39 @@ def test_demo_repair_detail_is_the_summary_per_token(finished_run):
             np.testing.assert_allclose(np.where(np.isnan(stored), np.nan, means), stored, atol=1e-5)
             per_token = one.dde.sum("component") - one.self_repair
             assert float(np.abs(per_token).max()) < 1e-5
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+def test_detail_heads_are_the_figure_heads_and_named_ones_checked():
+    models = {"tiny": {"name": "tiny", "train": {"arch": "gpt2", "n_layers": 4, "n_heads": 4}}}
+    target = FigureTarget("fig05", "tiny", ((3, 1),), "pythia-160m", ((11, 10),), "not run")
+    config = {"figures": {"attribution": {"heads": {"tiny": [[0, 2]]}}}}
+    assert attribution_heads(config, models, [target]) == {"tiny": [(0, 2), (3, 1)]}
+    config["figures"]["attribution"]["heads"] = {"other": [[0, 0]]}
+    with pytest.raises(ConfigError, match=r"figures\.attribution\.heads\.other: 'other' is not"):
+        attribution_heads(config, models, [])
+    config["figures"]["attribution"]["heads"] = {"tiny": [[4, 0]]}
+    with pytest.raises(ConfigError, match=r"heads\.tiny: tiny has no L4H0 \(4 layers x 4 heads\)"):
+        attribution_heads(config, models, [])
+
+
+def _dry_run_jobs(tmp_path, extra: dict) -> str:
+    config = merged(yaml.safe_load(REDUCED_DEMO.read_text()), extra)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake(
+        "-n", "--cores", "1", "--configfile", str(path), "--quiet", "rules", cwd=ROOT, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_attribution_is_on_by_default_and_off_with_its_key(tmp_path):
+    on = _dry_run_jobs(tmp_path, {})
+    for rule in ("head_top_tokens", "repair_summary", "repair_detail", "repair_graph"):
+        assert re.search(rf"^{rule}\s+\d+", on, re.M), rule
+    off = _dry_run_jobs(tmp_path, {"engine": {"attribution": False}})
+    assert not re.search(r"^(head_top_tokens|repair_\w+)\s+\d+", off, re.M)
+    assert re.search(r"^ablate\s+16", off, re.M)

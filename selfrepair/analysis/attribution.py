@@ -17,7 +17,7 @@ import xarray as xr
 
 from selfrepair.analysis.intervals import bootstrap_means, percentile_interval
 from selfrepair.analysis.reduce import top_token_mask
-from selfrepair.analysis.tables import STYLE
+from selfrepair.analysis.tables import html_page
 from selfrepair.variables import REPAIR_TOTALS
 
 __all__ = [
@@ -201,18 +201,12 @@ def repair_graph(
 
 def repair_graph_html(table: pd.DataFrame, note: str = "") -> str:
     """The repair graph as a standalone HTML page: one table per model, heads in layer order."""
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>Who repairs whom</title><style>{STYLE}</style></head><body>",
-        "<h1>Who repairs whom</h1>",
-        f"<p>{html.escape(note)}</p>" if note else "",
-    ]
+    parts = []
     for model, rows in table.groupby("model", sort=False):
         parts.append(f"<h2>{html.escape(str(model))}</h2>")
         shown = rows.drop(columns=["model"]).round(4)
         parts.append(shown.to_html(index=False, classes="heads", border=0, escape=True))
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return html_page("Who repairs whom", note, parts)
 
 
 def head_repairers(summary: xr.Dataset, n: int, digits: int = 4) -> dict[str, list[dict]]:

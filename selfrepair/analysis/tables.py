@@ -5,6 +5,7 @@ columns a reader compares, with their intervals)."""
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 
 import pandas as pd
 import xarray as xr
@@ -13,6 +14,7 @@ __all__ = [
     "HTML_COLUMNS",
     "TABLE_COLUMNS",
     "head_table",
+    "html_page",
     "table_html",
 ]
 
@@ -99,19 +101,26 @@ def _with_interval(table: pd.DataFrame, name: str) -> pd.Series:
     return text
 
 
-def table_html(table: pd.DataFrame, note: str = "") -> str:
-    """A standalone HTML page: one table per (model, ablation), heads in layer order."""
+def html_page(title: str, note: str, sections: Sequence[str]) -> str:
+    """A standalone HTML page (the tables' style) with a title, a note and the sections."""
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>Per-head self-repair</title><style>{STYLE}</style></head><body>",
-        "<h1>Per-head self-repair</h1>",
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
         f"<p>{html.escape(note)}</p>" if note else "",
+        *sections,
+        "</body></html>",
     ]
+    return "\n".join(parts)
+
+
+def table_html(table: pd.DataFrame, note: str = "") -> str:
+    """A standalone HTML page: one table per (model, ablation), heads in layer order."""
+    parts = []
     for (model, ablation), rows in table.groupby(["model", "ablation"], sort=True):
         shown = pd.DataFrame({col: make(rows) for col, make in HTML_COLUMNS.items()})
         n_tokens = int(rows["n_tokens"].iloc[0])
         parts.append(f"<h2>{html.escape(model)}, {html.escape(ablation)} ablation</h2>")
         parts.append(f"<p>{len(rows)} heads, {n_tokens:,} tokens; values in logits.</p>")
         parts.append(shown.to_html(index=False, classes="heads", border=0, escape=True))
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return html_page("Per-head self-repair", note, parts)

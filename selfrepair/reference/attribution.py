@@ -18,9 +18,9 @@ from selfrepair.reference.heads import (
     _clean_run,
     _reference_head,
     ablated_z,
+    ablation_hooks,
     all_heads,
     head_output,
-    patch_z,
 )
 
 if TYPE_CHECKING:
@@ -56,13 +56,7 @@ def reference_component_effects(
         for layer, head in all_heads(model, heads):
             z_clean = clean.cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
             z_new = ablated_z(z_clean, ablation, mean_include_bos)
-            hooks = [patch_z(layer, head, z_new)]
-            if freeze_ln:
-                hooks += [
-                    (name, lambda x, hook: clean.cache[hook.name])
-                    for name in clean.cache
-                    if name.endswith("hook_scale")
-                ]
+            hooks = ablation_hooks(clean.cache, layer, head, z_new, freeze_ln)
             with model.hooks(fwd_hooks=hooks):
                 _, cache = model.run_with_cache(tokens)
             parts = [

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ablated_z",
+    "ablation_hooks",
     "all_heads",
     "centred_target_logit",
     "frozen_ln_direct_effect",
@@ -101,6 +102,21 @@ def patch_z(layer: int, head: int, z_new: Tensor) -> tuple[str, Callable]:
         return z
 
     return f"blocks.{layer}.attn.hook_z", patch
+
+
+def ablation_hooks(
+    cache: dict, layer: int, head: int, z_new: Tensor, freeze_ln: bool
+) -> list[tuple[str, Callable]]:
+    """The hooks of one ablated run: z of the head replaced (patch_z) and, with freeze_ln,
+    every LayerNorm scale (final included) replaced by the clean run's (from its cache)."""
+    hooks = [patch_z(layer, head, z_new)]
+    if freeze_ln:
+        hooks += [
+            (name, lambda x, hook: cache[hook.name])
+            for name in cache
+            if name.endswith("hook_scale")
+        ]
+    return hooks
 
 
 def all_heads(model: HookedTransformer, heads: Iterable[Sequence[int]] | None) -> list:
@@ -207,15 +223,8 @@ def _reference_head(
 ) -> dict[str, Tensor]:
     """HEAD_VARIABLES of one head from one full ablated forward pass."""
     keep = slice(0, tokens.shape[1] - 1)
-    de, cache = clean.de, clean.cache
-    hooks = [patch_z(layer, head, z_new)]
-    if freeze_ln:
-        hooks += [
-            (name, lambda x, hook: cache[hook.name])
-            for name in cache
-            if name.endswith("hook_scale")
-        ]
-    with model.hooks(fwd_hooks=hooks):
+    de = clean.de
+    with model.hooks(fwd_hooks=ablation_hooks(clean.cache, layer, head, z_new, freeze_ln)):
         abl_logits, abl_cache = model.run_with_cache(tokens)
     logit_diff = centred_target_logit(abl_logits[:, keep].double(), tokens[:, 1:]) - clean.logit
     de_clean = clean.head_de[(layer, head)]
