@@ -141,13 +141,19 @@ class RepairSums:
         """Add one stacked pass's results (ablated_pass with attribution) on rows `rows`."""
         comp = res["components"]
         mask = torch.from_numpy(self.top[layer, group, rows]).to(comp.device)  # [g, b, p]
-        weights = {"all": torch.ones_like(mask, dtype=comp.dtype), "top": mask.to(comp.dtype)}
-        for key, w in weights.items():
-            self.sums[key][layer, group] += _weighted_sum(comp, w[..., None]).cpu().numpy()
-            self.counts[key][layer, group] += w.sum((1, 2)).long().cpu().numpy()
-            for name in REPAIR_TOTALS:
-                total = _weighted_sum(res[name], w).cpu().numpy()
-                self.totals[key, name][layer, group] += total
+        # One pass's sums in float32 (a pass holds a batch of rows), added up in float64.
+        weights = mask.flatten(1).to(comp.dtype).unsqueeze(1)  # [g, 1, tokens]
+        flat = comp.flatten(1, 2)  # [g, tokens, component]
+        sums = {"all": flat.sum(1), "top": torch.bmm(weights, flat).squeeze(1)}
+        counts = {"all": mask[0].numel(), "top": mask.sum((1, 2)).cpu().numpy()}
+        totals = torch.stack([res[name] for name in REPAIR_TOTALS], -1).flatten(1, 2)
+        totals = {"all": totals.sum(1), "top": torch.bmm(weights, totals).squeeze(1)}
+        for key in ("all", "top"):
+            self.sums[key][layer, group] += sums[key].double().cpu().numpy()
+            self.counts[key][layer, group] += counts[key]
+            by_name = totals[key].double().cpu().numpy()  # [g, REPAIR_TOTALS]
+            for i, name in enumerate(REPAIR_TOTALS):
+                self.totals[key, name][layer, group] += by_name[:, i]
         if self.keep_tokens:
             for i, head in enumerate(group):
                 self.detail.append(
@@ -176,11 +182,6 @@ class RepairSums:
         data = {"dde": (("token", "component"), cat.pop("dde"))}
         data |= {k: ("token", v) for k, v in cat.items()}
         return xr.Dataset(data, coords=component_coords(self.model))
-
-
-def _weighted_sum(x: Tensor, w: Tensor) -> Tensor:
-    """Sum over batch and pos of x * w, accumulated in float64."""
-    return (x * w).sum((1, 2), dtype=torch.float64)
 
 
 def _top_tokens(
