@@ -227,7 +227,7 @@ def test_gpu_only_for_the_rules_that_run_a_model(runs):
     """--gpus=1 on the rules that run a model; no GPU on tokenize, reductions, figures.
     Threads and memory of model jobs are the config's `resources`."""
     gpu_rules = {"clean_cache", "ablate", "train_model"}
-    gpu_rules |= {"neuron_effects", "norm_ratios", "self_reinforcement"}
+    gpu_rules |= {"neuron_effects", "norm_ratios", "self_reinforcement", "repair_detail"}
     assert gpu_rules <= set(runs["expected"]) and set(runs["expected"]) - gpu_rules
     for job in runs["jobs"]:
         rule = rule_of(job["Comment"])

@@ -45,7 +45,7 @@ def head_top_tokens(
     token = attribution.top_token_indices(clean.de_head, top_fraction)
     n_pos = clean.sizes["pos"]
     ds = xr.Dataset(
-        {"token": token, "row": token // n_pos, "pos_index": token % n_pos},
+        {"token": token},  # row = token // n_pos, position = token % n_pos
         attrs=provenance(
             **attrs,
             model_revision=revision_of(clean),
