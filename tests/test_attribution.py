@@ -178,6 +178,11 @@ def test_rankings_and_table():
     assert attribution.most_repaired(summary, 5) == [(0, 0), (0, 1)]
     assert attribution.top_repairers(summary, (0, 0), 3) == ["L1H0", "MLP0", "LN"]
     assert attribution.top_repairers(summary, (0, 0), 2, kinds=("mlp",)) == ["MLP0", "MLP1"]
+    assert attribution.repair_pair(summary) == ((0, 0), "L1H0")
+    last_only = summary.copy(deep=True)
+    last_only["top_dde"][:] = np.nan
+    last_only["top_dde"].loc[{"component": "LN"}] = 0.1
+    assert attribution.repair_pair(last_only) == ((0, 0), "LN")
     table = attribution.repair_graph(summary, 2)
     assert list(table.ablated_head) == ["L0H0", "L0H0", "L0H1", "L0H1"]
     assert table.top_dde.iloc[0] == 0.5 and np.isnan(table.ci_low.iloc[0])

@@ -29,6 +29,7 @@ __all__ = [
     "repair_graph",
     "repair_graph_html",
     "repair_intervals",
+    "repair_pair",
     "repair_summary",
     "shard_top_mask",
     "sum_errors",
@@ -136,6 +137,21 @@ def top_repairers(
     values[~np.isin(summary.component_kind.values, list(kinds))] = -np.inf
     order = np.argsort(-values, kind="stable")[:n]
     return [str(dde.component.values[i]) for i in order if np.isfinite(values[i])]
+
+
+def repair_pair(summary: xr.Dataset) -> tuple[tuple[int, int], str]:
+    """The pair the per-token scatter shows: the most self-repaired head that another head or
+    an MLP layer repairs, with its top such repairer (the final LayerNorm's part is the
+    paper's own figures'); the most self-repaired head and LN when no head has one (only
+    last-layer heads measured)."""
+    ranked = most_repaired(summary, summary.sizes["layer"] * summary.sizes["head"])
+    if not ranked:
+        raise ValueError("no head was measured in this repair summary")
+    for head in ranked:
+        repairers = top_repairers(summary, head, 1, kinds=("head", "mlp"))
+        if repairers:
+            return head, repairers[0]
+    return ranked[0], "LN"
 
 
 def repair_intervals(

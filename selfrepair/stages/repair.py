@@ -149,7 +149,8 @@ def detail_heads(
     heads: Sequence[Sequence[int]], picks: Sequence[str], summary: str, most_repaired: int
 ) -> list[tuple[int, int]]:
     """The heads repair_detail keeps: the configured ones, those picked at run time (pick
-    records), and the `most_repaired` heads of the repair summary, sorted, without repeats.
+    records), the `most_repaired` heads of the repair summary and the head of the figures'
+    per-token pair (analysis.attribution.repair_pair), sorted, without repeats.
 
     Args:
         heads: the configured heads (config.attribution_heads).
@@ -158,5 +159,7 @@ def detail_heads(
         most_repaired: how many of the most self-repaired heads to add.
     """
     chosen = set(heads_with_picks(heads, picks))
-    chosen.update(attribution.most_repaired(open_zarr(summary), most_repaired))
+    repairs = open_zarr(summary)
+    chosen.update(attribution.most_repaired(repairs, most_repaired))
+    chosen.add(attribution.repair_pair(repairs)[0])
     return sorted(chosen)

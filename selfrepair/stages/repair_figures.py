@@ -107,9 +107,8 @@ def repair_bars(
 def repair_scatter(
     summaries: Paths, details: Paths, models: Sequence[str], top_fraction: float, out: Paths = ()
 ) -> Figure:
-    """Per model, the top repairer (a head or an MLP layer: the final LayerNorm's part is the
-    paper's own figures') of its most self-repaired head against that head's drop in direct
-    effect, per top token.
+    """Per model, the top repairer (a head or an MLP layer, analysis.attribution.repair_pair)
+    of its most self-repaired head against that head's drop in direct effect, per top token.
 
     Args:
         summaries: each model's repair_summary store, in models' order.
@@ -121,8 +120,7 @@ def repair_scatter(
     sums, dets = _by_model(summaries, models), _by_model(details, models)
     panels = []
     for model in models:
-        head = repair.most_repaired(sums[model], 1)[0]
-        repairer = repair.top_repairers(sums[model], head, 1, kinds=("head", "mlp"))[0]
+        head, repairer = repair.repair_pair(sums[model])
         one = repair.head_detail(dets[model], head)
         panels.append(
             {
