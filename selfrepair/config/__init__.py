@@ -179,3 +179,28 @@ __all__ = [
     "validate_run",
     "validation_error_from",
 ]
+
+# --- training checkpoints (issue 15) -----------------------------------------------------------
+from selfrepair.config.checkpoints import (  # noqa: E402
+    CHECKPOINT_DIR,
+    PYTHIA_FINAL_STEP,
+    PYTHIA_STEPS,
+    check_checkpoints,
+    checkpoint_key,
+    checkpoint_models,
+    checkpoint_steps,
+    final_step,
+    model_checkpoints,
+)
+
+__all__ += [
+    "CHECKPOINT_DIR",
+    "PYTHIA_FINAL_STEP",
+    "PYTHIA_STEPS",
+    "check_checkpoints",
+    "checkpoint_key",
+    "checkpoint_models",
+    "checkpoint_steps",
+    "final_step",
+    "model_checkpoints",
+]

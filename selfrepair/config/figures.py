@@ -237,3 +237,21 @@ def figure_names(frozen_ln: bool = True) -> set[str]:
             the paper's config have).
     """
     return {f.name for f in run_figures(frozen_ln)}
+
+
+# --- self-repair over training (issue 15) -------------------------------------------------------
+# Figures of runs with training checkpoints (models[].revisions, .checkpoints, .train.keep_steps;
+# selfrepair.config.checkpoints), drawn by workflow/rules/training.smk. Kept out of FIGURES: a
+# run without checkpoints (the paper's config) makes none of them.
+TRAINING_FIGURES = (
+    Figure(
+        rule="training_self_repair",
+        name="training_self_repair",
+        script="training_self_repair.py",
+        category="Beyond the paper: self-repair over training",
+        reads=("clean", "ablation"),
+        kind="extra",
+    ),
+)
+_BY_RULE.update({figure.rule: figure for figure in TRAINING_FIGURES})
+__all__ += ["TRAINING_FIGURES"]

@@ -16,6 +16,12 @@ from selfrepair.plots import captions  # noqa: E402
 MODELS = sr_config.validate_run(
     config, Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 )
+# Training checkpoints (selfrepair.config.checkpoints): every intermediate checkpoint of a model
+# is a model key of its own, <model>@step<N>, on which the clean and ablation rules run
+# unchanged (rules/training.smk asks for them); the model's own key is its final checkpoint.
+# ENTRIES: every model key's entry (MODELS: the models themselves).
+CHECKPOINTS = sr_config.checkpoint_models(MODELS)
+ENTRIES = MODELS | CHECKPOINTS
 
 
 DATA = config["data"]
@@ -27,19 +33,26 @@ SHARDS = [f"{i:03d}" for i in range(sr_config.n_shards(DATA))]
 
 
 wildcard_constraints:
-    model="|".join(re.escape(m) for m in MODELS),
+    model="|".join(re.escape(m) for m in ENTRIES),
     tokenizer="|".join(re.escape(t) for t in config["tokenizers"]) or "(?!)",
     ablation="|".join(re.escape(v) for v in VARIANTS),
     shard=r"\d+",
 
 
 def model_entry(wildcards):
-    return MODELS[wildcards.model]
+    return ENTRIES[wildcards.model]
 
 
 def checkpoint_path(model):
-    """Local checkpoint of a model: trained by the workflow, given by path, or None (hub)."""
-    entry = MODELS[model]
+    """Local checkpoint of a model: trained by the workflow, given by path, or None (hub). A
+    training checkpoint's: its own folder, or its trained model's (ModelJob takes the
+    subfolder), or None (a hub revision)."""
+    entry = ENTRIES[model]
+    if "checkpoint" in entry:
+        ckpt = entry["checkpoint"]
+        return ckpt.get("path") or (
+            checkpoint_path(ckpt["model"]) if "subdir" in ckpt else None
+        )
     if "train" in entry:
         return f"resources/models/{model}"
     return entry.get("path")
@@ -55,23 +68,23 @@ def shard_bounds(wildcards):
 
 
 def batch_size(wildcards):
-    return MODELS[wildcards.model].get("batch_size", ENGINE["batch_size"])
+    return ENTRIES[wildcards.model].get("batch_size", ENGINE["batch_size"])
 
 
 # Resources of a model's shard jobs (clean_cache, ablate, train_model), from the config: the
 # SLURM profile (profiles/slurm) only adds the GPU. Memory and wall time grow with the attempt,
 # so a job retried by `retries` after running out of either asks for more.
 def model_threads(wildcards):
-    return sr_config.model_resources(config, MODELS[wildcards.model])["threads"]
+    return sr_config.model_resources(config, ENTRIES[wildcards.model])["threads"]
 
 
 def model_mem_mb(wildcards, attempt):
-    mem_mb = sr_config.model_resources(config, MODELS[wildcards.model])["mem_mb"]
+    mem_mb = sr_config.model_resources(config, ENTRIES[wildcards.model])["mem_mb"]
     return sr_config.mem_mb_for_attempt(mem_mb, attempt)
 
 
 def model_runtime(wildcards, attempt):
-    runtime = sr_config.model_resources(config, MODELS[wildcards.model])["runtime"]
+    runtime = sr_config.model_resources(config, ENTRIES[wildcards.model])["runtime"]
     return sr_config.runtime_for_attempt(runtime, attempt)
 
 
@@ -79,7 +92,7 @@ def run_attrs(wildcards):
     """Provenance recorded on every store of a model: the config that made it."""
     return {
         "model": wildcards.model,
-        "model_entry": MODELS[wildcards.model],
+        "model_entry": ENTRIES[wildcards.model],
         "seed": config["seed"],
         "data": DATA,
         "engine": ENGINE,
