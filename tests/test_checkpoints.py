@@ -360,3 +360,32 @@ def test_the_training_figure_rule_script_stage_and_caption_exist():
     script = (ROOT / "workflow" / "scripts" / figure.script).read_text()
     assert f"stages.training import {figure.rule}" in script
     assert figure.rule in stage_training.__all__
+
+
+def test_train_model_with_keep_steps_writes_the_same_model_files(tmp_path):
+    """The rule's stage with and without keep_steps: byte-identical weights (so the same
+    model_revision and every number measured on the model), the checkpoints beside them."""
+    from selfrepair.data.sources import python_stdlib_documents
+    from selfrepair.data.tokenizer import train_tokenizer
+    from selfrepair.stages.data import train_model
+    from selfrepair.stages.joblog import model_revision
+
+    docs = [d for _, d in zip(range(60), python_stdlib_documents("measure"), strict=False)]
+    for i, doc in enumerate(docs):
+        (tmp_path / f"doc{i}.txt").write_text(doc)
+    corpus = {"source": "text_files", "files": [str(tmp_path / f"doc{i}.txt") for i in range(60)]}
+    train_tokenizer(docs, 300, tmp_path / "tok")
+    sizes = dict(arch="gpt2", n_layers=1, d_model=16, n_heads=2, n_ctx=16, steps=5, batch_size=4)
+    args = dict(sizes, lr=0.01, seed=0, corpus=corpus, n_heldout_rows=8, progress=False)
+    plain = train_model(tmp_path / "tok", tmp_path / "plain", **args)
+    kept = train_model(tmp_path / "tok", tmp_path / "kept", **args, keep_steps=[0, 2, 5])
+    weights = "model.safetensors"
+    assert (tmp_path / "plain" / weights).read_bytes() == (tmp_path / "kept" / weights).read_bytes()
+    assert model_revision("m", str(tmp_path / "plain")) == model_revision(
+        "m", str(tmp_path / "kept")
+    )
+    assert kept.pop("kept_steps") == [0, 2] and kept == plain
+    steps = sorted(p.name for p in (tmp_path / "kept" / sr_config.CHECKPOINT_DIR).iterdir())
+    assert steps == ["step0", "step2"]
+    step2 = (tmp_path / "kept" / "checkpoints" / "step2" / weights).read_bytes()
+    assert step2 != (tmp_path / "kept" / weights).read_bytes()

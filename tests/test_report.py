@@ -84,7 +84,9 @@ def test_demo_clean_direct_effects_sum_to_the_centred_logit(finished_run):
     correct-token logit within 1e-4."""
     run, _ = finished_run
     stores = sorted((run / "results").glob("*/clean/shard-*.zarr"))
-    assert {p.parents[1].name for p in stores} == {"tiny-gpt2", "tiny-pythia"}
+    models = {"tiny-gpt2", "tiny-pythia"}
+    checkpoints = {f"{m}@step{s}" for m in models for s in (0, 50, 100, 200)}
+    assert {p.parents[1].name for p in stores} == models | checkpoints
     for store in stores:
         ds = xr.open_zarr(store)
         assert ds.sizes["batch"] * ds.sizes["pos"] > 0
@@ -337,7 +339,9 @@ def test_the_reduced_demo_is_the_demo_at_toy_size():
     assert reduced["engine"] == dict(demo["engine"], batch_size=32)
     assert reduced["figures"] == dict(demo["figures"], bootstrap={"resamples": 200})
     assert [t["vocab_size"] for t in reduced["tokenizers"].values()] == [512]
+    # keep_steps: the training checkpoints kept, within the shorter training
     sizes = {"d_model": 32, "steps": 400, "batch_size": 16, "lr": 0.02}
+    sizes["keep_steps"] = [0, 50, 100, 200]
     assert reduced["models"] == [
         {**entry, "train": {**entry["train"], **sizes}} for entry in demo["models"]
     ]
@@ -356,3 +360,47 @@ def test_the_readme_figure_table_lists_every_figure():
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     listed = re.findall(r"`([\w-]+)`", "".join(row.split(" | ")[0] for row in rows))
     assert sorted(listed) == sorted(FIGURES)
+
+
+# --- self-repair over training (the demo's training checkpoints) ------------------------------
+
+
+@slow
+def test_demo_checkpoints_learn_and_the_training_figure_is_drawn(finished_run):
+    """Every checkpoint of the reduced demo (steps 0, 50, 100, 200 and the model, 400) is
+    measured on the same first shard: its mean loss there falls from checkpoint to checkpoint,
+    starting near uniform guessing; its tokens are its model's; its weights are its own; and the
+    training figure is drawn with a caption naming the checkpoints and tokens."""
+    run, configfile = finished_run
+    results = run / "results"
+    for model in ("tiny-gpt2", "tiny-pythia"):
+        keys = [f"{model}@step{s}" for s in (0, 50, 100, 200)] + [model]
+        losses = [
+            float(open_zarr(results / key / "clean" / "shard-000.zarr").loss.values.mean())
+            for key in keys
+        ]
+        assert all(a > b for a, b in zip(losses, losses[1:], strict=False)), (model, losses)
+        assert losses[0] > 0.9 * np.log(512) and losses[-1] < losses[0] - 1.0, (model, losses)
+        tokens = open_zarr(results / model / "tokens.zarr").tokens.values
+        revisions = set()
+        for key in keys[:-1]:
+            shared = open_zarr(results / key / "tokens.zarr")
+            assert np.array_equal(shared.tokens.values, tokens), key
+            attrs = open_zarr(results / key / "ablation" / "resample" / "shard-000.zarr").attrs
+            assert attrs["checkpoint_of"] == model and f"@step{attrs['checkpoint_step']}" in key
+            revisions.add(attrs["model_revision"])
+            assert not (results / key / "ablation" / "resample" / "shard-001.zarr").exists()
+            assert not (results / key / "ablation" / "mean").exists()  # figures.ablation only
+        assert len(revisions) == 4  # four different sets of weights
+    for suffix in (".png", ".pdf"):
+        assert (results / "figures" / f"training_self_repair{suffix}").stat().st_size > 1000
+    report = run / "report-training.zip"
+    proc = snakemake(
+        "--cores", "1", "--configfile", configfile, "--report", str(report), cwd=run, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with zipfile.ZipFile(report) as archive:
+        html = next(n for n in archive.namelist() if n.endswith("report.html"))
+        page = archive.read(html).decode()
+    assert "tiny-gpt2 at steps 0, 50, 100, 200, 400 (the last: tiny-gpt2 itself)" in page
+    assert "Every checkpoint on the same 992 tokens" in page

@@ -63,7 +63,8 @@ def train_model(
 ) -> dict:
     """Rule train_model, the whole demo training: rows of n_ctx tokens from the corpus' train
     split (all of it) and its heldout split (up to n_heldout_rows), a fresh model, training,
-    checkpoint (save_pretrained folder with training.json).
+    checkpoint (save_pretrained folder with training.json). It is long because every
+    hyper-parameter of the rule is an argument of its own (the body is some 40 lines).
 
     Args:
         tokenizer_dir: the trained tokenizer's folder.
