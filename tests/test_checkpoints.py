@@ -77,9 +77,14 @@ def test_hub_revisions_and_local_checkpoints(tmp_path):
         "step": 900,
         "checkpoints": [{"step": 300, "path": str(tmp_path / "a")}],
     }
-    entries = _validated([{"name": "pythia-160m", "revisions": ["step1000", "step0"]}, local])
+    pythia = {"name": "pythia-160m", "revisions": ["step1000", "step0"], "heads": [[1, 2]]}
+    pythia["resources"] = {"mem_mb": 24000}
+    entries = _validated([pythia, local])
     ckpts = sr_config.checkpoint_models(entries)
     assert ckpts["pythia-160m@step0"]["checkpoint"]["revision"] == "step0"
+    # a checkpoint's jobs measure the model's heads with its resources (SLURM: separate jobs)
+    assert ckpts["pythia-160m@step0"]["heads"] == [[1, 2]]
+    assert sr_config.model_resources(DEMO, ckpts["pythia-160m@step0"])["mem_mb"] == 24000
     assert ckpts["mine@step300"]["checkpoint"]["path"] == str(tmp_path / "a")
     assert sr_config.checkpoint_steps("pythia-160m", entries["pythia-160m"]) == [
         ("pythia-160m@step0", 0),

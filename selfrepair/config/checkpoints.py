@@ -61,7 +61,7 @@ def final_step(name: str, entry: dict[str, Any]) -> int | None:
         return int(entry["step"])
     if "train" in entry:
         return int(entry["train"].get("steps", 1500))
-    if "path" not in entry and entry.get("revisions") and _is_pythia(name):
+    if "path" not in entry and _is_pythia(name):  # a hub model (train: above)
         return PYTHIA_FINAL_STEP
     return None
 

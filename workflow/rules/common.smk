@@ -353,3 +353,73 @@ def all_outputs():
     outputs += mechanism_outputs()
     outputs += expand("results/explorer/{model}.html", model=MODELS)
     return outputs + ["results/explorer/index.html"]
+
+
+# --- self-repair over training (rules/training.smk) ---------------------------------------------
+# A model's training checkpoints are model keys of their own (CHECKPOINTS, above), measured by the
+# clean and ablation rules on the first `checkpoint_shards` shards, under figures.ablation only.
+# Per model with checkpoints: [(model key, step), ...], the model itself (final) last.
+TRAINING = {
+    m: steps for m, e in MODELS.items() if (steps := sr_config.checkpoint_steps(m, e))
+}
+CHECKPOINT_SHARDS = SHARDS[: config["checkpoint_shards"] or len(SHARDS)]
+CHECKPOINT_TOKENS = sum(
+    (stop - start) * (DATA["seq_len"] - 1)
+    for start, stop in (sr_config.shard_bounds(DATA, int(s)) for s in CHECKPOINT_SHARDS)
+)
+
+
+def training_checkpoints():
+    """Per model, its checkpoints in step order: key, step and the stores the figure reads."""
+    shards = {
+        "clean": "results/{key}/clean/shard-{shard}.zarr",
+        "ablation": f"results/{{key}}/ablation/{FIG_ABLATION}/shard-{{shard}}.zarr",
+    }
+    return {
+        model: [
+            {
+                "key": key,
+                "step": step,
+                "clean": expand(shards["clean"], key=key, shard=CHECKPOINT_SHARDS),
+                "ablation": expand(
+                    shards["ablation"], key=key, shard=CHECKPOINT_SHARDS
+                ),
+            }
+            for key, step in steps
+        ]
+        for model, steps in TRAINING.items()
+    }
+
+
+def training_stores(kind):
+    """Every checkpoint's stores of one kind ("clean" or "ablation") the figure reads."""
+    ckpts = [c for cs in training_checkpoints().values() for c in cs]
+    return [path for c in ckpts for path in c[kind]]
+
+
+def training_caption():
+    """The 'Measured' paragraph: the models, every checkpoint's step, the tokens."""
+    steps = [
+        f"{m} at steps {', '.join(f'{s:,}' for _, s in steps)} (the last: {m} itself)"
+        for m, steps in TRAINING.items()
+    ]
+    return captions.measured(
+        models=list(TRAINING) or ["none with checkpoints"],
+        ablations=[FIG_ABLATION],
+        n_tokens=CHECKPOINT_TOKENS,
+        selection=captions.Selection(
+            ENGINE["top_fraction"], CHECKPOINT_TOKENS
+        ).describe(),
+        extra=[
+            f"Checkpoints: {'; '.join(steps)}",
+            f"Every checkpoint on the same {CHECKPOINT_TOKENS:,} tokens "
+            f"(the first {len(CHECKPOINT_SHARDS)} of {len(SHARDS)} token shards)",
+        ],
+    )
+
+
+def training_outputs():
+    """The training figures' files, when some model has checkpoints (rule all)."""
+    if not TRAINING:
+        return []
+    return [p for f in sr_figures.TRAINING_FIGURES for p in f.files.values()]
