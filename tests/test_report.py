@@ -26,6 +26,7 @@ from helpers import FIGURES, REDUCED_DEMO, TABLES, load, snakemake
 
 import selfrepair.stages.figures as stage_figures
 import selfrepair.stages.repair_figures as stage_repair_figures
+import selfrepair.stages.training as stage_training
 from selfrepair.config.figures import FIGURES as FIGURE_LIST
 from selfrepair.engine.clean import decomposition_error
 from selfrepair.stages.joblog import missing_provenance
@@ -33,6 +34,8 @@ from selfrepair.stages.store import open_zarr
 
 ROOT = Path(__file__).resolve().parents[1]
 slow = pytest.mark.slow
+# The stage module of the figures beyond the paper's kinds (the others: stages.figures).
+STAGE_MODULES = {"repair": stage_repair_figures, "training": stage_training}
 
 # The demo's substitutes picked at run time (results/<model>/substitutes/<key>.json).
 PICKS = {"fig03", "fig05", "fig04", "fig16_18", "fig07", "fig08-0", "fig08-1", "fig08-2"} | {
@@ -85,7 +88,9 @@ def test_demo_clean_direct_effects_sum_to_the_centred_logit(finished_run):
     correct-token logit within 1e-4."""
     run, _ = finished_run
     stores = sorted((run / "results").glob("*/clean/shard-*.zarr"))
-    assert {p.parents[1].name for p in stores} == {"tiny-gpt2", "tiny-pythia"}
+    models = {"tiny-gpt2", "tiny-pythia"}
+    checkpoints = {f"{m}@step{s}" for m in models for s in (0, 50, 100, 200)}
+    assert {p.parents[1].name for p in stores} == models | checkpoints
     for store in stores:
         ds = xr.open_zarr(store)
         assert ds.sizes["batch"] * ds.sizes["pos"] > 0
@@ -280,22 +285,28 @@ def _figure_numbers(name: str) -> set[int]:
 
 def test_the_figure_list_covers_the_paper_once_and_its_files_exist():
     """Every paper figure drawn by exactly one entry; each entry's rule is unique, its script,
-    caption and stage function (named after the rule) exist, and the extra figure is the only
-    one beyond the paper."""
+    caption and stage function (named after the rule, in its kind's stage module) exist, and
+    the figures beyond the paper are the frozen-LayerNorm, who-repairs-whom and training ones."""
     numbers = [n for f in FIGURE_LIST for n in _figure_numbers(f.name)]
     assert sorted(numbers) == sorted(PAPER_FIGURES)
     beyond = [f.name for f in FIGURE_LIST if not _figure_numbers(f.name)]
-    assert beyond == ["extra_frozen_ln", "repair_heatmap", "repair_top_repairers", "repair_tokens"]
-    assert len({f.rule for f in FIGURE_LIST}) == len({f.name for f in FIGURE_LIST}) == 18
+    assert beyond == [
+        "extra_frozen_ln",
+        "repair_heatmap",
+        "repair_top_repairers",
+        "repair_tokens",
+        "training_self_repair",
+    ]
+    assert len({f.rule for f in FIGURE_LIST}) == len({f.name for f in FIGURE_LIST}) == 19
     assert FIGURES == {f.name for f in FIGURE_LIST}
     for figure in FIGURE_LIST:
         assert (WORKFLOW / "report" / f"{figure.tag}.rst").is_file(), figure
         script = WORKFLOW / "scripts" / figure.script
-        stages = stage_repair_figures if figure.kind == "repair" else stage_figures
+        stages = STAGE_MODULES.get(figure.kind, stage_figures)
         assert f"{stages.__name__.split('.')[-1]}.{figure.rule}" in script.read_text(), figure
         assert callable(getattr(stages, figure.rule)), figure
         assert figure.rule in stages.__all__
-        assert figure.kind in ("paper", "mechanism", "extra", "repair")
+        assert figure.kind in ("paper", "mechanism", "extra", "repair", "training")
     assert (WORKFLOW / "report" / "head_table.rst").is_file() and TABLES
     assert (WORKFLOW / "report" / "repair_graph.rst").is_file()
 
@@ -322,17 +333,17 @@ def _rule_blocks(text: str) -> dict[str, str]:
 
 
 def test_figure_rules_are_the_figure_list_and_name_their_own_files():
-    """rules/figures.smk defines one rule per listed figure and nothing else, and each rule
+    """rules/figures.smk defines one rule per listed figure of the paper's kinds and nothing
+    else (the who-repairs-whom and training figures: their stages' rules files), and each rule
     takes its files, log and benchmark from its own entry of the list."""
+    own_files = {"repair": "attribution.smk", "training": "training.smk"}
     blocks = _rule_blocks((WORKFLOW / "rules" / "figures.smk").read_text())
-    assert set(blocks) == {f.rule for f in FIGURE_LIST if f.kind != "repair"}
-    repair = _rule_blocks((WORKFLOW / "rules" / "attribution.smk").read_text())
-    assert set(repair) >= {f.rule for f in FIGURE_LIST if f.kind == "repair"}
-    blocks |= {
-        rule: repair[rule]
-        for rule in repair
-        if rule.startswith("repair_") and rule in {f.rule for f in FIGURE_LIST}
-    }
+    assert set(blocks) == {f.rule for f in FIGURE_LIST if f.kind not in own_files}
+    for kind, name in own_files.items():
+        others = _rule_blocks((WORKFLOW / "rules" / name).read_text())
+        rules = {f.rule for f in FIGURE_LIST if f.kind == kind}
+        assert set(others) >= rules, kind
+        blocks |= {rule: others[rule] for rule in rules}
     for rule, block in blocks.items():
         for helper in ("figure_pdf", "figure_png", "figure_log", "figure_benchmark"):
             assert re.findall(rf'{helper}\("(\w+)"', block) == [rule], (rule, helper)
@@ -350,7 +361,9 @@ def test_the_reduced_demo_is_the_demo_at_toy_size():
     assert reduced["engine"] == dict(demo["engine"], batch_size=32)
     assert reduced["figures"] == dict(demo["figures"], bootstrap={"resamples": 200})
     assert [t["vocab_size"] for t in reduced["tokenizers"].values()] == [512]
+    # keep_steps: the training checkpoints kept, within the shorter training
     sizes = {"d_model": 32, "steps": 400, "batch_size": 16, "lr": 0.02}
+    sizes["keep_steps"] = [0, 50, 100, 200]
     assert reduced["models"] == [
         {**entry, "train": {**entry["train"], **sizes}} for entry in demo["models"]
     ]
@@ -369,3 +382,47 @@ def test_the_readme_figure_table_lists_every_figure():
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     listed = re.findall(r"`([\w-]+)`", "".join(row.split(" | ")[0] for row in rows))
     assert sorted(listed) == sorted(FIGURES)
+
+
+# --- self-repair over training (the demo's training checkpoints) ------------------------------
+
+
+@slow
+def test_demo_checkpoints_learn_and_the_training_figure_is_drawn(finished_run):
+    """Every checkpoint of the reduced demo (steps 0, 50, 100, 200 and the model, 400) is
+    measured on the same first shard: its mean loss there falls from checkpoint to checkpoint,
+    starting near uniform guessing; its tokens are its model's; its weights are its own; and the
+    training figure is drawn with a caption naming the checkpoints and tokens."""
+    run, configfile = finished_run
+    results = run / "results"
+    for model in ("tiny-gpt2", "tiny-pythia"):
+        keys = [f"{model}@step{s}" for s in (0, 50, 100, 200)] + [model]
+        losses = [
+            float(open_zarr(results / key / "clean" / "shard-000.zarr").loss.values.mean())
+            for key in keys
+        ]
+        assert all(a > b for a, b in zip(losses, losses[1:], strict=False)), (model, losses)
+        assert losses[0] > 0.9 * np.log(512) and losses[-1] < losses[0] - 1.0, (model, losses)
+        tokens = open_zarr(results / model / "tokens.zarr").tokens.values
+        revisions = set()
+        for key in keys[:-1]:
+            shared = open_zarr(results / key / "tokens.zarr")
+            assert np.array_equal(shared.tokens.values, tokens), key
+            attrs = open_zarr(results / key / "ablation" / "resample" / "shard-000.zarr").attrs
+            assert attrs["checkpoint_of"] == model and f"@step{attrs['checkpoint_step']}" in key
+            revisions.add(attrs["model_revision"])
+            assert not (results / key / "ablation" / "resample" / "shard-001.zarr").exists()
+            assert not (results / key / "ablation" / "mean").exists()  # figures.ablation only
+        assert len(revisions) == 4  # four different sets of weights
+    for suffix in (".png", ".pdf"):
+        assert (results / "figures" / f"training_self_repair{suffix}").stat().st_size > 1000
+    report = run / "report-training.zip"
+    proc = snakemake(
+        "--cores", "1", "--configfile", configfile, "--report", str(report), cwd=run, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with zipfile.ZipFile(report) as archive:
+        html = next(n for n in archive.namelist() if n.endswith("report.html"))
+        page = archive.read(html).decode()
+    assert "tiny-gpt2 at steps 0, 50, 100, 200, 400 (the last: tiny-gpt2 itself)" in page
+    assert "Every checkpoint on the same 992 tokens" in page

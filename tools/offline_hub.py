@@ -14,6 +14,11 @@ Layouts (the real ones, as huggingface_hub and datasets write them):
 - models, and the data set by default: HF_HOME/hub/{models,datasets}--<org>--<name>/ with
   blobs/, snapshots/<commit>/<file> (links to the blobs) and refs/main, what `hf download`
   leaves;
+- `--revisions step1000 ...` (Pythia models): training revisions beside main, each a snapshot
+  of its own with the same config.json and other seeded random weights, named by
+  refs/step1000, as `hf download --revision step1000` leaves it (TransformerLens loads them
+  with `from_pretrained(name, checkpoint_value=1000)`: config and tokenizer from main, weights
+  from the revision);
 - `--datasets-cache`: the data set instead as an online `datasets.load_dataset` leaves it,
   HF_HOME/datasets/NeelNanda___pile-10k/default/0.0.0/<commit>/ (Arrow files and
   dataset_info.json).
@@ -22,7 +27,7 @@ The commits are sha1 digests of the files written (stable across runs), not the 
 
 Usage:
     python tools/offline_hub.py HF_HOME [--models gpt2-small pythia-160m ...] [--documents N]
-                                        [--datasets-cache]
+                                        [--datasets-cache] [--revisions step1000 ...]
 """
 
 from __future__ import annotations
@@ -124,18 +129,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_snapshot(hub_cache: Path, repo_id: str, repo_type: str, files: Path) -> str:
+def write_snapshot(
+    hub_cache: Path, repo_id: str, repo_type: str, files: Path, revision: str = "main"
+) -> str:
     """Move the files under `files` into hub_cache as one snapshot of repo_id (blobs named by
-    sha256, snapshot entries linking to them, refs/main naming the commit); returns the
-    commit (sha1 over the files' paths and digests)."""
+    sha256, snapshot entries linking to them, refs/<revision> naming the commit); returns the
+    commit (sha1 over the files' paths and digests). Writing main starts the repo afresh;
+    another revision (step1000) is added beside what is there."""
     entries = sorted(p for p in files.rglob("*") if p.is_file())
     digests = {p.relative_to(files).as_posix(): _sha256(p) for p in entries}
     commit = hashlib.sha1(json.dumps(digests, sort_keys=True).encode()).hexdigest()
     repo = hub_cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    if repo.exists():
+    if repo.exists() and revision == "main":
         shutil.rmtree(repo)
-    (repo / "blobs").mkdir(parents=True)
-    (repo / "refs").mkdir()
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
     for path in entries:
         rel = path.relative_to(files).as_posix()
         blob = repo / "blobs" / digests[rel]
@@ -144,8 +152,18 @@ def write_snapshot(hub_cache: Path, repo_id: str, repo_type: str, files: Path) -
         link = repo / "snapshots" / commit / rel
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs" / "main").write_text(commit)
+    (repo / "refs" / revision).write_text(commit)
     return commit
+
+
+def write_revision(hub_cache: Path, repo_id: str, config: dict, revision: str, seed: int) -> str:
+    """A training revision of a model (e.g. step1000) beside its main snapshot: the same
+    config.json, random weights of another seed. Returns the commit."""
+    with tempfile.TemporaryDirectory(dir=hub_cache) as tmp:
+        files = Path(tmp)
+        (files / "config.json").write_text(json.dumps(config, indent=2))
+        weight_files(config, files, seed)
+        return write_snapshot(hub_cache, repo_id, "model", files, revision=revision)
 
 
 def stdlib_documents() -> list[str]:
@@ -228,10 +246,15 @@ def weight_files(config: dict, out: Path, seed: int) -> None:
 
 
 def fill_model(
-    hub_cache: Path, name: str, documents: list[str], tokenizers_dir: Path, seed: int
+    hub_cache: Path,
+    name: str,
+    documents: list[str],
+    tokenizers_dir: Path,
+    seed: int,
+    revisions: tuple[str, ...] = (),
 ) -> tuple[str, str]:
-    """One model's snapshot: real config.json, random weights, trained tokenizer. Returns
-    (repo id, commit)."""
+    """One model's snapshot: real config.json, random weights, trained tokenizer; and each
+    training revision (write_revision, seeds after seed). Returns (repo id, main's commit)."""
     repo_id = repo_for(name)
     config = MODELS[name]
     family = config["model_type"]
@@ -249,6 +272,8 @@ def fill_model(
         (files / "config.json").write_text(json.dumps(config, indent=2))
         weight_files(config, files, seed)
         commit = write_snapshot(hub_cache, repo_id, "model", files)
+    for index, revision in enumerate(revisions, start=1):
+        write_revision(hub_cache, repo_id, config, revision, seed + 1000 * index)
     return repo_id, commit
 
 
@@ -318,8 +343,10 @@ def fill(
     n_documents: int | None = None,
     datasets_cache: bool = False,
     seed: int = 0,
+    revisions: tuple[str, ...] = (),
 ) -> dict:
-    """Fill hf_home (see the module docstring); returns {repo id: commit}."""
+    """Fill hf_home (see the module docstring); returns {repo id: commit}. revisions: training
+    revisions written beside main for each Pythia model."""
     hub_cache = hf_home / "hub"
     hub_cache.mkdir(parents=True, exist_ok=True)
     documents = stdlib_documents()
@@ -327,7 +354,10 @@ def fill(
     with tempfile.TemporaryDirectory() as tmp:
         for index, name in enumerate(models):
             t0 = time.perf_counter()
-            repo_id, commit = fill_model(hub_cache, name, documents, Path(tmp), seed + index)
+            revs = tuple(revisions) if name.startswith("pythia") else ()
+            repo_id, commit = fill_model(
+                hub_cache, name, documents, Path(tmp), seed + index, revisions=revs
+            )
             commits[repo_id] = commit
             print(f"{name}: {repo_id}@{commit} ({time.perf_counter() - t0:.0f} s)", flush=True)
     pile = documents if n_documents is None else documents[:n_documents]
@@ -351,8 +381,21 @@ def main(argv: list[str] | None = None) -> None:
         "`hf download` does",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--revisions",
+        nargs="+",
+        default=[],
+        help="training revisions (step<N>) written beside main for each Pythia model",
+    )
     args = parser.parse_args(argv)
-    fill(args.hf_home, args.models, args.documents, args.datasets_cache, args.seed)
+    fill(
+        args.hf_home,
+        args.models,
+        args.documents,
+        args.datasets_cache,
+        args.seed,
+        revisions=tuple(args.revisions),
+    )
 
 
 if __name__ == "__main__":

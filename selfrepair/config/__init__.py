@@ -1,7 +1,8 @@
 """The run's configuration, checked before any job: schema errors in one line naming the key
 (errors), model entries and their sizes (models), the row/shard layout (layout), figure and
 mechanism targets with substitutes (targets, picks, mechanisms), parse-time and start-time checks
-(checks, hub), cluster resources (cluster), and the workflow's entry (run: validate_run, check_before_jobs).
+(checks, hub), cluster resources (cluster), training checkpoints as model keys of their own
+(checkpoints), and the workflow's entry (run: validate_run, check_before_jobs).
 
 Light on purpose: the Snakefile is parsed by every job and the figure scripts run in an
 environment without torch, jsonschema or transformer_lens, so no module here imports them at
@@ -180,4 +181,29 @@ __all__ = [
     "top_count",
     "validate_run",
     "validation_error_from",
+]
+
+# --- training checkpoints (issue 15) -----------------------------------------------------------
+from selfrepair.config.checkpoints import (  # noqa: E402
+    CHECKPOINT_DIR,
+    PYTHIA_FINAL_STEP,
+    PYTHIA_STEPS,
+    check_checkpoints,
+    checkpoint_key,
+    checkpoint_models,
+    checkpoint_steps,
+    final_step,
+    model_checkpoints,
+)
+
+__all__ += [
+    "CHECKPOINT_DIR",
+    "PYTHIA_FINAL_STEP",
+    "PYTHIA_STEPS",
+    "check_checkpoints",
+    "checkpoint_key",
+    "checkpoint_models",
+    "checkpoint_steps",
+    "final_step",
+    "model_checkpoints",
 ]

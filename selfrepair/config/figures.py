@@ -14,6 +14,7 @@ from typing import Literal
 __all__ = [
     "FIGURES",
     "REPAIR_TABLES",
+    "TRAINING_FIGURES",
     "TABLES",
     "Figure",
     "by_rule",
@@ -21,7 +22,7 @@ __all__ = [
     "run_figures",
 ]
 
-Kind = Literal["paper", "mechanism", "extra", "repair"]
+Kind = Literal["paper", "mechanism", "extra", "repair", "training"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class Figure:
             paper's mechanism sections, drawn from rules/mechanisms.smk's stores) or "extra"
             (beyond the paper: made only when engine.frozen_ln runs a frozen-LayerNorm variant)
             or "repair" (beyond the paper, rules/attribution.smk: who repairs whom, made when
-            engine.attribution is on).
+            engine.attribution is on) or "training" (beyond the paper, rules/training.smk:
+            self-repair over training, made when a model has training checkpoints).
         target: the config key naming its model and heads (figures.<key> for paper figures,
             mechanisms.<experiment>.<key> for mechanism ones), or None when it shows every model.
     """
@@ -161,6 +163,14 @@ FIGURES = (
         kind="repair",
     ),
     Figure(
+        rule="training_self_repair",
+        name="training_self_repair",
+        script="training_self_repair.py",
+        category="Beyond the paper: self-repair over training",
+        reads=("clean", "ablation"),
+        kind="training",
+    ),
+    Figure(
         rule="fig04",
         name="fig04_ln_scale_ratio",
         script="fig04_ln_scale_ratio.py",
@@ -244,7 +254,10 @@ def by_rule(rule: str) -> Figure:
 
 
 def run_figures(
-    frozen_ln: bool, kinds: tuple[Kind, ...] | None = None, attribution: bool = True
+    frozen_ln: bool,
+    kinds: tuple[Kind, ...] | None = None,
+    attribution: bool = True,
+    training: bool = True,
 ) -> list[Figure]:
     """The figures a run makes, in output order.
 
@@ -255,22 +268,27 @@ def run_figures(
             None: all.
         attribution: whether the run measures who repairs whom (engine.attribution), which
             the repair figures need.
+        training: whether a model of the run has training checkpoints, which the training
+            figure needs.
     """
-    return [
-        f
-        for f in FIGURES
-        if (frozen_ln or f.kind != "extra")
-        and (attribution or f.kind != "repair")
-        and (kinds is None or f.kind in kinds)
-    ]
+    made = {"extra": frozen_ln, "repair": attribution, "training": training}
+    return [f for f in FIGURES if made.get(f.kind, True) and (kinds is None or f.kind in kinds)]
 
 
-def figure_names(frozen_ln: bool = True, attribution: bool = True) -> set[str]:
+def figure_names(
+    frozen_ln: bool = True, attribution: bool = True, training: bool = True
+) -> set[str]:
     """The file stems of the figures a run makes (results/figures/<stem>.pdf and .png).
 
     Args:
         frozen_ln: whether the run has a frozen-LayerNorm variant (the default, as the demo and
             the paper's config have).
         attribution: whether it measures who repairs whom (the default).
+        training: whether it has training checkpoints (the demo's default).
     """
-    return {f.name for f in run_figures(frozen_ln, attribution=attribution)}
+    return {f.name for f in run_figures(frozen_ln, attribution=attribution, training=training)}
+
+
+# The figures of runs with training checkpoints (models[].revisions, .checkpoints,
+# .train.keep_steps; selfrepair.config.checkpoints): a run without them (the paper's) makes none.
+TRAINING_FIGURES = tuple(f for f in FIGURES if f.kind == "training")

@@ -27,26 +27,33 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
-def _hub_snapshot_files(repo_id: str, repo_type: str) -> list[str]:
-    """Names of the files in the hub cache's snapshot of a repo (refs/main), [] when none."""
+def _hub_snapshot_files(repo_id: str, repo_type: str, revision: str = "main") -> list[str]:
+    """Names of the files in the hub cache's snapshot of a repo (refs/<revision>), [] when
+    none."""
     from huggingface_hub import constants
 
     repo = Path(constants.HF_HUB_CACHE) / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    ref = repo / "refs" / "main"
+    ref = repo / "refs" / revision
     if not ref.is_file():
         return []
     snapshot = repo / "snapshots" / ref.read_text().strip()
     return [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()]
 
 
-def model_cached(repo_id: str) -> bool:
-    """A hub model's snapshot holds what from_pretrained reads: config, weights, tokenizer."""
+def model_cached(repo_id: str, revision: str | None = None) -> bool:
+    """A hub model's snapshot holds what from_pretrained reads: config, weights, tokenizer;
+    with a training revision (step1000), also that revision's config and weights (the
+    tokenizer and TransformerLens' config come from main)."""
     files = _hub_snapshot_files(repo_id, "model")
-    return (
+    main = (
         "config.json" in files
         and any(f.endswith(WEIGHT_SUFFIXES) for f in files)
         and any(f.startswith("tokenizer") for f in files)
     )
+    if revision is None or not main:
+        return main
+    files = _hub_snapshot_files(repo_id, "model", revision)
+    return "config.json" in files and any(f.endswith(WEIGHT_SUFFIXES) for f in files)
 
 
 def dataset_cached(repo_id: str) -> bool:
@@ -87,6 +94,12 @@ def hub_needs(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> lis
             repo = official_model_name(name)
             if not model_cached(repo):
                 needs.append(f"model {name} ({repo})")
+            # training revisions (models[].revisions), each named by its config key
+            needs += [
+                f"model {name} revision {rev} ({repo}, config key models[{name}].revisions)"
+                for rev in entry.get("revisions") or []
+                if model_cached(repo) and not model_cached(repo, rev)
+            ]
     corpus = config["data"]["corpus"]
     path = (corpus.get("hub") or {}).get("path")
     if corpus.get("source") == "hub" and path:

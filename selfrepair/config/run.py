@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from selfrepair.config.checkpoints import check_checkpoints
 from selfrepair.config.checks import check_machine, check_run
 from selfrepair.config.errors import ConfigError, describe_validation_error, validation_error_from
 from selfrepair.config.hub import check_hub_access
@@ -19,7 +20,7 @@ SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.
 
 def validate_run(config: dict[str, Any], schema: str | Path = SCHEMA) -> dict[str, dict[str, Any]]:
     """Validate the config against the schema (filling in its defaults, in place), then make
-    the checks the schema cannot (check_hub_names, check_run); a problem is a ConfigError in one
+    the checks the schema cannot (check_hub_names, check_run, check_checkpoints); a problem is a ConfigError in one
     line naming the key.
 
     Args:
@@ -43,6 +44,7 @@ def validate_run(config: dict[str, Any], schema: str | Path = SCHEMA) -> dict[st
     entries = model_entries(config)
     check_hub_names(entries)
     check_run(config, entries)
+    check_checkpoints(entries)
     return entries
 
 

@@ -15,12 +15,14 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from selfrepair.config.checkpoints import CHECKPOINT_DIR
 from selfrepair.data.tokenizer import write_dir_atomically
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "build_model",
     "evaluate_loss",
     "save_checkpoint",
+    "save_weights",
     "spread_rows",
     "train_causal_lm",
 ]
@@ -189,8 +192,10 @@ def _run_steps(
     warmup: int,
     grad_clip: float,
     progress: bool,
+    keep: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """The optimisation loop; returns each step's training loss."""
+    """The optimisation loop; returns each step's training loss. keep(n) is called after the
+    n-th step (and keep(0) before the first), so the caller can save intermediate weights."""
     from tqdm.auto import tqdm
 
     losses: list[float] = []
@@ -202,6 +207,8 @@ def _run_steps(
         file=sys.stderr,
         ascii=True,
     )
+    if keep is not None:
+        keep(0)
     for step in bar:
         batch = torch.as_tensor(train_rows[next(batches)], dtype=torch.long)
         for group in optimizer.param_groups:
@@ -215,6 +222,8 @@ def _run_steps(
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(f"training loss is {losses[-1]} at step {step}")
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
+        if keep is not None:
+            keep(step + 1)
     bar.close()
     return losses
 
@@ -282,6 +291,7 @@ def train_causal_lm(
     weight_decay: float = 0.1,
     grad_clip: float = 1.0,
     progress: bool = True,
+    keep: Callable[[int], None] | None = None,
 ) -> dict:
     """Train on rows (from pack_rows) by next-token cross-entropy: AdamW (betas 0.9, 0.95,
     weight decay on matrices only), linear warmup (default min(100, steps // 10) steps) then
@@ -300,6 +310,8 @@ def train_causal_lm(
         weight_decay: AdamW weight decay of matrices.
         grad_clip: gradient norm clip.
         progress: show a progress bar on stderr.
+        keep: called with n after the n-th step (0: before the first) to save intermediate
+            weights; it must not change the model (the final weights do not depend on it).
     """
     _check_rows(train_rows, heldout_rows, steps, batch_size)
     warmup = min(100, max(1, steps // 10)) if warmup is None else max(1, warmup)
@@ -322,6 +334,7 @@ def train_causal_lm(
             warmup=warmup,
             grad_clip=grad_clip,
             progress=progress,
+            keep=keep,
         )
         seconds = time.perf_counter() - start_time
         cpu_seconds = time.process_time() - start_cpu
@@ -344,15 +357,24 @@ def train_causal_lm(
     return metrics
 
 
-def save_checkpoint(model, tokenizer, metrics: dict, out_dir) -> None:
+def save_weights(model, tokenizer, out_dir) -> None:
+    """save_pretrained of model (safetensors) and tokenizer into out_dir: a loadable
+    checkpoint (intermediate checkpoints are just this). Reads the model, never changes it."""
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def save_checkpoint(model, tokenizer, metrics: dict, out_dir, kept: Path | None = None) -> None:
     """save_pretrained of model (safetensors) and tokenizer, plus training.json (metrics,
-    hyper-parameters, versions), written into a temporary sibling and renamed into place."""
+    hyper-parameters, versions), written into a temporary sibling and renamed into place.
+    kept: a folder of intermediate checkpoints (step<N>/) moved in as <out_dir>/checkpoints."""
     import tokenizers
     import transformers
 
     def write(tmp) -> None:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
+        save_weights(model, tokenizer, tmp)
+        if kept is not None:
+            Path(kept).rename(tmp / CHECKPOINT_DIR)
         record = {
             **metrics,
             "model": {

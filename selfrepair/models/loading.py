@@ -135,7 +135,11 @@ def random_model(
 
 
 def load_model(
-    name: str, path: str | None = None, device: str = "cpu", dtype=torch.float32
+    name: str,
+    path: str | None = None,
+    device: str = "cpu",
+    dtype=torch.float32,
+    revision: str | None = None,
 ) -> HookedTransformer:
     """A model by TransformerLens name (from the hub) or from a local Hugging Face checkpoint,
     processed as the paper loads models, in eval mode.
@@ -145,8 +149,18 @@ def load_model(
         path: a local Hugging Face checkpoint directory to load instead of the hub's.
         device: torch device ("cpu", "cuda", "cuda:1").
         dtype: torch dtype of the weights.
+        revision: a hub training revision (`step<N>`, Pythia models), loaded through
+            TransformerLens' own checkpoint support (`checkpoint_value=N`: the config from
+            the model's main revision, the weights from revision step<N>).
     """
-    if path is None:
+    if revision is not None:
+        if path is not None or not revision.startswith("step"):
+            raise ValueError(f"a hub revision is step<N> of a hub model, not {revision!r}")
+        official_model_name(name)
+        model = HookedTransformer.from_pretrained(
+            name, checkpoint_value=int(revision[4:]), device=device, dtype=dtype, **PROCESSING
+        )
+    elif path is None:
         official = official_model_name(name)  # unknown names fail here, naming the fix
         snapshot = _gpt2_snapshot_without_n_ctx(official)
         if snapshot is None:

@@ -6,7 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -18,7 +23,7 @@ from selfrepair.data.tokens import TOKENS_VARIABLE, load_tokenizer, pack_rows, s
 from selfrepair.stages.joblog import model_revision, provenance
 from selfrepair.stages.store import open_zarr, write_zarr
 
-__all__ = ["open_tokens", "tokenize", "train_model", "train_tokenizer"]
+__all__ = ["open_tokens", "share_tokens", "tokenize", "train_model", "train_tokenizer"]
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +59,12 @@ def train_model(
     d_mlp: int | None = None,
     n_heldout_rows: int = 256,
     progress: bool = True,
+    keep_steps: Sequence[int] = (),
 ) -> dict:
     """Rule train_model, the whole demo training: rows of n_ctx tokens from the corpus' train
     split (all of it) and its heldout split (up to n_heldout_rows), a fresh model, training,
-    checkpoint (save_pretrained folder with training.json).
+    checkpoint (save_pretrained folder with training.json). It is long because every
+    hyper-parameter of the rule is an argument of its own (the body is some 40 lines).
 
     Args:
         tokenizer_dir: the trained tokenizer's folder.
@@ -69,6 +76,9 @@ def train_model(
         corpus: the model's `train.corpus` config dict.
         n_heldout_rows: held-out rows evaluated, spread over the whole heldout split.
         progress: show a progress bar on stderr.
+        keep_steps: intermediate checkpoints to keep (0: the initial weights), saved in
+            <out_dir>/checkpoints/step<N> (config.checkpoints.CHECKPOINT_DIR); the final
+            weights and every file of out_dir itself are the same with or without them.
 
     Returns:
         The metrics written to training.json.
@@ -98,25 +108,56 @@ def train_model(
         bos_id=bos_id,
         eos_id=eos_id,
     )
-    metrics = train_causal_lm(
-        model,
-        train_rows,
-        heldout_rows,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        progress=progress,
-    )
-    metrics["hyperparameters"].update(
-        arch=arch, n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_ctx=n_ctx, d_mlp=d_mlp
-    )
-    metrics["corpus"] = {
-        "train": describe_corpus(corpus, "train"),
-        "heldout_split": "heldout",
-    }
-    save_checkpoint(model, tokenizer, metrics, out_dir)
+    with _kept_checkpoints(model, tokenizer, out_dir, keep_steps, steps) as (keep, kept):
+        metrics = train_causal_lm(
+            model,
+            train_rows,
+            heldout_rows,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            progress=progress,
+            keep=keep,
+        )
+        metrics["hyperparameters"].update(
+            arch=arch, n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_ctx=n_ctx, d_mlp=d_mlp
+        )
+        metrics["corpus"] = {
+            "train": describe_corpus(corpus, "train"),
+            "heldout_split": "heldout",
+        }
+        if kept is not None:
+            metrics["kept_steps"] = sorted(int(p.name[4:]) for p in kept.iterdir())
+        save_checkpoint(model, tokenizer, metrics, out_dir, kept=kept)
     return metrics
+
+
+@contextlib.contextmanager
+def _kept_checkpoints(
+    model, tokenizer, out_dir, keep_steps: Sequence[int], steps: int
+) -> Iterator[tuple[Callable[[int], None] | None, Path | None]]:
+    """(keep, folder): keep(n) saves the weights after step n into folder/step<n> when n is one
+    of keep_steps before the last (the last is the model itself); (None, None) without any.
+    The folder is a temporary sibling of out_dir, removed on the way out (save_checkpoint moves
+    it into the checkpoint first)."""
+    from selfrepair.data.training import save_weights
+
+    wanted = {int(s) for s in keep_steps if int(s) < steps}
+    if not wanted:
+        yield None, None
+        return
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
+    kept = Path(tempfile.mkdtemp(prefix=f".{Path(out_dir).name}-kept-", dir=Path(out_dir).parent))
+
+    def keep(step: int) -> None:
+        if step in wanted:
+            save_weights(model, tokenizer, kept / f"step{step}")
+
+    try:
+        yield keep, kept
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
 
 
 def tokenize(
@@ -186,3 +227,37 @@ def open_tokens(path: str) -> tuple[np.ndarray, dict]:
     """
     data = open_zarr(path)
     return data[TOKENS_VARIABLE].values, dict(data.attrs)
+
+
+def share_tokens(
+    *,
+    tokens: str,
+    out: str,
+    entry: dict,
+    shard_rows: int,
+    attrs: dict,
+    model_dir: str | None = None,
+) -> dict:
+    """Rule share_tokens: a training checkpoint (key <model>@step<N>) measures its model's
+    tokens, tokenized once per model, not per checkpoint: the same rows under its own key,
+    with its own provenance (its weights' revision, step; `tokens_of`: the store copied), so
+    the clean and ablation rules read them as any model's.
+
+    Args:
+        tokens: the model's tokens store (rule tokenize).
+        out: the checkpoint's tokens store.
+        entry: the checkpoint's model entry (selfrepair.config.checkpoint_models).
+        shard_rows: rows per chunk, as tokenize writes them.
+        attrs: the rule's provenance attributes (run_attrs of the checkpoint's key).
+        model_dir: the rule's local weights input (a trained or local checkpoint), if any.
+
+    Returns:
+        The store's attributes.
+    """
+    from selfrepair.stages.job import ModelJob, checkpoint_folder
+
+    data = open_zarr(tokens).load()
+    job = ModelJob(tokens, entry, 1, checkpoint=checkpoint_folder(entry, model_dir))
+    data.attrs = {**data.attrs, **job.provenance(attrs, tokens_of=tokens)}
+    write_zarr(data, out, chunks={"row": shard_rows})
+    return data.attrs

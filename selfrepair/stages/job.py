@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ModelJob",
     "check_model_fits",
+    "checkpoint_folder",
+    "hub_revision",
     "in_shard",
     "memory_hint",
     "model_for",
@@ -67,6 +70,10 @@ class ModelJob:
             jobs (clean_cache, ablate), every shard for the mechanism jobs, none when the job
             reads rows from the start (self_reinforcement).
         threads: torch threads (the rule's threads); None leaves torch's setting alone.
+
+    A training checkpoint's entry (selfrepair.config.checkpoints: key `<model>@step<N>`) has
+    `checkpoint` {model, step, and revision, path or subdir}: its weights are its model's at that
+    hub revision, that folder, or that subfolder of the trained model's `checkpoint`.
     """
 
     tokens: str
@@ -89,7 +96,7 @@ class ModelJob:
             tokens=smk.input.tokens,
             entry=smk.params.model,
             batch_size=smk.params.batch_size,
-            checkpoint=smk.input.get("model_dir"),
+            checkpoint=checkpoint_folder(smk.params.model, smk.input.get("model_dir")),
             device=smk.params.device,
             dtype=smk.params.dtype,
             shards=smk.params.get("bounds"),
@@ -131,9 +138,20 @@ class ModelJob:
         return model_for(self.entry, self.checkpoint, self.device, self.dtype, seq_len=seq_len)
 
     def provenance(self, attrs: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        """The store attributes: the rule's attrs, the weights' revision, then the stage's own."""
-        revision = model_revision(self.entry["name"], self.checkpoint)
-        return provenance(**attrs, model_revision=revision, **extra)
+        """The store attributes: the rule's attrs, the weights' revision (a training
+        checkpoint's: its step and hub revision too), then the stage's own."""
+        ckpt = self.entry.get("checkpoint")
+        if ckpt is None:
+            revision = model_revision(self.entry["name"], self.checkpoint)
+            return provenance(**attrs, model_revision=revision, **extra)
+        if "revision" in ckpt:
+            revision = hub_revision(ckpt["model"], ckpt["revision"])
+        else:
+            revision = model_revision(ckpt["model"], self.checkpoint)
+        where = {"checkpoint_of": ckpt["model"], "checkpoint_step": ckpt["step"]}
+        if "revision" in ckpt:
+            where["checkpoint_revision"] = ckpt["revision"]
+        return provenance(**attrs, model_revision=revision, **where, **extra)
 
     @contextlib.contextmanager
     def guarded(self, model: HookedTransformer, keys: dict[str, Any]) -> Iterator[None]:
@@ -143,6 +161,28 @@ class ModelJob:
                 stack.enter_context(in_shard(self.tokens, self.bounds))
             stack.enter_context(memory_hint(str(model.cfg.device), keys))
             yield
+
+
+def checkpoint_folder(entry: dict[str, Any], model_dir: str | None) -> str | None:
+    """The local weights of a model job: the rule's model_dir input, or for a trained model's
+    intermediate checkpoint its subfolder (<model_dir>/checkpoints/step<N>)."""
+    subdir = (entry.get("checkpoint") or {}).get("subdir")
+    if subdir is None or model_dir is None:
+        return model_dir
+    return str(Path(model_dir) / subdir)
+
+
+def hub_revision(name: str, revision: str) -> str:
+    """The commit the hub cache resolves a model's revision (e.g. step1000) to ("unknown"
+    when the cache does not say)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from selfrepair.config import official_model_name
+
+    cached = try_to_load_from_cache(official_model_name(name), "config.json", revision=revision)
+    if isinstance(cached, str) and "/snapshots/" in cached:
+        return cached.split("/snapshots/")[1].split("/")[0]
+    return "unknown"
 
 
 def row_coords(ds: xr.Dataset, start: int) -> xr.Dataset:
@@ -178,7 +218,14 @@ def model_for(
     against the config (seq_len, heads) before any work is done with it."""
     dev = resolve_device(device)
     t0 = time.perf_counter()
-    model = load_model(entry["name"], path=checkpoint, device=dev, dtype=resolve_dtype(dtype, dev))
+    ckpt = entry.get("checkpoint") or {}
+    model = load_model(
+        ckpt.get("model", entry["name"]),
+        path=checkpoint,
+        device=dev,
+        dtype=resolve_dtype(dtype, dev),
+        revision=ckpt.get("revision"),
+    )
     log.info(
         "loaded %s (%d layers x %d heads) on %s in %.1fs",
         entry["name"],

@@ -16,6 +16,12 @@ from selfrepair.plots import captions  # noqa: E402
 MODELS = sr_config.validate_run(
     config, Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 )
+# Training checkpoints (selfrepair.config.checkpoints): every intermediate checkpoint of a model
+# is a model key of its own, <model>@step<N>, on which the clean and ablation rules run
+# unchanged (rules/training.smk asks for them); the model's own key is its final checkpoint.
+# ENTRIES: every model key's entry (MODELS: the models themselves).
+CHECKPOINTS = sr_config.checkpoint_models(MODELS)
+ENTRIES = MODELS | CHECKPOINTS
 
 
 DATA = config["data"]
@@ -27,19 +33,26 @@ SHARDS = [f"{i:03d}" for i in range(sr_config.n_shards(DATA))]
 
 
 wildcard_constraints:
-    model="|".join(re.escape(m) for m in MODELS),
+    model="|".join(re.escape(m) for m in ENTRIES),
     tokenizer="|".join(re.escape(t) for t in config["tokenizers"]) or "(?!)",
     ablation="|".join(re.escape(v) for v in VARIANTS),
     shard=r"\d+",
 
 
 def model_entry(wildcards):
-    return MODELS[wildcards.model]
+    return ENTRIES[wildcards.model]
 
 
 def checkpoint_path(model):
-    """Local checkpoint of a model: trained by the workflow, given by path, or None (hub)."""
-    entry = MODELS[model]
+    """Local checkpoint of a model: trained by the workflow, given by path, or None (hub). A
+    training checkpoint's: its own folder, or its trained model's (ModelJob takes the
+    subfolder), or None (a hub revision)."""
+    entry = ENTRIES[model]
+    if "checkpoint" in entry:
+        ckpt = entry["checkpoint"]
+        return ckpt.get("path") or (
+            checkpoint_path(ckpt["model"]) if "subdir" in ckpt else None
+        )
     if "train" in entry:
         return f"resources/models/{model}"
     return entry.get("path")
@@ -55,23 +68,23 @@ def shard_bounds(wildcards):
 
 
 def batch_size(wildcards):
-    return MODELS[wildcards.model].get("batch_size", ENGINE["batch_size"])
+    return ENTRIES[wildcards.model].get("batch_size", ENGINE["batch_size"])
 
 
 # Resources of a model's shard jobs (clean_cache, ablate, train_model), from the config: the
 # SLURM profile (profiles/slurm) only adds the GPU. Memory and wall time grow with the attempt,
 # so a job retried by `retries` after running out of either asks for more.
 def model_threads(wildcards):
-    return sr_config.model_resources(config, MODELS[wildcards.model])["threads"]
+    return sr_config.model_resources(config, ENTRIES[wildcards.model])["threads"]
 
 
 def model_mem_mb(wildcards, attempt):
-    mem_mb = sr_config.model_resources(config, MODELS[wildcards.model])["mem_mb"]
+    mem_mb = sr_config.model_resources(config, ENTRIES[wildcards.model])["mem_mb"]
     return sr_config.mem_mb_for_attempt(mem_mb, attempt)
 
 
 def model_runtime(wildcards, attempt):
-    runtime = sr_config.model_resources(config, MODELS[wildcards.model])["runtime"]
+    runtime = sr_config.model_resources(config, ENTRIES[wildcards.model])["runtime"]
     return sr_config.runtime_for_attempt(runtime, attempt)
 
 
@@ -79,7 +92,7 @@ def run_attrs(wildcards):
     """Provenance recorded on every store of a model: the config that made it."""
     return {
         "model": wildcards.model,
-        "model_entry": MODELS[wildcards.model],
+        "model_entry": ENTRIES[wildcards.model],
         "seed": config["seed"],
         "data": DATA,
         "engine": ENGINE,
@@ -90,6 +103,13 @@ def run_attrs(wildcards):
 
 def clean_shards(model):
     return expand("results/{model}/clean/shard-{shard}.zarr", model=model, shard=SHARDS)
+
+
+def measured_clean_shards(model):
+    """The clean shards a model key measures: every shard, or a training checkpoint's first
+    `checkpoint_shards` (CHECKPOINT_SHARDS, rules/training.smk's section below)."""
+    shards = CHECKPOINT_SHARDS if model in CHECKPOINTS else SHARDS
+    return expand("results/{model}/clean/shard-{shard}.zarr", model=model, shard=shards)
 
 
 def ablation_shards(wildcards):
@@ -309,7 +329,9 @@ def norm_paths(model):
 # --- final outputs ----------------------------------------------------------------------------
 # Every figure of the one list (selfrepair.config.figures) that this run makes.
 FIGURE_LIST = sr_figures.run_figures(
-    bool(FROZEN_BASE), attribution=config["engine"]["attribution"]
+    bool(FROZEN_BASE),
+    attribution=config["engine"]["attribution"],
+    training=bool(CHECKPOINTS),
 )
 TABLE_OUTPUTS = [f"results/tables/{name}" for name in sr_figures.TABLES]
 REPAIR_TABLES = [f"results/tables/{name}" for name in sr_figures.REPAIR_TABLES]
@@ -409,3 +431,71 @@ def repair_outputs():
     )
     outputs += [f"results/{m}/attribution/detail-{FIG_ABLATION}.zarr" for m in MODELS]
     return outputs + figure_outputs(["repair"]) + REPAIR_TABLES
+
+
+# --- self-repair over training (rules/training.smk) ---------------------------------------------
+# A model's training checkpoints are model keys of their own (CHECKPOINTS, above), measured by the
+# clean and ablation rules on the first `checkpoint_shards` shards, under figures.ablation only.
+# Per model with checkpoints: [(model key, step), ...], the model itself (final) last.
+TRAINING = {
+    m: steps for m, e in MODELS.items() if (steps := sr_config.checkpoint_steps(m, e))
+}
+CHECKPOINT_SHARDS = SHARDS[: config["checkpoint_shards"] or len(SHARDS)]
+CHECKPOINT_TOKENS = sum(
+    (stop - start) * (DATA["seq_len"] - 1)
+    for start, stop in (sr_config.shard_bounds(DATA, int(s)) for s in CHECKPOINT_SHARDS)
+)
+
+
+def training_checkpoints():
+    """Per model, its checkpoints in step order: key, step and the stores the figure reads."""
+    shards = {
+        "clean": "results/{key}/clean/shard-{shard}.zarr",
+        "ablation": f"results/{{key}}/ablation/{FIG_ABLATION}/shard-{{shard}}.zarr",
+    }
+    return {
+        model: [
+            {
+                "key": key,
+                "step": step,
+                "clean": expand(shards["clean"], key=key, shard=CHECKPOINT_SHARDS),
+                "ablation": expand(
+                    shards["ablation"], key=key, shard=CHECKPOINT_SHARDS
+                ),
+            }
+            for key, step in steps
+        ]
+        for model, steps in TRAINING.items()
+    }
+
+
+def training_stores(kind):
+    """Every checkpoint's stores of one kind ("clean" or "ablation") the figure reads."""
+    ckpts = [c for cs in training_checkpoints().values() for c in cs]
+    return [path for c in ckpts for path in c[kind]]
+
+
+def training_caption():
+    """The 'Measured' paragraph: the models, every checkpoint's step, the tokens."""
+    steps = [
+        f"{m} at steps {', '.join(f'{s:,}' for _, s in steps)} (the last: {m} itself)"
+        for m, steps in TRAINING.items()
+    ]
+    return captions.measured(
+        models=list(TRAINING) or ["none with checkpoints"],
+        ablations=[FIG_ABLATION],
+        n_tokens=CHECKPOINT_TOKENS,
+        selection=captions.Selection(
+            ENGINE["top_fraction"], CHECKPOINT_TOKENS
+        ).describe(),
+        extra=[
+            f"Checkpoints: {'; '.join(steps)}",
+            f"Every checkpoint on the same {CHECKPOINT_TOKENS:,} tokens "
+            f"(the first {len(CHECKPOINT_SHARDS)} of {len(SHARDS)} token shards)",
+        ],
+    )
+
+
+def training_outputs():
+    """The training figures' files, when some model has checkpoints (rule all)."""
+    return figure_outputs(["training"])

@@ -1,3 +1,9 @@
+# The model keys each rule makes tokens for: a model's own (tokenize), or a training checkpoint's
+# (share_tokens: its model's rows, tokenized once per model, under the checkpoint's key).
+OWN_MODEL_KEYS = "|".join(re.escape(m) for m in MODELS)
+CHECKPOINT_KEYS = "|".join(re.escape(m) for m in CHECKPOINTS) or "(?!)"
+
+
 rule train_tokenizer:
     output:
         tokenizer=directory("resources/tokenizers/{tokenizer}"),
@@ -49,6 +55,8 @@ rule tokenize:
         "results/logs/tokenize/{model}.log",
     benchmark:
         "results/benchmarks/tokenize/{model}.tsv"
+    wildcard_constraints:
+        model=OWN_MODEL_KEYS,
     conda:
         "../../envs/engine.yaml"
     params:
@@ -61,3 +69,25 @@ rule tokenize:
         attrs=run_attrs,
     script:
         "../scripts/tokenize.py"
+
+
+rule share_tokens:
+    input:
+        unpack(model_input),
+        tokens=lambda w: f"results/{CHECKPOINTS[w.model]['checkpoint']['model']}/tokens.zarr",
+    output:
+        tokens=directory("results/{model}/tokens.zarr"),
+    log:
+        "results/logs/share_tokens/{model}.log",
+    benchmark:
+        "results/benchmarks/share_tokens/{model}.tsv"
+    wildcard_constraints:
+        model=CHECKPOINT_KEYS,
+    conda:
+        "../../envs/engine.yaml"
+    params:
+        model=model_entry,
+        shard_rows=DATA["shard_rows"],
+        attrs=run_attrs,
+    script:
+        "../scripts/share_tokens.py"

@@ -26,6 +26,7 @@ with logged(snakemake.log[0]):
         lr=float(train["lr"]),
         seed=int(train["seed"]),
         corpus=dict(train["corpus"]),
+        keep_steps=list(train.get("keep_steps") or ()),
     )
     with open(snakemake.output.metrics, "w") as out:
         json.dump(metrics, out, indent=2)
