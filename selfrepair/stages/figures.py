@@ -49,8 +49,7 @@ from selfrepair.stages.store import open_shards, open_zarr
 from selfrepair.stages.summaries import resolve_params
 
 # The stage functions are the figure rules, one each (open_by_model, open_token_shards: for tests).
-# (The who-repairs-whom figures are stages/repair_figures.py's, the training one
-# stages/training.py's.)
+# (Not the who-repairs-whom ones, stages/repair_figures.py's, nor stages/training.py's.)
 __all__ = [
     "open_by_model",
     "open_token_shards",
