@@ -94,11 +94,12 @@ def hub_needs(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> lis
             repo = official_model_name(name)
             if not model_cached(repo):
                 needs.append(f"model {name} ({repo})")
+                continue  # its revisions are missing too; the model's line says so
             # training revisions (models[].revisions), each named by its config key
             needs += [
                 f"model {name} revision {rev} ({repo}, config key models[{name}].revisions)"
                 for rev in entry.get("revisions") or []
-                if model_cached(repo) and not model_cached(repo, rev)
+                if not model_cached(repo, rev)
             ]
     corpus = config["data"]["corpus"]
     path = (corpus.get("hub") or {}).get("path")

@@ -45,58 +45,18 @@ from selfrepair.plots.per_head import (
     ln_share_per_head,
     self_repair_per_head,
 )
-from selfrepair.stages.store import open_shards, open_zarr
+from selfrepair.stages.store import open_by_model, open_token_shards, open_zarr
 from selfrepair.stages.summaries import resolve_params
 
-# The stage functions are the figure rules, one each (open_by_model, open_token_shards: for tests).
-# (Not the who-repairs-whom ones, stages/repair_figures.py's, nor stages/training.py's.)
-__all__ = [
-    "open_by_model",
-    "open_token_shards",
-    *(figure.rule for figure in FIGURES if figure.kind not in ("repair", "training")),
-]
+# The stage functions are the figure rules, one each (not the who-repairs-whom ones,
+# stages/repair_figures.py's, nor stages/training.py's).
+__all__ = [f.rule for f in FIGURES if f.kind not in ("repair", "training")]
 
 Paths = Sequence[str | os.PathLike]
 Target = Mapping[str, Any]
 
 
 # --- opening and checking stores ---------------------------------------------------------------
-
-
-def open_by_model(
-    paths: Paths, models: Sequence[str], n_tokens: int | None = None
-) -> dict[str, xr.Dataset]:
-    """Stores of one kind per model (paths in the order of models), checked to be the model's
-    and, when n_tokens is given, to hold as many tokens as the caption states."""
-    if len(paths) != len(models):
-        raise ValueError(f"{len(paths)} stores for {len(models)} models")
-    out = {}
-    for path, model in zip(paths, models, strict=True):
-        ds = open_zarr(path)
-        if ds.attrs.get("model", model) != model:
-            raise ValueError(f"{path} holds model {ds.attrs['model']!r}, not {model!r}")
-        held = ds.attrs.get("n_tokens")
-        if n_tokens is not None and held is not None and int(held) != n_tokens:
-            raise ValueError(
-                f"{path} holds {held} tokens but the config measures {n_tokens}: rerun the "
-                "workflow so the stores match the config"
-            )
-        out[model] = ds
-    return out
-
-
-def open_token_shards(paths: Paths, model: str, n_tokens: int | None = None) -> xr.Dataset:
-    """Per-token shards of one model and ablation (lazily), checked like open_by_model."""
-    ds = open_shards(list(paths))
-    if ds.attrs.get("model", model) != model:
-        raise ValueError(f"{paths[0]} holds model {ds.attrs['model']!r}, not {model!r}")
-    held = ds.sizes["batch"] * ds.sizes["pos"]
-    if n_tokens is not None and held != n_tokens:
-        raise ValueError(
-            f"the shards of {model} hold {held} tokens but the config measures {n_tokens}: "
-            "rerun the workflow so the stores match the config"
-        )
-    return ds
 
 
 def _open(path: str, model: str) -> xr.Dataset:

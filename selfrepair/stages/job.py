@@ -144,13 +144,12 @@ class ModelJob:
         if ckpt is None:
             revision = model_revision(self.entry["name"], self.checkpoint)
             return provenance(**attrs, model_revision=revision, **extra)
-        if "revision" in ckpt:
-            revision = hub_revision(ckpt["model"], ckpt["revision"])
-        else:
-            revision = model_revision(ckpt["model"], self.checkpoint)
         where = {"checkpoint_of": ckpt["model"], "checkpoint_step": ckpt["step"]}
         if "revision" in ckpt:
+            revision = hub_revision(ckpt["model"], ckpt["revision"])
             where["checkpoint_revision"] = ckpt["revision"]
+        else:
+            revision = model_revision(ckpt["model"], self.checkpoint)
         return provenance(**attrs, model_revision=revision, **where, **extra)
 
     @contextlib.contextmanager

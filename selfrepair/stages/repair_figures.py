@@ -14,17 +14,11 @@ from matplotlib.figure import Figure
 from selfrepair.analysis import attribution as repair
 from selfrepair.plots import repair as draw
 from selfrepair.plots.common import save_figure
-from selfrepair.stages.store import open_zarr, write_text
+from selfrepair.stages.store import open_by_model, write_text
 
 __all__ = ["repair_bars", "repair_graph", "repair_heatmap", "repair_scatter"]
 
 Paths = Sequence[str | os.PathLike]
-
-
-def _by_model(paths: Paths, models: Sequence[str]) -> dict[str, xr.Dataset]:
-    if len(paths) != len(models):
-        raise ValueError(f"{len(paths)} stores for {len(models)} models")
-    return {m: open_zarr(p) for p, m in zip(paths, models, strict=True)}
 
 
 def _saved(fig: Figure, out: Paths) -> Figure:
@@ -44,7 +38,7 @@ def repair_heatmap(
         top_fraction: engine.top_fraction.
         out: the figure files to write.
     """
-    shares = {m: ds.top_share for m, ds in _by_model(summaries, models).items()}
+    shares = {m: ds.top_share for m, ds in open_by_model(summaries, models).items()}
     return _saved(draw.repair_heatmap(shares, top_fraction), out)
 
 
@@ -88,7 +82,7 @@ def repair_bars(
         top_fraction: engine.top_fraction.
         out: the figure files to write.
     """
-    sums, dets = _by_model(summaries, models), _by_model(details, models)
+    sums, dets = open_by_model(summaries, models), open_by_model(details, models)
     panels = []
     for model in models:
         for head in repair.most_repaired(sums[model], most_repaired):
@@ -117,7 +111,7 @@ def repair_scatter(
         top_fraction: engine.top_fraction.
         out: the figure files to write.
     """
-    sums, dets = _by_model(summaries, models), _by_model(details, models)
+    sums, dets = open_by_model(summaries, models), open_by_model(details, models)
     panels = []
     for model in models:
         head, repairer = repair.repair_pair(sums[model])
@@ -156,7 +150,7 @@ def repair_graph(
         csv, html_path: the files to write.
         note: a paragraph above the HTML tables.
     """
-    sums, dets = _by_model(summaries, models), _by_model(details, models)
+    sums, dets = open_by_model(summaries, models), open_by_model(details, models)
     tables = []
     for model in models:
         kept = {(int(h[0]), int(h[1])) for h in dets[model].attrs["heads"]}

@@ -1,5 +1,6 @@
 """Zarr stores written atomically (temporary path, then rename) and read back as xarray, every
-chunk carrying a CRC32C checksum that is verified whenever its values are loaded."""
+chunk carrying a CRC32C checksum that is verified whenever its values are loaded; and the
+figure stages' openers that check a store holds the model and tokens the caption states."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ __all__ = [
     "CHUNK_CHECKSUMS",
     "DamagedStore",
     "chunk_file_problem",
+    "open_by_model",
     "open_shards",
+    "open_token_shards",
     "open_zarr",
     "rebuild_hint",
     "write_text",
@@ -273,3 +276,45 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def open_by_model(
+    paths: Sequence[str | os.PathLike], models: Sequence[str], n_tokens: int | None = None
+) -> dict[str, xr.Dataset]:
+    """Stores of one kind per model (paths in the order of models), checked to be the model's
+    and, when n_tokens is given, to hold as many tokens as the caption states."""
+    if len(paths) != len(models):
+        raise ValueError(f"{len(paths)} stores for {len(models)} models")
+    out = {}
+    for path, model in zip(paths, models, strict=True):
+        ds = open_zarr(path)
+        if ds.attrs.get("model", model) != model:
+            raise ValueError(f"{path} holds model {ds.attrs['model']!r}, not {model!r}")
+        held = ds.attrs.get("n_tokens")
+        if n_tokens is not None and held is not None and int(held) != n_tokens:
+            raise ValueError(
+                f"{path} holds {held} tokens but the config measures {n_tokens}: rerun the "
+                "workflow so the stores match the config"
+            )
+        out[model] = ds
+    return out
+
+
+def open_token_shards(
+    paths: Sequence[str | os.PathLike],
+    model: str,
+    n_tokens: int | None = None,
+    variables: Sequence[str] = (),
+) -> xr.Dataset:
+    """Per-token shards of one model and kind (lazily; only `variables` if given), checked like
+    open_by_model."""
+    ds = open_shards(list(paths), variables=variables)
+    if ds.attrs.get("model", model) != model:
+        raise ValueError(f"{paths[0]} holds model {ds.attrs['model']!r}, not {model!r}")
+    held = ds.sizes["batch"] * ds.sizes["pos"]
+    if n_tokens is not None and held != n_tokens:
+        raise ValueError(
+            f"the shards of {model} hold {held} tokens but the config measures {n_tokens}: "
+            "rerun the workflow so the stores match the config"
+        )
+    return ds

@@ -18,26 +18,12 @@ from selfrepair.analysis.reduce import head_summary
 from selfrepair.analysis.training import mean_loss, training_curves
 from selfrepair.plots.common import save_figure
 from selfrepair.plots.training import training_self_repair as draw
-from selfrepair.stages.store import open_shards
+from selfrepair.stages.store import open_token_shards
 from selfrepair.variables import HEAD_VARIABLES
 
 __all__ = ["model_curves", "training_self_repair"]
 
 Paths = Sequence[str | os.PathLike]
-
-
-def _shards(paths: Paths, key: str, variables: Sequence[str], n_tokens: int) -> xr.Dataset:
-    """A checkpoint's shards of one kind, checked to be its own and to hold n_tokens tokens."""
-    ds = open_shards(list(paths), variables=variables)
-    if ds.attrs.get("model", key) != key:
-        raise ValueError(f"{paths[0]} holds model {ds.attrs['model']!r}, not {key!r}")
-    held = ds.sizes["batch"] * ds.sizes["pos"]
-    if held != n_tokens:
-        raise ValueError(
-            f"the shards of {key} hold {held} tokens but the figure measures {n_tokens}: rerun "
-            "the workflow so the stores match the config"
-        )
-    return ds
 
 
 def model_curves(
@@ -60,9 +46,9 @@ def model_curves(
     summaries, losses = {}, {}
     for ckpt in checkpoints:
         step = int(ckpt["step"])
-        ablated = _shards(ckpt["ablation"], ckpt["key"], HEAD_VARIABLES, n_tokens)
+        ablated = open_token_shards(ckpt["ablation"], ckpt["key"], n_tokens, HEAD_VARIABLES)
         summaries[step] = head_summary(ablated, top_fraction=top_fraction, de_epsilon=de_epsilon)
-        clean = _shards(ckpt["clean"], ckpt["key"], ("loss",), n_tokens)
+        clean = open_token_shards(ckpt["clean"], ckpt["key"], n_tokens, ("loss",))
         losses[step] = mean_loss(clean["loss"])
     return training_curves(summaries, losses)
 

@@ -5,7 +5,7 @@
 
 rule head_top_tokens:
     input:
-        shards=lambda w: measured_clean_shards(w.model),
+        shards=lambda w: clean_shards(w.model),
     output:
         top_tokens=directory("results/{model}/attribution/top_tokens.zarr"),
     log:

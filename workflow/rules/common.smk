@@ -102,10 +102,6 @@ def run_attrs(wildcards):
 
 
 def clean_shards(model):
-    return expand("results/{model}/clean/shard-{shard}.zarr", model=model, shard=SHARDS)
-
-
-def measured_clean_shards(model):
     """The clean shards a model key measures: every shard, or a training checkpoint's first
     `checkpoint_shards` (CHECKPOINT_SHARDS, rules/training.smk's section below)."""
     shards = CHECKPOINT_SHARDS if model in CHECKPOINTS else SHARDS
