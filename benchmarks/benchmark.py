@@ -6,6 +6,11 @@ On one model and one set of tokens, in one run, it times
   same passes (engine.attribution, the workflow's default: its overhead is printed);
 - the original code's method (selfrepair.reference.full_forward.full_forward_measure_heads: a clean pass and
   one full forward pass with a hook per head), checking that it gives the engine's numbers;
+- attribution patching (selfrepair.engine.atp.measure_atp, beyond the paper) on every head: AtP's
+  row estimates (one forward and one backward pass per batch), with AtP*'s GradDrop (L - 1 more
+  backward passes), and per token on a few tokens per row (one backward per token of a row,
+  GradDrop's per token too), scaled to every token; AtP is checked against the slow reference
+  (selfrepair.reference.atp), and the engine's time over AtP's is printed;
 - the machine's peak matmul rate in the same dtype on the same device (square matmuls, best of
   several, measured before and after the runs);
 and prints time per 1k tokens, matmul FLOPs counted from the model's shapes (selfrepair.models.flops)
@@ -34,9 +39,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's selfrepair
 
+from selfrepair.engine.atp import measure_atp
 from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.self_repair import HEAD_VARIABLES, measure_heads
-from selfrepair.models.flops import Shapes, engine_flops, forward_flops, reference_flops
+from selfrepair.models.flops import (
+    Shapes,
+    atp_flops,
+    backward_flops,
+    engine_flops,
+    forward_flops,
+    graddrop_flops,
+    reference_flops,
+)
 from selfrepair.models.loading import (
     load_local_checkpoint,
     load_model,
@@ -44,6 +58,7 @@ from selfrepair.models.loading import (
     resolve_device,
     resolve_dtype,
 )
+from selfrepair.reference.atp import reference_atp
 from selfrepair.reference.full_forward import full_forward_measure_heads
 
 GPT2_SMALL = dict(
@@ -54,6 +69,13 @@ ENGINE, ENGINE_TL = "engine (fused blocks)", "engine (TransformerLens blocks)"
 ENGINE_ATTRIBUTION = "engine + who repairs whom"
 REFERENCE, REFERENCE_CLEAN = "full forward per head (reference)", "reference clean pass"
 REDUCED_RTOL = 0.15  # bfloat16/float16 (both sides rounded): fraction of the scale's range
+ATP_RTOL = 1e-4  # AtP vs its reference in float32: fraction of the largest row estimate
+ATP_ROWS = "AtP, every head (1 forward + 1 backward pass)"
+ATP_GRADDROP = "AtP + GradDrop (L - 1 more backward passes)"
+GRADDROP = "GradDrop alone"
+ATP_TOKENS = "AtP per token, {k} tokens per row"
+ATP_GD_TOKENS = "AtP + GradDrop per token, {k} tokens per row"
+EVERY_TOKEN = "{name}: every token (scaled from {k})"
 
 
 def load(spec: str, device: str, dtype: torch.dtype):
@@ -301,6 +323,8 @@ def run(args) -> dict:
             lambda: measure_heads(model, tokens, args.ablation, fused=False, **engine_kw),
             e_flops,
         )
+    if args.atp:
+        jobs.update(atp_jobs(model, tokens, args, shapes))
     jobs[REFERENCE] = (
         lambda: full_forward_measure_heads(model, tokens, args.ablation, ref_heads),
         reference_flops(shapes, args.seq_len, len(ref_heads)) * args.rows,
@@ -321,6 +345,8 @@ def run(args) -> dict:
     rows = [timings[ENGINE]] + ([timings[ENGINE_TL]] if args.tl_blocks else [])
     if args.attribution:
         rows.insert(1, timings[ENGINE_ATTRIBUTION])
+    atp = atp_report(timings, results, model, tokens, args) if args.atp else None
+    rows += atp["rows"] if atp else []
     if len(ref_heads) < len(every_head):
         rows.append(scale_reference(timings, len(every_head), len(ref_heads), r_flops, n_tokens))
     else:
@@ -369,10 +395,104 @@ def run(args) -> dict:
         "flop_ratio": r_flops / e_flops,
         "agreement": check,
         "agreement_heads": len(ref_heads),
-        "passed": all(v["max_abs_diff"] <= v["bound"] for v in check.values()),
+        "atp": {k: v for k, v in atp.items() if k != "rows"} if atp else None,
+        "passed": all(v["max_abs_diff"] <= v["bound"] for v in check.values())
+        and (atp is None or atp["agreement"]["max_abs_diff"] <= atp["agreement"]["bound"]),
     }
     print_report(report)
     return report
+
+
+def token_mask(cfg, n_rows: int, n_pos: int, per_row: int) -> np.ndarray:
+    """Every head asks the same `per_row` positions of every row, spread over the row: one
+    per-token backward pass per position (engine.atp.token_groups)."""
+    top = np.zeros((cfg.n_layers, cfg.n_heads, n_rows, n_pos), bool)
+    top[..., np.unique(np.linspace(0, n_pos - 1, per_row).round().astype(int))] = True
+    return top
+
+
+def atp_jobs(model, tokens, args, shapes: Shapes) -> dict:
+    """AtP's row estimates, with GradDrop, and per token on args.atp_tokens tokens per row."""
+    n_pos, k = args.seq_len - 1, args.atp_tokens
+    top = token_mask(model.cfg, args.rows, n_pos, k)
+    row = atp_flops(shapes, n_pos) * args.rows
+    drop = graddrop_flops(shapes, n_pos) * args.rows
+    group = backward_flops(shapes, n_pos) * args.rows  # one per-token backward pass
+    kw = dict(batch_size=args.batch_size)
+    ablation = args.ablation
+    return {
+        ATP_ROWS: (lambda: measure_atp(model, tokens, ablation, graddrop=False, **kw), row),
+        ATP_GRADDROP: (lambda: measure_atp(model, tokens, ablation, **kw), row + drop),
+        ATP_TOKENS.format(k=k): (
+            lambda: measure_atp(model, tokens, ablation, top=top, graddrop=False, **kw),
+            row + k * group,
+        ),
+        ATP_GD_TOKENS.format(k=k): (
+            lambda: measure_atp(model, tokens, ablation, top=top, **kw),
+            row + drop + k * (group + drop),
+        ),
+    }
+
+
+def derived_row(
+    name: str, base: dict, extra: dict, scale: float, flops: int, n_tokens: int, keep_base=True
+):
+    """A method timed as base + scale x (extra - base) (e.g. per token on every position from
+    a few; without keep_base, only the difference), with its FLOPs counted."""
+    seconds, cpu = (
+        keep_base * base[k] + scale * (extra[k] - base[k]) for k in ("seconds", "cpu_seconds")
+    )
+    row = timing_row(name, seconds, cpu, flops, n_tokens)
+    row["peak_memory_bytes"] = extra["peak_memory_bytes"]
+    return row
+
+
+def atp_report(timings: dict, results: dict, model, tokens, args) -> dict:
+    """AtP's rows of the table (measured, GradDrop alone, and per token scaled to every
+    token), the engine's time over AtP's, and AtP against the reference."""
+    k, n_pos, n_tokens = args.atp_tokens, args.seq_len - 1, args.rows * (args.seq_len - 1)
+    rows_job, gd_job = timings[ATP_ROWS], timings[ATP_GRADDROP]
+    tok_job, gd_tok_job = (timings[name.format(k=k)] for name in (ATP_TOKENS, ATP_GD_TOKENS))
+    group = tok_job["flops"] - rows_job["flops"]
+    gd_group = gd_tok_job["flops"] - gd_job["flops"]
+    rows = [
+        rows_job,
+        gd_job,
+        derived_row(
+            GRADDROP, rows_job, gd_job, 1.0, gd_job["flops"] - rows_job["flops"], n_tokens, False
+        ),
+        tok_job,
+        derived_row(
+            EVERY_TOKEN.format(name="AtP per token", k=k),
+            rows_job,
+            tok_job,
+            n_pos / k,
+            rows_job["flops"] + group // k * n_pos,
+            n_tokens,
+        ),
+        gd_tok_job,
+        derived_row(
+            EVERY_TOKEN.format(name="AtP + GradDrop per token", k=k),
+            gd_job,
+            gd_tok_job,
+            n_pos / k,
+            gd_job["flops"] + gd_group // k * n_pos,
+            n_tokens,
+        ),
+    ]
+    ref = reference_atp(model, tokens, args.ablation)["row"]
+    got = results[ATP_ROWS].atp_row.values
+    bound = (REDUCED_RTOL if args.dtype != "float32" else ATP_RTOL) * float(np.abs(ref).max())
+    engine = timings[ENGINE]
+    return {
+        "rows": rows,
+        "token_groups": k,
+        "engine_over_atp": engine["seconds"] / rows_job["seconds"],
+        "engine_over_atp_flops": engine["flops"] / rows_job["flops"],
+        "engine_over_atp_graddrop": engine["seconds"] / gd_job["seconds"],
+        "every_token_over_engine": rows[4]["seconds"] / engine["seconds"],
+        "agreement": {"max_abs_diff": float(np.abs(got - ref).max()), "bound": bound},
+    }
 
 
 def cpu_name() -> str:
@@ -425,6 +545,15 @@ def print_report(r: dict) -> None:
         line + f"; {r['flop_ratio']:.2f}x fewer FLOPs "
         f"({r['flops_avoided'] / r['predicted_tokens'] / 1e9:.2f} GFLOP/token avoided)"
     )
+    if r["atp"] is not None:
+        a = r["atp"]
+        print(
+            f"exact per-head effects at {a['engine_over_atp']:.1f}x the time of AtP "
+            f"({a['engine_over_atp_flops']:.1f}x its FLOPs), {a['engine_over_atp_graddrop']:.1f}x "
+            f"that of AtP + GradDrop; per-token AtP on every token takes "
+            f"{a['every_token_over_engine']:.2f}x the exact engine's time; AtP vs reference: "
+            f"{a['agreement']['max_abs_diff']:.1e} (bound {a['agreement']['bound']:.0e})"
+        )
     if r["attribution_overhead"] is not None:
         print(f"who repairs whom adds {r['attribution_overhead']:.0%} to the engine's time")
     print(
@@ -470,6 +599,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
         dest="attribution",
         action="store_false",
         help="skip timing the engine with who-repairs-whom (engine.attribution)",
+    )
+    p.add_argument(
+        "--no-atp",
+        dest="atp",
+        action="store_false",
+        help="skip timing attribution patching (AtP, GradDrop; engine.atp)",
+    )
+    p.add_argument(
+        "--atp-tokens",
+        type=int,
+        default=2,
+        help="tokens per row of the per-token AtP timings (scaled to every token)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument(

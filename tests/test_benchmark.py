@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "benchmark.py"
@@ -33,7 +34,23 @@ def test_cli_runs_and_writes_every_field(tmp_path):
     r = json.loads(out.read_text())
     assert r["passed"] and r["heads"] == 12 and r["agreement_heads"] == 5
     names = [m["method"] for m in r["methods"]]
-    assert names[:2] == ["engine (fused blocks)", "engine + who repairs whom"] and len(names) == 4
+    assert names[:2] == ["engine (fused blocks)", "engine + who repairs whom"] and len(names) == 11
+    atp = [n for n in names if "AtP" in n or "GradDrop" in n]
+    assert (
+        atp[:3]
+        == [
+            "AtP, every head (1 forward + 1 backward pass)",
+            "AtP + GradDrop (L - 1 more backward passes)",
+            "GradDrop alone",
+        ]
+        and len(atp) == 7
+    )
+    a = r["atp"]
+    assert a["engine_over_atp"] > 0 and a["engine_over_atp_flops"] > 1 and a["token_groups"] == 2
+    assert a["agreement"]["max_abs_diff"] <= a["agreement"]["bound"]
+    assert "exact per-head effects at" in proc.stdout
+    seconds = {m["method"]: m["seconds"] for m in r["methods"]}
+    assert seconds["GradDrop alone"] == pytest.approx(seconds[atp[1]] - seconds[atp[0]])
     assert "who repairs whom adds" in proc.stdout and r["attribution_overhead"] > -1
     for m in r["methods"]:
         for key in ("seconds", "cpu_seconds", "seconds_per_1k_tokens", "flop_per_s"):

@@ -24,6 +24,7 @@ import xarray as xr
 import yaml
 from helpers import FIGURES, REDUCED_DEMO, TABLES, load, snakemake
 
+import selfrepair.stages.atp_figures as stage_atp_figures
 import selfrepair.stages.figures as stage_figures
 import selfrepair.stages.repair_figures as stage_repair_figures
 import selfrepair.stages.training as stage_training
@@ -35,7 +36,11 @@ from selfrepair.stages.store import open_zarr
 ROOT = Path(__file__).resolve().parents[1]
 slow = pytest.mark.slow
 # The stage module of the figures beyond the paper's kinds (the others: stages.figures).
-STAGE_MODULES = {"repair": stage_repair_figures, "training": stage_training}
+STAGE_MODULES = {
+    "repair": stage_repair_figures,
+    "atp": stage_atp_figures,
+    "training": stage_training,
+}
 
 # The demo's substitutes picked at run time (results/<model>/substitutes/<key>.json).
 PICKS = {"fig03", "fig05", "fig04", "fig16_18", "fig07", "fig08-0", "fig08-1", "fig08-2"} | {
@@ -286,7 +291,8 @@ def _figure_numbers(name: str) -> set[int]:
 def test_the_figure_list_covers_the_paper_once_and_its_files_exist():
     """Every paper figure drawn by exactly one entry; each entry's rule is unique, its script,
     caption and stage function (named after the rule, in its kind's stage module) exist, and
-    the figures beyond the paper are the frozen-LayerNorm, who-repairs-whom and training ones."""
+    the figures beyond the paper are the frozen-LayerNorm, who-repairs-whom, attribution-patching
+    and training ones."""
     numbers = [n for f in FIGURE_LIST for n in _figure_numbers(f.name)]
     assert sorted(numbers) == sorted(PAPER_FIGURES)
     beyond = [f.name for f in FIGURE_LIST if not _figure_numbers(f.name)]
@@ -295,9 +301,11 @@ def test_the_figure_list_covers_the_paper_once_and_its_files_exist():
         "repair_heatmap",
         "repair_top_repairers",
         "repair_tokens",
+        "atp_vs_exact",
+        "atp_error_vs_self_repair",
         "training_self_repair",
     ]
-    assert len({f.rule for f in FIGURE_LIST}) == len({f.name for f in FIGURE_LIST}) == 19
+    assert len({f.rule for f in FIGURE_LIST}) == len({f.name for f in FIGURE_LIST}) == 21
     assert FIGURES == {f.name for f in FIGURE_LIST}
     for figure in FIGURE_LIST:
         assert (WORKFLOW / "report" / f"{figure.tag}.rst").is_file(), figure
@@ -306,9 +314,10 @@ def test_the_figure_list_covers_the_paper_once_and_its_files_exist():
         assert f"{stages.__name__.split('.')[-1]}.{figure.rule}" in script.read_text(), figure
         assert callable(getattr(stages, figure.rule)), figure
         assert figure.rule in stages.__all__
-        assert figure.kind in ("paper", "mechanism", "extra", "repair", "training")
+        assert figure.kind in ("paper", "mechanism", "extra", "repair", "atp", "training")
     assert (WORKFLOW / "report" / "head_table.rst").is_file() and TABLES
     assert (WORKFLOW / "report" / "repair_graph.rst").is_file()
+    assert (WORKFLOW / "report" / "atp_table.rst").is_file()
 
 
 def test_the_figure_list_names_config_keys_and_stores_that_exist():
@@ -334,9 +343,10 @@ def _rule_blocks(text: str) -> dict[str, str]:
 
 def test_figure_rules_are_the_figure_list_and_name_their_own_files():
     """rules/figures.smk defines one rule per listed figure of the paper's kinds and nothing
-    else (the who-repairs-whom and training figures: their stages' rules files), and each rule
+    else (the who-repairs-whom, attribution-patching and training figures: their stages' rules
+    files), and each rule
     takes its files, log and benchmark from its own entry of the list."""
-    own_files = {"repair": "attribution.smk", "training": "training.smk"}
+    own_files = {"repair": "attribution.smk", "atp": "atp.smk", "training": "training.smk"}
     blocks = _rule_blocks((WORKFLOW / "rules" / "figures.smk").read_text())
     assert set(blocks) == {f.rule for f in FIGURE_LIST if f.kind not in own_files}
     for kind, name in own_files.items():

@@ -9,6 +9,7 @@ environment without torch, jsonschema or transformer_lens, so no module here imp
 import time. `import selfrepair.config as sr_config` gives every public name below.
 """
 
+from selfrepair.config.atp import atp_settings
 from selfrepair.config.attribution import attribution_heads
 from selfrepair.config.checks import (
     check_corpus_files,
@@ -127,6 +128,7 @@ __all__ = [
     "Head",
     "architecture_problem",
     "as_heads",
+    "atp_settings",
     "attribution_heads",
     "candidate_layers",
     "caption_label",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "ATP_TABLES",
     "FIGURES",
     "REPAIR_TABLES",
     "TRAINING_FIGURES",
@@ -22,7 +23,7 @@ __all__ = [
     "run_figures",
 ]
 
-Kind = Literal["paper", "mechanism", "extra", "repair", "training"]
+Kind = Literal["paper", "mechanism", "extra", "repair", "atp", "training"]
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,10 @@ class Figure:
             paper's mechanism sections, drawn from rules/mechanisms.smk's stores) or "extra"
             (beyond the paper: made only when engine.frozen_ln runs a frozen-LayerNorm variant)
             or "repair" (beyond the paper, rules/attribution.smk: who repairs whom, made when
-            engine.attribution is on) or "training" (beyond the paper, rules/training.smk:
-            self-repair over training, made when a model has training checkpoints).
+            engine.attribution is on) or "atp" (beyond the paper, rules/atp.smk: attribution
+            patching against the exact effects, made when engine.atp is on) or "training"
+            (beyond the paper, rules/training.smk: self-repair over training, made when a model
+            has training checkpoints).
         target: the config key naming its model and heads (figures.<key> for paper figures,
             mechanisms.<experiment>.<key> for mechanism ones), or None when it shows every model.
     """
@@ -163,6 +166,22 @@ FIGURES = (
         kind="repair",
     ),
     Figure(
+        rule="atp_scatter",
+        name="atp_vs_exact",
+        script="atp_scatter.py",
+        category="Beyond the paper: attribution patching",
+        reads=("atp",),
+        kind="atp",
+    ),
+    Figure(
+        rule="atp_error",
+        name="atp_error_vs_self_repair",
+        script="atp_error.py",
+        category="Beyond the paper: attribution patching",
+        reads=("atp",),
+        kind="atp",
+    ),
+    Figure(
         rule="training_self_repair",
         name="training_self_repair",
         script="training_self_repair.py",
@@ -240,6 +259,9 @@ FIGURES = (
 TABLES = ("head_summary.csv", "head_summary.html")
 # The repair graph (rule repair_graph, rules/attribution.smk), when engine.attribution is on.
 REPAIR_TABLES = ("repair_graph.csv", "repair_graph.html")
+# The heads attribution patching under-estimates most (rule atp_table, rules/atp.smk), when
+# engine.atp is on.
+ATP_TABLES = ("atp_heads.csv", "atp_heads.html")
 
 _BY_RULE = {figure.rule: figure for figure in FIGURES}
 
@@ -258,6 +280,7 @@ def run_figures(
     kinds: tuple[Kind, ...] | None = None,
     attribution: bool = True,
     training: bool = True,
+    atp: bool = True,
 ) -> list[Figure]:
     """The figures a run makes, in output order.
 
@@ -270,13 +293,14 @@ def run_figures(
             the repair figures need.
         training: whether a model of the run has training checkpoints, which the training
             figure needs.
+        atp: whether the run judges attribution patching (engine.atp), which its figures need.
     """
-    made = {"extra": frozen_ln, "repair": attribution, "training": training}
+    made = {"extra": frozen_ln, "repair": attribution, "training": training, "atp": atp}
     return [f for f in FIGURES if made.get(f.kind, True) and (kinds is None or f.kind in kinds)]
 
 
 def figure_names(
-    frozen_ln: bool = True, attribution: bool = True, training: bool = True
+    frozen_ln: bool = True, attribution: bool = True, training: bool = True, atp: bool = True
 ) -> set[str]:
     """The file stems of the figures a run makes (results/figures/<stem>.pdf and .png).
 
@@ -285,8 +309,10 @@ def figure_names(
             the paper's config have).
         attribution: whether it measures who repairs whom (the default).
         training: whether it has training checkpoints (the demo's default).
+        atp: whether it judges attribution patching (the default).
     """
-    return {f.name for f in run_figures(frozen_ln, attribution=attribution, training=training)}
+    figures = run_figures(frozen_ln, attribution=attribution, training=training, atp=atp)
+    return {f.name for f in figures}
 
 
 # The figures of runs with training checkpoints (models[].revisions, .checkpoints,

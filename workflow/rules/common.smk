@@ -328,6 +328,7 @@ FIGURE_LIST = sr_figures.run_figures(
     bool(FROZEN_BASE),
     attribution=config["engine"]["attribution"],
     training=bool(CHECKPOINTS),
+    atp=config["engine"]["atp"],
 )
 TABLE_OUTPUTS = [f"results/tables/{name}" for name in sr_figures.TABLES]
 REPAIR_TABLES = [f"results/tables/{name}" for name in sr_figures.REPAIR_TABLES]
@@ -358,7 +359,7 @@ def all_outputs():
         if "train" in entry:
             outputs.append(f"results/{model}/training.json")
     outputs += figure_outputs(["paper", "extra"]) + TABLE_OUTPUTS
-    outputs += mechanism_outputs() + repair_outputs()
+    outputs += mechanism_outputs() + repair_outputs() + atp_outputs()
     outputs += expand("results/explorer/{model}.html", model=MODELS)
     return outputs + ["results/explorer/index.html"]
 
@@ -495,3 +496,48 @@ def training_caption():
 def training_outputs():
     """The training figures' files, when some model has checkpoints (rule all)."""
     return figure_outputs(["training"])
+
+
+# --- attribution patching against the exact effects (rules/atp.smk) ------------------------------
+# engine.atp: per (model, ablation, shard), AtP and GradDrop of every head (per row, and on each
+# head's top tokens from rule head_top_tokens), then reduced beside the exact effects of the same
+# ablation; figures under the figures' ablation, the table under every ablation.
+ATP = ENGINE["atp"]
+ATP_SETTINGS = sr_config.atp_settings(config, MODELS)
+ATP_TABLES = [f"results/tables/{name}" for name in sr_figures.ATP_TABLES]
+ALL_TOO = (
+    f"Also over all {N_PREDICTIONS:,} tokens, where AtP estimates each row's summed change "
+    "(one backward pass per batch); on the top tokens one backward pass per token"
+)
+
+
+def atp_shards(wildcards):
+    return expand(
+        "results/{model}/atp/{ablation}/shard-{shard}.zarr",
+        model=wildcards.model,
+        ablation=wildcards.ablation,
+        shard=SHARDS,
+    )
+
+
+def atp_paths(models, ablation):
+    return expand(
+        "results/{model}/atp/{ablation}.zarr", model=models, ablation=ablation
+    )
+
+
+def atp_table_repairs(wildcards):
+    """The repair summaries the table names repairers from (none without attribution)."""
+    if not ATTRIBUTION:
+        return []
+    return [repair_paths([m], a)[0] for m in MODELS for a in ABLATIONS]
+
+
+def atp_outputs():
+    """The attribution-patching stores, figures and table of the run (none when it is off)."""
+    if not ATP:
+        return []
+    outputs = expand(
+        "results/{model}/atp/{ablation}.zarr", model=MODELS, ablation=ABLATIONS
+    )
+    return outputs + figure_outputs(["atp"]) + ATP_TABLES

@@ -1,0 +1,339 @@
+"""Attribution patching judged against the exact ablation effects (engine.atp against
+engine.self_repair): per head, the exact mean change of the correct-token logit beside the AtP
+and GradDrop estimates, over all tokens and over the head's top tokens; per model, the rank
+correlations, the heads each method misses among the exact top k, and how much of each head's
+estimation error its measured self-repair (and the Eq. 2 parts) accounts for.
+
+Units: over all tokens the estimates are per row (a prompt: the change of the row's summed
+metric), so `all_atp` = sum of row estimates / tokens is exactly the estimate of the all-token
+mean, and magnitudes are per row (|row change| / its tokens, averaged over rows); over the top
+tokens every unit is one token. GradDrop, as AtP*: per unit, (1 / (L - 1)) sum over dropped
+layers l of |estimate_l|, an estimate of the unit's |exact change|, so it is compared with
+`abs_exact` only.
+
+The error decomposes exactly: exact = (de_ablated - de_clean) + self_repair (Eq. 1), so
+
+    atp - exact = (atp - (de_ablated - de_clean)) - sr_heads - sr_mlps - sr_ln       (Eq. 2)
+
+where the first term (`atp_indirect`) is AtP's linear estimate of everything beyond the direct
+path, that is of the self-repair: AtP's error is its self-repair estimate minus the measured
+self-repair. If AtP saw none of it, its error would be minus the self-repair: `share_<part>` =
+-part / error (and atp_indirect / error) add up to 1 per head.
+
+No I/O and no torch: the analysis environment runs these.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from selfrepair.analysis.attribution import top_repairers
+from selfrepair.analysis.tables import html_page
+
+__all__ = [
+    "PARTS",
+    "SELECTIONS",
+    "atp_summary",
+    "atp_table",
+    "atp_table_html",
+    "by_rank",
+    "combine_ranks",
+    "head_names",
+    "missed_heads",
+    "r_squared",
+    "repairers_of",
+    "slope_through_origin",
+    "spearman",
+    "top_k_mask",
+]
+
+SELECTIONS = ("all", "top")
+PARTS = ("self_repair", "sr_heads", "sr_mlps", "sr_ln")
+
+
+def head_names(n_layers: int, n_heads: int) -> np.ndarray:
+    """[layer, head] array of "L{layer}H{head}"."""
+    return np.array([[f"L{la}H{h}" for h in range(n_heads)] for la in range(n_layers)])
+
+
+def by_rank(entries: xr.Dataset, indices: np.ndarray, start_row: int, n_pos: int) -> xr.Dataset:
+    """measure_atp's per-token entries of one shard as [layer, head, rank] arrays (atp_top,
+    graddrop_top) over the ranks of `indices` (each head's top tokens as global token numbers,
+    analysis.attribution.top_token_indices); NaN for ranks outside the shard.
+
+    Args:
+        entries: the engine's dataset (entry_layer, entry_head, entry_batch, entry_pos,
+            atp_token and graddrop_token over dim entry; batch numbered from 0 in the shard).
+        indices: [layer, head, rank] sorted global token numbers.
+        start_row: the shard's first global row.
+        n_pos: predicted positions per row.
+    """
+    n_layers, n_heads, n_rank = indices.shape
+    span = int(indices.max(initial=0)) + 1 + (start_row + entries.sizes.get("batch", 0)) * n_pos
+    head = entries.entry_layer.values * n_heads + entries.entry_head.values
+    token = (start_row + entries.entry_batch.values) * n_pos + entries.entry_pos.values
+    keys = (np.arange(n_layers * n_heads)[:, None] * span + indices.reshape(-1, n_rank)).ravel()
+    wanted = head * span + token
+    where = np.searchsorted(keys, wanted)
+    if np.any(where >= keys.size) or not np.array_equal(
+        keys[np.minimum(where, keys.size - 1)], wanted
+    ):
+        raise ValueError("per-token AtP entries are not the heads' top tokens of this shard")
+    out = {}
+    for name in ("atp_token", "graddrop_token"):
+        if name not in entries:
+            continue
+        values = entries[name].values
+        lead = values.shape[:-1]
+        flat = np.full((*lead, n_layers * n_heads * n_rank), np.nan, np.float32)
+        flat[..., where] = values
+        dims = entries[name].dims[:-1] + ("layer", "head", "rank")
+        out[name.replace("_token", "_top")] = (dims, flat.reshape(*lead, n_layers, n_heads, n_rank))
+    return xr.Dataset(out, coords={"layer": np.arange(n_layers), "head": np.arange(n_heads)})
+
+
+def combine_ranks(parts: Sequence[xr.DataArray]) -> xr.DataArray:
+    """Per-rank arrays of several shards (by_rank: NaN outside each) as one; every rank must be
+    in exactly one shard."""
+    values = np.stack([p.values for p in parts])
+    found = np.isfinite(values).sum(0)
+    if not np.all(found == 1):
+        raise ValueError(
+            f"{int((found != 1).sum())} top-token estimates are in no or several shards"
+        )
+    return parts[0].copy(data=np.nansum(values, 0))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation over the entries finite in both (average ranks for ties)."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return float("nan")
+    ra = pd.Series(a[ok]).rank().to_numpy()
+    rb = pd.Series(b[ok]).rank().to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def top_k_mask(values: np.ndarray, k: int) -> np.ndarray:
+    """bool mask of the k largest finite values (ties by position)."""
+    filled = np.where(np.isfinite(values), values, -np.inf).ravel()
+    order = np.argsort(-filled, kind="stable")[: min(k, int(np.isfinite(values).sum()))]
+    mask = np.zeros(filled.size, bool)
+    mask[order] = True
+    return mask.reshape(values.shape)
+
+
+def missed_heads(exact: np.ndarray, estimate: np.ndarray, k: int) -> np.ndarray:
+    """Heads among the k largest of `exact` that are not among the k largest of `estimate`
+    (over heads measured exactly)."""
+    estimate = np.where(np.isfinite(exact), estimate, np.nan)
+    return top_k_mask(exact, k) & ~top_k_mask(estimate, k)
+
+
+def r_squared(a: np.ndarray, b: np.ndarray) -> float:
+    """Squared Pearson correlation over the entries finite in both: the share of a's variance
+    across heads that a linear function of b accounts for."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or a[ok].std() == 0 or b[ok].std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a[ok], b[ok])[0, 1] ** 2)
+
+
+def slope_through_origin(y: np.ndarray, x: np.ndarray) -> float:
+    """Least-squares b of y = b x over the entries finite in both (NaN if x is all 0)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    denom = float(np.sum(x[ok] ** 2))
+    return float(np.sum(x[ok] * y[ok]) / denom) if denom > 0 else float("nan")
+
+
+def _combined(per_layer: np.ndarray) -> np.ndarray:
+    """AtP*'s GradDrop estimate of |effect| per unit: (1 / (L - 1)) sum_l |estimate_l|; NaN
+    for a one-layer model (no layer to drop but its own)."""
+    n = per_layer.shape[0]
+    return np.abs(per_layer).sum(0) / (n - 1) if n > 1 else np.full(per_layer.shape[1:], np.nan)
+
+
+def _selection_values(
+    sel: str,
+    exact: np.ndarray,
+    atp: np.ndarray,
+    graddrop: np.ndarray,
+    scale: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Per head means over units ([layer, head, unit]; graddrop [drop, layer, head, unit]);
+    scale: per unit, the tokens it sums (rows) or 1 (tokens)."""
+    tokens = scale.sum()
+    out = {
+        f"{sel}_exact": exact.sum(-1) / tokens,
+        f"{sel}_atp": atp.sum(-1) / tokens,
+        f"{sel}_graddrop_layer": graddrop.sum(-1) / tokens,
+        f"{sel}_abs_exact": (np.abs(exact) / scale).mean(-1),
+        f"{sel}_abs_atp": (np.abs(atp) / scale).mean(-1),
+        f"{sel}_graddrop": (_combined(graddrop) / scale).mean(-1),
+    }
+    return out
+
+
+def atp_summary(
+    rows: xr.Dataset,
+    top: xr.Dataset,
+    exact_rows: xr.DataArray,
+    exact_top: xr.DataArray,
+    heads: xr.Dataset,
+    top_k: int,
+) -> xr.Dataset:
+    """Per head and per model: AtP and GradDrop against the exact effect (module docstring).
+
+    Args:
+        rows: the atp stores' row variables over all shards: atp_row, graddrop_row, n_scored.
+        top: atp_top (layer, head, rank) and graddrop_top (drop_layer, layer, head, rank).
+        exact_rows: the exact logit_diff summed over each row's tokens (layer, head, batch).
+        exact_top: the exact logit_diff on each head's top tokens (layer, head, rank).
+        heads: the exact per-head summary (analysis.reduce.head_summary) of the same ablation.
+        top_k: the k of "missed among the exact top k".
+    """
+    values = {}
+    units = {
+        "all": (
+            exact_rows.values,
+            rows.atp_row.values,
+            rows.graddrop_row.values,
+            rows.n_scored.values,
+        ),
+        "top": (exact_top.values, top.atp_top.values, top.graddrop_top.values, None),
+    }
+    for sel, (exact, atp, graddrop, scale) in units.items():
+        scale = np.ones(exact.shape[-1]) if scale is None else scale.astype(float)
+        values |= _selection_values(sel, exact.astype(float), atp.astype(float), graddrop, scale)
+        prefix = "mean" if sel == "all" else "top"
+        for part in PARTS:
+            values[f"{sel}_{part}"] = heads[f"{prefix}_{part}"].values.astype(float)
+        values[f"{sel}_de_change"] = (
+            heads[f"{prefix}_de_ablated"] - heads[f"{prefix}_de_clean"]
+        ).values.astype(float)
+    out = {}
+    for name, v in values.items():
+        dims = ("drop_layer", "layer", "head") if v.ndim == 3 else ("layer", "head")
+        out[name] = (dims, v)
+    ds = xr.Dataset(out, coords={"layer": heads["layer"].values, "head": heads["head"].values})
+    for sel in SELECTIONS:
+        _judge(ds, sel, top_k)
+    ds.attrs.update(top_k=top_k)
+    return ds
+
+
+def _judge(ds: xr.Dataset, sel: str, top_k: int) -> None:
+    """Add a selection's errors, shares, rank correlations, misses, how much of the error's
+    variance over heads each self-repair part accounts for (error_r2_<part>) and how much of
+    the self-repair AtP's indirect term predicts (repair_seen: its slope on the self-repair;
+    0: none, 1: all of it)."""
+    exact, atp = ds[f"{sel}_exact"].values, ds[f"{sel}_atp"].values
+    measured = np.isfinite(exact)
+    error = np.where(measured, atp - exact, np.nan)
+    indirect = np.where(measured, atp - ds[f"{sel}_de_change"].values, np.nan)
+    dims = ("layer", "head")
+    ds[f"{sel}_atp_error"] = (dims, error)
+    ds[f"{sel}_atp_indirect"] = (dims, indirect)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for part in PARTS:
+            ds[f"{sel}_share_{part}"] = (dims, -ds[f"{sel}_{part}"].values / error)
+        ds[f"{sel}_share_atp_indirect"] = (dims, indirect / error)
+    abs_exact = np.where(measured, ds[f"{sel}_abs_exact"].values, np.nan)
+    ds[f"{sel}_abs_shortfall"] = (dims, abs_exact - ds[f"{sel}_abs_atp"].values)
+    ds[f"{sel}_graddrop_shortfall"] = (dims, abs_exact - ds[f"{sel}_graddrop"].values)
+    ds[f"{sel}_exact_top_k"] = (dims, top_k_mask(abs_exact, top_k))
+    for method, estimate in (("atp", "abs_atp"), ("graddrop", "graddrop")):
+        ds[f"{sel}_missed_{method}"] = (
+            dims,
+            missed_heads(abs_exact, ds[f"{sel}_{estimate}"].values, top_k),
+        )
+    ds[f"{sel}_spearman_atp"] = spearman(exact.ravel(), atp.ravel())
+    ds[f"{sel}_spearman_abs_atp"] = spearman(abs_exact.ravel(), ds[f"{sel}_abs_atp"].values.ravel())
+    ds[f"{sel}_spearman_graddrop"] = spearman(
+        abs_exact.ravel(), ds[f"{sel}_graddrop"].values.ravel()
+    )
+    for part in PARTS:
+        ds[f"{sel}_error_r2_{part}"] = r_squared(error.ravel(), ds[f"{sel}_{part}"].values.ravel())
+    repair = ds[f"{sel}_self_repair"].values.ravel()
+    ds[f"{sel}_repair_seen"] = slope_through_origin(indirect.ravel(), repair)
+
+
+TABLE_COLUMNS = {
+    "top_exact": "exact Δlogit (top)",
+    "top_atp": "AtP (top)",
+    "top_abs_exact": "|exact| (top)",
+    "top_abs_atp": "|AtP| (top)",
+    "top_graddrop": "GradDrop (top)",
+    "top_abs_shortfall": "|exact| − |AtP|",
+    "top_atp_indirect": "AtP's self-repair estimate (top)",
+    "top_self_repair": "self-repair (top)",
+    "top_sr_heads": "heads",
+    "top_sr_mlps": "MLPs",
+    "top_sr_ln": "LayerNorm",
+    "top_share_self_repair": "share of AtP error: self-repair",
+    "all_exact": "exact Δlogit (all)",
+    "all_atp": "AtP (all)",
+}
+
+
+Repairers = Callable[[tuple[int, int]], list[tuple[str, float]]]
+
+
+def repairers_of(repair: xr.Dataset, n: int) -> Repairers:
+    """(layer, head) -> its n top repairers (analysis.attribution.top_repairers) with their mean
+    change of direct effect on its top tokens, from a repair summary."""
+
+    def of(head: tuple[int, int]) -> list[tuple[str, float]]:
+        dde = repair.top_dde.sel(layer=head[0], head=head[1])
+        return [(c, float(dde.sel(component=c))) for c in top_repairers(repair, head, n)]
+
+    return of
+
+
+def atp_table(summary: xr.Dataset, n: int, repairers: Repairers | None = None) -> pd.DataFrame:
+    """The n heads whose |effect| on their top tokens AtP under-estimates most (largest
+    top_abs_shortfall), with the exact and estimated effects, self-repair and its parts, and
+    who repairs them.
+
+    Args:
+        summary: atp_summary's result for one (model, ablation).
+        n: rows.
+        repairers: (layer, head) -> its top repairers (repairers_of), or None.
+    """
+    names = head_names(summary.sizes["layer"], summary.sizes["head"])
+    shortfall = summary.top_abs_shortfall.values
+    order = [i for i in np.argsort(-np.nan_to_num(shortfall, nan=-np.inf), axis=None)[:n]]
+    rows = []
+    for flat in order:
+        layer, head = np.unravel_index(flat, shortfall.shape)
+        if not np.isfinite(shortfall[layer, head]):
+            continue
+        one = summary.isel(layer=layer, head=head)
+        row = {"head": str(names[layer, head])}
+        row |= {label: float(one[name]) for name, label in TABLE_COLUMNS.items()}
+        row["in exact top k"] = bool(one.top_exact_top_k)
+        row["missed by AtP"] = bool(one.top_missed_atp)
+        row["missed by GradDrop"] = bool(one.top_missed_graddrop)
+        if repairers is not None:
+            row["top repairers (mean ΔDE on top tokens)"] = ", ".join(
+                f"{c} ({v:+.3f})" for c, v in repairers((int(layer), int(head)))
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def atp_table_html(table: pd.DataFrame, note: str = "") -> str:
+    """The table as a standalone HTML page: one table per model and ablation."""
+    parts = []
+    for (model, ablation), rows in table.groupby(["model", "ablation"], sort=False):
+        parts.append(f"<h2>{html.escape(f'{model}, {ablation} ablation')}</h2>")
+        shown = rows.drop(columns=["model", "ablation"]).round(4)
+        parts.append(shown.to_html(index=False, classes="heads", border=0, escape=True))
+    return html_page("Heads attribution patching under-estimates", note, parts)

@@ -1,0 +1,298 @@
+"""Attribution patching against the exact effects (analysis.atp, stages.atp, plots.atp,
+rules/atp.smk): the reductions against brute force on per-token data, the identities they must
+keep, the figures, the config switch through `snakemake -n`, and the reduced demo's stores."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+import yaml
+from helpers import REDUCED_DEMO, ROOT, merged, snakemake
+
+from selfrepair.analysis import atp as judge
+from selfrepair.analysis.attribution import shard_top_mask, top_token_indices
+from selfrepair.analysis.reduce import head_summary
+from selfrepair.plots.atp import MINUS_X_GID, atp_error, atp_scatter
+from selfrepair.plots.common import IDENTITY_GID, ZERO_GID, reference_lines
+from selfrepair.stages.store import open_zarr
+
+L, H, ROWS, POS, FRACTION = 3, 4, 6, 5, 0.1
+
+
+def token_data(seed: int = 0) -> xr.Dataset:
+    """Per-token head variables that keep Eq. 1 and Eq. 2."""
+    rng = np.random.default_rng(seed)
+    dims, shape = ("layer", "head", "batch", "pos"), (L, H, ROWS, POS)
+
+    def draw():
+        return rng.normal(size=shape).astype(np.float32)
+
+    de_clean, de_ablated, logit_diff, sr_heads, sr_mlps = (draw() for _ in range(5))
+    self_repair = logit_diff - (de_ablated - de_clean)
+    data = {
+        "logit_diff": logit_diff,
+        "de_clean": de_clean,
+        "de_ablated": de_ablated,
+        "self_repair": self_repair,
+        "sr_heads": sr_heads,
+        "sr_mlps": sr_mlps,
+        "sr_ln": self_repair - sr_heads - sr_mlps,
+        "ln_scale_ablated": np.ones(shape, np.float32),
+    }
+    return xr.Dataset({k: (dims, v) for k, v in data.items()})
+
+
+@pytest.fixture(scope="module")
+def judged():
+    """(per-token data, estimates, top-token indices, atp_summary) of a synthetic model whose
+    AtP is the exact change plus noise on some heads and its direct change on others."""
+    tokens = token_data()
+    rng = np.random.default_rng(1)
+    indices = top_token_indices(tokens.de_clean, FRACTION).values  # [layer, head, rank]
+    exact = tokens.logit_diff.values.astype(float)
+    atp_tok = exact + rng.normal(scale=0.3, size=exact.shape)
+    atp_tok[0] = (tokens.de_ablated - tokens.de_clean).values[0]  # layer 0: no indirect part
+    gd_tok = np.stack([atp_tok * (1 + 0.1 * d) for d in range(L)])  # [drop, l, h, b, p]
+    flat = exact.reshape(L, H, -1)
+    rows = xr.Dataset(
+        {
+            "atp_row": (("layer", "head", "batch"), atp_tok.sum(-1)),
+            "graddrop_row": (("drop_layer", "layer", "head", "batch"), gd_tok.sum(-1)),
+            "n_scored": ("batch", np.full(ROWS, float(POS))),
+        }
+    )
+
+    def at_top(values):
+        return np.take_along_axis(values.reshape(*values.shape[:-2], -1), indices, -1)
+
+    top = xr.Dataset(
+        {
+            "atp_top": (("layer", "head", "rank"), at_top(atp_tok)),
+            "graddrop_top": (
+                ("drop_layer", "layer", "head", "rank"),
+                np.stack([at_top(g) for g in gd_tok]),
+            ),
+        }
+    )
+    exact_rows = xr.DataArray(exact.sum(-1), dims=("layer", "head", "batch"))
+    exact_top = xr.DataArray(np.take_along_axis(flat, indices, -1), dims=("layer", "head", "rank"))
+    heads = head_summary(tokens, top_fraction=FRACTION)
+    summary = judge.atp_summary(rows, top, exact_rows, exact_top, heads, top_k=3)
+    return tokens, atp_tok, gd_tok, indices, summary
+
+
+def test_means_are_brute_force_over_tokens(judged):
+    tokens, atp_tok, gd_tok, indices, s = judged
+    heads = head_summary(tokens, top_fraction=FRACTION)
+    np.testing.assert_allclose(s.all_exact, heads.mean_logit_diff, atol=1e-6)
+    np.testing.assert_allclose(s.top_exact, heads.top_logit_diff, atol=1e-6)
+    np.testing.assert_allclose(s.all_atp, atp_tok.mean((-2, -1)), atol=1e-9)
+    mask = np.zeros((L, H, ROWS * POS), bool)
+    np.put_along_axis(mask, indices, True, -1)
+    mask = mask.reshape(L, H, ROWS, POS)
+    for layer in range(L):
+        for head in range(H):
+            m = mask[layer, head]
+            assert s.top_atp.values[layer, head] == pytest.approx(atp_tok[layer, head][m].mean())
+            gd = np.abs(gd_tok[:, layer, head][:, m]).sum(0) / (L - 1)
+            assert s.top_graddrop.values[layer, head] == pytest.approx(gd.mean())
+            rows = atp_tok[layer, head].sum(-1)
+            assert s.all_abs_atp.values[layer, head] == pytest.approx(np.mean(np.abs(rows) / POS))
+            exact_rows = tokens.logit_diff.values[layer, head].sum(-1)
+            expected = np.mean(np.abs(exact_rows) / POS)
+            assert s.all_abs_exact.values[layer, head] == pytest.approx(expected, rel=1e-5)
+    np.testing.assert_allclose(s.top_self_repair, heads.top_self_repair)
+    np.testing.assert_allclose(s.all_de_change, heads.mean_de_ablated - heads.mean_de_clean)
+
+
+def test_the_error_decomposes_into_self_repair_and_atps_indirect_part(judged):
+    *_, s = judged
+    for sel in judge.SELECTIONS:
+        parts = s[f"{sel}_sr_heads"] + s[f"{sel}_sr_mlps"] + s[f"{sel}_sr_ln"]
+        np.testing.assert_allclose(parts, s[f"{sel}_self_repair"], atol=1e-5)
+        error = s[f"{sel}_atp_indirect"] - s[f"{sel}_self_repair"]
+        np.testing.assert_allclose(error, s[f"{sel}_atp_error"], atol=1e-5)
+        shares = sum(s[f"{sel}_share_{p}"] for p in ("sr_heads", "sr_mlps", "sr_ln"))
+        total = shares + s[f"{sel}_share_atp_indirect"]
+        np.testing.assert_allclose(total, 1.0, atol=1e-4)
+        np.testing.assert_allclose(shares, s[f"{sel}_share_self_repair"], atol=1e-4)
+    # Layer 0's AtP is its direct change: its error is minus its self-repair, share 1.
+    np.testing.assert_allclose(s.all_share_self_repair[0], 1.0, atol=1e-5)
+
+
+def test_rank_correlation_misses_r_squared_and_slope():
+    a = np.array([3.0, 1.0, 2.0, np.nan, 5.0])
+    b = np.array([30.0, 10.0, 25.0, 7.0, 4.0])
+    # ranks [3, 1, 2, 4] and [4, 2, 3, 1]: Pearson -1 / 5 (the NaN pair is left out)
+    assert judge.spearman(a, b) == pytest.approx(-0.2)
+    # ties take their average rank: [1.5, 1.5, 3] against [1, 2, 3]
+    assert judge.spearman(np.array([1.0, 1.0, 2.0]), np.arange(3.0)) == pytest.approx(0.75**0.5)
+    assert judge.spearman(np.arange(5.0), np.arange(5.0) ** 3) == pytest.approx(1.0)
+    exact = np.array([[5.0, 4.0], [3.0, np.nan]])
+    estimate = np.array([[5.0, 0.0], [3.0, 9.0]])  # the unmeasured head cannot take a place
+    missed = judge.missed_heads(exact, estimate, 2)
+    assert missed.tolist() == [[False, True], [False, False]]
+    error = np.array([1.0, -2.0, 0.5, np.nan])
+    assert judge.r_squared(error, -3 * error + 1) == pytest.approx(1.0)
+    assert judge.r_squared(np.array([1.0, 0, -1, 0]), np.array([0.0, 1, 0, -1])) == 0.0
+    assert judge.slope_through_origin(2 * error, error) == pytest.approx(2.0)
+    assert np.isnan(judge.slope_through_origin(error, np.zeros(4)))
+
+
+def test_summary_flags_and_correlations(judged):
+    *_, s = judged
+    for sel in judge.SELECTIONS:
+        assert int(s[f"{sel}_exact_top_k"].sum()) == 3
+        assert not (s[f"{sel}_missed_atp"] & ~s[f"{sel}_exact_top_k"]).any()
+        a, b = s[f"{sel}_exact"].values.ravel(), s[f"{sel}_atp"].values.ravel()
+        ranks = [np.argsort(np.argsort(x)) for x in (a, b)]  # no ties in these values
+        expected = np.corrcoef(*ranks)[0, 1]
+        assert float(s[f"{sel}_spearman_atp"]) == pytest.approx(expected)
+
+
+def test_per_token_entries_go_to_their_ranks_over_shards():
+    rng = np.random.default_rng(2)
+    de = xr.DataArray(rng.normal(size=(L, H, ROWS, POS)), dims=("layer", "head", "batch", "pos"))
+    indices = top_token_indices(de, 0.2).values
+    truth = rng.normal(size=indices.shape).astype(np.float32)
+    parts = []
+    for start, stop in ((0, 2), (2, ROWS)):
+        top = shard_top_mask(indices, start, stop - start, POS)
+        layer, head, batch, pos = np.nonzero(top)
+        token = (start + batch) * POS + pos
+        rank = np.array(
+            [np.searchsorted(indices[a, b], t) for a, b, t in zip(layer, head, token, strict=True)]
+        )
+        entries = xr.Dataset(
+            {
+                "atp_token": ("entry", truth[layer, head, rank]),
+                "graddrop_token": (
+                    ("drop_layer", "entry"),
+                    np.stack([truth[layer, head, rank]] * 2),
+                ),
+                "entry_layer": ("entry", layer),
+                "entry_head": ("entry", head),
+                "entry_batch": ("entry", batch),
+                "entry_pos": ("entry", pos),
+                "atp_row": (("layer", "head", "batch"), np.zeros((L, H, stop - start))),
+            }
+        )
+        parts.append(judge.by_rank(entries, indices, start, POS))
+    combined = judge.combine_ranks([p.atp_top for p in parts])
+    np.testing.assert_array_equal(combined.values, truth)
+    assert judge.combine_ranks([p.graddrop_top for p in parts]).shape == (2, *indices.shape)
+    with pytest.raises(ValueError, match="in no or several shards"):
+        judge.combine_ranks([parts[0].atp_top])
+    wrong = entries.assign(entry_pos=(entries.entry_pos + 1) % POS)
+    with pytest.raises(ValueError, match="not the heads' top tokens"):
+        judge.by_rank(wrong, indices, 2, POS)
+
+
+def test_table_lists_the_most_under_estimated_heads(judged):
+    *_, s = judged
+    table = judge.atp_table(s, 4, lambda head: [("LN", 0.5), (f"MLP{head[0]}", 0.1)])
+    shortfall = np.sort(s.top_abs_shortfall.values.ravel())[::-1][:4]
+    np.testing.assert_allclose(table["|exact| − |AtP|"], shortfall)
+    assert table["top repairers (mean ΔDE on top tokens)"].iloc[0].startswith("LN (+0.500)")
+    page = judge.atp_table_html(table.assign(model="m", ablation="zero"), "note")
+    assert "m, zero ablation" in page and "note" in page
+
+
+def test_figures_draw_every_head_with_their_reference_lines(judged):
+    *_, s = judged
+    summaries = {"model-a": s, "model-b": s}
+    fig = atp_scatter(summaries, FRACTION)
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 6
+    for ax in panels:
+        assert IDENTITY_GID in reference_lines(ax)
+        assert "logits" in ax.get_xlabel() and "logits" in ax.get_ylabel()
+    assert panels[0].get_title().startswith("model-a, all tokens")
+    assert len(panels[2].collections[0].get_offsets()) == L * H  # one point per head
+    fig = atp_error(summaries, FRACTION)
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 4
+    for ax in panels:
+        gids = {line.get_gid() for line in ax.get_lines()}
+        assert {MINUS_X_GID, ZERO_GID} <= gids
+    assert "r²" in panels[1].get_title() and "× self-repair" in panels[1].get_title()
+
+
+# --- the config switch through the workflow ---------------------------------------------------
+
+
+def _dry_run(tmp_path, extra: dict) -> tuple[int, str]:
+    config = merged(yaml.safe_load(REDUCED_DEMO.read_text()), extra)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake(
+        "-n", "--cores", "1", "--configfile", str(path), "--quiet", "rules", cwd=ROOT, timeout=600
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_atp_is_on_by_default_and_off_with_its_key(tmp_path):
+    code, on = _dry_run(tmp_path, {})
+    assert code == 0, on[-3000:]
+    counts = {r: int(n) for r, n in re.findall(r"^(atp\w*)\s+(\d+)", on, re.M)}
+    # 2 models x 3 ablations x 2 shards; a summary per model and ablation; 2 figures, 1 table
+    assert counts == {"atp": 12, "atp_summary": 6, "atp_scatter": 1, "atp_error": 1, "atp_table": 1}
+    code, off = _dry_run(tmp_path, {"engine": {"atp": False}})
+    assert code == 0, off[-3000:]
+    assert not re.search(r"^atp\w*\s+\d+", off, re.M)
+    ablate = re.compile(r"^ablate\s+(\d+)", re.M)
+    assert ablate.search(off)[1] == ablate.search(on)[1]
+
+
+def test_a_top_k_no_head_could_miss_is_refused_naming_the_key(tmp_path):
+    code, out = _dry_run(tmp_path, {"figures": {"atp": {"top_k": 16}}})
+    assert code != 0
+    assert "config key figures.atp.top_k: 16 is not below the 16 heads tiny-gpt2 measures" in out
+    code, out = _dry_run(tmp_path, {"figures": {"atp": {"top_k": 0}}})
+    assert code != 0 and "figures.atp.top_k" in out
+    code, out = _dry_run(tmp_path, {"figures": {"atp": {"top_k": 16}}, "engine": {"atp": False}})
+    assert code == 0, out[-2000:]
+
+
+# --- the reduced demo's stores (tests/conftest.py finished_run) ---------------------------------
+
+
+@pytest.mark.slow
+def test_demo_atp_stores_are_the_engine_on_the_shard_and_the_exact_side_matches(finished_run):
+    """Each model's first-shard atp store is measure_atp on that shard's rows with the demo
+    model (rows, and per token on exactly each head's top tokens); each summary's exact means
+    are the head summary's and its error shares add up to 1."""
+    from selfrepair.engine.atp import measure_atp
+    from selfrepair.models.loading import load_local_checkpoint
+
+    run, _ = finished_run
+    results = run / "results"
+    for model_name in ("tiny-gpt2", "tiny-pythia"):
+        model = load_local_checkpoint(str(run / "resources" / "models" / model_name))
+        indices = open_zarr(results / model_name / "attribution" / "top_tokens.zarr").token.values
+        tokens = open_zarr(results / model_name / "tokens.zarr").tokens.values
+        for ablation in ("resample", "mean", "zero"):
+            stored = open_zarr(results / model_name / "atp" / ablation / "shard-000.zarr").load()
+            n_rows, n_pos = stored.sizes["batch"], stored.attrs["n_pos"]
+            rows = torch.from_numpy(tokens[:n_rows].astype(np.int64))
+            top = shard_top_mask(indices, 0, n_rows, n_pos)
+            fresh = measure_atp(model, rows, ablation, top=top, batch_size=32)
+            np.testing.assert_allclose(stored.atp_row, fresh.atp_row, atol=1e-4)
+            ranked = judge.by_rank(fresh, indices, 0, n_pos)
+            np.testing.assert_allclose(stored.atp_top, ranked.atp_top, atol=1e-4)
+            assert int(np.isfinite(stored.atp_top.values).sum()) == int(top.sum())
+            summary = open_zarr(results / model_name / "atp" / f"{ablation}.zarr").load()
+            heads = open_zarr(results / model_name / "summary" / f"{ablation}.zarr")
+            np.testing.assert_allclose(summary.all_exact, heads.mean_logit_diff, atol=1e-5)
+            np.testing.assert_allclose(summary.top_exact, heads.top_logit_diff, atol=1e-5)
+            shares = summary.top_share_self_repair + summary.top_share_atp_indirect
+            assert float(np.abs(shares - 1).max()) < 1e-3
+            assert np.isfinite(float(summary.all_spearman_atp))
+    table = pd.read_csv(results / "tables" / "atp_heads.csv")
+    assert set(table.model) == {"tiny-gpt2", "tiny-pythia"} and len(table) == 2 * 3 * 8
+    assert table["top repairers (mean ΔDE on top tokens)"].notna().all()
