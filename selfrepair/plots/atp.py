@@ -12,9 +12,8 @@ import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
-from selfrepair.plots.common import add_identity, add_zero, panel_grid, square_limits
+from selfrepair.plots.common import ZERO_GID, add_identity, add_zero, panel_grid, square_limits
 from selfrepair.plots.style import REFERENCE_COLOR, styled, with_unit
 
 __all__ = ["MINUS_X_GID", "atp_error", "atp_scatter"]
@@ -155,9 +154,6 @@ def atp_error(summaries: Mapping[str, xr.Dataset], top_fraction: float = 0.02) -
         bar = fig.colorbar(points, ax=list(axes[2 * row : 2 * row + 2]), shrink=0.85)
         bar.set_label("layer")
         bar.set_ticks(range(n_layers))
-    axes[0].legend(
-        handles=[h for h in axes[0].get_lines() if isinstance(h, Line2D)],
-        loc="upper right",
-        fontsize=7,
-    )
+    lines = [h for h in axes[0].get_lines() if h.get_gid() in (MINUS_X_GID, ZERO_GID)]
+    fig.legend(handles=lines, loc="outside lower center", ncols=2, fontsize=8)
     return fig

@@ -20,6 +20,7 @@ with the engine.
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,7 +33,7 @@ from selfrepair.reference.heads import ablated_z, centred_target_logit
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-__all__ = ["hf_layers", "hf_reference_atp", "reference_atp", "value_offset"]
+__all__ = ["HF_MODULES", "hf_layers", "hf_reference_atp", "reference_atp", "value_offset"]
 
 
 def _grad(out: Tensor, zs: list[Tensor]) -> tuple[Tensor, ...]:
@@ -118,32 +119,24 @@ def reference_atp(
         return _estimates(m, z, dz, model.cfg.n_heads, per_token)
 
 
+# Per Hugging Face model type: its decoder layers, and in a layer the attention output
+# projection (whose input is z) and the MLP output projection.
+HF_MODULES = {
+    "gpt2": ("transformer.h", "attn.c_proj", "mlp.c_proj"),
+    "gpt_neox": ("gpt_neox.layers", "attention.dense", "mlp.dense_4h_to_h"),
+    "llama": ("model.layers", "self_attn.o_proj", "mlp.down_proj"),
+}
+
+
 def hf_layers(hf_model) -> tuple[list, Callable, Callable, int]:
     """(decoder layers, layer -> attention output projection, layer -> MLP output projection,
     n_heads) of a Hugging Face GPT-2, GPT-NeoX or Llama causal LM."""
     cfg = hf_model.config
-    if cfg.model_type == "gpt2":
-        return (
-            list(hf_model.transformer.h),
-            lambda blk: blk.attn.c_proj,
-            lambda blk: blk.mlp.c_proj,
-            cfg.n_head,
-        )
-    if cfg.model_type == "gpt_neox":
-        return (
-            list(hf_model.gpt_neox.layers),
-            lambda blk: blk.attention.dense,
-            lambda blk: blk.mlp.dense_4h_to_h,
-            cfg.num_attention_heads,
-        )
-    if cfg.model_type == "llama":
-        return (
-            list(hf_model.model.layers),
-            lambda blk: blk.self_attn.o_proj,
-            lambda blk: blk.mlp.down_proj,
-            cfg.num_attention_heads,
-        )
-    raise NotImplementedError(f"no reference for model type {cfg.model_type!r}")
+    if cfg.model_type not in HF_MODULES:
+        raise NotImplementedError(f"no reference for model type {cfg.model_type!r}")
+    layers, attn_out, mlp_out = HF_MODULES[cfg.model_type]
+    n_heads = cfg.n_head if cfg.model_type == "gpt2" else cfg.num_attention_heads
+    return list(attrgetter(layers)(hf_model)), attrgetter(attn_out), attrgetter(mlp_out), n_heads
 
 
 def value_offset(hf_model, blk) -> Tensor:

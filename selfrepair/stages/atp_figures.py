@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import partial
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -26,32 +27,25 @@ def _saved(fig: Figure, out: Paths) -> Figure:
     return fig
 
 
-def atp_scatter(
-    summaries: Paths, models: Sequence[str], top_fraction: float, out: Paths = ()
+def _atp_figure(
+    drawing, summaries: Paths, models: Sequence[str], top_fraction: float, out: Paths = ()
 ) -> Figure:
-    """AtP and GradDrop against the exact effect, one point per head, coloured by self-repair.
+    """One of plots.atp's figures from each model's atp_summary store.
 
     Args:
+        drawing: the plotting function (plots.atp.atp_scatter or atp_error).
         summaries: each model's atp_summary store (figures' ablation), in models' order.
         models: the models drawn.
         top_fraction: engine.top_fraction.
         out: the figure files to write.
     """
-    return _saved(draw.atp_scatter(open_by_model(summaries, models), top_fraction), out)
+    return _saved(drawing(open_by_model(summaries, models), top_fraction), out)
 
 
-def atp_error(
-    summaries: Paths, models: Sequence[str], top_fraction: float, out: Paths = ()
-) -> Figure:
-    """AtP's error against the head's self-repair, one point per head.
-
-    Args:
-        summaries: each model's atp_summary store (figures' ablation), in models' order.
-        models: the models drawn.
-        top_fraction: engine.top_fraction.
-        out: the figure files to write.
-    """
-    return _saved(draw.atp_error(open_by_model(summaries, models), top_fraction), out)
+# AtP and GradDrop against the exact effect, one point per head, coloured by self-repair.
+atp_scatter = partial(_atp_figure, draw.atp_scatter)
+# AtP's error against the head's self-repair, one point per head.
+atp_error = partial(_atp_figure, draw.atp_error)
 
 
 def atp_table(
