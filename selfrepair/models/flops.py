@@ -157,18 +157,22 @@ def _first_layer_backward(s: Shapes, n_pos: int) -> int:
     return out + (mlp_flops(s, n_pos) if s.sequential else 0)
 
 
-def backward_flops(s: Shapes, n_pos: int, dropped: int | None = None, causal: bool = True) -> int:
-    """One backward pass of engine.atp from the metric down to every layer's z: every block
-    above layer 0 in full, layer 0 down to its z; with `dropped` (GradDrop) that layer's block
-    is skipped (its gradient is dropped); the layers below still get the gradient through the
-    residual stream."""
+def backward_flops(
+    s: Shapes, n_pos: int, dropped: int | None = None, causal: bool = True
+) -> int:
+    """One backward pass of engine.atp from the metric down to every layer's z, and each
+    asked layer's gradient contracted with z' - z per head: every block above layer 0 in full,
+    layer 0 down to its z; with `dropped` (GradDrop) that layer's block is skipped (its gradient
+    is dropped; the layers below still get the gradient through the residual stream) and only
+    the layers below it are asked."""
     if dropped is None:
-        above = range(1, s.n_layers)
+        above, asked = range(1, s.n_layers), s.n_layers
     else:
-        above = [layer for layer in range(1, s.n_layers) if layer != dropped]
-    return sum(block_backward_flops(s, n_pos, causal) for _ in above) + _first_layer_backward(
-        s, n_pos
-    )
+        above, asked = [layer for layer in range(1, s.n_layers) if layer != dropped], dropped
+    blocks = sum(block_backward_flops(s, n_pos, causal) for _ in above)
+    metric = n_pos * 2 * s.d_model  # x . u per position, backward
+    contractions = asked * n_pos * 2 * s.n_heads * s.d_head
+    return blocks + _first_layer_backward(s, n_pos) + metric + contractions
 
 
 def atp_flops(s: Shapes, n_pos: int, causal: bool = True) -> int:
