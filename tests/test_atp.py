@@ -107,6 +107,15 @@ def test_rows_are_their_tokens_and_the_units_add_up(tiny_model, tiny_tokens):
     assert np.all(got.n_scored.values == tiny_tokens.shape[1] - 1)
 
 
+def test_graddrop_per_token_can_be_left_out(tiny_model, tiny_tokens):
+    top = np.random.default_rng(1).random(every_token(tiny_model, tiny_tokens).shape) < 0.2
+    full = measure_atp(tiny_model, tiny_tokens, "zero", top=top)
+    rows_only = measure_atp(tiny_model, tiny_tokens, "zero", top=top, token_graddrop=False)
+    assert "graddrop_token" in full and "graddrop_token" not in rows_only
+    for name in ("atp_row", "graddrop_row", "atp_token"):
+        np.testing.assert_array_equal(full[name].values, rows_only[name].values)
+
+
 @pytest.mark.parametrize("ablation", ABLATIONS)
 def test_scaled_ablations_approach_atp(tiny_model, tiny_tokens, ablation):
     """The exact engine's effect of z -> z + eps (z' - z) on each row's summed logit, over eps,

@@ -155,6 +155,35 @@ def test_summary_flags_and_correlations(judged):
         assert float(s[f"{sel}_spearman_atp"]) == pytest.approx(expected)
 
 
+def test_without_graddrop_per_token_its_top_values_are_nan(judged):
+    tokens, atp_tok, gd_tok, indices, s = judged
+    summary = _rebuilt_without_top_graddrop(tokens, atp_tok, gd_tok, indices)
+    assert np.isnan(summary.top_graddrop).all() and np.isnan(float(summary.top_spearman_graddrop))
+    assert not summary.top_missed_graddrop.any()
+    np.testing.assert_array_equal(summary.top_atp, s.top_atp)
+    np.testing.assert_array_equal(summary.all_graddrop, s.all_graddrop)
+    fig = atp_scatter({"model-a": summary}, FRACTION)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert titles[2].endswith(", no GradDrop per token")
+
+
+def _rebuilt_without_top_graddrop(tokens, atp_tok, gd_tok, indices) -> xr.Dataset:
+    flat = tokens.logit_diff.values.astype(float).reshape(L, H, -1)
+    rows = xr.Dataset(
+        {
+            "atp_row": (("layer", "head", "batch"), atp_tok.sum(-1)),
+            "graddrop_row": (("drop_layer", "layer", "head", "batch"), gd_tok.sum(-1)),
+            "n_scored": ("batch", np.full(ROWS, float(POS))),
+        }
+    )
+    at_top = np.take_along_axis(atp_tok.reshape(L, H, -1), indices, -1)
+    top = xr.Dataset({"atp_top": (("layer", "head", "rank"), at_top)})
+    exact_rows = xr.DataArray(flat.reshape(L, H, ROWS, POS).sum(-1), dims=rows.atp_row.dims)
+    exact_top = xr.DataArray(np.take_along_axis(flat, indices, -1), dims=top.atp_top.dims)
+    heads = head_summary(tokens, top_fraction=FRACTION)
+    return judge.atp_summary(rows, top, exact_rows, exact_top, heads, top_k=3)
+
+
 def test_per_token_entries_go_to_their_ranks_over_shards():
     rng = np.random.default_rng(2)
     de = xr.DataArray(rng.normal(size=(L, H, ROWS, POS)), dims=("layer", "head", "batch", "pos"))
@@ -242,6 +271,8 @@ def test_atp_is_on_by_default_and_off_with_its_key(tmp_path):
     counts = {r: int(n) for r, n in re.findall(r"^(atp\w*)\s+(\d+)", on, re.M)}
     # 2 models x 3 ablations x 2 shards; a summary per model and ablation; 2 figures, 1 table
     assert counts == {"atp": 12, "atp_summary": 6, "atp_scatter": 1, "atp_error": 1, "atp_table": 1}
+    code, rows_only = _dry_run(tmp_path, {"engine": {"atp_graddrop_tokens": False}})
+    assert code == 0 and re.search(r"^atp\s+12$", rows_only, re.M), rows_only[-3000:]
     code, off = _dry_run(tmp_path, {"engine": {"atp": False}})
     assert code == 0, off[-3000:]
     assert not re.search(r"^atp\w*\s+\d+", off, re.M)
@@ -257,6 +288,8 @@ def test_a_top_k_no_head_could_miss_is_refused_naming_the_key(tmp_path):
     assert code != 0 and "figures.atp.top_k" in out
     code, out = _dry_run(tmp_path, {"figures": {"atp": {"top_k": 16}}, "engine": {"atp": False}})
     assert code == 0, out[-2000:]
+    code, out = _dry_run(tmp_path, {"engine": {"atp_graddrop_tokens": "yes"}})
+    assert code != 0 and "engine.atp_graddrop_tokens" in out
 
 
 # --- the reduced demo's stores (tests/conftest.py finished_run) ---------------------------------

@@ -132,8 +132,10 @@ def top_k_mask(values: np.ndarray, k: int) -> np.ndarray:
 
 def missed_heads(exact: np.ndarray, estimate: np.ndarray, k: int) -> np.ndarray:
     """Heads among the k largest of `exact` that are not among the k largest of `estimate`
-    (over heads measured exactly)."""
+    (over heads measured exactly); none when there is no estimate."""
     estimate = np.where(np.isfinite(exact), estimate, np.nan)
+    if not np.isfinite(estimate).any():
+        return np.zeros(exact.shape, bool)
     return top_k_mask(exact, k) & ~top_k_mask(estimate, k)
 
 
@@ -181,6 +183,13 @@ def _selection_values(
     return out
 
 
+def _graddrop_top(top: xr.Dataset, rows: xr.Dataset) -> np.ndarray:
+    """GradDrop on the top tokens, or NaN where it was not run per token."""
+    if "graddrop_top" in top:
+        return top.graddrop_top.values
+    return np.full((rows.sizes["drop_layer"], *top.atp_top.shape), np.nan)
+
+
 def atp_summary(
     rows: xr.Dataset,
     top: xr.Dataset,
@@ -193,7 +202,8 @@ def atp_summary(
 
     Args:
         rows: the atp stores' row variables over all shards: atp_row, graddrop_row, n_scored.
-        top: atp_top (layer, head, rank) and graddrop_top (drop_layer, layer, head, rank).
+        top: atp_top (layer, head, rank) and graddrop_top (drop_layer, layer, head, rank;
+            absent when GradDrop was not run per token: its top-token values are then NaN).
         exact_rows: the exact logit_diff summed over each row's tokens (layer, head, batch).
         exact_top: the exact logit_diff on each head's top tokens (layer, head, rank).
         heads: the exact per-head summary (analysis.reduce.head_summary) of the same ablation.
@@ -207,7 +217,7 @@ def atp_summary(
             rows.graddrop_row.values,
             rows.n_scored.values,
         ),
-        "top": (exact_top.values, top.atp_top.values, top.graddrop_top.values, None),
+        "top": (exact_top.values, top.atp_top.values, _graddrop_top(top, rows), None),
     }
     for sel, (exact, atp, graddrop, scale) in units.items():
         scale = np.ones(exact.shape[-1]) if scale is None else scale.astype(float)

@@ -134,9 +134,12 @@ def chunk_estimates(
     selected: Tensor | None,
     graddrop: bool,
     bar: tqdm,
+    token_graddrop: bool | None = None,
 ) -> _ChunkResult:
     """Row estimates of one batch (one backward, L - 1 more with GradDrop) and, on `selected`
-    positions ([n, pos] of the batch's own rows), per-token ones (per token_groups column)."""
+    positions ([n, pos] of the batch's own rows), per-token ones (per token_groups column; with
+    GradDrop unless token_graddrop is False)."""
+    token_graddrop = graddrop if token_graddrop is None else token_graddrop
     n_layers, n_heads = len(gp.z), gp.z[0].shape[2]
     n = next(iter(dz.values())).shape[0]
     layers = list(range(n_layers))
@@ -152,7 +155,7 @@ def chunk_estimates(
         return res
     n_pos = gp.m.shape[1]
     res.atp_token = atp.new_full((n_layers, n_heads, n, n_pos), float("nan"))
-    if graddrop:
+    if token_graddrop:
         res.graddrop_token = atp.new_full((n_layers, *res.atp_token.shape), float("nan"))
     for column in token_groups(selected).T:
         rows = (column >= 0).nonzero().flatten()
@@ -161,7 +164,7 @@ def chunk_estimates(
         est = head_estimates(gp.grads(one_hot, layers), dz, n_layers, n_heads)
         res.atp_token[:, :, rows, column[rows]] = est[:, :, rows]
         bar.update(1)
-        if graddrop:
+        if token_graddrop:
             drop = graddrop_estimates(gp, one_hot, dz, est)
             res.graddrop_token[..., rows, column[rows]] = drop[..., rows]
             bar.update(n_layers - 1)
@@ -175,6 +178,7 @@ def measure_atp(
     *,
     top: Bool[np.ndarray, "layer head rows pos"] | None = None,
     graddrop: bool = True,
+    token_graddrop: bool | None = None,
     metric: Callable[[Tensor], Metric] | None = None,
     batch_size: int | None = None,
     source: Int[Tensor, " rows"] | None = None,
@@ -197,6 +201,8 @@ def measure_atp(
             is wanted (e.g. its top 2%); None: row estimates only.
         graddrop: also the GradDrop estimates (L - 1 more backward passes per row pass and
             per token group).
+        token_graddrop: GradDrop per token too (default: as graddrop); its L - 1 passes per
+            token group are most of the per-token cost.
         metric: rows -> their Metric (default: TokenMetric, the centred correct-token logit).
         batch_size: rows per pass (default: all); never changes a number.
         source: resample partner of each row (default: engine.ablation.resample_source).
@@ -241,7 +247,8 @@ def measure_atp(
             gp = grad_pass(model, tokens[run_rows.to(tokens.device)], ro, m, run_rows, fused)
             dz = z_changes(gp, ablation, rows, run_rows, source, z_mean or {})
             sel = None if union is None else union[rows].to(tokens.device)
-            parts.append((rows, chunk_estimates(gp, dz, weight, sel, graddrop, bar)))
+            res = chunk_estimates(gp, dz, weight, sel, graddrop, bar, token_graddrop)
+            parts.append((rows, res))
             del gp
     bar.close()
     return atp_dataset(model, parts, top, ablation, source, n_rows, n_pos)
@@ -297,7 +304,7 @@ def atp_dataset(
         data["atp_token"] = ("entry", atp_token[where])
         for name, index in zip(("layer", "head", "batch", "pos"), where, strict=True):
             data[f"entry_{name}"] = ("entry", index.astype(np.int64))
-        if graddrop:
+        if parts[0][1].graddrop_token is not None:
             data["graddrop_token"] = (("drop_layer", "entry"), cat("graddrop_token", 3)[:, *where])
     coords = {
         "layer": np.arange(cfg.n_layers),

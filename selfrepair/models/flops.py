@@ -157,9 +157,7 @@ def _first_layer_backward(s: Shapes, n_pos: int) -> int:
     return out + (mlp_flops(s, n_pos) if s.sequential else 0)
 
 
-def backward_flops(
-    s: Shapes, n_pos: int, dropped: int | None = None, causal: bool = True
-) -> int:
+def backward_flops(s: Shapes, n_pos: int, dropped: int | None = None, causal: bool = True) -> int:
     """One backward pass of engine.atp from the metric down to every layer's z, and each
     asked layer's gradient contracted with z' - z per head: every block above layer 0 in full,
     layer 0 down to its z; with `dropped` (GradDrop) that layer's block is skipped (its gradient

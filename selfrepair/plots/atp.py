@@ -88,9 +88,10 @@ def atp_scatter(summaries: Mapping[str, xr.Dataset], top_fraction: float = 0.02)
         points = _scatter(ax, x, s.top_abs_atp.values, repair, norm, label="AtP")
         _scatter(ax, x, s.top_graddrop.values, repair, norm, "^", "GradDrop")
         rho = (float(s.top_spearman_abs_atp), float(s.top_spearman_graddrop))
+        graddrop = f"GradDrop {rho[1]:.2f}" if np.isfinite(rho[1]) else "no GradDrop per token"
         ax.set_title(
             f"{model}, {_label('top', top_fraction)}, |Δlogit|\n"
-            f"Spearman AtP {rho[0]:.2f}, GradDrop {rho[1]:.2f}"
+            f"Spearman AtP {rho[0]:.2f}, {graddrop}"
         )
         ax.set_xlabel(with_unit("exact mean |Δlogit|"))
         ax.set_ylabel(with_unit("estimated mean |Δlogit|"))

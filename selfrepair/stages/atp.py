@@ -39,6 +39,7 @@ def atp(
     top_tokens: str,
     out: str,
     attrs: dict[str, Any],
+    graddrop_tokens: bool = True,
 ) -> xr.Dataset:
     """AtP and GradDrop estimates of every head on one shard (engine.atp.measure_atp) with z'
     chosen as the ablate job of the same shard chooses it: per row (the row's summed change of
@@ -51,6 +52,7 @@ def atp(
         top_tokens: the head_top_tokens store (each head's top tokens over all shards).
         out: the store to write (results/<model>/atp/<ablation>/shard-<n>.zarr).
         attrs: the rule's provenance attributes (run_attrs and the shard).
+        graddrop_tokens: GradDrop per token too (engine.atp_graddrop_tokens).
     """
     from selfrepair.engine.atp import measure_atp
     from selfrepair.stages.job import row_coords
@@ -69,6 +71,7 @@ def atp(
             top=top,
             batch_size=job.batch_size,
             mean_include_bos=mean_include_bos,
+            token_graddrop=graddrop_tokens,
             progress=True,
             desc=f"AtP and GradDrop, {ablation}",
         )
@@ -129,13 +132,11 @@ def atp_summary(
         tolerance: the largest disagreement accepted (logits per token).
     """
     indices = open_zarr(top_tokens).token.values
-    shards = [open_zarr(p, variables=ROW_VARIABLES + TOP_VARIABLES) for p in atp_shards]
+    shards = [open_zarr(p, variables=ROW_VARIABLES + TOP_VARIABLES[:1]) for p in atp_shards]
     rows = xr.concat([shard[list(ROW_VARIABLES)] for shard in shards], "batch").load()
+    present = [name for name in TOP_VARIABLES if name in shards[0]]  # GradDrop: if measured
     top = xr.Dataset(
-        {
-            name: judge.combine_ranks([shard[name].load() for shard in shards])
-            for name in TOP_VARIABLES
-        }
+        {name: judge.combine_ranks([shard[name].load() for shard in shards]) for name in present}
     )
     exact_rows, exact_top, clean = exact_on_units(ablation_shards, indices)
     heads = open_zarr(summary).load()
