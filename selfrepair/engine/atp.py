@@ -229,11 +229,10 @@ def measure_atp(
     tokens = tokens.to(device=model.W_U.device, dtype=torch.long)
     ro = readout(model)
     metric = metric or TokenMetric(ro, tokens)
-    layers = list(range(cfg.n_layers))
     if ablation == "resample":
         source = checked_source(source, n_rows)
     if ablation == "mean" and z_mean is None:
-        z_mean = mean_z(model, tokens, layers, batch_size, mean_include_bos, fused)
+        z_mean = mean_z(model, tokens, range(cfg.n_layers), batch_size, mean_include_bos, fused)
     union = None if top is None else torch.from_numpy(top.any((0, 1)))
     parts = []
     bar = tqdm(desc=desc or "AtP", unit="backward", disable=not progress, mininterval=5.0)
@@ -249,7 +248,7 @@ def measure_atp(
             sel = None if union is None else union[rows].to(tokens.device)
             res = chunk_estimates(gp, dz, weight, sel, graddrop, bar, token_graddrop)
             parts.append((rows, res))
-            del gp
+            del gp  # the graph goes before the next batch's is built
     bar.close()
     return atp_dataset(model, parts, top, ablation, source, n_rows, n_pos)
 
