@@ -297,9 +297,9 @@ def test_a_top_k_no_head_could_miss_is_refused_naming_the_key(tmp_path):
 
 @pytest.mark.slow
 def test_demo_atp_stores_are_the_engine_on_the_shard_and_the_exact_side_matches(finished_run):
-    """Each model's first-shard atp store is measure_atp on that shard's rows with the demo
-    model (rows, and per token on exactly each head's top tokens); each summary's exact means
-    are the head summary's and its error shares add up to 1."""
+    """Each model's first-shard atp store holds per-token estimates on exactly each head's top
+    tokens there, and (resample) is measure_atp on that shard's rows with the demo model; each
+    summary's exact means are the head summary's and its error shares add up to 1."""
     from selfrepair.engine.atp import measure_atp
     from selfrepair.models.loading import load_local_checkpoint
 
@@ -312,13 +312,14 @@ def test_demo_atp_stores_are_the_engine_on_the_shard_and_the_exact_side_matches(
         for ablation in ("resample", "mean", "zero"):
             stored = open_zarr(results / model_name / "atp" / ablation / "shard-000.zarr").load()
             n_rows, n_pos = stored.sizes["batch"], stored.attrs["n_pos"]
-            rows = torch.from_numpy(tokens[:n_rows].astype(np.int64))
             top = shard_top_mask(indices, 0, n_rows, n_pos)
-            fresh = measure_atp(model, rows, ablation, top=top, batch_size=32)
-            np.testing.assert_allclose(stored.atp_row, fresh.atp_row, atol=1e-4)
-            ranked = judge.by_rank(fresh, indices, 0, n_pos)
-            np.testing.assert_allclose(stored.atp_top, ranked.atp_top, atol=1e-4)
             assert int(np.isfinite(stored.atp_top.values).sum()) == int(top.sum())
+            if ablation == "resample":  # one ablation rerun (the engine's tests cover them all)
+                rows = torch.from_numpy(tokens[:n_rows].astype(np.int64))
+                fresh = measure_atp(model, rows, ablation, top=top, token_graddrop=False)
+                np.testing.assert_allclose(stored.atp_row, fresh.atp_row, atol=1e-4)
+                ranked = judge.by_rank(fresh, indices, 0, n_pos)
+                np.testing.assert_allclose(stored.atp_top, ranked.atp_top, atol=1e-4)
             summary = open_zarr(results / model_name / "atp" / f"{ablation}.zarr").load()
             heads = open_zarr(results / model_name / "summary" / f"{ablation}.zarr")
             np.testing.assert_allclose(summary.all_exact, heads.mean_logit_diff, atol=1e-5)
