@@ -12,7 +12,8 @@ import transformers as tf
 from test_architectures import ARCHITECTURES, perturbed
 
 from selfrepair.engine.ablation import ablation_chunks, mean_z
-from selfrepair.engine.atp import measure_atp, token_groups
+from selfrepair.engine.atp import measure_atp
+from selfrepair.engine.gradients import token_groups
 from selfrepair.engine.self_repair import ABLATIONS, ablated_pass
 from selfrepair.models.loading import load_local_checkpoint
 from selfrepair.models.readout import readout
@@ -55,7 +56,7 @@ def test_atp_equals_autograd_on_hugging_face(hf_pair, ablation):
     partner, mean and zero, the zero being the processed model's)."""
     hf_model, model, tokens = hf_pair
     top = every_token(model, tokens)
-    got = measure_atp(model, tokens, ablation, top=top, batch_size=2)
+    got = measure_atp(model, tokens, ablation, per_token=top, batch_size=2)
     ref = hf_reference_atp(hf_model, tokens, ablation, per_token=True)
     assert np.abs(ref["row"]).max() > 0.3  # estimates of whole logits, not of noise
     np.testing.assert_allclose(got.atp_row.values, ref["row"], atol=TOL, rtol=0)
@@ -73,11 +74,15 @@ def test_atp_and_graddrop_equal_the_detaching_reference(tiny_model, tiny_tokens,
     against TransformerLens' plain forward with that layer's outputs detached."""
     n_layers = tiny_model.cfg.n_layers
     top = np.random.default_rng(0).random(every_token(tiny_model, tiny_tokens).shape) < 0.1
-    got = measure_atp(tiny_model, tiny_tokens, ablation, top=top, batch_size=4)
+    got = measure_atp(tiny_model, tiny_tokens, ablation, top=top, per_token=top, batch_size=4)
     asked = top.any((0, 1))  # the reference's backward passes: only these tokens
     ref = reference_atp(tiny_model, tiny_tokens, ablation, per_token=asked)
     np.testing.assert_allclose(got.atp_row.values, ref["row"], atol=TOL, rtol=0)
     np.testing.assert_allclose(got.atp_token.values, ref["token"][top], atol=TOL, rtol=0)
+    # each head's own tokens of a row: the sum of their per-token references
+    own = np.where(top, np.nan_to_num(ref["token"]), 0).sum(-1)
+    np.testing.assert_allclose(got.atp_top.values, own, atol=TOL, rtol=0)
+    assert np.array_equal(got.n_top.values, top.sum(-1))
     for layer in range(n_layers):
         dropped = reference_atp(
             tiny_model, tiny_tokens, ablation, drop_layer=layer, per_token=asked
@@ -86,6 +91,8 @@ def test_atp_and_graddrop_equal_the_detaching_reference(tiny_model, tiny_tokens,
         np.testing.assert_allclose(
             got.graddrop_token.values[layer], dropped["token"][top], atol=TOL, rtol=0
         )
+        own = np.where(top, np.nan_to_num(dropped["token"]), 0).sum(-1)
+        np.testing.assert_allclose(got.graddrop_top.values[layer], own, atol=TOL, rtol=0)
         # Dropping a layer changes the estimates of its heads (to 0) and of those below it.
         changed = np.abs(dropped["row"] - ref["row"]).max((1, 2)) > 1e-3
         assert list(np.flatnonzero(changed)) == list(range(layer + 1))
@@ -93,13 +100,16 @@ def test_atp_and_graddrop_equal_the_detaching_reference(tiny_model, tiny_tokens,
 
 def test_rows_are_their_tokens_and_the_units_add_up(tiny_model, tiny_tokens):
     """With every token asked, a row's estimate is the sum of its tokens' (the metric is their
-    sum); GradDrop with layer l dropped is 0 for l's heads and AtP for the heads above."""
+    sum), and so is each head's estimate on all its tokens; GradDrop with layer l dropped is 0
+    for l's heads and AtP for the heads above."""
     top = every_token(tiny_model, tiny_tokens)
-    got = measure_atp(tiny_model, tiny_tokens, "resample", top=top)
+    got = measure_atp(tiny_model, tiny_tokens, "resample", top=top, per_token=top)
     per_token = dense_tokens(got, top)
     np.testing.assert_allclose(per_token.sum(-1), got.atp_row.values, atol=1e-5, rtol=0)
     gd = dense_tokens(got, top, "graddrop_token")
     np.testing.assert_allclose(gd.sum(-1), got.graddrop_row.values, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got.atp_top.values, got.atp_row.values, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(got.graddrop_top.values, got.graddrop_row.values, atol=1e-5, rtol=0)
     for layer in range(tiny_model.cfg.n_layers):
         assert np.all(got.graddrop_row.values[layer, layer] == 0)
         above = got.graddrop_row.values[layer, layer + 1 :]
@@ -107,12 +117,12 @@ def test_rows_are_their_tokens_and_the_units_add_up(tiny_model, tiny_tokens):
     assert np.all(got.n_scored.values == tiny_tokens.shape[1] - 1)
 
 
-def test_graddrop_per_token_can_be_left_out(tiny_model, tiny_tokens):
+def test_graddrop_on_the_head_units_can_be_left_out(tiny_model, tiny_tokens):
     top = np.random.default_rng(1).random(every_token(tiny_model, tiny_tokens).shape) < 0.2
     full = measure_atp(tiny_model, tiny_tokens, "zero", top=top)
-    rows_only = measure_atp(tiny_model, tiny_tokens, "zero", top=top, token_graddrop=False)
-    assert "graddrop_token" in full and "graddrop_token" not in rows_only
-    for name in ("atp_row", "graddrop_row", "atp_token"):
+    rows_only = measure_atp(tiny_model, tiny_tokens, "zero", top=top, top_graddrop=False)
+    assert "graddrop_top" in full and "graddrop_top" not in rows_only
+    for name in ("atp_row", "graddrop_row", "atp_top", "n_top"):
         np.testing.assert_array_equal(full[name].values, rows_only[name].values)
 
 
@@ -165,5 +175,5 @@ def test_a_given_partner_and_mean_are_used(tiny_model, tiny_tokens):
     given = measure_atp(tiny_model, tiny_tokens, "mean", z_mean=z_mean, graddrop=False)
     own = measure_atp(tiny_model, tiny_tokens, "mean", mean_include_bos=False, graddrop=False)
     assert np.array_equal(given.atp_row.values, own.atp_row.values)
-    with pytest.raises(ValueError, match="top must be"):
+    with pytest.raises(ValueError, match="token masks must be"):
         measure_atp(tiny_model, tiny_tokens, "zero", top=np.ones((1, 1, 1, 1), bool))

@@ -47,60 +47,63 @@ def token_data(seed: int = 0) -> xr.Dataset:
     return xr.Dataset({k: (dims, v) for k, v in data.items()})
 
 
+def estimates(atp_tok, gd_tok, mask, top_graddrop=True) -> xr.Dataset:
+    """What the atp stores hold, from per-token estimates: per row, and per row over each
+    head's top tokens (mask [layer, head, batch, pos])."""
+    dims, drop_dims = ("layer", "head", "batch"), ("drop_layer", "layer", "head", "batch")
+    data = {
+        "atp_row": (dims, atp_tok.sum(-1)),
+        "graddrop_row": (drop_dims, gd_tok.sum(-1)),
+        "n_scored": ("batch", np.full(ROWS, float(POS))),
+        "atp_top": (dims, np.where(mask, atp_tok, 0).sum(-1)),
+        "n_top": (dims, mask.sum(-1)),
+    }
+    if top_graddrop:
+        data["graddrop_top"] = (drop_dims, np.where(mask, gd_tok, 0).sum(-1))
+    return xr.Dataset(data)
+
+
 @pytest.fixture(scope="module")
 def judged():
-    """(per-token data, estimates, top-token indices, atp_summary) of a synthetic model whose
-    AtP is the exact change plus noise on some heads and its direct change on others."""
+    """(per-token data, estimates, top-token mask, atp_summary) of a synthetic model whose AtP
+    is the exact change plus noise on some heads and its direct change on others."""
     tokens = token_data()
     rng = np.random.default_rng(1)
     indices = top_token_indices(tokens.de_clean, FRACTION).values  # [layer, head, rank]
+    mask = shard_top_mask(indices, 0, ROWS, POS)
     exact = tokens.logit_diff.values.astype(float)
     atp_tok = exact + rng.normal(scale=0.3, size=exact.shape)
     atp_tok[0] = (tokens.de_ablated - tokens.de_clean).values[0]  # layer 0: no indirect part
     gd_tok = np.stack([atp_tok * (1 + 0.1 * d) for d in range(L)])  # [drop, l, h, b, p]
-    flat = exact.reshape(L, H, -1)
-    rows = xr.Dataset(
-        {
-            "atp_row": (("layer", "head", "batch"), atp_tok.sum(-1)),
-            "graddrop_row": (("drop_layer", "layer", "head", "batch"), gd_tok.sum(-1)),
-            "n_scored": ("batch", np.full(ROWS, float(POS))),
-        }
-    )
-
-    def at_top(values):
-        return np.take_along_axis(values.reshape(*values.shape[:-2], -1), indices, -1)
-
-    top = xr.Dataset(
-        {
-            "atp_top": (("layer", "head", "rank"), at_top(atp_tok)),
-            "graddrop_top": (
-                ("drop_layer", "layer", "head", "rank"),
-                np.stack([at_top(g) for g in gd_tok]),
-            ),
-        }
-    )
-    exact_rows = xr.DataArray(exact.sum(-1), dims=("layer", "head", "batch"))
-    exact_top = xr.DataArray(np.take_along_axis(flat, indices, -1), dims=("layer", "head", "rank"))
+    dims = ("layer", "head", "batch")
+    exact_rows = xr.DataArray(exact.sum(-1), dims=dims)
+    exact_top = xr.DataArray(np.where(mask, exact, 0).sum(-1), dims=dims)
     heads = head_summary(tokens, top_fraction=FRACTION)
-    summary = judge.atp_summary(rows, top, exact_rows, exact_top, heads, top_k=3)
-    return tokens, atp_tok, gd_tok, indices, summary
+    ests = estimates(atp_tok, gd_tok, mask)
+    summary = judge.atp_summary(ests, exact_rows, exact_top, heads, top_k=3)
+    return tokens, atp_tok, gd_tok, mask, summary
 
 
 def test_means_are_brute_force_over_tokens(judged):
-    tokens, atp_tok, gd_tok, indices, s = judged
+    tokens, atp_tok, gd_tok, mask, s = judged
     heads = head_summary(tokens, top_fraction=FRACTION)
     np.testing.assert_allclose(s.all_exact, heads.mean_logit_diff, atol=1e-6)
     np.testing.assert_allclose(s.top_exact, heads.top_logit_diff, atol=1e-6)
     np.testing.assert_allclose(s.all_atp, atp_tok.mean((-2, -1)), atol=1e-9)
-    mask = np.zeros((L, H, ROWS * POS), bool)
-    np.put_along_axis(mask, indices, True, -1)
-    mask = mask.reshape(L, H, ROWS, POS)
     for layer in range(L):
         for head in range(H):
             m = mask[layer, head]
+            # the mean over top tokens is the mean of per-token estimates (AtP is linear)
             assert s.top_atp.values[layer, head] == pytest.approx(atp_tok[layer, head][m].mean())
-            gd = np.abs(gd_tok[:, layer, head][:, m]).sum(0) / (L - 1)
+            # magnitudes per unit: a row's top tokens of the head, rows without any left out
+            units = m.any(-1)
+            count = m.sum(-1)[units]
+            top_sum = np.where(m, gd_tok[:, layer, head], 0).sum(-1)[:, units]
+            gd = np.abs(top_sum).sum(0) / (L - 1) / count
             assert s.top_graddrop.values[layer, head] == pytest.approx(gd.mean())
+            atp_sum = np.where(m, atp_tok[layer, head], 0).sum(-1)[units]
+            expected = np.mean(np.abs(atp_sum) / count)
+            assert s.top_abs_atp.values[layer, head] == pytest.approx(expected)
             rows = atp_tok[layer, head].sum(-1)
             assert s.all_abs_atp.values[layer, head] == pytest.approx(np.mean(np.abs(rows) / POS))
             exact_rows = tokens.logit_diff.values[layer, head].sum(-1)
@@ -155,71 +158,24 @@ def test_summary_flags_and_correlations(judged):
         assert float(s[f"{sel}_spearman_atp"]) == pytest.approx(expected)
 
 
-def test_without_graddrop_per_token_its_top_values_are_nan(judged):
-    tokens, atp_tok, gd_tok, indices, s = judged
-    summary = _rebuilt_without_top_graddrop(tokens, atp_tok, gd_tok, indices)
+def test_without_graddrop_on_the_top_tokens_its_values_are_nan(judged):
+    tokens, atp_tok, gd_tok, mask, s = judged
+    dims = ("layer", "head", "batch")
+    exact = tokens.logit_diff.values.astype(float)
+    summary = judge.atp_summary(
+        estimates(atp_tok, gd_tok, mask, top_graddrop=False),
+        xr.DataArray(exact.sum(-1), dims=dims),
+        xr.DataArray(np.where(mask, exact, 0).sum(-1), dims=dims),
+        head_summary(tokens, top_fraction=FRACTION),
+        top_k=3,
+    )
     assert np.isnan(summary.top_graddrop).all() and np.isnan(float(summary.top_spearman_graddrop))
     assert not summary.top_missed_graddrop.any()
     np.testing.assert_array_equal(summary.top_atp, s.top_atp)
     np.testing.assert_array_equal(summary.all_graddrop, s.all_graddrop)
     fig = atp_scatter({"model-a": summary}, FRACTION)
     titles = [ax.get_title() for ax in fig.axes if ax.get_label() != "<colorbar>"]
-    assert titles[2].endswith(", no GradDrop per token")
-
-
-def _rebuilt_without_top_graddrop(tokens, atp_tok, gd_tok, indices) -> xr.Dataset:
-    flat = tokens.logit_diff.values.astype(float).reshape(L, H, -1)
-    rows = xr.Dataset(
-        {
-            "atp_row": (("layer", "head", "batch"), atp_tok.sum(-1)),
-            "graddrop_row": (("drop_layer", "layer", "head", "batch"), gd_tok.sum(-1)),
-            "n_scored": ("batch", np.full(ROWS, float(POS))),
-        }
-    )
-    at_top = np.take_along_axis(atp_tok.reshape(L, H, -1), indices, -1)
-    top = xr.Dataset({"atp_top": (("layer", "head", "rank"), at_top)})
-    exact_rows = xr.DataArray(flat.reshape(L, H, ROWS, POS).sum(-1), dims=rows.atp_row.dims)
-    exact_top = xr.DataArray(np.take_along_axis(flat, indices, -1), dims=top.atp_top.dims)
-    heads = head_summary(tokens, top_fraction=FRACTION)
-    return judge.atp_summary(rows, top, exact_rows, exact_top, heads, top_k=3)
-
-
-def test_per_token_entries_go_to_their_ranks_over_shards():
-    rng = np.random.default_rng(2)
-    de = xr.DataArray(rng.normal(size=(L, H, ROWS, POS)), dims=("layer", "head", "batch", "pos"))
-    indices = top_token_indices(de, 0.2).values
-    truth = rng.normal(size=indices.shape).astype(np.float32)
-    parts = []
-    for start, stop in ((0, 2), (2, ROWS)):
-        top = shard_top_mask(indices, start, stop - start, POS)
-        layer, head, batch, pos = np.nonzero(top)
-        token = (start + batch) * POS + pos
-        rank = np.array(
-            [np.searchsorted(indices[a, b], t) for a, b, t in zip(layer, head, token, strict=True)]
-        )
-        entries = xr.Dataset(
-            {
-                "atp_token": ("entry", truth[layer, head, rank]),
-                "graddrop_token": (
-                    ("drop_layer", "entry"),
-                    np.stack([truth[layer, head, rank]] * 2),
-                ),
-                "entry_layer": ("entry", layer),
-                "entry_head": ("entry", head),
-                "entry_batch": ("entry", batch),
-                "entry_pos": ("entry", pos),
-                "atp_row": (("layer", "head", "batch"), np.zeros((L, H, stop - start))),
-            }
-        )
-        parts.append(judge.by_rank(entries, indices, start, POS))
-    combined = judge.combine_ranks([p.atp_top for p in parts])
-    np.testing.assert_array_equal(combined.values, truth)
-    assert judge.combine_ranks([p.graddrop_top for p in parts]).shape == (2, *indices.shape)
-    with pytest.raises(ValueError, match="in no or several shards"):
-        judge.combine_ranks([parts[0].atp_top])
-    wrong = entries.assign(entry_pos=(entries.entry_pos + 1) % POS)
-    with pytest.raises(ValueError, match="not the heads' top tokens"):
-        judge.by_rank(wrong, indices, 2, POS)
+    assert titles[2].endswith(", no GradDrop on the top tokens")
 
 
 def test_table_lists_the_most_under_estimated_heads(judged):
@@ -271,7 +227,7 @@ def test_atp_is_on_by_default_and_off_with_its_key(tmp_path):
     counts = {r: int(n) for r, n in re.findall(r"^(atp\w*)\s+(\d+)", on, re.M)}
     # 2 models x 3 ablations x 2 shards; a summary per model and ablation; 2 figures, 1 table
     assert counts == {"atp": 12, "atp_summary": 6, "atp_scatter": 1, "atp_error": 1, "atp_table": 1}
-    code, rows_only = _dry_run(tmp_path, {"engine": {"atp_graddrop_tokens": False}})
+    code, rows_only = _dry_run(tmp_path, {"engine": {"atp_top_graddrop": False}})
     assert code == 0 and re.search(r"^atp\s+12$", rows_only, re.M), rows_only[-3000:]
     code, off = _dry_run(tmp_path, {"engine": {"atp": False}})
     assert code == 0, off[-3000:]
@@ -288,8 +244,8 @@ def test_a_top_k_no_head_could_miss_is_refused_naming_the_key(tmp_path):
     assert code != 0 and "figures.atp.top_k" in out
     code, out = _dry_run(tmp_path, {"figures": {"atp": {"top_k": 16}}, "engine": {"atp": False}})
     assert code == 0, out[-2000:]
-    code, out = _dry_run(tmp_path, {"engine": {"atp_graddrop_tokens": "yes"}})
-    assert code != 0 and "engine.atp_graddrop_tokens" in out
+    code, out = _dry_run(tmp_path, {"engine": {"atp_top_graddrop": "yes"}})
+    assert code != 0 and "engine.atp_top_graddrop" in out
 
 
 # --- the reduced demo's stores (tests/conftest.py finished_run) ---------------------------------
@@ -297,9 +253,9 @@ def test_a_top_k_no_head_could_miss_is_refused_naming_the_key(tmp_path):
 
 @pytest.mark.slow
 def test_demo_atp_stores_are_the_engine_on_the_shard_and_the_exact_side_matches(finished_run):
-    """Each model's first-shard atp store holds per-token estimates on exactly each head's top
-    tokens there, and (resample) is measure_atp on that shard's rows with the demo model; each
-    summary's exact means are the head summary's and its error shares add up to 1."""
+    """Each model's first-shard atp store counts exactly each head's top tokens per row, and
+    (resample) is measure_atp on that shard's rows with the demo model; each summary's exact
+    means are the head summary's and its error shares add up to 1."""
     from selfrepair.engine.atp import measure_atp
     from selfrepair.models.loading import load_local_checkpoint
 
@@ -313,13 +269,12 @@ def test_demo_atp_stores_are_the_engine_on_the_shard_and_the_exact_side_matches(
             stored = open_zarr(results / model_name / "atp" / ablation / "shard-000.zarr").load()
             n_rows, n_pos = stored.sizes["batch"], stored.attrs["n_pos"]
             top = shard_top_mask(indices, 0, n_rows, n_pos)
-            assert int(np.isfinite(stored.atp_top.values).sum()) == int(top.sum())
+            assert np.array_equal(stored.n_top.values, top.sum(-1))
             if ablation == "resample":  # one ablation rerun (the engine's tests cover them all)
                 rows = torch.from_numpy(tokens[:n_rows].astype(np.int64))
-                fresh = measure_atp(model, rows, ablation, top=top, token_graddrop=False)
+                fresh = measure_atp(model, rows, ablation, top=top, top_graddrop=False)
                 np.testing.assert_allclose(stored.atp_row, fresh.atp_row, atol=1e-4)
-                ranked = judge.by_rank(fresh, indices, 0, n_pos)
-                np.testing.assert_allclose(stored.atp_top, ranked.atp_top, atol=1e-4)
+                np.testing.assert_allclose(stored.atp_top, fresh.atp_top, atol=1e-4)
             summary = open_zarr(results / model_name / "atp" / f"{ablation}.zarr").load()
             heads = open_zarr(results / model_name / "summary" / f"{ablation}.zarr")
             np.testing.assert_allclose(summary.all_exact, heads.mean_logit_diff, atol=1e-5)

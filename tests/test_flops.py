@@ -20,6 +20,7 @@ from selfrepair.models.flops import (
     engine_flops,
     forward_flops,
     graddrop_flops,
+    head_unit_flops,
     mlp_flops,
     reference_flops,
     unembed_flops,
@@ -84,7 +85,8 @@ def test_counts_equal_torch_flop_counter(family):
 def test_atp_counts_equal_torch_flop_counter(family):
     """AtP: a forward pass with its graph and one backward pass (activation gradients only);
     GradDrop: L - 1 more, each skipping its dropped block (autograd runs nothing behind a
-    dropped gradient); per token: the same again per group of one token per row."""
+    dropped gradient); per token: the same again per group of one token per row; each head
+    over its own tokens: one pass down to its layer (GradDrop: one more per layer above)."""
     model = random_model(family)
     shapes = Shapes.of(model.cfg)
     tokens = torch.randint(
@@ -93,8 +95,15 @@ def test_atp_counts_equal_torch_flop_counter(family):
     tokens[:, 0] = 0
     top = np.zeros((model.cfg.n_layers, model.cfg.n_heads, 2, 10), bool)
     top[..., [2, 5, 7]] = True  # three groups
+    runs = {
+        "atp": {"graddrop": False},
+        "gd": {},
+        "tokens": {"per_token": top},
+        "heads": {"top": top, "graddrop": False},
+        "heads_gd": {"top": top},
+    }
     counts = {}
-    for name, kw in {"atp": {"graddrop": False}, "gd": {}, "tokens": {"top": top}}.items():
+    for name, kw in runs.items():
         with FlopCounterMode(display=False) as counter:
             measure_atp(model, tokens, "zero", fused=False, **kw)
         counts[name] = counter.get_total_flops()
@@ -103,6 +112,10 @@ def test_atp_counts_equal_torch_flop_counter(family):
     assert counts["gd"] - counts["atp"] == 2 * drop
     group = backward_flops(shapes, 10, causal=False) + drop
     assert counts["tokens"] - counts["gd"] == 3 * 2 * group
+    # every head has its own tokens in both rows: one pass per head, one more per layer above
+    assert counts["heads"] - counts["atp"] == 2 * head_unit_flops(shapes, 10, causal=False)
+    units = head_unit_flops(shapes, 10, graddrop=True, causal=False)
+    assert counts["heads_gd"] - counts["gd"] - (counts["heads"] - counts["atp"]) == 2 * units
 
 
 def test_paper_numbers_for_gpt2_small():

@@ -6,10 +6,12 @@ estimation error its measured self-repair (and the Eq. 2 parts) accounts for.
 
 Units: over all tokens the estimates are per row (a prompt: the change of the row's summed
 metric), so `all_atp` = sum of row estimates / tokens is exactly the estimate of the all-token
-mean, and magnitudes are per row (|row change| / its tokens, averaged over rows); over the top
-tokens every unit is one token. GradDrop, as AtP*: per unit, (1 / (L - 1)) sum over dropped
-layers l of |estimate_l|, an estimate of the unit's |exact change|, so it is compared with
-`abs_exact` only.
+mean, and magnitudes are per row (|row change| / its tokens, averaged over rows); over a head's
+top tokens the unit is again a row, the change of the sum of the head's top tokens in it (rows
+without any are no unit), so `top_atp` is exactly the mean of per-token estimates (AtP is linear
+in the metric) while magnitudes are per row. GradDrop, as AtP*: per unit, (1 / (L - 1)) sum over
+dropped layers l of |estimate_l|, an estimate of the unit's |exact change|, so it is compared
+with `abs_exact` only.
 
 The error decomposes exactly: exact = (de_ablated - de_clean) + self_repair (Eq. 1), so
 
@@ -26,7 +28,7 @@ No I/O and no torch: the analysis environment runs these.
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -41,8 +43,6 @@ __all__ = [
     "atp_summary",
     "atp_table",
     "atp_table_html",
-    "by_rank",
-    "combine_ranks",
     "head_names",
     "missed_heads",
     "r_squared",
@@ -59,54 +59,6 @@ PARTS = ("self_repair", "sr_heads", "sr_mlps", "sr_ln")
 def head_names(n_layers: int, n_heads: int) -> np.ndarray:
     """[layer, head] array of "L{layer}H{head}"."""
     return np.array([[f"L{la}H{h}" for h in range(n_heads)] for la in range(n_layers)])
-
-
-def by_rank(entries: xr.Dataset, indices: np.ndarray, start_row: int, n_pos: int) -> xr.Dataset:
-    """measure_atp's per-token entries of one shard as [layer, head, rank] arrays (atp_top,
-    graddrop_top) over the ranks of `indices` (each head's top tokens as global token numbers,
-    analysis.attribution.top_token_indices); NaN for ranks outside the shard.
-
-    Args:
-        entries: the engine's dataset (entry_layer, entry_head, entry_batch, entry_pos,
-            atp_token and graddrop_token over dim entry; batch numbered from 0 in the shard).
-        indices: [layer, head, rank] sorted global token numbers.
-        start_row: the shard's first global row.
-        n_pos: predicted positions per row.
-    """
-    n_layers, n_heads, n_rank = indices.shape
-    span = int(indices.max(initial=0)) + 1 + (start_row + entries.sizes.get("batch", 0)) * n_pos
-    head = entries.entry_layer.values * n_heads + entries.entry_head.values
-    token = (start_row + entries.entry_batch.values) * n_pos + entries.entry_pos.values
-    keys = (np.arange(n_layers * n_heads)[:, None] * span + indices.reshape(-1, n_rank)).ravel()
-    wanted = head * span + token
-    where = np.searchsorted(keys, wanted)
-    if np.any(where >= keys.size) or not np.array_equal(
-        keys[np.minimum(where, keys.size - 1)], wanted
-    ):
-        raise ValueError("per-token AtP entries are not the heads' top tokens of this shard")
-    out = {}
-    for name in ("atp_token", "graddrop_token"):
-        if name not in entries:
-            continue
-        values = entries[name].values
-        lead = values.shape[:-1]
-        flat = np.full((*lead, n_layers * n_heads * n_rank), np.nan, np.float32)
-        flat[..., where] = values
-        dims = entries[name].dims[:-1] + ("layer", "head", "rank")
-        out[name.replace("_token", "_top")] = (dims, flat.reshape(*lead, n_layers, n_heads, n_rank))
-    return xr.Dataset(out, coords={"layer": np.arange(n_layers), "head": np.arange(n_heads)})
-
-
-def combine_ranks(parts: Sequence[xr.DataArray]) -> xr.DataArray:
-    """Per-rank arrays of several shards (by_rank: NaN outside each) as one; every rank must be
-    in exactly one shard."""
-    values = np.stack([p.values for p in parts])
-    found = np.isfinite(values).sum(0)
-    if not np.all(found == 1):
-        raise ValueError(
-            f"{int((found != 1).sum())} top-token estimates are in no or several shards"
-        )
-    return parts[0].copy(data=np.nansum(values, 0))
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -163,36 +115,39 @@ def _combined(per_layer: np.ndarray) -> np.ndarray:
 
 
 def _selection_values(
-    sel: str,
-    exact: np.ndarray,
-    atp: np.ndarray,
-    graddrop: np.ndarray,
-    scale: np.ndarray,
+    sel: str, exact: np.ndarray, atp: np.ndarray, graddrop: np.ndarray, scale: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Per head means over units ([layer, head, unit]; graddrop [drop, layer, head, unit]);
-    scale: per unit, the tokens it sums (rows) or 1 (tokens)."""
-    tokens = scale.sum()
-    out = {
-        f"{sel}_exact": exact.sum(-1) / tokens,
-        f"{sel}_atp": atp.sum(-1) / tokens,
-        f"{sel}_graddrop_layer": graddrop.sum(-1) / tokens,
-        f"{sel}_abs_exact": (np.abs(exact) / scale).mean(-1),
-        f"{sel}_abs_atp": (np.abs(atp) / scale).mean(-1),
-        f"{sel}_graddrop": (_combined(graddrop) / scale).mean(-1),
-    }
-    return out
+    """Per head, over its units ([layer, head, unit]; graddrop [drop, layer, head, unit]): the
+    means per token of the signed changes, and of the magnitudes per unit; scale: the tokens
+    each unit sums (broadcast to [layer, head, unit]; units of 0 tokens are left out)."""
+    scale = np.broadcast_to(scale, exact.shape)
+    tokens = scale.sum(-1)
+    unit = scale > 0
+    per_token = np.divide(1.0, scale, out=np.zeros(scale.shape), where=unit)
+
+    def unit_mean(x: np.ndarray) -> np.ndarray:
+        return np.where(unit, x * per_token, 0.0).sum(-1) / unit.sum(-1)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {
+            f"{sel}_exact": exact.sum(-1) / tokens,
+            f"{sel}_atp": atp.sum(-1) / tokens,
+            f"{sel}_graddrop_layer": graddrop.sum(-1) / tokens,
+            f"{sel}_abs_exact": unit_mean(np.abs(exact)),
+            f"{sel}_abs_atp": unit_mean(np.abs(atp)),
+            f"{sel}_graddrop": unit_mean(_combined(graddrop)),
+        }
 
 
-def _graddrop_top(top: xr.Dataset, rows: xr.Dataset) -> np.ndarray:
-    """GradDrop on the top tokens, or NaN where it was not run per token."""
-    if "graddrop_top" in top:
-        return top.graddrop_top.values
-    return np.full((rows.sizes["drop_layer"], *top.atp_top.shape), np.nan)
+def _graddrop_top(estimates: xr.Dataset) -> np.ndarray:
+    """GradDrop on the top tokens, or NaN where it was not run there."""
+    if "graddrop_top" in estimates:
+        return estimates.graddrop_top.values
+    return np.full(estimates.graddrop_row.shape, np.nan)
 
 
 def atp_summary(
-    rows: xr.Dataset,
-    top: xr.Dataset,
+    estimates: xr.Dataset,
     exact_rows: xr.DataArray,
     exact_top: xr.DataArray,
     heads: xr.Dataset,
@@ -201,27 +156,23 @@ def atp_summary(
     """Per head and per model: AtP and GradDrop against the exact effect (module docstring).
 
     Args:
-        rows: the atp stores' row variables over all shards: atp_row, graddrop_row, n_scored.
-        top: atp_top (layer, head, rank) and graddrop_top (drop_layer, layer, head, rank;
-            absent when GradDrop was not run per token: its top-token values are then NaN).
+        estimates: the atp stores over all shards (dims drop_layer, layer, head, batch):
+            atp_row, graddrop_row, n_scored, and on each head's top tokens atp_top, n_top and
+            graddrop_top (absent when GradDrop was not run there: those values are then NaN).
         exact_rows: the exact logit_diff summed over each row's tokens (layer, head, batch).
-        exact_top: the exact logit_diff on each head's top tokens (layer, head, rank).
+        exact_top: the same over each row's top tokens of the head (layer, head, batch).
         heads: the exact per-head summary (analysis.reduce.head_summary) of the same ablation.
         top_k: the k of "missed among the exact top k".
     """
-    values = {}
     units = {
-        "all": (
-            exact_rows.values,
-            rows.atp_row.values,
-            rows.graddrop_row.values,
-            rows.n_scored.values,
-        ),
-        "top": (exact_top.values, top.atp_top.values, _graddrop_top(top, rows), None),
+        "all": (exact_rows, estimates.atp_row, estimates.graddrop_row.values, estimates.n_scored),
+        "top": (exact_top, estimates.atp_top, _graddrop_top(estimates), estimates.n_top),
     }
+    values = {}
     for sel, (exact, atp, graddrop, scale) in units.items():
-        scale = np.ones(exact.shape[-1]) if scale is None else scale.astype(float)
-        values |= _selection_values(sel, exact.astype(float), atp.astype(float), graddrop, scale)
+        values |= _selection_values(
+            sel, exact.values.astype(float), atp.values.astype(float), graddrop, scale.values
+        )
         prefix = "mean" if sel == "all" else "top"
         for part in PARTS:
             values[f"{sel}_{part}"] = heads[f"{prefix}_{part}"].values.astype(float)

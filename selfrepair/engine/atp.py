@@ -15,16 +15,20 @@ weight 1 (running text). A logit difference is d = u_a - u_b; answer positions a
 Units. The exact engine's logit_diff at token t is the effect of ablating h at every position on
 m[b, t]. Rows do not interact, so ONE backward pass of sum_b sum_t w m over a batch gives every
 row's dM_b/dz: the row estimate (`atp_row`: of the row's summed change) for every head at once.
-A per-token estimate needs dm[b, t]/dz for each scored t separately: one backward per token of a
-row. Rows again share a pass, so backward k takes the k-th selected position of every row, and a
-batch needs as many backward passes as its row with the most selected tokens (`atp_token`, only
-where asked, e.g. each head's top tokens).
+The same over only a head's own top tokens (`top`: weights = the head's mask) gives, per row,
+the estimate of the change of that head's top-token sum (`atp_top`); it needs one backward pass
+per head (down to its layer only), and its mean over tokens is exactly the mean of per-token
+estimates (AtP is linear in the metric). A per-token estimate (`tokens`) needs dm[b, t]/dz for
+each token separately: one backward per token of a row; rows again share a pass, so backward k
+takes the k-th selected position of every row, and a batch needs as many backward passes as its
+row with the most selected tokens (`atp_token`).
 
 GradDrop (AtP*): for each layer l, the backward pass again with the gradient through layer l's
 contribution to the residual stream (its attention and MLP outputs) dropped, giving estimate_l(h).
 A head in layer l itself writes through that contribution, so estimate_l(h) = 0; for a head above
 l nothing changes (estimate_l = AtP); only heads below l need the pass, so L - 1 more backward
-passes per batch (per selected-token group for `graddrop_token`). AtP* combines them as
+passes per batch (per head h, its L - 1 - layer(h) for `graddrop_top`; per token group for
+`graddrop_token`). AtP* combines them as
 (1 / (L - 1)) sum_l |estimate_l(h)| per unit (an estimate of |effect|); the per-layer, signed
 estimates are returned so that any combination can be formed (analysis.atp). The forward pass
 and its gates: engine.gradients.
@@ -51,7 +55,15 @@ from selfrepair.engine.ablation import (
     partner_index,
     with_partners,
 )
-from selfrepair.engine.gradients import GradPass, frozen_parameters, grad_pass
+from selfrepair.engine.gradients import (
+    GradPass,
+    frozen_parameters,
+    grad_pass,
+    graddrop_estimates,
+    head_estimates,
+    head_unit_estimates,
+    token_estimates,
+)
 from selfrepair.engine.inputs import validate_tokens
 from selfrepair.engine.metric import Metric, TokenMetric
 from selfrepair.models.blocks import cached_weights
@@ -64,110 +76,66 @@ if TYPE_CHECKING:
 __all__ = [
     "ATP_VARIABLES",
     "chunk_estimates",
-    "graddrop_estimates",
-    "head_estimates",
     "measure_atp",
-    "token_groups",
     "z_changes",
 ]
 
-ATP_VARIABLES = ("atp_row", "graddrop_row", "atp_token", "graddrop_token")
-
-
-def head_estimates(
-    grads: dict[int, Tensor], dz: dict[int, Tensor], n_layers: int, n_heads: int
-) -> Float[Tensor, "layer head batch"]:
-    """sum over positions and d_head of grad . (z' - z) per head and row (the batch's own rows:
-    dz's); 0 for layers without a gradient."""
-    n = next(iter(dz.values())).shape[0]
-    out = torch.zeros(n_layers, n_heads, n, device=next(iter(dz.values())).device)
-    for layer, g in grads.items():
-        out[layer] = torch.einsum("bphd,bphd->hb", g[:n].float(), dz[layer].float())
-    return out
-
-
-def graddrop_estimates(
-    gp: GradPass, grad_out: Tensor, dz: dict[int, Tensor], atp: Tensor
-) -> Float[Tensor, "drop_layer layer head batch"]:
-    """estimate_l for every dropped layer l: AtP above l, 0 in l, a backward pass below l."""
-    n_layers, n_heads = atp.shape[:2]
-    out = atp.unsqueeze(0).repeat(n_layers, 1, 1, 1)
-    for dropped in range(n_layers):
-        out[dropped, dropped] = 0.0
-        if dropped == 0:
-            continue
-        gp.switch.dropped = dropped
-        try:
-            grads = gp.grads(grad_out, list(range(dropped)))
-        finally:
-            gp.switch.dropped = None
-        out[dropped, :dropped] = head_estimates(grads, dz, n_layers, n_heads)[:dropped]
-    return out
-
-
-def token_groups(selected: Bool[Tensor, "batch pos"]) -> Int[Tensor, "batch k"]:
-    """Column k: the k-th selected position of each row (-1 where the row has fewer); the
-    backward passes of a per-token estimate, one per column."""
-    counts = selected.sum(1)
-    k = int(counts.max()) if selected.numel() else 0
-    groups = torch.full((selected.shape[0], k), -1, dtype=torch.long, device=selected.device)
-    rank = selected.long().cumsum(1) - 1
-    b, p = selected.nonzero(as_tuple=True)
-    groups[b, rank[b, p]] = p
-    return groups
+ATP_VARIABLES = (
+    "atp_row",
+    "graddrop_row",
+    "atp_top",
+    "graddrop_top",
+    "atp_token",
+    "graddrop_token",
+)
 
 
 @dataclass
 class _ChunkResult:
-    atp_row: Tensor  # [layer, head, batch]
-    graddrop_row: Tensor | None  # [drop_layer, layer, head, batch]
-    atp_token: Tensor | None  # [layer, head, batch, pos], NaN where not selected
-    graddrop_token: Tensor | None  # [drop_layer, layer, head, batch, pos]
     metric: Tensor  # [batch]: the clean row metric
     weight: Tensor  # [batch]: its summed weights
+    atp_row: Tensor  # [layer, head, batch]
+    graddrop_row: Tensor | None = None  # [drop_layer, layer, head, batch]
+    atp_top: Tensor | None = None  # [layer, head, batch]
+    graddrop_top: Tensor | None = None  # [drop_layer, layer, head, batch]
+    n_top: Tensor | None = None  # [layer, head, batch]
+    atp_token: Tensor | None = None  # [layer, head, batch, pos], NaN where not selected
+    graddrop_token: Tensor | None = None  # [drop_layer, layer, head, batch, pos]
 
 
 def chunk_estimates(
     gp: GradPass,
     dz: dict[int, Tensor],
     weight: Tensor,
-    selected: Tensor | None,
-    graddrop: bool,
     bar: tqdm,
-    token_graddrop: bool | None = None,
+    graddrop: bool = True,
+    top: Tensor | None = None,
+    top_graddrop: bool = True,
+    per_token: Tensor | None = None,
 ) -> _ChunkResult:
-    """Row estimates of one batch (one backward, L - 1 more with GradDrop) and, on `selected`
-    positions ([n, pos] of the batch's own rows), per-token ones (per token_groups column; with
-    GradDrop unless token_graddrop is False)."""
-    token_graddrop = graddrop if token_graddrop is None else token_graddrop
+    """One batch's row estimates (one backward, L - 1 more with GradDrop), head units on `top`
+    ([layer, head, n, pos] of the batch's own rows: head_unit_estimates) and per-token ones on
+    `per_token` ([layer, head, n, pos]: token_estimates, every head at the union of them)."""
     n_layers, n_heads = len(gp.z), gp.z[0].shape[2]
     n = next(iter(dz.values())).shape[0]
-    layers = list(range(n_layers))
-    atp = head_estimates(gp.grads(weight, layers), dz, n_layers, n_heads)
+    atp = head_estimates(gp.grads(weight, list(range(n_layers))), dz, n_layers, n_heads)
+    metric = (weight * gp.m.detach()).sum(1)[:n]
+    res = _ChunkResult(metric, weight.sum(1)[:n], atp)
     bar.update(1)
-    res = _ChunkResult(
-        atp, None, None, None, (weight * gp.m.detach()).sum(1)[:n], weight.sum(1)[:n]
-    )
     if graddrop:
         res.graddrop_row = graddrop_estimates(gp, weight, dz, atp)
         bar.update(n_layers - 1)
-    if selected is None:
-        return res
-    n_pos = gp.m.shape[1]
-    res.atp_token = atp.new_full((n_layers, n_heads, n, n_pos), float("nan"))
-    if token_graddrop:
-        res.graddrop_token = atp.new_full((n_layers, *res.atp_token.shape), float("nan"))
-    for column in token_groups(selected).T:
-        rows = (column >= 0).nonzero().flatten()
-        one_hot = torch.zeros_like(gp.m)
-        one_hot[rows, column[rows]] = 1.0
-        est = head_estimates(gp.grads(one_hot, layers), dz, n_layers, n_heads)
-        res.atp_token[:, :, rows, column[rows]] = est[:, :, rows]
-        bar.update(1)
-        if token_graddrop:
-            drop = graddrop_estimates(gp, one_hot, dz, est)
-            res.graddrop_token[..., rows, column[rows]] = drop[..., rows]
-            bar.update(n_layers - 1)
+    if top is not None:
+        res.atp_top, res.graddrop_top = head_unit_estimates(gp, dz, top, top_graddrop)
+        res.n_top = top.sum(-1)
+        heads = top.flatten(2).any(-1)
+        layer = torch.arange(n_layers, device=top.device)[:, None].expand_as(heads)
+        bar.update(int(heads.sum()) + top_graddrop * int((n_layers - 1 - layer)[heads].sum()))
+    if per_token is not None:
+        res.atp_token, res.graddrop_token, passes = token_estimates(
+            gp, dz, per_token.any((0, 1)), graddrop
+        )
+        bar.update(passes)
     return res
 
 
@@ -177,8 +145,9 @@ def measure_atp(
     ablation: str = "resample",
     *,
     top: Bool[np.ndarray, "layer head rows pos"] | None = None,
+    per_token: Bool[np.ndarray, "layer head rows pos"] | None = None,
     graddrop: bool = True,
-    token_graddrop: bool | None = None,
+    top_graddrop: bool | None = None,
     metric: Callable[[Tensor], Metric] | None = None,
     batch_size: int | None = None,
     source: Int[Tensor, " rows"] | None = None,
@@ -188,8 +157,8 @@ def measure_atp(
     progress: bool = False,
     desc: str | None = None,
 ) -> xr.Dataset:
-    """AtP (and GradDrop) estimates of every head's ablation effect on the metric, per row and,
-    where `top` asks, per token.
+    """AtP (and GradDrop) estimates of every head's ablation effect on the metric: per row,
+    per row on each head's own tokens (`top`), per token (`per_token`).
 
     Args:
         model: the HookedTransformer (not modified).
@@ -197,12 +166,13 @@ def measure_atp(
         ablation: "resample", "mean" or "zero": z' exactly as engine.measure_heads chooses it
             over the same tokens (pass the same rows, e.g. one shard, for the same partners
             and mean).
-        top: bool [layer, head, rows, pos]: the tokens where each head's per-token estimate
-            is wanted (e.g. its top 2%); None: row estimates only.
+        top: bool [layer, head, rows, pos]: each head's own tokens (e.g. its top 2%): per row,
+            the estimate of the change of their sum (one backward pass per head and batch).
+        per_token: bool [layer, head, rows, pos]: tokens where each head's per-token estimate
+            is wanted (one backward pass per token of a row, for every head at once).
         graddrop: also the GradDrop estimates (L - 1 more backward passes per row pass and
-            per token group).
-        token_graddrop: GradDrop per token too (default: as graddrop); its L - 1 passes per
-            token group are most of the per-token cost.
+            per token group; per head, one per layer above it).
+        top_graddrop: GradDrop on the `top` units too (default: as graddrop).
         metric: rows -> their Metric (default: TokenMetric, the centred correct-token logit).
         batch_size: rows per pass (default: all); never changes a number.
         source: resample partner of each row (default: engine.ablation.resample_source).
@@ -214,17 +184,18 @@ def measure_atp(
     Returns:
         atp_row (layer, head, batch), graddrop_row (drop_layer, layer, head, batch): estimates
         of the change of each row's metric (sum over its scored positions); metric_clean and
-        n_scored (batch). With `top`, per selected (head, token) entry (dim entry, ordered by
-        layer, head, batch, pos): atp_token, graddrop_token (drop_layer, entry) and the
-        entry's layer, head, batch and pos.
+        n_scored (batch). With `top`: atp_top, graddrop_top, n_top (the head's tokens in the
+        row), the same over each head's own tokens. With `per_token`, per selected (head,
+        token) entry (dim entry, ordered by layer, head, batch, pos): atp_token,
+        graddrop_token (drop_layer, entry) and the entry's layer, head, batch and pos.
     """
     check_ablation(ablation)
     check_supported(model)
     validate_tokens(model, tokens)
-    cfg = model.cfg
-    n_rows, n_pos = tokens.shape[0], tokens.shape[1] - 1
-    if top is not None and top.shape != (cfg.n_layers, cfg.n_heads, n_rows, n_pos):
-        raise ValueError(f"top must be [layer, head, rows, pos], got {top.shape}")
+    n_rows = tokens.shape[0]
+    masks = {
+        name: _mask(model, mask, tokens) for name, mask in (("top", top), ("per_token", per_token))
+    }
     batch_size = batch_size or n_rows
     tokens = tokens.to(device=model.W_U.device, dtype=torch.long)
     ro = readout(model)
@@ -232,8 +203,9 @@ def measure_atp(
     if ablation == "resample":
         source = checked_source(source, n_rows)
     if ablation == "mean" and z_mean is None:
-        z_mean = mean_z(model, tokens, range(cfg.n_layers), batch_size, mean_include_bos, fused)
-    union = None if top is None else torch.from_numpy(top.any((0, 1)))
+        layers = range(model.cfg.n_layers)
+        z_mean = mean_z(model, tokens, layers, batch_size, mean_include_bos, fused)
+    top_graddrop = graddrop if top_graddrop is None else top_graddrop
     parts = []
     bar = tqdm(desc=desc or "AtP", unit="backward", disable=not progress, mininterval=5.0)
     with torch.enable_grad(), frozen_parameters(model), cached_weights():
@@ -245,12 +217,24 @@ def measure_atp(
             weight[: len(rows)] = m.weight[: len(rows)]  # partner rows only lend their z
             gp = grad_pass(model, tokens[run_rows.to(tokens.device)], ro, m, run_rows, fused)
             dz = z_changes(gp, ablation, rows, run_rows, source, z_mean or {})
-            sel = None if union is None else union[rows].to(tokens.device)
-            res = chunk_estimates(gp, dz, weight, sel, graddrop, bar, token_graddrop)
+            own = {k: None if v is None else v[:, :, rows] for k, v in masks.items()}
+            res = chunk_estimates(
+                gp, dz, weight, bar, graddrop, own["top"], top_graddrop, own["per_token"]
+            )
             parts.append((rows, res))
             del gp  # the graph goes before the next batch's is built
     bar.close()
-    return atp_dataset(model, parts, top, ablation, source, n_rows, n_pos)
+    return atp_dataset(model, parts, per_token, ablation, source, n_rows, tokens.shape[1] - 1)
+
+
+def _mask(model: HookedTransformer, mask: np.ndarray | None, tokens: Tensor) -> Tensor | None:
+    """A [layer, head, rows, pos] token mask as a bool tensor on the model's device."""
+    if mask is None:
+        return None
+    shape = (model.cfg.n_layers, model.cfg.n_heads, tokens.shape[0], tokens.shape[1] - 1)
+    if mask.shape != shape:
+        raise ValueError(f"token masks must be [layer, head, rows, pos] {shape}, got {mask.shape}")
+    return torch.from_numpy(np.asarray(mask, bool)).to(model.W_U.device)
 
 
 def z_changes(
@@ -276,7 +260,7 @@ def z_changes(
 def atp_dataset(
     model: HookedTransformer,
     parts: list[tuple[Tensor, _ChunkResult]],
-    top: np.ndarray | None,
+    per_token: np.ndarray | None,
     ablation: str,
     source: Tensor | None,
     n_rows: int,
@@ -284,6 +268,7 @@ def atp_dataset(
 ) -> xr.Dataset:
     """measure_atp's chunks as one Dataset."""
     cfg = model.cfg
+    first = parts[0][1]
 
     def cat(name: str, axis: int) -> np.ndarray:
         return np.concatenate([getattr(r, name).cpu().numpy() for _, r in parts], axis=axis)
@@ -294,32 +279,34 @@ def atp_dataset(
         "metric_clean": ("batch", cat("metric", 0)),
         "n_scored": ("batch", cat("weight", 0)),
     }
-    graddrop = parts[0][1].graddrop_row is not None
-    if graddrop:
-        data["graddrop_row"] = (("drop_layer", *head_dims), cat("graddrop_row", -1))
-    if top is not None:
-        where = np.nonzero(top)  # layer, head, batch, pos: in that order
-        atp_token = cat("atp_token", 2)
-        data["atp_token"] = ("entry", atp_token[where])
+    for name, dims in (("graddrop_row", ("drop_layer", *head_dims)), ("atp_top", head_dims)):
+        if getattr(first, name) is not None:
+            data[name] = (dims, cat(name, -1))
+    if first.graddrop_top is not None:
+        data["graddrop_top"] = (("drop_layer", *head_dims), cat("graddrop_top", -1))
+    if first.n_top is not None:
+        data["n_top"] = (head_dims, cat("n_top", -1).astype(np.int64))
+    if per_token is not None:
+        where = np.nonzero(per_token)  # layer, head, batch, pos: in that order
+        data["atp_token"] = ("entry", cat("atp_token", 2)[where])
         for name, index in zip(("layer", "head", "batch", "pos"), where, strict=True):
             data[f"entry_{name}"] = ("entry", index.astype(np.int64))
-        if parts[0][1].graddrop_token is not None:
+        if first.graddrop_token is not None:
             data["graddrop_token"] = (("drop_layer", "entry"), cat("graddrop_token", 3)[:, *where])
     coords = {
         "layer": np.arange(cfg.n_layers),
         "head": np.arange(cfg.n_heads),
         "batch": np.arange(n_rows),
-        "drop_layer": np.arange(cfg.n_layers),
     }
+    if any("drop_layer" in dims for dims, _ in data.values()):
+        coords["drop_layer"] = np.arange(cfg.n_layers)
     if ablation == "resample":
         coords["resample_source"] = ("batch", source.numpy())
     attrs = {
         "ablation": ablation,
         "model": cfg.model_name,
         "n_pos": n_pos,
-        "metric": "centred correct-token logit, summed over each row's scored positions",
-        "units": "atp_row/graddrop_row: a row's summed change; atp_token: one token's change",
+        "units": "row: a row's summed metric; top: over the head's own tokens in the row; "
+        "token: one token",
     }
-    if not graddrop:
-        coords.pop("drop_layer")
     return xr.Dataset(data, coords=coords, attrs=attrs)

@@ -17,7 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from selfrepair.engine.metric import Metric
@@ -28,7 +28,17 @@ from selfrepair.models.readout import Readout
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-__all__ = ["DropSwitch", "GradPass", "frozen_parameters", "grad_pass"]
+__all__ = [
+    "DropSwitch",
+    "GradPass",
+    "frozen_parameters",
+    "grad_pass",
+    "graddrop_estimates",
+    "head_estimates",
+    "head_unit_estimates",
+    "token_estimates",
+    "token_groups",
+]
 
 
 class DropSwitch:
@@ -116,3 +126,107 @@ def grad_pass(
             resid = run_block(block, resid, fused)
             check_finite(resid.detach(), f"the residual stream after layer {layer}", rows)
     return GradPass(m=metric.per_position(ro, resid), z=z, switch=switch)
+
+
+def head_estimates(
+    grads: dict[int, Tensor], dz: dict[int, Tensor], n_layers: int, n_heads: int
+) -> Float[Tensor, "layer head batch"]:
+    """sum over positions and d_head of grad . (z' - z) per head and row (the batch's own rows:
+    dz's); 0 for layers without a gradient."""
+    n = next(iter(dz.values())).shape[0]
+    out = torch.zeros(n_layers, n_heads, n, device=next(iter(dz.values())).device)
+    for layer, g in grads.items():
+        out[layer] = torch.einsum("bphd,bphd->hb", g[:n].float(), dz[layer].float())
+    return out
+
+
+def graddrop_estimates(
+    gp: GradPass, grad_out: Tensor, dz: dict[int, Tensor], atp: Tensor
+) -> Float[Tensor, "drop_layer layer head batch"]:
+    """estimate_l for every dropped layer l: AtP above l, 0 in l, a backward pass below l."""
+    n_layers, n_heads = atp.shape[:2]
+    out = atp.unsqueeze(0).repeat(n_layers, 1, 1, 1)
+    for dropped in range(n_layers):
+        out[dropped, dropped] = 0.0
+        if dropped == 0:
+            continue
+        gp.switch.dropped = dropped
+        try:
+            grads = gp.grads(grad_out, list(range(dropped)))
+        finally:
+            gp.switch.dropped = None
+        out[dropped, :dropped] = head_estimates(grads, dz, n_layers, n_heads)[:dropped]
+    return out
+
+
+def _head_unit(
+    gp: GradPass, weight: Tensor, layer: int, head: int, delta: Tensor, dropped: int | None = None
+) -> Float[Tensor, " batch"]:
+    """One backward pass of the weighted metric down to `layer`, contracted with the head's
+    z' - z (`delta`, [n, pos, d_head]) per row; `dropped`: GradDrop's dropped layer."""
+    gp.switch.dropped = dropped
+    try:
+        g = gp.grads(weight, [layer])[layer][: delta.shape[0], :, head].float()
+    finally:
+        gp.switch.dropped = None
+    return torch.einsum("bpd,bpd->b", g, delta)
+
+
+def head_unit_estimates(
+    gp: GradPass, dz: dict[int, Tensor], top: Bool[Tensor, "layer head batch pos"], graddrop: bool
+) -> tuple[Float[Tensor, "layer head batch"], Tensor | None]:
+    """Per head, per row, the estimate of the change of the head's metric summed over its own
+    tokens (`top`, of the batch's own rows): one backward pass per head that has some in the
+    batch, down to its layer only; with GradDrop, one more per layer above it (below or at its
+    layer: AtP, 0). Heads without tokens in the batch get 0 (no unit)."""
+    n_layers, n_heads, n = top.shape[:3]
+    atp = torch.zeros(n_layers, n_heads, n, device=top.device)
+    drop = atp.unsqueeze(0).repeat(n_layers, 1, 1, 1) if graddrop else None
+    for layer, head in top.flatten(2).any(-1).nonzero().tolist():
+        weight = torch.zeros_like(gp.m)
+        weight[:n] = top[layer, head].to(weight.dtype)
+        delta = dz[layer][:, :, head].float()
+        atp[layer, head] = _head_unit(gp, weight, layer, head, delta)
+        if drop is not None:
+            drop[:, layer, head] = atp[layer, head]  # dropping a layer at or below: unchanged
+            drop[layer, layer, head] = 0.0
+            for dropped in range(layer + 1, n_layers):
+                drop[dropped, layer, head] = _head_unit(gp, weight, layer, head, delta, dropped)
+    return atp, drop
+
+
+def token_groups(selected: Bool[Tensor, "batch pos"]) -> Int[Tensor, "batch k"]:
+    """Column k: the k-th selected position of each row (-1 where the row has fewer); the
+    backward passes of a per-token estimate, one per column."""
+    counts = selected.sum(1)
+    k = int(counts.max()) if selected.numel() else 0
+    groups = torch.full((selected.shape[0], k), -1, dtype=torch.long, device=selected.device)
+    rank = selected.long().cumsum(1) - 1
+    b, p = selected.nonzero(as_tuple=True)
+    groups[b, rank[b, p]] = p
+    return groups
+
+
+def token_estimates(
+    gp: GradPass, dz: dict[int, Tensor], selected: Bool[Tensor, "batch pos"], graddrop: bool
+) -> tuple[Float[Tensor, "layer head batch pos"], Tensor | None, int]:
+    """Per-token estimates of every head on the `selected` positions of the batch's own rows
+    (NaN elsewhere), one backward pass (L more with GradDrop) per token_groups column; and the
+    backward passes run."""
+    n_layers, n_heads = len(gp.z), gp.z[0].shape[2]
+    layers = list(range(n_layers))
+    nan = float("nan")
+    atp = torch.full((n_layers, n_heads, *selected.shape), nan, device=selected.device)
+    drop = atp.new_full((n_layers, *atp.shape), nan) if graddrop else None
+    passes = 0
+    for column in token_groups(selected).T:
+        rows = (column >= 0).nonzero().flatten()
+        one_hot = torch.zeros_like(gp.m)
+        one_hot[rows, column[rows]] = 1.0
+        est = head_estimates(gp.grads(one_hot, layers), dz, n_layers, n_heads)
+        atp[:, :, rows, column[rows]] = est[:, :, rows]
+        passes += 1
+        if drop is not None:
+            drop[..., rows, column[rows]] = graddrop_estimates(gp, one_hot, dz, est)[..., rows]
+            passes += n_layers - 1
+    return atp, drop, passes

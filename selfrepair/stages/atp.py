@@ -1,6 +1,6 @@
 """The attribution-patching rules (engine.atp, beyond the paper): atp (AtP and GradDrop of every
-head on one token shard, per row and on each head's top tokens) and atp_summary (against the
-exact effects of the same ablation, analysis.atp).
+head on one token shard: per row, and per row on each head's own top tokens) and atp_summary
+(against the exact effects of the same ablation, analysis.atp).
 
 atp_summary runs in the analysis environment (no torch), so the engine is imported inside atp
 only."""
@@ -27,8 +27,7 @@ __all__ = ["atp", "atp_summary", "exact_on_units"]
 
 log = logging.getLogger("selfrepair")
 
-ROW_VARIABLES = ("atp_row", "graddrop_row", "n_scored", "metric_clean")
-TOP_VARIABLES = ("atp_top", "graddrop_top")
+VARIABLES = ("atp_row", "graddrop_row", "n_scored", "metric_clean", "atp_top", "n_top")
 
 
 def atp(
@@ -39,11 +38,12 @@ def atp(
     top_tokens: str,
     out: str,
     attrs: dict[str, Any],
-    graddrop_tokens: bool = True,
+    top_graddrop: bool = True,
 ) -> xr.Dataset:
     """AtP and GradDrop estimates of every head on one shard (engine.atp.measure_atp) with z'
-    chosen as the ablate job of the same shard chooses it: per row (the row's summed change of
-    the centred correct-token logit) and per token on each head's top tokens.
+    chosen as the ablate job of the same shard chooses it: per row (the change of the row's
+    summed centred correct-token logit) and per row on each head's top tokens (the change of
+    their sum).
 
     Args:
         job: the model job (one shard).
@@ -52,7 +52,7 @@ def atp(
         top_tokens: the head_top_tokens store (each head's top tokens over all shards).
         out: the store to write (results/<model>/atp/<ablation>/shard-<n>.zarr).
         attrs: the rule's provenance attributes (run_attrs and the shard).
-        graddrop_tokens: GradDrop per token too (engine.atp_graddrop_tokens).
+        top_graddrop: GradDrop on the top tokens too (engine.atp_top_graddrop).
     """
     from selfrepair.engine.atp import measure_atp
     from selfrepair.stages.job import row_coords
@@ -60,8 +60,7 @@ def atp(
     rows = job.rows()
     model = job.model(seq_len=rows.shape[1])
     start, n_pos = job.bounds[0], rows.shape[1] - 1
-    indices = open_zarr(top_tokens).token.values
-    top = shard_top_mask(indices, start, rows.shape[0], n_pos)
+    top = shard_top_mask(open_zarr(top_tokens).token.values, start, rows.shape[0], n_pos)
     t0 = time.perf_counter()
     with job.guarded(model, {"engine.batch_size": job.batch_size}):
         ds = measure_atp(
@@ -69,15 +68,14 @@ def atp(
             rows,
             ablation,
             top=top,
+            top_graddrop=top_graddrop,
             batch_size=job.batch_size,
             mean_include_bos=mean_include_bos,
-            token_graddrop=graddrop_tokens,
             progress=True,
             desc=f"AtP and GradDrop, {ablation}",
         )
     log.info("%d rows in %.1fs", rows.shape[0], time.perf_counter() - t0)
-    ranked = judge.by_rank(ds, indices, start, n_pos)
-    ds = row_coords(ds[list(ROW_VARIABLES)], start).merge(ranked)
+    ds = row_coords(ds, start)
     if "resample_source" in ds.coords:  # as global row numbers too
         ds = ds.assign_coords(resample_source=ds.resample_source + start)
     ds.attrs.update(job.provenance(attrs), ablation=ablation, n_pos=n_pos)
@@ -89,19 +87,19 @@ def exact_on_units(
     ablation_shards: Sequence[str], indices: np.ndarray
 ) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
     """The exact logit_diff of the ablate stores on the estimates' units, one layer at a time:
-    summed over each row's tokens (layer, head, batch), on each head's top tokens (layer, head,
-    rank), and the clean logit summed per row (batch)."""
+    summed over each row's tokens and over each row's top tokens of the head (layer, head,
+    batch), and the clean logit summed per row (batch)."""
     data = open_shards(ablation_shards, variables=("logit_diff", "logit_clean"))
+    n_rows, n_pos = data.sizes["batch"], data.sizes["pos"]
     rows, top = [], []
     for layer in range(data.sizes["layer"]):
-        one = data.logit_diff.isel(layer=layer).load()  # [head, batch, pos]
-        rows.append(one.sum("pos", skipna=False).values)
-        flat = one.values.reshape(one.shape[0], -1)
-        top.append(np.take_along_axis(flat, indices[layer], axis=1))
-    exact_rows = xr.DataArray(np.stack(rows), dims=("layer", "head", "batch"))
-    exact_top = xr.DataArray(np.stack(top), dims=("layer", "head", "rank"))
+        one = data.logit_diff.isel(layer=layer).load().values  # [head, batch, pos]
+        mask = shard_top_mask(indices[[layer]], 0, n_rows, n_pos)[0]
+        rows.append(one.sum(-1))
+        top.append(np.where(mask, one, 0.0).sum(-1))
+    dims = ("layer", "head", "batch")
     clean = data.logit_clean.sum("pos").load()
-    return exact_rows, exact_top, clean
+    return xr.DataArray(np.stack(rows), dims=dims), xr.DataArray(np.stack(top), dims=dims), clean
 
 
 def atp_summary(
@@ -132,37 +130,36 @@ def atp_summary(
         tolerance: the largest disagreement accepted (logits per token).
     """
     indices = open_zarr(top_tokens).token.values
-    shards = [open_zarr(p, variables=ROW_VARIABLES + TOP_VARIABLES[:1]) for p in atp_shards]
-    rows = xr.concat([shard[list(ROW_VARIABLES)] for shard in shards], "batch").load()
-    present = [name for name in TOP_VARIABLES if name in shards[0]]  # GradDrop: if measured
-    top = xr.Dataset(
-        {name: judge.combine_ranks([shard[name].load() for shard in shards]) for name in present}
-    )
+    estimates = open_shards(atp_shards, variables=VARIABLES).load()
     exact_rows, exact_top, clean = exact_on_units(ablation_shards, indices)
     heads = open_zarr(summary).load()
-    _check_same_measure(rows, clean, exact_rows, exact_top, heads, tolerance)
-    ds = judge.atp_summary(rows, top, exact_rows, exact_top, heads, top_k)
+    _check_same_measure(estimates, clean, exact_rows, exact_top, heads, tolerance)
+    ds = judge.atp_summary(estimates, exact_rows, exact_top, heads, top_k)
     ds.attrs = provenance(
         **attrs,
         model_revision=revision_of(heads),
         top_k=top_k,
-        n_tokens=int(rows.n_scored.sum()),
+        n_tokens=int(estimates.n_scored.sum()),
         n_top_tokens=int(indices.shape[-1]),
     )
     write_zarr(ds, out)
     return ds
 
 
-def _check_same_measure(rows, clean, exact_rows, exact_top, heads, tolerance) -> None:
+def _check_same_measure(estimates, clean, exact_rows, exact_top, heads, tolerance) -> None:
     """Per token: the clean metric of each row, and the exact means on both units."""
-    n_scored = rows.n_scored.values
-    n_tokens = float(n_scored.sum())
+    n_scored = estimates.n_scored.values
+    n_top = estimates.n_top.sum("batch").values
     gaps = {
-        "clean metric": _gap(rows.metric_clean.values / n_scored, clean.values / n_scored),
+        "clean metric": _gap(estimates.metric_clean.values / n_scored, clean.values / n_scored),
         "all-token mean": _gap(
-            exact_rows.sum("batch").values / n_tokens, heads.mean_logit_diff.values
+            exact_rows.sum("batch").values / n_scored.sum(), heads.mean_logit_diff.values
         ),
-        "top-token mean": _gap(exact_top.mean("rank").values, heads.top_logit_diff.values),
+        "top-token mean": _gap(exact_top.sum("batch").values / n_top, heads.top_logit_diff.values),
+        "top tokens": _gap(  # heads not measured (a model entry's `heads`) have no top tokens
+            np.where(heads.top_n_tokens.values > 0, n_top, np.nan),
+            np.where(heads.top_n_tokens.values > 0, heads.top_n_tokens.values, np.nan),
+        ),
     }
     log.info("exact side against the head summary: %s", gaps)
     if not max(gaps.values()) <= tolerance:

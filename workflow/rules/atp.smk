@@ -27,7 +27,7 @@ rule atp:
         bounds=shard_bounds,
         batch_size=batch_size,
         mean_include_bos=ENGINE["mean_include_bos"],
-        graddrop_tokens=ENGINE["atp_graddrop_tokens"],
+        top_graddrop=ENGINE["atp_top_graddrop"],
         ablation=lambda w: w.ablation,
         device=config["device"],
         dtype=config["dtype"],

@@ -8,7 +8,7 @@ from selfrepair.stages.joblog import logged, rule_params
 with logged(snakemake.log[0]):
     atp(
         ModelJob.from_snakemake(snakemake),
-        **rule_params(snakemake, "ablation", "mean_include_bos", "graddrop_tokens"),
+        **rule_params(snakemake, "ablation", "mean_include_bos", "top_graddrop"),
         top_tokens=snakemake.input.top_tokens,
         out=snakemake.output.atp,
         attrs=dict(snakemake.params.attrs, shard=snakemake.wildcards.shard),
