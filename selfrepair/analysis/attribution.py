@@ -23,6 +23,7 @@ from selfrepair.variables import REPAIR_TOTALS
 __all__ = [
     "SELECTIONS",
     "combine_sums",
+    "count_problem",
     "head_detail",
     "head_repairers",
     "most_repaired",
@@ -75,6 +76,29 @@ def combine_sums(shards: Sequence[xr.Dataset]) -> xr.Dataset:
         name: sum(ds[name] for ds in shards) for name in first.data_vars if name != "downstream"
     }
     return xr.Dataset(summed | {"downstream": first.downstream}, attrs=dict(first.attrs))
+
+
+def count_problem(sums: xr.Dataset, top_tokens: xr.Dataset) -> str | None:
+    """Why the summed shards are not one pass over every token of the run (None when they are):
+    each measured head must have summed over as many tokens as head_top_tokens chose from (its
+    n_tokens) and over exactly its top tokens (their number); a shard missing, repeated or taken
+    from another run changes one of the two.
+
+    Args:
+        sums: combine_sums of the run's attribution shards.
+        top_tokens: the head_top_tokens store (token numbers, dims layer, head, rank).
+    """
+    measured = sums.n_all.values > 0
+    n_tokens, n_top = int(top_tokens.attrs["n_tokens"]), int(top_tokens.sizes["rank"])
+    for name, want in (("n_all", n_tokens), ("n_top", n_top)):
+        got = sums[name].values[measured]
+        if (got != want).any():
+            odd = int(got[got != want][0])
+            return (
+                f"the shards summed {odd} tokens where {name} must be {want} for every "
+                f"measured head (head_top_tokens: {n_top} top tokens of {n_tokens})"
+            )
+    return None
 
 
 def repair_summary(sums: xr.Dataset) -> xr.Dataset:

@@ -78,6 +78,8 @@ from selfrepair.config.models import (
     model_entries,
     official_model_name,
     parallel_blocks,
+    pickled_weights_message,
+    pickled_weights_problem,
 )
 from selfrepair.config.picks import (
     PICK_CRITERIA,
@@ -88,6 +90,7 @@ from selfrepair.config.picks import (
 from selfrepair.config.run import (
     SCHEMA,
     check_before_jobs,
+    check_planned_outputs,
     validate_run,
 )
 from selfrepair.config.targets import (
@@ -131,6 +134,7 @@ __all__ = [
     "candidate_layers",
     "caption_label",
     "check_before_jobs",
+    "check_planned_outputs",
     "check_corpus_files",
     "check_device_dtype",
     "check_distinct_heads",
@@ -170,6 +174,8 @@ __all__ = [
     "official_model_name",
     "other_models",
     "parallel_blocks",
+    "pickled_weights_message",
+    "pickled_weights_problem",
     "parse_ablation",
     "pick_spec",
     "pick_targets",

@@ -13,6 +13,7 @@ __all__ = [
     "FROZEN_LN_SUFFIX",
     "MAX_SHARDS",
     "MIN_TOP_TOKENS",
+    "check_checkpoint_shards",
     "check_shard_count",
     "check_top_tokens",
     "n_predictions",
@@ -110,3 +111,19 @@ def check_shard_count(data: dict[str, Any]) -> None:
         f"each per ablation; planning them would take minutes and gigabytes); raise "
         f"data.shard_rows to at least {need} or lower data.n_tokens"
     )
+
+
+def check_checkpoint_shards(config: dict[str, Any]) -> None:
+    """checkpoint_shards names the first shards measured at each training checkpoint: more than
+    the run has is a mistake (it would quietly be every shard), named with both numbers.
+
+    Args:
+        config: the validated workflow config (checkpoint_shards, data).
+    """
+    wanted, shards = config.get("checkpoint_shards"), n_shards(config["data"])
+    if wanted is not None and wanted > shards:
+        raise ConfigError(
+            f"config key checkpoint_shards: {wanted} shards asked for but data makes only "
+            f"{shards} ({n_rows(config['data']):,} rows of {config['data']['shard_rows']} per "
+            f"shard); set checkpoint_shards to at most {shards}, or null for every shard"
+        )

@@ -8,13 +8,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import pickle
 import tempfile
 from pathlib import Path
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from selfrepair.config import ConfigError, device_problem, official_model_name
+from selfrepair.config import (
+    ConfigError,
+    device_problem,
+    official_model_name,
+    pickled_weights_message,
+    pickled_weights_problem,
+)
 
 __all__ = [
     "DTYPES",
@@ -208,7 +215,11 @@ def load_local_checkpoint(path: str, device: str = "cpu", dtype=torch.float32) -
             "directory (save_pretrained output)"
         )
     root = str(root.resolve())
-    hf_model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32)
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32)
+    except pickle.UnpicklingError:
+        problem = pickled_weights_problem(root) or "its pickled weights are refused by torch"
+        raise ConfigError(pickled_weights_message(path, problem)) from None
     # TransformerLens picks some architectures by substrings of the path ("llama", "gemma")
     # before it reads config.json, and reads GPT2Config.n_ctx, which transformers 5 dropped.
     # So it is shown a neutrally named directory of links to the checkpoint's files, with a

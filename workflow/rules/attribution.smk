@@ -24,6 +24,7 @@ rule head_top_tokens:
 rule repair_summary:
     input:
         shards=attribution_shards,
+        top_tokens="results/{model}/attribution/top_tokens.zarr",
     output:
         summary=directory("results/{model}/attribution/{ablation}.zarr"),
     log:
