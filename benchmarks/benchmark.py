@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's selfrepair
 
 from selfrepair.engine.attribution import RepairSums
-from selfrepair.engine.self_repair import HEAD_VARIABLES, measure_heads
+from selfrepair.engine.self_repair import measure_heads
 from selfrepair.models.flops import Shapes, engine_flops, forward_flops, reference_flops
 from selfrepair.models.loading import (
     load_local_checkpoint,
@@ -45,6 +45,7 @@ from selfrepair.models.loading import (
     resolve_dtype,
 )
 from selfrepair.reference.full_forward import full_forward_measure_heads
+from selfrepair.variables import HEAD_VARIABLES
 
 GPT2_SMALL = dict(
     n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024

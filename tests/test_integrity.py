@@ -21,7 +21,7 @@ import torch
 from helpers import ROOT, snakemake
 from test_config_keys import every_key_config
 
-from selfrepair.data.training import build_model
+from selfrepair.models.builders import build_model
 
 
 def workdir(tmp: Path) -> Path:

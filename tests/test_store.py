@@ -19,7 +19,7 @@ import zarr
 
 import selfrepair.stages.integrity as integrity
 import selfrepair.stages.store as store
-from selfrepair.data.training import build_model
+from selfrepair.models.builders import build_model
 from selfrepair.stages.ablation import ablate
 from selfrepair.stages.clean import clean_cache
 from selfrepair.stages.job import ModelJob, read_token_rows
