@@ -152,14 +152,19 @@ def head_intervals(
     """Bootstrap intervals over tokens, per (layer, head), of the means in INTERVALS (dims
     layer, head, bound = low/high).
 
-    Data are read one layer at a time (reduce.layer_tokens); the values the bootstrap needs
-    (each head's top tokens, and every token of self_repair for the all-token mean) are
-    gathered over all heads, so each block of resamples is drawn once for the whole model.
+    The intervals of summary_and_intervals: data are read one layer at a time
+    (reduce.layer_tokens); the values the bootstrap needs (each head's top tokens, and every
+    token of self_repair for the all-token mean) are gathered over all heads, so each block of
+    resamples is drawn once for the whole model.
     """
-    _check_level(level)
-    parts = [_gathered(lt) for lt in layer_tokens(ds, top_fraction, de_epsilon)]
-    bootstrap = dict(n_resamples=n_resamples, level=level, seed=seed)
-    return _intervals(parts, ds, top_fraction, de_epsilon, **bootstrap)
+    return summary_and_intervals(
+        ds,
+        top_fraction=top_fraction,
+        de_epsilon=de_epsilon,
+        n_resamples=n_resamples,
+        level=level,
+        seed=seed,
+    )[1]
 
 
 def summary_and_intervals(
