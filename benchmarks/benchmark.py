@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.self_repair import measure_heads
+from selfrepair.models.builders import random_model
 from selfrepair.models.flops import Shapes, engine_flops, forward_flops, reference_flops
 from selfrepair.models.loading import (
     load_local_checkpoint,
     load_model,
-    random_model,
     resolve_device,
     resolve_dtype,
 )
