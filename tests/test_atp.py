@@ -14,10 +14,11 @@ from test_architectures import ARCHITECTURES, perturbed
 from selfrepair.engine.ablation import ablation_chunks, mean_z
 from selfrepair.engine.atp import measure_atp
 from selfrepair.engine.gradients import token_groups
-from selfrepair.engine.self_repair import ABLATIONS, ablated_pass
+from selfrepair.engine.self_repair import ablated_pass
 from selfrepair.models.loading import load_local_checkpoint
 from selfrepair.models.readout import readout
 from selfrepair.reference.atp import hf_reference_atp, reference_atp
+from selfrepair.variables import ABLATIONS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -248,6 +248,29 @@ def test_a_top_k_no_head_could_miss_is_refused_naming_the_key(tmp_path):
     assert code != 0 and "engine.atp_top_graddrop" in out
 
 
+def test_a_model_measuring_one_head_is_refused_with_atp_on(tmp_path):
+    config = yaml.safe_load(REDUCED_DEMO.read_text())
+    name = "tiny-one-head"  # a model of its own: the figures' substitutes pick from the others
+    config["models"].append(config["models"][0] | {"name": name, "heads": [[0, 0]]})
+    path = tmp_path / "one-head.yaml"
+    for atp, refused in ((True, True), (False, False)):
+        path.write_text(yaml.safe_dump(merged(config, {"engine": {"atp": atp}})))
+        proc = snakemake(
+            "-n",
+            "--cores",
+            "1",
+            "--configfile",
+            str(path),
+            "--quiet",
+            "rules",
+            cwd=ROOT,
+            timeout=600,
+        )
+        out = proc.stdout + proc.stderr
+        assert (proc.returncode != 0) == refused, out[-2000:]
+        assert (f"models[].heads: {name} measures 1 head" in out) == refused
+
+
 # --- the reduced demo's stores (tests/conftest.py finished_run) ---------------------------------
 
 

@@ -36,6 +36,7 @@ import xarray as xr
 
 from selfrepair.analysis.attribution import top_repairers
 from selfrepair.analysis.tables import html_page
+from selfrepair.variables import head_label
 
 __all__ = [
     "PARTS",
@@ -43,7 +44,6 @@ __all__ = [
     "atp_summary",
     "atp_table",
     "atp_table_html",
-    "head_names",
     "missed_heads",
     "r_squared",
     "repairers_of",
@@ -54,11 +54,6 @@ __all__ = [
 
 SELECTIONS = ("all", "top")
 PARTS = ("self_repair", "sr_heads", "sr_mlps", "sr_ln")
-
-
-def head_names(n_layers: int, n_heads: int) -> np.ndarray:
-    """[layer, head] array of "L{layer}H{head}"."""
-    return np.array([[f"L{la}H{h}" for h in range(n_heads)] for la in range(n_layers)])
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -268,7 +263,6 @@ def atp_table(summary: xr.Dataset, n: int, repairers: Repairers | None = None) -
         n: rows.
         repairers: (layer, head) -> its top repairers (repairers_of), or None.
     """
-    names = head_names(summary.sizes["layer"], summary.sizes["head"])
     shortfall = summary.top_abs_shortfall.values
     order = [i for i in np.argsort(-np.nan_to_num(shortfall, nan=-np.inf), axis=None)[:n]]
     rows = []
@@ -277,7 +271,7 @@ def atp_table(summary: xr.Dataset, n: int, repairers: Repairers | None = None) -
         if not np.isfinite(shortfall[layer, head]):
             continue
         one = summary.isel(layer=layer, head=head)
-        row = {"head": str(names[layer, head])}
+        row = {"head": head_label(layer, head)}
         row |= {label: float(one[name]) for name, label in TABLE_COLUMNS.items()}
         row["in exact top k"] = bool(one.top_exact_top_k)
         row["missed by AtP"] = bool(one.top_missed_atp)

@@ -26,6 +26,11 @@ def atp_settings(config: dict[str, Any], models: dict[str, dict[str, Any]]) -> d
     for name, entry in models.items():
         dims = model_dims(entry)
         measured = len(entry["heads"]) if entry.get("heads") else dims and dims[0] * dims[1]
+        if measured == 1:
+            raise ConfigError(
+                f"config key models[].heads: {name} measures 1 head and attribution patching "
+                "is judged by ranking heads; list at least 2 heads or set engine.atp: false"
+            )
         if measured and k >= measured:
             raise ConfigError(
                 f"config key figures.atp.top_k: {k} is not below the {measured} heads {name} "

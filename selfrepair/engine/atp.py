@@ -68,7 +68,7 @@ from selfrepair.engine.inputs import validate_tokens
 from selfrepair.engine.metric import Metric, TokenMetric
 from selfrepair.models.blocks import cached_weights
 from selfrepair.models.forward import check_supported
-from selfrepair.models.readout import readout
+from selfrepair.models.readout import Readout, readout
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -193,30 +193,23 @@ def measure_atp(
     check_supported(model)
     validate_tokens(model, tokens)
     n_rows = tokens.shape[0]
-    masks = {
-        name: _mask(model, mask, tokens) for name, mask in (("top", top), ("per_token", per_token))
-    }
+    masks = {"top": _mask(model, top, tokens), "per_token": _mask(model, per_token, tokens)}
     batch_size = batch_size or n_rows
     tokens = tokens.to(device=model.W_U.device, dtype=torch.long)
     ro = readout(model)
     metric = metric or TokenMetric(ro, tokens)
-    if ablation == "resample":
-        source = checked_source(source, n_rows)
-    if ablation == "mean" and z_mean is None:
-        layers = range(model.cfg.n_layers)
-        z_mean = mean_z(model, tokens, layers, batch_size, mean_include_bos, fused)
+    source, z_mean = _replacements(
+        model, tokens, ablation, source, z_mean, batch_size, mean_include_bos, fused
+    )
     top_graddrop = graddrop if top_graddrop is None else top_graddrop
     parts = []
     bar = tqdm(desc=desc or "AtP", unit="backward", disable=not progress, mininterval=5.0)
     with torch.enable_grad(), frozen_parameters(model), cached_weights():
         for start in range(0, n_rows, batch_size):
             rows = torch.arange(start, min(start + batch_size, n_rows))
-            run_rows = with_partners(rows, source) if ablation == "resample" else rows
-            m = metric(run_rows)
-            weight = torch.zeros_like(m.weight)
-            weight[: len(rows)] = m.weight[: len(rows)]  # partner rows only lend their z
-            gp = grad_pass(model, tokens[run_rows.to(tokens.device)], ro, m, run_rows, fused)
-            dz = z_changes(gp, ablation, rows, run_rows, source, z_mean or {})
+            gp, dz, weight = _batch_pass(
+                model, tokens, ro, metric, rows, ablation, source, z_mean, fused
+            )
             own = {k: None if v is None else v[:, :, rows] for k, v in masks.items()}
             res = chunk_estimates(
                 gp, dz, weight, bar, graddrop, own["top"], top_graddrop, own["per_token"]
@@ -225,6 +218,46 @@ def measure_atp(
             del gp  # the graph goes before the next batch's is built
     bar.close()
     return atp_dataset(model, parts, per_token, ablation, source, n_rows, tokens.shape[1] - 1)
+
+
+def _replacements(
+    model: HookedTransformer,
+    tokens: Tensor,
+    ablation: str,
+    source: Tensor | None,
+    z_mean: dict[int, Tensor] | None,
+    batch_size: int,
+    mean_include_bos: bool,
+    fused: bool,
+) -> tuple[Tensor | None, dict[int, Tensor]]:
+    """The resample partners (checked) and the mean z per layer (over `tokens` unless given)."""
+    if ablation == "resample":
+        source = checked_source(source, tokens.shape[0])
+    if ablation == "mean" and z_mean is None:
+        layers = range(model.cfg.n_layers)
+        z_mean = mean_z(model, tokens, layers, batch_size, mean_include_bos, fused)
+    return source, z_mean or {}
+
+
+def _batch_pass(
+    model: HookedTransformer,
+    tokens: Tensor,
+    ro: Readout,
+    metric: Callable[[Tensor], Metric],
+    rows: Tensor,
+    ablation: str,
+    source: Tensor | None,
+    z_mean: dict[int, Tensor],
+    fused: bool,
+) -> tuple[GradPass, dict[int, Tensor], Tensor]:
+    """One batch's forward graph (with its resample partners' rows), z' - z of its own rows,
+    and the metric's weights, zero on the partner rows (they only lend their z)."""
+    run_rows = with_partners(rows, source) if ablation == "resample" else rows
+    m = metric(run_rows)
+    weight = torch.zeros_like(m.weight)
+    weight[: len(rows)] = m.weight[: len(rows)]
+    gp = grad_pass(model, tokens[run_rows.to(tokens.device)], ro, m, run_rows, fused)
+    return gp, z_changes(gp, ablation, rows, run_rows, source, z_mean), weight
 
 
 def _mask(model: HookedTransformer, mask: np.ndarray | None, tokens: Tensor) -> Tensor | None:

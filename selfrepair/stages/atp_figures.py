@@ -13,18 +13,12 @@ from matplotlib.figure import Figure
 
 from selfrepair.analysis import atp as judge
 from selfrepair.plots import atp as draw
-from selfrepair.plots.common import save_figure
+from selfrepair.plots.common import saved
 from selfrepair.stages.store import open_by_model, open_zarr, write_text
 
 __all__ = ["atp_error", "atp_scatter", "atp_table"]
 
 Paths = Sequence[str | os.PathLike]
-
-
-def _saved(fig: Figure, out: Paths) -> Figure:
-    if out:
-        save_figure(fig, *out)
-    return fig
 
 
 def _atp_figure(
@@ -39,7 +33,7 @@ def _atp_figure(
         top_fraction: engine.top_fraction.
         out: the figure files to write.
     """
-    return _saved(drawing(open_by_model(summaries, models), top_fraction), out)
+    return saved(drawing(open_by_model(summaries, models), top_fraction), out)
 
 
 # AtP and GradDrop against the exact effect, one point per head, coloured by self-repair.

@@ -38,8 +38,8 @@ rule atp:
 
 rule atp_summary:
     input:
-        atp_shards=atp_shards,
-        ablation_shards=ablation_shards,
+        atp_shards=shards_of("atp"),
+        ablation_shards=shards_of("ablation"),
         summary="results/{model}/summary/{ablation}.zarr",
         top_tokens="results/{model}/attribution/top_tokens.zarr",
     output:
@@ -66,12 +66,17 @@ rule atp_scatter:
     input:
         summaries=atp_paths(list(MODELS), FIG_ABLATION),
     output:
-        pdf=figure_pdf("atp_scatter"),
-        png=figure_png("atp_scatter", "all models"),
+        pdf="results/figures/atp_vs_exact.pdf",
+        png=report(
+            "results/figures/atp_vs_exact.png",
+            caption="../report/atp_scatter.rst",
+            category="Beyond the paper – attribution patching",
+            subcategory="all models",
+        ),
     log:
-        figure_log("atp_scatter"),
+        "results/logs/figures/atp_scatter.log",
     benchmark:
-        figure_benchmark("atp_scatter")
+        "results/benchmarks/figures/atp_scatter.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -81,19 +86,24 @@ rule atp_scatter:
             list(MODELS), [FIG_ABLATION], TOP_SELECTION, extra=[ALL_TOO]
         ),
     script:
-        figure_script("atp_scatter")
+        "../scripts/atp_scatter.py"
 
 
 rule atp_error:
     input:
         summaries=atp_paths(list(MODELS), FIG_ABLATION),
     output:
-        pdf=figure_pdf("atp_error"),
-        png=figure_png("atp_error", "all models"),
+        pdf="results/figures/atp_error_vs_self_repair.pdf",
+        png=report(
+            "results/figures/atp_error_vs_self_repair.png",
+            caption="../report/atp_error.rst",
+            category="Beyond the paper – attribution patching",
+            subcategory="all models",
+        ),
     log:
-        figure_log("atp_error"),
+        "results/logs/figures/atp_error.log",
     benchmark:
-        figure_benchmark("atp_error")
+        "results/benchmarks/figures/atp_error.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -103,7 +113,7 @@ rule atp_error:
             list(MODELS), [FIG_ABLATION], TOP_SELECTION, extra=[ALL_TOO]
         ),
     script:
-        figure_script("atp_error")
+        "../scripts/atp_error.py"
 
 
 rule atp_table:
@@ -112,13 +122,13 @@ rule atp_table:
         repairs=atp_table_repairs,
     output:
         csv=report(
-            ATP_TABLES[0],
+            "results/tables/atp_heads.csv",
             caption="../report/atp_table.rst",
             category="Tables",
             subcategory="all models",
         ),
         html=report(
-            ATP_TABLES[1],
+            "results/tables/atp_heads.html",
             caption="../report/atp_table.rst",
             category="Tables",
             subcategory="all models",
