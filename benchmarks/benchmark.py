@@ -418,28 +418,46 @@ def token_mask(cfg, n_rows: int, n_pos: int, per_row: int) -> np.ndarray:
 
 def atp_jobs(model, tokens, args, shapes: Shapes) -> dict:
     """AtP's row estimates, with GradDrop; on each head's top 2% (any 2% of its tokens costs
-    the same as its real top tokens); and per token on args.atp_tokens tokens per row."""
+    the same as its real top tokens), with GradDrop unless --no-atp-top-graddrop; and per token
+    on args.atp_tokens tokens per row (none when 0)."""
     n_pos, k = args.seq_len - 1, args.atp_tokens
-    per_token = token_mask(model.cfg, args.rows, n_pos, k)
     rng = np.random.default_rng(args.seed)
     top = rng.random((shapes.n_layers, shapes.n_heads, args.rows, n_pos)) < 0.02
-    row = atp_flops(shapes, n_pos) * args.rows
-    drop = graddrop_flops(shapes, n_pos) * args.rows
-    units = head_unit_flops(shapes, n_pos) * args.rows
-    unit_drop = head_unit_flops(shapes, n_pos, graddrop=True) * args.rows
-    group = backward_flops(shapes, n_pos) * args.rows  # one per-token backward pass
+    row, drop, units, unit_drop, group = atp_counts(shapes, n_pos, args.rows)
 
     def run(**kw):
         return lambda: measure_atp(model, tokens, args.ablation, batch_size=args.batch_size, **kw)
 
-    return {
+    jobs = {
         ATP_ROWS: (run(graddrop=False), row),
         ATP_GRADDROP: (run(), row + drop),
         ATP_TOP: (run(top=top, graddrop=False), row + units),
-        ATP_GD_TOP: (run(top=top), row + drop + units + unit_drop),
-        ATP_TOKENS.format(k=k): (run(per_token=per_token, graddrop=False), row + k * group),
-        ATP_GD_TOKENS.format(k=k): (run(per_token=per_token), row + drop + k * (group + drop)),
     }
+    if args.atp_top_graddrop:
+        jobs[ATP_GD_TOP] = (run(top=top), row + drop + units + unit_drop)
+    if k:
+        per_token = token_mask(model.cfg, args.rows, n_pos, k)
+        jobs[ATP_TOKENS.format(k=k)] = (run(per_token=per_token, graddrop=False), row + k * group)
+        jobs[ATP_GD_TOKENS.format(k=k)] = (
+            run(per_token=per_token),
+            row + drop + k * (group + drop),
+        )
+    return jobs
+
+
+def atp_counts(shapes: Shapes, n_pos: int, rows: int) -> tuple[int, int, int, int, int]:
+    """FLOPs of `rows` rows: AtP's rows (forward + backward), GradDrop's L - 1 more backward
+    passes, the head units on the top tokens, their GradDrop, one per-token backward pass."""
+    return tuple(
+        count * rows
+        for count in (
+            atp_flops(shapes, n_pos),
+            graddrop_flops(shapes, n_pos),
+            head_unit_flops(shapes, n_pos),
+            head_unit_flops(shapes, n_pos, graddrop=True),
+            backward_flops(shapes, n_pos),
+        )
+    )
 
 
 def derived_row(
@@ -458,54 +476,59 @@ def derived_row(
 
 def atp_report(timings: dict, results: dict, model, tokens, args) -> dict:
     """AtP's rows of the table (measured, GradDrop alone, and per token scaled to every
-    token), the engine's time over AtP's, and AtP against the reference."""
+    token), the exact engine's time and FLOPs over each method's, and AtP against the
+    reference."""
     k, n_pos, n_tokens = args.atp_tokens, args.seq_len - 1, args.rows * (args.seq_len - 1)
-    rows_job, gd_job = timings[ATP_ROWS], timings[ATP_GRADDROP]
-    tok_job, gd_tok_job = (timings[name.format(k=k)] for name in (ATP_TOKENS, ATP_GD_TOKENS))
-    group = tok_job["flops"] - rows_job["flops"]
-    gd_group = gd_tok_job["flops"] - gd_job["flops"]
+    rows_job, gd_job, top_job = timings[ATP_ROWS], timings[ATP_GRADDROP], timings[ATP_TOP]
+    drop = gd_job["flops"] - rows_job["flops"]
     rows = [
         rows_job,
         gd_job,
-        derived_row(
-            GRADDROP, rows_job, gd_job, 1.0, gd_job["flops"] - rows_job["flops"], n_tokens, False
-        ),
-        timings[ATP_TOP],
-        timings[ATP_GD_TOP],
-        tok_job,
-        derived_row(
-            EVERY_TOKEN.format(name="AtP per token", k=k),
-            rows_job,
-            tok_job,
-            n_pos / k,
-            rows_job["flops"] + group // k * n_pos,
-            n_tokens,
-        ),
-        gd_tok_job,
-        derived_row(
-            EVERY_TOKEN.format(name="AtP + GradDrop per token", k=k),
-            gd_job,
-            gd_tok_job,
-            n_pos / k,
-            gd_job["flops"] + gd_group // k * n_pos,
-            n_tokens,
-        ),
+        derived_row(GRADDROP, rows_job, gd_job, 1.0, drop, n_tokens, False),
+        top_job,
     ]
+    if args.atp_top_graddrop:
+        rows.append(timings[ATP_GD_TOP])
+    if k:
+        rows += token_rows(timings, k, n_pos, n_tokens)
     ref = reference_atp(model, tokens, args.ablation)["row"]
     got = results[ATP_ROWS].atp_row.values
     bound = (REDUCED_RTOL if args.dtype != "float32" else ATP_RTOL) * float(np.abs(ref).max())
     engine = timings[ENGINE]
+    unit_drop = atp_counts(Shapes.of(model.cfg), n_pos, args.rows)[3]
+    top_gd_flops = top_job["flops"] + drop + unit_drop
+    every = next((r for r in rows if r["method"].startswith("AtP per token:")), None)
     return {
         "rows": rows,
         "token_groups": k,
         "engine_over_atp": engine["seconds"] / rows_job["seconds"],
         "engine_over_atp_flops": engine["flops"] / rows_job["flops"],
         "engine_over_atp_graddrop": engine["seconds"] / gd_job["seconds"],
-        "top_over_engine": timings[ATP_TOP]["seconds"] / engine["seconds"],
-        "top_graddrop_over_engine": timings[ATP_GD_TOP]["seconds"] / engine["seconds"],
-        "every_token_over_engine": rows[6]["seconds"] / engine["seconds"],
+        "engine_over_atp_graddrop_flops": engine["flops"] / gd_job["flops"],
+        "top_over_engine": top_job["seconds"] / engine["seconds"],
+        "top_over_engine_flops": top_job["flops"] / engine["flops"],
+        "top_graddrop_over_engine": (
+            timings[ATP_GD_TOP]["seconds"] / engine["seconds"] if args.atp_top_graddrop else None
+        ),
+        "top_graddrop_over_engine_flops": top_gd_flops / engine["flops"],
+        "every_token_over_engine": every["seconds"] / engine["seconds"] if every else None,
         "agreement": {"max_abs_diff": float(np.abs(got - ref).max()), "bound": bound},
     }
+
+
+def token_rows(timings: dict, k: int, n_pos: int, n_tokens: int) -> list[dict]:
+    """The per-token rows: measured on k tokens per row, and scaled to every token."""
+    out = []
+    for base, name in ((ATP_ROWS, ATP_TOKENS), (ATP_GRADDROP, ATP_GD_TOKENS)):
+        base_job, job = timings[base], timings[name.format(k=k)]
+        group = job["flops"] - base_job["flops"]
+        label = name.format(k=k).split(",")[0]
+        scaled = base_job["flops"] + group // k * n_pos
+        every = derived_row(
+            EVERY_TOKEN.format(name=label, k=k), base_job, job, n_pos / k, scaled, n_tokens
+        )
+        out += [job, every]
+    return out
 
 
 def cpu_name() -> str:
@@ -560,15 +583,7 @@ def print_report(r: dict) -> None:
     )
     if r["atp"] is not None:
         a = r["atp"]
-        print(
-            f"exact per-head effects at {a['engine_over_atp']:.1f}x the time of AtP "
-            f"({a['engine_over_atp_flops']:.1f}x its FLOPs), {a['engine_over_atp_graddrop']:.1f}x "
-            f"that of AtP + GradDrop; on each head's top 2% AtP takes "
-            f"{a['top_over_engine']:.2f}x the exact engine's time, with GradDrop "
-            f"{a['top_graddrop_over_engine']:.2f}x; per-token AtP on every token "
-            f"{a['every_token_over_engine']:.2f}x; AtP vs reference: "
-            f"{a['agreement']['max_abs_diff']:.1e} (bound {a['agreement']['bound']:.0e})"
-        )
+        print(atp_summary_line(a))
     if r["attribution_overhead"] is not None:
         print(f"who repairs whom adds {r['attribution_overhead']:.0%} to the engine's time")
     print(
@@ -578,6 +593,26 @@ def print_report(r: dict) -> None:
             for k, v in r["agreement"].items()
         )
         + f": {'OK' if r['passed'] else 'FAILED'}"
+    )
+
+
+def atp_summary_line(a: dict) -> str:
+    """The exact engine against AtP and GradDrop, in FLOPs (counted) and time (measured)."""
+    top_gd = f"{a['top_graddrop_over_engine_flops']:.2f}x its FLOPs"
+    if a["top_graddrop_over_engine"] is not None:
+        top_gd += f", {a['top_graddrop_over_engine']:.2f}x its time"
+    line = (
+        f"exact per-head effects at {a['engine_over_atp_flops']:.1f}x the FLOPs of AtP "
+        f"({a['engine_over_atp']:.1f}x its time), {a['engine_over_atp_graddrop_flops']:.1f}x "
+        f"those of AtP + GradDrop ({a['engine_over_atp_graddrop']:.1f}x its time); on each "
+        f"head's top 2% AtP takes {a['top_over_engine_flops']:.2f}x the exact engine's FLOPs "
+        f"({a['top_over_engine']:.2f}x its time), with GradDrop {top_gd}"
+    )
+    if a["every_token_over_engine"] is not None:
+        line += f"; per-token AtP on every token {a['every_token_over_engine']:.2f}x its time"
+    return line + (
+        f"; AtP vs reference: {a['agreement']['max_abs_diff']:.1e} "
+        f"(bound {a['agreement']['bound']:.0e})"
     )
 
 
@@ -625,7 +660,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--atp-tokens",
         type=int,
         default=2,
-        help="tokens per row of the per-token AtP timings (scaled to every token)",
+        help="tokens per row of the per-token AtP timings (scaled to every token); 0: none",
+    )
+    p.add_argument(
+        "--no-atp-top-graddrop",
+        dest="atp_top_graddrop",
+        action="store_false",
+        help="skip timing GradDrop on each head's top tokens (its FLOPs are still counted): "
+        "some 6.6x the exact engine's on gpt2-small shapes",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument(

@@ -47,6 +47,10 @@ def test_cli_runs_and_writes_every_field(tmp_path):
     )
     a = r["atp"]
     assert a["engine_over_atp"] > 0 and a["engine_over_atp_flops"] > 1 and a["token_groups"] == 2
+    assert a["engine_over_atp_graddrop_flops"] < a["engine_over_atp_flops"]
+    assert a["top_graddrop_over_engine_flops"] > a["top_over_engine_flops"] > 0
+    # Derived from a difference of two timings: on a busy machine it can come out below 0.
+    assert a["top_graddrop_over_engine"] > 0 and a["every_token_over_engine"] is not None
     assert a["agreement"]["max_abs_diff"] <= a["agreement"]["bound"]
     assert "exact per-head effects at" in proc.stdout
     seconds = {m["method"]: m["seconds"] for m in r["methods"]}
@@ -61,6 +65,25 @@ def test_cli_runs_and_writes_every_field(tmp_path):
     assert r["flops_avoided"] == r["flops_reference"] - r["flops_engine"]
     assert set(r["agreement"]) >= {"logit_diff", "self_repair", "sr_ln", "ln_scale_ablated"}
     assert r["peak_flop_per_s"] > 0 and r["load_average_before"]
+
+
+def test_atp_timings_can_leave_out_the_costly_ones(tmp_path):
+    """--atp-tokens 0 and --no-atp-top-graddrop time AtP's rows, GradDrop and the top-token
+    units only; GradDrop on the top tokens is still counted in FLOPs."""
+    out = tmp_path / "bench.json"
+    args = "--model tiny-random-gpt2 --rows 2 --seq-len 8 --peak-sizes 64 --reference-heads 2"
+    args += f" --no-tl-blocks --no-attribution --atp-tokens 0 --no-atp-top-graddrop --out {out}"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args.split()], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    atp = [m["method"] for m in r["methods"] if "AtP" in m["method"] or "GradDrop" in m["method"]]
+    assert atp[3:] == ["AtP on each head's top 2% (1 backward pass per head)"]
+    a = r["atp"]
+    assert a["top_graddrop_over_engine"] is None and a["every_token_over_engine"] is None
+    assert a["top_graddrop_over_engine_flops"] > a["top_over_engine_flops"] > 0
+    assert "with GradDrop" in proc.stdout and "per-token AtP" not in proc.stdout
 
 
 def test_disagreement_is_reported():
