@@ -19,6 +19,7 @@ from selfrepair.analysis.attribution import shard_top_mask, top_token_indices
 from selfrepair.analysis.reduce import head_summary
 from selfrepair.plots.atp import MINUS_X_GID, atp_error, atp_scatter
 from selfrepair.plots.common import IDENTITY_GID, ZERO_GID, reference_lines
+from selfrepair.reference.heads import head_values
 from selfrepair.stages.store import open_zarr
 
 L, H, ROWS, POS, FRACTION = 3, 4, 6, 5, 0.1
@@ -32,18 +33,7 @@ def token_data(seed: int = 0) -> xr.Dataset:
     def draw():
         return rng.normal(size=shape).astype(np.float32)
 
-    de_clean, de_ablated, logit_diff, sr_heads, sr_mlps = (draw() for _ in range(5))
-    self_repair = logit_diff - (de_ablated - de_clean)
-    data = {
-        "logit_diff": logit_diff,
-        "de_clean": de_clean,
-        "de_ablated": de_ablated,
-        "self_repair": self_repair,
-        "sr_heads": sr_heads,
-        "sr_mlps": sr_mlps,
-        "sr_ln": self_repair - sr_heads - sr_mlps,
-        "ln_scale_ablated": np.ones(shape, np.float32),
-    }
+    data = head_values(*(draw() for _ in range(5)), ln_scale_ablated=np.ones(shape, np.float32))
     return xr.Dataset({k: (dims, v) for k, v in data.items()})
 
 
