@@ -452,7 +452,8 @@ ATP = ENGINE["atp"]
 ATP_SETTINGS = sr_config.atp_settings(config, MODELS)
 ALL_TOO = (
     f"Also over all {N_PREDICTIONS:,} tokens, where AtP estimates each row's summed change "
-    "(one backward pass per batch); on the top tokens one backward pass per token"
+    "(one backward pass per batch); on the top tokens, per row, the change of the sum of "
+    "the head's top tokens in it (one backward pass per head)"
 )
 
 
