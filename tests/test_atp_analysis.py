@@ -165,7 +165,7 @@ def test_without_graddrop_on_the_top_tokens_its_values_are_nan(judged):
     np.testing.assert_array_equal(summary.all_graddrop, s.all_graddrop)
     fig = atp_scatter({"model-a": summary}, FRACTION)
     titles = [ax.get_title() for ax in fig.axes if ax.get_label() != "<colorbar>"]
-    assert titles[2].endswith(", no GradDrop on the top tokens")
+    assert titles[2].endswith(", no GradDrop here")
 
 
 def test_table_lists_the_most_under_estimated_heads(judged):
@@ -283,11 +283,12 @@ def test_demo_atp_stores_are_the_engine_on_the_shard_and_the_exact_side_matches(
             n_rows, n_pos = stored.sizes["batch"], stored.attrs["n_pos"]
             top = shard_top_mask(indices, 0, n_rows, n_pos)
             assert np.array_equal(stored.n_top.values, top.sum(-1))
+            assert "graddrop_top" in stored  # the demos set engine.atp_top_graddrop
             if ablation == "resample":  # one ablation rerun (the engine's tests cover them all)
                 rows = torch.from_numpy(tokens[:n_rows].astype(np.int64))
-                fresh = measure_atp(model, rows, ablation, top=top, top_graddrop=False)
-                np.testing.assert_allclose(stored.atp_row, fresh.atp_row, atol=1e-4)
-                np.testing.assert_allclose(stored.atp_top, fresh.atp_top, atol=1e-4)
+                fresh = measure_atp(model, rows, ablation, top=top)
+                for name in ("atp_row", "graddrop_row", "atp_top", "graddrop_top"):
+                    np.testing.assert_allclose(stored[name], fresh[name], atol=1e-4)
             summary = open_zarr(results / model_name / "atp" / f"{ablation}.zarr").load()
             heads = open_zarr(results / model_name / "summary" / f"{ablation}.zarr")
             np.testing.assert_allclose(summary.all_exact, heads.mean_logit_diff, atol=1e-5)

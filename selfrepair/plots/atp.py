@@ -88,9 +88,7 @@ def atp_scatter(summaries: Mapping[str, xr.Dataset], top_fraction: float = 0.02)
         points = _scatter(ax, x, s.top_abs_atp.values, repair, norm, label="AtP")
         _scatter(ax, x, s.top_graddrop.values, repair, norm, "^", "GradDrop")
         rho = (float(s.top_spearman_abs_atp), float(s.top_spearman_graddrop))
-        graddrop = (
-            f"GradDrop {rho[1]:.2f}" if np.isfinite(rho[1]) else "no GradDrop on the top tokens"
-        )
+        graddrop = f"GradDrop {rho[1]:.2f}" if np.isfinite(rho[1]) else "no GradDrop here"
         ax.set_title(
             f"{model}, {_label('top', top_fraction)}, |Δlogit|\n"
             f"Spearman AtP {rho[0]:.2f}, {graddrop}"
