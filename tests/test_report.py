@@ -220,6 +220,8 @@ STORES = (
     "*/reinforcement/reinforcement.zarr",
     "*/attribution/*.zarr",
     "*/attribution/*/shard-*.zarr",
+    "*/atp/*.zarr",
+    "*/atp/*/shard-*.zarr",
 )
 
 
