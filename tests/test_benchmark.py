@@ -22,16 +22,25 @@ def load_script():
     return module
 
 
-def test_cli_runs_and_writes_every_field(tmp_path):
+def run_cli(tmp_path: Path, args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """The benchmark run with these arguments, and its JSON report."""
     out = tmp_path / "bench.json"
-    args = "--model tiny-random-pythia --rows 3 --seq-len 10 --peak-sizes 128"
-    args += f" --reference-heads 5 --out {out}"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *args.split()], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, str(SCRIPT), *args.split(), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc, json.loads(out.read_text())
+
+
+def test_cli_runs_and_writes_every_field(tmp_path):
+    proc, r = run_cli(
+        tmp_path,
+        "--model tiny-random-pythia --rows 3 --seq-len 10 --peak-sizes 128 --reference-heads 5",
+    )
     assert "engine vs reference" in proc.stdout and "| engine (fused blocks) |" in proc.stdout
-    r = json.loads(out.read_text())
     assert r["passed"] and r["heads"] == 12 and r["agreement_heads"] == 5
     names = [m["method"] for m in r["methods"]]
     assert names[:2] == ["engine (fused blocks)", "engine + who repairs whom"] and len(names) == 13
@@ -70,14 +79,11 @@ def test_cli_runs_and_writes_every_field(tmp_path):
 def test_atp_timings_can_leave_out_the_costly_ones(tmp_path):
     """--atp-tokens 0 and --no-atp-top-graddrop time AtP's rows, GradDrop and the top-token
     units only; GradDrop on the top tokens is still counted in FLOPs."""
-    out = tmp_path / "bench.json"
-    args = "--model tiny-random-gpt2 --rows 2 --seq-len 8 --peak-sizes 64 --reference-heads 2"
-    args += f" --no-tl-blocks --no-attribution --atp-tokens 0 --no-atp-top-graddrop --out {out}"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *args.split()], capture_output=True, text=True, cwd=tmp_path
+    proc, r = run_cli(
+        tmp_path,
+        "--model tiny-random-gpt2 --rows 2 --seq-len 8 --peak-sizes 64 --reference-heads 2"
+        " --no-tl-blocks --no-attribution --atp-tokens 0 --no-atp-top-graddrop",
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    r = json.loads(out.read_text())
     atp = [m["method"] for m in r["methods"] if "AtP" in m["method"] or "GradDrop" in m["method"]]
     assert atp[3:] == ["AtP on each head's top 2% (1 backward pass per head)"]
     a = r["atp"]
