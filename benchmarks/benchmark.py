@@ -6,6 +6,12 @@ On one model and one set of tokens, in one run, it times
   same passes (engine.attribution, the workflow's default: its overhead is printed);
 - the original code's method (selfrepair.reference.full_forward.full_forward_measure_heads: a clean pass and
   one full forward pass with a hook per head), checking that it gives the engine's numbers;
+- attribution patching (selfrepair.engine.atp.measure_atp, beyond the paper) on every head: AtP's
+  row estimates (one forward and one backward pass per batch), with AtP*'s GradDrop (L - 1 more
+  backward passes), on each head's top 2% of tokens (one backward pass per head; GradDrop one
+  per layer above it), and per token on a few tokens per row (one backward per token of a row,
+  GradDrop's per token too), scaled to every token; AtP is checked against the slow reference
+  (selfrepair.reference.atp), and the engine's time over AtP's is printed;
 - the machine's peak matmul rate in the same dtype on the same device (square matmuls, best of
   several, measured before and after the runs);
 and prints time per 1k tokens, matmul FLOPs counted from the model's shapes (benchmarks/flops.py)
@@ -34,7 +40,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's selfrepair
 
-from benchmarks.flops import Shapes, engine_flops, forward_flops, reference_flops
+from benchmarks.flops import (
+    Shapes,
+    atp_flops,
+    backward_flops,
+    engine_flops,
+    forward_flops,
+    graddrop_flops,
+    head_unit_flops,
+    reference_flops,
+)
+from selfrepair.engine.atp import measure_atp
 from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.self_repair import measure_heads
 from selfrepair.models.builders import random_model
@@ -44,6 +60,7 @@ from selfrepair.models.loading import (
     resolve_device,
     resolve_dtype,
 )
+from selfrepair.reference.atp import reference_atp
 from selfrepair.reference.full_forward import full_forward_measure_heads
 from selfrepair.variables import HEAD_VARIABLES
 
@@ -55,6 +72,15 @@ ENGINE, ENGINE_TL = "engine (fused blocks)", "engine (TransformerLens blocks)"
 ENGINE_ATTRIBUTION = "engine + who repairs whom"
 REFERENCE, REFERENCE_CLEAN = "full forward per head (reference)", "reference clean pass"
 REDUCED_RTOL = 0.15  # bfloat16/float16 (both sides rounded): fraction of the scale's range
+ATP_RTOL = 1e-4  # AtP vs its reference in float32: fraction of the largest row estimate
+ATP_ROWS = "AtP, every head (1 forward + 1 backward pass)"
+ATP_GRADDROP = "AtP + GradDrop (L - 1 more backward passes)"
+GRADDROP = "GradDrop alone"
+ATP_TOP = "AtP on each head's top 2% (1 backward pass per head)"
+ATP_GD_TOP = "AtP + GradDrop on each head's top 2%"
+ATP_TOKENS = "AtP per token, {k} tokens per row"
+ATP_GD_TOKENS = "AtP + GradDrop per token, {k} tokens per row"
+EVERY_TOKEN = "{name}: every token (scaled from {k})"
 
 
 def load(spec: str, device: str, dtype: torch.dtype):
@@ -302,6 +328,8 @@ def run(args) -> dict:
             lambda: measure_heads(model, tokens, args.ablation, fused=False, **engine_kw),
             e_flops,
         )
+    if args.atp:
+        jobs.update(atp_jobs(model, tokens, args, shapes))
     jobs[REFERENCE] = (
         lambda: full_forward_measure_heads(model, tokens, args.ablation, ref_heads),
         reference_flops(shapes, args.seq_len, len(ref_heads)) * args.rows,
@@ -322,6 +350,8 @@ def run(args) -> dict:
     rows = [timings[ENGINE]] + ([timings[ENGINE_TL]] if args.tl_blocks else [])
     if args.attribution:
         rows.insert(1, timings[ENGINE_ATTRIBUTION])
+    atp = atp_report(timings, results, model, tokens, args) if args.atp else None
+    rows += atp["rows"] if atp else []
     if len(ref_heads) < len(every_head):
         rows.append(scale_reference(timings, len(every_head), len(ref_heads), r_flops, n_tokens))
     else:
@@ -370,10 +400,135 @@ def run(args) -> dict:
         "flop_ratio": r_flops / e_flops,
         "agreement": check,
         "agreement_heads": len(ref_heads),
-        "passed": all(v["max_abs_diff"] <= v["bound"] for v in check.values()),
+        "atp": {k: v for k, v in atp.items() if k != "rows"} if atp else None,
+        "passed": all(v["max_abs_diff"] <= v["bound"] for v in check.values())
+        and (atp is None or atp["agreement"]["max_abs_diff"] <= atp["agreement"]["bound"]),
     }
     print_report(report)
     return report
+
+
+def token_mask(cfg, n_rows: int, n_pos: int, per_row: int) -> np.ndarray:
+    """Every head asks the same `per_row` positions of every row, spread over the row: one
+    per-token backward pass per position (engine.atp.token_groups)."""
+    top = np.zeros((cfg.n_layers, cfg.n_heads, n_rows, n_pos), bool)
+    top[..., np.unique(np.linspace(0, n_pos - 1, per_row).round().astype(int))] = True
+    return top
+
+
+def atp_jobs(model, tokens, args, shapes: Shapes) -> dict:
+    """AtP's row estimates, with GradDrop; on each head's top 2% (any 2% of its tokens costs
+    the same as its real top tokens), with GradDrop unless --no-atp-top-graddrop; and per token
+    on args.atp_tokens tokens per row (none when 0)."""
+    n_pos, k = args.seq_len - 1, args.atp_tokens
+    rng = np.random.default_rng(args.seed)
+    top = rng.random((shapes.n_layers, shapes.n_heads, args.rows, n_pos)) < 0.02
+    row, drop, units, unit_drop, group = atp_counts(shapes, n_pos, args.rows)
+
+    def run(**kw):
+        return lambda: measure_atp(model, tokens, args.ablation, batch_size=args.batch_size, **kw)
+
+    jobs = {
+        ATP_ROWS: (run(graddrop=False), row),
+        ATP_GRADDROP: (run(), row + drop),
+        ATP_TOP: (run(top=top, graddrop=False), row + units),
+    }
+    if args.atp_top_graddrop:
+        jobs[ATP_GD_TOP] = (run(top=top), row + drop + units + unit_drop)
+    if k:
+        per_token = token_mask(model.cfg, args.rows, n_pos, k)
+        jobs[ATP_TOKENS.format(k=k)] = (run(per_token=per_token, graddrop=False), row + k * group)
+        jobs[ATP_GD_TOKENS.format(k=k)] = (
+            run(per_token=per_token),
+            row + drop + k * (group + drop),
+        )
+    return jobs
+
+
+def atp_counts(shapes: Shapes, n_pos: int, rows: int) -> tuple[int, int, int, int, int]:
+    """FLOPs of `rows` rows: AtP's rows (forward + backward), GradDrop's L - 1 more backward
+    passes, the head units on the top tokens, their GradDrop, one per-token backward pass."""
+    return tuple(
+        count * rows
+        for count in (
+            atp_flops(shapes, n_pos),
+            graddrop_flops(shapes, n_pos),
+            head_unit_flops(shapes, n_pos),
+            head_unit_flops(shapes, n_pos, graddrop=True),
+            backward_flops(shapes, n_pos),
+        )
+    )
+
+
+def derived_row(
+    name: str, base: dict, extra: dict, scale: float, flops: int, n_tokens: int, keep_base=True
+):
+    """A method timed as base + scale x (extra - base) (e.g. per token on every position from
+    a few; without keep_base, only the difference), with its FLOPs counted."""
+    seconds, cpu = (
+        keep_base * base[k] + scale * (extra[k] - base[k]) for k in ("seconds", "cpu_seconds")
+    )
+    row = timing_row(name, seconds, cpu, flops, n_tokens)
+    row["peak_memory_bytes"] = extra["peak_memory_bytes"]
+    row["derived"] = True  # from two timed runs: on a busy machine a difference can be < 0
+    return row
+
+
+def atp_report(timings: dict, results: dict, model, tokens, args) -> dict:
+    """AtP's rows of the table (measured, GradDrop alone, and per token scaled to every
+    token), the exact engine's time and FLOPs over each method's, and AtP against the
+    reference."""
+    k, n_pos, n_tokens = args.atp_tokens, args.seq_len - 1, args.rows * (args.seq_len - 1)
+    rows_job, gd_job, top_job = timings[ATP_ROWS], timings[ATP_GRADDROP], timings[ATP_TOP]
+    drop = gd_job["flops"] - rows_job["flops"]
+    rows = [
+        rows_job,
+        gd_job,
+        derived_row(GRADDROP, rows_job, gd_job, 1.0, drop, n_tokens, False),
+        top_job,
+    ]
+    if args.atp_top_graddrop:
+        rows.append(timings[ATP_GD_TOP])
+    if k:
+        rows += token_rows(timings, k, n_pos, n_tokens)
+    ref = reference_atp(model, tokens, args.ablation)["row"]
+    got = results[ATP_ROWS].atp_row.values
+    bound = (REDUCED_RTOL if args.dtype != "float32" else ATP_RTOL) * float(np.abs(ref).max())
+    engine = timings[ENGINE]
+    unit_drop = atp_counts(Shapes.of(model.cfg), n_pos, args.rows)[3]
+    top_gd_flops = top_job["flops"] + drop + unit_drop
+    every = next((r for r in rows if r["method"].startswith("AtP per token:")), None)
+    return {
+        "rows": rows,
+        "token_groups": k,
+        "engine_over_atp": engine["seconds"] / rows_job["seconds"],
+        "engine_over_atp_flops": engine["flops"] / rows_job["flops"],
+        "engine_over_atp_graddrop": engine["seconds"] / gd_job["seconds"],
+        "engine_over_atp_graddrop_flops": engine["flops"] / gd_job["flops"],
+        "top_over_engine": top_job["seconds"] / engine["seconds"],
+        "top_over_engine_flops": top_job["flops"] / engine["flops"],
+        "top_graddrop_over_engine": (
+            timings[ATP_GD_TOP]["seconds"] / engine["seconds"] if args.atp_top_graddrop else None
+        ),
+        "top_graddrop_over_engine_flops": top_gd_flops / engine["flops"],
+        "every_token_over_engine": every["seconds"] / engine["seconds"] if every else None,
+        "agreement": {"max_abs_diff": float(np.abs(got - ref).max()), "bound": bound},
+    }
+
+
+def token_rows(timings: dict, k: int, n_pos: int, n_tokens: int) -> list[dict]:
+    """The per-token rows: measured on k tokens per row, and scaled to every token."""
+    out = []
+    for base, name in ((ATP_ROWS, ATP_TOKENS), (ATP_GRADDROP, ATP_GD_TOKENS)):
+        base_job, job = timings[base], timings[name.format(k=k)]
+        group = job["flops"] - base_job["flops"]
+        label = name.format(k=k).split(",")[0]
+        scaled = base_job["flops"] + group // k * n_pos
+        every = derived_row(
+            EVERY_TOKEN.format(name=label, k=k), base_job, job, n_pos / k, scaled, n_tokens
+        )
+        out += [job, every]
+    return out
 
 
 def cpu_name() -> str:
@@ -426,6 +581,9 @@ def print_report(r: dict) -> None:
         line + f"; {r['flop_ratio']:.2f}x fewer FLOPs "
         f"({r['flops_avoided'] / r['predicted_tokens'] / 1e9:.2f} GFLOP/token avoided)"
     )
+    if r["atp"] is not None:
+        a = r["atp"]
+        print(atp_summary_line(a))
     if r["attribution_overhead"] is not None:
         print(f"who repairs whom adds {r['attribution_overhead']:.0%} to the engine's time")
     print(
@@ -435,6 +593,26 @@ def print_report(r: dict) -> None:
             for k, v in r["agreement"].items()
         )
         + f": {'OK' if r['passed'] else 'FAILED'}"
+    )
+
+
+def atp_summary_line(a: dict) -> str:
+    """The exact engine against AtP and GradDrop, in FLOPs (counted) and time (measured)."""
+    top_gd = f"{a['top_graddrop_over_engine_flops']:.2f}x its FLOPs"
+    if a["top_graddrop_over_engine"] is not None:
+        top_gd += f", {a['top_graddrop_over_engine']:.2f}x its time"
+    line = (
+        f"exact per-head effects at {a['engine_over_atp_flops']:.1f}x the FLOPs of AtP "
+        f"({a['engine_over_atp']:.1f}x its time), {a['engine_over_atp_graddrop_flops']:.1f}x "
+        f"those of AtP + GradDrop ({a['engine_over_atp_graddrop']:.1f}x its time); on each "
+        f"head's top 2% AtP takes {a['top_over_engine_flops']:.2f}x the exact engine's FLOPs "
+        f"({a['top_over_engine']:.2f}x its time), with GradDrop {top_gd}"
+    )
+    if a["every_token_over_engine"] is not None:
+        line += f"; per-token AtP on every token {a['every_token_over_engine']:.2f}x its time"
+    return line + (
+        f"; AtP vs reference: {a['agreement']['max_abs_diff']:.1e} "
+        f"(bound {a['agreement']['bound']:.0e})"
     )
 
 
@@ -471,6 +649,25 @@ def parse(argv: list[str]) -> argparse.Namespace:
         dest="attribution",
         action="store_false",
         help="skip timing the engine with who-repairs-whom (engine.attribution)",
+    )
+    p.add_argument(
+        "--no-atp",
+        dest="atp",
+        action="store_false",
+        help="skip timing attribution patching (AtP, GradDrop; engine.atp)",
+    )
+    p.add_argument(
+        "--atp-tokens",
+        type=int,
+        default=2,
+        help="tokens per row of the per-token AtP timings (scaled to every token); 0: none",
+    )
+    p.add_argument(
+        "--no-atp-top-graddrop",
+        dest="atp_top_graddrop",
+        action="store_false",
+        help="skip timing GradDrop on each head's top tokens (its FLOPs are still counted): "
+        "some 6.6x the exact engine's on gpt2-small shapes",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument(

@@ -14,11 +14,15 @@ from dataclasses import dataclass
 __all__ = [
     "Shapes",
     "all_heads",
+    "atp_flops",
     "attention_flops",
+    "backward_flops",
     "block_flops",
     "direct_effect_flops",
     "engine_flops",
     "forward_flops",
+    "graddrop_flops",
+    "head_unit_flops",
     "matmul",
     "mlp_flops",
     "query_key_pairs",
@@ -136,3 +140,72 @@ def engine_flops(
 
 def all_heads(s: Shapes) -> dict[int, int]:
     return {layer: s.n_heads for layer in range(s.n_layers)}
+
+
+def block_backward_flops(s: Shapes, n_pos: int, causal: bool = True) -> int:
+    """Activation gradients (no weight gradients) through one block: each MLP and projection
+    matmul once more (dX = dY W^T), the attention's scores and mixing twice (both operands)."""
+    n_kv = s.n_kv_heads or s.n_heads
+    qkv = matmul(n_pos, s.d_model, (s.n_heads + 2 * n_kv) * s.d_head)
+    scores_and_mix = 2 * s.n_heads * query_key_pairs(n_pos, causal) * 2 * s.d_head
+    out = matmul(n_pos, s.n_heads * s.d_head, s.d_model)
+    return qkv + 2 * scores_and_mix + out + mlp_flops(s, n_pos)
+
+
+def _first_layer_backward(s: Shapes, n_pos: int) -> int:
+    """Down to a layer's z from its output: its output projection, and its MLP where that
+    reads the head."""
+    out = matmul(n_pos, s.n_heads * s.d_head, s.d_model)
+    return out + (mlp_flops(s, n_pos) if s.sequential else 0)
+
+
+def backward_flops(
+    s: Shapes,
+    n_pos: int,
+    dropped: int | None = None,
+    causal: bool = True,
+    down_to: int = 0,
+    one_head: bool = False,
+) -> int:
+    """One backward pass of engine.atp from the metric down to the z of every layer from
+    `down_to` up (every block above it in full, that layer down to its z), and each asked
+    layer's gradient contracted with z' - z per head (with one_head: one head of `down_to`
+    only, a head unit). With `dropped` (GradDrop) that layer's block is skipped (its gradient
+    is dropped; the layers below still get the gradient through the residual stream) and only
+    the layers below it are asked."""
+    above = [layer for layer in range(down_to + 1, s.n_layers) if layer != dropped]
+    blocks = sum(block_backward_flops(s, n_pos, causal) for _ in above)
+    metric = n_pos * 2 * s.d_model  # x . u per position, backward
+    if one_head:
+        contractions = n_pos * 2 * s.d_head
+    else:
+        asked = s.n_layers if dropped is None else dropped
+        contractions = (asked - down_to) * n_pos * 2 * s.n_heads * s.d_head
+    return blocks + _first_layer_backward(s, n_pos) + metric + contractions
+
+
+def head_unit_flops(s: Shapes, n_pos: int, graddrop: bool = False, causal: bool = True) -> int:
+    """engine.atp's estimates of every head over its own tokens: one backward pass per head
+    down to its layer; with graddrop, GradDrop's: one more per layer above the head."""
+    total = 0
+    for layer in range(s.n_layers):
+        if graddrop:
+            drops = range(layer + 1, s.n_layers)
+            per_head = sum(backward_flops(s, n_pos, d, causal, layer, True) for d in drops)
+        else:
+            per_head = backward_flops(s, n_pos, None, causal, layer, True)
+        total += s.n_heads * per_head
+    return total
+
+
+def atp_flops(s: Shapes, n_pos: int, causal: bool = True) -> int:
+    """engine.atp's row estimates of every head: a clean forward pass without unembedding (the
+    metric is x . u per position) and one backward pass."""
+    forward = forward_flops(s, n_pos, unembed=False, causal=causal) + n_pos * 2 * s.d_model
+    return forward + backward_flops(s, n_pos, causal=causal)
+
+
+def graddrop_flops(s: Shapes, n_pos: int, causal: bool = True) -> int:
+    """GradDrop's backward passes on top of AtP's: one per dropped layer 1 .. L - 1 (dropping
+    layer 0 changes only layer 0's heads, to 0)."""
+    return sum(backward_flops(s, n_pos, dropped, causal) for dropped in range(1, s.n_layers))

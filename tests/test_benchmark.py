@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "benchmark.py"
@@ -21,29 +22,74 @@ def load_script():
     return module
 
 
-def test_cli_runs_and_writes_every_field(tmp_path):
+def run_cli(tmp_path: Path, args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """The benchmark run with these arguments, and its JSON report."""
     out = tmp_path / "bench.json"
-    args = "--model tiny-random-pythia --rows 3 --seq-len 10 --peak-sizes 128"
-    args += f" --reference-heads 5 --out {out}"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *args.split()], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, str(SCRIPT), *args.split(), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc, json.loads(out.read_text())
+
+
+def test_cli_runs_and_writes_every_field(tmp_path):
+    proc, r = run_cli(
+        tmp_path,
+        "--model tiny-random-pythia --rows 3 --seq-len 10 --peak-sizes 128 --reference-heads 5",
+    )
     assert "engine vs reference" in proc.stdout and "| engine (fused blocks) |" in proc.stdout
-    r = json.loads(out.read_text())
     assert r["passed"] and r["heads"] == 12 and r["agreement_heads"] == 5
     names = [m["method"] for m in r["methods"]]
-    assert names[:2] == ["engine (fused blocks)", "engine + who repairs whom"] and len(names) == 4
+    assert names[:2] == ["engine (fused blocks)", "engine + who repairs whom"] and len(names) == 13
+    atp = [n for n in names if "AtP" in n or "GradDrop" in n]
+    assert (
+        atp[:3]
+        == [
+            "AtP, every head (1 forward + 1 backward pass)",
+            "AtP + GradDrop (L - 1 more backward passes)",
+            "GradDrop alone",
+        ]
+        and len(atp) == 9
+    )
+    a = r["atp"]
+    assert a["engine_over_atp"] > 0 and a["engine_over_atp_flops"] > 1 and a["token_groups"] == 2
+    assert a["engine_over_atp_graddrop_flops"] < a["engine_over_atp_flops"]
+    assert a["top_graddrop_over_engine_flops"] > a["top_over_engine_flops"] > 0
+    # Derived from a difference of two timings: on a busy machine it can come out below 0.
+    assert a["top_graddrop_over_engine"] > 0 and a["every_token_over_engine"] is not None
+    assert a["agreement"]["max_abs_diff"] <= a["agreement"]["bound"]
+    assert "exact per-head effects at" in proc.stdout
+    seconds = {m["method"]: m["seconds"] for m in r["methods"]}
+    assert seconds["GradDrop alone"] == pytest.approx(seconds[atp[1]] - seconds[atp[0]])
     assert "who repairs whom adds" in proc.stdout and r["attribution_overhead"] > -1
     for m in r["methods"]:
         for key in ("seconds", "cpu_seconds", "seconds_per_1k_tokens", "flop_per_s"):
-            assert m[key] > 0, key
-        assert 0 < m["fraction_of_peak"] and m["peak_memory_bytes"] >= 0
+            assert m[key] > 0 or m.get("derived"), key
+        assert (0 < m["fraction_of_peak"] or m.get("derived")) and m["peak_memory_bytes"] >= 0
     assert r["methods"][-1]["timed_heads"] == 5  # reference time scaled from 5 heads to 12
     assert r["flops_reference"] > r["flops_engine"] > 0
     assert r["flops_avoided"] == r["flops_reference"] - r["flops_engine"]
     assert set(r["agreement"]) >= {"logit_diff", "self_repair", "sr_ln", "ln_scale_ablated"}
     assert r["peak_flop_per_s"] > 0 and r["load_average_before"]
+
+
+def test_atp_timings_can_leave_out_the_costly_ones(tmp_path):
+    """--atp-tokens 0 and --no-atp-top-graddrop time AtP's rows, GradDrop and the top-token
+    units only; GradDrop on the top tokens is still counted in FLOPs."""
+    proc, r = run_cli(
+        tmp_path,
+        "--model tiny-random-gpt2 --rows 2 --seq-len 8 --peak-sizes 64 --reference-heads 2"
+        " --no-tl-blocks --no-attribution --atp-tokens 0 --no-atp-top-graddrop",
+    )
+    atp = [m["method"] for m in r["methods"] if "AtP" in m["method"] or "GradDrop" in m["method"]]
+    assert atp[3:] == ["AtP on each head's top 2% (1 backward pass per head)"]
+    a = r["atp"]
+    assert a["top_graddrop_over_engine"] is None and a["every_token_over_engine"] is None
+    assert a["top_graddrop_over_engine_flops"] > a["top_over_engine_flops"] > 0
+    assert "with GradDrop" in proc.stdout and "per-token AtP" not in proc.stdout
 
 
 def test_disagreement_is_reported():

@@ -99,6 +99,8 @@ def every_key_config(tmp: Path) -> dict:
             "frozen_ln": ["mean"],
             "de_epsilon": 0.02,
             "attribution": True,
+            "atp": True,
+            "atp_top_graddrop": False,
         },
         "ablations": ["mean", "resample", "zero"],
         "resources": resources,
@@ -129,11 +131,12 @@ def every_key_config(tmp: Path) -> dict:
                 "checkpoints": [{"step": 1, "path": checkpoint(tmp / "ckpt-1", 1)}],
                 "step": 2,
             },
-            {"name": "pythia-160m", "revisions": ["step1000"], "heads": [[11, 2]]},
+            {"name": "pythia-160m", "revisions": ["step1000"], "heads": [[11, 2], [10, 11]]},
             "gpt2-small",
         ],
         "figures": {
             "attribution": {"most_repaired": 2, "repairers": 3, "heads": {"m-train": [[0, 0]]}},
+            "atp": {"top_k": 1, "table_heads": 3, "repairers": 2},
             "ablation": "mean",
             "bootstrap": {"resamples": 20, "level": 0.9},
             "fig02": {"model": "m-path", "substitute": {"model": "m-train"}},
@@ -202,6 +205,8 @@ def every_key_plan(tmp_path_factory) -> str:
 
 def test_a_config_with_every_key_plans_through_snakemake(every_key_plan):
     jobs = set(re.findall(r"^rule (\w+):", every_key_plan, flags=re.MULTILINE))
-    # Every key reached its rules: training checkpoints, attribution, the mechanism stages.
+    # Every key reached its rules: training checkpoints, attribution, attribution patching, the
+    # mechanism stages.
     expected = {"train_model", "share_tokens", "ablate", "repair_detail", "neuron_effects"}
+    expected |= {"atp", "atp_summary", "atp_table"}
     assert expected | {"self_reinforcement", "training_self_repair", "head_explorer"} <= jobs

@@ -3,6 +3,7 @@ forward pass and engine, and against PAPER.md's numbers for gpt2-small shapes.""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -10,14 +11,19 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.flops import (
     Shapes,
     all_heads,
+    atp_flops,
     attention_flops,
+    backward_flops,
     block_flops,
     engine_flops,
     forward_flops,
+    graddrop_flops,
+    head_unit_flops,
     mlp_flops,
     reference_flops,
     unembed_flops,
 )
+from selfrepair.engine.atp import measure_atp
 from selfrepair.engine.self_repair import measure_heads
 from selfrepair.models.builders import random_model
 
@@ -73,6 +79,43 @@ def test_counts_equal_torch_flop_counter(family):
     with FlopCounterMode(display=False) as counter:
         measure_heads(model, tokens, "resample", fused=False)
     assert counter.get_total_flops() == 2 * engine_flops(shapes, 10, all_heads(shapes), False)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "pythia", "llama"])
+def test_atp_counts_equal_torch_flop_counter(family):
+    """AtP: a forward pass with its graph and one backward pass (activation gradients only);
+    GradDrop: L - 1 more, each skipping its dropped block (autograd runs nothing behind a
+    dropped gradient); per token: the same again per group of one token per row; each head
+    over its own tokens: one pass down to its layer (GradDrop: one more per layer above)."""
+    model = random_model(family)
+    shapes = Shapes.of(model.cfg)
+    tokens = torch.randint(
+        1, model.cfg.d_vocab, (2, 11), generator=torch.Generator().manual_seed(0)
+    )
+    tokens[:, 0] = 0
+    top = np.zeros((model.cfg.n_layers, model.cfg.n_heads, 2, 10), bool)
+    top[..., [2, 5, 7]] = True  # three groups
+    runs = {
+        "atp": {"graddrop": False},
+        "gd": {},
+        "tokens": {"per_token": top},
+        "heads": {"top": top, "graddrop": False},
+        "heads_gd": {"top": top},
+    }
+    counts = {}
+    for name, kw in runs.items():
+        with FlopCounterMode(display=False) as counter:
+            measure_atp(model, tokens, "zero", fused=False, **kw)
+        counts[name] = counter.get_total_flops()
+    assert counts["atp"] == 2 * atp_flops(shapes, 10, causal=False)
+    drop = graddrop_flops(shapes, 10, causal=False)
+    assert counts["gd"] - counts["atp"] == 2 * drop
+    group = backward_flops(shapes, 10, causal=False) + drop
+    assert counts["tokens"] - counts["gd"] == 3 * 2 * group
+    # every head has its own tokens in both rows: one pass per head, one more per layer above
+    assert counts["heads"] - counts["atp"] == 2 * head_unit_flops(shapes, 10, causal=False)
+    units = head_unit_flops(shapes, 10, graddrop=True, causal=False)
+    assert counts["heads_gd"] - counts["gd"] - (counts["heads"] - counts["atp"]) == 2 * units
 
 
 def test_paper_numbers_for_gpt2_small():

@@ -33,6 +33,7 @@ from helpers import (
     snakemake,
 )
 
+import selfrepair.stages.atp_figures as stage_atp_figures
 import selfrepair.stages.figures as stage_figures
 import selfrepair.stages.repair_figures as stage_repair_figures
 import selfrepair.stages.training as stage_training
@@ -44,7 +45,11 @@ from selfrepair.stages.store import open_zarr
 ROOT = Path(__file__).resolve().parents[1]
 slow = pytest.mark.slow
 # The stage module of the figures beyond the paper's kinds (the others: stages.figures).
-STAGE_MODULES = {"repair": stage_repair_figures, "training": stage_training}
+STAGE_MODULES = {
+    "repair": stage_repair_figures,
+    "atp": stage_atp_figures,
+    "training": stage_training,
+}
 
 # The demo's substitutes picked at run time (results/<model>/substitutes/<key>.json).
 PICKS = {"fig03", "fig05", "fig04", "fig16_18", "fig07", "fig08-0", "fig08-1", "fig08-2"} | {
@@ -215,6 +220,8 @@ STORES = (
     "*/reinforcement/reinforcement.zarr",
     "*/attribution/*.zarr",
     "*/attribution/*/shard-*.zarr",
+    "*/atp/*.zarr",
+    "*/atp/*/shard-*.zarr",
 )
 
 
@@ -312,7 +319,8 @@ def _figure_files(rule: str) -> dict[str, str]:
 def test_the_figure_list_covers_the_paper_once_and_its_files_exist():
     """Every paper figure drawn by exactly one entry; each entry's rule is unique, its script,
     caption and stage function (named after the rule, in its kind's stage module) exist, and
-    the figures beyond the paper are the frozen-LayerNorm, who-repairs-whom and training ones."""
+    the figures beyond the paper are the frozen-LayerNorm, who-repairs-whom, attribution-patching
+    and training ones."""
     names = {f.rule: Path(_figure_files(f.rule)["png"][0]).stem for f in FIGURE_LIST}
     numbers = [n for name in names.values() for n in _figure_numbers(name)]
     assert sorted(numbers) == sorted(PAPER_FIGURES)
@@ -322,9 +330,11 @@ def test_the_figure_list_covers_the_paper_once_and_its_files_exist():
         "repair_heatmap",
         "repair_top_repairers",
         "repair_tokens",
+        "atp_vs_exact",
+        "atp_error_vs_self_repair",
         "training_self_repair",
     ]
-    assert len(names) == len(set(names.values())) == 19
+    assert len(names) == len(set(names.values())) == 21
     assert FIGURES == set(names.values())
     for figure in FIGURE_LIST:
         (caption,) = _figure_files(figure.rule)["caption"]
@@ -334,9 +344,10 @@ def test_the_figure_list_covers_the_paper_once_and_its_files_exist():
         assert f"{stages.__name__.split('.')[-1]}.{figure.rule}" in script.read_text(), figure
         assert callable(getattr(stages, figure.rule)), figure
         assert figure.rule in stages.__all__
-        assert figure.kind in ("paper", "mechanism", "extra", "repair", "training")
+        assert figure.kind in ("paper", "mechanism", "extra", "repair", "atp", "training")
     assert (WORKFLOW / "report" / "head_table.rst").is_file() and TABLES
     assert (WORKFLOW / "report" / "repair_graph.rst").is_file()
+    assert (WORKFLOW / "report" / "atp_table.rst").is_file()
 
 
 def test_the_figure_list_names_config_keys_and_stores_that_exist():
@@ -355,10 +366,10 @@ def test_the_figure_list_names_config_keys_and_stores_that_exist():
 
 def test_figure_rules_are_the_figure_list_and_name_their_own_files():
     """rules/figures.smk defines one rule per listed figure of the paper's kinds and nothing
-    else (the who-repairs-whom and training figures: their stages' rules files), and each rule
-    writes one PDF and one PNG of the same stem, and its caption, log and benchmark under one
+    else (the who-repairs-whom, attribution-patching and training figures: their stages'
+    rules files), and each rule writes one PDF and one PNG of the same stem, and its caption, log and benchmark under one
     tag of its own."""
-    own_files = {"repair": "attribution.smk", "training": "training.smk"}
+    own_files = {"repair": "attribution.smk", "atp": "atp.smk", "training": "training.smk"}
     texts = rule_texts()
     in_figures = set(rule_texts_of("figures.smk"))
     assert in_figures == {f.rule for f in FIGURE_LIST if f.kind not in own_files}

@@ -4,8 +4,8 @@ list of final outputs (workflow/rules/common.smk) and the tests read it. No heav
 Snakefile uses it.
 
 Each figure's files, report entry, log, benchmark and script are written in its rule
-(workflow/rules/figures.smk, attribution.smk, training.smk), so grepping a figure's file name
-finds its rule. Add a figure here (and its rule, script, stage function and caption) and it
+(workflow/rules/figures.smk, attribution.smk, atp.smk, training.smk), so grepping a figure's file
+name finds its rule. Add a figure here (and its rule, script, stage function and caption) and it
 joins the run's outputs, the report and the tests' checks.
 """
 
@@ -22,7 +22,7 @@ __all__ = [
     "run_figures",
 ]
 
-Kind = Literal["paper", "mechanism", "extra", "repair", "training"]
+Kind = Literal["paper", "mechanism", "extra", "repair", "atp", "training"]
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,10 @@ class Figure:
             paper's mechanism sections, drawn from rules/mechanisms.smk's stores) or "extra"
             (beyond the paper: made only when engine.frozen_ln runs a frozen-LayerNorm variant)
             or "repair" (beyond the paper, rules/attribution.smk: who repairs whom, made when
-            engine.attribution is on) or "training" (beyond the paper, rules/training.smk:
-            self-repair over training, made when a model has training checkpoints).
+            engine.attribution is on) or "atp" (beyond the paper, rules/atp.smk: attribution
+            patching against the exact effects, made when engine.atp is on) or "training"
+            (beyond the paper, rules/training.smk: self-repair over training, made when a model
+            has training checkpoints).
         target: the config key naming its model and heads (figures.<key> for paper figures,
             mechanisms.<experiment>.<key> for mechanism ones), or None when it shows every model.
     """
@@ -111,6 +113,16 @@ FIGURES = (
         kind="repair",
     ),
     Figure(
+        rule="atp_scatter",
+        reads=("atp",),
+        kind="atp",
+    ),
+    Figure(
+        rule="atp_error",
+        reads=("atp",),
+        kind="atp",
+    ),
+    Figure(
         rule="training_self_repair",
         reads=("clean", "ablation"),
         kind="training",
@@ -176,20 +188,22 @@ def run_figures(
     kinds: tuple[Kind, ...] | None = None,
     attribution: bool = True,
     training: bool = True,
+    atp: bool = True,
 ) -> list[Figure]:
     """The figures a run makes, in output order.
 
     Args:
         frozen_ln: whether the run has a frozen-LayerNorm variant (engine.frozen_ln), which
             the extra figure needs.
-        kinds: only the figures of these kinds ("paper", "mechanism", "extra", "repair");
-            None: all.
+        kinds: only the figures of these kinds ("paper", "mechanism", "extra", "repair", "atp",
+            "training"); None: all.
         attribution: whether the run measures who repairs whom (engine.attribution), which
             the repair figures need.
         training: whether a model of the run has training checkpoints, which the training
             figure needs.
+        atp: whether the run judges attribution patching (engine.atp), which its figures need.
     """
-    made = {"extra": frozen_ln, "repair": attribution, "training": training}
+    made = {"extra": frozen_ln, "repair": attribution, "training": training, "atp": atp}
     return [f for f in FIGURES if made.get(f.kind, True) and (kinds is None or f.kind in kinds)]
 
 

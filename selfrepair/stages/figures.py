@@ -50,7 +50,7 @@ from selfrepair.variables import head_label
 
 # The stage functions are the figure rules, one each (not the who-repairs-whom ones,
 # stages/repair_figures.py's, nor stages/training.py's).
-__all__ = [f.rule for f in FIGURES if f.kind not in ("repair", "training")]
+__all__ = [f.rule for f in FIGURES if f.kind not in ("repair", "atp", "training")]
 
 Paths = Sequence[str | os.PathLike]
 Target = Mapping[str, Any]

@@ -283,13 +283,16 @@ FIGURE_LIST = sr_figures.run_figures(
     bool(FROZEN_BASE),
     attribution=config["engine"]["attribution"],
     training=bool(CHECKPOINTS),
+    atp=config["engine"]["atp"],
 )
 
 
 def figure_outputs(kinds):
     """The files of the run's figures of these kinds, as their rules write them (rules/
     figures.smk, attribution.smk, training.smk: the paths are in the rules)."""
-    return [path for f in FIGURE_LIST if f.kind in kinds for path in rules_output(f.rule)]
+    return [
+        path for f in FIGURE_LIST if f.kind in kinds for path in rules_output(f.rule)
+    ]
 
 
 def rules_output(rule):
@@ -317,7 +320,7 @@ def all_outputs():
         if "train" in entry:
             outputs.append(f"results/{model}/training.json")
     outputs += figure_outputs(["paper", "extra"]) + rules_output("head_table")
-    outputs += mechanism_outputs() + repair_outputs()
+    outputs += mechanism_outputs() + repair_outputs() + atp_outputs()
     outputs += expand("results/explorer/{model}.html", model=MODELS)
     return outputs + ["results/explorer/index.html"]
 
@@ -439,3 +442,39 @@ def training_caption():
 def training_outputs():
     """The training figures' files, when some model has checkpoints (rule all)."""
     return figure_outputs(["training"])
+
+
+# --- attribution patching against the exact effects (rules/atp.smk) ------------------------------
+# engine.atp: per (model, ablation, shard), AtP and GradDrop of every head (per row, and on each
+# head's top tokens from rule head_top_tokens), then reduced beside the exact effects of the same
+# ablation; figures under the figures' ablation, the table under every ablation.
+ATP = ENGINE["atp"]
+ATP_SETTINGS = sr_config.atp_settings(config, MODELS)
+ALL_TOO = (
+    f"Also over all {N_PREDICTIONS:,} tokens, where AtP estimates each row's summed change "
+    "(one backward pass per batch); on the top tokens, per row, the change of the sum of "
+    "the head's top tokens in it (one backward pass per head)"
+)
+
+
+def atp_paths(models, ablation):
+    return expand(
+        "results/{model}/atp/{ablation}.zarr", model=models, ablation=ablation
+    )
+
+
+def atp_table_repairs(wildcards):
+    """The repair summaries the table names repairers from (none without attribution)."""
+    if not ATTRIBUTION:
+        return []
+    return [repair_paths([m], a)[0] for m in MODELS for a in ABLATIONS]
+
+
+def atp_outputs():
+    """The attribution-patching stores, figures and table of the run (none when it is off)."""
+    if not ATP:
+        return []
+    outputs = expand(
+        "results/{model}/atp/{ablation}.zarr", model=MODELS, ablation=ABLATIONS
+    )
+    return outputs + figure_outputs(["atp"]) + rules_output("atp_table")

@@ -1,0 +1,176 @@
+"""The attribution-patching rules (engine.atp, beyond the paper): atp (AtP and GradDrop of every
+head on one token shard: per row, and per row on each head's own top tokens) and atp_summary
+(against the exact effects of the same ablation, analysis.atp).
+
+atp_summary runs in the analysis environment (no torch), so the engine is imported inside atp
+only."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xarray as xr
+
+from selfrepair.analysis import atp as judge
+from selfrepair.analysis.attribution import shard_top_mask
+from selfrepair.stages.joblog import provenance, revision_of
+from selfrepair.stages.store import open_shards, open_zarr, write_zarr
+
+if TYPE_CHECKING:
+    from selfrepair.stages.job import ModelJob
+
+__all__ = ["atp", "atp_summary", "exact_on_units"]
+
+log = logging.getLogger("selfrepair")
+
+VARIABLES = ("atp_row", "graddrop_row", "n_scored", "metric_clean", "atp_top", "n_top")
+
+
+def atp(
+    job: ModelJob,
+    *,
+    ablation: str,
+    mean_include_bos: bool,
+    top_tokens: str,
+    out: str,
+    attrs: dict[str, Any],
+    top_graddrop: bool = True,
+) -> xr.Dataset:
+    """AtP and GradDrop estimates of every head on one shard (engine.atp.measure_atp) with z'
+    chosen as the ablate job of the same shard chooses it: per row (the change of the row's
+    summed centred correct-token logit) and per row on each head's top tokens (the change of
+    their sum).
+
+    Args:
+        job: the model job (one shard).
+        ablation: zero, mean or resample.
+        mean_include_bos: whether the mean ablation averages over the BOS position too.
+        top_tokens: the head_top_tokens store (each head's top tokens over all shards).
+        out: the store to write (results/<model>/atp/<ablation>/shard-<n>.zarr).
+        attrs: the rule's provenance attributes (run_attrs and the shard).
+        top_graddrop: GradDrop on the top tokens too (engine.atp_top_graddrop).
+    """
+    from selfrepair.engine.atp import measure_atp
+    from selfrepair.stages.job import row_coords
+
+    rows = job.rows()
+    model = job.model(seq_len=rows.shape[1])
+    start, n_pos = job.bounds[0], rows.shape[1] - 1
+    top = shard_top_mask(open_zarr(top_tokens).token.values, start, rows.shape[0], n_pos)
+    t0 = time.perf_counter()
+    with job.guarded(model, {"engine.batch_size": job.batch_size}):
+        ds = measure_atp(
+            model,
+            rows,
+            ablation,
+            top=top,
+            top_graddrop=top_graddrop,
+            batch_size=job.batch_size,
+            mean_include_bos=mean_include_bos,
+            progress=True,
+            desc=f"AtP and GradDrop, {ablation}",
+        )
+    log.info("%d rows in %.1fs", rows.shape[0], time.perf_counter() - t0)
+    ds = row_coords(ds, start)
+    if "resample_source" in ds.coords:  # as global row numbers too
+        ds = ds.assign_coords(resample_source=ds.resample_source + start)
+    ds.attrs.update(job.provenance(attrs), ablation=ablation, n_pos=n_pos)
+    write_zarr(ds, out)
+    return ds
+
+
+def exact_on_units(
+    ablation_shards: Sequence[str], indices: np.ndarray
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
+    """The exact logit_diff of the ablate stores on the estimates' units, one layer at a time:
+    summed over each row's tokens and over each row's top tokens of the head (layer, head,
+    batch), and the clean logit summed per row (batch)."""
+    data = open_shards(ablation_shards, variables=("logit_diff", "logit_clean"))
+    n_rows, n_pos = data.sizes["batch"], data.sizes["pos"]
+    rows, top = [], []
+    for layer in range(data.sizes["layer"]):
+        one = data.logit_diff.isel(layer=layer).load().values  # [head, batch, pos]
+        mask = shard_top_mask(indices[[layer]], 0, n_rows, n_pos)[0]
+        rows.append(one.sum(-1))
+        top.append(np.where(mask, one, 0.0).sum(-1))
+    dims = ("layer", "head", "batch")
+    clean = data.logit_clean.sum("pos").load()
+    return xr.DataArray(np.stack(rows), dims=dims), xr.DataArray(np.stack(top), dims=dims), clean
+
+
+def atp_summary(
+    *,
+    atp_shards: Sequence[str],
+    ablation_shards: Sequence[str],
+    summary: str,
+    top_tokens: str,
+    top_k: int,
+    out: str,
+    attrs: dict[str, Any],
+    tolerance: float = 1e-4,
+) -> xr.Dataset:
+    """Per head, AtP and GradDrop against the exact effect; per model, rank correlations,
+    missed heads and how much self-repair explains (analysis.atp.atp_summary). Refuses to write
+    when the two sides do not measure the same thing: the estimates' clean metric must be the
+    ablate stores' clean logit summed per row, and the exact means on the estimates' units must
+    be the per-head summary's (same tokens, same top tokens).
+
+    Args:
+        atp_shards: the atp stores of one (model, ablation), in shard order.
+        ablation_shards: the ablate stores of the same (model, ablation).
+        summary: its per-head summary (summarize_heads).
+        top_tokens: the head_top_tokens store.
+        top_k: figures.atp.top_k.
+        out: the store to write (results/<model>/atp/<ablation>.zarr).
+        attrs: the rule's provenance attributes.
+        tolerance: the largest disagreement accepted (logits per token).
+    """
+    indices = open_zarr(top_tokens).token.values
+    estimates = open_shards(atp_shards, variables=VARIABLES).load()
+    exact_rows, exact_top, clean = exact_on_units(ablation_shards, indices)
+    heads = open_zarr(summary).load()
+    _check_same_measure(estimates, clean, exact_rows, exact_top, heads, tolerance)
+    ds = judge.atp_summary(estimates, exact_rows, exact_top, heads, top_k)
+    ds.attrs = provenance(
+        **attrs,
+        model_revision=revision_of(heads),
+        top_k=top_k,
+        n_tokens=int(estimates.n_scored.sum()),
+        n_top_tokens=int(indices.shape[-1]),
+    )
+    write_zarr(ds, out)
+    return ds
+
+
+def _check_same_measure(estimates, clean, exact_rows, exact_top, heads, tolerance) -> None:
+    """Per token: the clean metric of each row, and the exact means on both units."""
+    n_scored = estimates.n_scored.values
+    n_top = estimates.n_top.sum("batch").values
+    gaps = {
+        "clean metric": _gap(estimates.metric_clean.values / n_scored, clean.values / n_scored),
+        "all-token mean": _gap(
+            exact_rows.sum("batch").values / n_scored.sum(), heads.mean_logit_diff.values
+        ),
+        "top-token mean": _gap(exact_top.sum("batch").values / n_top, heads.top_logit_diff.values),
+        "top tokens": _gap(  # heads not measured (a model entry's `heads`) have no top tokens
+            np.where(heads.top_n_tokens.values > 0, n_top, np.nan),
+            np.where(heads.top_n_tokens.values > 0, heads.top_n_tokens.values, np.nan),
+        ),
+    }
+    log.info("exact side against the head summary: %s", gaps)
+    if not max(gaps.values()) <= tolerance:
+        raise ArithmeticError(
+            f"the AtP and exact stores do not measure the same tokens ({gaps}, tolerance "
+            f"{tolerance}): rerun the atp and ablate jobs of this model"
+        )
+
+
+def _gap(a: np.ndarray, b: np.ndarray) -> float:
+    both = np.isfinite(a) & np.isfinite(b)
+    if not np.array_equal(np.isfinite(a), np.isfinite(b)):
+        return float("inf")
+    return float(np.abs(a[both] - b[both]).max()) if both.any() else 0.0

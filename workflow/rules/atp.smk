@@ -1,0 +1,148 @@
+# Attribution patching judged against the exact effects (beyond the paper; engine.atp): AtP and
+# AtP*'s GradDrop estimates of every head per shard, with z' chosen as the ablate job of the same
+# shard chooses it, reduced beside the exact effects, and the figures and table drawn from them.
+
+
+rule atp:
+    input:
+        unpack(model_input),
+        tokens="results/{model}/tokens.zarr",
+        top_tokens="results/{model}/attribution/top_tokens.zarr",
+    output:
+        atp=directory("results/{model}/atp/{ablation}/shard-{shard}.zarr"),
+    log:
+        "results/logs/atp/{model}/{ablation}/shard-{shard}.log",
+    benchmark:
+        "results/benchmarks/atp/{model}/{ablation}/shard-{shard}.tsv"
+    wildcard_constraints:
+        ablation="|".join(ABLATIONS),
+    conda:
+        "../../envs/engine.yaml"
+    threads: model_threads
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=model_runtime,
+    params:
+        model=model_entry,
+        bounds=shard_bounds,
+        batch_size=batch_size,
+        mean_include_bos=ENGINE["mean_include_bos"],
+        top_graddrop=ENGINE["atp_top_graddrop"],
+        ablation=lambda w: w.ablation,
+        device=config["device"],
+        dtype=config["dtype"],
+        attrs=run_attrs,
+    script:
+        "../scripts/atp.py"
+
+
+rule atp_summary:
+    input:
+        atp_shards=shards_of("atp"),
+        ablation_shards=shards_of("ablation"),
+        summary="results/{model}/summary/{ablation}.zarr",
+        top_tokens="results/{model}/attribution/top_tokens.zarr",
+    output:
+        summary=directory("results/{model}/atp/{ablation}.zarr"),
+    log:
+        "results/logs/atp_summary/{model}/{ablation}.log",
+    benchmark:
+        "results/benchmarks/atp_summary/{model}/{ablation}.tsv"
+    wildcard_constraints:
+        ablation="|".join(ABLATIONS),
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        top_k=ATP_SETTINGS["top_k"],
+        attrs=run_attrs,
+    script:
+        "../scripts/atp_summary.py"
+
+
+# --- figures and table (made when engine.atp is on) ------------------------------------------
+
+
+rule atp_scatter:
+    input:
+        summaries=atp_paths(list(MODELS), FIG_ABLATION),
+    output:
+        pdf="results/figures/atp_vs_exact.pdf",
+        png=report(
+            "results/figures/atp_vs_exact.png",
+            caption="../report/atp_scatter.rst",
+            category="Beyond the paper – attribution patching",
+            subcategory="all models",
+        ),
+    log:
+        "results/logs/figures/atp_scatter.log",
+    benchmark:
+        "results/benchmarks/figures/atp_scatter.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        models=list(MODELS),
+        top_fraction=ENGINE["top_fraction"],
+        caption=figure_caption(
+            list(MODELS), [FIG_ABLATION], TOP_SELECTION, extra=[ALL_TOO]
+        ),
+    script:
+        "../scripts/atp_scatter.py"
+
+
+rule atp_error:
+    input:
+        summaries=atp_paths(list(MODELS), FIG_ABLATION),
+    output:
+        pdf="results/figures/atp_error_vs_self_repair.pdf",
+        png=report(
+            "results/figures/atp_error_vs_self_repair.png",
+            caption="../report/atp_error.rst",
+            category="Beyond the paper – attribution patching",
+            subcategory="all models",
+        ),
+    log:
+        "results/logs/figures/atp_error.log",
+    benchmark:
+        "results/benchmarks/figures/atp_error.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        models=list(MODELS),
+        top_fraction=ENGINE["top_fraction"],
+        caption=figure_caption(
+            list(MODELS), [FIG_ABLATION], TOP_SELECTION, extra=[ALL_TOO]
+        ),
+    script:
+        "../scripts/atp_error.py"
+
+
+rule atp_table:
+    input:
+        summaries=[atp_paths([m], a)[0] for m in MODELS for a in ABLATIONS],
+        repairs=atp_table_repairs,
+    output:
+        csv=report(
+            "results/tables/atp_heads.csv",
+            caption="../report/atp_table.rst",
+            category="Tables",
+            subcategory="all models",
+        ),
+        html=report(
+            "results/tables/atp_heads.html",
+            caption="../report/atp_table.rst",
+            category="Tables",
+            subcategory="all models",
+        ),
+    log:
+        "results/logs/figures/atp_table.log",
+    benchmark:
+        "results/benchmarks/figures/atp_table.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        runs=[[m, a] for m in MODELS for a in ABLATIONS],
+        table_heads=ATP_SETTINGS["table_heads"],
+        repairers=ATP_SETTINGS["repairers"],
+        caption=figure_caption(list(MODELS), ABLATIONS, TOP_SELECTION, extra=[ALL_TOO]),
+    script:
+        "../scripts/atp_table.py"

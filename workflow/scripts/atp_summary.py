@@ -1,0 +1,16 @@
+"""Beyond the paper: AtP and GradDrop against the exact effects of one (model, ablation)
+(selfrepair.stages.atp.atp_summary)."""
+
+from selfrepair.stages.atp import atp_summary
+from selfrepair.stages.joblog import logged, rule_params
+
+with logged(snakemake.log[0]):
+    atp_summary(
+        atp_shards=list(snakemake.input.atp_shards),
+        ablation_shards=list(snakemake.input.ablation_shards),
+        summary=snakemake.input.summary,
+        top_tokens=snakemake.input.top_tokens,
+        **rule_params(snakemake, "top_k"),
+        out=snakemake.output.summary,
+        attrs=dict(snakemake.params.attrs, ablation=snakemake.wildcards.ablation),
+    )
