@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xarray as xr
 
-from selfrepair.analysis.reduce import ln_share, stack_tokens, top_token_mask
+from selfrepair.analysis.reduce import ln_share, stack_tokens, token_count, top_token_mask
 
 __all__ = [
     "BOUNDS",
@@ -182,7 +182,7 @@ def head_intervals(
         seed=seed,
         top_fraction=top_fraction,
         de_epsilon=de_epsilon,
-        n_tokens=int(ds.sizes["batch"] * ds.sizes["pos"]),
+        n_tokens=token_count(ds),
         method="percentile bootstrap over tokens, per head",
     )
     return result

@@ -24,6 +24,7 @@ __all__ = [
     "layer_mean",
     "ln_share",
     "stack_tokens",
+    "token_count",
     "top_token_mask",
 ]
 
@@ -31,8 +32,18 @@ TOKEN_DIMS = ("batch", "pos")
 
 
 def stack_tokens(da: xr.DataArray) -> xr.DataArray:
-    """Merge (batch, pos) into one `token` dimension."""
+    """Merge (batch, pos) into one `token` dimension; an array that has one already (a task's
+    answer positions, analysis.tasks.scored_tokens) is returned as it is."""
+    if "token" in da.dims:
+        return da
     return da.stack(token=TOKEN_DIMS).reset_index("token", drop=True)
+
+
+def token_count(ds: xr.Dataset | xr.DataArray) -> int:
+    """The tokens of a per-token store: batch x pos, or its `token` axis."""
+    if "token" in ds.dims:
+        return int(ds.sizes["token"])
+    return int(ds.sizes["batch"] * ds.sizes["pos"])
 
 
 def top_token_mask(de_clean: xr.DataArray, fraction: float) -> xr.DataArray:
@@ -79,7 +90,7 @@ def head_summary(
     summary.attrs.update(
         top_fraction=top_fraction,
         de_epsilon=de_epsilon,
-        n_tokens=int(ds.sizes["batch"] * ds.sizes["pos"]),
+        n_tokens=token_count(ds),
     )
     return summary
 

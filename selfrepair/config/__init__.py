@@ -213,3 +213,14 @@ __all__ += [
     "final_step",
     "model_checkpoints",
 ]
+
+# --- tasks (issue 24) ---------------------------------------------------------------------------
+from selfrepair.config.tasks import (  # noqa: E402
+    check_task_prompts,
+    check_tasks,
+    task_heads,
+    task_models,
+    task_tokenizer_dir,
+)
+
+__all__ += ["check_task_prompts", "check_tasks", "task_heads", "task_models", "task_tokenizer_dir"]

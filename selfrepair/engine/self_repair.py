@@ -47,6 +47,7 @@ from selfrepair.engine.attribution import (
 )
 from selfrepair.engine.inputs import (
     CPU_PASS_BYTES,
+    TaskInputs,
     default_heads_per_pass,
     empty_head_arrays,
     heads_dataset,
@@ -297,6 +298,7 @@ def measure_heads(
     progress: bool = False,
     desc: str | None = None,
     sums: RepairSums | None = None,
+    task: TaskInputs | None = None,
 ) -> xr.Dataset:
     """Eq. 1 and 2 of the paper for every (or the given) head, per token.
 
@@ -320,6 +322,8 @@ def measure_heads(
         sums: when given (engine.attribution.RepairSums over the same rows), the same passes
             add every downstream component's change of direct effect to it (who repairs whom);
             the returned numbers do not change.
+        task: a task's counterfactuals, corrupted prompts (ablation "corrupted") and real
+            positions (engine.inputs.TaskInputs); None: running text.
 
     Returns:
         HEAD_VARIABLES with dims layer, head, batch, pos (= tokens.shape[1] - 1), NaN for heads
@@ -327,7 +331,7 @@ def measure_heads(
     """
     check_ablation(ablation)
     check_supported(model)
-    validate_tokens(model, tokens)
+    validate_tokens(model, tokens, task)
     by_layer = normalize_heads(model, heads)
     layers = set(by_layer)
     n_rows, n_pos = tokens.shape[0], tokens.shape[1] - 1
@@ -337,8 +341,7 @@ def measure_heads(
     ro = readout(model)
     source = checked_source(source, n_rows) if ablation == "resample" else None
     out = empty_head_arrays(model, n_rows, n_pos)
-    # Attribution reads the clean z of every layer after the first ablated one (the mean z of
-    # mean ablation is then taken for those layers too: each layer's is the same).
+    # Attribution reads the clean z of every layer after the first ablated one (mean z too).
     z_layers = layers if sums is None else set(range(min(layers), model.cfg.n_layers))
     chunks = ablation_chunks(
         model,
@@ -352,6 +355,7 @@ def measure_heads(
         source=source,
         norm_scales=freeze_ln,
         fused=fused,
+        task=task,
     )
     bar = progress_bar(-(-n_rows // batch_size) * len(layers), desc or "heads", progress)
     with torch.inference_mode(), cached_weights():
