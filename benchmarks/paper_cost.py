@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import selfrepair.config as sr_config  # noqa: E402
 from selfrepair.engine.clean import clean_direct_effects  # noqa: E402
 from selfrepair.engine.self_repair import measure_heads  # noqa: E402
-from selfrepair.models.loading import random_model  # noqa: E402
+from selfrepair.models.builders import random_model  # noqa: E402
 
 # The architectures of the paper's models (their Hugging Face configs), for random stand-ins.
 ARCHITECTURES = {

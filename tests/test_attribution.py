@@ -17,11 +17,17 @@ from selfrepair.analysis import attribution
 from selfrepair.analysis.reduce import head_summary, top_token_mask
 from selfrepair.config import ConfigError, FigureTarget, attribution_heads
 from selfrepair.engine.attribution import RepairSums
-from selfrepair.engine.self_repair import ABLATIONS, measure_heads
-from selfrepair.models.loading import random_model
+from selfrepair.engine.self_repair import measure_heads
+from selfrepair.models.builders import random_model
 from selfrepair.reference.attribution import reference_component_effects
 from selfrepair.stages.store import open_zarr
-from selfrepair.variables import component_kinds, component_names, downstream, n_components
+from selfrepair.variables import (
+    ABLATIONS,
+    component_kinds,
+    component_names,
+    downstream,
+    n_components,
+)
 
 TOL = 1e-4
 

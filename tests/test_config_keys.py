@@ -15,7 +15,7 @@ import pytest
 import yaml
 from helpers import ROOT, SCHEMA
 
-from selfrepair.data.training import build_model
+from selfrepair.models.builders import build_model
 
 
 def _resolve(node: dict, root: dict) -> dict:

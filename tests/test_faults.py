@@ -18,7 +18,7 @@ import selfrepair.stages.job as job
 import selfrepair.stages.joblog as joblog
 import selfrepair.stages.store as store
 from selfrepair.config import ConfigError, check_run, model_entries
-from selfrepair.data.training import build_model
+from selfrepair.models.builders import build_model
 from selfrepair.models.forward import NonFiniteActivation
 from selfrepair.variables import HEAD_VARIABLES
 

@@ -21,7 +21,7 @@ import torch
 from helpers import ROOT, snakemake
 from test_config_keys import every_key_config
 
-from selfrepair.data.training import build_model
+from selfrepair.models.builders import build_model
 
 
 def workdir(tmp: Path) -> Path:
@@ -251,15 +251,19 @@ def damaged(run: Path, paths: list[str]):
 
 def forced(finished_run, target: str) -> tuple[int, str]:
     run, configfile = finished_run
+    # The target first: --configfile and --forcerun each take every argument after them.
     proc = snakemake(
-        "--cores", "1", "--configfile", configfile, target, "--forcerun", target, cwd=run,
+        target, "--cores", "1", "--configfile", configfile, "--forcerun", target, cwd=run,
         timeout=600,
     )  # fmt: skip
     return proc.returncode, proc.stdout + proc.stderr
 
 
 def damage_line(out: str, store: str) -> str:
-    lines = [line for line in out.splitlines() if " is damaged: " in line]
+    """The one line the failed job ended with (its exception's message)."""
+    lines = [
+        line.split("DamagedStore: ", 1)[1] for line in out.splitlines() if "DamagedStore: " in line
+    ]
     assert lines, out[-3000:]
     assert lines[0].startswith(store) and lines[0].endswith(
         f"delete {store} and rerun the workflow"

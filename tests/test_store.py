@@ -19,7 +19,7 @@ import zarr
 
 import selfrepair.stages.integrity as integrity
 import selfrepair.stages.store as store
-from selfrepair.data.training import build_model
+from selfrepair.models.builders import build_model
 from selfrepair.stages.ablation import ablate
 from selfrepair.stages.clean import clean_cache
 from selfrepair.stages.job import ModelJob, read_token_rows
@@ -67,10 +67,20 @@ def made(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def summarize(shard: Path, out: Path) -> xr.Dataset:
+def summarize(shard: Path | list[str], out: Path) -> xr.Dataset:
+    """summarize_heads' summary (its intervals written beside it)."""
+    shards = [str(shard)] if isinstance(shard, Path) else shard
     return summarize_heads(
-        shards=[str(shard)], top_fraction=0.25, de_epsilon=1e-6, out=str(out), attrs={}
-    )
+        shards=shards,
+        top_fraction=0.25,
+        de_epsilon=1e-6,
+        n_resamples=20,
+        level=0.9,
+        seed=0,
+        out=str(out),
+        intervals_out=str(out.with_name(f"intervals-{out.name}")),
+        attrs={},
+    )[0]
 
 
 def read_summary(summary: Path, out: Path) -> np.ndarray:
@@ -329,7 +339,7 @@ def test_a_store_copied_onto_another_path_is_refused(two_shards, onto, tmp_path)
     out = tmp_path / "summary.zarr"
     shards = [str(target), str(run / "shard-001.zarr")]
     with pytest.raises(store.DamagedStore) as caught:
-        summarize_heads(shards=shards, top_fraction=0.25, de_epsilon=1e-6, out=str(out), attrs={})
+        summarize(shards, out)
     assert str(caught.value) == (
         f"{target} is damaged: it was written as {recorded} (a store copied or renamed onto "
         f"this path), not as {integrity.store_place(target)}; delete {target} and rerun the workflow"

@@ -13,7 +13,8 @@ import yaml
 from helpers import ROOT, SCHEMA, load, merged
 from tasks_helpers import gpt2_checkpoint, ioi_tokenizer
 
-from selfrepair.config import ConfigError, check_task_prompts, validate_run
+from selfrepair.config import ConfigError, validate_run
+from selfrepair.config.tasks import check_task_prompts
 
 PAPER_CI = ROOT / "config" / "paper-ci.yaml"
 

@@ -18,7 +18,7 @@ import xarray as xr
 from selfrepair.analysis.intervals import bootstrap_means, percentile_interval
 from selfrepair.analysis.reduce import top_token_mask
 from selfrepair.analysis.tables import html_page
-from selfrepair.variables import REPAIR_TOTALS
+from selfrepair.variables import REPAIR_TOTALS, head_label
 
 __all__ = [
     "SELECTIONS",
@@ -202,7 +202,7 @@ def head_detail(detail: xr.Dataset, head: tuple[int, int]) -> xr.Dataset:
     """The per-token detail (repair_detail's store) of one ablated head: its top tokens."""
     mine = (detail.ablated_layer.values == head[0]) & (detail.ablated_head.values == head[1])
     if not mine.any():
-        raise ValueError(f"L{head[0]}H{head[1]} has no per-token detail in this store")
+        raise ValueError(f"{head_label(*head)} has no per-token detail in this store")
     return detail.isel(token=np.flatnonzero(mine))
 
 
@@ -226,7 +226,7 @@ def repair_graph(
                 low, high = (np.nan, np.nan) if ci is None else ci.sel(component=comp).values
                 rows.append(
                     {
-                        "ablated_head": f"L{layer}H{head}",
+                        "ablated_head": head_label(layer, head),
                         "repairer": comp,
                         "top_dde": float(one.top_dde.sel(component=comp)),
                         "top_share": float(one.top_share.sel(component=comp)),

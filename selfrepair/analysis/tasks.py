@@ -16,7 +16,8 @@ import pandas as pd
 import xarray as xr
 
 from selfrepair.analysis.attribution import top_repairers
-from selfrepair.plots.captions import METRIC_LABELS, head_label
+from selfrepair.plots.captions import METRIC_LABELS
+from selfrepair.variables import head_label
 
 __all__ = [
     "clean_metric",

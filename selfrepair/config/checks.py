@@ -22,6 +22,7 @@ from selfrepair.config.models import (
     missing_head,
     model_dims,
 )
+from selfrepair.variables import head_label
 
 __all__ = [
     "check_corpus_files",
@@ -148,7 +149,7 @@ def check_distinct_heads(config: dict[str, Any]) -> None:
         for layer, head in heads:
             if (layer, head) in seen:
                 raise ConfigError(
-                    f"config key {key}: L{layer}H{head} is listed twice; list it once"
+                    f"config key {key}: {head_label(layer, head)} is listed twice; list it once"
                 )
             seen.add((layer, head))
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from selfrepair.config.errors import ConfigError
+from selfrepair.variables import head_label
 
 # (layer, head) of an attention head.
 Head = tuple[int, int]
@@ -156,10 +157,10 @@ def model_dims(entry: dict[str, Any]) -> tuple[int, int] | None:
 
 
 def missing_head(model: str, layer: int, head: int, n_layers: int, n_heads: int) -> str | None:
-    """Why L{layer}H{head} does not exist in a model of this size, or None when it does."""
+    """Why head (layer, head) does not exist in a model of this size, or None when it does."""
     if 0 <= layer < n_layers and 0 <= head < n_heads:
         return None
-    return f"{model} has no L{layer}H{head} ({n_layers} layers x {n_heads} heads)"
+    return f"{model} has no {head_label(layer, head)} ({n_layers} layers x {n_heads} heads)"
 
 
 # Hugging Face model types whose blocks TransformerLens runs with parallel attention and MLP

@@ -83,8 +83,7 @@ def clean_direct_effects(
         tokens: [batch, pos + 1] token rows, each starting with BOS.
         batch_size: rows per clean pass (default: all); never changes a number.
         progress, desc: show a progress bar with this label.
-        counter: a counterfactual token per position (a task's, metric logit_diff): every
-            direct effect is then on the logit difference answer - counterfactual.
+        counter: a counterfactual token per position (metric logit_diff: answer - it).
         top1: also say whether each target is the model's top prediction (`top1`).
 
     Returns:

@@ -36,8 +36,6 @@ from selfrepair.engine.ablation import (
     ablation_chunks,
     check_ablation,
     checked_source,
-    mean_z,
-    resample_source,
 )
 from selfrepair.engine.attribution import (
     RepairSums,
@@ -46,7 +44,6 @@ from selfrepair.engine.attribution import (
     head_directions,
 )
 from selfrepair.engine.inputs import (
-    CPU_PASS_BYTES,
     TaskInputs,
     default_heads_per_pass,
     empty_head_arrays,
@@ -63,29 +60,20 @@ from selfrepair.models.forward import (
     restart_point,
 )
 from selfrepair.models.readout import Readout, readout
-from selfrepair.variables import ABLATIONS, HEAD_VARIABLES
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 __all__ = [
-    "ABLATIONS",
-    "CPU_PASS_BYTES",
-    "HEAD_VARIABLES",
     "ablate_group",
     "ablated_pass",
     "chunk_directions",
-    "default_heads_per_pass",
     "frozen_norms",
     "head_groups",
-    "mean_z",
     "measure_chunk",
     "measure_heads",
     "progress_bar",
-    "normalize_heads",
     "pass_result",
-    "resample_source",
-    "validate_tokens",
 ]
 
 
@@ -316,14 +304,12 @@ def measure_heads(
         freeze_ln: every LayerNorm after the ablated head keeps its clean scale (so sr_ln is 0
             and the remaining self-repair is the heads' and MLPs').
         fused: run blocks with selfrepair.models.blocks' fused forward where it applies (same
-            numbers to float tolerance, several times faster on a CPU); False runs
-            TransformerLens' block modules.
+            numbers to float tolerance, faster on a CPU); False: TransformerLens' modules.
         progress, desc: show a progress bar with this label.
         sums: when given (engine.attribution.RepairSums over the same rows), the same passes
             add every downstream component's change of direct effect to it (who repairs whom);
             the returned numbers do not change.
-        task: a task's counterfactuals, corrupted prompts (ablation "corrupted") and real
-            positions (engine.inputs.TaskInputs); None: running text.
+        task: a task's engine.inputs.TaskInputs (ablation "corrupted" needs it); None: text.
 
     Returns:
         HEAD_VARIABLES with dims layer, head, batch, pos (= tokens.shape[1] - 1), NaN for heads

@@ -17,7 +17,6 @@ __all__ = [
     "ABLATION_NOTES",
     "METRIC_LABELS",
     "Selection",
-    "head_label",
     "measured",
     "metric_sentence",
     "task_description",
@@ -35,11 +34,6 @@ ABLATION_NOTES = {
     "mean": "mean (each head's mean z over the task's prompts, padding left out)",
     "zero": "zero",
 }
-
-
-def head_label(layer: int, head: int) -> str:
-    """The paper's name of a head, e.g. L22H11."""
-    return f"L{int(layer)}H{int(head)}"
 
 
 @dataclass(frozen=True)

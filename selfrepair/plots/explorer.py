@@ -28,8 +28,8 @@ FIELD_LABELS = {
     "top_sr_heads": "  of which later heads (sr_heads)",
     "top_sr_mlps": "  of which MLPs (sr_mlps)",
     "top_sr_ln": "  of which LayerNorm (sr_ln)",
-    "top_ln_share": "LayerNorm share of self-repair, top tokens",
-    "top_ln_share_clipped": "LayerNorm share, clipped to [0, 1], top tokens",
+    "top_ln_share": "LayerNorm share of DE (sr_ln / clean DE), top tokens",
+    "top_ln_share_clipped": "LayerNorm share of DE, clipped to [0, 1], top tokens",
     "top_n_tokens": "top tokens (by clean DE)",
 }
 

@@ -1,6 +1,6 @@
 """The task figures (rules/tasks.smk), one (model, task) each under the task's first ablation:
 Fig 1 and Fig 2 on the task's answer positions (task_self_repair_per_head,
-task_de_vs_metric_drop) and who repairs whom there (task_repair_heatmap, task_repair_bars).
+task_de_vs_metric_drop) and who repairs whom there (task_repairer_heatmap, task_repair_bars).
 Each figure's title states the clean metric, so a reader sees whether the model solves the task
 at all. Runs in the analysis environment: no torch here."""
 
@@ -18,19 +18,19 @@ from matplotlib.figure import Figure
 from selfrepair.analysis import attribution as repair
 from selfrepair.analysis.reduce import head_effect_drops
 from selfrepair.plots import repair as draw
-from selfrepair.plots.captions import head_label
 from selfrepair.plots.common import save_figure
 from selfrepair.plots.effects import heads_de_vs_logit_drop
 from selfrepair.plots.per_head import per_head_by_depth
 from selfrepair.plots.style import with_unit
 from selfrepair.stages.repair_figures import repairer_table
 from selfrepair.stages.store import open_zarr
+from selfrepair.variables import head_label
 
 __all__ = [
     "headline",
     "task_de_vs_metric_drop",
     "task_repair_bars",
-    "task_repair_heatmap",
+    "task_repairer_heatmap",
     "task_self_repair_per_head",
 ]
 
@@ -108,7 +108,7 @@ def task_de_vs_metric_drop(
     return _saved(fig, headline(model, task, ablation, metric), out)
 
 
-def task_repair_heatmap(
+def task_repairer_heatmap(
     repairs: str, metric: str, model: str, task: str, ablation: str, out: Paths = ()
 ) -> Figure:
     """Who repairs whom on a task: each component's share of each head's self-repair over the

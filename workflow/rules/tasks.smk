@@ -230,28 +230,28 @@ rule task_de_vs_metric_drop:
         "../scripts/task_de_vs_metric_drop.py"
 
 
-rule task_repair_heatmap:
+rule task_repairer_heatmap:
     input:
         unpack(task_figure_input),
     output:
-        pdf="results/{model}/tasks/{task}/figures/task_repair_heatmap.pdf",
+        pdf="results/{model}/tasks/{task}/figures/task_repairer_heatmap.pdf",
         png=report(
-            "results/{model}/tasks/{task}/figures/task_repair_heatmap.png",
-            caption="../report/task_repair_heatmap.rst",
+            "results/{model}/tasks/{task}/figures/task_repairer_heatmap.png",
+            caption="../report/task_repairer_heatmap.rst",
             category="Tasks: {task}",
             subcategory="{model}",
         ),
     log:
-        "results/logs/task_repair_heatmap/{model}/{task}.log",
+        "results/logs/task_repairer_heatmap/{model}/{task}.log",
     benchmark:
-        "results/benchmarks/task_repair_heatmap/{model}/{task}.tsv"
+        "results/benchmarks/task_repairer_heatmap/{model}/{task}.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
         ablation=task_figure_ablation,
         caption=task_caption,
     script:
-        "../scripts/task_repair_heatmap.py"
+        "../scripts/task_repairer_heatmap.py"
 
 
 rule task_repair_bars:

@@ -1,10 +1,10 @@
-"""Who repairs whom on a task (selfrepair.stages.task_figures.task_repair_heatmap)."""
+"""Who repairs whom on a task (selfrepair.stages.task_figures.task_repairer_heatmap)."""
 
 from selfrepair.stages.joblog import logged
-from selfrepair.stages.task_figures import task_repair_heatmap
+from selfrepair.stages.task_figures import task_repairer_heatmap
 
 with logged(snakemake.log[0]):
-    task_repair_heatmap(
+    task_repairer_heatmap(
         snakemake.input.repairs,
         snakemake.input.metric,
         snakemake.wildcards.model,
