@@ -35,7 +35,7 @@ def ioi_tokenizer(vocab_size: int = 2000, n_names: int = len(NAMES)):
 
 def gpt2_checkpoint(path, tokenizer, seed: int = 0, n_layers: int = 3, d_model: int = 32) -> str:
     """A random GPT-2 (Hugging Face) of the tokenizer's vocabulary saved with it in path."""
-    from selfrepair.data.training import build_model
+    from selfrepair.models.builders import build_model
 
     model = build_model("gpt2", len(tokenizer), n_layers, d_model, 4, 64, seed=seed)
     model.save_pretrained(str(path))

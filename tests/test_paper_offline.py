@@ -27,6 +27,8 @@ import torch
 import xarray as xr
 from helpers import figure_names
 
+from selfrepair.config.figures import TASK_FIGURES
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import offline_hub  # noqa: E402
@@ -199,6 +201,14 @@ def test_clean_and_resample_numbers_match_transformers(paper_run, model):
 
 IOI_CONFIGS = ("config/ioi.yaml", ".test/config/ioi.yaml")
 IOI = "results/gpt2-small/tasks/ioi"
+# The task's outputs only (its paper path is the paper run's, planned by test_ioi_plans): every
+# ablation's summary and joint ablation, the table, the figures and the explorer page.
+IOI_TARGETS = [
+    *(f"{IOI}/{kind}/{a}.zarr" for kind in ("summary", "sets") for a in ("corrupted", "mean")),
+    f"{IOI}/tables/backup_heads.csv",
+    *(f"{IOI}/figures/{stem}.png" for stem in TASK_FIGURES),
+    "results/explorer/tasks/ioi/gpt2-small.html",
+]
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +224,8 @@ def ioi_run(request, tmp_path_factory) -> tuple[Path, Path]:
     for name in ("workflow", "config", "selfrepair", ".test"):
         (run / name).symlink_to(ROOT / name)
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", *IOI_CONFIGS],
+        [sys.executable, "-m", "snakemake", "--cores", "2", *IOI_TARGETS, "--configfile"]
+        + list(IOI_CONFIGS),
         cwd=run,
         env=environment(hf_home),
         capture_output=True,
@@ -228,7 +239,6 @@ def ioi_run(request, tmp_path_factory) -> tuple[Path, Path]:
 
 def test_ioi_outputs_and_backup_table(ioi_run):
     from selfrepair.analysis.tasks import roc_auc, set_scores
-    from selfrepair.config.figures import TASK_FIGURES
 
     run, _ = ioi_run
     task = run / IOI

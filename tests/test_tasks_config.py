@@ -128,3 +128,28 @@ def test_prompts_are_checked_with_each_tokenizer_before_any_job(tmp_path):
     few = gpt2_checkpoint(tmp_path / "few", ioi_tokenizer(vocab_size=300, n_names=3))
     with pytest.raises(ConfigError, match=r"tasks.ioi \(m's tokenizer\): .*IOI needs at least 5"):
         check_task_prompts(config, {"m": {"name": "m", "path": few}})
+
+
+def test_the_ioi_config_plans_the_task_beside_the_paper_path():
+    """config/ioi.yaml (with its CI overlay) plans through snakemake -n: every task rule once per
+    ablation or once, beside gpt2-small's paper path."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "1", "--configfile",
+         "config/ioi.yaml", ".test/config/ioi.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = dict(
+        (line.split()[0], int(line.split()[1]))
+        for line in proc.stdout.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    )
+    per_ablation = {"task_ablate", "task_set_ablate", "task_summary"}
+    assert {job: jobs[job] for job in per_ablation} == dict.fromkeys(per_ablation, 2)
+    once = {"task_prompts", "task_clean", "task_backups", "task_explorer", "task_repair_bars"}
+    once |= {"task_self_repair_per_head", "task_de_vs_metric_drop", "task_repairer_heatmap"}
+    assert {job: jobs[job] for job in once} == dict.fromkeys(once, 1)
+    assert jobs["ablate"] == 4 and jobs["fig01"] == 1  # the paper path, as paper-ci's

@@ -14,10 +14,10 @@ from selfrepair.engine.ablation import mean_z
 from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.clean import clean_direct_effects, decomposition_error
 from selfrepair.engine.inputs import TaskInputs
-from selfrepair.engine.self_repair import HEAD_VARIABLES, measure_heads
+from selfrepair.engine.self_repair import measure_heads
 from selfrepair.engine.sets import measure_sets
 from selfrepair.reference.tasks import TaskReference, reference_task_heads, reference_task_set
-from selfrepair.variables import component_kinds
+from selfrepair.variables import HEAD_VARIABLES, component_kinds
 
 TOL = 1e-4
 LENGTHS = (12, 9, 12, 7, 10)

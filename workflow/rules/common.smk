@@ -1,5 +1,6 @@
 # Shared by every rules file (the config checked against its schema; the run's models, shards
 # and figure targets; the input functions and caption helpers of the rules).
+import json
 import re
 import sys
 from pathlib import Path
@@ -296,7 +297,9 @@ FIGURE_LIST = sr_figures.run_figures(
 def figure_outputs(kinds):
     """The files of the run's figures of these kinds, as their rules write them (rules/
     figures.smk, attribution.smk, training.smk: the paths are in the rules)."""
-    return [path for f in FIGURE_LIST if f.kind in kinds for path in rules_output(f.rule)]
+    return [
+        path for f in FIGURE_LIST if f.kind in kinds for path in rules_output(f.rule)
+    ]
 
 
 def rules_output(rule):
@@ -530,22 +533,17 @@ def task_caption(wildcards, input):
 
 
 def task_outputs():
-    """Every (model, task)'s final outputs: summaries, sets, table, figures, explorer page."""
+    """Every (model, task)'s final outputs, as the task rules write them: summaries, joint
+    ablations of its sets, the backup table, the figures and the explorer page."""
     outputs = []
     for task, models in TASK_MODELS.items():
         spec = TASKS[task]
-        for model in models:
-            where = f"results/{model}/tasks/{task}"
-            outputs += [f"{where}/summary/{a}.zarr" for a in spec["ablations"]]
-            if spec["ablation_sets"]:
-                outputs += [f"{where}/sets/{a}.zarr" for a in spec["ablations"]]
-            outputs += [f"{where}/tables/backup_heads.{fmt}" for fmt in ("csv", "html")]
-            outputs += [
-                f"{where}/figures/{stem}.{fmt}"
-                for stem in TASK_FIGURES
-                for fmt in ("pdf", "png")
-            ]
-            outputs.append(f"results/explorer/tasks/{task}/{model}.html")
+        each = dict(model=models, task=task, task_ablation=spec["ablations"])
+        outputs += expand(rules.task_summary.output, **each)
+        if spec["ablation_sets"]:
+            outputs += expand(rules.task_set_ablate.output, **each)
+        for rule in ("task_backups", *TASK_FIGURES, "task_explorer"):
+            outputs += expand(getattr(rules, rule).output, model=models, task=task)
     return outputs
 
 

@@ -157,13 +157,13 @@ rule task_backups:
         csv=report(
             "results/{model}/tasks/{task}/tables/backup_heads.csv",
             caption="../report/task_backups.rst",
-            category="Tasks: {task}",
+            category="Tasks – {task}",
             subcategory="{model}",
         ),
         html=report(
             "results/{model}/tasks/{task}/tables/backup_heads.html",
             caption="../report/task_backups.rst",
-            category="Tasks: {task}",
+            category="Tasks – {task}",
             subcategory="{model}",
         ),
     log:
@@ -190,7 +190,7 @@ rule task_self_repair_per_head:
         png=report(
             "results/{model}/tasks/{task}/figures/task_self_repair_per_head.png",
             caption="../report/task_self_repair_per_head.rst",
-            category="Tasks: {task}",
+            category="Tasks – {task}",
             subcategory="{model}",
         ),
     log:
@@ -214,7 +214,7 @@ rule task_de_vs_metric_drop:
         png=report(
             "results/{model}/tasks/{task}/figures/task_de_vs_metric_drop.png",
             caption="../report/task_de_vs_metric_drop.rst",
-            category="Tasks: {task}",
+            category="Tasks – {task}",
             subcategory="{model}",
         ),
     log:
@@ -238,7 +238,7 @@ rule task_repairer_heatmap:
         png=report(
             "results/{model}/tasks/{task}/figures/task_repairer_heatmap.png",
             caption="../report/task_repairer_heatmap.rst",
-            category="Tasks: {task}",
+            category="Tasks – {task}",
             subcategory="{model}",
         ),
     log:
@@ -262,7 +262,7 @@ rule task_repair_bars:
         png=report(
             "results/{model}/tasks/{task}/figures/task_repair_bars.png",
             caption="../report/task_repair_bars.rst",
-            category="Tasks: {task}",
+            category="Tasks – {task}",
             subcategory="{model}",
         ),
     log:
