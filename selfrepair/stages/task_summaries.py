@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import xarray as xr
 
-from selfrepair.analysis import attribution, reduce, tables
+from selfrepair.analysis import attribution, tables
 from selfrepair.analysis import intervals as bootstrap
 from selfrepair.analysis.tasks import head_backups, set_backups
 from selfrepair.stages.joblog import provenance, revision_of
@@ -82,9 +82,7 @@ def task_summary(
     """
     data = open_zarr(ablation_store)
     own = provenance(**attrs, model_revision=revision_of(data), **_task_attrs(data))
-    summary = reduce.head_summary(data, top_fraction=TASK_TOP_FRACTION, de_epsilon=de_epsilon)
-    summary.attrs.update(own)
-    result = bootstrap.head_intervals(
+    summary, result = bootstrap.summary_and_intervals(
         data,
         top_fraction=TASK_TOP_FRACTION,
         de_epsilon=de_epsilon,
@@ -92,6 +90,7 @@ def task_summary(
         level=level,
         seed=seed,
     )
+    summary.attrs.update(own)
     result.attrs.update(own)
     repairs = _repair_summary(sums, data.sizes["token"], tolerance)
     repairs.attrs.update(own)
