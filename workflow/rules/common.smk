@@ -542,8 +542,8 @@ def task_outputs():
         outputs += expand(rules.task_summary.output, **each)
         if spec["ablation_sets"]:
             outputs += expand(rules.task_set_ablate.output, **each)
-        for rule in ("task_backups", *TASK_FIGURES, "task_explorer"):
-            outputs += expand(getattr(rules, rule).output, model=models, task=task)
+        for name in ("task_backups", *TASK_FIGURES, "task_explorer"):
+            outputs += expand(getattr(rules, name).output, model=models, task=task)
     return outputs
 
 
