@@ -155,3 +155,19 @@ def test_roc_auc_is_the_share_of_pairs_ranked_right():
     assert roc_auc(scores, ["a"]) == 1.0 and roc_auc(scores, ["e"]) == 0.0
     assert np.isnan(roc_auc(scores, [])) and np.isnan(roc_auc(scores, list(scores)))
     assert roc_auc(scores, ["b", "zz"]) == pytest.approx(2.5 / 4)  # unknown positives ignored
+
+
+def test_repeat_rows_make_the_chosen_rows_copy_their_first_half():
+    """train.repeats: the drawn share of rows repeats its first half after BOS, the rest are as
+    packed, the draw follows the seed, and 0 changes nothing."""
+    from selfrepair.data.training import repeat_rows
+
+    rows = np.arange(200 * 9).reshape(200, 9)
+    out = repeat_rows(rows, 0.5, seed=3)
+    copied = (out[:, 5:9] == out[:, 1:5]).all(1)
+    assert 70 < copied.sum() < 130
+    assert (out[copied, :5] == rows[copied, :5]).all()
+    assert (out[~copied] == rows[~copied]).all()
+    assert (repeat_rows(rows, 0.5, seed=3) == out).all()
+    assert not (repeat_rows(rows, 0.5, seed=4) == out).all()
+    assert (repeat_rows(rows, 0.0, seed=3) == rows).all()
