@@ -131,8 +131,8 @@ def test_prompts_are_checked_with_each_tokenizer_before_any_job(tmp_path):
 
 
 def test_the_ioi_config_plans_the_task_beside_the_paper_path():
-    """config/ioi.yaml (with its CI overlay) plans through snakemake -n: every task rule once per
-    ablation or once, beside gpt2-small's paper path."""
+    """config/ioi.yaml (with its CI overlay) plans through snakemake -n: every task rule once
+    (the overlay keeps one ablation), beside gpt2-small's paper path."""
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "1", "--configfile",
          "config/ioi.yaml", ".test/config/ioi.yaml"],
@@ -148,7 +148,7 @@ def test_the_ioi_config_plans_the_task_beside_the_paper_path():
         if len(line.split()) == 2 and line.split()[1].isdigit()
     )
     per_ablation = {"task_ablate", "task_set_ablate", "task_summary"}
-    assert {job: jobs[job] for job in per_ablation} == dict.fromkeys(per_ablation, 2)
+    assert {job: jobs[job] for job in per_ablation} == dict.fromkeys(per_ablation, 1)
     once = {"task_prompts", "task_clean", "task_backups", "task_explorer", "task_repair_bars"}
     once |= {"task_self_repair_per_head", "task_de_vs_metric_drop", "task_repairer_heatmap"}
     assert {job: jobs[job] for job in once} == dict.fromkeys(once, 1)
