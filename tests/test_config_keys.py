@@ -70,6 +70,14 @@ def checkpoint(path: Path, seed: int) -> str:
     return str(path)
 
 
+def prompts_file(tmp: Path) -> str:
+    """A JSONL prompts file of two lines with every field."""
+    path = tmp / "prompts.jsonl"
+    line = {"prompt": "x = 1", "answer": " y", "counterfactual": " z", "corrupted": "x = 2"}
+    path.write_text(json.dumps(line) + "\n" + json.dumps(line | {"prompt": "y = 2"}) + "\n")
+    return str(path)
+
+
 def every_key_config(tmp: Path) -> dict:
     """A valid config that sets every key of the schema (most to a value other than its
     default), on models the dry run can plan offline: a trained one, one by path with a local
@@ -120,6 +128,7 @@ def every_key_config(tmp: Path) -> dict:
                     "lr": 0.01,
                     "seed": 1,
                     "keep_steps": [0, 5],
+                    "repeats": 0.25,
                 },
                 "heads": [[0, 0], [1, 0], [1, 1]],
                 "batch_size": 4,
@@ -145,6 +154,27 @@ def every_key_config(tmp: Path) -> dict:
             "fig21_24": {"models": ["m-path"]},
         },
         "explorer": {"tokens_per_head": 5, "context": 8},
+        "tasks": {
+            "t-ioi": {
+                "type": "ioi",
+                "models": ["gpt2-small"],
+                "n_prompts": 8,
+                "metric": "logit_diff",
+                "ablations": ["corrupted", "mean"],
+                "ablation_sets": {"movers": [[9, 9], [10, 0]]},
+                "expected_backups": [[10, 10], [11, 2]],
+                "roles": {"negative name mover": [[10, 7]]},
+                "backup_heads": 2,
+            },
+            "t-induction": {
+                "type": "induction",
+                "models": ["m-train"],
+                "n_prompts": 4,
+                "length": 4,
+                "ablations": ["corrupted", "resample", "zero"],
+            },
+            "t-file": {"type": "prompts", "file": prompts_file(tmp), "models": ["m-path"]},
+        },
         "mechanisms": {
             "neurons": {
                 "ablation": "zero",
@@ -210,3 +240,6 @@ def test_a_config_with_every_key_plans_through_snakemake(every_key_plan):
     expected = {"train_model", "share_tokens", "ablate", "repair_detail", "neuron_effects"}
     expected |= {"atp", "atp_summary", "atp_table"}
     assert expected | {"self_reinforcement", "training_self_repair", "head_explorer"} <= jobs
+    tasks = {"task_prompts", "task_clean", "task_ablate", "task_set_ablate", "task_summary"}
+    tasks |= {"task_backups", "task_self_repair_per_head", "task_repair_bars", "task_explorer"}
+    assert tasks <= jobs

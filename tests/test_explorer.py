@@ -93,8 +93,12 @@ def test_index_links_every_model_offline(finished_run, browser, tmp_path):
     page, errors = offline_page(browser, requested)
     page.goto((explorer / "index.html").as_uri())
     links = page.locator("a").evaluate_all("as => as.map(a => a.getAttribute('href'))")
-    assert set(links) == {"tiny-gpt2.html", "tiny-pythia.html"}
+    tasks = {f"tasks/induction/{m}.html" for m in ("tiny-gpt2", "tiny-pythia")}
+    assert set(links) == {"tiny-gpt2.html", "tiny-pythia.html"} | tasks
     shot(page, tmp_path, "explorer-index.png")
+    for task_page in sorted(tasks):  # the task pages load offline, without errors, too
+        page.goto((explorer / task_page).as_uri())
+        assert "on task induction" in page.content()
     assert requested == [] and errors == []
 
 

@@ -21,10 +21,13 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
 from helpers import figure_names
+
+from selfrepair.config.figures import TASK_FIGURES
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -192,3 +195,127 @@ def test_clean_and_resample_numbers_match_transformers(paper_run, model):
         err = np.abs(got - expected).max()
         print(f"{model} L{layer}H{head}: |logit_diff| up to {size:.3g}, off by {err:.2g}")
         assert err <= 1e-5 + 2e-4 * size, (model, layer, head, err, size)
+
+
+# --- config/ioi.yaml offline: IOI on gpt2-small (the same cache) ---------------------------------
+
+IOI_CONFIGS = ("config/ioi.yaml", ".test/config/ioi.yaml")
+IOI = "results/gpt2-small/tasks/ioi"
+# The task's outputs only (its paper path is paper-ci's; tests/test_tasks_config.py plans the
+# whole run): the summary and joint ablation, the table, the figures and the explorer page.
+IOI_TARGETS = [
+    *(f"{IOI}/{kind}/corrupted.zarr" for kind in ("summary", "sets")),
+    f"{IOI}/tables/backup_heads.csv",
+    *(f"{IOI}/figures/{stem}.png" for stem in TASK_FIGURES),
+    "results/explorer/tasks/ioi/gpt2-small.html",
+]
+
+
+@pytest.fixture(scope="module")
+def ioi_run(request, tmp_path_factory) -> tuple[Path, Path]:
+    """(run directory, HF_HOME) of a finished run of config/ioi.yaml at CI size
+    (.test/config/ioi.yaml) through the paper run's cache; SELFREPAIR_IOI_RUN=<dir> checks a
+    finished run there instead (its HF_HOME in <dir>/hf)."""
+    given = os.environ.get("SELFREPAIR_IOI_RUN")
+    if given:
+        return Path(given), Path(given) / "hf"
+    _, hf_home, _ = request.getfixturevalue("paper_run")
+    run = tmp_path_factory.mktemp("ioi-run")
+    for name in ("workflow", "config", "selfrepair", ".test"):
+        (run / name).symlink_to(ROOT / name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *IOI_TARGETS, "--configfile"]
+        + list(IOI_CONFIGS),
+        cwd=run,
+        env=environment(hf_home),
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    (run / "snakemake.log").write_text(proc.stderr)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return run, hf_home
+
+
+def test_ioi_outputs_and_backup_table(ioi_run):
+    from selfrepair.analysis.tasks import roc_auc, set_scores
+
+    run, _ = ioi_run
+    task = run / IOI
+    for stem in TASK_FIGURES:
+        assert (task / "figures" / f"{stem}.png").stat().st_size > 1000, stem
+    assert (run / "results" / "explorer" / "tasks" / "ioi" / "gpt2-small.html").exists()
+    prompts = xr.open_zarr(task / "prompts.zarr")
+    assert prompts.sizes["prompt"] == 16 and len(prompts.attrs["names"]) >= 5
+    table = pd.read_csv(task / "tables" / "backup_heads.csv")
+    joint = table[table.source == "set"]
+    assert set(joint.set) == {"name_movers"} and "expected_backup" in joint
+    sets = xr.open_zarr(task / "sets" / "corrupted.zarr")
+    expected = ["L10H10", "L10H6", "L10H2", "L10H1", "L11H2", "L9H7", "L9H0", "L11H9"]
+    auc = roc_auc(set_scores(sets, "name_movers"), expected)
+    assert joint.roc_auc_joint.iloc[0] == pytest.approx(auc, abs=1e-6)
+    assert 0 <= auc <= 1
+    print(f"IOI on random gpt2-small: ROC-AUC {auc:.3f} (joint), meaningless on random weights")
+
+
+def _c_proj_inputs(model, layer: int, rows: torch.Tensor) -> torch.Tensor:
+    proj, kept = out_projection(model, layer), {}
+    hook = proj.register_forward_pre_hook(lambda m, args: kept.update(z=args[0].clone()))
+    with torch.no_grad():
+        model(rows)
+    hook.remove()
+    return kept["z"]
+
+
+def _logit_diff(model, rows, answer, counter, where) -> np.ndarray:
+    with torch.no_grad():
+        logits = model(rows).logits.double()
+    prompt, pos = where
+    return (
+        logits[prompt, pos, answer[prompt, pos]] - logits[prompt, pos, counter[prompt, pos]]
+    ).numpy()
+
+
+def test_ioi_logit_difference_matches_transformers_with_the_abc_patch(ioi_run):
+    """The clean IOI logit difference, and after patching one name mover's z (then all three
+    together) from the ABC prompts, equal transformers' own forward pass with the heads' slices
+    of c_proj's input replaced by the ABC run's (no TransformerLens)."""
+    run, hf_home = ioi_run
+    task = run / IOI
+    prompts = xr.open_zarr(task / "prompts.zarr")
+    rows = torch.from_numpy(prompts.tokens.values.astype(np.int64))
+    corrupted = torch.from_numpy(prompts.corrupted.values.astype(np.int64))
+    answer = rows[:, 1:]
+    counter = torch.from_numpy(prompts.counter.values.astype(np.int64))
+    clean = xr.open_zarr(task / "clean.zarr")
+    where = (clean.prompt.values, clean.position.values)
+    ref = hf_model(hf_home, "gpt2")
+    d_head = ref.config.hidden_size // ref.config.n_head
+    base = _logit_diff(ref, rows[:, :-1], answer, counter, where)
+    assert np.abs(clean.logit_clean.values - base).max() <= 1e-4 * max(1, np.abs(base).max())
+    heads = {"single": [(9, 9)], "set": [(9, 9), (9, 6), (10, 0)]}
+    other = {layer: _c_proj_inputs(ref, layer, corrupted[:, :-1]) for layer in (9, 10)}
+    for kind, patched in heads.items():
+        hooks = []
+        for layer in {la for la, _ in patched}:
+            parts = [slice(h * d_head, (h + 1) * d_head) for la, h in patched if la == layer]
+
+            def patch(module, args, parts=parts, z=other[layer]):
+                x = args[0].clone()
+                for part in parts:
+                    x[..., part] = z[..., part]
+                return (x,)
+
+            hooks.append(out_projection(ref, layer).register_forward_pre_hook(patch))
+        expected = _logit_diff(ref, rows[:, :-1], answer, counter, where) - base
+        for hook in hooks:
+            hook.remove()
+        if kind == "single":
+            got = xr.open_zarr(task / "ablation" / "corrupted.zarr").logit_diff.sel(layer=9, head=9)
+        else:
+            got = xr.open_zarr(task / "sets" / "corrupted.zarr").logit_diff.sel(set="name_movers")
+        size = np.abs(expected).max()
+        assert size > 1e-3, kind
+        err = np.abs(got.values - expected).max()
+        print(f"IOI {kind}: |logit diff change| up to {size:.3g}, off by {err:.2g}")
+        assert err <= 1e-5 + 2e-4 * size, (kind, err, size)

@@ -38,6 +38,7 @@ import selfrepair.stages.figures as stage_figures
 import selfrepair.stages.repair_figures as stage_repair_figures
 import selfrepair.stages.training as stage_training
 from selfrepair.config.figures import FIGURES as FIGURE_LIST
+from selfrepair.config.figures import TASK_FIGURES
 from selfrepair.engine.clean import decomposition_error
 from selfrepair.stages.joblog import missing_provenance
 from selfrepair.stages.store import open_zarr
@@ -86,6 +87,11 @@ def test_demo_run_builds_a_report_with_every_figure_and_the_table(finished_run):
     assert "<strong>tiny-gpt2</strong>: trained here (gpt2 architecture" in page
     # Every figure has its caption, stating what was measured; the demo's substitutes say so.
     assert page.count("Measured.") >= len(FIGURES) + 2  # + the table's two files
+    # The task figures and tables, their captions stating the clean model on the task.
+    tasks = list(yaml.safe_load(REDUCED_DEMO.read_text())["tasks"])
+    task_files = {f"{stem}.png" for stem in TASK_FIGURES} | {"backup_heads.csv"}
+    assert task_files <= listed
+    assert page.count("Clean model on the task") >= 2 * len(tasks) * (len(TASK_FIGURES) + 2)
     for paper in ("pythia-1b", "pythia-410m L22H11", "pythia-160m L11H10"):
         assert f"substitute for the paper's {paper}" in page
     # Picked substitutes: the caption names the picked heads and the values that chose them.
@@ -222,6 +228,12 @@ STORES = (
     "*/attribution/*/shard-*.zarr",
     "*/atp/*.zarr",
     "*/atp/*/shard-*.zarr",
+    "*/tasks/*/prompts.zarr",
+    "*/tasks/*/clean.zarr",
+    "*/tasks/*/ablation/*.zarr",
+    "*/tasks/*/attribution/*.zarr",
+    "*/tasks/*/summary/*.zarr",
+    "*/tasks/*/intervals/*.zarr",
 )
 
 
@@ -403,7 +415,14 @@ def test_the_reduced_demo_is_the_demo_at_toy_size():
     assert reduced["models"] == [
         {**entry, "train": {**entry["train"], **sizes}} for entry in demo["models"]
     ]
-    same = set(demo) - {"data", "engine", "figures", "tokenizers", "models"}
+    # the task: fewer and shorter prompts (the rows must fit the smaller models' context)
+    assert {t: set(v) for t, v in reduced["tasks"].items()} == {
+        t: set(v) for t, v in demo["tasks"].items()
+    }
+    for name, task in reduced["tasks"].items():
+        sizes = {k: task[k] for k in ("n_prompts", "length") if k in task}
+        assert task == dict(demo["tasks"][name], **sizes)
+    same = set(demo) - {"data", "engine", "figures", "tokenizers", "models", "tasks"}
     assert {k: reduced[k] for k in same} == {k: demo[k] for k in same}
     assert set(reduced) == set(demo)
     tokenizers = {k: dict(v, vocab_size=512) for k, v in demo["tokenizers"].items()}

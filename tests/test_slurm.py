@@ -56,6 +56,7 @@ REDUCED = {
     "resources": MODEL_RESOURCES,
     "tokenizers": {"stdlib-bpe": {"vocab_size": 300}},
     "models": [toy_model("tiny-gpt2", "gpt2"), toy_model("tiny-pythia", "pythia")],
+    "tasks": {"induction": {"n_prompts": 4, "length": 6}},
 }
 # The job the test cancels while it runs (comment the plugin gives it: rule, then wildcards).
 VICTIM = "rule_ablate_wildcards_tiny-gpt2_resample_001"
@@ -228,6 +229,7 @@ def test_gpu_only_for_the_rules_that_run_a_model(runs):
     Threads and memory of model jobs are the config's `resources`."""
     gpu_rules = {"clean_cache", "ablate", "train_model"}
     gpu_rules |= {"neuron_effects", "norm_ratios", "self_reinforcement", "repair_detail"}
+    gpu_rules |= {"task_clean", "task_ablate"}
     assert gpu_rules <= set(runs["expected"]) and set(runs["expected"]) - gpu_rules
     for job in runs["jobs"]:
         rule = rule_of(job["Comment"])

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xarray as xr
 
-from selfrepair.analysis.reduce import LayerTokens, layer_summary, layer_tokens, summary_dataset
+from selfrepair.analysis.reduce import (
+    LayerTokens,
+    layer_summary,
+    layer_tokens,
+    summary_dataset,
+    token_count,
+)
 
 __all__ = [
     "BOUNDS",
@@ -230,7 +236,7 @@ def _intervals(
         seed=seed,
         top_fraction=top_fraction,
         de_epsilon=de_epsilon,
-        n_tokens=int(ds.sizes["batch"] * ds.sizes["pos"]),
+        n_tokens=token_count(ds),
         method="percentile bootstrap over tokens, per head",
     )
     return result

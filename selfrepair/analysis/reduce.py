@@ -31,6 +31,7 @@ __all__ = [
     "ln_share",
     "stack_tokens",
     "summary_dataset",
+    "token_count",
     "top_token_mask",
 ]
 
@@ -38,8 +39,18 @@ TOKEN_DIMS = ("batch", "pos")
 
 
 def stack_tokens(da: xr.DataArray) -> xr.DataArray:
-    """Merge (batch, pos) into one `token` dimension."""
+    """Merge (batch, pos) into one `token` dimension; an array that has one already (a task's
+    answer positions, analysis.tasks.scored_tokens) is returned as it is."""
+    if "token" in da.dims:
+        return da
     return da.stack(token=TOKEN_DIMS).reset_index("token", drop=True)
+
+
+def token_count(ds: xr.Dataset | xr.DataArray) -> int:
+    """The tokens of a per-token store: batch x pos, or its `token` axis."""
+    if "token" in ds.dims:
+        return int(ds.sizes["token"])
+    return int(ds.sizes["batch"] * ds.sizes["pos"])
 
 
 def top_token_mask(de_clean: xr.DataArray, fraction: float) -> xr.DataArray:
@@ -116,7 +127,7 @@ def summary_dataset(
     summary.attrs.update(
         top_fraction=top_fraction,
         de_epsilon=de_epsilon,
-        n_tokens=int(ds.sizes["batch"] * ds.sizes["pos"]),
+        n_tokens=token_count(ds),
     )
     return summary
 

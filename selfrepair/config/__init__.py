@@ -77,6 +77,7 @@ from selfrepair.config.targets import (
     other_models,
     target_with_pick,
 )
+from selfrepair.config.tasks import task_models
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -127,6 +128,7 @@ __all__ = [
     "runtime_for_attempt",
     "shard_bounds",
     "target_with_pick",
+    "task_models",
     "top_count",
     "validate_run",
     "validation_error_from",

@@ -16,6 +16,7 @@ from typing import Literal
 
 __all__ = [
     "FIGURES",
+    "TASK_FIGURES",
     "TRAINING_FIGURES",
     "Figure",
     "by_rule",
@@ -210,3 +211,13 @@ def run_figures(
 # The figures of runs with training checkpoints (models[].revisions, .checkpoints,
 # .train.keep_steps; selfrepair.config.checkpoints): a run without them (the paper's) makes none.
 TRAINING_FIGURES = tuple(f for f in FIGURES if f.kind == "training")
+
+
+# The figures of each (model, task) of the config's `tasks` (rules/tasks.smk):
+# results/{model}/tasks/{task}/figures/<stem>.pdf and .png, each made by the rule of its stem.
+TASK_FIGURES = (
+    "task_self_repair_per_head",
+    "task_de_vs_metric_drop",
+    "task_repairer_heatmap",
+    "task_repair_bars",
+)

@@ -18,6 +18,7 @@ from selfrepair.config.models import (
     pickled_weights_problem,
 )
 from selfrepair.config.places import check_output_places, output_outside
+from selfrepair.config.tasks import check_task_prompts, check_tasks
 
 __all__ = ["SCHEMA", "check_before_jobs", "check_planned_outputs", "validate_run"]
 
@@ -51,6 +52,7 @@ def validate_run(config: dict[str, Any], schema: str | Path = SCHEMA) -> dict[st
     entries = model_entries(config)
     check_hub_names(entries)
     check_run(config, entries)
+    check_tasks(config, entries)
     check_checkpoints(entries)
     check_output_places(config, entries | checkpoint_models(entries))
     return entries
@@ -61,7 +63,8 @@ def check_before_jobs(
 ) -> None:
     """The checks that need the machine or the hub, after planning and before the first job
     (the Snakefile's onstart): device/dtype only when the jobs run here (on a cluster the login
-    node says nothing about the nodes), local weights that load, then hub access.
+    node says nothing about the nodes), local weights that load, hub access, then the tasks'
+    prompts with every tokenizer there is before any job (check_task_prompts).
 
     Args:
         config: the validated workflow config.
@@ -72,6 +75,7 @@ def check_before_jobs(
         check_machine(config)
     check_local_weights(entries)
     check_hub_access(config, entries)
+    check_task_prompts(config, entries)
 
 
 def check_local_weights(entries: dict[str, dict[str, Any]]) -> None:

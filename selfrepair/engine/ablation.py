@@ -6,7 +6,10 @@ ablate through this module only, so their numbers line up:
   position; a batch of rows is run together with the rows outside it that it takes z from
   (`with_partners`), and only its own rows are kept (`first_rows`);
 - mean: mean z over all rows and positions of the tokens passed (position 0 optional);
-- zero: z = 0.
+- zero: z = 0;
+- corrupted (tasks): row i takes z from its paired corrupted prompt, same position: resample
+  with the partner rows taken from a separate pool (`partners`) instead of the rows measured
+  (the circuits convention, e.g. IOI's ABC prompts).
 An ablated pass restarts from the clean residual stream right after the ablated layer's attention
 (forward.restart_point), so only what reads the head's output is recomputed. The mechanism passes
 add the choice of activations to keep (any hook by name), in the clean pass and in the rerun, and
@@ -23,6 +26,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from selfrepair.engine.inputs import TaskInputs
 from selfrepair.models.blocks import run_block
 from selfrepair.models.forward import CleanPass, check_finite, clean_pass, embed, restart_point
 from selfrepair.models.readout import Readout
@@ -33,6 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL_HEADS",
+    "CORRUPTED",
+    "ENGINE_ABLATIONS",
     "POINTS",
     "AblationChunk",
     "ablated_final",
@@ -52,12 +58,17 @@ __all__ = [
 
 POINTS = ("resid_pre", "resid_mid", "resid_post")
 ALL_HEADS = slice(None)
+# Resampling from paired corrupted prompts (tasks only: running text has no pairs).
+CORRUPTED = "corrupted"
+ENGINE_ABLATIONS = (*ABLATIONS, CORRUPTED)
 
 
 def check_ablation(ablation: str) -> None:
-    """Fail naming the choices when `ablation` is not one of ABLATIONS."""
-    if ablation not in ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
+    """Fail naming the choices when `ablation` is not one of ENGINE_ABLATIONS."""
+    if ablation not in ENGINE_ABLATIONS:
+        raise ValueError(
+            f"unknown ablation {ablation!r}: choose one of {', '.join(ENGINE_ABLATIONS)}"
+        )
 
 
 def resample_source(n_rows: int) -> Int[Tensor, " batch"]:
@@ -82,8 +93,12 @@ def mean_z(
     batch_size: int,
     include_bos: bool = True,
     fused: bool = True,
+    real: Tensor | None = None,
 ) -> dict[int, Float[Tensor, "head d_head"]]:
-    """Mean of each head's z over all rows and positions of tokens (position 0 optional)."""
+    """Mean of each head's z over all rows and positions of tokens (position 0 optional); with
+    `real` (bool [rows, pos], a task's right-padded prompts) over its True positions only."""
+    if real is not None:
+        return _masked_mean_z(model, tokens, layers, batch_size, include_bos, fused, real)
     layers = sorted(set(layers))
     sums: dict[int, Tensor] = {}
     count = 0
@@ -103,6 +118,41 @@ def mean_z(
             for block in model.blocks[: layers[-1] + 1]:
                 resid = run_block(block, resid, fused)
             count += chunk.shape[0] * (chunk.shape[1] - first)
+    return {layer: (s / count).to(model.cfg.dtype) for layer, s in sums.items()}
+
+
+def _masked_mean_z(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos"],
+    layers: Iterable[int],
+    batch_size: int,
+    include_bos: bool,
+    fused: bool,
+    real: Tensor,
+) -> dict[int, Float[Tensor, "head d_head"]]:
+    """mean_z over the True positions of `real` (the padding of a task's rows left out)."""
+    layers = sorted(set(layers))
+    real = real.to(device=tokens.device, dtype=torch.bool).clone()
+    if not include_bos:
+        real[:, 0] = False
+    sums: dict[int, Tensor] = {}
+    weights: list[Tensor] = []
+
+    def add(x, hook, layer):
+        w = weights[-1].to(x.device, torch.float32)
+        sums[layer] = sums.get(layer, 0) + torch.einsum("bp,bphd->hd", w, x.float())
+
+    hooks = [
+        (f"blocks.{layer}.attn.hook_z", lambda x, hook, layer=layer: add(x, hook, layer))
+        for layer in layers
+    ]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        for start in range(0, tokens.shape[0], batch_size):
+            weights.append(real[start : start + batch_size])
+            resid = embed(model, tokens[start : start + batch_size])
+            for block in model.blocks[: layers[-1] + 1]:
+                resid = run_block(block, resid, fused)
+    count = int(real.sum())
     return {layer: (s / count).to(model.cfg.dtype) for layer, s in sums.items()}
 
 
@@ -152,7 +202,7 @@ def ablated_z(
 
     Only indexing and views: no arithmetic, so every caller gets the same numbers.
     """
-    if ablation == "resample":
+    if ablation == "resample" or ablation == CORRUPTED:
         return z[:, :, heads][partner]
     if ablation == "mean":
         chosen = z_mean[heads]
@@ -202,6 +252,25 @@ def keeping(names: Iterable[str], store: dict[str, Tensor]) -> list[tuple[str, o
     return [(name, keep) for name in names]
 
 
+def _pool(
+    tokens: Tensor, ablation: str, source: Tensor | None, task: TaskInputs | None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(the rows a clean pass may run, their counterfactual tokens, each measured row's partner
+    among them): the tokens and resample's partner rows among them; for corrupted ablation the
+    tokens then their paired corrupted prompts (row i's partner: row n + i)."""
+    counter = None if task is None or task.counter is None else task.counter.to(tokens.device)
+    n_rows = tokens.shape[0]
+    if ablation == "resample":
+        return tokens, counter, checked_source(source, n_rows)
+    if ablation != CORRUPTED:
+        return tokens, counter, source
+    if task is None or task.partners is None:
+        raise ValueError("corrupted ablation needs each row's corrupted prompt (task.partners)")
+    pool = torch.cat([tokens, task.partners.to(tokens.device, torch.long)])
+    counter = None if counter is None else torch.cat([counter, counter])
+    return pool, counter, torch.arange(n_rows) + n_rows
+
+
 def ablation_chunks(
     model: HookedTransformer,
     tokens: Int[Tensor, "rows pos_plus_1"],
@@ -217,6 +286,7 @@ def ablation_chunks(
     z_mean: dict[int, Tensor] | None = None,
     norm_scales: bool = False,
     fused: bool = True,
+    task: TaskInputs | None = None,
 ) -> Iterator[AblationChunk]:
     """Clean passes over `tokens` in batches of rows, each with what choosing the ablated z of
     its heads over the same `tokens` needs (so pass one shard to match a shard of the engine).
@@ -224,7 +294,7 @@ def ablation_chunks(
     Args:
         model: the HookedTransformer (not modified).
         tokens: [rows, pos + 1] token ids, each row starting with BOS.
-        ablation: "resample", "mean" or "zero".
+        ablation: "resample", "mean", "zero" or (a task's) "corrupted".
         layers: layers whose z (clean and ablated) is needed.
         ro: the model's readout (models.readout.readout).
         batch_size: rows per clean pass (resample partners outside the batch come on top).
@@ -234,6 +304,7 @@ def ablation_chunks(
         source: resample partner of each row (default: resample_source).
         z_mean: the mean z per layer when already computed (default: mean_z over `tokens`).
         norm_scales, fused: passed to models.forward.clean_pass.
+        task: a task's counterfactuals (metric), corrupted prompts and real positions.
     """
     check_ablation(ablation)
     layers = sorted(set(layers))
@@ -242,30 +313,32 @@ def ablation_chunks(
     device = model.W_U.device
     tokens = tokens.to(device=device, dtype=torch.long)
     n_rows = tokens.shape[0]
-    if ablation == "resample":
-        source = checked_source(source, n_rows)
+    pool, counter, source = _pool(tokens, ablation, source, task)
+    paired = ablation in ("resample", CORRUPTED)
     if ablation == "mean" and z_mean is None:
-        z_mean = mean_z(model, tokens, layers, batch_size, mean_include_bos, fused)
+        real = None if task is None else task.real
+        z_mean = mean_z(model, tokens, layers, batch_size, mean_include_bos, fused, real)
 
     # No torch.no_grad() around the loop: a context held open across `yield` would be left by
     # whoever finalises the generator (clean_pass runs under no_grad itself; callers keep theirs).
     for start in range(0, n_rows, batch_size):
         rows = torch.arange(start, min(start + batch_size, n_rows))
-        run_rows = with_partners(rows, source) if ablation == "resample" else rows
+        run_rows = with_partners(rows, source) if paired else rows
         kept: dict[str, Tensor] = {}
         with model.hooks(fwd_hooks=keeping(keep, kept)):
             cp = clean_pass(
                 model,
-                tokens[run_rows.to(device)],
+                pool[run_rows.to(device)],
                 ro,
                 set(layers),
                 restart_layers,
                 run_rows,
                 norm_scales=norm_scales,
                 fused=fused,
+                counter=None if counter is None else counter[run_rows.to(counter.device)],
             )
         n = len(rows)
-        partner = partner_index(run_rows, rows, source, device) if ablation == "resample" else None
+        partner = partner_index(run_rows, rows, source, device) if paired else None
         yield AblationChunk(
             rows=rows,
             cp=first_rows(cp, n),

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RepairSums",
+    "flat_totals",
     "component_effects",
     "component_hooks",
     "component_coords",
@@ -116,6 +117,8 @@ class RepairSums:
         top: bool [layer, head, batch, pos] over the rows measured: each head's top tokens.
         keep_tokens: keep the per-token dDE of every measured head's top tokens (detail).
         row_offset: the global number of the first row (recorded with kept tokens).
+        scored: bool [batch, pos], a task's answer positions: the "all" sums are over them
+            only (None: every token, running text).
     """
 
     def __init__(
@@ -124,10 +127,12 @@ class RepairSums:
         top: Bool[np.ndarray, "layer head batch pos"],
         keep_tokens: bool = False,
         row_offset: int = 0,
+        scored: Bool[np.ndarray, "batch pos"] | None = None,
     ) -> None:
         cfg = model.cfg
         self.model = model
         self.top = top
+        self.scored = scored
         self.keep_tokens = keep_tokens
         self.row_offset = row_offset
         shape = (cfg.n_layers, cfg.n_heads)
@@ -148,6 +153,11 @@ class RepairSums:
         counts = {"all": mask[0].numel(), "top": mask.sum((1, 2)).cpu().numpy()}
         totals = torch.stack([res[name] for name in REPAIR_TOTALS], -1).flatten(1, 2)
         totals = {"all": totals.sum(1), "top": torch.bmm(weights, totals).squeeze(1)}
+        if self.scored is not None:  # a task: "all" is every answer position, not the padding
+            scored = torch.from_numpy(self.scored[rows]).to(comp.device).flatten()
+            counts["all"] = int(scored.sum())
+            sums["all"] = torch.einsum("t,gtc->gc", scored.to(comp.dtype), flat)
+            totals["all"] = torch.einsum("t,gtc->gc", scored.to(comp.dtype), flat_totals(res))
         for key in ("all", "top"):
             self.sums[key][layer, group] += sums[key].double().cpu().numpy()
             self.counts[key][layer, group] += counts[key]
@@ -182,6 +192,11 @@ class RepairSums:
         data = {"dde": (("token", "component"), cat.pop("dde"))}
         data |= {k: ("token", v) for k, v in cat.items()}
         return xr.Dataset(data, coords=component_coords(self.model))
+
+
+def flat_totals(res: dict[str, Tensor]) -> Float[Tensor, "group tokens total"]:
+    """REPAIR_TOTALS of one stacked pass, tokens flattened."""
+    return torch.stack([res[name] for name in REPAIR_TOTALS], -1).flatten(1, 2)
 
 
 def _top_tokens(

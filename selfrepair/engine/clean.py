@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import xarray as xr
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -29,6 +29,7 @@ __all__ = [
     "clean_direct_effects",
     "decomposition_error",
     "next_token_loss",
+    "next_token_top1",
     "total_direct_effect",
 ]
 
@@ -61,6 +62,8 @@ def chunk_direct_effects(
         out["de_pos_embed"][sl] = (cp.pos_embed_dot / s).cpu().numpy()
     out["de_unembed_bias"][sl] = cp.const.cpu().numpy()
     out["loss"][sl] = next_token_loss(model, cp.final, chunk[:, 1:]).cpu().numpy()
+    if "top1" in out:  # asked for (tasks' accuracy)
+        out["top1"][sl] = next_token_top1(model, cp.final, chunk[:, 1:]).cpu().numpy()
 
 
 def clean_direct_effects(
@@ -70,6 +73,8 @@ def clean_direct_effects(
     batch_size: int | None = None,
     progress: bool = False,
     desc: str | None = None,
+    counter: Int[Tensor, "batch pos"] | None = None,
+    top1: bool = False,
 ) -> xr.Dataset:
     """The clean direct effect of every component on every token's centred correct-token logit.
 
@@ -78,11 +83,13 @@ def clean_direct_effects(
         tokens: [batch, pos + 1] token rows, each starting with BOS.
         batch_size: rows per clean pass (default: all); never changes a number.
         progress, desc: show a progress bar with this label.
+        counter: a counterfactual token per position (metric logit_diff: answer - it).
+        top1: also say whether each target is the model's top prediction (`top1`).
 
     Returns:
         Dims layer, head, batch, pos (pos = tokens.shape[1] - 1). Variables: logit_clean,
         ln_scale_clean, loss, target, de_head, de_attn_bias, de_mlp, de_embed, de_pos_embed,
-        de_unembed_bias.
+        de_unembed_bias (and top1, counter when asked for or given).
     """
     check_supported(model)
     validate_tokens(model, tokens)
@@ -103,6 +110,8 @@ def clean_direct_effects(
     out["de_head"] = empty(n_layers, n_heads, n_rows, n_pos)
     out["de_attn_bias"] = empty(n_layers, n_rows, n_pos)
     out["de_mlp"] = empty(n_layers, n_rows, n_pos)
+    if top1:
+        out["top1"] = np.zeros((n_rows, n_pos), bool)
 
     for start in tqdm(
         range(0, n_rows, batch_size),
@@ -114,7 +123,10 @@ def clean_direct_effects(
         rows = torch.arange(start, min(start + batch_size, n_rows))
         chunk = tokens[rows.to(device)]
         with torch.no_grad():
-            cp = clean_pass(model, chunk, ro, all_layers, set(), rows, embeddings=True)
+            part = None if counter is None else counter[rows].to(device)
+            cp = clean_pass(
+                model, chunk, ro, all_layers, set(), rows, embeddings=True, counter=part
+            )
             chunk_direct_effects(model, cp, chunk, slice(start, start + len(rows)), out)
 
     dims2, dims3 = ("batch", "pos"), ("layer", "batch", "pos")
@@ -123,6 +135,10 @@ def clean_direct_effects(
     data["de_head"] = (("layer", "head", "batch", "pos"), out["de_head"])
     data["de_attn_bias"] = (dims3, out["de_attn_bias"])
     data["de_mlp"] = (dims3, out["de_mlp"])
+    if top1:
+        data["top1"] = (dims2, out["top1"])
+    if counter is not None:
+        data["counter"] = (dims2, counter.to(torch.int32).cpu().numpy())
     coords = grid_coords(model, n_rows, n_pos)
     attrs = {
         "model": model.cfg.model_name,
@@ -140,6 +156,16 @@ def next_token_loss(
     """Cross-entropy of the next token, from the final residual stream (full unembedding)."""
     logits = model.unembed(model.ln_final(final_resid)).float()
     return torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+
+
+def next_token_top1(
+    model: HookedTransformer,
+    final_resid: Float[Tensor, "batch pos d_model"],
+    targets: Int[Tensor, "batch pos"],
+) -> Bool[Tensor, "batch pos"]:
+    """Whether each target is the model's top prediction (full unembedding)."""
+    logits = model.unembed(model.ln_final(final_resid))
+    return logits.argmax(-1) == targets
 
 
 def total_direct_effect(ds: xr.Dataset) -> xr.DataArray:

@@ -1,10 +1,11 @@
-"""What the engine's entry points take and give: checks on the heads and tokens asked for, the
-number of heads stacked per pass, and the (layer, head, batch, pos) arrays and Dataset of their
-results."""
+"""What the engine's entry points take and give: checks on the heads and tokens asked for, what
+a task adds to its token rows (TaskInputs), the number of heads stacked per pass, and the
+(layer, head, batch, pos) arrays and Dataset of their results."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CPU_PASS_BYTES",
+    "TaskInputs",
+    "check_task_inputs",
     "default_heads_per_pass",
     "empty_head_arrays",
     "grid_coords",
@@ -50,9 +53,11 @@ def normalize_heads(
     return {layer: sorted(hs) for layer, hs in sorted(by_layer.items())}
 
 
-def validate_tokens(model: HookedTransformer, tokens: Tensor) -> None:
+def validate_tokens(
+    model: HookedTransformer, tokens: Tensor, task: TaskInputs | None = None
+) -> None:
     """Fail naming the reason unless tokens are [batch, pos] ids of the model's vocabulary that
-    fit its context."""
+    fit its context (and a task's inputs fit them: check_task_inputs)."""
     if (
         not isinstance(tokens, Tensor)
         or tokens.dim() != 2
@@ -75,6 +80,47 @@ def validate_tokens(model: HookedTransformer, tokens: Tensor) -> None:
             f"token ids must lie in [0, {model.cfg.d_vocab}); got {int(tokens.min())}.."
             f"{int(tokens.max())}: the tokens were made with another tokenizer"
         )
+    check_task_inputs(tokens, task)
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """What a task (selfrepair.tasks) adds to its token rows, right-padded prompts with their
+    answers: each field is optional, and None everywhere is running text.
+
+    Attributes:
+        counter: [rows, pos] a counterfactual token per predicted position: the metric becomes
+            the logit difference answer - counterfactual (models.readout.Readout.directions).
+        partners: [rows, pos + 1] each row's paired corrupted prompt, the same length: the z of
+            corrupted ablation (engine.ablation.CORRUPTED).
+        real: [rows, pos + 1] bool, the positions that are not padding: the mean z of mean
+            ablation is taken over them only.
+    """
+
+    counter: Tensor | None = None
+    partners: Tensor | None = None
+    real: Tensor | None = None
+
+    def rows(self, index: Tensor) -> TaskInputs:
+        """The same inputs for rows `index` (a batch)."""
+        return TaskInputs(*(None if x is None else x[index] for x in self._fields()))
+
+    def _fields(self) -> tuple[Tensor | None, ...]:
+        return self.counter, self.partners, self.real
+
+
+def check_task_inputs(tokens: Tensor, task: TaskInputs | None) -> None:
+    """Fail naming the field unless every given field of `task` fits the token rows."""
+    if task is None:
+        return
+    n_rows, n_tok = tokens.shape
+    shapes = {"counter": (n_rows, n_tok - 1), "partners": (n_rows, n_tok), "real": (n_rows, n_tok)}
+    for name, shape in shapes.items():
+        value = getattr(task, name)
+        if value is not None and tuple(value.shape) != shape:
+            raise ValueError(
+                f"task.{name} has shape {tuple(value.shape)}, not {shape} as the token rows need"
+            )
 
 
 # On a CPU, a pass's largest activation is kept under this size: glibc's malloc serves blocks

@@ -44,6 +44,7 @@ from selfrepair.engine.attribution import (
     head_directions,
 )
 from selfrepair.engine.inputs import (
+    TaskInputs,
     default_heads_per_pass,
     empty_head_arrays,
     heads_dataset,
@@ -285,6 +286,7 @@ def measure_heads(
     progress: bool = False,
     desc: str | None = None,
     sums: RepairSums | None = None,
+    task: TaskInputs | None = None,
 ) -> xr.Dataset:
     """Eq. 1 and 2 of the paper for every (or the given) head, per token.
 
@@ -302,12 +304,12 @@ def measure_heads(
         freeze_ln: every LayerNorm after the ablated head keeps its clean scale (so sr_ln is 0
             and the remaining self-repair is the heads' and MLPs').
         fused: run blocks with selfrepair.models.blocks' fused forward where it applies (same
-            numbers to float tolerance, several times faster on a CPU); False runs
-            TransformerLens' block modules.
+            numbers to float tolerance, faster on a CPU); False: TransformerLens' modules.
         progress, desc: show a progress bar with this label.
         sums: when given (engine.attribution.RepairSums over the same rows), the same passes
             add every downstream component's change of direct effect to it (who repairs whom);
             the returned numbers do not change.
+        task: a task's engine.inputs.TaskInputs (ablation "corrupted" needs it); None: text.
 
     Returns:
         HEAD_VARIABLES with dims layer, head, batch, pos (= tokens.shape[1] - 1), NaN for heads
@@ -315,7 +317,7 @@ def measure_heads(
     """
     check_ablation(ablation)
     check_supported(model)
-    validate_tokens(model, tokens)
+    validate_tokens(model, tokens, task)
     by_layer = normalize_heads(model, heads)
     layers = set(by_layer)
     n_rows, n_pos = tokens.shape[0], tokens.shape[1] - 1
@@ -325,8 +327,7 @@ def measure_heads(
     ro = readout(model)
     source = checked_source(source, n_rows) if ablation == "resample" else None
     out = empty_head_arrays(model, n_rows, n_pos)
-    # Attribution reads the clean z of every layer after the first ablated one (the mean z of
-    # mean ablation is then taken for those layers too: each layer's is the same).
+    # Attribution reads the clean z of every layer after the first ablated one (mean z too).
     z_layers = layers if sums is None else set(range(min(layers), model.cfg.n_layers))
     chunks = ablation_chunks(
         model,
@@ -340,6 +341,7 @@ def measure_heads(
         source=source,
         norm_scales=freeze_ln,
         fused=fused,
+        task=task,
     )
     bar = progress_bar(-(-n_rows // batch_size) * len(layers), desc or "heads", progress)
     with torch.inference_mode(), cached_weights():

@@ -190,6 +190,7 @@ def clean_pass(
     embeddings: bool = False,
     norm_scales: bool = False,
     fused: bool = True,
+    counter: Int[Tensor, "batch pos"] | None = None,
 ) -> CleanPass:
     """Run the model on tokens[:, :-1] (the last token is only a target) and keep what is asked.
 
@@ -203,11 +204,13 @@ def clean_pass(
         embeddings: also keep the embeddings' projections and the final residual (clean cache).
         norm_scales: also keep every block's ln1/ln2 scale (for frozen-LayerNorm ablations).
         fused: run the blocks with selfrepair.models.blocks' fused forward where it applies.
+        counter: a counterfactual token per predicted position (metric logit_diff: u is the
+            answer's direction minus the counterfactual's); None: the correct token's logit.
     """
     if rows is None:
         rows = torch.arange(tokens.shape[0])
     inp = tokens[:, :-1]
-    u, const = ro.directions(tokens[:, 1:])
+    u, const = ro.directions(tokens[:, 1:], counter)
     cp = CleanPass(u=u, const=const, scale=None, logit=None)  # type: ignore[arg-type]
     hooks = clean_hooks(model, cp, z_layers, restart_layers, embeddings, norm_scales)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):

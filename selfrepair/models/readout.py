@@ -38,10 +38,14 @@ class Readout:
     eps: float
 
     def directions(
-        self, targets: Int[Tensor, "batch pos"]
+        self, targets: Int[Tensor, "batch pos"], counter: Int[Tensor, "batch pos"] | None = None
     ) -> tuple[Float[Tensor, "batch pos d_model"], Float[Tensor, "batch pos"]]:
-        """Correct-token direction u_y and constant c_y for every position."""
-        return self.w_u.T[targets], self.b_u[targets]
+        """Correct-token direction u_y and constant c_y for every position; with `counter` (a
+        counterfactual token per position, metric logit_diff) u_y - u_c and c_y - c_c, so that
+        every quantity measures the logit difference between the answer and the counterfactual."""
+        if counter is None:
+            return self.w_u.T[targets], self.b_u[targets]
+        return self.w_u.T[targets] - self.w_u.T[counter], self.b_u[targets] - self.b_u[counter]
 
     def scale(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, ...]:
         """Final-norm scale s(x), as TransformerLens' LayerNorm(Pre)/RMSNorm(Pre) computes it."""

@@ -8,12 +8,32 @@ each figure shows, and which substitutions were made.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from selfrepair.config import top_count
 
-__all__ = ["Selection", "measured"]
+__all__ = [
+    "ABLATION_NOTES",
+    "METRIC_LABELS",
+    "Selection",
+    "measured",
+    "metric_sentence",
+    "task_description",
+]
+
+# A task's metric (tasks.<name>.metric), as captions and axis labels name it.
+METRIC_LABELS = {
+    "correct_logit": "correct-token logit",
+    "logit_diff": "logit difference (answer - counterfactual)",
+}
+# What each ablation replaces a head's z with, as a task's caption says it.
+ABLATION_NOTES = {
+    "corrupted": "corrupted (each head's z from its prompt's corrupted partner, same position)",
+    "resample": "resample (each head's z from the next prompt, same position)",
+    "mean": "mean (each head's mean z over the task's prompts, padding left out)",
+    "zero": "zero",
+}
 
 
 @dataclass(frozen=True)
@@ -53,3 +73,42 @@ def measured(
     ]
     parts += [s if s.endswith(".") else s + "." for s in (*substitutions, *extra)]
     return " ".join(parts)
+
+
+def metric_sentence(numbers: Mapping[str, float | int | str], baseline: str = "") -> str:
+    """The caption's sentence on the clean metric (clean_metric's numbers).
+
+    Args:
+        numbers: clean_metric's dict.
+        baseline: what the baseline positions are, for the loss comparison (induction).
+    """
+    text = (
+        f"Clean model on the task: mean {numbers['label']} {numbers['mean']:.3g} over "
+        f"{numbers['n_answers']:,} answers of {numbers['n_prompts']:,} prompts; the answer is "
+        f"the top prediction for {numbers['top1']:.1%}"
+    )
+    if "above_counterfactual" in numbers:
+        text += f" and above the counterfactual for {numbers['above_counterfactual']:.1%}"
+    text += f"; loss {numbers['loss_answers']:.3g} nats on the answers"
+    if "loss_baseline" in numbers:
+        text += f" against {numbers['loss_baseline']:.3g} on {baseline or 'the baseline'}"
+    return text
+
+
+def task_description(spec: dict) -> str:
+    """One sentence on what a task's prompts are (its config entry)."""
+    kind, n = spec["type"], spec.get("n_prompts")
+    if kind == "ioi":
+        return (
+            f"Task: IOI (Wang et al. 2022), {n} prompts of its 15 templates, ABBA and BABA "
+            "alternating, names, places and objects that are single tokens in the model's "
+            "tokenizer; answer the indirect object, counterfactual the subject, corrupted "
+            "prompts ABC (three other names)"
+        )
+    if kind == "induction":
+        return (
+            f"Task: induction, {n} prompts of BOS and a random sequence of {spec['length']} "
+            "tokens repeated; answers every token of the repeat after its first, corrupted "
+            "prompts another sequence repeated"
+        )
+    return f"Task: the prompts of {spec['file']}, each answer at its prompt's last position"

@@ -72,12 +72,14 @@ def heads_de_vs_logit_drop(
     shown: Sequence[str] | None = None,
     titles: Mapping[str, str] | None = None,
     idealised_from: str | None = None,
+    ylabel: str | None = None,
 ) -> Figure:
     """Fig 2 (one model) and Figs 21-24 (several): each head's mean direct-effect drop (x)
     against its mean logit drop (y), coloured by layer / n_layers, with y = x and y = 0; one
     panel per model in shown (default: every model of drops). idealised_from: also draw that
     model's heads as they would lie with no self-repair (on y = x) and with full self-repair
-    (on y = 0), two extra panels."""
+    (on y = 0), two extra panels. ylabel: the y axis' label instead of the mean logit drop (a
+    task's metric)."""
     models = list(drops) if shown is None else list(shown)
     n_extra = 2 if idealised_from is not None else 0
     n_panels = len(models) + n_extra
@@ -105,7 +107,7 @@ def heads_de_vs_logit_drop(
             _references(ax, legend=not models and title == IDEAL_TITLES[0])
     for ax in axes:
         ax.set_xlabel("mean " + X_LABEL)
-        ax.set_ylabel("mean " + Y_LABEL)
+        ax.set_ylabel(ylabel or "mean " + Y_LABEL)
     fig.legend(loc="outside lower center", ncols=2)
     fig.colorbar(ScalarMappable(norm=norm, cmap=DEPTH_CMAP), ax=axes, label=DEPTH_LABEL, shrink=0.8)
     return fig

@@ -31,7 +31,9 @@ SHARE_QUANTILE = 0.98
 
 
 @styled
-def repair_heatmap(shares: Mapping[str, xr.DataArray], top_fraction: float = 0.02) -> Figure:
+def repair_heatmap(
+    shares: Mapping[str, xr.DataArray], top_fraction: float = 0.02, selection: str | None = None
+) -> Figure:
     """Per model, the share of each ablated head's self-repair on its top tokens (rows, by
     layer) taken by each component (columns: heads by layer, MLP layers, final LayerNorm);
     grey where the component does not read the head.
@@ -39,7 +41,9 @@ def repair_heatmap(shares: Mapping[str, xr.DataArray], top_fraction: float = 0.0
     Args:
         shares: per model, top_share (dims layer, head, component) of its repair summary.
         top_fraction: the top selection, for the colour bar's label.
+        selection: the colour bar's name of the tokens instead (a task's: its answers).
     """
+    selection = selection or f"top {top_fraction:.0%} tokens"
     models = list(shares)
     fig, axes = model_panels(models, ncols=1, panel_size=(9.0, 4.2))
     for model, ax in axes.items():
@@ -73,7 +77,7 @@ def repair_heatmap(shares: Mapping[str, xr.DataArray], top_fraction: float = 0.0
         fig.colorbar(
             image,
             ax=ax,
-            label=f"share of the head's self-repair\n(top {top_fraction:.0%} tokens)",
+            label=f"share of the head's self-repair\n({selection})",
             extend="both",
         )
     return fig
@@ -86,7 +90,12 @@ def _grey_nan(name: str):
 
 
 @styled
-def repair_bars(panels: Sequence[dict], top_fraction: float = 0.02, level: float = 0.95) -> Figure:
+def repair_bars(
+    panels: Sequence[dict],
+    top_fraction: float = 0.02,
+    level: float = 0.95,
+    selection: str | None = None,
+) -> Figure:
     """One panel per (model, ablated head): its top repairers' mean change of direct effect on
     its top tokens with bootstrap intervals, coloured by kind, beside the head's self-repair.
 
@@ -94,7 +103,9 @@ def repair_bars(panels: Sequence[dict], top_fraction: float = 0.02, level: float
         panels: dicts with model, head (label), self_repair (the head's mean on its top
             tokens), and repairers: a DataFrame-like of component, kind, top_dde, ci_low, ci_high.
         top_fraction, level: for the labels.
+        selection: the x label's name of the tokens instead (a task's: its answers).
     """
+    selection = selection or f"top {top_fraction:.0%}"
     fig, axes = panel_grid(len(panels), ncols=min(3, len(panels)), panel_size=(3.8, 3.0))
     for panel, ax in zip(panels, axes, strict=True):
         rep = panel["repairers"]
@@ -117,7 +128,7 @@ def repair_bars(panels: Sequence[dict], top_fraction: float = 0.02, level: float
         ax.set_title(
             f"{panel['model']} {panel['head']}\nself-repair {panel['self_repair']:.3g}", fontsize=8
         )
-        ax.set_xlabel(with_unit(f"mean change of DE, top {top_fraction:.0%}"))
+        ax.set_xlabel(with_unit(f"mean change of DE, {selection}"))
     legend = [
         Patch(color=c, label=k)
         for k, c in (

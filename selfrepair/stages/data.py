@@ -60,6 +60,7 @@ def train_model(
     n_heldout_rows: int = 256,
     progress: bool = True,
     keep_steps: Sequence[int] = (),
+    repeats: float = 0.0,
 ) -> dict:
     """Rule train_model, the whole demo training: rows of n_ctx tokens from the corpus' train
     split (all of it) and its heldout split (up to n_heldout_rows), a fresh model, training,
@@ -79,6 +80,8 @@ def train_model(
         keep_steps: intermediate checkpoints to keep (0: the initial weights), saved in
             <out_dir>/checkpoints/step<N> (config.checkpoints.CHECKPOINT_DIR); the final
             weights and every file of out_dir itself are the same with or without them.
+        repeats: the share of training rows whose second half repeats the first
+            (data.training.repeat_rows); 0 trains on the rows as packed.
 
     Returns:
         The metrics written to training.json.
@@ -86,7 +89,7 @@ def train_model(
     # torch only here: tokenizing jobs import this module without paying for it
     from transformers import AutoTokenizer
 
-    from selfrepair.data.training import save_checkpoint, spread_rows, train_causal_lm
+    from selfrepair.data.training import repeat_rows, save_checkpoint, spread_rows, train_causal_lm
     from selfrepair.models.builders import build_model
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -94,6 +97,8 @@ def train_model(
     train_rows = pack_rows(documents(corpus, "train"), tokenizer, n_ctx, None, bos_id, eos_id)
     heldout_rows = pack_rows(documents(corpus, "heldout"), tokenizer, n_ctx, None, bos_id, eos_id)
     heldout_rows = spread_rows(heldout_rows, n_heldout_rows)
+    if repeats:
+        train_rows = repeat_rows(train_rows, repeats, seed)
     log.info(
         "%d train rows, %d held-out rows of %d tokens", len(train_rows), len(heldout_rows), n_ctx
     )
@@ -124,6 +129,8 @@ def train_model(
         metrics["hyperparameters"].update(
             arch=arch, n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_ctx=n_ctx, d_mlp=d_mlp
         )
+        if repeats:  # recorded only when used: a run without it writes the same file as before
+            metrics["hyperparameters"]["repeats"] = repeats
         metrics["corpus"] = {
             "train": describe_corpus(corpus, "train"),
             "heldout_split": "heldout",

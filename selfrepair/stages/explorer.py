@@ -18,7 +18,7 @@ from selfrepair.plots import explorer as page
 from selfrepair.stages.data import open_tokens
 from selfrepair.stages.store import open_shards, open_zarr, write_text
 
-__all__ = ["explorer_data", "explorer_index", "head_explorer", "vocabulary"]
+__all__ = ["explorer_data", "explorer_index", "head_explorer", "task_explorer", "vocabulary"]
 
 log = logging.getLogger("selfrepair")
 
@@ -179,13 +179,111 @@ def head_explorer(
     return data
 
 
-def explorer_index(*, pages: Sequence[str], models: Sequence[str], out: str) -> None:
+def explorer_index(
+    *,
+    pages: Sequence[str],
+    models: Sequence[str],
+    out: str,
+    task_pages: Sequence[str] = (),
+    task_labels: Sequence[str] = (),
+) -> None:
     """Write the index page linking each model's explorer page (relative links).
 
     Args:
         pages: the head_explorer pages, one per model.
         models: the models' names, in the order of pages.
         out: the HTML file to write (beside the pages).
+        task_pages: the task_explorer pages (below the index's folder).
+        task_labels: what each task page shows (model on task), in their order.
     """
     links = [(m, Path(p).name, Path(p).stat().st_size) for m, p in zip(models, pages, strict=True)]
+    here = Path(out).parent
+    links += [
+        (label, Path(p).relative_to(here).as_posix(), Path(p).stat().st_size)
+        for label, p in zip(task_labels, task_pages, strict=True)
+    ]
     write_text(out, page.index_html(links))
+
+
+def _task_heads(
+    store: str, prompts: Any, ablation: str, *, k: int, context: int
+) -> dict[str, dict]:
+    """'L.H' -> a head's top answers of a task (analysis.explorer.head_tokens on the prompts,
+    every other position NaN), with the corrupted prompt or the next prompt as partner."""
+    data = open_zarr(store).load()
+    n = prompts.tokens.shape[0]
+    tokens, partner = prompts.tokens, None
+    if ablation == "corrupted":
+        tokens, partner = np.concatenate([prompts.tokens, prompts.corrupted]), n + np.arange(n)
+    elif ablation == "resample":
+        partner = (np.arange(n) + 1) % n
+    where = (data.prompt.values, data.position.values)
+    out = {}
+    for layer in range(data.sizes["layer"]):
+        for head in range(data.sizes["head"]):
+            values = {}
+            for key, name in select.TOKEN_VALUES.items():
+                grid = np.full(prompts.scored.shape, np.nan, np.float32)
+                grid[where] = data[name].values[layer, head]
+                values[key] = grid
+            if np.isnan(values["de"]).all():
+                continue  # not measured
+            out[f"{layer}.{head}"] = select.head_tokens(
+                values, tokens=tokens, rows=np.arange(n), k=k, context=context, partner_rows=partner
+            )
+    return out
+
+
+def task_explorer(
+    *,
+    model: str,
+    task: str,
+    model_entry: Mapping[str, Any],
+    prompts: str,
+    stores: Sequence[str],
+    summaries: Sequence[str],
+    intervals: Sequence[str],
+    repairs: Sequence[str],
+    ablations: Sequence[str],
+    tokens_per_head: int,
+    context: int,
+    out: str,
+    tokenizer_dir: str | None = None,
+) -> dict[str, Any]:
+    """Write one (model, task) explorer page: the head explorer on the task's answers.
+
+    Args:
+        model, task: the model's and the task's names.
+        model_entry: the model's config entry (whose tokenizer decodes the ids).
+        prompts: the task's prompts store.
+        stores, summaries, intervals, repairs: the task_ablate and task_summary stores, one
+            per ablation.
+        ablations: the task's ablations, in the order of the stores.
+        tokens_per_head, context: as head_explorer's.
+        out: the HTML file to write.
+        tokenizer_dir: a tokenizer or checkpoint folder (a trained model's), else the model's own.
+    """
+    from selfrepair.data.tokens import load_tokenizer
+    from selfrepair.stages.tasks import read_prompts
+
+    rows = read_prompts(prompts)
+    data: dict[str, Any] = {"model": f"{model} on task {task}", "ablations": list(ablations)}
+    data["grid"], data["numbers"], data["heads"] = {}, {}, {}
+    for i, ablation in enumerate(ablations):
+        grid, numbers = _summary_grid(summaries[i], intervals[i])
+        data["grid"][ablation], data["numbers"][ablation] = grid, numbers
+        data["heads"][ablation] = _task_heads(
+            stores[i], rows, ablation, k=tokens_per_head, context=context
+        )
+    data["repairers"] = {
+        a: head_repairers(open_zarr(p), 5) for a, p in zip(ablations, repairs, strict=True)
+    }
+    first = data["grid"][ablations[0]]["mean_self_repair"]
+    data.update(
+        n_layers=len(first), n_heads=len(first[0]), tokens_per_head=tokens_per_head, context=context
+    )
+    tokenizer, source = load_tokenizer(dict(model_entry), tokenizer_dir)
+    data["vocab"] = vocabulary(tokenizer, _used_ids(data["heads"]))
+    data["tokenizer"] = source
+    write_text(out, page.explorer_html(data))
+    return data

@@ -17,7 +17,7 @@ from selfrepair.plots.common import saved
 from selfrepair.stages.store import open_by_model, write_text
 from selfrepair.variables import head_label
 
-__all__ = ["repair_bars", "repair_graph", "repair_heatmap", "repair_scatter"]
+__all__ = ["repair_bars", "repair_graph", "repair_heatmap", "repair_scatter", "repairer_table"]
 
 Paths = Sequence[str | os.PathLike]
 
@@ -37,7 +37,7 @@ def repair_heatmap(
     return saved(draw.repair_heatmap(shares, top_fraction), out)
 
 
-def _repairers(
+def repairer_table(
     summary: xr.Dataset, detail: xr.Dataset, head: tuple[int, int], n: int, bootstrap: dict
 ) -> pd.DataFrame:
     """A head's n top repairers: component, kind, mean dDE on its top tokens, interval."""
@@ -87,7 +87,9 @@ def repair_bars(
                     "model": model,
                     "head": head_label(*head),
                     "self_repair": float(one.top_self_repair),
-                    "repairers": _repairers(sums[model], dets[model], head, repairers, bootstrap),
+                    "repairers": repairer_table(
+                        sums[model], dets[model], head, repairers, bootstrap
+                    ),
                 }
             )
     return saved(draw.repair_bars(panels, top_fraction, bootstrap["level"]), out)

@@ -1,5 +1,6 @@
 # Shared by every rules file (the config checked against its schema; the run's models, shards
 # and figure targets; the input functions and caption helpers of the rules).
+import json
 import re
 import sys
 from pathlib import Path
@@ -31,11 +32,18 @@ VARIANTS = ABLATIONS + [f"{a}-frozen-ln" for a in ENGINE["frozen_ln"]]
 SHARDS = [f"{i:03d}" for i in range(sr_config.n_shards(DATA))]
 
 
+# Tasks (beyond the paper; rules/tasks.smk): each task's models, by task name.
+TASKS = config["tasks"]
+TASK_MODELS = sr_config.task_models(config, MODELS)
+
+
 wildcard_constraints:
     model="|".join(re.escape(m) for m in ENTRIES),
     tokenizer="|".join(re.escape(t) for t in config["tokenizers"]) or "(?!)",
     ablation="|".join(re.escape(v) for v in VARIANTS),
     shard=r"\d+",
+    task="|".join(re.escape(t) for t in TASKS) or "(?!)",
+    task_ablation="corrupted|resample|mean|zero",
 
 
 def model_entry(wildcards):
@@ -322,7 +330,7 @@ def all_outputs():
     outputs += figure_outputs(["paper", "extra"]) + rules_output("head_table")
     outputs += mechanism_outputs() + repair_outputs() + atp_outputs()
     outputs += expand("results/explorer/{model}.html", model=MODELS)
-    return outputs + ["results/explorer/index.html"]
+    return outputs + task_outputs() + ["results/explorer/index.html"]
 
 
 # --- who repairs whom -----------------------------------------------------------------------
@@ -478,3 +486,108 @@ def atp_outputs():
         "results/{model}/atp/{ablation}.zarr", model=MODELS, ablation=ABLATIONS
     )
     return outputs + figure_outputs(["atp"]) + rules_output("atp_table")
+
+
+# --- tasks (rules/tasks.smk) ---------------------------------------------------------------------
+# Per model and task, results/{model}/tasks/{task}/; the figures and the backup table show the
+# task's first ablation.
+TASK_FIGURES = sr_figures.TASK_FIGURES
+
+
+def task_dir(wildcards):
+    return f"results/{wildcards.model}/tasks/{wildcards.task}"
+
+
+def task_figure_ablation(wildcards):
+    return TASKS[wildcards.task]["ablations"][0]
+
+
+def task_attrs(wildcards):
+    """Provenance of a task's stores: the model's, and the task's name and config entry."""
+    return run_attrs(wildcards) | {
+        "task": wildcards.task,
+        "task_spec": TASKS[wildcards.task],
+    }
+
+
+def task_paths(wildcards, pattern):
+    """A (model, task)'s stores of one kind, one per ablation of the task (pattern's {a})."""
+    return [
+        f"{task_dir(wildcards)}/{pattern.format(a=a)}"
+        for a in TASKS[wildcards.task]["ablations"]
+    ]
+
+
+def task_figure_input(wildcards):
+    """The stores a task's figures and backup table read (its first ablation's)."""
+    where, ablation = task_dir(wildcards), task_figure_ablation(wildcards)
+    return {
+        "summary": f"{where}/summary/{ablation}.zarr",
+        "intervals": f"{where}/intervals/{ablation}.zarr",
+        "repairs": f"{where}/attribution/{ablation}.zarr",
+        "detail": f"{where}/attribution/detail-{ablation}.zarr",
+        "metric": f"{where}/metric.json",
+    }
+
+
+def task_sets_input(wildcards):
+    """The joint ablation of the task's sets under its first ablation, if it names any."""
+    if not TASKS[wildcards.task]["ablation_sets"]:
+        return []
+    return [f"{task_dir(wildcards)}/sets/{task_figure_ablation(wildcards)}.zarr"]
+
+
+def task_caption(wildcards, input):
+    """The 'Measured' paragraph of a task's figure or table: model, ablation, the answers, the
+    task and its metric, and the clean model on it (task_clean's JSON, once it exists).
+    """
+    spec = TASKS[wildcards.task]
+    path = Path(input.metric)
+    if path.exists():
+        numbers = json.loads(path.read_text())
+        baseline = (
+            "the first copy of the same tokens" if spec["type"] == "induction" else ""
+        )
+        clean = captions.metric_sentence(numbers, baseline)
+        n_answers, n_prompts = numbers["n_answers"], numbers["n_prompts"]
+    else:  # a dry run's DAG: the numbers come when the job runs
+        clean, n_answers, n_prompts = (
+            "Clean metric: measured when the workflow runs",
+            0,
+            0,
+        )
+    return captions.measured(
+        models=[f"{wildcards.model} on task {wildcards.task}"],
+        ablations=[captions.ABLATION_NOTES[task_figure_ablation(wildcards)]],
+        n_tokens=n_answers,
+        selection=f"every answer position ({n_answers:,} answers of {n_prompts:,} prompts)",
+        extra=[
+            captions.task_description(spec),
+            f"Metric: {captions.METRIC_LABELS[spec['metric']]}",
+            clean,
+        ],
+    )
+
+
+def task_outputs():
+    """Every (model, task)'s final outputs, as the task rules write them: summaries, joint
+    ablations of its sets, the backup table, the figures and the explorer page."""
+    outputs = []
+    for task, models in TASK_MODELS.items():
+        spec = TASKS[task]
+        each = dict(model=models, task=task, task_ablation=spec["ablations"])
+        outputs += expand(rules.task_summary.output, **each)
+        if spec["ablation_sets"]:
+            outputs += expand(rules.task_set_ablate.output, **each)
+        for name in ("task_backups", *TASK_FIGURES, "task_explorer"):
+            outputs += expand(getattr(rules, name).output, model=models, task=task)
+    return outputs
+
+
+def task_pages():
+    """(label, page) of every (model, task)'s explorer page, for the index."""
+    return [
+        (f"{model} on task {task}", f"results/explorer/tasks/{task}/{model}.html")
+        for task, models in TASK_MODELS.items()
+        for model in models
+    ]

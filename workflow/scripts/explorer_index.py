@@ -8,4 +8,6 @@ with logged(snakemake.log[0]):
         pages=list(snakemake.input.pages),
         models=list(snakemake.params.models),
         out=snakemake.output.html,
+        task_pages=list(snakemake.input.task_pages),
+        task_labels=list(snakemake.params.task_labels),
     )

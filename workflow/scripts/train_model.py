@@ -27,6 +27,7 @@ with logged(snakemake.log[0]):
         seed=int(train["seed"]),
         corpus=dict(train["corpus"]),
         keep_steps=list(train.get("keep_steps") or ()),
+        repeats=float(train.get("repeats") or 0.0),
     )
     with open(snakemake.output.metrics, "w") as out:
         json.dump(metrics, out, indent=2)

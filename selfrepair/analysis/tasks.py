@@ -1,0 +1,211 @@
+"""Reductions of the task measurements: per-token stores narrowed to the answer positions, the
+clean metric a caption prints (does the model solve the task at all?), the backup-heads table
+(for the heads with the largest direct effect on the task, the heads whose direct effect rises
+most when each is ablated; for each ablated set, the heads that compensate, ranked) and the
+ROC-AUC of a ranking against the expected backups.
+
+No I/O and no torch: the analysis environment runs these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from selfrepair.analysis.attribution import top_repairers
+from selfrepair.plots.captions import METRIC_LABELS
+from selfrepair.variables import head_label
+
+__all__ = [
+    "clean_metric",
+    "head_backups",
+    "roc_auc",
+    "scored_tokens",
+    "set_backups",
+    "set_scores",
+    "single_scores",
+]
+
+
+def scored_tokens(ds: xr.Dataset, scored: np.ndarray) -> xr.Dataset:
+    """ds's per-token variables at the answer positions only, on one `token` axis (coordinates
+    prompt and position), in prompt order; variables without batch and pos stay as they are.
+
+    Args:
+        ds: dims batch (the prompts) and pos, among others.
+        scored: bool [prompt, pos], the answer positions.
+    """
+    prompt, position = np.nonzero(scored)
+    picked = ds.isel(
+        batch=xr.DataArray(prompt, dims="token"), pos=xr.DataArray(position, dims="token")
+    )
+    picked = picked.drop_vars(["batch", "pos", "resample_source"], errors="ignore")
+    return picked.assign_coords(prompt=("token", prompt), position=("token", position))
+
+
+def clean_metric(
+    logit: np.ndarray,
+    top1: np.ndarray,
+    loss: np.ndarray,
+    scored: np.ndarray,
+    baseline: np.ndarray,
+    metric: str,
+) -> dict[str, float | int | str]:
+    """What the clean model does on the task, over its answer positions: the mean metric, the
+    share of answers that are its top prediction, with logit_diff the share above the
+    counterfactual, and the mean loss there and on the baseline positions (if any).
+
+    Args:
+        logit, top1, loss: the clean cache's logit_clean, top1 and loss [prompt, pos].
+        scored, baseline: bool [prompt, pos], the answer and baseline positions.
+        metric: correct_logit or logit_diff.
+    """
+    out: dict[str, float | int | str] = {
+        "metric": metric,
+        "label": METRIC_LABELS[metric],
+        "mean": float(logit[scored].mean()),
+        "top1": float(top1[scored].mean()),
+        "loss_answers": float(loss[scored].mean()),
+        "n_prompts": int(scored.shape[0]),
+        "n_answers": int(scored.sum()),
+    }
+    if metric == "logit_diff":
+        out["above_counterfactual"] = float((logit[scored] > 0).mean())
+    if baseline.any():
+        out["loss_baseline"] = float(loss[baseline].mean())
+    return out
+
+
+def roc_auc(scores: Mapping[str, float], positives: Sequence[str]) -> float:
+    """Share of (positive, other) pairs the scores rank the right way round (ties count half):
+    the ROC-AUC of ranking the positives first. NaN without a positive or another.
+
+    Args:
+        scores: candidate -> score (higher: more likely a positive).
+        positives: the candidates expected first (those not among scores are ignored).
+    """
+    pos = np.array([v for k, v in scores.items() if k in set(positives)], float)
+    neg = np.array([v for k, v in scores.items() if k not in set(positives)], float)
+    if not pos.size or not neg.size:
+        return float("nan")
+    above = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(above / (pos.size * neg.size))
+
+
+def _head_names(component: xr.DataArray, kinds: xr.DataArray) -> list[str]:
+    return [str(c) for c, k in zip(component.values, kinds.values, strict=True) if k == "head"]
+
+
+def set_scores(sets: xr.Dataset, name: str) -> dict[str, float]:
+    """Each head outside the set: its mean change of direct effect over the answers when the set
+    is ablated jointly (the CoAx score: how much its effect grows)."""
+    one = sets.sel(set=name)
+    members = {head_label(*h) for h in sets.attrs["sets"][name]}
+    mean = one.dde.mean("token")
+    names = _head_names(one.component, one.component_kind)
+    return {c: float(mean.sel(component=c)) for c in names if c not in members}
+
+
+def single_scores(repairs: xr.Dataset, members: Sequence[Sequence[int]]) -> dict[str, float]:
+    """Each head outside the set: the sum, over the set's heads ablated one at a time, of its
+    mean change of direct effect (single ablation; 0 where it does not read the head)."""
+    labels = {head_label(*h) for h in members}
+    names = _head_names(repairs.component, repairs.component_kind)
+    total = sum(repairs.top_dde.sel(layer=h[0], head=h[1]).fillna(0.0) for h in members)
+    return {c: float(total.sel(component=c)) for c in names if c not in labels}
+
+
+def _role_of(roles: Mapping[str, Sequence[Sequence[int]]]) -> dict[str, str]:
+    """Head label -> its roles, joined by '; ' in the order given."""
+    out: dict[str, list[str]] = {}
+    for role, heads in roles.items():
+        for h in heads:
+            out.setdefault(head_label(*h), []).append(role)
+    return {label: "; ".join(names) for label, names in out.items()}
+
+
+def head_backups(
+    summary: xr.Dataset,
+    repairs: xr.Dataset,
+    n_heads: int,
+    n_backups: int,
+    roles: Mapping[str, Sequence[Sequence[int]]],
+) -> pd.DataFrame:
+    """For the n_heads measured heads with the largest mean direct effect on the answers, the
+    n_backups heads whose direct effect rises most when each is ablated alone.
+
+    Args:
+        summary: the task's per-head summary (summarize over the answers).
+        repairs: its repair summary (per ablated head and component).
+        n_heads, n_backups: rows of the table.
+        roles: role -> heads, named in the table.
+    """
+    de = summary.mean_de_clean.values
+    order = np.argsort(-np.where(np.isnan(de), -np.inf, de), axis=None, kind="stable")
+    ranked = [np.unravel_index(i, de.shape) for i in order if np.isfinite(de.flat[i])]
+    role = _role_of(roles)
+    rows = []
+    for layer, head in ranked[:n_heads]:
+        one = summary.sel(layer=layer, head=head)
+        drop = float(one.mean_de_clean - one.mean_de_ablated)
+        for backup in top_repairers(repairs, (int(layer), int(head)), n_backups, kinds=("head",)):
+            dde = float(repairs.top_dde.sel(layer=layer, head=head, component=backup))
+            rows.append(
+                {
+                    "ablated": head_label(layer, head),
+                    "ablated_role": role.get(head_label(layer, head), ""),
+                    "de_clean": float(one.mean_de_clean),
+                    "de_drop": drop,
+                    "metric_drop": -float(one.mean_logit_diff),
+                    "self_repair": float(one.mean_self_repair),
+                    "backup": backup,
+                    "backup_role": role.get(backup, ""),
+                    "backup_dde": dde,
+                    "share_of_de_drop": dde / drop if drop else float("nan"),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def set_backups(
+    sets: xr.Dataset,
+    repairs: xr.Dataset,
+    expected: Sequence[Sequence[int]],
+    n_backups: int,
+    roles: Mapping[str, Sequence[Sequence[int]]],
+) -> pd.DataFrame:
+    """Per jointly ablated set: the heads that compensate most (set_scores), with the set's own
+    drops, whether each head is an expected backup, and the ROC-AUC against the expected
+    backups of the joint ranking and of single ablation (single_scores)."""
+    expected_labels = [head_label(*h) for h in expected]
+    role = _role_of(roles)
+    rows = []
+    for name in [str(s) for s in sets.set.values]:
+        one = sets.sel(set=name).mean("token")
+        joint = set_scores(sets, name)
+        single = single_scores(repairs, sets.attrs["sets"][name])
+        auc = {"joint": roc_auc(joint, expected_labels), "single": roc_auc(single, expected_labels)}
+        ranked = sorted(joint, key=lambda c: (-joint[c], c))
+        for rank, head in enumerate(ranked[:n_backups], 1):
+            rows.append(
+                {
+                    "set": name,
+                    "set_heads": ", ".join(head_label(*h) for h in sets.attrs["sets"][name]),
+                    "de_clean": float(one.de_clean),
+                    "de_drop": float(one.de_clean - one.de_ablated),
+                    "metric_drop": -float(one.logit_diff),
+                    "self_repair": float(one.self_repair),
+                    "rank": rank,
+                    "backup": head,
+                    "backup_role": role.get(head, ""),
+                    "expected_backup": head in expected_labels,
+                    "backup_dde": joint[head],
+                    "single_ablation_score": single[head],
+                    "roc_auc_joint": auc["joint"],
+                    "roc_auc_single": auc["single"],
+                }
+            )
+    return pd.DataFrame(rows)

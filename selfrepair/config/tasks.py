@@ -1,0 +1,124 @@
+"""The `tasks` section (beyond the paper: self-repair on IOI, induction or a user's prompts),
+checked before any job: at parse time what the config and the prompts file say (check_tasks),
+at the workflow's start what the models' tokenizers make of them (check_task_prompts: names
+that are single tokens, answers of one token, corrupted prompts of their prompt's length), each
+problem in one line naming the key or file:line and the fix. No heavy imports at import time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from selfrepair.config.errors import ConfigError
+from selfrepair.config.models import missing_head, model_dims
+
+__all__ = [
+    "check_task_prompts",
+    "check_tasks",
+    "task_heads",
+    "task_models",
+    "task_tokenizer_dir",
+]
+
+
+def task_models(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> dict[str, list]:
+    """Each task's models: its `models`, or every model of the run."""
+    return {name: list(spec.get("models") or entries) for name, spec in config["tasks"].items()}
+
+
+def task_heads(spec: dict[str, Any]) -> list[tuple[str, list]]:
+    """(config key suffix, heads) of every heads list of a task: sets, expected backups, roles."""
+    lists = [(f"ablation_sets.{n}", heads) for n, heads in spec["ablation_sets"].items()]
+    lists.append(("expected_backups", spec["expected_backups"]))
+    return lists + [(f"roles.{role}", heads) for role, heads in spec["roles"].items()]
+
+
+def _check_file(key: str, spec: dict[str, Any]) -> None:
+    from selfrepair.tasks import TaskError, has_corrupted, has_counterfactuals
+
+    if spec["type"] == "prompts" and not spec.get("file"):
+        raise ConfigError(f"config key {key}.file: a prompts task needs its JSONL file")
+    if spec["type"] != "prompts" and spec.get("file"):
+        raise ConfigError(f"config key {key}.file: only a prompts task reads a file")
+    try:
+        counterfactuals, corrupted = has_counterfactuals(spec), has_corrupted(spec)
+    except TaskError as err:
+        raise ConfigError(f"config key {key}.file: {err}") from None
+    if spec["metric"] == "logit_diff" and not counterfactuals:
+        raise ConfigError(
+            f"config key {key}.metric: logit_diff needs a counterfactual answer for every prompt "
+            f"and {spec['type']} prompts {'lack some' if spec.get('file') else 'have none'}; "
+            "use metric: correct_logit (or give every line a counterfactual)"
+        )
+    if "corrupted" in spec["ablations"] and not corrupted:
+        raise ConfigError(
+            f"config key {key}.ablations: corrupted needs a corrupted prompt on every line of "
+            f"{spec['file']}; add them or choose resample, mean or zero"
+        )
+
+
+def check_tasks(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
+    """Every task's models are the run's, its file reads (every line a prompt and a one-token
+    answer field), its metric and ablations have what they need, and its heads exist in every
+    model of the task whose size the config knows.
+
+    Args:
+        config: the validated workflow config.
+        entries: its model entries (model_entries).
+    """
+    for name, models in task_models(config, entries).items():
+        key, spec = f"tasks.{name}", config["tasks"][name]
+        for model in models:
+            if model not in entries:
+                raise ConfigError(
+                    f"config key {key}.models: {model!r} is not among this run's models; add "
+                    "it to models or drop it here"
+                )
+        _check_file(key, spec)
+        for suffix, heads in task_heads(spec):
+            if len({tuple(h) for h in heads}) != len(heads):
+                raise ConfigError(f"config key {key}.{suffix}: a head is listed twice")
+            for model in models:
+                dims = model_dims(entries[model])
+                for layer, head in heads if dims else ():
+                    if missing := missing_head(model, layer, head, *dims):
+                        raise ConfigError(f"config key {key}.{suffix}: {missing}")
+
+
+def task_tokenizer_dir(entry: dict[str, Any], tokenizers: dict[str, Any]) -> str | None:
+    """Where a model's tokenizer is before any job: a trained model's trained tokenizer folder
+    (None while it is not trained yet), a path model's folder, else the hub name (None)."""
+    train = entry.get("train")
+    if train:
+        folder = Path("resources", "tokenizers", train["tokenizer"])
+        return str(folder) if folder.is_dir() else None
+    return entry.get("path")
+
+
+def check_task_prompts(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
+    """Every task's prompts made with each of its models' tokenizers that exist before any job
+    (hub and path models', a trained model's once its tokenizer is trained; the task's job
+    makes the same check otherwise): ConfigError naming the task, the model and the fix.
+
+    Args:
+        config: the validated workflow config.
+        entries: its model entries.
+    """
+    if not config["tasks"]:
+        return
+    from selfrepair.data.tokens import load_tokenizer, special_ids
+    from selfrepair.tasks import TaskError, build_task
+
+    for name, models in task_models(config, entries).items():
+        for model in models:
+            entry = entries[model]
+            folder = task_tokenizer_dir(entry, config.get("tokenizers") or {})
+            if "train" in entry and folder is None:
+                continue
+            tokenizer, _ = load_tokenizer(entry, folder)
+            try:
+                build_task(
+                    config["tasks"][name], tokenizer, config["seed"], special_ids(tokenizer)[0]
+                )
+            except TaskError as err:
+                raise ConfigError(f"config key tasks.{name} ({model}'s tokenizer): {err}") from None

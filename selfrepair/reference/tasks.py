@@ -1,0 +1,176 @@
+"""Slow, obvious reference of the task measurements: per ablated head (or set of heads) one full
+forward pass with hooks replacing its z (by the z of its paired corrupted prompt's own clean run,
+the mean z over the prompts' real positions, zero, or the next row's), the metric computed from
+the full unembedding (the answer's logit, centred over the vocabulary, or the answer's minus the
+counterfactual's), every component's direct effect pushed through the final LayerNorm frozen at
+its clean scale and the full unembedding, the LayerNorm part what they leave of the metric's
+change. Shares no code with the engine beyond TransformerLens itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from selfrepair.reference.heads import (
+    all_heads,
+    centred_target_logit,
+    frozen_ln_direct_effect,
+    head_output,
+    head_values,
+    patch_z,
+)
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+__all__ = ["TaskReference", "reference_task_heads", "reference_task_set"]
+
+
+@dataclass
+class TaskReference:
+    """A task's rows and what the reference computes from its clean runs.
+
+    Args:
+        model: the HookedTransformer (not modified).
+        tokens: [rows, pos + 1] right-padded prompts with their answers.
+        counter: [rows, pos] counterfactual tokens (metric logit_diff) or None (correct logit).
+        corrupted: [rows, pos + 1] each row's corrupted prompt, or None.
+        real: [rows, pos + 1] bool, the positions that are not padding, or None (all).
+    """
+
+    model: HookedTransformer
+    tokens: Int[Tensor, "rows tok"]
+    counter: Int[Tensor, "rows pos"] | None = None
+    corrupted: Int[Tensor, "rows tok"] | None = None
+    real: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n_pos = self.tokens.shape[1] - 1
+        self.keep = slice(0, n_pos)
+        with torch.no_grad():
+            logits, self.cache = self.model.run_with_cache(self.tokens)
+            self.other = None
+            if self.corrupted is not None:
+                _, self.other = self.model.run_with_cache(self.corrupted)
+            self.scale = self.cache["ln_final.hook_scale"][:, self.keep, 0]
+            self.metric_clean = self.metric(logits)
+
+    def metric(self, logits: Float[Tensor, "rows tok vocab"]) -> Float[Tensor, "rows pos"]:
+        """The metric from full logits: the centred correct-token logit, or its difference."""
+        logits = logits[:, self.keep].double()
+        value = centred_target_logit(logits, self.tokens[:, 1:])
+        if self.counter is None:
+            return value
+        return value - centred_target_logit(logits, self.counter)
+
+    def de(self, vec: Float[Tensor, "rows tok d_model"]) -> Float[Tensor, "rows pos"]:
+        """A component's direct effect on the metric through the frozen final LayerNorm."""
+        vec = vec[:, self.keep]
+        value = frozen_ln_direct_effect(self.model, vec, self.scale, self.tokens[:, 1:])
+        if self.counter is None:
+            return value
+        return value - frozen_ln_direct_effect(self.model, vec, self.scale, self.counter)
+
+    def z(self, cache: dict, layer: int, head: int) -> Tensor:
+        return cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
+
+    def ablated_z(self, layer: int, head: int, ablation: str, include_bos: bool) -> Tensor:
+        """The head's z after ablation (corrupted: its z in the corrupted prompt's run)."""
+        z = self.z(self.cache, layer, head)
+        if ablation == "corrupted":
+            return self.z(self.other, layer, head)
+        if ablation == "resample":
+            return z.roll(-1, dims=0)
+        if ablation == "zero":
+            return torch.zeros_like(z)
+        real = torch.ones(z.shape[:2], dtype=torch.bool) if self.real is None else self.real
+        real = real.clone().to(z.device)
+        real[:, 0] &= include_bos
+        mean = (z.double() * real[..., None]).sum((0, 1)) / real.sum()
+        return mean.to(z.dtype).expand_as(z)
+
+
+@torch.no_grad()
+def _run(ref: TaskReference, patches: dict[tuple[int, int], Tensor]) -> dict[str, Tensor]:
+    """HEAD_VARIABLES and every component's change of direct effect ([rows, pos, component]:
+    heads layer-major, MLP layers, LayerNorm) of one full pass with the `patches` z."""
+    model = ref.model
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    hooks = [patch_z(layer, head, z) for (layer, head), z in patches.items()]
+    with model.hooks(fwd_hooks=hooks):
+        logits, cache = model.run_with_cache(ref.tokens)
+    logit_diff = ref.metric(logits) - ref.metric_clean
+    de_clean = sum(ref.de(ref.z(ref.cache, la, h) @ model.W_O[la, h]) for la, h in patches)
+    de_ablated = sum(ref.de(z @ model.W_O[la, h]) for (la, h), z in patches.items())
+    parts = []
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            if (layer, head) in patches:  # the ablated heads' own change is no repair
+                parts.append(torch.zeros_like(logit_diff))
+                continue
+            name = f"blocks.{layer}.attn.hook_z"
+            parts.append(
+                ref.de(head_output(model, cache[name], layer, head))
+                - ref.de(head_output(model, ref.cache[name], layer, head))
+            )
+    for layer in range(n_layers):
+        name = f"blocks.{layer}.hook_mlp_out"
+        if model.cfg.attn_only:
+            parts.append(torch.zeros_like(logit_diff))
+        else:
+            parts.append(ref.de(cache[name]) - ref.de(ref.cache[name]))
+    sr_heads = sum(parts[: n_layers * n_heads])
+    sr_mlps = sum(parts[n_layers * n_heads :])
+    scale = cache["ln_final.hook_scale"][:, ref.keep, 0]
+    values = head_values(logit_diff, de_clean, de_ablated, sr_heads, sr_mlps, scale)
+    parts.append(values["sr_ln"])
+    values["components"] = torch.stack(parts, -1)
+    return values
+
+
+def reference_task_heads(
+    ref: TaskReference,
+    ablation: str,
+    heads: Iterable[Sequence[int]] | None = None,
+    mean_include_bos: bool = True,
+) -> dict[tuple[int, int], dict[str, np.ndarray]]:
+    """Per ablated (layer, head): HEAD_VARIABLES [rows, pos] and `components` [rows, pos,
+    component], float64, from one full forward pass with its z replaced.
+
+    Args:
+        ref: the task's rows and clean runs.
+        ablation: "corrupted", "resample" (row i + 1), "mean" (over real positions) or "zero".
+        heads: (layer, head) pairs; None: every head.
+        mean_include_bos: whether the mean z includes position 0.
+    """
+    out = {}
+    for layer, head in all_heads(ref.model, heads):
+        z_new = ref.ablated_z(layer, head, ablation, mean_include_bos)
+        values = _run(ref, {(layer, head): z_new})
+        out[layer, head] = {k: v.double().cpu().numpy() for k, v in values.items()}
+    return out
+
+
+def reference_task_set(
+    ref: TaskReference, ablation: str, heads: Iterable[Sequence[int]], mean_include_bos: bool = True
+) -> dict[str, np.ndarray]:
+    """HEAD_VARIABLES (de_clean, de_ablated: the set's summed direct effect) and `components`
+    of one full forward pass with every head of the set replaced at once.
+
+    Args:
+        ref: the task's rows and clean runs.
+        ablation: as reference_task_heads.
+        heads: the set's (layer, head) pairs.
+        mean_include_bos: whether the mean z includes position 0.
+    """
+    patches = {
+        (int(la), int(h)): ref.ablated_z(int(la), int(h), ablation, mean_include_bos)
+        for la, h in heads
+    }
+    return {k: v.double().cpu().numpy() for k, v in _run(ref, patches).items()}

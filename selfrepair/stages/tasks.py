@@ -1,0 +1,280 @@
+"""The task rules that make prompts or run a model (rules/tasks.smk): task_prompts (the prompts
+store, from the model's own tokenizer), task_clean (clean direct effects on the metric and the
+clean metric a caption prints), task_ablate (every head under one ablation, with every
+component's change of direct effect) and task_set_ablate (each named set of heads ablated
+jointly). Per-token stores keep the answer positions only (analysis.tasks.scored_tokens)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xarray as xr
+
+from selfrepair.analysis.tasks import clean_metric, scored_tokens
+from selfrepair.config import ConfigError
+from selfrepair.stages.joblog import model_revision, provenance
+from selfrepair.stages.store import open_zarr, write_text, write_zarr
+from selfrepair.tasks import TaskPrompts
+
+if TYPE_CHECKING:
+    from selfrepair.engine.inputs import TaskInputs
+    from selfrepair.stages.job import ModelJob
+
+__all__ = [
+    "read_prompts",
+    "task_ablate",
+    "task_clean",
+    "task_inputs",
+    "task_prompts",
+    "task_set_ablate",
+]
+
+log = logging.getLogger("selfrepair")
+
+ROWS = ("tokens", "corrupted", "scored", "counter", "baseline", "length", "text")
+
+
+def task_prompts(
+    *, task: str, spec: dict, model: dict, seed: int, out: str, attrs: dict, tokenizer_dir=None
+) -> TaskPrompts:
+    """Rule task_prompts: a task's prompts made with the model's own tokenizer, as a store of
+    the padded rows (tokens, corrupted, scored, counter, baseline, length, text, info_*).
+
+    Args:
+        task: the task's name (tasks.<name>).
+        spec: its config entry.
+        model: the model's config entry (whose tokenizer).
+        seed: the run's seed.
+        out: the store to write (results/<model>/tasks/<task>/prompts.zarr).
+        attrs: the rule's provenance attributes.
+        tokenizer_dir: a trained model's checkpoint folder (its tokenizer), else the model's own.
+    """
+    from selfrepair.data.tokens import load_tokenizer, special_ids
+    from selfrepair.tasks import TaskError, build_task
+
+    tokenizer, source = load_tokenizer(model, tokenizer_dir)
+    try:
+        prompts = build_task(spec, tokenizer, seed, special_ids(tokenizer)[0])
+    except TaskError as err:
+        raise ConfigError(f"config key tasks.{task} ({model['name']}'s tokenizer): {err}") from None
+    dims = {"tokens": ("prompt", "tok"), "corrupted": ("prompt", "tok"), "length": ("prompt",)}
+    dims |= {k: ("prompt", "pos") for k in ("scored", "counter", "baseline")}
+    data = {k: (dims[k], getattr(prompts, k)) for k in dims}
+    data["text"] = ("prompt", np.array(prompts.text, dtype=object))
+    data |= {f"info_{k}": ("prompt", v) for k, v in prompts.info.items()}
+    own = {**prompts.attrs, "tokenizer": source, "vocab_size": len(tokenizer)}
+    revision = model_revision(model.get("name"), tokenizer_dir)
+    ds = xr.Dataset(data, attrs=provenance(**{**attrs, **own, "model_revision": revision}))
+    write_zarr(ds, out)
+    log.info("%d prompts of up to %d tokens", *prompts.tokens.shape)
+    return prompts
+
+
+def read_prompts(path: str) -> TaskPrompts:
+    """A prompts store (task_prompts') as TaskPrompts."""
+    ds = open_zarr(path).load()
+    values = {k: ds[k].values for k in ROWS}
+    info = {k[len("info_") :]: ds[k].values for k in ds.data_vars if k.startswith("info_")}
+    return TaskPrompts(**{**values, "text": list(values["text"])}, attrs=dict(ds.attrs), info=info)
+
+
+def task_inputs(prompts: TaskPrompts, metric: str) -> TaskInputs:
+    """The engine's TaskInputs of a task: its counterfactuals (metric logit_diff only), its
+    corrupted prompts and its real positions."""
+    import torch
+
+    from selfrepair.engine.inputs import TaskInputs
+
+    counter = torch.from_numpy(prompts.counter.astype(np.int64)) if metric == "logit_diff" else None
+    partners = torch.from_numpy(prompts.corrupted.astype(np.int64))
+    return TaskInputs(counter, partners, torch.from_numpy(prompts.real))
+
+
+def _model_for(job: ModelJob, task: str, prompts: TaskPrompts):
+    """The job's model, refusing rows longer than its context with the task's key."""
+    model = job.model()
+    width = prompts.tokens.shape[1]
+    if width - 1 > model.cfg.n_ctx:
+        raise ConfigError(
+            f"config key tasks.{task}: its rows of {width} tokens exceed the context of "
+            f"{job.entry['name']} ({model.cfg.n_ctx}); make the prompts shorter (length)"
+        )
+    return model
+
+
+def _rows(prompts: TaskPrompts):
+    import torch
+
+    return torch.from_numpy(prompts.tokens.astype(np.int64))
+
+
+def task_clean(
+    job: ModelJob,
+    *,
+    task: str,
+    metric: str,
+    out: str,
+    metric_out: str,
+    attrs: dict[str, Any],
+    tolerance: float = 1e-4,
+) -> dict[str, Any]:
+    """Rule task_clean: every component's clean direct effect on the metric at the answer
+    positions (refused if they miss it), and the clean metric as JSON (analysis.clean_metric).
+
+    Args:
+        job: the model job (its `tokens` is the prompts store).
+        task: the task's name.
+        metric: correct_logit or logit_diff.
+        out: the store to write (results/<model>/tasks/<task>/clean.zarr).
+        metric_out: the JSON file of the clean metric (captions read it).
+        attrs: the rule's provenance attributes.
+        tolerance: the largest |sum of direct effects - metric| accepted.
+    """
+    from selfrepair.engine.clean import clean_direct_effects, decomposition_error
+
+    prompts = read_prompts(job.tokens)
+    model = _model_for(job, task, prompts)
+    with job.guarded(model, {"engine.batch_size": job.batch_size}):
+        ds = clean_direct_effects(
+            model,
+            _rows(prompts),
+            batch_size=job.batch_size,
+            counter=task_inputs(prompts, metric).counter,
+            top1=True,
+            progress=True,
+            desc="clean",
+        )
+    err = decomposition_error(scored_tokens(ds, prompts.scored))
+    if not err <= tolerance:
+        raise ArithmeticError(f"direct effects miss the metric by {err:.3g} > {tolerance}")
+    numbers = clean_metric(
+        ds.logit_clean.values,
+        ds.top1.values,
+        ds.loss.values,
+        prompts.scored,
+        prompts.baseline,
+        metric,
+    )
+    log.info("clean metric: %s", numbers)
+    ds = scored_tokens(ds, prompts.scored)
+    ds.attrs.update(job.provenance(attrs, decomposition_max_error=err, **numbers))
+    write_zarr(ds, out)
+    write_text(metric_out, json.dumps(numbers, indent=1) + "\n")
+    return numbers
+
+
+def task_ablate(
+    job: ModelJob,
+    *,
+    task: str,
+    metric: str,
+    ablation: str,
+    heads_per_pass: int,
+    mean_include_bos: bool,
+    out: str,
+    sums_out: str,
+    detail_out: str,
+    attrs: dict[str, Any],
+) -> xr.Dataset:
+    """Rule task_ablate: every configured head under one ablation on the task's prompts
+    (engine.measure_heads), at the answer positions, with every downstream component's change
+    of direct effect there: summed (sums_out) and per answer (detail_out).
+
+    Args:
+        job: the model job (its `tokens` is the prompts store).
+        task: the task's name.
+        metric: correct_logit or logit_diff.
+        ablation: corrupted, resample, mean or zero.
+        heads_per_pass, mean_include_bos: as the ablate rule's.
+        out: the store of the head variables (results/<model>/tasks/<task>/ablation/<a>.zarr).
+        sums_out, detail_out: the attribution stores (.../attribution/sums-<a>.zarr, detail-).
+        attrs: the rule's provenance attributes.
+    """
+    from selfrepair.engine.attribution import RepairSums
+    from selfrepair.engine.self_repair import measure_heads
+
+    prompts = read_prompts(job.tokens)
+    model = _model_for(job, task, prompts)
+    cfg = model.cfg
+    top = np.broadcast_to(prompts.scored, (cfg.n_layers, cfg.n_heads, *prompts.scored.shape))
+    sums = RepairSums(model, np.ascontiguousarray(top), keep_tokens=True, scored=prompts.scored)
+    keys = {"engine.batch_size": job.batch_size, "engine.heads_per_pass": heads_per_pass}
+    with job.guarded(model, keys):
+        ds = measure_heads(
+            model,
+            _rows(prompts),
+            ablation,
+            heads=job.heads,
+            batch_size=job.batch_size,
+            heads_per_pass=heads_per_pass,
+            mean_include_bos=mean_include_bos,
+            progress=True,
+            desc=f"{task}: {ablation} ablation",
+            sums=sums,
+            task=task_inputs(prompts, metric),
+        )
+    own = job.provenance(attrs, ablation=ablation, metric=metric)
+    ds = scored_tokens(ds, prompts.scored)
+    ds.attrs.update(own)
+    sums_ds, detail = sums.dataset(), sums.detail_dataset()
+    sums_ds.attrs.update(own)
+    detail.attrs.update(own, heads=[list(h) for h in _measured(ds)])
+    write_zarr(sums_ds, sums_out)
+    write_zarr(detail, detail_out)
+    write_zarr(ds, out, chunks={"layer": 1})
+    return ds
+
+
+def _measured(ds: xr.Dataset) -> list[tuple[int, int]]:
+    measured = ~np.isnan(ds.de_clean.values).all(-1)
+    return [(int(layer), int(head)) for layer, head in zip(*np.nonzero(measured), strict=True)]
+
+
+def task_set_ablate(
+    job: ModelJob,
+    *,
+    task: str,
+    metric: str,
+    ablation: str,
+    sets: Mapping[str, Sequence[Sequence[int]]],
+    mean_include_bos: bool,
+    out: str,
+    attrs: dict[str, Any],
+) -> xr.Dataset:
+    """Rule task_set_ablate: each named set of heads ablated jointly (engine.sets.measure_sets)
+    on the task's prompts, at the answer positions: the set's variables and every component's
+    change of direct effect.
+
+    Args:
+        job: the model job (its `tokens` is the prompts store).
+        task: the task's name.
+        metric: correct_logit or logit_diff.
+        ablation: corrupted, resample, mean or zero.
+        sets: name -> [[layer, head], ...] (tasks.<task>.ablation_sets).
+        mean_include_bos: as the ablate rule's.
+        out: the store to write (results/<model>/tasks/<task>/sets/<ablation>.zarr).
+        attrs: the rule's provenance attributes.
+    """
+    from selfrepair.engine.sets import measure_sets
+
+    prompts = read_prompts(job.tokens)
+    model = _model_for(job, task, prompts)
+    with job.guarded(model, {"engine.batch_size": job.batch_size}):
+        ds = measure_sets(
+            model,
+            _rows(prompts),
+            ablation,
+            {name: [tuple(h) for h in heads] for name, heads in sets.items()},
+            batch_size=job.batch_size,
+            mean_include_bos=mean_include_bos,
+            task=task_inputs(prompts, metric),
+            progress=True,
+        )
+    ds = scored_tokens(ds, prompts.scored)
+    ds.attrs.update(job.provenance(attrs, ablation=ablation, metric=metric))
+    write_zarr(ds, out)
+    return ds

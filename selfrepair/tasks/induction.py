@@ -1,0 +1,70 @@
+"""Induction (Olsson et al. 2022): BOS, a random token sequence, the same sequence again. From
+the second token of the repeat on, each next token can be copied from the first copy: those
+positions are scored, their answers the repeated tokens. The corrupted prompt is a fresh random
+sequence repeated the same way. The first copy's predictions of the same tokens are the loss
+baseline (a model that copies predicts the repeat far better than the first copy)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from selfrepair.tasks.prompts import Prompt, TaskError, TaskPrompts, pad_prompts
+
+__all__ = ["induction_prompt", "induction_prompts", "vocabulary_ids"]
+
+
+def vocabulary_ids(tokenizer: Any) -> np.ndarray:
+    """Every id of the tokenizer but its special tokens, sorted."""
+    special = set(tokenizer.all_special_ids)
+    return np.array([i for i in range(len(tokenizer)) if i not in special], np.int64)
+
+
+def induction_prompt(sequence: list[int], other: list[int], bos_id: int) -> Prompt:
+    """BOS + sequence + sequence (rows of 2 L + 1 tokens), scored at positions L + 1 .. 2 L - 1;
+    corrupted: BOS + other + other."""
+    n = len(sequence)
+    row = [bos_id, *sequence, *sequence]
+    answers = tuple((pos, row[pos + 1]) for pos in range(n + 1, 2 * n))
+    return Prompt(
+        ids=tuple(row[:-1]),
+        answers=answers,
+        counter=None,
+        corrupted=(bos_id, *other, *other[:-1]),
+        tail=(row[-1],),
+        baseline=tuple(range(1, n)),
+        info={"length": n},
+    )
+
+
+def induction_prompts(tokenizer: Any, n: int, length: int, seed: int, bos_id: int) -> TaskPrompts:
+    """n repeated random sequences of `length` distinct tokens (drawn with `seed` from every
+    non-special id, so that each token of a sequence has one successor), with their corrupted
+    partners.
+
+    Args:
+        tokenizer: the model's tokenizer (Hugging Face).
+        n: prompts.
+        length: tokens of the random sequence (the row: 2 * length + 1 tokens).
+        seed: the run's seed.
+        bos_id: the id every row starts with.
+    """
+    ids = vocabulary_ids(tokenizer)
+    if len(ids) < 2 * length:
+        raise TaskError(
+            f"the tokenizer has {len(ids)} ordinary tokens, fewer than the {2 * length} two "
+            "sequences of length distinct tokens need; lower length"
+        )
+    rng = np.random.default_rng(seed)
+    prompts = []
+    for _ in range(n):
+        drawn = rng.choice(ids, 2 * length, replace=False).tolist()
+        prompts.append(induction_prompt(drawn[:length], drawn[length:], bos_id))
+    attrs = {
+        "answer": "each token of the repeat, copied from the first copy",
+        "corrupted_prompts": "a fresh random sequence repeated the same way",
+        "baseline": "the first copy predicting the same tokens",
+        "sequence_tokens": f"{len(ids)} non-special ids of the tokenizer, uniformly",
+    }
+    return pad_prompts(prompts, bos_id, attrs)

@@ -1,0 +1,43 @@
+"""A small GPT-2 tokenizer (byte-level BPE, GPT2TokenizerFast) trained on IOI sentences, so
+that the IOI names, places and objects are single tokens, as in GPT-2's own vocabulary; and a
+tiny random GPT-2 checkpoint of its vocabulary. Shared by the task tests."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+from selfrepair.data.tokenizer import SPECIAL, byte_level_bpe
+from selfrepair.tasks.ioi import NAMES, OBJECTS, PLACES, TEMPLATES
+
+
+@functools.cache
+def ioi_tokenizer(vocab_size: int = 2000, n_names: int = len(NAMES)):
+    """GPT2TokenizerFast of a BPE trained on every template filled with the first n_names
+    names (few names: most of them stay several tokens)."""
+    from transformers import GPT2TokenizerFast
+
+    names = NAMES[:n_names]
+    docs = []
+    for i, (template, place, obj) in enumerate(
+        itertools.islice(itertools.cycle(itertools.product(TEMPLATES, PLACES, OBJECTS)), 3000)
+    ):
+        a, b = names[i % len(names)], names[(i * 7 + 3) % len(names)]
+        docs.append(
+            template.replace("[A]", a).replace("[B]", b).replace("[PLACE]", place)
+            .replace("[OBJECT]", obj)
+        )  # fmt: skip
+    backend = byte_level_bpe(docs, vocab_size, [SPECIAL], min_frequency=2)
+    return GPT2TokenizerFast(
+        tokenizer_object=backend, bos_token=SPECIAL, eos_token=SPECIAL, unk_token=SPECIAL
+    )
+
+
+def gpt2_checkpoint(path, tokenizer, seed: int = 0, n_layers: int = 3, d_model: int = 32) -> str:
+    """A random GPT-2 (Hugging Face) of the tokenizer's vocabulary saved with it in path."""
+    from selfrepair.models.builders import build_model
+
+    model = build_model("gpt2", len(tokenizer), n_layers, d_model, 4, 64, seed=seed)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return str(path)

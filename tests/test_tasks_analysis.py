@@ -1,0 +1,143 @@
+"""The task reductions on synthetic data: stores narrowed to the answer positions, the summaries
+and intervals over them (the paper's reductions, unchanged, on a `token` axis), the clean metric,
+and the backup table's rankings and ROC-AUC against hand computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from selfrepair.analysis.intervals import head_intervals
+from selfrepair.analysis.reduce import head_summary
+from selfrepair.analysis.tasks import (
+    clean_metric,
+    head_backups,
+    roc_auc,
+    scored_tokens,
+    set_backups,
+    set_scores,
+    single_scores,
+)
+from selfrepair.engine.attribution import component_coords
+from selfrepair.variables import HEAD_VARIABLES, component_names, n_components
+
+
+def per_token(seed: int = 0, n_layers: int = 2, n_heads: int = 3) -> tuple[xr.Dataset, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shape = (n_layers, n_heads, 5, 7)
+    data = {v: (("layer", "head", "batch", "pos"), rng.normal(size=shape)) for v in HEAD_VARIABLES}
+    ds = xr.Dataset(data, coords={"batch": np.arange(5), "pos": np.arange(7)})
+    scored = np.zeros((5, 7), bool)
+    scored[[0, 1, 1, 3, 4], [6, 2, 5, 0, 3]] = True
+    return ds, scored
+
+
+def test_scored_tokens_keep_the_answer_positions_in_prompt_order():
+    ds, scored = per_token()
+    out = scored_tokens(ds, scored)
+    assert out.prompt.values.tolist() == [0, 1, 1, 3, 4]
+    assert out.position.values.tolist() == [6, 2, 5, 0, 3]
+    np.testing.assert_array_equal(out.de_clean.values[1, 2], ds.de_clean.values[1, 2][scored])
+
+
+def test_summaries_over_the_answers_are_their_plain_means():
+    ds, scored = per_token()
+    tokens = scored_tokens(ds, scored)
+    summary = head_summary(tokens, top_fraction=1.0, de_epsilon=-10.0)
+    for name in HEAD_VARIABLES:
+        brute = ds[name].values[..., scored].mean(-1)
+        np.testing.assert_allclose(summary[f"mean_{name}"].values, brute, atol=1e-12)
+        np.testing.assert_allclose(summary[f"top_{name}"].values, brute, atol=1e-12)
+    assert summary.attrs["n_tokens"] == 5 and (summary.top_n_tokens.values == 5).all()
+    intervals = head_intervals(tokens, top_fraction=1.0, n_resamples=50, seed=0)
+    assert intervals.attrs["n_tokens"] == 5
+    low, high = (
+        intervals.top_self_repair.sel(bound="low"),
+        intervals.top_self_repair.sel(bound="high"),
+    )
+    assert (low.values <= summary.top_self_repair.values + 1e-12).all()
+    assert (high.values >= summary.top_self_repair.values - 1e-12).all()
+
+
+def test_clean_metric_over_the_answers():
+    logit = np.array([[1.0, -2.0, 3.0], [0.5, 4.0, -1.0]])
+    top1 = np.array([[True, False, True], [False, True, False]])
+    loss = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    scored = np.array([[False, True, True], [False, True, False]])
+    baseline = np.array([[True, False, False], [True, False, False]])
+    out = clean_metric(logit, top1, loss, scored, baseline, "logit_diff")
+    assert out["mean"] == pytest.approx((-2 + 3 + 4) / 3)
+    assert out["top1"] == pytest.approx(2 / 3) and out["above_counterfactual"] == pytest.approx(
+        2 / 3
+    )
+    assert out["loss_answers"] == pytest.approx(10 / 3) and out["loss_baseline"] == 2.5
+    assert out["n_answers"] == 3 and out["n_prompts"] == 2
+
+
+class FakeModel:
+    class cfg:  # noqa: N801 (the shape of a HookedTransformer's cfg)
+        n_layers, n_heads = 3, 2
+
+
+def _repairs(top_dde: np.ndarray) -> xr.Dataset:
+    coords = component_coords(FakeModel) | {"layer": np.arange(3), "head": np.arange(2)}
+    return xr.Dataset({"top_dde": (("layer", "head", "component"), top_dde)}, coords=coords)
+
+
+def test_backup_rankings_and_auc_by_hand():
+    names = component_names(3, 2)
+    n_c = n_components(3, 2)
+    # the set {L0H0, L0H1} ablated jointly: heads rise by these means over two answers
+    rise = {"L1H0": 0.5, "L1H1": 0.1, "L2H0": 0.3, "L2H1": -0.2}
+    dde = np.zeros((1, 2, n_c))
+    for head, value in rise.items():
+        dde[0, :, names.index(head)] = [value - 0.1, value + 0.1]
+    sets = xr.Dataset(
+        {
+            "dde": (("set", "token", "component"), dde),
+            **{v: (("set", "token"), np.ones((1, 2))) for v in HEAD_VARIABLES},
+        },
+        coords={"set": ["movers"], **component_coords(FakeModel)},
+        attrs={"sets": {"movers": [[0, 0], [0, 1]]}},
+    )
+    assert set_scores(sets, "movers") == pytest.approx(rise)
+    # single ablation: L0H0 then L0H1 alone; NaN (not downstream) counts 0
+    top = np.full((3, 2, n_c), np.nan)
+    top[0, 0, names.index("L2H1")] = 0.9
+    top[0, 1, names.index("L2H1")] = 0.2
+    top[0, 1, names.index("L1H0")] = 0.4
+    single = single_scores(_repairs(top), [[0, 0], [0, 1]])
+    assert single == pytest.approx({"L1H0": 0.4, "L1H1": 0.0, "L2H0": 0.0, "L2H1": 1.1})
+    table = set_backups(sets, _repairs(top), [[1, 0], [2, 0]], 3, {"mover": [[0, 0]]})
+    assert table.backup.tolist() == ["L1H0", "L2H0", "L1H1"]
+    assert table.expected_backup.tolist() == [True, True, False]
+    # joint: both expected (0.5, 0.3) beat both others (0.1, -0.2): 1. single: L1H0 (0.4)
+    # beats L1H1 (0) and loses to L2H1 (1.1); L2H0 (0) ties L1H1 (a half), loses to L2H1
+    assert table.roc_auc_joint.iloc[0] == 1.0 == roc_auc(rise, ["L1H0", "L2H0"])
+    assert table.roc_auc_single.iloc[0] == pytest.approx((1 + 0 + 0.5 + 0) / 4)
+
+
+def test_head_backups_list_the_largest_heads_top_compensators():
+    n_c = n_components(3, 2)
+    names = component_names(3, 2)
+    mean = np.array([[0.1, 2.0], [1.0, np.nan], [0.3, 0.2]])
+    summary = xr.Dataset(
+        {
+            "mean_de_clean": (("layer", "head"), mean),
+            "mean_de_ablated": (("layer", "head"), mean / 2),
+            "mean_logit_diff": (("layer", "head"), -mean / 4),
+            "mean_self_repair": (("layer", "head"), mean / 4),
+        },
+        coords={"layer": np.arange(3), "head": np.arange(2)},
+    )
+    top = np.full((3, 2, n_c), np.nan)
+    top[0, 1, names.index("L2H0")] = 0.5
+    top[0, 1, names.index("L1H1")] = 0.7
+    top[0, 1, names.index("MLP2")] = 9.0  # an MLP is no backup head
+    top[1, 0, names.index("L2H1")] = 0.25
+    table = head_backups(summary, _repairs(top), 2, 2, {"big": [[0, 1]]})
+    assert table.ablated.tolist() == ["L0H1", "L0H1", "L1H0"]
+    assert table.backup.tolist() == ["L1H1", "L2H0", "L2H1"]
+    assert table.share_of_de_drop.tolist() == pytest.approx([0.7, 0.5, 0.5])
+    assert table.ablated_role.tolist() == ["big", "big", ""]

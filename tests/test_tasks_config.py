@@ -1,0 +1,155 @@
+"""The `tasks` section is checked before any job: the schema and the config checks at parse time
+(snakemake -n stops in one line naming the key or file:line), the tokenizers' prompts when the
+workflow starts (check_task_prompts), the task job itself for a tokenizer trained in the run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from helpers import ROOT, SCHEMA, load, merged
+from tasks_helpers import gpt2_checkpoint, ioi_tokenizer
+
+from selfrepair.config import ConfigError, validate_run
+from selfrepair.config.tasks import check_task_prompts
+
+PAPER_CI = ROOT / "config" / "paper-ci.yaml"
+
+
+def dry_run(tmp_path, tasks: dict) -> str:
+    """snakemake -n of the paper's CI config with these tasks: its output (it must fail)."""
+    overlay = tmp_path / "tasks.yaml"
+    overlay.write_text(yaml.safe_dump({"tasks": tasks}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(PAPER_CI),
+         str(overlay)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "rule " not in proc.stdout  # no job was planned to run
+    return proc.stdout + proc.stderr
+
+
+def _jsonl(tmp_path, lines) -> str:
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return str(path)
+
+
+def test_snakemake_stops_on_an_unknown_task_type(tmp_path):
+    out = dry_run(tmp_path, {"sentiment": {"type": "sst2"}})
+    assert "config key tasks.sentiment.type: 'sst2' is not one of" in out
+
+
+def test_snakemake_stops_on_a_prompt_line_without_an_answer(tmp_path):
+    path = _jsonl(tmp_path, [{"prompt": "a", "answer": " b"}, {"prompt": "c"}])
+    out = dry_run(tmp_path, {"mine": {"type": "prompts", "file": path, "ablations": ["zero"]}})
+    assert f'config key tasks.mine.file: {path}:2: no "answer"' in out
+
+
+def test_snakemake_stops_on_logit_diff_without_counterfactuals(tmp_path):
+    out = dry_run(tmp_path, {"ind": {"type": "induction", "metric": "logit_diff"}})
+    assert "config key tasks.ind.metric: logit_diff needs a counterfactual" in out
+
+
+def _config(tasks: dict) -> dict:
+    """config.yaml with paper-ci.yaml merged in, as Snakemake merges them, and these tasks."""
+    return merged(load("config.yaml"), load("paper-ci.yaml")) | {"tasks": tasks}
+
+
+@pytest.mark.parametrize(
+    ("tasks", "message"),
+    [
+        (
+            {"t": {"type": "ioi", "models": ["gpt2-large"]}},
+            "config key tasks.t.models: 'gpt2-large' is not among this run's models",
+        ),
+        (
+            {"t": {"type": "ioi", "ablation_sets": {"nm": [[9, 9], [12, 0]]}}},
+            "config key tasks.t.ablation_sets.nm: pythia-160m has no L12H0",
+        ),
+        (
+            {"t": {"type": "ioi", "expected_backups": [[10, 10], [10, 10]]}},
+            "config key tasks.t.expected_backups: a head is listed twice",
+        ),
+        ({"t": {"type": "prompts"}}, "config key tasks.t.file: a prompts task needs"),
+        ({"t": {"type": "ioi", "file": "x.jsonl"}}, "only a prompts task reads a file"),
+    ],
+)
+def test_bad_tasks_fail_at_parse_time_naming_the_key(tasks, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_run(_config(tasks), SCHEMA)
+
+
+def test_corrupted_ablation_needs_every_prompt_paired(tmp_path):
+    path = _jsonl(
+        tmp_path,
+        [{"prompt": "a", "answer": " b", "corrupted": "c"}, {"prompt": "d", "answer": " e"}],
+    )
+    with pytest.raises(ConfigError, match="config key tasks.t.ablations: corrupted needs"):
+        validate_run(_config({"t": {"type": "prompts", "file": path}}), SCHEMA)
+    config = _config({"t": {"type": "prompts", "file": path, "ablations": ["mean"]}})
+    assert validate_run(config, SCHEMA)
+
+
+def _path_run(tmp_path, tasks: dict) -> tuple[dict, dict]:
+    ckpt = gpt2_checkpoint(tmp_path / "ckpt", ioi_tokenizer())
+    config = _config(tasks)
+    config["models"] = [{"name": "m", "path": ckpt}]
+    return config, {"m": {"name": "m", "path": ckpt}}
+
+
+def test_prompts_are_checked_with_each_tokenizer_before_any_job(tmp_path):
+    """An answer that is two tokens of the model's tokenizer, a corrupted prompt of another
+    length, too few single-token names: one line naming the task, the model, file:line."""
+    good = {
+        "prompt": "Then, Mary and John went to the store. John gave a drink to",
+        "answer": " Mary",
+    }
+    for line, message in [
+        ({**good, "answer": " New York"}, r"mine.jsonl:2: answer ' New York' is \d tokens"),
+        ({**good, "corrupted": "Then, Mary went"}, "mine.jsonl:2: the corrupted prompt is"),
+    ]:
+        path = _jsonl(tmp_path, [good, line])
+        config, entries = _path_run(tmp_path, {"mine": {"type": "prompts", "file": path}})
+        config["tasks"]["mine"].update(metric="correct_logit", ablations=["zero"])
+        with pytest.raises(
+            ConfigError, match=f"config key tasks.mine \\(m's tokenizer\\): .*{message}"
+        ):
+            check_task_prompts(config, entries)
+    config, entries = _path_run(tmp_path, {"ioi": {"type": "ioi", "n_prompts": 4}})
+    check_task_prompts(config, entries)  # the IOI tokenizer has the names
+    few = gpt2_checkpoint(tmp_path / "few", ioi_tokenizer(vocab_size=300, n_names=3))
+    with pytest.raises(ConfigError, match=r"tasks.ioi \(m's tokenizer\): .*IOI needs at least 5"):
+        check_task_prompts(config, {"m": {"name": "m", "path": few}})
+
+
+def test_the_ioi_config_plans_the_task_beside_the_paper_path():
+    """config/ioi.yaml (with its CI overlay) plans through snakemake -n: every task rule once
+    (the overlay keeps one ablation), beside gpt2-small's paper path."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "1", "--configfile",
+         "config/ioi.yaml", ".test/config/ioi.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = dict(
+        (line.split()[0], int(line.split()[1]))
+        for line in proc.stdout.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    )
+    per_ablation = {"task_ablate", "task_set_ablate", "task_summary"}
+    assert {job: jobs[job] for job in per_ablation} == dict.fromkeys(per_ablation, 1)
+    once = {"task_prompts", "task_clean", "task_backups", "task_explorer", "task_repair_bars"}
+    once |= {"task_self_repair_per_head", "task_de_vs_metric_drop", "task_repairer_heatmap"}
+    assert {job: jobs[job] for job in once} == dict.fromkeys(once, 1)
+    assert jobs["ablate"] == 4 and jobs["fig01"] == 1  # the paper path, as paper-ci's

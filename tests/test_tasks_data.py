@@ -1,0 +1,173 @@
+"""Tasks as data (selfrepair.tasks): the IOI prompts (names single tokens, the answer at the
+right position, ABC prompts of the same length differing only in the names), induction rows,
+a user's JSONL prompts and the one-line errors of each, padding; and the ROC-AUC against a hand
+computation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tasks_helpers import ioi_tokenizer
+
+from selfrepair.analysis.tasks import roc_auc
+from selfrepair.tasks import TaskError, build_task
+from selfrepair.tasks.induction import induction_prompts
+from selfrepair.tasks.ioi import MIN_NAMES, NAMES, ioi_prompts
+from selfrepair.tasks.jsonl import file_prompts, read_prompt_lines
+
+BOS = 0
+
+
+@pytest.fixture(scope="module")
+def ioi():
+    return ioi_tokenizer(), ioi_prompts(ioi_tokenizer(), 40, seed=3, bos_id=BOS)
+
+
+def test_ioi_rows_hold_each_prompt_and_its_answer_at_the_scored_position(ioi):
+    tok, p = ioi
+    assert p.tokens.shape[0] == 40
+    for i in range(40):
+        length = int(p.length[i])
+        row = p.tokens[i, :length].tolist()
+        assert row[0] == BOS and (p.tokens[i, length:] == BOS).all()  # right padding
+        (pos,) = np.flatnonzero(p.scored[i])
+        assert pos == length - 2  # the prompt's last token predicts the answer
+        answer, subject = row[-1], int(p.counter[i, pos])
+        assert tok.decode(row[1:-1]) == p.text[i]
+        io_name, s_name = tok.decode([answer]), tok.decode([subject])
+        assert io_name.strip() in NAMES and s_name.strip() in NAMES and io_name != s_name
+        assert io_name.startswith(" ") and len(tok.encode(io_name)) == 1
+        # the indirect object once, the subject twice, where the info says
+        assert row[:-1].count(answer) == 1 and row[:-1].count(subject) == 2
+        assert row[p.info["io_position"][i]] == answer
+        assert row[p.info["s1_position"][i]] == row[p.info["s2_position"][i]] == subject
+        first = min(p.info["io_position"][i], p.info["s1_position"][i])
+        assert (row[first] == answer) == bool(p.info["abba"][i])  # ABBA: IO mentioned first
+        assert p.text[i].rstrip().endswith(" to") or p.text[i].endswith("said to")
+
+
+def test_ioi_corrupted_prompts_are_abc_of_the_same_length(ioi):
+    tok, p = ioi
+    for i in range(40):
+        length = int(p.length[i])
+        clean, corrupted = p.tokens[i, : length - 1], p.corrupted[i, : length - 1]
+        names = sorted(int(p.info[k][i]) for k in ("io_position", "s1_position", "s2_position"))
+        differ = np.flatnonzero(clean != corrupted).tolist()
+        assert differ == names  # only the three name positions change
+        new = [int(corrupted[j]) for j in names]
+        assert len(set(new)) == 3 and not set(new) & {int(clean[j]) for j in names}
+        assert all(tok.decode([n]).strip() in NAMES for n in new)
+    assert p.info["abba"].tolist() == [1, 0] * 20  # both orders, alternating
+
+
+def test_ioi_is_seeded_and_fails_clearly_with_too_few_names():
+    tok = ioi_tokenizer()
+    a, b = ioi_prompts(tok, 10, 1, BOS), ioi_prompts(tok, 10, 1, BOS)
+    assert np.array_equal(a.tokens, b.tokens)
+    assert not np.array_equal(a.tokens, ioi_prompts(tok, 10, 2, BOS).tokens)
+    few = ioi_tokenizer(vocab_size=300, n_names=3)
+    with pytest.raises(TaskError, match=f"IOI needs at least {MIN_NAMES} names"):
+        ioi_prompts(few, 10, 0, BOS)
+
+
+def test_induction_rows_repeat_and_score_the_copyable_positions():
+    tok = ioi_tokenizer()
+    p = induction_prompts(tok, 6, length=7, seed=0, bos_id=BOS)
+    assert p.tokens.shape == (6, 15) and (p.length == 15).all()
+    for i in range(6):
+        row = p.tokens[i]
+        assert row[0] == BOS and (row[1:8] == row[8:15]).all()
+        assert len(set(row[1:8].tolist())) == 7 and BOS not in row[1:].tolist()
+        assert np.flatnonzero(p.scored[i]).tolist() == list(range(8, 14))
+        assert np.flatnonzero(p.baseline[i]).tolist() == list(range(1, 7))
+        for pos in range(8, 14):  # each answer is the token after its copy in the first half
+            assert row[pos + 1] == row[pos + 1 - 7]
+        other = p.corrupted[i]  # its last token is only a target: the clean row's
+        assert (other[1:7] == other[8:14]).all() and not set(other[1:8]) & set(row[1:8])
+    with pytest.raises(TaskError, match="lower length"):
+        induction_prompts(tok, 2, length=len(tok), seed=0, bos_id=BOS)
+
+
+def _jsonl(tmp_path, lines):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(x) if isinstance(x, dict) else x for x in lines) + "\n")
+    return path
+
+
+def test_prompts_file_rows_are_padded_with_answers_and_partners(tmp_path):
+    tok = ioi_tokenizer()
+    path = _jsonl(
+        tmp_path,
+        [
+            {"prompt": "Then, Mary and John went to the store. John gave a drink to",
+             "answer": " Mary", "counterfactual": " John",
+             "corrupted": "Then, Amy and Bob went to the store. Tim gave a drink to"},
+            {"prompt": "Afterwards, Sara and Paul went to the park. Later, Paul gave a ring to",
+             "answer": " Sara", "counterfactual": " Paul"},
+            "",
+        ],
+    )  # fmt: skip
+    p = file_prompts(tok, read_prompt_lines(path), BOS)
+    assert p.tokens.shape[0] == 2 and p.length[0] != p.length[1]
+    for i, (answer, counter) in enumerate([(" Mary", " John"), (" Sara", " Paul")]):
+        (pos,) = np.flatnonzero(p.scored[i])
+        assert tok.decode([p.tokens[i, pos + 1]]) == answer
+        assert tok.decode([p.counter[i, pos]]) == counter
+    assert not np.array_equal(p.corrupted[0], p.tokens[0])
+    assert np.array_equal(p.corrupted[1], p.tokens[1])  # no partner given: itself
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ({"prompt": "Then, Mary went to"}, r'prompts.jsonl:2: no "answer"'),
+        ('{"prompt": "x", "answer": ', "prompts.jsonl:2: not a JSON object"),
+        ({"prompt": "x", "answer": " y", "colour": "red"}, "prompts.jsonl:2: unknown field"),
+        ({"prompt": "Then, Mary went to", "answer": " New York"}, "prompts.jsonl:2: answer"),
+        (
+            {"prompt": "Then, Mary went to", "answer": " Mary", "corrupted": "Then, Mary to"},
+            "prompts.jsonl:2: the corrupted prompt is",
+        ),
+    ],
+)
+def test_bad_prompt_lines_name_the_file_and_line(tmp_path, line, message):
+    good = {"prompt": "Then, John went to", "answer": " John"}
+    path = _jsonl(tmp_path, [good, line])
+    with pytest.raises(TaskError, match=message):
+        file_prompts(ioi_tokenizer(), read_prompt_lines(path), BOS)
+
+
+def test_build_task_dispatches_on_the_type(tmp_path):
+    tok = ioi_tokenizer()
+    spec = {"type": "induction", "n_prompts": 3, "length": 4}
+    assert build_task(spec, tok, 0, BOS).tokens.shape == (3, 9)
+    assert build_task({"type": "ioi", "n_prompts": 4}, tok, 0, BOS).attrs["task_type"] == "ioi"
+    with pytest.raises(TaskError, match="unknown task type"):
+        build_task({"type": "sst2"}, tok, 0, BOS)
+
+
+def test_roc_auc_is_the_share_of_pairs_ranked_right():
+    scores = {"a": 3.0, "b": 2.0, "c": 2.0, "d": 1.0, "e": 0.0}
+    # (b, d) against (a, c, e): b beats e, ties c (a half); d beats e: 2.5 of 6 pairs
+    assert roc_auc(scores, ["b", "d"]) == pytest.approx(2.5 / 6)
+    assert roc_auc(scores, ["a"]) == 1.0 and roc_auc(scores, ["e"]) == 0.0
+    assert np.isnan(roc_auc(scores, [])) and np.isnan(roc_auc(scores, list(scores)))
+    assert roc_auc(scores, ["b", "zz"]) == pytest.approx(2.5 / 4)  # unknown positives ignored
+
+
+def test_repeat_rows_make_the_chosen_rows_copy_their_first_half():
+    """train.repeats: the drawn share of rows repeats its first half after BOS, the rest are as
+    packed, the draw follows the seed, and 0 changes nothing."""
+    from selfrepair.data.training import repeat_rows
+
+    rows = np.arange(200 * 9).reshape(200, 9)
+    out = repeat_rows(rows, 0.5, seed=3)
+    copied = (out[:, 5:9] == out[:, 1:5]).all(1)
+    assert 70 < copied.sum() < 130
+    assert (out[copied, :5] == rows[copied, :5]).all()
+    assert (out[~copied] == rows[~copied]).all()
+    assert (repeat_rows(rows, 0.5, seed=3) == out).all()
+    assert not (repeat_rows(rows, 0.5, seed=4) == out).all()
+    assert (repeat_rows(rows, 0.0, seed=3) == rows).all()

@@ -1,0 +1,87 @@
+"""The reduced demo's task (slow; .test/config/config.yaml: induction on both models): every
+output of each (model, task), the stores at the answer positions only, the clean metric and the
+summaries against brute-force recomputations from the per-answer stores, the components adding
+up, and the explorer page; fast: the task rules against the layout's promises."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from helpers import REDUCED_DEMO, ROOT
+
+from selfrepair.config.figures import TASK_FIGURES
+from selfrepair.stages.store import open_zarr
+
+slow = pytest.mark.slow
+MODELS = ("tiny-gpt2", "tiny-pythia")
+
+
+def _tasks() -> dict:
+    return yaml.safe_load(REDUCED_DEMO.read_text())["tasks"]
+
+
+@slow
+def test_every_task_output_of_the_demo(finished_run):
+    run, _ = finished_run
+    for task, spec in _tasks().items():
+        for model in MODELS:
+            where = run / "results" / model / "tasks" / task
+            for stem in TASK_FIGURES:
+                for suffix in (".png", ".pdf"):
+                    assert (where / "figures" / f"{stem}{suffix}").stat().st_size > 1000, stem
+            for name in ("backup_heads.csv", "backup_heads.html"):
+                assert (where / "tables" / name).stat().st_size > 100
+            for ablation in spec.get("ablations", ["corrupted"]):
+                for kind in ("ablation", "summary", "intervals", "attribution"):
+                    assert (where / kind / f"{ablation}.zarr").is_dir(), (kind, ablation)
+            page = run / "results" / "explorer" / "tasks" / task / f"{model}.html"
+            assert f"{model} on task {task}" in page.read_text()
+    index = (run / "results" / "explorer" / "index.html").read_text()
+    assert all(f'href="tasks/{t}/{m}.html"' in index for t in _tasks() for m in MODELS)
+
+
+@slow
+@pytest.mark.parametrize("model", MODELS)
+def test_demo_task_stores_hold_the_answers_and_add_up(finished_run, model):
+    """The per-token stores hold exactly the scored positions; the clean metric JSON and the
+    summary are the means over them; the components add up to the self-repair."""
+    run, _ = finished_run
+    for task in _tasks():
+        where = run / "results" / model / "tasks" / task
+        prompts = open_zarr(where / "prompts.zarr")
+        prompt, position = np.nonzero(prompts.scored.values)
+        clean = open_zarr(where / "clean.zarr")
+        heads = open_zarr(where / "ablation" / "corrupted.zarr")
+        for ds in (clean, heads):
+            assert ds.prompt.values.tolist() == prompt.tolist()
+            assert ds.position.values.tolist() == position.tolist()
+        answers = prompts.tokens.values[prompt, position + 1]
+        assert np.array_equal(clean.target.values, answers)
+        numbers = json.loads((where / "metric.json").read_text())
+        assert numbers["mean"] == pytest.approx(float(clean.logit_clean.values.mean()), abs=1e-5)
+        assert numbers["top1"] == pytest.approx(float(clean.top1.values.mean()))
+        assert numbers["n_answers"] == len(prompt)
+        summary = open_zarr(where / "summary" / "corrupted.zarr")
+        for name in ("self_repair", "logit_diff", "de_clean"):
+            brute = heads[name].values.astype(np.float64).mean(-1)
+            np.testing.assert_allclose(summary[f"mean_{name}"].values, brute, atol=1e-5)
+            np.testing.assert_allclose(summary[f"top_{name}"].values, brute, atol=1e-5)
+        repairs = open_zarr(where / "attribution" / "corrupted.zarr")
+        assert max(v for k, v in repairs.attrs.items() if k.startswith("max_error")) < 1e-4
+        np.testing.assert_allclose(
+            repairs.all_self_repair.values, summary.mean_self_repair.values, atol=1e-5
+        )
+
+
+def test_the_task_rules_are_the_figure_list_and_write_their_own_files():
+    """Each task figure's rule is named after its file stem and writes that file literally."""
+    text = (ROOT / "workflow" / "rules" / "tasks.smk").read_text()
+    for stem in TASK_FIGURES:
+        block = text[text.index(f"rule {stem}:") :].split("\nrule ")[0]
+        for suffix in ("pdf", "png"):
+            assert f'"results/{{model}}/tasks/{{task}}/figures/{stem}.{suffix}"' in block
+        assert f'"../report/{stem}.rst"' in block
+        assert (ROOT / "workflow" / "report" / f"{stem}.rst").is_file()

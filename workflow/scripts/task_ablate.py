@@ -1,0 +1,17 @@
+"""Every head of a task under one ablation (selfrepair.stages.tasks.task_ablate)."""
+
+from selfrepair.stages.job import ModelJob
+from selfrepair.stages.joblog import logged, rule_params
+from selfrepair.stages.tasks import task_ablate
+
+with logged(snakemake.log[0]):
+    task_ablate(
+        ModelJob.from_snakemake(snakemake),
+        task=snakemake.wildcards.task,
+        ablation=snakemake.wildcards.task_ablation,
+        **rule_params(snakemake, "metric", "heads_per_pass", "mean_include_bos"),
+        out=snakemake.output.heads,
+        sums_out=snakemake.output.sums,
+        detail_out=snakemake.output.detail,
+        attrs=dict(snakemake.params.attrs),
+    )

@@ -1,0 +1,15 @@
+"""A task's prompts from the model's own tokenizer (selfrepair.stages.tasks.task_prompts)."""
+
+from selfrepair.stages.joblog import logged
+from selfrepair.stages.tasks import task_prompts
+
+with logged(snakemake.log[0]):
+    task_prompts(
+        task=snakemake.wildcards.task,
+        spec=dict(snakemake.params.spec),
+        model=dict(snakemake.params.model),
+        seed=int(snakemake.params.seed),
+        out=snakemake.output.prompts,
+        attrs=dict(snakemake.params.attrs),
+        tokenizer_dir=snakemake.input.get("model_dir"),
+    )

@@ -1,0 +1,16 @@
+"""Each named set of heads of a task ablated jointly (selfrepair.stages.tasks.task_set_ablate)."""
+
+from selfrepair.stages.job import ModelJob
+from selfrepair.stages.joblog import logged, rule_params
+from selfrepair.stages.tasks import task_set_ablate
+
+with logged(snakemake.log[0]):
+    task_set_ablate(
+        ModelJob.from_snakemake(snakemake),
+        task=snakemake.wildcards.task,
+        ablation=snakemake.wildcards.task_ablation,
+        sets=dict(snakemake.params.sets),
+        **rule_params(snakemake, "metric", "mean_include_bos"),
+        out=snakemake.output.sets,
+        attrs=dict(snakemake.params.attrs),
+    )
