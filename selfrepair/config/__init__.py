@@ -67,6 +67,7 @@ from selfrepair.config.models import (
     LOCAL_ARCHITECTURES,
     NON_CAUSAL_TYPES,
     PARALLEL_TYPES,
+    RMS_GATED_TYPES,
     Head,
     architecture_problem,
     check_device_dtype,
@@ -78,6 +79,7 @@ from selfrepair.config.models import (
     model_entries,
     official_model_name,
     parallel_blocks,
+    rms_gated_activation,
 )
 from selfrepair.config.picks import (
     PICK_CRITERIA,
@@ -119,6 +121,7 @@ __all__ = [
     "PICK_CRITERIA",
     "PROXY_VARIABLES",
     "RESOURCE_KEYS",
+    "RMS_GATED_TYPES",
     "SCHEMA",
     "TARGET_KEYS",
     "WEIGHT_SUFFIXES",
@@ -174,6 +177,7 @@ __all__ = [
     "pick_spec",
     "pick_targets",
     "resolve_target",
+    "rms_gated_activation",
     "runtime_for_attempt",
     "shard_bounds",
     "target_problem",
