@@ -117,10 +117,12 @@ MODELS = {
 # 50,277 (<|endoftext|> 0, <|padding|> 1; the model's 50,304 rows leave padding room).
 GPT2_VOCAB, NEOX_VOCAB = 50257, 50277
 
-# Llama-7B's config.json as the converted checkpoint has it (Meta's LLaMA 7B through transformers'
-# convert_llama_weights_to_hf, e.g. huggyllama/llama-7b), value for value. TransformerLens 3.9 knows
-# this model only as a local checkpoint (llama-7b-hf, weights passed in), so the paper's config
-# loads it by `path` (config/paper-llama.yaml) and its stand-in is a folder, not a hub snapshot.
+# Llama-7B's config.json as a converted checkpoint has it (Meta's LLaMA 7B through transformers'
+# convert_llama_weights_to_hf; the values published for huggyllama/llama-7b, not fetched here:
+# every field TransformerLens' own llama-7b-hf table sets agrees, tests/test_paper_llama.py).
+# TransformerLens 3.9 knows this model only as a local checkpoint (llama-7b-hf, weights passed
+# in), so the paper's config loads it by `path` (config/paper-llama.yaml) and its stand-in is a
+# folder, not a hub snapshot.
 LLAMA_7B = {
     "architectures": ["LlamaForCausalLM"],
     "bos_token_id": 1,
