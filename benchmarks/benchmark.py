@@ -8,7 +8,7 @@ On one model and one set of tokens, in one run, it times
   one full forward pass with a hook per head), checking that it gives the engine's numbers;
 - the machine's peak matmul rate in the same dtype on the same device (square matmuls, best of
   several, measured before and after the runs);
-and prints time per 1k tokens, matmul FLOPs counted from the model's shapes (selfrepair.models.flops)
+and prints time per 1k tokens, matmul FLOPs counted from the model's shapes (benchmarks/flops.py)
 over wall time as a fraction of that peak, and peak memory. It exits 1 if the engine and the
 reference disagree. Timings are wall clock on a machine that may be shared: the load average
 is printed beside them.
@@ -34,17 +34,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's selfrepair
 
+from benchmarks.flops import Shapes, engine_flops, forward_flops, reference_flops
 from selfrepair.engine.attribution import RepairSums
-from selfrepair.engine.self_repair import HEAD_VARIABLES, measure_heads
-from selfrepair.models.flops import Shapes, engine_flops, forward_flops, reference_flops
+from selfrepair.engine.self_repair import measure_heads
+from selfrepair.models.builders import random_model
 from selfrepair.models.loading import (
     load_local_checkpoint,
     load_model,
-    random_model,
     resolve_device,
     resolve_dtype,
 )
 from selfrepair.reference.full_forward import full_forward_measure_heads
+from selfrepair.variables import HEAD_VARIABLES
 
 GPT2_SMALL = dict(
     n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024

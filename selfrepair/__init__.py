@@ -18,7 +18,7 @@ _EXPORTS = {
     # models: loading a HookedTransformer
     "load_model": "selfrepair.models.loading",
     "load_local_checkpoint": "selfrepair.models.loading",
-    "random_model": "selfrepair.models.loading",
+    "random_model": "selfrepair.models.builders",
     # engine: the measurements
     "measure_heads": "selfrepair.engine.self_repair",
     "clean_direct_effects": "selfrepair.engine.clean",
@@ -78,6 +78,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; never executed
     from selfrepair.data.tokens import load_tokenizer, pack_rows
     from selfrepair.engine.clean import clean_direct_effects
     from selfrepair.engine.self_repair import measure_heads
-    from selfrepair.models.loading import load_local_checkpoint, load_model, random_model
+    from selfrepair.models.builders import random_model
+    from selfrepair.models.loading import load_local_checkpoint, load_model
     from selfrepair.stages.data import open_tokens
     from selfrepair.stages.store import open_shards, open_zarr, write_zarr

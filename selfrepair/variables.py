@@ -8,10 +8,17 @@ __all__ = [
     "component_kinds",
     "component_names",
     "downstream",
+    "head_label",
     "n_components",
 ]
 
 ABLATIONS = ("resample", "mean", "zero")
+
+
+def head_label(layer: int, head: int) -> str:
+    """The paper's name of a head, e.g. L22H11 (the one place it is spelled)."""
+    return f"L{int(layer)}H{int(head)}"
+
 
 # Per (layer, head, batch, pos) outputs of engine.measure_heads, all float32, in logits
 # except the LayerNorm scale.
@@ -48,7 +55,7 @@ def n_components(n_layers: int, n_heads: int) -> int:
 
 def component_names(n_layers: int, n_heads: int) -> list[str]:
     """L0H0, ..., L{n-1}H{h-1}, MLP0, ..., MLP{n-1}, LN."""
-    heads = [f"L{layer}H{head}" for layer in range(n_layers) for head in range(n_heads)]
+    heads = [head_label(layer, head) for layer in range(n_layers) for head in range(n_heads)]
     return heads + [f"MLP{layer}" for layer in range(n_layers)] + ["LN"]
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import REDUCED_DEMO, ROOT, snakemake
 
-from selfrepair.models.loading import FAMILIES, random_model
+from selfrepair.models.builders import FAMILIES, random_model
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 

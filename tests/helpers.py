@@ -6,23 +6,67 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from selfrepair.config.figures import TABLES as TABLE_FILES
-from selfrepair.config.figures import figure_names
+from selfrepair.config.figures import run_figures
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+RULES = ROOT / "workflow" / "rules"
+_RULE = re.compile(r"^\s*(?:rule (\w+)|use rule \w+ as (\w+) with):", re.MULTILINE)
 
-# The figures of the workflow (the file name stems of results/figures/*.png) in a run with a
-# frozen-LayerNorm variant, as the demo, the reduced demo and the paper's config have: the one
-# figure list the rules read (selfrepair.config.figures).
+
+def rule_texts_of(smk: str) -> dict[str, str]:
+    """Each rule's text in workflow/rules/<smk>, by rule name (`use rule ... as X with:` too)."""
+    text = (RULES / smk).read_text()
+    starts = [(m.group(1) or m.group(2), m.start()) for m in _RULE.finditer(text)]
+    ends = [start for _, start in starts[1:]] + [len(text)] * bool(starts)
+    return {name: text[start:end] for (name, start), end in zip(starts, ends, strict=True)}
+
+
+def rule_texts() -> dict[str, str]:
+    """Each rule's text in every rules file (workflow/rules/*.smk), by rule name."""
+    return {k: v for smk in sorted(RULES.glob("*.smk")) for k, v in rule_texts_of(smk.name).items()}
+
+
+def rule_files(folder: str) -> dict[str, list[str]]:
+    """The output paths under results/<folder>/ that each rule writes literally."""
+    found = {
+        name: re.findall(rf'"(results/{folder}/[^"]+)"', text)
+        for name, text in rule_texts().items()
+    }
+    return {name: paths for name, paths in found.items() if paths}
+
+
+def rule_script(rule: str) -> str:
+    """The file name of a rule's script (workflow/scripts/<name>), as its rule text names it
+    (a rule made `use rule ... with:` runs its base rule's)."""
+    texts = rule_texts()
+    match = re.search(r'"\.\./scripts/([^"]+)"', texts[rule])
+    if match is None:
+        base = re.search(rf"use rule (\w+) as {rule} with:", texts[rule])
+        return rule_script(base.group(1))
+    return match.group(1)
+
+
+def figure_names(frozen_ln: bool = True, attribution: bool = True, training: bool = True):
+    """The file stems of the figures (results/figures/<stem>.png) of a run: the rules of the one
+    figure list (selfrepair.config.figures) that the run makes, their files as the rules write
+    them."""
+    files = rule_files("figures")
+    figures = run_figures(frozen_ln, attribution=attribution, training=training)
+    return {Path(p).stem for f in figures for p in files[f.rule] if p.endswith(".png")}
+
+
+# The figures of the workflow in a run with a frozen-LayerNorm variant, as the demo, the reduced
+# demo and the paper's config have, and the tables of every run.
 FIGURES = figure_names(frozen_ln=True)
-TABLES = set(TABLE_FILES)
+TABLES = {Path(p).name for p in rule_files("tables")["head_table"]}
 # The committed test configs (.test/config/), as the snakemake-workflows repositories keep them.
 TEST_CONFIG = ROOT / ".test" / "config"
 REDUCED_DEMO = TEST_CONFIG / "config.yaml"

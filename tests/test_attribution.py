@@ -17,11 +17,17 @@ from selfrepair.analysis import attribution
 from selfrepair.analysis.reduce import head_summary, top_token_mask
 from selfrepair.config import ConfigError, FigureTarget, attribution_heads
 from selfrepair.engine.attribution import RepairSums
-from selfrepair.engine.self_repair import ABLATIONS, measure_heads
-from selfrepair.models.loading import random_model
+from selfrepair.engine.self_repair import measure_heads
+from selfrepair.models.builders import random_model
 from selfrepair.reference.attribution import reference_component_effects
 from selfrepair.stages.store import open_zarr
-from selfrepair.variables import component_kinds, component_names, downstream, n_components
+from selfrepair.variables import (
+    ABLATIONS,
+    component_kinds,
+    component_names,
+    downstream,
+    n_components,
+)
 
 TOL = 1e-4
 
@@ -143,6 +149,22 @@ def test_sums_equal_brute_force_over_global_top_tokens(one_torch_thread):
     errors = attribution.sum_errors(summary)
     assert max(errors.values()) < 1e-5, errors
     assert summary.sizes["component"] == n_components(model.cfg.n_layers, model.cfg.n_heads)
+    # The shards' counts are checked against the top-token store: one shard summed twice (a
+    # store copied over the other) has every token's count but not every head's top tokens.
+    top_store = xr.Dataset(
+        {"token": (("layer", "head", "rank"), indices)}, attrs={"n_tokens": 12 * n_pos}
+    )
+    assert attribution.count_problem(attribution.combine_sums(parts), top_store) is None
+    twice = attribution.combine_sums([parts[1], parts[1]])
+    assert int(twice.n_all.max()) == 12 * n_pos
+    assert attribution.count_problem(twice, top_store) == (
+        f"the shards summed {int(twice.n_top.values[twice.n_top.values != indices.shape[2]][0])}"
+        f" tokens where n_top must be {indices.shape[2]} for every measured head "
+        f"(head_top_tokens: {indices.shape[2]} top tokens of {12 * n_pos})"
+    )
+    assert "n_all must be" in attribution.count_problem(
+        attribution.combine_sums(parts[:1]), top_store
+    )
 
 
 def test_shares_add_up_to_one():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfrepair.engine.self_repair import HEAD_VARIABLES, measure_heads
+from selfrepair.engine.self_repair import measure_heads
 from selfrepair.models.blocks import (
     FUSED_HOOKS,
     cached_weights,
@@ -15,8 +15,9 @@ from selfrepair.models.blocks import (
     run_mlp,
     unsupported_reason,
 )
+from selfrepair.models.builders import random_model
 from selfrepair.models.forward import embed
-from selfrepair.models.loading import random_model
+from selfrepair.variables import HEAD_VARIABLES
 
 TOL = 2e-5
 

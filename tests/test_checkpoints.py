@@ -15,11 +15,12 @@ import pytest
 import torch
 import xarray as xr
 import yaml
-from helpers import REDUCED_DEMO, ROOT, load, merged
+from helpers import REDUCED_DEMO, ROOT, load, merged, rule_script, rule_texts_of
 
 import selfrepair.config as sr_config
 from selfrepair.analysis.training import checkpoint_layers, mean_loss, training_curves
-from selfrepair.config.figures import TRAINING_FIGURES
+from selfrepair.config.checkpoints import PYTHIA_FINAL_STEP, PYTHIA_STEPS
+from selfrepair.config.figures import run_figures
 from selfrepair.plots.training import PANELS
 from selfrepair.plots.training import training_self_repair as draw_training
 from selfrepair.stages import training as stage_training
@@ -48,8 +49,8 @@ def _error(models: list) -> str:
 def test_pythia_steps_are_transformer_lens_own():
     from transformer_lens.loading_from_pretrained import PYTHIA_CHECKPOINTS
 
-    assert list(sr_config.PYTHIA_STEPS) == PYTHIA_CHECKPOINTS
-    assert sr_config.PYTHIA_FINAL_STEP == PYTHIA_CHECKPOINTS[-1]
+    assert list(PYTHIA_STEPS) == PYTHIA_CHECKPOINTS
+    assert PYTHIA_FINAL_STEP == PYTHIA_CHECKPOINTS[-1]
 
 
 def test_the_demo_models_checkpoints_are_model_keys_of_their_own():
@@ -199,7 +200,8 @@ def test_the_reduced_demo_keeps_checkpoints_at_its_size():
 def _train(kept: dict | None = None, steps: int = 6):
     """A tiny Pythia-style model trained on random rows; kept: filled with the weights after
     every step (step 0: before the first) when given."""
-    from selfrepair.data.training import build_model, train_causal_lm
+    from selfrepair.data.training import train_causal_lm
+    from selfrepair.models.builders import build_model
 
     rows = np.random.default_rng(0).integers(3, 60, size=(40, 17))
     model = build_model("pythia", 64, 2, 32, 4, 16, seed=1, bos_id=0, eos_id=1)
@@ -356,13 +358,12 @@ def test_the_training_figure_has_a_row_of_panels_per_model_on_a_symlog_step_axis
 
 
 def test_the_training_figure_rule_script_stage_and_caption_exist():
-    (figure,) = TRAINING_FIGURES
-    smk = (ROOT / "workflow" / "rules" / "training.smk").read_text()
-    assert f"rule {figure.rule}:" in smk
-    for helper in ("figure_pdf", "figure_png", "figure_log", "figure_benchmark"):
-        assert f'{helper}("{figure.rule}"' in smk
-    assert (ROOT / "workflow" / "report" / f"{figure.tag}.rst").is_file()
-    script = (ROOT / "workflow" / "scripts" / figure.script).read_text()
+    (figure,) = run_figures(frozen_ln=False, kinds=("training",))
+    text = rule_texts_of("training.smk")[figure.rule]
+    assert '"results/figures/training_self_repair.png"' in text
+    assert 'caption="../report/training_self_repair.rst"' in text
+    assert (ROOT / "workflow" / "report" / "training_self_repair.rst").is_file()
+    script = (ROOT / "workflow" / "scripts" / rule_script(figure.rule)).read_text()
     assert f"stages.training import {figure.rule}" in script
     assert figure.rule in stage_training.__all__
 

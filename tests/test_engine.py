@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from selfrepair.engine.self_repair import ABLATIONS, HEAD_VARIABLES, measure_heads
-from selfrepair.models.loading import random_model
+from selfrepair.engine.self_repair import measure_heads
+from selfrepair.models.builders import random_model
 from selfrepair.reference.heads import reference_measure_heads
+from selfrepair.variables import ABLATIONS, HEAD_VARIABLES
 
 TOL = 1e-4
 

@@ -21,6 +21,7 @@ import pytest
 from selfrepair.analysis.attribution import top_repairers
 from selfrepair.analysis.explorer import readable
 from selfrepair.data.tokens import load_tokenizer
+from selfrepair.plots.explorer import explorer_html
 from selfrepair.stages.data import open_tokens
 from selfrepair.stages.store import open_zarr
 
@@ -181,3 +182,27 @@ def test_the_network_guard_catches_a_request(browser):
     page.set_content('<img src="http://example.invalid/x.png">')
     page.wait_for_timeout(200)
     assert requested == ["http://example.invalid/x.png"]
+
+
+HOSTILE = "<!--<script>"
+
+
+def test_a_hostile_vocabulary_piece_is_shown_as_text(finished_run, browser, tmp_path):
+    """A tokenizer may hold any piece: one that opens an HTML comment and a script tag inside
+    the page's data must neither blank the page nor run, only be shown."""
+    run, _ = finished_run
+    data = page_data(run / "results" / "explorer" / f"{MODEL}.html")
+    layer, head = next(iter(data["heads"]["resample"])).split(".")
+    data["vocab"] = dict.fromkeys(data["vocab"], HOSTILE)  # every token shown is the piece
+    page_file = tmp_path / "hostile.html"
+    page_file.write_text(explorer_html(data))
+    assert HOSTILE not in page_file.read_text()  # escaped in the inlined data
+    requested: list[str] = []
+    page, errors = offline_page(browser, requested)
+    page.goto(page_file.as_uri())
+    page.click(f"#cell-{layer}-{head}")
+    assert page.inner_text("#head-title").startswith(f"L{layer}H{head}")
+    shown = page.locator("#top-de .entry .ctx .tok").all_inner_texts()
+    assert shown and set(shown) == {readable(HOSTILE)}
+    shot(page, tmp_path, "explorer-hostile-piece.png")
+    assert requested == [] and errors == []

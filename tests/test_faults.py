@@ -18,7 +18,7 @@ import selfrepair.stages.job as job
 import selfrepair.stages.joblog as joblog
 import selfrepair.stages.store as store
 from selfrepair.config import ConfigError, check_run, model_entries
-from selfrepair.data.training import build_model
+from selfrepair.models.builders import build_model
 from selfrepair.models.forward import NonFiniteActivation
 from selfrepair.variables import HEAD_VARIABLES
 
@@ -104,7 +104,9 @@ def test_store_with_a_lost_chunk_is_refused(tmp_path):
 def test_store_with_garbled_metadata_is_refused(tmp_path):
     small_store(tmp_path / "s.zarr")
     (tmp_path / "s.zarr" / ".zmetadata").write_text("{not json")
-    with pytest.raises(ValueError, match="not a readable Zarr store"):
+    with pytest.raises(
+        ValueError, match=r"damaged: its consolidated metadata .zmetadata is missing"
+    ):
         store.open_zarr(tmp_path / "s.zarr")
 
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from selfrepair.engine.self_repair import measure_heads
-from selfrepair.models.flops import (
+from benchmarks.flops import (
     Shapes,
     all_heads,
     attention_flops,
@@ -19,7 +18,8 @@ from selfrepair.models.flops import (
     reference_flops,
     unembed_flops,
 )
-from selfrepair.models.loading import random_model
+from selfrepair.engine.self_repair import measure_heads
+from selfrepair.models.builders import random_model
 
 TINY = Shapes(n_layers=2, d_model=4, n_heads=2, d_head=2, d_mlp=8, d_vocab=10)
 GPT2_SMALL = Shapes(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257)

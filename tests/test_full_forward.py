@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from selfrepair.engine.self_repair import ABLATIONS, HEAD_VARIABLES, measure_heads
+from selfrepair.engine.self_repair import measure_heads
 from selfrepair.reference.full_forward import full_forward_measure_heads
 from selfrepair.reference.heads import reference_measure_heads
+from selfrepair.variables import ABLATIONS, HEAD_VARIABLES
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)

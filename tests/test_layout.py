@@ -6,11 +6,10 @@ import importlib
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from helpers import ROOT
-
-from selfrepair.config.figures import FIGURES
+from helpers import ROOT, rule_script, rule_texts
 
 PACKAGE = ROOT / "selfrepair"
 MODULES = sorted(PACKAGE.rglob("*.py"))
@@ -71,16 +70,46 @@ def test_every_rule_has_one_stage_function_named_after_it():
         homes = [name for name, module in stages.items() if rule in getattr(module, "__all__", ())]
         assert len(homes) == 1, f"rule {rule}: stage function in {homes or 'no stages module'}"
         assert callable(getattr(stages[homes[0]], rule))
-        script = (ROOT / "workflow" / "scripts" / _script_of(rule)).read_text()
+        script = (ROOT / "workflow" / "scripts" / rule_script(rule)).read_text()
         assert re.search(rf"\b{rule}\b", script), f"rule {rule}'s script does not call {rule}"
 
 
-def _script_of(rule: str) -> str:
-    """The script a rule runs: named in its rules file, or (figures) in the figure list."""
-    figure = [f for f in FIGURES if f.rule == rule]
-    if figure:
-        return figure[0].script
-    smk = "\n".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
-    block = re.search(rf"^rule {rule}:\n(.*?)(?=^\S|\Z)", smk, re.M | re.S)
-    assert block, f"rule {rule} not found in workflow/rules"
-    return re.search(r'script:\s*"\.\./scripts/([\w.]+)"', block.group(1)).group(1)
+# --- a figure's or table's file name, grepped from the repository root, finds its rule -----------
+
+
+def hidden_outputs(outputs: list[str], texts: dict[str, str]) -> list[str]:
+    """The files among `outputs` whose name is not written in exactly one rule's text (rule
+    name -> text): a rule that builds a path in a function hides it from grep."""
+    return sorted(
+        out for out in outputs if sum(Path(out).name in text for text in texts.values()) != 1
+    )
+
+
+def planned_outputs(configfile: str, folders: tuple[str, ...]) -> list[str]:
+    """The files a dry run of the workflow plans under the given folders of results/."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--forceall", "--configfile", configfile],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip().startswith("output:")]
+    files = [f.strip() for line in lines for f in line.split(":", 1)[1].split(",")]
+    return sorted({f for f in files if f.startswith(tuple(f"results/{d}/" for d in folders))})
+
+
+def test_every_figure_and_table_file_is_written_in_its_rule():
+    outputs = planned_outputs(".test/config/config.yaml", ("figures", "tables"))
+    assert len(outputs) >= 2 * 19 + 4  # every figure's PDF and PNG, both tables' CSV and HTML
+    assert hidden_outputs(outputs, rule_texts()) == []
+
+
+def test_a_rule_that_builds_its_path_in_a_function_is_caught():
+    texts = {
+        "shown": 'rule shown:\n    output:\n        "results/figures/shown.png",\n',
+        "hidden": 'rule hidden:\n    output:\n        figure_png("hidden"),\n',
+    }
+    outputs = ["results/figures/shown.png", "results/figures/hidden_figure.png"]
+    assert hidden_outputs(outputs, texts) == ["results/figures/hidden_figure.png"]

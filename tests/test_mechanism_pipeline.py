@@ -15,7 +15,7 @@ import selfrepair.stages.figures as mechanism_figures
 import selfrepair.stages.job as job
 import selfrepair.stages.mechanisms as mp
 from selfrepair.mechanisms.neurons import neuron_direct_effects, resolve_probes
-from selfrepair.models.loading import random_model
+from selfrepair.models.builders import random_model
 from selfrepair.stages.ablation import ablate
 from selfrepair.stages.job import ModelJob
 from selfrepair.stages.joblog import rule_params

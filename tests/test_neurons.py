@@ -21,7 +21,7 @@ from selfrepair.mechanisms.neurons import (
     select_neuron_tokens,
     sum_error,
 )
-from selfrepair.models.loading import random_model
+from selfrepair.models.builders import random_model
 from selfrepair.reference.mechanisms import reference_neuron_effects
 from selfrepair.variables import ABLATIONS
 

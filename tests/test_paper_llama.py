@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import ROOT, load, merged, snakemake
 
 import selfrepair.config as sr_config
@@ -98,6 +99,23 @@ def test_dry_run_without_the_weights_folder_names_the_key(llama_7b_folder):
     assert "config key models[llama-7b].path: 'resources/llama-7b-hf' does not exist" in (
         proc.stdout + proc.stderr
     )
+
+
+def test_dry_run_refuses_too_little_memory_for_llama_7b(llama_7b_folder):
+    """config/memory.py's lower bound for Llama-7B's config.json (both float32 copies of its
+    6.74e9 parameters while loading, and a batch's logits: 52,346 MB) refuses 52,000 MB before
+    any job, naming the key; paper-llama.yaml's 112,000 MB passes (the dry run above)."""
+    run = llama_7b_folder.parents[1]
+    overlay = load("paper-llama.yaml")
+    llama_entry(overlay)["resources"]["mem_mb"] = 52000
+    (run / "low-memory.yaml").write_text(yaml.safe_dump(overlay))
+    proc = snakemake("-n", "--cores", "1", "--configfile", "config/paper-llama.yaml",
+                     "low-memory.yaml", cwd=run, timeout=600)  # fmt: skip
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    need = "config key models[llama-7b]: a job of llama-7b needs at least 51.1 GB"
+    assert need in out, out[-2000:]
+    assert "(6,738,149,376 float32 parameters" in out and "resources.mem_mb is 52,000 MB" in out
 
 
 def test_path_route_builds_transformer_lens_own_llama_7b_config(llama_7b_folder):

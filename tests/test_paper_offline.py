@@ -29,13 +29,13 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from helpers import figure_names
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import offline_hub  # noqa: E402
 
 import selfrepair.config as sr_config  # noqa: E402
-from selfrepair.config.figures import figure_names  # noqa: E402
 from selfrepair.stages.figures import fig08  # noqa: E402
 
 # The paper's config has no training checkpoints, so no training figure; every other figure.

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from selfrepair.engine.self_repair import measure_heads
-from selfrepair.models.loading import random_model, resolve_dtype
+from selfrepair.models.builders import random_model
+from selfrepair.models.loading import resolve_dtype
 
 # Per token, bfloat16 values stay within 8% of the variable's range; per-head means over
 # tokens (what the figures show) within 1%. Measured over 4 token seeds x 3 families: per token

@@ -15,7 +15,7 @@ from selfrepair.mechanisms.reinforcement import (
     second_half_heads,
     self_reinforcement,
 )
-from selfrepair.models.loading import random_model
+from selfrepair.models.builders import random_model
 from selfrepair.reference.mechanisms import reference_reinforcement
 
 HEADS = [(1, 2), (2, 0), (0, 3)]  # middle, last and first layer

@@ -22,7 +22,16 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from helpers import FIGURES, REDUCED_DEMO, TABLES, load, snakemake
+from helpers import (
+    FIGURES,
+    REDUCED_DEMO,
+    TABLES,
+    load,
+    rule_script,
+    rule_texts,
+    rule_texts_of,
+    snakemake,
+)
 
 import selfrepair.stages.figures as stage_figures
 import selfrepair.stages.repair_figures as stage_repair_figures
@@ -66,6 +75,10 @@ def test_demo_run_builds_a_report_with_every_figure_and_the_table(finished_run):
     listed = {Path(n).name for n in names}
     assert {f"{stem}.png" for stem in made} <= listed  # every figure made is in the report
     assert TABLES <= listed
+    # docutils renders what it cannot parse as "System Message" text into the page.
+    assert "System Message" not in page, page[page.find("System Message") - 300 :][:600]
+    # The overview lists the models readably: name and where the weights come from.
+    assert "<strong>tiny-gpt2</strong>: trained here (gpt2 architecture" in page
     # Every figure has its caption, stating what was measured; the demo's substitutes say so.
     assert page.count("Measured.") >= len(FIGURES) + 2  # + the table's two files
     for paper in ("pythia-1b", "pythia-410m L22H11", "pythia-160m L11H10"):
@@ -283,13 +296,27 @@ def _figure_numbers(name: str) -> set[int]:
     return set(range(first, last + 1))
 
 
+def _figure_files(rule: str) -> dict[str, str]:
+    """A figure rule's files as its text writes them: pdf, png, caption, log, benchmark."""
+    text = rule_texts()[rule]
+    find = {
+        "pdf": r'"(results/figures/[^"]+\.pdf)"',
+        "png": r'"(results/figures/[^"]+\.png)"',
+        "caption": r'caption="\.\./report/([^"]+)\.rst"',
+        "log": r'"results/logs/figures/([^"]+)\.log"',
+        "benchmark": r'"results/benchmarks/figures/([^"]+)\.tsv"',
+    }
+    return {key: re.findall(pattern, text) for key, pattern in find.items()}
+
+
 def test_the_figure_list_covers_the_paper_once_and_its_files_exist():
     """Every paper figure drawn by exactly one entry; each entry's rule is unique, its script,
     caption and stage function (named after the rule, in its kind's stage module) exist, and
     the figures beyond the paper are the frozen-LayerNorm, who-repairs-whom and training ones."""
-    numbers = [n for f in FIGURE_LIST for n in _figure_numbers(f.name)]
+    names = {f.rule: Path(_figure_files(f.rule)["png"][0]).stem for f in FIGURE_LIST}
+    numbers = [n for name in names.values() for n in _figure_numbers(name)]
     assert sorted(numbers) == sorted(PAPER_FIGURES)
-    beyond = [f.name for f in FIGURE_LIST if not _figure_numbers(f.name)]
+    beyond = [name for name in names.values() if not _figure_numbers(name)]
     assert beyond == [
         "extra_frozen_ln",
         "repair_heatmap",
@@ -297,11 +324,12 @@ def test_the_figure_list_covers_the_paper_once_and_its_files_exist():
         "repair_tokens",
         "training_self_repair",
     ]
-    assert len({f.rule for f in FIGURE_LIST}) == len({f.name for f in FIGURE_LIST}) == 19
-    assert FIGURES == {f.name for f in FIGURE_LIST}
+    assert len(names) == len(set(names.values())) == 19
+    assert FIGURES == set(names.values())
     for figure in FIGURE_LIST:
-        assert (WORKFLOW / "report" / f"{figure.tag}.rst").is_file(), figure
-        script = WORKFLOW / "scripts" / figure.script
+        (caption,) = _figure_files(figure.rule)["caption"]
+        assert (WORKFLOW / "report" / f"{caption}.rst").is_file(), figure
+        script = WORKFLOW / "scripts" / rule_script(figure.rule)
         stages = STAGE_MODULES.get(figure.kind, stage_figures)
         assert f"{stages.__name__.split('.')[-1]}.{figure.rule}" in script.read_text(), figure
         assert callable(getattr(stages, figure.rule)), figure
@@ -325,31 +353,28 @@ def test_the_figure_list_names_config_keys_and_stores_that_exist():
             assert f'"results/{{model}}/{kind}/' in rules, (figure.rule, kind)
 
 
-def _rule_blocks(text: str) -> dict[str, str]:
-    """Rule name -> the text of its definition (plain rules and `use rule ... as NAME with:`)."""
-    starts = list(re.finditer(r"^\s*(?:rule (\w+)|use rule \w+ as (\w+) with):", text, re.M))
-    ends = [m.start() for m in starts[1:]] + [len(text)] * bool(starts)
-    return {(m[1] or m[2]): text[m.start() : end] for m, end in zip(starts, ends, strict=True)}
-
-
 def test_figure_rules_are_the_figure_list_and_name_their_own_files():
     """rules/figures.smk defines one rule per listed figure of the paper's kinds and nothing
     else (the who-repairs-whom and training figures: their stages' rules files), and each rule
-    takes its files, log and benchmark from its own entry of the list."""
+    writes one PDF and one PNG of the same stem, and its caption, log and benchmark under one
+    tag of its own."""
     own_files = {"repair": "attribution.smk", "training": "training.smk"}
-    blocks = _rule_blocks((WORKFLOW / "rules" / "figures.smk").read_text())
-    assert set(blocks) == {f.rule for f in FIGURE_LIST if f.kind not in own_files}
+    texts = rule_texts()
+    in_figures = set(rule_texts_of("figures.smk"))
+    assert in_figures == {f.rule for f in FIGURE_LIST if f.kind not in own_files}
     for kind, name in own_files.items():
-        others = _rule_blocks((WORKFLOW / "rules" / name).read_text())
-        rules = {f.rule for f in FIGURE_LIST if f.kind == kind}
-        assert set(others) >= rules, kind
-        blocks |= {rule: others[rule] for rule in rules}
-    for rule, block in blocks.items():
-        for helper in ("figure_pdf", "figure_png", "figure_log", "figure_benchmark"):
-            assert re.findall(rf'{helper}\("(\w+)"', block) == [rule], (rule, helper)
+        assert set(rule_texts_of(name)) >= {f.rule for f in FIGURE_LIST if f.kind == kind}
+    tags = set()
+    for figure in FIGURE_LIST:
+        files = _figure_files(figure.rule)
+        assert len(files["pdf"]) == len(files["png"]) == 1, figure.rule
+        assert Path(files["pdf"][0]).stem == Path(files["png"][0]).stem, figure.rule
+        assert files["caption"] == files["log"] == files["benchmark"], (figure.rule, files)
+        tags.add(files["caption"][0])
+    assert len(tags) == len(FIGURE_LIST)
     for name in ("common", "data", "clean", "ablation", "summaries", "mechanisms"):
-        text = (WORKFLOW / "rules" / f"{name}.smk").read_text()
-        assert not {f.rule for f in FIGURE_LIST} & set(_rule_blocks(text)), name
+        assert not {f.rule for f in FIGURE_LIST} & set(rule_texts_of(f"{name}.smk")), name
+    assert set(texts) >= {f.rule for f in FIGURE_LIST}
 
 
 def test_the_reduced_demo_is_the_demo_at_toy_size():

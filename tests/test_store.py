@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
+import selfrepair.stages.integrity as integrity
 import selfrepair.stages.store as store
-from selfrepair.data.training import build_model
+from selfrepair.models.builders import build_model
 from selfrepair.stages.ablation import ablate
 from selfrepair.stages.clean import clean_cache
 from selfrepair.stages.job import ModelJob, read_token_rows
@@ -65,10 +67,20 @@ def made(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def summarize(shard: Path, out: Path) -> xr.Dataset:
+def summarize(shard: Path | list[str], out: Path) -> xr.Dataset:
+    """summarize_heads' summary (its intervals written beside it)."""
+    shards = [str(shard)] if isinstance(shard, Path) else shard
     return summarize_heads(
-        shards=[str(shard)], top_fraction=0.25, de_epsilon=1e-6, out=str(out), attrs={}
-    )
+        shards=shards,
+        top_fraction=0.25,
+        de_epsilon=1e-6,
+        n_resamples=20,
+        level=0.9,
+        seed=0,
+        out=str(out),
+        intervals_out=str(out.with_name(f"intervals-{out.name}")),
+        attrs={},
+    )[0]
 
 
 def read_summary(summary: Path, out: Path) -> np.ndarray:
@@ -132,8 +144,51 @@ def flip_stored_checksum_bit(chunk: Path) -> None:
     chunk.write_bytes(bytes(data))
 
 
+def _edit_json(file: Path, edit) -> None:
+    meta = json.loads(file.read_text())
+    edit(meta)
+    file.write_text(json.dumps(meta))
+
+
+def separator_flipped_in_zmetadata(chunk: Path) -> None:
+    """The consolidated metadata readers use says "/" where the array's chunks are named with
+    "." (xarray would read every chunk as missing, i.e. fill values)."""
+    key = f"{chunk.parent.name}/.zarray"
+    _edit_json(
+        chunk.parents[1] / ".zmetadata",
+        lambda m: m["metadata"][key].update(dimension_separator="/"),
+    )
+
+
+def zarray_edited_and_consolidated(chunk: Path) -> None:
+    """An array's fill value changed in its .zarray, and .zmetadata rebuilt to agree."""
+    _edit_json(
+        chunk.parent / ".zarray",
+        lambda m: m.update(fill_value=7.0 if m["dtype"][1] == "f" else 7),
+    )
+    zarr.consolidate_metadata(str(chunk.parents[1]), zarr_format=2)
+
+
+def array_attrs_edited(chunk: Path) -> None:
+    _edit_json(chunk.parent / ".zattrs", lambda m: m["_ARRAY_DIMENSIONS"].reverse())
+
+
+def root_attrs_edited_in_zmetadata(chunk: Path) -> None:
+    _edit_json(chunk.parents[1] / ".zmetadata", lambda m: m["metadata"][".zattrs"].update(x=1))
+
+
+def metadata_file_lost(chunk: Path) -> None:
+    (chunk.parent / ".zattrs").unlink()
+
+
+def zmetadata_truncated(chunk: Path) -> None:
+    meta = chunk.parents[1] / ".zmetadata"
+    meta.write_bytes(meta.read_bytes()[:-20])
+
+
 # Damage to a chunk's content fails its checksum when loaded; damage that changes its last 4
-# bytes (the stored checksum) is already seen when the store is opened.
+# bytes (the stored checksum) is already seen when the store is opened; so is damage to any
+# metadata file (each must equal its copy in .zmetadata, and both the store's record).
 CHECKSUM = "a chunk of array {array} fails its CRC32C checksum"
 NOT_WRITTEN = "array {array} chunk {chunk} is not the file written there"
 DAMAGE = {
@@ -145,6 +200,30 @@ DAMAGE = {
     "swapped": (swap_for_another_file, "array {array} lacks chunk files {chunk} "),
     "lost": (lost, "array {array} lacks chunk files {chunk} "),
     "stray in store": (stray_in_store, "stray entries extra in the store"),
+    "separator flipped in .zmetadata": (
+        separator_flipped_in_zmetadata,
+        "its metadata file {array}/.zarray differs from its copy in .zmetadata",
+    ),
+    ".zarray edited and consolidated": (
+        zarray_edited_and_consolidated,
+        r"its metadata file {array}/.zarray is not the one written \(its digest differs\)",
+    ),
+    "array attributes edited": (
+        array_attrs_edited,
+        "its metadata file {array}/.zattrs differs from its copy in .zmetadata",
+    ),
+    "root attributes edited in .zmetadata": (
+        root_attrs_edited_in_zmetadata,
+        "its metadata file .zattrs differs from its copy in .zmetadata",
+    ),
+    "metadata file lost": (
+        metadata_file_lost,
+        r"its metadata files and .zmetadata disagree on which exist \({array}/.zattrs\)",
+    ),
+    ".zmetadata truncated": (
+        zmetadata_truncated,
+        "its consolidated metadata .zmetadata is missing or cannot be read",
+    ),
 }
 
 
@@ -190,19 +269,91 @@ def test_chunk_files_are_compared_with_the_shape(tmp_path):
     path = tmp_path / "s.zarr"
     ds = xr.Dataset({"x": (("a", "b"), np.zeros((5, 3))), "s": ((), 1.0)})
     store.write_zarr(ds, path, chunks={"a": 2})
-    recorded = json.loads((path / ".zattrs").read_text())[store.CHUNK_CHECKSUMS]
+    recorded = json.loads((path / ".zattrs").read_text())[integrity.CHUNK_CHECKSUMS]
     assert set(recorded) == {"x", "s"} and set(recorded["x"]) == {"0.0", "1.0", "2.0"}
-    assert store.chunk_file_problem(path, recorded) is None
+    assert integrity.chunk_file_problem(path, recorded) is None
     assert sorted(p.name for p in chunk_files(path / "x")) == ["0.0", "1.0", "2.0"]
     os.rename(path / "x" / "2.0", path / "x" / "3.0")
     assert (
-        store.chunk_file_problem(path, recorded)
+        integrity.chunk_file_problem(path, recorded)
         == "array x lacks chunk files 2.0 (2 of its 3 present)"
     )
     os.rename(path / "x" / "3.0", path / "x" / "2.0")
     (path / "x" / "sub").mkdir()
     (path / "x" / "sub" / "0.0").write_bytes(b"")
     assert (
-        store.chunk_file_problem(path, recorded)
+        integrity.chunk_file_problem(path, recorded)
         == "array x has stray files sub/0.0 beside its chunks"
     )
+
+
+@pytest.fixture(scope="module")
+def two_shards(made, tmp_path_factory) -> list[Path]:
+    """The two ablation shards of one run, at their places under results/."""
+    folder = tmp_path_factory.mktemp("run") / "results" / "tiny" / "ablation" / "resample"
+    paths = [folder / f"shard-{i:03d}.zarr" for i in range(2)]
+    for i, path in enumerate(paths):
+        job = ModelJob(
+            tokens=str(made["tokens"]),
+            shards=(4 * i, 4 * i + 4),
+            entry={"name": "tiny"},
+            checkpoint=str(made["tokens"].parent / "tiny"),
+            batch_size=4,
+        )
+        ablate(
+            job,
+            ablation="resample",
+            heads_per_pass=4,
+            mean_include_bos=True,
+            out=str(path),
+            attrs={"seed": 0},
+        )
+    return paths
+
+
+def test_a_store_records_its_place_below_results(two_shards):
+    assert integrity.store_place(two_shards[1]) == "tiny/ablation/resample/shard-001.zarr"
+    assert integrity.store_place("a/b.zarr") == "b.zarr"
+    attrs = json.loads((two_shards[1] / ".zattrs").read_text())
+    assert attrs[integrity.PLACE] == "tiny/ablation/resample/shard-001.zarr"
+    both = store.open_shards(two_shards, variables=HEAD_VARIABLES)
+    assert both.batch.values.tolist() == list(range(8))
+
+
+@pytest.mark.parametrize("onto", ["another shard", "another model"])
+def test_a_store_copied_onto_another_path_is_refused(two_shards, onto, tmp_path):
+    """shard-001 copied over shard-000 (every checksum passes): summarize_heads stops naming
+    both places, before writing anything."""
+    run = tmp_path / "results" / "tiny" / "ablation" / "resample"
+    for path in two_shards:
+        shutil.copytree(path, run / path.name)
+    if onto == "another shard":
+        target = run / "shard-000.zarr"
+        shutil.rmtree(target)
+        shutil.copytree(two_shards[1], target)
+        recorded = "tiny/ablation/resample/shard-001.zarr"
+    else:  # the same shard of another model's run
+        target = tmp_path / "results" / "other" / "ablation" / "resample" / "shard-000.zarr"
+        shutil.copytree(two_shards[0], target)
+        recorded = "tiny/ablation/resample/shard-000.zarr"
+    out = tmp_path / "summary.zarr"
+    shards = [str(target), str(run / "shard-001.zarr")]
+    with pytest.raises(store.DamagedStore) as caught:
+        summarize(shards, out)
+    assert str(caught.value) == (
+        f"{target} is damaged: it was written as {recorded} (a store copied or renamed onto "
+        f"this path), not as {integrity.store_place(target)}; delete {target} and rerun the workflow"
+    )
+    assert not out.exists()
+
+
+def test_the_results_folder_moved_as_a_whole_still_opens(two_shards, tmp_path):
+    moved = tmp_path / "elsewhere" / "tiny" / "ablation" / "resample"
+    for path in two_shards:
+        shutil.copytree(path, moved / path.name)
+    store.open_shards([moved / p.name for p in two_shards]).load()
+
+
+def test_shards_out_of_order_are_refused(two_shards):
+    with pytest.raises(store.DamagedStore, match=r"holds rows 4\.\.7 where rows from 0 were"):
+        store.open_shards(list(reversed(two_shards)))

@@ -14,6 +14,7 @@ import selfrepair.stages.data as stage
 from selfrepair.data.sources import python_stdlib_documents
 from selfrepair.data.tokenizer import SPECIAL, train_tokenizer
 from selfrepair.data.tokens import pack_rows
+from selfrepair.models.builders import build_model
 from selfrepair.models.loading import load_local_checkpoint
 
 SEQ = 32
@@ -59,30 +60,30 @@ def test_tokenizer_round_trip_and_reload(tokenizer, docs, tmp_path, monkeypatch)
 
 
 def test_build_model_families():
-    gpt2 = tr.build_model("gpt2", 300, 2, 32, 4, SEQ)
+    gpt2 = build_model("gpt2", 300, 2, 32, 4, SEQ)
     assert gpt2.config.n_positions == SEQ and gpt2.config.n_ctx == SEQ
     tied = gpt2.get_output_embeddings().weight, gpt2.get_input_embeddings().weight
     assert tied[0].data_ptr() == tied[1].data_ptr()
-    neox = tr.build_model("pythia", 300, 2, 32, 4, SEQ, d_mlp=64, seed=1)
+    neox = build_model("pythia", 300, 2, 32, 4, SEQ, d_mlp=64, seed=1)
     assert neox.config.use_parallel_residual
     assert neox.config.intermediate_size == 64
     untied = neox.get_output_embeddings().weight, neox.get_input_embeddings().weight
     assert untied[0].data_ptr() != untied[1].data_ptr()
     assert neox.config.rope_parameters["partial_rotary_factor"] == 0.25
-    again = tr.build_model("pythia", 300, 2, 32, 4, SEQ, d_mlp=64, seed=1)
+    again = build_model("pythia", 300, 2, 32, 4, SEQ, d_mlp=64, seed=1)
     for a, b in zip(neox.parameters(), again.parameters(), strict=True):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="unknown arch"):
-        tr.build_model("bert", 300, 2, 32, 4, SEQ)
+        build_model("bert", 300, 2, 32, 4, SEQ)
     with pytest.raises(ValueError, match="d_mlp"):
-        tr.build_model("gpt2", 300, 2, 32, 4, SEQ, d_mlp=100)
+        build_model("gpt2", 300, 2, 32, 4, SEQ, d_mlp=100)
 
 
 def test_training_lowers_heldout_loss_deterministically(tokenizer, rows):
     train, heldout = rows
     runs = []
     for _ in range(2):
-        model = tr.build_model("pythia", len(tokenizer), 2, 32, 4, SEQ, seed=0)
+        model = build_model("pythia", len(tokenizer), 2, 32, 4, SEQ, seed=0)
         metrics = tr.train_causal_lm(
             model, train, heldout, steps=60, batch_size=8, lr=5e-3, seed=0, progress=False
         )
@@ -100,7 +101,7 @@ def test_training_lowers_heldout_loss_deterministically(tokenizer, rows):
 
 def test_checkpoint_loads_into_transformer_lens(tokenizer, rows, tmp_path):
     train, heldout = rows
-    model = tr.build_model("gpt2", len(tokenizer), 2, 32, 4, SEQ, seed=0)
+    model = build_model("gpt2", len(tokenizer), 2, 32, 4, SEQ, seed=0)
     metrics = tr.train_causal_lm(
         model, train, heldout, steps=5, batch_size=8, lr=5e-3, seed=0, progress=False
     )

@@ -18,11 +18,12 @@ import xarray as xr
 from selfrepair.analysis.intervals import bootstrap_means, percentile_interval
 from selfrepair.analysis.reduce import top_token_mask
 from selfrepair.analysis.tables import html_page
-from selfrepair.variables import REPAIR_TOTALS
+from selfrepair.variables import REPAIR_TOTALS, head_label
 
 __all__ = [
     "SELECTIONS",
     "combine_sums",
+    "count_problem",
     "head_detail",
     "head_repairers",
     "most_repaired",
@@ -75,6 +76,29 @@ def combine_sums(shards: Sequence[xr.Dataset]) -> xr.Dataset:
         name: sum(ds[name] for ds in shards) for name in first.data_vars if name != "downstream"
     }
     return xr.Dataset(summed | {"downstream": first.downstream}, attrs=dict(first.attrs))
+
+
+def count_problem(sums: xr.Dataset, top_tokens: xr.Dataset) -> str | None:
+    """Why the summed shards are not one pass over every token of the run (None when they are):
+    each measured head must have summed over as many tokens as head_top_tokens chose from (its
+    n_tokens) and over exactly its top tokens (their number); a shard missing, repeated or taken
+    from another run changes one of the two.
+
+    Args:
+        sums: combine_sums of the run's attribution shards.
+        top_tokens: the head_top_tokens store (token numbers, dims layer, head, rank).
+    """
+    measured = sums.n_all.values > 0
+    n_tokens, n_top = int(top_tokens.attrs["n_tokens"]), int(top_tokens.sizes["rank"])
+    for name, want in (("n_all", n_tokens), ("n_top", n_top)):
+        got = sums[name].values[measured]
+        if (got != want).any():
+            odd = int(got[got != want][0])
+            return (
+                f"the shards summed {odd} tokens where {name} must be {want} for every "
+                f"measured head (head_top_tokens: {n_top} top tokens of {n_tokens})"
+            )
+    return None
 
 
 def repair_summary(sums: xr.Dataset) -> xr.Dataset:
@@ -178,7 +202,7 @@ def head_detail(detail: xr.Dataset, head: tuple[int, int]) -> xr.Dataset:
     """The per-token detail (repair_detail's store) of one ablated head: its top tokens."""
     mine = (detail.ablated_layer.values == head[0]) & (detail.ablated_head.values == head[1])
     if not mine.any():
-        raise ValueError(f"L{head[0]}H{head[1]} has no per-token detail in this store")
+        raise ValueError(f"{head_label(*head)} has no per-token detail in this store")
     return detail.isel(token=np.flatnonzero(mine))
 
 
@@ -202,7 +226,7 @@ def repair_graph(
                 low, high = (np.nan, np.nan) if ci is None else ci.sel(component=comp).values
                 rows.append(
                     {
-                        "ablated_head": f"L{layer}H{head}",
+                        "ablated_head": head_label(layer, head),
                         "repairer": comp,
                         "top_dde": float(one.top_dde.sel(component=comp)),
                         "top_share": float(one.top_share.sel(component=comp)),

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xarray as xr
 
-from selfrepair.analysis.reduce import ln_share, stack_tokens, top_token_mask
+from selfrepair.analysis.reduce import LayerTokens, layer_summary, layer_tokens, summary_dataset
 
 __all__ = [
     "BOUNDS",
@@ -29,6 +29,7 @@ __all__ = [
     "head_intervals",
     "percentile_interval",
     "resample_blocks",
+    "summary_and_intervals",
 ]
 
 if TYPE_CHECKING:  # shape annotations only: the analysis env has no jaxtyping
@@ -98,14 +99,6 @@ def percentile_interval(
     return np.stack([lo, hi], axis=-1)
 
 
-def _token_quantities(stacked: xr.Dataset, de_epsilon: float) -> dict[str, xr.DataArray]:
-    return {
-        "self_repair": stacked.self_repair,
-        "ln_share_clipped": ln_share(stacked.sr_ln, stacked.de_clean, de_epsilon, clip=True),
-        "ln_share": ln_share(stacked.sr_ln, stacked.de_clean, de_epsilon, clip=False),
-    }
-
-
 def _rows_by_head(
     quantity: xr.DataArray, mask: xr.DataArray | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +126,20 @@ def _interval_array(
     return out
 
 
+def _gathered(lt: LayerTokens) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per INTERVALS name, one layer's rows of values to bootstrap (_rows_by_head)."""
+    quantities = {
+        "self_repair": lt.stacked.self_repair,
+        "ln_share_clipped": lt.shares[True],
+        "ln_share": lt.shares[False],
+    }
+    masks = {"all": None, "top": lt.mask.isel(layer=0)}
+    return {
+        name: _rows_by_head(quantities[quantity].isel(layer=0), masks[selection])
+        for name, (selection, quantity) in INTERVALS.items()
+    }
+
+
 def head_intervals(
     ds: xr.Dataset,
     *,
@@ -145,25 +152,66 @@ def head_intervals(
     """Bootstrap intervals over tokens, per (layer, head), of the means in INTERVALS (dims
     layer, head, bound = low/high).
 
-    Data are read one layer at a time; the values the bootstrap needs (each head's top tokens,
-    and every token of self_repair for the all-token mean) are gathered over all heads, so
-    each block of resamples is drawn once for the whole model.
+    The intervals of summary_and_intervals: data are read one layer at a time
+    (reduce.layer_tokens); the values the bootstrap needs (each head's top tokens, and every
+    token of self_repair for the all-token mean) are gathered over all heads, so each block of
+    resamples is drawn once for the whole model.
     """
+    return summary_and_intervals(
+        ds,
+        top_fraction=top_fraction,
+        de_epsilon=de_epsilon,
+        n_resamples=n_resamples,
+        level=level,
+        seed=seed,
+    )[1]
+
+
+def summary_and_intervals(
+    ds: xr.Dataset,
+    *,
+    top_fraction: float = 0.02,
+    de_epsilon: float = 0.01,
+    n_resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[xr.Dataset, xr.Dataset]:
+    """reduce.head_summary and head_intervals of ds from one pass over its layers: each
+    layer's top-token mask and LayerNorm shares are made once (reduce.layer_tokens) and read by
+    both, so a figure's points and its intervals are means of the same token values."""
+    _check_level(level)
+    layers, parts = [], []
+    for lt in layer_tokens(ds, top_fraction, de_epsilon):
+        layers.append(layer_summary(lt))
+        parts.append(_gathered(lt))
+    bootstrap = dict(n_resamples=n_resamples, level=level, seed=seed)
+    return (
+        summary_dataset(layers, ds, top_fraction, de_epsilon),
+        _intervals(parts, ds, top_fraction, de_epsilon, **bootstrap),
+    )
+
+
+def _check_level(level: float) -> None:
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
+
+
+def _intervals(
+    parts: list[dict[str, tuple[np.ndarray, np.ndarray]]],
+    ds: xr.Dataset,
+    top_fraction: float,
+    de_epsilon: float,
+    *,
+    n_resamples: int,
+    level: float,
+    seed: int,
+) -> xr.Dataset:
+    """The intervals Dataset of every layer's gathered rows (_gathered), in layer order."""
     n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
-    gathered: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in INTERVALS}
-    for i in range(n_layers):
-        layer = ds[["self_repair", "sr_ln", "de_clean"]].isel(layer=i).load()
-        stacked = xr.Dataset({name: stack_tokens(layer[name]) for name in layer.data_vars})
-        quantities = _token_quantities(stacked, de_epsilon)
-        masks = {"all": None, "top": top_token_mask(layer.de_clean, top_fraction)}
-        for name, (selection, quantity) in INTERVALS.items():
-            gathered[name].append(_rows_by_head(quantities[quantity], masks[selection]))
     out = {}
-    for name, parts in gathered.items():
-        measured = np.concatenate([m for _, m in parts])
-        filled = [r for r, m in parts if m.any()]
+    for name in INTERVALS:
+        measured = np.concatenate([part[name][1] for part in parts])
+        filled = [part[name][0] for part in parts if part[name][1].any()]
         # [measured heads of all layers, tokens]
         rows = np.concatenate(filled) if filled else np.empty((0, 0))
         interval = _interval_array(rows, measured, n_resamples, level, seed)

@@ -7,14 +7,18 @@ tokens with de_clean <= de_epsilon are dropped (the ratio explodes near 0) and c
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import numpy as np
 import xarray as xr
 
 from selfrepair.config import top_count
-from selfrepair.variables import HEAD_VARIABLES
+from selfrepair.variables import HEAD_VARIABLES, head_label
 
 __all__ = [
     "FROZEN_LN_VARIANTS",
+    "LayerTokens",
     "TOKEN_DIMS",
     "effect_drops",
     "frozen_ln_layers",
@@ -22,8 +26,11 @@ __all__ = [
     "head_summary",
     "head_tokens",
     "layer_mean",
+    "layer_summary",
+    "layer_tokens",
     "ln_share",
     "stack_tokens",
+    "summary_dataset",
     "top_token_mask",
 ]
 
@@ -60,6 +67,33 @@ def ln_share(sr_ln: xr.DataArray, de_clean: xr.DataArray, eps: float, clip: bool
     return share.clip(0.0, 1.0) if clip else share
 
 
+@dataclass(frozen=True)
+class LayerTokens:
+    """One layer of a model's per-token measurements as every per-head reduction reads them:
+    the head variables with (batch, pos) merged into `token`, each head's top-token mask and
+    its LayerNorm share of direct effect per token, clipped and unclipped. Made once per layer
+    (layer_tokens) for the summary and the bootstrap intervals alike."""
+
+    stacked: xr.Dataset  # HEAD_VARIABLES, dims (layer: 1, head, token)
+    mask: xr.DataArray  # top_token_mask, dims (layer: 1, head, token)
+    shares: dict[bool, xr.DataArray]  # clip -> ln_share, dims (layer: 1, head, token)
+    de_epsilon: float  # the shares leave out tokens whose clean DE is at most this
+
+
+def layer_tokens(ds: xr.Dataset, top_fraction: float, de_epsilon: float) -> Iterator[LayerTokens]:
+    """The LayerTokens of each layer in turn, loading one layer at a time, so a lazily opened
+    (dask) dataset of many shards never has to fit in memory at once."""
+    for i in range(ds.sizes["layer"]):
+        layer = ds[list(HEAD_VARIABLES)].isel(layer=[i]).load()
+        stacked = xr.Dataset({name: stack_tokens(layer[name]) for name in HEAD_VARIABLES})
+        shares = {
+            clip: ln_share(stacked.sr_ln, stacked.de_clean, de_epsilon, clip)
+            for clip in (True, False)
+        }
+        mask = top_token_mask(layer.de_clean, top_fraction)
+        yield LayerTokens(stacked, mask, shares, de_epsilon)
+
+
 def head_summary(
     ds: xr.Dataset, top_fraction: float = 0.02, de_epsilon: float = 0.01
 ) -> xr.Dataset:
@@ -67,13 +101,16 @@ def head_summary(
     head's top tokens (`top_*`), the LayerNorm share of DE on top tokens, clipped and
     unclipped, and how many top tokens the share dropped for DE <= de_epsilon.
 
-    Works one layer at a time, so a lazily opened (dask) dataset of many shards never has to
-    fit in memory at once.
+    One layer at a time (layer_tokens).
     """
-    layers = [
-        _layer_summary(ds[list(HEAD_VARIABLES)].isel(layer=[i]).load(), top_fraction, de_epsilon)
-        for i in range(ds.sizes["layer"])
-    ]
+    layers = [layer_summary(lt) for lt in layer_tokens(ds, top_fraction, de_epsilon)]
+    return summary_dataset(layers, ds, top_fraction, de_epsilon)
+
+
+def summary_dataset(
+    layers: list[xr.Dataset], ds: xr.Dataset, top_fraction: float, de_epsilon: float
+) -> xr.Dataset:
+    """The per-layer summaries (layer_summary) of ds as one Dataset with its attributes."""
     summary = xr.concat(layers, "layer")
     summary.attrs.update(ds.attrs)
     summary.attrs.update(
@@ -84,17 +121,16 @@ def head_summary(
     return summary
 
 
-def _layer_summary(ds: xr.Dataset, top_fraction: float, de_epsilon: float) -> xr.Dataset:
-    stacked = xr.Dataset({name: stack_tokens(ds[name]) for name in HEAD_VARIABLES})
-    mask = top_token_mask(ds.de_clean, top_fraction)
+def layer_summary(lt: LayerTokens) -> xr.Dataset:
+    """head_summary's variables of one layer."""
+    stacked, mask = lt.stacked, lt.mask
     out = {}
     for name in HEAD_VARIABLES:
         out[f"mean_{name}"] = stacked[name].mean("token")
         out[f"top_{name}"] = stacked[name].where(mask).mean("token")
     for clip, key in ((True, "top_ln_share_clipped"), (False, "top_ln_share")):
-        share = ln_share(stacked.sr_ln, stacked.de_clean, de_epsilon, clip)
-        out[key] = share.where(mask).mean("token")
-    kept = (stacked.de_clean > de_epsilon) & mask
+        out[key] = lt.shares[clip].where(mask).mean("token")
+    kept = (stacked.de_clean > lt.de_epsilon) & mask
     out["top_n_dropped"] = (mask.sum("token") - kept.sum("token")).astype(np.int64)
     out["top_n_tokens"] = mask.sum("token").astype(np.int64)
     out["top_threshold"] = stacked.de_clean.where(mask).min("token")
@@ -131,7 +167,7 @@ def head_effect_drops(summary: xr.Dataset, selection: str = "mean") -> xr.Datase
 def head_tokens(ds: xr.Dataset, heads: list[tuple[int, int]]) -> xr.Dataset:
     """Per-token effect_drops of a few heads (dims head_name, token), e.g. "L22H11", read from
     lazily opened ablation shards (only those heads are loaded)."""
-    names = [f"L{layer}H{head}" for layer, head in heads]
+    names = [head_label(layer, head) for layer, head in heads]
     n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
     for (layer, head), name in zip(heads, names, strict=True):
         if not (0 <= layer < n_layers and 0 <= head < n_heads):

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import pandas as pd
 import xarray as xr
 
+from selfrepair.variables import head_label
+
 __all__ = [
     "HTML_COLUMNS",
     "TABLE_COLUMNS",
@@ -67,13 +69,13 @@ def head_table(
 
 
 HTML_COLUMNS = {  # column of the HTML table -> how it is made from the CSV's
-    "head": lambda t: "L" + t["layer"].astype(str) + "H" + t["head"].astype(str),
+    "head": lambda t: pd.Series(map(head_label, t["layer"], t["head"]), index=t.index),
     "self-repair, top tokens": lambda t: _with_interval(t, "top_self_repair"),
     "other heads": lambda t: _number(t["top_sr_heads"]),
     "MLP layers": lambda t: _number(t["top_sr_mlps"]),
     "final LayerNorm": lambda t: _number(t["top_sr_ln"]),
-    "LN share (clipped)": lambda t: _with_interval(t, "top_ln_share_clipped"),
-    "LN share (unclipped)": lambda t: _with_interval(t, "top_ln_share"),
+    "LN share of DE (clipped)": lambda t: _with_interval(t, "top_ln_share_clipped"),
+    "LN share of DE (unclipped)": lambda t: _with_interval(t, "top_ln_share"),
     "dropped / top tokens": lambda t: (
         t["top_n_dropped"].astype(str) + " / " + t["top_n_tokens"].astype(str)
     ),

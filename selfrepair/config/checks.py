@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from selfrepair.config.errors import ConfigError
-from selfrepair.config.layout import check_shard_count, check_top_tokens
+from selfrepair.config.layout import (
+    check_checkpoint_shards,
+    check_shard_count,
+    check_top_tokens,
+)
+from selfrepair.config.memory import check_model_memory
 from selfrepair.config.models import (
     check_device_dtype,
     check_model_entry,
@@ -17,6 +22,7 @@ from selfrepair.config.models import (
     missing_head,
     model_dims,
 )
+from selfrepair.variables import head_label
 
 __all__ = [
     "check_corpus_files",
@@ -39,6 +45,7 @@ def check_run(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> Non
     data = config["data"]
     check_top_tokens(data, config["engine"]["top_fraction"])
     check_shard_count(data)
+    check_checkpoint_shards(config)
     check_device_dtype(config["device"], config["dtype"])
     check_frozen_ln(config)
     check_corpus_files(data["corpus"], "data.corpus")
@@ -47,6 +54,7 @@ def check_run(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> Non
             check_corpus_files(tokenizer["corpus"], f"tokenizers.{name}.corpus")
     for name, entry in entries.items():
         check_model_entry(name, entry)
+    check_model_memory(config, entries)
     check_distinct_heads(config)
     for name, entry in entries.items():
         dims = model_dims(entry)
@@ -115,6 +123,10 @@ def _head_lists(config: dict[str, Any]) -> list[tuple[str, Any]]:
             lists.append((f"{prefix}.substitute.heads", sub["heads"]))
 
     for key, spec in (config.get("figures") or {}).items():
+        if key == "attribution":  # not a figure target: extra heads by model
+            for model, heads in ((spec or {}).get("heads") or {}).items():
+                lists.append((f"figures.attribution.heads.{model}", heads))
+            continue
         targets(f"figures.{key}", spec)
     for experiment, section in (config.get("mechanisms") or {}).items():
         for key, spec in (section or {}).items() if isinstance(section, dict) else ():
@@ -137,7 +149,7 @@ def check_distinct_heads(config: dict[str, Any]) -> None:
         for layer, head in heads:
             if (layer, head) in seen:
                 raise ConfigError(
-                    f"config key {key}: L{layer}H{head} is listed twice; list it once"
+                    f"config key {key}: {head_label(layer, head)} is listed twice; list it once"
                 )
             seen.add((layer, head))
 

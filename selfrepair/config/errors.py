@@ -12,6 +12,10 @@ if TYPE_CHECKING:
 __all__ = ["ConfigError", "describe_validation_error", "key_path", "validation_error_from"]
 
 
+# The schema's pattern of model and tokenizer names ($defs.name).
+NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
 class ConfigError(ValueError):
     """A configuration problem, stated in one line that names the key and the fix."""
 
@@ -44,6 +48,12 @@ def describe_validation_error(error: jsonschema.ValidationError) -> str:
         return (
             f"config key {key_path(error)}: has both path and train; keep path (a checkpoint "
             "to load) or train (a model the workflow trains), not both"
+        )
+    if error.validator == "pattern" and error.validator_value == NAME_PATTERN:
+        return (
+            f"config key {key_path(error)}: {error.instance!r} cannot be a name: names become "
+            "folders under results/ and resources/, so use letters, digits, '.', '_' and '-' "
+            "only, starting with a letter or digit"
         )
     if error.validator == "additionalProperties":
         return f"config key {key_path(error)}: {error.message} (see config/README.md)"

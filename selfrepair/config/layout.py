@@ -5,6 +5,7 @@ and the names of the ablation variants."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from selfrepair.config.errors import ConfigError
@@ -13,12 +14,14 @@ __all__ = [
     "FROZEN_LN_SUFFIX",
     "MAX_SHARDS",
     "MIN_TOP_TOKENS",
+    "check_checkpoint_shards",
     "check_shard_count",
     "check_top_tokens",
     "n_predictions",
     "n_rows",
     "n_shards",
     "parse_ablation",
+    "predictions",
     "shard_bounds",
     "top_count",
 ]
@@ -53,13 +56,25 @@ def shard_bounds(data: dict[str, Any], shard: int) -> tuple[int, int]:
     return start, min(start + data["shard_rows"], n_rows(data))
 
 
-def n_predictions(data: dict[str, Any]) -> int:
-    """Tokens measured per model: every row predicts seq_len - 1 next tokens."""
-    return n_rows(data) * (data["seq_len"] - 1)
+def predictions(n_rows: int, seq_len: int) -> int:
+    """Tokens measured in n_rows rows of seq_len tokens: each row predicts seq_len - 1 next
+    tokens (its last token is only a target). The one place this is counted."""
+    return n_rows * (seq_len - 1)
+
+
+def n_predictions(data: dict[str, Any], shards: Iterable[int] | None = None) -> int:
+    """Tokens measured per model (in the given shards; default every shard)."""
+    if shards is None:
+        return predictions(n_rows(data), data["seq_len"])
+    rows = sum(stop - start for start, stop in (shard_bounds(data, s) for s in shards))
+    return predictions(rows, data["seq_len"])
 
 
 def top_count(n_tokens: int, fraction: float) -> int:
-    """Tokens in a head's top fraction of n_tokens: ceil(fraction * n_tokens), at least 1."""
+    """Tokens in a head's top fraction of n_tokens: ceil(fraction * n_tokens), at least 1 (the
+    one definition: reduce.top_token_mask, the neuron stage and the captions count with it)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"top_fraction must lie in (0, 1], got {fraction}")
     return max(1, math.ceil(fraction * n_tokens))
 
 
@@ -110,3 +125,19 @@ def check_shard_count(data: dict[str, Any]) -> None:
         f"each per ablation; planning them would take minutes and gigabytes); raise "
         f"data.shard_rows to at least {need} or lower data.n_tokens"
     )
+
+
+def check_checkpoint_shards(config: dict[str, Any]) -> None:
+    """checkpoint_shards names the first shards measured at each training checkpoint: more than
+    the run has is a mistake (it would quietly be every shard), named with both numbers.
+
+    Args:
+        config: the validated workflow config (checkpoint_shards, data).
+    """
+    wanted, shards = config.get("checkpoint_shards"), n_shards(config["data"])
+    if wanted is not None and wanted > shards:
+        raise ConfigError(
+            f"config key checkpoint_shards: {wanted} shards asked for but data makes only "
+            f"{shards} ({n_rows(config['data']):,} rows of {config['data']['shard_rows']} per "
+            f"shard); set checkpoint_shards to at most {shards}, or null for every shard"
+        )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from selfrepair.config.errors import ConfigError
+from selfrepair.variables import head_label
 
 # (layer, head) of an attention head.
 Head = tuple[int, int]
@@ -35,6 +36,8 @@ __all__ = [
     "model_entries",
     "official_model_name",
     "parallel_blocks",
+    "pickled_weights_message",
+    "pickled_weights_problem",
     "rms_gated_activation",
 ]
 
@@ -156,10 +159,10 @@ def model_dims(entry: dict[str, Any]) -> tuple[int, int] | None:
 
 
 def missing_head(model: str, layer: int, head: int, n_layers: int, n_heads: int) -> str | None:
-    """Why L{layer}H{head} does not exist in a model of this size, or None when it does."""
+    """Why head (layer, head) does not exist in a model of this size, or None when it does."""
     if 0 <= layer < n_layers and 0 <= head < n_heads:
         return None
-    return f"{model} has no L{layer}H{head} ({n_layers} layers x {n_heads} heads)"
+    return f"{model} has no {head_label(layer, head)} ({n_layers} layers x {n_heads} heads)"
 
 
 # Hugging Face model types whose blocks TransformerLens runs with parallel attention and MLP
@@ -343,3 +346,38 @@ def device_problem(device: str, dtype: str, n_cuda: int) -> str | None:
         where = "this machine has no CUDA device" if device == "auto" else "device is cpu"
         return f"config key dtype: {dtype} runs only on CUDA and {where}; set dtype: float32"
     return None
+
+
+def pickled_weights_problem(folder: str | Path) -> str | None:
+    """Why the pickled weights of a checkpoint folder will not load (None when they will, or
+    when it has safetensors, which transformers reads instead): transformers loads
+    pytorch_model*.bin with torch's weights-only unpickler, which refuses any pickled object
+    beyond tensors. Reads only the pickles, not the tensors (imports torch: call it at the
+    workflow's start, not at parse time).
+
+    Args:
+        folder: a Hugging Face checkpoint folder.
+    """
+    import torch
+
+    root = Path(folder)
+    if any(root.glob("*.safetensors")):
+        return None
+    for file in sorted(root.glob("pytorch_model*.bin")):
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(file))
+        except Exception as err:  # noqa: BLE001 -- any unreadable file says the same
+            return f"{file.name} cannot be read as a torch checkpoint ({type(err).__name__})"
+        if unsafe:
+            return f"{file.name} holds pickled objects beyond weights ({', '.join(unsafe[:3])})"
+    return None
+
+
+def pickled_weights_message(folder: str | Path, problem: str, key: str = "") -> str:
+    """The one line for a pickled_weights_problem: the folder, the problem, the fix."""
+    where = f"config key {key}: " if key else ""
+    return (
+        f"{where}model folder {folder}: {problem}; only safetensors or weights-only checkpoints "
+        "load (load it once where you trust it and save_pretrained it: that writes "
+        "model.safetensors)"
+    )

@@ -3,16 +3,23 @@ the schema cannot make) and check_before_jobs when the workflow starts (machine 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from selfrepair.config.checkpoints import check_checkpoints
+from selfrepair.config.checkpoints import check_checkpoints, checkpoint_models
 from selfrepair.config.checks import check_machine, check_run
 from selfrepair.config.errors import ConfigError, describe_validation_error, validation_error_from
 from selfrepair.config.hub import check_hub_access
-from selfrepair.config.models import check_hub_names, model_entries
+from selfrepair.config.models import (
+    check_hub_names,
+    model_entries,
+    pickled_weights_message,
+    pickled_weights_problem,
+)
+from selfrepair.config.places import check_output_places, output_outside
 
-__all__ = ["SCHEMA", "check_before_jobs", "validate_run"]
+__all__ = ["SCHEMA", "check_before_jobs", "check_planned_outputs", "validate_run"]
 
 # The workflow's config schema, beside the package in the repository (workflow/schemas).
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -45,6 +52,7 @@ def validate_run(config: dict[str, Any], schema: str | Path = SCHEMA) -> dict[st
     check_hub_names(entries)
     check_run(config, entries)
     check_checkpoints(entries)
+    check_output_places(config, entries | checkpoint_models(entries))
     return entries
 
 
@@ -53,7 +61,7 @@ def check_before_jobs(
 ) -> None:
     """The checks that need the machine or the hub, after planning and before the first job
     (the Snakefile's onstart): device/dtype only when the jobs run here (on a cluster the login
-    node says nothing about the nodes), then hub access.
+    node says nothing about the nodes), local weights that load, then hub access.
 
     Args:
         config: the validated workflow config.
@@ -62,4 +70,40 @@ def check_before_jobs(
     """
     if local_exec:
         check_machine(config)
+    check_local_weights(entries)
     check_hub_access(config, entries)
+
+
+def check_local_weights(entries: dict[str, dict[str, Any]]) -> None:
+    """Every local checkpoint folder (a `path` model's, its `checkpoints`) holds weights that
+    load: safetensors, or pickles of tensors only (models.pickled_weights_problem).
+
+    Args:
+        entries: the model entries by name.
+    """
+    for name, entry in entries.items():
+        folders = [(f"models[{name}].path", entry.get("path"))]
+        folders += [
+            (f"models[{name}].checkpoints[{i}].path", c["path"])
+            for i, c in enumerate(entry.get("checkpoints") or [])
+        ]
+        for key, folder in folders:
+            if folder and (problem := pickled_weights_problem(folder)):
+                raise ConfigError(pickled_weights_message(folder, problem, key))
+
+
+def check_planned_outputs(jobs: Iterable[Any]) -> None:
+    """Every output, log and benchmark file of the planned jobs lies inside results/ or
+    resources/ with every link on its way followed (places.output_outside), before Snakemake
+    writes, or deletes, any of them.
+
+    Args:
+        jobs: the planned jobs (workflow.dag.needrun_jobs()).
+    """
+    paths = []
+    for job in jobs:
+        paths += [*job.output, *job.log]
+        if job.benchmark:
+            paths.append(job.benchmark)
+    if problem := output_outside(paths):
+        raise ConfigError(problem)

@@ -11,6 +11,7 @@ from typing import Any
 from selfrepair.config.errors import ConfigError
 from selfrepair.config.models import Head, missing_head, model_dims, model_entries, parallel_blocks
 from selfrepair.config.picks import pick_spec
+from selfrepair.variables import head_label
 
 __all__ = [
     "FigureTarget",
@@ -58,7 +59,7 @@ class FigureTarget:
         return self.pick is not None
 
     def label(self, model: str, heads: tuple[Head, ...]) -> str:
-        names = ", ".join(f"L{layer}H{head}" for layer, head in heads)
+        names = ", ".join(head_label(layer, head) for layer, head in heads)
         return f"{model} {names}" if names else model
 
     def resolved(self, record: dict[str, Any]) -> FigureTarget:
@@ -163,13 +164,13 @@ def target_problem(
         if dims is not None and (missing := missing_head(model, layer, head, *dims)):
             return missing
         if need_measured and measured and (layer, head) not in measured:
-            return f"L{layer}H{head} is not among the heads measured in {model}"
+            return f"{head_label(layer, head)} is not among the heads measured in {model}"
         if mlp_layer is not None and dims is not None:
             mlp = mlp_layer % dims[0]
             parallel = parallel_blocks(entry)
             if mlp < layer or (mlp == layer and parallel):
                 return (
-                    f"the MLP of layer {mlp} does not read the output of L{layer}H{head} in "
+                    f"the MLP of layer {mlp} does not read the output of {head_label(layer, head)} in "
                     f"{model}" + (" (parallel attention and MLP)" if parallel else "")
                 )
     return None
@@ -253,7 +254,7 @@ def check_distinct_targets(key: str, targets: list[FigureTarget]) -> None:
         for head in target.heads:
             if (target.model, head) in seen:
                 raise ConfigError(
-                    f"config key {key}[{index}]: {target.model} L{head[0]}H{head[1]} is already "
+                    f"config key {key}[{index}]: {target.model} {head_label(*head)} is already "
                     f"shown by {key}[{seen[(target.model, head)]}]; give each entry another head "
                     "or remove one"
                 )

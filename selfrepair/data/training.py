@@ -3,7 +3,7 @@
 A randomly initialised Hugging Face model of the GPT-2 family (sequential blocks, learned
 positions) or the Pythia family (GPT-NeoX: parallel attention and MLP, rotary on 25% of each
 head, untied unembedding), trained on rows from `data.tokens.pack_rows` with AdamW, linear
-warmup and cosine decay. Checkpoints are `save_pretrained` folders that
+warmup and cosine decay. The models are models.builders.build_model's. Checkpoints are `save_pretrained` folders that
 `models.loading.load_local_checkpoint` loads. The tokenizer is `data.tokenizer`'s; the rule's
 entry point (corpus -> rows -> model -> checkpoint) is `stages.data.train_model`.
 """
@@ -26,8 +26,6 @@ from selfrepair.config.checkpoints import CHECKPOINT_DIR
 from selfrepair.data.tokenizer import write_dir_atomically
 
 __all__ = [
-    "ARCHS",
-    "build_model",
     "evaluate_loss",
     "save_checkpoint",
     "save_weights",
@@ -35,73 +33,7 @@ __all__ = [
     "train_causal_lm",
 ]
 
-ARCHS = ("gpt2", "pythia")
-
 log = logging.getLogger(__name__)
-
-
-def build_model(
-    arch: str,
-    vocab_size: int,
-    n_layers: int,
-    d_model: int,
-    n_heads: int,
-    n_ctx: int,
-    d_mlp: int | None = None,
-    seed: int = 0,
-    bos_id: int = 0,
-    eos_id: int = 0,
-):
-    """A randomly initialised Hugging Face causal LM: arch 'gpt2' -> GPT2LMHeadModel (sequential
-    blocks, learned positions, gelu_new, tied embeddings); 'pythia' -> GPTNeoXForCausalLM
-    (parallel attention + MLP, rotary on 25% of each head, gelu, untied unembedding). No
-    dropout. bos_id / eos_id: the tokenizer's `<|endoftext|>` id."""
-    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
-
-    if d_model % n_heads:
-        raise ValueError(f"d_model {d_model} is not a multiple of n_heads {n_heads}")
-    d_mlp = 4 * d_model if d_mlp is None else d_mlp
-    torch.manual_seed(seed)
-    if arch == "gpt2":
-        if d_mlp != 4 * d_model:
-            # TransformerLens reads GPT-2's MLP width as 4 * d_model, ignoring n_inner.
-            raise ValueError(f"gpt2 models need d_mlp = 4 * d_model = {4 * d_model}")
-        config = GPT2Config(
-            vocab_size=vocab_size,
-            n_positions=n_ctx,
-            n_ctx=n_ctx,  # TransformerLens reads n_ctx
-            n_embd=d_model,
-            n_layer=n_layers,
-            n_head=n_heads,
-            activation_function="gelu_new",
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            bos_token_id=bos_id,
-            eos_token_id=eos_id,
-        )
-        model = GPT2LMHeadModel(config)
-    elif arch == "pythia":
-        config = GPTNeoXConfig(
-            vocab_size=vocab_size,
-            hidden_size=d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            intermediate_size=d_mlp,
-            max_position_embeddings=n_ctx,
-            rotary_pct=0.25,
-            use_parallel_residual=True,
-            hidden_act="gelu",
-            attention_dropout=0.0,
-            hidden_dropout=0.0,
-            tie_word_embeddings=False,
-            bos_token_id=bos_id,
-            eos_token_id=eos_id,
-        )
-        model = GPTNeoXForCausalLM(config)
-    else:
-        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
-    return model
 
 
 def _lr_at(step: int, steps: int, lr: float, warmup: int, min_ratio: float = 0.1) -> float:

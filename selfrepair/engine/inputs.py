@@ -13,7 +13,7 @@ import xarray as xr
 from torch import Tensor
 
 from selfrepair.models.readout import Readout
-from selfrepair.variables import HEAD_VARIABLES
+from selfrepair.variables import HEAD_VARIABLES, head_label
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -41,7 +41,7 @@ def normalize_heads(
         layer, head = (int(x) for x in pair)
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
             raise ValueError(
-                f"head L{layer}H{head} is out of range: {model.cfg.model_name} has {n_layers} "
+                f"head {head_label(layer, head)} is out of range: {model.cfg.model_name} has {n_layers} "
                 f"layers of {n_heads} heads (layers and heads count from 0)"
             )
         by_layer.setdefault(layer, set()).add(head)

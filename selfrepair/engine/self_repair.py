@@ -36,8 +36,6 @@ from selfrepair.engine.ablation import (
     ablation_chunks,
     check_ablation,
     checked_source,
-    mean_z,
-    resample_source,
 )
 from selfrepair.engine.attribution import (
     RepairSums,
@@ -46,7 +44,6 @@ from selfrepair.engine.attribution import (
     head_directions,
 )
 from selfrepair.engine.inputs import (
-    CPU_PASS_BYTES,
     default_heads_per_pass,
     empty_head_arrays,
     heads_dataset,
@@ -62,29 +59,20 @@ from selfrepair.models.forward import (
     restart_point,
 )
 from selfrepair.models.readout import Readout, readout
-from selfrepair.variables import ABLATIONS, HEAD_VARIABLES
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 __all__ = [
-    "ABLATIONS",
-    "CPU_PASS_BYTES",
-    "HEAD_VARIABLES",
     "ablate_group",
     "ablated_pass",
     "chunk_directions",
-    "default_heads_per_pass",
     "frozen_norms",
     "head_groups",
-    "mean_z",
     "measure_chunk",
     "measure_heads",
     "progress_bar",
-    "normalize_heads",
     "pass_result",
-    "resample_source",
-    "validate_tokens",
 ]
 
 

@@ -28,10 +28,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from selfrepair.analysis.mechanisms import at_selected
+from selfrepair.config.layout import top_count
 from selfrepair.engine.ablation import AblationChunk, ablated_final, ablation_chunks
 from selfrepair.engine.inputs import validate_tokens
 from selfrepair.mechanisms.probes import Probe, out_hook, post_hook, probe_coords, resolve_probes
-from selfrepair.mechanisms.top_tokens import TopTokens, n_selected
+from selfrepair.mechanisms.top_tokens import TopTokens
 from selfrepair.models.forward import check_supported, dot
 from selfrepair.models.readout import Readout, readout
 
@@ -46,7 +47,6 @@ __all__ = [
     "TopTokens",
     "chunk_neuron_effects",
     "head_direct_effect",
-    "n_selected",
     "neuron_chunks",
     "neuron_direct_effects",
     "neuron_readout",
@@ -295,7 +295,7 @@ def select_neuron_tokens(
         selection, token): token_row, token_pos, score, and (head, selection, token, neuron)
         neuron_de_clean/ablated.
     """
-    k = n_selected(n_tokens, top_fraction)
+    k = top_count(n_tokens, top_fraction)
     d_mlp = model.cfg.d_mlp
     tops = {
         (p, sel): TopTokens(k, {v: d_mlp for v in PER_NEURON}) for p in probes for sel in SELECTIONS

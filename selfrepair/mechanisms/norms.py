@@ -15,7 +15,7 @@ with the engine's: both must have ablated the same rows with the same z.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,6 +30,7 @@ from selfrepair.engine.ablation import ablated_final, ablation_chunks
 from selfrepair.engine.inputs import normalize_heads, validate_tokens
 from selfrepair.models.forward import check_supported
 from selfrepair.models.readout import readout
+from selfrepair.variables import head_label
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -37,22 +38,16 @@ if TYPE_CHECKING:
 __all__ = [
     "engine_heads",
     "head_coords",
-    "head_labels",
     "norm",
     "norm_ratios",
     "residual_norms",
 ]
 
 
-def head_labels(heads: Iterable[Sequence[int]]) -> list[str]:
-    """The label L{layer}H{head} of each (layer, head)."""
-    return [f"L{int(h[0])}H{int(h[1])}" for h in heads]
-
-
 def head_coords(heads: Sequence[Sequence[int]]) -> dict[str, object]:
     """The head coordinate (labels) with the layer and index of each head beside it."""
     return {
-        "head": head_labels(heads),
+        "head": [head_label(*h) for h in heads],
         "head_layer": ("head", [int(h[0]) for h in heads]),
         "head_index": ("head", [int(h[1]) for h in heads]),
     }
@@ -121,7 +116,7 @@ def engine_heads(ds: xr.Dataset, heads: Sequence[Sequence[int]], names: Sequence
         one = ds[list(names)].sel(layer=int(layer), head=int(head)).load()
         if bool(np.isnan(one[names[0]].values).all()):
             raise ValueError(
-                f"head L{layer}H{head} was not measured by the ablation stage: add it to the "
+                f"head {head_label(layer, head)} was not measured by the ablation stage: add it to the "
                 "model's `heads` in the config (or remove that key to measure all heads)"
             )
         parts.append(one.drop_vars(["layer", "head"]))

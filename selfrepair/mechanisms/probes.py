@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from selfrepair.engine.inputs import normalize_heads
 from selfrepair.models.forward import restart_point
+from selfrepair.variables import head_label
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -26,7 +27,7 @@ class Probe:
 
     @property
     def label(self) -> str:
-        return f"L{self.layer}H{self.head}"
+        return head_label(self.layer, self.head)
 
 
 def resolve_probes(
@@ -51,13 +52,13 @@ def resolve_probes(
         sequential = restart_point(model) == "resid_mid"
         if mlp < layer or (mlp == layer and not sequential):
             raise ValueError(
-                f"the MLP of layer {mlp} does not read the output of head L{layer}H{head} in "
+                f"the MLP of layer {mlp} does not read the output of head {head_label(layer, head)} in "
                 f"{model.cfg.model_name}: choose a later MLP layer"
                 + ("" if sequential else " (attention and MLP of a layer run in parallel)")
             )
         probe = Probe(layer, head, mlp)
         if probe in probes:
-            raise ValueError(f"head L{layer}H{head} with MLP layer {mlp} is listed twice")
+            raise ValueError(f"head {head_label(layer, head)} with MLP layer {mlp} is listed twice")
         probes.append(probe)
     if not probes:
         raise ValueError("no heads given: list at least one (layer, head)")

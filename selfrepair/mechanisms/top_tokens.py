@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["TopTokens", "n_selected"]
+__all__ = ["TopTokens"]
 
 
 class TopTokens:
@@ -54,10 +52,3 @@ class TopTokens:
             self.score[order],
             {name: v[order] for name, v in self.values.items()},
         )
-
-
-def n_selected(n_tokens: int, fraction: float) -> int:
-    """Tokens kept per head and selection: ceil(fraction * n_tokens), as reduce.top_token_mask."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"top_fraction must lie in (0, 1], got {fraction}")
-    return max(1, math.ceil(fraction * n_tokens))

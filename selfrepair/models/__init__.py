@@ -1,12 +1,12 @@
-"""models: loading TransformerLens models (loading), the fused blocks (blocks), the clean pass
-(forward), the correct-token readout (readout) and matmul FLOP counts (flops)."""
+"""models: loading TransformerLens models (loading), building random ones and the demo's (builders),
+the fused blocks (blocks), the clean pass (forward) and the correct-token readout
+(readout). FLOP counts live with the benchmark that uses them (benchmarks/flops.py)."""
 
+from selfrepair.models.builders import FAMILIES, random_model
 from selfrepair.models.forward import CleanPass, NonFiniteActivation, check_supported, clean_pass
 from selfrepair.models.loading import (
-    FAMILIES,
     load_local_checkpoint,
     load_model,
-    random_model,
     resolve_device,
     resolve_dtype,
 )

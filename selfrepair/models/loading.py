@@ -1,4 +1,5 @@
-"""Loading models into HookedTransformer: hub names, local Hugging Face checkpoints, random ones.
+"""Loading models into HookedTransformer: hub names and local Hugging Face checkpoints (random ones
+are built in models.builders).
 
 Every model is processed as the paper does: fold_ln, center_writing_weights, center_unembed.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import pickle
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,22 +17,24 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from selfrepair.config import ConfigError, device_problem, official_model_name
+from selfrepair.config import (
+    ConfigError,
+    device_problem,
+    official_model_name,
+    pickled_weights_message,
+    pickled_weights_problem,
+)
 
 __all__ = [
     "DTYPES",
-    "FAMILIES",
     "PROCESSING",
-    "family_config",
     "load_local_checkpoint",
     "load_model",
     "local_checkpoint_config",
-    "random_model",
     "resolve_device",
     "resolve_dtype",
 ]
 
-FAMILIES = ("gpt2", "pythia", "llama")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True)
 
@@ -56,84 +60,6 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     if name != "float32" and not device.startswith("cuda"):
         raise ConfigError(device_problem("cpu", name, 0))
     return DTYPES[name]
-
-
-def family_config(family: str, **dims) -> HookedTransformerConfig:
-    """A HookedTransformerConfig of one of the paper's architecture families."""
-    base = dict(
-        n_layers=3,
-        d_model=64,
-        n_heads=4,
-        d_head=16,
-        d_mlp=256,
-        d_vocab=97,
-        n_ctx=32,
-        seed=0,
-        init_weights=True,
-        device="cpu",
-        model_name=f"random-{family}",
-    )
-    base.update(dims)
-    if "d_head" not in dims:
-        base["d_head"] = base["d_model"] // base["n_heads"]
-    if "d_mlp" not in dims:
-        base["d_mlp"] = 4 * base["d_model"]
-    if family == "gpt2":
-        extra = dict(
-            act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard"
-        )
-    elif family == "pythia":
-        extra = dict(
-            act_fn="gelu",
-            normalization_type="LN",
-            positional_embedding_type="rotary",
-            rotary_dim=max(2, base["d_head"] // 4),
-            parallel_attn_mlp=True,
-        )
-    elif family == "llama":
-        extra = dict(
-            act_fn="silu",
-            normalization_type="RMS",
-            positional_embedding_type="rotary",
-            rotary_dim=base["d_head"],
-            gated_mlp=True,
-            final_rms=True,
-            n_key_value_heads=max(1, base["n_heads"] // 2),
-        )
-    else:
-        raise ValueError(f"unknown family {family!r}: choose one of {', '.join(FAMILIES)}")
-    return HookedTransformerConfig(**base, **extra)
-
-
-def random_model(
-    family: str, process: bool = True, noise: float = 0.5, **dims
-) -> HookedTransformer:
-    """A tiny random model of a family, every parameter perturbed (LayerNorm weights and all
-    biases too, so nothing is trivially 1 or 0), then processed as the paper loads models.
-
-    Args:
-        family: one of FAMILIES ("gpt2", "pythia", "llama").
-        process: fold LayerNorm and centre weights as load_model does.
-        noise: size of the perturbation.
-        dims: HookedTransformerConfig overrides (n_layers, d_model, ...; seed).
-    """
-    cfg = family_config(family, **dims)
-    model = HookedTransformer(cfg)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            bump = torch.randn(param.shape, generator=gen) * noise
-            leaf = name.rsplit(".", 1)[-1].lstrip("_")
-            if leaf == "w":  # norm weights: around 1
-                param.copy_(1.0 + 0.3 * bump)
-            elif leaf == "b" or leaf.startswith("b_"):
-                param.copy_(0.2 * bump)
-            else:
-                param.add_(bump * param.std().clamp(min=0.02))
-    model.eval()
-    if process:
-        model.process_weights_(**PROCESSING)
-    return model
 
 
 def load_model(
@@ -204,7 +130,11 @@ def load_local_checkpoint(path: str, device: str = "cpu", dtype=torch.float32) -
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root = _checkpoint_root(path)
-    hf_model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32)
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32)
+    except pickle.UnpicklingError:
+        problem = pickled_weights_problem(root) or "its pickled weights are refused by torch"
+        raise ConfigError(pickled_weights_message(path, problem)) from None
     with _checkpoint_view(root) as view:
         cfg = local_checkpoint_config(root, device=device, dtype=dtype, view=view)
         tokenizer = None

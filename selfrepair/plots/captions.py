@@ -13,12 +13,7 @@ from dataclasses import dataclass
 
 from selfrepair.config import top_count
 
-__all__ = ["Selection", "head_label", "measured", "rmsnorm_notes"]
-
-
-def head_label(layer: int, head: int) -> str:
-    """The paper's name of a head, e.g. L22H11."""
-    return f"L{int(layer)}H{int(head)}"
+__all__ = ["Selection", "measured", "rmsnorm_notes"]
 
 
 @dataclass(frozen=True)

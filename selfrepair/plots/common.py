@@ -26,7 +26,6 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from selfrepair.plots.captions import head_label  # noqa: F401  (re-exported)
 from selfrepair.plots.style import PANEL_SIZE, PNG_DPI, REFERENCE_COLOR
 
 __all__ = [
@@ -35,12 +34,12 @@ __all__ = [
     "ZERO_GID",
     "add_identity",
     "add_zero",
-    "head_label",
     "model_panels",
     "outer_labels",
     "panel_grid",
     "reference_lines",
     "save_figure",
+    "saved",
     "square_limits",
 ]
 
@@ -49,6 +48,14 @@ IDENTITY_GID = "y=x"
 # carry no date; their "Software" entry is matplotlib's version).
 UNDATED = {fmt: {"CreationDate": None} for fmt in ("pdf", "ps", "eps")} | {"svg": {"Date": None}}
 ZERO_GID = "y=0"
+
+
+def saved(fig: Figure, paths: Sequence[str | os.PathLike]) -> Figure:
+    """fig, first saved to `paths` when there are any (save_figure): a stage function returns
+    its figure, and saves it where its rule says."""
+    if paths:
+        save_figure(fig, *paths)
+    return fig
 
 
 def save_figure(fig: Figure, *paths: str | os.PathLike, dpi: int = PNG_DPI) -> None:

@@ -28,8 +28,8 @@ FIELD_LABELS = {
     "top_sr_heads": "  of which later heads (sr_heads)",
     "top_sr_mlps": "  of which MLPs (sr_mlps)",
     "top_sr_ln": "  of which LayerNorm (sr_ln)",
-    "top_ln_share": "LayerNorm share of self-repair, top tokens",
-    "top_ln_share_clipped": "LayerNorm share, clipped to [0, 1], top tokens",
+    "top_ln_share": "LayerNorm share of DE (sr_ln / clean DE), top tokens",
+    "top_ln_share_clipped": "LayerNorm share of DE, clipped to [0, 1], top tokens",
     "top_n_tokens": "top tokens (by clean DE)",
 }
 
@@ -175,9 +175,15 @@ its top tokens when it is ablated, and their share of its self-repair.</p>
 """
 
 
+# Inside <script> the HTML parser still looks for "</script" and "<!--" (which puts it in a state
+# where "<script>" hides the real end tag), so no '<', '>' or '&' is written as such: JSON's own
+# escapes, which JSON.parse turns back into the characters (a vocabulary piece may be anything).
+SCRIPT_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"}
+
+
 def _script_json(data: Any) -> str:
-    """JSON safe inside <script>: no '</' can close the element."""
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    """JSON safe inside <script>: no '<', '>' or '&' appears in it (SCRIPT_ESCAPES)."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).translate(SCRIPT_ESCAPES)
 
 
 def explorer_html(data: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from matplotlib.patches import Patch
 
 from selfrepair.plots.common import add_identity, add_zero, model_panels, panel_grid
 from selfrepair.plots.style import COMPONENT_COLORS, HEAD_COLOR, styled, with_unit
+from selfrepair.variables import head_label
 
 __all__ = ["KIND_COLORS", "repair_bars", "repair_heatmap", "repair_scatter"]
 
@@ -61,7 +62,7 @@ def repair_heatmap(shares: Mapping[str, xr.DataArray], top_fraction: float = 0.0
             ax.axhline(edge, color="white", linewidth=0.8)
             ax.axvline(edge, color="white", linewidth=0.8)
         ax.axvline(n_layers * n_heads - 0.5, color="black", linewidth=0.8)  # heads | MLPs
-        rows = [f"L{layer}H{head}" for layer in range(n_layers) for head in range(n_heads)]
+        rows = [head_label(layer, head) for layer in range(n_layers) for head in range(n_heads)]
         step = max(1, len(rows) // 48)
         ax.set_yticks(np.arange(0, len(rows), step), rows[::step], fontsize=6)
         names = [str(c) for c in share.component.values]

@@ -9,6 +9,7 @@ from typing import Any
 import xarray as xr
 
 from selfrepair.analysis.attribution import shard_top_mask
+from selfrepair.config.layout import predictions
 from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.self_repair import measure_heads
 from selfrepair.stages.job import ModelJob, row_coords
@@ -72,7 +73,7 @@ def ablate(
             sums=sums,
         )
     seconds = time.perf_counter() - t0
-    n_tok = rows.shape[0] * (rows.shape[1] - 1)
+    n_tok = predictions(*rows.shape)
     log.info("%d tokens in %.1fs (%.1f ms per 1k tokens)", n_tok, seconds, 1e6 * seconds / n_tok)
     start = job.bounds[0]
     ds = row_coords(ds, start)

@@ -69,7 +69,7 @@ def train_model(
     Args:
         tokenizer_dir: the trained tokenizer's folder.
         out_dir: the checkpoint folder to write.
-        arch: 'gpt2' or 'pythia' (data.training.build_model).
+        arch: 'gpt2' or 'pythia' (models.builders.build_model).
         n_layers, d_model, n_heads, d_mlp: the model's shape (d_mlp None: 4 * d_model).
         n_ctx: context length, and the length of every training row.
         steps, batch_size, lr, seed: the training (data.training.train_causal_lm).
@@ -86,7 +86,8 @@ def train_model(
     # torch only here: tokenizing jobs import this module without paying for it
     from transformers import AutoTokenizer
 
-    from selfrepair.data.training import build_model, save_checkpoint, spread_rows, train_causal_lm
+    from selfrepair.data.training import save_checkpoint, spread_rows, train_causal_lm
+    from selfrepair.models.builders import build_model
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     bos_id, eos_id = special_ids(tokenizer)

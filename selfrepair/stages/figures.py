@@ -24,8 +24,7 @@ from matplotlib.figure import Figure
 from selfrepair.analysis.reduce import frozen_ln_layers, head_effect_drops, head_tokens
 from selfrepair.config import check_target_heads
 from selfrepair.config.figures import FIGURES
-from selfrepair.plots.captions import head_label
-from selfrepair.plots.common import save_figure
+from selfrepair.plots.common import saved
 from selfrepair.plots.effects import (
     heads_de_vs_logit_drop,
     tokens_by_ablation,
@@ -47,6 +46,7 @@ from selfrepair.plots.per_head import (
 )
 from selfrepair.stages.store import open_by_model, open_token_shards, open_zarr
 from selfrepair.stages.summaries import resolve_params
+from selfrepair.variables import head_label
 
 # The stage functions are the figure rules, one each (not the who-repairs-whom ones,
 # stages/repair_figures.py's, nor stages/training.py's).
@@ -90,12 +90,6 @@ def _per_head(
     return open_by_model(summaries, models, n_tokens), open_by_model(intervals, models, n_tokens)
 
 
-def _saved(fig: Figure, out: Paths) -> Figure:
-    if out:
-        save_figure(fig, *out)
-    return fig
-
-
 # --- the paper's per-head figures (stores of the ablation and summaries stages) ----------------
 
 
@@ -121,7 +115,7 @@ def fig01(
         {m: ds.top_self_repair for m, ds in interval.items()},
         top_fraction=top_fraction,
     )
-    return _saved(fig, out)
+    return saved(fig, out)
 
 
 def fig02(
@@ -146,7 +140,7 @@ def fig02(
     if idealised_from is not None:
         drops.setdefault(idealised_from, head_effect_drops(summary[idealised_from]))
     fig = heads_de_vs_logit_drop(drops, shown=shown, idealised_from=idealised_from)
-    return _saved(fig, out)
+    return saved(fig, out)
 
 
 def _variant(base: Callable[..., Figure], rule: str, doc: str) -> Callable[..., Figure]:
@@ -179,7 +173,7 @@ def fig03(
     ds = open_token_shards(shards, target["model"], n_tokens)
     check_target_heads(target, ds.sizes["layer"], ds.sizes["head"])
     tokens = head_tokens(ds, [tuple(h) for h in target["heads"]])
-    return _saved(tokens_de_vs_logit_drop(tokens, target["model"]), out)
+    return saved(tokens_de_vs_logit_drop(tokens, target["model"]), out)
 
 
 def fig05(
@@ -197,8 +191,8 @@ def fig05(
     for ds in opened.values():
         check_target_heads(target, ds.sizes["layer"], ds.sizes["head"])
     tokens = {a: head_tokens(ds, [head]).isel(head_name=0) for a, ds in opened.items()}
-    title = f"{target['model']} L{head[0]}H{head[1]}"
-    return _saved(tokens_by_ablation(tokens, title), out)
+    title = f"{target['model']} {head_label(*head)}"
+    return saved(tokens_by_ablation(tokens, title), out)
 
 
 def fig06(
@@ -213,7 +207,7 @@ def fig06(
     fig01."""
     summary, interval = _per_head(summaries, intervals, models, n_tokens)
     clipped = {m: ds.top_ln_share_clipped for m, ds in interval.items()}
-    return _saved(ln_share_per_head(summary, clipped, top_fraction), out)
+    return saved(ln_share_per_head(summary, clipped, top_fraction), out)
 
 
 def fig11(
@@ -227,7 +221,7 @@ def fig11(
     """Fig 11: Fig 6's clipped share beside the unclipped one (rule fig11 is fig06 `with:`
     unclipped). Args as fig01."""
     summary, interval = _per_head(summaries, intervals, models, n_tokens)
-    return _saved(ln_share_clipped_and_unclipped(summary, interval, top_fraction), out)
+    return saved(ln_share_clipped_and_unclipped(summary, interval, top_fraction), out)
 
 
 def extra_frozen_ln(
@@ -250,7 +244,7 @@ def extra_frozen_ln(
     normals = open_by_model(normal, models, n_tokens)
     frozens = open_by_model(frozen, models, n_tokens)
     layers = {m: frozen_ln_layers(normals[m], frozens[m]) for m in models}
-    return _saved(frozen_ln_self_repair(layers, top_fraction), out)
+    return saved(frozen_ln_self_repair(layers, top_fraction), out)
 
 
 # --- the mechanism figures (stores of the mechanism stages) ------------------------------------
@@ -265,7 +259,7 @@ def fig04(norms: Mapping[str, str], target: Target, picks: Paths = (), out: Path
     for ablation, path in norms.items():
         one = _head(_open(path, target["model"]), path, layer, head).load()
         ratios[ablation] = one.ln_scale_ratio.where(one.top).stack(t=("batch", "pos")).dropna("t")
-    return _saved(ln_scale_ratio_hist(ratios, _title(target)), out)
+    return saved(ln_scale_ratio_hist(ratios, _title(target)), out)
 
 
 def fig16_18(
@@ -280,7 +274,7 @@ def fig16_18(
             _head(ds, path, layer, head)
         labels = [head_label(*h) for h in target["heads"]]
         ratios[ablation] = ds.resid_norm_ratio.sel(head=labels).load()
-    return _saved(resid_norm_ratio_hists(ratios, target["model"]), out)
+    return saved(resid_norm_ratio_hists(ratios, target["model"]), out)
 
 
 def _reductions(path: str, target: Target, selection: str) -> xr.Dataset:
@@ -293,7 +287,7 @@ def fig07(reductions: str, target: Target, picks: Paths = (), out: Paths = ()) -
     the model's neuron reductions store."""
     target = resolve_params(dict(target), picks)
     fig = top_neuron_scatter(_reductions(reductions, target, "mlp_repair"), _title(target))
-    return _saved(fig, out)
+    return saved(fig, out)
 
 
 def fig08(
@@ -317,7 +311,7 @@ def fig08(
     }
     if len(panels) != len(targets):
         raise ValueError("figure 8 lists the same model and head twice")
-    return _saved(neuron_threshold_curves(panels, ranks), out)
+    return saved(neuron_threshold_curves(panels, ranks), out)
 
 
 def fig15(reductions: str, target: Target, picks: Paths = (), out: Paths = ()) -> Figure:
@@ -325,7 +319,7 @@ def fig15(reductions: str, target: Target, picks: Paths = (), out: Paths = ()) -
     as fig07."""
     target = resolve_params(dict(target), picks)
     fig = cumulative_neuron_share(_reductions(reductions, target, "head_de"), _title(target))
-    return _saved(fig, out)
+    return saved(fig, out)
 
 
 def fig09(
@@ -350,7 +344,7 @@ def fig09(
             raise ValueError(
                 f"{reinforcement} has no scale {missing}: rerun the reinforcement stage"
             )
-    return _saved(self_repression_scatter(one, _title(target), scales), out)
+    return saved(self_repression_scatter(one, _title(target), scales), out)
 
 
 fig19 = _variant(

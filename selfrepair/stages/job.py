@@ -19,6 +19,7 @@ import torch
 import xarray as xr
 
 from selfrepair.config import ConfigError, missing_head
+from selfrepair.config.layout import predictions
 from selfrepair.models.forward import NonFiniteActivation
 from selfrepair.models.loading import load_model, resolve_device, resolve_dtype
 from selfrepair.stages.joblog import model_revision, provenance
@@ -130,7 +131,7 @@ class ModelJob:
     def n_predictions(self) -> int:
         """Predictions in the job's shards: each row of n tokens predicts n - 1."""
         seq_len = open_zarr(self.tokens).tokens.shape[1]
-        return sum(stop - start for start, stop in self.shards) * (seq_len - 1)
+        return predictions(sum(stop - start for start, stop in self.shards), seq_len)
 
     def model(self, seq_len: int | None = None) -> HookedTransformer:
         """The job's model on its device, with the job's threads (model_for)."""

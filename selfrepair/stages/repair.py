@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import xarray as xr
 
 from selfrepair.analysis import attribution
 from selfrepair.stages.joblog import provenance, revision_of
-from selfrepair.stages.store import open_shards, open_zarr, write_zarr
+from selfrepair.stages.store import (
+    DamagedStore,
+    open_shards,
+    open_zarr,
+    rebuild_hint,
+    write_zarr,
+)
 from selfrepair.stages.summaries import heads_with_picks
 
 if TYPE_CHECKING:
@@ -59,19 +66,30 @@ def head_top_tokens(
 
 
 def repair_summary(
-    *, shards: Sequence[str], out: str, attrs: dict[str, Any], tolerance: float = 1e-4
+    *,
+    shards: Sequence[str],
+    top_tokens: str,
+    out: str,
+    attrs: dict[str, Any],
+    tolerance: float = 1e-4,
 ) -> xr.Dataset:
     """Per (ablated head, component) means over all tokens and the head's top tokens, and
     shares of its self-repair (analysis.attribution.repair_summary); refuses to write if the
-    components do not add up to sr_heads + sr_mlps and, with the LayerNorm, to self_repair.
+    shards did not sum over every token and top token once (analysis.attribution.count_problem)
+    or the components do not add up to sr_heads + sr_mlps and, with the LayerNorm, to
+    self_repair.
 
     Args:
         shards: the ablate jobs' attribution stores of one (model, ablation).
+        top_tokens: the head_top_tokens store the shards summed over.
         out: the store to write (results/<model>/attribution/<ablation>.zarr).
         attrs: the rule's provenance attributes.
         tolerance: the largest |sum of components - total| accepted (logits).
     """
     sums = attribution.combine_sums([open_zarr(p).load() for p in shards])
+    if problem := attribution.count_problem(sums, open_zarr(top_tokens)):
+        folder = Path(shards[0]).parent
+        raise DamagedStore(f"{folder} is damaged: {problem}; {rebuild_hint(folder)}")
     summary = attribution.repair_summary(sums)
     errors = attribution.sum_errors(summary)
     log.info("largest |sum of components - total|: %s", errors)

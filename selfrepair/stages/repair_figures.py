@@ -13,18 +13,13 @@ from matplotlib.figure import Figure
 
 from selfrepair.analysis import attribution as repair
 from selfrepair.plots import repair as draw
-from selfrepair.plots.common import save_figure
+from selfrepair.plots.common import saved
 from selfrepair.stages.store import open_by_model, write_text
+from selfrepair.variables import head_label
 
 __all__ = ["repair_bars", "repair_graph", "repair_heatmap", "repair_scatter"]
 
 Paths = Sequence[str | os.PathLike]
-
-
-def _saved(fig: Figure, out: Paths) -> Figure:
-    if out:
-        save_figure(fig, *out)
-    return fig
 
 
 def repair_heatmap(
@@ -39,7 +34,7 @@ def repair_heatmap(
         out: the figure files to write.
     """
     shares = {m: ds.top_share for m, ds in open_by_model(summaries, models).items()}
-    return _saved(draw.repair_heatmap(shares, top_fraction), out)
+    return saved(draw.repair_heatmap(shares, top_fraction), out)
 
 
 def _repairers(
@@ -90,12 +85,12 @@ def repair_bars(
             panels.append(
                 {
                     "model": model,
-                    "head": f"L{head[0]}H{head[1]}",
+                    "head": head_label(*head),
                     "self_repair": float(one.top_self_repair),
                     "repairers": _repairers(sums[model], dets[model], head, repairers, bootstrap),
                 }
             )
-    return _saved(draw.repair_bars(panels, top_fraction, bootstrap["level"]), out)
+    return saved(draw.repair_bars(panels, top_fraction, bootstrap["level"]), out)
 
 
 def repair_scatter(
@@ -119,13 +114,13 @@ def repair_scatter(
         panels.append(
             {
                 "model": model,
-                "head": f"L{head[0]}H{head[1]}",
+                "head": head_label(*head),
                 "repairer": repairer,
                 "de_drop": (one.de_clean - one.de_ablated).values,
                 "dde": one.dde.sel(component=repairer).values,
             }
         )
-    return _saved(draw.repair_scatter(panels, top_fraction), out)
+    return saved(draw.repair_scatter(panels, top_fraction), out)
 
 
 def repair_graph(

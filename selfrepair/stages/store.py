@@ -1,13 +1,12 @@
 """Zarr stores written atomically (temporary path, then rename) and read back as xarray, every
-chunk carrying a CRC32C checksum that is verified whenever its values are loaded; and the
-figure stages' openers that check a store holds the model and tokens the caption states."""
+chunk carrying a CRC32C checksum that is verified whenever its values are loaded, every metadata
+file checked against the store's record when it is opened, and every store knowing the place it
+was written to (so a store copied or renamed onto another's path is refused); and the figure
+stages' openers that check a store holds the model and tokens the caption states."""
 
 from __future__ import annotations
 
 import functools
-import itertools
-import json
-import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -15,13 +14,24 @@ from pathlib import Path
 
 import dask.array
 import numcodecs
+import numpy as np
 import xarray as xr
 import zarr
 
+from selfrepair.stages.integrity import (
+    CHUNK_CHECKSUMS,
+    METADATA_DIGESTS,
+    PLACE,
+    chunk_record,
+    first_line,
+    metadata_record,
+    read_consolidated,
+    store_place,
+    store_problem,
+)
+
 __all__ = [
-    "CHUNK_CHECKSUMS",
     "DamagedStore",
-    "chunk_file_problem",
     "open_by_model",
     "open_shards",
     "open_token_shards",
@@ -35,20 +45,12 @@ ZARR_FORMAT = 2  # with consolidated metadata: read quietly by xr.open_zarr and 
 # Stamped on every store written here, so that a foreign Zarr store at an output path is refused
 # rather than read as if the workflow had made it.
 STORE_MARK = "selfrepair_store"
-STORE_VERSION = 2  # 2: every chunk checksummed (CRC32C)
+STORE_VERSION = 3  # 2: every chunk checksummed (CRC32C); 3: metadata digests and place
 # Zarr v2 has one compressor per array: Blosc (Zarr's default) runs as the last filter and the
 # CRC32C checksum of the compressed bytes is the "compressor", so any damaged byte of a chunk
 # file fails the checksum before anything is decompressed.
 COMPRESSION = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
 CHECKSUM = numcodecs.CRC32C()
-# Each chunk's stored checksum (its last 4 bytes), recorded per array and chunk key in the
-# store's attributes: a chunk file replaced by another valid one (of another array, chunk or
-# store) passes its own checksum, but not this record of what was written at its place.
-CHUNK_CHECKSUMS = "selfrepair_chunk_crc32c"
-# Beside the metadata, the only file a store may hold outside its arrays: the empty marker
-# Snakemake puts into each directory() output it has made.
-METADATA_FILES = {".zattrs", ".zgroup", ".zmetadata", ".snakemake_timestamp"}
-ARRAY_METADATA_FILES = {".zarray", ".zattrs"}
 
 
 class DamagedStore(ValueError):
@@ -103,7 +105,8 @@ def write_zarr(
         write_empty_chunks=True,
     )
     group = zarr.open_group(tmp, mode="r+", zarr_format=ZARR_FORMAT, use_consolidated=False)
-    group.attrs.update({CHUNK_CHECKSUMS: _stored_checksums(tmp)})
+    group.attrs.update({CHUNK_CHECKSUMS: chunk_record(tmp), PLACE: store_place(path)})
+    group.attrs.update({METADATA_DIGESTS: metadata_record(tmp)})
     zarr.consolidate_metadata(tmp, zarr_format=ZARR_FORMAT)
     if path.exists():
         shutil.rmtree(path)
@@ -113,31 +116,38 @@ def write_zarr(
 def open_zarr(path: str | os.PathLike, variables: Sequence[str] = ()) -> xr.Dataset:
     """Open a store written by write_zarr, lazily (dask), failing with a one-line DamagedStore
     naming the store, the array and the fix if it is missing, not a Zarr store, not written by
-    this workflow, lacks one of `variables`, lacks a chunk file or holds a stray file; and,
-    whenever values are loaded later, if a chunk fails its checksum or cannot be decoded."""
+    this workflow, has a metadata file other than the one written (store_problem), was written
+    at another place (copied or renamed onto this path), lacks one of `variables`, lacks a chunk
+    file or holds a stray file; and, whenever values are loaded later, if a chunk fails its
+    checksum or cannot be decoded."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run the workflow stage that makes it")
+    consolidated = read_consolidated(path)
+    if consolidated is None:
+        raise DamagedStore(
+            f"{path} is damaged: its consolidated metadata .zmetadata is missing or cannot be "
+            f"read; {rebuild_hint(path)}"
+        )
+    if (consolidated.get(".zattrs") or {}).get(STORE_MARK) != STORE_VERSION:
+        raise DamagedStore(
+            f"{path} is a Zarr store this workflow did not write (or an older version of it "
+            f"did); {rebuild_hint(path)}"
+        )
+    if problem := store_problem(path, consolidated):
+        raise DamagedStore(f"{path} is damaged: {problem}; {rebuild_hint(path)}")
     try:
         # No default indexes: they would load coordinates here, past the checks below.
         ds = xr.open_zarr(path, consolidated=True, chunks=None, create_default_indexes=False)
     except Exception as err:  # zarr raises several types for foreign or damaged stores
         raise DamagedStore(
-            f"{path} is not a readable Zarr store ({type(err).__name__}: {_first_line(err)}); "
+            f"{path} is not a readable Zarr store ({type(err).__name__}: {first_line(err)}); "
             f"{rebuild_hint(path)}"
         ) from err
-    if ds.attrs.get(STORE_MARK) != STORE_VERSION:
-        raise DamagedStore(
-            f"{path} is a Zarr store this workflow did not write (or an older version of it "
-            f"did); {rebuild_hint(path)}"
-        )
     missing = [v for v in variables if v not in ds.variables]
     if missing:
         raise DamagedStore(f"{path} lacks variables {', '.join(missing)}; {rebuild_hint(path)}")
-    attrs = dict(ds.attrs)
-    damaged = chunk_file_problem(path, attrs.pop(CHUNK_CHECKSUMS, None))
-    if damaged:
-        raise DamagedStore(f"{path} is damaged: {damaged}; {rebuild_hint(path)}")
+    attrs = {k: v for k, v in ds.attrs.items() if k not in (CHUNK_CHECKSUMS, METADATA_DIGESTS)}
     checked = {name: _checked(var, path, name) for name, var in ds.variables.items()}
     # Building the Dataset makes the dimension indexes, loading those coordinates (checked).
     return xr.Dataset(
@@ -145,11 +155,6 @@ def open_zarr(path: str | os.PathLike, variables: Sequence[str] = ()) -> xr.Data
         coords={name: checked[name] for name in ds.coords},
         attrs=attrs,
     )
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _checked(var: xr.Variable, path: Path, name: str) -> xr.Variable:
@@ -171,89 +176,11 @@ def _checked_getitem(a, b, asarray=True, lock=None, *, store: str, array: str):
         what = (
             "fails its CRC32C checksum"
             if "checksum" in str(err)
-            else f"cannot be decoded ({type(err).__name__}: {_first_line(err)})"
+            else f"cannot be decoded ({type(err).__name__}: {first_line(err)})"
         )
         raise DamagedStore(
             f"{store} is damaged: a chunk of array {array} {what}; {rebuild_hint(store)}"
         ) from err
-
-
-def _chunk_keys(shape: Sequence[int], chunks: Sequence[int], separator: str) -> set[str]:
-    """The chunk file names a Zarr v2 array of this shape and chunking has (write_zarr writes
-    every chunk, even all-fill ones)."""
-    if not shape:
-        return {"0"}
-    grid = [range(math.ceil(n / c)) for n, c in zip(shape, chunks, strict=True)]
-    return {separator.join(map(str, index)) for index in itertools.product(*grid)}
-
-
-def _files_under(folder: Path) -> set[str]:
-    return {
-        str(Path(root, name).relative_to(folder))
-        for root, _, files in os.walk(folder)
-        for name in files
-    }
-
-
-def _arrays(path: Path) -> list[str]:
-    return sorted(p.parent.name for p in path.glob("*/.zarray"))
-
-
-def _trailing_checksum(chunk: Path) -> int:
-    with open(chunk, "rb") as fh:
-        fh.seek(max(chunk.stat().st_size - 4, 0))
-        return int.from_bytes(fh.read(4), "little")
-
-
-def _stored_checksums(path: Path) -> dict[str, dict[str, int]]:
-    """{array: {chunk key: the CRC32C stored at the end of that chunk file}} of a store."""
-    return {
-        name: {
-            key: _trailing_checksum(path / name / key)
-            for key in sorted(_files_under(path / name) - ARRAY_METADATA_FILES)
-        }
-        for name in _arrays(path)
-    }
-
-
-def chunk_file_problem(
-    path: str | os.PathLike, recorded: dict[str, dict[str, int]] | None
-) -> str | None:
-    """What is wrong with the files of a Zarr v2 store written by write_zarr: an array with
-    chunk files missing or stray files beside them, a chunk file other than the one written at
-    its place (its stored checksum differs from `recorded`, the store's record), or a stray file
-    or folder in the store (None when every file is where its metadata says). A lost chunk would
-    read as fill values and a stray one would hide it from a count, so names are compared."""
-    path = Path(path)
-    arrays = _arrays(path)
-    stray = sorted(
-        p.name for p in path.iterdir() if p.name not in METADATA_FILES and p.name not in arrays
-    )
-    if stray:
-        return f"stray entries {', '.join(stray[:3])} in the store"
-    for name in arrays:
-        meta = json.loads((path / name / ".zarray").read_text())
-        separator = meta.get("dimension_separator") or "."
-        expected = _chunk_keys(meta["shape"], meta["chunks"], separator)
-        if separator == "/":
-            expected = {str(Path(key)) for key in expected}
-        found = _files_under(path / name) - ARRAY_METADATA_FILES
-        lost, extra = sorted(expected - found), sorted(found - expected)
-        if lost:
-            return (
-                f"array {name} lacks chunk files {', '.join(lost[:3])} "
-                f"({len(found & expected)} of its {len(expected)} present)"
-            )
-        if extra:
-            return f"array {name} has stray files {', '.join(extra[:3])} beside its chunks"
-        record = (recorded or {}).get(name, {})
-        for key in sorted(expected):
-            if record.get(key) != _trailing_checksum(path / name / key):
-                return (
-                    f"array {name} chunk {key} is not the file written there (its checksum "
-                    "differs from the store's record)"
-                )
-    return None
 
 
 def open_shards(
@@ -263,7 +190,24 @@ def open_shards(
     if not paths:
         raise ValueError("no shards given")
     shards = [open_zarr(p, variables) for p in paths]
+    _check_rows(paths, shards, dim)
     return xr.concat(shards, dim=dim, combine_attrs="override")
+
+
+def _check_rows(paths: Sequence[str | os.PathLike], shards: list[xr.Dataset], dim: str) -> None:
+    """Shards whose `dim` is numbered by global rows (the token shards) must follow each other
+    from row 0 without a gap or repeat: the rows a reader of the whole run expects."""
+    if any(dim not in ds.coords for ds in shards):
+        return
+    expected = 0
+    for path, ds in zip(paths, shards, strict=True):
+        rows = ds[dim].values
+        if len(rows) and (rows[0] != expected or (np.diff(rows) != 1).any()):
+            raise DamagedStore(
+                f"{path} is damaged: it holds rows {rows[0]}..{rows[-1]} where rows from "
+                f"{expected} were expected; {rebuild_hint(path)}"
+            )
+        expected += len(rows)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

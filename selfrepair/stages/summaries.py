@@ -1,6 +1,7 @@
 """The summary rules, from the ablation shards to what the figures and the report read:
-summarize_heads, head_intervals, head_table and pick_substitute, and the pick records' readers
-(the figure scripts and the mechanism stages read a substitute's picked heads with them).
+summarize_heads (the per-head summary and its bootstrap intervals), head_table and
+pick_substitute, and what the figure scripts and mechanism stages use to read a substitute's
+picked heads (resolve_params, heads_with_picks).
 
 Runs in the analysis environment: no torch here."""
 
@@ -14,44 +15,22 @@ import pandas as pd
 import xarray as xr
 
 from selfrepair.analysis import intervals as bootstrap
-from selfrepair.analysis import reduce, substitutes, tables
-from selfrepair.config import Head, target_with_pick
+from selfrepair.analysis import substitutes, tables
+from selfrepair.config import Head, read_record, record_for, target_with_pick
 from selfrepair.stages.joblog import provenance, revision_of
 from selfrepair.stages.store import open_shards, open_zarr, write_text, write_zarr
 from selfrepair.variables import HEAD_VARIABLES
 
 __all__ = [
-    "head_intervals",
     "head_table",
     "heads_with_picks",
     "pick_substitute",
-    "read_record",
-    "record_for",
     "resolve_params",
     "summarize_heads",
 ]
 
 
 def summarize_heads(
-    *, shards: list[str], top_fraction: float, de_epsilon: float, out: str, attrs: dict[str, Any]
-) -> xr.Dataset:
-    """The per-head summary over all shards of one (model, ablation) (analysis.reduce).
-
-    Args:
-        shards: the ablate rule's stores of this (model, ablation).
-        top_fraction: share of each head's tokens, by clean direct effect, called top tokens.
-        de_epsilon: tokens with a clean DE at most this are left out of the LayerNorm share.
-        out: the store to write (results/<model>/summary/<ablation>.zarr).
-        attrs: the rule's provenance attributes (run_attrs and the ablation).
-    """
-    data = open_shards(shards, variables=HEAD_VARIABLES)
-    summary = reduce.head_summary(data, top_fraction=top_fraction, de_epsilon=de_epsilon)
-    summary.attrs.update(provenance(**attrs, model_revision=revision_of(data)))
-    write_zarr(summary, out)
-    return summary
-
-
-def head_intervals(
     *,
     shards: list[str],
     top_fraction: float,
@@ -60,10 +39,11 @@ def head_intervals(
     level: float,
     seed: int,
     out: str,
+    intervals_out: str,
     attrs: dict[str, Any],
-) -> xr.Dataset:
-    """The per-head bootstrap intervals over all shards of one (model, ablation)
-    (analysis.intervals).
+) -> tuple[xr.Dataset, xr.Dataset]:
+    """The per-head summary over all shards of one (model, ablation) (analysis.reduce) and its
+    bootstrap intervals (analysis.intervals), from one pass over the shards.
 
     Args:
         shards: the ablate rule's stores of this (model, ablation).
@@ -72,11 +52,12 @@ def head_intervals(
         n_resamples: bootstrap resamples.
         level: coverage of the intervals.
         seed: seed of the resamples.
-        out: the store to write (results/<model>/intervals/<ablation>.zarr).
+        out: the summary store to write (results/<model>/summary/<ablation>.zarr).
+        intervals_out: the intervals store to write (results/<model>/intervals/<ablation>.zarr).
         attrs: the rule's provenance attributes (run_attrs and the ablation).
     """
     data = open_shards(shards, variables=HEAD_VARIABLES)
-    result = bootstrap.head_intervals(
+    summary, intervals = bootstrap.summary_and_intervals(
         data,
         top_fraction=top_fraction,
         de_epsilon=de_epsilon,
@@ -84,9 +65,10 @@ def head_intervals(
         level=level,
         seed=seed,
     )
-    result.attrs.update(provenance(**attrs, model_revision=revision_of(data)))
-    write_zarr(result, out)
-    return result
+    for ds, path in ((summary, out), (intervals, intervals_out)):
+        ds.attrs.update(provenance(**attrs, model_revision=revision_of(data)))
+        write_zarr(ds, path)
+    return summary, intervals
 
 
 def head_table(
@@ -139,21 +121,6 @@ def pick_substitute(
         json.dump(record, f, indent=1)
         f.write("\n")
     return record
-
-
-def read_record(path: str) -> dict[str, Any]:
-    """A pick record written by pick_substitute."""
-    with open(path) as f:
-        return json.load(f)
-
-
-def record_for(target_key: str, paths: Sequence[str]) -> dict[str, Any]:
-    """The pick record among `paths` made for the target at config key `target_key`."""
-    for path in paths:
-        record = read_record(path)
-        if record["target"] == target_key:
-            return record
-    raise ValueError(f"no pick record for {target_key} among {list(paths)}: rerun the workflow")
 
 
 def resolve_params(target: dict[str, Any], paths: Sequence[str]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from selfrepair.analysis.reduce import head_summary
 from selfrepair.analysis.training import mean_loss, training_curves
-from selfrepair.plots.common import save_figure
+from selfrepair.plots.common import saved
 from selfrepair.plots.training import training_self_repair as draw
 from selfrepair.stages.store import open_token_shards
 from selfrepair.variables import HEAD_VARIABLES
@@ -78,7 +78,4 @@ def training_self_repair(
         )
         for model, ckpts in checkpoints.items()
     }
-    fig = draw(curves, top_fraction)
-    if out:
-        save_figure(fig, *out)
-    return fig
+    return saved(draw(curves, top_fraction), out)

@@ -5,7 +5,7 @@
 
 rule head_top_tokens:
     input:
-        shards=lambda w: clean_shards(w.model),
+        shards=shards_of("clean"),
     output:
         top_tokens=directory("results/{model}/attribution/top_tokens.zarr"),
     log:
@@ -23,7 +23,8 @@ rule head_top_tokens:
 
 rule repair_summary:
     input:
-        shards=attribution_shards,
+        shards=shards_of("attribution"),
+        top_tokens="results/{model}/attribution/top_tokens.zarr",
     output:
         summary=directory("results/{model}/attribution/{ablation}.zarr"),
     log:
@@ -81,12 +82,17 @@ rule repair_heatmap:
     input:
         summaries=repair_paths(list(MODELS), FIG_ABLATION),
     output:
-        pdf=figure_pdf("repair_heatmap"),
-        png=figure_png("repair_heatmap", "all models"),
+        pdf="results/figures/repair_heatmap.pdf",
+        png=report(
+            "results/figures/repair_heatmap.png",
+            caption="../report/repair_heatmap.rst",
+            category="Beyond the paper – who repairs whom",
+            subcategory="all models",
+        ),
     log:
-        figure_log("repair_heatmap"),
+        "results/logs/figures/repair_heatmap.log",
     benchmark:
-        figure_benchmark("repair_heatmap")
+        "results/benchmarks/figures/repair_heatmap.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -94,7 +100,7 @@ rule repair_heatmap:
         top_fraction=ENGINE["top_fraction"],
         caption=figure_caption(list(MODELS), [FIG_ABLATION], TOP_SELECTION),
     script:
-        figure_script("repair_heatmap")
+        "../scripts/repair_heatmap.py"
 
 
 rule repair_bars:
@@ -102,12 +108,17 @@ rule repair_bars:
         summaries=repair_paths(list(MODELS), FIG_ABLATION),
         details=repair_paths(list(MODELS), f"detail-{FIG_ABLATION}"),
     output:
-        pdf=figure_pdf("repair_bars"),
-        png=figure_png("repair_bars", "all models"),
+        pdf="results/figures/repair_top_repairers.pdf",
+        png=report(
+            "results/figures/repair_top_repairers.png",
+            caption="../report/repair_bars.rst",
+            category="Beyond the paper – who repairs whom",
+            subcategory="all models",
+        ),
     log:
-        figure_log("repair_bars"),
+        "results/logs/figures/repair_bars.log",
     benchmark:
-        figure_benchmark("repair_bars")
+        "results/benchmarks/figures/repair_bars.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -120,7 +131,7 @@ rule repair_bars:
             list(MODELS), [FIG_ABLATION], TOP_SELECTION, extra=[BOOTSTRAP_NOTE]
         ),
     script:
-        figure_script("repair_bars")
+        "../scripts/repair_bars.py"
 
 
 rule repair_scatter:
@@ -128,12 +139,17 @@ rule repair_scatter:
         summaries=repair_paths(list(MODELS), FIG_ABLATION),
         details=repair_paths(list(MODELS), f"detail-{FIG_ABLATION}"),
     output:
-        pdf=figure_pdf("repair_scatter"),
-        png=figure_png("repair_scatter", "all models"),
+        pdf="results/figures/repair_tokens.pdf",
+        png=report(
+            "results/figures/repair_tokens.png",
+            caption="../report/repair_scatter.rst",
+            category="Beyond the paper – who repairs whom",
+            subcategory="all models",
+        ),
     log:
-        figure_log("repair_scatter"),
+        "results/logs/figures/repair_scatter.log",
     benchmark:
-        figure_benchmark("repair_scatter")
+        "results/benchmarks/figures/repair_scatter.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -141,7 +157,7 @@ rule repair_scatter:
         top_fraction=ENGINE["top_fraction"],
         caption=figure_caption(list(MODELS), [FIG_ABLATION], TOP_SELECTION),
     script:
-        figure_script("repair_scatter")
+        "../scripts/repair_scatter.py"
 
 
 rule repair_graph:
@@ -150,13 +166,13 @@ rule repair_graph:
         details=repair_paths(list(MODELS), f"detail-{FIG_ABLATION}"),
     output:
         csv=report(
-            REPAIR_TABLES[0],
+            "results/tables/repair_graph.csv",
             caption="../report/repair_graph.rst",
             category="Tables",
             subcategory="all models",
         ),
         html=report(
-            REPAIR_TABLES[1],
+            "results/tables/repair_graph.html",
             caption="../report/repair_graph.rst",
             category="Tables",
             subcategory="all models",

@@ -1,6 +1,5 @@
 # Shared by every rules file (the config checked against its schema; the run's models, shards
 # and figure targets; the input functions and caption helpers of the rules).
-import json
 import re
 import sys
 from pathlib import Path
@@ -101,20 +100,18 @@ def run_attrs(wildcards):
     }
 
 
-def clean_shards(model):
-    """The clean shards a model key measures: every shard, or a training checkpoint's first
+def shard_paths(kind, model, ablation=None):
+    """The shard stores of one kind a model key measures (kind: "clean", or "ablation" and
+    "attribution" of one ablation variant): every shard, or a training checkpoint's first
     `checkpoint_shards` (CHECKPOINT_SHARDS, rules/training.smk's section below)."""
     shards = CHECKPOINT_SHARDS if model in CHECKPOINTS else SHARDS
-    return expand("results/{model}/clean/shard-{shard}.zarr", model=model, shard=shards)
+    folder = f"results/{model}/{kind}" + (f"/{ablation}" if ablation else "")
+    return [f"{folder}/shard-{shard}.zarr" for shard in shards]
 
 
-def ablation_shards(wildcards):
-    return expand(
-        "results/{model}/ablation/{ablation}/shard-{shard}.zarr",
-        model=wildcards.model,
-        ablation=wildcards.ablation,
-        shard=SHARDS,
-    )
+def shards_of(kind):
+    """Input function: the `kind` shards of the job's model (and ablation wildcard)."""
+    return lambda w: shard_paths(kind, w.model, w.get("ablation"))
 
 
 # --- figures -----------------------------------------------------------------------------
@@ -147,49 +144,13 @@ def interval_paths(models, ablation):
     )
 
 
-def shard_paths(model, ablation):
-    return expand(
-        "results/{model}/ablation/{ablation}/shard-{shard}.zarr",
-        model=model,
-        ablation=ablation,
-        shard=SHARDS,
-    )
-
-
 def fig05_shards(wildcards):
     """Fig 5's head under every ablation: the shards of each, by ablation name, and its pick
     record when picked."""
-    shards = {a: shard_paths(FIGURE_TARGETS["fig05"].model, a) for a in ABLATIONS}
+    shards = {
+        a: shard_paths("ablation", FIGURE_TARGETS["fig05"].model, a) for a in ABLATIONS
+    }
     return shards | {"picks": pick_paths({"fig05": FIGURE_TARGETS["fig05"]})}
-
-
-# Each figure rule's files, report entry, log, benchmark and script, from the one figure list
-# (selfrepair.config.figures); rule: the figure rule's name.
-def figure_pdf(rule):
-    return sr_figures.by_rule(rule).files["pdf"]
-
-
-def figure_png(rule, subcategory):
-    """The figure's PNG, registered in the report with its caption (report/<tag>.rst)."""
-    figure = sr_figures.by_rule(rule)
-    return report(
-        figure.files["png"],
-        caption=f"../report/{figure.tag}.rst",
-        category=figure.category,
-        subcategory=subcategory,
-    )
-
-
-def figure_log(rule):
-    return f"results/logs/figures/{sr_figures.by_rule(rule).tag}.log"
-
-
-def figure_benchmark(rule):
-    return f"results/benchmarks/figures/{sr_figures.by_rule(rule).tag}.tsv"
-
-
-def figure_script(rule):
-    return f"../scripts/{sr_figures.by_rule(rule).script}"
 
 
 def pick_path(key, target):
@@ -210,18 +171,12 @@ def resolved(target, paths):
     """
     if not target.picked:
         return target
-    for path in paths:
-        if Path(path).exists():
-            record = json.loads(Path(path).read_text())
-            if record["target"] == target.key:
-                return target.resolved(record)
-    return target.resolved(
-        {
-            "model": target.model,
-            "heads": [],
-            "description": "heads to be picked when the workflow runs",
-        }
-    )
+    record = sr_config.record_for(target.key, paths, missing_ok=True) or {
+        "model": target.model,
+        "heads": [],
+        "description": "heads to be picked when the workflow runs",
+    }
+    return target.resolved(record)
 
 
 # RMSNorm models with a gated MLP (Llama), by model -> the MLP's activation: their figures'
@@ -345,12 +300,18 @@ FIGURE_LIST = sr_figures.run_figures(
     attribution=config["engine"]["attribution"],
     training=bool(CHECKPOINTS),
 )
-TABLE_OUTPUTS = [f"results/tables/{name}" for name in sr_figures.TABLES]
-REPAIR_TABLES = [f"results/tables/{name}" for name in sr_figures.REPAIR_TABLES]
 
 
 def figure_outputs(kinds):
-    return [path for f in FIGURE_LIST if f.kind in kinds for path in f.files.values()]
+    """The files of the run's figures of these kinds, as their rules write them (rules/
+    figures.smk, attribution.smk, training.smk: the paths are in the rules)."""
+    return [
+        path for f in FIGURE_LIST if f.kind in kinds for path in rules_output(f.rule)
+    ]
+
+
+def rules_output(rule):
+    return list(getattr(rules, rule).output)
 
 
 def mechanism_outputs():
@@ -367,13 +328,13 @@ def mechanism_outputs():
 def all_outputs():
     outputs = []
     for model, entry in MODELS.items():
-        outputs += clean_shards(model)
+        outputs += shard_paths("clean", model)
         outputs += expand(
             "results/{model}/summary/{ablation}.zarr", model=model, ablation=ABLATIONS
         )
         if "train" in entry:
             outputs.append(f"results/{model}/training.json")
-    outputs += figure_outputs(["paper", "extra"]) + TABLE_OUTPUTS
+    outputs += figure_outputs(["paper", "extra"]) + rules_output("head_table")
     outputs += mechanism_outputs() + repair_outputs()
     outputs += expand("results/explorer/{model}.html", model=MODELS)
     return outputs + ["results/explorer/index.html"]
@@ -420,15 +381,6 @@ def attribution_outputs():
     return {"attribution": directory(path)}
 
 
-def attribution_shards(wildcards):
-    return expand(
-        "results/{model}/attribution/{ablation}/shard-{shard}.zarr",
-        model=wildcards.model,
-        ablation=wildcards.ablation,
-        shard=SHARDS,
-    )
-
-
 def repair_picks(wildcards):
     """The pick records of the figure and mechanism targets shown in this model."""
     return [pick_path(k, t) for k, t in PICKS.items() if t.model == wildcards.model]
@@ -442,7 +394,7 @@ def repair_outputs():
         "results/{model}/attribution/{ablation}.zarr", model=MODELS, ablation=VARIANTS
     )
     outputs += [f"results/{m}/attribution/detail-{FIG_ABLATION}.zarr" for m in MODELS]
-    return outputs + figure_outputs(["repair"]) + REPAIR_TABLES
+    return outputs + figure_outputs(["repair"]) + rules_output("repair_graph")
 
 
 # --- self-repair over training (rules/training.smk) ---------------------------------------------
@@ -453,27 +405,21 @@ TRAINING = {
     m: steps for m, e in MODELS.items() if (steps := sr_config.checkpoint_steps(m, e))
 }
 CHECKPOINT_SHARDS = SHARDS[: config["checkpoint_shards"] or len(SHARDS)]
-CHECKPOINT_TOKENS = sum(
-    (stop - start) * (DATA["seq_len"] - 1)
-    for start, stop in (sr_config.shard_bounds(DATA, int(s)) for s in CHECKPOINT_SHARDS)
-)
+CHECKPOINT_TOKENS = sr_config.n_predictions(DATA, [int(s) for s in CHECKPOINT_SHARDS])
 
 
 def training_checkpoints():
     """Per model, its checkpoints in step order: key, step and the stores the figure reads."""
-    shards = {
-        "clean": "results/{key}/clean/shard-{shard}.zarr",
-        "ablation": f"results/{{key}}/ablation/{FIG_ABLATION}/shard-{{shard}}.zarr",
-    }
     return {
         model: [
             {
                 "key": key,
                 "step": step,
-                "clean": expand(shards["clean"], key=key, shard=CHECKPOINT_SHARDS),
-                "ablation": expand(
-                    shards["ablation"], key=key, shard=CHECKPOINT_SHARDS
-                ),
+                # the model itself (the last key) measures every shard: its first ones here
+                "clean": shard_paths("clean", key)[: len(CHECKPOINT_SHARDS)],
+                "ablation": shard_paths("ablation", key, FIG_ABLATION)[
+                    : len(CHECKPOINT_SHARDS)
+                ],
             }
             for key, step in steps
         ]

@@ -7,7 +7,9 @@ rule head_explorer:
     input:
         unpack(model_input),
         tokens="results/{model}/tokens.zarr",
-        shards=lambda w: [s for a in ABLATIONS for s in shard_paths(w.model, a)],
+        shards=lambda w: [
+            s for a in ABLATIONS for s in shard_paths("ablation", w.model, a)
+        ],
         summaries=lambda w: summary_paths(w.model, ABLATIONS),
         intervals=lambda w: interval_paths(w.model, ABLATIONS),
         repairs=lambda w: repair_paths(w.model, ABLATIONS) if ATTRIBUTION else [],

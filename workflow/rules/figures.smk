@@ -16,12 +16,17 @@ rule fig01:
         summaries=summary_paths(list(MODELS), FIG_ABLATION),
         intervals=interval_paths(list(MODELS), FIG_ABLATION),
     output:
-        pdf=figure_pdf("fig01"),
-        png=figure_png("fig01", "all models"),
+        pdf="results/figures/fig01_self_repair_per_head.pdf",
+        png=report(
+            "results/figures/fig01_self_repair_per_head.png",
+            caption="../report/fig01.rst",
+            category="Fig 01 – self-repair per head",
+            subcategory="all models",
+        ),
     log:
-        figure_log("fig01"),
+        "results/logs/figures/fig01.log",
     benchmark:
-        figure_benchmark("fig01")
+        "results/benchmarks/figures/fig01.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -32,19 +37,24 @@ rule fig01:
             list(MODELS), [FIG_ABLATION], TOP_SELECTION, extra=[BOOTSTRAP_NOTE]
         ),
     script:
-        figure_script("fig01")
+        "../scripts/fig01_self_repair_per_head.py"
 
 
 rule fig02:
     input:
         summaries=summary_paths(FIGURE_TARGETS["fig02"].model, FIG_ABLATION),
     output:
-        pdf=figure_pdf("fig02"),
-        png=figure_png("fig02", FIGURE_TARGETS["fig02"].model),
+        pdf="results/figures/fig02_de_vs_logit_drop.pdf",
+        png=report(
+            "results/figures/fig02_de_vs_logit_drop.png",
+            caption="../report/fig02.rst",
+            category="Fig 02 – direct effect vs logit drop",
+            subcategory=FIGURE_TARGETS["fig02"].model,
+        ),
     log:
-        figure_log("fig02"),
+        "results/logs/figures/fig02.log",
     benchmark:
-        figure_benchmark("fig02")
+        "results/benchmarks/figures/fig02.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -59,7 +69,7 @@ rule fig02:
             FIGURE_TARGETS["fig02"],
         ),
     script:
-        figure_script("fig02")
+        "../scripts/fig02_de_vs_logit_drop.py"
 
 
 # Figs 21-24: Fig 2 for the other models, beside Fig 2's model moved onto the ideal lines.
@@ -69,12 +79,17 @@ use rule fig02 as fig21_24 with:
             OTHER_MODELS + [FIGURE_TARGETS["fig02"].model], FIG_ABLATION
         ),
     output:
-        pdf=figure_pdf("fig21_24"),
-        png=figure_png("fig21_24", "all models"),
+        pdf="results/figures/fig21-24_de_vs_logit_drop_other_models.pdf",
+        png=report(
+            "results/figures/fig21-24_de_vs_logit_drop_other_models.png",
+            caption="../report/fig21-24.rst",
+            category="Fig 21-24 – direct effect vs logit drop, other models",
+            subcategory="all models",
+        ),
     log:
-        figure_log("fig21_24"),
+        "results/logs/figures/fig21-24.log",
     benchmark:
-        figure_benchmark("fig21_24")
+        "results/benchmarks/figures/fig21-24.tsv"
     params:
         models=OTHER_MODELS + [FIGURE_TARGETS["fig02"].model],
         shown=OTHER_MODELS,
@@ -92,15 +107,20 @@ use rule fig02 as fig21_24 with:
 
 rule fig03:
     input:
-        shards=shard_paths(FIGURE_TARGETS["fig03"].model, FIG_ABLATION),
+        shards=shard_paths("ablation", FIGURE_TARGETS["fig03"].model, FIG_ABLATION),
         picks=pick_paths({"fig03": FIGURE_TARGETS["fig03"]}),
     output:
-        pdf=figure_pdf("fig03"),
-        png=figure_png("fig03", FIGURE_TARGETS["fig03"].model),
+        pdf="results/figures/fig03_tokens_de_vs_logit_drop.pdf",
+        png=report(
+            "results/figures/fig03_tokens_de_vs_logit_drop.png",
+            caption="../report/fig03.rst",
+            category="Fig 03 – per-token direct effect vs logit drop",
+            subcategory=FIGURE_TARGETS["fig03"].model,
+        ),
     log:
-        figure_log("fig03"),
+        "results/logs/figures/fig03.log",
     benchmark:
-        figure_benchmark("fig03")
+        "results/benchmarks/figures/fig03.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -110,19 +130,24 @@ rule fig03:
             resolved(FIGURE_TARGETS["fig03"], input.picks), [FIG_ABLATION]
         ),
     script:
-        figure_script("fig03")
+        "../scripts/fig03_tokens_de_vs_logit_drop.py"
 
 
 rule fig05:
     input:
         unpack(fig05_shards),
     output:
-        pdf=figure_pdf("fig05"),
-        png=figure_png("fig05", FIGURE_TARGETS["fig05"].model),
+        pdf="results/figures/fig05_tokens_by_ablation.pdf",
+        png=report(
+            "results/figures/fig05_tokens_by_ablation.png",
+            caption="../report/fig05.rst",
+            category="Fig 05 – one head under each ablation",
+            subcategory=FIGURE_TARGETS["fig05"].model,
+        ),
     log:
-        figure_log("fig05"),
+        "results/logs/figures/fig05.log",
     benchmark:
-        figure_benchmark("fig05")
+        "results/benchmarks/figures/fig05.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -133,7 +158,7 @@ rule fig05:
             resolved(FIGURE_TARGETS["fig05"], input.picks), ABLATIONS
         ),
     script:
-        figure_script("fig05")
+        "../scripts/fig05_tokens_by_ablation.py"
 
 
 rule fig06:
@@ -141,12 +166,17 @@ rule fig06:
         summaries=summary_paths(list(MODELS), FIG_ABLATION),
         intervals=interval_paths(list(MODELS), FIG_ABLATION),
     output:
-        pdf=figure_pdf("fig06"),
-        png=figure_png("fig06", "all models"),
+        pdf="results/figures/fig06_ln_share.pdf",
+        png=report(
+            "results/figures/fig06_ln_share.png",
+            caption="../report/fig06.rst",
+            category="Fig 06 – LayerNorm share of direct effect",
+            subcategory="all models",
+        ),
     log:
-        figure_log("fig06"),
+        "results/logs/figures/fig06.log",
     benchmark:
-        figure_benchmark("fig06")
+        "results/benchmarks/figures/fig06.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -164,19 +194,24 @@ rule fig06:
             ],
         ),
     script:
-        figure_script("fig06")
+        "../scripts/fig06_ln_share.py"
 
 
 # Fig 11: Fig 6's clipped share beside the unclipped one (same stores and caption paragraph;
 # the shared script draws it by the rule's name).
 use rule fig06 as fig11 with:
     output:
-        pdf=figure_pdf("fig11"),
-        png=figure_png("fig11", "all models"),
+        pdf="results/figures/fig11_ln_share_unclipped.pdf",
+        png=report(
+            "results/figures/fig11_ln_share_unclipped.png",
+            caption="../report/fig11.rst",
+            category="Fig 11 – LayerNorm share, clipped and unclipped",
+            subcategory="all models",
+        ),
     log:
-        figure_log("fig11"),
+        "results/logs/figures/fig11.log",
     benchmark:
-        figure_benchmark("fig11")
+        "results/benchmarks/figures/fig11.tsv"
 
 
 # Only when engine.frozen_ln runs a frozen-LayerNorm variant.
@@ -187,12 +222,17 @@ if FROZEN_BASE:
             normal=summary_paths(list(MODELS), FROZEN_BASE),
             frozen=summary_paths(list(MODELS), f"{FROZEN_BASE}-frozen-ln"),
         output:
-            pdf=figure_pdf("extra_frozen_ln"),
-            png=figure_png("extra_frozen_ln", "all models"),
+            pdf="results/figures/extra_frozen_ln.pdf",
+            png=report(
+                "results/figures/extra_frozen_ln.png",
+                caption="../report/extra_frozen_ln.rst",
+                category="Beyond the paper – frozen LayerNorm",
+                subcategory="all models",
+            ),
         log:
-            figure_log("extra_frozen_ln"),
+            "results/logs/figures/extra_frozen_ln.log",
         benchmark:
-            figure_benchmark("extra_frozen_ln")
+            "results/benchmarks/figures/extra_frozen_ln.tsv"
         conda:
             "../../envs/analysis.yaml"
         params:
@@ -205,7 +245,7 @@ if FROZEN_BASE:
                 TOP_SELECTION,
             ),
         script:
-            figure_script("extra_frozen_ln")
+            "../scripts/extra_frozen_ln.py"
 
 
 # --- the mechanism figures (stores of rules/mechanisms.smk) -----------------------------------
@@ -216,12 +256,17 @@ rule fig04:
         norms=norm_paths(target("fig04")["model"]),
         picks=mech_picks(("fig04",)),
     output:
-        pdf=figure_pdf("fig04"),
-        png=figure_png("fig04", target("fig04")["model"]),
+        pdf="results/figures/fig04_ln_scale_ratio.pdf",
+        png=report(
+            "results/figures/fig04_ln_scale_ratio.png",
+            caption="../report/fig04.rst",
+            category="Fig 04 – final LayerNorm scale ratio",
+            subcategory=target("fig04")["model"],
+        ),
     log:
-        figure_log("fig04"),
+        "results/logs/figures/fig04.log",
     benchmark:
-        figure_benchmark("fig04")
+        "results/benchmarks/figures/fig04.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -231,7 +276,7 @@ rule fig04:
             "fig04", ABLATIONS, TOP_SELECTION, picks=input.picks
         ),
     script:
-        figure_script("fig04")
+        "../scripts/fig04_ln_scale_ratio.py"
 
 
 rule fig16_18:
@@ -239,12 +284,17 @@ rule fig16_18:
         norms=norm_paths(target("fig16_18")["model"]),
         picks=mech_picks(("fig16_18",)),
     output:
-        pdf=figure_pdf("fig16_18"),
-        png=figure_png("fig16_18", target("fig16_18")["model"]),
+        pdf="results/figures/fig16-18_resid_norm_ratio.pdf",
+        png=report(
+            "results/figures/fig16-18_resid_norm_ratio.png",
+            caption="../report/fig16_18.rst",
+            category="Figs 16-18 – residual norm ratio",
+            subcategory=target("fig16_18")["model"],
+        ),
     log:
-        figure_log("fig16_18"),
+        "results/logs/figures/fig16_18.log",
     benchmark:
-        figure_benchmark("fig16_18")
+        "results/benchmarks/figures/fig16_18.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -254,7 +304,7 @@ rule fig16_18:
             "fig16_18", ABLATIONS, ALL_SELECTION, picks=input.picks
         ),
     script:
-        figure_script("fig16_18")
+        "../scripts/fig16_18_resid_norm_ratio.py"
 
 
 rule fig07:
@@ -262,12 +312,17 @@ rule fig07:
         reductions=f"results/{target('fig07')['model']}/neurons/reductions.zarr",
         picks=mech_picks(("fig07",)),
     output:
-        pdf=figure_pdf("fig07"),
-        png=figure_png("fig07", target("fig07")["model"]),
+        pdf="results/figures/fig07_top_repairing_neuron.pdf",
+        png=report(
+            "results/figures/fig07_top_repairing_neuron.png",
+            caption="../report/fig07.rst",
+            category="Fig 07 – top self-repairing neuron",
+            subcategory=target("fig07")["model"],
+        ),
     log:
-        figure_log("fig07"),
+        "results/logs/figures/fig07.log",
     benchmark:
-        figure_benchmark("fig07")
+        "results/benchmarks/figures/fig07.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -279,7 +334,7 @@ rule fig07:
             picks=input.picks,
         ),
     script:
-        figure_script("fig07")
+        "../scripts/fig07_top_repairing_neuron.py"
 
 
 rule fig08:
@@ -289,12 +344,17 @@ rule fig08:
         ],
         picks=mech_picks(("fig08",)),
     output:
-        pdf=figure_pdf("fig08"),
-        png=figure_png("fig08", "one head per model"),
+        pdf="results/figures/fig08_neuron_repair_thresholds.pdf",
+        png=report(
+            "results/figures/fig08_neuron_repair_thresholds.png",
+            caption="../report/fig08.rst",
+            category="Fig 08 – neuron repair thresholds",
+            subcategory="one head per model",
+        ),
     log:
-        figure_log("fig08"),
+        "results/logs/figures/fig08.log",
     benchmark:
-        figure_benchmark("fig08")
+        "results/benchmarks/figures/fig08.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -304,7 +364,7 @@ rule fig08:
             "fig08", [MECH["neurons"]["ablation"]], TOP_SELECTION, picks=input.picks
         ),
     script:
-        figure_script("fig08")
+        "../scripts/fig08_neuron_repair_thresholds.py"
 
 
 rule fig15:
@@ -312,12 +372,17 @@ rule fig15:
         reductions=f"results/{target('fig15')['model']}/neurons/reductions.zarr",
         picks=mech_picks(("fig15",)),
     output:
-        pdf=figure_pdf("fig15"),
-        png=figure_png("fig15", target("fig15")["model"]),
+        pdf="results/figures/fig15_neuron_cumulative_share.pdf",
+        png=report(
+            "results/figures/fig15_neuron_cumulative_share.png",
+            caption="../report/fig15.rst",
+            category="Fig 15 – cumulative neuron self-repair",
+            subcategory=target("fig15")["model"],
+        ),
     log:
-        figure_log("fig15"),
+        "results/logs/figures/fig15.log",
     benchmark:
-        figure_benchmark("fig15")
+        "results/benchmarks/figures/fig15.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -326,7 +391,7 @@ rule fig15:
             "fig15", [MECH["neurons"]["ablation"]], TOP_SELECTION, picks=input.picks
         ),
     script:
-        figure_script("fig15")
+        "../scripts/fig15_neuron_cumulative_share.py"
 
 
 rule fig09:
@@ -334,12 +399,17 @@ rule fig09:
         reinforcement=f"results/{target('fig09')['model']}/reinforcement/reinforcement.zarr",
         picks=mech_picks(("fig09",)),
     output:
-        pdf=figure_pdf("fig09"),
-        png=figure_png("fig09", target("fig09")["model"]),
+        pdf="results/figures/fig09_self_repression.pdf",
+        png=report(
+            "results/figures/fig09_self_repression.png",
+            caption="../report/fig09.rst",
+            category="Fig 09 – self-repression",
+            subcategory=target("fig09")["model"],
+        ),
     log:
-        figure_log("fig09"),
+        "results/logs/figures/fig09.log",
     benchmark:
-        figure_benchmark("fig09")
+        "results/benchmarks/figures/fig09.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -353,17 +423,22 @@ rule fig09:
             picks=input.picks,
         ),
     script:
-        figure_script("fig09")
+        "../scripts/fig09_19_self_repression.py"
 
 
 # Fig 19: Fig 9's head at every measured scale (the same store and caption paragraph).
 use rule fig09 as fig19 with:
     output:
-        pdf=figure_pdf("fig19"),
-        png=figure_png("fig19", target("fig09")["model"]),
+        pdf="results/figures/fig19_self_repression_scales.pdf",
+        png=report(
+            "results/figures/fig19_self_repression_scales.png",
+            caption="../report/fig19.rst",
+            category="Fig 19 – self-repression by scale",
+            subcategory=target("fig09")["model"],
+        ),
     log:
-        figure_log("fig19"),
+        "results/logs/figures/fig19.log",
     benchmark:
-        figure_benchmark("fig19")
+        "results/benchmarks/figures/fig19.tsv"
     params:
         scales=MECH["reinforcement"]["scales"],

@@ -59,7 +59,7 @@ rule norm_ratios:
     input:
         unpack(model_input),
         tokens="results/{model}/tokens.zarr",
-        shards=ablation_shards,
+        shards=shards_of("ablation"),
         picks=lambda w: mech_picks(("fig04", "fig16_18"), w.model),
     output:
         norms=directory("results/{model}/norms/{ablation}.zarr"),

@@ -1,35 +1,18 @@
-# Reductions of the ablation shards: per-head summaries and bootstrap intervals, the table of
-# every model and ablation, and the substitute heads picked from them at run time.
+# Reductions of the ablation shards: per-head summaries and their bootstrap intervals (one job,
+# one pass over the shards), the table of every model and ablation, and the substitute heads
+# picked from them at run time.
 
 
 rule summarize_heads:
     input:
-        shards=ablation_shards,
+        shards=shards_of("ablation"),
     output:
         summary=directory("results/{model}/summary/{ablation}.zarr"),
+        intervals=directory("results/{model}/intervals/{ablation}.zarr"),
     log:
         "results/logs/summarize_heads/{model}/{ablation}.log",
     benchmark:
         "results/benchmarks/summarize_heads/{model}/{ablation}.tsv"
-    conda:
-        "../../envs/analysis.yaml"
-    params:
-        top_fraction=ENGINE["top_fraction"],
-        de_epsilon=ENGINE["de_epsilon"],
-        attrs=run_attrs,
-    script:
-        "../scripts/summarize_heads.py"
-
-
-rule head_intervals:
-    input:
-        shards=ablation_shards,
-    output:
-        intervals=directory("results/{model}/intervals/{ablation}.zarr"),
-    log:
-        "results/logs/head_intervals/{model}/{ablation}.log",
-    benchmark:
-        "results/benchmarks/head_intervals/{model}/{ablation}.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:
@@ -40,7 +23,7 @@ rule head_intervals:
         seed=config["seed"],
         attrs=run_attrs,
     script:
-        "../scripts/head_intervals.py"
+        "../scripts/summarize_heads.py"
 
 
 rule head_table:

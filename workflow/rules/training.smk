@@ -11,12 +11,17 @@ rule training_self_repair:
         clean=training_stores("clean"),
         ablation=training_stores("ablation"),
     output:
-        pdf=figure_pdf("training_self_repair"),
-        png=figure_png("training_self_repair", "models with checkpoints"),
+        pdf="results/figures/training_self_repair.pdf",
+        png=report(
+            "results/figures/training_self_repair.png",
+            caption="../report/training_self_repair.rst",
+            category="Beyond the paper – self-repair over training",
+            subcategory="models with checkpoints",
+        ),
     log:
-        figure_log("training_self_repair"),
+        "results/logs/figures/training_self_repair.log",
     benchmark:
-        figure_benchmark("training_self_repair")
+        "results/benchmarks/figures/training_self_repair.tsv"
     conda:
         "../../envs/analysis.yaml"
     params:

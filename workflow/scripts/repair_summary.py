@@ -7,6 +7,7 @@ from selfrepair.stages.repair import repair_summary
 with logged(snakemake.log[0]):
     repair_summary(
         shards=list(snakemake.input.shards),
+        top_tokens=snakemake.input.top_tokens,
         out=snakemake.output.summary,
         attrs=dict(snakemake.params.attrs, ablation=snakemake.wildcards.ablation),
     )

@@ -1,4 +1,4 @@
-"""Per-head summary of one (model, ablation) over all shards
+"""Per-head summary and bootstrap intervals of one (model, ablation) over all shards
 (selfrepair.stages.summaries.summarize_heads)."""
 
 from selfrepair.stages.joblog import logged, rule_params
@@ -7,7 +7,9 @@ from selfrepair.stages.summaries import summarize_heads
 with logged(snakemake.log[0]):
     summarize_heads(
         shards=list(snakemake.input.shards),
-        **rule_params(snakemake, "top_fraction", "de_epsilon"),
+        **rule_params(snakemake, "top_fraction", "de_epsilon", "level", "seed"),
+        n_resamples=snakemake.params.resamples,
         out=snakemake.output.summary,
+        intervals_out=snakemake.output.intervals,
         attrs=dict(snakemake.params.attrs, ablation=snakemake.wildcards.ablation),
     )

@@ -1,0 +1,127 @@
+"""The memory a model's job needs at least, from the config alone, checked against its
+resources.mem_mb before any job: a checkpoint whose config.json asks for an absurd width fails in
+one line naming the model, not in a job after tokenizing, under a transformers warning.
+
+The estimate is a lower bound: the float32 weights twice (loading holds the Hugging Face model
+and the HookedTransformer at once; a tied unembedding once in the first) and one batch's logits over the vocabulary with their
+log-softmax (clean_cache's loss). It is computed with Python integers, never by allocating.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from selfrepair.config.cluster import model_resources
+from selfrepair.config.errors import ConfigError
+from selfrepair.config.models import LAYER_KEYS
+
+__all__ = ["ModelSize", "check_model_memory", "job_bytes", "model_size"]
+
+FLOAT32 = 4
+WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
+MLP_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "d_mlp")
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+GATED_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "olmoe", "olmo3"})
+LEARNED_POSITION_TYPES = frozenset({"gpt2", "gpt_neo", "opt"})
+
+
+class ModelSize:
+    """Layers, widths, vocabulary and learned positions of a model, as the config knows them."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        d_model: int,
+        d_mlp: int,
+        d_vocab: int,
+        n_positions: int = 0,
+        gated: bool = False,
+        tied: bool = True,
+    ) -> None:
+        self.n_layers, self.d_model, self.d_mlp = n_layers, d_model, d_mlp
+        self.d_vocab, self.n_positions, self.gated, self.tied = d_vocab, n_positions, gated, tied
+
+    def parameters(self) -> int:
+        """The HookedTransformer's: embedding and unembedding (always two matrices), learned
+        positions and every block's attention and MLP weights."""
+        d = self.d_model
+        block = 4 * d * d + (3 if self.gated else 2) * d * self.d_mlp
+        return 2 * self.d_vocab * d + self.n_positions * d + self.n_layers * block
+
+    def loading_parameters(self) -> int:
+        """Held at once while loading: the Hugging Face model's (a tied unembedding once) and
+        the HookedTransformer's."""
+        return 2 * self.parameters() - (self.d_vocab * self.d_model if self.tied else 0)
+
+
+def _int(hf: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+    for key in keys:
+        value = hf.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def model_size(entry: dict[str, Any], config: dict[str, Any]) -> ModelSize | None:
+    """The size of a trained model (its `train`) or a checkpoint by path (its config.json);
+    None for hub models and for a config.json that lacks a count."""
+    if "train" in entry:
+        train = entry["train"]
+        d = train.get("d_model", 128)
+        vocab = config["tokenizers"][train["tokenizer"]].get("vocab_size", 4096)
+        seq = config["data"].get("seq_len", 128)
+        n_positions = seq if train["arch"] == "gpt2" else 0
+        return ModelSize(train.get("n_layers", 4), d, 4 * d, vocab, n_positions)
+    cfg_file = Path(entry["path"]) / "config.json" if "path" in entry else None
+    if cfg_file is None or not cfg_file.is_file():
+        return None
+    hf = json.loads(cfg_file.read_text(encoding="utf-8"))
+    n_layers, d_model = _int(hf, LAYER_KEYS), _int(hf, WIDTH_KEYS)
+    d_vocab = _int(hf, ("vocab_size",))
+    if None in (n_layers, d_model, d_vocab):
+        return None
+    d_mlp = _int(hf, MLP_KEYS) or 4 * d_model
+    learned = hf.get("model_type") in LEARNED_POSITION_TYPES
+    n_positions = (_int(hf, CONTEXT_KEYS) or 0) if learned else 0
+    gated = hf.get("model_type") in GATED_TYPES
+    tied = bool(hf.get("tie_word_embeddings", True))
+    return ModelSize(n_layers, d_model, d_mlp, d_vocab, n_positions, gated, tied)
+
+
+def job_bytes(size: ModelSize, batch_size: int, seq_len: int) -> int:
+    """At least what one job of the model holds: the float32 weights of both models while
+    loading, and a batch's logits and their log-softmax."""
+    return FLOAT32 * size.loading_parameters() + 2 * FLOAT32 * batch_size * seq_len * size.d_vocab
+
+
+def check_model_memory(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
+    """Every model whose size the config knows fits its jobs' resources.mem_mb.
+
+    Args:
+        config: the validated workflow config.
+        entries: the model entries by name (model_entries).
+    """
+    seq_len = config["data"].get("seq_len", 128)
+    for name, entry in entries.items():
+        size = model_size(entry, config)
+        if size is None:
+            continue
+        batch = entry.get("batch_size", config["engine"].get("batch_size", 30))
+        need = job_bytes(size, batch, seq_len)
+        mem_mb = model_resources(config, entry)["mem_mb"]
+        if need > mem_mb * 2**20:
+            raise ConfigError(
+                f"config key models[{name}]: a job of {name} needs at least {_gb(need)} "
+                f"({size.parameters():,} float32 parameters, held twice while loading, and a "
+                f"batch's logits) but resources.mem_mb is {mem_mb:,} MB; raise "
+                f"models[{name}].resources.mem_mb, or check the checkpoint's config.json"
+            )
+
+
+def _gb(n: int) -> str:
+    for unit, factor in (("PB", 2**50), ("TB", 2**40), ("GB", 2**30)):
+        if n >= factor:
+            return f"{n / factor:,.1f} {unit}"
+    return f"{n / 2**20:,.0f} MB"

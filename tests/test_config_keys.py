@@ -1,0 +1,207 @@
+"""Every key of the config schema goes through the workflow's own path: one `snakemake -n` with a
+config that sets every key of the schema must plan, and that config must cover the schema, so a
+new key cannot be tested only through the function under it (a unit test that called
+`attribution_heads` directly once hid a crash of every use of figures.attribution.heads)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import ROOT, SCHEMA
+
+from selfrepair.models.builders import build_model
+
+
+def _resolve(node: dict, root: dict) -> dict:
+    while "$ref" in node and len(node) >= 1:
+        target = root
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def schema_keys(node: dict, root: dict, prefix: str = "") -> set[str]:
+    """Every key path a config can set: `a.b`, `models[].heads`, `tokenizers.*.vocab_size`."""
+    node = _resolve(node, root)
+    keys: set[str] = set()
+    for part in node.get("allOf", []) + node.get("oneOf", []) + node.get("anyOf", []):
+        keys |= schema_keys(part, root, prefix)
+    for name, sub in (node.get("properties") or {}).items():
+        path = f"{prefix}.{name}" if prefix else name
+        keys.add(path)
+        keys |= schema_keys(sub, root, path)
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        keys |= schema_keys(extra, root, f"{prefix}.*")
+    items = node.get("items")
+    if isinstance(items, dict):
+        keys |= schema_keys(items, root, f"{prefix}[]")
+    return keys
+
+
+def config_keys(value, prefix: str = "") -> set[str]:
+    """The key paths a config sets, in schema_keys' spelling (list items as [])."""
+    keys: set[str] = set()
+    if isinstance(value, dict):
+        for name, sub in value.items():
+            path = f"{prefix}.{name}" if prefix else name
+            keys.add(path)
+            keys |= config_keys(sub, path)
+    elif isinstance(value, list):
+        for item in value:
+            keys |= config_keys(item, f"{prefix}[]")
+    return keys
+
+
+def _covered(schema_key: str, keys: set[str]) -> bool:
+    pattern = re.escape(schema_key).replace(r"\*", r"[^.\[\]]+")
+    return any(re.fullmatch(pattern, key) for key in keys)
+
+
+def checkpoint(path: Path, seed: int) -> str:
+    build_model("gpt2", 300, 2, 16, 2, 16, seed=seed).save_pretrained(str(path))
+    return str(path)
+
+
+def every_key_config(tmp: Path) -> dict:
+    """A valid config that sets every key of the schema (most to a value other than its
+    default), on models the dry run can plan offline: a trained one, one by path with a local
+    checkpoint, a Pythia hub model with a revision, a hub model by bare name."""
+    text = tmp / "corpus.txt"
+    text.write_text("def f(x):\n    return x\n" * 50)
+    hub = {"path": "NeelNanda/pile-10k", "name": None, "split": "train", "text_column": "text"}
+    corpus = {"source": "text_files", "split": "all", "hub": hub, "files": [str(text)]}
+    resources = {"threads": 1, "mem_mb": 2000, "runtime": 5}
+    target = {"model": "m-train", "heads": [[1, 0]]}
+    substitute = {"model": "m-train", "pick": "largest_top_de", "n": 1, "rank": 1}
+    return {
+        "device": "cpu",
+        "dtype": "float32",
+        "seed": 3,
+        "data": {
+            "corpus": corpus,
+            "n_tokens": 1024,
+            "seq_len": 16,
+            "shard_rows": 32,
+        },
+        "engine": {
+            "batch_size": 8,
+            "heads_per_pass": 2,
+            "mean_include_bos": False,
+            "top_fraction": 0.05,
+            "frozen_ln": ["mean"],
+            "de_epsilon": 0.02,
+            "attribution": True,
+        },
+        "ablations": ["mean", "resample", "zero"],
+        "resources": resources,
+        "checkpoint_shards": 1,
+        "tokenizers": {"t1": {"vocab_size": 300, "corpus": corpus | {"split": "train"}}},
+        "models": [
+            {
+                "name": "m-train",
+                "train": {
+                    "arch": "gpt2",
+                    "tokenizer": "t1",
+                    "n_layers": 2,
+                    "d_model": 16,
+                    "n_heads": 2,
+                    "steps": 10,
+                    "batch_size": 2,
+                    "lr": 0.01,
+                    "seed": 1,
+                    "keep_steps": [0, 5],
+                },
+                "heads": [[0, 0], [1, 0], [1, 1]],
+                "batch_size": 4,
+                "resources": resources,
+            },
+            {
+                "name": "m-path",
+                "path": checkpoint(tmp / "ckpt", 0),
+                "checkpoints": [{"step": 1, "path": checkpoint(tmp / "ckpt-1", 1)}],
+                "step": 2,
+            },
+            {"name": "pythia-160m", "revisions": ["step1000"], "heads": [[11, 2]]},
+            "gpt2-small",
+        ],
+        "figures": {
+            "attribution": {"most_repaired": 2, "repairers": 3, "heads": {"m-train": [[0, 0]]}},
+            "ablation": "mean",
+            "bootstrap": {"resamples": 20, "level": 0.9},
+            "fig02": {"model": "m-path", "substitute": {"model": "m-train"}},
+            "fig03": {"model": "pythia-410m", "heads": [[22, 11]], "substitute": substitute},
+            "fig05": {"model": "pythia-160m", "heads": [[11, 2]], "substitute": target},
+            "fig21_24": {"models": ["m-path"]},
+        },
+        "explorer": {"tokens_per_head": 5, "context": 8},
+        "mechanisms": {
+            "neurons": {
+                "ablation": "zero",
+                "mlp_layer": -1,
+                "top_n": 3,
+                "thresholds": [0.5, 0.1],
+                "ranks": 5,
+                "fig07": {"model": "pythia-160m", "heads": [[10, 11]], "substitute": target},
+                "fig08": [{"model": "m-train", "heads": [[1, 0]]}],
+                "fig15": {"model": "pythia-160m", "heads": [[10, 11]], "substitute": target},
+            },
+            "norms": {
+                "fig04": {"model": "m-train", "heads": [[1, 1]]},
+                "fig16_18": {"model": "gpt2-small", "heads": [[11, 3]], "substitute": target},
+            },
+            "reinforcement": {
+                "scales": [1, 2],
+                "rows": 2,
+                "seq_len": 4,
+                "second_half": True,
+                "fig09": {
+                    "model": "gpt2-medium",
+                    "heads": [[21, 1]],
+                    "substitute": {"model": "m-train", "pick": "most_self_repressing"},
+                },
+            },
+        },
+    }
+
+
+def test_the_every_key_config_covers_the_schema(tmp_path):
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    keys = config_keys(every_key_config(tmp_path))
+    missing = sorted(k for k in schema_keys(schema, schema) if not _covered(k, keys))
+    assert missing == [], f"add these keys to every_key_config: {missing}"
+
+
+def dry_run(configfile: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--configfile", str(configfile)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def every_key_plan(tmp_path_factory) -> str:
+    tmp = tmp_path_factory.mktemp("every-key")
+    configfile = tmp / "every-key.yaml"
+    configfile.write_text(json.dumps(every_key_config(tmp)))
+    proc = dry_run(configfile)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def test_a_config_with_every_key_plans_through_snakemake(every_key_plan):
+    jobs = set(re.findall(r"^rule (\w+):", every_key_plan, flags=re.MULTILINE))
+    # Every key reached its rules: training checkpoints, attribution, the mechanism stages.
+    expected = {"train_model", "share_tokens", "ablate", "repair_detail", "neuron_effects"}
+    assert expected | {"self_reinforcement", "training_self_repair", "head_explorer"} <= jobs
