@@ -259,6 +259,8 @@ def test_fig08_has_the_papers_four_panels(paper_run, monkeypatch):
     with zipfile.ZipFile(run / "report.zip") as archive:
         page = archive.read(next(n for n in archive.namelist() if n.endswith("report.html")))
     page = page.decode()  # captions sit in JSON there: non-ASCII characters escaped
+    # docutils renders what it cannot parse as "System Message" text into the page.
+    assert "System Message" not in page, page[page.find("System Message") - 300 :][:600]
     assert "llama-7b normalises with RMSNorm" in page and "RMSNorm scale sqrt(mean(x" in page
     assert "llama-7b's MLP is gated: neuron n's activation is silu(x" in page
     assert "substitute for the paper's pythia-410m L17H4" in page
