@@ -1,12 +1,17 @@
 """The paper's own configuration, run end to end offline: config/config.yaml with the size-only
-overlay config/paper-ci.yaml (gpt2-small and pythia-160m, official names, the paper's heads),
-through a Hugging Face cache filled by tools/offline_hub.py (random weights, real configs and
-tokenizer sizes; NeelNanda/pile-10k as `hf download` leaves it), with HF_HUB_OFFLINE=1.
+overlay config/paper-ci.yaml (gpt2-small and pythia-160m, official names, the paper's heads) and
+the paper's Llama-7B (config/paper-llama.yaml, at CI size config/paper-llama-ci.yaml: a local
+checkpoint by `path`), through a Hugging Face cache filled by tools/offline_hub.py (random
+weights, real configs and tokenizer sizes; NeelNanda/pile-10k as `hf download` leaves it; the
+Llama-7B stand-in a folder with its config.json's layer and head counts, reduced widths), with
+HF_HUB_OFFLINE=1.
 
 Checked: the stores' provenance names the official models, their hub revisions and the Pile by
-`datasets`; every figure and the report are made; no figure whose paper head lives on these two
-models is drawn with a substitute; and the engine's clean logit and resample logit_diff agree
-with Hugging Face transformers' own forward pass of the same checkpoint (not TransformerLens).
+`datasets`; every figure and the report are made; no figure whose paper head lives on these three
+models is drawn with a substitute; the engine's clean logit and resample logit_diff agree with
+Hugging Face transformers' own forward pass of the same checkpoint (not TransformerLens); Fig 8
+has the paper's four panels, and its Llama-7B panel (and the neuron direct effects under it) equal
+a recomputation with transformers alone.
 
 Slow: about 10 minutes on 2 free cores (README, "Tests"). SELFREPAIR_PAPER_RUN=<dir> checks a
 finished run there instead (its HF_HOME in <dir>/hf).
@@ -33,12 +38,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import offline_hub  # noqa: E402
 
+import selfrepair.config as sr_config  # noqa: E402
+from selfrepair.stages.figures import fig08  # noqa: E402
+
 # The paper's config has no training checkpoints, so no training figure; every other figure.
 FIGURES = figure_names(frozen_ln=True, training=False)
 
 pytestmark = pytest.mark.slow
 
 MODELS = {"gpt2-small": "gpt2", "pythia-160m": "EleutherAI/pythia-160m"}
+# The overlays, in order; the last puts paper-llama.yaml's Llama-7B on the stand-in at LLAMA_PATH.
+OVERLAYS = ("config/paper-ci.yaml", "config/paper-llama.yaml", "config/paper-llama-ci.yaml")
+LLAMA, LLAMA_HEAD, LLAMA_PATH = "llama-7b", (30, 8), "resources/llama-7b-standin"
 # The paper's figure heads that are not on gpt2-small or pythia-160m: the overlay names a
 # substitute for each, and the caption says so.
 SUBSTITUTED = ("pythia-1b", "pythia-410m L22H11", "pythia-410m L17H4", "gpt2-medium L21H1")
@@ -54,7 +65,7 @@ def environment(hf_home: Path) -> dict[str, str]:
 
 def snakemake(run: Path, hf_home: Path, *args: str, timeout: int) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--configfile", "config/paper-ci.yaml", *args],
+        [sys.executable, "-m", "snakemake", "--configfile", *OVERLAYS, *args],
         cwd=run,
         env=environment(hf_home),
         capture_output=True,
@@ -77,7 +88,7 @@ def paper_run(tmp_path_factory) -> tuple[Path, Path, dict]:
         for name in ("workflow", "config", "selfrepair"):
             (run / name).symlink_to(ROOT / name)
         hf_home = run / "hf"
-        offline_hub.fill(hf_home, list(MODELS))
+        offline_hub.fill(hf_home, list(MODELS), llama=run / LLAMA_PATH)
         snakemake(run, hf_home, "--cores", "2", timeout=3600)
         snakemake(run, hf_home, "--cores", "1", "--report", "report.zip", timeout=900)
     commits = {}
@@ -118,7 +129,7 @@ def test_every_figure_and_the_report(paper_run):
     ) + page.count("substitute for the paper's pythia-410m") + page.count(
         "substitute for the paper's gpt2-medium"
     )
-    for model in MODELS:
+    for model in (*MODELS, LLAMA):
         assert f"substitute for the paper's {model}" not in page
 
 
@@ -319,3 +330,198 @@ def test_ioi_logit_difference_matches_transformers_with_the_abc_patch(ioi_run):
         err = np.abs(got.values - expected).max()
         print(f"IOI {kind}: |logit diff change| up to {size:.3g}, off by {err:.2g}")
         assert err <= 1e-5 + 2e-4 * size, (kind, err, size)
+
+
+# --- Llama-7B (config/paper-llama.yaml) ------------------------------------------------------
+
+
+def run_targets(run: Path, monkeypatch) -> list[dict]:
+    """Fig 8's targets as the run's rule got them: the merged config, resolved in the run
+    directory (where the stand-in's relative `path` points)."""
+    from helpers import SCHEMA, load, merged
+
+    config = load("config.yaml")
+    for overlay in OVERLAYS:
+        config = merged(config, load(Path(overlay).name))
+    monkeypatch.chdir(run)
+    sr_config.validate_run(config, SCHEMA)
+    return [t.as_params() for t in sr_config.mechanism_targets(config)["fig08"]]
+
+
+def test_llama_stores_record_the_local_checkpoint(paper_run):
+    """Loaded by `path`, as a user's llama-7b-hf folder: its weights' digest, its tokenizer (BOS
+    <s> = 1, EOS </s> = 2, 32,000 tokens) and Llama-7B's 32 layers x 32 heads."""
+    import hashlib
+
+    run, _, _ = paper_run
+    folder = run / LLAMA_PATH
+    digest = hashlib.sha256()
+    for weights in sorted(folder.glob("*.safetensors")):
+        digest.update(weights.name.encode() + weights.read_bytes())
+    attrs = xr.open_zarr(run / "results" / LLAMA / "tokens.zarr").attrs
+    assert attrs["model"] == LLAMA and attrs["tokenizer"] == LLAMA_PATH
+    assert attrs["model_revision"] == f"sha256:{digest.hexdigest()}"
+    assert (attrs["bos_id"], attrs["eos_id"], attrs["vocab_size"]) == (1, 2, 32000)
+    assert attrs["dataset"] == "NeelNanda/pile-10k"
+    clean = xr.open_zarr(run / "results" / LLAMA / "clean" / "shard-000.zarr")
+    assert (clean.sizes["layer"], clean.sizes["head"]) == (32, 32)
+    assert clean.attrs["model_revision"] == attrs["model_revision"]
+
+
+def test_fig08_has_the_papers_four_panels(paper_run, monkeypatch):
+    """Llama-7B L30H8 first, as in the paper, then gpt2-small L9H11, pythia-160m L7H8 and
+    pythia-410m L17H4's substitute; the captions define Llama's RMSNorm scale and gated neurons."""
+    run, _, _ = paper_run
+    targets = run_targets(run, monkeypatch)
+    stores = [str(run / "results" / t["model"] / "neurons" / "reductions.zarr") for t in targets]
+    fig = fig08(stores, targets, ranks=50)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [
+        "llama-7b L30H8",
+        "gpt2-small L9H11",
+        "pythia-160m L7H8",
+        "pythia-160m L10H11",
+    ]
+    assert (run / "results" / "figures" / "fig08_neuron_repair_thresholds.png").stat().st_size
+    with zipfile.ZipFile(run / "report.zip") as archive:
+        page = archive.read(next(n for n in archive.namelist() if n.endswith("report.html")))
+    page = page.decode()  # captions sit in JSON there: non-ASCII characters escaped
+    # docutils renders what it cannot parse as "System Message" text into the page.
+    assert "System Message" not in page, page[page.find("System Message") - 300 :][:600]
+    assert "llama-7b normalises with RMSNorm" in page and "RMSNorm scale sqrt(mean(x" in page
+    assert "llama-7b's MLP is gated: neuron n's activation is silu(x" in page
+    assert "substitute for the paper's pythia-410m L17H4" in page
+
+
+def llama_effects(folder: Path, rows: torch.Tensor, partner: torch.Tensor) -> dict[str, np.ndarray]:
+    """transformers alone (no TransformerLens, no selfrepair): on every token (row, position
+    0..n-2), L30H8's clean direct effect and every neuron's clean and resample-ablated direct
+    effect in the last MLP layer, as the paper defines them for an RMSNorm model: the component's
+    output . u / s, u the unembedding row of the correct token centred over the vocabulary and
+    scaled by the final RMSNorm weight, s = sqrt(mean(x^2) + eps) of the clean final residual x.
+    A neuron's activation is what the down projection reads (act(gate) x up), its output row the
+    down projection's column; the ablation puts the partner row's slice of L30H8 into the input of
+    layer 30's output projection."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    layer, head = LLAMA_HEAD
+    d_head = hf.config.hidden_size // hf.config.num_attention_heads
+    part = slice(head * d_head, (head + 1) * d_head)
+    o_proj = hf.model.layers[layer].self_attn.o_proj
+    down = hf.model.layers[-1].mlp.down_proj
+
+    def run(z=None):
+        """A forward pass (z: the input of layer 30's output projection to put L30H8's slice
+        from); what the down projection, the final norm and the output projection read."""
+        kept, hooks = {}, []
+        if z is not None:  # first, so that the hooks below see the swapped input
+
+            def swap(module, args):
+                new = args[0].clone()
+                new[..., part] = z[..., part]
+                return (new,)
+
+            hooks.append(o_proj.register_forward_pre_hook(swap))
+        hooks += [
+            down.register_forward_pre_hook(lambda m, a: kept.update(post=a[0].clone())),
+            hf.model.norm.register_forward_pre_hook(lambda m, a: kept.update(x=a[0].clone())),
+            o_proj.register_forward_pre_hook(lambda m, a: kept.update(z=a[0].clone())),
+        ]
+        with torch.no_grad():
+            kept["logit"] = torch.from_numpy(correct_centred(hf(rows).logits, rows))
+        for hook in hooks:
+            hook.remove()
+        return kept
+
+    clean = run()
+    ablated = run(z=clean["z"][partner])
+    assert not torch.equal(ablated["z"], clean["z"])  # the swap reached the projection
+    logits = clean.pop("logit"), ablated.pop("logit")
+    clean, ablated = ({k: v[:, :-1].double() for k, v in r.items()} for r in (clean, ablated))
+    with torch.no_grad():
+        w_u = hf.lm_head.weight.double()
+        u = ((w_u - w_u.mean(0)) * hf.model.norm.weight.double())[rows[:, 1:]]
+        scale = torch.sqrt(clean["x"].pow(2).mean(-1) + hf.config.rms_norm_eps)
+        per_unit = torch.einsum("dn,rpd->rpn", down.weight.double(), u) / scale[..., None]
+        w_o = o_proj.weight[:, part].double()
+        head_de = torch.einsum("dk,rpk,rpd->rp", w_o, clean["z"][..., part], u) / scale
+    return {
+        "logit_clean": logits[0].numpy(),
+        "logit_diff": (logits[1] - logits[0]).numpy(),
+        "head_de": head_de.numpy(),
+        "neuron_clean": (clean["post"] * per_unit).numpy(),
+        "neuron_ablated": (ablated["post"] * per_unit).numpy(),
+    }
+
+
+def top_token_indices(score: np.ndarray, fraction: float) -> np.ndarray:
+    """Flat indices (row * positions + position) of the top ceil(fraction x tokens) tokens by
+    score, ties to the earlier token, in token order."""
+    flat = score.ravel()
+    k = max(1, int(np.ceil(fraction * flat.size)))
+    return np.sort(np.lexsort((np.arange(flat.size), -flat))[:k])
+
+
+def test_llama_fig08_panel_equals_transformers(paper_run, monkeypatch):
+    """Fig 8's Llama-7B panel, as the figure rule draws it, against transformers alone: L30H8's
+    top 2% tokens by clean direct effect, every neuron's clean and ablated direct effect on them
+    (to float tolerance), and for the k-th best self-repairing neuron the share of those tokens
+    on which it repairs at least each threshold of the head's clean direct effect (exactly,
+    but for a comparison within float error of its threshold)."""
+    run, _, _ = paper_run
+    results = run / "results" / LLAMA
+    rows = torch.from_numpy(xr.open_zarr(results / "tokens.zarr").tokens.values.astype(np.int64))
+    ablated = xr.open_zarr(results / "ablation" / "resample" / "shard-000.zarr")
+    partner = torch.as_tensor(ablated.resample_source.values).long()
+    assert len(rows) == len(partner)  # one shard: global rows are the shard's
+    ref = llama_effects(run / LLAMA_PATH, rows, partner)
+    n_pos = ref["head_de"].shape[1]
+    # The path route's clean pass and its resample ablation of L30H8, as for the hub models.
+    clean = xr.open_zarr(results / "clean" / "shard-000.zarr")
+    for got, expected in (
+        (clean.logit_clean.values, ref["logit_clean"]),
+        (ablated.logit_diff.sel(layer=LLAMA_HEAD[0], head=LLAMA_HEAD[1]).values, ref["logit_diff"]),
+    ):
+        size = np.abs(expected).max()
+        print(f"logit: up to {size:.3g}, off by {np.abs(got - expected).max():.2g}")
+        assert size > 1e-3 and np.abs(got - expected).max() <= 1e-5 + 2e-4 * size
+
+    selected = xr.open_zarr(results / "neurons" / "selected.zarr").sel(
+        head="L30H8", selection="head_de"
+    )
+    fraction = float(selected.attrs["top_fraction"])
+    top = top_token_indices(ref["head_de"], fraction)
+    got = selected.token_row.values * n_pos + selected.token_pos.values
+    np.testing.assert_array_equal(got, top)
+    r, p = np.divmod(top, n_pos)
+    head_de = ref["head_de"][r, p]
+    np.testing.assert_allclose(selected.score.values, head_de, rtol=1e-4, atol=1e-7)
+    size = np.abs(ref["neuron_clean"][r, p]).max()
+    for run_name in ("clean", "ablated"):
+        err = np.abs(selected[f"neuron_de_{run_name}"].values - ref[f"neuron_{run_name}"][r, p])
+        print(f"neuron DE {run_name}: up to {size:.3g}, off by {err.max():.2g}")
+        assert err.max() <= 1e-4 * size, run_name
+    delta = ref["neuron_ablated"][r, p] - ref["neuron_clean"][r, p]
+    got_delta = (selected.neuron_de_ablated - selected.neuron_de_clean).values
+    err = np.abs(got_delta - delta).max()
+    print(f"neuron self-repair: up to {np.abs(delta).max():.3g}, off by {err:.2g}")
+    assert err <= 1e-3 * np.abs(delta).max()
+
+    targets = run_targets(run, monkeypatch)
+    stores = [str(run / "results" / t["model"] / "neurons" / "reductions.zarr") for t in targets]
+    fig = fig08(stores, targets, ranks=50)
+    (panel,) = [ax for ax in fig.axes if ax.get_title() == "llama-7b L30H8"]
+    thresholds = xr.open_zarr(results / "neurons" / "reductions.zarr").threshold.values
+    ranked = -np.sort(-delta, axis=1)[:, :50]
+    tol = 1e-4 * np.abs(delta).max()
+    drawn = 0
+    for line, t in zip(panel.lines, thresholds, strict=True):
+        np.testing.assert_array_equal(line.get_xdata(), np.arange(1, 51))
+        y = np.asarray(line.get_ydata())
+        low = (ranked - tol >= t * head_de[:, None]).mean(0)
+        high = (ranked + tol >= t * head_de[:, None]).mean(0)
+        assert np.all((low - 1e-6 <= y) & (y <= high + 1e-6)), t  # y: float32 shares
+        print(f"threshold {t:.0%}: {int((low != high).sum())} ranks within float error")
+        drawn += int((y > 0).sum())
+    assert drawn > 10  # the panel shows repair, not only zeros

@@ -22,12 +22,16 @@ Layouts (the real ones, as huggingface_hub and datasets write them):
 - `--datasets-cache`: the data set instead as an online `datasets.load_dataset` leaves it,
   HF_HOME/datasets/NeelNanda___pile-10k/default/0.0.0/<commit>/ (Arrow files and
   dataset_info.json).
+- `--llama DIR`: a Llama-7B stand-in, not in the hub cache but as a local checkpoint folder
+  (TransformerLens loads Llama-7B only from one; config/paper-llama.yaml's `path`): Llama-7B's
+  config.json with reduced widths, float16 safetensors shards, a LlamaTokenizer (write_llama).
 
 The commits are sha1 digests of the files written (stable across runs), not the hub's.
 
 Usage:
     python tools/offline_hub.py HF_HOME [--models gpt2-small pythia-160m ...] [--documents N]
                                         [--datasets-cache] [--revisions step1000 ...]
+                                        [--llama resources/llama-7b-standin]
 """
 
 from __future__ import annotations
@@ -112,6 +116,45 @@ MODELS = {
 # Tokenizer vocabulary sizes: GPT-2 50,257 (<|endoftext|> last); Pythia's GPT-NeoX tokenizer
 # 50,277 (<|endoftext|> 0, <|padding|> 1; the model's 50,304 rows leave padding room).
 GPT2_VOCAB, NEOX_VOCAB = 50257, 50277
+
+# Llama-7B's config.json as a converted checkpoint has it (Meta's LLaMA 7B through transformers'
+# convert_llama_weights_to_hf; the values published for huggyllama/llama-7b, not fetched here:
+# every field TransformerLens' own llama-7b-hf table sets agrees, tests/test_paper_llama.py).
+# TransformerLens 3.9 knows this model only as a local checkpoint (llama-7b-hf, weights passed
+# in), so the paper's config loads it by `path` (config/paper-llama.yaml) and its stand-in is a
+# folder, not a hub snapshot.
+LLAMA_7B = {
+    "architectures": ["LlamaForCausalLM"],
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "initializer_range": 0.02,
+    "intermediate_size": 11008,
+    "max_position_embeddings": 2048,
+    "max_sequence_length": 2048,
+    "model_type": "llama",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "pad_token_id": 0,
+    "rms_norm_eps": 1e-06,
+    "tie_word_embeddings": False,
+    "torch_dtype": "float16",
+    "transformers_version": "4.28.0.dev0",
+    "use_cache": True,
+    "vocab_size": 32000,
+}
+# The stand-in's reduced widths (write_llama): Llama-7B's 32 layers x 32 heads, RMSNorm, gated
+# SiLU MLP, context and vocabulary, with d_model 256 (d_head 8) and d_mlp 688 (Llama's
+# 11008 / 4096), so a CPU runs it in seconds.
+LLAMA_CI_WIDTHS = {"hidden_size": 256, "intermediate_size": 688}
+# The standard deviation of its random matrices (Llama's initializer_range is 0.02): at 0.02 a
+# 32-layer random Llama barely reacts to one head, so that ablating L30H8 moves no neuron of the
+# last MLP by 1% of the head's direct effect and Fig 8's panel would be all zero; at 0.1 the
+# panel's curves have something to show and to check.
+LLAMA_CI_INIT = 0.1
+# Marks a folder write_llama wrote, the only kind it replaces (never a real checkpoint).
+STANDIN_MARK = "STAND-IN.md"
 
 
 def repo_for(name: str) -> str:
@@ -222,6 +265,76 @@ def neox_tokenizer_files(documents: list[str], out: Path) -> None:
     (out / "tokenizer_config.json").write_text(
         json.dumps({"add_prefix_space": False, "tokenizer_class": "GPTNeoXTokenizer", **specials})
     )
+
+
+def llama_tokenizer_files(documents: list[str], out: Path) -> None:
+    """Llama's tokenizer files (tokenizer.json, tokenizer_config.json) as transformers'
+    LlamaTokenizer saves them: a BPE with byte fallback over "▁"-marked words, <unk> 0, <s> 1,
+    </s> 2, the 256 byte tokens <0x00>..<0xFF> next, 32,000 tokens in all."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaTokenizer
+
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    backend = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(
+        vocab_size=LLAMA_7B["vocab_size"],
+        min_frequency=1,
+        special_tokens=specials,
+        limit_alphabet=1000,
+        show_progress=False,
+    )
+    backend.train_from_iterator(documents, trainer=trainer)
+    vocab, merges = _bpe_files(backend)
+    if len(vocab) != LLAMA_7B["vocab_size"]:
+        raise RuntimeError(f"the corpus gave a BPE of {len(vocab)} tokens, not 32000")
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges])
+    tokenizer.save_pretrained(str(out))
+
+
+def write_llama(out: Path, documents: list[str], seed: int = 0) -> Path:
+    """A Llama-7B stand-in as a local Hugging Face checkpoint folder, the layout of a converted
+    llama-7b-hf: config.json (LLAMA_7B with LLAMA_CI_WIDTHS), random weights in float16 as
+    safetensors shards with their index (save_pretrained's), generation_config.json and a
+    LlamaTokenizer trained here. Weights: Hugging Face's own initialisation, seeded, with
+    standard deviation LLAMA_CI_INIT, except the RMSNorm weights, drawn around 1 (initialised to
+    exactly 1 they would leave the folding of the norm weights into the next matrices
+    untested). Refuses to replace a folder it did not write. Returns out.
+
+    Args:
+        out: the folder to write (replaced if an earlier stand-in).
+        documents: the tokenizer's training texts.
+        seed: the weights' seed.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if out.exists() and not (out / STANDIN_MARK).is_file():
+        raise SystemExit(f"{out} exists and is not a stand-in written here; choose another folder")
+    config = {**LLAMA_7B, **LLAMA_CI_WIDTHS}
+    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
+        files = Path(tmp) / "llama"
+        torch.manual_seed(seed)
+        hf_config = AutoConfig.for_model(**{**config, "initializer_range": LLAMA_CI_INIT})
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    param.copy_(1 + 0.2 * torch.randn(param.shape, generator=gen))
+        model.half().save_pretrained(str(files), max_shard_size="40MB")
+        (files / "config.json").write_text(json.dumps(config, indent=2))  # the 7B file's keys
+        llama_tokenizer_files(documents, files)
+        (files / STANDIN_MARK).write_text(
+            "Random-weight stand-in for Llama-7B (Llama-7B's config.json with reduced widths; "
+            f"weights drawn with standard deviation {LLAMA_CI_INIT}, RMSNorm weights around 1), "
+            "written by tools/offline_hub.py --llama. Not a trained model.\n"
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(files), out)
+    return out
 
 
 def weight_files(config: dict, out: Path, seed: int) -> None:
@@ -344,9 +457,11 @@ def fill(
     datasets_cache: bool = False,
     seed: int = 0,
     revisions: tuple[str, ...] = (),
+    llama: Path | None = None,
 ) -> dict:
     """Fill hf_home (see the module docstring); returns {repo id: commit}. revisions: training
-    revisions written beside main for each Pythia model."""
+    revisions written beside main for each Pythia model; llama: a folder to write a Llama-7B
+    stand-in to (write_llama; a local checkpoint, outside hf_home's hub cache)."""
     hub_cache = hf_home / "hub"
     hub_cache.mkdir(parents=True, exist_ok=True)
     documents = stdlib_documents()
@@ -360,6 +475,10 @@ def fill(
             )
             commits[repo_id] = commit
             print(f"{name}: {repo_id}@{commit} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if llama is not None:
+        t0 = time.perf_counter()
+        write_llama(llama, documents, seed + len(models))
+        print(f"llama-7b stand-in: {llama} ({time.perf_counter() - t0:.0f} s)", flush=True)
     pile = documents if n_documents is None else documents[:n_documents]
     if datasets_cache:
         commits[DATASET] = fill_datasets_cache(hf_home / "datasets", pile)
@@ -387,6 +506,13 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="training revisions (step<N>) written beside main for each Pythia model",
     )
+    parser.add_argument(
+        "--llama",
+        type=Path,
+        default=None,
+        help="also write a Llama-7B stand-in (Llama-7B's config.json, reduced widths, random "
+        "weights) as a local checkpoint folder here, for config/paper-llama.yaml's `path`",
+    )
     args = parser.parse_args(argv)
     fill(
         args.hf_home,
@@ -395,6 +521,7 @@ def main(argv: list[str] | None = None) -> None:
         args.datasets_cache,
         args.seed,
         revisions=tuple(args.revisions),
+        llama=args.llama,
     )
 
 

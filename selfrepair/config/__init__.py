@@ -54,6 +54,7 @@ from selfrepair.config.models import (
     parallel_blocks,
     pickled_weights_message,
     pickled_weights_problem,
+    rms_gated_activation,
 )
 from selfrepair.config.picks import (
     candidate_layers,
@@ -125,6 +126,7 @@ __all__ = [
     "read_record",
     "record_for",
     "pick_targets",
+    "rms_gated_activation",
     "runtime_for_attempt",
     "shard_bounds",
     "target_with_pick",

@@ -25,6 +25,7 @@ __all__ = [
     "LOCAL_ARCHITECTURES",
     "NON_CAUSAL_TYPES",
     "PARALLEL_TYPES",
+    "RMS_GATED_TYPES",
     "architecture_problem",
     "check_device_dtype",
     "check_hub_names",
@@ -37,6 +38,7 @@ __all__ = [
     "parallel_blocks",
     "pickled_weights_message",
     "pickled_weights_problem",
+    "rms_gated_activation",
 ]
 
 
@@ -179,6 +181,26 @@ def parallel_blocks(entry: dict[str, Any]) -> bool | None:
         return bool(hf.get("use_parallel_residual", hf.get("model_type") in PARALLEL_TYPES))
     name = entry["name"].lower()
     return True if name.startswith("pythia") else (False if name in KNOWN_DIMS else None)
+
+
+# config.json model types that TransformerLens 3.9 converts into RMSNorm blocks with a gated MLP
+# (Llama, and the architectures built like it that tests/test_architectures.py loads by path).
+RMS_GATED_TYPES = frozenset({"llama", "mistral", "qwen2"})
+
+
+def rms_gated_activation(entry: dict[str, Any]) -> str | None:
+    """The gated MLP's activation (config.json `hidden_act`, e.g. silu) of a model that
+    normalises with RMSNorm and has a gated MLP (a `path` entry of a type in RMS_GATED_TYPES,
+    such as Llama); None for every other entry (GPT-2, Pythia, the demo's models: LayerNorm).
+    Captions say what the paper's LayerNorm terms and neurons are for such a model.
+
+    Args:
+        entry: a model entry (model_entries' dict form).
+    """
+    hf = _checkpoint_config(entry) if "path" in entry else None
+    if hf is None or hf.get("model_type") not in RMS_GATED_TYPES:
+        return None
+    return str(hf.get("hidden_act", "silu"))
 
 
 # Architectures (config.json `architectures`) that TransformerLens 3.9 converts from a local

@@ -11,10 +11,11 @@ import json
 import logging
 import pickle
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer
+from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from selfrepair.config import (
     ConfigError,
@@ -29,6 +30,7 @@ __all__ = [
     "PROCESSING",
     "load_local_checkpoint",
     "load_model",
+    "local_checkpoint_config",
     "resolve_device",
     "resolve_dtype",
 ]
@@ -127,38 +129,14 @@ def load_local_checkpoint(path: str, device: str = "cpu", dtype=torch.float32) -
     from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root = Path(path)
-    if not (root / "config.json").is_file():
-        raise FileNotFoundError(
-            f"model path {path!r} has no config.json: point `path` at a Hugging Face checkpoint "
-            "directory (save_pretrained output)"
-        )
-    root = str(root.resolve())
+    root = _checkpoint_root(path)
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32)
     except pickle.UnpicklingError:
         problem = pickled_weights_problem(root) or "its pickled weights are refused by torch"
         raise ConfigError(pickled_weights_message(path, problem)) from None
-    # TransformerLens picks some architectures by substrings of the path ("llama", "gemma")
-    # before it reads config.json, and reads GPT2Config.n_ctx, which transformers 5 dropped.
-    # So it is shown a neutrally named directory of links to the checkpoint's files, with a
-    # config.json that has n_ctx (= n_positions) where that is missing.
-    with tempfile.TemporaryDirectory(prefix="selfrepair-ckpt-") as tmp:
-        view = Path(tmp) / "checkpoint"
-        view.mkdir()
-        for item in Path(root).iterdir():
-            if item.name != "config.json":
-                (view / item.name).symlink_to(item)
-        hf_config = json.loads((Path(root) / "config.json").read_text())
-        if "n_positions" in hf_config and "n_ctx" not in hf_config:
-            hf_config["n_ctx"] = hf_config["n_positions"]
-        (view / "config.json").write_text(json.dumps(hf_config))
-        with _rope_attributes_restored(loading):
-            cfg = loading.get_pretrained_model_config(
-                str(view), fold_ln=True, device=device, dtype=dtype
-            )
-        cfg.model_name = Path(root).name
-        cfg.tokenizer_name = None  # never the temporary view: the tokenizer is loaded here
+    with _checkpoint_view(root) as view:
+        cfg = local_checkpoint_config(root, device=device, dtype=dtype, view=view)
         tokenizer = None
         if (Path(root) / "tokenizer.json").is_file() or (
             Path(root) / "tokenizer_config.json"
@@ -171,6 +149,67 @@ def load_local_checkpoint(path: str, device: str = "cpu", dtype=torch.float32) -
         )
     model.load_and_process_state_dict(state_dict, **PROCESSING)
     return model.to(device=device, dtype=dtype) if dtype != torch.float32 else model.to(device)
+
+
+def _checkpoint_root(path: str) -> str:
+    """The absolute checkpoint directory; FileNotFoundError naming the fix without config.json."""
+    root = Path(path)
+    if not (root / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model path {path!r} has no config.json: point `path` at a Hugging Face checkpoint "
+            "directory (save_pretrained output)"
+        )
+    return str(root.resolve())
+
+
+@contextlib.contextmanager
+def _checkpoint_view(root: str) -> Iterator[Path]:
+    """What TransformerLens is shown of a local checkpoint: it picks some architectures by
+    substrings of the path ("llama", "gemma") before it reads config.json, and reads
+    GPT2Config.n_ctx, which transformers 5 dropped. So it gets a neutrally named directory of
+    links to the checkpoint's files, with a config.json that has n_ctx (= n_positions) where
+    that is missing.
+
+    Args:
+        root: the checkpoint directory (absolute).
+    """
+    with tempfile.TemporaryDirectory(prefix="selfrepair-ckpt-") as tmp:
+        view = Path(tmp) / "checkpoint"
+        view.mkdir()
+        for item in Path(root).iterdir():
+            if item.name != "config.json":
+                (view / item.name).symlink_to(item)
+        hf_config = json.loads((Path(root) / "config.json").read_text())
+        if "n_positions" in hf_config and "n_ctx" not in hf_config:
+            hf_config["n_ctx"] = hf_config["n_positions"]
+        (view / "config.json").write_text(json.dumps(hf_config))
+        yield view
+
+
+def local_checkpoint_config(
+    path: str, device: str = "cpu", dtype=torch.float32, view: Path | None = None
+) -> HookedTransformerConfig:
+    """The HookedTransformerConfig that load_local_checkpoint builds from a checkpoint's
+    config.json, without reading its weights (so also for a checkpoint too large to load here).
+
+    Args:
+        path: the checkpoint directory.
+        device: torch device.
+        dtype: torch dtype of the weights.
+        view: its _checkpoint_view when the caller holds one.
+    """
+    from transformer_lens import loading_from_pretrained as loading
+
+    root = _checkpoint_root(path)
+    with contextlib.ExitStack() as stack:
+        view = view or stack.enter_context(_checkpoint_view(root))
+        with _rope_attributes_restored(loading):
+            cfg = loading.get_pretrained_model_config(
+                str(view), fold_ln=True, device=device, dtype=dtype
+            )
+    cfg.model_name = Path(root).name
+    cfg.tokenizer_name = None  # never the temporary view: load_local_checkpoint sets it
+    return cfg
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ __all__ = [
     "Selection",
     "measured",
     "metric_sentence",
+    "rmsnorm_notes",
     "task_description",
 ]
 
@@ -112,3 +113,36 @@ def task_description(spec: dict) -> str:
             "prompts another sequence repeated"
         )
     return f"Task: the prompts of {spec['file']}, each answer at its prompt's last position"
+
+
+def rmsnorm_notes(models: Mapping[str, str], neurons: bool = False) -> list[str]:
+    """Caption sentences for the RMSNorm models with a gated MLP (Llama) a figure shows: what the
+    paper's LayerNorm terms are for them, what of the paper does not transfer (centring over
+    d_model), and (neurons: Figs 7, 8, 15) what a neuron of a gated MLP is. None without such
+    models, so other captions are unchanged.
+
+    Args:
+        models: each such model -> its gated MLP's activation (config.json hidden_act).
+        neurons: also define a gated MLP's neurons.
+    """
+    if not models:
+        return []
+    one = len(models) == 1
+    names = ", ".join(models)
+    notes = [
+        f"{names} normalise{'s' if one else ''} with RMSNorm, not LayerNorm: for "
+        f"{'it' if one else 'them'} the final-norm scale that every direct effect divides by, "
+        "and whose change is the LayerNorm part of self-repair (Eq. 2), is the RMSNorm scale "
+        "sqrt(mean(x²) + ε) of the final residual stream x, with no mean subtracted. So the "
+        "paper's centring of each component's output over d_model (LayerNorm models) does not "
+        f"apply: {'its' if one else 'their'} direct effects are uncentred, and still sum to the "
+        "correct-token logit, centred over the vocabulary as for every model"
+    ]
+    if neurons:
+        notes += [
+            f"{model}'s MLP is gated: neuron n's activation is {act}(x · W_gate[:, n]) × "
+            "(x · W_in[:, n]) on the normalised input x (transformers' gate_proj and up_proj; "
+            "TransformerLens' hook_post), and its output row W_out[n] is column n of down_proj"
+            for model, act in models.items()
+        ]
+    return notes

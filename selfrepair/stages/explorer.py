@@ -101,8 +101,8 @@ def explorer_data(
     """Everything one model's page shows, ids not decoded yet (keys of head_explorer)."""
     rows, _ = open_tokens(tokens)
     data: dict[str, Any] = {"model": model, "ablations": list(shards), "grid": {}, "numbers": {}}
-    data["repairers"] = {
-        ablation: head_repairers(open_zarr(path), repairers)
+    data["repairers"] = {  # loaded first: a lazy store costs a dask graph per head's lookup
+        ablation: head_repairers(open_zarr(path).load(), repairers)
         for ablation, path in (repairs or {}).items()
     }
     heads: dict[str, dict] = {}

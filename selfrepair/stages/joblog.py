@@ -107,7 +107,9 @@ def model_revision(name: str, checkpoint: str | None) -> str:
         )
         for path in weights:
             digest.update(path.name.encode())
-            digest.update(path.read_bytes())
+            with path.open("rb") as handle:  # in blocks: Llama-7B's largest shard is 10 GB
+                for block in iter(lambda: handle.read(1 << 24), b""):
+                    digest.update(block)
         return f"sha256:{digest.hexdigest()}" if weights else "unknown"
     from huggingface_hub import try_to_load_from_cache
 

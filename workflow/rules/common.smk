@@ -113,7 +113,7 @@ def shard_paths(kind, model, ablation=None):
     "attribution" of one ablation variant): every shard, or a training checkpoint's first
     `checkpoint_shards` (CHECKPOINT_SHARDS, rules/training.smk's section below)."""
     shards = CHECKPOINT_SHARDS if model in CHECKPOINTS else SHARDS
-    folder = f"results/{model}/{kind}" + (f"/{ablation}" if ablation else "")
+    folder = Path("results", model, kind, *([ablation] if ablation else [])).as_posix()
     return [f"{folder}/shard-{shard}.zarr" for shard in shards]
 
 
@@ -187,16 +187,30 @@ def resolved(target, paths):
     return target.resolved(record)
 
 
+# RMSNorm models with a gated MLP (Llama), by model -> the MLP's activation: their figures'
+# captions say what the paper's LayerNorm terms and neurons are for them.
+RMS_GATED = {
+    m: act for m, e in MODELS.items() if (act := sr_config.rms_gated_activation(e))
+}
+
+
+def architecture_notes(models, neurons=False):
+    """Caption sentences for the RMSNorm models among models (captions.rmsnorm_notes)."""
+    shown = {m: RMS_GATED[m] for m in dict.fromkeys(models) if m in RMS_GATED}
+    return captions.rmsnorm_notes(shown, neurons)
+
+
 def figure_caption(models, ablations, selection, target=None, extra=()):
     """The 'Measured' paragraph of a caption (selfrepair.plots.captions.measured)."""
     subs = [target.substitution()] if target is not None and target.substituted else []
+    notes = architecture_notes([target.model] if target is not None else models)
     return captions.measured(
         models=models,
         ablations=ablations,
         n_tokens=N_PREDICTIONS,
         selection=selection,
         substitutions=subs,
-        extra=extra,
+        extra=[*notes, *extra],
     )
 
 
@@ -269,13 +283,15 @@ def mech_caption(key, ablations, selection, picks=(), n_tokens=N_PREDICTIONS, ex
     """The 'Measured' paragraph of a mechanism figure's caption (picks: the rule's pick
     records, naming picked substitutes and the values that selected them)."""
     targets = [resolved(t, picks) for t in MECH_TARGETS[key]]
+    models = list(dict.fromkeys(t.model for t in targets))
+    notes = architecture_notes(models, neurons=key in ("fig07", "fig08", "fig15"))
     return captions.measured(
-        models=list(dict.fromkeys(t.model for t in targets)),
+        models=models,
         ablations=ablations,
         n_tokens=n_tokens,
         selection=selection,
         substitutions=[t.substitution() for t in targets if t.substituted],
-        extra=extra,
+        extra=[*notes, *extra],
     )
 
 
