@@ -37,6 +37,7 @@ __all__ = [
 Paths = Sequence[str | os.PathLike]
 ANSWERS = "the task's answers"
 MIN_WIDTH = 6.5  # inches
+SQUARE_WIDTH = 5.2  # one square panel (equal axes) and its colour bar
 
 
 def headline(model: str, task: str, ablation: str, metric: str | os.PathLike) -> str:
@@ -51,10 +52,10 @@ def headline(model: str, task: str, ablation: str, metric: str | os.PathLike) ->
     return text
 
 
-def _saved(fig: Figure, title: str, out: Paths) -> Figure:
+def _saved(fig: Figure, title: str, out: Paths, min_width: float = MIN_WIDTH) -> Figure:
     width, height = fig.get_size_inches()
-    if width < MIN_WIDTH:  # one panel: room for the title and the long axis labels
-        width, height = MIN_WIDTH, height + 1.0
+    if width < min_width:  # one panel: room for the title and the long axis labels
+        width, height = min_width, height + 1.0
         fig.set_size_inches(width, height)
     fig.suptitle(textwrap.fill(title, int(width * 13)), fontsize=9)  # 13 characters an inch
     if out:
@@ -105,7 +106,8 @@ def task_de_vs_metric_drop(
         {model: head_effect_drops(open_zarr(summary), "top")},
         ylabel=with_unit("mean drop of the metric"),
     )
-    return _saved(fig, headline(model, task, ablation, metric), out)
+    # Less wide than MIN_WIDTH: a wider figure left its square panel in empty space.
+    return _saved(fig, headline(model, task, ablation, metric), out, min_width=SQUARE_WIDTH)
 
 
 def task_repairer_heatmap(
