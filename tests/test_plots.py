@@ -318,3 +318,31 @@ def test_plots_only_draw_and_the_stages_open_the_stores():
             elif isinstance(node, ast.ImportFrom):
                 imported.add(node.module or "")
         assert not {m for m in imported if m.startswith(("selfrepair.stages", "zarr"))}, path
+
+
+def _shares(n_layers: int, n_heads: int, measured: list[tuple[int, int]]) -> xr.DataArray:
+    from selfrepair.variables import component_names
+
+    names = component_names(n_layers, n_heads)
+    values = np.full((n_layers, n_heads, len(names)), np.nan)
+    for i, (layer, head) in enumerate(measured):
+        values[layer, head, -1] = 0.1 * (i + 1)  # LN reads every head
+    return xr.DataArray(values, dims=("layer", "head", "component"), coords={"component": names})
+
+
+def test_repair_heatmap_draws_the_measured_heads_only():
+    """A heads subset (paper-ci, a task's heads) gets one row per measured head, its layer
+    boundaries between them; every head measured keeps every row."""
+    from selfrepair.plots.repair import repair_heatmap
+
+    measured = [(0, 1), (2, 0), (2, 1)]
+    fig = repair_heatmap({"m": _shares(3, 2, measured)})
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().shape == (3, 3 * 2 + 3 + 1)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["L0H1", "L2H0", "L2H1"]
+    rows = [line.get_ydata()[0] for line in ax.lines if line.get_ydata()[0] == line.get_ydata()[1]]
+    assert rows == [0.5]  # one boundary: between layer 0's row and layer 2's
+    everything = [(layer, head) for layer in range(3) for head in range(2)]
+    fig = repair_heatmap({"m": _shares(3, 2, everything)})
+    assert fig.axes[0].images[0].get_array().shape[0] == 6
+    assert len(fig.axes[0].get_yticklabels()) == 6

@@ -50,6 +50,12 @@ def repair_heatmap(
         share = shares[model]
         rows = share.stack(ablated=("layer", "head")).transpose("ablated", "component")
         values = rows.values.astype(float)
+        # Only the measured heads (a `heads:` subset leaves the others' rows all NaN).
+        measured = np.isfinite(values).any(axis=1)
+        kept = measured if measured.any() else np.ones(len(values), bool)
+        values, layers = values[kept], rows.layer.values[kept]
+        heads = rows["head"].values[kept]
+        labels = [head_label(int(la), int(h)) for la, h in zip(layers, heads, strict=True)]
         finite = np.abs(values[np.isfinite(values)])
         lim = float(np.quantile(finite, SHARE_QUANTILE)) if finite.size else 1.0
         cmap = _grey_nan("RdBu_r")
@@ -62,13 +68,18 @@ def repair_heatmap(
         )
         n_layers, n_heads = share.sizes["layer"], share.sizes["head"]
         ax.grid(False)
-        for edge in np.arange(1, n_layers) * n_heads - 0.5:  # layer boundaries
-            ax.axhline(edge, color="white", linewidth=0.8)
-            ax.axvline(edge, color="white", linewidth=0.8)
+        # Layer boundaries of the rows and of the columns, drawn in pairs (the order of the
+        # drawing, and so the PDF's bytes, as when every row was drawn).
+        row_edges = list(np.flatnonzero(np.diff(layers)) + 0.5)
+        col_edges = list(np.arange(1, n_layers) * n_heads - 0.5)
+        for i in range(max(len(row_edges), len(col_edges))):
+            if i < len(row_edges):
+                ax.axhline(row_edges[i], color="white", linewidth=0.8)
+            if i < len(col_edges):
+                ax.axvline(col_edges[i], color="white", linewidth=0.8)
         ax.axvline(n_layers * n_heads - 0.5, color="black", linewidth=0.8)  # heads | MLPs
-        rows = [head_label(layer, head) for layer in range(n_layers) for head in range(n_heads)]
-        step = max(1, len(rows) // 48)
-        ax.set_yticks(np.arange(0, len(rows), step), rows[::step], fontsize=6)
+        step = max(1, len(labels) // 48)
+        ax.set_yticks(np.arange(0, len(labels), step), labels[::step], fontsize=6)
         names = [str(c) for c in share.component.values]
         step = max(1, len(names) // 64)
         ax.set_xticks(np.arange(0, len(names), step), names[::step], rotation=90, fontsize=6)
