@@ -105,7 +105,7 @@ def shard_paths(kind, model, ablation=None):
     "attribution" of one ablation variant): every shard, or a training checkpoint's first
     `checkpoint_shards` (CHECKPOINT_SHARDS, rules/training.smk's section below)."""
     shards = CHECKPOINT_SHARDS if model in CHECKPOINTS else SHARDS
-    folder = f"results/{model}/{kind}" + (f"/{ablation}" if ablation else "")
+    folder = Path("results", model, kind, *([ablation] if ablation else [])).as_posix()
     return [f"{folder}/shard-{shard}.zarr" for shard in shards]
 
 
