@@ -289,7 +289,9 @@ FIGURE_LIST = sr_figures.run_figures(
 def figure_outputs(kinds):
     """The files of the run's figures of these kinds, as their rules write them (rules/
     figures.smk, attribution.smk, training.smk: the paths are in the rules)."""
-    return [path for f in FIGURE_LIST if f.kind in kinds for path in rules_output(f.rule)]
+    return [
+        path for f in FIGURE_LIST if f.kind in kinds for path in rules_output(f.rule)
+    ]
 
 
 def rules_output(rule):
