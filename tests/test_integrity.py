@@ -65,6 +65,12 @@ def _rename_tokenizer(config: dict, name: str) -> None:
     config["models"][0]["train"]["tokenizer"] = name
 
 
+def _rename_model(config: dict, name: str) -> None:
+    """models[1] renamed, and every key that names it (figures, tasks) with it."""
+    old = json.dumps(config["models"][1]["name"])
+    config.update(json.loads(json.dumps(config).replace(old, json.dumps(name))))
+
+
 NAMES = {
     "tokenizer ..": (
         lambda c: _rename_tokenizer(c, "../../../outside"),
@@ -83,7 +89,7 @@ NAMES = {
         "config key figures.attribution.heads: '../m' cannot be a name",
     ),
     "a results/ folder of the workflow's": (
-        lambda c: c["models"][1].update(name="tables"),
+        lambda c: _rename_model(c, "tables"),
         "config key models[tables]: 'tables' is a folder of results/ the workflow writes itself",
     ),
 }

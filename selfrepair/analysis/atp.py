@@ -50,6 +50,7 @@ __all__ = [
     "slope_through_origin",
     "spearman",
     "top_k_mask",
+    "top_k_used",
 ]
 
 SELECTIONS = ("all", "top")
@@ -157,7 +158,9 @@ def atp_summary(
         exact_rows: the exact logit_diff summed over each row's tokens (layer, head, batch).
         exact_top: the same over each row's top tokens of the head (layer, head, batch).
         heads: the exact per-head summary (analysis.reduce.head_summary) of the same ablation.
-        top_k: the k of "missed among the exact top k".
+        top_k: the k of "missed among the exact top k" (figures.atp.top_k), used as
+            top_k_used: at most one below the heads measured, so that a head can be missed
+            (0 for a model measuring one head: nothing is ranked); ds.attrs keeps both.
     """
     units = {
         "all": (exact_rows, estimates.atp_row, estimates.graddrop_row.values, estimates.n_scored),
@@ -179,10 +182,17 @@ def atp_summary(
         dims = ("drop_layer", "layer", "head") if v.ndim == 3 else ("layer", "head")
         out[name] = (dims, v)
     ds = xr.Dataset(out, coords={"layer": heads["layer"].values, "head": heads["head"].values})
+    k = top_k_used(int(np.isfinite(ds.all_exact.values).sum()), top_k)
     for sel in SELECTIONS:
-        _judge(ds, sel, top_k)
-    ds.attrs.update(top_k=top_k)
+        _judge(ds, sel, k)
+    ds.attrs.update(top_k=top_k, top_k_used=k)
     return ds
+
+
+def top_k_used(n_heads: int, top_k: int) -> int:
+    """The k of "missed among the exact top k" for a model measuring n_heads: top_k, but below
+    n_heads, since among the top n_heads of n_heads no head can be missed."""
+    return max(0, min(top_k, n_heads - 1))
 
 
 def _judge(ds: xr.Dataset, sel: str, top_k: int) -> None:

@@ -10,7 +10,6 @@ import time. `import selfrepair.config as sr_config` gives the names the rules, 
 users need (below); everything else is imported from its module (selfrepair.config.models, ...).
 """
 
-from selfrepair.config.atp import atp_settings
 from selfrepair.config.attribution import attribution_heads
 from selfrepair.config.checkpoints import CHECKPOINT_DIR, checkpoint_models, checkpoint_steps
 from selfrepair.config.checks import check_run
@@ -87,7 +86,6 @@ __all__ = [
     "ConfigError",
     "FigureTarget",
     "Head",
-    "atp_settings",
     "attribution_heads",
     "candidate_layers",
     "check_before_jobs",

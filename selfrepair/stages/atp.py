@@ -139,6 +139,7 @@ def atp_summary(
         **attrs,
         model_revision=revision_of(heads),
         top_k=top_k,
+        top_k_used=ds.attrs["top_k_used"],
         n_tokens=int(estimates.n_scored.sum()),
         n_top_tokens=int(indices.shape[-1]),
     )

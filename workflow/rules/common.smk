@@ -473,7 +473,8 @@ def training_outputs():
 # head's top tokens from rule head_top_tokens), then reduced beside the exact effects of the same
 # ablation; figures under the figures' ablation, the table under every ablation.
 ATP = ENGINE["atp"]
-ATP_SETTINGS = sr_config.atp_settings(config, MODELS)
+# top_k is clipped per model to below the heads it measures (analysis.atp.top_k_used).
+ATP_SETTINGS = config["figures"]["atp"]
 ALL_TOO = (
     f"Also over all {N_PREDICTIONS:,} tokens, where AtP estimates each row's summed change "
     "(one backward pass per batch); on the top tokens, per row, the change of the sum of "
