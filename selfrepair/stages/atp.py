@@ -43,7 +43,7 @@ def atp(
     """AtP and GradDrop estimates of every head on one shard (engine.atp.measure_atp) with z'
     chosen as the ablate job of the same shard chooses it: per row (the change of the row's
     summed centred correct-token logit) and per row on each head's top tokens (the change of
-    their sum).
+    their sum), the latter for the entry's `heads` only when it lists some (n_top 0 elsewhere).
 
     Args:
         job: the model job (one shard).
@@ -61,6 +61,8 @@ def atp(
     model = job.model(seq_len=rows.shape[1])
     start, n_pos = job.bounds[0], rows.shape[1] - 1
     top = shard_top_mask(open_zarr(top_tokens).token.values, start, rows.shape[0], n_pos)
+    if job.heads:  # one backward pass per head: only the measured ones have an exact side
+        top &= measured_heads(job.heads, top.shape[:2])[:, :, None, None]
     t0 = time.perf_counter()
     with job.guarded(model, {"engine.batch_size": job.batch_size}):
         ds = measure_atp(
@@ -81,6 +83,14 @@ def atp(
     ds.attrs.update(job.provenance(attrs), ablation=ablation, n_pos=n_pos)
     write_zarr(ds, out)
     return ds
+
+
+def measured_heads(heads: Sequence[tuple[int, int]], shape: tuple[int, int]) -> np.ndarray:
+    """bool [layer, head]: the heads of a model entry's `heads` list."""
+    mask = np.zeros(shape, bool)
+    for layer, head in heads:
+        mask[layer, head] = True
+    return mask
 
 
 def exact_on_units(
@@ -151,12 +161,14 @@ def _check_same_measure(estimates, clean, exact_rows, exact_top, heads, toleranc
     """Per token: the clean metric of each row, and the exact means on both units."""
     n_scored = estimates.n_scored.values
     n_top = estimates.n_top.sum("batch").values
+    # skipna=False: heads not measured (a model entry's `heads`) stay NaN, as in the summary
+    rows, top = (x.sum("batch", skipna=False).values for x in (exact_rows, exact_top))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        top_mean = top / n_top
     gaps = {
         "clean metric": _gap(estimates.metric_clean.values / n_scored, clean.values / n_scored),
-        "all-token mean": _gap(
-            exact_rows.sum("batch").values / n_scored.sum(), heads.mean_logit_diff.values
-        ),
-        "top-token mean": _gap(exact_top.sum("batch").values / n_top, heads.top_logit_diff.values),
+        "all-token mean": _gap(rows / n_scored.sum(), heads.mean_logit_diff.values),
+        "top-token mean": _gap(top_mean, heads.top_logit_diff.values),
         "top tokens": _gap(  # heads not measured (a model entry's `heads`) have no top tokens
             np.where(heads.top_n_tokens.values > 0, n_top, np.nan),
             np.where(heads.top_n_tokens.values > 0, heads.top_n_tokens.values, np.nan),

@@ -1,0 +1,88 @@
+"""The atp stages (stages.atp) on a tiny random model and one token shard, after the real
+clean_cache, head_top_tokens, ablate and summarize_heads stages: with a model entry's `heads`,
+the per-head backward passes on the top tokens run for those heads only and give the every-head
+run's numbers, and atp_summary judges those heads against their exact effects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import selfrepair.stages.job as job
+from selfrepair.models.builders import random_model
+from selfrepair.stages.ablation import ablate
+from selfrepair.stages.atp import atp, atp_summary, measured_heads
+from selfrepair.stages.clean import clean_cache
+from selfrepair.stages.job import ModelJob
+from selfrepair.stages.repair import head_top_tokens
+from selfrepair.stages.store import open_zarr, write_zarr
+from selfrepair.stages.summaries import summarize_heads
+
+ROWS, SEQ, FRACTION = 8, 13, 0.125  # 96 predicted tokens: 12 top tokens per head
+HEADS = [[1, 2], [0, 1], [2, 3]]
+ATTRS = {"model": "m"}
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """Per entry ("every": no `heads`; "listed": HEADS): the atp shard, and atp_summary's
+    result for the listed entry."""
+    tmp = tmp_path_factory.mktemp("atp-stage")
+    model = random_model("gpt2")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(job, "model_for", lambda *a, **k: model)
+    gen = torch.Generator().manual_seed(3)
+    rows = torch.randint(1, model.cfg.d_vocab, (ROWS, SEQ), generator=gen)
+    rows[:, 0] = 0
+    tokens = str(tmp / "tokens.zarr")
+    write_zarr(xr.Dataset({"tokens": (("row", "tok"), rows.numpy().astype(np.int32))}), tokens)
+    p = {name: str(tmp / f"{name}.zarr") for name in ("clean", "top", "ablation", "summary")}
+    every = ModelJob(tokens, {"name": "m"}, batch_size=4, shards=(0, ROWS))
+    listed = ModelJob(tokens, {"name": "m", "heads": HEADS}, batch_size=4, shards=(0, ROWS))
+    clean_cache(every, out=p["clean"], attrs=ATTRS)
+    head_top_tokens(shards=[p["clean"]], top_fraction=FRACTION, out=p["top"], attrs=ATTRS)
+    ablate(listed, ablation="resample", heads_per_pass=4, mean_include_bos=True,
+           out=p["ablation"], attrs=ATTRS)  # fmt: skip
+    summarize_heads(shards=[p["ablation"]], top_fraction=FRACTION, de_epsilon=0.01,
+                    n_resamples=20, level=0.9, seed=0, out=p["summary"],
+                    intervals_out=str(tmp / "intervals.zarr"), attrs=ATTRS)  # fmt: skip
+    out = {}
+    for name, one in (("every", every), ("listed", listed)):
+        path = str(tmp / f"atp-{name}.zarr")
+        atp(one, ablation="resample", mean_include_bos=True, top_tokens=p["top"], out=path,
+            attrs=ATTRS)  # fmt: skip
+        out[name] = open_zarr(path).load()
+    out["summary"] = atp_summary(atp_shards=[str(tmp / "atp-listed.zarr")],
+                                 ablation_shards=[p["ablation"]], summary=p["summary"],
+                                 top_tokens=p["top"], top_k=5, out=str(tmp / "judged.zarr"),
+                                 attrs=ATTRS)  # fmt: skip
+    patch.undo()
+    return out, measured_heads(HEADS, (model.cfg.n_layers, model.cfg.n_heads))
+
+
+def test_a_heads_list_keeps_the_top_token_passes_to_its_heads(stores):
+    s, measured = stores
+    every, listed = s["every"], s["listed"]
+    assert (every.n_top.sum("batch").values == 12).all()
+    np.testing.assert_array_equal(listed.n_top.sum("batch").values, np.where(measured, 12, 0))
+    for name in ("atp_top", "graddrop_top"):
+        kept = listed[name].values[..., measured, :]
+        np.testing.assert_array_equal(kept, every[name].values[..., measured, :])
+        assert not listed[name].values[..., ~measured, :].any()
+        assert every[name].values[..., ~measured, :].any()  # the others did have estimates
+    for name in ("atp_row", "graddrop_row", "metric_clean"):
+        np.testing.assert_array_equal(listed[name].values, every[name].values)
+
+
+def test_the_summary_judges_the_listed_heads_only(stores):
+    s, measured = stores
+    judged = s["summary"]
+    for sel in ("all", "top"):
+        assert np.array_equal(np.isfinite(judged[f"{sel}_exact"].values), measured), sel
+        assert np.isfinite(judged[f"{sel}_atp_error"].values[measured]).all()
+        assert not judged[f"{sel}_exact_top_k"].values[~measured].any()
+    # k clipped below the 3 heads measured (analysis.atp.top_k_used)
+    assert (judged.attrs["top_k"], judged.attrs["top_k_used"]) == (5, 2)
+    assert int(judged.top_exact_top_k.sum()) == 2
