@@ -20,6 +20,7 @@ from selfrepair.analysis.reduce import head_summary
 from selfrepair.plots.atp import MINUS_X_GID, atp_error, atp_scatter
 from selfrepair.plots.common import IDENTITY_GID, ZERO_GID, reference_lines
 from selfrepair.reference.heads import head_values
+from selfrepair.stages.atp import measured_heads
 from selfrepair.stages.store import open_zarr
 
 L, H, ROWS, POS, FRACTION = 3, 4, 6, 5, 0.1
@@ -152,16 +153,14 @@ def _judge_heads(judged, top_k: int, measured: list[tuple[int, int]]) -> xr.Data
     """atp_summary of the judged model with only `measured` heads measured (NaN elsewhere, as
     the stores of a model with `heads:` hold)."""
     tokens, atp_tok, gd_tok, mask, _ = judged
-    keep = np.zeros((L, H), bool)
-    for layer, head in measured:
-        keep[layer, head] = True
+    keep = measured_heads(measured, (L, H))
     exact = np.where(keep[..., None, None], tokens.logit_diff.values.astype(float), np.nan)
     heads = head_summary(tokens, top_fraction=FRACTION)
     heads = heads.where(xr.DataArray(keep, dims=("layer", "head")))
     dims = ("layer", "head", "batch")
     return judge.atp_summary(
         estimates(atp_tok, gd_tok, mask),
-        xr.DataArray(np.nansum(exact, -1) * np.where(keep, 1, np.nan)[..., None], dims=dims),
+        xr.DataArray(exact.sum(-1), dims=dims),  # NaN on the heads not measured
         xr.DataArray(np.where(mask, exact, 0).sum(-1), dims=dims),
         heads,
         top_k=top_k,
