@@ -1,10 +1,15 @@
 """The workflow on a real SLURM cluster: a single-node cluster started on this machine
 (tests/slurm/cluster.sh: munged, slurmctld, slurmd, two fake GPUs, no accounting daemon), the
-reduced demo submitted through Snakemake's SLURM executor plugin with the workflow profile
-(profiles/slurm), and compared store by store with the same run made locally.
+reduced demo's config submitted through Snakemake's SLURM executor plugin with the workflow
+profile (profiles/slurm), and every file it writes compared with the same file of the session's
+local run of that config (conftest.py's `finished_run`, which the report and explorer tests
+share).
 
-While it runs, one ablation shard job is cancelled on the cluster (as a preempted or killed job
-would be): the profile's `retries` must resubmit that job alone, with twice the memory and time.
+The cluster run makes one model's part of the DAG (SLURM_TARGETS: 35 jobs), enough for every rule
+that runs a model, CPU reductions, a figure, a table, an explorer page, and two shards of one
+ablation. While it runs, one of those shard jobs is cancelled on the cluster (as a preempted or
+killed job would be): the profile's `retries` must resubmit that job alone, with twice the memory
+and time.
 
 Needs root and the Debian packages slurm-wlm and munge; without them the module is skipped with
 the one-line reason cluster.sh gives (the only skip). It starts its daemons and stops them, by
@@ -20,14 +25,12 @@ import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from helpers import result_files
-from toy import toy_model
 
 from selfrepair.stages.store import open_zarr
 
@@ -44,22 +47,24 @@ SITE_VARIABLES = (
     "SELFREPAIR_GPU_MODEL",
 )
 RUN_TIMEOUT = 1500
+LINKED = ("workflow", "config", "selfrepair", ".test")  # as conftest.py's finished_run
 
-# The reduced demo: config.yaml, then demo.yaml, then these overrides (Snakemake's merge: key by
-# key for mappings). Two shards per model, so that a failed shard can rerun alone.
-MODEL_RESOURCES = {"threads": 1, "mem_mb": 1000, "runtime": 10}
-REDUCED = {
-    "data": {"n_tokens": 24 * 31, "seq_len": 32, "shard_rows": 12},
-    "mechanisms": {"reinforcement": {"rows": 12}},
-    "engine": {"batch_size": 8, "frozen_ln": []},
-    "ablations": ["resample"],  # one is enough: the others are the same rule
-    "resources": MODEL_RESOURCES,
-    "tokenizers": {"stdlib-bpe": {"vocab_size": 300}},
-    "models": [toy_model("tiny-gpt2", "gpt2"), toy_model("tiny-pythia", "pythia")],
-    "tasks": {"induction": {"n_prompts": 4, "length": 6}},
-}
+# One model's part of the reduced demo: every rule that runs a model (train_model, clean_cache,
+# ablate on both shards of three ablations, atp, task_clean, task_ablate, neuron_effects,
+# norm_ratios, repair_detail, self_reinforcement) and CPU jobs (tokenize, reductions, picks,
+# Fig 9, the backup table, the explorer page). The other model's jobs are the same rules.
+MODEL = "tiny-gpt2"
+SLURM_TARGETS = (
+    f"results/{MODEL}/atp/resample.zarr",
+    f"results/{MODEL}/norms/resample.zarr",
+    f"results/{MODEL}/attribution/detail-resample.zarr",
+    f"results/{MODEL}/neurons/selected.zarr",
+    f"results/{MODEL}/tasks/induction/tables/backup_heads.csv",
+    f"results/explorer/{MODEL}.html",
+    "results/figures/fig09_self_repression.pdf",
+)
 # The job the test cancels while it runs (comment the plugin gives it: rule, then wildcards).
-VICTIM = "rule_ablate_wildcards_tiny-gpt2_resample_001"
+VICTIM = f"rule_ablate_wildcards_{MODEL}_resample_001"
 
 
 def tail(text: str, lines: int = 60) -> str:
@@ -83,22 +88,13 @@ def slurm_cluster():
         print(stop.stdout.strip(), stop.stderr.strip())
 
 
-def snakemake(workdir: Path, *args: str) -> str:
-    """Run the workflow in workdir with the reduced demo config; its output, or a failure."""
-    configs = [
-        ROOT / "config" / "config.yaml",
-        ROOT / "config" / "demo.yaml",
-        workdir / "reduced.yaml",
-    ]
+def snakemake(workdir: Path, configfile: str, *args: str) -> str:
+    """Run the workflow in workdir (laid out as finished_run's) with the demo run's config file;
+    its output, or a failure."""
     env = {k: v for k, v in os.environ.items() if k not in SITE_VARIABLES}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["SELFREPAIR_SLURM_PARTITION"] = PARTITION
-    cmd = [
-        sys.executable, "-m", "snakemake",
-        "--snakefile", str(ROOT / "workflow" / "Snakefile"),
-        "--configfile", *map(str, configs),
-        *args,
-    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "snakemake", "--configfile", configfile, *args]
     proc = subprocess.run(
         cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT
     )
@@ -176,37 +172,32 @@ class Canceller(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def runs(slurm_cluster, tmp_path_factory):
-    """The reduced demo run locally and on the cluster, in two directories. The local run goes
-    side by side with the cluster's (they share no files): the cluster run spends most of its
-    wall time waiting on submissions and status checks."""
-    local = tmp_path_factory.mktemp("local")
+def runs(slurm_cluster, finished_run, tmp_path_factory):
+    """SLURM_TARGETS made on the cluster from the demo run's config, beside the finished local
+    run of the same config (made once per session; its files are the reference)."""
+    local, configfile = finished_run
     cluster = tmp_path_factory.mktemp("slurm")
-    for workdir in (local, cluster):
-        (workdir / "reduced.yaml").write_text(yaml.safe_dump(REDUCED))
-    expected = jobs_per_rule(snakemake(cluster, *SLURM_ARGS, "--dry-run", "--quiet", "rules"))
-
-    def timed(workdir: Path, *args: str) -> tuple[str, float]:
-        t0 = time.monotonic()
-        return snakemake(workdir, *args), time.monotonic() - t0
-
+    for name in LINKED:
+        (cluster / name).symlink_to(ROOT / name)
+    args = (*SLURM_ARGS, *SLURM_TARGETS)
+    expected = jobs_per_rule(snakemake(cluster, configfile, *args, "--dry-run", "--quiet", "rules"))
     canceller = Canceller(VICTIM, timeout=RUN_TIMEOUT)
     canceller.start()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        local_run = pool.submit(timed, local, "--cores", "1")
-        try:
-            output, slurm_s = timed(cluster, *SLURM_ARGS)
-        finally:
-            canceller.stop.set()
-            canceller.join()
-        local_s = local_run.result()[1]
+    t0 = time.monotonic()
+    try:
+        output = snakemake(cluster, configfile, *args)
+    finally:
+        canceller.stop.set()
+        canceller.join()
+    print(f"SLURM run {time.monotonic() - t0:.0f} s for {sum(expected.values())} jobs")
     run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
-    print(f"local run {local_s:.0f} s, SLURM run {slurm_s:.0f} s")
+    resources = yaml.safe_load((local / configfile).read_text())["resources"]
     return dict(
         local=local,
         cluster=cluster,
         output=output,
         expected=expected,
+        resources=resources,
         jobs=slurm_jobs(run_id),
         cancelled=canceller.job_id,
     )
@@ -227,32 +218,34 @@ def test_every_job_went_through_sbatch(runs):
 def test_gpu_only_for_the_rules_that_run_a_model(runs):
     """--gpus=1 on the rules that run a model; no GPU on tokenize, reductions, figures.
     Threads and memory of model jobs are the config's `resources`."""
-    gpu_rules = {"clean_cache", "ablate", "train_model"}
+    gpu_rules = {"clean_cache", "ablate", "train_model", "atp"}
     gpu_rules |= {"neuron_effects", "norm_ratios", "self_reinforcement", "repair_detail"}
     gpu_rules |= {"task_clean", "task_ablate"}
+    resources = runs["resources"]
     assert gpu_rules <= set(runs["expected"]) and set(runs["expected"]) - gpu_rules
     for job in runs["jobs"]:
         rule = rule_of(job["Comment"])
         has_gpu = "gpu:1" in job.get("TresPerJob", "")
         assert has_gpu == (rule in gpu_rules), (rule, job.get("TresPerJob"))
         if rule in gpu_rules and job["JobId"] != runs["cancelled"] and job["Comment"] != VICTIM:
-            assert job["NumCPUs"] == str(MODEL_RESOURCES["threads"])
-            assert job["MinMemoryNode"] == f"{MODEL_RESOURCES['mem_mb']}M"
-            assert job["TimeLimit"] == f"00:{MODEL_RESOURCES['runtime']:02d}:00"
+            assert job["NumCPUs"] == str(resources["threads"])
+            assert job["MinMemoryNode"] == f"{resources['mem_mb']}M"
+            assert job["TimeLimit"] == f"00:{resources['runtime']:02d}:00"
 
 
 def test_cancelled_shard_reran_alone_with_more_memory_and_time(runs):
     assert runs["cancelled"], f"the job {VICTIM} was never seen running, so never cancelled"
+    resources = runs["resources"]
     victim = [j for j in runs["jobs"] if j["Comment"] == VICTIM]
     first, retry = sorted(victim, key=lambda j: int(j["JobId"]))
     assert first["JobId"] == runs["cancelled"] and first["JobState"] == "CANCELLED"
     assert retry["JobState"] == "COMPLETED"
-    assert retry["MinMemoryNode"] == f"{2 * MODEL_RESOURCES['mem_mb']}M"
-    assert retry["TimeLimit"] == f"00:{2 * MODEL_RESOURCES['runtime']:02d}:00"
+    assert retry["MinMemoryNode"] == f"{2 * resources['mem_mb']}M"
+    assert retry["TimeLimit"] == f"00:{2 * resources['runtime']:02d}:00"
     # Every other job, the other shard of the same ablation included, was submitted once.
     per_job = Counter(j["Comment"] for j in runs["jobs"])
     assert per_job.pop(VICTIM) == 2 and set(per_job.values()) == {1}
-    assert "rule_ablate_wildcards_tiny-gpt2_resample_000" in per_job
+    assert f"rule_ablate_wildcards_{MODEL}_resample_000" in per_job
 
 
 def test_status_came_from_squeue_without_accounting(runs):
@@ -268,9 +261,10 @@ def zarr_stores(root: Path) -> list[str]:
 def test_outputs_equal_a_local_run(runs):
     """Every Zarr store (tokens, clean and ablation shards, summaries) of the SLURM run holds
     the same data variables and coordinates as the local run's, to 1e-6."""
-    stores = zarr_stores(runs["local"])
-    assert stores == zarr_stores(runs["cluster"])
-    assert any("/ablation/" in s for s in stores) and any("/summary/" in s for s in stores)
+    stores = zarr_stores(runs["cluster"])
+    assert set(stores) <= set(zarr_stores(runs["local"]))
+    for part in ("/clean/", "/ablation/", "/summary/", "/atp/", "/tasks/", "/neurons/"):
+        assert any(part in s for s in stores), part
     for rel in stores:
         a, b = open_zarr(runs["local"] / rel), open_zarr(runs["cluster"] / rel)
         assert set(a.data_vars) == set(b.data_vars) and a.data_vars, rel
@@ -283,18 +277,18 @@ def test_outputs_equal_a_local_run(runs):
                 )
             else:
                 np.testing.assert_array_equal(y, x, err_msg=f"{rel}:{name}")
-    figures = sorted(p.name for p in (runs["local"] / "results" / "figures").glob("*.png"))
-    assert figures and figures == sorted(
-        p.name for p in (runs["cluster"] / "results" / "figures").glob("*.png")
-    )
 
 
 def test_every_result_file_is_the_same_bytes_as_the_local_run(runs):
-    """Two independent runs of one config (here, and through SLURM with a cancelled and
-    resubmitted shard) write the same bytes: every store, figure (PDF and PNG), table, pick
-    record and JSON under results/, the logs and benchmark timings aside."""
+    """Two independent runs of one config (the session's local run, and through SLURM with a
+    cancelled and resubmitted shard) write the same bytes: every store, figure (PDF and PNG),
+    table, pick record and JSON that the SLURM run made under results/, the logs and benchmark
+    timings aside; and it made every file its targets need."""
     local, cluster = result_files(runs["local"]), result_files(runs["cluster"])
     for kind in (".zarr/", ".pdf", ".png", ".csv", ".html", ".json"):
-        assert any(kind in f for f in local), kind
-    assert sorted(local) == sorted(cluster)
-    assert [f for f in local if local[f] != cluster[f]] == []
+        assert any(kind in f for f in cluster), kind
+    for target in SLURM_TARGETS:
+        rel = target.removeprefix("results/")
+        assert any(f == rel or f.startswith(f"{rel}/") for f in cluster), target
+    assert set(cluster) <= set(local), sorted(set(cluster) - set(local))[:5]
+    assert [f for f in cluster if local[f] != cluster[f]] == []
