@@ -4,7 +4,7 @@ an uninterrupted run bit for bit; so does every file of results/ (stores, metric
 byte, but the logs and benchmarks (they record times).
 
 Slow: three runs of a toy configuration (.test/config/resume.yaml: one small trained model, four
-token shards, three ablations, up to the per-head summaries).
+token shards, two ablations, up to the per-head summaries).
 """
 
 from __future__ import annotations
