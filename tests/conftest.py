@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REDUCED_DEMO, ROOT, snakemake
+from helpers import REDUCED_DEMO, ROOT, link_project, snakemake
 
 from selfrepair.models.builders import FAMILIES, random_model
 
@@ -59,8 +59,7 @@ def finished_run(tmp_path_factory) -> tuple[Path, str]:
     if given:
         return Path(given), os.environ.get("SELFREPAIR_DEMO_CONFIG", "config/demo.yaml")
     run = tmp_path_factory.mktemp("demo-run")
-    for name in ("workflow", "config", "selfrepair", ".test"):
-        (run / name).symlink_to(ROOT / name)
+    link_project(run)
     configfile = str(REDUCED_DEMO.relative_to(ROOT))
     proc = snakemake("--cores", "2", "--configfile", configfile, cwd=run, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-4000:]

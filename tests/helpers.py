@@ -72,6 +72,14 @@ TEST_CONFIG = ROOT / ".test" / "config"
 REDUCED_DEMO = TEST_CONFIG / "config.yaml"
 
 
+def link_project(run: Path, *, test_configs: bool = True) -> Path:
+    """Make run a place to run the workflow from: links to the project's workflow, config and
+    package (and .test, the committed test configs). Returns run."""
+    for name in ("workflow", "config", "selfrepair", *([".test"] if test_configs else [])):
+        (run / name).symlink_to(ROOT / name)
+    return run
+
+
 def snakemake(*args: str, cwd: Path, timeout: int) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "snakemake", *args],

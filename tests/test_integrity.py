@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, snakemake
+from helpers import link_project, snakemake
 from test_config_keys import every_key_config
 
 from selfrepair.models.builders import build_model
@@ -28,8 +28,7 @@ def workdir(tmp: Path) -> Path:
     """A run folder with the workflow's code linked in, as the slow tests make them."""
     run = tmp / "run"
     run.mkdir()
-    for name in ("workflow", "config", "selfrepair"):
-        (run / name).symlink_to(ROOT / name)
+    link_project(run, test_configs=False)
     return run
 
 

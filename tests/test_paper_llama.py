@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, load, merged, snakemake
+from helpers import ROOT, link_project, load, merged, snakemake
 
 import selfrepair.config as sr_config
 from selfrepair.plots.captions import rmsnorm_notes
@@ -61,8 +61,7 @@ def test_ci_overlay_changes_only_the_models_and_the_path():
 def llama_7b_folder(tmp_path) -> Path:
     """A run directory whose resources/llama-7b-hf holds Llama-7B's own config.json (no
     weights: nothing here loads them)."""
-    for name in ("workflow", "config", "selfrepair"):
-        (tmp_path / name).symlink_to(ROOT / name)
+    link_project(tmp_path, test_configs=False)
     folder = tmp_path / "resources" / "llama-7b-hf"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(offline_hub.LLAMA_7B))

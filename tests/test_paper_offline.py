@@ -30,7 +30,7 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
-from helpers import figure_names
+from helpers import figure_names, link_project
 
 from selfrepair.config.figures import TASK_FIGURES
 
@@ -85,8 +85,7 @@ def paper_run(tmp_path_factory) -> tuple[Path, Path, dict]:
         hf_home = run / "hf"
     else:
         run = tmp_path_factory.mktemp("paper-run")
-        for name in ("workflow", "config", "selfrepair"):
-            (run / name).symlink_to(ROOT / name)
+        link_project(run, test_configs=False)
         hf_home = run / "hf"
         offline_hub.fill(hf_home, list(MODELS), llama=run / LLAMA_PATH)
         snakemake(run, hf_home, "--cores", "2", timeout=3600)
@@ -232,8 +231,7 @@ def ioi_run(request, tmp_path_factory) -> tuple[Path, Path]:
         return Path(given), Path(given) / "hf"
     _, hf_home, _ = request.getfixturevalue("paper_run")
     run = tmp_path_factory.mktemp("ioi-run")
-    for name in ("workflow", "config", "selfrepair", ".test"):
-        (run / name).symlink_to(ROOT / name)
+    link_project(run)
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "2", *IOI_TARGETS, "--configfile"]
         + list(IOI_CONFIGS),

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import result_files
+from helpers import link_project, load, merged, result_files
 
 from selfrepair.stages.store import open_zarr
 
@@ -47,7 +47,6 @@ SITE_VARIABLES = (
     "SELFREPAIR_GPU_MODEL",
 )
 RUN_TIMEOUT = 1500
-LINKED = ("workflow", "config", "selfrepair", ".test")  # as conftest.py's finished_run
 
 # One model's part of the reduced demo: every rule that runs a model (train_model, clean_cache,
 # ablate on both shards of three ablations, atp, task_clean, task_ablate, neuron_effects,
@@ -176,9 +175,7 @@ def runs(slurm_cluster, finished_run, tmp_path_factory):
     """SLURM_TARGETS made on the cluster from the demo run's config, beside the finished local
     run of the same config (made once per session; its files are the reference)."""
     local, configfile = finished_run
-    cluster = tmp_path_factory.mktemp("slurm")
-    for name in LINKED:
-        (cluster / name).symlink_to(ROOT / name)
+    cluster = link_project(tmp_path_factory.mktemp("slurm"))  # as finished_run's
     args = (*SLURM_ARGS, *SLURM_TARGETS)
     expected = jobs_per_rule(snakemake(cluster, configfile, *args, "--dry-run", "--quiet", "rules"))
     canceller = Canceller(VICTIM, timeout=RUN_TIMEOUT)
@@ -191,7 +188,9 @@ def runs(slurm_cluster, finished_run, tmp_path_factory):
         canceller.join()
     print(f"SLURM run {time.monotonic() - t0:.0f} s for {sum(expected.values())} jobs")
     run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
-    resources = yaml.safe_load((local / configfile).read_text())["resources"]
+    # the model jobs' resources as the run merges them: config.yaml's, then the config file's
+    resources = merged(load("config.yaml"), yaml.safe_load((local / configfile).read_text()))
+    resources = resources["resources"]
     return dict(
         local=local,
         cluster=cluster,
