@@ -45,7 +45,8 @@ def stores(tmp_path_factory):
     head_top_tokens(shards=[p["clean"]], top_fraction=FRACTION, out=p["top"], attrs=ATTRS)
     ablate(listed, ablation="resample", heads_per_pass=4, mean_include_bos=True,
            out=p["ablation"], attrs=ATTRS)  # fmt: skip
-    summarize_heads(shards=[p["ablation"]], top_fraction=FRACTION, de_epsilon=0.01,
+    summarize_heads(shards=[p["ablation"]], top_tokens=p["top"], top_fraction=FRACTION,
+                    de_epsilon=0.01,
                     n_resamples=20, level=0.9, seed=0, out=p["summary"],
                     intervals_out=str(tmp / "intervals.zarr"), attrs=ATTRS)  # fmt: skip
     out = {}

@@ -302,6 +302,8 @@ def test_attribution_is_on_by_default_and_off_with_its_key(tmp_path):
     # each head's top tokens are also attribution patching's units (engine.atp, on by default)
     assert re.search(r"^head_top_tokens\s+\d+", off, re.M)
     both_off = _dry_run_jobs(tmp_path, {"engine": {"attribution": False, "atp": False}})
-    assert not re.search(r"^(head_top_tokens|repair_\w+)\s+\d+", both_off, re.M)
+    assert not re.search(r"^repair_\w+\s+\d+", both_off, re.M)
+    # ... and the summaries' (and largest_top_de picks') selection of them
+    assert re.search(r"^head_top_tokens\s+\d+", both_off, re.M)
     ablate = re.compile(r"^ablate\s+(\d+)", re.M)
     assert ablate.search(off)[1] == ablate.search(on)[1]  # the same ablate jobs, one output less

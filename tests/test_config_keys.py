@@ -109,6 +109,7 @@ def every_key_config(tmp: Path) -> dict:
             "attribution": True,
             "atp": True,
             "atp_top_graddrop": False,
+            "store_tokens": "top",
         },
         "ablations": ["mean", "resample", "zero"],
         "resources": resources,

@@ -162,8 +162,8 @@ def test_clicked_head_shows_the_stores_numbers_and_context(finished_run, browser
         tokenizer.decode([int(tokens[row, pos + 1])])
     )
     # ... and it is the head's largest clean DE over every measured token.
-    shards = sorted((results / MODEL / "ablation" / "resample").glob("shard-*.zarr"))
-    de = np.concatenate([open_zarr(s)["de_clean"].values[layer, head] for s in shards])
+    shards = sorted((results / MODEL / "clean").glob("shard-*.zarr"))
+    de = np.concatenate([open_zarr(s)["de_head"].values[layer, head] for s in shards])
     assert float(first.locator(".meta").inner_text().split("DE ")[1].split(",")[0]) == (
         pytest.approx(float(np.nanmax(de)), rel=1e-3)
     )

@@ -141,14 +141,11 @@ def _record(run: Path, model: str, key: str) -> dict:
 
 
 def _top_de(run: Path, model: str, fraction: float = 0.02) -> np.ndarray:
-    """Mean clean DE of each (layer, head) on its top `fraction` of tokens, from the ablation
-    shards (not the summaries the pick reads)."""
-    shards = sorted((run / "results" / model / "ablation" / "resample").glob("shard-*.zarr"))
+    """Mean clean DE of each (layer, head) on its top `fraction` of tokens, from the clean
+    shards (not the top-token store the pick reads)."""
+    shards = sorted((run / "results" / model / "clean").glob("shard-*.zarr"))
     de = np.concatenate(
-        [
-            xr.open_zarr(p).de_clean.transpose("layer", "head", "batch", "pos").values
-            for p in shards
-        ],
+        [xr.open_zarr(p).de_head.transpose("layer", "head", "batch", "pos").values for p in shards],
         axis=2,
     )
     flat = de.reshape(de.shape[0], de.shape[1], -1).astype(np.float64)

@@ -23,6 +23,7 @@ from selfrepair.models.builders import build_model
 from selfrepair.stages.ablation import ablate
 from selfrepair.stages.clean import clean_cache
 from selfrepair.stages.job import ModelJob, read_token_rows
+from selfrepair.stages.repair import head_top_tokens
 from selfrepair.stages.summaries import summarize_heads
 from selfrepair.variables import HEAD_VARIABLES
 
@@ -58,20 +59,29 @@ def made(tmp_path_factory) -> dict[str, Path]:
         attrs={"seed": 0},
     )
     clean_cache(job, out=str(root / "clean-000.zarr"), attrs={"seed": 0})
+    head_top_tokens(
+        shards=[str(root / "clean-000.zarr")],
+        top_fraction=0.25,
+        out=str(root / "top.zarr"),
+        attrs={},
+    )
     summarize(root / "shard-000.zarr", root / "summary.zarr")
     return {
         "tokens": tokens,
         "shard": root / "shard-000.zarr",
         "clean": root / "clean-000.zarr",
         "summary": root / "summary.zarr",
+        "top": root / "top.zarr",
     }
 
 
 def summarize(shard: Path | list[str], out: Path) -> xr.Dataset:
-    """summarize_heads' summary (its intervals written beside it)."""
+    """summarize_heads' summary (its intervals written beside it), with the top-token store
+    beside the first shard."""
     shards = [str(shard)] if isinstance(shard, Path) else shard
     return summarize_heads(
         shards=shards,
+        top_tokens=str(Path(shards[0]).parent / "top.zarr"),
         top_fraction=0.25,
         de_epsilon=1e-6,
         n_resamples=20,
@@ -233,6 +243,8 @@ def test_damaged_store_stops_its_reader_in_one_line(made, kind, damage, tmp_path
     array, use = USES[kind]
     damaged = tmp_path / made[kind].name
     shutil.copytree(made[kind], damaged)
+    if kind == "shard":  # summarize_heads reads the top-token store beside it
+        shutil.copytree(made["top"], tmp_path / "top.zarr")
     chunk = chunk_files(damaged / array)[-1]  # the last: in the rows or layer a reader uses
     make, what = DAMAGE[damage]
     make(chunk)

@@ -26,6 +26,7 @@ __all__ = [
     "count_problem",
     "head_detail",
     "head_repairers",
+    "measured_heads",
     "most_repaired",
     "repair_graph",
     "repair_graph_html",
@@ -55,6 +56,16 @@ def top_token_indices(de_head: xr.DataArray, fraction: float) -> xr.DataArray:
         mask = top_token_mask(de_head.isel(layer=[i]).load(), fraction).values[0]  # [head, tok]
         layers.append(np.stack([np.flatnonzero(m) for m in mask]))
     return xr.DataArray(np.stack(layers).astype(np.int64), dims=("layer", "head", "rank"))
+
+
+def measured_heads(heads: Sequence[Sequence[int]] | None, shape: tuple[int, int]) -> np.ndarray:
+    """bool [layer, head]: the heads of a model entry's `heads` list (None: every head)."""
+    if heads is None:
+        return np.ones(shape, bool)
+    mask = np.zeros(shape, bool)
+    for layer, head in heads:
+        mask[layer, head] = True
+    return mask
 
 
 def shard_top_mask(indices: np.ndarray, start_row: int, n_rows: int, n_pos: int) -> np.ndarray:

@@ -18,6 +18,7 @@ __all__ = [
     "TOKEN_VALUES",
     "WINDOW_DIGITS",
     "WINDOW_VALUES",
+    "candidate_entry",
     "head_numbers",
     "head_tokens",
     "readable",
@@ -78,7 +79,7 @@ def token_entry(
     context: int,
     partner_rows: np.ndarray | None = None,
 ) -> dict:
-    """One shown token: prediction at (batch b, pos p) of one head.
+    """One shown token: prediction at (batch b, pos p) of one head (candidate_entry).
 
     Args:
         b, p: the token's index into values (pos p predicts token p + 1 of its row).
@@ -88,26 +89,50 @@ def token_entry(
         context: tokens shown, the current one (at p) last.
         partner_rows: the global row of each batch index's resample partner, if any.
     """
-    row = int(rows[b])
+    start = max(0, p - context + 1)
+    return candidate_entry(
+        int(rows[b]),
+        p,
+        values={key: v[b, p] for key, v in values.items()},
+        windows={key: values[key][b, start : p + 1] for key in WINDOW_VALUES},
+        tokens=tokens,
+        context=context,
+        partner_row=None if partner_rows is None else int(partner_rows[b]),
+    )
+
+
+def candidate_entry(
+    row: int,
+    p: int,
+    *,
+    values: Mapping[str, float],
+    windows: Mapping[str, np.ndarray],
+    tokens: np.ndarray,
+    context: int,
+    partner_row: int | None = None,
+) -> dict:
+    """One shown token, the prediction at position p of global row `row`: its ids, the next
+    token, the head's values there (TOKEN_VALUES short name -> value) and over the window of
+    `context` tokens ending there (WINDOW_VALUES short name -> values, oldest first; longer
+    arrays are cut to the window), and the resample partner's row if any."""
     start = max(0, p - context + 1)
     entry = {
-        "row": row,
+        "row": int(row),
         "pos": int(p),
         "start": start,
         "ids": tokens[row, start : p + 1].tolist(),
         "next": int(tokens[row, p + 1]),
-        **{key: rounded(v[b, p]) for key, v in values.items()},
+        **{key: rounded(v) for key, v in values.items()},
         "window": {
-            key: [rounded(x, WINDOW_DIGITS) for x in values[key][b, start : p + 1]]
+            key: [rounded(x, WINDOW_DIGITS) for x in windows[key][: p + 1 - start]]
             for key in WINDOW_VALUES
         },
     }
-    if partner_rows is not None:
-        other = int(partner_rows[b])
+    if partner_row is not None:
         entry["partner"] = {
-            "row": other,
-            "ids": tokens[other, start : p + 1].tolist(),
-            "next": int(tokens[other, p + 1]),
+            "row": int(partner_row),
+            "ids": tokens[partner_row, start : p + 1].tolist(),
+            "next": int(tokens[partner_row, p + 1]),
         }
     return entry
 

@@ -17,6 +17,7 @@ from selfrepair.config import top_count
 from selfrepair.variables import HEAD_VARIABLES, head_label
 
 __all__ = [
+    "EFFECT_VARIABLES",
     "FROZEN_LN_VARIANTS",
     "LayerTokens",
     "TOKEN_DIMS",
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 TOKEN_DIMS = ("batch", "pos")
+# The per-token variables effect_drops (and head_tokens) read.
+EFFECT_VARIABLES = ("de_clean", "de_ablated", "logit_diff")
 
 
 def stack_tokens(da: xr.DataArray) -> xr.DataArray:
@@ -185,7 +188,7 @@ def head_tokens(ds: xr.Dataset, heads: list[tuple[int, int]]) -> xr.Dataset:
             raise ValueError(f"{name} is not a head of this model ({n_layers} x {n_heads})")
     parts = []
     for layer, head in heads:
-        one = ds[["de_clean", "de_ablated", "logit_diff"]].isel(layer=layer, head=head).load()
+        one = ds[list(EFFECT_VARIABLES)].isel(layer=layer, head=head).load()
         parts.append(
             effect_drops(one.de_clean, one.de_ablated, one.logit_diff)
             .stack(token=TOKEN_DIMS)

@@ -67,6 +67,12 @@ from selfrepair.config.run import (
     check_planned_outputs,
     validate_run,
 )
+from selfrepair.config.storage import (
+    check_storage,
+    estimate_storage,
+    storage_table,
+    top_ablation_bytes,
+)
 from selfrepair.config.targets import (
     FigureTarget,
     check_target_heads,
@@ -96,9 +102,11 @@ __all__ = [
     "check_hub_names",
     "check_model_entry",
     "check_run",
+    "check_storage",
     "check_target_heads",
     "describe_validation_error",
     "device_problem",
+    "estimate_storage",
     "figure_ablation",
     "figure_target",
     "figure_targets",
@@ -127,8 +135,10 @@ __all__ = [
     "rms_gated_activation",
     "runtime_for_attempt",
     "shard_bounds",
+    "storage_table",
     "target_with_pick",
     "task_models",
+    "top_ablation_bytes",
     "top_count",
     "validate_run",
     "validation_error_from",

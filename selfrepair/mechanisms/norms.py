@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 __all__ = [
+    "ENGINE_VARIABLES",
     "engine_heads",
     "head_coords",
     "norm",
@@ -108,6 +109,10 @@ def norm(x: Tensor) -> np.ndarray:
     return x.double().norm(dim=-1).float().cpu().numpy()
 
 
+# The ablation stores' per-token head variables norm_ratios reads.
+ENGINE_VARIABLES = ("ln_scale_ablated", "de_clean", "logit_diff")
+
+
 def engine_heads(ds: xr.Dataset, heads: Sequence[Sequence[int]], names: Sequence[str]):
     """The engine's per-token variables of the given heads, dims (head, batch, pos); fails
     naming the head when the engine did not measure it (a model entry's `heads` left it out)."""
@@ -139,9 +144,7 @@ def norm_ratios(
     norms: residual_norms over the same rows. Refuses when the rerun's final-LN scale differs
     from the engine's by more than `tolerance` (relative).
     """
-    ours = engine_heads(
-        engine, heads, ["ln_scale_ablated", "de_clean", "logit_diff"]
-    ).assign_coords(batch=norms.batch.values)
+    ours = engine_heads(engine, heads, ENGINE_VARIABLES).assign_coords(batch=norms.batch.values)
     clean_scale = engine.ln_scale_clean.load().assign_coords(batch=norms.batch.values)
     mismatch = float(
         max(

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import xarray as xr
 
+from selfrepair.analysis import shards
 from selfrepair.analysis.attribution import shard_top_mask
 from selfrepair.config.layout import predictions
 from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.self_repair import measure_heads
 from selfrepair.stages.job import ModelJob, row_coords
 from selfrepair.stages.store import open_zarr, write_zarr
+from selfrepair.stages.summaries import heads_with_picks
 
 __all__ = ["ablate"]
 
@@ -31,6 +34,8 @@ def ablate(
     freeze_ln: bool = False,
     top_tokens: str | None = None,
     attribution_out: str | None = None,
+    keep: dict[str, Any] | None = None,
+    picks: Sequence[str] = (),
 ) -> xr.Dataset:
     """Every configured head of one shard under one ablation (engine.measure_heads), and with
     top_tokens every downstream component's share of each head's self-repair, from the same
@@ -48,6 +53,11 @@ def ablate(
             None: no attribution.
         attribution_out: the attribution store to write
             (results/<model>/attribution/<ablation>/shard-<n>.zarr), with top_tokens.
+        keep: engine.store_tokens: top (with top_tokens): what the store keeps instead of
+            every token (analysis.shards.top_layout): n_tokens (the run's), n_resamples and
+            seed (figures.bootstrap), heads (kept per token), k and context (the
+            explorer's); None: every token.
+        picks: with keep, the pick records whose heads are kept per token too.
     """
     rows = job.rows()
     model = job.model(seq_len=rows.shape[1])
@@ -80,9 +90,26 @@ def ablate(
     if "resample_source" in ds.coords:  # as global row numbers too
         ds = ds.assign_coords(resample_source=ds.resample_source + start)
     ds.attrs.update(job.provenance(attrs))
+    if keep is not None:
+        ds = _top_layout(ds, open_zarr(top_tokens).token.values, keep, picks)
     if sums is not None:
         sums_ds = sums.dataset()
         sums_ds.attrs.update(job.provenance(attrs), ablation=ablation, freeze_ln=int(freeze_ln))
         write_zarr(sums_ds, attribution_out)
     write_zarr(ds, out, chunks={"layer": 1})
     return ds
+
+
+def _top_layout(ds: xr.Dataset, top_token, keep: dict[str, Any], picks: Sequence[str]):
+    """analysis.shards.top_layout with the rule's `keep` settings."""
+    heads = heads_with_picks(keep["heads"], picks)
+    return shards.top_layout(
+        ds,
+        top_token,
+        n_tokens=int(keep["n_tokens"]),
+        n_resamples=int(keep["n_resamples"]),
+        seed=int(keep["seed"]),
+        heads=heads,
+        k=int(keep["k"]),
+        context=int(keep["context"]),
+    )

@@ -16,9 +16,10 @@ import numpy as np
 import xarray as xr
 
 from selfrepair.analysis import atp as judge
-from selfrepair.analysis.attribution import shard_top_mask
+from selfrepair.analysis.attribution import measured_heads, shard_top_mask
+from selfrepair.analysis.from_shards import read_row_sums
 from selfrepair.stages.joblog import provenance, revision_of
-from selfrepair.stages.store import open_shards, open_zarr, write_zarr
+from selfrepair.stages.store import open_shard_list, open_shards, open_zarr, write_zarr
 
 if TYPE_CHECKING:
     from selfrepair.stages.job import ModelJob
@@ -85,31 +86,16 @@ def atp(
     return ds
 
 
-def measured_heads(heads: Sequence[tuple[int, int]], shape: tuple[int, int]) -> np.ndarray:
-    """bool [layer, head]: the heads of a model entry's `heads` list."""
-    mask = np.zeros(shape, bool)
-    for layer, head in heads:
-        mask[layer, head] = True
-    return mask
-
-
 def exact_on_units(
     ablation_shards: Sequence[str], indices: np.ndarray
 ) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
-    """The exact logit_diff of the ablate stores on the estimates' units, one layer at a time:
-    summed over each row's tokens and over each row's top tokens of the head (layer, head,
-    batch), and the clean logit summed per row (batch)."""
-    data = open_shards(ablation_shards, variables=("logit_diff", "logit_clean"))
-    n_rows, n_pos = data.sizes["batch"], data.sizes["pos"]
-    rows, top = [], []
-    for layer in range(data.sizes["layer"]):
-        one = data.logit_diff.isel(layer=layer).load().values  # [head, batch, pos]
-        mask = shard_top_mask(indices[[layer]], 0, n_rows, n_pos)[0]
-        rows.append(one.sum(-1))
-        top.append(np.where(mask, one, 0.0).sum(-1))
-    dims = ("layer", "head", "batch")
-    clean = data.logit_clean.sum("pos").load()
-    return xr.DataArray(np.stack(rows), dims=dims), xr.DataArray(np.stack(top), dims=dims), clean
+    """The exact logit_diff of the ablate stores on the estimates' units, a shard at a time
+    (analysis.shards.read_row_sums, either layout): summed over each row's tokens and over each
+    row's top tokens of the head (layer, head, batch), and the clean logit summed per row
+    (batch)."""
+    parts = [read_row_sums(ds, indices) for ds in open_shard_list(ablation_shards)]
+    sums = xr.concat(parts, "batch")
+    return sums.row_logit_diff, sums.top_row_logit_diff, sums.logit_clean.sum("pos")
 
 
 def atp_summary(

@@ -14,9 +14,11 @@ import numpy as np
 
 from selfrepair.analysis import explorer as select
 from selfrepair.analysis.attribution import head_repairers
+from selfrepair.analysis.from_shards import read_candidates
+from selfrepair.analysis.shards import merge_candidates
 from selfrepair.plots import explorer as page
 from selfrepair.stages.data import open_tokens
-from selfrepair.stages.store import open_shards, open_zarr, write_text
+from selfrepair.stages.store import open_shard_list, open_zarr, write_text
 
 __all__ = ["explorer_data", "explorer_index", "head_explorer", "task_explorer", "vocabulary"]
 
@@ -26,26 +28,43 @@ log = logging.getLogger("selfrepair")
 def _heads_data(
     shards: Sequence[str], tokens: np.ndarray, *, ablation: str, k: int, context: int
 ) -> dict[str, dict]:
-    """'L.H' -> the head's top tokens (analysis.explorer.head_tokens), layer by layer."""
-    names = tuple(select.TOKEN_VALUES.values())
-    data = open_shards(list(shards), variables=names)
-    rows = data["batch"].values
+    """'L.H' -> the head's top tokens by each ranking (analysis.explorer.candidate_entry), from
+    every shard's candidates merged (analysis.shards: the same from either layout)."""
+    stores = open_shard_list(list(shards))
+    merged = merge_candidates([read_candidates(ds, k, context) for ds in stores], k)
     partner = None
-    if ablation.startswith("resample") and "resample_source" in data.coords:
-        partner = data["resample_source"].values
+    if ablation.startswith("resample") and "resample_source" in stores[0].coords:
+        partner = np.concatenate([ds["resample_source"].values for ds in stores])
     out = {}
-    for layer in range(data.sizes["layer"]):
-        one = {
-            key: data[name].isel(layer=layer).values for key, name in select.TOKEN_VALUES.items()
-        }
-        for head in range(data.sizes["head"]):
-            values = {key: v[head] for key, v in one.items()}
-            if np.isnan(values["de"]).all():
+    for layer in range(merged.sizes["layer"]):
+        for head in range(merged.sizes["head"]):
+            one = merged.isel(layer=layer, head=head)
+            if not (one.cand_row.values >= 0).any():
                 continue  # not measured
-            out[f"{layer}.{head}"] = select.head_tokens(
-                values, tokens=tokens, rows=rows, k=k, context=context, partner_rows=partner
-            )
+            out[f"{layer}.{head}"] = {
+                key: _entries(one.sel(ranking=key), tokens, context, partner)
+                for key in select.RANKINGS
+            }
     return out
+
+
+def _entries(one, tokens: np.ndarray, context: int, partner: np.ndarray | None) -> list[dict]:
+    """The candidate_entry of each of one head's merged candidates under one ranking."""
+    entries = []
+    for c in np.flatnonzero(one.cand_row.values >= 0):
+        row = int(one.cand_row.values[c])
+        entries.append(
+            select.candidate_entry(
+                row,
+                int(one.cand_pos.values[c]),
+                values={key: one[f"cand_{key}"].values[c] for key in select.TOKEN_VALUES},
+                windows={key: one[f"cand_window_{key}"].values[c] for key in select.WINDOW_VALUES},
+                tokens=tokens,
+                context=context,
+                partner_row=None if partner is None else int(partner[row]),
+            )
+        )
+    return entries
 
 
 def _summary_grid(summary_path: str, intervals_path: str) -> tuple[dict, dict]:

@@ -21,7 +21,12 @@ from typing import Any
 import xarray as xr
 from matplotlib.figure import Figure
 
-from selfrepair.analysis.reduce import frozen_ln_layers, head_effect_drops, head_tokens
+from selfrepair.analysis.reduce import (
+    EFFECT_VARIABLES,
+    frozen_ln_layers,
+    head_effect_drops,
+    head_tokens,
+)
 from selfrepair.config import check_target_heads
 from selfrepair.config.figures import FIGURES
 from selfrepair.plots.common import saved
@@ -44,7 +49,7 @@ from selfrepair.plots.per_head import (
     ln_share_per_head,
     self_repair_per_head,
 )
-from selfrepair.stages.store import open_by_model, open_token_shards, open_zarr
+from selfrepair.stages.store import open_by_model, open_head_shards, open_zarr
 from selfrepair.stages.summaries import resolve_params
 from selfrepair.variables import head_label
 
@@ -170,9 +175,10 @@ def fig03(
     """Fig 3: per-token direct-effect drop against logit drop for a few heads of one model;
     shards: the model's ablation shards under the figures' ablation."""
     target = resolve_params(dict(target), picks)
-    ds = open_token_shards(shards, target["model"], n_tokens)
+    heads = [tuple(h) for h in target["heads"]]
+    ds = open_head_shards(shards, target["model"], n_tokens, EFFECT_VARIABLES, heads)
     check_target_heads(target, ds.sizes["layer"], ds.sizes["head"])
-    tokens = head_tokens(ds, [tuple(h) for h in target["heads"]])
+    tokens = head_tokens(ds, heads)
     return saved(tokens_de_vs_logit_drop(tokens, target["model"]), out)
 
 
@@ -187,7 +193,10 @@ def fig05(
     shards: the model's ablation shards by ablation, in the order drawn."""
     target = resolve_params(dict(target), picks)
     (head,) = [tuple(h) for h in target["heads"]]
-    opened = {a: open_token_shards(paths, target["model"], n_tokens) for a, paths in shards.items()}
+    opened = {
+        a: open_head_shards(paths, target["model"], n_tokens, EFFECT_VARIABLES, [head])
+        for a, paths in shards.items()
+    }
     for ds in opened.values():
         check_target_heads(target, ds.sizes["layer"], ds.sizes["head"])
     tokens = {a: head_tokens(ds, [head]).isel(head_name=0) for a, ds in opened.items()}

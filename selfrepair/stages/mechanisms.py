@@ -16,7 +16,7 @@ import xarray as xr
 
 from selfrepair.analysis import mechanisms as reductions
 from selfrepair.stages.joblog import provenance, revision_of
-from selfrepair.stages.store import open_shards, open_zarr, write_zarr
+from selfrepair.stages.store import open_head_shards, open_shards, open_zarr, write_zarr
 
 if TYPE_CHECKING:
     from selfrepair.stages.job import ModelJob
@@ -160,7 +160,10 @@ def norm_ratios(
         )
         parts.append(part.assign_coords(batch=np.arange(start, start + rows.shape[0])))
     resid = xr.concat(parts, "batch")
-    ds = norms.norm_ratios(open_shards(engine_shards), resid, heads, top_fraction=top_fraction)
+    engine = open_head_shards(engine_shards, job.entry["name"], None, norms.ENGINE_VARIABLES, heads)
+    clean = open_shards(engine_shards, variables=("ln_scale_clean",))
+    engine["ln_scale_clean"] = clean.ln_scale_clean
+    ds = norms.norm_ratios(engine, resid, heads, top_fraction=top_fraction)
     ds.attrs.update(job.provenance(attrs, ablation=ablation, n_tokens=int(ds.de_clean[0].size)))
     for i, head in enumerate(ds["head"].values):
         log.info(

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import xarray as xr
 
 from selfrepair.analysis import attribution
+from selfrepair.analysis.attribution import measured_heads
+from selfrepair.analysis.from_shards import top_token_mean
 from selfrepair.stages.joblog import provenance, revision_of
 from selfrepair.stages.store import (
     DamagedStore,
@@ -36,7 +38,12 @@ log = logging.getLogger("selfrepair")
 
 
 def head_top_tokens(
-    *, shards: Sequence[str], top_fraction: float, out: str, attrs: dict[str, Any]
+    *,
+    shards: Sequence[str],
+    top_fraction: float,
+    out: str,
+    attrs: dict[str, Any],
+    heads: Sequence[Sequence[int]] | None = None,
 ) -> xr.Dataset:
     """Each head's top tokens over all shards, by clean direct effect (the selection
     summarize_heads makes), as global token numbers, so every ablate job of the model can
@@ -47,12 +54,20 @@ def head_top_tokens(
         top_fraction: engine.top_fraction.
         out: the store to write (results/<model>/attribution/top_tokens.zarr).
         attrs: the rule's provenance attributes.
+        heads: the model entry's `heads`, the heads the ablate jobs measure (None: all); the
+            others get no top_de_clean (NaN), so a pick never chooses them.
     """
     clean = open_shards(shards, variables=("de_head",))
     token = attribution.top_token_indices(clean.de_head, top_fraction)
     n_pos = clean.sizes["pos"]
     ds = xr.Dataset(
-        {"token": token},  # row = token // n_pos, position = token % n_pos
+        {  # row = token // n_pos, position = token % n_pos
+            "token": token,
+            # what pick_substitute's largest_top_de ranks, before any ablation
+            "top_de_clean": top_token_mean(clean.de_head, token.values).where(
+                measured_heads(heads, token.shape[:2])
+            ),
+        },
         attrs=provenance(
             **attrs,
             model_revision=revision_of(clean),

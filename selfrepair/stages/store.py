@@ -33,6 +33,8 @@ from selfrepair.stages.integrity import (
 __all__ = [
     "DamagedStore",
     "open_by_model",
+    "open_head_shards",
+    "open_shard_list",
     "open_shards",
     "open_token_shards",
     "open_zarr",
@@ -194,6 +196,18 @@ def open_shards(
     return xr.concat(shards, dim=dim, combine_attrs="override")
 
 
+def open_shard_list(
+    paths: Sequence[str | os.PathLike], variables: Sequence[str] = ()
+) -> list[xr.Dataset]:
+    """Shards opened one by one (lazily), checked to follow each other from row 0 as
+    open_shards checks them: for readers that take one shard at a time."""
+    if not paths:
+        raise ValueError("no shards given")
+    shards = [open_zarr(p, variables) for p in paths]
+    _check_rows(paths, shards, "batch")
+    return shards
+
+
 def _check_rows(paths: Sequence[str | os.PathLike], shards: list[xr.Dataset], dim: str) -> None:
     """Shards whose `dim` is numbered by global rows (the token shards) must follow each other
     from row 0 without a gap or repeat: the rows a reader of the whole run expects."""
@@ -253,6 +267,13 @@ def open_token_shards(
     """Per-token shards of one model and kind (lazily; only `variables` if given), checked like
     open_by_model."""
     ds = open_shards(list(paths), variables=variables)
+    return _checked_tokens(ds, paths, model, n_tokens)
+
+
+def _checked_tokens(
+    ds: xr.Dataset, paths: Sequence[str | os.PathLike], model: str, n_tokens: int | None
+) -> xr.Dataset:
+    """ds, after checking that it holds `model` and n_tokens tokens."""
     if ds.attrs.get("model", model) != model:
         raise ValueError(f"{paths[0]} holds model {ds.attrs['model']!r}, not {model!r}")
     held = ds.sizes["batch"] * ds.sizes["pos"]
@@ -262,3 +283,28 @@ def open_token_shards(
             "rerun the workflow so the stores match the config"
         )
     return ds
+
+
+def open_head_shards(
+    paths: Sequence[str | os.PathLike],
+    model: str,
+    n_tokens: int | None = None,
+    variables: Sequence[str] = (),
+    heads: Sequence[Sequence[int]] = (),
+) -> xr.Dataset:
+    """The ablation shards' per-token head `variables` (dims layer, head, batch, pos), lazily,
+    from shards of either layout (analysis.shards.as_per_token), checked like
+    open_token_shards; fails in one line when a `top` shard did not keep every token of one of
+    `heads`, the heads the reader will read."""
+    from selfrepair.analysis.shards import as_per_token, not_kept, shard_attrs
+
+    stores = open_shard_list(list(paths))
+    if missing := not_kept(stores, heads):
+        raise ValueError(
+            f"{paths[0]} and its shards keep every token only of the heads of Figs 3-5 and "
+            f"16-18 (engine.store_tokens: top), not of {missing}: set engine.store_tokens: all, "
+            "or name these heads in those figures' config"
+        )
+    ds = xr.concat([as_per_token(s, variables) for s in stores], "batch", combine_attrs="drop")
+    ds.attrs = shard_attrs(stores[0])
+    return _checked_tokens(ds, paths, model, n_tokens)

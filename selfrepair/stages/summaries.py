@@ -14,12 +14,12 @@ from typing import Any
 import pandas as pd
 import xarray as xr
 
-from selfrepair.analysis import intervals as bootstrap
 from selfrepair.analysis import substitutes, tables
+from selfrepair.analysis.from_shards import read_summary_parts, summary_and_intervals_from_parts
+from selfrepair.analysis.shards import shard_attrs
 from selfrepair.config import Head, read_record, record_for, target_with_pick
 from selfrepair.stages.joblog import provenance, revision_of
-from selfrepair.stages.store import open_shards, open_zarr, write_text, write_zarr
-from selfrepair.variables import HEAD_VARIABLES
+from selfrepair.stages.store import open_shard_list, open_zarr, write_text, write_zarr
 
 __all__ = [
     "head_table",
@@ -33,6 +33,7 @@ __all__ = [
 def summarize_heads(
     *,
     shards: list[str],
+    top_tokens: str,
     top_fraction: float,
     de_epsilon: float,
     n_resamples: int,
@@ -46,7 +47,9 @@ def summarize_heads(
     bootstrap intervals (analysis.intervals), from one pass over the shards.
 
     Args:
-        shards: the ablate rule's stores of this (model, ablation).
+        shards: the ablate rule's stores of this (model, ablation), of either layout
+            (engine.store_tokens), one at a time (analysis.shards.read_summary_parts).
+        top_tokens: the head_top_tokens store (each head's top tokens).
         top_fraction: share of each head's tokens, by clean direct effect, called top tokens.
         de_epsilon: tokens with a clean DE at most this are left out of the LayerNorm share.
         n_resamples: bootstrap resamples.
@@ -56,17 +59,24 @@ def summarize_heads(
         intervals_out: the intervals store to write (results/<model>/intervals/<ablation>.zarr).
         attrs: the rule's provenance attributes (run_attrs and the ablation).
     """
-    data = open_shards(shards, variables=HEAD_VARIABLES)
-    summary, intervals = bootstrap.summary_and_intervals(
-        data,
+    stores = open_shard_list(shards)
+    token = open_zarr(top_tokens).token.values
+    n_tokens = sum(ds.sizes["batch"] for ds in stores) * stores[0].sizes["pos"]
+    draws = dict(n_tokens=n_tokens, n_resamples=n_resamples, seed=seed)
+    parts = [read_summary_parts(ds, token, **draws) for ds in stores]
+    summary, intervals = summary_and_intervals_from_parts(
+        parts,
+        n_tokens=n_tokens,
         top_fraction=top_fraction,
         de_epsilon=de_epsilon,
         n_resamples=n_resamples,
         level=level,
         seed=seed,
+        attrs=shard_attrs(stores[0]),
+        coords={d: stores[0][d].values for d in ("layer", "head") if d in stores[0].coords},
     )
     for ds, path in ((summary, out), (intervals, intervals_out)):
-        ds.attrs.update(provenance(**attrs, model_revision=revision_of(data)))
+        ds.attrs.update(provenance(**attrs, model_revision=revision_of(stores[0])))
         write_zarr(ds, path)
     return summary, intervals
 

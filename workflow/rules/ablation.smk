@@ -3,6 +3,7 @@ rule ablate:
         unpack(model_input),
         unpack(top_tokens_input),
         tokens="results/{model}/tokens.zarr",
+        picks=per_token_picks,
     output:
         **attribution_outputs(),
         heads=directory("results/{model}/ablation/{ablation}/shard-{shard}.zarr"),
@@ -26,6 +27,7 @@ rule ablate:
         freeze_ln=lambda w: sr_config.parse_ablation(w.ablation)[1],
         device=config["device"],
         dtype=config["dtype"],
+        keep=keep_params,
         attrs=run_attrs,
     script:
         "../scripts/ablate.py"

@@ -16,6 +16,7 @@ rule head_top_tokens:
         "../../envs/analysis.yaml"
     params:
         top_fraction=ENGINE["top_fraction"],
+        model=model_entry,
         attrs=run_attrs,
     script:
         "../scripts/head_top_tokens.py"

@@ -102,7 +102,9 @@ def run_attrs(wildcards):
         "model_entry": ENTRIES[wildcards.model],
         "seed": config["seed"],
         "data": DATA,
-        "engine": ENGINE,
+        # store_tokens changes what is kept, never a number: the stores of both layouts
+        # record the same config
+        "engine": {k: v for k, v in ENGINE.items() if k != "store_tokens"},
         "device": config["device"],
         "dtype": config["dtype"],
     }
@@ -267,7 +269,8 @@ def mech_picks(keys, model=None):
 
 def pick_store(wildcards):
     """The store a pick reads: the model's reinforcement store (most_self_repressing) or its
-    per-head summary under the figures' ablation (largest_top_de: clean DE, the same in all).
+    top-token store (largest_top_de: the mean clean DE on each head's top tokens, known before
+    any ablation, so that an ablate job can keep the picked heads' every token).
     """
     target = PICKS[wildcards.key]
     if target.model != wildcards.model:
@@ -276,7 +279,7 @@ def pick_store(wildcards):
         )
     if target.pick["criterion"] == "most_self_repressing":
         return f"results/{target.model}/reinforcement/reinforcement.zarr"
-    return summary_paths(target.model, FIG_ABLATION)[0]
+    return f"results/{target.model}/attribution/top_tokens.zarr"
 
 
 def mech_caption(key, ablations, selection, picks=(), n_tokens=N_PREDICTIONS, extra=()):
@@ -376,10 +379,47 @@ def repair_paths(models, name):
 
 
 def top_tokens_input(wildcards):
-    """The ablate rule's top-token store when it measures the attribution too."""
-    if not ATTRIBUTION:
+    """The ablate rule's top-token store when it measures the attribution too or keeps only
+    the top tokens (keep_params)."""
+    if not ATTRIBUTION and keep_params(wildcards) is None:
         return {}
     return {"top_tokens": f"results/{wildcards.model}/attribution/top_tokens.zarr"}
+
+
+# engine.store_tokens: top keeps every token only of the heads whose per-token values figures
+# and mechanisms read (Figs 3 and 5, the norms of Figs 4 and 16-18): configured, or picked
+# from the clean direct effects (head_top_tokens) before any ablation.
+PER_TOKEN_TARGETS = [(k, FIGURE_TARGETS[k]) for k in ("fig03", "fig05")] + [
+    (k, t) for k in ("fig04", "fig16_18") for t in MECH_TARGETS[k]
+]
+
+
+def per_token_picks(wildcards):
+    """The pick records whose heads an ablate job keeps every token of (keep_params)."""
+    if keep_params(wildcards) is None:
+        return []
+    model = wildcards.model
+    return pick_paths({k: t for k, t in PER_TOKEN_TARGETS if t.model == model})
+
+
+def keep_params(wildcards):
+    """The ablate job's `keep` (stages.ablation.ablate): None when it keeps every token
+    (engine.store_tokens: all; a training checkpoint; the shards the training figure reads of
+    a model with checkpoints)."""
+    model = wildcards.model
+    if ENGINE["store_tokens"] == "all" or model in CHECKPOINTS:
+        return None
+    if model in TRAINING and f"{int(wildcards.shard):03d}" in CHECKPOINT_SHARDS:
+        return None
+    heads = {h for _, t in PER_TOKEN_TARGETS if t.model == model for h in t.heads}
+    return {
+        "n_tokens": N_PREDICTIONS,
+        "n_resamples": FIGURES["bootstrap"]["resamples"],
+        "seed": config["seed"],
+        "heads": sorted(heads),
+        "k": config["explorer"]["tokens_per_head"],
+        "context": config["explorer"]["context"],
+    }
 
 
 def attribution_outputs():

@@ -6,6 +6,7 @@
 rule summarize_heads:
     input:
         shards=shards_of("ablation"),
+        top_tokens="results/{model}/attribution/top_tokens.zarr",
     output:
         summary=directory("results/{model}/summary/{ablation}.zarr"),
         intervals=directory("results/{model}/intervals/{ablation}.zarr"),

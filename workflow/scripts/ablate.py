@@ -11,5 +11,7 @@ with logged(snakemake.log[0]):
         out=snakemake.output.heads,
         top_tokens=snakemake.input.get("top_tokens"),
         attribution_out=snakemake.output.get("attribution"),
+        keep=snakemake.params.keep,
+        picks=list(snakemake.input.picks),
         attrs=dict(snakemake.params.attrs, shard=snakemake.wildcards.shard),
     )

@@ -7,5 +7,6 @@ with logged(snakemake.log[0]):
     head_top_tokens(
         shards=list(snakemake.input.shards),
         **rule_params(snakemake, "top_fraction", "attrs"),
+        heads=snakemake.params.model.get("heads"),
         out=snakemake.output.top_tokens,
     )

@@ -7,6 +7,7 @@ from selfrepair.stages.summaries import summarize_heads
 with logged(snakemake.log[0]):
     summarize_heads(
         shards=list(snakemake.input.shards),
+        top_tokens=snakemake.input.top_tokens,
         **rule_params(snakemake, "top_fraction", "de_epsilon", "level", "seed"),
         n_resamples=snakemake.params.resamples,
         out=snakemake.output.summary,

@@ -1,0 +1,400 @@
+"""The bytes the planned jobs write under results/, estimated before the first job (the
+Snakefile's onstart) per (model, stage), and a one-line refusal when the disk lacks them.
+
+Uncompressed sizes from the shapes the stages write (Zarr compresses: a finished run is usually
+smaller) for every per-token or per-head store; every other output counts a constant
+(FILE_BYTES), every Zarr store its metadata (ZARR_METADATA_BYTES); logs and benchmarks 0. A
+stage is the rules file of the rule; a training checkpoint (<model>@step<N>) counts under its
+model. What the config cannot know (a hub model neither in models.KNOWN_DIMS nor cached; d_mlp
+for the neuron stores; a JSONL task's prompts) is "unknown", never guessed: the total is then a
+lower bound."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache, partial
+from pathlib import Path
+from typing import Any
+
+from selfrepair.config.checkpoints import checkpoint_models
+from selfrepair.config.errors import ConfigError
+from selfrepair.config.layout import n_predictions, n_rows, n_shards, shard_bounds, top_count
+from selfrepair.config.memory import model_size
+from selfrepair.config.models import model_dims, official_model_name
+from selfrepair.variables import HEAD_VARIABLES, REPAIR_TOTALS, n_components
+
+__all__ = ["StoreDims", "all_ablation_bytes", "check_storage", "clean_bytes", "estimate_storage"]
+__all__ += ["rule_stages", "storage_dims", "storage_table", "top_ablation_bytes"]
+
+F32 = 4  # float32, int32
+F64 = I64 = 8  # float64, int64
+# Measured in the reduced demo: JSON 0.5-1.4 KB, a table 16-70 KB, a figure 40-300 KB.
+FILE_BYTES = {".json": 4096, ".csv": 64 * 1024, "": 128 * 1024}  # by suffix; "": the others
+ZARR_METADATA_BYTES = 32 * 1024  # .zarray/.zattrs/.zgroup files and chunk overhead per store
+HEAD_SUMMARY_BYTES = 128  # per head: summarize_heads' summary, its intervals; atp_summary
+RULES_DIR = Path(__file__).resolve().parents[2] / "workflow" / "rules"
+_RULE = re.compile(r"^\s*(?:(?:rule|checkpoint) (\w+)|use rule \w+ as (\w+) with)\s*:", re.M)
+STAGES = ("data", "clean", "ablation", "attribution", "summaries", "mechanisms", "atp")
+STAGES += ("figures", "explorer", "training", "tasks")  # the table's order: the DAG's
+NO_MODEL = "(all)"  # the table's model of jobs of no single model: figures, tables, index pages
+
+
+@dataclass(frozen=True)
+class StoreDims:
+    """What the stores' shapes need of a model; d_mlp None when the config cannot know it."""
+
+    n_layers: int
+    n_heads: int
+    d_mlp: int | None = None
+
+    @property
+    def heads(self) -> int:
+        return self.n_layers * self.n_heads
+
+    @property
+    def components(self) -> int:
+        return n_components(self.n_layers, self.n_heads)
+
+
+@cache
+def rule_stages(rules_dir: Path = RULES_DIR) -> dict[str, str]:
+    """rule name -> stage: the workflow/rules/<stage>.smk file that defines the rule."""
+    out = {}
+    for smk in sorted(rules_dir.glob("*.smk")):
+        for match in _RULE.finditer(smk.read_text(encoding="utf-8")):
+            out[match.group(1) or match.group(2)] = smk.stem
+    return out
+
+
+def storage_dims(entry: dict[str, Any], config: dict[str, Any]) -> StoreDims | None:
+    """A model's layers, heads and MLP width from its `train`, its checkpoint's config.json or
+    a hub model's in the local Hugging Face cache (memory.model_size, models.model_dims); else
+    layers and heads from models.KNOWN_DIMS, d_mlp unknown; None when those are unknown too."""
+    if "path" not in entry and "train" not in entry:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(official_model_name(entry["name"]), "config.json")
+        except (ImportError, ConfigError):
+            found = None
+        if isinstance(found, str):  # not None, nor the cache's "known to be missing"
+            entry = {"name": entry["name"], "path": str(Path(found).parent)}
+    dims, size = model_dims(entry), model_size(entry, config)
+    return None if dims is None else StoreDims(*dims, size.d_mlp if size else None)
+
+
+def clean_bytes(d: StoreDims, n_tokens: int) -> int:
+    """clean_cache: logit_clean, ln_scale_clean, loss, de_embed, de_pos_embed, de_unembed_bias
+    and target per token; de_head per (layer, head), de_attn_bias and de_mlp per layer."""
+    return F32 * (7 + d.heads + 2 * d.n_layers) * n_tokens
+
+
+def all_ablation_bytes(n_heads_total: int, n_tokens: int, n_rows: int) -> int:
+    """engine.store_tokens: all (measure_heads): the 8 float32 HEAD_VARIABLES per (head, token),
+    the clean logit and LN scale per token, the resample partner (int64) per row."""
+    return len(HEAD_VARIABLES) * F32 * n_heads_total * n_tokens + 2 * F32 * n_tokens + 8 * n_rows
+
+
+def top_ablation_bytes(
+    n_heads_total: int,
+    n_tokens_model: int,
+    shard_tokens: int,
+    shard_rows: int,
+    top_fraction: float,
+    bootstrap_resamples: int,
+    explorer_tokens_per_head: int,
+    context: int,
+    n_figure_heads: int = 0,
+) -> int:
+    """engine.store_tokens: top, one shard (analysis.shards.top_layout): each head's share of
+    its top tokens, the figure heads' every token, sums, bootstrap parts, row sums, candidates."""
+    k_shard = math.ceil(top_fraction * n_tokens_model) * shard_tokens / n_tokens_model
+    return math.ceil(
+        n_heads_total * k_shard * (8 * F32 + I64)
+        + n_figure_heads * shard_tokens * 8 * F32
+        + n_heads_total * 8 * (F64 + I64)
+        + n_heads_total * bootstrap_resamples * 2 * F64
+        + n_heads_total * shard_rows * 2 * F32
+        + shard_tokens * 2 * F32
+        + shard_rows * I64
+        + n_heads_total * 2 * explorer_tokens_per_head * (2 * I64 + 3 * F32 + 2 * context * F32)
+    )
+
+
+def repair_sums_bytes(d: StoreDims) -> int:
+    """RepairSums.dataset: float64 sums per (head, component) and of REPAIR_TOTALS, all and top,
+    int64 counts, the downstream mask."""
+    per_head = (2 * d.components + 2 + 2 * len(REPAIR_TOTALS)) * F64
+    return d.heads * per_head + d.n_layers * d.components
+
+
+def repair_summary_bytes(d: StoreDims) -> int:
+    """repair_summary: all_dde, top_dde, top_share per (head, component), the REPAIR_TOTALS'
+    means and the counts per head (float64), the downstream mask."""
+    per_head = (3 * d.components + 2 * (len(REPAIR_TOTALS) + 1)) * F64
+    return d.heads * per_head + d.n_layers * d.components
+
+
+def detail_bytes(d: StoreDims, n_heads: int, k: int) -> int:
+    """RepairSums.detail_dataset: per kept token, every component's dDE and REPAIR_TOTALS
+    (float32), its layer, head, row and position (int64)."""
+    return n_heads * k * (F32 * (d.components + len(REPAIR_TOTALS)) + 4 * 8)
+
+
+class _Run:
+    """The config as the estimates read it: layout, sizes and shown heads by model."""
+
+    def __init__(self, config: dict[str, Any], models: dict[str, dict[str, Any]]) -> None:
+        self.config, self.data, self.engine = config, config["data"], config["engine"]
+        ckpts = checkpoint_models(models)
+        self.owner = {k: e["checkpoint"]["model"] for k, e in ckpts.items()}
+        self.dims = {m: storage_dims(e, config) for m, e in models.items()}
+        first = config.get("checkpoint_shards") or n_shards(self.data)
+        self.shards = {k: range(first) for k in ckpts}  # a model's own: every shard
+        self.heads = shown_heads(config, models)
+
+    def model(self, key: str) -> str:
+        return self.owner.get(key, key)
+
+    def n_tokens(self, key: str) -> int:
+        return n_predictions(self.data, self.shards.get(key))
+
+    def k(self, key: str) -> int:
+        return top_count(self.n_tokens(key), self.engine["top_fraction"])
+
+    def shard(self, shard: str) -> tuple[int, int]:
+        """(rows, predictions) of one shard."""
+        start, stop = shard_bounds(self.data, int(shard))
+        return stop - start, n_predictions(self.data, [int(shard)])
+
+    def shown(self, key: str, experiment: str) -> int:
+        return self.heads.get(self.model(key), {}).get(experiment, 0)
+
+    def keeps_every_token(self, key: str, shard: str) -> bool:
+        """Whether an ablate job keeps every token (rules/common.smk keep_params)."""
+        if self.engine["store_tokens"] == "all" or key in self.owner:
+            return True
+        has_checkpoints = key in self.owner.values()
+        return has_checkpoints and int(shard) < len(next(iter(self.shards.values())))
+
+
+def shown_heads(config: dict[str, Any], models: dict[str, dict[str, Any]]) -> dict[str, dict]:
+    """Per model, the heads each experiment runs (neurons, norms, reinforcement), ablate keeps
+    per token and repair_detail keeps: fixed ones and the n a pick adds (at most)."""
+    from selfrepair.config.attribution import attribution_heads
+    from selfrepair.config.mechanisms import TARGET_KEYS, mechanism_targets
+    from selfrepair.config.targets import figure_targets
+
+    mech, figures = mechanism_targets(config), figure_targets(config)
+    every = list(figures.values()) + [t for ts in mech.values() for t in ts]
+    kind = {key: experiment for experiment, key, _ in TARGET_KEYS}
+    # whose heads ablate jobs keep per token under engine.store_tokens: top (common.smk)
+    per_token = [figures["fig03"], figures["fig05"], *mech["fig04"], *mech["fig16_18"]]
+    fixed: dict[str, dict[str, set]] = {m: {} for m in models}
+    out: dict[str, dict[str, int]] = {m: {} for m in models}
+    listed = [(kind[key], t) for key, targets in mech.items() for t in targets]
+    for experiment, t in listed + [("per_token", t) for t in per_token]:
+        if t.model in out:
+            fixed[t.model].setdefault(experiment, set()).update(t.heads)
+            out[t.model][experiment] = out[t.model].get(experiment, 0) + (t.pick or {}).get("n", 0)
+    detail = attribution_heads(config, models, every)
+    extra = config["figures"]["attribution"]["most_repaired"] + 1
+    for m in out:
+        out[m] = {e: len(heads) + out[m][e] for e, heads in fixed[m].items()}
+        picks = sum(t.pick["n"] for t in every if t.model == m and t.picked)
+        out[m]["detail"] = len(detail.get(m, [])) + picks + extra
+    return out
+
+
+def _ablate(run: _Run, w: dict, d: StoreDims) -> int:
+    rows, tokens = run.shard(w["shard"])
+    sums = repair_sums_bytes(d) if run.engine["attribution"] else 0
+    if run.keeps_every_token(w["model"], w["shard"]):
+        return all_ablation_bytes(d.heads, tokens, rows) + sums
+    explorer, resamples = run.config["explorer"], run.config["figures"]["bootstrap"]["resamples"]
+    top = top_ablation_bytes(
+        d.heads, run.n_tokens(w["model"]), tokens, rows, run.engine["top_fraction"], resamples,
+        explorer["tokens_per_head"], explorer["context"], run.shown(w["model"], "per_token"),
+    )  # fmt: skip
+    return top + sums
+
+
+def _mechanism(run: _Run, w: dict, d: StoreDims, rule: str) -> int | None:
+    """neuron_effects (5 float32 per head and token; per head, selection and selected token its
+    row, position and score and both neuron DEs), neuron_reductions (float64 per neuron and
+    rank), norm_ratios (5 float32 and a bool per head and token), self_reinforcement."""
+    mech, tokens, k = run.config["mechanisms"], run.n_tokens(w["model"]), run.k(w["model"])
+    n = run.shown(w["model"], MECHANISM_OF[rule])
+    if rule == "norm_ratios":
+        return (n * (5 * F32 + 1) + F32) * tokens
+    if rule == "self_reinforcement":
+        spec = mech["reinforcement"]
+        n += (d.n_layers - d.n_layers // 2) * d.n_heads if spec["second_half"] else 0
+        return n * (1 + 2 * len(spec["scales"])) * spec["rows"] * (spec["seq_len"] - 1) * F32
+    if d.d_mlp is None:
+        return None
+    if rule == "neuron_reductions":
+        return n * 2 * (d.d_mlp * (len(mech["neurons"]["thresholds"]) + 4) + k * 6) * F64
+    return n * (5 * F32 * tokens + 2 * k * (2 * F32 * d.d_mlp + 20))
+
+
+MECHANISM_OF = dict(neuron_effects="neurons", neuron_reductions="neurons", norm_ratios="norms")
+MECHANISM_OF |= {"self_reinforcement": "reinforcement"}
+
+
+def _atp(run: _Run, w: dict, d: StoreDims) -> int:
+    """atp_row, atp_top, graddrop_row (graddrop_top) per layer, float32 per (head, row); more."""
+    rows, _ = run.shard(w["shard"])
+    per_row = F32 * (2 + d.n_layers * (1 + bool(run.engine["atp_top_graddrop"]))) + 8
+    return d.heads * rows * per_row + 8 * rows
+
+
+def _explorer(run: _Run, w: dict, d: StoreDims) -> int:
+    """A model's page: per head, ablation and ranking its top tokens in context and numbers."""
+    ex = run.config["explorer"]
+    per_head = 2 * len(run.config["ablations"]) * ex["tokens_per_head"] * (ex["context"] * 8 + 64)
+    return d.heads * per_head + FILE_BYTES[""]
+
+
+def _task(run: _Run, w: dict, d: StoreDims, rule: str) -> int | None:
+    """The task stores, on answer positions: induction's second copy, IOI's one; JSONL: unknown."""
+    spec = run.config["tasks"][w["task"]]
+    if spec["type"] == "prompts":
+        return None
+    n, length = spec["n_prompts"], spec["length"]
+    answers, width = (n * length, 1 + 2 * length) if spec["type"] == "induction" else (n, 32)
+    if rule == "task_prompts":  # tokens, corrupted (int32), scored, counter, baseline, text
+        return n * width * 24
+    if rule == "task_clean":  # with counter and top1, and the metric's JSON
+        return clean_bytes(d, answers) + 2 * F32 * answers + FILE_BYTES[".json"]
+    if rule == "task_ablate":  # every head's tokens kept in the detail
+        heads = all_ablation_bytes(d.heads, answers, answers) + repair_sums_bytes(d)
+        return heads + detail_bytes(d, d.heads, answers)
+    if rule == "task_set_ablate":
+        per_answer = F32 * (d.components + len(HEAD_VARIABLES))
+        return len(spec["ablation_sets"]) * answers * per_answer
+    return 2 * HEAD_SUMMARY_BYTES * d.heads + repair_summary_bytes(d)  # task_summary
+
+
+# rule -> (run, wildcards, dims) -> bytes (None: unknown). Rules not here write no per-token or
+# per-head store: FILE_BYTES per output under results/.
+RULE_BYTES = {
+    "clean_cache": lambda r, w, d: clean_bytes(d, r.shard(w["shard"])[1]),
+    "ablate": _ablate,
+    "atp": _atp,
+    "head_top_tokens": lambda r, w, d: 8 * d.heads * r.k(w["model"]),
+    "repair_summary": lambda r, w, d: repair_summary_bytes(d),
+    "repair_detail": lambda r, w, d: detail_bytes(
+        d, r.shown(w["model"], "detail"), r.k(w["model"])
+    ),
+    "summarize_heads": lambda r, w, d: 2 * HEAD_SUMMARY_BYTES * d.heads,
+    "atp_summary": lambda r, w, d: HEAD_SUMMARY_BYTES * d.heads * (d.n_layers + 1),
+    "head_explorer": _explorer,
+    **{rule: partial(_mechanism, rule=rule) for rule in MECHANISM_OF},
+    **{
+        rule: partial(_task, rule=rule)
+        for rule in ("task_prompts", "task_clean", "task_ablate", "task_set_ablate", "task_summary")
+    },
+}
+
+
+def job_bytes(run: _Run, rule: str, wildcards: dict, outputs: Iterable[Any]) -> int | None:
+    """The bytes one planned job writes under results/ (None: unknown)."""
+    mine = [str(o) for o in outputs if Path(str(o)).parts[:1] == ("results",)]
+    meta = ZARR_METADATA_BYTES * sum(o.endswith(".zarr") for o in mine)
+    if rule in ("tokenize", "share_tokens"):  # the model's rows, int32 (a checkpoint: a copy)
+        return meta + F32 * n_rows(run.data) * run.data["seq_len"]
+    if rule not in RULE_BYTES:
+        return meta + sum(FILE_BYTES.get(Path(o).suffix, FILE_BYTES[""]) for o in mine)
+    dims = run.dims.get(run.model(wildcards["model"]))
+    size = None if dims is None else RULE_BYTES[rule](run, wildcards, dims)
+    return None if size is None else meta + size
+
+
+def estimate_storage(
+    config: dict[str, Any], models: dict[str, dict[str, Any]], jobs: Iterable[Any]
+) -> dict[tuple[str, str], int | None]:
+    """{(model, stage): bytes the planned jobs write under results/, None when some job's size
+    is unknown}, in the jobs' order; model NO_MODEL for jobs of no single model.
+
+    Args:
+        config: the validated workflow config.
+        models: its model entries (validate_run's result, the rules' MODELS).
+        jobs: the planned jobs (workflow.dag.needrun_jobs()): .rule.name, .wildcards, .output.
+    """
+    run, stages = _Run(config, models), rule_stages()
+    out: dict[tuple[str, str], int | None] = {}
+    for job in jobs:
+        rule, w = job.rule.name, dict(job.wildcards.items())
+        stage = stages.get(rule) or Path(str(getattr(job.rule, "snakefile", "other"))).stem
+        key = (run.model(w["model"]) if "model" in w else NO_MODEL, stage)
+        size, before = job_bytes(run, rule, w, job.output), out.get(key, 0)
+        out[key] = None if before is None or size is None else before + size
+    return out
+
+
+def human(n: int) -> str:
+    """Bytes in binary units: 512 B, 3.4 KB, 12.0 MB, 1.2 GB, 3.0 TB."""
+    for unit, factor in (("PB", 2**50), ("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= factor:
+            return f"{n / factor:,.1f} {unit}"
+    return f"{n} B"
+
+
+def known_total(sizes: Iterable[int | None]) -> tuple[int, str]:
+    """(the sum of the known sizes, "at least " when some are unknown, else "")."""
+    sizes = list(sizes)
+    return sum(s for s in sizes if s is not None), "at least " * (None in sizes)
+
+
+def storage_table(estimate: dict[tuple[str, str], int | None], store_tokens: str = "all") -> str:
+    """The estimate as a short table: a line per (model, stage) writing something, in the DAG's
+    order, a line per model and the total."""
+    total, bound = known_total(estimate.values())
+    lines = [
+        f"results/ grows by {bound or 'about '}{human(total)} in the planned jobs (uncompressed "
+        f"estimate, engine.store_tokens: {store_tokens}):"
+    ]
+    width = max([len(m) for m, _ in estimate] + [8])
+    order = {stage: i for i, stage in enumerate(STAGES)}
+    models = sorted(dict.fromkeys(m for m, _ in estimate), key=lambda m: m == NO_MODEL)
+    for model in models:
+        rows = {s: b for (m, s), b in estimate.items() if m == model and b != 0}
+        for stage in sorted(rows, key=lambda s: order.get(s, len(order))):
+            size = "unknown" if rows[stage] is None else human(rows[stage])
+            lines.append(f"  {model:<{width}}  {stage:<12} {size:>17}")
+        if len(rows) > 1:
+            part, part_bound = known_total(rows.values())
+            lines.append(f"  {model:<{width}}  {'(model)':<12} {part_bound + human(part):>17}")
+    lines.append(f"  {'total':<{width}}  {'':<12} {bound + human(total):>17}")
+    return "\n".join(lines)
+
+
+def check_storage(
+    config: dict, models: dict, jobs: Iterable[Any], results: str | Path = "results", out=None
+) -> dict[tuple[str, str], int | None]:
+    """Print the estimate's table (to `out`, default stderr), then refuse in one line when the
+    disk holding results/ (its nearest existing folder, relative to the working directory) has
+    less free space than the known total: the Snakefile's onstart. Arguments: estimate_storage's.
+    """
+    estimate = estimate_storage(config, models, jobs)
+    store_tokens = config["engine"].get("store_tokens", "top")
+    print(storage_table(estimate, store_tokens), file=out or sys.stderr)
+    total, bound = known_total(estimate.values())
+    folder = Path(results).absolute()
+    while not folder.exists() and folder != folder.parent:  # where results/ will be made
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if total > free:
+        fix = "set engine.store_tokens: top, " if store_tokens == "all" else ""
+        raise ConfigError(
+            f"config key engine.store_tokens: the planned jobs write {bound}{human(total)} "
+            f"({total:,} bytes) under results/ but {folder} has {human(free)} ({free:,} bytes) "
+            f"free; {fix}free space, or fewer data.n_tokens"
+        )
+    return estimate

@@ -1,0 +1,248 @@
+"""The bytes the planned jobs write under results/ (selfrepair.config.storage): the store
+formulas against hand-computed numbers, the two ablate layouts against each other at the paper's
+shapes, model sizes from the config, the hub cache or nowhere ("unknown"), and the workflow's
+own path: a real `snakemake --cores 1` prints the table in its onstart and, when the disk lacks
+the bytes, stops in one line before any job."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from helpers import REDUCED_DEMO, ROOT, load, merged, rule_texts, snakemake
+
+import selfrepair.config as sr_config
+from selfrepair.config import storage
+from selfrepair.config.layout import n_predictions, n_shards, predictions, shard_bounds
+from selfrepair.config.storage import StoreDims
+
+
+def reduced_demo(**engine) -> tuple[dict, dict]:
+    """The reduced demo's config as Snakemake merges it (config.yaml, then .test's), validated,
+    and its model entries."""
+    config = merged(load("config.yaml"), yaml.safe_load(REDUCED_DEMO.read_text()))
+    config["engine"].update(engine)
+    return config, sr_config.validate_run(config)
+
+
+def job(rule: str, output: list[str], **wildcards) -> SimpleNamespace:
+    """A planned job as the estimate reads it (Snakemake's: rule.name, wildcards, output)."""
+    return SimpleNamespace(rule=SimpleNamespace(name=rule), wildcards=wildcards, output=output)
+
+
+# --- the formulas, by hand ----------------------------------------------------------------------
+
+
+def test_store_formulas_match_hand_computed_numbers_for_a_toy_shape():
+    toy = StoreDims(n_layers=2, n_heads=3, d_mlp=16)  # 6 heads, 6 + 2 + 1 = 9 components
+    rows, seq_len = 4, 5
+    tokens = predictions(rows, seq_len)  # 4 rows x 4 predictions
+    assert tokens == 16
+    # 8 HEAD_VARIABLES x 4 bytes x 6 heads x 16 tokens, logit_clean and ln_scale_clean per
+    # token, the resample partner (int64) per row
+    assert storage.all_ablation_bytes(toy.heads, tokens, rows) == 3072 + 128 + 32
+    # 7 per-token variables, de_head per head, de_attn_bias and de_mlp per layer: 17 float32
+    assert storage.clean_bytes(toy, tokens) == 4 * 17 * 16
+    # per head: 2 x 9 float64 component sums, 2 int64 counts, 2 x 7 float64 totals; a bool per
+    # (layer, component)
+    assert storage.repair_sums_bytes(toy) == 6 * (18 + 2 + 14) * 8 + 2 * 9
+    # per kept token: 9 components and 7 totals (float32), 4 int64 indices
+    assert storage.detail_bytes(toy, n_heads=2, k=10) == 2 * 10 * (16 * 4 + 32)
+
+
+def test_top_layout_formula_matches_a_hand_computed_number():
+    # k_shard = ceil(0.02 x 1000) x 500 / 1000 = 10 top tokens per head in this shard
+    expected = (
+        6 * 10 * (8 * 4 + 8)  # each head's top tokens: 8 float32 and an int64 token
+        + 8 * 500 * 32  # every token of 8 figure heads
+        + 6 * 8 * 16  # per head 8 float64 sums and int64 counts
+        + 6 * 100 * 16  # the bootstrap's float64 total and kept count per resample
+        + 6 * 10 * 8  # two float32 row sums per (head, row)
+        + 500 * 8  # logit_clean and ln_scale_clean per token
+        + 10 * 8  # the resample partner per row
+        + 6 * 2 * 20 * (16 + 12 + 2 * 24 * 4)  # the explorer's candidates with their windows
+    )
+    got = storage.top_ablation_bytes(6, 1000, 500, 10, 0.02, 100, 20, 24, n_figure_heads=8)
+    assert got == expected == 198_128
+    assert storage.top_ablation_bytes(6, 1000, 500, 10, 0.02, 100, 20, 24) == (
+        expected - 8 * 500 * 32
+    )
+
+
+@pytest.mark.parametrize("name, layers, heads", [("gpt2-small", 12, 12), ("pythia-410m", 24, 16)])
+def test_all_stores_more_than_top_at_the_paper_shapes(name, layers, heads):
+    paper = load("config.yaml")
+    data = {**paper["data"], "shard_rows": 1024}
+    n_model = n_predictions(data)
+    for shard in range(n_shards(data)):
+        start, stop = shard_bounds(data, shard)
+        tokens = predictions(stop - start, data["seq_len"])
+        every = storage.all_ablation_bytes(layers * heads, tokens, stop - start)
+        top = storage.top_ablation_bytes(
+            layers * heads, n_model, tokens, stop - start, 0.02, 1000, 20, 24
+        )
+        assert every > 4 * top, (name, shard, every, top)
+
+
+def ablate_job(shard: str) -> SimpleNamespace:
+    outputs = [
+        f"results/tiny-gpt2/attribution/resample/shard-{shard}.zarr",
+        f"results/tiny-gpt2/ablation/resample/shard-{shard}.zarr",
+    ]
+    return job("ablate", outputs, model="tiny-gpt2", ablation="resample", shard=shard)
+
+
+def test_one_ablate_job_is_its_stores_shapes_and_top_is_smaller():
+    rows, tokens = 32, predictions(32, 32)  # a shard: 32 of 64 rows of 32 tokens
+    dims = StoreDims(4, 4, 4 * 32)
+    meta = 2 * storage.ZARR_METADATA_BYTES
+    every = storage.all_ablation_bytes(16, tokens, rows) + storage.repair_sums_bytes(dims) + meta
+    config, models = reduced_demo(store_tokens="all")
+    for shard in ("000", "001"):
+        estimate = sr_config.estimate_storage(config, models, [ablate_job(shard)])
+        assert estimate == {("tiny-gpt2", "ablation"): every}
+
+    config, models = reduced_demo(store_tokens="top")
+    top = {
+        shard: sr_config.estimate_storage(config, models, [ablate_job(shard)])
+        for shard in ("000", "001")
+    }
+    # shard 000: the training figure reads every token of it (checkpoint_shards: 1)
+    assert top["000"] == {("tiny-gpt2", "ablation"): every}
+    resamples = config["figures"]["bootstrap"]["resamples"]
+    kept = 2  # Fig 16-18's two heads, picked in tiny-gpt2
+    assert top["001"][("tiny-gpt2", "ablation")] == meta + storage.repair_sums_bytes(
+        dims
+    ) + sr_config.top_ablation_bytes(
+        16, n_predictions(config["data"]), tokens, rows, 0.02, resamples, 20, 24, kept
+    )
+    assert top["001"][("tiny-gpt2", "ablation")] < every
+
+
+def test_a_checkpoint_counts_under_its_model_and_figures_as_files():
+    config, models = reduced_demo()
+    jobs = [
+        job("clean_cache", ["results/tiny-pythia@step50/clean/shard-000.zarr"],
+            model="tiny-pythia@step50", shard="000"),
+        job("fig01", ["results/figures/fig01.pdf", "results/figures/fig01.png"]),
+        job("pick_substitute", ["results/tiny-pythia/substitutes/fig03.json"],
+            model="tiny-pythia", key="fig03"),
+    ]  # fmt: skip
+    estimate = sr_config.estimate_storage(config, models, jobs)
+    clean = storage.clean_bytes(StoreDims(4, 4), predictions(32, 32))
+    assert estimate == {
+        ("tiny-pythia", "clean"): clean + storage.ZARR_METADATA_BYTES,
+        (storage.NO_MODEL, "figures"): 2 * storage.FILE_BYTES[""],
+        ("tiny-pythia", "summaries"): storage.FILE_BYTES[".json"],
+    }
+
+
+def test_every_rule_has_the_stage_of_its_rules_file():
+    stages = storage.rule_stages()
+    assert set(stages) == set(rule_texts())
+    assert stages["ablate"] == "ablation" and stages["share_tokens"] == "data"
+    assert stages["atp"] == "atp" and stages["task_ablate"] == "tasks"
+    assert stages["training_self_repair"] == "training" and stages["fig01"] == "figures"
+    assert set(stages.values()) == set(storage.STAGES)
+
+
+# --- model sizes ----------------------------------------------------------------------------------
+
+
+def test_hub_model_sizes_come_from_the_cache_or_are_unknown(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    config, _ = reduced_demo()
+    # A paper model: layers and heads from models.KNOWN_DIMS, the MLP width unknown offline.
+    assert storage.storage_dims({"name": "pythia-160m"}, config) == StoreDims(12, 12, None)
+    # Neither known nor cached: unknown, not guessed.
+    assert storage.storage_dims({"name": "opt-125m"}, config) is None
+    # Cached: the config.json of the hub cache's snapshot.
+    repo = tmp_path / "models--facebook--opt-125m"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc")
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    hf = {"model_type": "opt", "num_hidden_layers": 12, "num_attention_heads": 12}
+    hf |= {"hidden_size": 768, "ffn_dim": 3072, "vocab_size": 50272}
+    (repo / "snapshots" / "abc" / "config.json").write_text(json.dumps(hf))
+    assert storage.storage_dims({"name": "opt-125m"}, config) == StoreDims(12, 12, 3072)
+
+
+def test_unknown_sizes_print_unknown_and_a_lower_bound():
+    estimate = {("m", "clean"): 3 * 2**30, ("m", "mechanisms"): None, ("(all)", "figures"): 2**20}
+    table = sr_config.storage_table(estimate)
+    lines = table.splitlines()
+    assert lines[0].startswith("results/ grows by at least 3.0 GB in the planned jobs")
+    assert any(line.split()[-1] == "unknown" and "mechanisms" in line for line in lines)
+    assert lines[-1].split() == ["total", "at", "least", "3.0", "GB"]
+
+
+def test_check_prints_the_table_and_refuses_when_the_disk_lacks_the_bytes(tmp_path):
+    config, models = reduced_demo(store_tokens="all")
+    clean = job("clean_cache", ["results/tiny-gpt2/clean/shard-000.zarr"],
+                model="tiny-gpt2", shard="000")  # fmt: skip
+    out = io.StringIO()
+    estimate = sr_config.check_storage(config, models, [clean], tmp_path / "results", out)
+    assert out.getvalue().splitlines()[1].split()[:2] == ["tiny-gpt2", "clean"]
+    assert list(estimate) == [("tiny-gpt2", "clean")]
+    free = shutil.disk_usage(tmp_path).free
+    huge = {**config["data"], "n_tokens": 4 * free // 100, "shard_rows": 2**40}
+    missing = tmp_path / "not" / "yet" / "results"  # the free space of its nearest folder
+    with pytest.raises(sr_config.ConfigError) as info:
+        sr_config.check_storage({**config, "data": huge}, models, [clean], missing, out)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("config key engine.store_tokens: ")
+    assert f"but {tmp_path} has" in message and "set engine.store_tokens: top" in message
+
+
+# --- through the workflow -------------------------------------------------------------------------
+
+
+def run_demo(workdir: Path, overlay: dict, *args: str):
+    """`snakemake ARGS --cores 1` on the reduced demo plus overlay, in workdir."""
+    extra = workdir / "overlay.yaml"
+    extra.write_text(yaml.safe_dump(overlay))
+    snakefile = str(ROOT / "workflow" / "Snakefile")
+    return snakemake(
+        *args, "--cores", "1", "--snakefile", snakefile, "--directory", str(workdir),
+        "--configfile", str(REDUCED_DEMO), str(extra), cwd=workdir, timeout=300,
+    )  # fmt: skip
+
+
+def test_a_run_the_disk_cannot_hold_stops_before_any_job(tmp_path):
+    # About 4 kB per token (16 heads x 32 bytes x 4 ablations x 2 models): more than is free.
+    n_tokens = math.ceil(shutil.disk_usage(tmp_path).free / 1000)
+    rows = math.ceil(n_tokens / 32)
+    proc = run_demo(tmp_path, {"data": {"n_tokens": n_tokens, "shard_rows": rows // 2 + 1}})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    lines = [line for line in out.splitlines() if line.startswith("config key ")]
+    assert len(lines) == 1 and lines[0].startswith("config key engine.store_tokens: the planned")
+    assert f"{tmp_path} has" in lines[0] and "fewer data.n_tokens" in lines[0], lines
+    assert "results/ grows by about" in out and "tiny-gpt2    ablation" in out
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_a_run_that_fits_prints_the_table_and_runs(tmp_path):
+    proc = run_demo(tmp_path, {}, "resources/tokenizers/stdlib-bpe")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "results/ grows by about 0 B in the planned jobs" in out
+    assert "ConfigError" not in out and "Traceback" not in out
+    assert (tmp_path / "resources" / "tokenizers" / "stdlib-bpe").is_dir()
+
+
+def test_a_dry_run_plans_without_a_word_from_the_check(tmp_path):
+    proc = run_demo(tmp_path, {}, "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    # Snakemake runs no onstart handler in a dry run: no table, no refusal, nothing written.
+    assert "results/ grows" not in out and "ConfigError" not in out and "Traceback" not in out
+    assert not (tmp_path / "results").exists()
