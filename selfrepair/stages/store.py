@@ -92,8 +92,11 @@ def write_zarr(
         if chunks and any(d in chunks for d in var.dims):
             encoding[name]["chunks"] = tuple(chunks.get(d, n) for d, n in var.sizes.items())
     ds = ds.copy()
-    for var in ds.variables.values():  # what a read store carries must not override ours
-        for key in ("filters", "compressor", "compressors", "chunks", "preferred_chunks"):
+    # What a read store carries must not override ours, nor decide which coordinates a variable
+    # lists (xarray derives them from ds alone then: the same bytes whatever ds was read from).
+    drop = ("filters", "compressor", "compressors", "chunks", "preferred_chunks", "coordinates")
+    for var in ds.variables.values():
+        for key in drop:
             var.encoding.pop(key, None)
     ds.attrs[STORE_MARK] = STORE_VERSION
     # Every chunk is written, even all-NaN ones (heads not measured), so that a missing chunk
