@@ -24,6 +24,7 @@ from selfrepair.analysis.intervals import (
 from selfrepair.analysis.shards import (
     CANDIDATE_VALUES,
     candidate_tokens,
+    flat_tokens,
     layout_of,
     row_sums,
     summary_parts,
@@ -75,14 +76,9 @@ def top_token_mean(de_head: xr.DataArray, token: np.ndarray) -> xr.DataArray:
     the clean and ablated passes agree on the clean direct effect, which they do bit for bit."""
     layers = []
     for i in range(de_head.sizes["layer"]):
-        values = _flat_layer(de_head.isel(layer=i).load())
+        values = flat_tokens(de_head.isel(layer=[i]).load())[0]
         layers.append(masked_mean(np.take_along_axis(values, token[i], -1)))
     return xr.DataArray(np.stack(layers), dims=("layer", "head"))
-
-
-def _flat_layer(da: xr.DataArray) -> np.ndarray:
-    values = da.transpose("head", "batch", "pos").values
-    return values.reshape(values.shape[0], -1)
 
 
 def _shares(top: Mapping[str, np.ndarray], eps: float) -> dict[bool, np.ndarray]:

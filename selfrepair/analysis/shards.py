@@ -24,6 +24,7 @@ from selfrepair.variables import HEAD_VARIABLES
 __all__ = [
     "LAYOUT",
     "as_per_token",
+    "flat_tokens",
     "bootstrap_sums",
     "candidate_tokens",
     "head_values",
@@ -61,7 +62,7 @@ def layout_of(ds: xr.Dataset) -> str:
     return str(ds.attrs.get(LAYOUT, "all"))
 
 
-def _flat(da: xr.DataArray) -> np.ndarray:
+def flat_tokens(da: xr.DataArray) -> np.ndarray:
     """[layer, head, token] of a (layer, head, batch, pos) array, token = row-major (batch, pos)."""
     values = da.transpose("layer", "head", "batch", "pos").values
     return values.reshape(values.shape[0], values.shape[1], -1)
@@ -89,7 +90,7 @@ def top_values(ds: xr.Dataset, top_token: np.ndarray, start_row: int) -> xr.Data
     dims = ("layer", "head", "slot")
     out = {"top_token": (dims, np.where(filled, index + start_row * ds.sizes["pos"], -1))}
     for name in HEAD_VARIABLES:
-        values = np.take_along_axis(_flat(ds[name]), index, -1)
+        values = np.take_along_axis(flat_tokens(ds[name]), index, -1)
         out[f"top_{name}"] = (dims, np.where(filled, values, np.nan).astype(np.float32))
     return xr.Dataset(out)
 
@@ -99,7 +100,7 @@ def token_sums(ds: xr.Dataset) -> xr.Dataset:
     `sum_<name>`) and how many tokens it holds (`count_<name>`)."""
     out = {}
     for name in HEAD_VARIABLES:
-        values = _flat(ds[name]).astype(np.float64)
+        values = flat_tokens(ds[name]).astype(np.float64)
         finite = np.isfinite(values)
         out[f"sum_{name}"] = (("layer", "head"), np.where(finite, values, 0.0).sum(-1))
         out[f"count_{name}"] = (("layer", "head"), finite.sum(-1).astype(np.int64))
@@ -152,22 +153,12 @@ def row_sums(ds: xr.Dataset, top_token: np.ndarray, start_row: int) -> xr.Datase
     )
 
 
-def _ranked(values: np.ndarray, k: int) -> np.ndarray:
-    """Flat indices of the k largest finite values, largest first, ties by index."""
-    flat = np.where(np.isnan(values), -np.inf, values).ravel()
-    k = min(k, int(np.isfinite(flat).sum()))
-    if k <= 0:
-        return np.zeros(0, np.int64)
-    candidates = np.argpartition(-flat, k - 1)[:k] if k < flat.size else np.arange(flat.size)
-    return candidates[np.lexsort((candidates, -flat[candidates]))]
-
-
 def candidate_tokens(ds: xr.Dataset, k: int, context: int) -> xr.Dataset:
     """Per head and explorer ranking (RANKED_BY), the shard's k best tokens: global row, pos,
     the CANDIDATE_VALUES there and the WINDOWED values over the `context` tokens ending there
     (left-aligned, NaN past the window). Ranked within the shard as merge_candidates ranks
     across shards, so the merge is the ranking of all tokens (ties by row, then pos)."""
-    n_layers, n_heads, n_pos = ds.sizes["layer"], ds.sizes["head"], ds.sizes["pos"]
+    n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
     rows = ds["batch"].values
     per = {
         key: ds[name].transpose("layer", "head", "batch", "pos").values
@@ -181,8 +172,7 @@ def candidate_tokens(ds: xr.Dataset, k: int, context: int) -> xr.Dataset:
     for layer in range(n_layers):
         for head in range(n_heads):
             for r, key in enumerate(RANKED_BY):
-                for c, i in enumerate(_ranked(per[key][layer, head], k)):
-                    b, p = divmod(int(i), n_pos)
+                for c, (b, p) in enumerate(explorer.top_positions(per[key][layer, head], k)):
                     row[layer, head, r, c], pos[layer, head, r, c] = rows[b], p
                     for name in CANDIDATE_VALUES:
                         value[name][layer, head, r, c] = per[name][layer, head, b, p]
@@ -229,18 +219,24 @@ def kept_heads(ds: xr.Dataset, heads: Sequence[Sequence[int]]) -> xr.Dataset:
     return out.assign_coords(kept_layer=("kept", layer.values), kept_head=("kept", head.values))
 
 
+def _kept_index(ds: xr.Dataset) -> dict[tuple[int, int], int]:
+    """(layer, head) -> its index on the `kept` axis of a `top` shard (empty: none kept)."""
+    if "kept_layer" not in ds.coords:
+        return {}
+    pairs = zip(ds.kept_layer.values.tolist(), ds.kept_head.values.tolist(), strict=True)
+    return {pair: i for i, pair in enumerate(pairs)}
+
+
 def head_values(ds: xr.Dataset, layer: int, head: int, names: Sequence[str]) -> xr.Dataset | None:
     """One head's per-token variables (dims batch, pos) from a shard of either layout; None when
     a `top` shard did not keep the head's every token."""
     if layout_of(ds) == "all":
         one = ds[list(names)].isel(layer=layer, head=head)
         return one.drop_vars(["layer", "head"], errors="ignore")
-    if "kept_layer" not in ds.coords:
+    index = _kept_index(ds).get((int(layer), int(head)))
+    if index is None:
         return None
-    match = np.flatnonzero((ds.kept_layer.values == layer) & (ds.kept_head.values == head))
-    if not match.size:
-        return None
-    one = ds[[f"kept_{n}" for n in names]].isel(kept=int(match[0]))
+    one = ds[[f"kept_{n}" for n in names]].isel(kept=index)
     one = one.drop_vars(["kept", "kept_layer", "kept_head"], errors="ignore")
     return one.rename({f"kept_{n}": n for n in names})
 
@@ -250,7 +246,7 @@ def self_repair_bootstrap(
 ) -> xr.Dataset:
     """bootstrap_sums of every head's self_repair (`boot_total`, `boot_kept`: dims layer, head,
     resample), the parts of mean_self_repair's interval."""
-    values = _flat(ds.self_repair)
+    values = flat_tokens(ds.self_repair)
     total, kept = bootstrap_sums(
         values.reshape(-1, values.shape[-1]), offset, n_tokens, n_resamples, seed
     )
@@ -318,10 +314,7 @@ def as_per_token(ds: xr.Dataset, names: Sequence[str]) -> xr.Dataset:
 
     n_layers, n_heads = ds.sizes["layer"], ds.sizes["head"]
     shape = (ds.sizes["batch"], ds.sizes["pos"])
-    kept = {}
-    if "kept_layer" in ds.coords:
-        pairs = zip(ds.kept_layer.values.tolist(), ds.kept_head.values.tolist(), strict=True)
-        kept = {pair: i for i, pair in enumerate(pairs)}
+    kept = _kept_index(ds)
     out = {}
     for name in names:
         source = ds[f"kept_{name}"].chunk({"kept": 1}).data if kept else None
@@ -345,12 +338,7 @@ def not_kept(stores: Sequence[xr.Dataset], heads: Sequence[Sequence[int]]) -> li
     for ds in stores:
         if layout_of(ds) == "all":
             continue
-        held = set()
-        if "kept_layer" in ds.coords:
-            held = set(
-                zip(ds.kept_layer.values.tolist(), ds.kept_head.values.tolist(), strict=True)
-            )
-        missing |= {(int(layer), int(head)) for layer, head in heads} - held
+        missing |= {(int(layer), int(head)) for layer, head in heads} - set(_kept_index(ds))
     return sorted(missing)
 
 

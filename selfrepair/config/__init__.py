@@ -11,7 +11,12 @@ users need (below); everything else is imported from its module (selfrepair.conf
 """
 
 from selfrepair.config.attribution import attribution_heads
-from selfrepair.config.checkpoints import CHECKPOINT_DIR, checkpoint_models, checkpoint_steps
+from selfrepair.config.checkpoints import (
+    CHECKPOINT_DIR,
+    checkpoint_models,
+    checkpoint_steps,
+    keeps_every_token,
+)
 from selfrepair.config.checks import check_run
 from selfrepair.config.cluster import (
     mem_mb_for_attempt,
@@ -39,6 +44,7 @@ from selfrepair.config.layout import (
 from selfrepair.config.mechanisms import (
     heads_by_model,
     mechanism_targets,
+    per_token_targets,
     pick_targets,
 )
 from selfrepair.config.models import (
@@ -96,6 +102,7 @@ __all__ = [
     "candidate_layers",
     "check_before_jobs",
     "checkpoint_models",
+    "keeps_every_token",
     "checkpoint_steps",
     "check_planned_outputs",
     "check_hub_access",
@@ -131,6 +138,7 @@ __all__ = [
     "pick_spec",
     "read_record",
     "record_for",
+    "per_token_targets",
     "pick_targets",
     "rms_gated_activation",
     "runtime_for_attempt",

@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 from selfrepair.config.errors import ConfigError
+from selfrepair.config.layout import n_shards
 from selfrepair.config.models import check_model_entry, official_model_name
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "check_checkpoints",
     "checkpoint_key",
     "checkpoint_models",
+    "keeps_every_token",
     "checkpoint_steps",
     "final_step",
     "model_checkpoints",
@@ -141,6 +143,25 @@ def checkpoint_models(
             key = checkpoint_key(name, ckpt["step"])
             out[key] = {"name": key, **keep, "checkpoint": {"model": name, **ckpt}}
     return out
+
+
+def keeps_every_token(
+    config: dict[str, Any], checkpoints: dict[str, dict[str, Any]], key: str, shard: int
+) -> bool:
+    """Whether the ablate job of model key `key` and `shard` keeps every token: under
+    engine.store_tokens: all, for a training checkpoint, and on the shards the training figure
+    reads (checkpoint_shards) of a model with checkpoints.
+
+    Args:
+        config: the validated workflow config.
+        checkpoints: checkpoint_models' entries by key.
+        key: the model key (a model, or <model>@step<N>).
+        shard: the shard number.
+    """
+    if config["engine"]["store_tokens"] == "all" or key in checkpoints:
+        return True
+    owners = {entry["checkpoint"]["model"] for entry in checkpoints.values()}
+    return key in owners and shard < (config.get("checkpoint_shards") or n_shards(config["data"]))
 
 
 def checkpoint_steps(name: str, entry: dict[str, Any]) -> list[tuple[str, int]]:

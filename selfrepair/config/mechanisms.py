@@ -20,6 +20,7 @@ __all__ = [
     "check_reinforcement_rows",
     "heads_by_model",
     "mechanism_targets",
+    "per_token_targets",
     "pick_targets",
 ]
 
@@ -108,6 +109,22 @@ def heads_by_model(targets: list[FigureTarget]) -> dict[str, list[Head]]:
     for target in targets:
         out.setdefault(target.model, set()).update(target.heads)
     return {model: sorted(heads) for model, heads in out.items()}
+
+
+def per_token_targets(
+    figures: dict[str, FigureTarget], mechanisms: dict[str, list[FigureTarget]]
+) -> list[tuple[str, FigureTarget]]:
+    """(pick key, target) of every figure and mechanism target that reads heads per token from
+    the ablation stores (Figs 3 and 5, the norms of Figs 4 and 16-18): an ablate job under
+    engine.store_tokens: top keeps every token of their heads.
+
+    Args:
+        figures: figure_targets(config).
+        mechanisms: mechanism_targets(config).
+    """
+    return [(k, figures[k]) for k in ("fig03", "fig05")] + [
+        (k, t) for k in ("fig04", "fig16_18") for t in mechanisms[k]
+    ]
 
 
 def pick_targets(targets: dict[str, list[FigureTarget]]) -> dict[str, FigureTarget]:

@@ -21,7 +21,7 @@ from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
-from selfrepair.config.checkpoints import checkpoint_models
+from selfrepair.config.checkpoints import checkpoint_models, keeps_every_token
 from selfrepair.config.errors import ConfigError
 from selfrepair.config.layout import n_predictions, n_rows, n_shards, shard_bounds, top_count
 from selfrepair.config.memory import model_size
@@ -151,7 +151,7 @@ class _Run:
 
     def __init__(self, config: dict[str, Any], models: dict[str, dict[str, Any]]) -> None:
         self.config, self.data, self.engine = config, config["data"], config["engine"]
-        ckpts = checkpoint_models(models)
+        self.checkpoints = ckpts = checkpoint_models(models)
         self.owner = {k: e["checkpoint"]["model"] for k, e in ckpts.items()}
         self.dims = {m: storage_dims(e, config) for m, e in models.items()}
         first = config.get("checkpoint_shards") or n_shards(self.data)
@@ -176,25 +176,21 @@ class _Run:
         return self.heads.get(self.model(key), {}).get(experiment, 0)
 
     def keeps_every_token(self, key: str, shard: str) -> bool:
-        """Whether an ablate job keeps every token (rules/common.smk keep_params)."""
-        if self.engine["store_tokens"] == "all" or key in self.owner:
-            return True
-        has_checkpoints = key in self.owner.values()
-        return has_checkpoints and int(shard) < len(next(iter(self.shards.values())))
+        """Whether an ablate job keeps every token (checkpoints.keeps_every_token)."""
+        return keeps_every_token(self.config, self.checkpoints, key, int(shard))
 
 
 def shown_heads(config: dict[str, Any], models: dict[str, dict[str, Any]]) -> dict[str, dict]:
     """Per model, the heads each experiment runs (neurons, norms, reinforcement), ablate keeps
     per token and repair_detail keeps: fixed ones and the n a pick adds (at most)."""
     from selfrepair.config.attribution import attribution_heads
-    from selfrepair.config.mechanisms import TARGET_KEYS, mechanism_targets
+    from selfrepair.config.mechanisms import TARGET_KEYS, mechanism_targets, per_token_targets
     from selfrepair.config.targets import figure_targets
 
     mech, figures = mechanism_targets(config), figure_targets(config)
     every = list(figures.values()) + [t for ts in mech.values() for t in ts]
     kind = {key: experiment for experiment, key, _ in TARGET_KEYS}
-    # whose heads ablate jobs keep per token under engine.store_tokens: top (common.smk)
-    per_token = [figures["fig03"], figures["fig05"], *mech["fig04"], *mech["fig16_18"]]
+    per_token = [t for _, t in per_token_targets(figures, mech)]  # kept per token under top
     fixed: dict[str, dict[str, set]] = {m: {} for m in models}
     out: dict[str, dict[str, int]] = {m: {} for m in models}
     listed = [(kind[key], t) for key, targets in mech.items() for t in targets]

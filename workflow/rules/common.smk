@@ -389,9 +389,7 @@ def top_tokens_input(wildcards):
 # engine.store_tokens: top keeps every token only of the heads whose per-token values figures
 # and mechanisms read (Figs 3 and 5, the norms of Figs 4 and 16-18): configured, or picked
 # from the clean direct effects (head_top_tokens) before any ablation.
-PER_TOKEN_TARGETS = [(k, FIGURE_TARGETS[k]) for k in ("fig03", "fig05")] + [
-    (k, t) for k in ("fig04", "fig16_18") for t in MECH_TARGETS[k]
-]
+PER_TOKEN_TARGETS = sr_config.per_token_targets(FIGURE_TARGETS, MECH_TARGETS)
 
 
 def per_token_picks(wildcards):
@@ -404,12 +402,9 @@ def per_token_picks(wildcards):
 
 def keep_params(wildcards):
     """The ablate job's `keep` (stages.ablation.ablate): None when it keeps every token
-    (engine.store_tokens: all; a training checkpoint; the shards the training figure reads of
-    a model with checkpoints)."""
+    (sr_config.keeps_every_token)."""
     model = wildcards.model
-    if ENGINE["store_tokens"] == "all" or model in CHECKPOINTS:
-        return None
-    if model in TRAINING and f"{int(wildcards.shard):03d}" in CHECKPOINT_SHARDS:
+    if sr_config.keeps_every_token(config, CHECKPOINTS, model, int(wildcards.shard)):
         return None
     heads = {h for _, t in PER_TOKEN_TARGETS if t.model == model for h in t.heads}
     return {
