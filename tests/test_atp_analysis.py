@@ -4,6 +4,7 @@ keep, the figures, the config switch through `snakemake -n`, and the reduced dem
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import numpy as np
@@ -20,8 +21,8 @@ from selfrepair.analysis.reduce import head_summary
 from selfrepair.plots.atp import MINUS_X_GID, atp_error, atp_scatter
 from selfrepair.plots.common import IDENTITY_GID, ZERO_GID, reference_lines
 from selfrepair.reference.heads import head_values
-from selfrepair.stages.atp import measured_heads
-from selfrepair.stages.store import open_zarr
+from selfrepair.stages.atp import measured_heads, read_estimates
+from selfrepair.stages.store import DamagedStore, open_zarr, write_zarr
 
 L, H, ROWS, POS, FRACTION = 3, 4, 6, 5, 0.1
 
@@ -40,7 +41,13 @@ def token_data(seed: int = 0) -> xr.Dataset:
 
 def estimates(atp_tok, gd_tok, mask, top_graddrop=True) -> xr.Dataset:
     """What the atp stores hold, from per-token estimates: per row, and per row over each
-    head's top tokens (mask [layer, head, batch, pos])."""
+    head's top tokens (mask [layer, head, batch, pos]), GradDrop as the atp job reduces
+    measure_atp's per-layer rows (graddrop_stored)."""
+    return judge.graddrop_stored(per_layer_estimates(atp_tok, gd_tok, mask, top_graddrop))
+
+
+def per_layer_estimates(atp_tok, gd_tok, mask, top_graddrop=True) -> xr.Dataset:
+    """What measure_atp returns, from per-token estimates (GradDrop per dropped layer)."""
     dims, drop_dims = ("layer", "head", "batch"), ("drop_layer", "layer", "head", "batch")
     data = {
         "atp_row": (dims, atp_tok.sum(-1)),
@@ -102,6 +109,82 @@ def test_means_are_brute_force_over_tokens(judged):
             assert s.all_abs_exact.values[layer, head] == pytest.approx(expected, rel=1e-5)
     np.testing.assert_allclose(s.top_self_repair, heads.top_self_repair)
     np.testing.assert_allclose(s.all_de_change, heads.mean_de_ablated - heads.mean_de_clean)
+
+
+def test_graddrop_is_brute_force_over_tokens(judged):
+    """GradDrop per dropped layer: the mean over tokens of the per-token estimates; combined:
+    per row, (1 / (L - 1)) sum over dropped layers of |the row's estimate|, per token."""
+    _, _, gd_tok, mask, s = judged
+    per_layer = gd_tok.sum((-2, -1)) / (ROWS * POS)
+    np.testing.assert_allclose(s.all_graddrop_layer, per_layer, atol=1e-12, rtol=0)
+    top = np.where(mask, gd_tok, 0).sum((-2, -1)) / mask.sum((-2, -1))
+    np.testing.assert_allclose(s.top_graddrop_layer, top, atol=1e-12, rtol=0)
+    rows = np.abs(gd_tok.sum(-1)).sum(0) / (L - 1) / POS  # [layer, head, batch]
+    np.testing.assert_allclose(s.all_graddrop, rows.mean(-1), atol=1e-12, rtol=0)
+
+
+def shard_stores(tmp_path, ds: xr.Dataset, bounds: list[int]) -> list[str]:
+    """ds's rows as atp stores of the shards [bounds[i], bounds[i + 1]), each reduced as the
+    atp job reduces its own rows (graddrop_stored)."""
+    paths = []
+    for i, (start, stop) in enumerate(itertools.pairwise(bounds)):
+        one = ds.isel(batch=slice(start, stop)).assign_coords(batch=np.arange(start, stop))
+        one = judge.graddrop_stored(one).assign(metric_clean=one.n_scored)
+        paths.append(str(tmp_path / f"shard-{i:03d}.zarr"))
+        write_zarr(one, paths[-1])
+    return paths
+
+
+def test_shard_stores_give_the_summary_of_the_per_layer_rows(judged, tmp_path):
+    """Float32 per-layer rows in 3 shard stores: each GradDrop per row combined is bitwise the
+    combination of all rows at once, so the summary's graddrop is bitwise what it was from the
+    per-layer rows; per dropped layer, the float64 sums of the shards add up to the float32
+    sum of all rows but for rounding."""
+    tokens, atp_tok, gd_tok, mask, _ = judged
+    rows = per_layer_estimates(atp_tok.astype(np.float32), gd_tok.astype(np.float32), mask)
+    stored = read_estimates(shard_stores(tmp_path, rows, [0, 2, 3, ROWS]))
+    assert "graddrop_row" not in stored and "graddrop_top" not in stored
+    for unit in ("row", "top"):
+        per_layer = rows[f"graddrop_{unit}"].values
+        combined = stored[f"graddrop_{unit}_combined"].values
+        assert combined.dtype == np.float32 and stored[f"graddrop_{unit}_sum"].dtype == np.float64
+        np.testing.assert_array_equal(combined, np.abs(per_layer).sum(0) / (L - 1))
+        summed = per_layer.astype(np.float64).sum(-1)
+        np.testing.assert_allclose(stored[f"graddrop_{unit}_sum"], summed, atol=1e-12, rtol=0)
+    dims = ("layer", "head", "batch")
+    exact = tokens.logit_diff.values.astype(float)
+    args = (
+        xr.DataArray(exact.sum(-1), dims=dims),
+        xr.DataArray(np.where(mask, exact, 0).sum(-1), dims=dims),
+        head_summary(tokens, top_fraction=FRACTION),
+    )
+    s = judge.atp_summary(stored, *args, top_k=3)
+    for sel in judge.SELECTIONS:
+        scale = rows.n_scored.values if sel == "all" else rows.n_top.values
+        per_layer = rows[f"graddrop_{'row' if sel == 'all' else 'top'}"].values
+        old = _old_selection_values(per_layer, np.broadcast_to(scale, (L, H, ROWS)))
+        np.testing.assert_array_equal(s[f"{sel}_graddrop"], old["graddrop"])
+        gap = np.abs(s[f"{sel}_graddrop_layer"].values - old["graddrop_layer"]).max()
+        assert gap <= 1e-6, (sel, gap)
+
+
+def _old_selection_values(per_layer: np.ndarray, scale: np.ndarray) -> dict[str, np.ndarray]:
+    """GradDrop's summary values as atp_summary formed them from the per-layer rows of all
+    shards at once (float32 [drop, layer, head, unit])."""
+    tokens, unit = scale.sum(-1), scale > 0
+    per_token = np.divide(1.0, scale, out=np.zeros(scale.shape), where=unit)
+    combined = np.abs(per_layer).sum(0) / (per_layer.shape[0] - 1)
+    mean = np.where(unit, combined * per_token, 0.0).sum(-1) / unit.sum(-1)
+    return {"graddrop": mean, "graddrop_layer": per_layer.sum(-1) / tokens}
+
+
+def test_a_store_with_per_layer_graddrop_rows_is_stale(judged, tmp_path):
+    _, atp_tok, gd_tok, mask, _ = judged
+    old = per_layer_estimates(atp_tok, gd_tok, mask).assign_coords(batch=np.arange(ROWS))
+    path = tmp_path / "shard-000.zarr"
+    write_zarr(old.assign(metric_clean=old.n_scored), path)
+    with pytest.raises(DamagedStore, match="lacks variables graddrop_row_combined"):
+        read_estimates([str(path)])
 
 
 def test_the_error_decomposes_into_self_repair_and_atps_indirect_part(judged):
@@ -311,12 +394,19 @@ def test_demo_atp_stores_are_the_engine_on_the_shard_and_the_exact_side_matches(
             n_rows, n_pos = stored.sizes["batch"], stored.attrs["n_pos"]
             top = shard_top_mask(indices, 0, n_rows, n_pos)
             assert np.array_equal(stored.n_top.values, top.sum(-1))
-            assert "graddrop_top" in stored  # the demos set engine.atp_top_graddrop
+            assert "graddrop_top_combined" in stored  # the demos set engine.atp_top_graddrop
             if ablation == "resample":  # one ablation rerun (the engine's tests cover them all)
                 rows = torch.from_numpy(tokens[:n_rows].astype(np.int64))
-                fresh = measure_atp(model, rows, ablation, top=top)
-                for name in ("atp_row", "graddrop_row", "atp_top", "graddrop_top"):
+                fresh = judge.graddrop_stored(measure_atp(model, rows, ablation, top=top))
+                for name in (
+                    "atp_row",
+                    "atp_top",
+                    "graddrop_row_combined",
+                    "graddrop_top_combined",
+                ):
                     np.testing.assert_allclose(stored[name], fresh[name], atol=1e-4)
+                for name in ("graddrop_row_sum", "graddrop_top_sum"):
+                    np.testing.assert_allclose(stored[name], fresh[name], atol=n_rows * 1e-4)
             summary = open_zarr(results / model_name / "atp" / f"{ablation}.zarr").load()
             heads = open_zarr(results / model_name / "summary" / f"{ablation}.zarr")
             np.testing.assert_allclose(summary.all_exact, heads.mean_logit_diff, atol=1e-5)

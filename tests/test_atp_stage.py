@@ -11,7 +11,9 @@ import torch
 import xarray as xr
 
 import selfrepair.stages.job as job
+from selfrepair.analysis.attribution import shard_top_mask
 from selfrepair.models.builders import random_model
+from selfrepair.reference.atp import reference_atp
 from selfrepair.stages.ablation import ablate
 from selfrepair.stages.atp import atp, atp_summary, measured_heads
 from selfrepair.stages.clean import clean_cache
@@ -23,6 +25,7 @@ from selfrepair.stages.summaries import summarize_heads
 ROWS, SEQ, FRACTION = 8, 13, 0.125  # 96 predicted tokens: 12 top tokens per head
 HEADS = [[1, 2], [0, 1], [2, 3]]
 ATTRS = {"model": "m"}
+TOL = 1e-4  # logits, as tests/test_atp.py: the engine and the reference agree to about 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +63,8 @@ def stores(tmp_path_factory):
                                  top_tokens=p["top"], top_k=5, out=str(tmp / "judged.zarr"),
                                  attrs=ATTRS)  # fmt: skip
     patch.undo()
+    out["model"], out["rows"] = model, rows
+    out["top"] = shard_top_mask(open_zarr(p["top"]).token.values, 0, ROWS, SEQ - 1)
     return out, measured_heads(HEADS, (model.cfg.n_layers, model.cfg.n_heads))
 
 
@@ -68,13 +73,43 @@ def test_a_heads_list_keeps_the_top_token_passes_to_its_heads(stores):
     every, listed = s["every"], s["listed"]
     assert (every.n_top.sum("batch").values == 12).all()
     np.testing.assert_array_equal(listed.n_top.sum("batch").values, np.where(measured, 12, 0))
-    for name in ("atp_top", "graddrop_top"):
-        kept = listed[name].values[..., measured, :]
-        np.testing.assert_array_equal(kept, every[name].values[..., measured, :])
-        assert not listed[name].values[..., ~measured, :].any()
-        assert every[name].values[..., ~measured, :].any()  # the others did have estimates
-    for name in ("atp_row", "graddrop_row", "metric_clean"):
+    for name in ("atp_top", "graddrop_top_combined", "graddrop_top_sum"):
+        heads = (Ellipsis, measured) if name.endswith("_sum") else (Ellipsis, measured, slice(None))
+        others = (Ellipsis, ~measured, *heads[2:])
+        np.testing.assert_array_equal(listed[name].values[heads], every[name].values[heads])
+        assert not listed[name].values[others].any()
+        assert every[name].values[others].any()  # the others did have estimates
+    for name in ("atp_row", "graddrop_row_combined", "graddrop_row_sum", "metric_clean"):
         np.testing.assert_array_equal(listed[name].values, every[name].values)
+
+
+def test_the_stored_graddrop_is_the_detaching_reference_combined_and_summed(stores):
+    """The store's GradDrop against TransformerLens' plain forward with each layer's outputs
+    detached (reference.atp), per row and per head's top tokens in it: combined over the
+    dropped layers per row ((1 / (L - 1)) sum of |estimate|) and summed over the rows per
+    dropped layer; no per-layer rows are kept."""
+    s, _ = stores
+    model, rows, top, stored = s["model"], s["rows"], s["top"], s["every"]
+    n_layers = model.cfg.n_layers
+    asked = top.any((0, 1))
+    refs = [
+        reference_atp(model, rows, "resample", drop_layer=layer, per_token=asked)
+        for layer in range(n_layers)
+    ]
+    per_layer = {
+        "row": np.stack([ref["row"] for ref in refs]),
+        "top": np.stack([np.where(top, np.nan_to_num(ref["token"]), 0).sum(-1) for ref in refs]),
+    }
+    assert np.abs(per_layer["row"]).max() > 0.3  # estimates of whole logits, not of noise
+    assert "graddrop_row" not in stored and "graddrop_top" not in stored
+    for unit, values in per_layer.items():
+        combined = np.abs(values).sum(0) / (n_layers - 1)
+        got = stored[f"graddrop_{unit}_combined"]
+        assert got.dims == ("layer", "head", "batch") and got.dtype == np.float32
+        np.testing.assert_allclose(got.values, combined, atol=TOL, rtol=0)
+        got = stored[f"graddrop_{unit}_sum"]
+        assert got.dims == ("drop_layer", "layer", "head") and got.dtype == np.float64
+        np.testing.assert_allclose(got.values, values.sum(-1), atol=ROWS * TOL, rtol=0)
 
 
 def test_the_summary_judges_the_listed_heads_only(stores):

@@ -163,7 +163,10 @@ def test_clicked_head_shows_the_stores_numbers_and_context(finished_run, browser
     )
     # ... and it is the head's largest clean DE over every measured token.
     shards = sorted((results / MODEL / "clean").glob("shard-*.zarr"))
-    de = np.concatenate([open_zarr(s)["de_head"].values[layer, head] for s in shards])
+    stores = [open_zarr(s) for s in shards]  # under engine.store_tokens: top, each shard's best
+    de = np.concatenate(
+        [ds.get("de_head", ds.get("top_candidate_de_head"))[layer, head] for ds in stores], None
+    )
     assert float(first.locator(".meta").inner_text().split("DE ")[1].split(",")[0]) == (
         pytest.approx(float(np.nanmax(de)), rel=1e-3)
     )

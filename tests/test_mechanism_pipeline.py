@@ -1,8 +1,10 @@
 """The mechanism stages end to end on a tiny random model and a two-shard token store: they
-write stores the figure builders read back, and line up with the ablation stage's stores."""
+write stores the figure builders read back, and line up with the ablation stage's stores; the
+neuron stage's reductions are those the former neuron_reductions rule made of its store."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,19 +13,22 @@ import torch
 import xarray as xr
 from snakemake.iocontainers import InputFiles, Params
 
+import selfrepair.mechanisms.neurons as neurons
 import selfrepair.stages.figures as mechanism_figures
 import selfrepair.stages.job as job
 import selfrepair.stages.mechanisms as mp
-from selfrepair.mechanisms.neurons import neuron_direct_effects, resolve_probes
+from selfrepair.analysis.mechanisms import neuron_reductions
+from selfrepair.mechanisms.neurons import PER_NEURON, neuron_direct_effects, resolve_probes
 from selfrepair.models.builders import random_model
 from selfrepair.stages.ablation import ablate
 from selfrepair.stages.job import ModelJob
-from selfrepair.stages.joblog import rule_params
+from selfrepair.stages.joblog import provenance, revision_of, rule_params
 from selfrepair.stages.store import open_zarr, write_zarr
 
 BOUNDS = [(0, 5), (5, 9)]
 NEURON_HEADS = [[1, 2], [0, 1]]
 NORM_HEADS = [[2, 3], [1, 0]]
+NEURONS = dict(thresholds=[0.5, 0.1], top_n=3)
 
 
 @pytest.fixture(scope="module")
@@ -64,26 +69,25 @@ def run(tmp_path_factory, model):
         "shards": shards,
         "selected": str(root / "selected.zarr"),
         "reductions": str(root / "reductions.zarr"),
+        "selected_all": str(root / "all" / "selected.zarr"),
+        "reductions_all": str(root / "all" / "reductions.zarr"),
         "norms": {a: str(root / f"norms-{a}.zarr") for a in shards},
         "reinforcement": str(root / "reinforcement.zarr"),
     }
-    mp.neuron_effects(
-        ModelJob(**common, batch_size=2, shards=BOUNDS),
-        heads=NEURON_HEADS,
-        mlp_layer=-1,
-        ablation="resample",
-        top_fraction=0.1,
-        mean_include_bos=True,
-        out=paths["selected"],
-        attrs=attrs,
-    )
-    mp.neuron_reductions(
-        selected=paths["selected"],
-        thresholds=[0.5, 0.1],
-        top_n=3,
-        out=paths["reductions"],
-        attrs=attrs,
-    )
+    for layout, suffix in (("top", ""), ("all", "_all")):
+        mp.neuron_effects(
+            ModelJob(**common, batch_size=2, shards=BOUNDS),
+            heads=NEURON_HEADS,
+            mlp_layer=-1,
+            ablation="resample",
+            top_fraction=0.1,
+            mean_include_bos=True,
+            **NEURONS,
+            store_tokens=layout,
+            out=paths[f"selected{suffix}"],
+            reductions_out=paths[f"reductions{suffix}"],
+            attrs=attrs,
+        )
     for ablation, out in paths["norms"].items():
         mp.norm_ratios(
             ModelJob(**common, batch_size=3, shards=BOUNDS),
@@ -129,6 +133,71 @@ def test_neuron_store_holds_the_top_tokens_of_the_whole_run(run, model):
     assert float(np.abs(ds.de_ablated - full.de_ablated).max()) < 1e-6
     red = open_zarr(paths["reductions"])
     assert red.sizes["threshold"] == 2 and red.attrs["top_n"] == 3
+
+
+def former_neuron_reductions(selected: str, out: str, attrs: dict) -> None:
+    """What the neuron_reductions rule (removed: neuron_effects reduces its neurons itself) did
+    with a store of every neuron: read it, reduce it, add its own provenance, write."""
+    source = open_zarr(selected).load()
+    ds = neuron_reductions(source, **NEURONS)
+    ds.attrs.update(provenance(**attrs, model_revision=revision_of(source)))
+    write_zarr(ds, out)
+
+
+def store_files(store: str) -> dict[str, bytes]:
+    """A store's files by relative path: every array's chunks and metadata, not the root's
+    attributes (compared as values: they name the store's place)."""
+    root = Path(store)
+    files = {f.relative_to(root).as_posix(): f for f in root.rglob("*") if f.is_file()}
+    return {
+        name: f.read_bytes() for name, f in files.items() if name not in (".zattrs", ".zmetadata")
+    }
+
+
+def test_neuron_reductions_are_those_of_the_two_rule_pipeline(run, tmp_path):
+    """reductions.zarr of either layout is what the former neuron_reductions rule made of the
+    store of every neuron: the same values and attributes, the same bytes in every array."""
+    paths, _ = run
+    before = str(tmp_path / "reductions.zarr")
+    former_neuron_reductions(paths["selected_all"], before, {"model": "random-pythia"})
+    expected = open_zarr(before).load()
+    assert expected.attrs["top_n"] == 3 and "versions" in expected.attrs
+    for layout in ("reductions", "reductions_all"):
+        got = open_zarr(paths[layout]).load()
+        xr.testing.assert_identical(got, expected)
+        assert got.attrs == expected.attrs  # assert_identical compares them too: said plainly
+        assert store_files(paths[layout]) == store_files(before), layout
+
+
+def test_a_top_n_wider_than_the_layer_fails_before_any_pass(run, tmp_path, monkeypatch):
+    paths, _ = run
+    monkeypatch.setattr(neurons, "select_neuron_tokens", lambda *a, **k: pytest.fail("ran"))
+    out = {"out": str(tmp_path / "selected.zarr"), "reductions_out": str(tmp_path / "red.zarr")}
+    with pytest.raises(ValueError, match=r"top_n must lie in \[1, 256\]"):
+        mp.neuron_effects(
+            ModelJob(paths["tokens"], {"name": "random-pythia"}, batch_size=3, shards=BOUNDS),
+            heads=NEURON_HEADS,
+            mlp_layer=-1,
+            ablation="resample",
+            top_fraction=0.1,
+            mean_include_bos=True,
+            thresholds=[0.5],
+            top_n=257,
+            store_tokens="top",
+            **out,
+            attrs={"model": "random-pythia"},
+        )
+    assert not any(tmp_path.iterdir())
+
+
+def test_top_layout_keeps_all_but_the_neuron_arrays(run):
+    """engine.store_tokens: top drops neuron_de_clean/ablated from selected.zarr; every other
+    variable, coordinate and attribute is the `all` store's."""
+    paths, _ = run
+    top, every = open_zarr(paths["selected"]).load(), open_zarr(paths["selected_all"]).load()
+    assert set(PER_NEURON) <= set(every.data_vars) and not set(PER_NEURON) & set(top.data_vars)
+    assert {"token_row", "token_pos", "score", "de_clean", "mlp_de_ablated"} <= set(top.data_vars)
+    xr.testing.assert_identical(top, every.drop_vars(PER_NEURON))
 
 
 def test_norm_store_lines_up_with_the_ablation_shards(run):

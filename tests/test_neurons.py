@@ -1,5 +1,6 @@
 """Neuron direct effects against full forward passes with hooks, their sum invariant, the
-streamed token selection against selecting over all tokens, and the reductions by hand."""
+streamed token selection against selecting over all tokens, the reductions by hand, and what
+the selected store keeps under each engine.store_tokens."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from selfrepair.mechanisms.neurons import (
     neuron_direct_effects,
     resolve_probes,
     select_neuron_tokens,
+    stored_selection,
     sum_error,
 )
 from selfrepair.models.builders import random_model
@@ -223,3 +225,15 @@ def test_neuron_reductions_match_hand_computation():
     )
     np.testing.assert_allclose(out.head_de_clean.values, head_de)
     np.testing.assert_allclose(out.mlp_de_ablated.values, head_de + 2)
+
+
+def test_stored_selection_drops_only_the_neuron_arrays_under_top():
+    ds = synthetic_selection()
+    assert stored_selection(ds, "all") is ds  # `all`: the store as the selection made it
+    top = stored_selection(ds, "top")
+    assert set(top.data_vars) == set(ds.data_vars) - set(PER_NEURON)
+    assert {"token_row", "token_pos", "de_clean", "mlp_de_clean"} <= set(top.data_vars)
+    xr.testing.assert_identical(top, ds.drop_vars(PER_NEURON))
+    assert set(PER_NEURON) <= set(ds.data_vars)  # the reductions still read them in memory
+    with pytest.raises(ValueError, match="store_tokens must be one of"):
+        stored_selection(ds, "some")

@@ -142,15 +142,19 @@ def _record(run: Path, model: str, key: str) -> dict:
 
 def _top_de(run: Path, model: str, fraction: float = 0.02) -> np.ndarray:
     """Mean clean DE of each (layer, head) on its top `fraction` of tokens, from the clean
-    shards (not the top-token store the pick reads)."""
-    shards = sorted((run / "results" / model / "clean").glob("shard-*.zarr"))
-    de = np.concatenate(
-        [xr.open_zarr(p).de_head.transpose("layer", "head", "batch", "pos").values for p in shards],
-        axis=2,
-    )
-    flat = de.reshape(de.shape[0], de.shape[1], -1).astype(np.float64)
-    k = int(np.ceil(fraction * flat.shape[-1]))
-    return -np.sort(-flat, axis=-1)[..., :k].mean(-1)
+    shards (not the top-token store the pick reads): their DE on every token, or under
+    engine.store_tokens: top each shard's best tokens, among which are the top ones."""
+    shards = [xr.open_zarr(p) for p in sorted((run / "results" / model / "clean").glob("*.zarr"))]
+    n_tokens = sum(ds.sizes["batch"] * ds.sizes["pos"] for ds in shards)
+    values = [
+        ds.de_head.transpose("layer", "head", "batch", "pos").values
+        if "de_head" in ds
+        else ds.top_candidate_de_head.transpose("layer", "head", "top_candidate").values
+        for ds in shards
+    ]
+    flat = np.concatenate([v.reshape(v.shape[0], v.shape[1], -1) for v in values], -1)
+    k = int(np.ceil(fraction * n_tokens))
+    return -np.sort(-flat.astype(np.float64), axis=-1)[..., :k].mean(-1)
 
 
 def _ranked(values: dict, largest: bool) -> list:

@@ -50,7 +50,7 @@ RUN_TIMEOUT = 1500
 
 # One model's part of the reduced demo: every rule that runs a model (train_model, clean_cache,
 # ablate on both shards of three ablations, atp, task_clean, task_ablate, neuron_effects,
-# norm_ratios, repair_detail, self_reinforcement) and CPU jobs (tokenize, reductions, picks,
+# norm_ratios, repair_detail, self_reinforcement) and CPU jobs (tokenize, summaries, picks,
 # Fig 9, the backup table, the explorer page). The other model's jobs are the same rules.
 MODEL = "tiny-gpt2"
 SLURM_TARGETS = (

@@ -20,6 +20,7 @@ from helpers import REDUCED_DEMO, ROOT, load, merged, rule_texts, snakemake
 import selfrepair.config as sr_config
 from selfrepair.config import storage
 from selfrepair.config.layout import n_predictions, n_shards, predictions, shard_bounds
+from selfrepair.config.models import KNOWN_D_MLP, KNOWN_DIMS
 from selfrepair.config.storage import StoreDims
 
 
@@ -59,7 +60,7 @@ def test_store_formulas_match_hand_computed_numbers_for_a_toy_shape():
 def test_top_layout_formula_matches_a_hand_computed_number():
     # k_shard = ceil(0.02 x 1000) x 500 / 1000 = 10 top tokens per head in this shard
     expected = (
-        6 * 10 * (8 * 4 + 8)  # each head's top tokens: 8 float32 and an int64 token
+        6 * 10 * (8 * 4 + 4)  # each head's top tokens: 8 float32 and an int32 token number
         + 8 * 500 * 32  # every token of 8 figure heads
         + 6 * 8 * 16  # per head 8 float64 sums and int64 counts
         + 6 * 100 * 16  # the bootstrap's float64 total and kept count per resample
@@ -69,7 +70,7 @@ def test_top_layout_formula_matches_a_hand_computed_number():
         + 6 * 2 * 20 * (16 + 12 + 2 * 24 * 4)  # the explorer's candidates with their windows
     )
     got = storage.top_ablation_bytes(6, 1000, 500, 10, 0.02, 100, 20, 24, n_figure_heads=8)
-    assert got == expected == 198_128
+    assert got == expected == 197_888
     assert storage.top_ablation_bytes(6, 1000, 500, 10, 0.02, 100, 20, 24) == (
         expected - 8 * 500 * 32
     )
@@ -90,12 +91,12 @@ def test_all_stores_more_than_top_at_the_paper_shapes(name, layers, heads):
         assert every > 4 * top, (name, shard, every, top)
 
 
-def ablate_job(shard: str) -> SimpleNamespace:
+def ablate_job(shard: str, ablation: str = "resample") -> SimpleNamespace:
     outputs = [
-        f"results/tiny-gpt2/attribution/resample/shard-{shard}.zarr",
-        f"results/tiny-gpt2/ablation/resample/shard-{shard}.zarr",
+        f"results/tiny-gpt2/attribution/{ablation}/shard-{shard}.zarr",
+        f"results/tiny-gpt2/ablation/{ablation}/shard-{shard}.zarr",
     ]
-    return job("ablate", outputs, model="tiny-gpt2", ablation="resample", shard=shard)
+    return job("ablate", outputs, model="tiny-gpt2", ablation=ablation, shard=shard)
 
 
 def test_one_ablate_job_is_its_stores_shapes_and_top_is_smaller():
@@ -123,6 +124,34 @@ def test_one_ablate_job_is_its_stores_shapes_and_top_is_smaller():
         16, n_predictions(config["data"]), tokens, rows, 0.02, resamples, 20, 24, kept
     )
     assert top["001"][("tiny-gpt2", "ablation")] < every
+    # the frozen-LayerNorm variant: no figure reads a head of it per token
+    frozen = sr_config.estimate_storage(config, models, [ablate_job("001", "resample-frozen-ln")])
+    kept_bytes = kept * tokens * 8 * 4  # every token of 2 heads, 8 float32 variables
+    assert frozen[("tiny-gpt2", "ablation")] == top["001"][("tiny-gpt2", "ablation")] - kept_bytes
+
+
+def test_per_token_heads_are_kept_in_the_variants_their_figures_read():
+    config, _ = reduced_demo()
+    config["ablations"] = ["mean", "resample", "zero"]
+    config["figures"]["ablation"] = "mean"
+    assert sr_config.per_token_ablations(config, "fig03") == ["mean"]
+    for key in ("fig05", "fig04", "fig16_18"):
+        assert sr_config.per_token_ablations(config, key) == ["mean", "resample", "zero"]
+
+
+@pytest.mark.parametrize("top_graddrop", [True, False])
+def test_an_atp_job_keeps_graddrop_per_row_combined_and_per_layer_summed(top_graddrop):
+    config, models = reduced_demo(atp_top_graddrop=top_graddrop)
+    output = ["results/tiny-gpt2/atp/resample/shard-000.zarr"]
+    atp = job("atp", output, model="tiny-gpt2", ablation="resample", shard="000")
+    heads, layers, rows, top = 16, 4, 32, int(top_graddrop)
+    expected = (
+        heads * rows * (4 * (3 + top) + 8)  # atp_row, atp_top, GradDrop combined; n_top (int64)
+        + rows * 2 * 4  # metric_clean and n_scored
+        + layers * heads * 8 * (1 + top)  # GradDrop summed over the rows per dropped layer
+    )
+    estimate = sr_config.estimate_storage(config, models, [atp])
+    assert estimate == {("tiny-gpt2", "atp"): expected + storage.ZARR_METADATA_BYTES}
 
 
 def test_a_checkpoint_counts_under_its_model_and_figures_as_files():
@@ -135,12 +164,17 @@ def test_a_checkpoint_counts_under_its_model_and_figures_as_files():
             model="tiny-pythia", key="fig03"),
     ]  # fmt: skip
     estimate = sr_config.estimate_storage(config, models, jobs)
-    clean = storage.clean_bytes(StoreDims(4, 4), predictions(32, 32))
+    # the checkpoint's 992 tokens (32 rows of 31 predictions; checkpoint_shards: 1), a top of 20
+    clean = 4 * (8 + 2 * 4) * 992 + 16 * 20 * (4 + 4)  # per token; per head 20 DEs and numbers
+    assert clean == storage.clean_top_bytes(StoreDims(4, 4), predictions(32, 32), 20) == 66_048
     assert estimate == {
         ("tiny-pythia", "clean"): clean + storage.ZARR_METADATA_BYTES,
         (storage.NO_MODEL, "figures"): 2 * storage.FILE_BYTES[""],
         ("tiny-pythia", "summaries"): storage.FILE_BYTES[".json"],
     }
+    every = sr_config.estimate_storage(*reduced_demo(store_tokens="all"), jobs)
+    clean = 4 * (7 + 16 + 2 * 4) * 992  # de_head on every token
+    assert every[("tiny-pythia", "clean")] == clean + storage.ZARR_METADATA_BYTES
 
 
 def test_every_rule_has_the_stage_of_its_rules_file():
@@ -160,8 +194,9 @@ def test_hub_model_sizes_come_from_the_cache_or_are_unknown(tmp_path, monkeypatc
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     config, _ = reduced_demo()
-    # A paper model: layers and heads from models.KNOWN_DIMS, the MLP width unknown offline.
-    assert storage.storage_dims({"name": "pythia-160m"}, config) == StoreDims(12, 12, None)
+    # A paper model: layers and heads from models.KNOWN_DIMS, the MLP width from KNOWN_D_MLP.
+    assert storage.storage_dims({"name": "pythia-160m"}, config) == StoreDims(12, 12, 3072)
+    assert storage.storage_dims({"name": "Llama-7B"}, config) == StoreDims(32, 32, 11008)
     # Neither known nor cached: unknown, not guessed.
     assert storage.storage_dims({"name": "opt-125m"}, config) is None
     # Cached: the config.json of the hub cache's snapshot.
@@ -173,6 +208,35 @@ def test_hub_model_sizes_come_from_the_cache_or_are_unknown(tmp_path, monkeypatc
     hf |= {"hidden_size": 768, "ffn_dim": 3072, "vocab_size": 50272}
     (repo / "snapshots" / "abc" / "config.json").write_text(json.dumps(hf))
     assert storage.storage_dims({"name": "opt-125m"}, config) == StoreDims(12, 12, 3072)
+
+
+def test_every_known_hub_model_has_its_mlp_width():
+    assert set(KNOWN_D_MLP) == set(KNOWN_DIMS)
+    # GPT-2 and Pythia widen the MLP 4x: d_model is 64 per head in these sizes but for
+    # pythia-1b (256 per head) and gpt2-xl (1600 = 25 x 64)
+    assert KNOWN_D_MLP["gpt2-small"] == 4 * 64 * KNOWN_DIMS["gpt2-small"][1]
+    assert KNOWN_D_MLP["pythia-1b"] == 4 * 256 * KNOWN_DIMS["pythia-1b"][1]
+
+
+@pytest.mark.parametrize("store_tokens", ["top", "all"])
+def test_the_neuron_job_writes_both_stores_and_neurons_only_under_all(store_tokens):
+    """neuron_effects: selected.zarr (5 float32 per head and token; per head, selection and
+    selected token its row, position and score, under `all` both neuron DEs) and
+    reductions.zarr (float64 per neuron and rank, per threshold, per selected token)."""
+    config, models = reduced_demo(store_tokens=store_tokens)
+    outputs = [f"results/tiny-gpt2/neurons/{name}.zarr" for name in ("selected", "reductions")]
+    estimate = sr_config.estimate_storage(
+        config, models, [job("neuron_effects", outputs, model="tiny-gpt2")]
+    )
+    n, d_mlp, tokens = 1, 4 * 32, n_predictions(config["data"])  # Fig 8's substitute
+    k = math.ceil(0.02 * tokens)
+    thresholds = len(config["mechanisms"]["neurons"]["thresholds"])
+    selected = n * (5 * 4 * tokens + 2 * k * 20)
+    reductions = n * 2 * (d_mlp * (thresholds + 4) + k * 6) * 8
+    neurons = n * 2 * k * 2 * 4 * d_mlp if store_tokens == "all" else 0
+    expected = 2 * storage.ZARR_METADATA_BYTES + selected + reductions + neurons
+    assert estimate == {("tiny-gpt2", "mechanisms"): expected}
+    assert "neuron_reductions" not in storage.MECHANISM_OF  # neuron_effects writes both
 
 
 def test_unknown_sizes_print_unknown_and_a_lower_bound():

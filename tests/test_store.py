@@ -28,6 +28,7 @@ from selfrepair.stages.summaries import summarize_heads
 from selfrepair.variables import HEAD_VARIABLES
 
 N_CTX, VOCAB = 16, 64
+TOP_K = 30  # a quarter of the 8 x 15 predictions: top_fraction 0.25
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -59,6 +60,7 @@ def made(tmp_path_factory) -> dict[str, Path]:
         attrs={"seed": 0},
     )
     clean_cache(job, out=str(root / "clean-000.zarr"), attrs={"seed": 0})
+    clean_cache(job, out=str(root / "clean-top-000.zarr"), attrs={"seed": 0}, top_k=TOP_K)
     head_top_tokens(
         shards=[str(root / "clean-000.zarr")],
         top_fraction=0.25,
@@ -70,6 +72,7 @@ def made(tmp_path_factory) -> dict[str, Path]:
         "tokens": tokens,
         "shard": root / "shard-000.zarr",
         "clean": root / "clean-000.zarr",
+        "clean-top": root / "clean-top-000.zarr",
         "summary": root / "summary.zarr",
         "top": root / "top.zarr",
     }
@@ -102,6 +105,12 @@ def read_summary(summary: Path, out: Path) -> np.ndarray:
 USES = {
     "shard": ("de_ablated", lambda path, out: summarize(path, out)),
     "clean": ("de_head", lambda path, out: store.open_zarr(path).load()),
+    "clean-top": (  # engine.store_tokens: top; its reader picks the top tokens from it
+        "top_candidate_de_head",
+        lambda path, out: head_top_tokens(
+            shards=[str(path)], top_fraction=0.25, out=str(out), attrs={}
+        ),
+    ),
     "summary": ("mean_de_ablated", read_summary),
     "tokens": ("tokens", lambda path, out: read_token_rows(str(path), 4, 8)),
 }
@@ -237,7 +246,7 @@ DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("kind", ["shard", "clean", "summary", "tokens"])
+@pytest.mark.parametrize("kind", ["shard", "clean", "clean-top", "summary", "tokens"])
 @pytest.mark.parametrize("damage", DAMAGE)
 def test_damaged_store_stops_its_reader_in_one_line(made, kind, damage, tmp_path):
     array, use = USES[kind]

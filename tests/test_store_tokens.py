@@ -11,7 +11,8 @@ import xarray as xr
 
 from selfrepair.analysis import explorer, from_shards, shards
 from selfrepair.analysis.attribution import top_token_indices
-from selfrepair.analysis.from_shards import summary_and_intervals_from_parts, top_token_mean
+from selfrepair.analysis.clean_layout import merge_top_candidates, top_candidates
+from selfrepair.analysis.from_shards import masked_mean, summary_and_intervals_from_parts
 from selfrepair.analysis.intervals import resample_blocks, summary_and_intervals
 from selfrepair.variables import HEAD_VARIABLES
 
@@ -218,13 +219,17 @@ def test_row_sums_are_the_per_row_sums():
         np.testing.assert_array_equal(sums.row_logit_diff.values, ds.logit_diff.values.sum(-1))
 
 
-def test_top_token_mean_is_the_summary_top_de_clean():
+def test_clean_candidates_give_the_summary_top_de_clean():
+    """head_top_tokens' top_de_clean (the mean of the merged clean candidates) is the summary's
+    top_de_clean, bit for bit."""
     stores = make_shards(unmeasured=())
     n_tokens = 3 * ROWS * N_POS
     token = clean_top(stores)
     summary, _ = from_parts(parts_of(stores, token, n_tokens), n_tokens)
-    de = xr.concat([d.de_clean for d in stores], "batch")
-    np.testing.assert_array_equal(top_token_mean(de, token).values, summary.top_de_clean.values)
+    k = token.shape[-1]
+    merged, value = merge_top_candidates([top_candidates(d.de_clean, k) for d in stores], k)
+    np.testing.assert_array_equal(merged, token)
+    np.testing.assert_array_equal(masked_mean(value), summary.top_de_clean.values)
 
 
 def test_bootstrap_sums_are_the_whole_bootstraps_counts_on_the_shard():

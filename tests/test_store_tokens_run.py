@@ -1,7 +1,8 @@
 """engine.store_tokens through the workflow: the shared reduced demo run (`top`, the default)
 is copied and one model's ablation stores are made again under `all`; every store and page read
 from them must be the same file, and the values a `top` store keeps must be the same bits as the
-same tokens' values under `all`."""
+same tokens' values under `all`. The neuron stage reruns too (store_tokens is its param): its
+selected.zarr keeps every neuron's direct effects only under `all`, its reductions are the same."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def targets() -> list[str]:
         f"results/{MODEL}/{kind}/{a}.zarr" for kind in ("summary", "intervals") for a in ABLATIONS
     ]
     out += [f"results/{MODEL}/{kind}/{a}.zarr" for kind in ("atp", "norms") for a in ABLATIONS[:3]]
+    out += [f"results/{MODEL}/neurons/reductions.zarr"]  # Fig 8's substitute
     return out + [f"results/explorer/{MODEL}.html"]
 
 
@@ -59,11 +61,37 @@ def test_the_runs_kept_the_layouts_asked_for(both):
         ds = xr.open_zarr(run / f"results/{MODEL}/ablation/resample/shard-{SHARD}.zarr")
         assert ds.attrs.get("store_tokens", "all") == layout
         assert ("de_clean" in ds) == (layout == "all")
+        clean = xr.open_zarr(run / f"results/{MODEL}/clean/shard-{SHARD}.zarr")
+        assert ("de_head" in clean) == (layout == "all")
+        assert ("top_candidate_de_head" in clean) == (layout == "top")
+        neurons = xr.open_zarr(run / f"results/{MODEL}/neurons/selected.zarr")
+        assert {"token_row", "token_pos", "score", "mlp_de_ablated"} <= set(neurons.data_vars)
+        per_neuron = {"neuron_de_clean", "neuron_de_ablated"}
+        assert per_neuron & set(neurons.data_vars) == (per_neuron if layout == "all" else set())
+
+
+def test_top_clean_stores_keep_the_same_bits_as_every_token(both):
+    """Each head's candidates in a `top` clean store are its best tokens of the shard, with the
+    same values as the `all` store's de_head there."""
+    top, every = both
+    for shard in ("000", SHARD):
+        rel = f"results/{MODEL}/clean/shard-{shard}.zarr"
+        kept, full = xr.open_zarr(top / rel).load(), xr.open_zarr(every / rel).load()
+        flat = full.de_head.transpose("layer", "head", "batch", "pos").values
+        flat = flat.reshape(*flat.shape[:2], -1)
+        local = kept.top_candidate_token.values - int(full.batch[0]) * full.sizes["pos"]
+        got = kept.top_candidate_de_head.values
+        np.testing.assert_array_equal(got, np.take_along_axis(flat, local, -1))
+        for layer, head in np.ndindex(got.shape[:2]):  # the best of the shard
+            rest = np.delete(flat[layer, head], local[layer, head])
+            assert rest.size == 0 or got[layer, head].min() >= rest.max()
+        np.testing.assert_array_equal(kept.de_head_sum, full.de_head.sum(("layer", "head")))
 
 
 def test_every_store_and_page_read_from_either_layout_is_the_same_file(both):
     top, every = both
-    folders = [f"{MODEL}/{kind}" for kind in ("summary", "intervals", "atp", "norms")]
+    kinds = ("summary", "intervals", "atp", "norms", "attribution")  # attribution: top tokens
+    folders = [f"{MODEL}/{kind}" for kind in kinds] + [f"{MODEL}/neurons/reductions.zarr"]
     problems = compare_runs.compare_runs(
         top / "results", every / "results", [*folders, "explorer"], ()
     )
@@ -88,9 +116,10 @@ def test_top_stores_keep_the_same_bits_as_every_token(both):
                 want = np.take_along_axis(flat, local, -1)
                 got = kept[f"top_{name}"].values
                 np.testing.assert_array_equal(got[token >= 0], want[token >= 0])
-                for i in range(kept.sizes["kept"]):
+                for i in range(kept.sizes.get("kept", 0)):
                     layer, head = int(kept.kept_layer[i]), int(kept.kept_head[i])
                     np.testing.assert_array_equal(
                         kept[f"kept_{name}"].values[i], full[name].values[layer, head]
                     )
-            assert kept.sizes["kept"] >= 1  # Fig 16-18's picked heads
+            # Fig 16-18's picked heads, in the variants the norms read (not the frozen one)
+            assert (kept.sizes.get("kept", 0) >= 1) == (not ablation.endswith("frozen-ln"))

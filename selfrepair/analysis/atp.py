@@ -44,6 +44,8 @@ __all__ = [
     "atp_summary",
     "atp_table",
     "atp_table_html",
+    "graddrop_combined",
+    "graddrop_stored",
     "missed_heads",
     "r_squared",
     "repairers_of",
@@ -103,23 +105,59 @@ def slope_through_origin(y: np.ndarray, x: np.ndarray) -> float:
     return float(np.sum(x[ok] * y[ok]) / denom) if denom > 0 else float("nan")
 
 
-def _combined(per_layer: np.ndarray) -> np.ndarray:
+def graddrop_combined(per_layer: np.ndarray) -> np.ndarray:
     """AtP*'s GradDrop estimate of |effect| per unit: (1 / (L - 1)) sum_l |estimate_l|; NaN
-    for a one-layer model (no layer to drop but its own)."""
+    for a one-layer model (no layer to drop but its own). The atp job stores it per row
+    (graddrop_stored) and atp_summary averages the stored values: one definition for both, in
+    the estimates' own dtype, so that the summary is what it would be from per-layer rows."""
     n = per_layer.shape[0]
-    return np.abs(per_layer).sum(0) / (n - 1) if n > 1 else np.full(per_layer.shape[1:], np.nan)
+    if n == 1:
+        return np.full(per_layer.shape[1:], np.nan, per_layer.dtype)
+    return np.abs(per_layer).sum(0) / (n - 1)
+
+
+def graddrop_stored(estimates: xr.Dataset) -> xr.Dataset:
+    """measure_atp's per-layer GradDrop rows (graddrop_row, graddrop_top: drop_layer, layer,
+    head, batch) replaced by all atp_summary reads of them, so that the stores do not grow
+    with layers x rows: per row, combined over the dropped layers (graddrop_<unit>_combined:
+    layer, head, batch, float32 as graddrop_combined gives it), and per dropped layer, summed
+    over the rows (graddrop_<unit>_sum: drop_layer, layer, head, float64: summed again over
+    shards by the reader).
+
+    Args:
+        estimates: measure_atp's Dataset of one shard.
+    """
+    out = estimates
+    for name in ("graddrop_row", "graddrop_top"):
+        if name not in estimates:
+            continue
+        dims = ("drop_layer", "layer", "head", "batch")
+        per_layer = estimates[name].transpose(*dims)
+        out = out.drop_vars(name).assign(
+            {
+                f"{name}_combined": (dims[1:], graddrop_combined(per_layer.values)),
+                f"{name}_sum": (dims[:-1], per_layer.values.sum(-1, dtype=np.float64)),
+            }
+        )
+    return out
 
 
 def _selection_values(
-    sel: str, exact: np.ndarray, atp: np.ndarray, graddrop: np.ndarray, scale: np.ndarray
+    sel: str,
+    exact: np.ndarray,
+    atp: np.ndarray,
+    graddrop: tuple[np.ndarray, np.ndarray],
+    scale: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """Per head, over its units ([layer, head, unit]; graddrop [drop, layer, head, unit]): the
-    means per token of the signed changes, and of the magnitudes per unit; scale: the tokens
-    each unit sums (broadcast to [layer, head, unit]; units of 0 tokens are left out)."""
+    """Per head, over its units ([layer, head, unit]): the means per token of the signed
+    changes, and of the magnitudes per unit; graddrop: (combined [layer, head, unit], summed
+    over units [drop, layer, head]); scale: the tokens each unit sums (broadcast to
+    [layer, head, unit]; units of 0 tokens are left out)."""
     scale = np.broadcast_to(scale, exact.shape)
     tokens = scale.sum(-1)
     unit = scale > 0
     per_token = np.divide(1.0, scale, out=np.zeros(scale.shape), where=unit)
+    combined, summed = graddrop
 
     def unit_mean(x: np.ndarray) -> np.ndarray:
         return np.where(unit, x * per_token, 0.0).sum(-1) / unit.sum(-1)
@@ -128,18 +166,21 @@ def _selection_values(
         return {
             f"{sel}_exact": exact.sum(-1) / tokens,
             f"{sel}_atp": atp.sum(-1) / tokens,
-            f"{sel}_graddrop_layer": graddrop.sum(-1) / tokens,
+            f"{sel}_graddrop_layer": summed / tokens,
             f"{sel}_abs_exact": unit_mean(np.abs(exact)),
             f"{sel}_abs_atp": unit_mean(np.abs(atp)),
-            f"{sel}_graddrop": unit_mean(_combined(graddrop)),
+            f"{sel}_graddrop": unit_mean(combined),
         }
 
 
-def _graddrop_top(estimates: xr.Dataset) -> np.ndarray:
-    """GradDrop on the top tokens, or NaN where it was not run there."""
-    if "graddrop_top" in estimates:
-        return estimates.graddrop_top.values
-    return np.full(estimates.graddrop_row.shape, np.nan)
+def _graddrop(estimates: xr.Dataset, unit: str) -> tuple[np.ndarray, np.ndarray]:
+    """A unit's stored GradDrop (graddrop_stored): combined per unit and summed per dropped
+    layer, or NaN where it was not run there (top tokens without engine.atp_top_graddrop)."""
+    name = f"graddrop_{unit}"
+    if f"{name}_combined" in estimates:
+        return estimates[f"{name}_combined"].values, estimates[f"{name}_sum"].values
+    combined, summed = estimates.graddrop_row_combined, estimates.graddrop_row_sum
+    return np.full(combined.shape, np.nan), np.full(summed.shape, np.nan)
 
 
 def atp_summary(
@@ -152,9 +193,11 @@ def atp_summary(
     """Per head and per model: AtP and GradDrop against the exact effect (module docstring).
 
     Args:
-        estimates: the atp stores over all shards (dims drop_layer, layer, head, batch):
-            atp_row, graddrop_row, n_scored, and on each head's top tokens atp_top, n_top and
-            graddrop_top (absent when GradDrop was not run there: those values are then NaN).
+        estimates: the atp stores over all shards: per row (batch) atp_row,
+            graddrop_row_combined, n_scored, and on each head's top tokens atp_top, n_top and
+            graddrop_top_combined; over all rows graddrop_row_sum and graddrop_top_sum
+            (drop_layer, layer, head; graddrop_stored). The top GradDrop is absent when it was
+            not run there: its values are then NaN.
         exact_rows: the exact logit_diff summed over each row's tokens (layer, head, batch).
         exact_top: the same over each row's top tokens of the head (layer, head, batch).
         heads: the exact per-head summary (analysis.reduce.head_summary) of the same ablation.
@@ -163,8 +206,8 @@ def atp_summary(
             (0 for a model measuring one head: nothing is ranked); ds.attrs keeps both.
     """
     units = {
-        "all": (exact_rows, estimates.atp_row, estimates.graddrop_row.values, estimates.n_scored),
-        "top": (exact_top, estimates.atp_top, _graddrop_top(estimates), estimates.n_top),
+        "all": (exact_rows, estimates.atp_row, _graddrop(estimates, "row"), estimates.n_scored),
+        "top": (exact_top, estimates.atp_top, _graddrop(estimates, "top"), estimates.n_top),
     }
     values = {}
     for sel, (exact, atp, graddrop, scale) in units.items():

@@ -24,7 +24,6 @@ from selfrepair.analysis.intervals import (
 from selfrepair.analysis.shards import (
     CANDIDATE_VALUES,
     candidate_tokens,
-    flat_tokens,
     layout_of,
     row_sums,
     summary_parts,
@@ -38,7 +37,6 @@ __all__ = [
     "read_row_sums",
     "read_summary_parts",
     "summary_and_intervals_from_parts",
-    "top_token_mean",
 ]
 
 
@@ -68,17 +66,6 @@ def masked_mean(values: np.ndarray) -> np.ndarray:
     finite = np.isfinite(values)
     total = np.where(finite, values.astype(np.float64), 0.0).sum(-1)
     return _mean(total, finite.sum(-1))
-
-
-def top_token_mean(de_head: xr.DataArray, token: np.ndarray) -> xr.DataArray:
-    """Per head, the mean of de_head (layer, head, batch, pos; loaded a layer at a time) on its
-    top tokens (token: [layer, head, k] global token numbers): the summary's top_de_clean when
-    the clean and ablated passes agree on the clean direct effect, which they do bit for bit."""
-    layers = []
-    for i in range(de_head.sizes["layer"]):
-        values = flat_tokens(de_head.isel(layer=[i]).load())[0]
-        layers.append(masked_mean(np.take_along_axis(values, token[i], -1)))
-    return xr.DataArray(np.stack(layers), dims=("layer", "head"))
 
 
 def _shares(top: Mapping[str, np.ndarray], eps: float) -> dict[bool, np.ndarray]:

@@ -26,6 +26,7 @@ __all__ = [
     "REINFORCEMENT_CLASSES",
     "THRESHOLDS",
     "at_selected",
+    "check_top_n",
     "classify_reinforcement",
     "least_squares_slope",
     "neuron_reductions",
@@ -79,6 +80,12 @@ def _neuron_stats(
     }
 
 
+def check_top_n(top_n: int, d_mlp: int) -> None:
+    """Refuse a top_n the layer's d_mlp neurons cannot fill (neuron_reductions' top_n_frequency)."""
+    if not 1 <= top_n <= d_mlp:
+        raise ValueError(f"top_n must lie in [1, {d_mlp}] (the layer's neurons), got {top_n}")
+
+
 def neuron_reductions(
     ds: xr.Dataset, thresholds: Sequence[float] = THRESHOLDS, top_n: int = 10
 ) -> xr.Dataset:
@@ -86,8 +93,7 @@ def neuron_reductions(
     Ranks count from 1."""
     thresholds = [float(t) for t in thresholds]
     d_mlp = ds.sizes["neuron"]
-    if not 1 <= top_n <= d_mlp:
-        raise ValueError(f"top_n must lie in [1, {d_mlp}] (the layer's neurons), got {top_n}")
+    check_top_n(top_n, d_mlp)
     head_de = at_selected(ds, "de_clean")
     stats = [
         [

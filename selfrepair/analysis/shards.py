@@ -39,6 +39,7 @@ __all__ = [
     "summary_parts",
     "token_sums",
     "top_layout",
+    "token_dtype",
     "top_values",
 ]
 
@@ -68,9 +69,15 @@ def flat_tokens(da: xr.DataArray) -> np.ndarray:
     return values.reshape(values.shape[0], values.shape[1], -1)
 
 
+def token_dtype(largest: int) -> type:
+    """The dtype of stored global token numbers: int32 while they fit (half the bytes), else
+    int64."""
+    return np.int32 if largest <= np.iinfo(np.int32).max else np.int64
+
+
 def top_values(ds: xr.Dataset, top_token: np.ndarray, start_row: int) -> xr.Dataset:
     """Every head variable on each head's top tokens that fall in this shard, in token order
-    (dims layer, head, slot; NaN and token -1 past a head's last one).
+    (dims layer, head, slot; NaN and token -1 past a head's last one; token_dtype).
 
     Args:
         ds: one shard's per-token values (dims layer, head, batch, pos).
@@ -88,7 +95,8 @@ def top_values(ds: xr.Dataset, top_token: np.ndarray, start_row: int) -> xr.Data
     filled = np.take_along_axis(inside, order, -1)
     index = np.where(filled, np.take_along_axis(local, order, -1), 0)
     dims = ("layer", "head", "slot")
-    out = {"top_token": (dims, np.where(filled, index + start_row * ds.sizes["pos"], -1))}
+    token = np.where(filled, index + start_row * ds.sizes["pos"], -1)
+    out = {"top_token": (dims, token.astype(token_dtype(int(token.max(initial=0)))))}
     for name in HEAD_VARIABLES:
         values = np.take_along_axis(flat_tokens(ds[name]), index, -1)
         out[f"top_{name}"] = (dims, np.where(filled, values, np.nan).astype(np.float32))

@@ -44,6 +44,7 @@ from selfrepair.config.layout import (
 from selfrepair.config.mechanisms import (
     heads_by_model,
     mechanism_targets,
+    per_token_ablations,
     per_token_targets,
     pick_targets,
 )
@@ -138,6 +139,7 @@ __all__ = [
     "pick_spec",
     "read_record",
     "record_for",
+    "per_token_ablations",
     "per_token_targets",
     "pick_targets",
     "rms_gated_activation",

@@ -11,7 +11,12 @@ from typing import Any
 from selfrepair.config.errors import ConfigError
 from selfrepair.config.layout import n_rows
 from selfrepair.config.models import Head, model_entries
-from selfrepair.config.targets import FigureTarget, check_distinct_targets, resolve_target
+from selfrepair.config.targets import (
+    FigureTarget,
+    check_distinct_targets,
+    figure_ablation,
+    resolve_target,
+)
 
 __all__ = [
     "TARGET_KEYS",
@@ -20,6 +25,7 @@ __all__ = [
     "check_reinforcement_rows",
     "heads_by_model",
     "mechanism_targets",
+    "per_token_ablations",
     "per_token_targets",
     "pick_targets",
 ]
@@ -125,6 +131,13 @@ def per_token_targets(
     return [(k, figures[k]) for k in ("fig03", "fig05")] + [
         (k, t) for k in ("fig04", "fig16_18") for t in mechanisms[k]
     ]
+
+
+def per_token_ablations(config: dict[str, Any], key: str) -> list[str]:
+    """The ablation variants (the ablate rule's `ablation`) whose stores the per-token target
+    `key` (per_token_targets) reads: Fig 3 figures.ablation; Fig 5 and the norms every one of
+    `ablations` (none reads the frozen-LayerNorm variants per token)."""
+    return [figure_ablation(config)] if key == "fig03" else list(config["ablations"])
 
 
 def pick_targets(targets: dict[str, list[FigureTarget]]) -> dict[str, FigureTarget]:

@@ -21,6 +21,7 @@ __all__ = [
     "HEAD_KEYS",
     "Head",
     "KNOWN_DIMS",
+    "KNOWN_D_MLP",
     "LAYER_KEYS",
     "LOCAL_ARCHITECTURES",
     "NON_CAUSAL_TYPES",
@@ -118,6 +119,22 @@ KNOWN_DIMS = {
     "pythia-1.4b": (24, 16),
     "pythia-2.8b": (32, 32),
     "llama-7b": (32, 32),
+}
+
+# Their MLP width (d_mlp), for the byte estimate of the neuron stores offline (config/storage.py).
+KNOWN_D_MLP = {
+    "gpt2": 3072,
+    "gpt2-small": 3072,
+    "gpt2-medium": 4096,
+    "gpt2-large": 5120,
+    "gpt2-xl": 6400,
+    "pythia-70m": 2048,
+    "pythia-160m": 3072,
+    "pythia-410m": 4096,
+    "pythia-1b": 8192,
+    "pythia-1.4b": 8192,
+    "pythia-2.8b": 10240,
+    "llama-7b": 11008,
 }
 
 

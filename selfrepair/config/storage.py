@@ -5,18 +5,16 @@ Uncompressed sizes from the shapes the stages write (Zarr compresses: a finished
 smaller) for every per-token or per-head store; every other output counts a constant
 (FILE_BYTES), every Zarr store its metadata (ZARR_METADATA_BYTES); logs and benchmarks 0. A
 stage is the rules file of the rule; a training checkpoint (<model>@step<N>) counts under its
-model. What the config cannot know (a hub model neither in models.KNOWN_DIMS nor cached; d_mlp
-for the neuron stores; a JSONL task's prompts) is "unknown", never guessed: the total is then a
-lower bound."""
+model. What the config cannot know (a hub model neither in models.KNOWN_DIMS nor cached, or its
+d_mlp not in KNOWN_D_MLP; a JSONL task's prompts) is "unknown", never guessed: the total is then
+a lower bound."""
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
@@ -25,14 +23,25 @@ from selfrepair.config.checkpoints import checkpoint_models, keeps_every_token
 from selfrepair.config.errors import ConfigError
 from selfrepair.config.layout import n_predictions, n_rows, n_shards, shard_bounds, top_count
 from selfrepair.config.memory import model_size
-from selfrepair.config.models import model_dims, official_model_name
-from selfrepair.variables import HEAD_VARIABLES, REPAIR_TOTALS, n_components
+from selfrepair.config.models import KNOWN_D_MLP, model_dims, official_model_name
+from selfrepair.config.store_bytes import (  # noqa: F401 (the formulas, storage.<name> too)
+    F32,
+    F64,
+    I64,
+    StoreDims,
+    all_ablation_bytes,
+    clean_bytes,
+    clean_top_bytes,
+    detail_bytes,
+    repair_summary_bytes,
+    repair_sums_bytes,
+    top_ablation_bytes,
+)
+from selfrepair.variables import HEAD_VARIABLES
 
 __all__ = ["StoreDims", "all_ablation_bytes", "check_storage", "clean_bytes", "estimate_storage"]
 __all__ += ["rule_stages", "storage_dims", "storage_table", "top_ablation_bytes"]
 
-F32 = 4  # float32, int32
-F64 = I64 = 8  # float64, int64
 # Measured in the reduced demo: JSON 0.5-1.4 KB, a table 16-70 KB, a figure 40-300 KB.
 FILE_BYTES = {".json": 4096, ".csv": 64 * 1024, "": 128 * 1024}  # by suffix; "": the others
 ZARR_METADATA_BYTES = 32 * 1024  # .zarray/.zattrs/.zgroup files and chunk overhead per store
@@ -42,23 +51,6 @@ _RULE = re.compile(r"^\s*(?:(?:rule|checkpoint) (\w+)|use rule \w+ as (\w+) with
 STAGES = ("data", "clean", "ablation", "attribution", "summaries", "mechanisms", "atp")
 STAGES += ("figures", "explorer", "training", "tasks")  # the table's order: the DAG's
 NO_MODEL = "(all)"  # the table's model of jobs of no single model: figures, tables, index pages
-
-
-@dataclass(frozen=True)
-class StoreDims:
-    """What the stores' shapes need of a model; d_mlp None when the config cannot know it."""
-
-    n_layers: int
-    n_heads: int
-    d_mlp: int | None = None
-
-    @property
-    def heads(self) -> int:
-        return self.n_layers * self.n_heads
-
-    @property
-    def components(self) -> int:
-        return n_components(self.n_layers, self.n_heads)
 
 
 @cache
@@ -73,8 +65,8 @@ def rule_stages(rules_dir: Path = RULES_DIR) -> dict[str, str]:
 
 def storage_dims(entry: dict[str, Any], config: dict[str, Any]) -> StoreDims | None:
     """A model's layers, heads and MLP width from its `train`, its checkpoint's config.json or
-    a hub model's in the local Hugging Face cache (memory.model_size, models.model_dims); else
-    layers and heads from models.KNOWN_DIMS, d_mlp unknown; None when those are unknown too."""
+    a hub model's in the local Hugging Face cache (memory.model_size, models.model_dims), else
+    models.KNOWN_DIMS and KNOWN_D_MLP (d_mlp None if not there); None if dims are unknown."""
     if "path" not in entry and "train" not in entry:
         try:
             from huggingface_hub import try_to_load_from_cache
@@ -85,65 +77,15 @@ def storage_dims(entry: dict[str, Any], config: dict[str, Any]) -> StoreDims | N
         if isinstance(found, str):  # not None, nor the cache's "known to be missing"
             entry = {"name": entry["name"], "path": str(Path(found).parent)}
     dims, size = model_dims(entry), model_size(entry, config)
-    return None if dims is None else StoreDims(*dims, size.d_mlp if size else None)
+    d_mlp = size.d_mlp if size else KNOWN_D_MLP.get(entry["name"].lower())
+    return None if dims is None else StoreDims(*dims, d_mlp)
 
 
-def clean_bytes(d: StoreDims, n_tokens: int) -> int:
-    """clean_cache: logit_clean, ln_scale_clean, loss, de_embed, de_pos_embed, de_unembed_bias
-    and target per token; de_head per (layer, head), de_attn_bias and de_mlp per layer."""
-    return F32 * (7 + d.heads + 2 * d.n_layers) * n_tokens
-
-
-def all_ablation_bytes(n_heads_total: int, n_tokens: int, n_rows: int) -> int:
-    """engine.store_tokens: all (measure_heads): the 8 float32 HEAD_VARIABLES per (head, token),
-    the clean logit and LN scale per token, the resample partner (int64) per row."""
-    return len(HEAD_VARIABLES) * F32 * n_heads_total * n_tokens + 2 * F32 * n_tokens + 8 * n_rows
-
-
-def top_ablation_bytes(
-    n_heads_total: int,
-    n_tokens_model: int,
-    shard_tokens: int,
-    shard_rows: int,
-    top_fraction: float,
-    bootstrap_resamples: int,
-    explorer_tokens_per_head: int,
-    context: int,
-    n_figure_heads: int = 0,
-) -> int:
-    """engine.store_tokens: top, one shard (analysis.shards.top_layout): each head's share of
-    its top tokens, the figure heads' every token, sums, bootstrap parts, row sums, candidates."""
-    k_shard = math.ceil(top_fraction * n_tokens_model) * shard_tokens / n_tokens_model
-    return math.ceil(
-        n_heads_total * k_shard * (8 * F32 + I64)
-        + n_figure_heads * shard_tokens * 8 * F32
-        + n_heads_total * 8 * (F64 + I64)
-        + n_heads_total * bootstrap_resamples * 2 * F64
-        + n_heads_total * shard_rows * 2 * F32
-        + shard_tokens * 2 * F32
-        + shard_rows * I64
-        + n_heads_total * 2 * explorer_tokens_per_head * (2 * I64 + 3 * F32 + 2 * context * F32)
-    )
-
-
-def repair_sums_bytes(d: StoreDims) -> int:
-    """RepairSums.dataset: float64 sums per (head, component) and of REPAIR_TOTALS, all and top,
-    int64 counts, the downstream mask."""
-    per_head = (2 * d.components + 2 + 2 * len(REPAIR_TOTALS)) * F64
-    return d.heads * per_head + d.n_layers * d.components
-
-
-def repair_summary_bytes(d: StoreDims) -> int:
-    """repair_summary: all_dde, top_dde, top_share per (head, component), the REPAIR_TOTALS'
-    means and the counts per head (float64), the downstream mask."""
-    per_head = (3 * d.components + 2 * (len(REPAIR_TOTALS) + 1)) * F64
-    return d.heads * per_head + d.n_layers * d.components
-
-
-def detail_bytes(d: StoreDims, n_heads: int, k: int) -> int:
-    """RepairSums.detail_dataset: per kept token, every component's dDE and REPAIR_TOTALS
-    (float32), its layer, head, row and position (int64)."""
-    return n_heads * k * (F32 * (d.components + len(REPAIR_TOTALS)) + 4 * 8)
+def _clean(run: _Run, w: dict, d: StoreDims) -> int:
+    tokens = run.shard(w["shard"])[1]
+    if run.engine.get("store_tokens", "top") == "all":
+        return clean_bytes(d, tokens)
+    return clean_top_bytes(d, tokens, run.k(w["model"]))
 
 
 class _Run:
@@ -184,17 +126,26 @@ def shown_heads(config: dict[str, Any], models: dict[str, dict[str, Any]]) -> di
     """Per model, the heads each experiment runs (neurons, norms, reinforcement), ablate keeps
     per token and repair_detail keeps: fixed ones and the n a pick adds (at most)."""
     from selfrepair.config.attribution import attribution_heads
-    from selfrepair.config.mechanisms import TARGET_KEYS, mechanism_targets, per_token_targets
+    from selfrepair.config.mechanisms import (
+        TARGET_KEYS,
+        mechanism_targets,
+        per_token_ablations,
+        per_token_targets,
+    )
     from selfrepair.config.targets import figure_targets
 
     mech, figures = mechanism_targets(config), figure_targets(config)
     every = list(figures.values()) + [t for ts in mech.values() for t in ts]
     kind = {key: experiment for experiment, key, _ in TARGET_KEYS}
-    per_token = [t for _, t in per_token_targets(figures, mech)]  # kept per token under top
+    per_token = [  # kept per token under top, in the variants read ("per_token <ablation>")
+        (f"per_token {a}", t)
+        for key, t in per_token_targets(figures, mech)
+        for a in per_token_ablations(config, key)
+    ]
     fixed: dict[str, dict[str, set]] = {m: {} for m in models}
     out: dict[str, dict[str, int]] = {m: {} for m in models}
     listed = [(kind[key], t) for key, targets in mech.items() for t in targets]
-    for experiment, t in listed + [("per_token", t) for t in per_token]:
+    for experiment, t in listed + per_token:
         if t.model in out:
             fixed[t.model].setdefault(experiment, set()).update(t.heads)
             out[t.model][experiment] = out[t.model].get(experiment, 0) + (t.pick or {}).get("n", 0)
@@ -215,15 +166,15 @@ def _ablate(run: _Run, w: dict, d: StoreDims) -> int:
     explorer, resamples = run.config["explorer"], run.config["figures"]["bootstrap"]["resamples"]
     top = top_ablation_bytes(
         d.heads, run.n_tokens(w["model"]), tokens, rows, run.engine["top_fraction"], resamples,
-        explorer["tokens_per_head"], explorer["context"], run.shown(w["model"], "per_token"),
+        explorer["tokens_per_head"], explorer["context"], run.shown(w["model"], f"per_token {w['ablation']}"),
     )  # fmt: skip
     return top + sums
 
 
 def _mechanism(run: _Run, w: dict, d: StoreDims, rule: str) -> int | None:
     """neuron_effects (5 float32 per head and token; per head, selection and selected token its
-    row, position and score and both neuron DEs), neuron_reductions (float64 per neuron and
-    rank), norm_ratios (5 float32 and a bool per head and token), self_reinforcement."""
+    row, position, score, under engine.store_tokens: all both neuron DEs; its reductions: float64
+    per neuron and rank), norm_ratios (5 float32 and a bool per head and token), reinforcement."""
     mech, tokens, k = run.config["mechanisms"], run.n_tokens(w["model"]), run.k(w["model"])
     n = run.shown(w["model"], MECHANISM_OF[rule])
     if rule == "norm_ratios":
@@ -234,20 +185,20 @@ def _mechanism(run: _Run, w: dict, d: StoreDims, rule: str) -> int | None:
         return n * (1 + 2 * len(spec["scales"])) * spec["rows"] * (spec["seq_len"] - 1) * F32
     if d.d_mlp is None:
         return None
-    if rule == "neuron_reductions":
-        return n * 2 * (d.d_mlp * (len(mech["neurons"]["thresholds"]) + 4) + k * 6) * F64
-    return n * (5 * F32 * tokens + 2 * k * (2 * F32 * d.d_mlp + 20))
+    reductions = n * 2 * (d.d_mlp * (len(mech["neurons"]["thresholds"]) + 4) + k * 6) * F64
+    neurons = 2 * F32 * d.d_mlp if run.engine.get("store_tokens", "top") == "all" else 0
+    return n * (5 * F32 * tokens + 2 * k * (neurons + 20)) + reductions
 
 
-MECHANISM_OF = dict(neuron_effects="neurons", neuron_reductions="neurons", norm_ratios="norms")
+MECHANISM_OF = dict(neuron_effects="neurons", norm_ratios="norms")
 MECHANISM_OF |= {"self_reinforcement": "reinforcement"}
 
 
 def _atp(run: _Run, w: dict, d: StoreDims) -> int:
-    """atp_row, atp_top, graddrop_row (graddrop_top) per layer, float32 per (head, row); more."""
-    rows, _ = run.shard(w["shard"])
-    per_row = F32 * (2 + d.n_layers * (1 + bool(run.engine["atp_top_graddrop"]))) + 8
-    return d.heads * rows * per_row + 8 * rows
+    """Per (head, row) atp_row, atp_top, n_top, GradDrop combined (analysis.atp.graddrop_stored)."""
+    rows, top = run.shard(w["shard"])[0], bool(run.engine["atp_top_graddrop"])
+    sums = d.n_layers * d.heads * F64 * (1 + top)  # GradDrop summed over rows per dropped layer
+    return d.heads * rows * (F32 * (3 + top) + I64) + 2 * F32 * rows + sums  # 2: metric, n_scored
 
 
 def _explorer(run: _Run, w: dict, d: StoreDims) -> int:
@@ -280,7 +231,7 @@ def _task(run: _Run, w: dict, d: StoreDims, rule: str) -> int | None:
 # rule -> (run, wildcards, dims) -> bytes (None: unknown). Rules not here write no per-token or
 # per-head store: FILE_BYTES per output under results/.
 RULE_BYTES = {
-    "clean_cache": lambda r, w, d: clean_bytes(d, r.shard(w["shard"])[1]),
+    "clean_cache": _clean,
     "ablate": _ablate,
     "atp": _atp,
     "head_top_tokens": lambda r, w, d: 8 * d.heads * r.k(w["model"]),

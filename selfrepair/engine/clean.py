@@ -170,8 +170,10 @@ def next_token_top1(
 
 def total_direct_effect(ds: xr.Dataset) -> xr.DataArray:
     """Sum of every component's direct effect; equals logit_clean."""
+    # a `top` clean store keeps this sum per token, not de_head (analysis.clean_layout)
+    heads = ds.de_head.sum(("layer", "head")) if "de_head" in ds else ds.de_head_sum
     return (
-        ds.de_head.sum(("layer", "head"))
+        heads
         + ds.de_attn_bias.sum("layer")
         + ds.de_mlp.sum("layer")
         + ds.de_embed

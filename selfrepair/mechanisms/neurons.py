@@ -52,12 +52,14 @@ __all__ = [
     "neuron_readout",
     "resolve_probes",
     "select_neuron_tokens",
+    "stored_selection",
     "sum_error",
 ]
 
 SELECTIONS = ("head_de", "mlp_repair")
 PER_TOKEN = ("de_clean", "de_ablated", "mlp_de_clean", "mlp_de_ablated", "mlp_bias_de")
 PER_NEURON = ("neuron_de_clean", "neuron_de_ablated")
+STORE_TOKENS = ("top", "all")  # the values of config key engine.store_tokens
 
 
 def neuron_readout(
@@ -323,6 +325,16 @@ def select_neuron_tokens(
         "logits": "centred over the vocabulary; direct effects use the clean final-LN scale",
     }
     return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def stored_selection(ds: xr.Dataset, store_tokens: str) -> xr.Dataset:
+    """What selected.zarr keeps of a select_neuron_tokens dataset: all of it under
+    engine.store_tokens: all; under top all but the PER_NEURON arrays (d_mlp floats per head,
+    selection and selected token: about 1 GB per head at the paper's size), which only the
+    reductions read and which the neuron_effects job reduces before writing."""
+    if store_tokens not in STORE_TOKENS:
+        raise ValueError(f"store_tokens must be one of {STORE_TOKENS}, got {store_tokens!r}")
+    return ds if store_tokens == "all" else ds.drop_vars(PER_NEURON)
 
 
 def sum_error(ds: xr.Dataset) -> float:

@@ -19,16 +19,28 @@ from selfrepair.analysis import atp as judge
 from selfrepair.analysis.attribution import measured_heads, shard_top_mask
 from selfrepair.analysis.from_shards import read_row_sums
 from selfrepair.stages.joblog import provenance, revision_of
-from selfrepair.stages.store import open_shard_list, open_shards, open_zarr, write_zarr
+from selfrepair.stages.store import open_shard_list, open_zarr, write_zarr
 
 if TYPE_CHECKING:
     from selfrepair.stages.job import ModelJob
 
-__all__ = ["atp", "atp_summary", "exact_on_units"]
+__all__ = ["atp", "atp_summary", "exact_on_units", "read_estimates"]
 
 log = logging.getLogger("selfrepair")
 
-VARIABLES = ("atp_row", "graddrop_row", "n_scored", "metric_clean", "atp_top", "n_top")
+# What atp_summary needs of every atp store: a store from before graddrop_stored (per-layer
+# rows) lacks the GradDrop ones and is reported damaged, with the rebuild hint.
+VARIABLES = (
+    "atp_row",
+    "graddrop_row_combined",
+    "graddrop_row_sum",
+    "n_scored",
+    "metric_clean",
+    "atp_top",
+    "n_top",
+)
+# Per shard, over its rows: added up over shards, not concatenated.
+SUMS = ("graddrop_row_sum", "graddrop_top_sum")
 
 
 def atp(
@@ -45,6 +57,8 @@ def atp(
     chosen as the ablate job of the same shard chooses it: per row (the change of the row's
     summed centred correct-token logit) and per row on each head's top tokens (the change of
     their sum), the latter for the entry's `heads` only when it lists some (n_top 0 elsewhere).
+    GradDrop is stored as atp_summary reads it (analysis.atp.graddrop_stored): per row combined
+    over the dropped layers, per dropped layer summed over the shard's rows.
 
     Args:
         job: the model job (one shard).
@@ -78,7 +92,7 @@ def atp(
             desc=f"AtP and GradDrop, {ablation}",
         )
     log.info("%d rows in %.1fs", rows.shape[0], time.perf_counter() - t0)
-    ds = row_coords(ds, start)
+    ds = row_coords(judge.graddrop_stored(ds), start)
     if "resample_source" in ds.coords:  # as global row numbers too
         ds = ds.assign_coords(resample_source=ds.resample_source + start)
     ds.attrs.update(job.provenance(attrs), ablation=ablation, n_pos=n_pos)
@@ -126,7 +140,7 @@ def atp_summary(
         tolerance: the largest disagreement accepted (logits per token).
     """
     indices = open_zarr(top_tokens).token.values
-    estimates = open_shards(atp_shards, variables=VARIABLES).load()
+    estimates = read_estimates(atp_shards)
     exact_rows, exact_top, clean = exact_on_units(ablation_shards, indices)
     heads = open_zarr(summary).load()
     _check_same_measure(estimates, clean, exact_rows, exact_top, heads, tolerance)
@@ -141,6 +155,21 @@ def atp_summary(
     )
     write_zarr(ds, out)
     return ds
+
+
+def read_estimates(atp_shards: Sequence[str]) -> xr.Dataset:
+    """The atp stores of one (model, ablation) as one Dataset (loaded): the per-row variables
+    concatenated along batch (checked to follow each other from row 0), the per-shard GradDrop
+    sums (float64) added up over the shards.
+
+    Args:
+        atp_shards: the atp stores, in shard order.
+    """
+    shards = open_shard_list(atp_shards, VARIABLES)
+    sums = [name for name in SUMS if name in shards[0]]
+    rows = xr.concat([s.drop_vars(sums) for s in shards], "batch", combine_attrs="override")
+    totals = {name: sum(s[name].load() for s in shards) for name in sums}
+    return rows.load().assign(totals)
 
 
 def _check_same_measure(estimates, clean, exact_rows, exact_top, heads, tolerance) -> None:

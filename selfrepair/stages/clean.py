@@ -7,6 +7,7 @@ from typing import Any
 
 import xarray as xr
 
+from selfrepair.analysis.clean_layout import clean_top_layout
 from selfrepair.engine.clean import clean_direct_effects, decomposition_error
 from selfrepair.stages.job import ModelJob, row_coords
 from selfrepair.stages.store import write_zarr
@@ -17,7 +18,12 @@ log = logging.getLogger("selfrepair")
 
 
 def clean_cache(
-    job: ModelJob, *, out: str, attrs: dict[str, Any], tolerance: float = 1e-4
+    job: ModelJob,
+    *,
+    out: str,
+    attrs: dict[str, Any],
+    top_k: int | None = None,
+    tolerance: float = 1e-4,
 ) -> xr.Dataset:
     """Clean direct effects of one shard; refuses to write if they do not sum to the logit.
 
@@ -25,6 +31,8 @@ def clean_cache(
         job: the model job (one shard).
         out: the store to write (results/<model>/clean/shard-<n>.zarr).
         attrs: the rule's provenance attributes (run_attrs and the shard).
+        top_k: engine.store_tokens: top: keep each head's top_k best tokens of the shard
+            instead of its DE on every token (analysis.clean_layout); None: every token.
         tolerance: the largest |sum of direct effects - logit| accepted.
     """
     rows = job.rows()
@@ -42,5 +50,7 @@ def clean_cache(
         )
     ds = row_coords(ds, job.bounds[0])
     ds.attrs.update(job.provenance(attrs, decomposition_max_error=err))
+    if top_k is not None:
+        ds = clean_top_layout(ds, top_k)
     write_zarr(ds, out)
     return ds

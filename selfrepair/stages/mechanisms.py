@@ -1,7 +1,8 @@
-"""The mechanism rules: neuron_effects, neuron_reductions, norm_ratios and self_reinforcement.
+"""The mechanism rules: neuron_effects (which also reduces its neurons for Figs 7, 8 and 15),
+norm_ratios and self_reinforcement.
 
-neuron_reductions runs in the analysis environment (no torch), so this module imports the
-model-side code (selfrepair.mechanisms, which needs torch) inside the three model stages only.
+The model-side code (selfrepair.mechanisms, which needs torch) is imported inside the model
+stages only, so that reduce_neurons loads in the analysis environment (no torch) too.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import xarray as xr
 
 from selfrepair.analysis import mechanisms as reductions
 from selfrepair.stages.joblog import provenance, revision_of
-from selfrepair.stages.store import open_head_shards, open_shards, open_zarr, write_zarr
+from selfrepair.stages.store import open_head_shards, open_shards, write_zarr
 
 if TYPE_CHECKING:
     from selfrepair.stages.job import ModelJob
 
-__all__ = ["neuron_effects", "neuron_reductions", "norm_ratios", "self_reinforcement"]
+__all__ = ["neuron_effects", "norm_ratios", "reduce_neurons", "self_reinforcement"]
 
 log = logging.getLogger("selfrepair")
 
@@ -34,13 +35,18 @@ def neuron_effects(
     ablation: str,
     top_fraction: float,
     mean_include_bos: bool,
+    thresholds: Sequence[float],
+    top_n: int,
+    store_tokens: str,
     out: str,
+    reductions_out: str,
     attrs: dict[str, Any],
     tolerance: float = 1e-4,
-) -> xr.Dataset:
+) -> tuple[xr.Dataset, xr.Dataset]:
     """Neuron DEs of the configured heads on their top tokens, over every shard (ablating within
-    each shard, as the ablation stage does); refuses to write if the neurons do not sum to the
-    layer's direct effect minus its bias.
+    each shard, as the ablation stage does), and their reductions for Figs 7, 8 and 15; refuses
+    to write if the neurons do not sum to the layer's direct effect minus its bias. Returns
+    (the selected store's dataset, the reductions) as written.
 
     Args:
         job: the model job (every shard).
@@ -49,14 +55,62 @@ def neuron_effects(
         ablation: how the heads are ablated.
         top_fraction: share of each head's tokens, by clean direct effect, kept.
         mean_include_bos: whether the mean ablation averages over the BOS position too.
-        out: the store to write (results/<model>/neurons/selected.zarr).
+        thresholds: shares of a head's repair a set of neurons must reach (Fig 8).
+        top_n: the per-token top neurons counted (Fig 7).
+        store_tokens: engine.store_tokens: "all" keeps every neuron's DEs on the selected
+            tokens in `out`, "top" all but those (mechanisms.neurons.stored_selection).
+        out: the selected store to write (results/<model>/neurons/selected.zarr).
+        reductions_out: the reductions to write (results/<model>/neurons/reductions.zarr).
         attrs: the rule's provenance attributes.
         tolerance: the largest |sum of neurons + bias - MLP DE| accepted.
     """
+    from selfrepair.mechanisms.neurons import stored_selection
+
+    ds = _select_neurons(
+        job,
+        heads,
+        top_n=top_n,
+        mlp_layer=mlp_layer,
+        ablation=ablation,
+        top_fraction=top_fraction,
+        mean_include_bos=mean_include_bos,
+        attrs=attrs,
+    )
+    err = ds.attrs["neuron_sum_max_error"]
+    if not err <= tolerance:
+        raise ArithmeticError(
+            f"neuron direct effects miss the MLP layer's by {err:.3g} > {tolerance}: the "
+            "model's dtype is too coarse for this check (use dtype: float32)"
+        )
+    # Reduced from the arrays in memory (under top they are never written), and before either
+    # store is written, so that a failing reduction leaves none.
+    reduced = reduce_neurons(ds, thresholds=thresholds, top_n=top_n, attrs=attrs)
+    kept = stored_selection(ds, store_tokens)
+    write_zarr(kept, out, chunks={"head": 1, "selection": 1})
+    write_zarr(reduced, reductions_out)
+    return kept, reduced
+
+
+def _select_neurons(
+    job: ModelJob,
+    heads: Sequence[Sequence[int]],
+    *,
+    top_n: int,
+    mlp_layer: int,
+    ablation: str,
+    top_fraction: float,
+    mean_include_bos: bool,
+    attrs: dict[str, Any],
+) -> xr.Dataset:
+    """select_neuron_tokens over every shard of the job, with the store's provenance and the
+    neurons' sum error (attribute neuron_sum_max_error). The model lives in this frame only: it
+    is freed before the reductions, whose float64 copies of the neuron arrays are the job's
+    largest allocation."""
     from selfrepair.mechanisms.neurons import resolve_probes, select_neuron_tokens, sum_error
 
     model = job.model()
     probes = resolve_probes(model, heads, mlp_layer)
+    reductions.check_top_n(top_n, model.cfg.d_mlp)  # before the passes, not after them
     n_tokens = job.n_predictions()
     t0 = time.perf_counter()
     ds = select_neuron_tokens(
@@ -78,36 +132,25 @@ def neuron_effects(
         seconds,
         err,
     )
-    if not err <= tolerance:
-        raise ArithmeticError(
-            f"neuron direct effects miss the MLP layer's by {err:.3g} > {tolerance}: the "
-            "model's dtype is too coarse for this check (use dtype: float32)"
-        )
     ds.attrs.update(job.provenance(attrs, neuron_sum_max_error=err))
-    write_zarr(ds, out, chunks={"head": 1, "selection": 1})
     return ds
 
 
-def neuron_reductions(
-    *,
-    selected: str,
-    thresholds: Sequence[float],
-    top_n: int,
-    out: str,
-    attrs: dict[str, Any],
+def reduce_neurons(
+    selected: xr.Dataset, *, thresholds: Sequence[float], top_n: int, attrs: dict[str, Any]
 ) -> xr.Dataset:
-    """The reductions Figs 7, 8 and 15 draw, from the neuron_effects store.
+    """The reductions Figs 7, 8 and 15 draw (analysis.mechanisms.neuron_reductions) of a
+    selected dataset with its neuron arrays, with the provenance of the rule and the selected
+    dataset's model revision; logs each head's most frequent top neuron.
 
     Args:
-        selected: the neuron_effects store.
+        selected: select_neuron_tokens' dataset, with the attributes _select_neurons adds.
         thresholds: shares of a head's repair a set of neurons must reach (Fig 8).
         top_n: the per-token top neurons counted (Fig 7).
-        out: the store to write (results/<model>/neurons/reductions.zarr).
         attrs: the rule's provenance attributes.
     """
-    source = open_zarr(selected).load()
-    ds = reductions.neuron_reductions(source, thresholds=thresholds, top_n=top_n)
-    ds.attrs.update(provenance(**attrs, model_revision=revision_of(source)))
+    ds = reductions.neuron_reductions(selected, thresholds=thresholds, top_n=top_n)
+    ds.attrs.update(provenance(**attrs, model_revision=revision_of(selected)))
     for i, head in enumerate(ds["head"].values):
         for sel in ds["selection"].values:
             log.info(
@@ -117,7 +160,6 @@ def neuron_reductions(
                 top_n,
                 100 * float(ds.max_top_n_frequency.isel(head=i).sel(selection=sel)),
             )
-    write_zarr(ds, out)
     return ds
 
 

@@ -18,11 +18,13 @@ import xarray as xr
 
 from selfrepair.analysis import attribution
 from selfrepair.analysis.attribution import measured_heads
-from selfrepair.analysis.from_shards import top_token_mean
+from selfrepair.analysis.clean_layout import merge_top_candidates, shard_candidates
+from selfrepair.analysis.from_shards import masked_mean
+from selfrepair.config.layout import top_count
 from selfrepair.stages.joblog import provenance, revision_of
 from selfrepair.stages.store import (
     DamagedStore,
-    open_shards,
+    open_shard_list,
     open_zarr,
     rebuild_hint,
     write_zarr,
@@ -57,25 +59,28 @@ def head_top_tokens(
         heads: the model entry's `heads`, the heads the ablate jobs measure (None: all); the
             others get no top_de_clean (NaN), so a pick never chooses them.
     """
-    clean = open_shards(shards, variables=("de_head",))
-    token = attribution.top_token_indices(clean.de_head, top_fraction)
-    n_pos = clean.sizes["pos"]
+    stores = open_shard_list(shards)
+    n_pos = stores[0].sizes["pos"]
+    n_tokens = sum(s.sizes["batch"] for s in stores) * n_pos
+    k = top_count(n_tokens, top_fraction)
+    token, value = merge_top_candidates(
+        [shard_candidates(s, k, where=str(p)) for s, p in zip(stores, shards, strict=True)], k
+    )
     ds = xr.Dataset(
         {  # row = token // n_pos, position = token % n_pos
-            "token": token,
+            "token": (("layer", "head", "rank"), token),
             # what pick_substitute's largest_top_de ranks, before any ablation
-            "top_de_clean": top_token_mean(clean.de_head, token.values).where(
-                measured_heads(heads, token.shape[:2])
-            ),
+            "top_de_clean": (("layer", "head"), masked_mean(value)),
         },
         attrs=provenance(
             **attrs,
-            model_revision=revision_of(clean),
+            model_revision=revision_of(stores[0]),
             top_fraction=top_fraction,
-            n_tokens=int(clean.sizes["batch"] * n_pos),
+            n_tokens=n_tokens,
             n_pos=n_pos,
         ),
     )
+    ds["top_de_clean"] = ds.top_de_clean.where(measured_heads(heads, token.shape[:2]))
     write_zarr(ds, out)
     return ds
 

@@ -18,6 +18,7 @@ rule clean_cache:
         model=model_entry,
         bounds=shard_bounds,
         batch_size=batch_size,
+        top_k=clean_top_k,
         device=config["device"],
         dtype=config["dtype"],
         attrs=run_attrs,

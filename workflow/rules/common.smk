@@ -392,12 +392,22 @@ def top_tokens_input(wildcards):
 PER_TOKEN_TARGETS = sr_config.per_token_targets(FIGURE_TARGETS, MECH_TARGETS)
 
 
+def per_token_kept(wildcards):
+    """(pick key, target) of the per-token targets that read the ablate job's store: of its
+    model, reading its ablation variant (sr_config.per_token_ablations)."""
+    return [
+        (k, t)
+        for k, t in PER_TOKEN_TARGETS
+        if t.model == wildcards.model
+        and wildcards.ablation in sr_config.per_token_ablations(config, k)
+    ]
+
+
 def per_token_picks(wildcards):
     """The pick records whose heads an ablate job keeps every token of (keep_params)."""
     if keep_params(wildcards) is None:
         return []
-    model = wildcards.model
-    return pick_paths({k: t for k, t in PER_TOKEN_TARGETS if t.model == model})
+    return pick_paths(dict(per_token_kept(wildcards)))
 
 
 def keep_params(wildcards):
@@ -406,7 +416,7 @@ def keep_params(wildcards):
     model = wildcards.model
     if sr_config.keeps_every_token(config, CHECKPOINTS, model, int(wildcards.shard)):
         return None
-    heads = {h for _, t in PER_TOKEN_TARGETS if t.model == model for h in t.heads}
+    heads = {h for _, t in per_token_kept(wildcards) for h in t.heads}
     return {
         "n_tokens": N_PREDICTIONS,
         "n_resamples": FIGURES["bootstrap"]["resamples"],
@@ -415,6 +425,17 @@ def keep_params(wildcards):
         "k": config["explorer"]["tokens_per_head"],
         "context": config["explorer"]["context"],
     }
+
+
+def clean_top_k(wildcards):
+    """The clean_cache job's `top_k` (stages.clean.clean_cache): under engine.store_tokens: top
+    it keeps each head's best top_count tokens of the shard, the candidates of the model key's
+    top tokens (head_top_tokens); None: every token (`all`)."""
+    if ENGINE["store_tokens"] == "all":
+        return None
+    model = wildcards.model
+    n_tokens = CHECKPOINT_TOKENS if model in CHECKPOINTS else N_PREDICTIONS
+    return sr_config.top_count(n_tokens, ENGINE["top_fraction"])
 
 
 def attribution_outputs():

@@ -3,6 +3,9 @@
 # NORM_HEADS, REINFORCEMENT_HEADS in rules/common.smk). Their figures are in rules/figures.smk.
 
 
+# neuron_effects reduces its neurons itself (reductions.zarr, what Figs 7, 8 and 15 read);
+# selected.zarr keeps the per-neuron arrays only under engine.store_tokens: all (1 GB per head
+# at the paper's size). store_tokens is a param, not in run_attrs: switching it reruns the job.
 rule neuron_effects:
     input:
         unpack(model_input),
@@ -10,6 +13,7 @@ rule neuron_effects:
         picks=lambda w: mech_picks(("fig07", "fig08", "fig15"), w.model),
     output:
         selected=directory("results/{model}/neurons/selected.zarr"),
+        reductions=directory("results/{model}/neurons/reductions.zarr"),
     log:
         "results/logs/neuron_effects/{model}.log",
     benchmark:
@@ -27,6 +31,9 @@ rule neuron_effects:
         mlp_layer=MECH["neurons"]["mlp_layer"],
         ablation=MECH["neurons"]["ablation"],
         top_fraction=ENGINE["top_fraction"],
+        thresholds=MECH["neurons"]["thresholds"],
+        top_n=MECH["neurons"]["top_n"],
+        store_tokens=ENGINE["store_tokens"],
         batch_size=batch_size,
         mean_include_bos=ENGINE["mean_include_bos"],
         device=config["device"],
@@ -34,25 +41,6 @@ rule neuron_effects:
         attrs=run_attrs,
     script:
         "../scripts/neuron_effects.py"
-
-
-rule neuron_reductions:
-    input:
-        selected="results/{model}/neurons/selected.zarr",
-    output:
-        reductions=directory("results/{model}/neurons/reductions.zarr"),
-    log:
-        "results/logs/neuron_reductions/{model}.log",
-    benchmark:
-        "results/benchmarks/neuron_reductions/{model}.tsv"
-    conda:
-        "../../envs/analysis.yaml"
-    params:
-        thresholds=MECH["neurons"]["thresholds"],
-        top_n=MECH["neurons"]["top_n"],
-        attrs=run_attrs,
-    script:
-        "../scripts/neuron_reductions.py"
 
 
 rule norm_ratios:

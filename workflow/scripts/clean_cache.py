@@ -6,4 +6,9 @@ from selfrepair.stages.joblog import logged
 
 with logged(snakemake.log[0]):
     attrs = dict(snakemake.params.attrs, shard=snakemake.wildcards.shard)
-    clean_cache(ModelJob.from_snakemake(snakemake), out=snakemake.output.clean, attrs=attrs)
+    clean_cache(
+        ModelJob.from_snakemake(snakemake),
+        out=snakemake.output.clean,
+        attrs=attrs,
+        top_k=snakemake.params.top_k,
+    )
