@@ -3,6 +3,7 @@ analysis environment needs neither torch nor TransformerLens)."""
 
 __all__ = [
     "ABLATIONS",
+    "CLEAN_SUMMED",
     "HEAD_VARIABLES",
     "REPAIR_TOTALS",
     "component_kinds",
@@ -45,6 +46,11 @@ REPAIR_TOTALS = (
     "de_ablated",
     "logit_diff",
 )
+
+# The clean cache's direct effects per layer (and head) and the dims the check that they add up
+# to the logit sums them over (engine.clean.total_direct_effect); a `top` clean store keeps only
+# those sums per token (analysis.clean_layout).
+CLEAN_SUMMED = {"de_head": ("layer", "head"), "de_attn_bias": ("layer",), "de_mlp": ("layer",)}
 
 
 # The components that can repair an ablated head, on one axis: every head (L{l}H{h}, layer-major),

@@ -22,6 +22,7 @@ from selfrepair.stages import store
 from selfrepair.stages.clean import clean_cache
 from selfrepair.stages.job import ModelJob
 from selfrepair.stages.repair import head_top_tokens
+from selfrepair.variables import CLEAN_SUMMED
 
 N_POS = 5
 
@@ -96,7 +97,10 @@ def test_top_layout_keeps_the_decomposition_and_reads_back_as_either_layout():
     de = de_shards(rows=(4,))[0]
     ds = clean_dataset(de)
     top = clean_top_layout(ds, 6)
-    assert "de_head" not in top and top.attrs["store_tokens"] == "top"
+    assert top.attrs["store_tokens"] == "top"
+    for name, dims in CLEAN_SUMMED.items():  # per layer: only the sums the check takes
+        assert name not in top
+        np.testing.assert_array_equal(top[f"{name}_sum"], ds[name].sum(dims))
     np.testing.assert_array_equal(total_direct_effect(top), total_direct_effect(ds))
     assert decomposition_error(top) == decomposition_error(ds)
     xr.testing.assert_identical(shard_candidates(top, 6), shard_candidates(ds, 6))
@@ -142,7 +146,7 @@ def test_head_top_tokens_is_the_same_store_from_either_layout(clean_stores):
         out = root / layout / "top_tokens.zarr"  # the same name: the store records it
         head_top_tokens(shards=shards, top_fraction=0.25, out=str(out), attrs={}, heads=[[1, 2]])
         made[layout] = store.open_zarr(out).load()
-    assert made["all"].token.shape == (2, 4, 28)
+    assert made["all"].token.shape == (2, 4, 28) and made["all"].token.dtype == np.int32
     for layout in ("top", "mixed"):
         xr.testing.assert_identical(made[layout], made["all"])
     assert np.isnan(made["top"].top_de_clean.values).sum() == 7  # heads outside `heads`

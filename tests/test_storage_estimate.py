@@ -165,8 +165,8 @@ def test_a_checkpoint_counts_under_its_model_and_figures_as_files():
     ]  # fmt: skip
     estimate = sr_config.estimate_storage(config, models, jobs)
     # the checkpoint's 992 tokens (32 rows of 31 predictions; checkpoint_shards: 1), a top of 20
-    clean = 4 * (8 + 2 * 4) * 992 + 16 * 20 * (4 + 4)  # per token; per head 20 DEs and numbers
-    assert clean == storage.clean_top_bytes(StoreDims(4, 4), predictions(32, 32), 20) == 66_048
+    clean = 4 * (7 + 3) * 992 + 16 * 20 * (4 + 4)  # per token; per head 20 DEs and numbers
+    assert clean == storage.clean_top_bytes(StoreDims(4, 4), predictions(32, 32), 20) == 42_240
     assert estimate == {
         ("tiny-pythia", "clean"): clean + storage.ZARR_METADATA_BYTES,
         (storage.NO_MODEL, "figures"): 2 * storage.FILE_BYTES[""],

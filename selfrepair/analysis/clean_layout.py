@@ -4,8 +4,8 @@ Under `all` a store holds `de_head` on every token. Its one reader, head_top_tok
 each head's top k tokens over the whole run (reduce.top_token_mask: clean DE high to low, ties by
 token number) and their values. Under `top` a store keeps, per head, its shard's k best tokens by
 that same order (`top_candidate_de_head`, `top_candidate_token`: the global token number, row *
-n_pos + pos) and, per token, the sum of de_head over the heads (`de_head_sum`, for the check that
-the direct effects add up to the logit). A head's global top k tokens are each among the k best
+n_pos + pos) and, per token, the sums of de_head, de_attn_bias and de_mlp over their layers and
+heads (`<name>_sum`, for the check that the direct effects add up to the logit). A head's global top k tokens are each among the k best
 of their own shard, so the k best of every shard's candidates are exactly the global top k.
 
 No I/O and no torch: the analysis environment runs these.
@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from selfrepair.analysis.shards import LAYOUT, flat_tokens, layout_of, token_dtype
+from selfrepair.variables import CLEAN_SUMMED
 
 __all__ = [
     "CANDIDATES",
@@ -64,10 +65,11 @@ def top_candidates(de_head: xr.DataArray, k: int) -> xr.Dataset:
 
 def clean_top_layout(ds: xr.Dataset, k: int) -> xr.Dataset:
     """A clean_direct_effects Dataset as a `top` store keeps it: de_head replaced by its
-    top_candidates and de_head_sum (the same float32 sum engine.clean.total_direct_effect
-    takes of de_head)."""
-    out = ds.drop_vars("de_head").assign(de_head_sum=ds.de_head.sum(("layer", "head")))
-    out = out.merge(top_candidates(ds.de_head, k))
+    top_candidates, and de_head, de_attn_bias and de_mlp (per layer, which nothing reads per
+    token) by their sums per token, `<name>_sum`: the same float32 sums
+    engine.clean.total_direct_effect takes, so the decomposition check is the same bits."""
+    sums = {f"{name}_sum": ds[name].sum(dims) for name, dims in CLEAN_SUMMED.items()}
+    out = ds.drop_vars(list(CLEAN_SUMMED)).assign(sums).merge(top_candidates(ds.de_head, k))
     out.attrs.update(ds.attrs, **{LAYOUT: "top", TOP_K: int(k)})
     return out
 

@@ -234,7 +234,7 @@ RULE_BYTES = {
     "clean_cache": _clean,
     "ablate": _ablate,
     "atp": _atp,
-    "head_top_tokens": lambda r, w, d: 8 * d.heads * r.k(w["model"]),
+    "head_top_tokens": lambda r, w, d: F32 * d.heads * r.k(w["model"]),  # int32 token numbers
     "repair_summary": lambda r, w, d: repair_summary_bytes(d),
     "repair_detail": lambda r, w, d: detail_bytes(
         d, r.shown(w["model"], "detail"), r.k(w["model"])

@@ -40,9 +40,10 @@ def clean_bytes(d: StoreDims, n_tokens: int) -> int:
 
 
 def clean_top_bytes(d: StoreDims, n_tokens: int, k: int) -> int:
-    """clean_cache under engine.store_tokens: top (analysis.clean_layout): the same per-token
-    values less de_head, with de_head_sum; per head its k best tokens' DE and number (int32)."""
-    return F32 * (8 + 2 * d.n_layers) * n_tokens + d.heads * min(k, n_tokens) * 2 * F32
+    """clean_cache under engine.store_tokens: top (analysis.clean_layout): the per-token values
+    but those per layer, with the sums of de_head, de_attn_bias and de_mlp per token; per head
+    its k best tokens' DE and number (int32)."""
+    return F32 * (7 + 3) * n_tokens + d.heads * min(k, n_tokens) * 2 * F32
 
 
 def all_ablation_bytes(n_heads_total: int, n_tokens: int, n_rows: int) -> int:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from selfrepair.engine.inputs import grid_coords, validate_tokens
 from selfrepair.models.forward import CleanPass, check_supported, clean_pass, dot
 from selfrepair.models.readout import readout
+from selfrepair.variables import CLEAN_SUMMED
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -30,6 +31,7 @@ __all__ = [
     "decomposition_error",
     "next_token_loss",
     "next_token_top1",
+    "summed_effect",
     "total_direct_effect",
 ]
 
@@ -168,14 +170,18 @@ def next_token_top1(
     return logits.argmax(-1) == targets
 
 
+def summed_effect(ds: xr.Dataset, name: str) -> xr.DataArray:
+    """A per-layer direct effect (CLEAN_SUMMED) summed over its layers (and heads) per token; a
+    `top` clean store keeps only this sum, as `<name>_sum` (analysis.clean_layout)."""
+    return ds[name].sum(CLEAN_SUMMED[name]) if name in ds else ds[f"{name}_sum"]
+
+
 def total_direct_effect(ds: xr.Dataset) -> xr.DataArray:
     """Sum of every component's direct effect; equals logit_clean."""
-    # a `top` clean store keeps this sum per token, not de_head (analysis.clean_layout)
-    heads = ds.de_head.sum(("layer", "head")) if "de_head" in ds else ds.de_head_sum
     return (
-        heads
-        + ds.de_attn_bias.sum("layer")
-        + ds.de_mlp.sum("layer")
+        summed_effect(ds, "de_head")
+        + summed_effect(ds, "de_attn_bias")
+        + summed_effect(ds, "de_mlp")
         + ds.de_embed
         + ds.de_pos_embed
         + ds.de_unembed_bias

@@ -20,6 +20,7 @@ from selfrepair.analysis import attribution
 from selfrepair.analysis.attribution import measured_heads
 from selfrepair.analysis.clean_layout import merge_top_candidates, shard_candidates
 from selfrepair.analysis.from_shards import masked_mean
+from selfrepair.analysis.shards import token_dtype
 from selfrepair.config.layout import top_count
 from selfrepair.stages.joblog import provenance, revision_of
 from selfrepair.stages.store import (
@@ -68,7 +69,7 @@ def head_top_tokens(
     )
     ds = xr.Dataset(
         {  # row = token // n_pos, position = token % n_pos
-            "token": (("layer", "head", "rank"), token),
+            "token": (("layer", "head", "rank"), token.astype(token_dtype(token.max(initial=0)))),
             # what pick_substitute's largest_top_de ranks, before any ablation
             "top_de_clean": (("layer", "head"), masked_mean(value)),
         },
