@@ -5,8 +5,9 @@ each head's top k tokens over the whole run (reduce.top_token_mask: clean DE hig
 token number) and their values. Under `top` a store keeps, per head, its shard's k best tokens by
 that same order (`top_candidate_de_head`, `top_candidate_token`: the global token number, row *
 n_pos + pos) and, per token, the sums of de_head, de_attn_bias and de_mlp over their layers and
-heads (`<name>_sum`, for the check that the direct effects add up to the logit). A head's global top k tokens are each among the k best
-of their own shard, so the k best of every shard's candidates are exactly the global top k.
+heads (`<name>_sum`, for the check that the direct effects add up to the logit). A head's global
+top k tokens are each among the k best of their own shard, so the k best of every shard's
+candidates are exactly the global top k.
 
 No I/O and no torch: the analysis environment runs these.
 """
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from selfrepair.analysis.reduce import best_first
 from selfrepair.analysis.shards import LAYOUT, flat_tokens, layout_of, token_dtype
 from selfrepair.variables import CLEAN_SUMMED
 
@@ -35,7 +37,7 @@ TOP_K = "top_k"  # the attribute: the candidates a top store keeps per head
 
 def top_candidates(de_head: xr.DataArray, k: int) -> xr.Dataset:
     """Per head, the shard's k tokens of highest clean DE (all of them when it has fewer), best
-    first and ties by token number, as reduce.top_token_mask orders them (NaN last).
+    first and ties by token number (reduce.best_first, as top_token_mask ranks them).
 
     Args:
         de_head: clean direct effects (layer, head, batch, pos), batch numbered by global row.
@@ -53,8 +55,7 @@ def top_candidates(de_head: xr.DataArray, k: int) -> xr.Dataset:
     values, tokens = [], []
     for i in range(de_head.sizes["layer"]):  # a layer at a time: bounded memory
         flat = flat_tokens(de_head.isel(layer=[i]).load())[0]  # [head, token]
-        filled = np.where(np.isnan(flat), -np.inf, flat)
-        order = np.argsort(-filled, axis=-1, kind="stable")[:, :k]
+        order = best_first(flat, k)
         values.append(np.take_along_axis(flat, order, -1))
         tokens.append(token[order].astype(dtype))
     dims = ("layer", "head", "top_candidate")

@@ -21,6 +21,7 @@ __all__ = [
     "FROZEN_LN_VARIANTS",
     "LayerTokens",
     "TOKEN_DIMS",
+    "best_first",
     "effect_drops",
     "frozen_ln_layers",
     "head_effect_drops",
@@ -56,6 +57,13 @@ def token_count(ds: xr.Dataset | xr.DataArray) -> int:
     return int(ds.sizes["batch"] * ds.sizes["pos"])
 
 
+def best_first(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values along the last axis, largest first, ties by position,
+    NaN last: the one ranking of top tokens (top_token_mask, the clean stores' candidates)."""
+    filled = np.where(np.isnan(values), -np.inf, values)
+    return np.argsort(-filled, axis=-1, kind="stable")[..., :k]
+
+
 def top_token_mask(de_clean: xr.DataArray, fraction: float) -> xr.DataArray:
     """Per head, True on exactly ceil(fraction * n_tokens) tokens of highest clean DE.
 
@@ -66,8 +74,7 @@ def top_token_mask(de_clean: xr.DataArray, fraction: float) -> xr.DataArray:
     n_tokens = flat.sizes["token"]
     k = top_count(n_tokens, fraction)
     values = flat.transpose(..., "token").values
-    filled = np.where(np.isnan(values), -np.inf, values)
-    order = np.argsort(-filled, axis=-1, kind="stable")[..., :k]
+    order = best_first(values, k)
     mask = np.zeros(values.shape, bool)
     np.put_along_axis(mask, order, True, axis=-1)
     mask &= ~np.isnan(values)
