@@ -18,8 +18,8 @@ import xarray as xr
 from selfrepair.analysis import atp as judge
 from selfrepair.analysis.attribution import measured_heads, shard_top_mask
 from selfrepair.analysis.from_shards import read_row_sums
-from selfrepair.stages.joblog import provenance, revision_of
-from selfrepair.stages.store import open_shard_list, open_zarr, write_zarr
+from selfrepair.stages.joblog import SAME_WEIGHTS_KEYS, provenance, revision_of
+from selfrepair.stages.store import check_same_run, open_shard_list, open_zarr, write_zarr
 
 if TYPE_CHECKING:
     from selfrepair.stages.job import ModelJob
@@ -139,6 +139,9 @@ def atp_summary(
         attrs: the rule's provenance attributes.
         tolerance: the largest disagreement accepted (logits per token).
     """
+    # the estimates, the exact effects and what they were measured on: one model's weights
+    kinds = [atp_shards[0], ablation_shards[0], summary, top_tokens]
+    check_same_run(kinds, [open_zarr(p) for p in kinds], SAME_WEIGHTS_KEYS)
     indices = open_zarr(top_tokens).token.values
     estimates = read_estimates(atp_shards)
     exact_rows, exact_top, clean = exact_on_units(ablation_shards, indices)

@@ -26,8 +26,10 @@ __all__ = [
     "place_problem",
     "chunk_record",
     "first_line",
+    "identity_problem",
     "metadata_record",
     "read_consolidated",
+    "run_place",
     "store_place",
     "store_problem",
 ]
@@ -40,9 +42,11 @@ CHUNK_CHECKSUMS = "selfrepair_chunk_crc32c"
 # that an edited .zarray or .zattrs is refused even where the consolidated .zmetadata, which
 # readers use, was rebuilt to match it.
 METADATA_DIGESTS = "selfrepair_metadata_sha256"
-# Where the store was written: its path below the last `results` folder (else its own name). A
-# store copied over another (shard-001 onto shard-000, one model's onto another's) passes every
-# checksum, but not this.
+# Where the store was written: its path below the run's own `results` folder (else its own
+# name). A store copied over another (shard-001 onto shard-000, one model's onto another's)
+# passes every checksum, but not this. The run's folder is the first `results` of the path as
+# the workflow gives it (relative to its working directory), never a later one: a folder of that
+# name deeper down (a task named `results`) would give two models' stores the same place.
 PLACE = "selfrepair_place"
 PLACE_ANCHOR = "results"
 # Beside the metadata, the only file a store may hold outside its arrays: the empty marker
@@ -65,8 +69,8 @@ def store_problem(
     path: str | os.PathLike, consolidated: dict[str, dict] | None = None
 ) -> str | None:
     """What is wrong with the files of a store written by write_zarr (None when nothing is): its
-    metadata (metadata_problem), its place (place_problem), then its chunk files
-    (chunk_file_problem).
+    metadata (metadata_problem), its place (place_problem), what it holds against what its path
+    names (identity_problem), then its chunk files (chunk_file_problem).
 
     Args:
         path: the store.
@@ -79,8 +83,10 @@ def store_problem(
     if problem := metadata_problem(path, consolidated):
         return problem
     attrs = consolidated.get(".zattrs", {})
-    return place_problem(path, attrs.get(PLACE)) or chunk_file_problem(
-        path, attrs.get(CHUNK_CHECKSUMS)
+    return (
+        place_problem(path, attrs.get(PLACE))
+        or identity_problem(path, attrs)
+        or chunk_file_problem(path, attrs.get(CHUNK_CHECKSUMS))
     )
 
 
@@ -149,12 +155,24 @@ def metadata_problem(path: str | os.PathLike, consolidated: dict[str, dict]) -> 
     return None
 
 
+def run_place(path: str | os.PathLike) -> tuple[str, ...] | None:
+    """A path's parts below the run's own `results` folder, or None when it lies in none: the
+    first `results` of the path relative to the working directory (where the workflow runs),
+    else, for a path outside it, the first of the absolute path's."""
+    absolute = Path(os.path.normpath(Path(path).absolute()))
+    try:
+        parts = absolute.relative_to(Path.cwd()).parts
+    except ValueError:
+        parts = absolute.parts
+    if PLACE_ANCHOR not in parts[:-1]:
+        return None
+    return parts[parts.index(PLACE_ANCHOR) + 1 :]
+
+
 def store_place(path: str | os.PathLike) -> str:
-    """Where a store is, as write_zarr records it: its path below the last `results` folder
-    (e.g. tiny-gpt2/ablation/resample/shard-000.zarr), else its own name."""
-    parts = Path(os.path.normpath(path)).parts
-    below = [i for i, part in enumerate(parts) if part == PLACE_ANCHOR]
-    return "/".join(parts[below[-1] + 1 :] if below and below[-1] < len(parts) - 1 else parts[-1:])
+    """Where a store is, as write_zarr records it: its path below the run's own `results`
+    folder (run_place; e.g. tiny-gpt2/ablation/resample/shard-000.zarr), else its own name."""
+    return "/".join(run_place(path) or Path(os.path.normpath(path)).parts[-1:])
 
 
 def place_problem(path: str | os.PathLike, recorded: object) -> str | None:
@@ -170,6 +188,37 @@ def place_problem(path: str | os.PathLike, recorded: object) -> str | None:
             f"it was written as {recorded} (a store copied or renamed onto this path), not "
             f"as {store_place(path)}"
         )
+    return None
+
+
+def identity_problem(path: str | os.PathLike, attrs: dict) -> str | None:
+    """Why a store at `path` does not hold what its path names (None when it does): the model
+    (results/<model>/...), task (results/<model>/tasks/<task>/...) and ablation (a folder or
+    the file's name: ablation/<a>/, summary/<a>.zarr, attribution/detail-<a>.zarr) its provenance
+    attributes record. Read from the longer of the path below the run's results folder and the
+    recorded place (a suffix of the path once place_problem passed), so that a moved results
+    folder is still read. Checked only on stores that record a model (the workflow's)."""
+    recorded = attrs.get(PLACE)
+    parts = max(
+        run_place(path) or (),
+        tuple(recorded.split("/")) if isinstance(recorded, str) else (),
+        key=len,
+    )
+    if "model" not in attrs or len(parts) < 2:
+        return None
+    task = parts[2] if len(parts) > 3 and parts[1] == "tasks" else None
+    named = {"model": parts[0], "task": task}
+    for key, want in named.items():
+        held = attrs.get(key)
+        if held != want:
+            where = f"{key} {want}" if want else f"no {key}"
+            return f"it holds {key} {held}, but its path names {where} (a store copied here)"
+    ablation = attrs.get("ablation")
+    if isinstance(ablation, str):
+        variant = f"{ablation}-frozen-ln" if attrs.get("freeze_ln") else ablation
+        stem = parts[-1].removesuffix(".zarr")
+        if variant not in {*parts[1:-1], stem, stem.removeprefix("detail-")}:
+            return f"it holds ablation {variant}, but its path names another (a store copied here)"
     return None
 
 

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import logging
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,8 @@ from selfrepair import __version__
 
 __all__ = [
     "PROVENANCE_KEYS",
+    "SAME_RUN_KEYS",
+    "SAME_WEIGHTS_KEYS",
     "logged",
     "missing_provenance",
     "model_revision",
@@ -22,6 +24,7 @@ __all__ = [
     "provenance",
     "revision_of",
     "rule_params",
+    "run_difference",
 ]
 
 log = logging.getLogger("selfrepair")
@@ -42,6 +45,30 @@ PROVENANCE_KEYS = (
     "model_revision",
     "versions",
 )
+
+# What stores combined into one result (the shards of one quantity, the stores of one job) must
+# share: the weights and the config that made them. Not the device (a retried shard may run
+# elsewhere), the package versions, a shard's rows or its own error bounds.
+SAME_RUN_KEYS = (
+    "model",
+    "model_entry",
+    "model_revision",
+    "data",
+    "engine",
+    "seed",
+    "dtype",
+    "checkpoint_of",
+    "checkpoint_step",
+    "checkpoint_revision",
+    "task",
+    "task_spec",
+    "ablation",
+    "freeze_ln",
+    "metric",
+)
+# What stores of different kinds that one job reads (shards and the top tokens they were
+# measured on, a summary and its shards) must share: the model and its weights.
+SAME_WEIGHTS_KEYS = ("model", "model_revision")
 
 
 @contextlib.contextmanager
@@ -129,3 +156,30 @@ def revision_of(ds: Any) -> str:
     """The model_revision a store (or shards opened together) records, for the stores made
     from it without loading the model."""
     return str(ds.attrs.get("model_revision", "unknown"))
+
+
+def run_difference(
+    first: dict[str, Any], other: dict[str, Any], keys: Sequence[str] = SAME_RUN_KEYS
+) -> str | None:
+    """How two stores' provenance attributes say they were made differently (a config's first
+    differing entry named), or None: stores that differ are not to be combined.
+
+    Args:
+        first, other: the two stores' attributes.
+        keys: the attributes compared (SAME_RUN_KEYS, or SAME_WEIGHTS_KEYS for stores of
+            different kinds).
+    """
+    for key in keys:
+        a, b = first.get(key), other.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            sub = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))[0]
+            key, a, b = f"{key}.{sub}", a.get(sub), b.get(sub)
+        return f"{key} {_short(a)} and {_short(b)}"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = "none" if value is None else str(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."

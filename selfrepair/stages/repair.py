@@ -22,9 +22,10 @@ from selfrepair.analysis.clean_layout import merge_top_candidates, shard_candida
 from selfrepair.analysis.from_shards import masked_mean
 from selfrepair.analysis.shards import token_dtype
 from selfrepair.config.layout import top_count
-from selfrepair.stages.joblog import provenance, revision_of
+from selfrepair.stages.joblog import SAME_WEIGHTS_KEYS, provenance, revision_of
 from selfrepair.stages.store import (
     DamagedStore,
+    check_same_run,
     open_shard_list,
     open_zarr,
     rebuild_hint,
@@ -107,8 +108,11 @@ def repair_summary(
         attrs: the rule's provenance attributes.
         tolerance: the largest |sum of components - total| accepted (logits).
     """
-    sums = attribution.combine_sums([open_zarr(p).load() for p in shards])
-    if problem := attribution.count_problem(sums, open_zarr(top_tokens)):
+    stores, top = [open_zarr(p) for p in shards], open_zarr(top_tokens)
+    check_same_run(shards, stores)
+    check_same_run([shards[0], top_tokens], [stores[0], top], SAME_WEIGHTS_KEYS)
+    sums = attribution.combine_sums([ds.load() for ds in stores])
+    if problem := attribution.count_problem(sums, top):
         folder = Path(shards[0]).parent
         raise DamagedStore(f"{folder} is damaged: {problem}; {rebuild_hint(folder)}")
     summary = attribution.repair_summary(sums)

@@ -29,9 +29,12 @@ from selfrepair.stages.integrity import (
     store_place,
     store_problem,
 )
+from selfrepair.stages.joblog import SAME_RUN_KEYS, run_difference
 
 __all__ = [
     "DamagedStore",
+    "MixedStores",
+    "check_same_run",
     "open_by_model",
     "open_head_shards",
     "open_shard_list",
@@ -57,6 +60,10 @@ CHECKSUM = numcodecs.CRC32C()
 
 class DamagedStore(ValueError):
     """A store that is not what write_zarr wrote: one line naming the store, array and fix."""
+
+
+class MixedStores(ValueError):
+    """Stores to be combined into one result that were made with other weights or config."""
 
 
 def rebuild_hint(path: str | os.PathLike) -> str:
@@ -195,6 +202,7 @@ def open_shards(
     if not paths:
         raise ValueError("no shards given")
     shards = [open_zarr(p, variables) for p in paths]
+    check_same_run(paths, shards)
     _check_rows(paths, shards, dim)
     return xr.concat(shards, dim=dim, combine_attrs="override")
 
@@ -207,8 +215,33 @@ def open_shard_list(
     if not paths:
         raise ValueError("no shards given")
     shards = [open_zarr(p, variables) for p in paths]
+    check_same_run(paths, shards)
     _check_rows(paths, shards, "batch")
     return shards
+
+
+def check_same_run(
+    paths: Sequence[str | os.PathLike],
+    stores: Sequence[xr.Dataset],
+    keys: Sequence[str] = SAME_RUN_KEYS,
+) -> None:
+    """Stores combined into one result (shards of one quantity; with keys SAME_WEIGHTS_KEYS,
+    the stores of different kinds one job reads) must have been made with the same weights and
+    config (joblog.run_difference): fails with a one-line MixedStores naming the first and a
+    store that differs, and the fix.
+
+    Args:
+        paths: the stores' paths.
+        stores: the stores, opened (open_zarr), in the order of paths.
+        keys: the provenance attributes that must agree.
+    """
+    for path, ds in zip(paths[1:], stores[1:], strict=True):
+        if difference := run_difference(stores[0].attrs, ds.attrs, keys):
+            raise MixedStores(
+                f"{paths[0]} and {path} were made with different {difference}, so they are "
+                "not combined: delete the one made with the old weights or config (or both) "
+                "and rerun the workflow"
+            )
 
 
 def _check_rows(paths: Sequence[str | os.PathLike], shards: list[xr.Dataset], dim: str) -> None:

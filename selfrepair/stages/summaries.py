@@ -18,8 +18,14 @@ from selfrepair.analysis import substitutes, tables
 from selfrepair.analysis.from_shards import read_summary_parts, summary_and_intervals_from_parts
 from selfrepair.analysis.shards import shard_attrs
 from selfrepair.config import Head, read_record, record_for, target_with_pick
-from selfrepair.stages.joblog import provenance, revision_of
-from selfrepair.stages.store import open_shard_list, open_zarr, write_text, write_zarr
+from selfrepair.stages.joblog import SAME_WEIGHTS_KEYS, provenance, revision_of
+from selfrepair.stages.store import (
+    check_same_run,
+    open_shard_list,
+    open_zarr,
+    write_text,
+    write_zarr,
+)
 
 __all__ = [
     "head_table",
@@ -60,7 +66,10 @@ def summarize_heads(
         attrs: the rule's provenance attributes (run_attrs and the ablation).
     """
     stores = open_shard_list(shards)
-    token = open_zarr(top_tokens).token.values
+    top = open_zarr(top_tokens)
+    # the shards' weights must be those the top tokens were chosen with
+    check_same_run([shards[0], top_tokens], [stores[0], top], SAME_WEIGHTS_KEYS)
+    token = top.token.values
     n_tokens = sum(ds.sizes["batch"] for ds in stores) * stores[0].sizes["pos"]
     draws = dict(n_tokens=n_tokens, n_resamples=n_resamples, seed=seed)
     parts = [read_summary_parts(ds, token, **draws) for ds in stores]

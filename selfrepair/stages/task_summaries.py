@@ -18,7 +18,14 @@ from selfrepair.analysis import attribution, tables
 from selfrepair.analysis import intervals as bootstrap
 from selfrepair.analysis.tasks import head_backups, set_backups
 from selfrepair.stages.joblog import provenance, revision_of
-from selfrepair.stages.store import DamagedStore, open_zarr, rebuild_hint, write_text, write_zarr
+from selfrepair.stages.store import (
+    DamagedStore,
+    check_same_run,
+    open_zarr,
+    rebuild_hint,
+    write_text,
+    write_zarr,
+)
 
 __all__ = ["TASK_TOP_FRACTION", "task_backups", "task_summary"]
 
@@ -81,6 +88,7 @@ def task_summary(
         tolerance: the largest |sum of components - total| accepted (logits).
     """
     data = open_zarr(ablation_store)
+    check_same_run([ablation_store, sums], [data, open_zarr(sums)])
     own = provenance(**attrs, model_revision=revision_of(data), **_task_attrs(data))
     summary, result = bootstrap.summary_and_intervals(
         data,

@@ -18,7 +18,8 @@ from selfrepair.analysis.reduce import head_summary
 from selfrepair.analysis.training import mean_loss, training_curves
 from selfrepair.plots.common import saved
 from selfrepair.plots.training import training_self_repair as draw
-from selfrepair.stages.store import open_token_shards
+from selfrepair.stages.joblog import SAME_WEIGHTS_KEYS
+from selfrepair.stages.store import check_same_run, open_token_shards
 from selfrepair.variables import HEAD_VARIABLES
 
 __all__ = ["model_curves", "training_self_repair"]
@@ -49,6 +50,8 @@ def model_curves(
         ablated = open_token_shards(ckpt["ablation"], ckpt["key"], n_tokens, HEAD_VARIABLES)
         summaries[step] = head_summary(ablated, top_fraction=top_fraction, de_epsilon=de_epsilon)
         clean = open_token_shards(ckpt["clean"], ckpt["key"], n_tokens, ("loss",))
+        paths = [ckpt["ablation"][0], ckpt["clean"][0]]
+        check_same_run(paths, [ablated, clean], SAME_WEIGHTS_KEYS)
         losses[step] = mean_loss(clean["loss"])
     return training_curves(summaries, losses)
 
