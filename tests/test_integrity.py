@@ -21,6 +21,7 @@ import torch
 from helpers import link_project, snakemake
 from test_config_keys import every_key_config
 
+import selfrepair.config.places as places
 from selfrepair.models.builders import build_model
 
 
@@ -89,7 +90,24 @@ NAMES = {
     ),
     "a results/ folder of the workflow's": (
         lambda c: _rename_model(c, "tables"),
-        "config key models[tables]: 'tables' is a folder of results/ the workflow writes itself",
+        "config key models[tables]: 'tables' is a folder the workflow writes itself",
+    ),
+    # issue 34: results/<model>/tasks/results/... made two models' stores record one place
+    "a task named results": (
+        lambda c: c.update(tasks={"results": next(iter(c["tasks"].values()))}),
+        "config key tasks.results: 'results' is a folder the workflow writes itself",
+    ),
+    "a model named like a folder deeper down": (
+        lambda c: _rename_model(c, "ablation"),
+        "config key models[ablation]: 'ablation' is a folder the workflow writes itself",
+    ),
+    "a task named like an ablation": (
+        lambda c: c.update(tasks={"mean": next(iter(c["tasks"].values()))}),
+        "config key tasks.mean: 'mean' is a folder the workflow writes itself",
+    ),
+    "a tokenizer named like a folder": (
+        lambda c: _rename_tokenizer(c, "clean"),
+        "config key tokenizers.clean: 'clean' is a folder the workflow writes itself",
     ),
 }
 
@@ -103,6 +121,33 @@ def test_a_name_that_would_leave_its_folder_is_refused(case, tmp_path):
     assert code != 0
     assert config_line(out).startswith(expected), out[-2000:]
     assert not (tmp_path / "outside").exists() and not Path("/tmp/outside").exists()
+
+
+def test_the_workflows_folders_are_those_its_rules_write(tmp_path):
+    """places.WORKFLOW_FOLDERS, which names may not take, against every folder of the paths a
+    dry run of every key plans (outputs, logs, benchmarks): the names from the config and the
+    rules' own folders below logs/ and benchmarks/ aside."""
+    config = every_key_config(tmp_path)
+    code, out, _ = run_workflow(tmp_path, config, "-n", "--forceall")
+    assert code == 0, out[-3000:]
+    lines = [x.split(":", 1)[1] for x in out.splitlines() if x.strip().startswith(PLANNED)]
+    paths = [Path(p.strip()) for line in lines for p in line.split(",")]
+    named = {m if isinstance(m, str) else m["name"] for m in config["models"]}
+    named |= set(config["tasks"]) | set(config["tokenizers"])
+    folders = set()
+    for path in paths:
+        parts = path.parts[:-1]
+        folders |= {
+            part
+            for i, part in enumerate(parts)
+            if part.split("@")[0] not in named and (i == 0 or parts[i - 1] not in RULE_FOLDERS)
+        }
+    assert len(paths) > 300 and {"sets", "tasks", "neurons", "resources"} <= folders
+    assert folders <= places.WORKFLOW_FOLDERS, sorted(folders - places.WORKFLOW_FOLDERS)
+
+
+PLANNED = ("output:", "log:", "benchmark:")
+RULE_FOLDERS = ("logs", "benchmarks")  # below them, a folder per rule
 
 
 def test_a_link_at_a_named_folder_is_refused_before_planning(tmp_path):

@@ -191,7 +191,11 @@ def test_run_difference_names_the_first_key_that_differs():
     engine = {**RUN_ATTRS["engine"], "batch_size": 16}
     assert run_difference(a, {**a, "engine": engine}) == "engine.batch_size 8 and 16"
     assert run_difference(a, {**a, "seed": 1, "ablation": "mean"}) == "seed 0 and 1"
-    assert run_difference(a, {**a, "checkpoint_step": 50}) == "checkpoint_step none and 50"
+    assert run_difference(a, {**a, "checkpoint_step": 50}) is None  # its model key differs
+    assert run_difference(a, {**a, "model": "m@step50", "checkpoint_step": 50}) == (
+        "model m and m@step50"
+    )
+    assert run_difference({**a, "metric": "x"}, {**a, "metric": None}) == "metric x and None"
     assert run_difference(a, {**a, "engine": {}}, SAME_WEIGHTS_KEYS) is None
     long = {**a, "model_revision": "sha256:" + "b" * 64}
     assert run_difference(a, long) == f"model_revision sha256:aaaa and sha256:{'b' * 50}..."

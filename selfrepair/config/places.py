@@ -18,11 +18,35 @@ from typing import Any
 
 from selfrepair.config.errors import ConfigError
 
-__all__ = ["OUTPUT_ROOTS", "RESERVED_NAMES", "check_output_places", "output_outside"]
+__all__ = [
+    "OUTPUT_ROOTS",
+    "RESERVED_NAMES",
+    "WORKFLOW_FOLDERS",
+    "check_folder_names",
+    "check_output_places",
+    "output_outside",
+]
 
 OUTPUT_ROOTS = ("results", "resources")
 # Folders of results/ that are not a model's: a model of one of these names would share them.
 RESERVED_NAMES = frozenset({"tables", "figures", "explorer", "logs", "benchmarks"})
+# Every folder name in the paths the workflow writes, the names from the config aside (models,
+# tasks, tokenizers; the rules' own folders below logs/ and benchmarks/): a model or task of one
+# of these names would make a path whose folders say two things (results/m/tasks/results/...),
+# which a store's place and identity are read from (stages.integrity). tests/test_integrity.py
+# checks this list against every folder of a dry run's outputs, logs and benchmarks.
+ABLATION_FOLDERS = ("resample", "mean", "zero", "corrupted")
+WORKFLOW_FOLDERS = frozenset(
+    {
+        *OUTPUT_ROOTS,
+        *RESERVED_NAMES,
+        *("models", "tokenizers"),  # resources/
+        *("ablation", "attribution", "atp", "clean", "intervals", "neurons", "norms"),
+        *("reinforcement", "sets", "substitutes", "summary", "tasks"),
+        *ABLATION_FOLDERS,
+        *(f"{a}-frozen-ln" for a in ABLATION_FOLDERS),
+    }
+)
 
 
 def _named_folders(
@@ -42,23 +66,38 @@ def _named_folders(
     return folders
 
 
+def check_folder_names(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
+    """Refuse, in one line naming the key, a model, task or tokenizer named like one of the
+    folders the workflow writes itself (WORKFLOW_FOLDERS), anywhere in a path.
+
+    Args:
+        config: the validated workflow config.
+        entries: every model key's entry (training checkpoints' too).
+    """
+    named = [(f"models[{name}]", name, "model") for name in entries]
+    named += [(f"tasks.{name}", name, "task") for name in config.get("tasks") or {}]
+    named += [(f"tokenizers.{name}", name, "tokenizer") for name in config.get("tokenizers") or {}]
+    for key, name, what in named:
+        if name in WORKFLOW_FOLDERS:
+            raise ConfigError(
+                f"config key {key}: {name!r} is a folder the workflow writes itself "
+                f"({', '.join(sorted(WORKFLOW_FOLDERS))}); rename the {what}"
+            )
+
+
 def check_output_places(
     config: dict[str, Any], entries: dict[str, dict[str, Any]], workdir: str | os.PathLike = "."
 ) -> None:
-    """Refuse, in one line naming the key, a model named like one of results/' own folders and
-    a folder made by a name that exists as a link (or a link's target outside its root).
+    """Refuse, in one line naming the key, a name that is one of the workflow's own folders
+    (check_folder_names) and a folder made by a name that exists as a link (or a link's target
+    outside its root).
 
     Args:
         config: the validated workflow config.
         entries: every model key's entry (training checkpoints' too).
         workdir: the run's working directory (Snakemake's).
     """
-    for name in entries:
-        if name in RESERVED_NAMES:
-            raise ConfigError(
-                f"config key models[{name}]: {name!r} is a folder of results/ the workflow "
-                f"writes itself ({', '.join(sorted(RESERVED_NAMES))}); rename the model"
-            )
+    check_folder_names(config, entries)
     for key, folder in _named_folders(config, entries):
         path = Path(workdir) / folder
         if path.is_symlink():

@@ -162,7 +162,9 @@ def run_difference(
     first: dict[str, Any], other: dict[str, Any], keys: Sequence[str] = SAME_RUN_KEYS
 ) -> str | None:
     """How two stores' provenance attributes say they were made differently (a config's first
-    differing entry named), or None: stores that differ are not to be combined.
+    differing entry named), or None: stores that differ are not to be combined. Keys only one
+    records are not compared (a store made outside the workflow; a training checkpoint's keys
+    come with its own model key, which differs).
 
     Args:
         first, other: the two stores' attributes.
@@ -171,7 +173,7 @@ def run_difference(
     """
     for key in keys:
         a, b = first.get(key), other.get(key)
-        if a == b:
+        if a == b or key not in first or key not in other:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             sub = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))[0]
@@ -181,5 +183,5 @@ def run_difference(
 
 
 def _short(value: Any) -> str:
-    text = "none" if value is None else str(value)
+    text = str(value)
     return text if len(text) <= 60 else f"{text[:57]}..."
