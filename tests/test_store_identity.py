@@ -122,12 +122,12 @@ IDENTITIES = {
     "another ablation": (
         "results/m/tasks/induction/ablation/mean.zarr",
         dict(model="m", task="induction", ablation="corrupted"),
-        "it holds ablation corrupted, but its path names another (a store copied here)",
+        "it holds ablation corrupted, but its path names mean",
     ),
     "frozen LayerNorm": (
         "results/m/attribution/resample/shard-000.zarr",
         dict(model="m", ablation="resample", freeze_ln=1),
-        "it holds ablation resample-frozen-ln, but its path names another (a store copied here)",
+        "it holds ablation resample-frozen-ln, but its path names resample",
     ),
 }
 
@@ -153,6 +153,9 @@ def test_a_store_holding_what_its_path_does_not_name_is_refused(case, tmp_path, 
         ("results/m/attribution/resample/shard-000.zarr", {"freeze_ln": 0}),
         ("results/m@step50/ablation/resample/shard-000.zarr", {"model": "m@step50"}),
         ("results/m/norms/zero.zarr", {"ablation": "zero"}),
+        ("results/m/summary/resample-frozen-ln.zarr", {"ablation": "resample-frozen-ln"}),
+        ("results/m/tasks/induction/attribution/sums-mean.zarr", {"ablation": "mean"}),
+        ("results/m/neurons/selected.zarr", {"ablation": "zero"}),
     ],
 )
 def test_a_store_holding_what_its_path_names_opens(path, attrs, tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from typing import Any
 from selfrepair.config.errors import ConfigError
 
 __all__ = [
+    "ABLATION_FOLDERS",
     "OUTPUT_ROOTS",
     "RESERVED_NAMES",
     "WORKFLOW_FOLDERS",

@@ -15,6 +15,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from selfrepair.config.places import ABLATION_FOLDERS
+
 __all__ = [
     "ARRAY_METADATA_FILES",
     "CHUNK_CHECKSUMS",
@@ -53,6 +55,9 @@ PLACE_ANCHOR = "results"
 # Snakemake puts into each directory() output it has made.
 METADATA_FILES = {".zattrs", ".zgroup", ".zmetadata", ".snakemake_timestamp"}
 ARRAY_METADATA_FILES = {".zarray", ".zattrs"}
+# The ablations' names, as a store's path names them (ablation/<a>/, summary/<a>.zarr).
+FROZEN = "-frozen-ln"
+ABLATION_NAMES = frozenset({*ABLATION_FOLDERS, *(f"{a}{FROZEN}" for a in ABLATION_FOLDERS)})
 
 
 def read_consolidated(path: Path) -> dict[str, dict] | None:
@@ -193,9 +198,9 @@ def place_problem(path: str | os.PathLike, recorded: object) -> str | None:
 
 def identity_problem(path: str | os.PathLike, attrs: dict) -> str | None:
     """Why a store at `path` does not hold what its path names (None when it does): the model
-    (results/<model>/...), task (results/<model>/tasks/<task>/...) and ablation (a folder or
-    the file's name: ablation/<a>/, summary/<a>.zarr, attribution/detail-<a>.zarr) its provenance
-    attributes record. Read from the longer of the path below the run's results folder and the
+    (results/<model>/...), task (results/<model>/tasks/<task>/...) and, where the path names
+    one, ablation (a folder or the file's name: ablation/<a>/, summary/<a>.zarr,
+    attribution/detail-<a>.zarr) its provenance attributes record. Read from the longer of the path below the run's results folder and the
     recorded place (a suffix of the path once place_problem passed), so that a moved results
     folder is still read. Checked only on stores that record a model (the workflow's)."""
     recorded = attrs.get(PLACE)
@@ -215,10 +220,12 @@ def identity_problem(path: str | os.PathLike, attrs: dict) -> str | None:
             return f"it holds {key} {held}, but its path names {where} (a store copied here)"
     ablation = attrs.get("ablation")
     if isinstance(ablation, str):
-        variant = f"{ablation}-frozen-ln" if attrs.get("freeze_ln") else ablation
+        frozen = attrs.get("freeze_ln") and not ablation.endswith(FROZEN)
+        variant = f"{ablation}{FROZEN}" if frozen else ablation
         stem = parts[-1].removesuffix(".zarr")
-        if variant not in {*parts[1:-1], stem, stem.removeprefix("detail-")}:
-            return f"it holds ablation {variant}, but its path names another (a store copied here)"
+        words = {*parts[1:-1], stem, stem.split("-", 1)[-1]}  # sums-mean, detail-<a>
+        if (named := words & ABLATION_NAMES) and variant not in named:
+            return f"it holds ablation {variant}, but its path names {', '.join(sorted(named))}"
     return None
 
 

@@ -17,7 +17,7 @@ import xarray as xr
 from selfrepair.analysis import attribution, tables
 from selfrepair.analysis import intervals as bootstrap
 from selfrepair.analysis.tasks import head_backups, set_backups
-from selfrepair.stages.joblog import provenance, revision_of
+from selfrepair.stages.joblog import SAME_WEIGHTS_KEYS, provenance, revision_of
 from selfrepair.stages.store import (
     DamagedStore,
     check_same_run,
@@ -140,11 +140,13 @@ def task_backups(
         title: the HTML page's title (the model and task).
         note: a paragraph above the HTML tables.
     """
-    sets_ds = open_zarr(sets[0]) if sets else None
+    paths = [summary, repairs, *sets[:1]]
+    summary_ds, repair, *rest = opened = [open_zarr(p) for p in paths]
+    check_same_run(paths, opened, SAME_WEIGHTS_KEYS)
+    sets_ds = rest[0] if rest else None
     names = {f"set {n}": h for n, h in (sets_ds.attrs["sets"] if sets else {}).items()}
     names |= dict(roles) | ({"expected backup": list(expected)} if expected else {})
-    repair = open_zarr(repairs)
-    heads = head_backups(open_zarr(summary), repair, n_heads, n_backups, names)
+    heads = head_backups(summary_ds, repair, n_heads, n_backups, names)
     parts = {"heads with the largest direct effect, each ablated alone": heads}
     table = heads.assign(source="head")
     if sets_ds is not None:
