@@ -201,7 +201,9 @@ def test_run_difference_names_the_first_key_that_differs():
     assert run_difference({**a, "metric": "x"}, {**a, "metric": None}) == "metric x and None"
     assert run_difference(a, {**a, "engine": {}}, SAME_WEIGHTS_KEYS) is None
     long = {**a, "model_revision": "sha256:" + "b" * 64}
-    assert run_difference(a, long) == f"model_revision sha256:aaaa and sha256:{'b' * 50}..."
+    assert run_difference(a, long) == f"model_revision sha256:aaaa and sha256:{'b' * 64}"
+    long = {**a, "model_entry": {"name": "m", "path": "/" + "p" * 90}}
+    assert run_difference(a, long) == f"model_entry.path None and /{'p' * 76}..."
 
 
 @pytest.mark.parametrize("opener", ["open_shards", "open_shard_list"])

@@ -68,7 +68,7 @@ def test_a_shard_made_with_other_weights_stops_the_summary(finished_run):
         assert code != 0
         assert mixed_line(out) == (
             f"{first} and {second} were made with different model_revision {revision} and "
-            f"{other[:57]}..., so they are not combined: delete the one made with the old "
+            f"{other}, so they are not combined: delete the one made with the old "
             "weights or config (or both) and rerun the workflow"
         )
         assert not any((run / path).exists() for path in outputs)

@@ -183,5 +183,6 @@ def run_difference(
 
 
 def _short(value: Any) -> str:
+    """A value in a line: whole up to 80 characters (a sha256 revision is 71)."""
     text = str(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
+    return text if len(text) <= 80 else f"{text[:77]}..."
