@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from selfrepair.engine.ablation import mean_z
 from selfrepair.engine.self_repair import measure_heads
 from selfrepair.models.builders import random_model
 from selfrepair.reference.heads import reference_measure_heads
@@ -126,6 +127,28 @@ def test_mean_ablation_can_exclude_bos(tiny_model, tiny_tokens):
     ref = reference_measure_heads(tiny_model, tiny_tokens, "mean", [(0, 0)], mean_include_bos=False)
     assert max_abs_diff(without.self_repair, ref.self_repair) < TOL
     assert max_abs_diff(with_bos.self_repair, without.self_repair) > 1e-4
+
+
+def test_mean_z_averages_the_positions_the_pass_reads(tiny_model, tiny_tokens):
+    """mean_z is the mean of z over the positions the measured pass reads, tokens[:, :-1] (the
+    last token is only a target), by hand from TransformerLens' own pass over them: on rows of 4
+    tokens the last position would weigh a quarter of a mean over whole rows."""
+    rows = tiny_tokens[:, :4]
+    layers = range(tiny_model.cfg.n_layers)
+    _, read = tiny_model.run_with_cache(rows[:, :-1])
+    _, whole = tiny_model.run_with_cache(rows)
+    for include_bos in (True, False):
+        got = mean_z(tiny_model, rows, layers, batch_size=4, include_bos=include_bos)
+        first = 0 if include_bos else 1
+        for layer in layers:
+            name = f"blocks.{layer}.attn.hook_z"
+            expected = read[name][:, first:].double().mean((0, 1))
+            assert (got[layer].double() - expected).abs().max() < 1e-5, (include_bos, layer)
+            # What the mean over whole rows gives: far off, so this test tells them apart.
+            rows_mean = whole[name][:, first:].double().mean((0, 1))
+            assert (got[layer].double() - rows_mean).abs().max() > 1e-3, (include_bos, layer)
+    with pytest.raises(ValueError, match="no position to average z over"):
+        mean_z(tiny_model, rows[:, :2], layers, batch_size=4, include_bos=False)
 
 
 def test_model_is_not_modified(tiny_tokens):

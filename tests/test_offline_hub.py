@@ -58,6 +58,70 @@ def tiny_gpt2_snapshot(hf_home: Path, tmp: Path, n_ctx: bool) -> str:
     return offline_hub.write_snapshot(hf_home / "hub", "gpt2", "model", files)
 
 
+# Tiny configs of the families the cache tool writes, the hub's keys with small widths.
+TINY = {
+    "gpt2": dict(offline_hub._GPT2, n_embd=32, n_head=4, n_layer=2, n_positions=64, n_ctx=64),
+    "gpt_neox": dict(
+        offline_hub._PYTHIA, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+        num_hidden_layers=2, max_position_embeddings=64,
+    ),
+    "llama": dict(
+        offline_hub.LLAMA_7B, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+        num_hidden_layers=2, max_position_embeddings=64,
+    ),
+}  # fmt: skip
+# Per family, the biases and norm weights a stand-in must not leave at 0 and 1 (a layer's, the
+# final norm's): every one the family has.
+DRAWN = {
+    "gpt2": [
+        *(f"h.1.{m}.bias" for m in ("ln_1", "ln_2", "attn.c_attn", "attn.c_proj", "mlp.c_fc")),
+        *("h.1.mlp.c_proj.bias", "h.1.ln_1.weight", "h.1.ln_2.weight", "ln_f.weight", "ln_f.bias"),
+    ],
+    "gpt_neox": [
+        *(f"gpt_neox.layers.1.{m}" for m in (
+            "input_layernorm.weight", "input_layernorm.bias", "post_attention_layernorm.weight",
+            "post_attention_layernorm.bias", "attention.query_key_value.bias",
+            "attention.dense.bias", "mlp.dense_h_to_4h.bias", "mlp.dense_4h_to_h.bias",
+        )),
+        "gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias",
+    ],
+    "llama": [
+        "model.layers.1.input_layernorm.weight", "model.layers.1.post_attention_layernorm.weight",
+        "model.norm.weight",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", list(TINY))
+def test_standins_have_drawn_biases_and_norm_weights(tmp_path, family):
+    """Every bias of a stand-in is non-zero and every norm weight off 1 (Hugging Face's own
+    initialisation leaves them 0 and 1, and the checks against transformers would then never
+    see the folding of biases and norm weights), in the file the hub snapshot gets (GPT-2,
+    Pythia) or the model write_llama saves; the same seed writes the same bytes."""
+    config = TINY[family]
+    model = offline_hub.standin_model(config, seed=5)
+    if family == "llama":
+        state = {k: v.float() for k, v in model.state_dict().items()}
+    else:
+        from safetensors.torch import load_file
+
+        for folder in ("a", "b"):
+            (tmp_path / folder).mkdir()
+            offline_hub.weight_files(config, tmp_path / folder, seed=5)
+        first, second = ((tmp_path / f / "model.safetensors").read_bytes() for f in "ab")
+        assert first == second
+        state = {k: v.float() for k, v in load_file(tmp_path / "a" / "model.safetensors").items()}
+    params = dict(model.named_parameters())
+    prefix = "transformer." if family == "gpt2" else ""
+    drawn = [k for k in state if prefix + k in params and k.endswith(("bias", "norm.weight"))]
+    drawn += [k for k in state if k.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight"))]
+    assert set(DRAWN[family]) <= set(drawn)
+    for name in drawn:
+        value = state[name] - (0 if name.endswith("bias") else 1)
+        # float16 (Pythia) rounds a few weights within 5e-4 of 1 to 1: most, not all, are off
+        assert (value != 0).float().mean() > 0.9 and value.std() > 0.05, name
+
+
 # Centred logits of rows by TransformerLens (through selfrepair's loader) and by transformers'
 # own GPT2LMHeadModel on the same snapshot.
 COMPARE_GPT2 = """

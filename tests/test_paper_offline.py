@@ -2,14 +2,15 @@
 overlay config/paper-ci.yaml (gpt2-small and pythia-160m, official names, the paper's heads) and
 the paper's Llama-7B (config/paper-llama.yaml, at CI size config/paper-llama-ci.yaml: a local
 checkpoint by `path`), through a Hugging Face cache filled by tools/offline_hub.py (random
-weights, real configs and tokenizer sizes; NeelNanda/pile-10k as `hf download` leaves it; the
+weights, biases and norm weights drawn too, real configs and tokenizer sizes;
+NeelNanda/pile-10k as `hf download` leaves it; the
 Llama-7B stand-in a folder with its config.json's layer and head counts, reduced widths), with
 HF_HUB_OFFLINE=1.
 
 Checked: the stores' provenance names the official models, their hub revisions and the Pile by
 `datasets`; every figure and the report are made; no figure whose paper head lives on these three
-models is drawn with a substitute; the engine's clean logit and resample logit_diff agree with
-Hugging Face transformers' own forward pass of the same checkpoint (not TransformerLens); Fig 8
+models is drawn with a substitute; the engine's clean logit and resample, mean and zero
+logit_diff agree with Hugging Face transformers' own forward pass of the same checkpoint (not TransformerLens); Fig 8
 has the paper's four panels, and its Llama-7B panel (and the neuron direct effects under it) equal
 a recomputation with transformers alone.
 
@@ -156,18 +157,43 @@ def correct_centred(logits: torch.Tensor, tokens: torch.Tensor) -> np.ndarray:
     return centred[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0].double().numpy()
 
 
+def replacement_z(ref, ablation: str, layer: int, z: torch.Tensor, source, include_bos: bool):
+    """What transformers' input of a layer's attention output projection becomes under an
+    ablation, on every head ([rows, tok, heads x d_head], z that projection's clean input):
+    resample, the partner row's; mean, its mean over rows and the positions the measured pass
+    reads (all but the last, a target only); zero, TransformerLens' z = 0, which is transformers'
+    z equal to the value bias plus the first norm's bias through W_V (value_offset: folded into
+    b_O by TransformerLens)."""
+    from selfrepair.reference.atp import hf_layers, value_offset
+
+    if ablation == "resample":
+        return z[source]
+    if ablation == "mean":
+        return z[:, 0 if include_bos else 1 : -1].mean((0, 1)).expand_as(z)
+    blocks, *_ = hf_layers(ref)
+    return value_offset(ref, blocks[layer]).detach().expand_as(z)
+
+
+@pytest.mark.parametrize("ablation", ["resample", "mean", "zero"])
 @pytest.mark.parametrize("model", list(MODELS))
-def test_clean_and_resample_numbers_match_transformers(paper_run, model):
-    """logit_clean and resample logit_diff against transformers' forward pass: the head's slice
-    of the output projection's input replaced by the resample partner row's (the value bias's
-    constant part cancels), the correct token's centred logit compared."""
+def test_clean_and_ablated_numbers_match_transformers(paper_run, model, ablation):
+    """logit_clean and each ablation's logit_diff against transformers' forward pass: the
+    head's slice of the output projection's input replaced (replacement_z: the partner row's,
+    the mean over the read positions, or the value bias, where the stand-ins' drawn biases make
+    TransformerLens' zero differ from transformers'), the correct token's centred logit
+    compared."""
     run, hf_home, _ = paper_run
     results = run / "results" / model
     tokens = torch.from_numpy(xr.open_zarr(results / "tokens.zarr").tokens.values.astype(np.int64))
     clean = xr.open_zarr(results / "clean" / "shard-000.zarr")
-    ablated = xr.open_zarr(results / "ablation" / "resample" / "shard-000.zarr")
+    ablated = xr.open_zarr(results / "ablation" / ablation / "shard-000.zarr")
     rows = tokens[: clean.sizes["batch"]]
-    source = torch.as_tensor(ablated.resample_source.values).long()
+    source = (
+        torch.as_tensor(ablated.resample_source.values).long()
+        if "resample_source" in ablated
+        else None
+    )
+    include_bos = bool(int(ablated.attrs["mean_include_bos"]))
     ref = hf_model(hf_home, MODELS[model])
     d_head = ref.config.hidden_size // (
         ref.config.n_head if hasattr(ref.config, "n_head") else ref.config.num_attention_heads
@@ -190,13 +216,14 @@ def test_clean_and_resample_numbers_match_transformers(paper_run, model):
             ref(rows)
         hook.remove()
         part = slice(head * d_head, (head + 1) * d_head)
+        new = replacement_z(ref, ablation, layer, kept["z"], source, include_bos)
 
-        def resample(module, args, part=part, z=kept["z"]):
+        def ablate(module, args, part=part, new=new):
             x = args[0].clone()
-            x[..., part] = z[source][..., part]
+            x[..., part] = new[..., part]
             return (x,)
 
-        hook = proj.register_forward_pre_hook(resample)
+        hook = proj.register_forward_pre_hook(ablate)
         with torch.no_grad():
             expected = correct_centred(ref(rows).logits, rows) - logit_clean
         hook.remove()
@@ -207,7 +234,9 @@ def test_clean_and_resample_numbers_match_transformers(paper_run, model):
         size = np.abs(expected).max()
         assert size > 1e-3, (model, layer, head)  # the ablation changes the logits
         err = np.abs(got[kept] - expected[kept]).max()
-        print(f"{model} L{layer}H{head}: |logit_diff| up to {size:.3g}, off by {err:.2g}")
+        print(
+            f"{model} {ablation} L{layer}H{head}: |logit_diff| up to {size:.3g}, off by {err:.2g}"
+        )
         assert err <= 1e-5 + 2e-4 * size, (model, layer, head, err, size)
 
 

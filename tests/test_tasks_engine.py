@@ -108,18 +108,23 @@ def test_padding_never_changes_a_number_at_a_real_position(tiny_model, ablation,
 
 
 def test_mean_ablation_takes_the_mean_over_real_positions_only(tiny_model, one_torch_thread):
-    """The masked mean z equals the mean over the unpadded prompts' z, and other padding ids
-    leave every number at a real position unchanged."""
+    """The masked mean z equals the mean over the z of each unpadded prompt's positions that
+    predict a real token (its last token, the answer, is only a target: left out), and other
+    padding ids leave every number at a real position unchanged."""
     tokens, task = padded_task(tiny_model)
     layers = range(tiny_model.cfg.n_layers)
     got = mean_z(tiny_model, tokens, layers, 2, real=task.real)
     for layer in layers:
-        zs = []
+        read, whole = [], []
         for i, length in enumerate(LENGTHS):
+            _, cache = tiny_model.run_with_cache(tokens[i : i + 1, : length - 1])
+            read.append(cache[f"blocks.{layer}.attn.hook_z"][0].double())
             _, cache = tiny_model.run_with_cache(tokens[i : i + 1, :length])
-            zs.append(cache[f"blocks.{layer}.attn.hook_z"][0].double())
-        expected = torch.cat(zs).mean(0)
+            whole.append(cache[f"blocks.{layer}.attn.hook_z"][0].double())
+        expected = torch.cat(read).mean(0)
         assert (got[layer].double() - expected).abs().max() < 1e-5, layer
+        # The mean with the answers' positions: far off, so this test tells them apart.
+        assert (got[layer].double() - torch.cat(whole).mean(0)).abs().max() > 1e-4, layer
     other_tokens, other = padded_task(tiny_model, pad=7)
     a = measure_heads(tiny_model, tokens, "mean", task=task)
     b = measure_heads(tiny_model, other_tokens, "mean", task=other)

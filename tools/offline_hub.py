@@ -1,6 +1,7 @@
 """Fill a Hugging Face cache (an HF_HOME folder) with the paper's models and data set, offline.
 
-Random weights, real shapes: every checkpoint carries the real model's config.json (layers,
+Random weights (biases and norm weights drawn too, not Hugging Face's 0 and 1: standin_model),
+real shapes: every checkpoint carries the real model's config.json (layers,
 heads, widths, rotary fraction, parallel residual, vocabulary, context; a GPT-2 config.json with
 n_ctx, as the hub's files have it) and a tokenizer of the real class and vocabulary size (a
 byte-level BPE trained here on the Python standard library's sources). The data set
@@ -153,6 +154,13 @@ LLAMA_CI_WIDTHS = {"hidden_size": 256, "intermediate_size": 688}
 # last MLP by 1% of the head's direct effect and Fig 8's panel would be all zero; at 0.1 the
 # panel's curves have something to show and to check.
 LLAMA_CI_INIT = 0.1
+# Hugging Face initialises every bias to 0 and every norm weight to 1, which would leave the
+# folding of biases and norm weights (TransformerLens' fold_ln, fold_value_biases, centring) and
+# the zero-ablation convention (z' = 0 is Hugging Face's z equal to the value bias) untested
+# against transformers. The stand-ins' biases are drawn with this standard deviation instead,
+# and their norm weights around 1 with NORM_STD (standin_model).
+BIAS_STD = 0.1
+NORM_STD = 0.2
 # Marks a folder write_llama wrote, the only kind it replaces (never a real checkpoint).
 STANDIN_MARK = "STAND-IN.md"
 
@@ -296,32 +304,22 @@ def write_llama(out: Path, documents: list[str], seed: int = 0) -> Path:
     """A Llama-7B stand-in as a local Hugging Face checkpoint folder, the layout of a converted
     llama-7b-hf: config.json (LLAMA_7B with LLAMA_CI_WIDTHS), random weights in float16 as
     safetensors shards with their index (save_pretrained's), generation_config.json and a
-    LlamaTokenizer trained here. Weights: Hugging Face's own initialisation, seeded, with
-    standard deviation LLAMA_CI_INIT, except the RMSNorm weights, drawn around 1 (initialised to
-    exactly 1 they would leave the folding of the norm weights into the next matrices
-    untested). Refuses to replace a folder it did not write. Returns out.
+    LlamaTokenizer trained here. Weights: standin_model's, with standard deviation
+    LLAMA_CI_INIT (the RMSNorm weights drawn around 1: initialised to exactly 1 they would leave
+    the folding of the norm weights into the next matrices untested). Refuses to replace a
+    folder it did not write. Returns out.
 
     Args:
         out: the folder to write (replaced if an earlier stand-in).
         documents: the tokenizer's training texts.
         seed: the weights' seed.
     """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     if out.exists() and not (out / STANDIN_MARK).is_file():
         raise SystemExit(f"{out} exists and is not a stand-in written here; choose another folder")
     config = {**LLAMA_7B, **LLAMA_CI_WIDTHS}
     with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None) as tmp:
         files = Path(tmp) / "llama"
-        torch.manual_seed(seed)
-        hf_config = AutoConfig.for_model(**{**config, "initializer_range": LLAMA_CI_INIT})
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name.endswith("norm.weight"):
-                    param.copy_(1 + 0.2 * torch.randn(param.shape, generator=gen))
+        model = standin_model({**config, "initializer_range": LLAMA_CI_INIT}, seed)
         model.half().save_pretrained(str(files), max_shard_size="40MB")
         (files / "config.json").write_text(json.dumps(config, indent=2))  # the 7B file's keys
         llama_tokenizer_files(documents, files)
@@ -337,17 +335,42 @@ def write_llama(out: Path, documents: list[str], seed: int = 0) -> Path:
     return out
 
 
-def weight_files(config: dict, out: Path, seed: int) -> None:
-    """model.safetensors of a randomly initialised model of this config (Hugging Face's own
-    initialisation, seeded), keyed and typed as the hub's file: GPT-2 float32 without the
-    `transformer.` prefix and without the tied lm_head, Pythia float16."""
+def is_norm(module) -> bool:
+    """Whether a module is a normalisation layer (LayerNorm, or a family's RMSNorm class)."""
     import torch
-    from safetensors.torch import save_file
+
+    return isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
+
+
+def standin_model(config: dict, seed: int):
+    """A random float32 Hugging Face causal LM of this config: Hugging Face's own initialisation
+    (seeded), then, from a generator of the same seed, every bias drawn with standard deviation
+    BIAS_STD and every norm weight around 1 with NORM_STD (its bias, where it has one, with
+    BIAS_STD), so that no bias is 0 and no norm weight 1 (BIAS_STD says why)."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    hf_config = AutoConfig.for_model(**config)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if is_norm(module) and name == "weight":
+                    param.copy_(1 + NORM_STD * torch.randn(param.shape, generator=gen))
+                elif name == "bias":
+                    param.copy_(BIAS_STD * torch.randn(param.shape, generator=gen))
+    return model
+
+
+def weight_files(config: dict, out: Path, seed: int) -> None:
+    """model.safetensors of a random model of this config (standin_model: Hugging Face's own
+    initialisation, seeded, with drawn biases and norm weights), keyed and typed as the hub's
+    file: GPT-2 float32 without the `transformer.` prefix and without the tied lm_head, Pythia
+    float16."""
+    from safetensors.torch import save_file
+
+    model = standin_model(config, seed)
     if config["model_type"] == "gpt2":
         state = model.transformer.state_dict()
     else:

@@ -5,7 +5,8 @@ ablate through this module only, so their numbers line up:
 - resample: row i takes z from row source[i] (default (i + 1) mod n of the tokens passed), same
   position; a batch of rows is run together with the rows outside it that it takes z from
   (`with_partners`), and only its own rows are kept (`first_rows`);
-- mean: mean z over all rows and positions of the tokens passed (position 0 optional);
+- mean: mean z over all rows and the positions the pass reads (every token but the last, a
+  target only; position 0 optional; in a task, the positions that predict a real token);
 - zero: z = 0;
 - corrupted (tasks): row i takes z from its paired corrupted prompt, same position: resample
   with the partner rows taken from a separate pool (`partners`) instead of the rows measured
@@ -88,58 +89,46 @@ def checked_source(source: Tensor | None, n_rows: int) -> Int[Tensor, " batch"]:
 
 def mean_z(
     model: HookedTransformer,
-    tokens: Int[Tensor, "batch pos"],
+    tokens: Int[Tensor, "batch pos_plus_1"],
     layers: Iterable[int],
     batch_size: int,
     include_bos: bool = True,
     fused: bool = True,
     real: Tensor | None = None,
 ) -> dict[int, Float[Tensor, "head d_head"]]:
-    """Mean of each head's z over all rows and positions of tokens (position 0 optional); with
-    `real` (bool [rows, pos], a task's right-padded prompts) over its True positions only."""
+    """Mean of each head's z over the positions the measured pass reads: every row's positions
+    0 .. pos - 1 of tokens[:, :-1] (the last token is only a target, as in
+    models.forward.clean_pass; position 0 optional). With `real` (bool [rows, pos + 1], a task's
+    right-padded prompts) over the positions whose next token is real only: not a row's last
+    real token (its last answer, a target only), nor the padding, however wide the rows.
+
+    Args:
+        model: the HookedTransformer (not modified).
+        tokens: [rows, pos + 1] token rows, each starting with BOS.
+        layers: layers whose mean z is wanted.
+        batch_size: rows per pass.
+        include_bos: whether position 0 is averaged over too.
+        fused: passed to models.blocks.run_block.
+        real: a task's positions that are not padding, or None (every position).
+    """
+    layers = sorted(set(layers))
+    # Position t is averaged over when the pass reads it and its target t + 1 is real.
+    weights = torch.ones(tokens.shape[0], tokens.shape[1] - 1, dtype=torch.bool)
     if real is not None:
-        return _masked_mean_z(model, tokens, layers, batch_size, include_bos, fused, real)
-    layers = sorted(set(layers))
-    sums: dict[int, Tensor] = {}
-    count = 0
-    first = 0 if include_bos else 1
-
-    def add(x, hook, layer):
-        sums[layer] = sums.get(layer, 0) + x[:, first:].float().sum((0, 1))
-
-    hooks = [
-        (f"blocks.{layer}.attn.hook_z", lambda x, hook, layer=layer: add(x, hook, layer))
-        for layer in layers
-    ]
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        for start in range(0, tokens.shape[0], batch_size):
-            chunk = tokens[start : start + batch_size]
-            resid = embed(model, chunk)
-            for block in model.blocks[: layers[-1] + 1]:
-                resid = run_block(block, resid, fused)
-            count += chunk.shape[0] * (chunk.shape[1] - first)
-    return {layer: (s / count).to(model.cfg.dtype) for layer, s in sums.items()}
-
-
-def _masked_mean_z(
-    model: HookedTransformer,
-    tokens: Int[Tensor, "batch pos"],
-    layers: Iterable[int],
-    batch_size: int,
-    include_bos: bool,
-    fused: bool,
-    real: Tensor,
-) -> dict[int, Float[Tensor, "head d_head"]]:
-    """mean_z over the True positions of `real` (the padding of a task's rows left out)."""
-    layers = sorted(set(layers))
-    real = real.to(device=tokens.device, dtype=torch.bool).clone()
+        weights = real[:, 1:].to(torch.bool).cpu().clone()
     if not include_bos:
-        real[:, 0] = False
+        weights[:, 0] = False
+    count = int(weights.sum())
+    if count == 0:
+        raise ValueError(
+            "mean ablation has no position to average z over: the rows need a position after "
+            "BOS that predicts a real token (or set engine.mean_include_bos: true)"
+        )
     sums: dict[int, Tensor] = {}
-    weights: list[Tensor] = []
+    batch: list[Tensor] = []
 
     def add(x, hook, layer):
-        w = weights[-1].to(x.device, torch.float32)
+        w = batch[-1].to(x.device, torch.float32)
         sums[layer] = sums.get(layer, 0) + torch.einsum("bp,bphd->hd", w, x.float())
 
     hooks = [
@@ -148,11 +137,10 @@ def _masked_mean_z(
     ]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         for start in range(0, tokens.shape[0], batch_size):
-            weights.append(real[start : start + batch_size])
-            resid = embed(model, tokens[start : start + batch_size])
+            batch.append(weights[start : start + batch_size])
+            resid = embed(model, tokens[start : start + batch_size, :-1])
             for block in model.blocks[: layers[-1] + 1]:
                 resid = run_block(block, resid, fused)
-    count = int(real.sum())
     return {layer: (s / count).to(model.cfg.dtype) for layer, s in sums.items()}
 
 

@@ -94,7 +94,8 @@ class TaskInputs:
         partners: [rows, pos + 1] each row's paired corrupted prompt, the same length: the z of
             corrupted ablation (engine.ablation.CORRUPTED).
         real: [rows, pos + 1] bool, the positions that are not padding: the mean z of mean
-            ablation is taken over them only.
+            ablation is taken over the positions t whose next token t + 1 is real only (not
+            a row's last real token, its last answer: engine.ablation.mean_z).
     """
 
     counter: Tensor | None = None

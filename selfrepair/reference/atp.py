@@ -10,11 +10,11 @@ Both estimate, per head, sum over positions of dM/dz . (z' - z) with M the sum o
 correct-token logits of a row (row estimates) or of one token (per-token estimates, one
 backward pass per token). GradDrop (`drop_layer`): the same with layer l's attention and MLP
 outputs detached in the forward pass (their values unchanged, no gradient through them). z' is
-reference.heads.ablated_z's: resample, row (i + 1) mod batch; mean over every row and position;
-zero. Hugging Face's z carries the value bias (and the first LayerNorm's bias pushed through
-W_V), which TransformerLens folds into b_O (fold_ln, fold_value_biases): its zero is Hugging
-Face's z equal to that bias (`value_offset`), the point z' is measured from. Neither shares code
-with the engine.
+reference.heads.ablated_z's: resample, row (i + 1) mod batch; mean over every row and every
+position but the last (a target only); zero. Hugging Face's z carries the value bias (and the
+first LayerNorm's bias pushed through W_V), which TransformerLens folds into b_O (fold_ln,
+fold_value_biases): its zero is Hugging Face's z equal to that bias (`value_offset`), the point
+z' is measured from. Neither shares code with the engine.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def reference_atp(
     Args:
         model: the HookedTransformer.
         tokens: [batch, pos + 1] token rows; the last position is only a target, but it runs
-            (as in reference.heads, so the mean z is over every position, as the engine's).
+            (as in reference.heads; its z is left out of the mean, as the engine's leaves it).
         ablation: "resample", "mean" or "zero".
         mean_include_bos: whether the mean z includes position 0.
         drop_layer: GradDrop: detach this layer's attention and MLP outputs.
@@ -112,7 +112,7 @@ def reference_atp(
     if not all(p.requires_grad for p in model.parameters()):
         raise ValueError("the reference needs the model's parameters to require grad")
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-        logits = model(tokens)[:, :-1]  # every token runs: the mean z is over all of them
+        logits = model(tokens)[:, :-1]  # every token runs; ablated_z's mean drops the last
         m = centred_target_logit(logits.float(), tokens[:, 1:])
         z = [zs[layer] for layer in range(n_layers)]
         dz = [ablated_z(x.detach(), ablation, mean_include_bos) - x.detach() for x in z]

@@ -81,11 +81,13 @@ def ablated_z(
     mean_dtype: torch.dtype | None = None,
 ) -> Float[Tensor, "batch pos d_head"]:
     """One head's z after ablation, as the paper defines it: resample, row (i + 1) mod batch;
-    mean, over all rows and positions (summed in mean_dtype when given); zero."""
+    mean, over all rows and every position but the last (summed in mean_dtype when given);
+    zero. z_clean is from a pass over whole rows (the last token runs too, but it is only a
+    target: no measured logit reads its z, so the mean leaves it out)."""
     if ablation == "resample":
         return z_clean.roll(-1, dims=0)  # row i takes row (i + 1) mod batch
     if ablation == "mean":
-        z = z_clean[:, 0 if mean_include_bos else 1 :]
+        z = z_clean[:, 0 if mean_include_bos else 1 : -1]
         mean = z.mean((0, 1)) if mean_dtype is None else z.to(mean_dtype).mean((0, 1))
         return mean.to(z_clean.dtype).expand_as(z_clean)
     if ablation == "zero":

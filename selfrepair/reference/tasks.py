@@ -1,6 +1,6 @@
 """Slow, obvious reference of the task measurements: per ablated head (or set of heads) one full
 forward pass with hooks replacing its z (by the z of its paired corrupted prompt's own clean run,
-the mean z over the prompts' real positions, zero, or the next row's), the metric computed from
+the mean z over the positions that predict a real token, zero, or the next row's), the metric computed from
 the full unembedding (the answer's logit, centred over the vocabulary, or the answer's minus the
 counterfactual's), every component's direct effect pushed through the final LayerNorm frozen at
 its clean scale and the full unembedding, the LayerNorm part what they leave of the metric's
@@ -89,10 +89,13 @@ class TaskReference:
             return z.roll(-1, dims=0)
         if ablation == "zero":
             return torch.zeros_like(z)
+        # Position t counts when the token it predicts, t + 1, is real: the prompt's positions,
+        # not the answer's (a target only) nor the padding's.
         real = torch.ones(z.shape[:2], dtype=torch.bool) if self.real is None else self.real
-        real = real.clone().to(z.device)
-        real[:, 0] &= include_bos
-        mean = (z.double() * real[..., None]).sum((0, 1)) / real.sum()
+        predicts_real = real[:, 1:].clone().to(z.device)
+        predicts_real[:, 0] &= include_bos
+        weights = predicts_real[..., None].double()
+        mean = (z[:, :-1].double() * weights).sum((0, 1)) / predicts_real.sum()
         return mean.to(z.dtype).expand_as(z)
 
 
