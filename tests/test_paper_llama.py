@@ -69,7 +69,7 @@ def llama_7b_folder(tmp_path) -> Path:
 
 
 def test_dry_run_plans_the_papers_run_with_llama_7b(llama_7b_folder):
-    """`snakemake -n --configfile config/paper-llama.yaml`, the README's command, on Llama-7B's
+    """`snakemake -n --configfile config/paper-llama.yaml`, the command of docs/llama-7b.md, on Llama-7B's
     config.json: heads and Fig 8's panels check against its 32 x 32 heads; L30H8's jobs are
     planned: 8 clean shards, 4 ablation variants x 8 shards, its neurons and figure."""
     run = llama_7b_folder.parents[1]

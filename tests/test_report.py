@@ -424,16 +424,6 @@ def test_the_reduced_demo_is_the_demo_at_toy_size():
     assert set(reduced) == set(demo) and reduced["tasks"].keys() == demo["tasks"].keys()
 
 
-def test_the_readme_figure_table_lists_every_figure():
-    """README.md's table of figures names each figure of the list once, and nothing else."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Figures and report") :]
-    section = section[: section.index("\n## ", 1)]
-    rows = [line for line in section.splitlines() if line.startswith("| `")]
-    listed = re.findall(r"`([\w-]+)`", "".join(row.split(" | ")[0] for row in rows))
-    assert sorted(listed) == sorted(FIGURES)
-
-
 # --- self-repair over training (the demo's training checkpoints) ------------------------------
 
 
