@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REDUCED_DEMO, ROOT, link_project, snakemake
+from helpers import REDUCED_DEMO, REDUCED_DEMO_CONFIGS, ROOT, link_project, snakemake
 
 from selfrepair.models.builders import FAMILIES, random_model
 
@@ -48,19 +48,22 @@ def tiny_tokens(tiny_model) -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def finished_run(tmp_path_factory) -> tuple[Path, str]:
-    """(run directory, its config file) of a finished demo run, made once per session (the
-    report and explorer tests share it).
+def finished_run(tmp_path_factory) -> tuple[Path, tuple[str, ...]]:
+    """(run directory, its config files in --configfile order) of a finished demo run, made
+    once per session (the report and explorer tests share it).
 
-    By default the reduced demo (.test/config/config.yaml) runs in a temporary directory;
-    SELFREPAIR_DEMO_RUN names the directory of a finished run to use instead
-    (SELFREPAIR_DEMO_CONFIG: its config file, if not config/demo.yaml)."""
+    By default the reduced demo (config/demo.yaml, then its overlay .test/config/config.yaml)
+    runs in a temporary directory; SELFREPAIR_DEMO_RUN names the directory of a finished run to
+    use instead (SELFREPAIR_DEMO_CONFIG: its config files, space-separated, if not
+    config/demo.yaml; the overlay alone means the reduced demo's two files)."""
     given = os.environ.get("SELFREPAIR_DEMO_RUN")
     if given:
-        return Path(given), os.environ.get("SELFREPAIR_DEMO_CONFIG", "config/demo.yaml")
+        configs = tuple(os.environ.get("SELFREPAIR_DEMO_CONFIG", "config/demo.yaml").split())
+        if configs == (str(REDUCED_DEMO.relative_to(ROOT)),):
+            configs = REDUCED_DEMO_CONFIGS
+        return Path(given), configs
     run = tmp_path_factory.mktemp("demo-run")
     link_project(run)
-    configfile = str(REDUCED_DEMO.relative_to(ROOT))
-    proc = snakemake("--cores", "2", "--configfile", configfile, cwd=run, timeout=3600)
+    proc = snakemake("--cores", "2", "--configfile", *REDUCED_DEMO_CONFIGS, cwd=run, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return run, configfile
+    return run, REDUCED_DEMO_CONFIGS

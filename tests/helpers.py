@@ -69,7 +69,20 @@ FIGURES = figure_names(frozen_ln=True)
 TABLES = {Path(p).name for p in rule_files("tables")["head_table"]}
 # The committed test configs (.test/config/), as the snakemake-workflows repositories keep them.
 TEST_CONFIG = ROOT / ".test" / "config"
+# The reduced demo: an overlay of config/demo.yaml listing only what it reduces, so it is run as
+# `--configfile config/demo.yaml .test/config/config.yaml` (the config files below, in order).
 REDUCED_DEMO = TEST_CONFIG / "config.yaml"
+REDUCED_DEMO_CONFIGS = ("config/demo.yaml", ".test/config/config.yaml")
+# The offline paper run with Llama-7B (tests/test_paper_offline.py), in this order: paper-ci.yaml
+# shrinks config.yaml's sizes; paper-llama.yaml then replaces the model list and Fig 8's panels
+# (both lists, so they replace paper-ci.yaml's); paper-llama-ci.yaml last replaces the model list
+# again with paper-ci.yaml's two models and Llama-7B on the stand-in. Another order measures the
+# paper's models at full size or without Llama-7B.
+PAPER_LLAMA_CI = (
+    ".test/config/paper-ci.yaml",
+    "config/paper-llama.yaml",
+    ".test/config/paper-llama-ci.yaml",
+)
 
 
 def link_project(run: Path, *, test_configs: bool = True) -> Path:
@@ -95,6 +108,16 @@ def load(name: str) -> dict:
     return yaml.safe_load((ROOT / "config" / name).read_text())
 
 
+def load_file(path: str) -> dict:
+    """A config file by its path from the repository root, parsed."""
+    return yaml.safe_load((ROOT / path).read_text())
+
+
+def load_test(name: str) -> dict:
+    """.test/config/<name>, parsed."""
+    return yaml.safe_load((TEST_CONFIG / name).read_text())
+
+
 def merged(base: dict, extra: dict) -> dict:
     """Snakemake's --configfile merge: mappings key by key, everything else replaced."""
     out = copy.deepcopy(base)
@@ -104,6 +127,12 @@ def merged(base: dict, extra: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def reduced_demo_config() -> dict:
+    """The reduced demo's config as its files merge: config/demo.yaml, then the overlay (without
+    config/config.yaml, which Snakemake merges under both)."""
+    return merged(load("demo.yaml"), load_test("config.yaml"))
 
 
 # Snakemake's logs (timestamps, progress bars) and benchmark files (wall times). Everything else

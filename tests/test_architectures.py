@@ -22,7 +22,7 @@ VOCAB, CTX, ROWS, SEQ = 64, 32, 3, 16
 SMALL = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
 DECODER = dict(**SMALL, intermediate_size=64, max_position_embeddings=CTX)
 
-# README "Models you can add by path": keep the two lists in step.
+# docs/models-by-path.md: keep the two lists in step.
 ARCHITECTURES = {
     "gpt2": lambda: tf.GPT2Config(
         vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=CTX

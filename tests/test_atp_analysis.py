@@ -13,7 +13,7 @@ import pytest
 import torch
 import xarray as xr
 import yaml
-from helpers import REDUCED_DEMO, ROOT, merged, snakemake
+from helpers import ROOT, merged, reduced_demo_config, snakemake
 
 from selfrepair.analysis import atp as judge
 from selfrepair.analysis.attribution import shard_top_mask, top_token_indices
@@ -321,7 +321,7 @@ def test_figures_draw_every_head_with_their_reference_lines(judged):
 
 
 def _dry_run(tmp_path, extra: dict) -> tuple[int, str]:
-    config = merged(yaml.safe_load(REDUCED_DEMO.read_text()), extra)
+    config = merged(reduced_demo_config(), extra)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = snakemake(
@@ -357,7 +357,7 @@ def test_top_k_is_checked_by_the_schema_not_against_head_counts(tmp_path):
 
 def test_a_model_measuring_one_head_is_planned_with_atp_on(tmp_path):
     """As paper-llama.yaml's llama-7b (heads: [[30, 8]]): its AtP is measured, nothing ranked."""
-    config = yaml.safe_load(REDUCED_DEMO.read_text())
+    config = reduced_demo_config()
     name = "tiny-one-head"  # a model of its own: the figures' substitutes pick from the others
     config["models"].append(config["models"][0] | {"name": name, "heads": [[0, 0]]})
     path = tmp_path / "one-head.yaml"

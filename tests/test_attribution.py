@@ -11,7 +11,7 @@ import pytest
 import torch
 import xarray as xr
 import yaml
-from helpers import REDUCED_DEMO, ROOT, merged, snakemake
+from helpers import ROOT, merged, reduced_demo_config, snakemake
 
 from selfrepair.analysis import attribution
 from selfrepair.analysis.reduce import head_summary, top_token_mask
@@ -283,7 +283,7 @@ def test_detail_heads_are_the_figure_heads_and_named_ones_checked():
 
 
 def _dry_run_jobs(tmp_path, extra: dict) -> str:
-    config = merged(yaml.safe_load(REDUCED_DEMO.read_text()), extra)
+    config = merged(reduced_demo_config(), extra)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = snakemake(

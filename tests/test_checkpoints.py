@@ -15,7 +15,7 @@ import pytest
 import torch
 import xarray as xr
 import yaml
-from helpers import REDUCED_DEMO, ROOT, load, merged, rule_script, rule_texts_of
+from helpers import ROOT, load, merged, reduced_demo_config, rule_script, rule_texts_of
 
 import selfrepair.config as sr_config
 from selfrepair.analysis.training import checkpoint_layers, mean_loss, training_curves
@@ -185,7 +185,7 @@ def test_hub_check_names_a_missing_revision(tmp_path, monkeypatch):
 
 
 def test_the_reduced_demo_keeps_checkpoints_at_its_size():
-    reduced = yaml.safe_load(REDUCED_DEMO.read_text())
+    reduced = reduced_demo_config()
     demo = load("demo.yaml")
     assert reduced["checkpoint_shards"] == demo["checkpoint_shards"] == 1
     for small, big in zip(reduced["models"], demo["models"], strict=True):

@@ -300,10 +300,10 @@ def damaged(run: Path, paths: list[str]):
 
 
 def forced(finished_run, target: str) -> tuple[int, str]:
-    run, configfile = finished_run
+    run, configs = finished_run
     # The target first: --configfile and --forcerun each take every argument after them.
     proc = snakemake(
-        target, "--cores", "1", "--configfile", configfile, "--forcerun", target, cwd=run,
+        target, "--cores", "1", "--configfile", *configs, "--forcerun", target, cwd=run,
         timeout=600,
     )  # fmt: skip
     return proc.returncode, proc.stdout + proc.stderr

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, rule_script, rule_texts
+from helpers import REDUCED_DEMO_CONFIGS, ROOT, rule_script, rule_texts
 
 PACKAGE = ROOT / "selfrepair"
 MODULES = sorted(PACKAGE.rglob("*.py"))
@@ -85,10 +85,11 @@ def hidden_outputs(outputs: list[str], texts: dict[str, str]) -> list[str]:
     )
 
 
-def planned_outputs(configfile: str, folders: tuple[str, ...]) -> list[str]:
-    """The files a dry run of the workflow plans under the given folders of results/."""
+def planned_outputs(configs: tuple[str, ...], folders: tuple[str, ...]) -> list[str]:
+    """The files a dry run of the workflow with these config files plans under the given
+    folders of results/."""
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--forceall", "--configfile", configfile],
+        [sys.executable, "-m", "snakemake", "-n", "--forceall", "--configfile", *configs],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -101,7 +102,7 @@ def planned_outputs(configfile: str, folders: tuple[str, ...]) -> list[str]:
 
 
 def test_every_figure_and_table_file_is_written_in_its_rule():
-    outputs = planned_outputs(".test/config/config.yaml", ("figures", "tables"))
+    outputs = planned_outputs(REDUCED_DEMO_CONFIGS, ("figures", "tables"))
     assert len(outputs) >= 2 * 19 + 4  # every figure's PDF and PNG, both tables' CSV and HTML
     assert hidden_outputs(outputs, rule_texts()) == []
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, link_project, load, merged, snakemake
+from helpers import ROOT, link_project, load, load_test, merged, snakemake
 
 import selfrepair.config as sr_config
 from selfrepair.plots.captions import rmsnorm_notes
@@ -33,12 +33,12 @@ def llama_entry(config: dict) -> dict:
 
 
 def test_ci_overlay_changes_only_the_models_and_the_path():
-    """paper-llama-ci.yaml: paper-ci.yaml's models, then paper-llama.yaml's Llama-7B entry with
-    only its `path` on the stand-in; paper-llama.yaml: config.yaml's models plus Llama-7B, and
-    Fig 8 as the paper orders it (paper-ci.yaml's substitute for pythia-410m's panel only)."""
-    paper, ci, llama, llama_ci = (
-        load(f) for f in ("config.yaml", "paper-ci.yaml", "paper-llama.yaml", "paper-llama-ci.yaml")
-    )
+    """.test/config/paper-llama-ci.yaml: paper-ci.yaml's models, then paper-llama.yaml's
+    Llama-7B entry with only its `path` on the stand-in; config/paper-llama.yaml: config.yaml's
+    models plus Llama-7B, and Fig 8 as the paper orders it (paper-ci.yaml's substitute for
+    pythia-410m's panel only). The CI run gives them in helpers.PAPER_LLAMA_CI's order."""
+    paper, llama = load("config.yaml"), load("paper-llama.yaml")
+    ci, llama_ci = load_test("paper-ci.yaml"), load_test("paper-llama-ci.yaml")
     assert set(llama_ci) == {"models"} and set(llama) == {"models", "mechanisms"}
     entry = llama_entry(llama)
     assert set(entry) == LLAMA_ENTRY_KEYS and entry["heads"] == [[30, 8]]
@@ -69,7 +69,7 @@ def llama_7b_folder(tmp_path) -> Path:
 
 
 def test_dry_run_plans_the_papers_run_with_llama_7b(llama_7b_folder):
-    """`snakemake -n --configfile config/paper-llama.yaml`, the README's command, on Llama-7B's
+    """`snakemake -n --configfile config/paper-llama.yaml`, the command of docs/llama-7b.md, on Llama-7B's
     config.json: heads and Fig 8's panels check against its 32 x 32 heads; L30H8's jobs are
     planned: 8 clean shards, 4 ablation variants x 8 shards, its neurons and figure."""
     run = llama_7b_folder.parents[1]

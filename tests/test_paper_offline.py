@@ -1,6 +1,6 @@
 """The paper's own configuration, run end to end offline: config/config.yaml with the size-only
-overlay config/paper-ci.yaml (gpt2-small and pythia-160m, official names, the paper's heads) and
-the paper's Llama-7B (config/paper-llama.yaml, at CI size config/paper-llama-ci.yaml: a local
+overlay .test/config/paper-ci.yaml (gpt2-small and pythia-160m, official names, the paper's heads)
+and the paper's Llama-7B (config/paper-llama.yaml, at CI size .test/config/paper-llama-ci.yaml: a local
 checkpoint by `path`), through a Hugging Face cache filled by tools/offline_hub.py (random
 weights, biases and norm weights drawn too, real configs and tokenizer sizes;
 NeelNanda/pile-10k as `hf download` leaves it; the
@@ -14,7 +14,7 @@ logit_diff agree with Hugging Face transformers' own forward pass of the same ch
 has the paper's four panels, and its Llama-7B panel (and the neuron direct effects under it) equal
 a recomputation with transformers alone.
 
-Slow: about 10 minutes on 2 free cores (README, "Tests"). SELFREPAIR_PAPER_RUN=<dir> checks a
+Slow: about 10 minutes on 2 free cores (docs/tests.md). SELFREPAIR_PAPER_RUN=<dir> checks a
 finished run there instead (its HF_HOME in <dir>/hf).
 """
 
@@ -31,7 +31,7 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
-from helpers import figure_names, link_project
+from helpers import PAPER_LLAMA_CI, figure_names, link_project
 
 from selfrepair.analysis.shards import stored_values
 from selfrepair.config.figures import TASK_FIGURES
@@ -49,8 +49,9 @@ FIGURES = figure_names(frozen_ln=True, training=False)
 pytestmark = pytest.mark.slow
 
 MODELS = {"gpt2-small": "gpt2", "pythia-160m": "EleutherAI/pythia-160m"}
-# The overlays, in order; the last puts paper-llama.yaml's Llama-7B on the stand-in at LLAMA_PATH.
-OVERLAYS = ("config/paper-ci.yaml", "config/paper-llama.yaml", "config/paper-llama-ci.yaml")
+# The overlays, in order (helpers.PAPER_LLAMA_CI says why); the last puts paper-llama.yaml's
+# Llama-7B on the stand-in at LLAMA_PATH.
+OVERLAYS = PAPER_LLAMA_CI
 LLAMA, LLAMA_HEAD, LLAMA_PATH = "llama-7b", (30, 8), "resources/llama-7b-standin"
 # The paper's figure heads that are not on gpt2-small or pythia-160m: the overlay names a
 # substitute for each, and the caption says so.
@@ -87,7 +88,7 @@ def paper_run(tmp_path_factory) -> tuple[Path, Path, dict]:
         hf_home = run / "hf"
     else:
         run = tmp_path_factory.mktemp("paper-run")
-        link_project(run, test_configs=False)
+        link_project(run)
         hf_home = run / "hf"
         offline_hub.fill(hf_home, list(MODELS), llama=run / LLAMA_PATH)
         snakemake(run, hf_home, "--cores", "2", timeout=3600)
@@ -369,11 +370,11 @@ def test_ioi_logit_difference_matches_transformers_with_the_abc_patch(ioi_run):
 def run_targets(run: Path, monkeypatch) -> list[dict]:
     """Fig 8's targets as the run's rule got them: the merged config, resolved in the run
     directory (where the stand-in's relative `path` points)."""
-    from helpers import SCHEMA, load, merged
+    from helpers import SCHEMA, load, load_file, merged
 
     config = load("config.yaml")
     for overlay in OVERLAYS:
-        config = merged(config, load(Path(overlay).name))
+        config = merged(config, load_file(overlay))
     monkeypatch.chdir(run)
     sr_config.validate_run(config, SCHEMA)
     return [t.as_params() for t in sr_config.mechanism_targets(config)["fig08"]]

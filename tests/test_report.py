@@ -1,11 +1,11 @@
 """The demo run builds the full Snakemake report: every figure, with its caption, and the table.
 
-Slow: by default it runs the reduced demo (.test/config/config.yaml: the whole DAG of
-config/demo.yaml with fewer tokens and training steps) in a temporary directory, then
-`snakemake --report`. Point SELFREPAIR_DEMO_RUN at the directory of a finished run of
-config/demo.yaml (e.g. the checkout after `snakemake --cores all --configfile config/demo.yaml`)
-to build the report from it instead (SELFREPAIR_DEMO_CONFIG: its config file, if not
-config/demo.yaml).
+Slow: by default it runs the reduced demo (config/demo.yaml with its overlay
+.test/config/config.yaml: the whole DAG of the demo with fewer tokens and training steps) in a
+temporary directory, then `snakemake --report`. Point SELFREPAIR_DEMO_RUN at the directory of a
+finished run of config/demo.yaml (e.g. the checkout after `snakemake --cores all --configfile
+config/demo.yaml`) to build the report from it instead (SELFREPAIR_DEMO_CONFIG: its config files,
+space-separated, if not config/demo.yaml).
 
 Fast: the one figure list (selfrepair.config.figures) against the rules, scripts, stage
 functions and captions that use it, and the reduced demo against config/demo.yaml.
@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-import yaml
 from helpers import (
     FIGURES,
-    REDUCED_DEMO,
     TABLES,
     load,
+    load_test,
+    reduced_demo_config,
     rule_script,
     rule_texts,
     rule_texts_of,
@@ -61,7 +61,7 @@ PICKS = {"fig03", "fig05", "fig04", "fig16_18", "fig07", "fig08-0", "fig08-1", "
 
 @slow
 def test_demo_run_builds_a_report_with_every_figure_and_the_table(finished_run):
-    run, configfile = finished_run
+    run, configs = finished_run
     made = {p.stem for p in (run / "results" / "figures").glob("*.png")}
     assert made >= FIGURES
     for stem in made:
@@ -71,7 +71,7 @@ def test_demo_run_builds_a_report_with_every_figure_and_the_table(finished_run):
     report = run / "report.zip"
     # --cores: rules/data.smk sizes threads from workflow.cores, so the DAG needs it.
     proc = snakemake(
-        "--cores", "1", "--configfile", configfile, "--report", str(report), cwd=run, timeout=600
+        "--cores", "1", "--configfile", *configs, "--report", str(report), cwd=run, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     with zipfile.ZipFile(report) as archive:
@@ -88,7 +88,7 @@ def test_demo_run_builds_a_report_with_every_figure_and_the_table(finished_run):
     # Every figure has its caption, stating what was measured; the demo's substitutes say so.
     assert page.count("Measured.") >= len(FIGURES) + 2  # + the table's two files
     # The task figures and tables, their captions stating the clean model on the task.
-    tasks = list(yaml.safe_load(REDUCED_DEMO.read_text())["tasks"])
+    tasks = list(reduced_demo_config()["tasks"])
     task_files = {f"{stem}.png" for stem in TASK_FIGURES} | {"backup_heads.csv"}
     assert task_files <= listed
     assert page.count("Clean model on the task") >= 2 * len(tasks) * (len(TASK_FIGURES) + 2)
@@ -208,8 +208,8 @@ def test_demo_picks_are_the_extremes_of_their_criteria(finished_run):
 def test_demo_rerun_has_nothing_to_do(finished_run):
     """Captions that read the pick records are evaluated when the jobs run, so a rerun finds
     the same params and nothing to do."""
-    run, configfile = finished_run
-    proc = snakemake("-n", "--cores", "1", "--configfile", configfile, cwd=run, timeout=600)
+    run, configs = finished_run
+    proc = snakemake("-n", "--cores", "1", "--configfile", *configs, cwd=run, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
@@ -265,7 +265,7 @@ def test_every_store_records_the_full_provenance(finished_run):
 def test_redrawn_figures_and_tables_are_the_same_bytes(finished_run):
     """Drawing every figure and table again from the same stores writes identical files (no
     creation date in PDFs, nothing timed), so two runs of a config give the same results/."""
-    run, configfile = finished_run
+    run, configs = finished_run
     outputs = sorted(
         p for name in ("figures", "tables") for p in (run / "results" / name).iterdir()
     )
@@ -273,7 +273,7 @@ def test_redrawn_figures_and_tables_are_the_same_bytes(finished_run):
     before = {p: p.read_bytes() for p in outputs}
     forced = [str(p.relative_to(run)) for p in outputs]
     proc = snakemake(
-        "--cores", "2", "--configfile", configfile, "--forcerun", *forced, cwd=run, timeout=900
+        "--cores", "2", "--configfile", *configs, "--forcerun", *forced, cwd=run, timeout=900
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "rule head_table:" in proc.stdout + proc.stderr  # they were made again
@@ -284,13 +284,13 @@ def test_redrawn_figures_and_tables_are_the_same_bytes(finished_run):
 def test_a_deleted_store_is_made_again_with_everything_downstream(finished_run, tmp_path):
     """What a damaged store's message says to do: after deleting it, the next run remakes it
     and every output made from it, and nothing upstream."""
-    run, configfile = finished_run
+    run, configs = finished_run
     summary = run / "results" / "tiny-pythia" / "summary" / "resample.zarr"
     aside = tmp_path / "resample.zarr"
     summary.rename(aside)
     try:
         proc = snakemake(
-            "--cores", "2", "--configfile", configfile, "--dry-run", cwd=run, timeout=600
+            "--cores", "2", "--configfile", *configs, "--dry-run", cwd=run, timeout=600
         )
     finally:
         aside.rename(summary)
@@ -402,42 +402,26 @@ def test_figure_rules_are_the_figure_list_and_name_their_own_files():
 
 
 def test_the_reduced_demo_is_the_demo_at_toy_size():
-    """.test/config/config.yaml differs from config/demo.yaml only in sizes (tokens, batch,
-    bootstrap resamples, vocabulary, model width and training), so the demo's substitutes and
-    every figure stay valid; the reduced demo is the one the slow tests above run."""
-    demo, reduced = load("demo.yaml"), yaml.safe_load(REDUCED_DEMO.read_text())
-    assert reduced["data"] == dict(demo["data"], n_tokens=2048, seq_len=32, shard_rows=32)
-    assert reduced["engine"] == dict(demo["engine"], batch_size=32)
-    assert reduced["figures"] == dict(demo["figures"], bootstrap={"resamples": 200})
-    assert [t["vocab_size"] for t in reduced["tokenizers"].values()] == [512]
+    """.test/config/config.yaml, the overlay of config/demo.yaml the slow tests above run,
+    changes only sizes (tokens, bootstrap resamples, vocabulary, model width and training,
+    prompts), so the demo's substitutes and every figure stay valid; `models`, a list that the
+    merge replaces, is the demo's entries with those sizes."""
+    demo, overlay = load("demo.yaml"), load_test("config.yaml")
+    assert set(overlay) == {"data", "tokenizers", "models", "figures", "tasks"}
+    assert set(overlay["data"]) <= {"n_tokens", "seq_len", "shard_rows"}
+    assert overlay["figures"] == {"bootstrap": {"resamples": 200}}
+    assert overlay["tokenizers"] == {name: {"vocab_size": 512} for name in demo["tokenizers"]}
     # keep_steps: the training checkpoints kept, within the shorter training
     sizes = {"d_model": 32, "steps": 400, "batch_size": 16, "lr": 0.02}
     sizes["keep_steps"] = [0, 50, 100, 200]
-    assert reduced["models"] == [
+    assert overlay["models"] == [
         {**entry, "train": {**entry["train"], **sizes}} for entry in demo["models"]
     ]
     # the task: fewer and shorter prompts (the rows must fit the smaller models' context)
-    assert {t: set(v) for t, v in reduced["tasks"].items()} == {
-        t: set(v) for t, v in demo["tasks"].items()
-    }
-    for name, task in reduced["tasks"].items():
-        sizes = {k: task[k] for k in ("n_prompts", "length") if k in task}
-        assert task == dict(demo["tasks"][name], **sizes)
-    same = set(demo) - {"data", "engine", "figures", "tokenizers", "models", "tasks"}
-    assert {k: reduced[k] for k in same} == {k: demo[k] for k in same}
-    assert set(reduced) == set(demo)
-    tokenizers = {k: dict(v, vocab_size=512) for k, v in demo["tokenizers"].items()}
-    assert reduced["tokenizers"] == tokenizers
-
-
-def test_the_readme_figure_table_lists_every_figure():
-    """README.md's table of figures names each figure of the list once, and nothing else."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Figures and report") :]
-    section = section[: section.index("\n## ", 1)]
-    rows = [line for line in section.splitlines() if line.startswith("| `")]
-    listed = re.findall(r"`([\w-]+)`", "".join(row.split(" | ")[0] for row in rows))
-    assert sorted(listed) == sorted(FIGURES)
+    assert set(overlay["tasks"]) <= set(demo["tasks"])
+    assert all(set(task) <= {"n_prompts", "length"} for task in overlay["tasks"].values())
+    reduced = reduced_demo_config()
+    assert set(reduced) == set(demo) and reduced["tasks"].keys() == demo["tasks"].keys()
 
 
 # --- self-repair over training (the demo's training checkpoints) ------------------------------
@@ -449,7 +433,7 @@ def test_demo_checkpoints_learn_and_the_training_figure_is_drawn(finished_run):
     measured on the same first shard: its mean loss there falls from checkpoint to checkpoint,
     starting near uniform guessing; its tokens are its model's; its weights are its own; and the
     training figure is drawn with a caption naming the checkpoints and tokens."""
-    run, configfile = finished_run
+    run, configs = finished_run
     results = run / "results"
     for model in ("tiny-gpt2", "tiny-pythia"):
         keys = [f"{model}@step{s}" for s in (0, 50, 100, 200)] + [model]
@@ -474,7 +458,7 @@ def test_demo_checkpoints_learn_and_the_training_figure_is_drawn(finished_run):
         assert (results / "figures" / f"training_self_repair{suffix}").stat().st_size > 1000
     report = run / "report-training.zip"
     proc = snakemake(
-        "--cores", "1", "--configfile", configfile, "--report", str(report), cwd=run, timeout=600
+        "--cores", "1", "--configfile", *configs, "--report", str(report), cwd=run, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     with zipfile.ZipFile(report) as archive:

@@ -87,13 +87,13 @@ def slurm_cluster():
         print(stop.stdout.strip(), stop.stderr.strip())
 
 
-def snakemake(workdir: Path, configfile: str, *args: str) -> str:
-    """Run the workflow in workdir (laid out as finished_run's) with the demo run's config file;
+def snakemake(workdir: Path, configs: tuple[str, ...], *args: str) -> str:
+    """Run the workflow in workdir (laid out as finished_run's) with the demo run's config files;
     its output, or a failure."""
     env = {k: v for k, v in os.environ.items() if k not in SITE_VARIABLES}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["SELFREPAIR_SLURM_PARTITION"] = PARTITION
-    cmd = [sys.executable, "-m", "snakemake", "--configfile", configfile, *args]
+    cmd = [sys.executable, "-m", "snakemake", "--configfile", *configs, *args]
     proc = subprocess.run(
         cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT
     )
@@ -174,22 +174,24 @@ class Canceller(threading.Thread):
 def runs(slurm_cluster, finished_run, tmp_path_factory):
     """SLURM_TARGETS made on the cluster from the demo run's config, beside the finished local
     run of the same config (made once per session; its files are the reference)."""
-    local, configfile = finished_run
+    local, configs = finished_run
     cluster = link_project(tmp_path_factory.mktemp("slurm"))  # as finished_run's
     args = (*SLURM_ARGS, *SLURM_TARGETS)
-    expected = jobs_per_rule(snakemake(cluster, configfile, *args, "--dry-run", "--quiet", "rules"))
+    expected = jobs_per_rule(snakemake(cluster, configs, *args, "--dry-run", "--quiet", "rules"))
     canceller = Canceller(VICTIM, timeout=RUN_TIMEOUT)
     canceller.start()
     t0 = time.monotonic()
     try:
-        output = snakemake(cluster, configfile, *args)
+        output = snakemake(cluster, configs, *args)
     finally:
         canceller.stop.set()
         canceller.join()
     print(f"SLURM run {time.monotonic() - t0:.0f} s for {sum(expected.values())} jobs")
     run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
-    # the model jobs' resources as the run merges them: config.yaml's, then the config file's
-    resources = merged(load("config.yaml"), yaml.safe_load((local / configfile).read_text()))
+    # the model jobs' resources as the run merges them: config.yaml's, then each config file's
+    resources = load("config.yaml")
+    for name in configs:
+        resources = merged(resources, yaml.safe_load((local / name).read_text()))
     resources = resources["resources"]
     return dict(
         local=local,

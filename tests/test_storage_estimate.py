@@ -15,7 +15,15 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from helpers import REDUCED_DEMO, ROOT, load, merged, rule_texts, snakemake
+from helpers import (
+    REDUCED_DEMO_CONFIGS,
+    ROOT,
+    load,
+    merged,
+    reduced_demo_config,
+    rule_texts,
+    snakemake,
+)
 
 import selfrepair.config as sr_config
 from selfrepair.config import storage
@@ -25,9 +33,9 @@ from selfrepair.config.storage import StoreDims
 
 
 def reduced_demo(**engine) -> tuple[dict, dict]:
-    """The reduced demo's config as Snakemake merges it (config.yaml, then .test's), validated,
-    and its model entries."""
-    config = merged(load("config.yaml"), yaml.safe_load(REDUCED_DEMO.read_text()))
+    """The reduced demo's config as Snakemake merges it (config.yaml, then demo.yaml and its
+    overlay in .test/), validated, and its model entries."""
+    config = merged(load("config.yaml"), reduced_demo_config())
     config["engine"].update(engine)
     return config, sr_config.validate_run(config)
 
@@ -276,7 +284,7 @@ def run_demo(workdir: Path, overlay: dict, *args: str):
     snakefile = str(ROOT / "workflow" / "Snakefile")
     return snakemake(
         *args, "--cores", "1", "--snakefile", snakefile, "--directory", str(workdir),
-        "--configfile", str(REDUCED_DEMO), str(extra), cwd=workdir, timeout=300,
+        "--configfile", *(str(ROOT / c) for c in REDUCED_DEMO_CONFIGS), str(extra), cwd=workdir, timeout=300,
     )  # fmt: skip
 
 

@@ -42,12 +42,12 @@ def targets() -> list[str]:
 def both(finished_run, tmp_path_factory):
     """(the finished run, a copy with MODEL's ablation stores and their readers made again
     under engine.store_tokens: all)."""
-    run, configfile = finished_run
+    run, configs = finished_run
     copy = link_project(tmp_path_factory.mktemp("store-all"))
     for name in ("results", "resources", ".snakemake"):
         shutil.copytree(run / name, copy / name, symlinks=True)
     proc = snakemake(
-        *targets(), "--cores", "2", "--configfile", configfile,
+        *targets(), "--cores", "2", "--configfile", *configs,
         "--config", 'engine={"store_tokens": "all"}',
         cwd=copy, timeout=1800,
     )  # fmt: skip

@@ -10,13 +10,13 @@ import sys
 
 import pytest
 import yaml
-from helpers import ROOT, SCHEMA, load, merged
+from helpers import ROOT, SCHEMA, load, load_test, merged
 from tasks_helpers import gpt2_checkpoint, ioi_tokenizer
 
 from selfrepair.config import ConfigError, validate_run
 from selfrepair.config.tasks import check_task_prompts
 
-PAPER_CI = ROOT / "config" / "paper-ci.yaml"
+PAPER_CI = ROOT / ".test" / "config" / "paper-ci.yaml"
 
 
 def dry_run(tmp_path, tasks: dict) -> str:
@@ -60,7 +60,7 @@ def test_snakemake_stops_on_logit_diff_without_counterfactuals(tmp_path):
 
 def _config(tasks: dict) -> dict:
     """config.yaml with paper-ci.yaml merged in, as Snakemake merges them, and these tasks."""
-    return merged(load("config.yaml"), load("paper-ci.yaml")) | {"tasks": tasks}
+    return merged(load("config.yaml"), load_test("paper-ci.yaml")) | {"tasks": tasks}
 
 
 @pytest.mark.parametrize(

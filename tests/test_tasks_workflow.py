@@ -9,8 +9,7 @@ import json
 
 import numpy as np
 import pytest
-import yaml
-from helpers import REDUCED_DEMO, ROOT
+from helpers import ROOT, reduced_demo_config
 
 from selfrepair.config.figures import TASK_FIGURES
 from selfrepair.stages.store import open_zarr
@@ -20,7 +19,7 @@ MODELS = ("tiny-gpt2", "tiny-pythia")
 
 
 def _tasks() -> dict:
-    return yaml.safe_load(REDUCED_DEMO.read_text())["tasks"]
+    return reduced_demo_config()["tasks"]
 
 
 @slow

@@ -221,8 +221,8 @@ def rms_gated_activation(entry: dict[str, Any]) -> str | None:
 
 
 # Architectures (config.json `architectures`) that TransformerLens 3.9 converts from a local
-# checkpoint's config.json into a causal (decoder-only) HookedTransformer. README "Models you can
-# add by path" lists those tested (tests/test_architectures.py).
+# checkpoint's config.json into a causal (decoder-only) HookedTransformer.
+# docs/models-by-path.md lists those tested (tests/test_architectures.py).
 LOCAL_ARCHITECTURES = frozenset(
     {
         "GPT2LMHeadModel",
@@ -282,7 +282,7 @@ def architecture_problem(hf: dict[str, Any]) -> str | None:
     if arch not in LOCAL_ARCHITECTURES:
         return (
             f"is a {label} checkpoint, which TransformerLens 3.9 cannot convert from a local "
-            "config.json; see README, Models you can add by path"
+            "config.json; see docs/models-by-path.md"
         )
     return None
 
