@@ -293,7 +293,7 @@ def job_bytes(
     theirs = [p for _, p in named if Path(p).parts[:1] == ("resources",)]
     data = data_bytes(run, rule, wildcards)
     dims = run.dims.get(run.model(wildcards.get("model", ""))) or StoreDims(0, 0)
-    shown = max([run.shown(wildcards.get("model", ""), e) for e in ("neurons", "norms")] + [0])
+    shown = run.shown(wildcards.get("model", ""), MECHANISM_OF.get(rule, ""))
     stores = [n for n, p in mine if p.endswith(".zarr")]
     size = sum(disk.on_disk(FILE_BYTES.get(Path(p).suffix, FILE_BYTES[""]), block) for _, p in mine)
     size -= sum(disk.on_disk(FILE_BYTES[""], block) for _ in stores)  # stores: counted below
@@ -306,6 +306,11 @@ def job_bytes(
         size += disk.on_disk(data or 0, block)
     resources = sum(resource_bytes(run, rule, wildcards, p, block) for p in theirs)
     return {"results": None if data is None else size, "resources": resources}
+
+
+def job_data_bytes(config: dict[str, Any], models: dict, job: Any) -> int | None:
+    """The uncompressed array bytes one planned job writes (data_bytes; None: unknown)."""
+    return data_bytes(_Run(config, models), job.rule.name, dict(job.wildcards.items()))
 
 
 def output_bytes(
@@ -344,11 +349,12 @@ def estimate_storage(
         logs = [str(p) for p in getattr(job, "log", [])]
         benchmark = [str(job.benchmark)] if getattr(job, "benchmark", None) else []
         sizes = job_bytes(run, rule, w, job.output, block)
-        sizes["logs"] = disk.log_bytes(len(logs), len(benchmark), len(job.output), block)
+        outputs = [path for _, path in named_paths(job.output)]
+        sizes["logs"] = disk.log_bytes(len(logs), len(benchmark), len(outputs), block)
         for part, size in sizes.items():
             before = out.get((model, stage, part), 0)
             out[model, stage, part] = None if before is None or size is None else before + size
-        for path in [str(p) for p in job.output] + logs + benchmark:
+        for path in outputs + logs + benchmark:
             paths[part_of(path)].append(path)
     for part, files in paths.items():  # every folder the files lie in, once
         if files:

@@ -41,14 +41,13 @@ def part_totals(estimate: dict[tuple[str, str, str], int | None]) -> dict[str, i
 
 
 def describe_parts(estimate: dict[tuple[str, str, str], int | None]) -> str:
-    """ "results/ 25.1 MB, resources/ 3.9 MB, logs 2.2 MB" ("at least" where unknown)."""
+    """"results/ 25.1 MB, resources/ 3.9 MB, logs 2.2 MB" ("at least" where some is unknown)."""
     names = {"results": "results/", "resources": "resources/", "logs": "logs"}
-    totals = {part: [size] for part, size in part_totals(estimate).items()}
-    return ", ".join(
-        f"{names[p]} {known_total(totals[p])[1]}{human(known_total(totals[p])[0])}"
-        for p in PARTS
-        if p in totals
-    )
+    sizes: dict[str, list[int | None]] = {}
+    for (_, _, part), size in estimate.items():
+        sizes.setdefault(part, []).append(size)
+    totals = {part: known_total(sizes[part]) for part in PARTS if part in sizes}
+    return ", ".join(f"{names[p]} {bound}{human(n)}" for p, (n, bound) in totals.items())
 
 
 def storage_table(

@@ -103,7 +103,8 @@ def no_space_message(err: OSError, job: Any = None) -> str:
     when the config says) and what is free there, and the fix."""
     from selfrepair.config.storage_check import human
 
-    outputs = [str(o) for o in getattr(job, "output", None) or []]
+    given = getattr(job, "output", None) or []
+    outputs = [str(o) for o in (given.values() if isinstance(given, dict) else given)]
     folder = _written_folder(err, outputs)
     free = _free_bytes(folder)
     need = _job_bytes(job) if job is not None else None
