@@ -7,7 +7,6 @@ its outputs. Upper bounds, never estimates from below: a finished reduced-demo r
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -145,7 +144,3 @@ def folders_bytes(paths: list[str], existing: set[str] | None = None, block: int
     """A block per folder the paths lie in (every ancestor but the working directory), once."""
     folders = {str(parent) for p in paths for parent in Path(p).parents if str(parent) != "."}
     return len(folders - (existing or set())) * block
-
-
-def n_blocks(n_bytes: int, block: int = BLOCK) -> int:
-    return math.ceil(n_bytes / block)

@@ -41,7 +41,7 @@ def part_totals(estimate: dict[tuple[str, str, str], int | None]) -> dict[str, i
 
 
 def describe_parts(estimate: dict[tuple[str, str, str], int | None]) -> str:
-    """"results/ 25.1 MB, resources/ 3.9 MB, logs 2.2 MB" ("at least" where some is unknown)."""
+    """The parts, e.g. results/ 25.1 MB, resources/ 3.9 MB, logs 2.2 MB ("at least" if unknown)."""
     names = {"results": "results/", "resources": "resources/", "logs": "logs"}
     sizes: dict[str, list[int | None]] = {}
     for (_, _, part), size in estimate.items():
