@@ -172,7 +172,7 @@ def test_a_checkpoint_counts_under_its_model_and_figures_as_files_in_blocks():
     # log's and benchmark's (results/logs/<rule>, results/benchmarks/<rule>, ...) under logs
     assert results == {
         ("tiny-pythia", "clean"): disk.store_disk_bytes(clean, arrays, 1, 4096),
-        (storage.NO_MODEL, "figures"): 2 * storage.FILE_BYTES[""],
+        (storage.NO_MODEL, "figures"): storage.FILE_BYTES[".pdf"] + storage.FILE_BYTES[".png"],
         ("tiny-pythia", "summaries"): storage.FILE_BYTES[".json"],
         (storage.NO_MODEL, "folders"): 6 * 4096,
     }

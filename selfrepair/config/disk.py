@@ -34,14 +34,15 @@ DIRENT = 64
 # Measured in the reduced demo under engine.store_tokens top and all, with room
 # (tests/test_disk_usage.py checks every store of a finished run against it).
 STORE_ARRAYS = {
-    ("tokenize", "tokens"): (4, "row"),
-    ("share_tokens", "tokens"): (4, "row"),
+    ("tokenize", "tokens"): (2, "row"),
+    ("share_tokens", "tokens"): (2, "row"),
     ("clean_cache", "clean"): (24, None),
-    ("ablate", "heads"): (64, "layer"),
+    ("ablate", "heads"): (64, "layer"),  # top: a head's top tokens, sums, candidates
+    ("ablate", "heads", "all"): (20, "layer"),  # every token (checkpoints.keeps_every_token)
     ("ablate", "attribution"): (32, None),
     ("atp", "atp"): (20, None),
-    ("atp_summary", "summary"): (20, None),
-    ("head_top_tokens", "top_tokens"): (6, None),
+    ("atp_summary", "summary"): (72, None),
+    ("head_top_tokens", "top_tokens"): (3, None),
     ("repair_summary", "summary"): (32, None),
     ("repair_detail", "detail"): (20, None),
     ("summarize_heads", "summary"): (32, None),
@@ -60,8 +61,11 @@ STORE_ARRAYS = {
     ("task_summary", "intervals"): (12, None),
     ("task_summary", "repairs"): (32, None),
 }
-OTHER_STORE = (64, "layer")  # a store not listed: as many arrays as the largest, chunked
-LOG_BYTES = 64 * 1024  # a job's log (the demo's: 0.1-3 KB; AtP's progress bar every 5 s)
+OTHER_STORE = (72, "layer")  # a store not listed: as many arrays as the largest, chunked
+# A job's log: its messages (0.1-5 KB in the demo), and a progress bar line every 5 s at most
+# (engine: tqdm's mininterval) for as long as its runtime resource allows.
+LOG_BYTES = 16 * 1024
+LOG_BYTES_PER_MINUTE = 2 * 1024
 BENCHMARK_BYTES = 1024  # one line of Snakemake's benchmark table
 SNAKEMAKE_RECORD = 4096  # .snakemake/metadata per output (2.9 KB measured) with its inputs'
 SNAKEMAKE_LOG_LINE = 2048  # per job in .snakemake/log (about 1 KB measured)
@@ -121,10 +125,13 @@ def model_dir_bytes(size: ModelSize, n_kept: int, block: int = BLOCK) -> int:
     return (1 + n_kept) * (one + block) + folders * block + 2 * block
 
 
-def log_bytes(n_logs: int, n_benchmarks: int, n_outputs: int, block: int = BLOCK) -> int:
-    """A job's log files, benchmark tables, Snakemake's record of each output and its lines in
-    Snakemake's own log."""
-    logs = n_logs * on_disk(LOG_BYTES, block) + n_benchmarks * on_disk(BENCHMARK_BYTES, block)
+def log_bytes(
+    n_logs: int, n_benchmarks: int, n_outputs: int, runtime: int = 0, block: int = BLOCK
+) -> int:
+    """A job's log files (for `runtime` minutes), benchmark tables, Snakemake's record of each
+    output and its lines in Snakemake's own log."""
+    log = on_disk(LOG_BYTES + LOG_BYTES_PER_MINUTE * runtime, block)
+    logs = n_logs * log + n_benchmarks * on_disk(BENCHMARK_BYTES, block)
     records = n_outputs * on_disk(SNAKEMAKE_RECORD, block)
     return logs + records + SNAKEMAKE_LOG_LINE + DIRENT * (n_logs + n_benchmarks + n_outputs)
 

@@ -43,8 +43,10 @@ from selfrepair.variables import HEAD_VARIABLES
 __all__ = ["PARTS", "StoreDims", "all_ablation_bytes", "clean_bytes", "estimate_storage"]
 __all__ += ["job_bytes", "rule_stages", "storage_dims", "top_ablation_bytes"]
 
-# Measured in the reduced demo: JSON 0.5-1.4 KB, a table 16-70 KB, a figure 40-300 KB.
-FILE_BYTES = {".json": 4096, ".csv": 64 * 1024, "": 128 * 1024}  # by suffix; "": the others
+# Largest measured in the reduced demo: JSON 1.4 KB, a table 30 KB, a PDF 85 KB, a PNG 574 KB
+# (training_self_repair), an index page; the explorer pages are counted from their contents.
+FILE_BYTES = {".json": 4096, ".csv": 64 * 1024, ".pdf": 256 * 1024, ".png": 768 * 1024}
+FILE_BYTES |= {"": 256 * 1024}  # by suffix; "": the others
 HEAD_SUMMARY_BYTES = 128  # per head: summarize_heads' summary, its intervals; atp_summary
 RULES_DIR = Path(__file__).resolve().parents[2] / "workflow" / "rules"
 _RULE = re.compile(r"^\s*(?:(?:rule|checkpoint) (\w+)|use rule \w+ as (\w+) with)\s*:", re.M)
@@ -204,9 +206,14 @@ def _atp(run: _Run, w: dict, d: StoreDims) -> int:
 
 
 def _explorer(run: _Run, w: dict, d: StoreDims) -> int:
-    """A model's page: per head, ablation and ranking its top tokens in context and numbers."""
+    """A model's page (task_explorer: on a task's answers, its ablations): per head, ablation
+    and ranking its top tokens in context as text and numbers (a (head, ablation, ranking) entry
+    of 24 context tokens measured at about 0.45 KB), with the page's own code."""
     ex = run.config["explorer"]
-    per_head = 2 * len(run.config["ablations"]) * ex["tokens_per_head"] * (ex["context"] * 8 + 64)
+    ablations = (
+        run.config["tasks"][w["task"]]["ablations"] if "task" in w else run.config["ablations"]
+    )
+    per_head = 2 * len(ablations) * ex["tokens_per_head"] * (ex["context"] * 24 + 128)
     return d.heads * per_head + FILE_BYTES[""]
 
 
@@ -244,6 +251,7 @@ RULE_BYTES = {
     "summarize_heads": lambda r, w, d: 2 * HEAD_SUMMARY_BYTES * d.heads,
     "atp_summary": lambda r, w, d: HEAD_SUMMARY_BYTES * d.heads * (d.n_layers + 1),
     "head_explorer": _explorer,
+    "task_explorer": _explorer,
     **{rule: partial(_mechanism, rule=rule) for rule in MECHANISM_OF},
     **{
         rule: partial(_task, rule=rule)
@@ -299,7 +307,9 @@ def job_bytes(
     size -= sum(disk.on_disk(FILE_BYTES[""], block) for _ in stores)  # stores: counted below
     shards = n_shards(run.data)
     for i, name in enumerate(stores):
-        arrays, chunked = disk.STORE_ARRAYS.get((rule, name), disk.OTHER_STORE)
+        every = rule == "ablate" and run.keeps_every_token(wildcards["model"], wildcards["shard"])
+        key = (rule, name, "all") if every and name == "heads" else (rule, name)
+        arrays, chunked = disk.STORE_ARRAYS.get(key, disk.OTHER_STORE)
         per_array = disk.chunk_multiplier(chunked, dims.n_layers, shards, shown)
         size += disk.store_disk_bytes((data or 0) * (i == 0), arrays, per_array, block)
     if not stores:
@@ -350,7 +360,8 @@ def estimate_storage(
         benchmark = [str(job.benchmark)] if getattr(job, "benchmark", None) else []
         sizes = job_bytes(run, rule, w, job.output, block)
         outputs = [path for _, path in named_paths(job.output)]
-        sizes["logs"] = disk.log_bytes(len(logs), len(benchmark), len(outputs), block)
+        runtime = int((getattr(job, "resources", None) or {}).get("runtime", 0) or 0)
+        sizes["logs"] = disk.log_bytes(len(logs), len(benchmark), len(outputs), runtime, block)
         for part, size in sizes.items():
             before = out.get((model, stage, part), 0)
             out[model, stage, part] = None if before is None or size is None else before + size
