@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,7 +27,7 @@ from helpers import (
 )
 
 import selfrepair.config as sr_config
-from selfrepair.config import storage
+from selfrepair.config import disk, storage
 from selfrepair.config.layout import n_predictions, n_shards, predictions, shard_bounds
 from selfrepair.config.models import KNOWN_D_MLP, KNOWN_DIMS
 from selfrepair.config.storage import StoreDims
@@ -40,9 +41,14 @@ def reduced_demo(**engine) -> tuple[dict, dict]:
     return config, sr_config.validate_run(config)
 
 
-def job(rule: str, output: list[str], **wildcards) -> SimpleNamespace:
-    """A planned job as the estimate reads it (Snakemake's: rule.name, wildcards, output)."""
-    return SimpleNamespace(rule=SimpleNamespace(name=rule), wildcards=wildcards, output=output)
+def job(rule: str, output: list[str] | dict[str, str], **wildcards) -> SimpleNamespace:
+    """A planned job as the estimate reads it (Snakemake's: rule.name, wildcards, output by
+    name, log, benchmark)."""
+    name = "/".join([rule, *wildcards.values()])
+    return SimpleNamespace(
+        rule=SimpleNamespace(name=rule), wildcards=wildcards, output=output,
+        log=[f"results/logs/{name}.log"], benchmark=f"results/benchmarks/{name}.tsv",
+    )  # fmt: skip
 
 
 # --- the formulas, by hand ----------------------------------------------------------------------
@@ -100,42 +106,35 @@ def test_all_stores_more_than_top_at_the_paper_shapes(name, layers, heads):
 
 
 def ablate_job(shard: str, ablation: str = "resample") -> SimpleNamespace:
-    outputs = [
-        f"results/tiny-gpt2/attribution/{ablation}/shard-{shard}.zarr",
-        f"results/tiny-gpt2/ablation/{ablation}/shard-{shard}.zarr",
-    ]
+    outputs = {
+        "attribution": f"results/tiny-gpt2/attribution/{ablation}/shard-{shard}.zarr",
+        "heads": f"results/tiny-gpt2/ablation/{ablation}/shard-{shard}.zarr",
+    }
     return job("ablate", outputs, model="tiny-gpt2", ablation=ablation, shard=shard)
 
 
 def test_one_ablate_job_is_its_stores_shapes_and_top_is_smaller():
     rows, tokens = 32, predictions(32, 32)  # a shard: 32 of 64 rows of 32 tokens
     dims = StoreDims(4, 4, 4 * 32)
-    meta = 2 * storage.ZARR_METADATA_BYTES
-    every = storage.all_ablation_bytes(16, tokens, rows) + storage.repair_sums_bytes(dims) + meta
+    every = storage.all_ablation_bytes(16, tokens, rows) + storage.repair_sums_bytes(dims)
     config, models = reduced_demo(store_tokens="all")
     for shard in ("000", "001"):
-        estimate = sr_config.estimate_storage(config, models, [ablate_job(shard)])
-        assert estimate == {("tiny-gpt2", "ablation"): every}
+        assert storage.job_data_bytes(config, models, ablate_job(shard)) == every
 
     config, models = reduced_demo(store_tokens="top")
-    top = {
-        shard: sr_config.estimate_storage(config, models, [ablate_job(shard)])
-        for shard in ("000", "001")
-    }
+    top = {s: storage.job_data_bytes(config, models, ablate_job(f"00{s}")) for s in "01"}
     # shard 000: the training figure reads every token of it (checkpoint_shards: 1)
-    assert top["000"] == {("tiny-gpt2", "ablation"): every}
+    assert top["0"] == every
     resamples = config["figures"]["bootstrap"]["resamples"]
     kept = 2  # Fig 16-18's two heads, picked in tiny-gpt2
-    assert top["001"][("tiny-gpt2", "ablation")] == meta + storage.repair_sums_bytes(
-        dims
-    ) + sr_config.top_ablation_bytes(
+    assert top["1"] == storage.repair_sums_bytes(dims) + sr_config.top_ablation_bytes(
         16, n_predictions(config["data"]), tokens, rows, 0.02, resamples, 20, 24, kept
     )
-    assert top["001"][("tiny-gpt2", "ablation")] < every
+    assert top["1"] < every
     # the frozen-LayerNorm variant: no figure reads a head of it per token
-    frozen = sr_config.estimate_storage(config, models, [ablate_job("001", "resample-frozen-ln")])
+    frozen = storage.job_data_bytes(config, models, ablate_job("001", "resample-frozen-ln"))
     kept_bytes = kept * tokens * 8 * 4  # every token of 2 heads, 8 float32 variables
-    assert frozen[("tiny-gpt2", "ablation")] == top["001"][("tiny-gpt2", "ablation")] - kept_bytes
+    assert frozen == top["1"] - kept_bytes
 
 
 def test_per_token_heads_are_kept_in_the_variants_their_figures_read():
@@ -158,31 +157,36 @@ def test_an_atp_job_keeps_graddrop_per_row_combined_and_per_layer_summed(top_gra
         + rows * 2 * 4  # metric_clean and n_scored
         + layers * heads * 8 * (1 + top)  # GradDrop summed over the rows per dropped layer
     )
-    estimate = sr_config.estimate_storage(config, models, [atp])
-    assert estimate == {("tiny-gpt2", "atp"): expected + storage.ZARR_METADATA_BYTES}
+    assert storage.job_data_bytes(config, models, atp) == expected
 
 
-def test_a_checkpoint_counts_under_its_model_and_figures_as_files():
+def test_a_checkpoint_counts_under_its_model_and_figures_as_files_in_blocks():
     config, models = reduced_demo()
     jobs = [
-        job("clean_cache", ["results/tiny-pythia@step50/clean/shard-000.zarr"],
+        job("clean_cache", {"clean": "results/tiny-pythia@step50/clean/shard-000.zarr"},
             model="tiny-pythia@step50", shard="000"),
         job("fig01", ["results/figures/fig01.pdf", "results/figures/fig01.png"]),
         job("pick_substitute", ["results/tiny-pythia/substitutes/fig03.json"],
             model="tiny-pythia", key="fig03"),
     ]  # fmt: skip
-    estimate = sr_config.estimate_storage(config, models, jobs)
+    estimate = sr_config.estimate_storage(config, models, jobs, block=4096)
     # the checkpoint's 992 tokens (32 rows of 31 predictions; checkpoint_shards: 1), a top of 20
     clean = 4 * (7 + 3) * 992 + 16 * 20 * (4 + 4)  # per token; per head 20 DEs and numbers
     assert clean == storage.clean_top_bytes(StoreDims(4, 4), predictions(32, 32), 20) == 42_240
-    assert estimate == {
-        ("tiny-pythia", "clean"): clean + storage.ZARR_METADATA_BYTES,
-        (storage.NO_MODEL, "figures"): 2 * storage.FILE_BYTES[""],
+    assert storage.job_data_bytes(config, models, jobs[0]) == clean
+    arrays = disk.STORE_ARRAYS["clean_cache", "clean"][0]
+    results = {(m, s): b for (m, s, part), b in estimate.items() if part == "results"}
+    # folders: results/{tiny-pythia@step50{,/clean},figures,tiny-pythia{,/substitutes}}, the
+    # log's and benchmark's (results/logs/<rule>, results/benchmarks/<rule>, ...) under logs
+    assert results == {
+        ("tiny-pythia", "clean"): disk.store_disk_bytes(clean, arrays, 1, 4096),
+        (storage.NO_MODEL, "figures"): storage.FILE_BYTES[".pdf"] + storage.FILE_BYTES[".png"],
         ("tiny-pythia", "summaries"): storage.FILE_BYTES[".json"],
+        (storage.NO_MODEL, "folders"): 6 * 4096,
     }
-    every = sr_config.estimate_storage(*reduced_demo(store_tokens="all"), jobs)
-    clean = 4 * (7 + 16 + 2 * 4) * 992  # de_head on every token
-    assert every[("tiny-pythia", "clean")] == clean + storage.ZARR_METADATA_BYTES
+    assert all(b > 0 for (_, _, part), b in estimate.items() if part == "logs")
+    every = storage.job_data_bytes(*reduced_demo(store_tokens="all"), jobs[0])
+    assert every == 4 * (7 + 16 + 2 * 4) * 992  # de_head on every token
 
 
 def test_every_rule_has_the_stage_of_its_rules_file():
@@ -232,38 +236,46 @@ def test_the_neuron_job_writes_both_stores_and_neurons_only_under_all(store_toke
     selected token its row, position and score, under `all` both neuron DEs) and
     reductions.zarr (float64 per neuron and rank, per threshold, per selected token)."""
     config, models = reduced_demo(store_tokens=store_tokens)
-    outputs = [f"results/tiny-gpt2/neurons/{name}.zarr" for name in ("selected", "reductions")]
-    estimate = sr_config.estimate_storage(
-        config, models, [job("neuron_effects", outputs, model="tiny-gpt2")]
-    )
+    outputs = {
+        name: f"results/tiny-gpt2/neurons/{name}.zarr" for name in ("selected", "reductions")
+    }
+    neuron_job = job("neuron_effects", outputs, model="tiny-gpt2")
     n, d_mlp, tokens = 1, 4 * 32, n_predictions(config["data"])  # Fig 8's substitute
     k = math.ceil(0.02 * tokens)
     thresholds = len(config["mechanisms"]["neurons"]["thresholds"])
     selected = n * (5 * 4 * tokens + 2 * k * 20)
     reductions = n * 2 * (d_mlp * (thresholds + 4) + k * 6) * 8
     neurons = n * 2 * k * 2 * 4 * d_mlp if store_tokens == "all" else 0
-    expected = 2 * storage.ZARR_METADATA_BYTES + selected + reductions + neurons
-    assert estimate == {("tiny-gpt2", "mechanisms"): expected}
+    assert storage.job_data_bytes(config, models, neuron_job) == selected + reductions + neurons
+    # on disk: both stores' files, selected.zarr chunked per head (1 shown) and selection (2)
+    estimate = sr_config.estimate_storage(config, models, [neuron_job], block=4096)
+    on_disk = disk.store_disk_bytes(selected + reductions + neurons, 32, 2, 4096)
+    on_disk += disk.store_disk_bytes(0, 24, 1, 4096)
+    assert estimate["tiny-gpt2", "mechanisms", "results"] == on_disk
     assert "neuron_reductions" not in storage.MECHANISM_OF  # neuron_effects writes both
 
 
 def test_unknown_sizes_print_unknown_and_a_lower_bound():
-    estimate = {("m", "clean"): 3 * 2**30, ("m", "mechanisms"): None, ("(all)", "figures"): 2**20}
+    estimate = {("m", "clean", "results"): 3 * 2**30, ("m", "mechanisms", "results"): None}
+    estimate |= {("(all)", "figures", "results"): 2**20, ("m", "data", "resources"): 2**20}
     table = sr_config.storage_table(estimate)
     lines = table.splitlines()
-    assert lines[0].startswith("results/ grows by at least 3.0 GB in the planned jobs")
+    assert lines[0].startswith(
+        "The planned jobs take at least 3.0 GB on disk in 4096-byte blocks (results/ at least "
+        "3.0 GB, resources/ 1.0 MB; an upper bound"
+    )
     assert any(line.split()[-1] == "unknown" and "mechanisms" in line for line in lines)
     assert lines[-1].split() == ["total", "at", "least", "3.0", "GB"]
 
 
 def test_check_prints_the_table_and_refuses_when_the_disk_lacks_the_bytes(tmp_path):
     config, models = reduced_demo(store_tokens="all")
-    clean = job("clean_cache", ["results/tiny-gpt2/clean/shard-000.zarr"],
+    clean = job("clean_cache", {"clean": "results/tiny-gpt2/clean/shard-000.zarr"},
                 model="tiny-gpt2", shard="000")  # fmt: skip
     out = io.StringIO()
     estimate = sr_config.check_storage(config, models, [clean], tmp_path / "results", out)
     assert out.getvalue().splitlines()[1].split()[:2] == ["tiny-gpt2", "clean"]
-    assert list(estimate) == [("tiny-gpt2", "clean")]
+    assert {key[:2] for key in estimate} == {("tiny-gpt2", "clean"), ("(all)", "folders")}
     free = shutil.disk_usage(tmp_path).free
     huge = {**config["data"], "n_tokens": 4 * free // 100, "shard_rows": 2**40}
     missing = tmp_path / "not" / "yet" / "results"  # the free space of its nearest folder
@@ -272,6 +284,11 @@ def test_check_prints_the_table_and_refuses_when_the_disk_lacks_the_bytes(tmp_pa
     message = str(info.value)
     assert "\n" not in message and message.startswith("config key engine.store_tokens: ")
     assert f"but {tmp_path} has" in message and "set engine.store_tokens: top" in message
+    block = os.statvfs(tmp_path).f_frsize
+    # its parts, and the free bytes: "(results/ 1.2 GB, resources/ 0 B, logs 76.0 KB) but ..."
+    assert f"on disk in {block}-byte blocks (results/ " in message and ", logs " in message
+    assert f"({free // 2**20:,}" not in message or "free" in message
+    assert "bytes) free;" in message
 
 
 # --- through the workflow -------------------------------------------------------------------------
@@ -298,7 +315,8 @@ def test_a_run_the_disk_cannot_hold_stops_before_any_job(tmp_path):
     lines = [line for line in out.splitlines() if line.startswith("config key ")]
     assert len(lines) == 1 and lines[0].startswith("config key engine.store_tokens: the planned")
     assert f"{tmp_path} has" in lines[0] and "fewer data.n_tokens" in lines[0], lines
-    assert "results/ grows by about" in out and "tiny-gpt2    ablation" in out
+    assert "The planned jobs take about" in out and "tiny-gpt2    ablation" in out
+    assert "(results/ " in lines[0] and "resources/ " in lines[0] and "logs " in lines[0]
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
 
 
@@ -306,7 +324,9 @@ def test_a_run_that_fits_prints_the_table_and_runs(tmp_path):
     proc = run_demo(tmp_path, {}, "resources/tokenizers/stdlib-bpe")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    assert "results/ grows by about 0 B in the planned jobs" in out
+    # the tokenizer's folder and files under resources/, its log and Snakemake's records
+    assert "The planned jobs take about " in out and "(results/ " in out, out[-3000:]
+    assert "tiny-gpt2" not in out.split("The planned jobs take")[1].split("total")[0]
     assert "ConfigError" not in out and "Traceback" not in out
     assert (tmp_path / "resources" / "tokenizers" / "stdlib-bpe").is_dir()
 
@@ -316,5 +336,5 @@ def test_a_dry_run_plans_without_a_word_from_the_check(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     # Snakemake runs no onstart handler in a dry run: no table, no refusal, nothing written.
-    assert "results/ grows" not in out and "ConfigError" not in out and "Traceback" not in out
+    assert "planned jobs take" not in out and "ConfigError" not in out and "Traceback" not in out
     assert not (tmp_path / "results").exists()

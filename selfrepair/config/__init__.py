@@ -74,12 +74,8 @@ from selfrepair.config.run import (
     check_planned_outputs,
     validate_run,
 )
-from selfrepair.config.storage import (
-    check_storage,
-    estimate_storage,
-    storage_table,
-    top_ablation_bytes,
-)
+from selfrepair.config.storage import estimate_storage, top_ablation_bytes
+from selfrepair.config.storage_check import check_storage, storage_table
 from selfrepair.config.targets import (
     FigureTarget,
     check_target_heads,

@@ -1,24 +1,25 @@
-"""The bytes the planned jobs write under results/, estimated before the first job (the
-Snakefile's onstart) per (model, stage), and a one-line refusal when the disk lacks them.
+"""The bytes on disk the planned jobs write, estimated before the first job (the Snakefile's
+onstart; storage_check prints them and refuses when the disk lacks them) per (model, stage) and
+part: results/, resources/ and logs.
 
-Uncompressed sizes from the shapes the stages write (Zarr compresses: a finished run is usually
-smaller) for every per-token or per-head store; every other output counts a constant
-(FILE_BYTES), every Zarr store its metadata (ZARR_METADATA_BYTES); logs and benchmarks 0. A
-stage is the rules file of the rule; a training checkpoint (<model>@step<N>) counts under its
-model. What the config cannot know (a hub model neither in models.KNOWN_DIMS nor cached, or its
-d_mlp not in KNOWN_D_MLP; a JSONL task's prompts) is "unknown", never guessed: the total is then
-a lower bound."""
+An upper bound: each store's arrays at their uncompressed sizes from the shapes the stages write
+(store_bytes; Zarr compresses), plus the files and folders a store is made of in whole blocks
+(disk.store_disk_bytes); every other output under results/ a constant by suffix (FILE_BYTES)
+in whole blocks; the trained tokenizers and models under resources/ (disk); per job its log,
+benchmark and Snakemake's records. A stage is the rules file of the rule; a training checkpoint
+(<model>@step<N>) counts under its model. What the config cannot know (a hub model neither in
+models.KNOWN_DIMS nor cached, or its d_mlp not in KNOWN_D_MLP; a JSONL task's prompts) is
+"unknown", never guessed: the total is then a lower bound."""
 
 from __future__ import annotations
 
 import re
-import shutil
-import sys
 from collections.abc import Iterable
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
+from selfrepair.config import disk
 from selfrepair.config.checkpoints import checkpoint_models, keeps_every_token
 from selfrepair.config.errors import ConfigError
 from selfrepair.config.layout import n_predictions, n_rows, n_shards, shard_bounds, top_count
@@ -39,17 +40,19 @@ from selfrepair.config.store_bytes import (  # noqa: F401 (the formulas, storage
 )
 from selfrepair.variables import HEAD_VARIABLES
 
-__all__ = ["StoreDims", "all_ablation_bytes", "check_storage", "clean_bytes", "estimate_storage"]
-__all__ += ["rule_stages", "storage_dims", "storage_table", "top_ablation_bytes"]
+__all__ = ["PARTS", "StoreDims", "all_ablation_bytes", "clean_bytes", "estimate_storage"]
+__all__ += ["job_bytes", "rule_stages", "storage_dims", "top_ablation_bytes"]
 
-# Measured in the reduced demo: JSON 0.5-1.4 KB, a table 16-70 KB, a figure 40-300 KB.
-FILE_BYTES = {".json": 4096, ".csv": 64 * 1024, "": 128 * 1024}  # by suffix; "": the others
-ZARR_METADATA_BYTES = 32 * 1024  # .zarray/.zattrs/.zgroup files and chunk overhead per store
+# Largest measured in the reduced demo: JSON 1.4 KB, a table 30 KB, a PDF 85 KB, a PNG 574 KB
+# (training_self_repair), an index page; the explorer pages are counted from their contents.
+FILE_BYTES = {".json": 4096, ".csv": 64 * 1024, ".pdf": 256 * 1024, ".png": 768 * 1024}
+FILE_BYTES |= {"": 256 * 1024}  # by suffix; "": the others
 HEAD_SUMMARY_BYTES = 128  # per head: summarize_heads' summary, its intervals; atp_summary
 RULES_DIR = Path(__file__).resolve().parents[2] / "workflow" / "rules"
 _RULE = re.compile(r"^\s*(?:(?:rule|checkpoint) (\w+)|use rule \w+ as (\w+) with)\s*:", re.M)
 STAGES = ("data", "clean", "ablation", "attribution", "summaries", "mechanisms", "atp")
 STAGES += ("figures", "explorer", "training", "tasks")  # the table's order: the DAG's
+PARTS = ("results", "resources", "logs")  # what the estimate adds up, each part on its own
 NO_MODEL = "(all)"  # the table's model of jobs of no single model: figures, tables, index pages
 
 
@@ -93,6 +96,7 @@ class _Run:
 
     def __init__(self, config: dict[str, Any], models: dict[str, dict[str, Any]]) -> None:
         self.config, self.data, self.engine = config, config["data"], config["engine"]
+        self.models = models
         self.checkpoints = ckpts = checkpoint_models(models)
         self.owner = {k: e["checkpoint"]["model"] for k, e in ckpts.items()}
         self.dims = {m: storage_dims(e, config) for m, e in models.items()}
@@ -202,9 +206,14 @@ def _atp(run: _Run, w: dict, d: StoreDims) -> int:
 
 
 def _explorer(run: _Run, w: dict, d: StoreDims) -> int:
-    """A model's page: per head, ablation and ranking its top tokens in context and numbers."""
+    """A model's page (task_explorer: on a task's answers, its ablations): per head, ablation
+    and ranking its top tokens in context as text and numbers (a (head, ablation, ranking) entry
+    of 24 context tokens measured at about 0.45 KB), with the page's own code."""
     ex = run.config["explorer"]
-    per_head = 2 * len(run.config["ablations"]) * ex["tokens_per_head"] * (ex["context"] * 8 + 64)
+    ablations = (
+        run.config["tasks"][w["task"]]["ablations"] if "task" in w else run.config["ablations"]
+    )
+    per_head = 2 * len(ablations) * ex["tokens_per_head"] * (ex["context"] * 24 + 128)
     return d.heads * per_head + FILE_BYTES[""]
 
 
@@ -242,6 +251,7 @@ RULE_BYTES = {
     "summarize_heads": lambda r, w, d: 2 * HEAD_SUMMARY_BYTES * d.heads,
     "atp_summary": lambda r, w, d: HEAD_SUMMARY_BYTES * d.heads * (d.n_layers + 1),
     "head_explorer": _explorer,
+    "task_explorer": _explorer,
     **{rule: partial(_mechanism, rule=rule) for rule in MECHANISM_OF},
     **{
         rule: partial(_task, rule=rule)
@@ -250,98 +260,122 @@ RULE_BYTES = {
 }
 
 
-def job_bytes(run: _Run, rule: str, wildcards: dict, outputs: Iterable[Any]) -> int | None:
-    """The bytes one planned job writes under results/ (None: unknown)."""
-    mine = [str(o) for o in outputs if Path(str(o)).parts[:1] == ("results",)]
-    meta = ZARR_METADATA_BYTES * sum(o.endswith(".zarr") for o in mine)
+def named_paths(outputs: Any) -> list[tuple[str | None, str]]:
+    """(name, path) of a job's outputs: Snakemake's named list, a dict or a plain list."""
+    paths = list(outputs.values()) if isinstance(outputs, dict) else list(outputs)
+    names = {str(v): k for k, v in outputs.items()} if hasattr(outputs, "items") else {}
+    return [(names.get(str(p)), str(p)) for p in paths]
+
+
+def data_bytes(run: _Run, rule: str, wildcards: dict) -> int | None:
+    """The uncompressed bytes of the arrays one job writes (RULE_BYTES; 0: none; None: unknown)."""
     if rule in ("tokenize", "share_tokens"):  # the model's rows, int32 (a checkpoint: a copy)
-        return meta + F32 * n_rows(run.data) * run.data["seq_len"]
+        return F32 * n_rows(run.data) * run.data["seq_len"]
     if rule not in RULE_BYTES:
-        return meta + sum(FILE_BYTES.get(Path(o).suffix, FILE_BYTES[""]) for o in mine)
+        return 0
     dims = run.dims.get(run.model(wildcards["model"]))
-    size = None if dims is None else RULE_BYTES[rule](run, wildcards, dims)
-    return None if size is None else meta + size
+    return None if dims is None else RULE_BYTES[rule](run, wildcards, dims)
+
+
+def resource_bytes(run: _Run, rule: str, wildcards: dict, path: str, block: int) -> int:
+    """What a job writes under resources/: a trained tokenizer, a trained model's folder."""
+    if rule == "train_tokenizer":
+        vocab = run.config["tokenizers"][wildcards["tokenizer"]].get("vocab_size", 4096)
+        return disk.tokenizer_dir_bytes(vocab, block)
+    entry = run.models.get(wildcards.get("model", ""))
+    size = model_size(entry, run.config) if rule == "train_model" and entry else None
+    if size is None:
+        return disk.on_disk(FILE_BYTES[""], block)
+    return disk.model_dir_bytes(size, len(entry["train"].get("keep_steps") or []), block)
+
+
+def job_bytes(
+    run: _Run, rule: str, wildcards: dict, outputs: Any, block: int = disk.BLOCK
+) -> dict[str, int | None]:
+    """{"results": .., "resources": ..}: the bytes on disk of one planned job's outputs, in whole
+    blocks (None: unknown). A store: its files and folders (disk.store_disk_bytes, its arrays
+    from disk.STORE_ARRAYS by rule and output name) with the job's array bytes; another file:
+    FILE_BYTES by suffix."""
+    named = named_paths(outputs)
+    mine = [(n, p) for n, p in named if Path(p).parts[:1] == ("results",)]
+    theirs = [p for _, p in named if Path(p).parts[:1] == ("resources",)]
+    data = data_bytes(run, rule, wildcards)
+    dims = run.dims.get(run.model(wildcards.get("model", ""))) or StoreDims(0, 0)
+    shown = run.shown(wildcards.get("model", ""), MECHANISM_OF.get(rule, ""))
+    stores = [n for n, p in mine if p.endswith(".zarr")]
+    size = sum(disk.on_disk(FILE_BYTES.get(Path(p).suffix, FILE_BYTES[""]), block) for _, p in mine)
+    size -= sum(disk.on_disk(FILE_BYTES[""], block) for _ in stores)  # stores: counted below
+    shards = n_shards(run.data)
+    for i, name in enumerate(stores):
+        every = rule == "ablate" and run.keeps_every_token(wildcards["model"], wildcards["shard"])
+        key = (rule, name, "all") if every and name == "heads" else (rule, name)
+        arrays, chunked = disk.STORE_ARRAYS.get(key, disk.OTHER_STORE)
+        per_array = disk.chunk_multiplier(chunked, dims.n_layers, shards, shown)
+        size += disk.store_disk_bytes((data or 0) * (i == 0), arrays, per_array, block)
+    if not stores:
+        size += disk.on_disk(data or 0, block)
+    resources = sum(resource_bytes(run, rule, wildcards, p, block) for p in theirs)
+    return {"results": None if data is None else size, "resources": resources}
+
+
+def job_data_bytes(config: dict[str, Any], models: dict, job: Any) -> int | None:
+    """The uncompressed array bytes one planned job writes (data_bytes; None: unknown)."""
+    return data_bytes(_Run(config, models), job.rule.name, dict(job.wildcards.items()))
+
+
+def output_bytes(
+    config: dict[str, Any], models: dict, rule: str, wildcards: dict, outputs: Any
+) -> int | None:
+    """The bytes on disk one job's outputs take (job_bytes' results and resources; None: unknown)."""
+    sizes = job_bytes(_Run(config, models), rule, wildcards, outputs)
+    return None if None in sizes.values() else sum(sizes.values())
 
 
 def estimate_storage(
-    config: dict[str, Any], models: dict[str, dict[str, Any]], jobs: Iterable[Any]
-) -> dict[tuple[str, str], int | None]:
-    """{(model, stage): bytes the planned jobs write under results/, None when some job's size
-    is unknown}, in the jobs' order; model NO_MODEL for jobs of no single model.
+    config: dict[str, Any],
+    models: dict[str, dict[str, Any]],
+    jobs: Iterable[Any],
+    block: int = disk.BLOCK,
+) -> dict[tuple[str, str, str], int | None]:
+    """{(model, stage, part): bytes on disk the planned jobs write, None when some job's size is
+    unknown}, in the jobs' order; model NO_MODEL for jobs of no single model; part one of PARTS:
+    results/ (stores, figures, tables), resources/ (tokenizers, trained models) and logs (each
+    job's log and benchmark, Snakemake's records), every file and folder in whole blocks.
 
     Args:
         config: the validated workflow config.
         models: its model entries (validate_run's result, the rules' MODELS).
-        jobs: the planned jobs (workflow.dag.needrun_jobs()): .rule.name, .wildcards, .output.
+        jobs: the planned jobs (workflow.dag.needrun_jobs()): .rule.name, .wildcards, .output,
+            .log, .benchmark.
+        block: the disk's block size (disk.block_size).
     """
     run, stages = _Run(config, models), rule_stages()
-    out: dict[tuple[str, str], int | None] = {}
+    out: dict[tuple[str, str, str], int | None] = {}
+    paths: dict[str, list[str]] = {part: [] for part in PARTS}
     for job in jobs:
         rule, w = job.rule.name, dict(job.wildcards.items())
         stage = stages.get(rule) or Path(str(getattr(job.rule, "snakefile", "other"))).stem
-        key = (run.model(w["model"]) if "model" in w else NO_MODEL, stage)
-        size, before = job_bytes(run, rule, w, job.output), out.get(key, 0)
-        out[key] = None if before is None or size is None else before + size
+        model = run.model(w["model"]) if "model" in w else NO_MODEL
+        logs = [str(p) for p in getattr(job, "log", [])]
+        benchmark = [str(job.benchmark)] if getattr(job, "benchmark", None) else []
+        sizes = job_bytes(run, rule, w, job.output, block)
+        outputs = [path for _, path in named_paths(job.output)]
+        runtime = int((getattr(job, "resources", None) or {}).get("runtime", 0) or 0)
+        sizes["logs"] = disk.log_bytes(len(logs), len(benchmark), len(outputs), runtime, block)
+        for part, size in sizes.items():
+            before = out.get((model, stage, part), 0)
+            out[model, stage, part] = None if before is None or size is None else before + size
+        for path in outputs + logs + benchmark:
+            paths[part_of(path)].append(path)
+    for part, files in paths.items():  # every folder the files lie in, once
+        if files:
+            out[NO_MODEL, "folders", part] = disk.folders_bytes(files, block=block)
     return out
 
 
-def human(n: int) -> str:
-    """Bytes in binary units: 512 B, 3.4 KB, 12.0 MB, 1.2 GB, 3.0 TB."""
-    for unit, factor in (("PB", 2**50), ("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if n >= factor:
-            return f"{n / factor:,.1f} {unit}"
-    return f"{n} B"
-
-
-def known_total(sizes: Iterable[int | None]) -> tuple[int, str]:
-    """(the sum of the known sizes, "at least " when some are unknown, else "")."""
-    sizes = list(sizes)
-    return sum(s for s in sizes if s is not None), "at least " * (None in sizes)
-
-
-def storage_table(estimate: dict[tuple[str, str], int | None], store_tokens: str = "all") -> str:
-    """The estimate as a short table: a line per (model, stage) writing something, in the DAG's
-    order, a line per model and the total."""
-    total, bound = known_total(estimate.values())
-    lines = [
-        f"results/ grows by {bound or 'about '}{human(total)} in the planned jobs (uncompressed "
-        f"estimate, engine.store_tokens: {store_tokens}):"
-    ]
-    width = max([len(m) for m, _ in estimate] + [8])
-    order = {stage: i for i, stage in enumerate(STAGES)}
-    models = sorted(dict.fromkeys(m for m, _ in estimate), key=lambda m: m == NO_MODEL)
-    for model in models:
-        rows = {s: b for (m, s), b in estimate.items() if m == model and b != 0}
-        for stage in sorted(rows, key=lambda s: order.get(s, len(order))):
-            size = "unknown" if rows[stage] is None else human(rows[stage])
-            lines.append(f"  {model:<{width}}  {stage:<12} {size:>17}")
-        if len(rows) > 1:
-            part, part_bound = known_total(rows.values())
-            lines.append(f"  {model:<{width}}  {'(model)':<12} {part_bound + human(part):>17}")
-    lines.append(f"  {'total':<{width}}  {'':<12} {bound + human(total):>17}")
-    return "\n".join(lines)
-
-
-def check_storage(
-    config: dict, models: dict, jobs: Iterable[Any], results: str | Path = "results", out=None
-) -> dict[tuple[str, str], int | None]:
-    """Print the estimate's table (to `out`, default stderr), then refuse in one line when the
-    disk holding results/ (its nearest existing folder, relative to the working directory) has
-    less free space than the known total: the Snakefile's onstart. Arguments: estimate_storage's.
-    """
-    estimate = estimate_storage(config, models, jobs)
-    store_tokens = config["engine"].get("store_tokens", "top")
-    print(storage_table(estimate, store_tokens), file=out or sys.stderr)
-    total, bound = known_total(estimate.values())
-    folder = Path(results).absolute()
-    while not folder.exists() and folder != folder.parent:  # where results/ will be made
-        folder = folder.parent
-    free = shutil.disk_usage(folder).free
-    if total > free:
-        fix = "set engine.store_tokens: top, " if store_tokens == "all" else ""
-        raise ConfigError(
-            f"config key engine.store_tokens: the planned jobs write {bound}{human(total)} "
-            f"({total:,} bytes) under results/ but {folder} has {human(free)} ({free:,} bytes) "
-            f"free; {fix}free space, or fewer data.n_tokens"
-        )
-    return estimate
+def part_of(path: str) -> str:
+    """The part of PARTS a path of a planned job counts in."""
+    top = Path(path).parts[:2]
+    if top in (("results", "logs"), ("results", "benchmarks")):
+        return "logs"
+    return "resources" if top[:1] == ("resources",) else "results"

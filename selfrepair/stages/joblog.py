@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
+import os
 import platform
+import shutil
 from collections.abc import Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -17,6 +20,7 @@ __all__ = [
     "PROVENANCE_KEYS",
     "SAME_RUN_KEYS",
     "SAME_WEIGHTS_KEYS",
+    "NoSpaceLeft",
     "logged",
     "missing_provenance",
     "model_revision",
@@ -71,9 +75,32 @@ SAME_RUN_KEYS = (
 SAME_WEIGHTS_KEYS = ("model", "model_revision")
 
 
+class NoSpaceLeft(OSError):
+    """A job's disk filled up (ENOSPC): one line naming the folder, the bytes and the fix."""
+
+
 @contextlib.contextmanager
-def logged(path: str | None) -> Iterator[None]:
-    """Send stdout, stderr (tqdm) and logging of a job to its Snakemake log file."""
+def logged(path: str | None, job: Any = None) -> Iterator[None]:
+    """Send stdout, stderr (tqdm) and logging of a job to its Snakemake log file; a full disk
+    (ENOSPC) anywhere in the job, its log included, is re-raised as NoSpaceLeft: one line naming
+    the folder written, the bytes the job's outputs take and the fix.
+
+    Args:
+        path: the job's log file (snakemake.log[0]); None: no log file.
+        job: the `snakemake` object of the job's script (rule, wildcards, output, config), for
+            the message's folder and bytes.
+    """
+    try:
+        with _to_log(path):
+            yield
+    except OSError as err:
+        if err.errno != errno.ENOSPC or isinstance(err, NoSpaceLeft):
+            raise
+        raise NoSpaceLeft(no_space_message(err, job)) from None
+
+
+@contextlib.contextmanager
+def _to_log(path: str | None) -> Iterator[None]:
     if not path:
         yield
         return
@@ -95,6 +122,59 @@ def logged(path: str | None) -> Iterator[None]:
             raise
         finally:
             root.removeHandler(handler)
+
+
+def no_space_message(err: OSError, job: Any = None) -> str:
+    """The one line of a job that found its disk full: the folder it wrote (the error's file's,
+    else its outputs'), what its outputs take (the onstart estimate's upper bound for the job,
+    when the config says) and what is free there, and the fix."""
+    from selfrepair.config.storage_check import human
+
+    given = getattr(job, "output", None) or []
+    outputs = [str(o) for o in (given.values() if isinstance(given, dict) else given)]
+    folder = _written_folder(err, outputs)
+    free = _free_bytes(folder)
+    need = _job_bytes(job) if job is not None else None
+    what = f"{getattr(job, 'rule', 'this')} job"
+    needs = f"its outputs take up to {human(need)} ({need:,} bytes)" if need else "it needs more"
+    has = f"{human(free)} ({free:,} bytes) is free there" if free is not None else "none is free"
+    return (
+        f"no space left on device writing {folder} ({what}): {needs} on disk and {has}; free "
+        "space on that disk, or run the workflow in a folder on a larger one (snakemake "
+        "--directory DIR), then rerun: finished outputs are kept, this job's are not written"
+    )
+
+
+def _written_folder(err: OSError, outputs: list[str]) -> str:
+    if err.filename:
+        return str(Path(str(err.filename)).absolute().parent)
+    if not outputs:
+        return str(Path.cwd())
+    parents = [str(Path(o).absolute().parent) for o in outputs]
+    return os.path.commonpath(parents)
+
+
+def _free_bytes(folder: str) -> int | None:
+    place = Path(folder)
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    try:
+        return shutil.disk_usage(place).free
+    except OSError:
+        return None
+
+
+def _job_bytes(job: Any) -> int | None:
+    """The on-disk estimate of the job's outputs (config.storage.job_bytes), None if unknown."""
+    try:
+        from selfrepair.config import model_entries
+        from selfrepair.config.storage import output_bytes
+
+        config = job.config
+        wildcards = dict(job.wildcards.items())
+        return output_bytes(config, model_entries(config), job.rule, wildcards, job.output)
+    except Exception:  # the message must come whatever the config holds
+        return None
 
 
 def rule_params(smk: Any, *names: str) -> dict[str, Any]:

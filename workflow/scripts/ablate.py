@@ -4,7 +4,7 @@ from selfrepair.stages.ablation import ablate
 from selfrepair.stages.job import ModelJob
 from selfrepair.stages.joblog import logged, rule_params
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     ablate(
         ModelJob.from_snakemake(snakemake),
         **rule_params(snakemake, "ablation", "freeze_ln", "heads_per_pass", "mean_include_bos"),

@@ -5,7 +5,7 @@ from selfrepair.stages.atp import atp
 from selfrepair.stages.job import ModelJob
 from selfrepair.stages.joblog import logged, rule_params
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     atp(
         ModelJob.from_snakemake(snakemake),
         **rule_params(snakemake, "ablation", "mean_include_bos", "top_graddrop"),

@@ -4,7 +4,7 @@
 from selfrepair.stages import atp_figures
 from selfrepair.stages.joblog import logged, rule_params
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     atp_figures.atp_scatter(
         list(snakemake.input.summaries),
         **rule_params(snakemake, "models", "top_fraction"),

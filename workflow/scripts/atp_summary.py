@@ -4,7 +4,7 @@
 from selfrepair.stages.atp import atp_summary
 from selfrepair.stages.joblog import logged, rule_params
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     atp_summary(
         atp_shards=list(snakemake.input.atp_shards),
         ablation_shards=list(snakemake.input.ablation_shards),

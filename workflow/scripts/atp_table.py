@@ -4,7 +4,7 @@
 from selfrepair.stages import atp_figures
 from selfrepair.stages.joblog import logged, rule_params
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     atp_figures.atp_table(
         summaries=list(snakemake.input.summaries),
         repairs=list(snakemake.input.repairs),

@@ -3,7 +3,7 @@
 from selfrepair.stages.explorer import explorer_index
 from selfrepair.stages.joblog import logged
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     explorer_index(
         pages=list(snakemake.input.pages),
         models=list(snakemake.params.models),

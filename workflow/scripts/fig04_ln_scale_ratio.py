@@ -4,7 +4,7 @@
 from selfrepair.stages import figures
 from selfrepair.stages.joblog import logged
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     i, p, o = snakemake.input, snakemake.params, snakemake.output
     norms = dict(zip(p.ablations, i.norms, strict=True))
     figures.fig04(norms, p.target, i.picks, [o.pdf, o.png])

@@ -4,6 +4,6 @@
 from selfrepair.stages import figures
 from selfrepair.stages.joblog import logged
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     i, p, o = snakemake.input, snakemake.params, snakemake.output
     figures.fig07(i.reductions, p.target, i.picks, [o.pdf, o.png])

@@ -6,7 +6,7 @@ from selfrepair.stages.joblog import logged
 inputs = snakemake.input
 params = snakemake.params
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     head_explorer(
         model=snakemake.wildcards.model,
         model_entry=dict(params.model_entry),

@@ -4,7 +4,7 @@
 from selfrepair.stages.joblog import logged
 from selfrepair.stages.summaries import head_table
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     head_table(
         keys=snakemake.params.runs,
         summaries=list(snakemake.input.summaries),

@@ -3,7 +3,7 @@
 from selfrepair.stages.joblog import logged, rule_params
 from selfrepair.stages.repair import head_top_tokens
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     head_top_tokens(
         shards=list(snakemake.input.shards),
         **rule_params(snakemake, "top_fraction", "attrs"),

@@ -6,7 +6,7 @@ from selfrepair.stages.joblog import logged, rule_params
 from selfrepair.stages.mechanisms import neuron_effects
 from selfrepair.stages.summaries import heads_with_picks
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     neuron_effects(
         ModelJob.from_snakemake(snakemake),
         heads=heads_with_picks(snakemake.params.heads, snakemake.input.picks),

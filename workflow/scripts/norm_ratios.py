@@ -6,7 +6,7 @@ from selfrepair.stages.joblog import logged, rule_params
 from selfrepair.stages.mechanisms import norm_ratios
 from selfrepair.stages.summaries import heads_with_picks
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     norm_ratios(
         ModelJob.from_snakemake(snakemake),
         engine_shards=list(snakemake.input.shards),

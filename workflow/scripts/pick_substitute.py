@@ -4,7 +4,7 @@
 from selfrepair.stages.joblog import logged, rule_params
 from selfrepair.stages.summaries import pick_substitute
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     pick_substitute(
         store=snakemake.input.store,
         model=snakemake.wildcards.model,

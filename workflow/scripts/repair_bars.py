@@ -4,7 +4,7 @@
 from selfrepair.stages import repair_figures
 from selfrepair.stages.joblog import logged, rule_params
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     repair_figures.repair_bars(
         list(snakemake.input.summaries),
         list(snakemake.input.details),

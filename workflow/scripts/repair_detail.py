@@ -5,7 +5,7 @@ from selfrepair.stages.job import ModelJob
 from selfrepair.stages.joblog import logged, rule_params
 from selfrepair.stages.repair import detail_heads, repair_detail
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     repair_detail(
         ModelJob.from_snakemake(snakemake),
         heads=detail_heads(

@@ -4,7 +4,7 @@
 from selfrepair.stages.joblog import logged
 from selfrepair.stages.repair import repair_summary
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     repair_summary(
         shards=list(snakemake.input.shards),
         top_tokens=snakemake.input.top_tokens,

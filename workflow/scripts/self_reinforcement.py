@@ -5,7 +5,7 @@ from selfrepair.stages.job import ModelJob
 from selfrepair.stages.joblog import logged, rule_params
 from selfrepair.stages.mechanisms import self_reinforcement
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     self_reinforcement(
         ModelJob.from_snakemake(snakemake),
         **rule_params(snakemake, "heads", "second_half", "scales", "rows", "seq_len", "attrs"),

@@ -3,7 +3,7 @@
 from selfrepair.stages.data import share_tokens
 from selfrepair.stages.joblog import logged
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     share_tokens(
         tokens=snakemake.input.tokens,
         out=snakemake.output.tokens,

@@ -4,7 +4,7 @@
 from selfrepair.stages.joblog import logged, rule_params
 from selfrepair.stages.summaries import summarize_heads
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     summarize_heads(
         shards=list(snakemake.input.shards),
         top_tokens=snakemake.input.top_tokens,

@@ -4,7 +4,7 @@ from selfrepair.stages.job import ModelJob
 from selfrepair.stages.joblog import logged, rule_params
 from selfrepair.stages.tasks import task_ablate
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     task_ablate(
         ModelJob.from_snakemake(snakemake),
         task=snakemake.wildcards.task,

@@ -4,7 +4,7 @@ from selfrepair.stages.joblog import logged
 from selfrepair.stages.task_summaries import task_backups
 
 params = snakemake.params
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     task_backups(
         summary=snakemake.input.summary,
         repairs=snakemake.input.repairs,

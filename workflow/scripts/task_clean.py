@@ -4,7 +4,7 @@ from selfrepair.stages.job import ModelJob
 from selfrepair.stages.joblog import logged
 from selfrepair.stages.tasks import task_clean
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     task_clean(
         ModelJob.from_snakemake(snakemake),
         task=snakemake.wildcards.task,

@@ -3,7 +3,7 @@
 from selfrepair.stages.joblog import logged
 from selfrepair.stages.task_figures import task_de_vs_metric_drop
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     task_de_vs_metric_drop(
         snakemake.input.summary,
         snakemake.input.metric,

@@ -3,7 +3,7 @@
 from selfrepair.stages.joblog import logged
 from selfrepair.stages.tasks import task_prompts
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     task_prompts(
         task=snakemake.wildcards.task,
         spec=dict(snakemake.params.spec),

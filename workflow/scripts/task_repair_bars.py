@@ -4,7 +4,7 @@
 from selfrepair.stages.joblog import logged, rule_params
 from selfrepair.stages.task_figures import task_repair_bars
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     task_repair_bars(
         snakemake.input.repairs,
         snakemake.input.detail,

@@ -3,7 +3,7 @@
 from selfrepair.stages.joblog import logged
 from selfrepair.stages.task_figures import task_repairer_heatmap
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     task_repairer_heatmap(
         snakemake.input.repairs,
         snakemake.input.metric,

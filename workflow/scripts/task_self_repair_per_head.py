@@ -3,7 +3,7 @@
 from selfrepair.stages.joblog import logged
 from selfrepair.stages.task_figures import task_self_repair_per_head
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     task_self_repair_per_head(
         snakemake.input.summary,
         snakemake.input.intervals,

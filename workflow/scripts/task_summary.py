@@ -5,7 +5,7 @@ from selfrepair.stages.joblog import logged
 from selfrepair.stages.task_summaries import task_summary
 
 params = snakemake.params
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     task_summary(
         ablation_store=snakemake.input.heads,
         sums=snakemake.input.sums,

@@ -13,7 +13,7 @@ tokenizer_dir = inputs.get("model_dir") or inputs.get("tokenizer") or inputs.get
 params = snakemake.params
 seed = params.get("seed")
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     attrs = tokenize(
         snakemake.output.tokens,
         corpus=dict(params.corpus),

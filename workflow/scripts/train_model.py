@@ -12,7 +12,7 @@ from selfrepair.stages.joblog import logged
 params = snakemake.params
 train = {**dict(params.get("train") or {}), **{k: v for k, v in params.items() if k != "train"}}
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     metrics = train_model(
         snakemake.input.tokenizer,
         snakemake.output.checkpoint,

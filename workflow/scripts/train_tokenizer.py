@@ -5,7 +5,7 @@ import logging
 from selfrepair.stages.data import train_tokenizer
 from selfrepair.stages.joblog import logged
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     tokenizer = train_tokenizer(
         dict(snakemake.params.corpus),
         int(snakemake.params.vocab_size),

@@ -4,7 +4,7 @@
 from selfrepair.stages.joblog import logged
 from selfrepair.stages.training import training_self_repair
 
-with logged(snakemake.log[0]):
+with logged(snakemake.log[0], snakemake):
     p, o = snakemake.params, snakemake.output
     training_self_repair(
         checkpoints=p.checkpoints,
