@@ -75,7 +75,7 @@ def record_problem(path: str | os.PathLike, found: object) -> str | None:
         return "it is not a JSON object"
     stamp = found.get(RECORD)
     if not isinstance(stamp, dict) or not isinstance(stamp.get("sha256"), str):
-        return "it records no digest of what was written (an older workflow or another tool wrote it)"
+        return "it records no digest of its content (an older workflow or another tool wrote it)"
     content = {k: v for k, v in found.items() if k != RECORD}
     if stamp["sha256"] != _digest(content):
         return "its content is not what was written (its digest differs)"
