@@ -375,6 +375,7 @@ def test_train_model_with_keep_steps_writes_the_same_model_files(tmp_path):
     from selfrepair.data.tokenizer import train_tokenizer
     from selfrepair.stages.data import train_model
     from selfrepair.stages.joblog import model_revision
+    from selfrepair.stages.records import read_json
 
     docs = [d for _, d in zip(range(60), python_stdlib_documents("measure"), strict=False)]
     for i, doc in enumerate(docs):
@@ -395,3 +396,6 @@ def test_train_model_with_keep_steps_writes_the_same_model_files(tmp_path):
     assert steps == ["step0", "step2"]
     step2 = (tmp_path / "kept" / "checkpoints" / "step2" / weights).read_bytes()
     assert step2 != (tmp_path / "kept" / weights).read_bytes()
+    # training.json: the metrics at the top level, checked by the workflow's record reader
+    record = read_json(tmp_path / "plain" / "training.json")
+    assert {k: record[k] for k in plain} == plain and "versions" in record

@@ -11,8 +11,10 @@ import xarray as xr
 from selfrepair.analysis.intervals import head_intervals
 from selfrepair.analysis.reduce import head_summary
 from selfrepair.analysis.tasks import (
+    NO_BACKUP_LAST_LAYER,
     clean_metric,
     head_backups,
+    no_backup_notes,
     roc_auc,
     scored_tokens,
     set_backups,
@@ -141,3 +143,35 @@ def test_head_backups_list_the_largest_heads_top_compensators():
     assert table.backup.tolist() == ["L1H1", "L2H0", "L2H1"]
     assert table.share_of_de_drop.tolist() == pytest.approx([0.7, 0.5, 0.5])
     assert table.ablated_role.tolist() == ["big", "big", ""]
+
+
+def test_head_backups_list_a_last_layer_head_with_the_reason_it_has_none():
+    """A last-layer head among the largest by DE has no downstream head: it keeps its row, with
+    empty backup columns and the reason, and the table lists all n_heads heads (issue 34, 7)."""
+    n_c = n_components(3, 2)
+    names = component_names(3, 2)
+    # by DE: L0H1 (2.0), L2H0 (1.5, last layer), L1H0 (1.0), then L2H1 (0.8), L0H0
+    mean = np.array([[0.1, 2.0], [1.0, 0.05], [1.5, 0.8]])
+    summary = xr.Dataset(
+        {
+            "mean_de_clean": (("layer", "head"), mean),
+            "mean_de_ablated": (("layer", "head"), mean / 2),
+            "mean_logit_diff": (("layer", "head"), -mean / 4),
+            "mean_self_repair": (("layer", "head"), mean / 4),
+        },
+        coords={"layer": np.arange(3), "head": np.arange(2)},
+    )
+    top = np.full((3, 2, n_c), np.nan)
+    top[0, 1, names.index("L2H0")] = 0.5
+    top[0, 1, names.index("L1H1")] = 0.7
+    top[1, 0, names.index("L2H1")] = 0.25
+    top[2, 0, names.index("LN")] = 0.3  # the final LayerNorm repairs it, but is no backup head
+    table = head_backups(summary, _repairs(top), 3, 2, {"big": [[2, 0]]})
+    assert table.ablated.unique().tolist() == ["L0H1", "L2H0", "L1H0"]
+    assert table.ablated.tolist() == ["L0H1", "L0H1", "L2H0", "L1H0"]
+    last = table[table.ablated == "L2H0"].iloc[0]
+    assert last.backup == "" and np.isnan(last.backup_dde) and np.isnan(last.share_of_de_drop)
+    assert last.de_clean == 1.5 and last.de_drop == 0.75 and last.ablated_role == "big"
+    assert last.note == NO_BACKUP_LAST_LAYER
+    assert (table[table.ablated != "L2H0"].note == "").all()
+    assert no_backup_notes(table) == [f"L2H0 has no backup heads: {NO_BACKUP_LAST_LAYER}."]

@@ -75,6 +75,36 @@ def test_demo_task_stores_hold_the_answers_and_add_up(finished_run, model):
         )
 
 
+@slow
+@pytest.mark.parametrize("model", MODELS)
+def test_demo_backup_table_lists_every_top_head_and_says_why_one_has_no_backups(
+    finished_run, model
+):
+    """The demo's backup table lists the backup_heads (default 3) heads with the largest DE,
+    each once or with its backups; a last-layer one among them (L3H1 in the demo: once dropped
+    without a word, issue 34) keeps an empty row whose note says why, in the CSV and the HTML."""
+    import pandas as pd
+
+    from selfrepair.analysis.tasks import NO_BACKUP_LAST_LAYER
+
+    run, _ = finished_run
+    for task, spec in _tasks().items():
+        where = run / "results" / model / "tasks" / task
+        table = pd.read_csv(where / "tables" / "backup_heads.csv", keep_default_na=False)
+        heads = table[table.source == "head"]
+        ablation = spec.get("ablations", ["corrupted"])[0]
+        summary = open_zarr(where / "summary" / f"{ablation}.zarr")
+        de = summary.mean_de_clean.values
+        n = min(spec.get("backup_heads", 3), int(np.isfinite(de).sum()))
+        assert heads.ablated.nunique() == n, heads.ablated.unique()
+        last = summary.sizes["layer"] - 1
+        empty = heads[heads.backup == ""]
+        assert all(label.startswith(f"L{last}H") for label in empty.ablated)
+        assert (empty.note == NO_BACKUP_LAST_LAYER).all() and (heads.note != "").sum() == len(empty)
+        page = (where / "tables" / "backup_heads.html").read_text()
+        assert all(f"{label} has no backup heads" in page for label in empty.ablated)
+
+
 def test_the_task_rules_are_the_figure_list_and_write_their_own_files():
     """Each task figure's rule is named after its file stem and writes that file literally."""
     text = (ROOT / "workflow" / "rules" / "tasks.smk").read_text()

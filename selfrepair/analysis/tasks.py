@@ -20,8 +20,10 @@ from selfrepair.plots.captions import METRIC_LABELS
 from selfrepair.variables import head_label
 
 __all__ = [
+    "NO_BACKUP_LAST_LAYER",
     "clean_metric",
     "head_backups",
+    "no_backup_notes",
     "roc_auc",
     "scored_tokens",
     "set_backups",
@@ -127,6 +129,13 @@ def _role_of(roles: Mapping[str, Sequence[Sequence[int]]]) -> dict[str, str]:
     return {label: "; ".join(names) for label, names in out.items()}
 
 
+# Why a head among the largest has no backup rows: no head reads its output.
+NO_BACKUP_LAST_LAYER = (
+    "in the last layer: no head is downstream of it, so none can repair it (its backup columns "
+    "are empty)"
+)
+
+
 def head_backups(
     summary: xr.Dataset,
     repairs: xr.Dataset,
@@ -135,7 +144,9 @@ def head_backups(
     roles: Mapping[str, Sequence[Sequence[int]]],
 ) -> pd.DataFrame:
     """For the n_heads measured heads with the largest mean direct effect on the answers, the
-    n_backups heads whose direct effect rises most when each is ablated alone.
+    n_backups heads whose direct effect rises most when each is ablated alone. A head none can
+    repair (a last-layer head: nothing downstream) keeps one row with empty backup columns and
+    the reason in `note`, so that the table lists every one of the n_heads.
 
     Args:
         summary: the task's per-head summary (summarize over the answers).
@@ -147,27 +158,46 @@ def head_backups(
     order = np.argsort(-np.where(np.isnan(de), -np.inf, de), axis=None, kind="stable")
     ranked = [np.unravel_index(i, de.shape) for i in order if np.isfinite(de.flat[i])]
     role = _role_of(roles)
+    last = int(summary["layer"].values.max())
     rows = []
     for layer, head in ranked[:n_heads]:
+        layer, head = int(summary["layer"].values[layer]), int(summary["head"].values[head])
         one = summary.sel(layer=layer, head=head)
         drop = float(one.mean_de_clean - one.mean_de_ablated)
-        for backup in top_repairers(repairs, (int(layer), int(head)), n_backups, kinds=("head",)):
+        ablated = {
+            "ablated": head_label(layer, head),
+            "ablated_role": role.get(head_label(layer, head), ""),
+            "de_clean": float(one.mean_de_clean),
+            "de_drop": drop,
+            "metric_drop": -float(one.mean_logit_diff),
+            "self_repair": float(one.mean_self_repair),
+        }
+        backups = top_repairers(repairs, (layer, head), n_backups, kinds=("head",))
+        for backup in backups:
             dde = float(repairs.top_dde.sel(layer=layer, head=head, component=backup))
             rows.append(
-                {
-                    "ablated": head_label(layer, head),
-                    "ablated_role": role.get(head_label(layer, head), ""),
-                    "de_clean": float(one.mean_de_clean),
-                    "de_drop": drop,
-                    "metric_drop": -float(one.mean_logit_diff),
-                    "self_repair": float(one.mean_self_repair),
+                ablated
+                | {
                     "backup": backup,
                     "backup_role": role.get(backup, ""),
                     "backup_dde": dde,
                     "share_of_de_drop": dde / drop if drop else float("nan"),
+                    "note": "",
                 }
             )
+        if not backups:
+            reason = NO_BACKUP_LAST_LAYER if layer == last else "no head downstream was measured"
+            empty = {"backup": "", "backup_role": "", "backup_dde": np.nan}
+            rows.append(ablated | empty | {"share_of_de_drop": np.nan, "note": reason})
     return pd.DataFrame(rows)
+
+
+def no_backup_notes(table: pd.DataFrame) -> list[str]:
+    """A sentence for each head of a head_backups table that has no backup rows, and why."""
+    if "note" not in table:
+        return []
+    empty = table[table.note != ""]
+    return [f"{row.ablated} has no backup heads: {row.note}." for row in empty.itertuples()]
 
 
 def set_backups(

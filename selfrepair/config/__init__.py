@@ -65,8 +65,6 @@ from selfrepair.config.models import (
 from selfrepair.config.picks import (
     candidate_layers,
     pick_spec,
-    read_record,
-    record_for,
 )
 from selfrepair.config.run import (
     SCHEMA,
@@ -133,8 +131,6 @@ __all__ = [
     "pickled_weights_problem",
     "parse_ablation",
     "pick_spec",
-    "read_record",
-    "record_for",
     "per_token_ablations",
     "per_token_targets",
     "pick_targets",

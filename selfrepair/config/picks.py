@@ -4,9 +4,6 @@ selfrepair.analysis.substitutes carries out on the run's stores."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from selfrepair.config.errors import ConfigError
@@ -17,8 +14,6 @@ __all__ = [
     "PICK_CRITERIA",
     "candidate_layers",
     "pick_spec",
-    "read_record",
-    "record_for",
 ]
 
 # Run-time picks of substitute heads (`substitute: {model, pick}`), by the paper's own criterion;
@@ -127,30 +122,3 @@ def _candidate_count(
         for head in range(dims[1])
         if not measured or (layer, head) in measured
     )
-
-
-def read_record(path: str | Path) -> dict[str, Any]:
-    """A pick record written by rule pick_substitute (JSON)."""
-    return json.loads(Path(path).read_text())
-
-
-def record_for(
-    target_key: str, paths: Sequence[str | Path], missing_ok: bool = False
-) -> dict[str, Any] | None:
-    """The pick record among `paths` made for the target at config key `target_key` (the one
-    place records are matched to targets). With missing_ok, None while some record is still to
-    be made (a dry run's DAG: the heads are named once the pick is made).
-
-    Args:
-        target_key: the target's config key (FigureTarget.key).
-        paths: a rule's pick record files.
-        missing_ok: return None instead of failing while some of them do not exist yet.
-    """
-    existing = [p for p in paths if Path(p).exists()]
-    for path in existing:
-        record = read_record(path)
-        if record["target"] == target_key:
-            return record
-    if missing_ok and len(existing) < len(paths):
-        return None
-    raise ValueError(f"no pick record for {target_key} among {list(paths)}: rerun the workflow")

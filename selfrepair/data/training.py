@@ -314,10 +314,19 @@ def save_weights(model, tokenizer, out_dir) -> None:
     tokenizer.save_pretrained(str(out_dir))
 
 
-def save_checkpoint(model, tokenizer, metrics: dict, out_dir, kept: Path | None = None) -> None:
+def save_checkpoint(
+    model,
+    tokenizer,
+    metrics: dict,
+    out_dir,
+    kept: Path | None = None,
+    as_text: Callable[[dict, Path], str] | None = None,
+) -> None:
     """save_pretrained of model (safetensors) and tokenizer, plus training.json (metrics,
     hyper-parameters, versions), written into a temporary sibling and renamed into place.
-    kept: a folder of intermediate checkpoints (step<N>/) moved in as <out_dir>/checkpoints."""
+    kept: a folder of intermediate checkpoints (step<N>/) moved in as <out_dir>/checkpoints.
+    as_text: training.json's text from its content and final path (the workflow's adds its
+    integrity record: stages.records.json_text); plain JSON by default."""
     import tokenizers
     import transformers
 
@@ -340,6 +349,8 @@ def save_checkpoint(model, tokenizer, metrics: dict, out_dir, kept: Path | None 
                 "python": sys.version.split()[0],
             },
         }
-        (tmp / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+        final = Path(out_dir) / "training.json"
+        text = as_text(record, final) if as_text else json.dumps(record, indent=2) + "\n"
+        (tmp / "training.json").write_text(text)
 
     write_dir_atomically(out_dir, write)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from selfrepair.data.hub import hub_provenance
 from selfrepair.data.sources import describe_corpus, documents
 from selfrepair.data.tokens import TOKENS_VARIABLE, load_tokenizer, pack_rows, special_ids
 from selfrepair.stages.joblog import model_revision, provenance
+from selfrepair.stages.records import json_text
 from selfrepair.stages.store import open_zarr, write_zarr
 
 __all__ = ["open_tokens", "share_tokens", "tokenize", "train_model", "train_tokenizer"]
@@ -137,7 +139,8 @@ def train_model(
         }
         if kept is not None:
             metrics["kept_steps"] = sorted(int(p.name[4:]) for p in kept.iterdir())
-        save_checkpoint(model, tokenizer, metrics, out_dir, kept=kept)
+        as_text = functools.partial(json_text, indent=2)  # with its record: stages.records
+        save_checkpoint(model, tokenizer, metrics, out_dir, kept=kept, as_text=as_text)
     return metrics
 
 

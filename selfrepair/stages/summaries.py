@@ -7,7 +7,6 @@ Runs in the analysis environment: no torch here."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,8 +16,9 @@ import xarray as xr
 from selfrepair.analysis import substitutes, tables
 from selfrepair.analysis.from_shards import read_summary_parts, summary_and_intervals_from_parts
 from selfrepair.analysis.shards import shard_attrs
-from selfrepair.config import Head, read_record, record_for, target_with_pick
+from selfrepair.config import Head, target_with_pick
 from selfrepair.stages.joblog import SAME_WEIGHTS_KEYS, provenance, revision_of
+from selfrepair.stages.records import read_record, record_for, write_json
 from selfrepair.stages.store import (
     check_same_run,
     open_shard_list,
@@ -125,7 +125,7 @@ def pick_substitute(
     *, store: str, model: str, key: str, target: str, pick: Mapping[str, Any], out: str
 ) -> dict[str, Any]:
     """Pick one target's heads from its store and write the record as JSON
-    (analysis.substitutes.pick_record).
+    (analysis.substitutes.pick_record), atomically with its digest and place (records).
 
     Args:
         store: the per-head summary (largest_top_de) or reinforcement store.
@@ -136,9 +136,7 @@ def pick_substitute(
         out: the JSON file to write (results/<model>/substitutes/<key>.json).
     """
     record = substitutes.pick_record(model, key, pick, open_zarr(store), target)
-    with open(out, "w") as f:
-        json.dump(record, f, indent=1)
-        f.write("\n")
+    write_json(out, record)
     return record
 
 

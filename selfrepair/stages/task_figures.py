@@ -6,11 +6,9 @@ at all. Runs in the analysis environment: no torch here."""
 
 from __future__ import annotations
 
-import json
 import os
 import textwrap
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -22,6 +20,7 @@ from selfrepair.plots.common import save_figure
 from selfrepair.plots.effects import heads_de_vs_logit_drop
 from selfrepair.plots.per_head import per_head_by_depth
 from selfrepair.plots.style import with_unit
+from selfrepair.stages.records import read_json
 from selfrepair.stages.repair_figures import repairer_table
 from selfrepair.stages.store import open_zarr
 from selfrepair.variables import head_label
@@ -41,8 +40,9 @@ SQUARE_WIDTH = 5.2  # one square panel (equal axes) and its colour bar
 
 
 def headline(model: str, task: str, ablation: str, metric: str | os.PathLike) -> str:
-    """A figure's title: model, task, ablation and the clean metric (task_clean's JSON)."""
-    numbers: dict[str, Any] = json.loads(Path(metric).read_text())
+    """A figure's title: model, task, ablation and the clean metric (task_clean's JSON, checked:
+    records.read_json)."""
+    numbers: dict[str, Any] = read_json(metric)
     text = (
         f"{model} on {task}, {ablation} ablation. Clean: mean {numbers['label']} "
         f"{numbers['mean']:.3g}, answer top-1 {numbers['top1']:.0%}"

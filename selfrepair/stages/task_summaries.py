@@ -16,7 +16,7 @@ import xarray as xr
 
 from selfrepair.analysis import attribution, tables
 from selfrepair.analysis import intervals as bootstrap
-from selfrepair.analysis.tasks import head_backups, set_backups
+from selfrepair.analysis.tasks import head_backups, no_backup_notes, set_backups
 from selfrepair.stages.joblog import SAME_WEIGHTS_KEYS, provenance, revision_of
 from selfrepair.stages.store import (
     DamagedStore,
@@ -138,7 +138,8 @@ def task_backups(
         n_backups: compensating heads per ablated head or set (figures.attribution.repairers).
         csv, html_path: the files to write.
         title: the HTML page's title (the model and task).
-        note: a paragraph above the HTML tables.
+        note: a paragraph above the HTML tables (followed by a sentence for each head with no
+            backup heads, e.g. one in the last layer).
     """
     paths = [summary, repairs, *sets[:1]]
     summary_ds, repair, *rest = opened = [open_zarr(p) for p in paths]
@@ -147,6 +148,7 @@ def task_backups(
     names = {f"set {n}": h for n, h in (sets_ds.attrs["sets"] if sets else {}).items()}
     names |= dict(roles) | ({"expected backup": list(expected)} if expected else {})
     heads = head_backups(summary_ds, repair, n_heads, n_backups, names)
+    note = " ".join([note, *no_backup_notes(heads)]).strip()  # a last-layer head, listed
     parts = {"heads with the largest direct effect, each ablated alone": heads}
     table = heads.assign(source="head")
     if sets_ds is not None:

@@ -6,7 +6,6 @@ jointly). Per-token stores keep the answer positions only (analysis.tasks.scored
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,8 @@ import xarray as xr
 from selfrepair.analysis.tasks import clean_metric, scored_tokens
 from selfrepair.config import ConfigError
 from selfrepair.stages.joblog import model_revision, provenance
-from selfrepair.stages.store import open_zarr, write_text, write_zarr
+from selfrepair.stages.records import write_json
+from selfrepair.stages.store import open_zarr, write_zarr
 from selfrepair.tasks import TaskPrompts
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ def task_clean(
     ds = scored_tokens(ds, prompts.scored)
     ds.attrs.update(job.provenance(attrs, decomposition_max_error=err, **numbers))
     write_zarr(ds, out)
-    write_text(metric_out, json.dumps(numbers, indent=1) + "\n")
+    write_json(metric_out, numbers)
     return numbers
 
 

@@ -1,6 +1,5 @@
 # Shared by every rules file (the config checked against its schema; the run's models, shards
 # and figure targets; the input functions and caption helpers of the rules).
-import json
 import re
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir).parent))
 import selfrepair.config as sr_config  # noqa: E402
 import selfrepair.config.figures as sr_figures  # noqa: E402
 from selfrepair.plots import captions  # noqa: E402
+from selfrepair.stages import records as sr_records  # noqa: E402
 
 # The schema (filling in its defaults), then the checks it cannot make: one line naming the key.
 MODELS = sr_config.validate_run(
@@ -181,7 +181,7 @@ def resolved(target, paths):
     """
     if not target.picked:
         return target
-    record = sr_config.record_for(target.key, paths, missing_ok=True) or {
+    record = sr_records.record_for(target.key, paths, missing_ok=True) or {
         "model": target.model,
         "heads": [],
         "description": "heads to be picked when the workflow runs",
@@ -612,12 +612,13 @@ def task_sets_input(wildcards):
 
 def task_caption(wildcards, input):
     """The 'Measured' paragraph of a task's figure or table: model, ablation, the answers, the
-    task and its metric, and the clean model on it (task_clean's JSON, once it exists).
+    task and its metric, and the clean model on it (task_clean's JSON, checked, once it
+    exists).
     """
     spec = TASKS[wildcards.task]
     path = Path(input.metric)
     if path.exists():
-        numbers = json.loads(path.read_text())
+        numbers = sr_records.read_json(path)
         baseline = (
             "the first copy of the same tokens" if spec["type"] == "induction" else ""
         )

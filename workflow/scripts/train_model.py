@@ -4,10 +4,9 @@ Hyper-parameters come from params.train (the model's `train` config entry) and/o
 (arch, n_layers, d_model, n_heads, steps, batch_size, lr, seed); the context length from
 params.n_ctx or params.seq_len."""
 
-import json
-
 from selfrepair.stages.data import train_model
 from selfrepair.stages.joblog import logged
+from selfrepair.stages.records import write_json
 
 params = snakemake.params
 train = {**dict(params.get("train") or {}), **{k: v for k, v in params.items() if k != "train"}}
@@ -29,6 +28,4 @@ with logged(snakemake.log[0], snakemake):
         keep_steps=list(train.get("keep_steps") or ()),
         repeats=float(train.get("repeats") or 0.0),
     )
-    with open(snakemake.output.metrics, "w") as out:
-        json.dump(metrics, out, indent=2)
-        out.write("\n")
+    write_json(snakemake.output.metrics, metrics, indent=2)

@@ -1,0 +1,118 @@
+"""Through the workflow: a JSON record the workflow reads back (a task's metric.json, a pick
+record) edited in a finished run stops the rule that reads it in one line naming the file and
+the fix, instead of reaching a figure's title or heads (issue 34, defect 2). Slow: a copy of the
+reduced demo's run (`finished_run`), rerunning one figure."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import link_project, snakemake
+
+from selfrepair.stages.records import read_json
+from selfrepair.stages.store import open_zarr
+
+pytestmark = pytest.mark.slow
+
+METRIC = "results/tiny-gpt2/tasks/induction/metric.json"
+TASK_FIGURE = "results/tiny-gpt2/tasks/induction/figures/task_self_repair_per_head"
+FIG07 = "results/figures/fig07_top_repairing_neuron"
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> tuple[Path, str]:
+    """A copy of the finished run's results and resources, with the project linked in."""
+    run, configfile = finished_run
+    (tmp_path / "run").mkdir()
+    copy = link_project(tmp_path / "run")
+    timed = shutil.ignore_patterns("logs", "benchmarks")
+    shutil.copytree(run / "results", copy / "results", ignore=timed)
+    shutil.copytree(run / "resources", copy / "resources")
+    return copy, configfile
+
+
+def edited(path: Path, change) -> None:
+    """The JSON file at path changed by change(content), its modification time kept (so that
+    Snakemake reruns only what is asked for, as after an edit that kept the time)."""
+    before = path.stat()
+    content = json.loads(path.read_text())
+    change(content)
+    path.write_text(json.dumps(content, indent=1) + "\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def rerun(run: Path, configfile: str, target: str) -> tuple[int, str]:
+    # The target first: --configfile takes every argument after it.
+    proc = snakemake(
+        target, "--cores", "1", "--configfile", configfile, "--rerun-triggers", "mtime", cwd=run,
+        timeout=600,
+    )  # fmt: skip
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def refusal(out: str, path: str) -> str:
+    """The one line naming the damaged record and the fix."""
+    lines = [line for line in out.splitlines() if f"{path} is damaged: " in line]
+    assert lines, out[-4000:]
+    line = lines[0][lines[0].index(path) :]
+    assert line.endswith(f"; delete {path} and rerun the workflow"), line
+    return line
+
+
+def test_an_edited_metric_stops_the_task_figure(run_copy):
+    """The trial that made a figure's title say the model solves the task: the clean metric's
+    mean edited to 4.05 and its top-1 to 0.97, the figure deleted and remade."""
+    run, configfile = run_copy
+    assert read_json(run / METRIC)["mean"] != 4.05  # the finished run's record is sound
+
+    def solved(content: dict) -> None:
+        content.update(mean=4.05, top1=0.97)
+
+    edited(run / METRIC, solved)
+    for suffix in (".pdf", ".png"):
+        (run / f"{TASK_FIGURE}{suffix}").unlink()
+    code, out = rerun(run, configfile, f"{TASK_FIGURE}.pdf")
+    assert code != 0
+    assert refusal(out, METRIC) == (
+        f"{METRIC} is damaged: its content is not what was written (its digest differs); "
+        f"delete {METRIC} and rerun the workflow"
+    )
+    assert not (run / f"{TASK_FIGURE}.pdf").exists() and not (run / f"{TASK_FIGURE}.png").exists()
+
+
+def test_a_pick_record_edited_to_another_head_stops_its_figure(run_copy):
+    """Fig 7's picked head edited to another head its neuron store holds: the figure would show
+    that head under the picked one's description, and exit 0."""
+    run, configfile = run_copy
+    records = [
+        p.relative_to(run).as_posix()
+        for p in sorted((run / "results").glob("*/substitutes/*.json"))
+        if read_json(p)["target"] == "mechanisms.neurons.fig07"
+    ]
+    assert len(records) == 1, records
+    record = records[0]
+    picked = read_json(run / record)
+    held = open_zarr(run / "results" / picked["model"] / "neurons" / "reductions.zarr")
+    heads = zip(held.head_layer.values, held.head_index.values, strict=True)
+    others = [
+        [int(layer), int(head)] for layer, head in heads if [layer, head] != picked["heads"][0]
+    ]
+    assert others, "the neuron store holds no other head to swap in"
+
+    def swapped(content: dict) -> None:
+        content["heads"][0] = others[0]
+
+    edited(run / record, swapped)
+    for suffix in (".pdf", ".png"):
+        (run / f"{FIG07}{suffix}").unlink()
+    code, out = rerun(run, configfile, f"{FIG07}.pdf")
+    assert code != 0
+    assert refusal(out, record) == (
+        f"{record} is damaged: its content is not what was written (its digest differs); "
+        f"delete {record} and rerun the workflow"
+    )
+    assert not (run / f"{FIG07}.pdf").exists()
