@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import xarray as xr
-import yaml
-from helpers import REDUCED_DEMO, link_project, load, merged
+from helpers import link_project, load, merged
+from helpers import reduced_demo_config as demo_config
 
 import selfrepair.config as sr_config
 from selfrepair.config import disk
@@ -82,7 +82,7 @@ def test_block_size_is_the_disks_allocation_unit(tmp_path):
 
 
 def reduced_demo_config() -> dict:
-    config = merged(load("config.yaml"), yaml.safe_load(REDUCED_DEMO.read_text()))
+    config = merged(load("config.yaml"), demo_config())  # as Snakemake merges the files
     sr_config.validate_run(config)
     return config
 
@@ -155,8 +155,8 @@ def test_other_errors_pass_through_logged_unchanged(tmp_path):
 # --- the reduced demo: estimate against a finished run -------------------------------------------
 
 
-def planned_jobs(workdir: Path, configfile: str) -> tuple[dict, list]:
-    """(config, jobs) a run of the workflow with configfile in an empty workdir would plan:
+def planned_jobs(workdir: Path, configs: tuple[str, ...]) -> tuple[dict, list]:
+    """(config, jobs) a run of the workflow with these config files in an empty workdir would plan:
     Snakemake's DAG, as the Snakefile's onstart sees it (workflow.dag.needrun_jobs()).
     Snakemake's API has no public call for the planned jobs; the internals used here are those
     its dry run uses."""
@@ -166,7 +166,7 @@ def planned_jobs(workdir: Path, configfile: str) -> tuple[dict, list]:
     with SnakemakeApi(st.OutputSettings()) as api:
         workflow_api = api.workflow(
             resource_settings=st.ResourceSettings(cores=1),
-            config_settings=st.ConfigSettings(configfiles=[workdir / configfile]),
+            config_settings=st.ConfigSettings(configfiles=[workdir / c for c in configs]),
             storage_settings=st.StorageSettings(),
             workflow_settings=st.WorkflowSettings(),
             deployment_settings=st.DeploymentSettings(),
@@ -202,10 +202,10 @@ def measured_parts(run: Path) -> dict[str, tuple[int, int, int]]:
 def test_the_demo_estimate_is_not_below_what_a_finished_run_takes_on_disk(
     finished_run, tmp_path, capsys
 ):
-    run, configfile = finished_run
+    run, configs = finished_run
     (tmp_path / "plan").mkdir()
     plan = link_project(tmp_path / "plan")  # the run's config, planned from nothing
-    config, jobs = planned_jobs(plan, configfile)
+    config, jobs = planned_jobs(plan, configs)
     assert len(jobs) > 100 and not (plan / "results").exists()
     block = disk.block_size(run)
     estimate = sr_config.estimate_storage(config, sr_config.model_entries(config), jobs, block)
@@ -224,10 +224,10 @@ def test_the_demo_estimate_is_not_below_what_a_finished_run_takes_on_disk(
 
 @pytest.mark.slow
 def test_every_demo_store_has_no_more_arrays_than_the_estimate_allows(finished_run, tmp_path):
-    run, configfile = finished_run
+    run, configs = finished_run
     (tmp_path / "plan").mkdir()
     plan = link_project(tmp_path / "plan")
-    _, jobs = planned_jobs(plan, configfile)
+    _, jobs = planned_jobs(plan, configs)
     stores = {
         path: (job.rule.name, name)
         for job in jobs

@@ -24,15 +24,15 @@ FIG07 = "results/figures/fig07_top_repairing_neuron"
 
 
 @pytest.fixture
-def run_copy(finished_run, tmp_path) -> tuple[Path, str]:
+def run_copy(finished_run, tmp_path) -> tuple[Path, tuple[str, ...]]:
     """A copy of the finished run's results and resources, with the project linked in."""
-    run, configfile = finished_run
+    run, configs = finished_run
     (tmp_path / "run").mkdir()
     copy = link_project(tmp_path / "run")
     timed = shutil.ignore_patterns("logs", "benchmarks")
     shutil.copytree(run / "results", copy / "results", ignore=timed)
     shutil.copytree(run / "resources", copy / "resources")
-    return copy, configfile
+    return copy, configs
 
 
 def edited(path: Path, change) -> None:
@@ -45,10 +45,10 @@ def edited(path: Path, change) -> None:
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
-def rerun(run: Path, configfile: str, target: str) -> tuple[int, str]:
+def rerun(run: Path, configs: tuple[str, ...], target: str) -> tuple[int, str]:
     # The target first: --configfile takes every argument after it.
     proc = snakemake(
-        target, "--cores", "1", "--configfile", configfile, "--rerun-triggers", "mtime", cwd=run,
+        target, "--cores", "1", "--configfile", *configs, "--rerun-triggers", "mtime", cwd=run,
         timeout=600,
     )  # fmt: skip
     return proc.returncode, proc.stdout + proc.stderr
@@ -66,7 +66,7 @@ def refusal(out: str, path: str) -> str:
 def test_an_edited_metric_stops_the_task_figure(run_copy):
     """The trial that made a figure's title say the model solves the task: the clean metric's
     mean edited to 4.05 and its top-1 to 0.97, the figure deleted and remade."""
-    run, configfile = run_copy
+    run, configs = run_copy
     assert read_json(run / METRIC)["mean"] != 4.05  # the finished run's record is sound
 
     def solved(content: dict) -> None:
@@ -75,7 +75,7 @@ def test_an_edited_metric_stops_the_task_figure(run_copy):
     edited(run / METRIC, solved)
     for suffix in (".pdf", ".png"):
         (run / f"{TASK_FIGURE}{suffix}").unlink()
-    code, out = rerun(run, configfile, f"{TASK_FIGURE}.pdf")
+    code, out = rerun(run, configs, f"{TASK_FIGURE}.pdf")
     assert code != 0
     assert refusal(out, METRIC) == (
         f"{METRIC} is damaged: its content is not what was written (its digest differs); "
@@ -87,7 +87,7 @@ def test_an_edited_metric_stops_the_task_figure(run_copy):
 def test_a_pick_record_edited_to_another_head_stops_its_figure(run_copy):
     """Fig 7's picked head edited to another head its neuron store holds: the figure would show
     that head under the picked one's description, and exit 0."""
-    run, configfile = run_copy
+    run, configs = run_copy
     records = [
         p.relative_to(run).as_posix()
         for p in sorted((run / "results").glob("*/substitutes/*.json"))
@@ -109,7 +109,7 @@ def test_a_pick_record_edited_to_another_head_stops_its_figure(run_copy):
     edited(run / record, swapped)
     for suffix in (".pdf", ".png"):
         (run / f"{FIG07}{suffix}").unlink()
-    code, out = rerun(run, configfile, f"{FIG07}.pdf")
+    code, out = rerun(run, configs, f"{FIG07}.pdf")
     assert code != 0
     assert refusal(out, record) == (
         f"{record} is damaged: its content is not what was written (its digest differs); "
