@@ -294,7 +294,7 @@ def measure_heads(
         model: the HookedTransformer (not modified).
         tokens: [batch, pos + 1] token rows, each starting with BOS.
         ablation: "resample" (z of row source[i], default (i + 1) mod batch, same position),
-            "mean" (engine.ablation.mean_z: over the positions the pass reads) or "zero".
+            "mean" (ablation.mean_z: over the rows and the positions the pass reads) or "zero".
         heads: (layer, head) pairs to ablate; None: every head.
         batch_size: rows per clean pass (default: all); bounds memory, never changes a number.
         heads_per_pass: heads stacked per ablated pass (default: default_heads_per_pass);
