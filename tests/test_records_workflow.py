@@ -63,6 +63,20 @@ def refusal(out: str, path: str) -> str:
     return line
 
 
+def assert_refused(run: Path, configs: tuple[str, ...], record: str, figure: str) -> None:
+    """Remaking `figure` (its files deleted) from the edited `record` stops in one line naming
+    the record and the fix, and writes no figure file."""
+    for suffix in (".pdf", ".png"):
+        (run / f"{figure}{suffix}").unlink()
+    code, out = rerun(run, configs, f"{figure}.pdf")
+    assert code != 0
+    assert refusal(out, record) == (
+        f"{record} is damaged: its content is not what was written (its digest differs); "
+        f"delete {record} and rerun the workflow"
+    )
+    assert not (run / f"{figure}.pdf").exists() and not (run / f"{figure}.png").exists()
+
+
 def test_an_edited_metric_stops_the_task_figure(run_copy):
     """The trial that made a figure's title say the model solves the task: the clean metric's
     mean edited to 4.05 and its top-1 to 0.97, the figure deleted and remade."""
@@ -73,15 +87,7 @@ def test_an_edited_metric_stops_the_task_figure(run_copy):
         content.update(mean=4.05, top1=0.97)
 
     edited(run / METRIC, solved)
-    for suffix in (".pdf", ".png"):
-        (run / f"{TASK_FIGURE}{suffix}").unlink()
-    code, out = rerun(run, configs, f"{TASK_FIGURE}.pdf")
-    assert code != 0
-    assert refusal(out, METRIC) == (
-        f"{METRIC} is damaged: its content is not what was written (its digest differs); "
-        f"delete {METRIC} and rerun the workflow"
-    )
-    assert not (run / f"{TASK_FIGURE}.pdf").exists() and not (run / f"{TASK_FIGURE}.png").exists()
+    assert_refused(run, configs, METRIC, TASK_FIGURE)
 
 
 def test_a_pick_record_edited_to_another_head_stops_its_figure(run_copy):
@@ -107,12 +113,4 @@ def test_a_pick_record_edited_to_another_head_stops_its_figure(run_copy):
         content["heads"][0] = others[0]
 
     edited(run / record, swapped)
-    for suffix in (".pdf", ".png"):
-        (run / f"{FIG07}{suffix}").unlink()
-    code, out = rerun(run, configs, f"{FIG07}.pdf")
-    assert code != 0
-    assert refusal(out, record) == (
-        f"{record} is damaged: its content is not what was written (its digest differs); "
-        f"delete {record} and rerun the workflow"
-    )
-    assert not (run / f"{FIG07}.pdf").exists()
+    assert_refused(run, configs, record, FIG07)

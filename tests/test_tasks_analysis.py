@@ -120,19 +120,25 @@ def test_backup_rankings_and_auc_by_hand():
     assert table.roc_auc_single.iloc[0] == pytest.approx((1 + 0 + 0.5 + 0) / 4)
 
 
-def test_head_backups_list_the_largest_heads_top_compensators():
-    n_c = n_components(3, 2)
-    names = component_names(3, 2)
-    mean = np.array([[0.1, 2.0], [1.0, np.nan], [0.3, 0.2]])
-    summary = xr.Dataset(
+def _summary(mean: np.ndarray) -> xr.Dataset:
+    """A per-head summary whose clean DE is `mean` (layer x head), its other means fixed parts."""
+    layers, heads = mean.shape
+    return xr.Dataset(
         {
             "mean_de_clean": (("layer", "head"), mean),
             "mean_de_ablated": (("layer", "head"), mean / 2),
             "mean_logit_diff": (("layer", "head"), -mean / 4),
             "mean_self_repair": (("layer", "head"), mean / 4),
         },
-        coords={"layer": np.arange(3), "head": np.arange(2)},
+        coords={"layer": np.arange(layers), "head": np.arange(heads)},
     )
+
+
+def test_head_backups_list_the_largest_heads_top_compensators():
+    n_c = n_components(3, 2)
+    names = component_names(3, 2)
+    mean = np.array([[0.1, 2.0], [1.0, np.nan], [0.3, 0.2]])
+    summary = _summary(mean)
     top = np.full((3, 2, n_c), np.nan)
     top[0, 1, names.index("L2H0")] = 0.5
     top[0, 1, names.index("L1H1")] = 0.7
@@ -152,15 +158,7 @@ def test_head_backups_list_a_last_layer_head_with_the_reason_it_has_none():
     names = component_names(3, 2)
     # by DE: L0H1 (2.0), L2H0 (1.5, last layer), L1H0 (1.0), then L2H1 (0.8), L0H0
     mean = np.array([[0.1, 2.0], [1.0, 0.05], [1.5, 0.8]])
-    summary = xr.Dataset(
-        {
-            "mean_de_clean": (("layer", "head"), mean),
-            "mean_de_ablated": (("layer", "head"), mean / 2),
-            "mean_logit_diff": (("layer", "head"), -mean / 4),
-            "mean_self_repair": (("layer", "head"), mean / 4),
-        },
-        coords={"layer": np.arange(3), "head": np.arange(2)},
-    )
+    summary = _summary(mean)
     top = np.full((3, 2, n_c), np.nan)
     top[0, 1, names.index("L2H0")] = 0.5
     top[0, 1, names.index("L1H1")] = 0.7
