@@ -24,12 +24,32 @@ __all__ = [
     "clean_metric",
     "head_backups",
     "no_backup_notes",
+    "SHARE_LIMIT",
+    "SHARE_MIN_SELF_REPAIR",
     "roc_auc",
     "scored_tokens",
+    "small_self_repair",
     "set_backups",
     "set_scores",
     "single_scores",
 ]
+
+# The task heatmap of who repairs whom: a head's shares divide by its self-repair, so where that
+# is near 0 they run to +-7 and more and colour noise. Heads whose |self-repair| on the answers is
+# below this fraction of the largest head's are masked (grey), and the colour scale is clipped to
+# [-SHARE_LIMIT, SHARE_LIMIT] (the table and the bars give the values).
+SHARE_MIN_SELF_REPAIR = 0.1
+SHARE_LIMIT = 1.0
+
+
+def small_self_repair(
+    self_repair: xr.DataArray, fraction: float = SHARE_MIN_SELF_REPAIR
+) -> xr.DataArray:
+    """Per head (layer, head), whether its |self-repair| is below `fraction` of the largest
+    |self-repair| of any head (NaN, a head not measured, is not small: it is drawn as such)."""
+    size = np.abs(self_repair)
+    largest = float(size.max(skipna=True)) if np.isfinite(size).any() else 0.0
+    return size < fraction * largest
 
 
 def scored_tokens(ds: xr.Dataset, scored: np.ndarray) -> xr.Dataset:

@@ -19,8 +19,10 @@ __all__ = [
     "Selection",
     "measured",
     "metric_sentence",
+    "SOLVED_TOP1",
     "rmsnorm_notes",
     "task_description",
+    "unsolved_note",
 ]
 
 # A task's metric (tasks.<name>.metric), as captions and axis labels name it.
@@ -35,6 +37,10 @@ ABLATION_NOTES = {
     "mean": "mean (each head's mean z over the task's prompts, padding left out)",
     "zero": "zero",
 }
+# The clean model solves a task when the answer is its top prediction for at least this share of
+# the answers; below it, every figure's title and caption says plainly that it does not (a
+# self-repair figure of a task the model cannot do is about noise, not the task's circuit).
+SOLVED_TOP1 = 0.5
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,17 @@ def measured(
     return " ".join(parts)
 
 
+def unsolved_note(numbers: Mapping[str, float | int | str]) -> str:
+    """'the clean model does not solve this task (answer top-1 1%)' when the answer is its top
+    prediction for less than SOLVED_TOP1 of the answers (clean_metric's numbers), else ''."""
+    if float(numbers["top1"]) >= SOLVED_TOP1:
+        return ""
+    return (
+        f"the clean model does not solve this task (answer top-1 {float(numbers['top1']):.0%}, "
+        f"below {SOLVED_TOP1:.0%})"
+    )
+
+
 def metric_sentence(numbers: Mapping[str, float | int | str], baseline: str = "") -> str:
     """The caption's sentence on the clean metric (clean_metric's numbers).
 
@@ -83,7 +100,9 @@ def metric_sentence(numbers: Mapping[str, float | int | str], baseline: str = ""
         numbers: clean_metric's dict.
         baseline: what the baseline positions are, for the loss comparison (induction).
     """
-    text = (
+    note = unsolved_note(numbers)
+    text = f"{note[0].upper()}{note[1:]}. " if note else ""
+    text += (
         f"Clean model on the task: mean {numbers['label']} {numbers['mean']:.3g} over "
         f"{numbers['n_answers']:,} answers of {numbers['n_prompts']:,} prompts; the answer is "
         f"the top prediction for {numbers['top1']:.1%}"

@@ -32,7 +32,12 @@ SHARE_QUANTILE = 0.98
 
 @styled
 def repair_heatmap(
-    shares: Mapping[str, xr.DataArray], top_fraction: float = 0.02, selection: str | None = None
+    shares: Mapping[str, xr.DataArray],
+    top_fraction: float = 0.02,
+    selection: str | None = None,
+    *,
+    masked: Mapping[str, xr.DataArray] | None = None,
+    limit: float | None = None,
 ) -> Figure:
     """Per model, the share of each ablated head's self-repair on its top tokens (rows, by
     layer) taken by each component (columns: heads by layer, MLP layers, final LayerNorm);
@@ -42,22 +47,22 @@ def repair_heatmap(
         shares: per model, top_share (dims layer, head, component) of its repair summary.
         top_fraction: the top selection, for the colour bar's label.
         selection: the colour bar's name of the tokens instead (a task's: its answers).
+        masked: per model, the heads (layer, head: bool) whose row is drawn grey (a task's heads
+            of near-zero self-repair, whose shares are noise).
+        limit: the colour scale's end, shares beyond it clipped (said on the colour bar);
+            default the SHARE_QUANTILE quantile of |share|.
     """
     selection = selection or f"top {top_fraction:.0%} tokens"
     models = list(shares)
     fig, axes = model_panels(models, ncols=1, panel_size=(9.0, 4.2))
     for model, ax in axes.items():
         share = shares[model]
-        rows = share.stack(ablated=("layer", "head")).transpose("ablated", "component")
-        values = rows.values.astype(float)
-        # Only the measured heads (a `heads:` subset leaves the others' rows all NaN).
-        measured = np.isfinite(values).any(axis=1)
-        kept = measured if measured.any() else np.ones(len(values), bool)
-        values, layers = values[kept], rows.layer.values[kept]
-        heads = rows["head"].values[kept]
-        labels = [head_label(int(la), int(h)) for la, h in zip(layers, heads, strict=True)]
+        hidden = None if masked is None or model not in masked else masked[model]
+        values, layers, labels = _heatmap_rows(share, hidden)
         finite = np.abs(values[np.isfinite(values)])
         lim = float(np.quantile(finite, SHARE_QUANTILE)) if finite.size else 1.0
+        if limit is not None:
+            lim = limit
         cmap = _grey_nan("RdBu_r")
         image = ax.imshow(
             values,
@@ -88,10 +93,33 @@ def repair_heatmap(
         fig.colorbar(
             image,
             ax=ax,
-            label=f"share of the head's self-repair\n({selection})",
+            label=f"share of the head's self-repair\n({selection})"
+            + ("" if limit is None else f", clipped to [{-limit:g}, {limit:g}]"),
             extend="both",
         )
     return fig
+
+
+def _heatmap_rows(
+    share: xr.DataArray, masked: xr.DataArray | None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The heatmap's rows [ablated, component], their layers and labels: only the measured heads
+    (a `heads:` subset leaves the others' rows all NaN), a masked head's row NaN (still a row,
+    labelled so)."""
+    rows = share.stack(ablated=("layer", "head")).transpose("ablated", "component")
+    values = rows.values.astype(float)
+    measured = np.isfinite(values).any(axis=1)
+    kept = measured if measured.any() else np.ones(len(values), bool)
+    hidden = np.zeros(len(values), bool)
+    if masked is not None:
+        hidden = masked.stack(ablated=("layer", "head")).sel(ablated=rows.ablated).values
+        values = np.where(hidden[:, None], np.nan, values)
+    layers, heads = rows.layer.values[kept], rows["head"].values[kept]
+    labels = [
+        head_label(int(la), int(h)) + (" (masked)" if m else "")
+        for la, h, m in zip(layers, heads, hidden[kept].astype(bool), strict=True)
+    ]
+    return values[kept], layers, labels
 
 
 def _grey_nan(name: str):

@@ -15,7 +15,9 @@ from matplotlib.figure import Figure
 
 from selfrepair.analysis import attribution as repair
 from selfrepair.analysis.reduce import head_effect_drops
+from selfrepair.analysis.tasks import SHARE_LIMIT, small_self_repair
 from selfrepair.plots import repair as draw
+from selfrepair.plots.captions import unsolved_note
 from selfrepair.plots.common import save_figure
 from selfrepair.plots.effects import heads_de_vs_logit_drop
 from selfrepair.plots.per_head import per_head_by_depth
@@ -41,9 +43,12 @@ SQUARE_WIDTH = 5.2  # one square panel (equal axes) and its colour bar
 
 def headline(model: str, task: str, ablation: str, metric: str | os.PathLike) -> str:
     """A figure's title: model, task, ablation and the clean metric (task_clean's JSON, checked:
-    records.read_json)."""
+    records.read_json), led by 'the clean model does not solve this task' where it does not
+    (plots.captions.unsolved_note)."""
     numbers: dict[str, Any] = read_json(metric)
-    text = (
+    note = unsolved_note(numbers)
+    text = f"{note[0].upper()}{note[1:]}. " if note else ""
+    text += (
         f"{model} on {task}, {ablation} ablation. Clean: mean {numbers['label']} "
         f"{numbers['mean']:.3g}, answer top-1 {numbers['top1']:.0%}"
     )
@@ -114,7 +119,8 @@ def task_repairer_heatmap(
     repairs: str, metric: str, model: str, task: str, ablation: str, out: Paths = ()
 ) -> Figure:
     """Who repairs whom on a task: each component's share of each head's self-repair over the
-    task's answers.
+    task's answers, clipped to +-SHARE_LIMIT, the heads of near-zero self-repair masked
+    (analysis.tasks.small_self_repair).
 
     Args:
         repairs: the task's repair summary (task_summary) of the figures' ablation.
@@ -122,7 +128,13 @@ def task_repairer_heatmap(
         model, task, ablation: what is drawn.
         out: the figure files to write.
     """
-    fig = draw.repair_heatmap({model: open_zarr(repairs).top_share}, selection=ANSWERS)
+    summary = open_zarr(repairs)
+    fig = draw.repair_heatmap(
+        {model: summary.top_share},
+        selection=ANSWERS,
+        masked={model: small_self_repair(summary.top_self_repair)},
+        limit=SHARE_LIMIT,
+    )
     return _saved(fig, headline(model, task, ablation, metric), out)
 
 
