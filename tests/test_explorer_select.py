@@ -83,6 +83,7 @@ def test_head_tokens_hold_each_tokens_window_next_token_values_and_partner(synth
                 "row": int(other),
                 "ids": [int(tokens[other, j]) for j in range(e["start"], p + 1)],
                 "next": int(tokens[other, p + 1]),
+                "label": f"resample partner row {int(other)}",
             }
     without = explorer.head_tokens(values, tokens=tokens, rows=rows, k=k, context=context)
     assert all("partner" not in e for entries in without.values() for e in entries)

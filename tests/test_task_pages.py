@@ -85,3 +85,54 @@ def test_task_repairer_heatmap_masks_near_zero_heads_and_clips_to_one():
     assert (image.norm.vmin, image.norm.vmax) == (-1.0, 1.0)
     assert [t.get_text() for t in ax.get_yticklabels()][1] == "L0H1 (masked)"
     assert "clipped to [-1, 1]" in fig.axes[1].get_ylabel()
+
+
+def test_a_corrupted_partner_is_called_the_corrupted_prompt():
+    """Under corrupted ablation the head's z comes from the corrupted prompt: the page once
+    called it 'resample partner row N' (N an index into prompts + corrupted)."""
+    from selfrepair.analysis.explorer import head_tokens
+
+    tokens = np.arange(4 * 6).reshape(4, 6)  # rows 0, 1 the prompts, 2, 3 their corrupted
+    de = np.array([[0.0, 3.0, np.nan, np.nan, np.nan], [1.0, 0.5, np.nan, np.nan, np.nan]])
+    values = {"de": de, "sr": de, "drop": -de}
+    kw = {"tokens": tokens, "rows": np.arange(2), "k": 1, "context": 2}
+    (top,) = head_tokens(values, partner_rows=np.array([2, 3]), partner_kind="corrupted", **kw)[
+        "de"
+    ]
+    assert top["partner"]["ids"] == [12, 13] and top["partner"]["next"] == 14
+    assert top["partner"]["label"].startswith("corrupted prompt")
+    assert "resample" not in top["partner"]["label"]
+    assert top["drop"] == -3.0
+    (resampled,) = head_tokens(values, partner_rows=np.array([1, 0]), **kw)["de"]
+    assert resampled["partner"]["label"] == "resample partner row 1"
+    assert all("partner" not in e for e in head_tokens(values, **kw)["de"])  # mean, zero
+
+
+def test_task_numbers_show_the_answers_once_and_the_drop_with_the_figures_sign():
+    from selfrepair.analysis.explorer import SUMMARY_FIELDS, TASK_FIELDS, task_numbers
+    from selfrepair.plots.explorer import TASK_FIELD_LABELS
+
+    numbers = {f: {"value": float(i)} for i, f in enumerate(SUMMARY_FIELDS)}
+    numbers["mean_logit_diff"] = {"value": 0.25, "lo": 0.1, "hi": 0.4}  # ablated - clean
+    shown = task_numbers(numbers)
+    assert tuple(shown) == TASK_FIELDS == tuple(TASK_FIELD_LABELS)
+    assert not any(f.startswith("top_") and f[4:] in {g[5:] for g in shown} for f in shown)
+    assert shown["mean_metric_drop"] == {"value": -0.25, "lo": -0.4, "hi": -0.1}
+    assert "clean − ablated" in TASK_FIELD_LABELS["mean_metric_drop"]
+    assert all("top tokens" not in label for label in TASK_FIELD_LABELS.values())
+
+
+def test_task_page_has_a_colour_legend_the_clean_metric_and_its_labels():
+    from selfrepair.plots.explorer import TASK_FIELD_LABELS, explorer_html
+
+    data = {
+        "model": "m on task t",
+        "tokens_per_head": 3,
+        "context": 4,
+        "task": {"metric": "logit difference", "clean": "Clean: top-1 1%", "counterfactual": True},
+    }
+    page = explorer_html(data, TASK_FIELD_LABELS)
+    assert 'id="legend"' in page and "negative" in page and "positive" in page
+    assert '"clean":"Clean: top-1 1%"' in page and "counterfactual answer" in page
+    assert "metric drop (clean − ablated)" in page
+    assert '"mean_metric_drop"' in page and '"top_self_repair":' not in page

@@ -13,8 +13,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 __all__ = [
+    "PARTNER_LABELS",
     "RANKINGS",
     "SUMMARY_FIELDS",
+    "TASK_FIELDS",
     "TOKEN_VALUES",
     "WINDOW_DIGITS",
     "WINDOW_VALUES",
@@ -22,7 +24,9 @@ __all__ = [
     "head_numbers",
     "head_tokens",
     "readable",
+    "metric_drop",
     "rounded",
+    "task_numbers",
     "token_entry",
     "top_positions",
 ]
@@ -42,6 +46,25 @@ SUMMARY_FIELDS = tuple(
     for name in ("de_clean", "logit_diff", "self_repair", "sr_heads", "sr_mlps", "sr_ln")
 ) + ("top_ln_share", "top_ln_share_clipped", "top_n_tokens")
 DIGITS = 6  # significant digits of the numbers written into the page
+# What a shown token's partner is, by the ablation that takes the head's z from it.
+PARTNER_LABELS = {
+    "resample": "resample partner row {row}",
+    "corrupted": "corrupted prompt (the head's z taken from it, same position)",
+}
+# A task page's summary: on a task every scored token is an answer, so the "top" means equal the
+# means over all tokens; one set is shown, the metric's change as its drop (clean - ablated), the
+# sign of the task figures (Fig 2: drop of DE against drop of the metric).
+TASK_FIELDS = (
+    "mean_de_clean",
+    "mean_metric_drop",
+    "mean_self_repair",
+    "mean_sr_heads",
+    "mean_sr_mlps",
+    "mean_sr_ln",
+    "top_ln_share",
+    "top_ln_share_clipped",
+    "top_n_tokens",
+)
 
 
 def rounded(value: float, digits: int = DIGITS) -> float | None:
@@ -78,6 +101,7 @@ def token_entry(
     rows: np.ndarray,
     context: int,
     partner_rows: np.ndarray | None = None,
+    partner_kind: str = "resample",
 ) -> dict:
     """One shown token: prediction at (batch b, pos p) of one head (candidate_entry).
 
@@ -87,7 +111,8 @@ def token_entry(
         tokens: the tokenized corpus [row, tok] (tokens.zarr, global rows).
         rows: the global row of each batch index.
         context: tokens shown, the current one (at p) last.
-        partner_rows: the global row of each batch index's resample partner, if any.
+        partner_rows: the global row of each batch index's partner, if any.
+        partner_kind: what the partner is (PARTNER_LABELS: resample or corrupted).
     """
     start = max(0, p - context + 1)
     return candidate_entry(
@@ -98,6 +123,7 @@ def token_entry(
         tokens=tokens,
         context=context,
         partner_row=None if partner_rows is None else int(partner_rows[b]),
+        partner_kind=partner_kind,
     )
 
 
@@ -110,11 +136,13 @@ def candidate_entry(
     tokens: np.ndarray,
     context: int,
     partner_row: int | None = None,
+    partner_kind: str = "resample",
 ) -> dict:
     """One shown token, the prediction at position p of global row `row`: its ids, the next
-    token, the head's values there (TOKEN_VALUES short name -> value) and over the window of
-    `context` tokens ending there (WINDOW_VALUES short name -> values, oldest first; longer
-    arrays are cut to the window), and the resample partner's row if any."""
+    token, the head's values there (short name -> value) and over the window of `context` tokens
+    ending there (WINDOW_VALUES short name -> values, oldest first; longer arrays are cut to the
+    window), and the partner's row if any, labelled as what it is (PARTNER_LABELS[partner_kind]:
+    the resample partner, or the corrupted prompt)."""
     start = max(0, p - context + 1)
     entry = {
         "row": int(row),
@@ -133,6 +161,7 @@ def candidate_entry(
             "row": int(partner_row),
             "ids": tokens[partner_row, start : p + 1].tolist(),
             "next": int(tokens[partner_row, p + 1]),
+            "label": PARTNER_LABELS[partner_kind].format(row=int(partner_row)),
         }
     return entry
 
@@ -145,6 +174,7 @@ def head_tokens(
     k: int,
     context: int,
     partner_rows: np.ndarray | None = None,
+    partner_kind: str = "resample",
 ) -> dict[str, list[dict]]:
     """A head's top k tokens by each ranking (RANKINGS short name -> token_entry list).
 
@@ -160,6 +190,7 @@ def head_tokens(
                 rows=rows,
                 context=context,
                 partner_rows=partner_rows,
+                partner_kind=partner_kind,
             )
             for b, p in top_positions(values[key], k)
         ]
@@ -186,3 +217,22 @@ def head_numbers(
             number.update(lo=rounded(lo), hi=rounded(hi))
         out[field] = number
     return out
+
+
+def metric_drop(number: Mapping[str, float | None]) -> dict:
+    """A Δlogit number (ablated - clean: value, and lo, hi if any) as the drop clean - ablated,
+    its interval turned round."""
+    flip = {"value": "value", "lo": "hi", "hi": "lo"}
+    return {
+        key: None if number[old] is None else -number[old]
+        for key, old in flip.items()
+        if old in number
+    }
+
+
+def task_numbers(numbers: Mapping[str, dict]) -> dict[str, dict]:
+    """A head's numbers (head_numbers) as a task page shows them (TASK_FIELDS): the means over
+    the answers once, the metric's change as its drop (metric_drop)."""
+    out = dict(numbers)
+    out["mean_metric_drop"] = metric_drop(numbers["mean_logit_diff"])
+    return {field: out[field] for field in TASK_FIELDS}

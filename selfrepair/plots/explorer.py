@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["FIELD_LABELS", "explorer_html", "index_html"]
+__all__ = ["FIELD_LABELS", "TASK_FIELD_LABELS", "explorer_html", "index_html"]
 
 # What the summary table calls each number (analysis.explorer.SUMMARY_FIELDS).
 FIELD_LABELS = {
@@ -32,6 +32,19 @@ FIELD_LABELS = {
     "top_ln_share_clipped": "LayerNorm share of DE, clipped to [0, 1], top tokens",
     "top_n_tokens": "top tokens (by clean DE)",
 }
+# A task page's summary (analysis.explorer.TASK_FIELDS): every scored token is an answer, so one
+# set of means, over the answers; the metric's change as its drop, the task figures' sign.
+TASK_FIELD_LABELS = {
+    "mean_de_clean": "DE (clean direct effect on the metric), mean over the answers",
+    "mean_metric_drop": "metric drop (clean − ablated), mean over the answers",
+    "mean_self_repair": "self-repair, mean over the answers",
+    "mean_sr_heads": "  of which later heads (sr_heads)",
+    "mean_sr_mlps": "  of which MLPs (sr_mlps)",
+    "mean_sr_ln": "  of which LayerNorm (sr_ln)",
+    "top_ln_share": "LayerNorm share of DE (sr_ln / clean DE)",
+    "top_ln_share_clipped": "LayerNorm share of DE, clipped to [0, 1]",
+    "top_n_tokens": "answers",
+}
 
 CSS = """
 body{font:14px system-ui,sans-serif;margin:1em 2em;color:#222}
@@ -46,6 +59,8 @@ h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.2em}
 .tok{padding:1px 0;border-radius:2px}.tok.cur{outline:1px solid #000}
 .next{background:#cfc;border:1px solid #393;padding:0 3px 3px;margin-left:6px}
 .partner{font-size:12px;color:#555}.controls label{margin-right:1em}
+#legend{font-size:12px;margin:6px 0}#legend span.sw{display:inline-block;width:60px;height:10px;
+vertical-align:middle;margin:0 4px}#task{background:#f4f4f4;padding:4px 8px;font-size:13px}
 """
 
 JS = r"""
@@ -104,10 +119,16 @@ function entries(list, key, title) {
   const scale = Math.max(1e-12, ...list.flatMap((e) => e.window[S.colour]).filter((x) => x !== null).map(Math.abs));
   list.forEach((e, i) => {
     const d = el('div', {class: 'entry', 'data-row': e.row, 'data-pos': e.pos});
-    d.appendChild(el('div', {class: 'meta'}, `#${i + 1} row ${e.row}, pos ${e.pos}: DE ${fmt(e.de)}, self-repair ${fmt(e.sr)}, Δlogit ${fmt(e.dlogit)}`));
+    const change = 'drop' in e ? `metric drop (clean − ablated) ${fmt(e.drop)}` : `Δlogit (ablated − clean) ${fmt(e.dlogit)}`;
+    d.appendChild(el('div', {class: 'meta'}, `#${i + 1} ${D.task ? 'prompt' : 'row'} ${e.row}, pos ${e.pos}: DE ${fmt(e.de)}, self-repair ${fmt(e.sr)}, ${change}`));
     d.appendChild(context(e, scale));
+    if ('counter' in e) {
+      const c = el('div', {class: 'partner counter'}, 'counterfactual answer: ');
+      c.appendChild(el('span', {class: 'ctx'}, piece(e.counter)));
+      d.appendChild(c);
+    }
     if (e.partner) {
-      const p = el('div', {class: 'partner'}, `resample partner row ${e.partner.row}: `);
+      const p = el('div', {class: 'partner'}, `${e.partner.label || 'resample partner row ' + e.partner.row}: `);
       p.appendChild(el('span', {class: 'ctx pctx'}, e.partner.ids.map(piece).join('')));
       p.appendChild(el('span', {class: 'next'}, piece(e.partner.next)));
       d.appendChild(p);
@@ -134,7 +155,7 @@ function show() {
   out.appendChild(t);
   const rep = ((D.repairers || {})[S.ablation] || {})[S.head];
   if (rep) {
-    out.appendChild(el('h2', {}, 'Who repairs it: top repairers on its top tokens'));
+    out.appendChild(el('h2', {}, `Who repairs it: top repairers on its ${D.task ? 'answers' : 'top tokens'}`));
     const r = el('table', {id: 'repairers'});
     r.appendChild(el('tr', {}, '')).replaceChildren(el('th', {}, 'component'), el('th', {}, 'mean change of DE'), el('th', {}, 'share of its self-repair'));
     for (const x of rep) {
@@ -147,6 +168,12 @@ function show() {
   if (!tokens) { out.appendChild(el('p', {}, 'This head was not measured.')); return; }
   out.appendChild(entries(tokens.de, 'de', 'Top tokens by clean DE'));
   out.appendChild(entries(tokens.sr, 'sr', 'Top tokens by self-repair'));
+}
+if (D.task) {
+  const t = $('task'); t.hidden = false;
+  t.textContent = `Metric: ${D.task.metric}. ${D.task.clean}.` + (D.task.counterfactual ? ' Each answer shows its counterfactual.' : '');
+  $('stat').options[1].remove();  // on a task the top tokens are all the answers: the same grid
+  $('stat').options[0].textContent = 'mean self-repair over the answers';
 }
 for (const a of D.ablations) $('ablation').appendChild(el('option', {value: a}, a));
 $('ablation').onchange = (e) => { S.ablation = e.target.value; grid(); show(); };
@@ -171,6 +198,12 @@ its top tokens when it is ablated, and their share of its self-repair.</p>
 <option value="top_self_repair">self-repair on top tokens</option></select></label>
 <label>colour tokens by <select id="colour"><option value="de">DE</option>
 <option value="sr">self-repair</option></select></label></div>
+<p id="task" hidden></p>
+<div id="legend">Colours (grid and tokens): <span class="sw"
+style="background:linear-gradient(to right,rgba(40,80,220,1),rgba(40,80,220,0))"></span>negative
+· 0 ·<span class="sw" style="background:linear-gradient(to right,rgba(220,40,40,0),rgba(220,40,40,1))">
+</span>positive; the strongest colour is the largest |value| shown (grid: of the grid; tokens:
+of the head's listed windows).</div>
 <table id="grid"></table><div id="head"></div>
 """
 
@@ -186,8 +219,9 @@ def _script_json(data: Any) -> str:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).translate(SCRIPT_ESCAPES)
 
 
-def explorer_html(data: dict[str, Any]) -> str:
-    """One model's page from stages.explorer.explorer_data (with vocab and tokenizer)."""
+def explorer_html(data: dict[str, Any], labels: dict[str, str] = FIELD_LABELS) -> str:
+    """One model's page from stages.explorer.explorer_data (with vocab and tokenizer), its
+    summary rows `labels` (field -> label; a task page's: TASK_FIELD_LABELS)."""
     body = BODY.format(
         model=html.escape(data["model"]),
         interval_note="intervals: percentile bootstrap over tokens, where measured",
@@ -195,7 +229,7 @@ def explorer_html(data: dict[str, Any]) -> str:
         context=data["context"],
         tokenizer=html.escape(str(data.get("tokenizer", "the model's tokenizer"))),
     )
-    payload = _script_json(dict(data, labels=FIELD_LABELS))
+    payload = _script_json(dict(data, labels=labels))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>Head explorer: {html.escape(data['model'])}</title><style>{CSS}</style>"

@@ -99,6 +99,8 @@ def _used_ids(heads: Mapping[str, Mapping[str, dict]]) -> set[int]:
                 for e in entries:
                     ids.update(e["ids"])
                     ids.add(e["next"])
+                    if "counter" in e:
+                        ids.add(e["counter"])
                     if "partner" in e:
                         ids.update(e["partner"]["ids"])
                         ids.add(e["partner"]["next"])
@@ -225,15 +227,18 @@ def explorer_index(
 
 
 def _task_heads(
-    store: str, prompts: Any, ablation: str, *, k: int, context: int
+    store: str, prompts: Any, ablation: str, *, k: int, context: int, counterfactual: bool
 ) -> dict[str, dict]:
     """'L.H' -> a head's top answers of a task (analysis.explorer.head_tokens on the prompts,
-    every other position NaN), with the corrupted prompt or the next prompt as partner."""
+    every other position NaN), with the metric's drop (clean - ablated, the figures' sign), the
+    counterfactual answer (metric logit_diff) and the partner the head's z came from: the
+    corrupted prompt (corrupted) or the next prompt (resample); none under mean and zero."""
     data = open_zarr(store).load()
     n = prompts.tokens.shape[0]
-    tokens, partner = prompts.tokens, None
+    tokens, partner, kind = prompts.tokens, None, "resample"
     if ablation == "corrupted":
-        tokens, partner = np.concatenate([prompts.tokens, prompts.corrupted]), n + np.arange(n)
+        tokens = np.concatenate([prompts.tokens, prompts.corrupted])
+        partner, kind = n + np.arange(n), "corrupted"
     elif ablation == "resample":
         partner = (np.arange(n) + 1) % n
     where = (data.prompt.values, data.position.values)
@@ -247,9 +252,20 @@ def _task_heads(
                 values[key] = grid
             if np.isnan(values["de"]).all():
                 continue  # not measured
-            out[f"{layer}.{head}"] = select.head_tokens(
-                values, tokens=tokens, rows=np.arange(n), k=k, context=context, partner_rows=partner
+            values["drop"] = -values.pop("dlogit")
+            rankings = select.head_tokens(
+                values,
+                tokens=tokens,
+                rows=np.arange(n),
+                k=k,
+                context=context,
+                partner_rows=partner,
+                partner_kind=kind,
             )
+            for entry in (e for entries in rankings.values() for e in entries):
+                if counterfactual:
+                    entry["counter"] = int(prompts.counter[entry["row"], entry["pos"]])
+            out[f"{layer}.{head}"] = rankings
     return out
 
 
@@ -267,9 +283,13 @@ def task_explorer(
     tokens_per_head: int,
     context: int,
     out: str,
+    metric: str | None = None,
     tokenizer_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Write one (model, task) explorer page: the head explorer on the task's answers.
+    """Write one (model, task) explorer page: the head explorer on the task's answers, with the
+    clean model's metric on the task, each answer's counterfactual (metric logit_diff), the
+    metric's drop (clean - ablated, as the task figures) and one set of summary rows (every
+    scored token is an answer: analysis.explorer.task_numbers).
 
     Args:
         model, task: the model's and the task's names.
@@ -280,19 +300,36 @@ def task_explorer(
         ablations: the task's ablations, in the order of the stores.
         tokens_per_head, context: as head_explorer's.
         out: the HTML file to write.
+        metric: the task_clean metric JSON (the clean model on the task, checked).
         tokenizer_dir: a tokenizer or checkpoint folder (a trained model's), else the model's own.
     """
     from selfrepair.data.tokens import load_tokenizer
+    from selfrepair.plots.captions import METRIC_LABELS, metric_sentence
+    from selfrepair.stages.records import read_json
     from selfrepair.stages.tasks import read_prompts
 
     rows = read_prompts(prompts)
     data: dict[str, Any] = {"model": f"{model} on task {task}", "ablations": list(ablations)}
     data["grid"], data["numbers"], data["heads"] = {}, {}, {}
+    clean = read_json(metric) if metric else None
+    counterfactual = bool(clean and clean["metric"] == "logit_diff")
+    if clean:
+        data["task"] = {
+            "metric": METRIC_LABELS[clean["metric"]],
+            "clean": metric_sentence(clean),
+            "counterfactual": counterfactual,
+        }
     for i, ablation in enumerate(ablations):
         grid, numbers = _summary_grid(summaries[i], intervals[i])
-        data["grid"][ablation], data["numbers"][ablation] = grid, numbers
+        data["grid"][ablation] = grid
+        data["numbers"][ablation] = {h: select.task_numbers(n) for h, n in numbers.items()}
         data["heads"][ablation] = _task_heads(
-            stores[i], rows, ablation, k=tokens_per_head, context=context
+            stores[i],
+            rows,
+            ablation,
+            k=tokens_per_head,
+            context=context,
+            counterfactual=counterfactual,
         )
     data["repairers"] = {
         a: head_repairers(open_zarr(p), 5) for a, p in zip(ablations, repairs, strict=True)
@@ -304,5 +341,5 @@ def task_explorer(
     tokenizer, source = load_tokenizer(dict(model_entry), tokenizer_dir)
     data["vocab"] = vocabulary(tokenizer, _used_ids(data["heads"]))
     data["tokenizer"] = source
-    write_text(out, page.explorer_html(data))
+    write_text(out, page.explorer_html(data, page.TASK_FIELD_LABELS))
     return data

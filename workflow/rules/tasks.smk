@@ -285,6 +285,7 @@ rule task_explorer:
     input:
         unpack(model_input),
         prompts="results/{model}/tasks/{task}/prompts.zarr",
+        metric="results/{model}/tasks/{task}/metric.json",
         heads=lambda w: task_paths(w, "ablation/{a}.zarr"),
         summaries=lambda w: task_paths(w, "summary/{a}.zarr"),
         intervals=lambda w: task_paths(w, "intervals/{a}.zarr"),

@@ -20,5 +20,6 @@ with logged(snakemake.log[0], snakemake):
         tokens_per_head=int(params.tokens_per_head),
         context=int(params.context),
         out=snakemake.output.html,
+        metric=inputs.metric,
         tokenizer_dir=inputs.get("model_dir"),
     )
