@@ -182,6 +182,50 @@ def test_clicked_head_shows_the_stores_numbers_and_context(finished_run, browser
     assert errors == [], errors
 
 
+def test_task_page_names_its_partner_sign_and_colours(finished_run, browser, tmp_path):
+    """A task page (issue 36): the corrupted prompt named as the partner (not 'resample partner
+    row N'), none under mean; the metric's drop (clean - ablated, the figures' sign) per answer
+    and in one set of summary rows over the answers; the clean metric; a colour legend."""
+    run, _ = finished_run
+    results = run / "results"
+    task = results / MODEL / "tasks" / "induction"
+    summary = open_zarr(task / "summary" / "corrupted.zarr")
+    grid = summary["mean_self_repair"].values
+    layer, head = np.unravel_index(np.nanargmax(grid), grid.shape)
+    requested: list[str] = []
+    page, errors = offline_page(browser, requested)
+    page.goto((results / "explorer" / "tasks" / "induction" / f"{MODEL}.html").as_uri())
+    legend = page.inner_text("#legend")
+    assert "negative" in legend and "positive" in legend
+    clean = json.loads((task / "metric.json").read_text())
+    info = page.inner_text("#task")
+    assert f"mean {clean['label']} {clean['mean']:.3g}" in info
+    assert ("does not solve this task" in info) == (clean["top1"] < 0.5)
+    page.click(f"#cell-{layer}-{head}")
+    assert page.inner_text("#head-title").startswith(f"L{layer}H{head}, corrupted")
+    drop = page.locator('#summary tr[data-field="mean_metric_drop"]')
+    assert "clean − ablated" in drop.inner_text()
+    assert number(drop.locator("td.value").inner_text()) == pytest.approx(
+        -float(summary["mean_logit_diff"].values[layer, head]), rel=1e-3
+    )
+    assert page.locator('#summary tr[data-field^="top_self_repair"]').count() == 0
+    first = page.locator("#top-de .entry").first
+    row, pos = int(first.get_attribute("data-row")), int(first.get_attribute("data-pos"))
+    partner = first.locator(".partner").inner_text()
+    assert partner.startswith("corrupted prompt") and "resample" not in partner
+    ablated = open_zarr(task / "ablation" / "corrupted.zarr")
+    at = np.flatnonzero((ablated.prompt.values == row) & (ablated.position.values == pos))
+    expected = -float(ablated["logit_diff"].values[layer, head, at[0]])
+    meta = first.locator(".meta").inner_text()
+    assert number(meta.split("metric drop (clean − ablated) ")[1]) == pytest.approx(
+        expected, rel=1e-3, abs=1e-6
+    )
+    shot(page, tmp_path, "explorer-task-head.png")
+    page.select_option("#ablation", "mean")
+    assert page.locator("#top-de .entry .partner").count() == 0
+    assert requested == [] and errors == []
+
+
 def test_the_network_guard_catches_a_request(browser):
     """The guard the tests above rely on: a page that asks for a remote file is caught."""
     requested: list[str] = []

@@ -44,6 +44,7 @@ def test_headline_leads_with_the_unsolved_task(tmp_path):
     title = headline("m", "mine", "corrupted", path)
     assert title.startswith("The clean model does not solve this task (answer top-1 1%")
     assert "m on mine, corrupted ablation" in title
+    assert title.count("top-1") == 1  # said once
     write_json(path, {**NUMBERS, "top1": 0.8})
     assert headline("m", "mine", "corrupted", path).startswith("m on mine, corrupted ablation")
 

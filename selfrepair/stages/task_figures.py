@@ -48,10 +48,8 @@ def headline(model: str, task: str, ablation: str, metric: str | os.PathLike) ->
     numbers: dict[str, Any] = read_json(metric)
     note = unsolved_note(numbers)
     text = f"{note[0].upper()}{note[1:]}. " if note else ""
-    text += (
-        f"{model} on {task}, {ablation} ablation. Clean: mean {numbers['label']} "
-        f"{numbers['mean']:.3g}, answer top-1 {numbers['top1']:.0%}"
-    )
+    text += f"{model} on {task}, {ablation} ablation. Clean: mean {numbers['label']} "
+    text += f"{numbers['mean']:.3g}" + ("" if note else f", answer top-1 {numbers['top1']:.0%}")
     if "above_counterfactual" in numbers:
         text += f", above counterfactual {numbers['above_counterfactual']:.0%}"
     return text
