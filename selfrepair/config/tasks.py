@@ -15,6 +15,7 @@ from selfrepair.config.models import missing_head, model_dims
 __all__ = [
     "check_task_prompts",
     "check_tasks",
+    "model_context",
     "task_heads",
     "task_models",
     "task_tokenizer_dir",
@@ -95,6 +96,23 @@ def task_tokenizer_dir(entry: dict[str, Any], tokenizers: dict[str, Any]) -> str
     return entry.get("path")
 
 
+def model_context(config: dict[str, Any], entry: dict[str, Any]) -> int | None:
+    """A model's context in positions as the config knows it before any job: a trained
+    model's (train.n_ctx, else data.seq_len), a `path` model's config.json; None for the hub's
+    (task_clean checks it once the model is loaded)."""
+    import json
+
+    from selfrepair.config.memory import CONTEXT_KEYS
+
+    if "train" in entry:
+        return int(entry["train"].get("n_ctx") or config["data"]["seq_len"])
+    cfg_file = Path(entry["path"], "config.json") if entry.get("path") else None
+    if cfg_file is None or not cfg_file.is_file():
+        return None
+    hf = json.loads(cfg_file.read_text(encoding="utf-8"))
+    return next((hf[k] for k in CONTEXT_KEYS if isinstance(hf.get(k), int)), None)
+
+
 def check_task_prompts(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
     """Every task's prompts made with each of its models' tokenizers that exist before any job
     (hub and path models', a trained model's once its tokenizer is trained; the task's job
@@ -118,7 +136,11 @@ def check_task_prompts(config: dict[str, Any], entries: dict[str, dict[str, Any]
             tokenizer, _ = load_tokenizer(entry, folder)
             try:
                 build_task(
-                    config["tasks"][name], tokenizer, config["seed"], special_ids(tokenizer)[0]
+                    config["tasks"][name],
+                    tokenizer,
+                    config["seed"],
+                    special_ids(tokenizer)[0],
+                    model_context(config, entry),
                 )
             except TaskError as err:
                 raise ConfigError(f"config key tasks.{name} ({model}'s tokenizer): {err}") from None
