@@ -108,6 +108,27 @@ def test_a_missing_prompts_file_says_it_does_not_exist(run):
     assert "UTF-8" not in out
 
 
+def test_a_prompts_file_beyond_max_prompts_stops_the_dry_run(run):
+    """Sized before any job from the file's line count: 20,001 lines against the default
+    10,000; n_prompts of a generated task against its own max_prompts."""
+    (run / "prompts.jsonl").write_text((json.dumps(GOOD[0]) + "\n") * 20_001)
+    proc = _smk(run, "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "rule " not in proc.stdout
+    assert (
+        "config key tasks.mine.file: prompts.jsonl has 20,001 prompts, more than "
+        "tasks.mine.max_prompts (10,000): every prompt is a row of every task job" in out
+    )
+    config = yaml.safe_load((run / "mine.yaml").read_text())
+    config["tasks"]["ind"] = {"type": "induction", "n_prompts": 50, "max_prompts": 40}
+    _write(run / "prompts.jsonl", GOOD)
+    (run / "mine.yaml").write_text(yaml.safe_dump(config))
+    proc = _smk(run, "-n")
+    assert "config key tasks.ind.n_prompts: 50 prompts, more than tasks.ind.max_prompts (40)" in (
+        proc.stdout + proc.stderr
+    )
+
+
 BAD = [
     {**GOOD[0], "corrupted": "Then, Mary went"},
     {**GOOD[1], "answer": " Exception"},

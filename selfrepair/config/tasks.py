@@ -34,17 +34,43 @@ def task_heads(spec: dict[str, Any]) -> list[tuple[str, list]]:
     return lists + [(f"roles.{role}", heads) for role, heads in spec["roles"].items()]
 
 
+def _check_size(key: str, spec: dict[str, Any]) -> None:
+    """The task's prompts within tasks.<name>.max_prompts (a file's lines counted, not parsed)."""
+    from selfrepair.tasks.jsonl import count_prompts, missing_file
+
+    limit = spec.get("max_prompts", 10000)
+    if spec["type"] != "prompts":
+        n = spec["n_prompts"]
+        what = f"{key}.n_prompts: {n:,} prompts"
+    elif missing_file(spec["file"]) is None:
+        n = count_prompts(spec["file"])
+        what = f"{key}.file: {spec['file']} has {n:,} prompts"
+    else:
+        return  # read_prompt_lines says it does not exist
+    if n > limit:
+        raise ConfigError(
+            f"config key {what}, more than {key}.max_prompts ({limit:,}): every "
+            "prompt is a row of every task job (each ablation runs every head on each); use "
+            f"fewer prompts, or raise {key}.max_prompts if the run is meant to be that large"
+        )
+
+
 def _check_file(key: str, spec: dict[str, Any]) -> None:
-    from selfrepair.tasks import TaskError, has_corrupted, has_counterfactuals
+    from selfrepair.tasks import TaskError, read_prompt_lines
 
     if spec["type"] == "prompts" and not spec.get("file"):
         raise ConfigError(f"config key {key}.file: a prompts task needs its JSONL file")
     if spec["type"] != "prompts" and spec.get("file"):
         raise ConfigError(f"config key {key}.file: only a prompts task reads a file")
-    try:
-        counterfactuals, corrupted = has_counterfactuals(spec), has_corrupted(spec)
+    _check_size(key, spec)
+    try:  # the file read once (has_counterfactuals and has_corrupted would read it twice)
+        lines = read_prompt_lines(spec["file"]) if spec["type"] == "prompts" else None
     except TaskError as err:
         raise ConfigError(f"config key {key}.file: {err}") from None
+    counterfactuals = (
+        spec["type"] == "ioi" if lines is None else all(x.counterfactual for x in lines)
+    )
+    corrupted = lines is None or all(x.corrupted for x in lines)
     if spec["metric"] == "logit_diff" and not counterfactuals:
         raise ConfigError(
             f"config key {key}.metric: logit_diff needs a counterfactual answer for every prompt "

@@ -17,6 +17,7 @@ __all__ = [
     "FIELDS",
     "PromptLine",
     "bad_lines",
+    "count_prompts",
     "file_prompts",
     "missing_file",
     "read_prompt_lines",
@@ -65,6 +66,13 @@ def missing_file(path: str | Path) -> str | None:
     what = "is a folder, not a file" if path.is_dir() else "does not exist"
     where = "" if path.is_absolute() else f" (a relative path is read from {Path.cwd()})"
     return f"{path}: the prompts file {what}{where}; give its path"
+
+
+def count_prompts(path: str | Path) -> int:
+    """The non-blank lines of a file, counted without parsing them (a task's size before any
+    job; missing_file first)."""
+    with Path(path).open("rb") as handle:
+        return sum(1 for line in handle if line.strip())
 
 
 def bad_lines(path: str | Path, problems: list[str], n_lines: int) -> TaskError:
