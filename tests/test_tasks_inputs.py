@@ -87,6 +87,30 @@ def test_editing_the_prompts_file_or_the_model_folder_plans_the_rerun(run):
     assert "reason: Updated input files: ckpt/tokenizer_config.json" in _planned(run)
 
 
+def test_editing_a_text_corpus_file_plans_the_tokenize_rerun(run):
+    """data.corpus.files are inputs of tokenize: a dry run after editing one plans it."""
+    (run / "corpus.txt").write_text("Mary and John went to the store.\n")
+    config = yaml.safe_load((run / "mine.yaml").read_text())
+    config["data"] = {"corpus": {"source": "text_files", "files": ["corpus.txt"]}}
+    (run / "mine.yaml").write_text(yaml.safe_dump(config))
+    tokens = run / "results" / "rand" / "tokens.zarr"
+    tokens.mkdir(parents=True)
+    later = os.stat(run / "corpus.txt").st_mtime + 10
+    os.utime(tokens, (later, later))
+
+    def planned() -> str:
+        configs = ("config/demo.yaml", ".test/config/config.yaml", "mine.yaml")
+        proc = snakemake("-n", "--cores", "1", "results/rand/tokens.zarr", "--rerun-triggers", "mtime",
+                         "--configfile", *configs, cwd=run, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-2000:]
+        return proc.stdout
+
+    assert "Nothing to be done" in planned()
+    (run / "corpus.txt").write_text("John and Mary went to the store.\n")
+    os.utime(run / "corpus.txt", (later + 10, later + 10))
+    assert "reason: Updated input files: corpus.txt" in planned()
+
+
 def test_a_path_folder_without_its_tokenizer_stops_the_dry_run(run):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (run / "ckpt" / name).unlink()
