@@ -175,6 +175,26 @@ def test_every_bad_line_stops_the_run_before_any_job(run):
     assert "prompts.jsonl:3" not in out
 
 
+def test_a_trained_models_prompts_are_checked_before_it_trains(run):
+    """A real run on a demo model (no tokenizer before the run): task_prompts needs only the
+    trained tokenizer, so it fails, naming every bad line, before train_model runs."""
+    lines = [{"prompt": "import", "answer": " Exception"}, {"prompt": "def", "answer": " zqxjv"}]
+    _write(run / "prompts.jsonl", lines)
+    config = yaml.safe_load((run / "mine.yaml").read_text())
+    config["tasks"]["mine"]["models"] = ["tiny-gpt2"]
+    (run / "mine.yaml").write_text(yaml.safe_dump(config))
+    configs = ("config/demo.yaml", ".test/config/config.yaml", "mine.yaml")
+    proc = snakemake("--cores", "1", "results/tiny-gpt2/tasks/mine/clean.zarr", "--configfile",
+                     *configs, cwd=run, timeout=600)  # fmt: skip
+    assert proc.returncode != 0
+    log = (run / "results/logs/task_prompts/tiny-gpt2/mine.log").read_text()
+    assert "prompts.jsonl: 2 of 2 prompts cannot be used; fix every line below:" in log
+    assert "prompts.jsonl:1: answer ' Exception' is " in log
+    assert "prompts.jsonl:2: answer ' zqxjv' is " in log
+    assert (run / "resources/tokenizers/stdlib-bpe").is_dir()
+    assert not (run / "resources/models/tiny-gpt2").exists()
+
+
 def test_the_check_command_reports_every_bad_line(run):
     def check(file: str, model: str = "rand") -> subprocess.CompletedProcess:
         return subprocess.run(
