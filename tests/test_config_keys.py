@@ -67,7 +67,7 @@ def _covered(schema_key: str, keys: set[str]) -> bool:
 
 
 @functools.cache
-def _tokenizer():
+def path_tokenizer():
     """A byte-level BPE of at most 300 tokens: a `path` folder needs its tokenizer."""
     from transformers import GPT2TokenizerFast
 
@@ -81,7 +81,7 @@ def _tokenizer():
 
 def checkpoint(path: Path, seed: int) -> str:
     build_model("gpt2", 300, 2, 16, 2, 16, seed=seed).save_pretrained(str(path))
-    _tokenizer().save_pretrained(str(path))
+    path_tokenizer().save_pretrained(str(path))
     return str(path)
 
 
