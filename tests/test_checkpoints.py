@@ -72,6 +72,7 @@ def test_hub_revisions_and_local_checkpoints(tmp_path):
         (tmp_path / name / "config.json").write_text(
             json.dumps({"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox"})
         )
+        (tmp_path / name / "tokenizer.json").write_text("{}")  # a path folder needs one
     local = {
         "name": "mine",
         "path": str(tmp_path / "b"),
@@ -116,6 +117,7 @@ def test_steps_must_be_known_distinct_and_before_the_final(tmp_path):
     (tmp_path / "config.json").write_text(
         json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
     )
+    (tmp_path / "tokenizer.json").write_text("{}")  # a path folder needs one
     ckpt = {"step": 5, "path": str(tmp_path)}
     message = _error([{"name": "m", "path": str(tmp_path), "checkpoints": [ckpt]}])
     assert "config key models[m].step" in message

@@ -5,6 +5,7 @@ new key cannot be tested only through the function under it (a unit test that ca
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -65,8 +66,22 @@ def _covered(schema_key: str, keys: set[str]) -> bool:
     return any(re.fullmatch(pattern, key) for key in keys)
 
 
+@functools.cache
+def path_tokenizer():
+    """A byte-level BPE of at most 300 tokens: a `path` folder needs its tokenizer."""
+    from transformers import GPT2TokenizerFast
+
+    from selfrepair.data.tokenizer import SPECIAL, byte_level_bpe
+
+    backend = byte_level_bpe(["x = 1, y = 2, z = 3"] * 20, 300, [SPECIAL], min_frequency=2)
+    return GPT2TokenizerFast(
+        tokenizer_object=backend, bos_token=SPECIAL, eos_token=SPECIAL, unk_token=SPECIAL
+    )
+
+
 def checkpoint(path: Path, seed: int) -> str:
     build_model("gpt2", 300, 2, 16, 2, 16, seed=seed).save_pretrained(str(path))
+    path_tokenizer().save_pretrained(str(path))
     return str(path)
 
 
@@ -174,7 +189,12 @@ def every_key_config(tmp: Path) -> dict:
                 "length": 4,
                 "ablations": ["corrupted", "resample", "zero"],
             },
-            "t-file": {"type": "prompts", "file": prompts_file(tmp), "models": ["m-path"]},
+            "t-file": {
+                "type": "prompts",
+                "file": prompts_file(tmp),
+                "models": ["m-path"],
+                "max_prompts": 100,
+            },
         },
         "mechanisms": {
             "neurons": {

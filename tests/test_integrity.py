@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import link_project, snakemake
-from test_config_keys import every_key_config
+from test_config_keys import every_key_config, path_tokenizer
 
 import selfrepair.config.places as places
 from selfrepair.models.builders import build_model
@@ -238,6 +238,7 @@ def pickled_checkpoint(folder: Path) -> Path:
 
     model = build_model("gpt2", 300, 2, 16, 2, 16, seed=0)
     model.save_pretrained(str(folder))
+    path_tokenizer().save_pretrained(str(folder))  # a path folder needs its tokenizer
     (folder / "model.safetensors").unlink()
     torch.save(dict(model.state_dict()) | {"x": argparse.Namespace()}, folder / "pytorch_model.bin")
     return folder

@@ -59,12 +59,13 @@ def test_ci_overlay_changes_only_the_models_and_the_path():
 
 @pytest.fixture
 def llama_7b_folder(tmp_path) -> Path:
-    """A run directory whose resources/llama-7b-hf holds Llama-7B's own config.json (no
-    weights: nothing here loads them)."""
+    """A run directory whose resources/llama-7b-hf holds Llama-7B's own config.json and an
+    empty tokenizer.model (no weights: nothing here loads them)."""
     link_project(tmp_path, test_configs=False)
     folder = tmp_path / "resources" / "llama-7b-hf"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(offline_hub.LLAMA_7B))
+    (folder / "tokenizer.model").write_text("")  # its SentencePiece model, never read here
     return folder
 
 
@@ -90,6 +91,7 @@ def test_dry_run_plans_the_papers_run_with_llama_7b(llama_7b_folder):
 
 def test_dry_run_without_the_weights_folder_names_the_key(llama_7b_folder):
     (llama_7b_folder / "config.json").unlink()
+    (llama_7b_folder / "tokenizer.model").unlink()
     llama_7b_folder.rmdir()
     run = llama_7b_folder.parents[1]
     proc = snakemake("-n", "--cores", "1", "--configfile", "config/paper-llama.yaml", cwd=run,

@@ -50,7 +50,8 @@ def test_snakemake_stops_on_an_unknown_task_type(tmp_path):
 def test_snakemake_stops_on_a_prompt_line_without_an_answer(tmp_path):
     path = _jsonl(tmp_path, [{"prompt": "a", "answer": " b"}, {"prompt": "c"}])
     out = dry_run(tmp_path, {"mine": {"type": "prompts", "file": path, "ablations": ["zero"]}})
-    assert f'config key tasks.mine.file: {path}:2: no "answer"' in out
+    assert f"config key tasks.mine.file: {path}: 1 of 2 prompts cannot be used" in out
+    assert f'  {path}:2: no "answer"' in out
 
 
 def test_snakemake_stops_on_logit_diff_without_counterfactuals(tmp_path):
@@ -120,7 +121,7 @@ def test_prompts_are_checked_with_each_tokenizer_before_any_job(tmp_path):
         config, entries = _path_run(tmp_path, {"mine": {"type": "prompts", "file": path}})
         config["tasks"]["mine"].update(metric="correct_logit", ablations=["zero"])
         with pytest.raises(
-            ConfigError, match=f"config key tasks.mine \\(m's tokenizer\\): .*{message}"
+            ConfigError, match=f"(?s)config key tasks.mine \\(m's tokenizer\\): .*{message}"
         ):
             check_task_prompts(config, entries)
     config, entries = _path_run(tmp_path, {"ioi": {"type": "ioi", "n_prompts": 4}})

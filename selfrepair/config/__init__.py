@@ -84,7 +84,7 @@ from selfrepair.config.targets import (
     other_models,
     target_with_pick,
 )
-from selfrepair.config.tasks import task_models
+from selfrepair.config.tasks import model_context, task_models
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -139,6 +139,7 @@ __all__ = [
     "shard_bounds",
     "storage_table",
     "target_with_pick",
+    "model_context",
     "task_models",
     "top_ablation_bytes",
     "top_count",

@@ -11,6 +11,7 @@ from selfrepair.config.checkpoints import check_checkpoints, checkpoint_models
 from selfrepair.config.checks import check_machine, check_run
 from selfrepair.config.errors import ConfigError, describe_validation_error, validation_error_from
 from selfrepair.config.hub import check_hub_access
+from selfrepair.config.inputs import check_path_tokenizers
 from selfrepair.config.models import (
     check_hub_names,
     model_entries,
@@ -52,6 +53,7 @@ def validate_run(config: dict[str, Any], schema: str | Path = SCHEMA) -> dict[st
     entries = model_entries(config)
     check_hub_names(entries)
     check_run(config, entries)
+    check_path_tokenizers(entries)
     check_tasks(config, entries)
     check_checkpoints(entries)
     check_output_places(config, entries | checkpoint_models(entries))

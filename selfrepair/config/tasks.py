@@ -15,6 +15,7 @@ from selfrepair.config.models import missing_head, model_dims
 __all__ = [
     "check_task_prompts",
     "check_tasks",
+    "model_context",
     "task_heads",
     "task_models",
     "task_tokenizer_dir",
@@ -33,17 +34,43 @@ def task_heads(spec: dict[str, Any]) -> list[tuple[str, list]]:
     return lists + [(f"roles.{role}", heads) for role, heads in spec["roles"].items()]
 
 
+def _check_size(key: str, spec: dict[str, Any]) -> None:
+    """The task's prompts within tasks.<name>.max_prompts (a file's lines counted, not parsed)."""
+    from selfrepair.tasks.jsonl import count_prompts, missing_file
+
+    limit = spec.get("max_prompts", 10000)
+    if spec["type"] != "prompts":
+        n = spec["n_prompts"]
+        what = f"{key}.n_prompts: {n:,} prompts"
+    elif missing_file(spec["file"]) is None:
+        n = count_prompts(spec["file"])
+        what = f"{key}.file: {spec['file']} has {n:,} prompts"
+    else:
+        return  # read_prompt_lines says it does not exist
+    if n > limit:
+        raise ConfigError(
+            f"config key {what}, more than {key}.max_prompts ({limit:,}): every "
+            "prompt is a row of every task job (each ablation runs every head on each); use "
+            f"fewer prompts, or raise {key}.max_prompts if the run is meant to be that large"
+        )
+
+
 def _check_file(key: str, spec: dict[str, Any]) -> None:
-    from selfrepair.tasks import TaskError, has_corrupted, has_counterfactuals
+    from selfrepair.tasks import TaskError, read_prompt_lines
 
     if spec["type"] == "prompts" and not spec.get("file"):
         raise ConfigError(f"config key {key}.file: a prompts task needs its JSONL file")
     if spec["type"] != "prompts" and spec.get("file"):
         raise ConfigError(f"config key {key}.file: only a prompts task reads a file")
-    try:
-        counterfactuals, corrupted = has_counterfactuals(spec), has_corrupted(spec)
+    _check_size(key, spec)
+    try:  # the file read once (has_counterfactuals and has_corrupted would read it twice)
+        lines = read_prompt_lines(spec["file"]) if spec["type"] == "prompts" else None
     except TaskError as err:
         raise ConfigError(f"config key {key}.file: {err}") from None
+    counterfactuals = (
+        spec["type"] == "ioi" if lines is None else all(x.counterfactual for x in lines)
+    )
+    corrupted = lines is None or all(x.corrupted for x in lines)
     if spec["metric"] == "logit_diff" and not counterfactuals:
         raise ConfigError(
             f"config key {key}.metric: logit_diff needs a counterfactual answer for every prompt "
@@ -95,6 +122,23 @@ def task_tokenizer_dir(entry: dict[str, Any], tokenizers: dict[str, Any]) -> str
     return entry.get("path")
 
 
+def model_context(config: dict[str, Any], entry: dict[str, Any]) -> int | None:
+    """A model's context in positions as the config knows it before any job: a trained
+    model's (train.n_ctx, else data.seq_len), a `path` model's config.json; None for the hub's
+    (task_clean checks it once the model is loaded)."""
+    import json
+
+    from selfrepair.config.memory import CONTEXT_KEYS
+
+    if "train" in entry:
+        return int(entry["train"].get("n_ctx") or config["data"]["seq_len"])
+    cfg_file = Path(entry["path"], "config.json") if entry.get("path") else None
+    if cfg_file is None or not cfg_file.is_file():
+        return None
+    hf = json.loads(cfg_file.read_text(encoding="utf-8"))
+    return next((hf[k] for k in CONTEXT_KEYS if isinstance(hf.get(k), int)), None)
+
+
 def check_task_prompts(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
     """Every task's prompts made with each of its models' tokenizers that exist before any job
     (hub and path models', a trained model's once its tokenizer is trained; the task's job
@@ -118,7 +162,11 @@ def check_task_prompts(config: dict[str, Any], entries: dict[str, dict[str, Any]
             tokenizer, _ = load_tokenizer(entry, folder)
             try:
                 build_task(
-                    config["tasks"][name], tokenizer, config["seed"], special_ids(tokenizer)[0]
+                    config["tasks"][name],
+                    tokenizer,
+                    config["seed"],
+                    special_ids(tokenizer)[0],
+                    model_context(config, entry),
                 )
             except TaskError as err:
                 raise ConfigError(f"config key tasks.{name} ({model}'s tokenizer): {err}") from None

@@ -39,7 +39,15 @@ ROWS = ("tokens", "corrupted", "scored", "counter", "baseline", "length", "text"
 
 
 def task_prompts(
-    *, task: str, spec: dict, model: dict, seed: int, out: str, attrs: dict, tokenizer_dir=None
+    *,
+    task: str,
+    spec: dict,
+    model: dict,
+    seed: int,
+    out: str,
+    attrs: dict,
+    tokenizer_dir=None,
+    n_ctx: int | None = None,
 ) -> TaskPrompts:
     """Rule task_prompts: a task's prompts made with the model's own tokenizer, as a store of
     the padded rows (tokens, corrupted, scored, counter, baseline, length, text, info_*).
@@ -51,14 +59,16 @@ def task_prompts(
         seed: the run's seed.
         out: the store to write (results/<model>/tasks/<task>/prompts.zarr).
         attrs: the rule's provenance attributes.
-        tokenizer_dir: a trained model's checkpoint folder (its tokenizer), else the model's own.
+        tokenizer_dir: a trained model's tokenizer folder, a path model's folder, else None (hub).
+        n_ctx: the model's context, when the config knows it (config.model_context): a longer
+            prompt is refused here, naming its file:line, before any model job.
     """
     from selfrepair.data.tokens import load_tokenizer, special_ids
     from selfrepair.tasks import TaskError, build_task
 
     tokenizer, source = load_tokenizer(model, tokenizer_dir)
     try:
-        prompts = build_task(spec, tokenizer, seed, special_ids(tokenizer)[0])
+        prompts = build_task(spec, tokenizer, seed, special_ids(tokenizer)[0], n_ctx)
     except TaskError as err:
         raise ConfigError(f"config key tasks.{task} ({model['name']}'s tokenizer): {err}") from None
     dims = {"tokens": ("prompt", "tok"), "corrupted": ("prompt", "tok"), "length": ("prompt",)}
@@ -99,9 +109,12 @@ def _model_for(job: ModelJob, task: str, prompts: TaskPrompts):
     model = job.model()
     width = prompts.tokens.shape[1]
     if width - 1 > model.cfg.n_ctx:
+        longest = int(np.argmax(prompts.length))
         raise ConfigError(
-            f"config key tasks.{task}: its rows of {width} tokens exceed the context of "
-            f"{job.entry['name']} ({model.cfg.n_ctx}); make the prompts shorter (length)"
+            f"config key tasks.{task}: its rows of up to {width} tokens exceed the context of "
+            f"{job.entry['name']} ({model.cfg.n_ctx} positions), e.g. prompt {longest} "
+            f"({prompts.text[longest][:60]!r}); shorten the prompts of its file to at most "
+            f"{model.cfg.n_ctx - 1} tokens (an induction task: lower length)"
         )
     return model
 

@@ -43,7 +43,9 @@ def has_corrupted(spec: dict[str, Any]) -> bool:
     return True
 
 
-def build_task(spec: dict[str, Any], tokenizer: Any, seed: int, bos_id: int) -> TaskPrompts:
+def build_task(
+    spec: dict[str, Any], tokenizer: Any, seed: int, bos_id: int, n_ctx: int | None = None
+) -> TaskPrompts:
     """The task's prompts for one model's tokenizer.
 
     Args:
@@ -51,6 +53,8 @@ def build_task(spec: dict[str, Any], tokenizer: Any, seed: int, bos_id: int) -> 
         tokenizer: the model's tokenizer (Hugging Face).
         seed: the run's seed.
         bos_id: the id every row starts with (and padding takes).
+        n_ctx: the model's context in positions, when known: rows longer are refused (a
+            prompts file's each with its file:line).
     """
     kind = spec["type"]
     if kind == "ioi":
@@ -58,8 +62,14 @@ def build_task(spec: dict[str, Any], tokenizer: Any, seed: int, bos_id: int) -> 
     elif kind == "induction":
         prompts = induction_prompts(tokenizer, spec["n_prompts"], spec["length"], seed, bos_id)
     elif kind == "prompts":
-        prompts = file_prompts(tokenizer, read_prompt_lines(spec["file"]), bos_id)
+        prompts = file_prompts(tokenizer, read_prompt_lines(spec["file"]), bos_id, n_ctx)
     else:
         raise TaskError(f"unknown task type {kind!r}: choose one of {', '.join(TASK_TYPES)}")
+    if n_ctx is not None and prompts.tokens.shape[1] - 1 > n_ctx:
+        fix = "lower length" if kind == "induction" else "use a model with a longer context"
+        raise TaskError(
+            f"its rows of {prompts.tokens.shape[1]} tokens exceed the model's context of "
+            f"{n_ctx} positions; {fix}"
+        )
     prompts.attrs.update(task_type=kind, seed=seed, bos_id=bos_id, pad_id=bos_id)
     return prompts

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir).parent))
 
 import selfrepair.config as sr_config  # noqa: E402
 import selfrepair.config.figures as sr_figures  # noqa: E402
+import selfrepair.config.inputs as sr_inputs  # noqa: E402
 from selfrepair.plots import captions  # noqa: E402
 from selfrepair.stages import records as sr_records  # noqa: E402
 
@@ -66,8 +67,29 @@ def checkpoint_path(model):
 
 
 def model_input(wildcards):
+    """A model job's local folder, and every file in it when the config names the folder (a
+    `path`), so that editing a file there reruns what read it (Snakemake tracks a folder by
+    its own mtime only)."""
     path = checkpoint_path(wildcards.model)
-    return {"model_dir": path} if path else {}
+    if not path:
+        return {}
+    files = sr_inputs.model_folder_files(ENTRIES[wildcards.model])
+    return {"model_dir": path} | ({"model_files": files} if files else {})
+
+
+def task_tokenizer_input(wildcards):
+    """task_prompts' tokenizer: a trained model's trained tokenizer folder (so that its prompts
+    are checked right after train_tokenizer, before the model trains), else the model's own
+    folder (model_input; none for a hub model)."""
+    entry = ENTRIES[wildcards.model]
+    if "train" in entry:
+        return {"tokenizer": f"resources/tokenizers/{entry['train']['tokenizer']}"}
+    return model_input(wildcards)
+
+
+def task_file_input(wildcards):
+    """The file a task reads (a prompts task's JSONL), if any."""
+    return sr_inputs.task_files(TASKS[wildcards.task])
 
 
 def shard_bounds(wildcards):

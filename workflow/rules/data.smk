@@ -5,6 +5,10 @@ CHECKPOINT_KEYS = "|".join(re.escape(m) for m in CHECKPOINTS) or "(?!)"
 
 
 rule train_tokenizer:
+    input:
+        corpus_files=lambda w: sr_inputs.corpus_files(
+            config["tokenizers"][w.tokenizer]["corpus"]
+        ),
     output:
         tokenizer=directory("resources/tokenizers/{tokenizer}"),
     log:
@@ -23,6 +27,9 @@ rule train_tokenizer:
 rule train_model:
     input:
         tokenizer=lambda w: f"resources/tokenizers/{MODELS[w.model]['train']['tokenizer']}",
+        corpus_files=lambda w: sr_inputs.corpus_files(
+            config["tokenizers"][MODELS[w.model]["train"]["tokenizer"]]["corpus"]
+        ),
     output:
         checkpoint=directory("resources/models/{model}"),
         metrics="results/{model}/training.json",
@@ -49,6 +56,7 @@ rule train_model:
 rule tokenize:
     input:
         unpack(model_input),
+        corpus_files=sr_inputs.corpus_files(DATA["corpus"]),
     output:
         tokens=directory("results/{model}/tokens.zarr"),
     log:

@@ -6,21 +6,26 @@
 # the task's first ablation, and an explorer page. Per-token stores keep the answer positions.
 
 
+# Its tokenizer only (a trained model's trained tokenizer), and first among the jobs ready: every
+# line is checked before any model trains or runs.
 rule task_prompts:
     input:
-        unpack(model_input),
+        unpack(task_tokenizer_input),
+        prompts_file=task_file_input,
     output:
         prompts=directory("results/{model}/tasks/{task}/prompts.zarr"),
     log:
         "results/logs/task_prompts/{model}/{task}.log",
     benchmark:
         "results/benchmarks/task_prompts/{model}/{task}.tsv"
+    priority: 50
     conda:
         "../../envs/engine.yaml"
     params:
         spec=lambda w: TASKS[w.task],
         model=model_entry,
         seed=config["seed"],
+        n_ctx=lambda w: sr_config.model_context(config, ENTRIES[w.model]),
         attrs=task_attrs,
     script:
         "../scripts/task_prompts.py"

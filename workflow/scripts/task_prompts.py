@@ -11,5 +11,6 @@ with logged(snakemake.log[0], snakemake):
         seed=int(snakemake.params.seed),
         out=snakemake.output.prompts,
         attrs=dict(snakemake.params.attrs),
-        tokenizer_dir=snakemake.input.get("model_dir"),
+        tokenizer_dir=snakemake.input.get("model_dir") or snakemake.input.get("tokenizer"),
+        n_ctx=snakemake.params.n_ctx,
     )
