@@ -12,6 +12,9 @@ import selfrepair.config.figures as sr_figures  # noqa: E402
 from selfrepair.plots import captions  # noqa: E402
 from selfrepair.stages import records as sr_records  # noqa: E402
 
+# --config key={...}: Snakemake keeps the values inside a dictionary strings ("false"); read them
+# as a config file would before the schema sees them.
+sr_config.type_config_overrides(config, workflow.config_settings.config or {})
 # The schema (filling in its defaults), then the checks it cannot make: one line naming the key.
 MODELS = sr_config.validate_run(
     config, Path(workflow.basedir) / "schemas" / "config.schema.yaml"
@@ -350,6 +353,14 @@ def all_outputs():
     outputs += mechanism_outputs() + repair_outputs() + atp_outputs()
     outputs += expand("results/explorer/{model}.html", model=MODELS)
     return outputs + task_outputs() + ["results/explorer/index.html"]
+
+
+def named_outputs(name):
+    """The outputs of `all` that the named target `name` builds (Snakefile): every figure
+    (pdf, png), every table (results/tables/ and the tasks' backup tables, csv and html), or
+    every explorer page."""
+    outputs = all_outputs() + training_outputs()
+    return [path for path in outputs if sr_config.named_target_of(path) == name]
 
 
 # --- who repairs whom -----------------------------------------------------------------------

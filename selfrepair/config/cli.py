@@ -1,0 +1,88 @@
+"""What the command line adds to a run: the named targets (Snakefile: tasks, figures, tables,
+explorer), and the typed values of `--config` dictionaries, which Snakemake leaves as strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+FIGURE_SUFFIXES = (".pdf", ".png")
+TABLE_SUFFIXES = (".csv", ".html")
+
+
+def named_target_of(path: str) -> str | None:
+    """The named target that builds the output `path` of `all`: "figures" (a pdf or png),
+    "explorer" (a page under results/explorer/), "tables" (a csv or html under a tables/
+    folder), or None (a store, a record: only `all` names it)."""
+    if path.endswith(FIGURE_SUFFIXES):
+        return "figures"
+    if path.startswith("results/explorer/"):
+        return "explorer"
+    if "/tables/" in path and path.endswith(TABLE_SUFFIXES):
+        return "tables"
+    return None
+
+
+def yaml_scalar(text: str) -> Any:
+    """A string as YAML reads it when it is a boolean, a number or null ("false" -> False,
+    "3" -> 3, "1.5e-3" -> 0.0015); any other string unchanged."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return text
+
+
+def typed_value(value: Any) -> Any:
+    """A dictionary or list as `--config` gives it, with its strings read by yaml_scalar."""
+    if isinstance(value, dict):
+        return {key: typed_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [typed_value(item) for item in value]
+    if isinstance(value, str):
+        return yaml_scalar(value)
+    return value
+
+
+def type_config_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Give the merged config the typed values of the `--config` entries (in place).
+
+    Snakemake reads a `--config key=value` value as an int, a float or a boolean, else with
+    YAML's BaseLoader, which keeps every value inside a dictionary or list a string:
+    `engine={"attribution": false}` arrives as {"attribution": "false"}, which the schema
+    refuses ("'false' is not of type 'boolean'"). A string the config still holds where the
+    entry put it is read as YAML would read it in a config file; top-level strings stay (Snakemake
+    has already tried the number and boolean readings).
+
+    Args:
+        config: the workflow config, the config files and `--config` merged by Snakemake.
+        overrides: the `--config` entries alone, as Snakemake parsed them.
+    """
+    for key, value in overrides.items():
+        if isinstance(value, (dict, list)):
+            _type_nested(config, key, value)
+
+
+def _type_nested(parent: dict[str, Any], key: str, value: Any) -> None:
+    current = parent.get(key)
+    if isinstance(value, dict) and isinstance(current, dict):
+        for name, item in value.items():
+            _type_nested(current, name, item)
+    elif current == value:
+        parent[key] = typed_value(value)
+
+
+def substitute_announcements(
+    figure_targets: dict[str, Any], mechanism_targets: dict[str, list[Any]], planned: set[str]
+) -> list[str]:
+    """The lines the run prints before its first job, one per figure target showing a
+    substitute whose figure this run builds: the targets (FigureTarget) by their figure's rule
+    name, as figure_targets and mechanism_targets give them, and the names of the planned jobs'
+    rules. A run building none of these figures (`snakemake tasks`, a finished run) prints none.
+    """
+    targets = [t for rule, t in figure_targets.items() if rule in planned]
+    targets += [t for rule, ts in mechanism_targets.items() if rule in planned for t in ts]
+    return [f"{t.key}: {t.announcement()}" for t in targets if t.substituted]
