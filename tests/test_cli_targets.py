@@ -129,3 +129,26 @@ def test_a_run_building_no_figure_names_no_substitute(finished_run, tmp_path):
     assert "rule task_backups:" in proc.stderr + proc.stdout
     assert "The planned jobs take" in proc.stderr  # the onstart ran
     assert not re.search(r"^(fig\d|mechanisms\.)", proc.stderr, re.MULTILINE)
+
+
+def test_report_without_the_runs_configfile_says_so(tmp_path):
+    # results/ of a reduced-demo run (its model folders), reported with config/config.yaml.
+    run = link_project(tmp_path)
+    for folder in ("tiny-gpt2/summary", "tiny-pythia", "explorer"):
+        (run / "results" / folder).mkdir(parents=True)
+    proc = snakemake("--report", "report.zip", cwd=run, timeout=600)
+    assert proc.returncode != 0
+    assert "Missing metadata" not in proc.stderr
+    assert (
+        "snakemake --report: results/ holds tiny-gpt2, tiny-pythia, which config/config.yaml "
+        "(no --configfile) does not name, and lacks pythia-160m"
+    ) in proc.stderr
+    assert "--configfile config/demo.yaml" in proc.stderr
+
+
+def test_report_config_problem_only_when_other_models_are_there():
+    problem = sr_config.report_config_problem
+    assert problem(["a"], ["a", "a@step1"], ["a", "a@step1", "tables"], []) is None
+    assert problem(["a", "b"], ["a", "b"], ["a", "explorer"], ["x.yaml"]) is None  # b not run
+    message = problem(["a"], ["a"], ["c", "figures"], ["x.yaml", "y.yaml"])
+    assert message.startswith("snakemake --report: results/ holds c, which x.yaml y.yaml does")

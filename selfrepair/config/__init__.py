@@ -20,6 +20,7 @@ from selfrepair.config.checkpoints import (
 from selfrepair.config.checks import check_run
 from selfrepair.config.cli import (
     named_target_of,
+    report_config_problem,
     substitute_announcements,
     type_config_overrides,
 )
@@ -93,6 +94,7 @@ from selfrepair.config.tasks import task_models
 
 __all__ = [
     "named_target_of",
+    "report_config_problem",
     "substitute_announcements",
     "type_config_overrides",
     "CHECKPOINT_DIR",

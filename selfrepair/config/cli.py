@@ -86,3 +86,32 @@ def substitute_announcements(
     targets = [t for rule, t in figure_targets.items() if rule in planned]
     targets += [t for rule, ts in mechanism_targets.items() if rule in planned for t in ts]
     return [f"{t.key}: {t.announcement()}" for t in targets if t.substituted]
+
+
+# results/ folders that are no model's (results/<model>/ holds a model's stores).
+SHARED_RESULTS = frozenset({"explorer", "figures", "tables", "logs", "benchmarks"})
+
+
+def report_config_problem(
+    models: list[str], entries: list[str], folders: list[str], configfiles: list[str]
+) -> str | None:
+    """The one-line refusal of `snakemake --report` when results/ holds another run's models:
+    some of this config's models have no results/<model>/ while other models' folders are
+    there (the run's --configfile is missing or another's); None when the config fits.
+
+    Args:
+        models: the config's models (MODELS); entries: with their checkpoints (ENTRIES).
+        folders: the names of the folders in results/.
+        configfiles: the config files Snakemake read (empty: only config/config.yaml).
+    """
+    present = set(folders) - SHARED_RESULTS
+    missing = [m for m in models if m not in present]
+    others = sorted(present - set(entries))
+    if not missing or not others:
+        return None
+    given = " ".join(configfiles) or "config/config.yaml (no --configfile)"
+    return (
+        f"snakemake --report: results/ holds {', '.join(others)}, which {given} does not name, "
+        f"and lacks {', '.join(missing)}, which it does: give the run's config files, e.g. "
+        "snakemake --report report.zip --configfile config/demo.yaml"
+    )

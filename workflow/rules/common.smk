@@ -26,6 +26,22 @@ MODELS = sr_config.validate_run(
 CHECKPOINTS = sr_config.checkpoint_models(MODELS)
 ENTRIES = MODELS | CHECKPOINTS
 
+# --report with another run's config (config/config.yaml when --configfile is left out): say so
+# in one line before Snakemake warns of every file's missing metadata.
+if "--report" in {a.split("=")[0] for a in sys.argv}:
+    problem = sr_config.report_config_problem(
+        list(MODELS),
+        list(ENTRIES),
+        (
+            [p.name for p in Path("results").iterdir() if p.is_dir()]
+            if Path("results").is_dir()
+            else []
+        ),
+        [str(f) for f in workflow.config_settings.configfiles],
+    )
+    if problem:
+        raise sr_config.ConfigError(problem)
+
 
 DATA = config["data"]
 ENGINE = config["engine"]
