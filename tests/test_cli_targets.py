@@ -152,3 +152,21 @@ def test_report_config_problem_only_when_other_models_are_there():
     assert problem(["a", "b"], ["a", "b"], ["a", "explorer"], ["x.yaml"]) is None  # b not run
     message = problem(["a"], ["a"], ["c", "figures"], ["x.yaml", "y.yaml"])
     assert message.startswith("snakemake --report: results/ holds c, which x.yaml y.yaml does")
+
+
+def test_report_params_print_readably_without_the_caption():
+    from selfrepair.config.cli import readable
+
+    params = {
+        "runs": [["tiny-gpt2", "resample"], ["tiny-pythia", "mean"]],
+        "idealised_from": None,
+        "heads": [],
+        "top_fraction": 0.02,
+        "target": {"key": "fig03", "pick": {"n": 4}, "flag": True},
+        "caption": "**Measured.** Model: tiny-gpt2.",
+    }
+    assert sr_config.readable_params(params) == (
+        "runs: tiny-gpt2 resample, tiny-pythia mean; idealised_from: none; heads: none; "
+        "top_fraction: 0.02; target: key fig03, pick (n 4), flag true"
+    )
+    assert readable("**Measured.** x") == "Measured. x"

@@ -20,6 +20,7 @@ from selfrepair.config.checkpoints import (
 from selfrepair.config.checks import check_run
 from selfrepair.config.cli import (
     named_target_of,
+    readable_params,
     report_config_problem,
     substitute_announcements,
     type_config_overrides,
@@ -94,6 +95,7 @@ from selfrepair.config.tasks import task_models
 
 __all__ = [
     "named_target_of",
+    "readable_params",
     "report_config_problem",
     "substitute_announcements",
     "type_config_overrides",

@@ -115,3 +115,39 @@ def report_config_problem(
         f"and lacks {', '.join(missing)}, which it does: give the run's config files, e.g. "
         "snakemake --report report.zip --configfile config/demo.yaml"
     )
+
+
+# The report's "job parameters" panel: the params a job's script reads, but for its caption,
+# which the report shows rendered above the panel.
+HIDDEN_PARAMS = frozenset({"caption"})
+
+
+def readable(value: Any, nested: bool = False) -> str:
+    """A rule's param as the report's panel prints it: lists joined with commas (a list of
+    lists: its items' words, e.g. "tiny-gpt2 resample, tiny-pythia resample"), mappings as
+    "key value" pairs (in parentheses inside another), None and empty lists as "none", numbers
+    short (0.05, 65536), markdown's ** dropped."""
+    if value is None or value in ([], (), {}):
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str):
+        return value.replace("**", "")
+    if isinstance(value, dict):
+        text = ", ".join(f"{key} {readable(item, True)}" for key, item in value.items())
+        return f"({text})" if nested else text
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(item, (list, tuple)) for item in value):
+            return ", ".join(" ".join(readable(part, True) for part in item) for item in value)
+        return ", ".join(readable(item, True) for item in value)
+    return str(value)
+
+
+def readable_params(params: Any, omit_keys: Any = None, omit_values: Any = None) -> str:
+    """A job's params as the report's panel prints them ("name: value; ..."), the caption left
+    out: in place of Snakemake's format_dict (str() of each value), in --report runs only."""
+    omit = HIDDEN_PARAMS | set(omit_keys or ())
+    shown = [(name, value) for name, value in params.items() if name not in omit]
+    return "; ".join(f"{name}: {readable(value)}" for name, value in shown)

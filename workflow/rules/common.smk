@@ -29,6 +29,11 @@ ENTRIES = MODELS | CHECKPOINTS
 # --report with another run's config (config/config.yaml when --configfile is left out): say so
 # in one line before Snakemake warns of every file's missing metadata.
 if "--report" in {a.split("=")[0] for a in sys.argv}:
+    # Snakemake's report prints each job's params with str() (raw lists, None and the caption's
+    # markdown, which it already shows rendered): print them readably, the caption left out.
+    from snakemake import logging as snakemake_logging
+
+    snakemake_logging.format_dict = sr_config.readable_params
     problem = sr_config.report_config_problem(
         list(MODELS),
         list(ENTRIES),
