@@ -122,7 +122,7 @@ def test_a_run_building_no_figure_names_no_substitute(finished_run, tmp_path):
     shutil.copytree(run / "results", copy / "results", ignore=timed)
     shutil.copytree(run / "resources", copy / "resources")
     proc = snakemake(
-        "tasks", "--forcerun", "task_backups", "--cores", "1", "--rerun-triggers", "mtime",
+        "results/tiny-gpt2/tasks/induction/tables/backup_heads.csv", "--forcerun", "task_backups", "--cores", "1", "--rerun-triggers", "mtime",
         "--configfile", *configs, cwd=Path(copy), timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
