@@ -7,6 +7,9 @@ from typing import Any
 
 import yaml
 
+__all__ = ["named_target_of", "readable", "readable_params", "report_config_problem"]
+__all__ += ["substitute_announcements", "type_config_overrides", "typed_value", "yaml_scalar"]
+
 FIGURE_SUFFIXES = (".pdf", ".png")
 TABLE_SUFFIXES = (".csv", ".html")
 
