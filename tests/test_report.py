@@ -85,6 +85,11 @@ def test_demo_run_builds_a_report_with_every_figure_and_the_table(finished_run):
     assert "System Message" not in page, page[page.find("System Message") - 300 :][:600]
     # The overview lists the models readably: name and where the weights come from.
     assert "<strong>tiny-gpt2</strong>: trained here (gpt2 architecture" in page
+    # The "job parameters" panels: readable, without the caption the panel's figure shows.
+    params = re.findall(r'"params": *"((?:[^"\\]|\\.)*)"', page)
+    assert any(text.startswith("runs: tiny-gpt2 resample, tiny-gpt2 mean") for text in params)
+    for text in params:
+        assert not any(raw in text for raw in ("[[", "['", "None", "**", "caption")), text
     # Every figure has its caption, stating what was measured; the demo's substitutes say so.
     assert page.count("Measured.") >= len(FIGURES) + 2  # + the table's two files
     # The task figures and tables, their captions stating the clean model on the task.

@@ -18,6 +18,13 @@ from selfrepair.config.checkpoints import (
     keeps_every_token,
 )
 from selfrepair.config.checks import check_run
+from selfrepair.config.cli import (
+    named_target_of,
+    readable_params,
+    report_config_problem,
+    substitute_announcements,
+    type_config_overrides,
+)
 from selfrepair.config.cluster import (
     mem_mb_for_attempt,
     model_resources,
@@ -87,6 +94,11 @@ from selfrepair.config.targets import (
 from selfrepair.config.tasks import model_context, task_models
 
 __all__ = [
+    "named_target_of",
+    "readable_params",
+    "report_config_problem",
+    "substitute_announcements",
+    "type_config_overrides",
     "CHECKPOINT_DIR",
     "MAX_SHARDS",
     "SCHEMA",

@@ -14,7 +14,7 @@ from selfrepair.config.errors import ConfigError
 from selfrepair.config.storage import NO_MODEL, PARTS, STAGES, estimate_storage
 
 __all__ = ["check_storage", "describe_parts", "human", "known_total", "part_totals"]
-__all__ += ["storage_table"]
+__all__ += ["shown_total", "storage_table"]
 
 
 def human(n: int) -> str:
@@ -47,7 +47,21 @@ def describe_parts(estimate: dict[tuple[str, str, str], int | None]) -> str:
     for (_, _, part), size in estimate.items():
         sizes.setdefault(part, []).append(size)
     totals = {part: known_total(sizes[part]) for part in PARTS if part in sizes}
-    return ", ".join(f"{names[p]} {bound}{human(n)}" for p, (n, bound) in totals.items())
+    return ", ".join(f"{names[p]} {shown_total(n, bound)}" for p, (n, bound) in totals.items())
+
+
+def shown_total(size: int, bound: str) -> str:
+    """A total as the table prints it: "unknown" when no part of it is known (not "at least
+    0 B"), else its lower bound or size, e.g. "at least 3.0 GB", "25.1 MB"."""
+    return "unknown" if bound and not size else bound + human(size)
+
+
+# Printed under the table when a task's size is unknown: a prompts file's prompts are counted
+# and tokenized only by its task_prompts job.
+TASKS_UNKNOWN = (
+    "  (tasks unknown: a prompts task's stores are sized once task_prompts has tokenized its "
+    "prompts; the totals leave them out)"
+)
 
 
 def storage_table(
@@ -56,8 +70,10 @@ def storage_table(
     """The estimate as a short table: a line per (model, stage) writing something (its parts
     together), in the DAG's order, a line per model and the total by part."""
     total, bound = known_total(estimate.values())
+    amount = "about " + human(total) if not bound else shown_total(total, bound)
+    amount = "an unknown amount" if amount == "unknown" else amount
     lines = [
-        f"The planned jobs take {bound or 'about '}{human(total)} on disk in {block}-byte blocks "
+        f"The planned jobs take {amount} on disk in {block}-byte blocks "
         f"({describe_parts(estimate)}; an upper bound, engine.store_tokens: {store_tokens}):"
     ]
     rows: dict[tuple[str, str], list[int | None]] = {}
@@ -71,12 +87,14 @@ def storage_table(
         mine |= {s: (0, "unknown") for (m, s), b in rows.items() if m == model and None in b}
         for stage in sorted(mine, key=lambda s: order.get(s, len(order))):
             size, unknown = mine[stage]
-            shown = "unknown" if unknown and not size else unknown + human(size)
+            shown = shown_total(size, unknown)
             lines.append(f"  {model:<{width}}  {stage:<12} {shown:>17}")
         if len(mine) > 1:
             part, part_bound = known_total(sum((rows[model, s] for s in mine), []))
-            lines.append(f"  {model:<{width}}  {'(model)':<12} {part_bound + human(part):>17}")
-    lines.append(f"  {'total':<{width}}  {'':<12} {bound + human(total):>17}")
+            lines.append(f"  {model:<{width}}  {'(model)':<12} {shown_total(part, part_bound):>17}")
+    lines.append(f"  {'total':<{width}}  {'':<12} {shown_total(total, bound):>17}")
+    if any(stage == "tasks" and None in sizes for (_, stage), sizes in rows.items()):
+        lines.append(TASKS_UNKNOWN)
     return "\n".join(lines)
 
 

@@ -13,6 +13,9 @@ import selfrepair.config.inputs as sr_inputs  # noqa: E402
 from selfrepair.plots import captions  # noqa: E402
 from selfrepair.stages import records as sr_records  # noqa: E402
 
+# --config key={...}: Snakemake keeps the values inside a dictionary strings ("false"); read them
+# as a config file would before the schema sees them.
+sr_config.type_config_overrides(config, workflow.config_settings.config or {})
 # The schema (filling in its defaults), then the checks it cannot make: one line naming the key.
 MODELS = sr_config.validate_run(
     config, Path(workflow.basedir) / "schemas" / "config.schema.yaml"
@@ -23,6 +26,27 @@ MODELS = sr_config.validate_run(
 # ENTRIES: every model key's entry (MODELS: the models themselves).
 CHECKPOINTS = sr_config.checkpoint_models(MODELS)
 ENTRIES = MODELS | CHECKPOINTS
+
+# --report with another run's config (config/config.yaml when --configfile is left out): say so
+# in one line before Snakemake warns of every file's missing metadata.
+if "--report" in {a.split("=")[0] for a in sys.argv}:
+    # Snakemake's report prints each job's params with str() (raw lists, None and the caption's
+    # markdown, which it already shows rendered): print them readably, the caption left out.
+    from snakemake import logging as snakemake_logging
+
+    snakemake_logging.format_dict = sr_config.readable_params
+    problem = sr_config.report_config_problem(
+        list(MODELS),
+        list(ENTRIES),
+        (
+            [p.name for p in Path("results").iterdir() if p.is_dir()]
+            if Path("results").is_dir()
+            else []
+        ),
+        [str(f) for f in workflow.config_settings.configfiles],
+    )
+    if problem:
+        raise sr_config.ConfigError(problem)
 
 
 DATA = config["data"]
@@ -372,6 +396,14 @@ def all_outputs():
     outputs += mechanism_outputs() + repair_outputs() + atp_outputs()
     outputs += expand("results/explorer/{model}.html", model=MODELS)
     return outputs + task_outputs() + ["results/explorer/index.html"]
+
+
+def named_outputs(name):
+    """The outputs of `all` that the named target `name` builds (Snakefile): every figure
+    (pdf, png), every table (results/tables/ and the tasks' backup tables, csv and html), or
+    every explorer page."""
+    outputs = all_outputs() + training_outputs()
+    return [path for path in outputs if sr_config.named_target_of(path) == name]
 
 
 # --- who repairs whom -----------------------------------------------------------------------
