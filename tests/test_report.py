@@ -42,6 +42,7 @@ from selfrepair.config.figures import TASK_FIGURES
 from selfrepair.engine.clean import decomposition_error
 from selfrepair.stages.joblog import missing_provenance
 from selfrepair.stages.store import open_zarr
+from selfrepair.stages.tasks import TOKENIZER_ONLY
 
 ROOT = Path(__file__).resolve().parents[1]
 slow = pytest.mark.slow
@@ -258,7 +259,11 @@ def test_every_store_records_the_full_provenance(finished_run):
         assert missing_provenance(attrs) == [], path
         model = path.relative_to(results).parts[0]
         assert attrs["model"] == attrs["model_entry"]["name"] == model, path
-        assert attrs["model_revision"].startswith("sha256:"), path  # a trained checkpoint
+        if path.name == "prompts.zarr":  # made from the tokenizer alone, before training
+            assert attrs["model_revision"] == TOKENIZER_ONLY, path
+            assert attrs["tokenizer_revision"].startswith("sha256:"), path
+        else:
+            assert attrs["model_revision"].startswith("sha256:"), path  # a trained checkpoint
         assert "seconds" not in attrs, path
     tokens = {p.parent.name: open_zarr(p).attrs for p in results.glob("*/tokens.zarr")}
     for model, attrs in tokens.items():

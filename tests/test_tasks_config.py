@@ -129,6 +129,11 @@ def test_prompts_are_checked_with_each_tokenizer_before_any_job(tmp_path):
     few = gpt2_checkpoint(tmp_path / "few", ioi_tokenizer(vocab_size=300, n_names=3))
     with pytest.raises(ConfigError, match=r"tasks.ioi \(m's tokenizer\): .*IOI needs at least 5"):
         check_task_prompts(config, {"m": {"name": "m", "path": few}})
+    # A run whose planned jobs serve no task (a resumed run of other targets) is not stopped
+    # by a task it does not build; one that builds it is.
+    check_task_prompts(config, {"m": {"name": "m", "path": few}}, tasks=set())
+    with pytest.raises(ConfigError, match=r"tasks.ioi"):
+        check_task_prompts(config, {"m": {"name": "m", "path": few}}, tasks={"ioi"})
 
 
 def test_the_ioi_config_plans_the_task_beside_the_paper_path():

@@ -3,7 +3,7 @@ the schema cannot make) and check_before_jobs when the workflow starts (machine 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,10 @@ def validate_run(config: dict[str, Any], schema: str | Path = SCHEMA) -> dict[st
 
 
 def check_before_jobs(
-    config: dict[str, Any], entries: dict[str, dict[str, Any]], local_exec: bool
+    config: dict[str, Any],
+    entries: dict[str, dict[str, Any]],
+    local_exec: bool,
+    tasks: Collection[str] | None = None,
 ) -> None:
     """The checks that need the machine or the hub, after planning and before the first job
     (the Snakefile's onstart): device/dtype only when the jobs run here (on a cluster the login
@@ -72,12 +75,14 @@ def check_before_jobs(
         config: the validated workflow config.
         entries: its model entries (validate_run's result).
         local_exec: whether the jobs run on this machine (workflow.local_exec).
+        tasks: the tasks the planned jobs serve (None: every task): a run that builds no job of
+            a task (e.g. a resumed run of other targets) is not stopped by its prompts.
     """
     if local_exec:
         check_machine(config)
     check_local_weights(entries)
     check_hub_access(config, entries)
-    check_task_prompts(config, entries)
+    check_task_prompts(config, entries, tasks)
 
 
 def check_local_weights(entries: dict[str, dict[str, Any]]) -> None:

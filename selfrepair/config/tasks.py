@@ -6,6 +6,7 @@ problem in one line naming the key or file:line and the fix. No heavy imports at
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,11 @@ def model_context(config: dict[str, Any], entry: dict[str, Any]) -> int | None:
     return next((hf[k] for k in CONTEXT_KEYS if isinstance(hf.get(k), int)), None)
 
 
-def check_task_prompts(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
+def check_task_prompts(
+    config: dict[str, Any],
+    entries: dict[str, dict[str, Any]],
+    tasks: Collection[str] | None = None,
+) -> None:
     """Every task's prompts made with each of its models' tokenizers that exist before any job
     (hub and path models', a trained model's once its tokenizer is trained; the task's job
     makes the same check otherwise): ConfigError naming the task, the model and the fix.
@@ -147,6 +152,7 @@ def check_task_prompts(config: dict[str, Any], entries: dict[str, dict[str, Any]
     Args:
         config: the validated workflow config.
         entries: its model entries.
+        tasks: the tasks to check (None: every task of the config).
     """
     if not config["tasks"]:
         return
@@ -154,6 +160,8 @@ def check_task_prompts(config: dict[str, Any], entries: dict[str, dict[str, Any]
     from selfrepair.tasks import TaskError, build_task
 
     for name, models in task_models(config, entries).items():
+        if tasks is not None and name not in tasks:
+            continue
         for model in models:
             entry = entries[model]
             folder = task_tokenizer_dir(entry, config.get("tokenizers") or {})

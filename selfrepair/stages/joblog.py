@@ -23,6 +23,7 @@ __all__ = [
     "NoSpaceLeft",
     "logged",
     "missing_provenance",
+    "files_digest",
     "model_revision",
     "package_versions",
     "provenance",
@@ -204,20 +205,26 @@ def missing_provenance(attrs: dict[str, Any]) -> list[str]:
     return [key for key in PROVENANCE_KEYS if key not in attrs]
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def files_digest(paths: list[Path]) -> str:
+    """sha256:<hex> of the files' names and bytes, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:  # in blocks: Llama-7B's largest shard is 10 GB
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
 def model_revision(name: str, checkpoint: str | None) -> str:
     """What exactly was loaded: the hub commit of the cached snapshot, or a hash of a local
     checkpoint's weight files ("unknown" when the hub cache does not say)."""
     if checkpoint is not None:
-        digest = hashlib.sha256()
-        weights = sorted(
-            p for p in Path(checkpoint).iterdir() if p.suffix in (".safetensors", ".bin", ".pt")
-        )
-        for path in weights:
-            digest.update(path.name.encode())
-            with path.open("rb") as handle:  # in blocks: Llama-7B's largest shard is 10 GB
-                for block in iter(lambda: handle.read(1 << 24), b""):
-                    digest.update(block)
-        return f"sha256:{digest.hexdigest()}" if weights else "unknown"
+        weights = [p for p in Path(checkpoint).iterdir() if p.suffix in WEIGHT_SUFFIXES]
+        return files_digest(weights) if weights else "unknown"
     from huggingface_hub import try_to_load_from_cache
 
     from selfrepair.config import ConfigError, official_model_name

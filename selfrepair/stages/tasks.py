@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,7 +16,7 @@ import xarray as xr
 
 from selfrepair.analysis.tasks import clean_metric, scored_tokens
 from selfrepair.config import ConfigError
-from selfrepair.stages.joblog import model_revision, provenance
+from selfrepair.stages.joblog import files_digest, model_revision, provenance
 from selfrepair.stages.records import write_json
 from selfrepair.stages.store import open_zarr, write_zarr
 from selfrepair.tasks import TaskPrompts
@@ -35,6 +36,9 @@ __all__ = [
 
 log = logging.getLogger("selfrepair")
 
+# The model_revision of a trained model's prompts store: made from the tokenizer alone (its
+# files' digest is the store's tokenizer_revision), before the weights exist.
+TOKENIZER_ONLY = "none: made from the tokenizer alone (tokenizer_revision)"
 ROWS = ("tokens", "corrupted", "scored", "counter", "baseline", "length", "text")
 
 
@@ -78,6 +82,13 @@ def task_prompts(
     data |= {f"info_{k}": ("prompt", v) for k, v in prompts.info.items()}
     own = {**prompts.attrs, "tokenizer": source, "vocab_size": len(tokenizer)}
     revision = model_revision(model.get("name"), tokenizer_dir)
+    if revision == "unknown" and tokenizer_dir is not None:
+        # A trained model's prompts are made from its tokenizer alone, before it trains (so that
+        # bad prompts stop the run early): they record the tokenizer's files, not the weights.
+        revision = TOKENIZER_ONLY
+        own["tokenizer_revision"] = files_digest(
+            [p for p in Path(tokenizer_dir).iterdir() if p.is_file()]
+        )
     ds = xr.Dataset(data, attrs=provenance(**{**attrs, **own, "model_revision": revision}))
     write_zarr(ds, out)
     log.info("%d prompts of up to %d tokens", *prompts.tokens.shape)
