@@ -4,7 +4,6 @@ byte for byte."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import re
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from selfrepair.config import merged_config as merged
 from selfrepair.config.figures import run_figures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,17 +116,6 @@ def load_file(path: str) -> dict:
 def load_test(name: str) -> dict:
     """.test/config/<name>, parsed."""
     return yaml.safe_load((TEST_CONFIG / name).read_text())
-
-
-def merged(base: dict, extra: dict) -> dict:
-    """Snakemake's --configfile merge: mappings key by key, everything else replaced."""
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merged(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def reduced_demo_config() -> dict:

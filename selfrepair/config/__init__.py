@@ -77,6 +77,7 @@ from selfrepair.config.run import (
     SCHEMA,
     check_before_jobs,
     check_planned_outputs,
+    merged_config,
     validate_run,
 )
 from selfrepair.config.storage import estimate_storage, top_ablation_bytes
@@ -155,6 +156,7 @@ __all__ = [
     "task_models",
     "top_ablation_bytes",
     "top_count",
+    "merged_config",
     "validate_run",
     "validation_error_from",
 ]

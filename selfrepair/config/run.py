@@ -3,6 +3,7 @@ the schema cannot make) and check_before_jobs when the workflow starts (machine 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,28 @@ from selfrepair.config.models import (
 from selfrepair.config.places import check_output_places, output_outside
 from selfrepair.config.tasks import check_task_prompts, check_tasks
 
-__all__ = ["SCHEMA", "check_before_jobs", "check_planned_outputs", "validate_run"]
+__all__ = [
+    "SCHEMA",
+    "check_before_jobs",
+    "check_planned_outputs",
+    "merged_config",
+    "validate_run",
+]
 
 # The workflow's config schema, beside the package in the repository (workflow/schemas).
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def merged_config(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Snakemake's --configfile merge: mappings key by key, everything else (lists too)
+    replaced."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged_config(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def validate_run(config: dict[str, Any], schema: str | Path = SCHEMA) -> dict[str, dict[str, Any]]:

@@ -11,30 +11,20 @@ its tokens. Exit status 0 when every line is good, 1 otherwise."""
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["check_file", "main", "merge"]
+__all__ = ["check_file", "main"]
 
 DEFAULT_CONFIG = "config/config.yaml"
 
 
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Snakemake's --configfile merge: mappings key by key, everything else replaced."""
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def _config(files: list[str]) -> dict[str, Any]:
+    from selfrepair.config import merged_config
+
     config: dict[str, Any] = {}
     for name in [DEFAULT_CONFIG, *files]:
         path = Path(name)
@@ -42,7 +32,7 @@ def _config(files: list[str]) -> dict[str, Any]:
             if name == DEFAULT_CONFIG and files:
                 continue
             raise SystemExit(f"config file {name} does not exist (run from the project folder)")
-        config = merge(config, yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        config = merged_config(config, yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     return config
 
 
