@@ -87,7 +87,7 @@ def task_prompts(
         # bad prompts stop the run early): they record the tokenizer's files, not the weights.
         revision = TOKENIZER_ONLY
         own["tokenizer_revision"] = files_digest(
-            [p for p in Path(tokenizer_dir).iterdir() if p.is_file()]
+            [p for p in Path(tokenizer_dir).iterdir() if p.is_file() and p.name[0] != "."]
         )
     ds = xr.Dataset(data, attrs=provenance(**{**attrs, **own, "model_revision": revision}))
     write_zarr(ds, out)
