@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from selfrepair.config.errors import ConfigError
+from selfrepair.config.layout import FROZEN_LN_SUFFIX
 
 __all__ = [
     "ABLATION_FOLDERS",
+    "ABLATION_NAMES",
     "OUTPUT_ROOTS",
     "RESERVED_NAMES",
     "WORKFLOW_FOLDERS",
@@ -37,6 +39,10 @@ RESERVED_NAMES = frozenset({"tables", "figures", "explorer", "logs", "benchmarks
 # which a store's place and identity are read from (stages.integrity). tests/test_integrity.py
 # checks this list against every folder of a dry run's outputs, logs and benchmarks.
 ABLATION_FOLDERS = ("resample", "mean", "zero", "corrupted")
+# The ablations' names as a path names them (ablation/<a>/, summary/<a>.zarr), frozen-LN ones too.
+ABLATION_NAMES = frozenset(
+    {*ABLATION_FOLDERS, *(f"{a}{FROZEN_LN_SUFFIX}" for a in ABLATION_FOLDERS)}
+)
 WORKFLOW_FOLDERS = frozenset(
     {
         *OUTPUT_ROOTS,
@@ -44,8 +50,7 @@ WORKFLOW_FOLDERS = frozenset(
         *("models", "tokenizers"),  # resources/
         *("ablation", "attribution", "atp", "clean", "intervals", "neurons", "norms"),
         *("reinforcement", "sets", "substitutes", "summary", "tasks"),
-        *ABLATION_FOLDERS,
-        *(f"{a}-frozen-ln" for a in ABLATION_FOLDERS),
+        *ABLATION_NAMES,
     }
 )
 

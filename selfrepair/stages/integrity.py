@@ -15,7 +15,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from selfrepair.config.places import ABLATION_FOLDERS
+from selfrepair.config.layout import FROZEN_LN_SUFFIX as FROZEN
+from selfrepair.config.places import ABLATION_NAMES
 
 __all__ = [
     "ARRAY_METADATA_FILES",
@@ -55,9 +56,6 @@ PLACE_ANCHOR = "results"
 # Snakemake puts into each directory() output it has made.
 METADATA_FILES = {".zattrs", ".zgroup", ".zmetadata", ".snakemake_timestamp"}
 ARRAY_METADATA_FILES = {".zarray", ".zattrs"}
-# The ablations' names, as a store's path names them (ablation/<a>/, summary/<a>.zarr).
-FROZEN = "-frozen-ln"
-ABLATION_NAMES = frozenset({*ABLATION_FOLDERS, *(f"{a}{FROZEN}" for a in ABLATION_FOLDERS)})
 
 
 def read_consolidated(path: Path) -> dict[str, dict] | None:
