@@ -27,6 +27,7 @@ __all__ = [
     "chunk_file_problem",
     "metadata_problem",
     "place_problem",
+    "canonical_digest",
     "chunk_record",
     "first_line",
     "identity_problem",
@@ -103,6 +104,11 @@ def _canonical(meta: object) -> bytes:
     return json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
 
 
+def canonical_digest(meta: object) -> str:
+    """SHA-256 (hex) of a JSON value's canonical text (sorted keys, no spaces)."""
+    return hashlib.sha256(_canonical(meta)).hexdigest()
+
+
 def _metadata_files(path: Path) -> dict[str, Path]:
     """Each metadata file of a store by its .zmetadata key (.zgroup, x/.zarray, ...)."""
     files = {name: path / name for name in (".zgroup", ".zattrs") if (path / name).is_file()}
@@ -116,7 +122,7 @@ def _metadata_files(path: Path) -> dict[str, Path]:
 def _digest(key: str, meta: dict) -> str:
     if key == ".zattrs":  # the record is part of the root attributes: hashed without itself
         meta = {k: v for k, v in meta.items() if k != METADATA_DIGESTS}
-    return hashlib.sha256(_canonical(meta)).hexdigest()
+    return canonical_digest(meta)
 
 
 def metadata_record(path: Path) -> dict[str, str]:

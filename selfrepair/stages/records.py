@@ -9,14 +9,13 @@ reads records while it builds the DAG (rules/common.smk: captions and picked hea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from selfrepair.stages.integrity import first_line, place_problem, store_place
+from selfrepair.stages.integrity import canonical_digest, first_line, place_problem, store_place
 
 __all__ = [
     "RECORD",
@@ -39,11 +38,6 @@ class DamagedRecord(ValueError):
     """A JSON record that is not what write_json wrote there: one line naming the file and fix."""
 
 
-def _digest(content: dict[str, Any]) -> str:
-    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 def json_text(content: dict[str, Any], at: str | os.PathLike, indent: int = 1) -> str:
     """The text of a JSON record of `content` written at path `at`: content, plus its digest
     and place under RECORD.
@@ -56,7 +50,7 @@ def json_text(content: dict[str, Any], at: str | os.PathLike, indent: int = 1) -
     if RECORD in content:
         raise ValueError(f"{RECORD} is the record's own key, not content")
     content = json.loads(json.dumps(content))  # as a reader will parse it (tuples, int keys)
-    stamp = {"sha256": _digest(content), "place": store_place(at)}
+    stamp = {"sha256": canonical_digest(content), "place": store_place(at)}
     return json.dumps({**content, RECORD: stamp}, indent=indent) + "\n"
 
 
@@ -77,7 +71,7 @@ def record_problem(path: str | os.PathLike, found: object) -> str | None:
     if not isinstance(stamp, dict) or not isinstance(stamp.get("sha256"), str):
         return "it records no digest of its content (an older workflow or another tool wrote it)"
     content = {k: v for k, v in found.items() if k != RECORD}
-    if stamp["sha256"] != _digest(content):
+    if stamp["sha256"] != canonical_digest(content):
         return "its content is not what was written (its digest differs)"
     problem = place_problem(path, stamp.get("place"))
     return problem.replace("a store copied", "a file copied") if problem else None
