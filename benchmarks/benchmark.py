@@ -50,6 +50,7 @@ from benchmarks.flops import (
     head_unit_flops,
     reference_flops,
 )
+from selfrepair.catalogue import PAPER_MODELS
 from selfrepair.engine.atp import measure_atp
 from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.self_repair import measure_heads
@@ -64,8 +65,8 @@ from selfrepair.reference.atp import reference_atp
 from selfrepair.reference.full_forward import full_forward_measure_heads
 from selfrepair.variables import HEAD_VARIABLES
 
-GPT2_SMALL = dict(
-    n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024
+GPT2_SMALL = PAPER_MODELS["gpt2-small"].shapes.dims(
+    "n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"
 )
 FLOAT32_ATOL = 1e-3  # engine vs reference, absolute, in logits
 ENGINE, ENGINE_TL = "engine (fused blocks)", "engine (TransformerLens blocks)"

@@ -4,12 +4,13 @@ Only matrix products are counted: norms, activations, softmax and the residual a
 FLOPs per element and no part of what a peak matmul rate measures. Causal attention is counted
 as the products a causal kernel needs (query i against keys 0..i); causal=False counts the full
 square that TransformerLens' eager attention multiplies before masking.
-All counts are per sequence of `n_pos` positions; divide by n_pos for per token.
+All counts are per sequence of `n_pos` positions; divide by n_pos for per token. The shapes are
+the package's one shape class, selfrepair.catalogue.Shapes (`Shapes.of(cfg)` of a model).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from selfrepair.catalogue import Shapes
 
 __all__ = [
     "Shapes",
@@ -29,41 +30,6 @@ __all__ = [
     "reference_flops",
     "unembed_flops",
 ]
-
-
-@dataclass(frozen=True)
-class Shapes:
-    n_layers: int
-    d_model: int
-    n_heads: int
-    d_head: int
-    d_mlp: int
-    d_vocab: int
-    n_kv_heads: int | None = None  # grouped-query attention; None means n_heads
-    gated_mlp: bool = False
-    parallel_attn_mlp: bool = False
-    attn_only: bool = False
-
-    @classmethod
-    def of(cls, cfg) -> Shapes:
-        """The shapes of a HookedTransformerConfig."""
-        return cls(
-            n_layers=cfg.n_layers,
-            d_model=cfg.d_model,
-            n_heads=cfg.n_heads,
-            d_head=cfg.d_head,
-            d_mlp=cfg.d_mlp or 0,
-            d_vocab=cfg.d_vocab,
-            n_kv_heads=cfg.n_key_value_heads,
-            gated_mlp=bool(cfg.gated_mlp),
-            parallel_attn_mlp=bool(cfg.parallel_attn_mlp),
-            attn_only=bool(cfg.attn_only),
-        )
-
-    @property
-    def sequential(self) -> bool:
-        """The MLP of a layer reads the stream its own attention wrote (GPT-2, Llama)."""
-        return not (self.parallel_attn_mlp or self.attn_only)
 
 
 def matmul(m: int, k: int, n: int) -> int:

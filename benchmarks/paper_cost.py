@@ -31,43 +31,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import selfrepair.config as sr_config  # noqa: E402
 from benchmarks.flops import Shapes, all_heads, engine_flops, unembed_flops  # noqa: E402
+from selfrepair.catalogue import PAPER_MODELS  # noqa: E402
 from selfrepair.engine.clean import clean_direct_effects  # noqa: E402
 from selfrepair.engine.self_repair import measure_heads  # noqa: E402
 from selfrepair.models.builders import family_config, random_model  # noqa: E402
 
-# The architectures of the paper's models (their Hugging Face configs), for random stand-ins.
+# What a random stand-in takes of a paper model's shapes (the rest: models.builders' defaults,
+# d_head = d_model / n_heads and d_mlp = 4 d_model, as the paper's GPT-2 and Pythia models have).
+BUILDER_DIMS = ("n_layers", "d_model", "n_heads", "d_vocab", "n_ctx")
+
+# The paper's models timed here, as random stand-ins of their architectures (the catalogue's
+# shapes), and those estimated from FLOPs (--estimate), not timed: Llama-7B.
+TIMED = ("gpt2-small", "gpt2-medium", "pythia-160m", "pythia-410m", "pythia-1b")
 ARCHITECTURES = {
-    "gpt2-small": dict(
-        family="gpt2", n_layers=12, d_model=768, n_heads=12, d_vocab=50257, n_ctx=1024
-    ),
-    "gpt2-medium": dict(
-        family="gpt2", n_layers=24, d_model=1024, n_heads=16, d_vocab=50257, n_ctx=1024
-    ),
-    "pythia-160m": dict(
-        family="pythia", n_layers=12, d_model=768, n_heads=12, d_vocab=50304, n_ctx=2048
-    ),
-    "pythia-410m": dict(
-        family="pythia", n_layers=24, d_model=1024, n_heads=16, d_vocab=50304, n_ctx=2048
-    ),
-    "pythia-1b": dict(
-        family="pythia", n_layers=16, d_model=2048, n_heads=8, d_vocab=50304, n_ctx=2048
-    ),
+    name: dict(family=PAPER_MODELS[name].family, **PAPER_MODELS[name].shapes.dims(*BUILDER_DIMS))
+    for name in TIMED
 }
-
-
-# Models estimated from FLOPs (--estimate), not timed: Llama-7B's config.json shapes (32 layers x
-# 32 heads of 128, gated MLP of 11008, vocabulary 32,000; no grouped-query attention).
-ESTIMATED = {
-    "llama-7b": Shapes(
-        n_layers=32,
-        d_model=4096,
-        n_heads=32,
-        d_head=128,
-        d_mlp=11008,
-        d_vocab=32000,
-        gated_mlp=True,
-    ),
-}
+ESTIMATED = {"llama-7b": PAPER_MODELS["llama-7b"].shapes}
 
 
 def shapes_of(name: str) -> Shapes:

@@ -5,6 +5,7 @@ __all__ = [
     "ABLATIONS",
     "CLEAN_SUMMED",
     "HEAD_VARIABLES",
+    "METRIC_LABELS",
     "REPAIR_TOTALS",
     "component_kinds",
     "component_names",
@@ -14,6 +15,12 @@ __all__ = [
 ]
 
 ABLATIONS = ("resample", "mean", "zero")
+
+# A task's metric (tasks.<name>.metric), as the backup table, captions and axis labels name it.
+METRIC_LABELS = {
+    "correct_logit": "correct-token logit",
+    "logit_diff": "logit difference (answer - counterfactual)",
+}
 
 
 def head_label(layer: int, head: int) -> str:

@@ -23,14 +23,23 @@ from helpers import (
     merged,
     reduced_demo_config,
     rule_texts,
+    rule_texts_of,
     snakemake,
 )
 
 import selfrepair.config as sr_config
+from selfrepair.catalogue import Shapes
 from selfrepair.config import disk, storage
 from selfrepair.config.layout import n_predictions, n_shards, predictions, shard_bounds
-from selfrepair.config.models import KNOWN_D_MLP, KNOWN_DIMS
-from selfrepair.config.storage import StoreDims
+
+# Each rule's rules file, as Snakemake gives it with a planned job (job.rule.snakefile).
+RULES = ROOT / "workflow" / "rules"
+RULE_FILES = {rule: smk for smk in RULES.glob("*.smk") for rule in rule_texts_of(smk.name)}
+
+
+def shapes(n_layers: int, n_heads: int, d_mlp: int | None = None) -> Shapes:
+    """What a store's shapes need of a model."""
+    return Shapes(n_layers=n_layers, n_heads=n_heads, d_mlp=d_mlp)
 
 
 def reduced_demo(**engine) -> tuple[dict, dict]:
@@ -46,7 +55,8 @@ def job(rule: str, output: list[str] | dict[str, str], **wildcards) -> SimpleNam
     name, log, benchmark)."""
     name = "/".join([rule, *wildcards.values()])
     return SimpleNamespace(
-        rule=SimpleNamespace(name=rule), wildcards=wildcards, output=output,
+        rule=SimpleNamespace(name=rule, snakefile=str(RULE_FILES[rule])), wildcards=wildcards,
+        output=output,
         log=[f"results/logs/{name}.log"], benchmark=f"results/benchmarks/{name}.tsv",
     )  # fmt: skip
 
@@ -55,7 +65,7 @@ def job(rule: str, output: list[str] | dict[str, str], **wildcards) -> SimpleNam
 
 
 def test_store_formulas_match_hand_computed_numbers_for_a_toy_shape():
-    toy = StoreDims(n_layers=2, n_heads=3, d_mlp=16)  # 6 heads, 6 + 2 + 1 = 9 components
+    toy = shapes(n_layers=2, n_heads=3, d_mlp=16)  # 6 heads, 6 + 2 + 1 = 9 components
     rows, seq_len = 4, 5
     tokens = predictions(rows, seq_len)  # 4 rows x 4 predictions
     assert tokens == 16
@@ -115,7 +125,7 @@ def ablate_job(shard: str, ablation: str = "resample") -> SimpleNamespace:
 
 def test_one_ablate_job_is_its_stores_shapes_and_top_is_smaller():
     rows, tokens = 32, predictions(32, 32)  # a shard: 32 of 64 rows of 32 tokens
-    dims = StoreDims(4, 4, 4 * 32)
+    dims = shapes(4, 4, 4 * 32)
     every = storage.all_ablation_bytes(16, tokens, rows) + storage.repair_sums_bytes(dims)
     config, models = reduced_demo(store_tokens="all")
     for shard in ("000", "001"):
@@ -172,7 +182,7 @@ def test_a_checkpoint_counts_under_its_model_and_figures_as_files_in_blocks():
     estimate = sr_config.estimate_storage(config, models, jobs, block=4096)
     # the checkpoint's 992 tokens (32 rows of 31 predictions; checkpoint_shards: 1), a top of 20
     clean = 4 * (7 + 3) * 992 + 16 * 20 * (4 + 4)  # per token; per head 20 DEs and numbers
-    assert clean == storage.clean_top_bytes(StoreDims(4, 4), predictions(32, 32), 20) == 42_240
+    assert clean == storage.clean_top_bytes(shapes(4, 4), predictions(32, 32), 20) == 42_240
     assert storage.job_data_bytes(config, models, jobs[0]) == clean
     arrays = disk.STORE_ARRAYS["clean_cache", "clean"][0]
     results = {(m, s): b for (m, s, part), b in estimate.items() if part == "results"}
@@ -190,8 +200,7 @@ def test_a_checkpoint_counts_under_its_model_and_figures_as_files_in_blocks():
 
 
 def test_every_rule_has_the_stage_of_its_rules_file():
-    stages = storage.rule_stages()
-    assert set(stages) == set(rule_texts())
+    stages = {rule: storage.stage_of(job(rule, [])) for rule in rule_texts()}
     assert stages["ablate"] == "ablation" and stages["share_tokens"] == "data"
     assert stages["atp"] == "atp" and stages["task_ablate"] == "tasks"
     assert stages["training_self_repair"] == "training" and stages["fig01"] == "figures"
@@ -206,9 +215,9 @@ def test_hub_model_sizes_come_from_the_cache_or_are_unknown(tmp_path, monkeypatc
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     config, _ = reduced_demo()
-    # A paper model: layers and heads from models.KNOWN_DIMS, the MLP width from KNOWN_D_MLP.
-    assert storage.storage_dims({"name": "pythia-160m"}, config) == StoreDims(12, 12, 3072)
-    assert storage.storage_dims({"name": "Llama-7B"}, config) == StoreDims(32, 32, 11008)
+    # A paper model: layers, heads and MLP width from the catalogue.
+    assert storage.storage_dims({"name": "pythia-160m"}, config) == shapes(12, 12, 3072)
+    assert storage.storage_dims({"name": "Llama-7B"}, config) == shapes(32, 32, 11008)
     # Neither known nor cached: unknown, not guessed.
     assert storage.storage_dims({"name": "opt-125m"}, config) is None
     # Cached: the config.json of the hub cache's snapshot.
@@ -219,18 +228,9 @@ def test_hub_model_sizes_come_from_the_cache_or_are_unknown(tmp_path, monkeypatc
     hf = {"model_type": "opt", "num_hidden_layers": 12, "num_attention_heads": 12}
     hf |= {"hidden_size": 768, "ffn_dim": 3072, "vocab_size": 50272}
     (repo / "snapshots" / "abc" / "config.json").write_text(json.dumps(hf))
-    assert storage.storage_dims({"name": "opt-125m"}, config) == StoreDims(12, 12, 3072)
+    assert storage.storage_dims({"name": "opt-125m"}, config) == shapes(12, 12, 3072)
 
 
-def test_every_known_hub_model_has_its_mlp_width():
-    assert set(KNOWN_D_MLP) == set(KNOWN_DIMS)
-    # GPT-2 and Pythia widen the MLP 4x: d_model is 64 per head in these sizes but for
-    # pythia-1b (256 per head) and gpt2-xl (1600 = 25 x 64)
-    assert KNOWN_D_MLP["gpt2-small"] == 4 * 64 * KNOWN_DIMS["gpt2-small"][1]
-    assert KNOWN_D_MLP["pythia-1b"] == 4 * 256 * KNOWN_DIMS["pythia-1b"][1]
-
-
-@pytest.mark.parametrize("store_tokens", ["top", "all"])
 def test_the_neuron_job_writes_both_stores_and_neurons_only_under_all(store_tokens):
     """neuron_effects: selected.zarr (5 float32 per head and token; per head, selection and
     selected token its row, position and score, under `all` both neuron DEs) and

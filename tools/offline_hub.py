@@ -50,12 +50,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from selfrepair.catalogue import PAPER_MODELS  # noqa: E402
+
 DATASET = "NeelNanda/pile-10k"
 EOT = "<|endoftext|>"
 PAD = "<|padding|>"
 
 # The hub's config.json of each model, value for value (GPT-2: gpt2, gpt2-medium; Pythia:
-# EleutherAI/pythia-*, the final checkpoint), by TransformerLens name.
+# EleutherAI/pythia-*, the final checkpoint), by TransformerLens name: a family's fixed values
+# here, its sizes (None here) from the catalogue's shapes (hub_config).
 _GPT2 = {
     "activation_function": "gelu_new",
     "architectures": ["GPT2LMHeadModel"],
@@ -66,8 +69,8 @@ _GPT2 = {
     "initializer_range": 0.02,
     "layer_norm_epsilon": 1e-05,
     "model_type": "gpt2",
-    "n_ctx": 1024,
-    "n_positions": 1024,
+    "n_ctx": None,
+    "n_positions": None,
     "resid_pdrop": 0.1,
     "summary_activation": None,
     "summary_first_dropout": 0.1,
@@ -75,7 +78,7 @@ _GPT2 = {
     "summary_type": "cls_index",
     "summary_use_proj": True,
     "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
-    "vocab_size": 50257,
+    "vocab_size": None,
 }
 _PYTHIA = {
     "architectures": ["GPTNeoXForCausalLM"],
@@ -84,7 +87,7 @@ _PYTHIA = {
     "hidden_act": "gelu",
     "initializer_range": 0.02,
     "layer_norm_eps": 1e-05,
-    "max_position_embeddings": 2048,
+    "max_position_embeddings": None,
     "model_type": "gpt_neox",
     "rotary_emb_base": 10000,
     "rotary_pct": 0.25,
@@ -93,26 +96,33 @@ _PYTHIA = {
     "transformers_version": "4.24.0",
     "use_cache": True,
     "use_parallel_residual": True,
-    "vocab_size": 50304,
+    "vocab_size": None,
 }
+# config.json's key of each catalogue size, by family, in the order the hub's files have the
+# keys the templates above lack.
+_HF_KEYS = {
+    "gpt2": {"n_ctx": "n_ctx", "n_positions": "n_positions", "d_vocab": "vocab_size",
+             "d_model": "n_embd", "n_heads": "n_head", "n_layers": "n_layer"},
+    "pythia": {"n_ctx": "max_position_embeddings", "d_vocab": "vocab_size",
+               "d_model": "hidden_size", "d_mlp": "intermediate_size",
+               "n_heads": "num_attention_heads", "n_layers": "num_hidden_layers"},
+}  # fmt: skip
+_HF_KEYS["llama"] = _HF_KEYS["pythia"]
+
+
+def hub_config(name: str, template: dict) -> dict:
+    """A paper model's config.json: the family's template with the catalogue's sizes."""
+    model = PAPER_MODELS[name]
+    sizes = {key: getattr(model.shapes, size) for size, key in _HF_KEYS[model.family].items()}
+    return {**template, **sizes}
+
+
 MODELS = {
-    "gpt2-small": {**_GPT2, "n_embd": 768, "n_head": 12, "n_layer": 12},
-    "gpt2-medium": {**_GPT2, "n_embd": 1024, "n_head": 16, "n_layer": 24, "n_special": 0},
-    "pythia-160m": {
-        **_PYTHIA,
-        **{"hidden_size": 768, "intermediate_size": 3072},
-        **{"num_attention_heads": 12, "num_hidden_layers": 12},
-    },
-    "pythia-410m": {
-        **_PYTHIA,
-        **{"hidden_size": 1024, "intermediate_size": 4096},
-        **{"num_attention_heads": 16, "num_hidden_layers": 24},
-    },
-    "pythia-1b": {
-        **_PYTHIA,
-        **{"hidden_size": 2048, "intermediate_size": 8192},
-        **{"num_attention_heads": 8, "num_hidden_layers": 16},
-    },
+    "gpt2-small": hub_config("gpt2-small", _GPT2),
+    "gpt2-medium": {**hub_config("gpt2-medium", _GPT2), "n_special": 0},
+    "pythia-160m": hub_config("pythia-160m", _PYTHIA),
+    "pythia-410m": hub_config("pythia-410m", _PYTHIA),
+    "pythia-1b": hub_config("pythia-1b", _PYTHIA),
 }
 # Tokenizer vocabulary sizes: GPT-2 50,257 (<|endoftext|> last); Pythia's GPT-NeoX tokenizer
 # 50,277 (<|endoftext|> 0, <|padding|> 1; the model's 50,304 rows leave padding room).
@@ -124,27 +134,30 @@ GPT2_VOCAB, NEOX_VOCAB = 50257, 50277
 # TransformerLens 3.9 knows this model only as a local checkpoint (llama-7b-hf, weights passed
 # in), so the paper's config loads it by `path` (config/paper-llama.yaml) and its stand-in is a
 # folder, not a hub snapshot.
-LLAMA_7B = {
-    "architectures": ["LlamaForCausalLM"],
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "hidden_act": "silu",
-    "hidden_size": 4096,
-    "initializer_range": 0.02,
-    "intermediate_size": 11008,
-    "max_position_embeddings": 2048,
-    "max_sequence_length": 2048,
-    "model_type": "llama",
-    "num_attention_heads": 32,
-    "num_hidden_layers": 32,
-    "pad_token_id": 0,
-    "rms_norm_eps": 1e-06,
-    "tie_word_embeddings": False,
-    "torch_dtype": "float16",
-    "transformers_version": "4.28.0.dev0",
-    "use_cache": True,
-    "vocab_size": 32000,
-}
+LLAMA_7B = hub_config(
+    "llama-7b",
+    {
+        "architectures": ["LlamaForCausalLM"],
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "hidden_act": "silu",
+        "hidden_size": None,
+        "initializer_range": 0.02,
+        "intermediate_size": None,
+        "max_position_embeddings": None,
+        "max_sequence_length": 2048,
+        "model_type": "llama",
+        "num_attention_heads": None,
+        "num_hidden_layers": None,
+        "pad_token_id": 0,
+        "rms_norm_eps": 1e-06,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float16",
+        "transformers_version": "4.28.0.dev0",
+        "use_cache": True,
+        "vocab_size": None,
+    },
+)
 # The stand-in's reduced widths (write_llama): Llama-7B's 32 layers x 32 heads, RMSNorm, gated
 # SiLU MLP, context and vocabulary, with d_model 256 (d_head 8) and d_mlp 688 (Llama's
 # 11008 / 4096), so a CPU runs it in seconds.
@@ -166,10 +179,9 @@ STANDIN_MARK = "STAND-IN.md"
 
 
 def repo_for(name: str) -> str:
-    """The hub repository TransformerLens loads for a model name (its own alias table)."""
-    from selfrepair.config import official_model_name
-
-    return official_model_name(name)
+    """The hub repository TransformerLens loads for a paper model (the catalogue's official
+    name, TransformerLens' own; tests/test_catalogue.py checks them against its alias table)."""
+    return PAPER_MODELS[name].official
 
 
 def _sha256(path: Path) -> str:

@@ -16,8 +16,7 @@ import pandas as pd
 import xarray as xr
 
 from selfrepair.analysis.attribution import top_repairers
-from selfrepair.plots.captions import METRIC_LABELS
-from selfrepair.variables import head_label
+from selfrepair.variables import METRIC_LABELS, head_label
 
 __all__ = [
     "NO_BACKUP_LAST_LAYER",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from selfrepair.config.memory import ModelSize
+from selfrepair.catalogue import Shapes
 
 __all__ = ["BLOCK", "block_size", "log_bytes", "model_dir_bytes", "on_disk", "store_disk_bytes"]
 __all__ += ["STORE_ARRAYS", "tokenizer_dir_bytes"]
@@ -107,7 +107,7 @@ def tokenizer_dir_bytes(vocab_size: int, block: int = BLOCK) -> int:
     return 2 * block + on_disk(tokenizer_bytes(vocab_size), block) + DIRENT * 3
 
 
-def weights_bytes(size: ModelSize) -> int:
+def weights_bytes(size: Shapes) -> int:
     """model.safetensors in float32: the parameters, every block's biases and LayerNorms, the
     final LayerNorm, and the header naming each tensor."""
     d = size.d_model
@@ -115,7 +115,7 @@ def weights_bytes(size: ModelSize) -> int:
     return 4 * (size.parameters() + biases) + 256 * (32 * size.n_layers + 16)
 
 
-def model_dir_bytes(size: ModelSize, n_kept: int, block: int = BLOCK) -> int:
+def model_dir_bytes(size: Shapes, n_kept: int, block: int = BLOCK) -> int:
     """resources/models/<name> of a trained model: the final weights and, under checkpoints/,
     each kept step's, each with config.json, generation_config.json and the tokenizer's two
     files; training.json and Snakemake's .snakemake_timestamp; every folder."""

@@ -13,11 +13,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from selfrepair.catalogue import Shapes
 from selfrepair.config.cluster import model_resources
 from selfrepair.config.errors import ConfigError
-from selfrepair.config.models import LAYER_KEYS
+from selfrepair.config.models import HEAD_KEYS, LAYER_KEYS
 
-__all__ = ["ModelSize", "check_model_memory", "job_bytes", "model_size"]
+__all__ = ["check_model_memory", "job_bytes", "model_size"]
 
 FLOAT32 = 4
 WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
@@ -25,35 +26,6 @@ MLP_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "d_mlp")
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
 GATED_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "olmoe", "olmo3"})
 LEARNED_POSITION_TYPES = frozenset({"gpt2", "gpt_neo", "opt"})
-
-
-class ModelSize:
-    """Layers, widths, vocabulary and learned positions of a model, as the config knows them."""
-
-    def __init__(
-        self,
-        n_layers: int,
-        d_model: int,
-        d_mlp: int,
-        d_vocab: int,
-        n_positions: int = 0,
-        gated: bool = False,
-        tied: bool = True,
-    ) -> None:
-        self.n_layers, self.d_model, self.d_mlp = n_layers, d_model, d_mlp
-        self.d_vocab, self.n_positions, self.gated, self.tied = d_vocab, n_positions, gated, tied
-
-    def parameters(self) -> int:
-        """The HookedTransformer's: embedding and unembedding (always two matrices), learned
-        positions and every block's attention and MLP weights."""
-        d = self.d_model
-        block = 4 * d * d + (3 if self.gated else 2) * d * self.d_mlp
-        return 2 * self.d_vocab * d + self.n_positions * d + self.n_layers * block
-
-    def loading_parameters(self) -> int:
-        """Held at once while loading: the Hugging Face model's (a tied unembedding once) and
-        the HookedTransformer's."""
-        return 2 * self.parameters() - (self.d_vocab * self.d_model if self.tied else 0)
 
 
 def _int(hf: dict[str, Any], keys: tuple[str, ...]) -> int | None:
@@ -64,7 +36,7 @@ def _int(hf: dict[str, Any], keys: tuple[str, ...]) -> int | None:
     return None
 
 
-def model_size(entry: dict[str, Any], config: dict[str, Any]) -> ModelSize | None:
+def model_size(entry: dict[str, Any], config: dict[str, Any]) -> Shapes | None:
     """The size of a trained model (its `train`) or a checkpoint by path (its config.json);
     None for hub models and for a config.json that lacks a count."""
     if "train" in entry:
@@ -73,7 +45,9 @@ def model_size(entry: dict[str, Any], config: dict[str, Any]) -> ModelSize | Non
         vocab = config["tokenizers"][train["tokenizer"]].get("vocab_size", 4096)
         seq = config["data"].get("seq_len", 128)
         n_positions = seq if train["arch"] == "gpt2" else 0
-        return ModelSize(train.get("n_layers", 4), d, 4 * d, vocab, n_positions)
+        n_layers, n_heads = train.get("n_layers", 4), train.get("n_heads", 4)
+        return Shapes(n_layers=n_layers, n_heads=n_heads, d_model=d, d_mlp=4 * d, d_vocab=vocab,
+                      n_positions=n_positions)  # fmt: skip
     cfg_file = Path(entry["path"]) / "config.json" if "path" in entry else None
     if cfg_file is None or not cfg_file.is_file():
         return None
@@ -87,10 +61,12 @@ def model_size(entry: dict[str, Any], config: dict[str, Any]) -> ModelSize | Non
     n_positions = (_int(hf, CONTEXT_KEYS) or 0) if learned else 0
     gated = hf.get("model_type") in GATED_TYPES
     tied = bool(hf.get("tie_word_embeddings", True))
-    return ModelSize(n_layers, d_model, d_mlp, d_vocab, n_positions, gated, tied)
+    n_heads = _int(hf, HEAD_KEYS) or 0
+    return Shapes(n_layers=n_layers, n_heads=n_heads, d_model=d_model, d_mlp=d_mlp,
+                  d_vocab=d_vocab, n_positions=n_positions, gated_mlp=gated, tied=tied)  # fmt: skip
 
 
-def job_bytes(size: ModelSize, batch_size: int, seq_len: int) -> int:
+def job_bytes(size: Shapes, batch_size: int, seq_len: int) -> int:
     """At least what one job of the model holds: the float32 weights of both models while
     loading, and a batch's logits and their log-softmax."""
     return FLOAT32 * size.loading_parameters() + 2 * FLOAT32 * batch_size * seq_len * size.d_vocab

@@ -5,12 +5,11 @@ is parsed by every job, and transformer_lens takes seconds to import."""
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
+from selfrepair import catalogue
 from selfrepair.config.errors import ConfigError
 from selfrepair.variables import head_label
 
@@ -20,8 +19,6 @@ Head = tuple[int, int]
 __all__ = [
     "HEAD_KEYS",
     "Head",
-    "KNOWN_DIMS",
-    "KNOWN_D_MLP",
     "LAYER_KEYS",
     "LOCAL_ARCHITECTURES",
     "NON_CAUSAL_TYPES",
@@ -65,35 +62,14 @@ def model_entries(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return entries
 
 
-@functools.cache
-def _model_alias_map() -> dict[str, str]:
-    """TransformerLens' alias -> Hugging Face name map, read from its registry file without
-    importing transformer_lens (which takes seconds: the Snakefile is parsed by every job)."""
-    spec = importlib.util.find_spec("transformer_lens")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("transformer_lens is not installed: run the README's setup command")
-    registry = Path(next(iter(spec.submodule_search_locations))) / "supported_models.py"
-    namespace: dict[str, Any] = {}
-    exec(compile(registry.read_text(), str(registry), "exec"), namespace)
-    aliases = {}
-    for official in namespace["OFFICIAL_MODEL_NAMES"]:
-        for alias in namespace["MODEL_ALIASES"].get(official, []):
-            aliases[alias.lower()] = official
-        aliases[official.lower()] = official
-    return aliases
-
-
 def official_model_name(name: str) -> str:
     """The Hugging Face name of a TransformerLens model name or alias (e.g. pythia-160m ->
-    EleutherAI/pythia-160m); ConfigError naming the fix when unknown."""
+    EleutherAI/pythia-160m); ConfigError naming the fix when unknown (catalogue's, as a
+    ConfigError)."""
     try:
-        return _model_alias_map()[name.lower()]
-    except KeyError:
-        raise ConfigError(
-            f"config key models: unknown model {name!r}; use a TransformerLens name "
-            "(e.g. gpt2-small, pythia-160m) or give the entry a `path` to a local Hugging "
-            "Face checkpoint"
-        ) from None
+        return catalogue.official_model_name(name)
+    except catalogue.CatalogueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def check_hub_names(entries: dict[str, dict[str, Any]]) -> None:
@@ -101,41 +77,6 @@ def check_hub_names(entries: dict[str, dict[str, Any]]) -> None:
     for name, entry in entries.items():
         if "path" not in entry and "train" not in entry:
             official_model_name(name)
-
-
-# (n_layers, n_heads) of hub models whose size the config cannot read: the paper's, so that a
-# configured head out of range fails before any job starts. Other hub models are checked when
-# their job loads them.
-KNOWN_DIMS = {
-    "gpt2": (12, 12),
-    "gpt2-small": (12, 12),
-    "gpt2-medium": (24, 16),
-    "gpt2-large": (36, 20),
-    "gpt2-xl": (48, 25),
-    "pythia-70m": (6, 8),
-    "pythia-160m": (12, 12),
-    "pythia-410m": (24, 16),
-    "pythia-1b": (16, 8),
-    "pythia-1.4b": (24, 16),
-    "pythia-2.8b": (32, 32),
-    "llama-7b": (32, 32),
-}
-
-# Their MLP width (d_mlp), for the byte estimate of the neuron stores offline (config/storage.py).
-KNOWN_D_MLP = {
-    "gpt2": 3072,
-    "gpt2-small": 3072,
-    "gpt2-medium": 4096,
-    "gpt2-large": 5120,
-    "gpt2-xl": 6400,
-    "pythia-70m": 2048,
-    "pythia-160m": 3072,
-    "pythia-410m": 4096,
-    "pythia-1b": 8192,
-    "pythia-1.4b": 8192,
-    "pythia-2.8b": 10240,
-    "llama-7b": 11008,
-}
 
 
 # The spellings of layer and head counts in a Hugging Face config.json that TransformerLens reads
@@ -161,7 +102,10 @@ def _checkpoint_config(entry: dict[str, Any]) -> dict[str, Any] | None:
 
 def model_dims(entry: dict[str, Any]) -> tuple[int, int] | None:
     """(n_layers, n_heads) of a model entry when the config can know it without loading it:
-    a trained model's `train`, a checkpoint's config.json, or KNOWN_DIMS; None otherwise."""
+    a trained model's `train`, a checkpoint's config.json, or a paper model's (the catalogue:
+    hub models whose size the config cannot read, so that a configured head out of range fails
+    before any job starts; other hub models are checked when their job loads them); None
+    otherwise."""
     if "train" in entry:
         return entry["train"].get("n_layers", 4), entry["train"].get("n_heads", 4)
     if "path" in entry:
@@ -172,7 +116,8 @@ def model_dims(entry: dict[str, Any]) -> tuple[int, int] | None:
             if layers is not None and heads is not None:
                 return layers, heads
         return None
-    return KNOWN_DIMS.get(entry["name"].lower())
+    paper = catalogue.paper_model(entry["name"])
+    return None if paper is None else (paper.shapes.n_layers, paper.shapes.n_heads)
 
 
 def missing_head(model: str, layer: int, head: int, n_layers: int, n_heads: int) -> str | None:
@@ -196,8 +141,10 @@ def parallel_blocks(entry: dict[str, Any]) -> bool | None:
         if hf is None:
             return None
         return bool(hf.get("use_parallel_residual", hf.get("model_type") in PARALLEL_TYPES))
-    name = entry["name"].lower()
-    return True if name.startswith("pythia") else (False if name in KNOWN_DIMS else None)
+    if entry["name"].lower().startswith("pythia"):
+        return True
+    paper = catalogue.paper_model(entry["name"])
+    return None if paper is None else paper.shapes.parallel_attn_mlp
 
 
 # config.json model types that TransformerLens 3.9 converts into RMSNorm blocks with a gated MLP

@@ -8,28 +8,27 @@ An upper bound: each store's arrays at their uncompressed sizes from the shapes 
 in whole blocks; the trained tokenizers and models under resources/ (disk); per job its log,
 benchmark and Snakemake's records. A stage is the rules file of the rule; a training checkpoint
 (<model>@step<N>) counts under its model. What the config cannot know (a hub model neither in
-models.KNOWN_DIMS nor cached, or its d_mlp not in KNOWN_D_MLP; a JSONL task's prompts) is
+the catalogue's paper models nor cached; a JSONL task's prompts) is
 "unknown", never guessed: the total is then a lower bound."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
-from functools import cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from selfrepair.catalogue import Shapes, paper_model
 from selfrepair.config import disk
 from selfrepair.config.checkpoints import checkpoint_models, keeps_every_token
 from selfrepair.config.errors import ConfigError
 from selfrepair.config.layout import n_predictions, n_rows, n_shards, shard_bounds, top_count
 from selfrepair.config.memory import model_size
-from selfrepair.config.models import KNOWN_D_MLP, model_dims, official_model_name
+from selfrepair.config.models import model_dims, official_model_name
 from selfrepair.config.store_bytes import (  # noqa: F401 (the formulas, storage.<name> too)
     F32,
     F64,
     I64,
-    StoreDims,
     all_ablation_bytes,
     clean_bytes,
     clean_top_bytes,
@@ -40,36 +39,26 @@ from selfrepair.config.store_bytes import (  # noqa: F401 (the formulas, storage
 )
 from selfrepair.variables import HEAD_VARIABLES
 
-__all__ = ["PARTS", "StoreDims", "all_ablation_bytes", "clean_bytes", "estimate_storage"]
-__all__ += ["job_bytes", "rule_stages", "storage_dims", "top_ablation_bytes"]
+__all__ = ["PARTS", "all_ablation_bytes", "clean_bytes", "estimate_storage"]
+__all__ += ["job_bytes", "stage_of", "storage_dims", "top_ablation_bytes"]
 
 # Largest measured in the reduced demo: JSON 1.4 KB, a table 30 KB, a PDF 85 KB, a PNG 574 KB
 # (training_self_repair), an index page; the explorer pages are counted from their contents.
 FILE_BYTES = {".json": 4096, ".csv": 64 * 1024, ".pdf": 256 * 1024, ".png": 768 * 1024}
 FILE_BYTES |= {"": 256 * 1024}  # by suffix; "": the others
 HEAD_SUMMARY_BYTES = 128  # per head: summarize_heads' summary, its intervals; atp_summary
-RULES_DIR = Path(__file__).resolve().parents[2] / "workflow" / "rules"
-_RULE = re.compile(r"^\s*(?:(?:rule|checkpoint) (\w+)|use rule \w+ as (\w+) with)\s*:", re.M)
 STAGES = ("data", "clean", "ablation", "attribution", "summaries", "mechanisms", "atp")
 STAGES += ("figures", "explorer", "training", "tasks")  # the table's order: the DAG's
+# A job's stage is the rules file Snakemake read its rule from (job.rule.snakefile): the
+# workflow hands it over with the jobs, and the package reads no workflow file.
 PARTS = ("results", "resources", "logs")  # what the estimate adds up, each part on its own
 NO_MODEL = "(all)"  # the table's model of jobs of no single model: figures, tables, index pages
 
 
-@cache
-def rule_stages(rules_dir: Path = RULES_DIR) -> dict[str, str]:
-    """rule name -> stage: the workflow/rules/<stage>.smk file that defines the rule."""
-    out = {}
-    for smk in sorted(rules_dir.glob("*.smk")):
-        for match in _RULE.finditer(smk.read_text(encoding="utf-8")):
-            out[match.group(1) or match.group(2)] = smk.stem
-    return out
-
-
-def storage_dims(entry: dict[str, Any], config: dict[str, Any]) -> StoreDims | None:
+def storage_dims(entry: dict[str, Any], config: dict[str, Any]) -> Shapes | None:
     """A model's layers, heads and MLP width from its `train`, its checkpoint's config.json or
     a hub model's in the local Hugging Face cache (memory.model_size, models.model_dims), else
-    models.KNOWN_DIMS and KNOWN_D_MLP (d_mlp None if not there); None if dims are unknown."""
+    the catalogue's paper models (d_mlp None if not there); None if dims are unknown."""
     if "path" not in entry and "train" not in entry:
         try:
             from huggingface_hub import try_to_load_from_cache
@@ -80,11 +69,12 @@ def storage_dims(entry: dict[str, Any], config: dict[str, Any]) -> StoreDims | N
         if isinstance(found, str):  # not None, nor the cache's "known to be missing"
             entry = {"name": entry["name"], "path": str(Path(found).parent)}
     dims, size = model_dims(entry), model_size(entry, config)
-    d_mlp = size.d_mlp if size else KNOWN_D_MLP.get(entry["name"].lower())
-    return None if dims is None else StoreDims(*dims, d_mlp)
+    paper = paper_model(entry["name"])
+    d_mlp = size.d_mlp if size else (paper.shapes.d_mlp if paper else None)
+    return None if dims is None else Shapes(n_layers=dims[0], n_heads=dims[1], d_mlp=d_mlp)
 
 
-def _clean(run: _Run, w: dict, d: StoreDims) -> int:
+def _clean(run: _Run, w: dict, d: Shapes) -> int:
     tokens = run.shard(w["shard"])[1]
     if run.engine.get("store_tokens", "top") == "all":
         return clean_bytes(d, tokens)
@@ -162,7 +152,7 @@ def shown_heads(config: dict[str, Any], models: dict[str, dict[str, Any]]) -> di
     return out
 
 
-def _ablate(run: _Run, w: dict, d: StoreDims) -> int:
+def _ablate(run: _Run, w: dict, d: Shapes) -> int:
     rows, tokens = run.shard(w["shard"])
     sums = repair_sums_bytes(d) if run.engine["attribution"] else 0
     if run.keeps_every_token(w["model"], w["shard"]):
@@ -175,7 +165,7 @@ def _ablate(run: _Run, w: dict, d: StoreDims) -> int:
     return top + sums
 
 
-def _mechanism(run: _Run, w: dict, d: StoreDims, rule: str) -> int | None:
+def _mechanism(run: _Run, w: dict, d: Shapes, rule: str) -> int | None:
     """neuron_effects (5 float32 per head and token; per head, selection and selected token its
     row, position, score, under engine.store_tokens: all both neuron DEs; its reductions: float64
     per neuron and rank), norm_ratios (5 float32 and a bool per head and token), reinforcement."""
@@ -198,14 +188,14 @@ MECHANISM_OF = dict(neuron_effects="neurons", norm_ratios="norms")
 MECHANISM_OF |= {"self_reinforcement": "reinforcement"}
 
 
-def _atp(run: _Run, w: dict, d: StoreDims) -> int:
+def _atp(run: _Run, w: dict, d: Shapes) -> int:
     """Per (head, row) atp_row, atp_top, n_top, GradDrop combined (analysis.atp.graddrop_stored)."""
     rows, top = run.shard(w["shard"])[0], bool(run.engine["atp_top_graddrop"])
     sums = d.n_layers * d.heads * F64 * (1 + top)  # GradDrop summed over rows per dropped layer
     return d.heads * rows * (F32 * (3 + top) + I64) + 2 * F32 * rows + sums  # 2: metric, n_scored
 
 
-def _explorer(run: _Run, w: dict, d: StoreDims) -> int:
+def _explorer(run: _Run, w: dict, d: Shapes) -> int:
     """A model's page (task_explorer: on a task's answers, its ablations): per head, ablation
     and ranking its top tokens in context as text and numbers (a (head, ablation, ranking) entry
     of 24 context tokens measured at about 0.45 KB), with the page's own code."""
@@ -217,7 +207,7 @@ def _explorer(run: _Run, w: dict, d: StoreDims) -> int:
     return d.heads * per_head + FILE_BYTES[""]
 
 
-def _task(run: _Run, w: dict, d: StoreDims, rule: str) -> int | None:
+def _task(run: _Run, w: dict, d: Shapes, rule: str) -> int | None:
     """The task stores, on answer positions: induction's second copy, IOI's one; JSONL: unknown."""
     spec = run.config["tasks"][w["task"]]
     if spec["type"] == "prompts":
@@ -300,7 +290,7 @@ def job_bytes(
     mine = [(n, p) for n, p in named if Path(p).parts[:1] == ("results",)]
     theirs = [p for _, p in named if Path(p).parts[:1] == ("resources",)]
     data = data_bytes(run, rule, wildcards)
-    dims = run.dims.get(run.model(wildcards.get("model", ""))) or StoreDims(0, 0)
+    dims = run.dims.get(run.model(wildcards.get("model", ""))) or Shapes(n_layers=0)
     shown = run.shown(wildcards.get("model", ""), MECHANISM_OF.get(rule, ""))
     stores = [n for n, p in mine if p.endswith(".zarr")]
     size = sum(disk.on_disk(FILE_BYTES.get(Path(p).suffix, FILE_BYTES[""]), block) for _, p in mine)
@@ -349,12 +339,12 @@ def estimate_storage(
             .log, .benchmark.
         block: the disk's block size (disk.block_size).
     """
-    run, stages = _Run(config, models), rule_stages()
+    run = _Run(config, models)
     out: dict[tuple[str, str, str], int | None] = {}
     paths: dict[str, list[str]] = {part: [] for part in PARTS}
     for job in jobs:
         rule, w = job.rule.name, dict(job.wildcards.items())
-        stage = stages.get(rule) or Path(str(getattr(job.rule, "snakefile", "other"))).stem
+        stage = stage_of(job)
         model = run.model(w["model"]) if "model" in w else NO_MODEL
         logs = [str(p) for p in getattr(job, "log", [])]
         benchmark = [str(job.benchmark)] if getattr(job, "benchmark", None) else []
@@ -371,6 +361,12 @@ def estimate_storage(
         if files:
             out[NO_MODEL, "folders", part] = disk.folders_bytes(files, block=block)
     return out
+
+
+def stage_of(job: Any) -> str:
+    """The stage of a planned job: the stem of the rules file that defines its rule
+    (workflow/rules/<stage>.smk; `use rule ... as X with:` is X's file)."""
+    return Path(str(getattr(job.rule, "snakefile", "other"))).stem
 
 
 def part_of(path: str) -> str:

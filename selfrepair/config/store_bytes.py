@@ -1,14 +1,15 @@
 """The bytes of each per-token or per-head store, uncompressed, from the shapes its stage writes
-(selfrepair.config.storage adds them up over the planned jobs)."""
+(selfrepair.config.storage adds them up over the planned jobs). What a store's shape needs of a
+model (n_layers, n_heads, d_mlp) is the catalogue's Shapes."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from selfrepair.catalogue import Shapes
 from selfrepair.variables import HEAD_VARIABLES, REPAIR_TOTALS, n_components
 
-__all__ = ["F32", "F64", "I64", "StoreDims", "all_ablation_bytes", "clean_bytes"]
+__all__ = ["F32", "F64", "I64", "all_ablation_bytes", "clean_bytes"]
 __all__ += ["clean_top_bytes", "detail_bytes", "repair_sums_bytes", "repair_summary_bytes"]
 __all__ += ["top_ablation_bytes"]
 
@@ -16,30 +17,17 @@ F32 = 4  # float32, int32
 F64 = I64 = 8  # float64, int64
 
 
-@dataclass(frozen=True)
-class StoreDims:
-    """What the stores' shapes need of a model; d_mlp None when the config cannot know it."""
-
-    n_layers: int
-    n_heads: int
-    d_mlp: int | None = None
-
-    @property
-    def heads(self) -> int:
-        return self.n_layers * self.n_heads
-
-    @property
-    def components(self) -> int:
-        return n_components(self.n_layers, self.n_heads)
+def _components(d: Shapes) -> int:
+    return n_components(d.n_layers, d.n_heads)
 
 
-def clean_bytes(d: StoreDims, n_tokens: int) -> int:
+def clean_bytes(d: Shapes, n_tokens: int) -> int:
     """clean_cache: logit_clean, ln_scale_clean, loss, de_embed, de_pos_embed, de_unembed_bias
     and target per token; de_head per (layer, head), de_attn_bias and de_mlp per layer."""
     return F32 * (7 + d.heads + 2 * d.n_layers) * n_tokens
 
 
-def clean_top_bytes(d: StoreDims, n_tokens: int, k: int) -> int:
+def clean_top_bytes(d: Shapes, n_tokens: int, k: int) -> int:
     """clean_cache under engine.store_tokens: top (analysis.clean_layout): the per-token values
     but those per layer, with the sums of de_head, de_attn_bias and de_mlp per token; per head
     its k best tokens' DE and number (int32)."""
@@ -78,21 +66,21 @@ def top_ablation_bytes(
     )
 
 
-def repair_sums_bytes(d: StoreDims) -> int:
+def repair_sums_bytes(d: Shapes) -> int:
     """RepairSums.dataset: float64 sums per (head, component) and of REPAIR_TOTALS, all and top,
     int64 counts, the downstream mask."""
-    per_head = (2 * d.components + 2 + 2 * len(REPAIR_TOTALS)) * F64
-    return d.heads * per_head + d.n_layers * d.components
+    per_head = (2 * _components(d) + 2 + 2 * len(REPAIR_TOTALS)) * F64
+    return d.heads * per_head + d.n_layers * _components(d)
 
 
-def repair_summary_bytes(d: StoreDims) -> int:
+def repair_summary_bytes(d: Shapes) -> int:
     """repair_summary: all_dde, top_dde, top_share per (head, component), the REPAIR_TOTALS'
     means and the counts per head (float64), the downstream mask."""
-    per_head = (3 * d.components + 2 * (len(REPAIR_TOTALS) + 1)) * F64
-    return d.heads * per_head + d.n_layers * d.components
+    per_head = (3 * _components(d) + 2 * (len(REPAIR_TOTALS) + 1)) * F64
+    return d.heads * per_head + d.n_layers * _components(d)
 
 
-def detail_bytes(d: StoreDims, n_heads: int, k: int) -> int:
+def detail_bytes(d: Shapes, n_heads: int, k: int) -> int:
     """RepairSums.detail_dataset: per kept token, every component's dDE and REPAIR_TOTALS
     (float32), its layer, head, row and position (int64)."""
-    return n_heads * k * (F32 * (d.components + len(REPAIR_TOTALS)) + 4 * 8)
+    return n_heads * k * (F32 * (_components(d) + len(REPAIR_TOTALS)) + 4 * 8)

@@ -132,7 +132,7 @@ def load_tokenizer(model: dict, directory: str | None = None):
         return AutoTokenizer.from_pretrained(str(directory)), str(directory)
     if model.get("path"):
         return AutoTokenizer.from_pretrained(str(model["path"])), str(model["path"])
-    from selfrepair.config import official_model_name
+    from selfrepair.catalogue import official_model_name
 
     official = official_model_name(model["name"])  # unknown names fail naming the fix
     return AutoTokenizer.from_pretrained(official), official

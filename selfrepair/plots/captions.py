@@ -15,7 +15,6 @@ from selfrepair.config import top_count
 
 __all__ = [
     "ABLATION_NOTES",
-    "METRIC_LABELS",
     "Selection",
     "measured",
     "metric_sentence",
@@ -25,11 +24,6 @@ __all__ = [
     "unsolved_note",
 ]
 
-# A task's metric (tasks.<name>.metric), as captions and axis labels name it.
-METRIC_LABELS = {
-    "correct_logit": "correct-token logit",
-    "logit_diff": "logit difference (answer - counterfactual)",
-}
 # What each ablation replaces a head's z with, as a task's caption says it.
 ABLATION_NOTES = {
     "corrupted": "corrupted (each head's z from its prompt's corrupted partner, same position)",

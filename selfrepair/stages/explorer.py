@@ -304,9 +304,10 @@ def task_explorer(
         tokenizer_dir: a tokenizer or checkpoint folder (a trained model's), else the model's own.
     """
     from selfrepair.data.tokens import load_tokenizer
-    from selfrepair.plots.captions import METRIC_LABELS, metric_sentence
+    from selfrepair.plots.captions import metric_sentence
     from selfrepair.stages.records import read_json
     from selfrepair.stages.tasks import read_prompts
+    from selfrepair.variables import METRIC_LABELS
 
     rows = read_prompts(prompts)
     data: dict[str, Any] = {"model": f"{model} on task {task}", "ablations": list(ablations)}

@@ -12,6 +12,7 @@ import selfrepair.config.figures as sr_figures  # noqa: E402
 import selfrepair.config.inputs as sr_inputs  # noqa: E402
 from selfrepair.plots import captions  # noqa: E402
 from selfrepair.stages import records as sr_records  # noqa: E402
+from selfrepair.variables import METRIC_LABELS  # noqa: E402
 
 # --config key={...}: Snakemake keeps the values inside a dictionary strings ("false"); read them
 # as a config file would before the schema sees them.
@@ -691,7 +692,7 @@ def task_caption(wildcards, input):
         selection=f"every answer position ({n_answers:,} answers of {n_prompts:,} prompts)",
         extra=[
             captions.task_description(spec),
-            f"Metric: {captions.METRIC_LABELS[spec['metric']]}",
+            f"Metric: {METRIC_LABELS[spec['metric']]}",
             clean,
         ],
     )
