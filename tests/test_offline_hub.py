@@ -60,10 +60,13 @@ def tiny_gpt2_snapshot(hf_home: Path, tmp: Path, n_ctx: bool) -> str:
 
 # Tiny configs of the families the cache tool writes, the hub's keys with small widths.
 TINY = {
-    "gpt2": dict(offline_hub._GPT2, n_embd=32, n_head=4, n_layer=2, n_positions=64, n_ctx=64),
+    "gpt2": dict(
+        offline_hub.MODELS["gpt2-small"], n_embd=32, n_head=4, n_layer=2, n_positions=64,
+        n_ctx=64,
+    ),
     "gpt_neox": dict(
-        offline_hub._PYTHIA, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-        num_hidden_layers=2, max_position_embeddings=64,
+        offline_hub.MODELS["pythia-160m"], hidden_size=32, intermediate_size=64,
+        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=64,
     ),
     "llama": dict(
         offline_hub.LLAMA_7B, hidden_size=32, intermediate_size=64, num_attention_heads=4,

@@ -231,6 +231,7 @@ def test_hub_model_sizes_come_from_the_cache_or_are_unknown(tmp_path, monkeypatc
     assert storage.storage_dims({"name": "opt-125m"}, config) == shapes(12, 12, 3072)
 
 
+@pytest.mark.parametrize("store_tokens", ["top", "all"])
 def test_the_neuron_job_writes_both_stores_and_neurons_only_under_all(store_tokens):
     """neuron_effects: selected.zarr (5 float32 per head and token; per head, selection and
     selected token its row, position and score, under `all` both neuron DEs) and
