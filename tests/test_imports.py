@@ -123,3 +123,32 @@ def test_nothing_below_the_drawing_imports_plots():
         if target.startswith("selfrepair.plots")
     ]
     assert not wrong, "; ".join(wrong)
+
+
+def _code_strings(tree: ast.AST) -> list[str]:
+    """The string constants of a module but its docstrings."""
+    docs = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs
+    ]
+
+
+def test_the_package_reads_no_rules_file():
+    """Settings live in the package and the rules read them (common.smk); a job's stage comes
+    from Snakemake with the job (config.storage.stage_of), never from parsing workflow/rules."""
+    wrong = [
+        f"{path.relative_to(ROOT)}: {text!r}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for text in _code_strings(ast.parse(path.read_text()))
+        if text == "rules" or text.endswith(".smk") or "workflow/rules" in text
+    ]
+    assert not wrong, "; ".join(wrong)
