@@ -14,7 +14,9 @@ from selfrepair.analysis.conditional import (
     candidate_scores,
     conditional_compensation,
 )
+from selfrepair.analysis.tasks import structurally_zero
 from selfrepair.engine.conditional import SET_ALONE, conditional_sets, measure_conditional
+from selfrepair.engine.sets import measure_sets
 from selfrepair.reference.tasks import TaskReference, reference_conditional
 
 TOL = 1e-4
@@ -71,3 +73,18 @@ def test_candidate_scores_average_the_answers_first():
     assert out.single.values == pytest.approx([0.2, 1.0])
     assert out.compensation.values == pytest.approx([0.8, 1.0])
     assert out.amplification_ratio.values == pytest.approx([5.0, 2.0])  # ratio of the means
+
+
+def test_heads_at_or_below_a_sets_first_layer_have_exactly_zero_rise(tiny_model, one_torch_thread):
+    """The backup table's joint-set direct-effect rise ties these heads at 0 by construction,
+    which is what its ROC-AUC cap (analysis.ranking.best_roc_auc) assumes."""
+    tokens, task = padded_task(tiny_model, seed=6)
+    sets = {"one": [(0, 2)], "two": [(1, 0), (2, 1)]}
+    got = measure_sets(tiny_model, tokens, "corrupted", sets, task=task)
+    for name in sets:
+        tied = structurally_zero(got, name)
+        first = min(la for la, _ in sets[name])
+        assert len(tied) == (first + 1) * tiny_model.cfg.n_heads - 1
+        assert not got.dde.sel(set=name, component=tied).values.any()
+        later = got.dde.sel(set=name, component=f"L{first + 1}H0").values
+        assert np.abs(later).max() > 1e-3  # a head above the set does change
