@@ -302,6 +302,8 @@ def test_ioi_outputs_and_backup_table(ioi_run):
     # the 118 heads at or below layer 9 (L9H0, L9H7 among them) tie at 0: a cap of 1 - 58 / 532
     assert joint.tied_at_zero.iloc[0] == 118
     assert joint.roc_auc_cap.iloc[0] == pytest.approx(1 - 58 / 532, abs=1e-6)
+    low, high = joint.roc_auc_joint_de_rise_low.iloc[0], joint.roc_auc_joint_de_rise_high.iloc[0]
+    assert low <= auc <= high
     print(f"IOI on random gpt2-small: ROC-AUC {auc:.3f} (joint), meaningless on random weights")
 
 

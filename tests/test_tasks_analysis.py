@@ -164,6 +164,22 @@ def test_heads_at_or_below_the_sets_first_layer_tie_at_zero_and_cap_the_auc():
     ]
 
 
+def test_the_joint_rankings_roc_auc_interval_resamples_the_prompts():
+    # two prompts: on prompt 0 L2H0 (expected) rises above L2H1, on prompt 1 below it
+    sets = _sets({}, [[1, 0]]).assign_coords(prompt=("token", [0, 1]))
+    names = list(sets.component.values)
+    sets.dde[0, :, names.index("L2H0")] = [1.0, -1.0]
+    sets.dde[0, :, names.index("L2H1")] = [0.0, 0.5]
+    top = np.full((3, 2, n_components(3, 2)), np.nan)
+    boot = {"n_resamples": 400, "level": 0.9, "seed": 0}
+    row = set_backups(sets, _repairs(top), [[2, 0]], 2, {}, boot).iloc[0]
+    # L2H0 against 4 others, 3 tied at 0: prompt 0 drawn twice gives 4 of 4, prompt 1 twice
+    # 0 of 4, one of each (mean 0 against 0.25 and three 0s): 1.5 of 4
+    assert row.roc_auc_joint_de_rise == pytest.approx(1.5 / 4)
+    assert (row.roc_auc_joint_de_rise_low, row.roc_auc_joint_de_rise_high) == (0.0, 1.0)
+    assert "roc_auc_joint_de_rise_low" not in set_backups(sets, _repairs(top), [[2, 0]], 2, {})
+
+
 def _summary(mean: np.ndarray) -> xr.Dataset:
     """A per-head summary whose clean DE is `mean` (layer x head), its other means fixed parts."""
     layers, heads = mean.shape

@@ -19,13 +19,20 @@ No I/O and no torch: the analysis environment runs these.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from selfrepair.analysis.attribution import top_repairers
-from selfrepair.analysis.ranking import average_precision, best_roc_auc, precision_at_k, roc_auc
+from selfrepair.analysis.ranking import (
+    average_precision,
+    best_roc_auc,
+    bootstrap_over_prompts,
+    precision_at_k,
+    roc_auc,
+)
 from selfrepair.plots.captions import METRIC_LABELS
 from selfrepair.variables import head_label
 
@@ -251,17 +258,32 @@ def no_backup_notes(table: pd.DataFrame) -> list[str]:
     return [f"{row.ablated} has no backup heads: {row.note}." for row in empty.itertuples()]
 
 
+def _joint_interval(
+    one: xr.Dataset, heads: list[str], expected: list[str], bootstrap: Mapping[str, Any]
+) -> dict[str, float]:
+    """The joint ranking's ROC-AUC interval with the prompts resampled (bootstrap_over_prompts)."""
+    per_token = one.dde.sel(component=heads).transpose("token", "component").values
+    positives = [c for c in expected if c in heads]
+    low, high = bootstrap_over_prompts(
+        per_token, one.prompt.values, heads, positives, roc_auc, **bootstrap
+    )
+    return {"roc_auc_joint_de_rise_low": low, "roc_auc_joint_de_rise_high": high}
+
+
 def set_backups(
     sets: xr.Dataset,
     repairs: xr.Dataset,
     expected: Sequence[Sequence[int]],
     n_backups: int,
     roles: Mapping[str, Sequence[Sequence[int]]],
+    bootstrap: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Per jointly ablated set: the heads whose direct effect rises most (joint_de_rise), with
     the set's own drops, whether each head is an expected backup, and ranking_columns against
     the expected backups of that ranking (joint_de_rise) and of the summed single-head
-    ablations (summed_single_dde), with the cap the heads tied at 0 leave (roc_auc_cap)."""
+    ablations (summed_single_dde), with the cap the heads tied at 0 leave (roc_auc_cap).
+    With `bootstrap` (n_resamples, level, seed), the joint ranking's ROC-AUC gets a percentile
+    interval over the prompts (roc_auc_joint_de_rise_low, _high)."""
     expected_labels = [head_label(*h) for h in expected]
     role = _role_of(roles)
     rows = []
@@ -273,6 +295,8 @@ def set_backups(
         ranks = ranking_columns(single, expected_labels, tied, "summed_single_dde")
         ranks |= ranking_columns(joint, expected_labels, tied, "joint_de_rise")
         ranks["tied_at_zero"] = len(tied)
+        if bootstrap is not None:
+            ranks |= _joint_interval(sets.sel(set=name), list(joint), expected_labels, bootstrap)
         ranked = sorted(joint, key=lambda c: (-joint[c], c))
         for rank, head in enumerate(ranked[:n_backups], 1):
             rows.append(

@@ -133,6 +133,7 @@ def task_backups(
     html_path: str,
     title: str = "Backup heads",
     note: str = "",
+    bootstrap: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Rule task_backups: the backup-heads table of one (model, task) under the figures'
     ablation, as CSV (every row) and HTML (one table per part).
@@ -149,6 +150,8 @@ def task_backups(
         note: a paragraph above the HTML tables (followed by a sentence for each head with no
             backup heads, e.g. one in the last layer, and for each set the heads its scores
             tie at 0 with the ROC-AUC cap they leave).
+        bootstrap: n_resamples, level, seed of the joint ranking's ROC-AUC interval over the
+            prompts (None: no interval).
     """
     paths = [summary, repairs, *sets[:1]]
     summary_ds, repair, *rest = opened = [open_zarr(p) for p in paths]
@@ -161,7 +164,7 @@ def task_backups(
     parts = {"heads with the largest direct effect, each ablated alone": heads}
     table = heads.assign(source="head")
     if sets_ds is not None:
-        joint = set_backups(sets_ds, repair, expected, n_backups, names)
+        joint = set_backups(sets_ds, repair, expected, n_backups, names, bootstrap)
         parts[SET_SECTION] = joint
         note = " ".join([note, *set_tie_notes(joint)]).strip()
         table = pd.concat([table, joint.assign(source="set")], ignore_index=True)
