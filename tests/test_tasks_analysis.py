@@ -178,6 +178,8 @@ def test_the_joint_rankings_roc_auc_interval_resamples_the_prompts():
     assert row.roc_auc_joint_de_rise == pytest.approx(1.5 / 4)
     assert (row.roc_auc_joint_de_rise_low, row.roc_auc_joint_de_rise_high) == (0.0, 1.0)
     assert "roc_auc_joint_de_rise_low" not in set_backups(sets, _repairs(top), [[2, 0]], 2, {})
+    nothing = set_backups(sets, _repairs(top), [], 2, {}, boot).iloc[0]  # no expected backups
+    assert np.isnan([nothing.roc_auc_joint_de_rise_low, nothing.roc_auc_cap]).all()
 
 
 def _summary(mean: np.ndarray) -> xr.Dataset:

@@ -264,6 +264,8 @@ def _joint_interval(
     """The joint ranking's ROC-AUC interval with the prompts resampled (bootstrap_over_prompts)."""
     per_token = one.dde.sel(component=heads).transpose("token", "component").values
     positives = [c for c in expected if c in heads]
+    if not positives or len(positives) == len(heads):  # no ROC-AUC to resample
+        return {"roc_auc_joint_de_rise_low": np.nan, "roc_auc_joint_de_rise_high": np.nan}
     low, high = bootstrap_over_prompts(
         per_token, one.prompt.values, heads, positives, roc_auc, **bootstrap
     )
