@@ -160,7 +160,7 @@ def test_heads_at_or_below_the_sets_first_layer_tie_at_zero_and_cap_the_auc():
     assert row.roc_auc_summed_single_dde == 0.5
     assert set_tie_notes(table) == [
         "Set s: 3 heads at or below its first layer score exactly 0 under both rankings (they "
-        "read nothing the set writes), so no ranking of them can reach a ROC-AUC above 0.833."
+        "read nothing the set writes), so neither ranking can reach a ROC-AUC above 0.833."
     ]
 
 

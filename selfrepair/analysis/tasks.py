@@ -10,8 +10,8 @@ src/curvgraph/coablation.py): CoAx scores a head by how much its own ablation ef
 the set is gone (conditional - single), a Fisher-weighted centred energy over the vocabulary.
 Here a head's score is its change of direct effect, which is exactly 0 for every head at or
 below the set's first layer (it reads nothing the set writes): those heads tie, which caps the
-ROC-AUC (ranking.best_roc_auc; about 0.89 at best for IOI's name movers, 0.86 when every later
-head's rise is above 0).
+ROC-AUC (ranking.best_roc_auc; 0.891 at best for IOI's name movers, 0.859 when every later head
+that is not a backup rises above 0).
 
 No I/O and no torch: the analysis environment runs these.
 """
@@ -327,7 +327,7 @@ def set_tie_notes(table: pd.DataFrame) -> list[str]:
     firsts = table.drop_duplicates("set")
     return [
         f"Set {row.set}: {row.tied_at_zero} heads at or below its first layer score exactly 0 "
-        f"under both rankings (they read nothing the set writes), so no ranking of them can "
-        f"reach a ROC-AUC above {row.roc_auc_cap:.3f}."
+        f"under both rankings (they read nothing the set writes), so neither ranking can reach "
+        f"a ROC-AUC above {row.roc_auc_cap:.3f}."
         for row in firsts.itertuples()
     ]

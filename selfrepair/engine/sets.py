@@ -7,10 +7,10 @@ the set's first layer). That is not CoAx's score (Gong 2026, CoAblation.conditio
 in src/curvgraph/coablation.py: how much a head's own ablation effect grows once the set is gone,
 a Fisher-weighted centred energy over the vocabulary); its logit-difference form takes one pass
 per candidate with the set and the candidate ablated, which this function runs when given those
-sets (engine.conditional). The set's heads may lie in different layers: the pass restarts right after the
-attention of the set's earliest layer, from that layer's clean residual stream plus its set
-heads' change, and each later layer's set heads get their ablated z through a hook_z patch (the
-z the one ablation routine, engine.ablation, chooses: a corrupted prompt's clean z, the mean,
+sets (engine.conditional). The set's heads may lie in different layers: the pass restarts right
+after the attention of the set's earliest layer, from that layer's clean residual stream plus its
+set heads' change, and each later layer's set heads get their ablated z through a hook_z patch
+(the z the one ablation routine, engine.ablation, chooses: a corrupted prompt's clean z, the mean,
 zero). With the set's direct effect DE_S = sum of its heads' (clean scale, metric direction u):
 
     logit_diff  = metric(ablated) - metric(clean)
