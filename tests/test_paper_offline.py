@@ -281,7 +281,8 @@ def ioi_run(request, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_ioi_outputs_and_backup_table(ioi_run):
-    from selfrepair.analysis.tasks import roc_auc, set_scores
+    from selfrepair.analysis.ranking import roc_auc
+    from selfrepair.analysis.tasks import joint_de_rise
 
     run, _ = ioi_run
     task = run / IOI
@@ -295,9 +296,14 @@ def test_ioi_outputs_and_backup_table(ioi_run):
     assert set(joint.set) == {"name_movers"} and "expected_backup" in joint
     sets = xr.open_zarr(task / "sets" / "corrupted.zarr")
     expected = ["L10H10", "L10H6", "L10H2", "L10H1", "L11H2", "L9H7", "L9H0", "L11H9"]
-    auc = roc_auc(set_scores(sets, "name_movers"), expected)
-    assert joint.roc_auc_joint.iloc[0] == pytest.approx(auc, abs=1e-6)
+    auc = roc_auc(joint_de_rise(sets, "name_movers"), expected)
+    assert joint.roc_auc_joint_de_rise.iloc[0] == pytest.approx(auc, abs=1e-6)
     assert 0 <= auc <= 1
+    # the 118 heads at or below layer 9 (L9H0, L9H7 among them) tie at 0: a cap of 1 - 58 / 532
+    assert joint.tied_at_zero.iloc[0] == 118
+    assert joint.roc_auc_cap.iloc[0] == pytest.approx(1 - 58 / 532, abs=1e-6)
+    low, high = joint.roc_auc_joint_de_rise_low.iloc[0], joint.roc_auc_joint_de_rise_high.iloc[0]
+    assert low <= auc <= high
     print(f"IOI on random gpt2-small: ROC-AUC {auc:.3f} (joint), meaningless on random weights")
 
 

@@ -9,17 +9,19 @@ import pytest
 import xarray as xr
 
 from selfrepair.analysis.intervals import head_intervals
+from selfrepair.analysis.ranking import roc_auc
 from selfrepair.analysis.reduce import head_summary
 from selfrepair.analysis.tasks import (
     NO_BACKUP_LAST_LAYER,
     clean_metric,
     head_backups,
+    joint_de_rise,
     no_backup_notes,
-    roc_auc,
     scored_tokens,
     set_backups,
-    set_scores,
-    single_scores,
+    set_tie_notes,
+    structurally_zero,
+    summed_single_dde,
 )
 from selfrepair.engine.attribution import component_coords
 from selfrepair.variables import HEAD_VARIABLES, component_names, n_components
@@ -103,21 +105,81 @@ def test_backup_rankings_and_auc_by_hand():
         coords={"set": ["movers"], **component_coords(FakeModel)},
         attrs={"sets": {"movers": [[0, 0], [0, 1]]}},
     )
-    assert set_scores(sets, "movers") == pytest.approx(rise)
+    assert joint_de_rise(sets, "movers") == pytest.approx(rise)
     # single ablation: L0H0 then L0H1 alone; NaN (not downstream) counts 0
     top = np.full((3, 2, n_c), np.nan)
     top[0, 0, names.index("L2H1")] = 0.9
     top[0, 1, names.index("L2H1")] = 0.2
     top[0, 1, names.index("L1H0")] = 0.4
-    single = single_scores(_repairs(top), [[0, 0], [0, 1]])
+    single = summed_single_dde(_repairs(top), [[0, 0], [0, 1]])
     assert single == pytest.approx({"L1H0": 0.4, "L1H1": 0.0, "L2H0": 0.0, "L2H1": 1.1})
     table = set_backups(sets, _repairs(top), [[1, 0], [2, 0]], 3, {"mover": [[0, 0]]})
     assert table.backup.tolist() == ["L1H0", "L2H0", "L1H1"]
     assert table.expected_backup.tolist() == [True, True, False]
     # joint: both expected (0.5, 0.3) beat both others (0.1, -0.2): 1. single: L1H0 (0.4)
     # beats L1H1 (0) and loses to L2H1 (1.1); L2H0 (0) ties L1H1 (a half), loses to L2H1
-    assert table.roc_auc_joint.iloc[0] == 1.0 == roc_auc(rise, ["L1H0", "L2H0"])
-    assert table.roc_auc_single.iloc[0] == pytest.approx((1 + 0 + 0.5 + 0) / 4)
+    assert table.roc_auc_joint_de_rise.iloc[0] == 1.0 == roc_auc(rise, ["L1H0", "L2H0"])
+    assert table.roc_auc_summed_single_dde.iloc[0] == pytest.approx((1 + 0 + 0.5 + 0) / 4)
+    assert table.summed_single_dde.tolist() == pytest.approx([0.4, 0.0, 0.0])
+    # no head is below the set's layer 0 but its own layer's: nothing is tied, no cap
+    assert table.tied_at_zero.iloc[0] == 0 and table.roc_auc_cap.iloc[0] == 1.0
+
+
+def _sets(by_head: dict[str, float], members: list[list[int]]) -> xr.Dataset:
+    """A sets store of one set over 3 layers x 2 heads: each head's dDE on two answers."""
+    names = component_names(3, 2)
+    dde = np.zeros((1, 2, n_components(3, 2)))
+    for head, value in by_head.items():
+        dde[0, :, names.index(head)] = [value - 0.1, value + 0.1]
+    return xr.Dataset(
+        {
+            "dde": (("set", "token", "component"), dde),
+            **{v: (("set", "token"), np.ones((1, 2))) for v in HEAD_VARIABLES},
+        },
+        coords={"set": ["s"], **component_coords(FakeModel)},
+        attrs={"sets": {"s": members}},
+    )
+
+
+def test_heads_at_or_below_the_sets_first_layer_tie_at_zero_and_cap_the_auc():
+    # the set {L1H0}: L0H0, L0H1 and L1H1 read nothing it writes (their dDE is exactly 0)
+    sets = _sets({"L2H0": 0.4, "L2H1": 0.1}, [[1, 0]])
+    assert structurally_zero(sets, "s") == ["L0H0", "L0H1", "L1H1"]
+    top = np.full((3, 2, n_components(3, 2)), np.nan)
+    table = set_backups(sets, _repairs(top), [[1, 1], [2, 0]], 2, {})
+    row = table.iloc[0]
+    # expected L1H1 (tied) and L2H0; others L0H0, L0H1 (tied), L2H1. Best case: L2H0 first,
+    # the tie's 2 pairs a half each: 1 - 1 / 6. The joint ranking: L2H0 beats 3, L1H1 ties
+    # two and loses to L2H1: 4 of 6. AP: L2H0 alone (precision 1), then L2H1, then the tie
+    # (2 of 5): 0.5 + 0.5 * 0.4. Precision@2: L2H0 and L2H1.
+    assert row.tied_at_zero == 3 and row.roc_auc_cap == pytest.approx(5 / 6)
+    assert row.roc_auc_joint_de_rise == pytest.approx(4 / 6)
+    assert row.average_precision_joint_de_rise == pytest.approx(0.7)
+    assert row.precision_at_k_joint_de_rise == pytest.approx(0.5)
+    # the summed single ablations are all 0 here (nothing measured): every pair ties
+    assert row.roc_auc_summed_single_dde == 0.5
+    assert set_tie_notes(table) == [
+        "Set s: 3 heads at or below its first layer score exactly 0 under both rankings (they "
+        "read nothing the set writes), so neither ranking can reach a ROC-AUC above 0.833."
+    ]
+
+
+def test_the_joint_rankings_roc_auc_interval_resamples_the_prompts():
+    # two prompts: on prompt 0 L2H0 (expected) rises above L2H1, on prompt 1 below it
+    sets = _sets({}, [[1, 0]]).assign_coords(prompt=("token", [0, 1]))
+    names = list(sets.component.values)
+    sets.dde[0, :, names.index("L2H0")] = [1.0, -1.0]
+    sets.dde[0, :, names.index("L2H1")] = [0.0, 0.5]
+    top = np.full((3, 2, n_components(3, 2)), np.nan)
+    boot = {"n_resamples": 400, "level": 0.9, "seed": 0}
+    row = set_backups(sets, _repairs(top), [[2, 0]], 2, {}, boot).iloc[0]
+    # L2H0 against 4 others, 3 tied at 0: prompt 0 drawn twice gives 4 of 4, prompt 1 twice
+    # 0 of 4, one of each (mean 0 against 0.25 and three 0s): 1.5 of 4
+    assert row.roc_auc_joint_de_rise == pytest.approx(1.5 / 4)
+    assert (row.roc_auc_joint_de_rise_low, row.roc_auc_joint_de_rise_high) == (0.0, 1.0)
+    assert "roc_auc_joint_de_rise_low" not in set_backups(sets, _repairs(top), [[2, 0]], 2, {})
+    nothing = set_backups(sets, _repairs(top), [], 2, {}, boot).iloc[0]  # no expected backups
+    assert np.isnan([nothing.roc_auc_joint_de_rise_low, nothing.roc_auc_cap]).all()
 
 
 def _summary(mean: np.ndarray) -> xr.Dataset:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from tasks_helpers import ioi_tokenizer
 
-from selfrepair.analysis.tasks import roc_auc
+from selfrepair.analysis.ranking import roc_auc
 from selfrepair.tasks import TaskError, build_task
 from selfrepair.tasks.induction import induction_prompts
 from selfrepair.tasks.ioi import MIN_NAMES, NAMES, ioi_prompts

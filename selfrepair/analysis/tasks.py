@@ -1,8 +1,17 @@
 """Reductions of the task measurements: per-token stores narrowed to the answer positions, the
 clean metric a caption prints (does the model solve the task at all?), the backup-heads table
 (for the heads with the largest direct effect on the task, the heads whose direct effect rises
-most when each is ablated; for each ablated set, the heads that compensate, ranked) and the
-ROC-AUC of a ranking against the expected backups.
+most when each is ablated; for each ablated set, the heads whose direct effect rises most when
+the set is ablated jointly, ranked) and how well two rankings find the expected backups
+(analysis.ranking).
+
+Neither ranking is CoAx's (Gong 2026, `CoAblation.conditional_compensation` in
+src/curvgraph/coablation.py): CoAx scores a head by how much its own ablation effect grows once
+the set is gone (conditional - single), a Fisher-weighted centred energy over the vocabulary.
+Here a head's score is its change of direct effect, which is exactly 0 for every head at or
+below the set's first layer (it reads nothing the set writes): those heads tie, which caps the
+ROC-AUC (ranking.best_roc_auc; 0.891 at best for IOI's name movers, 0.859 when every later head
+that is not a backup rises above 0).
 
 No I/O and no torch: the analysis environment runs these.
 """
@@ -10,12 +19,20 @@ No I/O and no torch: the analysis environment runs these.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from selfrepair.analysis.attribution import top_repairers
+from selfrepair.analysis.ranking import (
+    average_precision,
+    best_roc_auc,
+    bootstrap_over_prompts,
+    precision_at_k,
+    roc_auc,
+)
 from selfrepair.variables import METRIC_LABELS, head_label
 
 __all__ = [
@@ -23,14 +40,16 @@ __all__ = [
     "clean_metric",
     "head_backups",
     "no_backup_notes",
+    "ranking_columns",
+    "set_tie_notes",
     "SHARE_LIMIT",
     "SHARE_MIN_SELF_REPAIR",
-    "roc_auc",
+    "joint_de_rise",
     "scored_tokens",
     "small_self_repair",
     "set_backups",
-    "set_scores",
-    "single_scores",
+    "structurally_zero",
+    "summed_single_dde",
 ]
 
 # The task heatmap of who repairs whom: a head's shares divide by its self-repair, so where that
@@ -100,29 +119,15 @@ def clean_metric(
     return out
 
 
-def roc_auc(scores: Mapping[str, float], positives: Sequence[str]) -> float:
-    """Share of (positive, other) pairs the scores rank the right way round (ties count half):
-    the ROC-AUC of ranking the positives first. NaN without a positive or another.
-
-    Args:
-        scores: candidate -> score (higher: more likely a positive).
-        positives: the candidates expected first (those not among scores are ignored).
-    """
-    pos = np.array([v for k, v in scores.items() if k in set(positives)], float)
-    neg = np.array([v for k, v in scores.items() if k not in set(positives)], float)
-    if not pos.size or not neg.size:
-        return float("nan")
-    above = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(above / (pos.size * neg.size))
-
-
 def _head_names(component: xr.DataArray, kinds: xr.DataArray) -> list[str]:
     return [str(c) for c, k in zip(component.values, kinds.values, strict=True) if k == "head"]
 
 
-def set_scores(sets: xr.Dataset, name: str) -> dict[str, float]:
-    """Each head outside the set: its mean change of direct effect over the answers when the set
-    is ablated jointly (the CoAx score: how much its effect grows)."""
+def joint_de_rise(sets: xr.Dataset, name: str) -> dict[str, float]:
+    """The joint-set direct-effect rise: each head outside the set, its mean change of direct
+    effect over the answers when the set is ablated jointly (not CoAx's score, which is the
+    growth of a head's own ablation effect; exactly 0 for heads at or below the set's first
+    layer, structurally_zero)."""
     one = sets.sel(set=name)
     members = {head_label(*h) for h in sets.attrs["sets"][name]}
     mean = one.dde.mean("token")
@@ -130,13 +135,46 @@ def set_scores(sets: xr.Dataset, name: str) -> dict[str, float]:
     return {c: float(mean.sel(component=c)) for c in names if c not in members}
 
 
-def single_scores(repairs: xr.Dataset, members: Sequence[Sequence[int]]) -> dict[str, float]:
+def summed_single_dde(repairs: xr.Dataset, members: Sequence[Sequence[int]]) -> dict[str, float]:
     """Each head outside the set: the sum, over the set's heads ablated one at a time, of its
-    mean change of direct effect (single ablation; 0 where it does not read the head)."""
+    mean change of direct effect (0 where it does not read the head). Not CoAx's single
+    ablation, which is the head's own ablation effect in the intact model."""
     labels = {head_label(*h) for h in members}
     names = _head_names(repairs.component, repairs.component_kind)
     total = sum(repairs.top_dde.sel(layer=h[0], head=h[1]).fillna(0.0) for h in members)
     return {c: float(total.sel(component=c)) for c in names if c not in labels}
+
+
+def structurally_zero(sets: xr.Dataset, name: str) -> list[str]:
+    """The heads outside the set at or below its first layer: they read nothing the set
+    writes, so both joint_de_rise and summed_single_dde give them exactly 0 (a tie)."""
+    members = {head_label(*h) for h in sets.attrs["sets"][name]}
+    first = min(int(h[0]) for h in sets.attrs["sets"][name])
+    kinds, layers = sets.component_kind.values, sets.component_layer.values
+    return [
+        str(c)
+        for c, k, la in zip(sets.component.values, kinds, layers, strict=True)
+        if k == "head" and la <= first and str(c) not in members
+    ]
+
+
+def ranking_columns(
+    scores: Mapping[str, float], expected: Sequence[str], tied: Sequence[str], suffix: str
+) -> dict[str, float]:
+    """ROC-AUC, average precision and precision@k (k: the expected backups scored) of one
+    ranking, named <metric>_<suffix>, and roc_auc_cap: the best ROC-AUC any score can reach
+    when the `tied` candidates share one score (ranking.best_roc_auc)."""
+    positives = [c for c in expected if c in scores]
+    k = len(positives)
+    tied_pos = sum(c in positives for c in tied if c in scores)
+    tied_all = sum(c in scores for c in tied)
+    n_neg = len(scores) - k
+    return {
+        f"roc_auc_{suffix}": roc_auc(scores, positives),
+        f"average_precision_{suffix}": average_precision(scores, positives),
+        f"precision_at_k_{suffix}": precision_at_k(scores, positives, k) if k else np.nan,
+        "roc_auc_cap": best_roc_auc(k, n_neg, tied_pos, tied_all - tied_pos),
+    }
 
 
 def _role_of(roles: Mapping[str, Sequence[Sequence[int]]]) -> dict[str, str]:
@@ -219,24 +257,47 @@ def no_backup_notes(table: pd.DataFrame) -> list[str]:
     return [f"{row.ablated} has no backup heads: {row.note}." for row in empty.itertuples()]
 
 
+def _joint_interval(
+    one: xr.Dataset, heads: list[str], expected: list[str], bootstrap: Mapping[str, Any]
+) -> dict[str, float]:
+    """The joint ranking's ROC-AUC interval with the prompts resampled (bootstrap_over_prompts)."""
+    per_token = one.dde.sel(component=heads).transpose("token", "component").values
+    positives = [c for c in expected if c in heads]
+    if not positives or len(positives) == len(heads):  # no ROC-AUC to resample
+        return {"roc_auc_joint_de_rise_low": np.nan, "roc_auc_joint_de_rise_high": np.nan}
+    low, high = bootstrap_over_prompts(
+        per_token, one.prompt.values, heads, positives, roc_auc, **bootstrap
+    )
+    return {"roc_auc_joint_de_rise_low": low, "roc_auc_joint_de_rise_high": high}
+
+
 def set_backups(
     sets: xr.Dataset,
     repairs: xr.Dataset,
     expected: Sequence[Sequence[int]],
     n_backups: int,
     roles: Mapping[str, Sequence[Sequence[int]]],
+    bootstrap: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """Per jointly ablated set: the heads that compensate most (set_scores), with the set's own
-    drops, whether each head is an expected backup, and the ROC-AUC against the expected
-    backups of the joint ranking and of single ablation (single_scores)."""
+    """Per jointly ablated set: the heads whose direct effect rises most (joint_de_rise), with
+    the set's own drops, whether each head is an expected backup, and ranking_columns against
+    the expected backups of that ranking (joint_de_rise) and of the summed single-head
+    ablations (summed_single_dde), with the cap the heads tied at 0 leave (roc_auc_cap).
+    With `bootstrap` (n_resamples, level, seed), the joint ranking's ROC-AUC gets a percentile
+    interval over the prompts (roc_auc_joint_de_rise_low, _high)."""
     expected_labels = [head_label(*h) for h in expected]
     role = _role_of(roles)
     rows = []
     for name in [str(s) for s in sets.set.values]:
         one = sets.sel(set=name).mean("token")
-        joint = set_scores(sets, name)
-        single = single_scores(repairs, sets.attrs["sets"][name])
-        auc = {"joint": roc_auc(joint, expected_labels), "single": roc_auc(single, expected_labels)}
+        joint = joint_de_rise(sets, name)
+        single = summed_single_dde(repairs, sets.attrs["sets"][name])
+        tied = structurally_zero(sets, name)
+        ranks = ranking_columns(single, expected_labels, tied, "summed_single_dde")
+        ranks |= ranking_columns(joint, expected_labels, tied, "joint_de_rise")
+        ranks["tied_at_zero"] = len(tied)
+        if bootstrap is not None:
+            ranks |= _joint_interval(sets.sel(set=name), list(joint), expected_labels, bootstrap)
         ranked = sorted(joint, key=lambda c: (-joint[c], c))
         for rank, head in enumerate(ranked[:n_backups], 1):
             rows.append(
@@ -252,9 +313,20 @@ def set_backups(
                     "backup_role": role.get(head, ""),
                     "expected_backup": head in expected_labels,
                     "backup_dde": joint[head],
-                    "single_ablation_score": single[head],
-                    "roc_auc_joint": auc["joint"],
-                    "roc_auc_single": auc["single"],
+                    "summed_single_dde": single[head],
                 }
+                | ranks
             )
     return pd.DataFrame(rows)
+
+
+def set_tie_notes(table: pd.DataFrame) -> list[str]:
+    """A sentence for each set of a set_backups table: how many heads its scores tie at 0 (at
+    or below the set's first layer) and the best ROC-AUC those ties leave."""
+    firsts = table.drop_duplicates("set")
+    return [
+        f"Set {row.set}: {row.tied_at_zero} heads at or below its first layer score exactly 0 "
+        f"under both rankings (they read nothing the set writes), so neither ranking can reach "
+        f"a ROC-AUC above {row.roc_auc_cap:.3f}."
+        for row in firsts.itertuples()
+    ]

@@ -1,11 +1,16 @@
 """Joint ablation of a set of heads: every head of the set replaced in one pass.
 
 Backup heads show when a whole part of a circuit is removed (Wang et al. ablate IOI's three name
-movers together; CoAx scores candidate backups by how their direct effect grows when a supplied
-set is removed). The set's heads may lie in different layers: the pass restarts right after the
-attention of the set's earliest layer, from that layer's clean residual stream plus its set
-heads' change, and each later layer's set heads get their ablated z through a hook_z patch (the
-z the one ablation routine, engine.ablation, chooses: a corrupted prompt's clean z, the mean,
+movers together). What this pass gives per head is its change of direct effect with the set gone
+(the joint-set direct-effect rise, analysis.tasks.joint_de_rise; exactly 0 for heads at or below
+the set's first layer). That is not CoAx's score (Gong 2026, CoAblation.conditional_compensation
+in src/curvgraph/coablation.py: how much a head's own ablation effect grows once the set is gone,
+a Fisher-weighted centred energy over the vocabulary); its logit-difference form takes one pass
+per candidate with the set and the candidate ablated, which this function runs when given those
+sets (engine.conditional). The set's heads may lie in different layers: the pass restarts right
+after the attention of the set's earliest layer, from that layer's clean residual stream plus its
+set heads' change, and each later layer's set heads get their ablated z through a hook_z patch
+(the z the one ablation routine, engine.ablation, chooses: a corrupted prompt's clean z, the mean,
 zero). With the set's direct effect DE_S = sum of its heads' (clean scale, metric direction u):
 
     logit_diff  = metric(ablated) - metric(clean)

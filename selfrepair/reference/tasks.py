@@ -29,7 +29,12 @@ from selfrepair.reference.heads import (
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-__all__ = ["TaskReference", "reference_task_heads", "reference_task_set"]
+__all__ = [
+    "TaskReference",
+    "reference_conditional",
+    "reference_task_heads",
+    "reference_task_set",
+]
 
 
 @dataclass
@@ -177,3 +182,41 @@ def reference_task_set(
         for la, h in heads
     }
     return {k: v.double().cpu().numpy() for k, v in _run(ref, patches).items()}
+
+
+@torch.no_grad()
+def _metric_with(ref: TaskReference, heads: list[tuple[int, int]], ablation: str, bos: bool):
+    """The metric of one full forward pass with every head of `heads` ablated."""
+    patches = [patch_z(la, h, ref.ablated_z(la, h, ablation, bos)) for la, h in heads]
+    with ref.model.hooks(fwd_hooks=patches):
+        return ref.metric(ref.model(ref.tokens))
+
+
+def reference_conditional(
+    ref: TaskReference,
+    ablation: str,
+    members: Iterable[Sequence[int]],
+    candidates: Iterable[Sequence[int]],
+    mean_include_bos: bool = True,
+) -> dict[tuple[int, int], dict[str, np.ndarray]]:
+    """Per candidate head u [rows, pos], float64, from full forward passes: `single`, the
+    metric's drop with u ablated in the intact model, and `conditional`, its drop from the set
+    ablated to the set and u ablated (CoAx's two effects, in the metric's own terms).
+
+    Args:
+        ref: the task's rows and clean runs.
+        ablation: as reference_task_heads.
+        members: the set's (layer, head) pairs.
+        candidates: the heads scored (none of the set's).
+        mean_include_bos: whether the mean z includes position 0.
+    """
+    base = [(int(la), int(h)) for la, h in members]
+    with_set = _metric_with(ref, base, ablation, mean_include_bos)
+    out = {}
+    for la, h in candidates:
+        u = (int(la), int(h))
+        alone = _metric_with(ref, [u], ablation, mean_include_bos)
+        both = _metric_with(ref, [*base, u], ablation, mean_include_bos)
+        single, conditional = ref.metric_clean - alone, with_set - both
+        out[u] = {"single": single.cpu().numpy(), "conditional": conditional.cpu().numpy()}
+    return out

@@ -16,7 +16,7 @@ import xarray as xr
 
 from selfrepair.analysis import attribution, tables
 from selfrepair.analysis import intervals as bootstrap
-from selfrepair.analysis.tasks import head_backups, no_backup_notes, set_backups
+from selfrepair.analysis.tasks import head_backups, no_backup_notes, set_backups, set_tie_notes
 from selfrepair.stages.joblog import SAME_WEIGHTS_KEYS, provenance, revision_of
 from selfrepair.stages.store import (
     DamagedStore,
@@ -112,6 +112,14 @@ def _task_attrs(ds: xr.Dataset) -> dict[str, Any]:
     return {k: ds.attrs[k] for k in ("metric", "ablation") if k in ds.attrs}
 
 
+# Not CoAx's score (analysis.tasks): a head's change of direct effect, tied at 0 upstream.
+SET_SECTION = (
+    "sets ablated jointly: each head's joint-set direct-effect rise (its mean change of direct "
+    "effect), ranked against the expected backups; heads at or below the set's first layer tie "
+    "at 0, which caps the ROC-AUC at roc_auc_cap"
+)
+
+
 def task_backups(
     *,
     summary: str,
@@ -125,6 +133,7 @@ def task_backups(
     html_path: str,
     title: str = "Backup heads",
     note: str = "",
+    bootstrap: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Rule task_backups: the backup-heads table of one (model, task) under the figures'
     ablation, as CSV (every row) and HTML (one table per part).
@@ -139,7 +148,10 @@ def task_backups(
         csv, html_path: the files to write.
         title: the HTML page's title (the model and task).
         note: a paragraph above the HTML tables (followed by a sentence for each head with no
-            backup heads, e.g. one in the last layer).
+            backup heads, e.g. one in the last layer, and for each set the heads its scores
+            tie at 0 with the ROC-AUC cap they leave).
+        bootstrap: n_resamples, level, seed of the joint ranking's ROC-AUC interval over the
+            prompts (None: no interval).
     """
     paths = [summary, repairs, *sets[:1]]
     summary_ds, repair, *rest = opened = [open_zarr(p) for p in paths]
@@ -152,10 +164,12 @@ def task_backups(
     parts = {"heads with the largest direct effect, each ablated alone": heads}
     table = heads.assign(source="head")
     if sets_ds is not None:
-        joint = set_backups(sets_ds, repair, expected, n_backups, names)
-        parts["sets ablated jointly (ROC-AUC against the expected backups)"] = joint
+        joint = set_backups(sets_ds, repair, expected, n_backups, names, bootstrap)
+        parts[SET_SECTION] = joint
+        note = " ".join([note, *set_tie_notes(joint)]).strip()
         table = pd.concat([table, joint.assign(source="set")], ignore_index=True)
-        log.info("ROC-AUC: %s", joint.groupby("set")[["roc_auc_joint", "roc_auc_single"]].first())
+        aucs = ["roc_auc_joint_de_rise", "roc_auc_summed_single_dde", "roc_auc_cap"]
+        log.info("ROC-AUC: %s", joint.groupby("set")[aucs].first())
     write_text(csv, table.to_csv(index=False, float_format="%.6g"))
     sections = [
         f"<h2>{html.escape(title)}</h2>" + df.round(4).to_html(index=False, border=0, escape=True)

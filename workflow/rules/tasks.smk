@@ -183,6 +183,7 @@ rule task_backups:
         n_heads=lambda w: TASKS[w.task]["backup_heads"],
         n_backups=REPAIR["repairers"],
         caption=task_caption,
+        bootstrap=REPAIR_BOOTSTRAP,
     script:
         "../scripts/task_backups.py"
 

@@ -17,4 +17,5 @@ with logged(snakemake.log[0], snakemake):
         html_path=snakemake.output.html,
         title=f"Backup heads: {snakemake.wildcards.model} on {snakemake.wildcards.task}",
         note=params.caption.replace("**", ""),
+        bootstrap=dict(params.bootstrap),
     )
