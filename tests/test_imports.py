@@ -4,11 +4,12 @@ the demo's jobs are small. Checked in fresh interpreters, as Snakemake starts ea
 
 from __future__ import annotations
 
-import ast
+import importlib.util
 import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from helpers import ROOT, rule_script, rule_texts
 
@@ -28,13 +29,14 @@ MODEL_RULES = {
 }
 HEAVY = ("transformer_lens", "torch")
 
+_spec = importlib.util.spec_from_file_location("startup", ROOT / "benchmarks" / "startup.py")
+startup = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(startup)
+
 
 def _script_imports(rule: str) -> str:
-    """The import statements at the top of a rule's script (the stage function's module)."""
-    tree = ast.parse((ROOT / "workflow" / "scripts" / rule_script(rule)).read_text())
-    return "\n".join(
-        ast.unparse(n) for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)
-    )
+    """The import statements at the top of a rule's script (benchmarks/startup.py times them)."""
+    return startup.script_imports(Path(rule_script(rule)).stem)
 
 
 def _run(code: str) -> dict:
@@ -113,3 +115,8 @@ def test_share_tokens_records_provenance_without_transformer_lens_or_torch(tmp_p
     assert local_attrs["checkpoint_of"] == "tiny" and local_attrs["checkpoint_step"] == 50
     assert hub_attrs["checkpoint_revision"] == "step1000" and hub_attrs["checkpoint_step"] == 1000
     assert local_attrs["tokens_of"].endswith("tokens.zarr")
+
+
+def test_the_startup_benchmark_times_a_script_in_a_fresh_interpreter():
+    got = startup.time_imports(startup.script_imports("share_tokens"))
+    assert got["s"] > 0 and "torch" not in got["heavy"]
