@@ -276,6 +276,7 @@ def test_a_hub_revision_goes_through_transformer_lens_checkpoint_support(monkeyp
 
 def test_the_job_loads_a_checkpoint_and_records_its_step(tmp_path, monkeypatch):
     from selfrepair.stages import job as job_module
+    from selfrepair.stages import joblog
 
     trained = {"checkpoint": {"model": "tiny", "step": 50, "subdir": "checkpoints/step50"}}
     assert checkpoint_folder(trained, "resources/models/tiny") == str(
@@ -287,7 +288,7 @@ def test_the_job_loads_a_checkpoint_and_records_its_step(tmp_path, monkeypatch):
     loads = []
     monkeypatch.setattr(job_module, "load_model", lambda *a, **k: loads.append((a, k)) or None)
     monkeypatch.setattr(job_module, "check_model_fits", lambda *a: None)
-    monkeypatch.setattr(job_module, "hub_revision", lambda name, rev: f"commit-of-{name}-{rev}")
+    monkeypatch.setattr(joblog, "hub_revision", lambda name, rev: f"commit-of-{name}-{rev}")
 
     class Cfg:
         n_layers = n_heads = 1

@@ -21,7 +21,12 @@ from selfrepair.data import tokenizer as bpe
 from selfrepair.data.hub import hub_provenance
 from selfrepair.data.sources import describe_corpus, documents
 from selfrepair.data.tokens import TOKENS_VARIABLE, load_tokenizer, pack_rows, special_ids
-from selfrepair.stages.joblog import model_revision, provenance
+from selfrepair.stages.joblog import (
+    checkpoint_folder,
+    model_revision,
+    provenance,
+    weights_provenance,
+)
 from selfrepair.stages.records import json_text
 from selfrepair.stages.store import open_zarr, write_zarr
 
@@ -265,10 +270,9 @@ def share_tokens(
     Returns:
         The store's attributes.
     """
-    from selfrepair.stages.job import ModelJob, checkpoint_folder
-
+    # provenance only: stages.job (torch, TransformerLens) is not imported for it
     data = open_zarr(tokens).load()
-    job = ModelJob(tokens, entry, 1, checkpoint=checkpoint_folder(entry, model_dir))
-    data.attrs = {**data.attrs, **job.provenance(attrs, tokens_of=tokens)}
+    weights = checkpoint_folder(entry, model_dir)
+    data.attrs = {**data.attrs, **weights_provenance(entry, weights, attrs, tokens_of=tokens)}
     write_zarr(data, out, chunks={"row": shard_rows})
     return data.attrs

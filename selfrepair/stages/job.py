@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,7 +21,7 @@ from selfrepair.config import ConfigError, missing_head
 from selfrepair.config.layout import predictions
 from selfrepair.models.forward import NonFiniteActivation
 from selfrepair.models.loading import load_model, resolve_device, resolve_dtype
-from selfrepair.stages.joblog import model_revision, provenance
+from selfrepair.stages.joblog import checkpoint_folder, hub_revision, weights_provenance
 from selfrepair.stages.store import open_zarr
 
 if TYPE_CHECKING:
@@ -139,19 +138,9 @@ class ModelJob:
         return model_for(self.entry, self.checkpoint, self.device, self.dtype, seq_len=seq_len)
 
     def provenance(self, attrs: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        """The store attributes: the rule's attrs, the weights' revision (a training
-        checkpoint's: its step and hub revision too), then the stage's own."""
-        ckpt = self.entry.get("checkpoint")
-        if ckpt is None:
-            revision = model_revision(self.entry["name"], self.checkpoint)
-            return provenance(**attrs, model_revision=revision, **extra)
-        where = {"checkpoint_of": ckpt["model"], "checkpoint_step": ckpt["step"]}
-        if "revision" in ckpt:
-            revision = hub_revision(ckpt["model"], ckpt["revision"])
-            where["checkpoint_revision"] = ckpt["revision"]
-        else:
-            revision = model_revision(ckpt["model"], self.checkpoint)
-        return provenance(**attrs, model_revision=revision, **where, **extra)
+        """The store attributes: the rule's attrs, the weights' revision, then the stage's own
+        (joblog.weights_provenance)."""
+        return weights_provenance(self.entry, self.checkpoint, attrs, **extra)
 
     @contextlib.contextmanager
     def guarded(self, model: HookedTransformer, keys: dict[str, Any]) -> Iterator[None]:
@@ -161,28 +150,6 @@ class ModelJob:
                 stack.enter_context(in_shard(self.tokens, self.bounds))
             stack.enter_context(memory_hint(str(model.cfg.device), keys))
             yield
-
-
-def checkpoint_folder(entry: dict[str, Any], model_dir: str | None) -> str | None:
-    """The local weights of a model job: the rule's model_dir input, or for a trained model's
-    intermediate checkpoint its subfolder (<model_dir>/checkpoints/step<N>)."""
-    subdir = (entry.get("checkpoint") or {}).get("subdir")
-    if subdir is None or model_dir is None:
-        return model_dir
-    return str(Path(model_dir) / subdir)
-
-
-def hub_revision(name: str, revision: str) -> str:
-    """The commit the hub cache resolves a model's revision (e.g. step1000) to ("unknown"
-    when the cache does not say)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    from selfrepair.config import official_model_name
-
-    cached = try_to_load_from_cache(official_model_name(name), "config.json", revision=revision)
-    if isinstance(cached, str) and "/snapshots/" in cached:
-        return cached.split("/snapshots/")[1].split("/")[0]
-    return "unknown"
 
 
 def row_coords(ds: xr.Dataset, start: int) -> xr.Dataset:

@@ -21,6 +21,8 @@ __all__ = [
     "SAME_RUN_KEYS",
     "SAME_WEIGHTS_KEYS",
     "NoSpaceLeft",
+    "checkpoint_folder",
+    "hub_revision",
     "logged",
     "missing_provenance",
     "files_digest",
@@ -30,6 +32,7 @@ __all__ = [
     "revision_of",
     "rule_params",
     "run_difference",
+    "weights_provenance",
 ]
 
 log = logging.getLogger("selfrepair")
@@ -237,6 +240,55 @@ def model_revision(name: str, checkpoint: str | None) -> str:
     if isinstance(cached, str) and "/snapshots/" in cached:
         return cached.split("/snapshots/")[1].split("/")[0]
     return "unknown"
+
+
+def hub_revision(name: str, revision: str) -> str:
+    """The commit the hub cache resolves a model's revision (e.g. step1000) to ("unknown"
+    when the cache does not say)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from selfrepair.config import official_model_name
+
+    cached = try_to_load_from_cache(official_model_name(name), "config.json", revision=revision)
+    if isinstance(cached, str) and "/snapshots/" in cached:
+        return cached.split("/snapshots/")[1].split("/")[0]
+    return "unknown"
+
+
+def checkpoint_folder(entry: dict[str, Any], model_dir: str | None) -> str | None:
+    """The local weights of a model job: the rule's model_dir input, or for a trained model's
+    intermediate checkpoint its subfolder (<model_dir>/checkpoints/step<N>)."""
+    subdir = (entry.get("checkpoint") or {}).get("subdir")
+    if subdir is None or model_dir is None:
+        return model_dir
+    return str(Path(model_dir) / subdir)
+
+
+def weights_provenance(
+    entry: dict[str, Any], checkpoint: str | None, attrs: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """The store attributes of a job on a model's weights: the rule's attrs, the weights'
+    revision (a training checkpoint's: its step and hub revision too), then the stage's own.
+    Here, not beside the model loading, so that a job that only records them (share_tokens)
+    imports neither torch nor TransformerLens.
+
+    Args:
+        entry: the model's config entry (a training checkpoint's has `checkpoint`).
+        checkpoint: the local weights folder (checkpoint_folder), None for the hub's.
+        attrs: the rule's provenance attributes.
+        extra: the stage's own attributes.
+    """
+    ckpt = entry.get("checkpoint")
+    if ckpt is None:
+        revision = model_revision(entry["name"], checkpoint)
+        return provenance(**attrs, model_revision=revision, **extra)
+    where = {"checkpoint_of": ckpt["model"], "checkpoint_step": ckpt["step"]}
+    if "revision" in ckpt:
+        revision = hub_revision(ckpt["model"], ckpt["revision"])
+        where["checkpoint_revision"] = ckpt["revision"]
+    else:
+        revision = model_revision(ckpt["model"], checkpoint)
+    return provenance(**attrs, model_revision=revision, **where, **extra)
 
 
 def revision_of(ds: Any) -> str:

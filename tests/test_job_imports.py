@@ -1,0 +1,122 @@
+"""Jobs that need no model import neither TransformerLens nor torch: each costs seconds per job
+(TransformerLens 3.9 imports transformers, torch.distributed, datasets and pandas), and most of
+the demo's jobs are small. Checked in fresh interpreters, as Snakemake starts each job's script."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from helpers import ROOT, rule_script, rule_texts
+
+# The rules whose jobs load a model (or build and train one): they need TransformerLens.
+MODEL_RULES = {
+    "train_model",
+    "clean_cache",
+    "ablate",
+    "atp",
+    "repair_detail",
+    "neuron_effects",
+    "norm_ratios",
+    "self_reinforcement",
+    "task_clean",
+    "task_ablate",
+    "task_set_ablate",
+}
+HEAVY = ("transformer_lens", "torch")
+
+_spec = importlib.util.spec_from_file_location("startup", ROOT / "benchmarks" / "startup.py")
+startup = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(startup)
+
+
+def _script_imports(rule: str) -> str:
+    """The import statements at the top of a rule's script (benchmarks/startup.py times them)."""
+    return startup.script_imports(Path(rule_script(rule)).stem)
+
+
+def _run(code: str) -> dict:
+    """What a fresh interpreter running `code` prints as JSON on its last line."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_the_model_rules_are_rules():
+    assert MODEL_RULES <= set(rule_texts())
+
+
+def test_a_rule_without_a_model_imports_neither_transformer_lens_nor_torch():
+    """Each script's imports, one rule after the other in one interpreter: the first rule whose
+    imports bring in a heavy module is named."""
+    rules = sorted(set(rule_texts()) - MODEL_RULES)
+    steps = {rule: _script_imports(rule) for rule in rules}
+    found = _run(
+        f"""
+        import json, sys
+        steps = {steps!r}
+        for rule, code in steps.items():
+            exec(code, {{}})
+            heavy = [m for m in {HEAVY!r} if m in sys.modules]
+            if heavy:
+                print(json.dumps({{"rule": rule, "heavy": heavy}}))
+                break
+        else:
+            print(json.dumps({{}}))
+        """
+    )
+    assert not found, f"rule {found['rule']}'s script imports {', '.join(found['heavy'])}"
+
+
+def test_share_tokens_records_provenance_without_transformer_lens_or_torch(tmp_path):
+    """share_tokens copies a model's tokens under a training checkpoint's key with the
+    checkpoint's provenance: a local checkpoint's weights digest and a hub revision's commit,
+    neither of which needs the model loaded."""
+    weights = tmp_path / "tiny" / "checkpoints" / "step50"
+    weights.mkdir(parents=True)
+    (weights / "model.safetensors").write_bytes(b"weights")
+    local = {"name": "tiny@step50", "checkpoint": {"model": "tiny", "step": 50,
+                                                   "subdir": "checkpoints/step50"}}  # fmt: skip
+    hub = {"name": "pythia-160m@step1000", "checkpoint": {"model": "pythia-160m", "step": 1000,
+                                                          "revision": "step1000"}}  # fmt: skip
+    found = _run(
+        f"""
+        import json, sys
+        import numpy as np, xarray as xr
+        from selfrepair.stages.data import share_tokens
+        from selfrepair.stages.store import write_zarr
+
+        tokens = xr.Dataset({{"tokens": (("row", "pos"), np.arange(12, dtype=np.int32).reshape(3, 4))}})
+        write_zarr(tokens, {str(tmp_path / "tokens.zarr")!r})
+        attrs = {{}}
+        for key, entry, model_dir in (("local", {local!r}, {str(tmp_path / "tiny")!r}),
+                                      ("hub", {hub!r}, None)):
+            out = {str(tmp_path)!r} + f"/{{key}}.zarr"
+            attrs[key] = share_tokens(tokens={str(tmp_path / "tokens.zarr")!r}, out=out,
+                                      entry=entry, shard_rows=2,
+                                      attrs={{"model": entry["name"]}}, model_dir=model_dir)
+        heavy = [m for m in {HEAVY!r} if m in sys.modules]
+        print(json.dumps({{"heavy": heavy, "attrs": attrs}}, default=str))
+        """
+    )
+    assert found["heavy"] == [], f"share_tokens imported {', '.join(found['heavy'])}"
+    local_attrs, hub_attrs = found["attrs"]["local"], found["attrs"]["hub"]
+    assert local_attrs["model_revision"].startswith("sha256:")
+    assert local_attrs["checkpoint_of"] == "tiny" and local_attrs["checkpoint_step"] == 50
+    assert hub_attrs["checkpoint_revision"] == "step1000" and hub_attrs["checkpoint_step"] == 1000
+    assert local_attrs["tokens_of"].endswith("tokens.zarr")
+
+
+def test_the_startup_benchmark_times_a_script_in_a_fresh_interpreter():
+    got = startup.time_imports(startup.script_imports("share_tokens"))
+    assert got["s"] > 0 and "torch" not in got["heavy"]
