@@ -8,8 +8,8 @@ On one model and one set of tokens, in one run, it times
   one full forward pass with a hook per head), checking that it gives the engine's numbers;
 - attribution patching (selfrepair.engine.atp.measure_atp, beyond the paper) on every head: AtP's
   row estimates (one forward and one backward pass per batch), with AtP*'s GradDrop (L - 1 more
-  backward passes), on each head's top 2% of tokens (one backward pass per head; GradDrop one
-  per layer above it), and per token on a few tokens per row (one backward per token of a row,
+  backward passes, each from its dropped layer down), on each head's top 2% of tokens (one
+  backward pass per head; GradDrop one per layer above it, from there down), and per token on a few tokens per row (one backward per token of a row,
   GradDrop's per token too), scaled to every token; AtP is checked against the slow reference
   (selfrepair.reference.atp), and the engine's time over AtP's is printed;
 - the machine's peak matmul rate in the same dtype on the same device (square matmuls, best of
@@ -668,7 +668,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         dest="atp_top_graddrop",
         action="store_false",
         help="skip timing GradDrop on each head's top tokens (its FLOPs are still counted): "
-        "some 6.6x the exact engine's on gpt2-small shapes",
+        "some 3.6x the exact engine's on gpt2-small shapes",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument(

@@ -136,23 +136,23 @@ def backward_flops(
     """One backward pass of engine.atp from the metric down to the z of every layer from
     `down_to` up (every block above it in full, that layer down to its z), and each asked
     layer's gradient contracted with z' - z per head (with one_head: one head of `down_to`
-    only, a head unit). With `dropped` (GradDrop) that layer's block is skipped (its gradient
-    is dropped; the layers below still get the gradient through the residual stream) and only
-    the layers below it are asked."""
-    above = [layer for layer in range(down_to + 1, s.n_layers) if layer != dropped]
-    blocks = sum(block_backward_flops(s, n_pos, causal) for _ in above)
-    metric = n_pos * 2 * s.d_model  # x . u per position, backward
+    only, a head unit). With `dropped` (GradDrop) the pass starts at that layer's input with
+    the AtP pass's gradient at its output (engine.gradients: the blocks above and the metric
+    are not run again, the dropped block not at all) and only the layers below it are asked."""
+    top = s.n_layers if dropped is None else dropped
+    blocks = (top - 1 - down_to) * block_backward_flops(s, n_pos, causal)
+    metric = n_pos * 2 * s.d_model if dropped is None else 0  # x . u per position, backward
     if one_head:
         contractions = n_pos * 2 * s.d_head
     else:
-        asked = s.n_layers if dropped is None else dropped
-        contractions = (asked - down_to) * n_pos * 2 * s.n_heads * s.d_head
+        contractions = (top - down_to) * n_pos * 2 * s.n_heads * s.d_head
     return blocks + _first_layer_backward(s, n_pos) + metric + contractions
 
 
 def head_unit_flops(s: Shapes, n_pos: int, graddrop: bool = False, causal: bool = True) -> int:
     """engine.atp's estimates of every head over its own tokens: one backward pass per head
-    down to its layer; with graddrop, GradDrop's: one more per layer above the head."""
+    down to its layer; with graddrop, GradDrop's: one more per layer d above the head, from d's
+    input down to the head's layer."""
     total = 0
     for layer in range(s.n_layers):
         if graddrop:
@@ -172,6 +172,6 @@ def atp_flops(s: Shapes, n_pos: int, causal: bool = True) -> int:
 
 
 def graddrop_flops(s: Shapes, n_pos: int, causal: bool = True) -> int:
-    """GradDrop's backward passes on top of AtP's: one per dropped layer 1 .. L - 1 (dropping
-    layer 0 changes only layer 0's heads, to 0)."""
+    """GradDrop's backward passes on top of AtP's: one per dropped layer d = 1 .. L - 1 from d's
+    input down (dropping layer 0 changes only layer 0's heads, to 0)."""
     return sum(backward_flops(s, n_pos, dropped, causal) for dropped in range(1, s.n_layers))

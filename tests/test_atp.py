@@ -13,8 +13,10 @@ from test_architectures import ARCHITECTURES, perturbed
 
 from selfrepair.engine.ablation import ablation_chunks, mean_z
 from selfrepair.engine.atp import measure_atp
-from selfrepair.engine.gradients import token_groups
+from selfrepair.engine.gradients import frozen_parameters, grad_pass, token_groups
+from selfrepair.engine.metric import TokenMetric
 from selfrepair.engine.self_repair import ablated_pass
+from selfrepair.models.blocks import cached_weights
 from selfrepair.models.loading import load_local_checkpoint
 from selfrepair.models.readout import readout
 from selfrepair.reference.atp import hf_reference_atp, reference_atp
@@ -116,6 +118,32 @@ def test_rows_are_their_tokens_and_the_units_add_up(tiny_model, tiny_tokens):
         above = got.graddrop_row.values[layer, layer + 1 :]
         assert np.array_equal(above, got.atp_row.values[layer + 1 :])
     assert np.all(got.n_scored.values == tiny_tokens.shape[1] - 1)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_graddrop_passes_are_full_passes_with_the_layer_cut_bitwise(tiny_model, tiny_tokens, fused):
+    """GradDrop's pass for layer d starts at block d's input with the AtP pass's gradient at its
+    output (engine.gradients): bitwise the gradients of a full backward pass through a second
+    graph whose layer-d attention and MLP outputs are detached, for the rows' weights and for
+    one head's own tokens."""
+    model, n_layers = tiny_model, tiny_model.cfg.n_layers
+    rows = torch.arange(tiny_tokens.shape[0])
+    ro = readout(model)
+    metric = TokenMetric(ro, tiny_tokens)(rows)
+    own = torch.rand(metric.weight.shape, generator=torch.Generator().manual_seed(2)) < 0.2
+    with torch.enable_grad(), frozen_parameters(model), cached_weights():
+        gp = grad_pass(model, tiny_tokens, ro, metric, rows, fused)
+        for weight in (metric.weight, own.float()):
+            _, output_grads = gp.grads(weight, [], range(1, n_layers))
+            for dropped in range(1, n_layers):
+                below = list(range(dropped))
+                got = gp.dropped_grads(dropped, output_grads[dropped], below)
+                cut = (f"blocks.{dropped}.hook_{name}_out" for name in ("attn", "mlp"))
+                hooks = [(name, lambda x, hook: x.detach()) for name in cut]
+                with model.hooks(fwd_hooks=hooks):
+                    full = grad_pass(model, tiny_tokens, ro, metric, rows, fused)
+                want, _ = full.grads(weight, below)
+                assert all(torch.equal(got[layer], want[layer]) for layer in below)
 
 
 def test_graddrop_on_the_head_units_can_be_left_out(tiny_model, tiny_tokens):

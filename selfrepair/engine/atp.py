@@ -118,12 +118,14 @@ def chunk_estimates(
     `per_token` ([layer, head, n, pos]: token_estimates, every head at the union of them)."""
     n_layers, n_heads = len(gp.z), gp.z[0].shape[2]
     n = next(iter(dz.values())).shape[0]
-    atp = head_estimates(gp.grads(weight, list(range(n_layers))), dz, n_layers, n_heads)
+    above = list(range(1, n_layers)) if graddrop else []  # GradDrop's passes start there
+    grads, output_grads = gp.grads(weight, list(range(n_layers)), above)
+    atp = head_estimates(grads, dz, n_layers, n_heads)
     metric = (weight * gp.m.detach()).sum(1)[:n]
     res = _ChunkResult(metric, weight.sum(1)[:n], atp)
     bar.update(1)
     if graddrop:
-        res.graddrop_row = graddrop_estimates(gp, weight, dz, atp)
+        res.graddrop_row = graddrop_estimates(gp, output_grads, dz, atp)
         bar.update(n_layers - 1)
     if top is not None:
         res.atp_top, res.graddrop_top = head_unit_estimates(gp, dz, top, top_graddrop)

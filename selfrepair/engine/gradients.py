@@ -1,17 +1,21 @@
-"""The clean forward pass attribution patching differentiates (engine.atp), with a gate on every
-layer's residual contribution that a backward pass can drop (AtP*'s GradDrop).
+"""The clean forward pass attribution patching differentiates (engine.atp), and AtP*'s GradDrop
+passes started from the AtP pass's residual gradients.
 
 `grad_pass` runs the blocks the engine's clean pass runs (models.blocks.run_block), keeping each
-layer's z in an autograd graph and passing each attention and MLP output through `_Gate`: the
-identity forward, and backward the identity unless its layer is the one `DropSwitch.dropped`
-names, whose gradient becomes None (zero; autograd then skips what only that path needed). One
-forward graph so serves the AtP backward pass and every GradDrop pass.
+layer's z and each block's input residual in an autograd graph. GradDrop drops the gradient
+through layer d's attention and MLP outputs: above d nothing changes, and through block d only
+the residual path is left, so the dropped pass's gradient at block d's input is the AtP pass's
+gradient at block d's output, exactly (the same tensor: no other term is added to it). A
+GradDrop pass therefore starts at block d's input with that gradient and runs only the blocks
+below d (`GradPass.dropped_grads`): the numbers of a full pass with the layer's outputs cut
+(tests/test_atp.py checks them bitwise), at about half the backward work, since the blocks
+above d are not run again per dropped layer.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -29,7 +33,6 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 __all__ = [
-    "DropSwitch",
     "GradPass",
     "frozen_parameters",
     "grad_pass",
@@ -39,26 +42,6 @@ __all__ = [
     "token_estimates",
     "token_groups",
 ]
-
-
-class DropSwitch:
-    """Which layer's residual contribution the next backward pass drops (None: none)."""
-
-    def __init__(self) -> None:
-        self.dropped: int | None = None
-
-
-class _Gate(torch.autograd.Function):
-    """Identity forward; backward passes the gradient on unless its layer is dropped."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, switch: DropSwitch, layer: int) -> Tensor:
-        ctx.switch, ctx.layer = switch, layer
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return (None if ctx.switch.dropped == ctx.layer else grad), None, None
 
 
 @contextlib.contextmanager
@@ -77,17 +60,29 @@ def frozen_parameters(model: HookedTransformer) -> Iterator[None]:
 
 @dataclass
 class GradPass:
-    """A clean forward pass that keeps its graph: m[b, t], every layer's z in the graph and the
-    switch of its gates."""
+    """A clean forward pass that keeps its graph: m[b, t], every layer's z and every block's
+    input residual (resid[l]; resid[L]: the final one) in the graph."""
 
     m: Float[Tensor, "batch pos"]
     z: dict[int, Float[Tensor, "batch pos head d_head"]]
-    switch: DropSwitch
+    resid: list[Float[Tensor, "batch pos d_model"]]
 
-    def grads(self, grad_out: Tensor, layers: list[int]) -> dict[int, Tensor]:
-        """d(sum grad_out * m)/dz of `layers`, the graph kept for the next call."""
+    def grads(
+        self, grad_out: Tensor, layers: list[int], after: Sequence[int] = ()
+    ) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+        """d(sum grad_out * m)/dz of `layers`, and /d(block d's output) for d in `after` (the
+        GradDrop passes' starting gradients), the graph kept for the next call."""
+        inputs = [self.z[layer] for layer in layers] + [self.resid[d + 1] for d in after]
+        got = torch.autograd.grad(self.m, inputs, grad_out, retain_graph=True)
+        n = len(layers)
+        return dict(zip(layers, got[:n], strict=True)), dict(zip(after, got[n:], strict=True))
+
+    def dropped_grads(self, dropped: int, output_grad: Tensor, layers: list[int]):
+        """GradDrop's d/dz of `layers` (below `dropped`) with the gradient through layer
+        `dropped`'s attention and MLP outputs dropped: from block `dropped`'s input, given
+        `output_grad`, the AtP pass's gradient at the block's output."""
         got = torch.autograd.grad(
-            self.m, [self.z[layer] for layer in layers], grad_out, retain_graph=True
+            self.resid[dropped], [self.z[layer] for layer in layers], output_grad, retain_graph=True
         )
         return dict(zip(layers, got, strict=True))
 
@@ -101,31 +96,24 @@ def grad_pass(
     fused: bool = True,
 ) -> GradPass:
     """The clean run of tokens[:, :-1] through the same blocks as the engine's clean pass
-    (models.blocks.run_block), with every z and every layer's attention and MLP output (gated,
-    for GradDrop) in an autograd graph; call inside frozen_parameters and enable_grad."""
-    switch = DropSwitch()
+    (models.blocks.run_block), with every z and every block's input residual in an autograd
+    graph; call inside frozen_parameters and enable_grad."""
     z: dict[int, Tensor] = {}
 
     def keep_z(x, hook, layer):
         z[layer] = x
 
-    def gate(x, hook, layer):
-        return _Gate.apply(x, switch, layer)
-
-    hooks = []
-    for layer in range(model.cfg.n_layers):
-        prefix = f"blocks.{layer}"
-        hooks.append((f"{prefix}.attn.hook_z", partial(keep_z, layer=layer)))
-        hooks.append((f"{prefix}.hook_attn_out", partial(gate, layer=layer)))
-        if not model.cfg.attn_only:
-            hooks.append((f"{prefix}.hook_mlp_out", partial(gate, layer=layer)))
+    hooks = [
+        (f"blocks.{layer}.attn.hook_z", partial(keep_z, layer=layer))
+        for layer in range(model.cfg.n_layers)
+    ]
     with model.hooks(fwd_hooks=hooks):
         # The stream requires grad so that every z is in the graph; the embedding gets none.
-        resid = embed(model, tokens[:, :-1]).detach().requires_grad_(True)
+        resid = [embed(model, tokens[:, :-1]).detach().requires_grad_(True)]
         for layer, block in enumerate(model.blocks):
-            resid = run_block(block, resid, fused)
-            check_finite(resid.detach(), f"the residual stream after layer {layer}", rows)
-    return GradPass(m=metric.per_position(ro, resid), z=z, switch=switch)
+            resid.append(run_block(block, resid[-1], fused))
+            check_finite(resid[-1].detach(), f"the residual stream after layer {layer}", rows)
+    return GradPass(m=metric.per_position(ro, resid[-1]), z=z, resid=resid)
 
 
 def head_estimates(
@@ -141,35 +129,26 @@ def head_estimates(
 
 
 def graddrop_estimates(
-    gp: GradPass, grad_out: Tensor, dz: dict[int, Tensor], atp: Tensor
+    gp: GradPass, output_grads: dict[int, Tensor], dz: dict[int, Tensor], atp: Tensor
 ) -> Float[Tensor, "drop_layer layer head batch"]:
-    """estimate_l for every dropped layer l: AtP above l, 0 in l, a backward pass below l."""
+    """estimate_l for every dropped layer l: AtP above l, 0 in l, below l a backward pass from
+    block l's input (`output_grads`: the AtP pass's gradients at the outputs of blocks 1 ..
+    L - 1)."""
     n_layers, n_heads = atp.shape[:2]
     out = atp.unsqueeze(0).repeat(n_layers, 1, 1, 1)
     for dropped in range(n_layers):
         out[dropped, dropped] = 0.0
         if dropped == 0:
             continue
-        gp.switch.dropped = dropped
-        try:
-            grads = gp.grads(grad_out, list(range(dropped)))
-        finally:
-            gp.switch.dropped = None
+        grads = gp.dropped_grads(dropped, output_grads[dropped], list(range(dropped)))
         out[dropped, :dropped] = head_estimates(grads, dz, n_layers, n_heads)[:dropped]
     return out
 
 
-def _head_unit(
-    gp: GradPass, weight: Tensor, layer: int, head: int, delta: Tensor, dropped: int | None = None
-) -> Float[Tensor, " batch"]:
-    """One backward pass of the weighted metric down to `layer`, contracted with the head's
-    z' - z (`delta`, [n, pos, d_head]) per row; `dropped`: GradDrop's dropped layer."""
-    gp.switch.dropped = dropped
-    try:
-        g = gp.grads(weight, [layer])[layer][: delta.shape[0], :, head].float()
-    finally:
-        gp.switch.dropped = None
-    return torch.einsum("bpd,bpd->b", g, delta)
+def _head_contraction(g: Tensor, head: int, delta: Tensor) -> Float[Tensor, " batch"]:
+    """A layer's gradient contracted with one head's z' - z (`delta`, [n, pos, d_head]) per
+    row."""
+    return torch.einsum("bpd,bpd->b", g[: delta.shape[0], :, head].float(), delta)
 
 
 def head_unit_estimates(
@@ -177,8 +156,9 @@ def head_unit_estimates(
 ) -> tuple[Float[Tensor, "layer head batch"], Tensor | None]:
     """Per head, per row, the estimate of the change of the head's metric summed over its own
     tokens (`top`, of the batch's own rows): one backward pass per head that has some in the
-    batch, down to its layer only; with GradDrop, one more per layer above it (below or at its
-    layer: AtP, 0). Heads without tokens in the batch get 0 (no unit)."""
+    batch, down to its layer only; with GradDrop, one more per layer d above it, from block d's
+    input down to the head's layer (below or at its layer: AtP, 0). Heads without tokens in the
+    batch get 0 (no unit)."""
     n_layers, n_heads, n = top.shape[:3]
     atp = torch.zeros(n_layers, n_heads, n, device=top.device)
     drop = atp.unsqueeze(0).repeat(n_layers, 1, 1, 1) if graddrop else None
@@ -186,12 +166,15 @@ def head_unit_estimates(
         weight = torch.zeros_like(gp.m)
         weight[:n] = top[layer, head].to(weight.dtype)
         delta = dz[layer][:, :, head].float()
-        atp[layer, head] = _head_unit(gp, weight, layer, head, delta)
+        above = list(range(layer + 1, n_layers)) if graddrop else []
+        grads, output_grads = gp.grads(weight, [layer], above)
+        atp[layer, head] = _head_contraction(grads[layer], head, delta)
         if drop is not None:
             drop[:, layer, head] = atp[layer, head]  # dropping a layer at or below: unchanged
             drop[layer, layer, head] = 0.0
-            for dropped in range(layer + 1, n_layers):
-                drop[dropped, layer, head] = _head_unit(gp, weight, layer, head, delta, dropped)
+            for dropped in above:
+                g = gp.dropped_grads(dropped, output_grads[dropped], [layer])[layer]
+                drop[dropped, layer, head] = _head_contraction(g, head, delta)
     return atp, drop
 
 
@@ -215,6 +198,7 @@ def token_estimates(
     backward passes run."""
     n_layers, n_heads = len(gp.z), gp.z[0].shape[2]
     layers = list(range(n_layers))
+    above = list(range(1, n_layers)) if graddrop else []
     nan = float("nan")
     atp = torch.full((n_layers, n_heads, *selected.shape), nan, device=selected.device)
     drop = atp.new_full((n_layers, *atp.shape), nan) if graddrop else None
@@ -223,10 +207,11 @@ def token_estimates(
         rows = (column >= 0).nonzero().flatten()
         one_hot = torch.zeros_like(gp.m)
         one_hot[rows, column[rows]] = 1.0
-        est = head_estimates(gp.grads(one_hot, layers), dz, n_layers, n_heads)
+        grads, output_grads = gp.grads(one_hot, layers, above)
+        est = head_estimates(grads, dz, n_layers, n_heads)
         atp[:, :, rows, column[rows]] = est[:, :, rows]
         passes += 1
         if drop is not None:
-            drop[..., rows, column[rows]] = graddrop_estimates(gp, one_hot, dz, est)[..., rows]
+            drop[..., rows, column[rows]] = graddrop_estimates(gp, output_grads, dz, est)[..., rows]
             passes += n_layers - 1
     return atp, drop, passes
