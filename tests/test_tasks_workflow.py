@@ -155,7 +155,8 @@ def test_each_task_gets_a_per_head_csv_like_head_summary(finished_run, tmp_path)
                 mine = table[table.ablation == ablation]
                 assert len(mine) == int((summary.top_n_tokens.values > 0).sum())
                 for name in TABLE_COLUMNS:
-                    got = summary[name].values[mine.layer.values, mine.head.values]
+                    grid = summary[name].transpose("layer", "head").values
+                    got = grid[mine["layer"].values, mine["head"].values]
                     np.testing.assert_allclose(mine[name].values, got, rtol=1e-5, atol=1e-6)
             page = (where / "tables" / "per_head.html").read_text()
             assert f"{model} on {task}" in page and "values in the" in page
