@@ -129,6 +129,7 @@ def every_key_config(tmp: Path) -> dict:
         "ablations": ["mean", "resample", "zero"],
         "resources": resources,
         "checkpoint_shards": 1,
+        "estimate": {"flops_per_second": 1e11, "seconds_per_job": 2},
         "tokenizers": {"t1": {"vocab_size": 300, "corpus": corpus | {"split": "train"}}},
         "models": [
             {

@@ -339,3 +339,60 @@ def test_a_dry_run_plans_without_a_word_from_the_check(tmp_path):
     # Snakemake runs no onstart handler in a dry run: no table, no refusal, nothing written.
     assert "planned jobs take" not in out and "ConfigError" not in out and "Traceback" not in out
     assert not (tmp_path / "results").exists()
+
+
+# --- a prompts task, sized from its file before any tokenizer --------------------------------------
+
+
+def test_a_prompts_task_is_sized_from_its_file_not_unknown(tmp_path):
+    """A prompts file's task stores are sized from its lines (n prompts, the longest prompt's
+    bytes + 3 tokens, at most the context + 1), so the table never says "tasks unknown";
+    ten times the lines, ten times the bytes."""
+    from selfrepair.config.tasks import task_shape
+
+    lines = [{"prompt": "x = " + "y" * (i % 7), "answer": " z"} for i in range(40)]
+    small, large = tmp_path / "small.jsonl", tmp_path / "large.jsonl"
+    small.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    large.write_text("".join(json.dumps(x) + "\n" for x in lines * 10))
+    config, models = reduced_demo()
+    sizes = {}
+    for path in (small, large):
+        config["tasks"] = {"mine": {"type": "prompts", "file": str(path), "ablations": ["mean"]}}
+        config = merged(load("config.yaml"), merged(reduced_demo_config(), config))
+        models = sr_config.validate_run(config)
+        spec = config["tasks"]["mine"]
+        assert task_shape(config, spec, models["tiny-gpt2"]) == (
+            len(path.read_text().split("\n")) - 1,
+        ) * 2 + (13,)
+        w = {"model": "tiny-gpt2", "task": "mine", "task_ablation": "mean"}
+        jobs = [job(rule, {"heads": f"results/tiny-gpt2/tasks/mine/{rule}.zarr"}, **w)
+                for rule in ("task_prompts", "task_clean", "task_ablate", "task_summary")]  # fmt: skip
+        estimate = storage.estimate_storage(config, models, jobs)
+        assert None not in estimate.values()
+        sizes[path.name] = storage.data_bytes(storage._Run(config, models), "task_prompts", w)
+        table = sr_config.storage_table(estimate)
+        assert "unknown" not in table and "tiny-gpt2" in table
+    assert sizes["large.jsonl"] == 10 * sizes["small.jsonl"] == 10 * 40 * 13 * 24
+    long = [{"prompt": "y" * 500, "answer": " z"}] * 2  # clipped at the context + 1
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps(x) + "\n" for x in long))
+    spec = {"type": "prompts", "file": str(tmp_path / "long.jsonl")}
+    assert task_shape(config, spec, models["tiny-gpt2"]) == (2, 2, config["data"]["seq_len"] + 1)
+
+
+def test_a_hub_models_context_comes_from_the_cache(tmp_path, monkeypatch):
+    """model_context of a hub model: its cached config.json's (a prompt beyond it is then
+    refused before the first job), None when not cached."""
+    from huggingface_hub import constants
+
+    from selfrepair.config.tasks import model_context
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    config, _ = reduced_demo()
+    assert model_context(config, {"name": "gpt2-small"}) is None
+    repo = tmp_path / "models--gpt2"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc")
+    (repo / "snapshots" / "abc").mkdir(parents=True)
+    hf = {"model_type": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 8, "n_positions": 24}
+    (repo / "snapshots" / "abc" / "config.json").write_text(json.dumps(hf | {"vocab_size": 50}))
+    assert model_context(config, {"name": "gpt2-small"}) == 24

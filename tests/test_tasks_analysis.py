@@ -235,3 +235,32 @@ def test_head_backups_list_a_last_layer_head_with_the_reason_it_has_none():
     assert last.note == NO_BACKUP_LAST_LAYER
     assert (table[table.ablated != "L2H0"].note == "").all()
     assert no_backup_notes(table) == [f"L2H0 has no backup heads: {NO_BACKUP_LAST_LAYER}."]
+
+
+def test_task_head_table_has_head_summarys_columns_and_names_its_metric():
+    import pandas as pd
+
+    from selfrepair.analysis.tables import TABLE_COLUMNS, head_table, table_html, task_head_table
+
+    shape = {"layer": 2, "head": 3}
+    rng = np.random.default_rng(0)
+    summary = xr.Dataset(
+        {n: (("layer", "head"), rng.normal(size=(2, 3))) for n in TABLE_COLUMNS},
+        coords={"layer": [0, 1], "head": [0, 1, 2]},
+        attrs={"n_tokens": 12},
+    )
+    summary["top_n_tokens"] = xr.full_like(summary.top_n_tokens, 12).astype(np.int64)
+    summaries = {("m", "mean"): summary, ("m", "zero"): summary * 2}
+    summaries[("m", "zero")].attrs = summary.attrs
+    plain = head_table(summaries)
+    table = task_head_table("mine", "logit_diff", summaries)
+    assert list(table.columns) == ["model", "ablation", "task", "metric", "metric_is"] + list(
+        plain.columns[2:]
+    )
+    assert len(table) == 2 * shape["layer"] * shape["head"]
+    assert (table.metric_is == "logit difference (answer - counterfactual)").all()
+    pd.testing.assert_frame_equal(table.drop(columns=["task", "metric", "metric_is"]), plain)
+    assert "correct-token logit" in task_head_table("t", "correct_logit", summaries).metric_is[0]
+    assert "values in the logit difference" in table_html(table, title="T")
+    with pytest.raises(ValueError, match="unknown task metric"):
+        task_head_table("t", "loss", summaries)

@@ -31,7 +31,7 @@ def test_every_task_output_of_the_demo(finished_run):
             for stem in TASK_FIGURES:
                 for suffix in (".png", ".pdf"):
                     assert (where / "figures" / f"{stem}{suffix}").stat().st_size > 1000, stem
-            for name in ("backup_heads.csv", "backup_heads.html"):
+            for name in ("backup_heads.csv", "backup_heads.html", "per_head.csv"):
                 assert (where / "tables" / name).stat().st_size > 100
             for ablation in spec.get("ablations", ["corrupted"]):
                 for kind in ("ablation", "summary", "intervals", "attribution"):
@@ -114,3 +114,49 @@ def test_the_task_rules_are_the_figure_list_and_write_their_own_files():
             assert f'"results/{{model}}/tasks/{{task}}/figures/{stem}.{suffix}"' in block
         assert f'"../report/{stem}.rst"' in block
         assert (ROOT / "workflow" / "report" / f"{stem}.rst").is_file()
+
+
+@slow
+def test_each_task_gets_a_per_head_csv_like_head_summary(finished_run, tmp_path):
+    """task_head_table, run through the workflow on a copy of the finished demo: one row per
+    (ablation, head) with head_summary.csv's columns, the task and the metric its logit columns
+    are on, and the summary store's numbers."""
+    import shutil
+
+    import pandas as pd
+    from helpers import link_project, snakemake
+
+    from selfrepair.analysis.tables import TABLE_COLUMNS
+
+    run, configs = finished_run
+    copy = link_project(tmp_path)
+    shutil.copytree(run / "results", copy / "results", ignore=shutil.ignore_patterns("logs"))
+    shutil.copytree(run / "resources", copy / "resources")
+    tables = [f"results/{m}/tasks/{t}/tables/per_head.csv" for t in _tasks() for m in MODELS]
+    proc = snakemake(
+        *tables, "--forcerun", "task_head_table", "--cores", "1", "--rerun-triggers", "mtime",
+        "--configfile", *configs, cwd=copy, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = pd.read_csv(run / "results" / "tables" / "head_summary.csv")
+    for task, spec in _tasks().items():
+        for model in MODELS:
+            where = copy / "results" / model / "tasks" / task
+            table = pd.read_csv(where / "tables" / "per_head.csv")
+            assert list(table.columns[:5]) == ["model", "ablation", "task", "metric", "metric_is"]
+            assert set(text.columns) <= set(table.columns)
+            metric = spec.get("metric", "correct_logit")
+            assert (table.metric == metric).all() and (table.task == task).all()
+            assert table.metric_is.iloc[0].split()[0] in ("logit", "correct-token")
+            ablations = spec.get("ablations", ["corrupted"])
+            assert sorted(table.ablation.unique()) == sorted(ablations)
+            for ablation in ablations:
+                summary = open_zarr(where / "summary" / f"{ablation}.zarr")
+                mine = table[table.ablation == ablation]
+                assert len(mine) == int((summary.top_n_tokens.values > 0).sum())
+                for name in TABLE_COLUMNS:
+                    grid = summary[name].transpose("layer", "head").values
+                    got = grid[mine["layer"].values, mine["head"].values]
+                    np.testing.assert_allclose(mine[name].values, got, rtol=1e-5, atol=1e-6)
+            page = (where / "tables" / "per_head.html").read_text()
+            assert f"{model} on {task}" in page and "values in the" in page

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pandas as pd
 import xarray as xr
 
+from selfrepair.plots.captions import METRIC_LABELS
 from selfrepair.variables import head_label
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "head_table",
     "html_page",
     "table_html",
+    "task_head_table",
 ]
 
 TABLE_COLUMNS = (
@@ -68,6 +70,25 @@ def head_table(
     return table.sort_values(["model", "ablation", "layer", "head"], ignore_index=True)
 
 
+def task_head_table(
+    task: str,
+    metric: str,
+    summaries: dict[tuple[str, str], xr.Dataset],
+    intervals: dict[tuple[str, str], xr.Dataset] | None = None,
+) -> pd.DataFrame:
+    """head_table of one task's (model, ablation) summaries, over its answer positions, with
+    the task and the metric every logit column is on (`metric`: logit_diff or correct_logit,
+    `metric_is`: what that is, captions.METRIC_LABELS) after the model and ablation; top_* and mean_* both cover every
+    answer (a task's selection is all its answers)."""
+    if metric not in METRIC_LABELS:
+        raise ValueError(f"unknown task metric {metric!r}: one of {', '.join(METRIC_LABELS)}")
+    table = head_table(summaries, intervals)
+    table.insert(2, "task", task)
+    table.insert(3, "metric", metric)
+    table.insert(4, "metric_is", METRIC_LABELS[metric])
+    return table
+
+
 HTML_COLUMNS = {  # column of the HTML table -> how it is made from the CSV's
     "head": lambda t: pd.Series(map(head_label, t["layer"], t["head"]), index=t.index),
     "self-repair, top tokens": lambda t: _with_interval(t, "top_self_repair"),
@@ -116,13 +137,14 @@ def html_page(title: str, note: str, sections: Sequence[str]) -> str:
     return "\n".join(parts)
 
 
-def table_html(table: pd.DataFrame, note: str = "") -> str:
+def table_html(table: pd.DataFrame, note: str = "", title: str = "Per-head self-repair") -> str:
     """A standalone HTML page: one table per (model, ablation), heads in layer order."""
     parts = []
     for (model, ablation), rows in table.groupby(["model", "ablation"], sort=True):
         shown = pd.DataFrame({col: make(rows) for col, make in HTML_COLUMNS.items()})
         n_tokens = int(rows["n_tokens"].iloc[0])
         parts.append(f"<h2>{html.escape(model)}, {html.escape(ablation)} ablation</h2>")
-        parts.append(f"<p>{len(rows)} heads, {n_tokens:,} tokens; values in logits.</p>")
+        unit = f"the {rows['metric_is'].iloc[0]}" if "metric_is" in rows else "logits"
+        parts.append(f"<p>{len(rows)} heads, {n_tokens:,} tokens; values in {unit}.</p>")
         parts.append(shown.to_html(index=False, classes="heads", border=0, escape=True))
-    return html_page("Per-head self-repair", note, parts)
+    return html_page(title, note, parts)

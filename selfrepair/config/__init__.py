@@ -93,6 +93,7 @@ from selfrepair.config.targets import (
     target_with_pick,
 )
 from selfrepair.config.tasks import model_context, task_models
+from selfrepair.config.time_estimate import check_time, jobs_on_cpu
 
 __all__ = [
     "named_target_of",
@@ -118,6 +119,8 @@ __all__ = [
     "check_model_entry",
     "check_run",
     "check_storage",
+    "check_time",
+    "jobs_on_cpu",
     "check_target_heads",
     "describe_validation_error",
     "device_problem",

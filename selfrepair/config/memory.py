@@ -18,7 +18,7 @@ from selfrepair.config.cluster import model_resources
 from selfrepair.config.errors import ConfigError
 from selfrepair.config.models import HEAD_KEYS, LAYER_KEYS
 
-__all__ = ["check_model_memory", "job_bytes", "model_size"]
+__all__ = ["cached_hub_entry", "check_model_memory", "job_bytes", "model_size"]
 
 FLOAT32 = 4
 WIDTH_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
@@ -34,6 +34,25 @@ def _int(hf: dict[str, Any], keys: tuple[str, ...]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
+
+
+def cached_hub_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A hub model's entry as a `path` entry of its snapshot in the local Hugging Face cache
+    when its config.json is there (what the config can know of it before any job); any other
+    entry, or a hub model not cached, unchanged."""
+    if "path" in entry or "train" in entry or "checkpoint" in entry:
+        return entry
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        from selfrepair.config.models import official_model_name
+
+        found = try_to_load_from_cache(official_model_name(entry["name"]), "config.json")
+    except (ImportError, ConfigError):
+        found = None
+    if isinstance(found, str):  # not None, nor the cache's "known to be missing"
+        return {"name": entry["name"], "path": str(Path(found).parent)}
+    return entry
 
 
 def model_size(entry: dict[str, Any], config: dict[str, Any]) -> Shapes | None:

@@ -8,8 +8,8 @@ An upper bound: each store's arrays at their uncompressed sizes from the shapes 
 in whole blocks; the trained tokenizers and models under resources/ (disk); per job its log,
 benchmark and Snakemake's records. A stage is the rules file of the rule; a training checkpoint
 (<model>@step<N>) counts under its model. What the config cannot know (a hub model neither in
-the catalogue's paper models nor cached; a JSONL task's prompts) is
-"unknown", never guessed: the total is then a lower bound."""
+the catalogue's paper models nor cached) is "unknown", never guessed: the total is then a
+lower bound. A prompts task is sized from its file's lines (tasks.task_shape)."""
 
 from __future__ import annotations
 
@@ -21,10 +21,9 @@ from typing import Any
 from selfrepair.catalogue import Shapes, paper_model
 from selfrepair.config import disk
 from selfrepair.config.checkpoints import checkpoint_models, keeps_every_token
-from selfrepair.config.errors import ConfigError
 from selfrepair.config.layout import n_predictions, n_rows, n_shards, shard_bounds, top_count
-from selfrepair.config.memory import model_size
-from selfrepair.config.models import model_dims, official_model_name
+from selfrepair.config.memory import cached_hub_entry, model_size
+from selfrepair.config.models import model_dims
 from selfrepair.config.store_bytes import (  # noqa: F401 (the formulas, storage.<name> too)
     F32,
     F64,
@@ -37,6 +36,7 @@ from selfrepair.config.store_bytes import (  # noqa: F401 (the formulas, storage
     repair_sums_bytes,
     top_ablation_bytes,
 )
+from selfrepair.config.tasks import task_shape
 from selfrepair.variables import HEAD_VARIABLES
 
 __all__ = ["PARTS", "all_ablation_bytes", "clean_bytes", "estimate_storage"]
@@ -59,15 +59,7 @@ def storage_dims(entry: dict[str, Any], config: dict[str, Any]) -> Shapes | None
     """A model's layers, heads and MLP width from its `train`, its checkpoint's config.json or
     a hub model's in the local Hugging Face cache (memory.model_size, models.model_dims), else
     the catalogue's paper models (d_mlp None if not there); None if dims are unknown."""
-    if "path" not in entry and "train" not in entry:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(official_model_name(entry["name"]), "config.json")
-        except (ImportError, ConfigError):
-            found = None
-        if isinstance(found, str):  # not None, nor the cache's "known to be missing"
-            entry = {"name": entry["name"], "path": str(Path(found).parent)}
+    entry = cached_hub_entry(entry)
     dims, size = model_dims(entry), model_size(entry, config)
     paper = paper_model(entry["name"])
     d_mlp = size.d_mlp if size else (paper.shapes.d_mlp if paper else None)
@@ -207,13 +199,11 @@ def _explorer(run: _Run, w: dict, d: Shapes) -> int:
     return d.heads * per_head + FILE_BYTES[""]
 
 
-def _task(run: _Run, w: dict, d: Shapes, rule: str) -> int | None:
-    """The task stores, on answer positions: induction's second copy, IOI's one; JSONL: unknown."""
+def _task(run: _Run, w: dict, d: Shapes, rule: str) -> int:
+    """The task stores, on answer positions (config.tasks.task_shape: a prompts file's rows at
+    their longest bound)."""
     spec = run.config["tasks"][w["task"]]
-    if spec["type"] == "prompts":
-        return None
-    n, length = spec["n_prompts"], spec["length"]
-    answers, width = (n * length, 1 + 2 * length) if spec["type"] == "induction" else (n, 32)
+    n, answers, width = task_shape(run.config, spec, run.models[run.model(w["model"])])
     if rule == "task_prompts":  # tokens, corrupted (int32), scored, counter, baseline, text
         return n * width * 24
     if rule == "task_clean":  # with counter and top1, and the metric's JSON

@@ -56,14 +56,6 @@ def shown_total(size: int, bound: str) -> str:
     return "unknown" if bound and not size else bound + human(size)
 
 
-# Printed under the table when a task's size is unknown: a prompts file's prompts are counted
-# and tokenized only by its task_prompts job.
-TASKS_UNKNOWN = (
-    "  (tasks unknown: a prompts task's stores are sized once task_prompts has tokenized its "
-    "prompts; the totals leave them out)"
-)
-
-
 def storage_table(
     estimate: dict[tuple[str, str, str], int | None], store_tokens: str = "all", block: int = 4096
 ) -> str:
@@ -93,8 +85,6 @@ def storage_table(
             part, part_bound = known_total(sum((rows[model, s] for s in mine), []))
             lines.append(f"  {model:<{width}}  {'(model)':<12} {shown_total(part, part_bound):>17}")
     lines.append(f"  {'total':<{width}}  {'':<12} {shown_total(total, bound):>17}")
-    if any(stage == "tasks" and None in sizes for (_, stage), sizes in rows.items()):
-        lines.append(TASKS_UNKNOWN)
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "model_context",
     "task_heads",
     "task_models",
+    "task_shape",
     "task_tokenizer_dir",
 ]
 
@@ -57,21 +58,20 @@ def _check_size(key: str, spec: dict[str, Any]) -> None:
 
 
 def _check_file(key: str, spec: dict[str, Any]) -> None:
-    from selfrepair.tasks import TaskError, read_prompt_lines
+    from selfrepair.tasks import TaskError
+    from selfrepair.tasks.jsonl import prompt_file
 
     if spec["type"] == "prompts" and not spec.get("file"):
         raise ConfigError(f"config key {key}.file: a prompts task needs its JSONL file")
     if spec["type"] != "prompts" and spec.get("file"):
         raise ConfigError(f"config key {key}.file: only a prompts task reads a file")
     _check_size(key, spec)
-    try:  # the file read once (has_counterfactuals and has_corrupted would read it twice)
-        lines = read_prompt_lines(spec["file"]) if spec["type"] == "prompts" else None
+    try:  # every line checked, the file parsed once (prompt_file)
+        facts = prompt_file(spec["file"]) if spec["type"] == "prompts" else None
     except TaskError as err:
         raise ConfigError(f"config key {key}.file: {err}") from None
-    counterfactuals = (
-        spec["type"] == "ioi" if lines is None else all(x.counterfactual for x in lines)
-    )
-    corrupted = lines is None or all(x.corrupted for x in lines)
+    counterfactuals = spec["type"] == "ioi" if facts is None else facts.counterfactuals
+    corrupted = facts is None or facts.corrupted
     if spec["metric"] == "logit_diff" and not counterfactuals:
         raise ConfigError(
             f"config key {key}.metric: logit_diff needs a counterfactual answer for every prompt "
@@ -113,6 +113,32 @@ def check_tasks(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> N
                         raise ConfigError(f"config key {key}.{suffix}: {missing}")
 
 
+def task_shape(
+    config: dict[str, Any], spec: dict[str, Any], entry: dict[str, Any]
+) -> tuple[int, int, int]:
+    """(prompts, answers, row width in tokens) of a task on one model, before any tokenizer:
+    induction's and IOI's from their keys; a prompts file's from its lines (jsonl.prompt_file),
+    each row at most its longest prompt's bytes + 3 (SentencePiece's leading piece, BOS, the
+    answer: a token is at least a byte) and at most the model's context + 1: an upper bound.
+
+    Args:
+        config: the validated workflow config.
+        spec: the task's entry (tasks.<name>).
+        entry: the model's entry.
+    """
+    if spec["type"] == "induction":
+        n, length = spec["n_prompts"], spec["length"]
+        return n, n * length, 1 + 2 * length
+    if spec["type"] == "ioi":
+        return spec["n_prompts"], spec["n_prompts"], 32
+    from selfrepair.tasks.jsonl import prompt_file
+
+    facts = prompt_file(spec["file"])
+    width = facts.longest_bytes + 3
+    n_ctx = model_context(config, entry)
+    return facts.n_prompts, facts.n_prompts, width if n_ctx is None else min(width, n_ctx + 1)
+
+
 def task_tokenizer_dir(entry: dict[str, Any], tokenizers: dict[str, Any]) -> str | None:
     """Where a model's tokenizer is before any job: a trained model's trained tokenizer folder
     (None while it is not trained yet), a path model's folder, else the hub name (None)."""
@@ -125,11 +151,14 @@ def task_tokenizer_dir(entry: dict[str, Any], tokenizers: dict[str, Any]) -> str
 
 def model_context(config: dict[str, Any], entry: dict[str, Any]) -> int | None:
     """A model's context in positions as the config knows it before any job: a trained
-    model's (train.n_ctx, else data.seq_len), a `path` model's config.json; None for the hub's
-    (task_clean checks it once the model is loaded)."""
+    model's (train.n_ctx, else data.seq_len), a `path` model's config.json, a hub model's in
+    the local Hugging Face cache; None for a hub model not cached (task_clean checks it once
+    the model is loaded)."""
     import json
 
-    from selfrepair.config.memory import CONTEXT_KEYS
+    from selfrepair.config.memory import CONTEXT_KEYS, cached_hub_entry
+
+    entry = cached_hub_entry(entry)
 
     if "train" in entry:
         return int(entry["train"].get("n_ctx") or config["data"]["seq_len"])

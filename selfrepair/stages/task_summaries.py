@@ -27,7 +27,7 @@ from selfrepair.stages.store import (
     write_zarr,
 )
 
-__all__ = ["TASK_TOP_FRACTION", "task_backups", "task_summary"]
+__all__ = ["TASK_TOP_FRACTION", "task_backups", "task_head_table", "task_summary"]
 
 log = logging.getLogger("selfrepair")
 
@@ -118,6 +118,51 @@ SET_SECTION = (
     "effect), ranked against the expected backups; heads at or below the set's first layer tie "
     "at 0, which caps the ROC-AUC at roc_auc_cap"
 )
+
+
+def task_head_table(
+    *,
+    model: str,
+    task: str,
+    ablations: Sequence[str],
+    summaries: Sequence[str],
+    intervals: Sequence[str],
+    csv: str,
+    html_path: str,
+    note: str = "",
+) -> pd.DataFrame:
+    """Rule task_head_table: the per-head table of one (model, task), every ablation of the
+    task, as CSV (head_summary.csv's columns, with the task and the metric its logit columns
+    are on, as the stores record it) and HTML (analysis.tables.task_head_table).
+
+    Args:
+        model, task: the wildcards.
+        ablations: the task's ablations, of summaries[i] and intervals[i].
+        summaries, intervals: the task_summary stores of each ablation.
+        csv, html_path: the files to write.
+        note: a paragraph above the HTML tables.
+    """
+    if not len(ablations) == len(summaries) == len(intervals):
+        raise ValueError("give one summary and one interval store per ablation")
+    opened = [open_zarr(p) for p in summaries]
+    check_same_run(list(summaries), opened, SAME_WEIGHTS_KEYS)
+    metrics = {ds.attrs.get("metric") for ds in opened}
+    if len(metrics) != 1:
+        raise DamagedStore(
+            f"the task's summaries {list(summaries)} are on different metrics {sorted(map(str, metrics))}; "
+            f"{rebuild_hint(summaries[0])}"
+        )
+    keys = [(model, a) for a in ablations]
+    table = tables.task_head_table(
+        task,
+        metrics.pop(),
+        dict(zip(keys, opened, strict=True)),
+        {k: open_zarr(p) for k, p in zip(keys, intervals, strict=True)},
+    )
+    write_text(csv, table.to_csv(index=False, float_format="%.6g"))
+    title = f"Per-head self-repair: {model} on {task}"
+    write_text(html_path, tables.table_html(table, note, title))
+    return table
 
 
 def task_backups(

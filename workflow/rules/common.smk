@@ -670,6 +670,15 @@ def task_caption(wildcards, input):
     task and its metric, and the clean model on it (task_clean's JSON, checked, once it
     exists).
     """
+    return measured_on_task(wildcards, input, [task_figure_ablation(wildcards)])
+
+
+def task_table_caption(wildcards, input):
+    """task_caption for the per-head table: every ablation of the task."""
+    return measured_on_task(wildcards, input, TASKS[wildcards.task]["ablations"])
+
+
+def measured_on_task(wildcards, input, ablations):
     spec = TASKS[wildcards.task]
     path = Path(input.metric)
     if path.exists():
@@ -687,7 +696,7 @@ def task_caption(wildcards, input):
         )
     return captions.measured(
         models=[f"{wildcards.model} on task {wildcards.task}"],
-        ablations=[captions.ABLATION_NOTES[task_figure_ablation(wildcards)]],
+        ablations=[captions.ABLATION_NOTES[a] for a in ablations],
         n_tokens=n_answers,
         selection=f"every answer position ({n_answers:,} answers of {n_prompts:,} prompts)",
         extra=[
@@ -700,7 +709,8 @@ def task_caption(wildcards, input):
 
 def task_outputs():
     """Every (model, task)'s final outputs, as the task rules write them: summaries, joint
-    ablations of its sets, the backup table, the figures and the explorer page."""
+    ablations of its sets, the per-head and backup tables, the figures and the explorer page.
+    """
     outputs = []
     for task, models in TASK_MODELS.items():
         spec = TASKS[task]
@@ -708,7 +718,7 @@ def task_outputs():
         outputs += expand(rules.task_summary.output, **each)
         if spec["ablation_sets"]:
             outputs += expand(rules.task_set_ablate.output, **each)
-        for name in ("task_backups", *TASK_FIGURES, "task_explorer"):
+        for name in ("task_head_table", "task_backups", *TASK_FIGURES, "task_explorer"):
             outputs += expand(getattr(rules, name).output, model=models, task=task)
     return outputs
 

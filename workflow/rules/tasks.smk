@@ -151,7 +151,8 @@ rule task_summary:
         "../scripts/task_summary.py"
 
 
-# --- the backup-heads table and the figures (the task's first ablation) -----------------------
+# --- the per-head table (every ablation), the backup-heads table and the figures (the task's
+# first ablation) ---------------------------------------------------------------------------------
 
 
 rule task_backups:
@@ -186,6 +187,37 @@ rule task_backups:
         bootstrap=REPAIR_BOOTSTRAP,
     script:
         "../scripts/task_backups.py"
+
+
+rule task_head_table:
+    input:
+        summaries=lambda w: task_paths(w, "summary/{a}.zarr"),
+        intervals=lambda w: task_paths(w, "intervals/{a}.zarr"),
+        metric="results/{model}/tasks/{task}/metric.json",
+    output:
+        csv=report(
+            "results/{model}/tasks/{task}/tables/per_head.csv",
+            caption="../report/task_head_table.rst",
+            category="Tasks – {task}",
+            subcategory="{model}",
+        ),
+        html=report(
+            "results/{model}/tasks/{task}/tables/per_head.html",
+            caption="../report/task_head_table.rst",
+            category="Tasks – {task}",
+            subcategory="{model}",
+        ),
+    log:
+        "results/logs/task_head_table/{model}/{task}.log",
+    benchmark:
+        "results/benchmarks/task_head_table/{model}/{task}.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        ablations=lambda w: TASKS[w.task]["ablations"],
+        caption=task_table_caption,
+    script:
+        "../scripts/task_head_table.py"
 
 
 rule task_self_repair_per_head:

@@ -1,0 +1,200 @@
+"""How long the planned jobs take, estimated before the first job and printed under the storage
+table (the Snakefile's onstart; check_time): each job's matrix-product FLOPs from the model's
+shapes and the rows it runs, divided by a rate, plus a fixed time per job (Python's start, the
+imports, reading and writing stores). An estimate, not a measurement, and it says so.
+
+The FLOPs (2 per weight and token, and causal attention's query-key products; the formulas of
+benchmarks/flops.py, kept apart from it): clean_cache and task_clean one forward pass of their
+rows; ablate and task_ablate the clean pass, then per head of layer L the blocks above L (the
+engine restarts after the head); atp a forward and a backward pass (3 forward); the mechanism
+experiments a forward pass per head they run; task_set_ablate one per set; train_model 3 forward
+passes' worth per step. The rate: `estimate.flops_per_second`, else measured here (a float32
+matrix product with numpy, about 0.2 s) when the jobs run on this machine's CPU, else an assumed
+GPU rate (GPU_FLOPS)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from selfrepair.catalogue import Shapes
+from selfrepair.config.errors import ConfigError
+from selfrepair.config.layout import n_rows
+from selfrepair.config.memory import cached_hub_entry, model_size
+from selfrepair.config.tasks import task_shape
+
+__all__ = ["GPU_FLOPS", "RUNTIME_MARGIN", "check_time", "forward_flops", "job_flops"]
+__all__ += ["jobs_on_cpu", "measured_rate", "time_lines"]
+
+# An H100's dense float32-with-TF32 rate is about 4e14; the engine's small products reach a
+# fraction of it. Used only when the jobs run on a GPU and estimate.flops_per_second is null.
+GPU_FLOPS = 5e13
+# A job is refused when its estimate exceeds its resources.runtime this many times over: the
+# estimate is rough (a peak matmul rate, a loaded machine), and a refusal must be sure.
+RUNTIME_MARGIN = 10
+
+
+def forward_flops(size: Shapes, rows: int, seq: int, layers: float | None = None) -> float:
+    """Matmul FLOPs of one forward pass of `rows` rows of `seq` tokens through `layers` blocks
+    (default: all) and the unembedding."""
+    n_layers = size.n_layers if layers is None else layers
+    mlp = (3 if size.gated_mlp else 2) * size.d_model * size.d_mlp
+    per_token = 2 * n_layers * (4 * size.d_model**2 + mlp) + 2 * size.d_model * size.d_vocab
+    attention = n_layers * 4 * size.d_model * seq * (seq + 1) // 2
+    return rows * (seq * per_token + attention)
+
+
+def _ablation_flops(size: Shapes, n_heads: int, rows: int, seq: int) -> float:
+    """measure_heads: the clean pass, then per head of layer L the blocks above L."""
+    later = sum(size.n_layers - 1 - layer for layer in range(size.n_layers))
+    return forward_flops(size, rows, seq) + n_heads * forward_flops(size, rows, seq, later)
+
+
+def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
+    """The matmul FLOPs of one planned job (0: none worth counting; None: the model's size is
+    unknown to the config).
+
+    Args:
+        run: storage._Run of the config.
+        rule: the job's rule name.
+        w: its wildcards.
+    """
+    if "model" not in w:
+        return 0.0
+    model = run.model(w["model"])
+    entry, dims = run.models[model], run.dims.get(model)
+    size = model_size(cached_hub_entry(entry), run.config)
+    if size is None or dims is None:
+        return None
+    seq = run.data["seq_len"]
+    if rule == "train_model":
+        train = entry["train"]
+        return 3.0 * train["steps"] * forward_flops(size, train["batch_size"], seq)
+    if rule in ("clean_cache", "ablate", "atp"):
+        rows = run.shard(w["shard"])[0]
+        if rule == "clean_cache":
+            return forward_flops(size, rows, seq)
+        if rule == "atp":
+            return 3.0 * forward_flops(size, rows, seq)
+        return _ablation_flops(size, dims.n_heads, rows, seq)
+    if rule in ("neuron_effects", "norm_ratios", "self_reinforcement"):
+        rows = n_rows(run.data)
+        experiment = {"neuron_effects": "neurons", "norm_ratios": "norms"}.get(
+            rule, "reinforcement"
+        )
+        return max(run.shown(w["model"], experiment), 1) * forward_flops(size, rows, seq)
+    if rule in ("task_clean", "task_ablate", "task_set_ablate"):
+        spec = run.config["tasks"][w["task"]]
+        rows, _, width = task_shape(run.config, spec, entry)
+        if rule == "task_ablate":
+            return _ablation_flops(size, dims.n_heads, rows, width)
+        n_passes = 1 + (len(spec["ablation_sets"]) if rule == "task_set_ablate" else 0)
+        return n_passes * forward_flops(size, rows, width)
+    return 0.0
+
+
+def measured_rate(seconds: float = 0.2, n: int = 512) -> float:
+    """FLOP/s of float32 [n, n] x [n, n] products with numpy on this machine, timed for about
+    `seconds` (after one warm-up product)."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        a @ a
+        count += 1
+    return count * 2 * n**3 / elapsed
+
+
+def _rate(config: dict[str, Any], on_cpu: bool) -> tuple[float, str]:
+    """(FLOP/s, how it was found)."""
+    given = config["estimate"]["flops_per_second"]
+    if given:
+        return float(given), "estimate.flops_per_second"
+    if on_cpu:
+        return measured_rate(), "measured here: a float32 matrix product with numpy"
+    return GPU_FLOPS, "assumed for a GPU; set estimate.flops_per_second"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def time_lines(flops: list[float | None], rate: float, how: str, per_job: float, cores: int) -> str:
+    """The estimate as printed: jobs, FLOPs, the rate and how it was found, the total one job
+    at a time and on `cores` cores, and how many jobs' FLOPs are unknown."""
+    known = sum(f for f in flops if f is not None)
+    unknown = sum(f is None for f in flops)
+    serial = known / rate + per_job * len(flops)
+    lines = [
+        f"Time estimate (an estimate from the config and the shapes, not a measurement): "
+        f"{len(flops)} jobs, {known:.2g} FLOPs of matrix products at {rate:.2g} FLOP/s ({how}) "
+        f"plus {per_job:g} s a job (estimate.seconds_per_job): about {_duration(serial)} one "
+        f"job at a time, about {_duration(serial / max(cores, 1))} on {cores} cores."
+    ]
+    if unknown:
+        lines.append(f"  ({unknown} jobs' FLOPs unknown: their model's size is not in the config)")
+    return "\n".join(lines)
+
+
+def jobs_on_cpu(config: dict[str, Any], local_exec: bool) -> bool:
+    """Whether the jobs run on this machine's CPU: run here, on device cpu (or auto without
+    CUDA, which check_machine has already asked torch)."""
+    device = config["device"]
+    if not local_exec or device not in ("cpu", "auto"):
+        return False
+    if device == "cpu":
+        return True
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def check_time(
+    config: dict[str, Any],
+    models: dict[str, dict[str, Any]],
+    jobs: Iterable[Any],
+    cores: int,
+    on_cpu: bool,
+    out: Any = None,
+) -> float:
+    """Print the estimate (time_lines) to `out` (default stderr), then refuse in one line the
+    first job whose estimate exceeds its resources.runtime (minutes) RUNTIME_MARGIN times over,
+    naming the key and the fix: the Snakefile's onstart. Returns the serial estimate in seconds.
+
+    Args:
+        config: the validated workflow config.
+        models: its model entries (the rules' MODELS).
+        jobs: the planned jobs (.rule.name, .wildcards, .resources).
+        cores: the cores the run has (workflow.cores).
+        on_cpu: whether the jobs run on this machine's CPU (jobs_on_cpu: the rate is then
+            measured here).
+        out: where to print.
+    """
+    import sys
+
+    from selfrepair.config.storage import _Run
+
+    run, jobs = _Run(config, models), list(jobs)
+    rate, how = _rate(config, on_cpu)
+    per_job = float(config["estimate"]["seconds_per_job"])
+    flops = [job_flops(run, job.rule.name, dict(job.wildcards.items())) for job in jobs]
+    print(time_lines(flops, rate, how, per_job, cores), file=out or sys.stderr)
+    for job, f in zip(jobs, flops, strict=True):
+        runtime = int((getattr(job, "resources", None) or {}).get("runtime", 0) or 0)
+        if f is not None and runtime and f / rate > RUNTIME_MARGIN * 60 * runtime:
+            w = dict(job.wildcards.items())
+            key = f"models[{run.model(w['model'])}].resources.runtime (or resources.runtime)"
+            raise ConfigError(
+                f"config key {key}: job {job.rule.name} {w} is estimated at "
+                f"{_duration(f / rate)} ({f:.2g} FLOPs at {rate:.2g} FLOP/s, {how}), over "
+                f"{RUNTIME_MARGIN} times its runtime of {runtime} min; make the job smaller "
+                "(fewer prompts, data.shard_rows) or raise the runtime"
+            )
+    return sum(f for f in flops if f is not None) / rate + per_job * len(flops)

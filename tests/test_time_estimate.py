@@ -1,0 +1,123 @@
+"""The time estimate printed at the start of a run (selfrepair.config.time_estimate): the FLOP
+formulas by hand, the printed lines, and the workflow's own path: a real `snakemake --cores 1`
+prints it under the storage table in its onstart, and stops before any job when a job is
+estimated far beyond its resources.runtime."""
+
+from __future__ import annotations
+
+import io
+import json
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from helpers import link_project, load, merged, reduced_demo_config, snakemake
+from tasks_helpers import gpt2_checkpoint, ioi_tokenizer
+
+import selfrepair.config as sr_config
+from selfrepair.config.memory import ModelSize
+from selfrepair.config.time_estimate import forward_flops, job_flops, time_lines
+
+
+def test_forward_flops_by_hand():
+    size = ModelSize(n_layers=2, d_model=4, d_mlp=16, d_vocab=10, n_positions=0)
+    # per token: 2 layers x 2 x (4 d^2 = 64, W_in and W_out 2 x 4 x 16 = 128) + 2 x 4 x 10
+    per_token = 2 * 2 * (64 + 128) + 80
+    attention = 2 * 4 * 4 * (3 * 4 // 2)  # layers x (2 products x 2 FLOPs) x d x query-key pairs
+    assert forward_flops(size, rows=5, seq=3) == 5 * (3 * per_token + attention)
+
+
+def test_every_model_job_of_the_demo_has_flops_and_the_lines_say_estimate():
+    config = merged(load("config.yaml"), reduced_demo_config())
+    models = sr_config.validate_run(config)
+    run = sr_config.storage._Run(config, models)
+    w = {"model": "tiny-gpt2", "shard": "000"}
+    clean, ablate = job_flops(run, "clean_cache", w), job_flops(run, "ablate", w)
+    assert clean > 0 and ablate > 4 * clean  # every head: its later blocks
+    assert job_flops(run, "fig01", {}) == 0.0
+    task = {"model": "tiny-gpt2", "task": "induction", "task_ablation": "corrupted"}
+    assert job_flops(run, "task_ablate", task) > job_flops(run, "task_clean", task) > 0
+    assert job_flops(run, "train_model", {"model": "tiny-gpt2"}) > ablate
+    text = time_lines([1e12, None, 0.0], 1e10, "measured here", 5.0, 2)
+    assert text.startswith("Time estimate (an estimate from the config and the shapes")
+    assert "3 jobs, 1e+12 FLOPs" in text and "about 2 min one job at a time" in text
+    assert "(1 jobs' FLOPs unknown" in text
+
+
+DEMO_MODELS = [
+    {
+        "name": name,
+        "train": {
+            "arch": arch,
+            "tokenizer": "stdlib-bpe",
+            "n_layers": 4,
+            "d_model": 32,
+            "n_heads": 4,
+            "steps": 400,
+        },
+    }
+    for name, arch in (("tiny-gpt2", "gpt2"), ("tiny-pythia", "pythia"))
+]  # fmt: skip (the reduced demo's, with a path model beside them)
+
+
+def _job(rule, runtime=20, **wildcards):
+    return SimpleNamespace(rule=SimpleNamespace(name=rule), wildcards=wildcards,
+                           resources={"runtime": runtime})  # fmt: skip
+
+
+def test_check_time_refuses_a_job_far_beyond_its_runtime():
+    config = merged(load("config.yaml"), reduced_demo_config())
+    models = sr_config.validate_run(config)
+    jobs = [_job("clean_cache", model="tiny-gpt2", shard="000"), _job("fig01")]
+    out = io.StringIO()
+    config["estimate"]["flops_per_second"] = 1e12
+    assert sr_config.check_time(config, models, jobs, 2, on_cpu=False, out=out) < 60
+    assert "(estimate.flops_per_second)" in out.getvalue()
+    config["estimate"]["flops_per_second"] = 1.0
+    with pytest.raises(sr_config.ConfigError, match=r"^config key models\[tiny-gpt2\]\.resources"):
+        sr_config.check_time(config, models, jobs, 2, on_cpu=False, out=out)
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A run folder of the reduced demo with a random GPT-2 by path and a prompts task on it."""
+    link_project(tmp_path)
+    gpt2_checkpoint(tmp_path / "ckpt", ioi_tokenizer())
+    lines = [{"prompt": "Then, Mary and John went to the store. John gave a drink to",
+              "answer": " Mary"}] * 3  # fmt: skip
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    overlay = {
+        "models": [*DEMO_MODELS, {"name": "rand", "path": "ckpt"}],
+        "tasks": {"mine": {"type": "prompts", "file": "prompts.jsonl", "metric": "correct_logit",
+                           "ablations": ["zero"], "models": ["rand"]}},
+    }  # fmt: skip
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(overlay))
+    return tmp_path
+
+
+def _smk(run, *configs):
+    configs = ("config/demo.yaml", ".test/config/config.yaml", "mine.yaml", *configs)
+    return snakemake("--cores", "1", "results/rand/tasks/mine/clean.zarr", "--configfile",
+                     *configs, cwd=run, timeout=600)  # fmt: skip
+
+
+def test_the_start_of_a_run_prints_the_time_estimate_and_sizes_the_task(run):
+    proc = _smk(run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    err = proc.stderr
+    assert "The planned jobs take about" in err and "unknown" not in err  # the task is sized
+    (line,) = [x for x in err.splitlines() if x.startswith("Time estimate")]
+    assert "2 jobs," in line and "(measured here: a float32 matrix product with numpy)" in line
+    assert err.index("The planned jobs take") < err.index("Time estimate") < err.index("jobid")
+
+
+def test_a_job_far_beyond_its_runtime_stops_the_run_before_any_job(run):
+    (run / "slow.yaml").write_text("estimate: {flops_per_second: 1.0}\n")
+    proc = _smk(run, "slow.yaml")
+    assert proc.returncode != 0
+    assert "Finished jobid" not in proc.stderr and not (run / "results/rand/tasks").exists()
+    assert (
+        "config key models[rand].resources.runtime (or resources.runtime): job task_clean"
+        in proc.stderr
+    )
+    assert "FLOP/s, estimate.flops_per_second), over 10 times its runtime of 20 min" in proc.stderr
