@@ -15,12 +15,12 @@ from helpers import link_project, load, merged, reduced_demo_config, snakemake
 from tasks_helpers import gpt2_checkpoint, ioi_tokenizer
 
 import selfrepair.config as sr_config
-from selfrepair.config.memory import ModelSize
+from selfrepair.catalogue import Shapes
 from selfrepair.config.time_estimate import forward_flops, job_flops, time_lines
 
 
 def test_forward_flops_by_hand():
-    size = ModelSize(n_layers=2, d_model=4, d_mlp=16, d_vocab=10, n_positions=0)
+    size = Shapes(n_layers=2, d_model=4, d_mlp=16, d_vocab=10, n_positions=0)
     # per token: 2 layers x 2 x (4 d^2 = 64, W_in and W_out 2 x 4 x 16 = 128) + 2 x 4 x 10
     per_token = 2 * 2 * (64 + 128) + 80
     attention = 2 * 4 * 4 * (3 * 4 // 2)  # layers x (2 products x 2 FLOPs) x d x query-key pairs

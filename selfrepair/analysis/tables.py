@@ -10,8 +10,7 @@ from collections.abc import Sequence
 import pandas as pd
 import xarray as xr
 
-from selfrepair.plots.captions import METRIC_LABELS
-from selfrepair.variables import head_label
+from selfrepair.variables import METRIC_LABELS, head_label
 
 __all__ = [
     "HTML_COLUMNS",
