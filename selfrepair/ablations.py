@@ -82,6 +82,14 @@ class Ablation:
     reads_mean: bool = False
     color: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.partner_pool not in (None, ROWS, TASK):
+            raise ValueError(
+                f"ablation {self.name}: partner_pool must be None, {ROWS!r} or {TASK!r}"
+            )
+        if self.partner_pool and not self.partner_label:
+            raise ValueError(f"ablation {self.name}: a kind with partner rows needs partner_label")
+
     @property
     def takes_partner_rows(self) -> bool:
         """Whether a pass runs other rows with the measured ones, for their z."""

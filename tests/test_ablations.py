@@ -86,6 +86,10 @@ def test_kinds_and_their_variants():
     assert variant("mean", True) == "mean" + FROZEN_LN_SUFFIX == "mean-frozen-ln"
     with pytest.raises(ValueError, match="unknown ablation 'resample-frozen-ln': choose one of"):
         ablation_kind("resample-frozen-ln")  # a variant, not a kind: the engine takes freeze_ln
+    with pytest.raises(ValueError, match="partner rows needs partner_label"):
+        replace(KINDS["resample"], name="other", partner_label=None)
+    with pytest.raises(ValueError, match="partner_pool must be None, 'rows' or 'task'"):
+        replace(KINDS["resample"], name="other", partner_pool="shard")
 
 
 @pytest.fixture

@@ -167,8 +167,8 @@ def measure_atp(
         tokens: [rows, pos + 1] token rows, each starting with BOS.
         ablation: a kind of selfrepair.ablations.KINDS whose partner rows, if any, are among
             the rows measured (not a task's corrupted prompts): z' exactly as
-            engine.measure_heads chooses it over the same tokens (pass the same rows, e.g. one shard, for the same partners
-            and mean).
+            engine.measure_heads chooses it over the same tokens (pass the same rows, e.g. one
+            shard, for the same partners and mean).
         top: bool [layer, head, rows, pos]: each head's own tokens (e.g. its top 2%): per row,
             the estimate of the change of their sum (one backward pass per head and batch).
         per_token: bool [layer, head, rows, pos]: tokens where each head's per-token estimate
