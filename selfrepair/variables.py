@@ -1,6 +1,8 @@
 """Names shared by the engine, the reductions and the figures (no heavy imports here, so the
 analysis environment needs neither torch nor TransformerLens)."""
 
+from selfrepair.ablations import TEXT_ABLATIONS
+
 __all__ = [
     "ABLATIONS",
     "CLEAN_SUMMED",
@@ -14,7 +16,8 @@ __all__ = [
     "n_components",
 ]
 
-ABLATIONS = ("resample", "mean", "zero")
+# The ablation kinds running text takes, in the registry's order (selfrepair.ablations).
+ABLATIONS = TEXT_ABLATIONS
 
 # A task's metric (tasks.<name>.metric), as the backup table, captions and axis labels name it.
 METRIC_LABELS = {

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from selfrepair.ablations import TASK_ABLATIONS
 from selfrepair.engine.ablation import mean_z
 from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.clean import clean_direct_effects, decomposition_error
@@ -21,7 +22,6 @@ from selfrepair.variables import HEAD_VARIABLES, component_kinds
 
 TOL = 1e-4
 LENGTHS = (12, 9, 12, 7, 10)
-TASK_ABLATIONS = ("corrupted", "resample", "mean", "zero")
 
 
 def padded_task(model, seed: int = 0, lengths=LENGTHS, pad: int = 0):

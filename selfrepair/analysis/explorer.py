@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from selfrepair.ablations import KINDS
+
 __all__ = [
     "PARTNER_LABELS",
     "RANKINGS",
@@ -47,10 +49,7 @@ SUMMARY_FIELDS = tuple(
 ) + ("top_ln_share", "top_ln_share_clipped", "top_n_tokens")
 DIGITS = 6  # significant digits of the numbers written into the page
 # What a shown token's partner is, by the ablation that takes the head's z from it.
-PARTNER_LABELS = {
-    "resample": "resample partner row {row}",
-    "corrupted": "corrupted prompt (the head's z taken from it, same position)",
-}
+PARTNER_LABELS = {name: kind.partner_label for name, kind in KINDS.items() if kind.partner_label}
 # A task page's summary: on a task every scored token is an answer, so the "top" means equal the
 # means over all tokens; one set is shown, the metric's change as its drop (clean - ablated), the
 # sign of the task figures (Fig 2: drop of DE against drop of the metric).

@@ -41,6 +41,7 @@ from selfrepair.config.hub import (
 )
 from selfrepair.config.layout import (
     MAX_SHARDS,
+    ablation_variant,
     n_predictions,
     n_rows,
     n_shards,
@@ -118,6 +119,7 @@ __all__ = [
     "check_hub_names",
     "check_model_entry",
     "check_run",
+    "ablation_variant",
     "check_storage",
     "check_time",
     "jobs_on_cpu",

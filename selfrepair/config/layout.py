@@ -1,6 +1,6 @@
 """The row and shard layout every stage agrees on (rows of seq_len tokens, shards of
 data.shard_rows rows, at most MAX_SHARDS per model), the size of a head's top-fraction selection,
-and the names of the ablation variants."""
+and (from selfrepair.ablations) the names of the ablation variants."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from selfrepair.ablations import FROZEN_LN_SUFFIX
+from selfrepair.ablations import parse_variant as parse_ablation
+from selfrepair.ablations import variant as ablation_variant
 from selfrepair.config.errors import ConfigError
 
 __all__ = [
     "FROZEN_LN_SUFFIX",
     "MAX_SHARDS",
     "MIN_TOP_TOKENS",
+    "ablation_variant",
     "check_checkpoint_shards",
     "check_shard_count",
     "check_top_tokens",
@@ -25,15 +29,6 @@ __all__ = [
     "shard_bounds",
     "top_count",
 ]
-
-FROZEN_LN_SUFFIX = "-frozen-ln"
-
-
-def parse_ablation(variant: str) -> tuple[str, bool]:
-    """'mean' -> ('mean', False); 'mean-frozen-ln' -> ('mean', True)."""
-    if variant.endswith(FROZEN_LN_SUFFIX):
-        return variant[: -len(FROZEN_LN_SUFFIX)], True
-    return variant, False
 
 
 def n_rows(data: dict[str, Any]) -> int:

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from selfrepair.ablations import KINDS, VARIANT_NAMES
 from selfrepair.config.errors import ConfigError
-from selfrepair.config.layout import FROZEN_LN_SUFFIX
 
 __all__ = [
     "ABLATION_FOLDERS",
@@ -38,11 +38,9 @@ RESERVED_NAMES = frozenset({"tables", "figures", "explorer", "logs", "benchmarks
 # of these names would make a path whose folders say two things (results/m/tasks/results/...),
 # which a store's place and identity are read from (stages.integrity). tests/test_integrity.py
 # checks this list against every folder of a dry run's outputs, logs and benchmarks.
-ABLATION_FOLDERS = ("resample", "mean", "zero", "corrupted")
+ABLATION_FOLDERS = tuple(KINDS)
 # The ablations' names as a path names them (ablation/<a>/, summary/<a>.zarr), frozen-LN ones too.
-ABLATION_NAMES = frozenset(
-    {*ABLATION_FOLDERS, *(f"{a}{FROZEN_LN_SUFFIX}" for a in ABLATION_FOLDERS)}
-)
+ABLATION_NAMES = VARIANT_NAMES
 WORKFLOW_FOLDERS = frozenset(
     {
         *OUTPUT_ROOTS,

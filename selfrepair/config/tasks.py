@@ -10,6 +10,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from selfrepair.ablations import KINDS, TASK
 from selfrepair.config.errors import ConfigError
 from selfrepair.config.models import missing_head, model_dims
 
@@ -78,10 +79,12 @@ def _check_file(key: str, spec: dict[str, Any]) -> None:
             f"and {spec['type']} prompts {'lack some' if spec.get('file') else 'have none'}; "
             "use metric: correct_logit (or give every line a counterfactual)"
         )
-    if "corrupted" in spec["ablations"] and not corrupted:
+    paired = [a for a in spec["ablations"] if KINDS[a].partner_pool == TASK]
+    if paired and not corrupted:
+        others = [name for name, kind in KINDS.items() if kind.partner_pool != TASK]
         raise ConfigError(
-            f"config key {key}.ablations: corrupted needs a corrupted prompt on every line of "
-            f"{spec['file']}; add them or choose resample, mean or zero"
+            f"config key {key}.ablations: {paired[0]} needs a corrupted prompt on every line of "
+            f"{spec['file']}; add them or choose {', '.join(others[:-1])} or {others[-1]}"
         )
 
 

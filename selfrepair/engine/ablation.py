@@ -1,7 +1,9 @@
 """The one ablation routine: how the ablated z of a head is chosen, and the clean passes it needs.
 
-engine.self_repair.measure_heads and the mechanism passes (mechanisms/neurons.py, norms.py)
-ablate through this module only, so their numbers line up:
+engine.self_repair.measure_heads, AtP (engine.atp), the sets (engine.sets) and the mechanism
+passes (mechanisms/neurons.py, norms.py) ablate through this module only, so their numbers line
+up. What each kind replaces z with, and which rows or means it needs, is its entry in the
+registry (selfrepair.ablations.KINDS); this module reads those properties, never a kind's name:
 - resample: row i takes z from row source[i] (default (i + 1) mod n of the tokens passed), same
   position; a batch of rows is run together with the rows outside it that it takes z from
   (`with_partners`), and only its own rows are kept (`first_rows`);
@@ -27,19 +29,17 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from selfrepair.ablations import ROWS, TASK, Ablation, ablation_kind
 from selfrepair.engine.inputs import TaskInputs
 from selfrepair.models.blocks import run_block
 from selfrepair.models.forward import CleanPass, check_finite, clean_pass, embed, restart_point
 from selfrepair.models.readout import Readout
-from selfrepair.variables import ABLATIONS
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 __all__ = [
     "ALL_HEADS",
-    "CORRUPTED",
-    "ENGINE_ABLATIONS",
     "POINTS",
     "AblationChunk",
     "ablated_final",
@@ -59,17 +59,12 @@ __all__ = [
 
 POINTS = ("resid_pre", "resid_mid", "resid_post")
 ALL_HEADS = slice(None)
-# Resampling from paired corrupted prompts (tasks only: running text has no pairs).
-CORRUPTED = "corrupted"
-ENGINE_ABLATIONS = (*ABLATIONS, CORRUPTED)
 
 
-def check_ablation(ablation: str) -> None:
-    """Fail naming the choices when `ablation` is not one of ENGINE_ABLATIONS."""
-    if ablation not in ENGINE_ABLATIONS:
-        raise ValueError(
-            f"unknown ablation {ablation!r}: choose one of {', '.join(ENGINE_ABLATIONS)}"
-        )
+def check_ablation(ablation: str) -> Ablation:
+    """The registry's kind of this name (selfrepair.ablations.KINDS); ValueError naming the
+    choices for any other."""
+    return ablation_kind(ablation)
 
 
 def resample_source(n_rows: int) -> Int[Tensor, " batch"]:
@@ -186,16 +181,12 @@ def ablated_z(
     heads: list[int] | slice = ALL_HEADS,
 ) -> Float[Tensor, "batch pos heads d_head"]:
     """The ablated z of `heads` of one layer for the first n rows of `z` (one layer's clean z over
-    a batch and its resample partners): resample, z of row partner[i]; mean, z_mean; zero, 0.
+    a batch and its partner rows): the kind's replacement (resample and corrupted, z of row
+    partner[i]; mean, z_mean; zero, 0).
 
     Only indexing and views: no arithmetic, so every caller gets the same numbers.
     """
-    if ablation == "resample" or ablation == CORRUPTED:
-        return z[:, :, heads][partner]
-    if ablation == "mean":
-        chosen = z_mean[heads]
-        return chosen.expand(n, z.shape[1], *chosen.shape)
-    return torch.zeros_like(z[:n, :, heads])
+    return ablation_kind(ablation).replacement(z, n, partner, z_mean, heads)
 
 
 @dataclass
@@ -207,8 +198,8 @@ class AblationChunk:
     cp: CleanPass  # the batch's own rows
     kept: dict[str, Tensor]
     ablation: str
-    z_run: dict[int, Tensor]  # clean z over the batch and its resample partners
-    partner: Int[Tensor, " batch"] | None  # resample: index into z_run's rows
+    z_run: dict[int, Tensor]  # clean z over the batch and its partner rows
+    partner: Int[Tensor, " batch"] | None  # a partner kind's: index into z_run's rows
     z_mean: dict[int, Tensor]
 
     @property
@@ -241,19 +232,20 @@ def keeping(names: Iterable[str], store: dict[str, Tensor]) -> list[tuple[str, o
 
 
 def _pool(
-    tokens: Tensor, ablation: str, source: Tensor | None, task: TaskInputs | None
+    tokens: Tensor, kind: Ablation, source: Tensor | None, task: TaskInputs | None
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(the rows a clean pass may run, their counterfactual tokens, each measured row's partner
-    among them): the tokens and resample's partner rows among them; for corrupted ablation the
-    tokens then their paired corrupted prompts (row i's partner: row n + i)."""
+    among them), by the kind's partner_pool: ROWS, the tokens and each row's partner among them
+    (checked_source); TASK, the tokens then their paired corrupted prompts (row i's partner: row
+    n + i); none, the tokens."""
     counter = None if task is None or task.counter is None else task.counter.to(tokens.device)
     n_rows = tokens.shape[0]
-    if ablation == "resample":
+    if kind.partner_pool == ROWS:
         return tokens, counter, checked_source(source, n_rows)
-    if ablation != CORRUPTED:
+    if kind.partner_pool != TASK:
         return tokens, counter, source
     if task is None or task.partners is None:
-        raise ValueError("corrupted ablation needs each row's corrupted prompt (task.partners)")
+        raise ValueError(f"{kind.name} ablation needs each row's corrupted prompt (task.partners)")
     pool = torch.cat([tokens, task.partners.to(tokens.device, torch.long)])
     counter = None if counter is None else torch.cat([counter, counter])
     return pool, counter, torch.arange(n_rows) + n_rows
@@ -282,10 +274,10 @@ def ablation_chunks(
     Args:
         model: the HookedTransformer (not modified).
         tokens: [rows, pos + 1] token ids, each row starting with BOS.
-        ablation: "resample", "mean", "zero" or (a task's) "corrupted".
+        ablation: a kind of selfrepair.ablations.KINDS (a task's only: corrupted).
         layers: layers whose z (clean and ablated) is needed.
         ro: the model's readout (models.readout.readout).
-        batch_size: rows per clean pass (resample partners outside the batch come on top).
+        batch_size: rows per clean pass (partner rows outside the batch come on top).
         mean_include_bos: whether the mean z includes position 0.
         keep: extra hook names kept from the clean pass (AblationChunk.kept).
         restart_layers: layers whose restart residual is kept (default: `layers`).
@@ -294,16 +286,16 @@ def ablation_chunks(
         norm_scales, fused: passed to models.forward.clean_pass.
         task: a task's counterfactuals (metric), corrupted prompts and real positions.
     """
-    check_ablation(ablation)
+    kind = check_ablation(ablation)
     layers = sorted(set(layers))
     restart_layers = set(layers if restart_layers is None else restart_layers)
     keep = list(keep)
     device = model.W_U.device
     tokens = tokens.to(device=device, dtype=torch.long)
     n_rows = tokens.shape[0]
-    pool, counter, source = _pool(tokens, ablation, source, task)
-    paired = ablation in ("resample", CORRUPTED)
-    if ablation == "mean" and z_mean is None:
+    pool, counter, source = _pool(tokens, kind, source, task)
+    paired = kind.takes_partner_rows
+    if kind.reads_mean and z_mean is None:
         real = None if task is None else task.real
         z_mean = mean_z(model, tokens, layers, batch_size, mean_include_bos, fused, real)
 

@@ -47,6 +47,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from selfrepair.ablations import KINDS, ROWS, ablation_kind
 from selfrepair.engine.ablation import (
     ablated_z,
     check_ablation,
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ATP_VARIABLES",
+    "check_atp_ablation",
     "chunk_estimates",
     "measure_atp",
     "z_changes",
@@ -165,9 +167,10 @@ def measure_atp(
     Args:
         model: the HookedTransformer (not modified).
         tokens: [rows, pos + 1] token rows, each starting with BOS.
-        ablation: "resample", "mean" or "zero": z' exactly as engine.measure_heads chooses it
-            over the same tokens (pass the same rows, e.g. one shard, for the same partners
-            and mean).
+        ablation: a kind of selfrepair.ablations.KINDS whose partner rows, if any, are among
+            the rows measured (not a task's corrupted prompts): z' exactly as
+            engine.measure_heads chooses it over the same tokens (pass the same rows, e.g. one
+            shard, for the same partners and mean).
         top: bool [layer, head, rows, pos]: each head's own tokens (e.g. its top 2%): per row,
             the estimate of the change of their sum (one backward pass per head and batch).
         per_token: bool [layer, head, rows, pos]: tokens where each head's per-token estimate
@@ -191,7 +194,7 @@ def measure_atp(
         token) entry (dim entry, ordered by layer, head, batch, pos): atp_token,
         graddrop_token (drop_layer, entry) and the entry's layer, head, batch and pos.
     """
-    check_ablation(ablation)
+    check_atp_ablation(ablation)
     check_supported(model)
     validate_tokens(model, tokens)
     n_rows = tokens.shape[0]
@@ -222,6 +225,18 @@ def measure_atp(
     return atp_dataset(model, parts, per_token, ablation, source, n_rows, tokens.shape[1] - 1)
 
 
+def check_atp_ablation(ablation: str) -> None:
+    """Fail naming the kinds AtP takes when `ablation` takes its partner rows from elsewhere than
+    the rows measured (a task's corrupted prompts: measure_atp has no task inputs)."""
+    kind = check_ablation(ablation)
+    if kind.takes_partner_rows and kind.partner_pool != ROWS:
+        usable = [k.name for k in KINDS.values() if k.partner_pool in (None, ROWS)]
+        raise ValueError(
+            f"measure_atp does not take {ablation!r} ablation (its partner rows lie outside the "
+            f"rows measured); choose one of {', '.join(usable)}"
+        )
+
+
 def _replacements(
     model: HookedTransformer,
     tokens: Tensor,
@@ -232,10 +247,12 @@ def _replacements(
     mean_include_bos: bool,
     fused: bool,
 ) -> tuple[Tensor | None, dict[int, Tensor]]:
-    """The resample partners (checked) and the mean z per layer (over `tokens` unless given)."""
-    if ablation == "resample":
+    """The partner rows (checked) and the mean z per layer (over `tokens` unless given), as the
+    kind needs them."""
+    kind = ablation_kind(ablation)
+    if kind.partner_pool == ROWS:
         source = checked_source(source, tokens.shape[0])
-    if ablation == "mean" and z_mean is None:
+    if kind.reads_mean and z_mean is None:
         layers = range(model.cfg.n_layers)
         z_mean = mean_z(model, tokens, layers, batch_size, mean_include_bos, fused)
     return source, z_mean or {}
@@ -252,9 +269,10 @@ def _batch_pass(
     z_mean: dict[int, Tensor],
     fused: bool,
 ) -> tuple[GradPass, dict[int, Tensor], Tensor]:
-    """One batch's forward graph (with its resample partners' rows), z' - z of its own rows,
-    and the metric's weights, zero on the partner rows (they only lend their z)."""
-    run_rows = with_partners(rows, source) if ablation == "resample" else rows
+    """One batch's forward graph (with its partner rows), z' - z of its own rows, and the
+    metric's weights, zero on the partner rows (they only lend their z)."""
+    paired = ablation_kind(ablation).takes_partner_rows
+    run_rows = with_partners(rows, source) if paired else rows
     m = metric(run_rows)
     weight = torch.zeros_like(m.weight)
     weight[: len(rows)] = m.weight[: len(rows)]
@@ -281,10 +299,10 @@ def z_changes(
     z_mean: dict[int, Tensor],
 ) -> dict[int, Float[Tensor, "batch pos head d_head"]]:
     """z' - z of every head of every layer for the batch's own rows (engine.ablation's
-    ablated_z: the resample partner's z, found among run_rows, the mean or 0)."""
+    ablated_z: the partner's z, found among run_rows, the mean or 0)."""
     device = next(iter(gp.z.values())).device
-    resample = ablation == "resample"
-    partner = partner_index(run_rows, rows, source, device) if resample else None
+    paired = ablation_kind(ablation).takes_partner_rows
+    partner = partner_index(run_rows, rows, source, device) if paired else None
     dz = {}
     for layer, z in gp.z.items():
         z = z.detach()
@@ -335,7 +353,7 @@ def atp_dataset(
     }
     if any("drop_layer" in dims for dims, _ in data.values()):
         coords["drop_layer"] = np.arange(cfg.n_layers)
-    if ablation == "resample":
+    if ablation_kind(ablation).partner_pool == ROWS:
         coords["resample_source"] = ("batch", source.numpy())
     attrs = {
         "ablation": ablation,

@@ -13,6 +13,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
+from selfrepair.ablations import ROWS, ablation_kind
 from selfrepair.models.readout import Readout
 from selfrepair.variables import HEAD_VARIABLES, head_label
 
@@ -92,7 +93,7 @@ class TaskInputs:
         counter: [rows, pos] a counterfactual token per predicted position: the metric becomes
             the logit difference answer - counterfactual (models.readout.Readout.directions).
         partners: [rows, pos + 1] each row's paired corrupted prompt, the same length: the z of
-            corrupted ablation (engine.ablation.CORRUPTED).
+            corrupted ablation (the registry's partner_pool TASK: selfrepair.ablations).
         real: [rows, pos + 1] bool, the positions that are not padding: the mean z of mean
             ablation is taken over the positions t whose next token t + 1 is real only (not
             a row's last real token, its last answer: engine.ablation.mean_z).
@@ -176,7 +177,7 @@ def heads_dataset(
     dims4 = ("layer", "head", "batch", "pos")
     data = {name: (dims4 if arr.ndim == 4 else ("batch", "pos"), arr) for name, arr in out.items()}
     coords = grid_coords(model, n_rows, n_pos)
-    if ablation == "resample":
+    if ablation_kind(ablation).partner_pool == ROWS:
         coords["resample_source"] = ("batch", source.numpy())
     attrs = {
         "ablation": ablation,

@@ -31,6 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from selfrepair.ablations import ROWS
 from selfrepair.engine.ablation import (
     AblationChunk,
     ablation_chunks,
@@ -293,8 +294,8 @@ def measure_heads(
     Args:
         model: the HookedTransformer (not modified).
         tokens: [batch, pos + 1] token rows, each starting with BOS.
-        ablation: "resample" (z of row source[i], default (i + 1) mod batch, same position),
-            "mean" (ablation.mean_z: over the rows and the positions the pass reads) or "zero".
+        ablation: a kind of selfrepair.ablations.KINDS: "resample" (z of row source[i], default
+            (i + 1) mod batch), "mean" (ablation.mean_z), "zero", or a task's "corrupted".
         heads: (layer, head) pairs to ablate; None: every head.
         batch_size: rows per clean pass (default: all); bounds memory, never changes a number.
         heads_per_pass: heads stacked per ablated pass (default: default_heads_per_pass);
@@ -315,7 +316,7 @@ def measure_heads(
         HEAD_VARIABLES with dims layer, head, batch, pos (= tokens.shape[1] - 1), NaN for heads
         not measured, and logit_clean, ln_scale_clean with dims batch, pos.
     """
-    check_ablation(ablation)
+    kind = check_ablation(ablation)
     check_supported(model)
     validate_tokens(model, tokens, task)
     by_layer = normalize_heads(model, heads)
@@ -325,7 +326,7 @@ def measure_heads(
     heads_per_pass = heads_per_pass or default_heads_per_pass(model, batch_size, n_pos)
     tokens = tokens.to(device=model.W_U.device, dtype=torch.long)
     ro = readout(model)
-    source = checked_source(source, n_rows) if ablation == "resample" else None
+    source = checked_source(source, n_rows) if kind.partner_pool == ROWS else None
     out = empty_head_arrays(model, n_rows, n_pos)
     # Attribution reads the clean z of every layer after the first ablated one (mean z too).
     z_layers = layers if sums is None else set(range(min(layers), model.cfg.n_layers))

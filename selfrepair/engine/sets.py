@@ -10,8 +10,9 @@ per candidate with the set and the candidate ablated, which this function runs w
 sets (engine.conditional). The set's heads may lie in different layers: the pass restarts right
 after the attention of the set's earliest layer, from that layer's clean residual stream plus its
 set heads' change, and each later layer's set heads get their ablated z through a hook_z patch
-(the z the one ablation routine, engine.ablation, chooses: a corrupted prompt's clean z, the mean,
-zero). With the set's direct effect DE_S = sum of its heads' (clean scale, metric direction u):
+(the z the one ablation routine, engine.ablation, chooses by the kind's entry in the registry,
+selfrepair.ablations: a corrupted prompt's clean z, another row's, the mean, zero). With the
+set's direct effect DE_S = sum of its heads' (clean scale, metric direction u):
 
     logit_diff  = metric(ablated) - metric(clean)
     self_repair = logit_diff - (DE_S(ablated) - DE_S(clean))
@@ -138,7 +139,7 @@ def measure_sets(
     Args:
         model: the HookedTransformer (not modified).
         tokens: [batch, pos + 1] token rows, each starting with BOS.
-        ablation: "corrupted", "resample", "mean" or "zero" (engine.ablation).
+        ablation: a kind of selfrepair.ablations.KINDS (engine.ablation).
         sets: name -> (layer, head) pairs ablated together.
         batch_size: rows per clean pass (default: all); never changes a number.
         mean_include_bos: whether the mean z includes position 0.

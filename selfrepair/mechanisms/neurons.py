@@ -168,7 +168,7 @@ def neuron_direct_effects(
     Args:
         model: the HookedTransformer (not modified).
         tokens: [rows, pos + 1] token ids; ablation as the engine does it over these rows.
-        ablation: "resample", "mean" or "zero".
+        ablation: a running-text kind (selfrepair.ablations.TEXT_ABLATIONS).
         probes: the heads and MLP layers (resolve_probes).
         batch_size: rows per clean pass (default: all).
         mean_include_bos: whether the mean z includes position 0.
@@ -285,7 +285,8 @@ def select_neuron_tokens(
     Args:
         model: the HookedTransformer (not modified).
         shards: (first global row, [rows, pos + 1] tokens) per shard.
-        ablation: "resample", "mean" or "zero", applied within each shard.
+        ablation: a running-text kind (selfrepair.ablations.TEXT_ABLATIONS), applied within
+            each shard.
         probes: the heads and MLP layers (resolve_probes).
         n_tokens: total predictions over all shards (to size the top sets).
         top_fraction: share of tokens kept per head and selection.

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from selfrepair.ablations import KINDS
 from selfrepair.config import top_count
 
 __all__ = [
@@ -25,12 +26,7 @@ __all__ = [
 ]
 
 # What each ablation replaces a head's z with, as a task's caption says it.
-ABLATION_NOTES = {
-    "corrupted": "corrupted (each head's z from its prompt's corrupted partner, same position)",
-    "resample": "resample (each head's z from the next prompt, same position)",
-    "mean": "mean (each head's mean z over the task's prompts, padding left out)",
-    "zero": "zero",
-}
+ABLATION_NOTES = {name: kind.note for name, kind in KINDS.items()}
 # The clean model solves a task when the answer is its top prediction for at least this share of
 # the answers; below it, every figure's title and caption says plainly that it does not (a
 # self-repair figure of a task the model cannot do is about noise, not the task's circuit).

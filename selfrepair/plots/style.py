@@ -12,6 +12,8 @@ from typing import ParamSpec, TypeVar
 
 import matplotlib as mpl
 
+from selfrepair.ablations import KINDS
+
 __all__ = [
     "ABLATION_COLORS",
     "COMPONENT_COLORS",
@@ -61,7 +63,7 @@ UNIT = "logits"
 
 # One colour per ablation, per part of the decomposition and per LayerNorm treatment, used
 # identically in every figure.
-ABLATION_COLORS = {"resample": "#1f77b4", "mean": "#ff7f0e", "zero": "#2ca02c"}
+ABLATION_COLORS = {name: kind.color for name, kind in KINDS.items() if kind.color}
 COMPONENT_COLORS = {
     "self_repair": "#222222",
     "sr_heads": "#1f77b4",

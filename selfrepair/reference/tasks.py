@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from selfrepair.reference.heads import ablated_z as text_ablated_z
 from selfrepair.reference.heads import (
     all_heads,
     centred_target_logit,
@@ -86,14 +87,14 @@ class TaskReference:
         return cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
 
     def ablated_z(self, layer: int, head: int, ablation: str, include_bos: bool) -> Tensor:
-        """The head's z after ablation (corrupted: its z in the corrupted prompt's run)."""
+        """The head's z after ablation (corrupted: its z in the corrupted prompt's run; mean:
+        over the positions that predict a real token; any other kind as on running text,
+        reference.heads.ablated_z)."""
         z = self.z(self.cache, layer, head)
         if ablation == "corrupted":
             return self.z(self.other, layer, head)
-        if ablation == "resample":
-            return z.roll(-1, dims=0)
-        if ablation == "zero":
-            return torch.zeros_like(z)
+        if ablation != "mean":
+            return text_ablated_z(z, ablation)
         # Position t counts when the token it predicts, t + 1, is real: the prompt's positions,
         # not the answer's (a target only) nor the padding's.
         real = torch.ones(z.shape[:2], dtype=torch.bool) if self.real is None else self.real

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from selfrepair.ablations import ROWS, TASK, ablation_kind, parse_variant
 from selfrepair.analysis import explorer as select
 from selfrepair.analysis.attribution import head_repairers
 from selfrepair.analysis.from_shards import read_candidates
@@ -32,8 +33,8 @@ def _heads_data(
     every shard's candidates merged (analysis.shards: the same from either layout)."""
     stores = open_shard_list(list(shards))
     merged = merge_candidates([read_candidates(ds, k, context) for ds in stores], k)
-    partner = None
-    if ablation.startswith("resample") and "resample_source" in stores[0].coords:
+    partner, kind = None, ablation_kind(parse_variant(ablation)[0])
+    if kind.partner_pool == ROWS and "resample_source" in stores[0].coords:
         partner = np.concatenate([ds["resample_source"].values for ds in stores])
     out = {}
     for layer in range(merged.sizes["layer"]):
@@ -42,13 +43,15 @@ def _heads_data(
             if not (one.cand_row.values >= 0).any():
                 continue  # not measured
             out[f"{layer}.{head}"] = {
-                key: _entries(one.sel(ranking=key), tokens, context, partner)
+                key: _entries(one.sel(ranking=key), tokens, context, partner, kind.name)
                 for key in select.RANKINGS
             }
     return out
 
 
-def _entries(one, tokens: np.ndarray, context: int, partner: np.ndarray | None) -> list[dict]:
+def _entries(
+    one, tokens: np.ndarray, context: int, partner: np.ndarray | None, kind: str
+) -> list[dict]:
     """The candidate_entry of each of one head's merged candidates under one ranking."""
     entries = []
     for c in np.flatnonzero(one.cand_row.values >= 0):
@@ -62,6 +65,7 @@ def _entries(one, tokens: np.ndarray, context: int, partner: np.ndarray | None) 
                 tokens=tokens,
                 context=context,
                 partner_row=None if partner is None else int(partner[row]),
+                partner_kind=kind,
             )
         )
     return entries
@@ -226,21 +230,29 @@ def explorer_index(
     write_text(out, page.index_html(links))
 
 
+def _task_partners(ablation: str, prompts: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the rows a task page shows, each prompt's partner row among them or None), by where the
+    kind takes z from (selfrepair.ablations): TASK, the corrupted prompts after the prompts;
+    ROWS, the next prompt (engine.ablation.resample_source, the engine's default); else none."""
+    n = prompts.tokens.shape[0]
+    pool = ablation_kind(ablation).partner_pool
+    if pool == TASK:
+        return np.concatenate([prompts.tokens, prompts.corrupted]), n + np.arange(n)
+    if pool == ROWS:
+        return prompts.tokens, (np.arange(n) + 1) % n
+    return prompts.tokens, None
+
+
 def _task_heads(
     store: str, prompts: Any, ablation: str, *, k: int, context: int, counterfactual: bool
 ) -> dict[str, dict]:
     """'L.H' -> a head's top answers of a task (analysis.explorer.head_tokens on the prompts,
     every other position NaN), with the metric's drop (clean - ablated, the figures' sign), the
-    counterfactual answer (metric logit_diff) and the partner the head's z came from: the
-    corrupted prompt (corrupted) or the next prompt (resample); none under mean and zero."""
+    counterfactual answer (metric logit_diff) and the partner the head's z came from
+    (_task_partners)."""
     data = open_zarr(store).load()
     n = prompts.tokens.shape[0]
-    tokens, partner, kind = prompts.tokens, None, "resample"
-    if ablation == "corrupted":
-        tokens = np.concatenate([prompts.tokens, prompts.corrupted])
-        partner, kind = n + np.arange(n), "corrupted"
-    elif ablation == "resample":
-        partner = (np.arange(n) + 1) % n
+    tokens, partner = _task_partners(ablation, prompts)
     where = (data.prompt.values, data.position.values)
     out = {}
     for layer in range(data.sizes["layer"]):
@@ -260,7 +272,7 @@ def _task_heads(
                 k=k,
                 context=context,
                 partner_rows=partner,
-                partner_kind=kind,
+                partner_kind=ablation,
             )
             for entry in (e for entries in rankings.values() for e in entries):
                 if counterfactual:

@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from selfrepair.config.layout import FROZEN_LN_SUFFIX as FROZEN
+from selfrepair.ablations import parse_variant, variant
 from selfrepair.config.places import ABLATION_NAMES
 
 __all__ = [
@@ -224,12 +224,12 @@ def identity_problem(path: str | os.PathLike, attrs: dict) -> str | None:
             return f"it holds {key} {held}, but its path names {where} (a store copied here)"
     ablation = attrs.get("ablation")
     if isinstance(ablation, str):
-        frozen = attrs.get("freeze_ln") and not ablation.endswith(FROZEN)
-        variant = f"{ablation}{FROZEN}" if frozen else ablation
+        kind, frozen = parse_variant(ablation)
+        held = variant(kind, frozen or bool(attrs.get("freeze_ln")))
         stem = parts[-1].removesuffix(".zarr")
         words = {*parts[1:-1], stem, stem.split("-", 1)[-1]}  # sums-mean, detail-<a>
-        if (named := words & ABLATION_NAMES) and variant not in named:
-            return f"it holds ablation {variant}, but its path names {', '.join(sorted(named))}"
+        if (named := words & ABLATION_NAMES) and held not in named:
+            return f"it holds ablation {held}, but its path names {', '.join(sorted(named))}"
     return None
 
 

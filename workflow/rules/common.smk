@@ -54,7 +54,9 @@ DATA = config["data"]
 ENGINE = config["engine"]
 ABLATIONS = config["ablations"]
 # Frozen-LayerNorm variants run as their own "ablation" (e.g. resample-frozen-ln).
-VARIANTS = ABLATIONS + [f"{a}-frozen-ln" for a in ENGINE["frozen_ln"]]
+VARIANTS = ABLATIONS + [
+    sr_config.ablation_variant(a, True) for a in ENGINE["frozen_ln"]
+]
 SHARDS = [f"{i:03d}" for i in range(sr_config.n_shards(DATA))]
 
 
@@ -180,6 +182,7 @@ FIGURE_PICKS = {k: t for k, t in FIGURE_TARGETS.items() if t.picked}
 FIG_ABLATION = sr_config.figure_ablation(config)
 OTHER_MODELS = sr_config.other_models(config)  # Figs 21-24
 FROZEN_BASE = sr_config.frozen_ln_ablation(config)  # None: no frozen-LayerNorm run
+FROZEN_VARIANT = FROZEN_BASE and sr_config.ablation_variant(FROZEN_BASE, True)
 N_PREDICTIONS = sr_config.n_predictions(DATA)  # tokens measured per model
 TOP_SELECTION = captions.Selection(ENGINE["top_fraction"], N_PREDICTIONS).describe()
 ALL_SELECTION = captions.Selection(None, N_PREDICTIONS).describe()

@@ -220,7 +220,7 @@ if FROZEN_BASE:
     rule extra_frozen_ln:
         input:
             normal=summary_paths(list(MODELS), FROZEN_BASE),
-            frozen=summary_paths(list(MODELS), f"{FROZEN_BASE}-frozen-ln"),
+            frozen=summary_paths(list(MODELS), FROZEN_VARIANT),
         output:
             pdf="results/figures/extra_frozen_ln.pdf",
             png=report(
@@ -241,7 +241,7 @@ if FROZEN_BASE:
             top_fraction=ENGINE["top_fraction"],
             caption=figure_caption(
                 list(MODELS),
-                [FROZEN_BASE, f"{FROZEN_BASE}-frozen-ln"],
+                [FROZEN_BASE, FROZEN_VARIANT],
                 TOP_SELECTION,
             ),
         script:
