@@ -24,18 +24,40 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Readout",
+    "effective_unembedding",
+    "final_norm",
     "readout",
 ]
 
 
 @dataclass(frozen=True)
 class Readout:
-    """Effective unembedding of a model, float32, on the model's device."""
+    """Effective unembedding of a model on the model's device, float32: column y is
 
-    w_u: Float[Tensor, "d_model d_vocab"]  # LN weight folded, vocab-centred (and d_model-centred)
+        u_y = (w_ln * W_U[:, y] - mean_vocab) - mean_model[y]
+
+    built when asked (`columns`) from the model's own W_U and a few vectors, with the same float
+    operations, element by element, as the full [d_model, d_vocab] matrix (effective_unembedding)
+    would take: the same bits, and no copy of W_U beside the model's (154 MiB at GPT-2's
+    vocabulary, the engine's largest tensor after the weights)."""
+
+    w_unembed: Float[Tensor, "d_model d_vocab"]  # the model's W_U itself, not a copy
+    w_ln: Float[Tensor, " d_model"] | None  # final LayerNorm/RMSNorm weight (None: folded or Pre)
+    mean_vocab: Float[Tensor, " d_model"]  # mean over the vocabulary of w_ln * W_U
+    mean_model: Float[Tensor, " d_vocab"] | None  # LayerNorm: then the mean over d_model
     b_u: Float[Tensor, " d_vocab"]  # LN bias pushed through W_U, plus b_U, vocab-centred
     centre: bool  # LayerNorm subtracts the mean over d_model; RMSNorm does not
     eps: float
+
+    def columns(self, tokens: Int[Tensor, "..."]) -> Float[Tensor, "... d_model"]:
+        """u_y of every token y in `tokens` (the effective unembedding's columns)."""
+        w = self.w_unembed.T[tokens].float()
+        if self.w_ln is not None:
+            w = self.w_ln * w
+        w = w - self.mean_vocab
+        if self.mean_model is not None:
+            w = w - self.mean_model[tokens][..., None]
+        return w
 
     def directions(
         self, targets: Int[Tensor, "batch pos"], counter: Int[Tensor, "batch pos"] | None = None
@@ -44,8 +66,8 @@ class Readout:
         counterfactual token per position, metric logit_diff) u_y - u_c and c_y - c_c, so that
         every quantity measures the logit difference between the answer and the counterfactual."""
         if counter is None:
-            return self.w_u.T[targets], self.b_u[targets]
-        return self.w_u.T[targets] - self.w_u.T[counter], self.b_u[targets] - self.b_u[counter]
+            return self.columns(targets), self.b_u[targets]
+        return self.columns(targets) - self.columns(counter), self.b_u[targets] - self.b_u[counter]
 
     def scale(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, ...]:
         """Final-norm scale s(x), as TransformerLens' LayerNorm(Pre)/RMSNorm(Pre) computes it."""
@@ -55,23 +77,54 @@ class Readout:
         return (x.pow(2).mean(-1) + self.eps).sqrt()
 
 
-def readout(model: HookedTransformer) -> Readout:
-    """Build the effective unembedding of a HookedTransformer (processed or not)."""
+def final_norm(model: HookedTransformer) -> tuple[bool, Tensor | None, Tensor | None]:
+    """(centre, weight, bias) of the final norm, float32 (None where the norm has none); fails
+    naming it when it is neither a LayerNorm nor an RMSNorm."""
     ln = model.ln_final
-    w_u = model.W_U.detach().float()
-    b_u = model.b_U.detach().float()
-    if isinstance(ln, (LayerNorm, RMSNorm)):
-        if isinstance(ln, LayerNorm):
-            b_u = b_u + ln.b.detach().float() @ w_u
-        w_u = ln.w.detach().float()[:, None] * w_u
-    elif not isinstance(ln, (LayerNormPre, RMSNormPre)):
+    if not isinstance(ln, (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre)):
         raise NotImplementedError(
             f"final norm {type(ln).__name__} is not supported: self-repair needs a LayerNorm or "
             "RMSNorm before the unembedding"
         )
-    centre = isinstance(ln, (LayerNorm, LayerNormPre))
-    w_u = w_u - w_u.mean(1, keepdim=True)  # centred logits: subtract the mean over the vocabulary
-    b_u = b_u - b_u.mean()
-    if centre:
-        w_u = w_u - w_u.mean(0, keepdim=True)
-    return Readout(w_u=w_u, b_u=b_u, centre=centre, eps=float(ln.eps))
+    weight = ln.w.detach().float() if isinstance(ln, (LayerNorm, RMSNorm)) else None
+    bias = ln.b.detach().float() if isinstance(ln, LayerNorm) else None
+    return isinstance(ln, (LayerNorm, LayerNormPre)), weight, bias
+
+
+def effective_unembedding(model: HookedTransformer) -> Float[Tensor, "d_model d_vocab"]:
+    """The full matrix of every u_y: W_U with the final norm's weight folded in, centred over
+    the vocabulary and (LayerNorm) over d_model. For tests: Readout never holds it."""
+    centre, weight, _ = final_norm(model)
+    w_u = model.W_U.detach().float()
+    if weight is not None:
+        w_u = weight[:, None] * w_u
+    w_u = w_u - w_u.mean(1, keepdim=True)
+    return w_u - w_u.mean(0, keepdim=True) if centre else w_u
+
+
+def readout(model: HookedTransformer) -> Readout:
+    """Build the effective unembedding of a HookedTransformer (processed or not).
+
+    The means are taken over one float32 copy of W_U, centred in place and dropped on return,
+    so building it holds one copy at most (the model's own when float32 with a folded norm)."""
+    centre, weight, bias = final_norm(model)
+    w_unembed = model.W_U.detach()
+    b_u = model.b_U.detach().float()
+    if bias is not None:
+        b_u = b_u + bias @ w_unembed.float()
+    full = w_unembed.float() if weight is None else weight[:, None] * w_unembed.float()
+    mean_vocab = full.mean(1, keepdim=True)
+    mean_model = None
+    if centre:  # in place on our own copy only, never on the model's W_U
+        full = full.sub_(mean_vocab) if weight is not None else full - mean_vocab
+        mean_model = full.mean(0, keepdim=True)[0]
+    del full
+    return Readout(
+        w_unembed=w_unembed,
+        w_ln=weight,
+        mean_vocab=mean_vocab[:, 0],
+        mean_model=mean_model,
+        b_u=b_u - b_u.mean(),
+        centre=centre,
+        eps=float(model.ln_final.eps),
+    )
