@@ -37,7 +37,7 @@ from selfrepair.config.store_bytes import (  # noqa: F401 (the formulas, storage
     top_ablation_bytes,
 )
 from selfrepair.config.tasks import task_shape
-from selfrepair.variables import HEAD_VARIABLES
+from selfrepair.variables import HEAD_VARIABLES, n_components
 
 __all__ = ["PARTS", "all_ablation_bytes", "clean_bytes", "estimate_storage"]
 __all__ += ["job_bytes", "stage_of", "storage_dims", "top_ablation_bytes"]
@@ -212,7 +212,7 @@ def _task(run: _Run, w: dict, d: Shapes, rule: str) -> int:
         heads = all_ablation_bytes(d.heads, answers, answers) + repair_sums_bytes(d)
         return heads + detail_bytes(d, d.heads, answers)
     if rule == "task_set_ablate":
-        per_answer = F32 * (d.components + len(HEAD_VARIABLES))
+        per_answer = F32 * (n_components(d.n_layers, d.n_heads) + len(HEAD_VARIABLES))
         return len(spec["ablation_sets"]) * answers * per_answer
     return 2 * HEAD_SUMMARY_BYTES * d.heads + repair_summary_bytes(d)  # task_summary
 
