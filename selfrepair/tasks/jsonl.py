@@ -171,10 +171,12 @@ def _prompt_file(path: str, mtime_ns: int, size: int) -> PromptFile:
     numbered, records = _parse(Path(path))
     if records is None or not all(map(_good, records)) or len(records) < 2:
         read_prompt_lines(path)  # raises, naming every bad line
+    # Each optional field counts only when every line has it (a JSONL record's keys, not kinds).
+    has = {name: all(name in r for r in records) for name in FIELDS[2:]}
     return PromptFile(
         n_prompts=len(records),
-        counterfactuals=all("counterfactual" in r for r in records),
-        corrupted=all("corrupted" in r for r in records),
+        counterfactuals=has["counterfactual"],
+        corrupted=has["corrupted"],
         longest_bytes=max(len(r["prompt"].encode("utf-8")) for r in records),
     )
 
