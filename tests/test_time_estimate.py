@@ -41,7 +41,9 @@ def test_every_model_job_of_the_demo_has_flops_and_the_lines_say_estimate():
     text = time_lines([1e12, None, 0.0], 1e10, "measured here", 5.0, 2)
     assert text.startswith("Time estimate (an estimate from the config and the shapes")
     assert "3 jobs, 1e+12 FLOPs" in text and "about 2 min one job at a time" in text
-    assert "(1 jobs' FLOPs unknown" in text
+    assert "(1 jobs' FLOPs unknown" in text and text.split("\n")[0].endswith("on 2 cores.")
+    one = time_lines([1e12], 1e10, "measured here", 5.0, 1)
+    assert one.endswith("on 1 core.")
 
 
 DEMO_MODELS = [

@@ -136,7 +136,8 @@ def time_lines(flops: list[float | None], rate: float, how: str, per_job: float,
         f"Time estimate (an estimate from the config and the shapes, not a measurement): "
         f"{len(flops)} jobs, {known:.2g} FLOPs of matrix products at {rate:.2g} FLOP/s ({how}) "
         f"plus {per_job:g} s a job (estimate.seconds_per_job): about {_duration(serial)} one "
-        f"job at a time, about {_duration(serial / max(cores, 1))} on {cores} cores."
+        f"job at a time, about {_duration(serial / max(cores, 1))} on {cores} "
+        f"{'core' if cores == 1 else 'cores'}."
     ]
     if unknown:
         lines.append(f"  ({unknown} jobs' FLOPs unknown: their model's size is not in the config)")
