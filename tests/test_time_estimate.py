@@ -75,6 +75,11 @@ def test_check_time_refuses_a_job_far_beyond_its_runtime():
     config["estimate"]["flops_per_second"] = 1e12
     assert sr_config.check_time(config, models, jobs, 2, on_cpu=False, out=out) < 60
     assert "(estimate.flops_per_second)" in out.getvalue()
+    assert out.getvalue().splitlines()[0].endswith(" on 2 cores.")
+    # A cluster run gives no --cores (Snakemake's workflow.cores raises), but --jobs.
+    cluster = io.StringIO()
+    sr_config.check_time(config, models, jobs, None, on_cpu=False, out=cluster, nodes=4)
+    assert cluster.getvalue().splitlines()[0].endswith(" with 4 jobs at once.")
     config["estimate"]["flops_per_second"] = 1.0
     with pytest.raises(sr_config.ConfigError, match=r"^config key models\[tiny-gpt2\]\.resources"):
         sr_config.check_time(config, models, jobs, 2, on_cpu=False, out=out)

@@ -126,9 +126,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def time_lines(flops: list[float | None], rate: float, how: str, per_job: float, cores: int) -> str:
+def time_lines(
+    flops: list[float | None], rate: float, how: str, per_job: float, cores: int, where: str = ""
+) -> str:
     """The estimate as printed: jobs, FLOPs, the rate and how it was found, the total one job
-    at a time and on `cores` cores, and how many jobs' FLOPs are unknown."""
+    at a time and with `cores` jobs at once (`where` says so: default "on N cores"), and how
+    many jobs' FLOPs are unknown."""
     known = sum(f for f in flops if f is not None)
     unknown = sum(f is None for f in flops)
     serial = known / rate + per_job * len(flops)
@@ -136,8 +139,8 @@ def time_lines(flops: list[float | None], rate: float, how: str, per_job: float,
         f"Time estimate (an estimate from the config and the shapes, not a measurement): "
         f"{len(flops)} jobs, {known:.2g} FLOPs of matrix products at {rate:.2g} FLOP/s ({how}) "
         f"plus {per_job:g} s a job (estimate.seconds_per_job): about {_duration(serial)} one "
-        f"job at a time, about {_duration(serial / max(cores, 1))} on {cores} "
-        f"{'core' if cores == 1 else 'cores'}."
+        f"job at a time, about {_duration(serial / max(cores, 1))} "
+        f"{where or ('on 1 core' if cores == 1 else f'on {cores} cores')}."
     ]
     if unknown:
         lines.append(f"  ({unknown} jobs' FLOPs unknown: their model's size is not in the config)")
@@ -161,9 +164,10 @@ def check_time(
     config: dict[str, Any],
     models: dict[str, dict[str, Any]],
     jobs: Iterable[Any],
-    cores: int,
+    cores: int | None,
     on_cpu: bool,
     out: Any = None,
+    nodes: int | None = None,
 ) -> float:
     """Print the estimate (time_lines) to `out` (default stderr), then refuse in one line the
     first job whose estimate exceeds its resources.runtime (minutes) RUNTIME_MARGIN times over,
@@ -173,10 +177,11 @@ def check_time(
         config: the validated workflow config.
         models: its model entries (the rules' MODELS).
         jobs: the planned jobs (.rule.name, .wildcards, .resources).
-        cores: the cores the run has (workflow.cores).
+        cores: the cores a local run has (--cores); None on a cluster.
         on_cpu: whether the jobs run on this machine's CPU (jobs_on_cpu: the rate is then
             measured here).
         out: where to print.
+        nodes: the jobs a cluster run submits at once (--jobs), when cores is None.
     """
     import sys
 
@@ -186,7 +191,8 @@ def check_time(
     rate, how = _rate(config, on_cpu)
     per_job = float(config["estimate"]["seconds_per_job"])
     flops = [job_flops(run, job.rule.name, dict(job.wildcards.items())) for job in jobs]
-    print(time_lines(flops, rate, how, per_job, cores), file=out or sys.stderr)
+    at_once, where = (cores, "") if cores else (nodes or 1, f"with {nodes or 1} jobs at once")
+    print(time_lines(flops, rate, how, per_job, at_once, where), file=out or sys.stderr)
     for job, f in zip(jobs, flops, strict=True):
         runtime = int((getattr(job, "resources", None) or {}).get("runtime", 0) or 0)
         if f is not None and runtime and f / rate > RUNTIME_MARGIN * 60 * runtime:
