@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
+
+import yaml
+from helpers import link_project
 
 from selfrepair.data.tokenizer import SPECIAL, byte_level_bpe
 from selfrepair.tasks.ioi import NAMES, OBJECTS, PLACES, TEMPLATES
@@ -41,3 +45,28 @@ def gpt2_checkpoint(path, tokenizer, seed: int = 0, n_layers: int = 3, d_model: 
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return str(path)
+
+
+# The reduced demo's trained models (config/demo.yaml with .test/config/config.yaml), written
+# out so that an overlay can add a path model beside them.
+DEMO_MODELS = [
+    {"name": name, "train": {"arch": arch, "tokenizer": "stdlib-bpe", "n_layers": 4,
+                             "d_model": 32, "n_heads": 4, "steps": 400}}
+    for name, arch in (("tiny-gpt2", "gpt2"), ("tiny-pythia", "pythia"))
+]  # fmt: skip
+
+
+def prompts_task_run(run, lines):
+    """Make `run` a run folder of the reduced demo with a random GPT-2 by path (ckpt/) and a
+    prompts task `mine` on it (prompts.jsonl, relative to the run folder, holding `lines`),
+    its overlay mine.yaml. Returns run."""
+    link_project(run)
+    gpt2_checkpoint(run / "ckpt", ioi_tokenizer())
+    (run / "prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    overlay = {
+        "models": [*DEMO_MODELS, {"name": "rand", "path": "ckpt"}],
+        "tasks": {"mine": {"type": "prompts", "file": "prompts.jsonl", "metric": "correct_logit",
+                           "ablations": ["zero"], "models": ["rand"]}},
+    }  # fmt: skip
+    (run / "mine.yaml").write_text(yaml.safe_dump(overlay))
+    return run

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 import yaml
-from helpers import ROOT, link_project, snakemake
-from tasks_helpers import gpt2_checkpoint, ioi_tokenizer
+from helpers import ROOT, snakemake
+from tasks_helpers import ioi_tokenizer, prompts_task_run
 
 from selfrepair.config import ConfigError
 from selfrepair.config.inputs import (
@@ -31,11 +31,6 @@ GOOD = [
     {"prompt": "Then, Mary and John went to the store. John gave a drink to", "answer": " Mary"},
     {"prompt": "Then, John and Mary went to the store. Mary gave a drink to", "answer": " John"},
 ]
-DEMO_MODELS = [
-    {"name": name, "train": {"arch": arch, "tokenizer": "stdlib-bpe", "n_layers": 4,
-                             "d_model": 32, "n_heads": 4, "steps": 400}}
-    for name, arch in (("tiny-gpt2", "gpt2"), ("tiny-pythia", "pythia"))
-]  # fmt: skip
 
 
 def _write(path, lines) -> None:
@@ -46,16 +41,7 @@ def _write(path, lines) -> None:
 def run(tmp_path):
     """A run folder of the reduced demo with a random GPT-2 by path (ckpt/) and a prompts task
     on it (prompts.jsonl, relative to the run folder)."""
-    link_project(tmp_path)
-    gpt2_checkpoint(tmp_path / "ckpt", ioi_tokenizer())
-    _write(tmp_path / "prompts.jsonl", GOOD)
-    overlay = {
-        "models": [*DEMO_MODELS, {"name": "rand", "path": "ckpt"}],
-        "tasks": {"mine": {"type": "prompts", "file": "prompts.jsonl", "metric": "correct_logit",
-                           "ablations": ["zero"], "models": ["rand"]}},
-    }  # fmt: skip
-    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(overlay))
-    return tmp_path
+    return prompts_task_run(tmp_path, GOOD)
 
 
 def _smk(run, *args: str) -> subprocess.CompletedProcess:

@@ -6,13 +6,11 @@ estimated far beyond its resources.runtime."""
 from __future__ import annotations
 
 import io
-import json
 from types import SimpleNamespace
 
 import pytest
-import yaml
-from helpers import link_project, load, merged, reduced_demo_config, snakemake
-from tasks_helpers import gpt2_checkpoint, ioi_tokenizer
+from helpers import load, merged, reduced_demo_config, snakemake
+from tasks_helpers import prompts_task_run
 
 import selfrepair.config as sr_config
 from selfrepair.catalogue import Shapes
@@ -46,22 +44,6 @@ def test_every_model_job_of_the_demo_has_flops_and_the_lines_say_estimate():
     assert one.endswith("on 1 core.")
 
 
-DEMO_MODELS = [
-    {
-        "name": name,
-        "train": {
-            "arch": arch,
-            "tokenizer": "stdlib-bpe",
-            "n_layers": 4,
-            "d_model": 32,
-            "n_heads": 4,
-            "steps": 400,
-        },
-    }
-    for name, arch in (("tiny-gpt2", "gpt2"), ("tiny-pythia", "pythia"))
-]  # fmt: skip (the reduced demo's, with a path model beside them)
-
-
 def _job(rule, runtime=20, **wildcards):
     return SimpleNamespace(rule=SimpleNamespace(name=rule), wildcards=wildcards,
                            resources={"runtime": runtime})  # fmt: skip
@@ -88,18 +70,11 @@ def test_check_time_refuses_a_job_far_beyond_its_runtime():
 @pytest.fixture
 def run(tmp_path):
     """A run folder of the reduced demo with a random GPT-2 by path and a prompts task on it."""
-    link_project(tmp_path)
-    gpt2_checkpoint(tmp_path / "ckpt", ioi_tokenizer())
-    lines = [{"prompt": "Then, Mary and John went to the store. John gave a drink to",
-              "answer": " Mary"}] * 3  # fmt: skip
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    overlay = {
-        "models": [*DEMO_MODELS, {"name": "rand", "path": "ckpt"}],
-        "tasks": {"mine": {"type": "prompts", "file": "prompts.jsonl", "metric": "correct_logit",
-                           "ablations": ["zero"], "models": ["rand"]}},
-    }  # fmt: skip
-    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(overlay))
-    return tmp_path
+    line = {
+        "prompt": "Then, Mary and John went to the store. John gave a drink to",
+        "answer": " Mary",
+    }
+    return prompts_task_run(tmp_path, [line] * 3)
 
 
 def _smk(run, *configs):
