@@ -77,8 +77,8 @@ def task_head_table(
 ) -> pd.DataFrame:
     """head_table of one task's (model, ablation) summaries, over its answer positions, with
     the task and the metric every logit column is on (`metric`: logit_diff or correct_logit,
-    `metric_is`: what that is, captions.METRIC_LABELS) after the model and ablation; top_* and mean_* both cover every
-    answer (a task's selection is all its answers)."""
+    `metric_is`: what that is, variables.METRIC_LABELS) after the model and ablation; top_* and
+    mean_* both cover every answer (a task's selection is all its answers)."""
     if metric not in METRIC_LABELS:
         raise ValueError(f"unknown task metric {metric!r}: one of {', '.join(METRIC_LABELS)}")
     table = head_table(summaries, intervals)
