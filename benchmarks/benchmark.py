@@ -14,7 +14,7 @@ On one model and one set of tokens, in one run, it times
   (selfrepair.reference.atp), and the engine's time over AtP's is printed;
 - the machine's peak matmul rate in the same dtype on the same device (square matmuls, best of
   several, measured before and after the runs);
-and prints time per 1k tokens, matmul FLOPs counted from the model's shapes (benchmarks/flops.py)
+and prints time per 1k tokens, matmul FLOPs counted from the model's shapes (selfrepair/flops.py)
 over wall time as a fraction of that peak, and peak memory. It exits 1 if the engine and the
 reference disagree. Timings are wall clock on a machine that may be shared: the load average
 is printed beside them.
@@ -42,7 +42,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's selfrepair
 
-from benchmarks.flops import (
+from selfrepair.catalogue import PAPER_MODELS
+from selfrepair.engine.atp import measure_atp
+from selfrepair.engine.attribution import RepairSums
+from selfrepair.engine.self_repair import measure_heads
+from selfrepair.flops import (
     Shapes,
     atp_flops,
     backward_flops,
@@ -52,10 +56,6 @@ from benchmarks.flops import (
     head_unit_flops,
     reference_flops,
 )
-from selfrepair.catalogue import PAPER_MODELS
-from selfrepair.engine.atp import measure_atp
-from selfrepair.engine.attribution import RepairSums
-from selfrepair.engine.self_repair import measure_heads
 from selfrepair.models.builders import random_model
 from selfrepair.models.loading import (
     load_local_checkpoint,

@@ -9,7 +9,7 @@ Prints per model: measured seconds per 1k tokens, the time of one shard job (whi
 `resources.runtime` of that model has to cover), and the total; then the sum in GPU-hours.
 
 With --estimate MODEL --rates FILE it times nothing: it estimates a model too large to time here
-(Llama-7B) from its matmul FLOPs (benchmarks/flops.py) at the FLOP rate the engine reached on
+(Llama-7B) from its matmul FLOPs (selfrepair/flops.py) at the FLOP rate the engine reached on
 the models timed in FILE (an earlier output of this script), for the heads its config entry
 measures:
 
@@ -30,10 +30,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import selfrepair.config as sr_config  # noqa: E402
-from benchmarks.flops import Shapes, all_heads, engine_flops, unembed_flops  # noqa: E402
 from selfrepair.catalogue import PAPER_MODELS  # noqa: E402
 from selfrepair.engine.clean import clean_direct_effects  # noqa: E402
 from selfrepair.engine.self_repair import measure_heads  # noqa: E402
+from selfrepair.flops import Shapes, all_heads, engine_flops, unembed_flops  # noqa: E402
 from selfrepair.models.builders import family_config, random_model  # noqa: E402
 
 # What a random stand-in takes of a paper model's shapes (the rest: models.builders' defaults,

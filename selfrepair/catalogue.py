@@ -1,7 +1,7 @@
 """The models the project knows by name, on the package's ground floor: it imports nothing from
 selfrepair and no torch, so the config checks, the data, the benchmarks and the tools all read it.
 
-- `Shapes`: a model's sizes, the one shape class (the FLOP counts of benchmarks/flops.py, the
+- `Shapes`: a model's sizes, the one shape class (the FLOP counts of selfrepair/flops.py, the
   memory and disk estimates of config/memory.py and config/disk.py, the store sizes of
   config/store_bytes.py). A size the config cannot know is left at its default.
 - `PAPER_MODELS`: the paper's models by TransformerLens name, each with its official (Hugging

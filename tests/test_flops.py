@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.flops import (
+from selfrepair.engine.atp import measure_atp
+from selfrepair.engine.self_repair import measure_heads
+from selfrepair.flops import (
     Shapes,
     all_heads,
     atp_flops,
@@ -23,8 +25,6 @@ from benchmarks.flops import (
     reference_flops,
     unembed_flops,
 )
-from selfrepair.engine.atp import measure_atp
-from selfrepair.engine.self_repair import measure_heads
 from selfrepair.models.builders import random_model
 
 TINY = Shapes(n_layers=2, d_model=4, n_heads=2, d_head=2, d_mlp=8, d_vocab=10)

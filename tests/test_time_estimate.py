@@ -13,16 +13,26 @@ from helpers import load, merged, reduced_demo_config, snakemake
 from tasks_helpers import prompts_task_run
 
 import selfrepair.config as sr_config
-from selfrepair.catalogue import Shapes
-from selfrepair.config.time_estimate import forward_flops, job_flops, time_lines
+from selfrepair import flops
+from selfrepair.config.time_estimate import job_flops, time_lines
 
 
-def test_forward_flops_by_hand():
-    size = Shapes(n_layers=2, d_model=4, d_mlp=16, d_vocab=10, n_positions=0)
-    # per token: 2 layers x 2 x (4 d^2 = 64, W_in and W_out 2 x 4 x 16 = 128) + 2 x 4 x 10
-    per_token = 2 * 2 * (64 + 128) + 80
-    attention = 2 * 4 * 4 * (3 * 4 // 2)  # layers x (2 products x 2 FLOPs) x d x query-key pairs
-    assert forward_flops(size, rows=5, seq=3) == 5 * (3 * per_token + attention)
+def test_job_flops_are_selfrepair_flops_per_row_by_hand():
+    config = merged(load("config.yaml"), reduced_demo_config())
+    models = sr_config.validate_run(config)
+    run = sr_config.storage._Run(config, models)
+    size = sr_config.memory.model_size(models["tiny-gpt2"], config)
+    seq, w = config["data"]["seq_len"], {"model": "tiny-gpt2", "shard": "000"}
+    rows = run.shard("000")[0]
+    # per token: layers x 2 x (4 d^2, W_in and W_out 2 d d_mlp) + 2 d vocab, and causal
+    # attention's scores and mixing: layers x 4 d x query-key pairs
+    d, n_layers = size.d_model, size.n_layers
+    per_token = n_layers * 2 * (4 * d * d + 2 * d * size.d_mlp) + 2 * d * size.d_vocab
+    attention = n_layers * 4 * d * seq * (seq + 1) // 2
+    assert flops.forward_flops(size, seq) == seq * per_token + attention
+    assert job_flops(run, "clean_cache", w) == rows * (seq * per_token + attention)
+    engine = flops.engine_flops(size, seq, flops.all_heads(size))
+    assert job_flops(run, "ablate", w) == rows * engine
 
 
 def test_every_model_job_of_the_demo_has_flops_and_the_lines_say_estimate():

@@ -3,28 +3,29 @@ table (the Snakefile's onstart; check_time): each job's matrix-product FLOPs fro
 shapes and the rows it runs, divided by a rate, plus a fixed time per job (Python's start, the
 imports, reading and writing stores). An estimate, not a measurement, and it says so.
 
-The FLOPs (2 per weight and token, and causal attention's query-key products; the formulas of
-benchmarks/flops.py, kept apart from it): clean_cache and task_clean one forward pass of their
-rows; ablate and task_ablate the clean pass, then per head of layer L the blocks above L (the
-engine restarts after the head); atp a forward and a backward pass (3 forward); the mechanism
-experiments a forward pass per head they run; task_set_ablate one per set; train_model 3 forward
-passes' worth per step. The rate: `estimate.flops_per_second`, else measured here (a float32
-matrix product with numpy, about 0.2 s) when the jobs run on this machine's CPU, else an assumed
-GPU rate (GPU_FLOPS)."""
+The FLOPs are selfrepair.flops' counts (checked against torch's FLOP counter in
+tests/test_flops.py), per row: clean_cache and task_clean one forward pass; ablate and
+task_ablate measure_heads' (engine_flops of every head); atp AtP's forward and backward pass,
+GradDrop's passes and each head's own backward pass (with GradDrop's when
+engine.atp_top_graddrop); the mechanism experiments a forward pass per head they run;
+task_set_ablate one per set and the clean pass; train_model 3 forward passes' worth per step.
+The rate: `estimate.flops_per_second`, else measured here (a float32 matrix product with
+numpy, about 0.2 s) when the jobs run on this machine's CPU, else an assumed GPU rate (GPU_FLOPS)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from selfrepair.catalogue import Shapes
+from selfrepair import flops
 from selfrepair.config.errors import ConfigError
 from selfrepair.config.layout import n_rows
 from selfrepair.config.memory import cached_hub_entry, model_size
 from selfrepair.config.tasks import task_shape
 
-__all__ = ["GPU_FLOPS", "RUNTIME_MARGIN", "check_time", "forward_flops", "job_flops"]
+__all__ = ["GPU_FLOPS", "RUNTIME_MARGIN", "check_time", "job_flops"]
 __all__ += ["jobs_on_cpu", "measured_rate", "time_lines"]
 
 # An H100's dense float32-with-TF32 rate is about 4e14; the engine's small products reach a
@@ -35,20 +36,18 @@ GPU_FLOPS = 5e13
 RUNTIME_MARGIN = 10
 
 
-def forward_flops(size: Shapes, rows: int, seq: int, layers: float | None = None) -> float:
-    """Matmul FLOPs of one forward pass of `rows` rows of `seq` tokens through `layers` blocks
-    (default: all) and the unembedding."""
-    n_layers = size.n_layers if layers is None else layers
-    mlp = (3 if size.gated_mlp else 2) * size.d_model * size.d_mlp
-    per_token = 2 * n_layers * (4 * size.d_model**2 + mlp) + 2 * size.d_model * size.d_vocab
-    attention = n_layers * 4 * size.d_model * seq * (seq + 1) // 2
-    return rows * (seq * per_token + attention)
-
-
-def _ablation_flops(size: Shapes, n_heads: int, rows: int, seq: int) -> float:
-    """measure_heads: the clean pass, then per head of layer L the blocks above L."""
-    later = sum(size.n_layers - 1 - layer for layer in range(size.n_layers))
-    return forward_flops(size, rows, seq) + n_heads * forward_flops(size, rows, seq, later)
+def _per_row(rule: str, size: Any, seq: int, engine: dict[str, Any]) -> int:
+    """One row's FLOPs of a clean_cache, ablate or atp job (selfrepair.flops)."""
+    if rule == "clean_cache":
+        return flops.forward_flops(size, seq)
+    if rule == "ablate":
+        return flops.engine_flops(size, seq, flops.all_heads(size))
+    top_graddrop = bool(engine.get("atp_top_graddrop"))
+    return (
+        flops.atp_flops(size, seq)
+        + flops.graddrop_flops(size, seq)
+        + flops.head_unit_flops(size, seq, graddrop=top_graddrop)
+    )
 
 
 def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
@@ -67,30 +66,28 @@ def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
     size = model_size(cached_hub_entry(entry), run.config)
     if size is None or dims is None:
         return None
+    if not size.n_heads:  # a config.json without a head count: the run's dims know it
+        size = dataclasses.replace(size, n_heads=dims.n_heads)
     seq = run.data["seq_len"]
     if rule == "train_model":
         train = entry["train"]
-        return 3.0 * train["steps"] * forward_flops(size, train["batch_size"], seq)
+        return 3.0 * train["steps"] * train["batch_size"] * flops.forward_flops(size, seq)
     if rule in ("clean_cache", "ablate", "atp"):
         rows = run.shard(w["shard"])[0]
-        if rule == "clean_cache":
-            return forward_flops(size, rows, seq)
-        if rule == "atp":
-            return 3.0 * forward_flops(size, rows, seq)
-        return _ablation_flops(size, dims.n_heads, rows, seq)
+        return float(rows * _per_row(rule, size, seq, run.config["engine"]))
     if rule in ("neuron_effects", "norm_ratios", "self_reinforcement"):
-        rows = n_rows(run.data)
         experiment = {"neuron_effects": "neurons", "norm_ratios": "norms"}.get(
             rule, "reinforcement"
         )
-        return max(run.shown(w["model"], experiment), 1) * forward_flops(size, rows, seq)
+        shown = max(run.shown(w["model"], experiment), 1)
+        return float(shown * n_rows(run.data) * flops.forward_flops(size, seq))
     if rule in ("task_clean", "task_ablate", "task_set_ablate"):
         spec = run.config["tasks"][w["task"]]
         rows, _, width = task_shape(run.config, spec, entry)
         if rule == "task_ablate":
-            return _ablation_flops(size, dims.n_heads, rows, width)
+            return float(rows * _per_row("ablate", size, width, run.config["engine"]))
         n_passes = 1 + (len(spec["ablation_sets"]) if rule == "task_set_ablate" else 0)
-        return n_passes * forward_flops(size, rows, width)
+        return float(n_passes * rows * flops.forward_flops(size, width))
     return 0.0
 
 

@@ -1,6 +1,6 @@
 """models: loading TransformerLens models (loading), building random ones and the demo's (builders),
 the fused blocks (blocks), the clean pass (forward) and the correct-token readout
-(readout). FLOP counts live with the benchmark that uses them (benchmarks/flops.py)."""
+(readout). FLOP counts from shapes: selfrepair/flops.py."""
 
 from selfrepair.models.builders import FAMILIES, random_model
 from selfrepair.models.forward import CleanPass, NonFiniteActivation, check_supported, clean_pass
