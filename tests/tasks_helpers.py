@@ -70,3 +70,25 @@ def prompts_task_run(run, lines):
     }  # fmt: skip
     (run / "mine.yaml").write_text(yaml.safe_dump(overlay))
     return run
+
+
+LENGTHS = (12, 9, 12, 7, 10)
+
+
+def padded_task(model, seed: int = 0, lengths=LENGTHS, pad: int = 0):
+    """Random prompts of different lengths, right-padded with `pad`, each with a corrupted
+    partner of its length and a counterfactual token per position."""
+    import torch
+
+    from selfrepair.engine.inputs import TaskInputs
+
+    gen = torch.Generator().manual_seed(seed)
+    n, width, vocab = len(lengths), max(lengths), model.cfg.d_vocab
+    tokens = torch.randint(1, vocab, (n, width), generator=gen)
+    corrupted = torch.randint(1, vocab, (n, width), generator=gen)
+    counter = torch.randint(1, vocab, (n, width - 1), generator=gen)
+    tokens[:, 0] = corrupted[:, 0] = 0
+    real = torch.arange(width)[None] < torch.tensor(lengths)[:, None]
+    tokens[~real] = pad
+    corrupted[~real] = pad
+    return tokens.to(model.W_U.device), TaskInputs(counter, corrupted, real)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 from helpers import ROOT, SCHEMA
-from test_tasks_engine import padded_task
+from tasks_helpers import padded_task
 
 from selfrepair.ablations import (
     FROZEN_LN_SUFFIX,

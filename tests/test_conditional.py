@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
-from test_tasks_engine import padded_task
+from tasks_helpers import padded_task
 
 from selfrepair.analysis.conditional import (
     amplification_ratio,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tasks_helpers import LENGTHS, padded_task
 
 from selfrepair.ablations import TASK_ABLATIONS
 from selfrepair.engine.ablation import mean_z
@@ -21,22 +22,6 @@ from selfrepair.reference.tasks import TaskReference, reference_task_heads, refe
 from selfrepair.variables import HEAD_VARIABLES, component_kinds
 
 TOL = 1e-4
-LENGTHS = (12, 9, 12, 7, 10)
-
-
-def padded_task(model, seed: int = 0, lengths=LENGTHS, pad: int = 0):
-    """Random prompts of different lengths, right-padded with `pad`, each with a corrupted
-    partner of its length and a counterfactual token per position."""
-    gen = torch.Generator().manual_seed(seed)
-    n, width, vocab = len(lengths), max(lengths), model.cfg.d_vocab
-    tokens = torch.randint(1, vocab, (n, width), generator=gen)
-    corrupted = torch.randint(1, vocab, (n, width), generator=gen)
-    counter = torch.randint(1, vocab, (n, width - 1), generator=gen)
-    tokens[:, 0] = corrupted[:, 0] = 0
-    real = torch.arange(width)[None] < torch.tensor(lengths)[:, None]
-    tokens[~real] = pad
-    corrupted[~real] = pad
-    return tokens.to(model.W_U.device), TaskInputs(counter, corrupted, real)
 
 
 def per_token(model, tokens, ablation, task, **kwargs):
