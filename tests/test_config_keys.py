@@ -170,7 +170,7 @@ def every_key_config(tmp: Path) -> dict:
             "fig05": {"model": "pythia-160m", "heads": [[11, 2]], "substitute": target},
             "fig21_24": {"models": ["m-path"]},
         },
-        "explorer": {"tokens_per_head": 5, "context": 8},
+        "explorer": {"tokens_per_head": 5, "context": 8, "repairers": 2},
         "tasks": {
             "t-ioi": {
                 "type": "ioi",

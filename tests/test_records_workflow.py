@@ -114,3 +114,39 @@ def test_a_pick_record_edited_to_another_head_stops_its_figure(run_copy):
 
     edited(run / record, swapped)
     assert_refused(run, configs, record, FIG07)
+
+
+def test_explorer_repairers_sets_the_repairers_each_page_lists(run_copy):
+    """explorer.repairers, through the workflow: the text and the task explorer pages, rerun on
+    a copy of the finished demo with the key at 2, list each measured head's two top repairers
+    (analysis.attribution.top_repairers), on both kinds of page (the defaults listed five)."""
+
+    run, configs = run_copy
+    (run / "two.yaml").write_text("explorer: {repairers: 2}\n")
+    pages = [Path("results/explorer/tiny-gpt2.html"), Path(EXPLORER_TASK_PAGE)]
+    before = {p: _page_repairers(run / p) for p in pages}
+    assert all(max(map(len, r.values())) == 5 for by in before.values() for r in by.values())
+    proc = snakemake(
+        *map(str, pages), "--forcerun", "head_explorer", "task_explorer", "--cores", "1",
+        "--rerun-triggers", "mtime", "--configfile", *configs, "two.yaml", cwd=run, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for page in pages:
+        after = _page_repairers(run / page)
+        assert after.keys() == before[page].keys()
+        for ablation, heads in after.items():
+            assert heads.keys() == before[page][ablation].keys()
+            for head, listed in heads.items():
+                assert listed == before[page][ablation][head][:2], (page, ablation, head)
+
+
+EXPLORER_TASK_PAGE = "results/explorer/tasks/induction/tiny-gpt2.html"
+
+
+def _page_repairers(path: Path) -> dict:
+    """ablation -> 'L.H' -> the repairers a page lists (its embedded data)."""
+    import re
+
+    text = path.read_text()
+    data = json.loads(re.search(r'id="explorer-data">(.*?)</script>', text, re.S).group(1))
+    return data["repairers"]

@@ -163,6 +163,7 @@ def head_explorer(
     out: str,
     tokenizer_dir: str | None = None,
     repairs: Sequence[str] = (),
+    repairers: int = 5,
 ) -> dict[str, Any]:
     """Write one model's explorer page (a self-contained HTML file).
 
@@ -179,6 +180,7 @@ def head_explorer(
         tokenizer_dir: a tokenizer or checkpoint folder (a trained model's), else the model's own.
         repairs: the repair_summary stores, one per ablation (who repairs whom; none when
             engine.attribution is off): each head's top repairers are listed.
+        repairers: how many (explorer.repairers).
     """
     from selfrepair.data.tokens import load_tokenizer
 
@@ -194,6 +196,7 @@ def head_explorer(
         tokens_per_head=tokens_per_head,
         context=context,
         repairs=dict(zip(ablations, repairs, strict=True)) if repairs else None,
+        repairers=repairers,
     )
     tokenizer, source = load_tokenizer(dict(model_entry), tokenizer_dir)
     data["vocab"] = vocabulary(tokenizer, _used_ids(data["heads"]))
@@ -297,6 +300,7 @@ def task_explorer(
     out: str,
     metric: str | None = None,
     tokenizer_dir: str | None = None,
+    repairers: int = 5,
 ) -> dict[str, Any]:
     """Write one (model, task) explorer page: the head explorer on the task's answers, with the
     clean model's metric on the task, each answer's counterfactual (metric logit_diff), the
@@ -314,6 +318,7 @@ def task_explorer(
         out: the HTML file to write.
         metric: the task_clean metric JSON (the clean model on the task, checked).
         tokenizer_dir: a tokenizer or checkpoint folder (a trained model's), else the model's own.
+        repairers: each head's top repairers listed (explorer.repairers).
     """
     from selfrepair.data.tokens import load_tokenizer
     from selfrepair.plots.captions import metric_sentence
@@ -345,7 +350,7 @@ def task_explorer(
             counterfactual=counterfactual,
         )
     data["repairers"] = {
-        a: head_repairers(open_zarr(p), 5) for a, p in zip(ablations, repairs, strict=True)
+        a: head_repairers(open_zarr(p), repairers) for a, p in zip(ablations, repairs, strict=True)
     }
     first = data["grid"][ablations[0]]["mean_self_repair"]
     data.update(

@@ -31,6 +31,7 @@ rule head_explorer:
         ablations=ABLATIONS,
         tokens_per_head=config["explorer"]["tokens_per_head"],
         context=config["explorer"]["context"],
+        repairers=config["explorer"]["repairers"],
     script:
         "../scripts/head_explorer.py"
 

@@ -346,5 +346,6 @@ rule task_explorer:
         ablations=lambda w: TASKS[w.task]["ablations"],
         tokens_per_head=config["explorer"]["tokens_per_head"],
         context=config["explorer"]["context"],
+        repairers=config["explorer"]["repairers"],
     script:
         "../scripts/task_explorer.py"

@@ -17,6 +17,7 @@ with logged(snakemake.log[0], snakemake):
         ablations=list(params.ablations),
         tokens_per_head=int(params.tokens_per_head),
         context=int(params.context),
+        repairers=int(params.repairers),
         out=snakemake.output.html,
         tokenizer_dir=inputs.get("model_dir"),
         repairs=list(inputs.repairs),

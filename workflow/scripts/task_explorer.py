@@ -19,6 +19,7 @@ with logged(snakemake.log[0], snakemake):
         ablations=list(params.ablations),
         tokens_per_head=int(params.tokens_per_head),
         context=int(params.context),
+        repairers=int(params.repairers),
         out=snakemake.output.html,
         metric=inputs.metric,
         tokenizer_dir=inputs.get("model_dir"),
