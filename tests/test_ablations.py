@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 import yaml
 from helpers import ROOT, SCHEMA
 from tasks_helpers import padded_task
@@ -137,14 +138,19 @@ def test_the_task_explorer_takes_partners_from_the_registry(copied_kinds):
         tokens = np.arange(12).reshape(4, 3)
         corrupted = -tokens
 
+    # a task_ablate store's answer tokens (analysis.tasks.scored_tokens) with its partners
+    store = xr.Dataset(coords={"prompt": ("token", [0, 1, 1, 2, 3])})
+    store = store.assign_coords(resample_source=("token", [2, 3, 3, 0, 1]))
     for name, original in copied_kinds.items():
-        got, want = _task_partners(name, Prompts), _task_partners(original, Prompts)
+        got, want = _task_partners(name, Prompts, store), _task_partners(original, Prompts, store)
         np.testing.assert_array_equal(got[0], want[0])
         assert (got[1] is None) == (want[1] is None)
         if want[1] is not None:
             np.testing.assert_array_equal(got[1], want[1])
-    rows, partner = _task_partners("corrupted", Prompts)
+    rows, partner = _task_partners("corrupted", Prompts, store)
     assert rows.shape == (8, 3) and partner.tolist() == [4, 5, 6, 7]
+    rows, partner = _task_partners("resample-frozen-ln", Prompts, store)
+    assert rows.shape == (4, 3) and partner.tolist() == [2, 3, 0, 1]  # the store's, not i + 1
 
 
 def test_atp_refuses_a_kind_whose_partners_lie_outside_the_rows(tiny_model, tiny_tokens):

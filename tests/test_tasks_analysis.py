@@ -43,6 +43,17 @@ def test_scored_tokens_keep_the_answer_positions_in_prompt_order():
     assert out.prompt.values.tolist() == [0, 1, 1, 3, 4]
     assert out.position.values.tolist() == [6, 2, 5, 0, 3]
     np.testing.assert_array_equal(out.de_clean.values[1, 2], ds.de_clean.values[1, 2][scored])
+    assert "resample_source" not in out.coords
+
+
+def test_scored_tokens_keep_each_answers_resample_partner():
+    """A resample ablation's partner prompt of each answer token: what the task explorer shows
+    beside it (stages.explorer._task_partners)."""
+    ds, scored = per_token()
+    ds = ds.assign_coords(resample_source=("batch", [3, 0, 4, 1, 2]))
+    out = scored_tokens(ds, scored)
+    assert out.resample_source.dims == ("token",)
+    assert out.resample_source.values.tolist() == [3, 0, 0, 1, 2]
 
 
 def test_summaries_over_the_answers_are_their_plain_means():

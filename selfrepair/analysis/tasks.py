@@ -72,7 +72,8 @@ def small_self_repair(
 
 def scored_tokens(ds: xr.Dataset, scored: np.ndarray) -> xr.Dataset:
     """ds's per-token variables at the answer positions only, on one `token` axis (coordinates
-    prompt and position), in prompt order; variables without batch and pos stay as they are.
+    prompt and position, and a resample ablation's partner `resample_source`: the prompt each
+    token's z came from), in prompt order; variables without batch and pos stay as they are.
 
     Args:
         ds: dims batch (the prompts) and pos, among others.
@@ -82,7 +83,7 @@ def scored_tokens(ds: xr.Dataset, scored: np.ndarray) -> xr.Dataset:
     picked = ds.isel(
         batch=xr.DataArray(prompt, dims="token"), pos=xr.DataArray(position, dims="token")
     )
-    picked = picked.drop_vars(["batch", "pos", "resample_source"], errors="ignore")
+    picked = picked.drop_vars(["batch", "pos"], errors="ignore")
     return picked.assign_coords(prompt=("token", prompt), position=("token", position))
 
 

@@ -233,16 +233,18 @@ def explorer_index(
     write_text(out, page.index_html(links))
 
 
-def _task_partners(ablation: str, prompts: Any) -> tuple[np.ndarray, np.ndarray | None]:
+def _task_partners(ablation: str, prompts: Any, data: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """(the rows a task page shows, each prompt's partner row among them or None), by where the
     kind takes z from (selfrepair.ablations): TASK, the corrupted prompts after the prompts;
-    ROWS, the next prompt (engine.ablation.resample_source, the engine's default); else none."""
+    ROWS, the partner prompt the task_ablate store records (`resample_source`); else none."""
     n = prompts.tokens.shape[0]
-    pool = ablation_kind(ablation).partner_pool
+    pool = ablation_kind(parse_variant(ablation)[0]).partner_pool
     if pool == TASK:
         return np.concatenate([prompts.tokens, prompts.corrupted]), n + np.arange(n)
     if pool == ROWS:
-        return prompts.tokens, (np.arange(n) + 1) % n
+        partner = np.full(n, -1, np.int64)
+        partner[data.prompt.values] = data.resample_source.values
+        return prompts.tokens, partner
     return prompts.tokens, None
 
 
@@ -255,7 +257,7 @@ def _task_heads(
     (_task_partners)."""
     data = open_zarr(store).load()
     n = prompts.tokens.shape[0]
-    tokens, partner = _task_partners(ablation, prompts)
+    tokens, partner = _task_partners(ablation, prompts, data)
     where = (data.prompt.values, data.position.values)
     out = {}
     for layer in range(data.sizes["layer"]):
