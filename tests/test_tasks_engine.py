@@ -6,11 +6,15 @@ heads against one full pass with every head of the set patched."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 from selfrepair.ablations import TASK_ABLATIONS
+from selfrepair.analysis.tasks import scored_tokens
 from selfrepair.engine.ablation import mean_z
 from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.clean import clean_direct_effects, decomposition_error
@@ -170,3 +174,26 @@ def test_joint_ablation_parts_add_up_and_one_head_is_measure_heads(tiny_model, o
         np.testing.assert_allclose(
             got[variable].sel(set="one").values, single[variable].values[1, 1], atol=1e-5
         )
+
+
+def test_joint_ablation_keeps_only_the_scored_tokens_in_float32_bitwise(
+    tiny_model, one_torch_thread
+):
+    """measure_sets(scored=) is scored_tokens of the full result bitwise, and its memory is the
+    kept tokens' float32 arrays: under half of what every token's float32 `dde` alone takes."""
+    n_rows = 256
+    tokens, task = padded_task(tiny_model, seed=5, lengths=(12, 9) * (n_rows // 2))
+    scored = np.zeros((n_rows, 11), bool)
+    scored[:, 7] = scored[::3, 2] = True
+    full = measure_sets(tiny_model, tokens, "corrupted", SETS, batch_size=32, task=task)
+    tracemalloc.start()
+    try:
+        got = measure_sets(
+            tiny_model, tokens, "corrupted", SETS, batch_size=32, task=task, scored=scored
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    xr.testing.assert_identical(got, scored_tokens(full, scored))
+    assert got.dde.dtype == np.float32
+    assert peak < full.dde.nbytes / 2, (peak, full.dde.nbytes)

@@ -296,9 +296,9 @@ def task_set_ablate(
             batch_size=job.batch_size,
             mean_include_bos=mean_include_bos,
             task=task_inputs(prompts, metric),
+            scored=prompts.scored,
             progress=True,
         )
-    ds = scored_tokens(ds, prompts.scored)
     ds.attrs.update(job.provenance(attrs, ablation=ablation, metric=metric))
     write_zarr(ds, out)
     return ds
