@@ -165,19 +165,10 @@ def measure_sets(
         raise ValueError("sets is empty: name at least one set of heads")
     first = min(min(layers) for layers in by_set.values())
     n_rows, n_pos = tokens.shape[0], tokens.shape[1] - 1
-    keep = np.ones((n_rows, n_pos), bool) if scored is None else np.asarray(scored, bool)
-    if keep.shape != (n_rows, n_pos):
-        raise ValueError(f"scored has shape {keep.shape}; it needs the rows' {(n_rows, n_pos)}")
-    # One slot per kept token, in row-major order (scored_tokens'): chunk by chunk, each
-    # chunk's tokens are the next run of slots.
-    ends = np.cumsum(keep.sum(1))
-    n_kept, cfg = int(ends[-1]) if n_rows else 0, model.cfg
-    out = {v: np.zeros((len(by_set), n_kept), np.float32) for v in HEAD_VARIABLES}
-    # float32 from the start: each value is written once, so this is the cast the store made.
+    keep, ends = _kept(scored, n_rows, n_pos)
+    cfg = model.cfg
     n_comp = n_components(cfg.n_layers, cfg.n_heads)
-    out["dde"] = np.zeros((len(by_set), n_kept, n_comp), np.float32)
-    out["logit_clean"] = np.zeros(n_kept, np.float32)
-    out["ln_scale_clean"] = np.zeros(n_kept, np.float32)
+    out = _empty(len(by_set), int(ends[-1]), n_comp)
     ro = readout(model)
     chunks = ablation_chunks(
         model,
@@ -210,6 +201,25 @@ def measure_sets(
     if scored is None:  # every token kept: back to batch and pos
         out = {k: _unflatten(v, k == "dde", n_rows, n_pos) for k, v in out.items()}
     return _sets_dataset(model, out, by_set, ablation, None if scored is None else keep)
+
+
+def _kept(scored: np.ndarray | None, n_rows: int, n_pos: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens kept (bool [batch, pos]) and where each row's slots end: one slot per kept
+    token in row-major order (scored_tokens'), so each chunk's are the next run of slots."""
+    keep = np.ones((n_rows, n_pos), bool) if scored is None else np.asarray(scored, bool)
+    if keep.shape != (n_rows, n_pos):
+        raise ValueError(f"scored has shape {keep.shape}; it needs the rows' {(n_rows, n_pos)}")
+    return keep, np.cumsum(keep.sum(1))
+
+
+def _empty(n_sets: int, n_kept: int, n_comp: int) -> dict[str, np.ndarray]:
+    """The result's arrays, float32 from the start: each value is written once, so this is the
+    cast the store made of float64 ones, bitwise."""
+    out = {v: np.zeros((n_sets, n_kept), np.float32) for v in HEAD_VARIABLES}
+    out["dde"] = np.zeros((n_sets, n_kept, n_comp), np.float32)
+    out["logit_clean"] = np.zeros(n_kept, np.float32)
+    out["ln_scale_clean"] = np.zeros(n_kept, np.float32)
+    return out
 
 
 def _unflatten(values: np.ndarray, per_component: bool, n_rows: int, n_pos: int) -> np.ndarray:
