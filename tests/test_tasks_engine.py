@@ -139,6 +139,28 @@ def test_mean_ablation_takes_the_mean_over_real_positions_only(tiny_model, one_t
     assert not np.array_equal(a.logit_clean.values, b.logit_clean.values)  # pads do differ
 
 
+@pytest.mark.parametrize("ablation", TASK_ABLATIONS)
+def test_frozen_layernorm_on_a_task_matches_the_full_forward_reference(
+    tiny_model, ablation, one_torch_thread
+):
+    """<kind>-frozen-ln on a task (logit_diff, padded rows, corrupted partners): every variable
+    and component against full passes with every LayerNorm scale hooked to the clean run's."""
+    tokens, task = padded_task(tiny_model, seed=6)
+    got, comp = per_token(
+        tiny_model, tokens, ablation, task, batch_size=2, heads_per_pass=3, freeze_ln=True
+    )
+    ref = TaskReference(tiny_model, tokens, task.counter, task.partners, task.real)
+    expected = reference_task_heads(ref, ablation, freeze_ln=True)
+    free = reference_task_heads(ref, ablation, heads=[(0, 1)])[0, 1]
+    for (layer, head), values in expected.items():
+        for name in HEAD_VARIABLES:
+            err = np.abs(got[name].values[layer, head] - values[name]).max()
+            assert err < TOL, (name, layer, head, err)
+        assert np.abs(comp[layer, head] - values["components"]).max() < TOL, (layer, head)
+        assert np.abs(values["sr_ln"]).max() < 1e-5  # frozen: LayerNorm repairs nothing
+    assert np.abs(free["sr_ln"]).max() > 1e-3  # ...which it does when free
+
+
 SETS = {"across": [(0, 1), (1, 0), (1, 2)], "late": [(2, 3), (2, 0)], "one": [(1, 1)]}
 
 

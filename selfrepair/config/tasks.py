@@ -10,7 +10,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from selfrepair.ablations import KINDS, TASK
+from selfrepair.ablations import KINDS, TASK, parse_variant
 from selfrepair.config.errors import ConfigError
 from selfrepair.config.models import missing_head, model_dims
 
@@ -79,7 +79,14 @@ def _check_file(key: str, spec: dict[str, Any]) -> None:
             f"and {spec['type']} prompts {'lack some' if spec.get('file') else 'have none'}; "
             "use metric: correct_logit (or give every line a counterfactual)"
         )
-    paired = [a for a in spec["ablations"] if KINDS[a].partner_pool == TASK]
+    first = spec["ablations"][0]
+    if spec["ablation_sets"] and parse_variant(first)[1]:
+        raise ConfigError(
+            f"config key {key}.ablations: the first ({first}) is the backup table's, whose joint "
+            "sets (ablation_sets) run without frozen LayerNorm; put a kind without -frozen-ln "
+            "first"
+        )
+    paired = [a for a in spec["ablations"] if KINDS[parse_variant(a)[0]].partner_pool == TASK]
     if paired and not corrupted:
         others = [name for name, kind in KINDS.items() if kind.partner_pool != TASK]
         raise ConfigError(

@@ -235,7 +235,7 @@ def _task_partners(ablation: str, prompts: Any) -> tuple[np.ndarray, np.ndarray 
     kind takes z from (selfrepair.ablations): TASK, the corrupted prompts after the prompts;
     ROWS, the next prompt (engine.ablation.resample_source, the engine's default); else none."""
     n = prompts.tokens.shape[0]
-    pool = ablation_kind(ablation).partner_pool
+    pool = ablation_kind(parse_variant(ablation)[0]).partner_pool
     if pool == TASK:
         return np.concatenate([prompts.tokens, prompts.corrupted]), n + np.arange(n)
     if pool == ROWS:

@@ -203,6 +203,7 @@ def task_ablate(
     sums_out: str,
     detail_out: str,
     attrs: dict[str, Any],
+    freeze_ln: bool = False,
 ) -> xr.Dataset:
     """Rule task_ablate: every configured head under one ablation on the task's prompts
     (engine.measure_heads), at the answer positions, with every downstream component's change
@@ -217,6 +218,8 @@ def task_ablate(
         out: the store of the head variables (results/<model>/tasks/<task>/ablation/<a>.zarr).
         sums_out, detail_out: the attribution stores (.../attribution/sums-<a>.zarr, detail-).
         attrs: the rule's provenance attributes.
+        freeze_ln: every LayerNorm after the ablated head keeps its clean scale (the path's
+            ablation is <ablation>-frozen-ln).
     """
     from selfrepair.engine.attribution import RepairSums
     from selfrepair.engine.self_repair import measure_heads
@@ -236,12 +239,15 @@ def task_ablate(
             batch_size=job.batch_size,
             heads_per_pass=heads_per_pass,
             mean_include_bos=mean_include_bos,
+            freeze_ln=freeze_ln,
             progress=True,
-            desc=f"{task}: {ablation} ablation",
+            desc=f"{task}: {ablation} ablation" + (" (frozen LayerNorm)" if freeze_ln else ""),
             sums=sums,
             task=task_inputs(prompts, metric),
         )
     own = job.provenance(attrs, ablation=ablation, metric=metric)
+    if freeze_ln:  # attributes only where frozen, so that every other store stays the same
+        own["freeze_ln"] = 1
     ds = scored_tokens(ds, prompts.scored)
     ds.attrs.update(own)
     sums_ds, detail = sums.dataset(), sums.detail_dataset()

@@ -84,6 +84,8 @@ rule task_ablate:
     params:
         model=model_entry,
         metric=lambda w: TASKS[w.task]["metric"],
+        ablation=lambda w: sr_config.parse_ablation(w.task_ablation)[0],
+        freeze_ln=lambda w: sr_config.parse_ablation(w.task_ablation)[1],
         batch_size=batch_size,
         heads_per_pass=ENGINE["heads_per_pass"],
         mean_include_bos=ENGINE["mean_include_bos"],
