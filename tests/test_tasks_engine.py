@@ -13,7 +13,7 @@ import pytest
 import torch
 import xarray as xr
 
-from selfrepair.ablations import TASK_ABLATIONS
+from selfrepair.ablations import TASK_ABLATIONS, TEXT_ABLATIONS
 from selfrepair.analysis.tasks import scored_tokens
 from selfrepair.engine.ablation import mean_z
 from selfrepair.engine.attribution import RepairSums
@@ -21,6 +21,7 @@ from selfrepair.engine.clean import clean_direct_effects, decomposition_error
 from selfrepair.engine.inputs import TaskInputs
 from selfrepair.engine.self_repair import measure_heads
 from selfrepair.engine.sets import measure_sets
+from selfrepair.reference.heads import reference_measure_heads
 from selfrepair.reference.tasks import TaskReference, reference_task_heads, reference_task_set
 from selfrepair.variables import HEAD_VARIABLES, component_kinds
 
@@ -178,6 +179,31 @@ def test_joint_ablation_matches_one_full_pass_with_the_set_patched(
             err = np.abs(one[variable].values - expected[variable]).max()
             assert err < TOL, (name, variable, err)
         assert np.abs(one.dde.values - expected["components"]).max() < TOL, name
+    assert float(np.abs(got.logit_diff).max()) > 0.05
+
+
+@pytest.mark.parametrize("ablation", TEXT_ABLATIONS)
+def test_joint_ablation_on_running_text_matches_full_forward_passes(
+    tiny_model, tiny_tokens, ablation, one_torch_thread
+):
+    """Running text (no task: the correct token's centred logit at every position, resample's
+    partner the next row): each set against one full pass with the set patched, and a one-head
+    set against the text reference of that head (reference.heads.reference_measure_heads)."""
+    tokens = tiny_tokens.to(tiny_model.W_U.device)
+    got = measure_sets(tiny_model, tokens, ablation, SETS, batch_size=4)
+    assert got.sizes["pos"] == tokens.shape[1] - 1  # every token kept
+    ref = TaskReference(tiny_model, tokens)
+    for name, heads in SETS.items():
+        expected = reference_task_set(ref, ablation, heads)
+        one = got.sel(set=name)
+        for variable in HEAD_VARIABLES:
+            err = np.abs(one[variable].values - expected[variable]).max()
+            assert err < TOL, (name, variable, err)
+        assert np.abs(one.dde.values - expected["components"]).max() < TOL, name
+    text = reference_measure_heads(tiny_model, tokens, ablation, heads=SETS["one"])
+    for variable in HEAD_VARIABLES:
+        want = text[variable].values[1, 1]
+        assert np.abs(got[variable].sel(set="one").values - want).max() < TOL, variable
     assert float(np.abs(got.logit_diff).max()) > 0.05
 
 

@@ -15,6 +15,7 @@ from selfrepair.config.errors import ConfigError
 from selfrepair.config.models import missing_head, model_dims
 
 __all__ = [
+    "check_ablation_sets",
     "check_task_prompts",
     "check_tasks",
     "model_context",
@@ -95,6 +96,28 @@ def _check_file(key: str, spec: dict[str, Any]) -> None:
         )
 
 
+def _check_heads(
+    key: str, heads: list, models: Collection[str], entries: dict, fix: str = ""
+) -> None:
+    """No head twice, and each within every model whose size the config knows (`fix`: what the
+    message adds after the missing head)."""
+    if len({tuple(h) for h in heads}) != len(heads):
+        raise ConfigError(f"config key {key}: a head is listed twice; list each once")
+    for model in models:
+        dims = model_dims(entries[model])
+        for layer, head in heads if dims else ():
+            if missing := missing_head(model, layer, head, *dims):
+                raise ConfigError(f"config key {key}: {missing}{fix}")
+
+
+def check_ablation_sets(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
+    """The running-text sets (top-level ablation_sets): each head once and within every model of
+    the run whose size the config knows, one line naming the key and the fix."""
+    for name, heads in config.get("ablation_sets", {}).items():
+        fix = "; name heads of every model of the run, or drop the set"
+        _check_heads(f"ablation_sets.{name}", heads, entries, entries, fix)
+
+
 def check_tasks(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
     """Every task's models are the run's, its file reads (every line a prompt and a one-token
     answer field), its metric and ablations have what they need, and its heads exist in every
@@ -114,13 +137,7 @@ def check_tasks(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> N
                 )
         _check_file(key, spec)
         for suffix, heads in task_heads(spec):
-            if len({tuple(h) for h in heads}) != len(heads):
-                raise ConfigError(f"config key {key}.{suffix}: a head is listed twice")
-            for model in models:
-                dims = model_dims(entries[model])
-                for layer, head in heads if dims else ():
-                    if missing := missing_head(model, layer, head, *dims):
-                        raise ConfigError(f"config key {key}.{suffix}: {missing}")
+            _check_heads(f"{key}.{suffix}", heads, models, entries)
 
 
 def task_shape(

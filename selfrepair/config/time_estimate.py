@@ -7,8 +7,8 @@ The FLOPs (2 per weight and token, and causal attention's query-key products; th
 benchmarks/flops.py, kept apart from it): clean_cache and task_clean one forward pass of their
 rows; ablate and task_ablate the clean pass, then per head of layer L the blocks above L (the
 engine restarts after the head); atp a forward and a backward pass (3 forward); the mechanism
-experiments a forward pass per head they run; task_set_ablate one per set; train_model 3 forward
-passes' worth per step. The rate: `estimate.flops_per_second`, else measured here (a float32
+experiments a forward pass per head they run; task_set_ablate and set_ablate the clean pass and
+one per set; train_model 3 forward passes' worth per step. The rate: `estimate.flops_per_second`, else measured here (a float32
 matrix product with numpy, about 0.2 s) when the jobs run on this machine's CPU, else an assumed
 GPU rate (GPU_FLOPS)."""
 
@@ -71,8 +71,10 @@ def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
     if rule == "train_model":
         train = entry["train"]
         return 3.0 * train["steps"] * forward_flops(size, train["batch_size"], seq)
-    if rule in ("clean_cache", "ablate", "atp"):
+    if rule in ("clean_cache", "ablate", "atp", "set_ablate"):
         rows = run.shard(w["shard"])[0]
+        if rule == "set_ablate":  # the clean pass and one per set
+            return (1 + len(run.config["ablation_sets"])) * forward_flops(size, rows, seq)
         if rule == "clean_cache":
             return forward_flops(size, rows, seq)
         if rule == "atp":

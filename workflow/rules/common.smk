@@ -400,7 +400,17 @@ def all_outputs():
     outputs += figure_outputs(["paper", "extra"]) + rules_output("head_table")
     outputs += mechanism_outputs() + repair_outputs() + atp_outputs()
     outputs += expand("results/explorer/{model}.html", model=MODELS)
-    return outputs + task_outputs() + ["results/explorer/index.html"]
+    outputs += text_set_outputs() + task_outputs()
+    return outputs + ["results/explorer/index.html"]
+
+
+def text_set_outputs():
+    """The joint ablation of config ablation_sets on running text (set_ablate's stores): every
+    model, each of `ablations`, every shard; none without sets."""
+    if not config["ablation_sets"]:
+        return []
+    pattern = "results/{model}/sets/{ablation}/shard-{shard}.zarr"
+    return expand(pattern, model=MODELS, ablation=ABLATIONS, shard=SHARDS)
 
 
 def named_outputs(name):
