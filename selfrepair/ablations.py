@@ -24,6 +24,7 @@ __all__ = [
     "ROWS",
     "TASK",
     "TASK_ABLATIONS",
+    "TASK_VARIANTS",
     "TEXT_ABLATIONS",
     "VARIANT_NAMES",
     "Ablation",
@@ -158,13 +159,15 @@ def _variant_names() -> frozenset[str]:
 TEXT_ABLATIONS = _text_ablations()
 TASK_ABLATIONS = tuple(KINDS)
 VARIANT_NAMES = _variant_names()
+# tasks.<name>.ablations: every kind, and each with frozen LayerNorm.
+TASK_VARIANTS = tuple(variant(name, frozen) for frozen in (False, True) for name in KINDS)
 
 
 def register(kind: Ablation) -> None:
     """Add a kind defined outside this module (a plugin's, a test's) to the registry. The
     modules that read the registry when imported (variables.ABLATIONS, the captions' notes, the
     colours, the output folders) see it when imported after; the engine reads it at each call."""
-    global TEXT_ABLATIONS, TASK_ABLATIONS, VARIANT_NAMES
+    global TEXT_ABLATIONS, TASK_ABLATIONS, VARIANT_NAMES, TASK_VARIANTS
     if kind.name in KINDS or parse_variant(kind.name)[1]:
         raise ValueError(f"ablation {kind.name!r} is taken or names a frozen-LayerNorm variant")
     KINDS[kind.name] = kind
@@ -173,6 +176,7 @@ def register(kind: Ablation) -> None:
         tuple(KINDS),
         _variant_names(),
     )
+    TASK_VARIANTS = tuple(variant(name, f) for f in (False, True) for name in KINDS)
 
 
 def ablation_kind(name: str) -> Ablation:

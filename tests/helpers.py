@@ -43,6 +43,17 @@ def rule_files(folder: str) -> dict[str, list[str]]:
     return {name: paths for name, paths in found.items() if paths}
 
 
+def base_rule(rule: str) -> str:
+    """The rule a `use rule X as <rule> with:` is made from (X), or the rule itself."""
+    base = re.search(rf"use rule (\w+) as {rule} with:", rule_texts()[rule])
+    return rule if base is None else base.group(1)
+
+
+def own_script(rule: str) -> bool:
+    """Whether the rule's text names a script (a `use rule` variant may run its base's)."""
+    return re.search(r'"\.\./scripts/([^"]+)"', rule_texts()[rule]) is not None
+
+
 def rule_script(rule: str) -> str:
     """The file name of a rule's script (workflow/scripts/<name>), as its rule text names it
     (a rule made `use rule ... with:` runs its base rule's)."""

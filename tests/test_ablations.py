@@ -23,6 +23,7 @@ from selfrepair.ablations import (
     FROZEN_LN_SUFFIX,
     KINDS,
     TASK_ABLATIONS,
+    TASK_VARIANTS,
     TEXT_ABLATIONS,
     ablation_kind,
     parse_variant,
@@ -39,7 +40,7 @@ KIND_ENUMS = {
     "engine.frozen_ln": TEXT_ABLATIONS,
     "figures.ablation": TEXT_ABLATIONS,
     "mechanisms.neurons.ablation": TEXT_ABLATIONS,
-    "tasks.<name>.ablations": TASK_ABLATIONS,
+    "tasks.<name>.ablations": TASK_VARIANTS,
 }
 
 

@@ -127,6 +127,7 @@ def every_key_config(tmp: Path) -> dict:
             "store_tokens": "top",
         },
         "ablations": ["mean", "resample", "zero"],
+        "ablation_sets": {"pair": [[0, 0], [1, 0]]},
         "resources": resources,
         "checkpoint_shards": 1,
         "estimate": {"flops_per_second": 1e11, "seconds_per_job": 2},
@@ -188,7 +189,7 @@ def every_key_config(tmp: Path) -> dict:
                 "models": ["m-train"],
                 "n_prompts": 4,
                 "length": 4,
-                "ablations": ["corrupted", "resample", "zero"],
+                "ablations": ["corrupted", "resample", "zero-frozen-ln"],
             },
             "t-file": {
                 "type": "prompts",
@@ -260,7 +261,10 @@ def test_a_config_with_every_key_plans_through_snakemake(every_key_plan):
     # Every key reached its rules: training checkpoints, attribution, attribution patching, the
     # mechanism stages.
     expected = {"train_model", "share_tokens", "ablate", "repair_detail", "neuron_effects"}
-    expected |= {"atp", "atp_summary", "atp_table"}
+    expected |= {"atp", "atp_summary", "atp_table", "set_ablate"}
+    # ablation_sets on running text, every model, ablation and shard; a task's frozen LayerNorm.
+    assert "results/m-train/sets/resample/shard-000.zarr" in every_key_plan
+    assert "results/m-train/tasks/t-induction/ablation/zero-frozen-ln.zarr" in every_key_plan
     assert expected | {"self_reinforcement", "training_self_repair", "head_explorer"} <= jobs
     tasks = {"task_prompts", "task_clean", "task_ablate", "task_set_ablate", "task_summary"}
     tasks |= {"task_backups", "task_self_repair_per_head", "task_repair_bars", "task_explorer"}

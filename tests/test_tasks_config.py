@@ -19,10 +19,11 @@ from selfrepair.config.tasks import check_task_prompts
 PAPER_CI = ROOT / ".test" / "config" / "paper-ci.yaml"
 
 
-def dry_run(tmp_path, tasks: dict) -> str:
-    """snakemake -n of the paper's CI config with these tasks: its output (it must fail)."""
+def dry_run(tmp_path, tasks: dict, **keys) -> str:
+    """snakemake -n of the paper's CI config with these tasks (and other top-level keys): its
+    output (it must fail)."""
     overlay = tmp_path / "tasks.yaml"
-    overlay.write_text(yaml.safe_dump({"tasks": tasks}))
+    overlay.write_text(yaml.safe_dump({"tasks": tasks, **keys}))
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(PAPER_CI),
          str(overlay)],
@@ -52,6 +53,32 @@ def test_snakemake_stops_on_a_prompt_line_without_an_answer(tmp_path):
     out = dry_run(tmp_path, {"mine": {"type": "prompts", "file": path, "ablations": ["zero"]}})
     assert f"config key tasks.mine.file: {path}: 1 of 2 prompts cannot be used" in out
     assert f'  {path}:2: no "answer"' in out
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            {"movers": [[9, 9], [12, 0]]},
+            "config key ablation_sets.movers: pythia-160m has no L12H0 (12 layers x 12 heads); "
+            "name heads of every model of the run, or drop the set",
+        ),
+        ({"twice": [[1, 2], [1, 2]]}, "config key ablation_sets.twice: a head is listed twice"),
+        ({"empty": []}, "config key ablation_sets.empty"),
+    ],
+)
+def test_snakemake_stops_on_bad_running_text_sets(tmp_path, sets, message):
+    """Top-level ablation_sets (running text): a head beyond a model, a head twice, an empty
+    set, each one line naming the key, before any job."""
+    out = dry_run(tmp_path, {}, ablation_sets=sets)
+    assert message in out
+
+
+def test_a_frozen_first_task_ablation_with_sets_names_the_fix(tmp_path):
+    spec = {"type": "ioi", "ablations": ["corrupted-frozen-ln"], "ablation_sets": {"s": [[1, 1]]}}
+    out = dry_run(tmp_path, {"ioi": spec})
+    assert "config key tasks.ioi.ablations: the first (corrupted-frozen-ln) is the backup" in out
+    assert "put a kind without -frozen-ln first" in out
 
 
 def test_snakemake_stops_on_logit_diff_without_counterfactuals(tmp_path):

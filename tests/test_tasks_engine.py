@@ -6,18 +6,23 @@ heads against one full pass with every head of the set patched."""
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from tasks_helpers import LENGTHS, padded_task
 
-from selfrepair.ablations import TASK_ABLATIONS
+from selfrepair.ablations import TASK_ABLATIONS, TEXT_ABLATIONS
+from selfrepair.analysis.tasks import scored_tokens
 from selfrepair.engine.ablation import mean_z
 from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.clean import clean_direct_effects, decomposition_error
 from selfrepair.engine.inputs import TaskInputs
 from selfrepair.engine.self_repair import measure_heads
 from selfrepair.engine.sets import measure_sets
+from selfrepair.reference.heads import reference_measure_heads
 from selfrepair.reference.tasks import TaskReference, reference_task_heads, reference_task_set
 from selfrepair.variables import HEAD_VARIABLES, component_kinds
 
@@ -120,6 +125,28 @@ def test_mean_ablation_takes_the_mean_over_real_positions_only(tiny_model, one_t
     assert not np.array_equal(a.logit_clean.values, b.logit_clean.values)  # pads do differ
 
 
+@pytest.mark.parametrize("ablation", TASK_ABLATIONS)
+def test_frozen_layernorm_on_a_task_matches_the_full_forward_reference(
+    tiny_model, ablation, one_torch_thread
+):
+    """<kind>-frozen-ln on a task (logit_diff, padded rows, corrupted partners): every variable
+    and component against full passes with every LayerNorm scale hooked to the clean run's."""
+    tokens, task = padded_task(tiny_model, seed=6)
+    got, comp = per_token(
+        tiny_model, tokens, ablation, task, batch_size=2, heads_per_pass=3, freeze_ln=True
+    )
+    ref = TaskReference(tiny_model, tokens, task.counter, task.partners, task.real)
+    expected = reference_task_heads(ref, ablation, freeze_ln=True)
+    free = reference_task_heads(ref, ablation, heads=[(0, 1)])[0, 1]
+    for (layer, head), values in expected.items():
+        for name in HEAD_VARIABLES:
+            err = np.abs(got[name].values[layer, head] - values[name]).max()
+            assert err < TOL, (name, layer, head, err)
+        assert np.abs(comp[layer, head] - values["components"]).max() < TOL, (layer, head)
+        assert np.abs(values["sr_ln"]).max() < 1e-5  # frozen: LayerNorm repairs nothing
+    assert np.abs(free["sr_ln"]).max() > 1e-3  # ...which it does when free
+
+
 SETS = {"across": [(0, 1), (1, 0), (1, 2)], "late": [(2, 3), (2, 0)], "one": [(1, 1)]}
 
 
@@ -140,6 +167,31 @@ def test_joint_ablation_matches_one_full_pass_with_the_set_patched(
     assert float(np.abs(got.logit_diff).max()) > 0.05
 
 
+@pytest.mark.parametrize("ablation", TEXT_ABLATIONS)
+def test_joint_ablation_on_running_text_matches_full_forward_passes(
+    tiny_model, tiny_tokens, ablation, one_torch_thread
+):
+    """Running text (no task: the correct token's centred logit at every position, resample's
+    partner the next row): each set against one full pass with the set patched, and a one-head
+    set against the text reference of that head (reference.heads.reference_measure_heads)."""
+    tokens = tiny_tokens.to(tiny_model.W_U.device)
+    got = measure_sets(tiny_model, tokens, ablation, SETS, batch_size=4)
+    assert got.sizes["pos"] == tokens.shape[1] - 1  # every token kept
+    ref = TaskReference(tiny_model, tokens)
+    for name, heads in SETS.items():
+        expected = reference_task_set(ref, ablation, heads)
+        one = got.sel(set=name)
+        for variable in HEAD_VARIABLES:
+            err = np.abs(one[variable].values - expected[variable]).max()
+            assert err < TOL, (name, variable, err)
+        assert np.abs(one.dde.values - expected["components"]).max() < TOL, name
+    text = reference_measure_heads(tiny_model, tokens, ablation, heads=SETS["one"])
+    for variable in HEAD_VARIABLES:
+        want = text[variable].values[1, 1]
+        assert np.abs(got[variable].sel(set="one").values - want).max() < TOL, variable
+    assert float(np.abs(got.logit_diff).max()) > 0.05
+
+
 def test_joint_ablation_parts_add_up_and_one_head_is_measure_heads(tiny_model, one_torch_thread):
     tokens, task = padded_task(tiny_model, seed=4)
     got = measure_sets(tiny_model, tokens, "corrupted", SETS, task=task)
@@ -155,3 +207,26 @@ def test_joint_ablation_parts_add_up_and_one_head_is_measure_heads(tiny_model, o
         np.testing.assert_allclose(
             got[variable].sel(set="one").values, single[variable].values[1, 1], atol=1e-5
         )
+
+
+def test_joint_ablation_keeps_only_the_scored_tokens_in_float32_bitwise(
+    tiny_model, one_torch_thread
+):
+    """measure_sets(scored=) is scored_tokens of the full result bitwise, and its memory is the
+    kept tokens' float32 arrays: under half of what every token's float32 `dde` alone takes."""
+    n_rows = 256
+    tokens, task = padded_task(tiny_model, seed=5, lengths=(12, 9) * (n_rows // 2))
+    scored = np.zeros((n_rows, 11), bool)
+    scored[:, 7] = scored[::3, 2] = True
+    full = measure_sets(tiny_model, tokens, "corrupted", SETS, batch_size=32, task=task)
+    tracemalloc.start()
+    try:
+        got = measure_sets(
+            tiny_model, tokens, "corrupted", SETS, batch_size=32, task=task, scored=scored
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    xr.testing.assert_identical(got, scored_tokens(full, scored))
+    assert got.dde.dtype == np.float32
+    assert peak < full.dde.nbytes / 2, (peak, full.dde.nbytes)

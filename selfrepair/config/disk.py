@@ -57,6 +57,7 @@ STORE_ARRAYS = {
     ("task_ablate", "sums"): (32, None),
     ("task_ablate", "detail"): (20, None),
     ("task_set_ablate", "sets"): (20, None),
+    ("set_ablate", "sets"): (20, None),
     ("task_summary", "summary"): (32, None),
     ("task_summary", "intervals"): (12, None),
     ("task_summary", "repairs"): (32, None),

@@ -20,7 +20,7 @@ from selfrepair.config.models import (
     pickled_weights_problem,
 )
 from selfrepair.config.places import check_output_places, output_outside
-from selfrepair.config.tasks import check_task_prompts, check_tasks
+from selfrepair.config.tasks import check_ablation_sets, check_task_prompts, check_tasks
 
 __all__ = [
     "SCHEMA",
@@ -74,6 +74,7 @@ def validate_run(config: dict[str, Any], schema: str | Path = SCHEMA) -> dict[st
     check_run(config, entries)
     check_path_tokenizers(entries)
     check_tasks(config, entries)
+    check_ablation_sets(config, entries)
     check_checkpoints(entries)
     check_output_places(config, entries | checkpoint_models(entries))
     return entries

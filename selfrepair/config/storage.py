@@ -199,6 +199,11 @@ def _explorer(run: _Run, w: dict, d: Shapes) -> int:
     return d.heads * per_head + FILE_BYTES[""]
 
 
+def _sets_bytes(d: Shapes, n_sets: int, tokens: int) -> int:
+    """A joint-sets store (engine.sets): per set and token, the variables and every component."""
+    return n_sets * tokens * F32 * (n_components(d.n_layers, d.n_heads) + len(HEAD_VARIABLES))
+
+
 def _task(run: _Run, w: dict, d: Shapes, rule: str) -> int:
     """The task stores, on answer positions (config.tasks.task_shape: a prompts file's rows at
     their longest bound)."""
@@ -212,8 +217,7 @@ def _task(run: _Run, w: dict, d: Shapes, rule: str) -> int:
         heads = all_ablation_bytes(d.heads, answers, answers) + repair_sums_bytes(d)
         return heads + detail_bytes(d, d.heads, answers)
     if rule == "task_set_ablate":
-        per_answer = F32 * (n_components(d.n_layers, d.n_heads) + len(HEAD_VARIABLES))
-        return len(spec["ablation_sets"]) * answers * per_answer
+        return _sets_bytes(d, len(spec["ablation_sets"]), answers)
     return 2 * HEAD_SUMMARY_BYTES * d.heads + repair_summary_bytes(d)  # task_summary
 
 
@@ -223,6 +227,9 @@ RULE_BYTES = {
     "clean_cache": _clean,
     "ablate": _ablate,
     "atp": _atp,
+    "set_ablate": lambda r, w, d: _sets_bytes(
+        d, len(r.config["ablation_sets"]), r.shard(w["shard"])[1]
+    ),
     "head_top_tokens": lambda r, w, d: F32 * d.heads * r.k(w["model"]),  # int32 token numbers
     "repair_summary": lambda r, w, d: repair_summary_bytes(d),
     "repair_detail": lambda r, w, d: detail_bytes(

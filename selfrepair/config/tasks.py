@@ -10,11 +10,12 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from selfrepair.ablations import KINDS, TASK
+from selfrepair.ablations import KINDS, TASK, parse_variant
 from selfrepair.config.errors import ConfigError
 from selfrepair.config.models import missing_head, model_dims
 
 __all__ = [
+    "check_ablation_sets",
     "check_task_prompts",
     "check_tasks",
     "model_context",
@@ -79,13 +80,42 @@ def _check_file(key: str, spec: dict[str, Any]) -> None:
             f"and {spec['type']} prompts {'lack some' if spec.get('file') else 'have none'}; "
             "use metric: correct_logit (or give every line a counterfactual)"
         )
-    paired = [a for a in spec["ablations"] if KINDS[a].partner_pool == TASK]
+    first = spec["ablations"][0]
+    if spec["ablation_sets"] and parse_variant(first)[1]:
+        raise ConfigError(
+            f"config key {key}.ablations: the first ({first}) is the backup table's, whose joint "
+            "sets (ablation_sets) run without frozen LayerNorm; put a kind without -frozen-ln "
+            "first"
+        )
+    paired = [a for a in spec["ablations"] if KINDS[parse_variant(a)[0]].partner_pool == TASK]
     if paired and not corrupted:
         others = [name for name, kind in KINDS.items() if kind.partner_pool != TASK]
         raise ConfigError(
             f"config key {key}.ablations: {paired[0]} needs a corrupted prompt on every line of "
             f"{spec['file']}; add them or choose {', '.join(others[:-1])} or {others[-1]}"
         )
+
+
+def _check_heads(
+    key: str, heads: list, models: Collection[str], entries: dict, fix: str = ""
+) -> None:
+    """No head twice, and each within every model whose size the config knows (`fix`: what the
+    message adds after the missing head)."""
+    if len({tuple(h) for h in heads}) != len(heads):
+        raise ConfigError(f"config key {key}: a head is listed twice; list each once")
+    for model in models:
+        dims = model_dims(entries[model])
+        for layer, head in heads if dims else ():
+            if missing := missing_head(model, layer, head, *dims):
+                raise ConfigError(f"config key {key}: {missing}{fix}")
+
+
+def check_ablation_sets(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
+    """The running-text sets (top-level ablation_sets): each head once and within every model of
+    the run whose size the config knows, one line naming the key and the fix."""
+    for name, heads in config.get("ablation_sets", {}).items():
+        fix = "; name heads of every model of the run, or drop the set"
+        _check_heads(f"ablation_sets.{name}", heads, entries, entries, fix)
 
 
 def check_tasks(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
@@ -107,13 +137,7 @@ def check_tasks(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> N
                 )
         _check_file(key, spec)
         for suffix, heads in task_heads(spec):
-            if len({tuple(h) for h in heads}) != len(heads):
-                raise ConfigError(f"config key {key}.{suffix}: a head is listed twice")
-            for model in models:
-                dims = model_dims(entries[model])
-                for layer, head in heads if dims else ():
-                    if missing := missing_head(model, layer, head, *dims):
-                        raise ConfigError(f"config key {key}.{suffix}: {missing}")
+            _check_heads(f"{key}.{suffix}", heads, models, entries)
 
 
 def task_shape(

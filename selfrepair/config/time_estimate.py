@@ -8,7 +8,7 @@ tests/test_flops.py), per row: clean_cache and task_clean one forward pass; abla
 task_ablate measure_heads' (engine_flops of every head); atp AtP's forward and backward pass,
 GradDrop's passes and each head's own backward pass (with GradDrop's when
 engine.atp_top_graddrop); the mechanism experiments a forward pass per head they run;
-task_set_ablate one per set and the clean pass; train_model 3 forward passes' worth per step.
+task_set_ablate and set_ablate one per set and the clean pass; train_model 3 forward passes' worth per step.
 The rate: `estimate.flops_per_second`, else measured here (a float32 matrix product with
 numpy, about 0.2 s) when the jobs run on this machine's CPU, else an assumed GPU rate (GPU_FLOPS)."""
 
@@ -72,8 +72,11 @@ def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
     if rule == "train_model":
         train = entry["train"]
         return 3.0 * train["steps"] * train["batch_size"] * flops.forward_flops(size, seq)
-    if rule in ("clean_cache", "ablate", "atp"):
+    if rule in ("clean_cache", "ablate", "atp", "set_ablate"):
         rows = run.shard(w["shard"])[0]
+        if rule == "set_ablate":  # the clean pass and one per set
+            n_passes = 1 + len(run.config["ablation_sets"])
+            return float(n_passes * rows * flops.forward_flops(size, seq))
         return float(rows * _per_row(rule, size, seq, run.config["engine"]))
     if rule in ("neuron_effects", "norm_ratios", "self_reinforcement"):
         experiment = {"neuron_effects": "neurons", "norm_ratios": "norms"}.get(

@@ -132,9 +132,12 @@ def measure_sets(
     mean_include_bos: bool = True,
     fused: bool = True,
     task: TaskInputs | None = None,
+    scored: np.ndarray | None = None,
     progress: bool = False,
 ) -> xr.Dataset:
-    """Each named set of heads ablated jointly, per token (set_pass).
+    """Each named set of heads ablated jointly, per token (set_pass). Memory: the output's
+    float32 arrays, kept at the scored tokens only as each chunk ends (sets x scored tokens x
+    components x 4 bytes), and one chunk's passes (batch_size rows).
 
     Args:
         model: the HookedTransformer (not modified).
@@ -145,11 +148,14 @@ def measure_sets(
         mean_include_bos: whether the mean z includes position 0.
         fused: run blocks with selfrepair.models.blocks' fused forward where it applies.
         task: a task's counterfactuals, corrupted prompts and real positions.
+        scored: bool [batch, pos], the tokens kept (a task's answer positions); the result is
+            then analysis.tasks.scored_tokens' of the full one, bitwise. None: every token.
         progress: show a progress bar.
 
     Returns:
         HEAD_VARIABLES with dims set, batch, pos (de_clean and de_ablated: the set's summed
-        direct effect), `dde` (set, batch, pos, component), logit_clean and ln_scale_clean.
+        direct effect), `dde` (set, batch, pos, component), logit_clean and ln_scale_clean;
+        with `scored`, one `token` axis (coordinates prompt, position) for batch and pos.
     """
     check_ablation(ablation)
     check_supported(model)
@@ -159,11 +165,10 @@ def measure_sets(
         raise ValueError("sets is empty: name at least one set of heads")
     first = min(min(layers) for layers in by_set.values())
     n_rows, n_pos = tokens.shape[0], tokens.shape[1] - 1
+    keep, ends = _kept(scored, n_rows, n_pos)
     cfg = model.cfg
-    out = {v: np.zeros((len(by_set), n_rows, n_pos), np.float32) for v in HEAD_VARIABLES}
-    out["dde"] = np.zeros((len(by_set), n_rows, n_pos, n_components(cfg.n_layers, cfg.n_heads)))
-    out["logit_clean"] = np.zeros((n_rows, n_pos), np.float32)
-    out["ln_scale_clean"] = np.zeros((n_rows, n_pos), np.float32)
+    n_comp = n_components(cfg.n_layers, cfg.n_heads)
+    out = _empty(len(by_set), int(ends[-1]), n_comp)
     ro = readout(model)
     chunks = ablation_chunks(
         model,
@@ -180,25 +185,59 @@ def measure_sets(
     bar = tqdm(total=n_rows, desc=f"{ablation} sets", unit="row", disable=not progress)
     with torch.inference_mode(), cached_weights():
         for chunk in chunks:
-            sl = chunk.span
-            out["logit_clean"][sl] = chunk.cp.logit.cpu().numpy()
-            out["ln_scale_clean"][sl] = chunk.cp.scale.cpu().numpy()
+            rows = chunk.span
+            mask = keep[rows]
+            start = int(ends[rows.start - 1]) if rows.start else 0
+            sl = slice(start, start + int(mask.sum()))
+            out["logit_clean"][sl] = chunk.cp.logit.cpu().numpy()[mask]
+            out["ln_scale_clean"][sl] = chunk.cp.scale.cpu().numpy()[mask]
             for i, by_layer in enumerate(by_set.values()):
                 res = set_pass(model, ro, chunk, by_layer, fused)
-                out["dde"][i, sl] = res.pop("components")[0].cpu().numpy()
+                out["dde"][i, sl] = res.pop("components")[0].cpu().numpy()[mask]
                 for name, value in res.items():
-                    out[name][i, sl] = value[0].cpu().numpy()
+                    out[name][i, sl] = value[0].cpu().numpy()[mask]
             bar.update(len(chunk.rows))
     bar.close()
-    return _sets_dataset(model, out, by_set, ablation)
+    if scored is None:  # every token kept: back to batch and pos
+        out = {k: _unflatten(v, k == "dde", n_rows, n_pos) for k, v in out.items()}
+    return _sets_dataset(model, out, by_set, ablation, None if scored is None else keep)
+
+
+def _kept(scored: np.ndarray | None, n_rows: int, n_pos: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens kept (bool [batch, pos]) and where each row's slots end: one slot per kept
+    token in row-major order (scored_tokens'), so each chunk's are the next run of slots."""
+    keep = np.ones((n_rows, n_pos), bool) if scored is None else np.asarray(scored, bool)
+    if keep.shape != (n_rows, n_pos):
+        raise ValueError(f"scored has shape {keep.shape}; it needs the rows' {(n_rows, n_pos)}")
+    return keep, np.cumsum(keep.sum(1))
+
+
+def _empty(n_sets: int, n_kept: int, n_comp: int) -> dict[str, np.ndarray]:
+    """The result's arrays, float32 from the start: each value is written once, so this is the
+    cast the store made of float64 ones, bitwise."""
+    out = {v: np.zeros((n_sets, n_kept), np.float32) for v in HEAD_VARIABLES}
+    out["dde"] = np.zeros((n_sets, n_kept, n_comp), np.float32)
+    out["logit_clean"] = np.zeros(n_kept, np.float32)
+    out["ln_scale_clean"] = np.zeros(n_kept, np.float32)
+    return out
+
+
+def _unflatten(values: np.ndarray, per_component: bool, n_rows: int, n_pos: int) -> np.ndarray:
+    """[..., token(, component)] of every token as [..., batch, pos(, component)]."""
+    lead = values.shape[: values.ndim - 1 - per_component]
+    return values.reshape(*lead, n_rows, n_pos, *values.shape[values.ndim - per_component :])
 
 
 def _sets_dataset(
-    model: HookedTransformer, out: dict[str, np.ndarray], by_set: dict, ablation: str
+    model: HookedTransformer,
+    out: dict[str, np.ndarray],
+    by_set: dict,
+    ablation: str,
+    scored: np.ndarray | None,
 ) -> xr.Dataset:
-    dims = ("set", "batch", "pos")
+    dims = ("set", "batch", "pos") if scored is None else ("set", "token")
     data = {name: (dims, out[name]) for name in HEAD_VARIABLES}
-    data["dde"] = ((*dims, "component"), out["dde"].astype(np.float32))
+    data["dde"] = ((*dims, "component"), out["dde"])
     data["logit_clean"] = (dims[1:], out["logit_clean"])
     data["ln_scale_clean"] = (dims[1:], out["ln_scale_clean"])
     heads = {
@@ -207,4 +246,8 @@ def _sets_dataset(
     }
     coords = {"set": list(by_set), **component_coords(model)}
     attrs = {"ablation": ablation, "model": model.cfg.model_name, "sets": heads}
-    return xr.Dataset(data, coords=coords, attrs=attrs)
+    ds = xr.Dataset(data, coords=coords, attrs=attrs)
+    if scored is None:
+        return ds
+    prompt, position = np.nonzero(scored)
+    return ds.assign_coords(prompt=("token", prompt), position=("token", position))

@@ -106,12 +106,18 @@ class TaskReference:
 
 
 @torch.no_grad()
-def _run(ref: TaskReference, patches: dict[tuple[int, int], Tensor]) -> dict[str, Tensor]:
+def _run(
+    ref: TaskReference, patches: dict[tuple[int, int], Tensor], freeze_ln: bool = False
+) -> dict[str, Tensor]:
     """HEAD_VARIABLES and every component's change of direct effect ([rows, pos, component]:
-    heads layer-major, MLP layers, LayerNorm) of one full pass with the `patches` z."""
+    heads layer-major, MLP layers, LayerNorm) of one full pass with the `patches` z; with
+    freeze_ln every LayerNorm scale (final included) is the clean run's."""
     model = ref.model
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     hooks = [patch_z(layer, head, z) for (layer, head), z in patches.items()]
+    if freeze_ln:
+        names = [name for name in ref.cache if name.endswith("hook_scale")]
+        hooks += [(name, lambda x, hook: ref.cache[hook.name]) for name in names]
     with model.hooks(fwd_hooks=hooks):
         logits, cache = model.run_with_cache(ref.tokens)
     logit_diff = ref.metric(logits) - ref.metric_clean
@@ -148,6 +154,7 @@ def reference_task_heads(
     ablation: str,
     heads: Iterable[Sequence[int]] | None = None,
     mean_include_bos: bool = True,
+    freeze_ln: bool = False,
 ) -> dict[tuple[int, int], dict[str, np.ndarray]]:
     """Per ablated (layer, head): HEAD_VARIABLES [rows, pos] and `components` [rows, pos,
     component], float64, from one full forward pass with its z replaced.
@@ -157,11 +164,13 @@ def reference_task_heads(
         ablation: "corrupted", "resample" (row i + 1), "mean" (over real positions) or "zero".
         heads: (layer, head) pairs; None: every head.
         mean_include_bos: whether the mean z includes position 0.
+        freeze_ln: every LayerNorm hook_scale of the ablated run (final included) is the
+            clean run's.
     """
     out = {}
     for layer, head in all_heads(ref.model, heads):
         z_new = ref.ablated_z(layer, head, ablation, mean_include_bos)
-        values = _run(ref, {(layer, head): z_new})
+        values = _run(ref, {(layer, head): z_new}, freeze_ln)
         out[layer, head] = {k: v.double().cpu().numpy() for k, v in values.items()}
     return out
 

@@ -2,7 +2,8 @@
 store, from the model's own tokenizer), task_clean (clean direct effects on the metric and the
 clean metric a caption prints), task_ablate (every head under one ablation, with every
 component's change of direct effect) and task_set_ablate (each named set of heads ablated
-jointly). Per-token stores keep the answer positions only (analysis.tasks.scored_tokens)."""
+jointly; also rule set_ablate's, on a token shard of running text). Per-token stores of a task
+keep the answer positions only (analysis.tasks.scored_tokens)."""
 
 from __future__ import annotations
 
@@ -203,6 +204,7 @@ def task_ablate(
     sums_out: str,
     detail_out: str,
     attrs: dict[str, Any],
+    freeze_ln: bool = False,
 ) -> xr.Dataset:
     """Rule task_ablate: every configured head under one ablation on the task's prompts
     (engine.measure_heads), at the answer positions, with every downstream component's change
@@ -217,6 +219,8 @@ def task_ablate(
         out: the store of the head variables (results/<model>/tasks/<task>/ablation/<a>.zarr).
         sums_out, detail_out: the attribution stores (.../attribution/sums-<a>.zarr, detail-).
         attrs: the rule's provenance attributes.
+        freeze_ln: every LayerNorm after the ablated head keeps its clean scale (the path's
+            ablation is <ablation>-frozen-ln).
     """
     from selfrepair.engine.attribution import RepairSums
     from selfrepair.engine.self_repair import measure_heads
@@ -236,12 +240,15 @@ def task_ablate(
             batch_size=job.batch_size,
             heads_per_pass=heads_per_pass,
             mean_include_bos=mean_include_bos,
+            freeze_ln=freeze_ln,
             progress=True,
-            desc=f"{task}: {ablation} ablation",
+            desc=f"{task}: {ablation} ablation" + (" (frozen LayerNorm)" if freeze_ln else ""),
             sums=sums,
             task=task_inputs(prompts, metric),
         )
     own = job.provenance(attrs, ablation=ablation, metric=metric)
+    if freeze_ln:  # attributes only where frozen, so that every other store stays the same
+        own["freeze_ln"] = 1
     ds = scored_tokens(ds, prompts.scored)
     ds.attrs.update(own)
     sums_ds, detail = sums.dataset(), sums.detail_dataset()
@@ -261,44 +268,58 @@ def _measured(ds: xr.Dataset) -> list[tuple[int, int]]:
 def task_set_ablate(
     job: ModelJob,
     *,
-    task: str,
-    metric: str,
+    task: str | None,
+    metric: str | None,
     ablation: str,
     sets: Mapping[str, Sequence[Sequence[int]]],
     mean_include_bos: bool,
     out: str,
     attrs: dict[str, Any],
 ) -> xr.Dataset:
-    """Rule task_set_ablate: each named set of heads ablated jointly (engine.sets.measure_sets)
-    on the task's prompts, at the answer positions: the set's variables and every component's
-    change of direct effect.
+    """Rules task_set_ablate and set_ablate: each named set of heads ablated jointly
+    (engine.sets.measure_sets), the set's variables and every component's change of direct
+    effect: on a task's prompts at its answer positions, or on one token shard of running text
+    at every token (the paper's metric; the batch coordinate the global row, as ablate's).
 
     Args:
-        job: the model job (its `tokens` is the prompts store).
-        task: the task's name.
-        metric: correct_logit or logit_diff.
-        ablation: corrupted, resample, mean or zero.
-        sets: name -> [[layer, head], ...] (tasks.<task>.ablation_sets).
+        job: the model job (its `tokens`: the prompts store, or the corpus with one shard).
+        task: the task's name; None: running text.
+        metric: the task's correct_logit or logit_diff (None on running text).
+        ablation: a kind of selfrepair.ablations.KINDS (running text: one it can take).
+        sets: name -> [[layer, head], ...] (tasks.<task>.ablation_sets, or ablation_sets).
         mean_include_bos: as the ablate rule's.
-        out: the store to write (results/<model>/tasks/<task>/sets/<ablation>.zarr).
+        out: the store to write (results/<model>/tasks/<task>/sets/<ablation>.zarr, or
+            results/<model>/sets/<ablation>/shard-<n>.zarr).
         attrs: the rule's provenance attributes.
     """
     from selfrepair.engine.sets import measure_sets
 
-    prompts = read_prompts(job.tokens)
-    model = _model_for(job, task, prompts)
+    heads = {name: [tuple(h) for h in hs] for name, hs in sets.items()}
+    if task is None:
+        rows = job.rows()
+        model, inputs, scored = job.model(seq_len=rows.shape[1]), None, None
+    else:
+        prompts = read_prompts(job.tokens)
+        model, rows = _model_for(job, task, prompts), _rows(prompts)
+        inputs, scored = task_inputs(prompts, metric), prompts.scored
     with job.guarded(model, {"engine.batch_size": job.batch_size}):
         ds = measure_sets(
             model,
-            _rows(prompts),
+            rows,
             ablation,
-            {name: [tuple(h) for h in heads] for name, heads in sets.items()},
+            heads,
             batch_size=job.batch_size,
             mean_include_bos=mean_include_bos,
-            task=task_inputs(prompts, metric),
+            task=inputs,
+            scored=scored,
             progress=True,
         )
-    ds = scored_tokens(ds, prompts.scored)
-    ds.attrs.update(job.provenance(attrs, ablation=ablation, metric=metric))
+    if task is None:
+        from selfrepair.stages.job import row_coords
+
+        ds = row_coords(ds, job.bounds[0])
+        ds.attrs.update(job.provenance(attrs, ablation=ablation))
+    else:
+        ds.attrs.update(job.provenance(attrs, ablation=ablation, metric=metric))
     write_zarr(ds, out)
     return ds

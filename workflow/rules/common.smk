@@ -7,6 +7,7 @@ from pathlib import Path
 # The selfrepair package sits beside workflow/; make it importable even when not installed.
 sys.path.insert(0, str(Path(workflow.basedir).parent))
 
+import selfrepair.ablations as sr_ablations  # noqa: E402
 import selfrepair.config as sr_config  # noqa: E402
 import selfrepair.config.figures as sr_figures  # noqa: E402
 import selfrepair.config.inputs as sr_inputs  # noqa: E402
@@ -71,7 +72,7 @@ wildcard_constraints:
     ablation="|".join(re.escape(v) for v in VARIANTS),
     shard=r"\d+",
     task="|".join(re.escape(t) for t in TASKS) or "(?!)",
-    task_ablation="corrupted|resample|mean|zero",
+    task_ablation="|".join(re.escape(a) for a in sr_ablations.TASK_VARIANTS),
 
 
 def model_entry(wildcards):
@@ -399,7 +400,17 @@ def all_outputs():
     outputs += figure_outputs(["paper", "extra"]) + rules_output("head_table")
     outputs += mechanism_outputs() + repair_outputs() + atp_outputs()
     outputs += expand("results/explorer/{model}.html", model=MODELS)
-    return outputs + task_outputs() + ["results/explorer/index.html"]
+    outputs += text_set_outputs() + task_outputs()
+    return outputs + ["results/explorer/index.html"]
+
+
+def text_set_outputs():
+    """The joint ablation of config ablation_sets on running text (set_ablate's stores): every
+    model, each of `ablations`, every shard; none without sets."""
+    if not config["ablation_sets"]:
+        return []
+    pattern = "results/{model}/sets/{ablation}/shard-{shard}.zarr"
+    return expand(pattern, model=MODELS, ablation=ABLATIONS, shard=SHARDS)
 
 
 def named_outputs(name):
@@ -681,6 +692,13 @@ def task_table_caption(wildcards, input):
     return measured_on_task(wildcards, input, TASKS[wildcards.task]["ablations"])
 
 
+def task_ablation_note(ablation):
+    """A task ablation's caption note: its kind's, and the frozen LayerNorm if so."""
+    kind, frozen = sr_config.parse_ablation(ablation)
+    frozen_note = ", every later LayerNorm frozen at its clean scale" if frozen else ""
+    return captions.ABLATION_NOTES[kind] + frozen_note
+
+
 def measured_on_task(wildcards, input, ablations):
     spec = TASKS[wildcards.task]
     path = Path(input.metric)
@@ -699,7 +717,7 @@ def measured_on_task(wildcards, input, ablations):
         )
     return captions.measured(
         models=[f"{wildcards.model} on task {wildcards.task}"],
-        ablations=[captions.ABLATION_NOTES[a] for a in ablations],
+        ablations=[task_ablation_note(a) for a in ablations],
         n_tokens=n_answers,
         selection=f"every answer position ({n_answers:,} answers of {n_prompts:,} prompts)",
         extra=[
@@ -719,8 +737,11 @@ def task_outputs():
         spec = TASKS[task]
         each = dict(model=models, task=task, task_ablation=spec["ablations"])
         outputs += expand(rules.task_summary.output, **each)
-        if spec["ablation_sets"]:
-            outputs += expand(rules.task_set_ablate.output, **each)
+        if spec["ablation_sets"]:  # joint sets run without frozen LayerNorm
+            kinds = [a for a in spec["ablations"] if not sr_config.parse_ablation(a)[1]]
+            outputs += expand(
+                rules.task_set_ablate.output, **each | {"task_ablation": kinds}
+            )
         for name in ("task_head_table", "task_backups", *TASK_FIGURES, "task_explorer"):
             outputs += expand(getattr(rules, name).output, model=models, task=task)
     return outputs

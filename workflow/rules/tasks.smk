@@ -84,6 +84,8 @@ rule task_ablate:
     params:
         model=model_entry,
         metric=lambda w: TASKS[w.task]["metric"],
+        ablation=lambda w: sr_config.parse_ablation(w.task_ablation)[0],
+        freeze_ln=lambda w: sr_config.parse_ablation(w.task_ablation)[1],
         batch_size=batch_size,
         heads_per_pass=ENGINE["heads_per_pass"],
         mean_include_bos=ENGINE["mean_include_bos"],
@@ -113,6 +115,7 @@ rule task_set_ablate:
     params:
         model=model_entry,
         metric=lambda w: TASKS[w.task]["metric"],
+        ablation=lambda w: w.task_ablation,
         sets=lambda w: TASKS[w.task]["ablation_sets"],
         batch_size=batch_size,
         mean_include_bos=ENGINE["mean_include_bos"],
@@ -121,6 +124,32 @@ rule task_set_ablate:
         attrs=task_attrs,
     script:
         "../scripts/task_set_ablate.py"
+
+
+# The same rule and stage on running text (config ablation_sets): one token shard under one of
+# `ablations`, every token kept, the paper's metric (no task: no counterfactual, resample's
+# partner is the next row of the shard, as the ablate rule's).
+use rule task_set_ablate as set_ablate with:
+    input:
+        unpack(model_input),
+        tokens="results/{model}/tokens.zarr",
+    output:
+        sets=directory("results/{model}/sets/{ablation}/shard-{shard}.zarr"),
+    log:
+        "results/logs/set_ablate/{model}/{ablation}/shard-{shard}.log",
+    benchmark:
+        "results/benchmarks/set_ablate/{model}/{ablation}/shard-{shard}.tsv"
+    params:
+        model=model_entry,
+        metric=None,
+        ablation=lambda w: w.ablation,
+        sets=config["ablation_sets"],
+        bounds=shard_bounds,
+        batch_size=batch_size,
+        mean_include_bos=ENGINE["mean_include_bos"],
+        device=config["device"],
+        dtype=config["dtype"],
+        attrs=lambda w: run_attrs(w) | {"shard": w.shard},
 
 
 rule task_summary:

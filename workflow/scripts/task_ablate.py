@@ -8,8 +8,9 @@ with logged(snakemake.log[0], snakemake):
     task_ablate(
         ModelJob.from_snakemake(snakemake),
         task=snakemake.wildcards.task,
-        ablation=snakemake.wildcards.task_ablation,
-        **rule_params(snakemake, "metric", "heads_per_pass", "mean_include_bos"),
+        **rule_params(
+            snakemake, "metric", "ablation", "freeze_ln", "heads_per_pass", "mean_include_bos"
+        ),
         out=snakemake.output.heads,
         sums_out=snakemake.output.sums,
         detail_out=snakemake.output.detail,

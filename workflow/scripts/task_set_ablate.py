@@ -1,4 +1,5 @@
-"""Each named set of heads of a task ablated jointly (selfrepair.stages.tasks.task_set_ablate)."""
+"""Each named set of heads ablated jointly on a task's prompts (rule task_set_ablate) or on a
+token shard of running text (rule set_ablate) (selfrepair.stages.tasks.task_set_ablate)."""
 
 from selfrepair.stages.job import ModelJob
 from selfrepair.stages.joblog import logged, rule_params
@@ -7,10 +8,9 @@ from selfrepair.stages.tasks import task_set_ablate
 with logged(snakemake.log[0], snakemake):
     task_set_ablate(
         ModelJob.from_snakemake(snakemake),
-        task=snakemake.wildcards.task,
-        ablation=snakemake.wildcards.task_ablation,
+        task=snakemake.wildcards.get("task"),
         sets=dict(snakemake.params.sets),
-        **rule_params(snakemake, "metric", "mean_include_bos"),
+        **rule_params(snakemake, "metric", "ablation", "mean_include_bos"),
         out=snakemake.output.sets,
         attrs=dict(snakemake.params.attrs),
     )
