@@ -121,3 +121,37 @@ def test_share_tokens_records_provenance_without_transformer_lens_or_torch(tmp_p
 def test_the_startup_benchmark_times_a_script_in_a_fresh_interpreter():
     got = startup.time_imports(startup.script_imports("share_tokens"))
     assert got["s"] > 0 and "torch" not in got["heavy"]
+
+
+def test_tokenize_reads_a_trained_tokenizer_without_transformers_or_torch(tmp_path):
+    """The tokenizing rules (tokenize, task_prompts, the explorers) read the demo's trained
+    tokenizer folders with the `tokenizers` library alone (data.tokenizer_file): no torch, no
+    transformers, and the rows AutoTokenizer packs."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    import selfrepair.data.sources as sc
+    from selfrepair.data.tokenizer import train_tokenizer
+    from selfrepair.data.tokens import pack_rows
+
+    docs = [d for _, d in zip(range(30), sc.python_stdlib_documents("train"), strict=False)]
+    folder = tmp_path / "tokenizer"
+    train_tokenizer(docs, 300, folder)
+    texts = tmp_path / "docs.jsonl"
+    texts.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    corpus = {"source": "text_files", "files": [str(texts)]}
+    out = tmp_path / "tokens.zarr"
+    found = _run(
+        f"""
+        import json, sys
+        from selfrepair.stages.data import tokenize, open_tokens
+        tokenize({str(out)!r}, {corpus!r}, {{"name": "tiny", "path": {str(folder)!r}}}, 16, 20, 5)
+        rows, _ = open_tokens({str(out)!r})
+        heavy = [m for m in {(*HEAVY, "transformers")!r} if m in sys.modules]
+        print(json.dumps({{"heavy": heavy, "rows": rows.tolist()}}))
+        """
+    )
+    assert found["heavy"] == [], f"tokenize imported {', '.join(found['heavy'])}"
+    auto = AutoTokenizer.from_pretrained(str(folder))
+    expect = pack_rows(sc.documents(corpus), auto, 16, 20, 0, 0)
+    np.testing.assert_array_equal(np.asarray(found["rows"]), expect)

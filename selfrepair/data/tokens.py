@@ -124,14 +124,18 @@ def load_tokenizer(model: dict, directory: str | None = None):
         directory: a tokenizer or checkpoint folder that takes precedence.
 
     Returns:
-        (tokenizer, where it was loaded from).
+        (tokenizer, where it was loaded from): a folder that the `tokenizers` library reads as
+        AutoTokenizer does is read without transformers and torch (data.tokenizer_file).
     """
+    from selfrepair.data.tokenizer_file import direct_tokenizer
+
+    folder = directory or model.get("path")
+    if folder and (direct := direct_tokenizer(folder)) is not None:
+        return direct, str(folder)
     from transformers import AutoTokenizer
 
-    if directory:
-        return AutoTokenizer.from_pretrained(str(directory)), str(directory)
-    if model.get("path"):
-        return AutoTokenizer.from_pretrained(str(model["path"])), str(model["path"])
+    if folder:
+        return AutoTokenizer.from_pretrained(str(folder)), str(folder)
     from selfrepair.catalogue import official_model_name
 
     official = official_model_name(model["name"])  # unknown names fail naming the fix
