@@ -13,6 +13,13 @@ import transformers as tf
 from test_architectures import ARCHITECTURES, perturbed
 from test_tasks_engine import padded_task
 
+from selfrepair.analysis.methods import (
+    PER_TOKEN,
+    energy_ratio,
+    method_scores,
+    method_table,
+    with_extra_scores,
+)
 from selfrepair.engine.inputs import TaskInputs
 from selfrepair.engine.methods import fisher_energy, measure_methods
 from selfrepair.engine.methods_grad import answer_groups, measure_gradient_methods
@@ -111,3 +118,45 @@ def test_gradient_methods_equal_autograd_on_hugging_face(hf_pair, metric):
     assert not got.conditional_gradient.values[0, 1].any()
     # the set's ablation changes the other heads' gradients
     assert np.abs(got.conditional_gradient - got.atp).values[1:].max() > 1e-3
+
+
+def test_method_scores_by_hand():
+    means = {
+        "single_energy": np.array([0.5, 0.0, 2.0]),
+        "conditional_energy": np.array([1.5, 0.3, 1.0]),
+        "single_logit_diff": np.array([0.5, -0.2, 0.0]),
+        "conditional_logit_diff": np.array([1.5, 0.4, 0.3]),
+        "abs_conditional_gradient": np.array([0.1, 0.2, 0.3]),
+        "abs_atp": np.array([0.3, 0.2, 0.1]),
+        "eap_ig": np.array([-0.4, 0.1, 0.0]),
+    }
+    got = method_scores(means)
+    assert got["compensation_energy"] == pytest.approx([1.0, 0.3, -1.0])
+    # CoAx: conditional / single where single > 0, else 0
+    assert got["amplification_ratio_energy"] == pytest.approx([3.0, 0.0, 0.5])
+    assert got["compensation_logit_diff"] == pytest.approx([1.0, 0.6, 0.3])
+    assert got["amplification_ratio_logit_diff"] == pytest.approx([3.0, 2.0, 0.3 / 0.005])
+    assert got["eap_ig"] == pytest.approx([0.4, 0.1, 0.0])  # |mean|, after the mean
+    assert got["atp"] == pytest.approx([0.3, 0.2, 0.1])
+    assert energy_ratio(np.zeros(2), np.ones(2)) == pytest.approx([0.0, 0.0])
+
+
+def test_method_table_ranks_intervals_and_extra_columns():
+    """Three prompts of one answer each; the positive L2H0 best under single_energy on every
+    prompt, so its ROC-AUC is 1 on every resample; an extra column joins without interval."""
+    cands = ["L1H0", "L2H0", "L2H1"]
+    rng = np.random.default_rng(0)
+    per_token = {name: rng.random((3, 3)) for name in PER_TOKEN}
+    per_token["single_energy"] = np.array([[0.1, 0.2, 0.1], [0.9, 0.8, 0.7], [0.3, 0.1, 0.2]])
+    extra = {"atp_star_graddrop": {"L1H0": 0.2, "L2H0": 0.1, "L2H1": 0.3}}
+    table = method_table(
+        per_token, np.arange(3), cands, ["L2H0"], n_resamples=50, level=0.9, seed=0, extra=extra
+    )
+    row = table.loc["single_energy"]
+    assert (row.roc_auc, row.roc_auc_low, row.roc_auc_high) == (1.0, 1.0, 1.0)
+    assert row.average_precision == 1.0 and row.precision_at_k == 1.0 and row.k == 1
+    assert row.coax_roc_auc == 0.603
+    gd = table.loc["atp_star_graddrop"]
+    assert gd.roc_auc == 0.0 and np.isnan(gd.roc_auc_low) and gd.coax_roc_auc == 0.665
+    with pytest.raises(ValueError, match="extra method x lacks candidates L2H1"):
+        with_extra_scores({"a": dict.fromkeys(cands, 0.0)}, {"x": {"L1H0": 1, "L2H0": 2}})

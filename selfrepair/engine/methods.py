@@ -39,7 +39,16 @@ from selfrepair.variables import head_label
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-__all__ = ["METHOD_FORMS", "fisher_energy", "measure_methods", "task_metric", "token_index"]
+__all__ = [
+    "METHOD_FORMS",
+    "answer_logits",
+    "clean_residuals",
+    "fisher_energy",
+    "logits_at",
+    "measure_methods",
+    "task_metric",
+    "token_index",
+]
 
 METHOD_FORMS = ("energy", "logit_diff")
 
@@ -85,23 +94,47 @@ def _patch(z, hook, heads: list[int], z_new: Tensor):
     return z
 
 
+def logits_at(
+    model: HookedTransformer,
+    final: Float[Tensor, "batch pos d_model"],
+    index: tuple[Tensor, Tensor],
+) -> Float[Tensor, "token vocab"]:
+    """The logits at the answer tokens only, from the final residual stream (the unembedding of
+    every position would cost more than the rest of a small model's pass)."""
+    picked = final[index[0], index[1]][:, None]
+    return model.unembed(model.ln_final(picked))[:, 0]
+
+
+@torch.no_grad()
+def clean_residuals(
+    model: HookedTransformer, tokens: Int[Tensor, "batch pos_plus_1"]
+) -> list[Float[Tensor, "batch pos d_model"]]:
+    """Each layer's clean resid_pre, where a pass that ablates heads of that layer restarts."""
+    names = [f"blocks.{la}.hook_resid_pre" for la in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(tokens[:, :-1], names_filter=names)
+    return [cache[name] for name in names]
+
+
 @torch.no_grad()
 def answer_logits(
     model: HookedTransformer,
-    tokens: Int[Tensor, "batch pos_plus_1"],
+    resid: list[Tensor],
     chunk: AblationChunk,
     by_layer: Mapping[int, list[int]],
     index: tuple[Tensor, Tensor],
 ) -> Float[Tensor, "token vocab"]:
-    """Logits at the chunk's answer tokens (index: rows within the chunk, positions) of one
-    full forward pass with every head of by_layer ({layer: heads}) ablated (chunk.z_new)."""
+    """Logits at the chunk's answer tokens (index: rows within the chunk, positions) of a
+    forward pass with every head of by_layer ({layer: heads}) ablated (chunk.z_new), restarted
+    from the clean resid_pre (resid, clean_residuals) of the first layer ablated."""
     hooks = [
         (f"blocks.{la}.attn.hook_z", partial(_patch, heads=hs, z_new=chunk.z_new(la, hs)))
         for la, hs in by_layer.items()
     ]
+    n_layers = model.cfg.n_layers
+    start = min(by_layer, default=n_layers - 1)
     with model.hooks(fwd_hooks=hooks):
-        logits = model(tokens[:, :-1])
-    return logits[index[0], index[1]]
+        final = model(resid[start], start_at_layer=start, stop_at_layer=n_layers)
+    return logits_at(model, final, index)
 
 
 def _chunk_scores(
@@ -116,14 +149,15 @@ def _chunk_scores(
     """Every candidate's four effects [candidate, token] and the set's drop on one chunk."""
     target = tokens[:, 1:][index]
     cf = None if counter is None else counter[index]
-    clean = answer_logits(model, tokens, chunk, {}, index)
-    with_set = answer_logits(model, tokens, chunk, members, index)
+    resid = clean_residuals(model, tokens)
+    clean = answer_logits(model, resid, chunk, {}, index)
+    with_set = answer_logits(model, resid, chunk, members, index)
     m_clean, m_set = task_metric(clean, target, cf), task_metric(with_set, target, cf)
     out: dict[str, list] = {f"{k}_{f}": [] for k in ("single", "conditional") for f in METHOD_FORMS}
     for la, h in candidates:
-        alone = answer_logits(model, tokens, chunk, {la: [h]}, index)
+        alone = answer_logits(model, resid, chunk, {la: [h]}, index)
         both = {**members, la: sorted({*members.get(la, []), h})}
-        joint = answer_logits(model, tokens, chunk, both, index)
+        joint = answer_logits(model, resid, chunk, both, index)
         out["single_energy"].append(fisher_energy(clean, alone, clean))
         out["conditional_energy"].append(fisher_energy(with_set, joint, clean))
         out["single_logit_diff"].append(m_clean - task_metric(alone, target, cf))

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from selfrepair.engine.ablation import AblationChunk, ablation_chunks, check_ablation
 from selfrepair.engine.inputs import TaskInputs, normalize_heads, validate_tokens
-from selfrepair.engine.methods import task_metric, token_index
+from selfrepair.engine.methods import clean_residuals, logits_at, task_metric, token_index
 from selfrepair.models.readout import readout
 
 if TYPE_CHECKING:
@@ -50,10 +50,11 @@ def answer_groups(scored: Bool[Tensor, "batch pos"]) -> list[tuple[Tensor, Tenso
     ]
 
 
-def _metric(model, tokens, logits, rows, pos, counter) -> Tensor:
+def _metric(model, tokens, final, rows, pos, counter) -> Tensor:
+    """The summed metric of one group's answers from the final residual stream."""
     target = tokens[:, 1:][rows, pos]
     cf = None if counter is None else counter[rows, pos]
-    return task_metric(logits[rows, pos], target, cf)
+    return task_metric(logits_at(model, final, (rows, pos)), target, cf)
 
 
 def _contract(grad: Tensor, delta: Tensor, rows: Tensor) -> Float[Tensor, "head group"]:
@@ -87,13 +88,13 @@ def conditional_gradient(
 
     hooks = [("hook_embed", embed)] + [(f"blocks.{la}.attn.hook_z", keep) for la in range(n_layers)]
     with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-        logits = model(tokens[:, :-1])
+        final = model(tokens[:, :-1], stop_at_layer=n_layers)
         z = [zs[la] for la in range(n_layers)]
         delta = [chunk.z_new(la).to(x.dtype) - x.detach() for la, x in enumerate(z)]
         groups = answer_groups(scored)
         out = torch.zeros(n_layers, model.cfg.n_heads, int(scored.sum()), dtype=torch.float64)
         for rows, pos, where in groups:
-            m = _metric(model, tokens, logits, rows, pos, counter).sum()
+            m = _metric(model, tokens, final, rows, pos, counter).sum()
             grads = torch.autograd.grad(
                 m, z, retain_graph=True, allow_unused=True, materialize_grads=True
             )
@@ -118,6 +119,7 @@ def eap_ig(
     n_layers = model.cfg.n_layers
     groups = answer_groups(scored)
     out = torch.zeros(n_layers, model.cfg.n_heads, int(scored.sum()), dtype=torch.float64)
+    resid = clean_residuals(model, tokens)  # the layers below are clean: restart there
     for layer in range(n_layers):
         clean, base = chunk.cp.z[layer], chunk.z_new(layer).to(chunk.cp.z[layer].dtype)
         total = [torch.zeros(clean.shape, dtype=torch.float64, device=clean.device) for _ in groups]
@@ -129,9 +131,9 @@ def eap_ig(
                     fwd_hooks=[(f"blocks.{layer}.attn.hook_z", lambda z, hook, point=point: point)]
                 ),
             ):
-                logits = model(tokens[:, :-1])
+                final = model(resid[layer], start_at_layer=layer, stop_at_layer=n_layers)
                 for g, (rows, pos, _) in enumerate(groups):
-                    m = _metric(model, tokens, logits, rows, pos, counter).sum()
+                    m = _metric(model, tokens, final, rows, pos, counter).sum()
                     (grad,) = torch.autograd.grad(m, point, retain_graph=True)
                     total[g] += grad.double()
         for g, (rows, _, where) in enumerate(groups):
