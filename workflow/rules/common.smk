@@ -723,7 +723,9 @@ def task_outputs():
         if spec["ablation_sets"]:
             outputs += expand(rules.task_set_ablate.output, **each)
         if spec["ablation_sets"] and spec["expected_backups"]:
-            sets = dict(model=models, task=task, ablation_set=list(spec["ablation_sets"]))
+            sets = dict(
+                model=models, task=task, ablation_set=list(spec["ablation_sets"])
+            )
             outputs += expand(rules.method_table.output, **sets)
         for name in ("task_head_table", "task_backups", *TASK_FIGURES, "task_explorer"):
             outputs += expand(getattr(rules, name).output, model=models, task=task)
