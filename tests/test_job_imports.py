@@ -27,6 +27,7 @@ MODEL_RULES = {
     "task_ablate",
     "task_set_ablate",
     "set_ablate",
+    "task_methods",
 }
 HEAVY = ("transformer_lens", "torch")
 

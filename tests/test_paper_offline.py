@@ -250,7 +250,8 @@ IOI = "results/gpt2-small/tasks/ioi"
 IOI_TARGETS = [
     *(f"{IOI}/{kind}/corrupted.zarr" for kind in ("summary", "sets")),
     f"{IOI}/tables/backup_heads.csv",
-    *(f"{IOI}/figures/{stem}.png" for stem in TASK_FIGURES),
+    f"{IOI}/tables/methods-name_movers.csv",
+    *(f"{IOI}/figures/{stem}.png" for stem in (*TASK_FIGURES, "methods-name_movers")),
     "results/explorer/tasks/ioi/gpt2-small.html",
 ]
 
@@ -305,6 +306,30 @@ def test_ioi_outputs_and_backup_table(ioi_run):
     low, high = joint.roc_auc_joint_de_rise_low.iloc[0], joint.roc_auc_joint_de_rise_high.iloc[0]
     assert low <= auc <= high
     print(f"IOI on random gpt2-small: ROC-AUC {auc:.3f} (joint), meaningless on random weights")
+
+
+def test_ioi_method_table(ioi_run):
+    """The method comparison of the name movers' set (rules task_methods, method_table): every
+    method of analysis.methods ranked against the 8 backups; the table's ROC-AUC equals one
+    recomputed from the store."""
+    from selfrepair.analysis.methods import method_scores
+    from selfrepair.analysis.ranking import roc_auc
+    from selfrepair.stages.methods import methods_per_token
+
+    run, _ = ioi_run
+    task = run / IOI
+    table = pd.read_csv(task / "tables" / "methods-name_movers.csv", index_col="method")
+    assert (task / "tables" / "methods-name_movers.html").exists()
+    assert (task / "figures" / "methods-name_movers.png").stat().st_size > 1000
+    ds = xr.open_zarr(task / "methods" / "name_movers.zarr").load()
+    assert ds.sizes["candidate"] == 141 and ds.attrs["steps"] == 5
+    means = {k: v.mean(-1) for k, v in methods_per_token(ds).items()}
+    expected = ["L10H10", "L10H6", "L10H2", "L10H1", "L11H2", "L9H7", "L9H0", "L11H9"]
+    for method, scores in method_scores(means).items():
+        auc = roc_auc(dict(zip(ds.candidate.values, scores, strict=True)), expected)
+        row = table.loc[method]
+        assert row.roc_auc == pytest.approx(auc, abs=1e-5), method
+    assert table.loc["compensation_energy", "coax_roc_auc"] == 0.941
 
 
 def _c_proj_inputs(model, layer: int, rows: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ per token, the drop of the metric (the logit difference, or the correct logit). 
 ablations are measure_heads' passes; each conditional one is an exact joint pass of S + {u}
 (engine.sets.measure_sets, which takes any named set), beside one of S alone.
 analysis.conditional turns them into CoAx's compensation and amplification ratio.
+The energy form, and both forms in one restarted pass per set keeping the answers' logits,
+are engine.methods' (the method table).
 """
 
 from __future__ import annotations

@@ -73,6 +73,7 @@ wildcard_constraints:
     shard=r"\d+",
     task="|".join(re.escape(t) for t in TASKS) or "(?!)",
     task_ablation="|".join(re.escape(a) for a in sr_ablations.TASK_VARIANTS),
+    ablation_set=r"[A-Za-z0-9][A-Za-z0-9._-]*",
 
 
 def model_entry(wildcards):
@@ -742,6 +743,11 @@ def task_outputs():
             outputs += expand(
                 rules.task_set_ablate.output, **each | {"task_ablation": kinds}
             )
+        if spec["ablation_sets"] and spec["expected_backups"]:
+            sets = dict(
+                model=models, task=task, ablation_set=list(spec["ablation_sets"])
+            )
+            outputs += expand(rules.method_table.output, **sets)
         for name in ("task_head_table", "task_backups", *TASK_FIGURES, "task_explorer"):
             outputs += expand(getattr(rules, name).output, model=models, task=task)
     return outputs

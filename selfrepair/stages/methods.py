@@ -1,0 +1,150 @@
+"""The method comparison's rules (rules/methods.smk): task_methods (every method's per-answer
+values of each candidate head for one named set of a task: engine.methods, engine.methods_grad)
+and method_table (each method's ROC-AUC, average precision and precision@k against the task's
+expected backups, with a bootstrap interval over prompts: analysis.methods; and its figure)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from selfrepair.stages.store import open_zarr, write_text, write_zarr
+from selfrepair.stages.tasks import _model_for, _rows, read_prompts, task_inputs
+from selfrepair.variables import head_label
+
+if TYPE_CHECKING:
+    from selfrepair.stages.job import ModelJob
+
+__all__ = ["method_table", "methods_per_token", "task_methods"]
+
+log = logging.getLogger("selfrepair")
+
+
+def task_methods(
+    job: ModelJob,
+    *,
+    task: str,
+    metric: str,
+    ablation: str,
+    members: Sequence[Sequence[int]],
+    steps: int,
+    mean_include_bos: bool,
+    out: str,
+    attrs: dict[str, Any],
+) -> xr.Dataset:
+    """Rule task_methods: per candidate head (every head outside the set) and answer, CoAx's
+    single and conditional effects in energy and logit-difference form, the conditional
+    gradient, AtP and EAP-IG.
+
+    Args:
+        job: the model job (its `tokens` is the prompts store).
+        task: the task's name.
+        metric: correct_logit or logit_diff.
+        ablation: the task's first ablation (z' of every method).
+        members: the set, [[layer, head], ...] (tasks.<task>.ablation_sets.<set>).
+        steps: EAP-IG's steps (tasks.<task>.eap_ig_steps).
+        mean_include_bos: as the ablate rule's.
+        out: the store to write (results/<model>/tasks/<task>/methods/<set>.zarr).
+        attrs: the rule's provenance attributes.
+    """
+    import torch
+
+    from selfrepair.engine.methods import measure_methods
+    from selfrepair.engine.methods_grad import measure_gradient_methods
+
+    prompts = read_prompts(job.tokens)
+    model = _model_for(job, task, prompts)
+    members = [tuple(int(x) for x in h) for h in members]
+    scored = torch.from_numpy(np.asarray(prompts.scored, bool))
+    common = dict(
+        batch_size=job.batch_size,
+        mean_include_bos=mean_include_bos,
+        task=task_inputs(prompts, metric),
+    )
+    with job.guarded(model, {"engine.batch_size": job.batch_size}):
+        ablated = measure_methods(model, _rows(prompts), ablation, members, scored, **common)
+        grads = measure_gradient_methods(
+            model, _rows(prompts), ablation, members, scored, steps=steps, **common
+        )
+    ds = ablated.merge(_on_candidates(grads, ablated))
+    ds.attrs.update(ablated.attrs | {"steps": steps})
+    ds.attrs.update(job.provenance(attrs, ablation=ablation, metric=metric))
+    write_zarr(ds, out)
+    return ds
+
+
+def _on_candidates(grads: xr.Dataset, ablated: xr.Dataset) -> xr.Dataset:
+    """The gradient methods' (layer, head, token) values on ablated's candidate axis."""
+    la, h = ablated.candidate_layer.values, ablated.candidate_head.values
+    picked = grads.isel(
+        layer=xr.DataArray(la, dims="candidate"), head=xr.DataArray(h, dims="candidate")
+    )
+    picked = picked.drop_vars(["layer", "head"], errors="ignore")
+    return picked.assign_coords(candidate=ablated.candidate.values)
+
+
+def methods_per_token(ds: xr.Dataset) -> dict[str, np.ndarray]:
+    """analysis.methods.PER_TOKEN's values [candidate, token] from a task_methods store."""
+    out = {
+        name: ds[name].values
+        for name in (
+            "single_energy",
+            "conditional_energy",
+            "single_logit_diff",
+            "conditional_logit_diff",
+        )
+    }
+    out["abs_conditional_gradient"] = np.abs(ds.conditional_gradient.values)
+    out["abs_atp"] = np.abs(ds.atp.values)
+    out["eap_ig"] = ds.eap_ig.values
+    return out
+
+
+def method_table(
+    *,
+    methods: str,
+    expected: Sequence[Sequence[int]],
+    csv: str,
+    html_path: str,
+    figure: str,
+    bootstrap: Mapping[str, Any],
+    anchors: bool = False,
+    extra: Mapping[str, Mapping[str, float]] | None = None,
+    title: str = "Methods",
+) -> pd.DataFrame:
+    """Rule method_table: every method's ranking of the expected backups (ROC-AUC with its
+    bootstrap interval over prompts, average precision, precision@k), CSV, HTML and a figure.
+
+    Args:
+        methods: the task_methods store.
+        expected: the expected backups, [[layer, head], ...].
+        csv, html_path, figure: the files to write (the figure: PNG).
+        bootstrap: n_resamples, level, seed.
+        anchors: mark CoAx's values on the figure (the protocol matches CoAx's).
+        extra: method -> candidate -> score of other stores, joined (analysis.methods).
+        title: the HTML page's title.
+    """
+    from selfrepair.analysis.methods import method_table as table_of
+    from selfrepair.plots.methods import methods_figure
+
+    ds = open_zarr(methods).load()
+    positives = [head_label(int(la), int(h)) for la, h in expected]
+    table = table_of(
+        methods_per_token(ds),
+        ds.prompt.values,
+        list(ds.candidate.values),
+        positives,
+        extra=extra,
+        **bootstrap,
+    )
+    log.info("ROC-AUC per method:\n%s", table.roc_auc)
+    write_text(csv, table.to_csv(float_format="%.6g"))
+    html = table.to_html(float_format=lambda v: f"{v:.3f}")
+    write_text(html_path, f"<html><head><title>{title}</title></head><body>{html}</body></html>")
+    methods_figure(table, anchors=anchors).savefig(figure, dpi=150, bbox_inches="tight")
+    return table

@@ -1,0 +1,162 @@
+"""The method comparison's scores (engine.methods, engine.methods_grad) against independent
+references on tiny random GPT-2, Pythia and Llama models: CoAx's single and conditional effects
+in energy and logit-difference form against full forward passes with hooks (reference.methods),
+the conditional gradient, AtP and EAP-IG (5 steps) against autograd on Hugging Face
+`transformers`' own models; and the table's scores from them by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+from test_architectures import ARCHITECTURES, perturbed
+from test_tasks_engine import padded_task
+
+from selfrepair.analysis.methods import (
+    PER_TOKEN,
+    energy_ratio,
+    method_scores,
+    method_table,
+    with_extra_scores,
+)
+from selfrepair.engine.inputs import TaskInputs
+from selfrepair.engine.methods import fisher_energy, measure_methods
+from selfrepair.engine.methods_grad import answer_groups, measure_gradient_methods
+from selfrepair.models.loading import load_local_checkpoint
+from selfrepair.reference.methods import hf_gradient_methods, reference_energies
+from selfrepair.reference.tasks import TaskReference
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TOL = 1e-4
+MEMBERS = [(1, 0), (2, 3)]
+STEPS = 5  # CoAx's EAP-IG step count (baselines.integrated_gradient_attribution)
+
+
+def answers(tokens, real, seed=0):
+    """A random scored mask inside the real positions, two answers in some rows."""
+    rng = np.random.default_rng(seed)
+    predicts = real[:, 1:].cpu().numpy()
+    return predicts & (rng.random(predicts.shape) < 0.25)
+
+
+@pytest.mark.parametrize("ablation", ["corrupted", "mean", "zero"])
+def test_energy_and_logit_diff_effects_match_full_forward_passes(tiny_model, ablation):
+    tokens, task = padded_task(tiny_model, seed=5)
+    scored = answers(tokens, task.real)
+    got = measure_methods(tiny_model, tokens, ablation, MEMBERS, scored, batch_size=2, task=task)
+    ref = TaskReference(tiny_model, tokens, task.counter, task.partners, task.real)
+    candidates = list(zip(got.candidate_layer.values, got.candidate_head.values, strict=True))
+    expected = reference_energies(ref, ablation, MEMBERS, candidates)
+    rows, pos = np.nonzero(scored)
+    for name in (
+        "single_energy",
+        "conditional_energy",
+        "single_logit_diff",
+        "conditional_logit_diff",
+    ):
+        want = np.stack([expected[tuple(u)][name][rows, pos] for u in candidates])
+        np.testing.assert_allclose(got[name].values, want, atol=TOL, rtol=1e-4, err_msg=name)
+        assert np.abs(want).max() > 1e-3, name  # the effects are not all zero
+    assert (got.single_energy.values >= 0).all()
+    # the set changes what a candidate's ablation does
+    assert np.abs(got.conditional_energy - got.single_energy).max() > 1e-4
+
+
+def test_fisher_energy_by_hand():
+    clean = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    ablated = torch.tensor([[0.0, 0.0, 0.0]])
+    reference = torch.tensor([[1.0, 0.0, 2.0]])
+    # d = (1, 0, 2), E_p d = 1, centred (0, -1, 1): 0.25 + 0.25
+    assert fisher_energy(reference, ablated, clean).item() == pytest.approx(0.5)
+    # a shift of every logit is no change of the distribution
+    assert fisher_energy(reference + 3, reference, clean).item() == pytest.approx(0.0)
+
+
+def test_answer_groups_take_one_answer_per_row_at_a_time():
+    scored = torch.tensor([[True, False, True], [False, True, False], [True, True, True]])
+    groups = answer_groups(scored)
+    assert [g[0].tolist() for g in groups] == [[0, 1, 2], [0, 2], [2]]
+    assert [g[1].tolist() for g in groups] == [[0, 1, 0], [2, 1], [2]]
+    assert [g[2].tolist() for g in groups] == [[0, 2, 3], [1, 4], [5]]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "gpt_neox", "llama_gqa"])
+def hf_pair(request, tmp_path_factory):
+    """(Hugging Face model, the same checkpoint loaded by the project)."""
+    torch.manual_seed(0)
+    hf_model = perturbed(tf.AutoModelForCausalLM.from_config(ARCHITECTURES[request.param]()))
+    path = tmp_path_factory.mktemp(request.param) / "checkpoint"
+    hf_model.save_pretrained(str(path))
+    return hf_model, load_local_checkpoint(str(path))
+
+
+@pytest.mark.parametrize("metric", ["logit_diff", "correct_logit"])
+def test_gradient_methods_equal_autograd_on_hugging_face(hf_pair, metric):
+    hf_model, model = hf_pair
+    gen = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 64, (3, 10), generator=gen)
+    counter = torch.randint(0, 64, (3, 9), generator=gen) if metric == "logit_diff" else None
+    scored = np.zeros((3, 9), bool)
+    scored[0, 8] = scored[1, [3, 6]] = scored[2, 5] = True
+    members = [(0, 1), (1, 0)]
+    got = measure_gradient_methods(
+        model,
+        tokens,
+        "zero",
+        members,
+        scored,
+        steps=STEPS,
+        batch_size=2,
+        task=TaskInputs(counter=counter),
+    )
+    ref = hf_gradient_methods(hf_model, tokens, counter, scored, members, STEPS)
+    for name in ("conditional_gradient", "atp", "eap_ig"):
+        assert np.abs(ref[name]).max() > 0.05, name
+        np.testing.assert_allclose(got[name].values, ref[name], atol=TOL, rtol=0, err_msg=name)
+    assert not got.conditional_gradient.values[0, 1].any()
+    # the set's ablation changes the other heads' gradients
+    assert np.abs(got.conditional_gradient - got.atp).values[1:].max() > 1e-3
+
+
+def test_method_scores_by_hand():
+    means = {
+        "single_energy": np.array([0.5, 0.0, 2.0]),
+        "conditional_energy": np.array([1.5, 0.3, 1.0]),
+        "single_logit_diff": np.array([0.5, -0.2, 0.0]),
+        "conditional_logit_diff": np.array([1.5, 0.4, 0.3]),
+        "abs_conditional_gradient": np.array([0.1, 0.2, 0.3]),
+        "abs_atp": np.array([0.3, 0.2, 0.1]),
+        "eap_ig": np.array([-0.4, 0.1, 0.0]),
+    }
+    got = method_scores(means)
+    assert got["compensation_energy"] == pytest.approx([1.0, 0.3, -1.0])
+    # CoAx: conditional / single where single > 0, else 0
+    assert got["amplification_ratio_energy"] == pytest.approx([3.0, 0.0, 0.5])
+    assert got["compensation_logit_diff"] == pytest.approx([1.0, 0.6, 0.3])
+    assert got["amplification_ratio_logit_diff"] == pytest.approx([3.0, 2.0, 0.3 / 0.005])
+    assert got["eap_ig"] == pytest.approx([0.4, 0.1, 0.0])  # |mean|, after the mean
+    assert got["atp"] == pytest.approx([0.3, 0.2, 0.1])
+    assert energy_ratio(np.zeros(2), np.ones(2)) == pytest.approx([0.0, 0.0])
+
+
+def test_method_table_ranks_intervals_and_extra_columns():
+    """Three prompts of one answer each; the positive L2H0 best under single_energy on every
+    prompt, so its ROC-AUC is 1 on every resample; an extra column joins without interval."""
+    cands = ["L1H0", "L2H0", "L2H1"]
+    rng = np.random.default_rng(0)
+    per_token = {name: rng.random((3, 3)) for name in PER_TOKEN}
+    per_token["single_energy"] = np.array([[0.1, 0.2, 0.1], [0.9, 0.8, 0.7], [0.3, 0.1, 0.2]])
+    extra = {"atp_star_graddrop": {"L1H0": 0.2, "L2H0": 0.1, "L2H1": 0.3}}
+    table = method_table(
+        per_token, np.arange(3), cands, ["L2H0"], n_resamples=50, level=0.9, seed=0, extra=extra
+    )
+    row = table.loc["single_energy"]
+    assert (row.roc_auc, row.roc_auc_low, row.roc_auc_high) == (1.0, 1.0, 1.0)
+    assert row.average_precision == 1.0 and row.precision_at_k == 1.0 and row.k == 1
+    assert row.coax_roc_auc == 0.603
+    gd = table.loc["atp_star_graddrop"]
+    assert gd.roc_auc == 0.0 and np.isnan(gd.roc_auc_low) and gd.coax_roc_auc == 0.665
+    with pytest.raises(ValueError, match="extra method x lacks candidates L2H1"):
+        with_extra_scores({"a": dict.fromkeys(cands, 0.0)}, {"x": {"L1H0": 1, "L2H0": 2}})
