@@ -84,11 +84,14 @@ def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
             rule, "reinforcement"
         )
         return max(run.shown(w["model"], experiment), 1) * forward_flops(size, rows, seq)
-    if rule in ("task_clean", "task_ablate", "task_set_ablate"):
+    if rule in ("task_clean", "task_ablate", "task_set_ablate", "task_atp"):
         spec = run.config["tasks"][w["task"]]
-        rows, _, width = task_shape(run.config, spec, entry)
+        rows, answers, width = task_shape(run.config, spec, entry)
         if rule == "task_ablate":
             return _ablation_flops(size, dims.n_heads, rows, width)
+        if rule == "task_atp":  # a backward pass per row, per answer of a row, per dropped layer
+            passes = 1 + size.n_layers * (1 + answers // max(rows, 1))
+            return 3.0 * passes * forward_flops(size, rows, width)
         n_passes = 1 + (len(spec["ablation_sets"]) if rule == "task_set_ablate" else 0)
         return n_passes * forward_flops(size, rows, width)
     return 0.0

@@ -610,13 +610,22 @@ def atp_table_repairs(wildcards):
 
 
 def atp_outputs():
-    """The attribution-patching stores, figures and table of the run (none when it is off)."""
+    """The attribution-patching stores, figures and table of the run, and of every (model,
+    task) (none when it is off)."""
     if not ATP:
         return []
     outputs = expand(
         "results/{model}/atp/{ablation}.zarr", model=MODELS, ablation=ABLATIONS
     )
+    for task, models in TASK_MODELS.items():
+        for name in ("task_atp_table", "task_atp_scatter", "task_atp_error"):
+            outputs += expand(getattr(rules, name).output, model=models, task=task)
     return outputs + figure_outputs(["atp"]) + rules_output("atp_table")
+
+
+def task_atp_summaries(wildcards):
+    """A (model, task)'s AtP summaries, one per ablation of the task, the first's first."""
+    return task_paths(wildcards, "atp/summary-{a}.zarr")
 
 
 # --- tasks (rules/tasks.smk) ---------------------------------------------------------------------
