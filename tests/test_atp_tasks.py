@@ -1,14 +1,19 @@
 """Attribution patching on a task (engine.atp with engine.inputs.TaskInputs) against autograd on
 Hugging Face `transformers`' own forward pass: the logit difference against counterfactual
 tokens summed over the answer positions only, z' from each row's corrupted prompt (run by
-Hugging Face itself) or the mean over the real positions of right-padded rows."""
+Hugging Face itself) or the mean over the real positions of right-padded rows; and the atp
+rules planned on every task of a run (rules/atp.smk's `use rule ... as task_*`)."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
 import torch
 import transformers as tf
+import yaml
+from helpers import REDUCED_DEMO_CONFIGS, ROOT, snakemake
 from test_architectures import ARCHITECTURES, perturbed
 
 from selfrepair.engine.atp import measure_atp
@@ -95,3 +100,44 @@ def test_the_task_metric_is_the_answers_only_and_corrupted_needs_its_prompts(hf_
         measure_atp(model, tokens, "corrupted")
     with pytest.raises(ValueError, match="scored must be"):
         measure_atp(model, tokens, "zero", scored=scored[:, 1:])
+
+
+# --- through the workflow: the same rules planned on every task ------------------------------
+
+
+def _planned(tmp_path, configs, extra=None, target="all") -> dict[str, int]:
+    """Jobs per rule of a dry run of `target` with these config files (and `extra` after)."""
+    configs = list(configs)
+    if extra is not None:
+        (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
+        configs.append(str(tmp_path / "extra.yaml"))
+    proc = snakemake(
+        "-n", "--cores", "1", target, "--configfile", *configs, "--quiet", "rules",
+        cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return {r: int(n) for r, n in re.findall(r"^(\w+)\s+(\d+)$", proc.stdout + proc.stderr, re.M)}
+
+
+TASK_ATP_RULES = ("task_atp", "task_atp_summary", "task_atp_table", "task_atp_scatter")
+
+
+@pytest.mark.parametrize(
+    ("configs", "per_rule"),
+    [
+        # 2 models x induction's 2 ablations (corrupted, mean); a table and 2 figures per model
+        (REDUCED_DEMO_CONFIGS, (4, 4, 2, 2)),
+        # gpt2-small x IOI under corrupted ablation
+        (("config/ioi.yaml", ".test/config/ioi.yaml"), (1, 1, 1, 1)),
+    ],
+    ids=["reduced-demo", "ioi-ci"],
+)
+def test_the_atp_rules_run_on_every_task_of_a_run(tmp_path, configs, per_rule):
+    """`all` and the named target `tasks` plan a task's AtP store and summary per ablation, its
+    table and figures; engine.atp: false plans none."""
+    for target in ("all", "tasks"):
+        counts = _planned(tmp_path, configs, target=target)
+        assert tuple(counts.get(r, 0) for r in TASK_ATP_RULES) == per_rule, counts
+        assert counts.get("task_atp_error", 0) == per_rule[-1]
+    off = _planned(tmp_path, configs, {"engine": {"atp": False}})
+    assert not any(rule.startswith("task_atp") for rule in off), off

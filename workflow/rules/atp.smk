@@ -164,8 +164,9 @@ use rule atp as task_atp with:
         "results/logs/task_atp/{model}/{task}/{task_ablation}.log",
     benchmark:
         "results/benchmarks/task_atp/{model}/{task}/{task_ablation}.tsv"
-    params:
+    params:  # Snakemake updates the base rule's params by name: bounds, none here
         model=model_entry,
+        bounds=None,
         batch_size=batch_size,
         mean_include_bos=ENGINE["mean_include_bos"],
         top_graddrop=ENGINE["atp_top_graddrop"],
