@@ -141,3 +141,48 @@ def test_the_atp_rules_run_on_every_task_of_a_run(tmp_path, configs, per_rule):
         assert counts.get("task_atp_error", 0) == per_rule[-1]
     off = _planned(tmp_path, configs, {"engine": {"atp": False}})
     assert not any(rule.startswith("task_atp") for rule in off), off
+
+
+def test_demo_task_atp_stores_are_the_engine_on_the_prompts(finished_run):
+    """(slow) Each demo model's induction AtP store under corrupted ablation is measure_atp on
+    the task's prompts, corrupted partners and answers; its per-answer estimates sit on the
+    task's token axis, in the order of the task's exact stores; each summary's exact means are
+    the task summary's; the table and the figures exist."""
+    import pandas as pd
+
+    from selfrepair.analysis import atp as judge
+    from selfrepair.stages.store import open_zarr
+    from selfrepair.stages.tasks import read_prompts, task_inputs
+
+    run, _ = finished_run
+    task = "induction"
+    for name in ("tiny-gpt2", "tiny-pythia"):
+        folder = run / "results" / name / "tasks" / task
+        model = load_local_checkpoint(str(run / "resources" / "models" / name))
+        prompts = read_prompts(str(folder / "prompts.zarr"))
+        exact = open_zarr(folder / "ablation" / "corrupted.zarr")
+        stored = open_zarr(folder / "atp" / "corrupted.zarr").load()
+        assert np.array_equal(stored.prompt.values, exact.prompt.values)
+        assert np.array_equal(stored.position.values, exact.position.values)
+        scored, cfg = prompts.scored, model.cfg
+        fresh = measure_atp(
+            model,
+            torch.from_numpy(prompts.tokens.astype(np.int64)),
+            "corrupted",
+            per_token=np.broadcast_to(scored, (cfg.n_layers, cfg.n_heads, *scored.shape)),
+            scored=scored,
+            task=task_inputs(prompts, stored.attrs["metric"]),
+        )
+        fresh = judge.graddrop_stored(judge.task_units(fresh, np.ones((4, 4), bool), True))
+        for var in ("atp_row", "atp_top", "atp_token", "graddrop_row_combined", "metric_clean"):
+            np.testing.assert_allclose(stored[var], fresh[var], atol=1e-4)
+        np.testing.assert_allclose(stored.atp_top, stored.atp_row)
+        for ablation in ("corrupted", "mean"):
+            summary = open_zarr(folder / "atp" / f"summary-{ablation}.zarr").load()
+            heads = open_zarr(folder / "summary" / f"{ablation}.zarr")
+            np.testing.assert_allclose(summary.all_exact, heads.mean_logit_diff, atol=1e-5)
+            assert np.isfinite(float(summary.all_spearman_atp))
+        table = pd.read_csv(folder / "tables" / "task_atp_table.csv")
+        assert set(table.ablation) == {"corrupted", "mean"} and set(table.model) == {name}
+        for stem in ("task_atp_scatter", "task_atp_error"):
+            assert (folder / "figures" / f"{stem}.png").stat().st_size > 1000

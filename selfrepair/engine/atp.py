@@ -172,28 +172,23 @@ def measure_atp(
     Args:
         model: the HookedTransformer (not modified).
         tokens: [rows, pos + 1] token rows, each starting with BOS.
-        ablation: a kind of selfrepair.ablations.KINDS (corrupted: a task's, with
-            task.partners): z' exactly as engine.measure_heads chooses it over the same tokens
-            and task (pass the same rows, e.g. one shard, for the same partners and mean).
+        ablation: a kind of selfrepair.ablations.KINDS: z' exactly as engine.measure_heads
+            chooses it over the same tokens and task (pass the same rows for the same z').
         top: bool [layer, head, rows, pos]: each head's own tokens (e.g. its top 2%): per row,
             the estimate of the change of their sum (one backward pass per head and batch).
         per_token: bool [layer, head, rows, pos]: tokens where each head's per-token estimate
             is wanted (one backward pass per token of a row, for every head at once).
-        graddrop: also the GradDrop estimates (L - 1 more backward passes per row pass and
-            per token group; per head, one per layer above it).
-        top_graddrop: GradDrop on the `top` units too (default: as graddrop).
-        metric: rows -> their Metric (default: TokenMetric, the centred correct-token logit, or
-            with task.counter the logit difference; weighted by `scored`).
-        task: a task's counterfactuals (the metric), corrupted prompts (corrupted ablation's
-            z') and real positions (mean ablation's mean), as engine.measure_heads takes them.
-        scored: bool [rows, pos], the positions the metric sums (a task's answers; default:
-            every position).
+        graddrop: also GradDrop (L - 1 more backward passes per row pass and token group;
+            per head, one per layer above it); top_graddrop: on `top` too (default: graddrop).
+        metric: rows -> their Metric (default: TokenMetric on `task` and `scored`).
+        task: a task's counterfactuals, corrupted prompts and real positions (TaskInputs).
+        scored: bool [rows, pos], the positions the metric sums (default: every position).
         batch_size: rows per pass (default: all); never changes a number.
         source: resample partner of each row (default: engine.ablation.resample_source).
         mean_include_bos: whether the mean z includes position 0.
         z_mean: the mean z per layer when already computed (default: over `tokens`).
-        fused: run blocks with models.blocks' fused forward where it applies.
-        progress, desc: show a progress bar (one step per backward pass) with this label.
+        fused: run blocks with models.blocks' fused forward where it applies; progress, desc:
+            show a progress bar (one step per backward pass) with this label.
 
     Returns:
         atp_row (layer, head, batch), graddrop_row (drop_layer, layer, head, batch): estimates
@@ -211,14 +206,9 @@ def measure_atp(
     batch_size = batch_size or n_rows
     tokens = tokens.to(device=model.W_U.device, dtype=torch.long)
     ro = readout(model)
-    # the rows a pass may run (a task's corrupted prompts after the measured rows) and partners
     pool, counter, source = _pool(tokens, kind, source, task)
     metric = metric or TokenMetric(ro, pool, counter, _weights(scored, pool, n_rows))
-    if kind.reads_mean and z_mean is None:
-        real = None if task is None else task.real
-        layers = range(model.cfg.n_layers)
-        z_mean = mean_z(model, tokens, layers, batch_size, mean_include_bos, fused, real)
-    z_mean = z_mean or {}
+    z_mean = _mean(model, tokens, kind, z_mean, task, batch_size, mean_include_bos, fused)
     top_graddrop = graddrop if top_graddrop is None else top_graddrop
     parts = []
     bar = tqdm(desc=desc or "AtP", unit="backward", disable=not progress, mininterval=5.0)
@@ -248,6 +238,25 @@ def check_atp_ablation(ablation: str, task: TaskInputs | None = None) -> Ablatio
             "each row's corrupted prompt (partners)"
         )
     return kind
+
+
+def _mean(
+    model: HookedTransformer,
+    tokens: Tensor,
+    kind: Ablation,
+    z_mean: dict[int, Tensor] | None,
+    task: TaskInputs | None,
+    batch_size: int,
+    mean_include_bos: bool,
+    fused: bool,
+) -> dict[int, Tensor]:
+    """The mean z per layer where the kind reads it, over `tokens` (a task's real positions
+    only) unless given."""
+    if not kind.reads_mean or z_mean is not None:
+        return z_mean or {}
+    real = None if task is None else task.real
+    layers = range(model.cfg.n_layers)
+    return mean_z(model, tokens, layers, batch_size, mean_include_bos, fused, real)
 
 
 def _weights(scored: np.ndarray | None, pool: Tensor, n_rows: int) -> Tensor | None:

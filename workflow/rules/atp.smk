@@ -201,9 +201,9 @@ use rule atp_scatter as task_atp_scatter with:
         summaries=lambda w: task_atp_summaries(w)[:1],
         metric="results/{model}/tasks/{task}/metric.json",
     output:
-        pdf="results/{model}/tasks/{task}/figures/atp_vs_exact.pdf",
+        pdf="results/{model}/tasks/{task}/figures/task_atp_scatter.pdf",
         png=report(
-            "results/{model}/tasks/{task}/figures/atp_vs_exact.png",
+            "results/{model}/tasks/{task}/figures/task_atp_scatter.png",
             caption="../report/atp_scatter.rst",
             category="Tasks – {task}",
             subcategory="{model}",
@@ -223,9 +223,9 @@ use rule atp_error as task_atp_error with:
         summaries=lambda w: task_atp_summaries(w)[:1],
         metric="results/{model}/tasks/{task}/metric.json",
     output:
-        pdf="results/{model}/tasks/{task}/figures/atp_error_vs_self_repair.pdf",
+        pdf="results/{model}/tasks/{task}/figures/task_atp_error.pdf",
         png=report(
-            "results/{model}/tasks/{task}/figures/atp_error_vs_self_repair.png",
+            "results/{model}/tasks/{task}/figures/task_atp_error.png",
             caption="../report/atp_error.rst",
             category="Tasks – {task}",
             subcategory="{model}",
@@ -247,13 +247,13 @@ use rule atp_table as task_atp_table with:
         metric="results/{model}/tasks/{task}/metric.json",
     output:
         csv=report(
-            "results/{model}/tasks/{task}/tables/atp_heads.csv",
+            "results/{model}/tasks/{task}/tables/task_atp_table.csv",
             caption="../report/atp_table.rst",
             category="Tasks – {task}",
             subcategory="{model}",
         ),
         html=report(
-            "results/{model}/tasks/{task}/tables/atp_heads.html",
+            "results/{model}/tasks/{task}/tables/task_atp_table.html",
             caption="../report/atp_table.rst",
             category="Tasks – {task}",
             subcategory="{model}",
