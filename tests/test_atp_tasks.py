@@ -96,7 +96,9 @@ def test_the_task_metric_is_the_answers_only_and_corrupted_needs_its_prompts(hf_
     np.testing.assert_allclose(per_row, got.atp_row.values, atol=1e-5, rtol=0)
     every = measure_atp(model, tokens, "corrupted", task=task, graddrop=False)
     assert not np.allclose(every.atp_row.values, got.atp_row.values)
-    with pytest.raises(ValueError, match="on a task only: pass task=TaskInputs"):
+    with pytest.raises(
+        ValueError, match="without a task's corrupted prompts: pass task=TaskInputs"
+    ):
         measure_atp(model, tokens, "corrupted")
     with pytest.raises(ValueError, match="scored must be"):
         measure_atp(model, tokens, "zero", scored=scored[:, 1:])

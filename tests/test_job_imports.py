@@ -26,6 +26,7 @@ MODEL_RULES = {
     "task_clean",
     "task_ablate",
     "task_set_ablate",
+    "task_atp",
 }
 HEAVY = ("transformer_lens", "torch")
 

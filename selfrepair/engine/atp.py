@@ -50,7 +50,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from selfrepair.ablations import ROWS, TASK, Ablation, ablation_kind
+from selfrepair.ablations import KINDS, ROWS, TASK, Ablation, ablation_kind
 from selfrepair.engine.ablation import (
     _pool,
     ablated_z,
@@ -233,9 +233,10 @@ def check_atp_ablation(ablation: str, task: TaskInputs | None = None) -> Ablatio
     from a task's corrupted prompts and `task` has none (running text has none)."""
     kind = check_ablation(ablation)
     if kind.partner_pool == TASK and (task is None or task.partners is None):
+        usable = [k.name for k in KINDS.values() if k.partner_pool != TASK]
         raise ValueError(
-            f"measure_atp takes {ablation!r} ablation on a task only: pass task=TaskInputs with "
-            "each row's corrupted prompt (partners)"
+            f"measure_atp does not take {ablation!r} ablation without a task's corrupted "
+            f"prompts: pass task=TaskInputs(partners=...), or choose one of {', '.join(usable)}"
         )
     return kind
 
