@@ -28,6 +28,7 @@ MODEL_RULES = {
     "task_set_ablate",
     "set_ablate",
     "task_methods",
+    "task_atp",
 }
 HEAVY = ("transformer_lens", "torch")
 

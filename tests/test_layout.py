@@ -58,7 +58,8 @@ def _rules() -> list[str]:
 
 def test_every_rule_has_one_stage_function_named_after_it():
     """A rule's code is found by its name: selfrepair.stages.<stage>.<rule>, and its script
-    calls that function."""
+    calls that function; a `use rule X as Y with:` variant without a function of its own runs
+    X's (rules/atp.smk's task_* rules: the same rules on a task)."""
     # `all` and the named targets (Snakefile) only name outputs: they run nothing.
     rules = [r for r in _rules() if r not in {"all", "tasks", "figures", "tables", "explorer"}]
     assert len(rules) >= 25

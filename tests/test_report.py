@@ -241,6 +241,7 @@ STORES = (
     "*/tasks/*/attribution/*.zarr",
     "*/tasks/*/summary/*.zarr",
     "*/tasks/*/intervals/*.zarr",
+    "*/tasks/*/atp/*.zarr",
 )
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "repairers_of",
     "slope_through_origin",
     "spearman",
+    "task_units",
     "top_k_mask",
     "top_k_used",
 ]
@@ -140,6 +141,39 @@ def graddrop_stored(estimates: xr.Dataset) -> xr.Dataset:
             }
         )
     return out
+
+
+def task_units(estimates: xr.Dataset, measured: np.ndarray, top_graddrop: bool) -> xr.Dataset:
+    """measure_atp's Dataset of a task (every head asked at every answer: per_token = scored)
+    with the rows as each measured head's top units (a task's top tokens are all its answers:
+    atp_top, n_top, graddrop_top are the row's, 0 for heads not measured), and the per-answer
+    estimates on the task's `token` axis (coordinates prompt and position, the order of
+    analysis.tasks.scored_tokens): atp_token (layer, head, token) and GradDrop combined over
+    the dropped layers (graddrop_token_combined).
+
+    Args:
+        estimates: measure_atp's Dataset with per_token = the answers for every head.
+        measured: bool [layer, head], the heads with an exact side.
+        top_graddrop: keep GradDrop on the top units (engine.atp_top_graddrop).
+    """
+    n_layers, n_heads = measured.shape
+    own = xr.DataArray(measured, dims=("layer", "head"))
+    out = estimates.assign(
+        atp_top=estimates.atp_row.where(own, 0.0),
+        n_top=(estimates.n_scored * own).astype(np.int64).transpose("layer", "head", "batch"),
+    )
+    if top_graddrop and "graddrop_row" in estimates:
+        out["graddrop_top"] = estimates.graddrop_row.where(own, 0.0)
+    n = estimates.sizes["entry"] // (n_layers * n_heads)  # the answers, head by head
+    dims = ("layer", "head", "token")
+    token = {"atp_token": (dims, estimates.atp_token.values.reshape(n_layers, n_heads, n))}
+    if "graddrop_token" in estimates:
+        per_layer = estimates.graddrop_token.values.reshape(n_layers, n_layers, n_heads, n)
+        token["graddrop_token_combined"] = (dims, graddrop_combined(per_layer))
+    where = {"prompt": estimates.entry_batch.values[:n], "position": estimates.entry_pos.values[:n]}
+    entries = [v for v in estimates.data_vars if v.startswith("entry_")]
+    out = out.drop_vars(["atp_token", "graddrop_token", *entries], errors="ignore")
+    return out.assign(token).assign_coords({k: ("token", v) for k, v in where.items()})
 
 
 def _selection_values(

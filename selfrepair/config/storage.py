@@ -216,6 +216,8 @@ def _task(run: _Run, w: dict, d: Shapes, rule: str) -> int:
     if rule == "task_ablate":  # every head's tokens kept in the detail
         heads = all_ablation_bytes(d.heads, answers, answers) + repair_sums_bytes(d)
         return heads + detail_bytes(d, d.heads, answers)
+    if rule == "task_atp":  # per head and prompt (5 arrays), per answer (2), GradDrop's sums
+        return F32 * d.heads * (6 * n + 2 * answers) + 2 * 8 * d.n_layers * d.heads
     if rule == "task_set_ablate":
         return _sets_bytes(d, len(spec["ablation_sets"]), answers)
     return 2 * HEAD_SUMMARY_BYTES * d.heads + repair_summary_bytes(d)  # task_summary
@@ -237,12 +239,20 @@ RULE_BYTES = {
     ),
     "summarize_heads": lambda r, w, d: 2 * HEAD_SUMMARY_BYTES * d.heads,
     "atp_summary": lambda r, w, d: HEAD_SUMMARY_BYTES * d.heads * (d.n_layers + 1),
+    "task_atp_summary": lambda r, w, d: HEAD_SUMMARY_BYTES * d.heads * (d.n_layers + 1),
     "head_explorer": _explorer,
     "task_explorer": _explorer,
     **{rule: partial(_mechanism, rule=rule) for rule in MECHANISM_OF},
     **{
         rule: partial(_task, rule=rule)
-        for rule in ("task_prompts", "task_clean", "task_ablate", "task_set_ablate", "task_summary")
+        for rule in (
+            "task_prompts",
+            "task_clean",
+            "task_ablate",
+            "task_set_ablate",
+            "task_summary",
+            "task_atp",
+        )
     },
 }
 

@@ -84,11 +84,14 @@ def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
         )
         shown = max(run.shown(w["model"], experiment), 1)
         return float(shown * n_rows(run.data) * flops.forward_flops(size, seq))
-    if rule in ("task_clean", "task_ablate", "task_set_ablate"):
+    if rule in ("task_clean", "task_ablate", "task_set_ablate", "task_atp"):
         spec = run.config["tasks"][w["task"]]
-        rows, _, width = task_shape(run.config, spec, entry)
+        rows, answers, width = task_shape(run.config, spec, entry)
         if rule == "task_ablate":
             return float(rows * _per_row("ablate", size, width, run.config["engine"]))
+        if rule == "task_atp":  # a backward pass per row, per answer of a row, per dropped layer
+            passes = 1 + size.n_layers * (1 + answers // max(rows, 1))
+            return float(3.0 * passes * rows * flops.forward_flops(size, width))
         n_passes = 1 + (len(spec["ablation_sets"]) if rule == "task_set_ablate" else 0)
         return float(n_passes * rows * flops.forward_flops(size, width))
     return 0.0

@@ -10,7 +10,10 @@ The metric is a direction per scored position (`Metric`): m[b, t] = x[b, t] . d[
 + c[b, t] on the final residual x (s: the final norm's scale), and a row's metric is
 sum_t w[b, t] m[b, t] (engine.metric). With d the correct token's unembedding column
 (`TokenMetric`) m is the centred correct-token logit the engine's logit_diff changes, and every
-weight 1 (running text). A logit difference is d = u_a - u_b; answer positions are weights.
+weight 1 (running text). A logit difference is d = u_a - u_b; answer positions are weights. A
+task (engine.inputs.TaskInputs, as engine.measure_heads takes it) gives the counterfactuals of
+the logit difference, the corrupted prompts corrupted ablation takes z' from (run after the
+batch's rows with weight 0: engine.ablation's pool) and the real positions of the mean.
 
 Units. The exact engine's logit_diff at token t is the effect of ablating h at every position on
 m[b, t]. Rows do not interact, so ONE backward pass of sum_b sum_t w m over a batch gives every
@@ -47,11 +50,11 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from selfrepair.ablations import KINDS, ROWS, ablation_kind
+from selfrepair.ablations import KINDS, ROWS, TASK, Ablation, ablation_kind
 from selfrepair.engine.ablation import (
+    _pool,
     ablated_z,
     check_ablation,
-    checked_source,
     mean_z,
     partner_index,
     with_partners,
@@ -65,7 +68,7 @@ from selfrepair.engine.gradients import (
     head_unit_estimates,
     token_estimates,
 )
-from selfrepair.engine.inputs import validate_tokens
+from selfrepair.engine.inputs import TaskInputs, validate_tokens
 from selfrepair.engine.metric import Metric, TokenMetric
 from selfrepair.models.blocks import cached_weights
 from selfrepair.models.forward import check_supported
@@ -153,6 +156,8 @@ def measure_atp(
     graddrop: bool = True,
     top_graddrop: bool | None = None,
     metric: Callable[[Tensor], Metric] | None = None,
+    task: TaskInputs | None = None,
+    scored: Bool[np.ndarray, "rows pos"] | None = None,
     batch_size: int | None = None,
     source: Int[Tensor, " rows"] | None = None,
     mean_include_bos: bool = True,
@@ -167,24 +172,23 @@ def measure_atp(
     Args:
         model: the HookedTransformer (not modified).
         tokens: [rows, pos + 1] token rows, each starting with BOS.
-        ablation: a kind of selfrepair.ablations.KINDS whose partner rows, if any, are among
-            the rows measured (not a task's corrupted prompts): z' exactly as
-            engine.measure_heads chooses it over the same tokens (pass the same rows, e.g. one
-            shard, for the same partners and mean).
+        ablation: a kind of selfrepair.ablations.KINDS: z' exactly as engine.measure_heads
+            chooses it over the same tokens and task (pass the same rows for the same z').
         top: bool [layer, head, rows, pos]: each head's own tokens (e.g. its top 2%): per row,
             the estimate of the change of their sum (one backward pass per head and batch).
         per_token: bool [layer, head, rows, pos]: tokens where each head's per-token estimate
             is wanted (one backward pass per token of a row, for every head at once).
-        graddrop: also the GradDrop estimates (L - 1 more backward passes per row pass and
-            per token group; per head, one per layer above it).
-        top_graddrop: GradDrop on the `top` units too (default: as graddrop).
-        metric: rows -> their Metric (default: TokenMetric, the centred correct-token logit).
+        graddrop: also GradDrop (L - 1 more backward passes per row pass and token group;
+            per head, one per layer above it); top_graddrop: on `top` too (default: graddrop).
+        metric: rows -> their Metric (default: TokenMetric on `task` and `scored`).
+        task: a task's counterfactuals, corrupted prompts and real positions (TaskInputs).
+        scored: bool [rows, pos], the positions the metric sums (default: every position).
         batch_size: rows per pass (default: all); never changes a number.
         source: resample partner of each row (default: engine.ablation.resample_source).
         mean_include_bos: whether the mean z includes position 0.
         z_mean: the mean z per layer when already computed (default: over `tokens`).
-        fused: run blocks with models.blocks' fused forward where it applies.
-        progress, desc: show a progress bar (one step per backward pass) with this label.
+        fused: run blocks with models.blocks' fused forward where it applies; progress, desc:
+            show a progress bar (one step per backward pass) with this label.
 
     Returns:
         atp_row (layer, head, batch), graddrop_row (drop_layer, layer, head, batch): estimates
@@ -194,18 +198,17 @@ def measure_atp(
         token) entry (dim entry, ordered by layer, head, batch, pos): atp_token,
         graddrop_token (drop_layer, entry) and the entry's layer, head, batch and pos.
     """
-    check_atp_ablation(ablation)
+    kind = check_atp_ablation(ablation, task)
     check_supported(model)
-    validate_tokens(model, tokens)
+    validate_tokens(model, tokens, task)
     n_rows = tokens.shape[0]
     masks = {"top": _mask(model, top, tokens), "per_token": _mask(model, per_token, tokens)}
     batch_size = batch_size or n_rows
     tokens = tokens.to(device=model.W_U.device, dtype=torch.long)
     ro = readout(model)
-    metric = metric or TokenMetric(ro, tokens)
-    source, z_mean = _replacements(
-        model, tokens, ablation, source, z_mean, batch_size, mean_include_bos, fused
-    )
+    pool, counter, source = _pool(tokens, kind, source, task)
+    metric = metric or TokenMetric(ro, pool, counter, _weights(scored, pool, n_rows))
+    z_mean = _mean(model, tokens, kind, z_mean, task, batch_size, mean_include_bos, fused)
     top_graddrop = graddrop if top_graddrop is None else top_graddrop
     parts = []
     bar = tqdm(desc=desc or "AtP", unit="backward", disable=not progress, mininterval=5.0)
@@ -213,7 +216,7 @@ def measure_atp(
         for start in range(0, n_rows, batch_size):
             rows = torch.arange(start, min(start + batch_size, n_rows))
             gp, dz, weight = _batch_pass(
-                model, tokens, ro, metric, rows, ablation, source, z_mean, fused
+                model, pool, ro, metric, rows, ablation, source, z_mean, fused
             )
             own = {k: None if v is None else v[:, :, rows] for k, v in masks.items()}
             res = chunk_estimates(
@@ -225,37 +228,49 @@ def measure_atp(
     return atp_dataset(model, parts, per_token, ablation, source, n_rows, tokens.shape[1] - 1)
 
 
-def check_atp_ablation(ablation: str) -> None:
-    """Fail naming the kinds AtP takes when `ablation` takes its partner rows from elsewhere than
-    the rows measured (a task's corrupted prompts: measure_atp has no task inputs)."""
+def check_atp_ablation(ablation: str, task: TaskInputs | None = None) -> Ablation:
+    """The registry's kind of this name; fails naming the fix when it takes its partner rows
+    from a task's corrupted prompts and `task` has none (running text has none)."""
     kind = check_ablation(ablation)
-    if kind.takes_partner_rows and kind.partner_pool != ROWS:
-        usable = [k.name for k in KINDS.values() if k.partner_pool in (None, ROWS)]
+    if kind.partner_pool == TASK and (task is None or task.partners is None):
+        usable = [k.name for k in KINDS.values() if k.partner_pool != TASK]
         raise ValueError(
-            f"measure_atp does not take {ablation!r} ablation (its partner rows lie outside the "
-            f"rows measured); choose one of {', '.join(usable)}"
+            f"measure_atp does not take {ablation!r} ablation without a task's corrupted "
+            f"prompts: pass task=TaskInputs(partners=...), or choose one of {', '.join(usable)}"
         )
+    return kind
 
 
-def _replacements(
+def _mean(
     model: HookedTransformer,
     tokens: Tensor,
-    ablation: str,
-    source: Tensor | None,
+    kind: Ablation,
     z_mean: dict[int, Tensor] | None,
+    task: TaskInputs | None,
     batch_size: int,
     mean_include_bos: bool,
     fused: bool,
-) -> tuple[Tensor | None, dict[int, Tensor]]:
-    """The partner rows (checked) and the mean z per layer (over `tokens` unless given), as the
-    kind needs them."""
-    kind = ablation_kind(ablation)
-    if kind.partner_pool == ROWS:
-        source = checked_source(source, tokens.shape[0])
-    if kind.reads_mean and z_mean is None:
-        layers = range(model.cfg.n_layers)
-        z_mean = mean_z(model, tokens, layers, batch_size, mean_include_bos, fused)
-    return source, z_mean or {}
+) -> dict[int, Tensor]:
+    """The mean z per layer where the kind reads it, over `tokens` (a task's real positions
+    only) unless given."""
+    if not kind.reads_mean or z_mean is not None:
+        return z_mean or {}
+    real = None if task is None else task.real
+    layers = range(model.cfg.n_layers)
+    return mean_z(model, tokens, layers, batch_size, mean_include_bos, fused, real)
+
+
+def _weights(scored: np.ndarray | None, pool: Tensor, n_rows: int) -> Tensor | None:
+    """The metric's weight of every pool row ([pool rows, pos]): 1 at the scored positions of
+    the measured rows, 0 elsewhere and on the partner rows after them; None (every position
+    weighted 1) without `scored`."""
+    if scored is None:
+        return None
+    if np.shape(scored) != (n_rows, pool.shape[1] - 1):
+        raise ValueError(f"scored must be [rows, pos] {(n_rows, pool.shape[1] - 1)}")
+    weight = torch.zeros(pool.shape[0], pool.shape[1] - 1, device=pool.device)
+    weight[: scored.shape[0]] = torch.from_numpy(np.asarray(scored, bool)).to(weight)
+    return weight
 
 
 def _batch_pass(
@@ -287,7 +302,7 @@ def _mask(model: HookedTransformer, mask: np.ndarray | None, tokens: Tensor) -> 
     shape = (model.cfg.n_layers, model.cfg.n_heads, tokens.shape[0], tokens.shape[1] - 1)
     if mask.shape != shape:
         raise ValueError(f"token masks must be [layer, head, rows, pos] {shape}, got {mask.shape}")
-    return torch.from_numpy(np.asarray(mask, bool)).to(model.W_U.device)
+    return torch.from_numpy(np.ascontiguousarray(mask, bool)).to(model.W_U.device)
 
 
 def z_changes(

@@ -23,6 +23,8 @@ SELECTION_LABELS = {"all": "all tokens", "top": "top {fraction:.0%} tokens"}
 
 
 def _label(sel: str, top_fraction: float) -> str:
+    if top_fraction >= 1:  # a task's (rules/atp.smk): all its answers, each head's top tokens
+        return "every answer"
     return SELECTION_LABELS[sel].format(fraction=top_fraction)
 
 

@@ -15,11 +15,17 @@ position but the last (a target only); zero. Hugging Face's z carries the value 
 first LayerNorm's bias pushed through W_V), which TransformerLens folds into b_O (fold_ln,
 fold_value_biases): its zero is Hugging Face's z equal to that bias (`value_offset`), the point
 z' is measured from. Neither shares code with the engine.
+
+On a task (`TaskRows`), Hugging Face's reference takes the metric as the answer's centred logit
+minus the counterfactual's, summed over the answer positions only; corrupted ablation's z' is
+the z of Hugging Face's own run on each row's corrupted prompt, and the mean's is over the
+positions whose next token is real.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -33,7 +39,50 @@ from selfrepair.reference.heads import ablated_z, centred_target_logit
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-__all__ = ["HF_MODULES", "hf_layers", "hf_reference_atp", "reference_atp", "value_offset"]
+__all__ = [
+    "HF_MODULES",
+    "TaskRows",
+    "hf_layers",
+    "hf_reference_atp",
+    "reference_atp",
+    "value_offset",
+]
+
+
+@dataclass(frozen=True)
+class TaskRows:
+    """What a task adds to its rows, for the reference (all optional).
+
+    Args:
+        counter: [rows, pos] counterfactual tokens: the metric is the logit difference.
+        corrupted: [rows, pos + 1] each row's corrupted prompt: corrupted ablation's z.
+        real: [rows, pos + 1] bool, not padding: the mean is over positions t with t + 1 real.
+        scored: [rows, pos] bool, the answer positions the metric sums (default: all).
+    """
+
+    counter: Tensor | None = None
+    corrupted: Tensor | None = None
+    real: Tensor | None = None
+    scored: Tensor | None = None
+
+    def metric(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        """m[b, t] from full logits: the centred answer logit (minus the counterfactual's),
+        0 where not scored."""
+        m = centred_target_logit(logits, tokens[:, 1:])
+        if self.counter is not None:
+            m = m - centred_target_logit(logits, self.counter)
+        return m if self.scored is None else m * self.scored.to(m.dtype)
+
+    def ablated(self, z: Tensor, ablation: str, include_bos: bool, z_corrupted) -> Tensor:
+        """z' of [rows, tok, head, d_head]: the corrupted run's z, the mean over real
+        positions, else reference.heads.ablated_z."""
+        if ablation == "corrupted":
+            return z_corrupted
+        if ablation == "mean" and self.real is not None:
+            weights = self.real[:, 1:].clone().bool()
+            weights[:, 0] &= include_bos
+            return z[:, :-1][weights].double().mean(0).to(z.dtype).expand_as(z)
+        return ablated_z(z, ablation, include_bos)
 
 
 def _grad(out: Tensor, zs: list[Tensor]) -> tuple[Tensor, ...]:
@@ -167,10 +216,13 @@ def hf_reference_atp(
     mean_include_bos: bool = True,
     drop_layer: int | None = None,
     per_token: bool | np.ndarray = False,
+    task: TaskRows | None = None,
 ) -> dict[str, np.ndarray]:
     """AtP of every head from Hugging Face's own forward pass (reference_atp's Args and
-    Returns); z at the input of each layer's attention output projection, minus value_offset."""
+    Returns); z at the input of each layer's attention output projection, minus value_offset.
+    With `task` (TaskRows) the task's metric, corrupted prompts and real positions."""
     blocks, attn_out, mlp_out, n_heads = hf_layers(hf_model)
+    task = task or TaskRows()
     zs: dict[int, Tensor] = {}
     handles = []
     for layer, blk in enumerate(blocks):
@@ -182,18 +234,26 @@ def hf_reference_atp(
     if drop_layer is not None:
         for module in (attn_out(blocks[drop_layer]), mlp_out(blocks[drop_layer])):
             handles.append(module.register_forward_hook(lambda mod, args, out: out.detach()))
+
+    def processed(layer: int, blk) -> Tensor:  # TransformerLens' z: its zero is HF's offset
+        shaped = zs[layer].detach().unflatten(-1, (n_heads, -1))
+        return shaped - value_offset(hf_model, blk).detach().view(n_heads, -1)
+
     try:
+        corrupted = {}
+        if task.corrupted is not None:
+            with torch.no_grad():
+                hf_model(task.corrupted)
+            corrupted = {layer: processed(layer, blk) for layer, blk in enumerate(blocks)}
         with torch.enable_grad():
             logits = hf_model(tokens).logits[:, :-1].float()
-            m = centred_target_logit(logits, tokens[:, 1:])
+            m = task.metric(logits, tokens)
             z, dz = [], []
             for layer, blk in enumerate(blocks):
-                x = zs[layer]
-                z.append(x)
-                shaped = x.detach().unflatten(-1, (n_heads, -1))
-                offset = value_offset(hf_model, blk).detach().view(n_heads, -1)
-                processed = shaped - offset  # TransformerLens' z: its zero is HF's offset
-                dz.append(ablated_z(processed, ablation, mean_include_bos) - processed)
+                z.append(zs[layer])
+                clean = processed(layer, blk)
+                new = task.ablated(clean, ablation, mean_include_bos, corrupted.get(layer))
+                dz.append(new - clean)
             return _estimates(m, z, dz, n_heads, per_token)
     finally:
         for handle in handles:

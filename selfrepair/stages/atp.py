@@ -1,6 +1,9 @@
 """The attribution-patching rules (engine.atp, beyond the paper): atp (AtP and GradDrop of every
 head on one token shard: per row, and per row on each head's own top tokens) and atp_summary
-(against the exact effects of the same ablation, analysis.atp).
+(against the exact effects of the same ablation, analysis.atp). The same two functions serve a
+task (rules task_atp, task_atp_summary: `use rule ... with:`): its prompts are the rows, its
+answers the scored positions, and every answer is each head's "top" token, as in the task's
+summary (stages.task_summaries.TASK_TOP_FRACTION), so the top units are the rows themselves.
 
 atp_summary runs in the analysis environment (no torch), so the engine is imported inside atp
 only."""
@@ -24,7 +27,7 @@ from selfrepair.stages.store import check_same_run, open_shard_list, open_zarr, 
 if TYPE_CHECKING:
     from selfrepair.stages.job import ModelJob
 
-__all__ = ["atp", "atp_summary", "exact_on_units", "read_estimates"]
+__all__ = ["atp", "atp_summary", "exact_on_answers", "exact_on_units", "read_estimates"]
 
 log = logging.getLogger("selfrepair")
 
@@ -48,27 +51,46 @@ def atp(
     *,
     ablation: str,
     mean_include_bos: bool,
-    top_tokens: str,
     out: str,
     attrs: dict[str, Any],
+    top_tokens: str | None = None,
     top_graddrop: bool = True,
+    task: str | None = None,
+    metric: str | None = None,
 ) -> xr.Dataset:
-    """AtP and GradDrop estimates of every head on one shard (engine.atp.measure_atp) with z'
-    chosen as the ablate job of the same shard chooses it: per row (the change of the row's
-    summed centred correct-token logit) and per row on each head's top tokens (the change of
-    their sum), the latter for the entry's `heads` only when it lists some (n_top 0 elsewhere).
-    GradDrop is stored as atp_summary reads it (analysis.atp.graddrop_stored): per row combined
-    over the dropped layers, per dropped layer summed over the shard's rows.
+    """AtP and GradDrop estimates of every head on one shard, or on a task's prompts
+    (engine.atp.measure_atp), with z' chosen as the ablate (task_ablate) job chooses it: per row
+    (the change of the row's summed centred correct-token logit; a task's: of its metric summed
+    over the row's answers) and per row on each head's top tokens (the change of their sum),
+    the latter for the entry's `heads` only when it lists some (n_top 0 elsewhere). GradDrop is
+    stored as atp_summary reads it (analysis.atp.graddrop_stored): per row combined over the
+    dropped layers, per dropped layer summed over the shard's rows. A task's store also holds
+    every head's per-answer estimates (atp_token, graddrop_token: on the task's `token` axis,
+    analysis.tasks.scored_tokens).
 
     Args:
-        job: the model job (one shard).
-        ablation: zero, mean or resample.
+        job: the model job (one shard; a task's: its `tokens` is the prompts store).
+        ablation: a kind of selfrepair.ablations.KINDS (corrupted: a task's only).
         mean_include_bos: whether the mean ablation averages over the BOS position too.
-        top_tokens: the head_top_tokens store (each head's top tokens over all shards).
-        out: the store to write (results/<model>/atp/<ablation>/shard-<n>.zarr).
+        out: the store to write (results/<model>/atp/<ablation>/shard-<n>.zarr, a task's
+            results/<model>/tasks/<task>/atp/<ablation>.zarr).
         attrs: the rule's provenance attributes (run_attrs and the shard).
+        top_tokens: the head_top_tokens store (each head's top tokens over all shards); None
+            on a task (its answers).
         top_graddrop: GradDrop on the top tokens too (engine.atp_top_graddrop).
+        task, metric: the task's name and metric (correct_logit, logit_diff); None on text.
     """
+    if task is None:
+        ds, n_pos = _shard_estimates(job, ablation, mean_include_bos, top_tokens, top_graddrop)
+    else:
+        ds, n_pos = _task_estimates(job, ablation, mean_include_bos, task, metric, top_graddrop)
+    ds.attrs.update(job.provenance(attrs), ablation=ablation, n_pos=n_pos)
+    write_zarr(ds, out)
+    return ds
+
+
+def _shard_estimates(job, ablation, mean_include_bos, top_tokens, top_graddrop):
+    """atp's estimates of one token shard, and its positions per row."""
     from selfrepair.engine.atp import measure_atp
     from selfrepair.stages.job import row_coords
 
@@ -95,9 +117,37 @@ def atp(
     ds = row_coords(judge.graddrop_stored(ds), start)
     if "resample_source" in ds.coords:  # as global row numbers too
         ds = ds.assign_coords(resample_source=ds.resample_source + start)
-    ds.attrs.update(job.provenance(attrs), ablation=ablation, n_pos=n_pos)
-    write_zarr(ds, out)
-    return ds
+    return ds, n_pos
+
+
+def _task_estimates(job, ablation, mean_include_bos, task, metric, top_graddrop):
+    """atp's estimates on a task's prompts (its answers scored, per row and per answer; the
+    rows as each measured head's top units), and the prompts' positions."""
+    from selfrepair.engine.atp import measure_atp
+    from selfrepair.stages.tasks import _model_for, _rows, read_prompts, task_inputs
+
+    prompts = read_prompts(job.tokens)
+    model = _model_for(job, task, prompts)
+    scored = prompts.scored
+    shape = (model.cfg.n_layers, model.cfg.n_heads)
+    t0 = time.perf_counter()
+    with job.guarded(model, {"engine.batch_size": job.batch_size}):
+        ds = measure_atp(
+            model,
+            _rows(prompts),
+            ablation,
+            per_token=np.broadcast_to(scored, (*shape, *scored.shape)),
+            scored=scored,
+            task=task_inputs(prompts, metric),
+            batch_size=job.batch_size,
+            mean_include_bos=mean_include_bos,
+            progress=True,
+            desc=f"{task}: AtP and GradDrop, {ablation}",
+        )
+    log.info("%d prompts in %.1fs", scored.shape[0], time.perf_counter() - t0)
+    ds = judge.task_units(ds, measured_heads(job.heads, shape), top_graddrop)
+    ds = judge.graddrop_stored(ds).assign_coords(batch=np.arange(scored.shape[0]))
+    return ds.assign_attrs(metric=metric), scored.shape[1]
 
 
 def exact_on_units(
@@ -112,15 +162,30 @@ def exact_on_units(
     return sums.row_logit_diff, sums.top_row_logit_diff, sums.logit_clean.sum("pos")
 
 
+def exact_on_answers(
+    ablation_store: str, n_rows: int
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray]:
+    """exact_on_units of a task (its task_ablate store, on the answers' `token` axis): the
+    exact logit_diff summed over each prompt's answers (layer, head, batch), the same as the top
+    units (every answer is each head's top token), and the clean metric summed per prompt."""
+    ds = open_zarr(ablation_store)[["logit_diff", "logit_clean"]].load()
+    one_hot = np.zeros((ds.sizes["token"], n_rows), np.float32)
+    one_hot[np.arange(ds.sizes["token"]), ds.prompt.values] = 1.0
+    values = ds.logit_diff.transpose("layer", "head", "token").values
+    # a product, not a NaN-skipping sum: a head not measured stays NaN, as exact_on_units'
+    rows = xr.DataArray(values @ one_hot, dims=("layer", "head", "batch"))
+    return rows, rows, xr.DataArray(ds.logit_clean.values @ one_hot, dims="batch")
+
+
 def atp_summary(
     *,
     atp_shards: Sequence[str],
     ablation_shards: Sequence[str],
     summary: str,
-    top_tokens: str,
     top_k: int,
     out: str,
     attrs: dict[str, Any],
+    top_tokens: str | None = None,
     tolerance: float = 1e-4,
 ) -> xr.Dataset:
     """Per head, AtP and GradDrop against the exact effect; per model, rank correlations,
@@ -130,21 +195,29 @@ def atp_summary(
     be the per-head summary's (same tokens, same top tokens).
 
     Args:
-        atp_shards: the atp stores of one (model, ablation), in shard order.
-        ablation_shards: the ablate stores of the same (model, ablation).
-        summary: its per-head summary (summarize_heads).
-        top_tokens: the head_top_tokens store.
+        atp_shards: the atp stores of one (model, ablation), in shard order (a task's: one).
+        ablation_shards: the ablate stores of the same (model, ablation) (a task's: its
+            task_ablate store).
+        summary: its per-head summary (summarize_heads; a task's task_summary).
+        top_tokens: the head_top_tokens store; None on a task (every answer: exact_on_answers).
         top_k: figures.atp.top_k.
         out: the store to write (results/<model>/atp/<ablation>.zarr).
         attrs: the rule's provenance attributes.
         tolerance: the largest disagreement accepted (logits per token).
     """
     # the estimates, the exact effects and what they were measured on: one model's weights
-    kinds = [atp_shards[0], ablation_shards[0], summary, top_tokens]
+    kinds = [atp_shards[0], ablation_shards[0], summary, *([top_tokens] if top_tokens else [])]
     check_same_run(kinds, [open_zarr(p) for p in kinds], SAME_WEIGHTS_KEYS)
-    indices = open_zarr(top_tokens).token.values
     estimates = read_estimates(atp_shards)
-    exact_rows, exact_top, clean = exact_on_units(ablation_shards, indices)
+    if top_tokens is None:
+        n_top_tokens = int(estimates.n_scored.sum())
+        exact_rows, exact_top, clean = exact_on_answers(
+            ablation_shards[0], estimates.sizes["batch"]
+        )
+    else:
+        indices = open_zarr(top_tokens).token.values
+        n_top_tokens = int(indices.shape[-1])
+        exact_rows, exact_top, clean = exact_on_units(ablation_shards, indices)
     heads = open_zarr(summary).load()
     _check_same_measure(estimates, clean, exact_rows, exact_top, heads, tolerance)
     ds = judge.atp_summary(estimates, exact_rows, exact_top, heads, top_k)
@@ -154,7 +227,7 @@ def atp_summary(
         top_k=top_k,
         top_k_used=ds.attrs["top_k_used"],
         n_tokens=int(estimates.n_scored.sum()),
-        n_top_tokens=int(indices.shape[-1]),
+        n_top_tokens=n_top_tokens,
     )
     write_zarr(ds, out)
     return ds

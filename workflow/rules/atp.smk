@@ -146,3 +146,124 @@ rule atp_table:
         caption=figure_caption(list(MODELS), ABLATIONS, TOP_SELECTION, extra=[ALL_TOO]),
     script:
         "../scripts/atp_table.py"
+
+
+# --- the same rules on a task (rules/tasks.smk; engine.atp on): its prompts are the rows, its
+# answers the scored positions and every head's top tokens (stages.atp), under each of the
+# task's ablations; the summary against task_ablate's exact effects and task_summary's, the
+# table under every ablation, the figures under the task's first.
+
+
+use rule atp as task_atp with:
+    input:
+        unpack(model_input),
+        tokens="results/{model}/tasks/{task}/prompts.zarr",
+    output:
+        atp=directory("results/{model}/tasks/{task}/atp/{task_ablation}.zarr"),
+    log:
+        "results/logs/task_atp/{model}/{task}/{task_ablation}.log",
+    benchmark:
+        "results/benchmarks/task_atp/{model}/{task}/{task_ablation}.tsv"
+    params:  # Snakemake updates the base rule's params by name: bounds, none here
+        model=model_entry,
+        bounds=None,
+        batch_size=batch_size,
+        mean_include_bos=ENGINE["mean_include_bos"],
+        top_graddrop=ENGINE["atp_top_graddrop"],
+        ablation=lambda w: w.task_ablation,
+        task=lambda w: w.task,
+        metric=lambda w: TASKS[w.task]["metric"],
+        device=config["device"],
+        dtype=config["dtype"],
+        attrs=task_attrs,
+
+
+use rule atp_summary as task_atp_summary with:
+    input:
+        atp_shards=["results/{model}/tasks/{task}/atp/{task_ablation}.zarr"],
+        ablation_shards=["results/{model}/tasks/{task}/ablation/{task_ablation}.zarr"],
+        summary="results/{model}/tasks/{task}/summary/{task_ablation}.zarr",
+    output:
+        summary=directory(
+            "results/{model}/tasks/{task}/atp/summary-{task_ablation}.zarr"
+        ),
+    log:
+        "results/logs/task_atp_summary/{model}/{task}/{task_ablation}.log",
+    benchmark:
+        "results/benchmarks/task_atp_summary/{model}/{task}/{task_ablation}.tsv"
+    params:
+        top_k=ATP_SETTINGS["top_k"],
+        attrs=task_attrs,
+
+
+use rule atp_scatter as task_atp_scatter with:
+    input:
+        summaries=lambda w: task_atp_summaries(w)[:1],
+        metric="results/{model}/tasks/{task}/metric.json",
+    output:
+        pdf="results/{model}/tasks/{task}/figures/task_atp_scatter.pdf",
+        png=report(
+            "results/{model}/tasks/{task}/figures/task_atp_scatter.png",
+            caption="../report/atp_scatter.rst",
+            category="Tasks – {task}",
+            subcategory="{model}",
+        ),
+    log:
+        "results/logs/task_atp_scatter/{model}/{task}.log",
+    benchmark:
+        "results/benchmarks/task_atp_scatter/{model}/{task}.tsv"
+    params:
+        models=lambda w: [w.model],
+        top_fraction=1.0,  # every answer
+        caption=task_caption,
+
+
+use rule atp_error as task_atp_error with:
+    input:
+        summaries=lambda w: task_atp_summaries(w)[:1],
+        metric="results/{model}/tasks/{task}/metric.json",
+    output:
+        pdf="results/{model}/tasks/{task}/figures/task_atp_error.pdf",
+        png=report(
+            "results/{model}/tasks/{task}/figures/task_atp_error.png",
+            caption="../report/atp_error.rst",
+            category="Tasks – {task}",
+            subcategory="{model}",
+        ),
+    log:
+        "results/logs/task_atp_error/{model}/{task}.log",
+    benchmark:
+        "results/benchmarks/task_atp_error/{model}/{task}.tsv"
+    params:
+        models=lambda w: [w.model],
+        top_fraction=1.0,
+        caption=task_caption,
+
+
+use rule atp_table as task_atp_table with:
+    input:
+        summaries=task_atp_summaries,
+        repairs=lambda w: task_paths(w, "attribution/{a}.zarr"),
+        metric="results/{model}/tasks/{task}/metric.json",
+    output:
+        csv=report(
+            "results/{model}/tasks/{task}/tables/task_atp_table.csv",
+            caption="../report/atp_table.rst",
+            category="Tasks – {task}",
+            subcategory="{model}",
+        ),
+        html=report(
+            "results/{model}/tasks/{task}/tables/task_atp_table.html",
+            caption="../report/atp_table.rst",
+            category="Tasks – {task}",
+            subcategory="{model}",
+        ),
+    log:
+        "results/logs/task_atp_table/{model}/{task}.log",
+    benchmark:
+        "results/benchmarks/task_atp_table/{model}/{task}.tsv"
+    params:
+        runs=lambda w: [[w.model, a] for a in TASKS[w.task]["ablations"]],
+        table_heads=ATP_SETTINGS["table_heads"],
+        repairers=ATP_SETTINGS["repairers"],
+        caption=task_table_caption,

@@ -622,13 +622,19 @@ def atp_table_repairs(wildcards):
 
 
 def atp_outputs():
-    """The attribution-patching stores, figures and table of the run (none when it is off)."""
+    """The attribution-patching stores, figures and table of the run (none when it is off;
+    a task's: task_outputs)."""
     if not ATP:
         return []
     outputs = expand(
         "results/{model}/atp/{ablation}.zarr", model=MODELS, ablation=ABLATIONS
     )
     return outputs + figure_outputs(["atp"]) + rules_output("atp_table")
+
+
+def task_atp_summaries(wildcards):
+    """A (model, task)'s AtP summaries, one per ablation of the task, the first's first."""
+    return task_paths(wildcards, "atp/summary-{a}.zarr")
 
 
 # --- tasks (rules/tasks.smk) ---------------------------------------------------------------------
@@ -731,7 +737,8 @@ def measured_on_task(wildcards, input, ablations):
 
 def task_outputs():
     """Every (model, task)'s final outputs, as the task rules write them: summaries, joint
-    ablations of its sets, the per-head and backup tables, the figures and the explorer page.
+    ablations of its sets, the per-head and backup tables, the figures and the explorer page,
+    and with engine.atp its AtP table and figures (rules/atp.smk).
     """
     outputs = []
     for task, models in TASK_MODELS.items():
@@ -749,6 +756,8 @@ def task_outputs():
             )
             outputs += expand(rules.method_table.output, **sets)
         for name in ("task_head_table", "task_backups", *TASK_FIGURES, "task_explorer"):
+            outputs += expand(getattr(rules, name).output, model=models, task=task)
+        for name in ("task_atp_table", "task_atp_scatter", "task_atp_error") * ATP:
             outputs += expand(getattr(rules, name).output, model=models, task=task)
     return outputs
 
