@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+from tasks_helpers import padded_task
 from test_architectures import ARCHITECTURES, perturbed
-from test_tasks_engine import padded_task
 
 from selfrepair.analysis.methods import (
     PER_TOKEN,
@@ -160,3 +160,37 @@ def test_method_table_ranks_intervals_and_extra_columns():
     assert gd.roc_auc == 0.0 and np.isnan(gd.roc_auc_low) and gd.coax_roc_auc == 0.665
     with pytest.raises(ValueError, match="extra method x lacks candidates L2H1"):
         with_extra_scores({"a": dict.fromkeys(cands, 0.0)}, {"x": {"L1H0": 1, "L2H0": 2}})
+
+
+def test_graddrop_per_answer_joins_the_task_atp_store_with_its_interval():
+    """AtP*'s GradDrop per answer from a task_atp store: each candidate's (layer, head) on the
+    methods store's answers; refused on other answers, left out where a candidate is NaN; in
+    the table with an interval (per answer, as the other methods)."""
+    import xarray as xr
+
+    from selfrepair.stages.methods import graddrop_per_answer
+
+    answers = {"prompt": ("token", [0, 0, 1, 2]), "position": ("token", [3, 4, 3, 2])}
+    values = np.arange(2 * 2 * 4, dtype=float).reshape(2, 2, 4)
+    atp = xr.Dataset(
+        {"graddrop_token_combined": (("layer", "head", "token"), values)}, coords=answers
+    )
+    cand = {"candidate_layer": ("candidate", [1, 0]), "candidate_head": ("candidate", [0, 1])}
+    methods = xr.Dataset(coords={"candidate": ["L1H0", "L0H1"], **cand, **answers})
+    got = graddrop_per_answer(atp, methods)
+    np.testing.assert_array_equal(got, [values[1, 0], values[0, 1]])
+    assert graddrop_per_answer(atp.drop_vars("graddrop_token_combined"), methods) is None
+    nan = atp.copy(deep=True)
+    nan.graddrop_token_combined[0, 1, 2] = np.nan
+    assert graddrop_per_answer(nan, methods) is None
+    moved = atp.assign_coords(position=("token", [3, 4, 4, 2]))
+    with pytest.raises(ValueError, match=r"answers \(position\) are not the methods'"):
+        graddrop_per_answer(moved, methods)
+    per_token = {name: np.ones((2, 4)) for name in PER_TOKEN}
+    per_token["atp_star_graddrop"] = got
+    table = method_table(
+        per_token, np.array([0, 0, 1, 2]), ["L1H0", "L0H1"], ["L1H0"],
+        n_resamples=20, level=0.9, seed=0,
+    )  # fmt: skip
+    row = table.loc["atp_star_graddrop"]
+    assert row.roc_auc == 1.0 and row.roc_auc_low == 1.0 and row.coax_roc_auc == 0.665

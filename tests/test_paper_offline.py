@@ -330,6 +330,16 @@ def test_ioi_method_table(ioi_run):
         row = table.loc[method]
         assert row.roc_auc == pytest.approx(auc, abs=1e-5), method
     assert table.loc["compensation_energy", "coax_roc_auc"] == 0.941
+    # AtP*'s GradDrop joins from the task's AtP store (engine.atp), whose AtP per answer is
+    # the methods store's, computed apart (engine.atp against engine.methods_grad)
+    atp = xr.open_zarr(task / "atp" / "corrupted.zarr").load()
+    where = (ds.candidate_layer.values, ds.candidate_head.values)
+    np.testing.assert_array_equal(atp.prompt.values, ds.prompt.values)
+    np.testing.assert_allclose(atp.atp_token.values[where], ds.atp.values, rtol=1e-3, atol=1e-4)
+    graddrop = atp.graddrop_token_combined.values[where].mean(-1)
+    auc = roc_auc(dict(zip(ds.candidate.values, graddrop, strict=True)), expected)
+    assert table.loc["atp_star_graddrop", "roc_auc"] == pytest.approx(auc, abs=1e-5)
+    assert table.loc["atp_star_graddrop", "coax_roc_auc"] == 0.665
 
 
 def _c_proj_inputs(model, layer: int, rows: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,8 @@ __all__ = [
 ]
 
 # Per-answer values averaged before a method's score is formed (|.| taken per answer first
-# for the gradients CoAx takes per example).
+# for the gradients CoAx takes per example); with the task's AtP store, also
+# `atp_star_graddrop`, AtP*'s GradDrop per answer, already a magnitude.
 PER_TOKEN = (
     "single_energy",
     "conditional_energy",
@@ -85,6 +86,8 @@ def method_scores(means: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     out["conditional_gradient"] = means["abs_conditional_gradient"]
     out["atp"] = means["abs_atp"]
     out["eap_ig"] = np.abs(means["eap_ig"])
+    if "atp_star_graddrop" in means:  # joined from a task_atp store (stages.methods)
+        out["atp_star_graddrop"] = means["atp_star_graddrop"]
     return out
 
 

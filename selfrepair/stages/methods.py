@@ -105,6 +105,23 @@ def methods_per_token(ds: xr.Dataset) -> dict[str, np.ndarray]:
     return out
 
 
+def graddrop_per_answer(atp: xr.Dataset, methods: xr.Dataset) -> np.ndarray | None:
+    """AtP*'s GradDrop of each candidate per answer [candidate, token] from a task_atp store
+    (graddrop_token_combined: (1 / (L - 1)) sum_l |estimate_l|, the combination of CoAx's
+    `head_attribution_graddrop` in src/curvgraph/baselines.py per example), on the methods
+    store's answers; None where the store has no per-answer GradDrop or a candidate is not
+    measured there (models[].heads)."""
+    if "graddrop_token_combined" not in atp:
+        return None
+    for coord in ("prompt", "position"):
+        if not np.array_equal(atp[coord].values, methods[coord].values):
+            raise ValueError(f"the task_atp store's answers ({coord}) are not the methods'")
+    values = atp.graddrop_token_combined.values[
+        methods.candidate_layer.values, methods.candidate_head.values
+    ]
+    return values if np.isfinite(values).all() else None
+
+
 def method_table(
     *,
     methods: str,
@@ -116,6 +133,7 @@ def method_table(
     anchors: bool = False,
     extra: Mapping[str, Mapping[str, float]] | None = None,
     title: str = "Methods",
+    atp: str | None = None,
 ) -> pd.DataFrame:
     """Rule method_table: every method's ranking of the expected backups (ROC-AUC with its
     bootstrap interval over prompts, average precision, precision@k), CSV, HTML and a figure.
@@ -128,14 +146,25 @@ def method_table(
         anchors: mark CoAx's values on the figure (the protocol matches CoAx's).
         extra: method -> candidate -> score of other stores, joined (analysis.methods).
         title: the HTML page's title.
+        atp: the task_atp store under the same ablation (engine.atp): its GradDrop per answer
+            joins as method atp_star_graddrop, with its interval (graddrop_per_answer).
     """
     from selfrepair.analysis.methods import method_table as table_of
     from selfrepair.plots.methods import methods_figure
 
     ds = open_zarr(methods).load()
     positives = [head_label(int(la), int(h)) for la, h in expected]
+    per_token = methods_per_token(ds)
+    if atp:
+        graddrop = graddrop_per_answer(open_zarr(atp).load(), ds)
+        if graddrop is None:
+            log.info(
+                "%s: no per-answer GradDrop of every candidate; atp_star_graddrop left out", atp
+            )
+        else:
+            per_token["atp_star_graddrop"] = graddrop
     table = table_of(
-        methods_per_token(ds),
+        per_token,
         ds.prompt.values,
         list(ds.candidate.values),
         positives,

@@ -651,6 +651,17 @@ def task_figure_ablation(wildcards):
     return TASKS[wildcards.task]["ablations"][0]
 
 
+def method_atp_input(wildcards):
+    """The task's AtP store under the methods' ablation (engine.atp on): AtP*'s GradDrop joins
+    the method table."""
+    if not ATP:
+        return {}
+    return {
+        "atp": f"results/{wildcards.model}/tasks/{wildcards.task}/atp/"
+        f"{task_figure_ablation(wildcards)}.zarr"
+    }
+
+
 def task_attrs(wildcards):
     """Provenance of a task's stores: the model's, and the task's name and config entry."""
     return run_attrs(wildcards) | {

@@ -37,6 +37,7 @@ rule task_methods:
 
 rule method_table:
     input:
+        unpack(method_atp_input),
         methods="results/{model}/tasks/{task}/methods/{ablation_set}.zarr",
     output:
         csv=report(

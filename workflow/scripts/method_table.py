@@ -12,6 +12,7 @@ with logged(snakemake.log[0], snakemake):
         figure=snakemake.output.png,
         bootstrap=dict(snakemake.params.bootstrap),
         anchors=bool(snakemake.params.anchors),
+        atp=snakemake.input.get("atp"),
         title=f"Methods: {snakemake.wildcards.model} on {snakemake.wildcards.task}, "
         f"set {snakemake.wildcards.ablation_set}",
     )
