@@ -3,13 +3,16 @@ resumes: the rerun keeps every shard finished before the kill, and its numbers e
 an uninterrupted run bit for bit; so does every file of results/ (stores, metrics), byte for
 byte, but the logs and benchmarks (they record times).
 
-Slow: three runs of a toy configuration (.test/config/resume.yaml: one small trained model, four
-token shards, two ablations, up to the per-head summaries).
+Slow, but it starts no run of its own: the uninterrupted run is the shared reduced demo
+(`finished_run`, tests/conftest.py). A copy of it loses one model's ablation shards (three
+ablations x two token shards) and their per-head summaries; the run that makes them again is
+killed once some but not all of those shards exist, then resumed as a user would.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,60 +21,65 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from helpers import TEST_CONFIG, result_files
+from helpers import ROOT, link_project, result_files
 
 from selfrepair.stages.store import open_zarr
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 TIMEOUT = 900
-JOBS = 2  # --cores: one-thread jobs run side by side
+JOBS = 2  # --cores: the demo's one-thread jobs run side by side
 MODEL = "tiny-pythia"
-# The toy run, given after config.yaml and demo.yaml (committed beside the reduced demo).
-TOY_CONFIG = TEST_CONFIG / "resume.yaml"
-TOY = yaml.safe_load(TOY_CONFIG.read_text())
-TARGETS = [f"results/{MODEL}/summary/{a}.zarr" for a in TOY["ablations"]]
+# The demo's ablations (its frozen-LayerNorm variant runs the same rule): 3 x 2 token shards.
+ABLATIONS = ("mean", "resample", "zero")
 
 
-def command(workdir: Path, *args: str) -> list[str]:
-    configs = [ROOT / "config" / "config.yaml", ROOT / "config" / "demo.yaml", TOY_CONFIG]
+def command(configs: tuple[str, ...], *args: str) -> list[str]:
     return [
         sys.executable, "-m", "snakemake",
         "--snakefile", str(ROOT / "workflow" / "Snakefile"),
-        "--configfile", *map(str, configs),
+        "--configfile", *configs,
         "--cores", str(JOBS),
         *args,
     ]  # fmt: skip
 
 
-def run(workdir: Path, *args: str) -> str:
+def run(workdir: Path, configs: tuple[str, ...], *args: str) -> str:
     proc = subprocess.run(
-        command(workdir, *args), cwd=workdir, capture_output=True, text=True, timeout=TIMEOUT
+        command(configs, *args), cwd=workdir, capture_output=True, text=True, timeout=TIMEOUT
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, "\n".join(out.splitlines()[-40:])
     return out
 
 
-def workdir_for(tmp_path_factory, name: str) -> Path:
-    return tmp_path_factory.mktemp(name)
-
-
 def shards(workdir: Path) -> list[Path]:
-    return sorted((workdir / "results" / MODEL / "ablation").glob("*/shard-*.zarr"))
+    folder = workdir / "results" / MODEL / "ablation"
+    return sorted(p for a in ABLATIONS for p in (folder / a).glob("shard-*.zarr"))
 
 
-def n_ablation_shards() -> int:
-    assert TOY["data"]["n_tokens"] // (TOY["data"]["seq_len"] - 1) == 4 * TOY["data"]["shard_rows"]
-    return len(TOY["ablations"]) * 4
+def targets(whole: Path) -> list[str]:
+    """MODEL's per-head summaries of ABLATIONS."""
+    return [f"results/{MODEL}/summary/{a}.zarr" for a in ABLATIONS]
 
 
-def kill_during_ablation(workdir: Path) -> dict[str, int]:
+def drop_ablation_stage(workdir: Path, whole: Path) -> None:
+    """Remove MODEL's ablation shards (and the attribution shards the same jobs write) and its
+    per-head summaries from the copy: what the killed run has to make."""
+    for shard in shards(whole):
+        rel = shard.relative_to(whole)
+        shutil.rmtree(workdir / rel)
+        attribution = workdir / "results" / MODEL / "attribution" / rel.parent.name / rel.name
+        if attribution.exists():
+            shutil.rmtree(attribution)
+    for target in targets(whole):
+        shutil.rmtree(workdir / target)
+
+
+def kill_during_ablation(workdir: Path, configs, wanted: list[str], n_shards: int):
     """Start the run; SIGKILL its process group once some but not all ablation shards exist.
     The inode of each shard store that existed at the kill."""
     proc = subprocess.Popen(
-        command(workdir, *TARGETS),
+        command(configs, *wanted),
         cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -81,7 +89,7 @@ def kill_during_ablation(workdir: Path) -> dict[str, int]:
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             done = shards(workdir)
-            if JOBS + 1 <= len(done) < n_ablation_shards():
+            if JOBS + 1 <= len(done) < n_shards:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return {str(p.relative_to(workdir)): p.stat().st_ino for p in shards(workdir)}
@@ -94,42 +102,51 @@ def kill_during_ablation(workdir: Path) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    whole = workdir_for(tmp_path_factory, "uninterrupted")
-    run(whole, *TARGETS)
-    killed = workdir_for(tmp_path_factory, "killed")
-    before = kill_during_ablation(killed)
+def runs(finished_run, tmp_path_factory):
+    """(the finished run, its files' digests when copied, the killed and resumed copy, the
+    shards at the kill, the resumed run's log, the number of MODEL's ablation shards)."""
+    whole, configs = finished_run
+    n_shards = len(shards(whole))
+    assert n_shards >= JOBS + 2, n_shards  # room to kill between the first shards and the last
+    killed = link_project(tmp_path_factory.mktemp("killed"))
+    for name in ("results", "resources", ".snakemake"):
+        shutil.copytree(whole / name, killed / name, symlinks=True)
+    digests = result_files(killed)  # the uninterrupted run's, as copied
+    drop_ablation_stage(killed, whole)
+    before = kill_during_ablation(killed, configs, targets(whole), n_shards)
     # What a user does after a crash: release the lock, then run the same command again.
-    run(killed, "--unlock")
-    log = run(killed, "--rerun-incomplete", *TARGETS)
-    return whole, killed, before, log
+    run(killed, configs, "--unlock")
+    log = run(killed, configs, "--rerun-incomplete", *targets(whole))
+    return whole, digests, killed, before, log, n_shards
 
 
 def test_killed_run_left_only_complete_shards(runs):
-    _, killed, before, _ = runs
-    assert JOBS + 1 <= len(before) < n_ablation_shards()
+    _, _, killed, before, _, n_shards = runs
+    assert JOBS + 1 <= len(before) < n_shards
     for rel in before:  # every store present at the kill was whole (atomic rename)
         open_zarr(killed / rel).load()
 
 
 def test_resumed_run_reused_finished_shards_and_left_no_temporary_stores(runs):
-    _, killed, before, log = runs
+    _, _, killed, before, log, n_shards = runs
     now = {str(p.relative_to(killed)): p.stat().st_ino for p in shards(killed)}
-    assert len(now) == n_ablation_shards()
+    assert len(now) == n_shards
     # A shard renamed into place by a job that Snakemake had not yet seen finish may be redone
     # (--rerun-incomplete): at most one per job running at the kill. Every other one is kept.
     kept = [rel for rel, inode in before.items() if now[rel] == inode]
     assert len(kept) >= len(before) - JOBS, (before, now)
+    assert "rule ablate:" in log  # the rerun made the shards missing at the kill
     assert "rule train_model:" not in log and "rule tokenize:" not in log  # upstream kept
+    assert "rule clean_cache:" not in log
     leftovers = [p for p in (killed / "results").rglob("*") if ".tmp-" in p.name]
     assert not leftovers, leftovers
 
 
 def test_resumed_numbers_equal_an_uninterrupted_run(runs):
-    whole, killed, _, _ = runs
+    whole, _, killed, _, _, n_shards = runs
     paths = [p.relative_to(whole) for p in shards(whole)]
-    assert len(paths) == n_ablation_shards()
-    for rel in paths + [Path(t) for t in TARGETS]:
+    assert len(paths) == n_shards
+    for rel in paths + [Path(t) for t in targets(whole)]:
         a, b = open_zarr(whole / rel).load(), open_zarr(killed / rel).load()
         assert set(a.data_vars) == set(b.data_vars), rel
         for name in a.data_vars:
@@ -139,8 +156,11 @@ def test_resumed_numbers_equal_an_uninterrupted_run(runs):
 
 
 def test_resumed_run_is_byte_identical_to_an_uninterrupted_one(runs):
-    whole, killed, _, _ = runs
-    a, b = result_files(whole), result_files(killed)
-    assert any(".zarr/" in f for f in a) and any(f.endswith("training.json") for f in a)
+    _, a, killed, _, _, _ = runs
+    b = result_files(killed)
+    remade = [
+        f for f in a if f.startswith(f"{MODEL}/ablation/") or f.startswith(f"{MODEL}/summary/")
+    ]
+    assert any(".zarr/" in f for f in remade) and any(f.endswith("training.json") for f in a)
     assert sorted(a) == sorted(b)
     assert [f for f in a if a[f] != b[f]] == []
