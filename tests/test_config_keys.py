@@ -183,6 +183,7 @@ def every_key_config(tmp: Path) -> dict:
                 "expected_backups": [[10, 10], [11, 2]],
                 "roles": {"negative name mover": [[10, 7]]},
                 "backup_heads": 2,
+                "methods": {"eap_ig_steps": 2, "coax_anchors": True},
             },
             "t-induction": {
                 "type": "induction",
@@ -268,4 +269,8 @@ def test_a_config_with_every_key_plans_through_snakemake(every_key_plan):
     assert expected | {"self_reinforcement", "training_self_repair", "head_explorer"} <= jobs
     tasks = {"task_prompts", "task_clean", "task_ablate", "task_set_ablate", "task_summary"}
     tasks |= {"task_backups", "task_self_repair_per_head", "task_repair_bars", "task_explorer"}
+    tasks |= {"task_atp", "task_methods", "method_table"}
     assert tasks <= jobs
+    # tasks.<name>.methods: its EAP-IG steps reach task_methods, its anchors method_table
+    methods = every_key_plan[every_key_plan.index("rule task_methods:") :]
+    assert "t-ioi/methods/movers.zarr" in methods.split("\n\n")[0]

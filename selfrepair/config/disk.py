@@ -63,6 +63,7 @@ STORE_ARRAYS = {
     ("task_summary", "repairs"): (32, None),
     ("task_atp", "atp"): (24, None),
     ("task_atp_summary", "summary"): (72, None),
+    ("task_methods", "methods"): (12, None),
 }
 OTHER_STORE = (72, "layer")  # a store not listed: as many arrays as the largest, chunked
 # A job's log: its messages (0.1-5 KB in the demo), and a progress bar line every 5 s at most

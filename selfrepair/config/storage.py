@@ -48,7 +48,7 @@ FILE_BYTES = {".json": 4096, ".csv": 64 * 1024, ".pdf": 256 * 1024, ".png": 768 
 FILE_BYTES |= {"": 256 * 1024}  # by suffix; "": the others
 HEAD_SUMMARY_BYTES = 128  # per head: summarize_heads' summary, its intervals; atp_summary
 STAGES = ("data", "clean", "ablation", "attribution", "summaries", "mechanisms", "atp")
-STAGES += ("figures", "explorer", "training", "tasks")  # the table's order: the DAG's
+STAGES += ("figures", "explorer", "training", "tasks", "methods")  # the table's order: the DAG's
 # A job's stage is the rules file Snakemake read its rule from (job.rule.snakefile): the
 # workflow hands it over with the jobs, and the package reads no workflow file.
 PARTS = ("results", "resources", "logs")  # what the estimate adds up, each part on its own
@@ -220,6 +220,8 @@ def _task(run: _Run, w: dict, d: Shapes, rule: str) -> int:
         return F32 * d.heads * (6 * n + 2 * answers) + 2 * 8 * d.n_layers * d.heads
     if rule == "task_set_ablate":
         return _sets_bytes(d, len(spec["ablation_sets"]), answers)
+    if rule == "task_methods":  # per candidate and answer: 7 methods' values, float64 at most
+        return 8 * 7 * d.heads * answers
     return 2 * HEAD_SUMMARY_BYTES * d.heads + repair_summary_bytes(d)  # task_summary
 
 
@@ -252,6 +254,7 @@ RULE_BYTES = {
             "task_set_ablate",
             "task_summary",
             "task_atp",
+            "task_methods",
         )
     },
 }

@@ -84,7 +84,7 @@ def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
         )
         shown = max(run.shown(w["model"], experiment), 1)
         return float(shown * n_rows(run.data) * flops.forward_flops(size, seq))
-    if rule in ("task_clean", "task_ablate", "task_set_ablate", "task_atp"):
+    if rule in ("task_clean", "task_ablate", "task_set_ablate", "task_atp", "task_methods"):
         spec = run.config["tasks"][w["task"]]
         rows, answers, width = task_shape(run.config, spec, entry)
         if rule == "task_ablate":
@@ -92,6 +92,11 @@ def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
         if rule == "task_atp":  # a backward pass per row, per answer of a row, per dropped layer
             passes = 1 + size.n_layers * (1 + answers // max(rows, 1))
             return float(3.0 * passes * rows * flops.forward_flops(size, width))
+        if rule == "task_methods":  # per candidate two passes; EAP-IG per layer and step, and
+            # the two gradients, forward and backward (3 forward's worth): full passes, a bound
+            steps = spec["methods"]["eap_ig_steps"]
+            passes = 2 * size.heads + 3 * (steps * size.n_layers + 2)
+            return float(passes * rows * flops.forward_flops(size, width))
         n_passes = 1 + (len(spec["ablation_sets"]) if rule == "task_set_ablate" else 0)
         return float(n_passes * rows * flops.forward_flops(size, width))
     return 0.0
