@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfrepair.tasks.induction import prefix_matching_score
+from selfrepair.tasks.induction import induction_heads, prefix_matching_score
 
 LENGTH = 7
 
@@ -64,3 +64,21 @@ def test_induction_scores_equal_hugging_face_attention(family, tmp_path, monkeyp
     ref = slow_scores(model, rows, LENGTH)
     assert got.shape == (2, 4) and ref.std() > 0.005  # random heads: scores differ
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+
+
+def test_induction_heads_above_a_threshold():
+    scores = [[0.1, 0.45], [0.4, 0.9]]
+    assert induction_heads(scores, 0.4) == [[0, 1], [1, 1]]  # above, not at
+    assert induction_heads(scores, 0.95) == []
+
+
+def test_expected_backups_named_by_induction_score(tmp_path):
+    """tasks.<task>.expected_backups {induction_score_above: s} reads task_clean's metric.json;
+    a list of heads is taken as it is."""
+    from selfrepair.stages.records import write_json
+    from selfrepair.stages.task_summaries import expected_heads
+
+    metric = tmp_path / "metric.json"
+    write_json(metric, {"top1": 0.9, "induction_scores": [[0.0, 0.7], [0.5, 0.2]]})
+    assert expected_heads({"induction_score_above": 0.4}, str(metric)) == [[0, 1], [1, 0]]
+    assert expected_heads([[1, 1]], "") == [[1, 1]]

@@ -12,7 +12,13 @@ import numpy as np
 
 from selfrepair.tasks.prompts import Prompt, TaskError, TaskPrompts, pad_prompts
 
-__all__ = ["induction_prompt", "induction_prompts", "prefix_matching_score", "vocabulary_ids"]
+__all__ = [
+    "induction_prompt",
+    "induction_heads",
+    "induction_prompts",
+    "prefix_matching_score",
+    "vocabulary_ids",
+]
 
 
 def vocabulary_ids(tokenizer: Any) -> np.ndarray:
@@ -86,3 +92,10 @@ def prefix_matching_score(pattern: np.ndarray, length: int) -> np.ndarray:
         raise ValueError(f"rows of {pattern.shape[-2]} positions hold no repeat of {length} tokens")
     query = np.arange(length + 1, 2 * length)
     return pattern[..., query, query - length + 1].mean(axis=(0, -1))
+
+
+def induction_heads(scores, above: float) -> list[list[int]]:
+    """[[layer, head], ...] of the heads whose induction score (prefix_matching_score's
+    [layer, head] values) is above `above`, in layer then head order."""
+    layer, head = np.nonzero(np.asarray(scores, dtype=float) > above)
+    return [[int(a), int(b)] for a, b in zip(layer, head, strict=True)]
