@@ -82,3 +82,29 @@ def test_expected_backups_named_by_induction_score(tmp_path):
     write_json(metric, {"top1": 0.9, "induction_scores": [[0.0, 0.7], [0.5, 0.2]]})
     assert expected_heads({"induction_score_above": 0.4}, str(metric)) == [[0, 1], [1, 0]]
     assert expected_heads([[1, 1]], "") == [[1, 1]]
+
+
+@pytest.mark.slow
+def test_demo_induction_metric_has_both_halves_and_the_scores(finished_run):
+    """The demo's induction metric.json: loss and top-1 on the repeat (the answers) and on the
+    first copy (the baseline), and every head's induction score, a share of attention in [0, 1]
+    that equals a hooked pass over the run's own prompts and model."""
+    import json
+
+    from selfrepair.engine.induction import induction_scores
+    from selfrepair.models.loading import load_local_checkpoint
+    from selfrepair.stages.tasks import read_prompts
+
+    run, _ = finished_run
+    for model in ("tiny-gpt2", "tiny-pythia"):
+        where = run / "results" / model / "tasks" / "induction"
+        numbers = json.loads((where / "metric.json").read_text())
+        assert {"loss_answers", "top1", "loss_baseline", "top1_baseline"} <= set(numbers)
+        scores = np.array(numbers["induction_scores"])
+        assert scores.shape == (4, 4) and (scores >= 0).all() and (scores <= 1).all()
+        prompts = read_prompts(str(where / "prompts.zarr"))
+        length = int(prompts.info["length"][0])
+        hooked = load_local_checkpoint(str(run / "resources" / "models" / model))
+        rows = prompts.tokens[:, : 2 * length].astype(np.int64)
+        again = induction_scores(hooked, rows, length, batch_size=3)
+        np.testing.assert_allclose(scores, again, atol=2e-6)
