@@ -413,8 +413,8 @@ def test_figure_rules_are_the_figure_list_and_name_their_own_files():
 
 def test_the_reduced_demo_is_the_demo_at_toy_size():
     """.test/config/config.yaml, the overlay of config/demo.yaml the slow tests above run,
-    changes only sizes (tokens, bootstrap resamples, vocabulary, model width and training, no
-    induction rows, prompts), so the demo's substitutes and every figure stay valid; `models`, a list that the
+    changes only sizes (tokens, bootstrap resamples, vocabulary, model width and training,
+    prompts), so the demo's substitutes and every figure stay valid; `models`, a list that the
     merge replaces, is the demo's entries with those sizes."""
     demo, overlay = load("demo.yaml"), load_test("config.yaml")
     assert set(overlay) == {"data", "tokenizers", "models", "figures", "tasks"}
@@ -424,7 +424,6 @@ def test_the_reduced_demo_is_the_demo_at_toy_size():
     # keep_steps: the training checkpoints kept, within the shorter training
     sizes = {"d_model": 32, "steps": 400, "batch_size": 16, "lr": 0.02}
     sizes["keep_steps"] = [0, 50, 100, 200]
-    sizes["repeats"] = 0  # no induction rows: too narrow and short to learn it (docs/demo.md)
     assert overlay["models"] == [
         {**entry, "train": {**entry["train"], **sizes}} for entry in demo["models"]
     ]
