@@ -191,6 +191,7 @@ def every_key_config(tmp: Path) -> dict:
                 "n_prompts": 4,
                 "length": 4,
                 "ablations": ["corrupted", "resample", "zero-frozen-ln"],
+                "expected_backups": {"induction_score_above": 0.4},
             },
             "t-file": {
                 "type": "prompts",

@@ -35,6 +35,15 @@ def test_metric_sentence_leads_with_the_unsolved_task():
     assert "does not solve" not in metric_sentence({**NUMBERS, "top1": 0.9})
 
 
+def test_metric_sentence_gives_the_loss_and_top1_of_both_halves():
+    """Induction: the answers (the repeat) beside the baseline (the first copy), loss and top-1."""
+    halves = {**NUMBERS, "top1": 0.8, "loss_baseline": 7.25, "top1_baseline": 0.004}
+    text = metric_sentence(halves, "the first copy of the same tokens")
+    assert "top prediction for 80.0%" in text
+    assert "loss 6.5 nats on the answers against 7.25 on the first copy" in text
+    assert "whose top-1 is 0.4%" in text
+
+
 def test_headline_leads_with_the_unsolved_task(tmp_path):
     from selfrepair.stages.records import write_json
     from selfrepair.stages.task_figures import headline

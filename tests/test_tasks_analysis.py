@@ -87,6 +87,7 @@ def test_clean_metric_over_the_answers():
         2 / 3
     )
     assert out["loss_answers"] == pytest.approx(10 / 3) and out["loss_baseline"] == 2.5
+    assert out["top1_baseline"] == 0.5  # the first copy's top-1, beside the answers' (induction)
     assert out["n_answers"] == 3 and out["n_prompts"] == 2
 
 

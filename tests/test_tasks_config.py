@@ -108,6 +108,14 @@ def _config(tasks: dict) -> dict:
         ),
         ({"t": {"type": "prompts"}}, "config key tasks.t.file: a prompts task needs"),
         ({"t": {"type": "ioi", "file": "x.jsonl"}}, "only a prompts task reads a file"),
+        (
+            {"t": {"type": "ioi", "expected_backups": {"induction_score_above": 0.4}}},
+            "config key tasks.t.expected_backups: induction_score_above needs an induction task",
+        ),
+        (
+            {"t": {"type": "induction", "expected_backups": {"induction_score_above": 1.5}}},
+            "config key tasks.t.expected_backups.induction_score_above: 1.5 is greater than",
+        ),
     ],
 )
 def test_bad_tasks_fail_at_parse_time_naming_the_key(tasks, message):

@@ -157,17 +157,26 @@ def test_roc_auc_is_the_share_of_pairs_ranked_right():
     assert roc_auc(scores, ["b", "zz"]) == pytest.approx(2.5 / 4)  # unknown positives ignored
 
 
-def test_repeat_rows_make_the_chosen_rows_copy_their_first_half():
-    """train.repeats: the drawn share of rows repeats its first half after BOS, the rest are as
-    packed, the draw follows the seed, and 0 changes nothing."""
+def test_repeat_rows_make_the_chosen_rows_a_random_sequence_repeated():
+    """train.repeats: the drawn share of rows becomes BOS and a sequence of k distinct tokens of
+    the vocabulary repeated to the row's end, k varying from row to row; the rest are as packed,
+    the draw follows the seed, and 0 changes nothing."""
     from selfrepair.data.training import repeat_rows
 
-    rows = np.arange(200 * 9).reshape(200, 9)
-    out = repeat_rows(rows, 0.5, seed=3)
-    copied = (out[:, 5:9] == out[:, 1:5]).all(1)
-    assert 70 < copied.sum() < 130
-    assert (out[copied, :5] == rows[copied, :5]).all()
-    assert (out[~copied] == rows[~copied]).all()
-    assert (repeat_rows(rows, 0.5, seed=3) == out).all()
-    assert not (repeat_rows(rows, 0.5, seed=4) == out).all()
-    assert (repeat_rows(rows, 0.0, seed=3) == rows).all()
+    rows = np.arange(200 * 33).reshape(200, 33) + 1000
+    rows[:, 0] = 0  # BOS
+    vocabulary = np.arange(3, 60)
+    out = repeat_rows(rows, 0.5, 3, vocabulary)
+    changed = (out != rows).any(1)
+    assert 70 < changed.sum() < 130
+    periods = set()
+    for row in out[changed]:
+        assert row[0] == 0 and np.isin(row[1:], vocabulary).all()
+        k = next(k for k in range(1, 33) if (row[1 + k :] == row[1 : 33 - k]).all())
+        assert 2 <= k <= 16 and len(set(row[1 : 1 + k])) == k  # distinct: one successor each
+        periods.add(k)
+    assert len(periods) > 5  # no fixed offset to copy from
+    assert (out[~changed] == rows[~changed]).all()
+    assert (repeat_rows(rows, 0.5, 3, vocabulary) == out).all()
+    assert not (repeat_rows(rows, 0.5, 4, vocabulary) == out).all()
+    assert (repeat_rows(rows, 0.0, 3, vocabulary) == rows).all()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -220,3 +222,30 @@ def test_train_model_demo_path(tmp_path):
     assert metrics["hyperparameters"]["arch"] == "pythia"
     hooked = load_local_checkpoint(str(tmp_path / "model"))
     assert hooked.cfg.n_ctx == 64 and hooked.cfg.d_vocab == 1024
+
+
+@pytest.mark.slow
+def test_train_model_with_induction_rows(tmp_path, monkeypatch):
+    """train.repeats through the rule's stage: the rows trained on include the share made into
+    induction rows from the tokenizer's ordinary ids, and training.json records the share."""
+    corpus = {"source": "python_stdlib", "split": "measure"}
+    stage.train_tokenizer(corpus, 300, tmp_path / "tok")
+    seen = {}
+    real = tr.train_causal_lm
+
+    def spy(model, train_rows, heldout_rows, **kw):
+        seen["rows"] = train_rows
+        return real(model, train_rows, heldout_rows, **kw)
+
+    monkeypatch.setattr(tr, "train_causal_lm", spy)
+    kw = dict(arch="gpt2", n_layers=1, d_model=16, n_heads=2, n_ctx=33, steps=2)
+    kw |= dict(batch_size=2, lr=1e-3, seed=0, corpus=corpus, progress=False, repeats=0.5)
+    metrics = stage.train_model(tmp_path / "tok", tmp_path / "model", **kw)
+    assert metrics["hyperparameters"]["repeats"] == 0.5
+    rows = seen["rows"]
+    periods = [
+        next((k for k in range(2, 17) if (r[1 + k :] == r[1 : 33 - k]).all()), 0) for r in rows
+    ]
+    assert 0.3 < np.mean(np.array(periods) > 0) < 0.7
+    found = [k for k in periods if k]  # lengths drawn per row: no fixed offset to copy from
+    assert max(Counter(found).values()) < 0.3 * len(found)

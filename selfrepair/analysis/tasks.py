@@ -97,7 +97,9 @@ def clean_metric(
 ) -> dict[str, float | int | str]:
     """What the clean model does on the task, over its answer positions: the mean metric, the
     share of answers that are its top prediction, with logit_diff the share above the
-    counterfactual, and the mean loss there and on the baseline positions (if any).
+    counterfactual, and the mean loss there; on the baseline positions (if any) the mean loss
+    and the top-1 share too (induction: the first copy, which no copying can predict, against
+    the repeat).
 
     Args:
         logit, top1, loss: the clean cache's logit_clean, top1 and loss [prompt, pos].
@@ -117,6 +119,7 @@ def clean_metric(
         out["above_counterfactual"] = float((logit[scored] > 0).mean())
     if baseline.any():
         out["loss_baseline"] = float(loss[baseline].mean())
+        out["top1_baseline"] = float(top1[baseline].mean())
     return out
 
 

@@ -34,7 +34,8 @@ def task_models(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> d
 def task_heads(spec: dict[str, Any]) -> list[tuple[str, list]]:
     """(config key suffix, heads) of every heads list of a task: sets, expected backups, roles."""
     lists = [(f"ablation_sets.{n}", heads) for n, heads in spec["ablation_sets"].items()]
-    lists.append(("expected_backups", spec["expected_backups"]))
+    if isinstance(spec["expected_backups"], list):  # else picked at run time, by their scores
+        lists.append(("expected_backups", spec["expected_backups"]))
     return lists + [(f"roles.{role}", heads) for role, heads in spec["roles"].items()]
 
 
@@ -68,6 +69,11 @@ def _check_file(key: str, spec: dict[str, Any]) -> None:
     if spec["type"] != "prompts" and spec.get("file"):
         raise ConfigError(f"config key {key}.file: only a prompts task reads a file")
     _check_size(key, spec)
+    if isinstance(spec["expected_backups"], dict) and spec["type"] != "induction":
+        raise ConfigError(
+            f"config key {key}.expected_backups: induction_score_above needs an induction task "
+            f"(prefix-matching on its repeat), not {spec['type']}; list the heads instead"
+        )
     try:  # every line checked, the file parsed once (prompt_file)
         facts = prompt_file(spec["file"]) if spec["type"] == "prompts" else None
     except TaskError as err:

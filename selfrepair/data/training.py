@@ -65,20 +65,29 @@ def evaluate_loss(model, rows: np.ndarray, batch_size: int = 32) -> float:
     return total / count
 
 
-def repeat_rows(rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """rows with `fraction` of them (drawn with `seed`) made to repeat: the second half of the
-    row after BOS copies the first, so training shows the model sequences that continue by
-    copying (induction, Olsson et al. 2022), which natural text of a small budget rarely does.
+def repeat_rows(rows: np.ndarray, fraction: float, seed: int, vocabulary: np.ndarray) -> np.ndarray:
+    """rows with `fraction` of them (drawn with `seed`) made into induction rows: after BOS, a
+    sequence of k distinct tokens drawn from `vocabulary`, repeated to the row's end, k drawn
+    per row from seq_len // 16 .. (seq_len - 1) // 2 (at least 2). Only copying predicts a
+    repeat, and with k varying only copying by content (the token after the previous
+    occurrence: induction, Olsson et al. 2022), not by a fixed offset. Natural text of the
+    demo's budget does not teach it (docs/demo.md, Induction).
 
     Args:
         rows: [rows, seq_len] token rows, BOS first.
-        fraction: the share of rows made to repeat, in [0, 1].
-        seed: draws the rows.
+        fraction: the share of rows replaced, in [0, 1].
+        seed: draws the rows, their lengths and tokens.
+        vocabulary: the ids drawn from (every ordinary token: tasks.induction.vocabulary_ids),
+            at least (seq_len - 1) // 2 of them.
     """
     out = rows.copy()
-    half = (rows.shape[1] - 1) // 2
-    chosen = np.random.default_rng(seed).random(len(rows)) < fraction
-    out[chosen, 1 + half : 1 + 2 * half] = out[chosen, 1 : 1 + half]
+    rng = np.random.default_rng(seed)
+    chosen = np.nonzero(rng.random(len(rows)) < fraction)[0]
+    width = rows.shape[1] - 1
+    longest = max(2, width // 2)
+    lengths = rng.integers(min(longest, max(2, rows.shape[1] // 16)), longest + 1, len(chosen))
+    for row, k in zip(chosen, lengths, strict=True):
+        out[row, 1:] = np.resize(rng.choice(vocabulary, k, replace=False), width)
     return out
 
 

@@ -102,6 +102,8 @@ def metric_sentence(numbers: Mapping[str, float | int | str], baseline: str = ""
     text += f"; loss {numbers['loss_answers']:.3g} nats on the answers"
     if "loss_baseline" in numbers:
         text += f" against {numbers['loss_baseline']:.3g} on {baseline or 'the baseline'}"
+    if "top1_baseline" in numbers:  # metric.json files written before it lack it
+        text += f", whose top-1 is {numbers['top1_baseline']:.1%}"
     return text
 
 

@@ -87,7 +87,7 @@ def train_model(
         keep_steps: intermediate checkpoints to keep (0: the initial weights), saved in
             <out_dir>/checkpoints/step<N> (config.checkpoints.CHECKPOINT_DIR); the final
             weights and every file of out_dir itself are the same with or without them.
-        repeats: the share of training rows whose second half repeats the first
+        repeats: the share of training rows replaced by a random token sequence repeated
             (data.training.repeat_rows); 0 trains on the rows as packed.
 
     Returns:
@@ -105,7 +105,9 @@ def train_model(
     heldout_rows = pack_rows(documents(corpus, "heldout"), tokenizer, n_ctx, None, bos_id, eos_id)
     heldout_rows = spread_rows(heldout_rows, n_heldout_rows)
     if repeats:
-        train_rows = repeat_rows(train_rows, repeats, seed)
+        from selfrepair.tasks.induction import vocabulary_ids
+
+        train_rows = repeat_rows(train_rows, repeats, seed, vocabulary_ids(tokenizer))
     log.info(
         "%d train rows, %d held-out rows of %d tokens", len(train_rows), len(heldout_rows), n_ctx
     )

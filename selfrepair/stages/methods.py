@@ -125,7 +125,7 @@ def graddrop_per_answer(atp: xr.Dataset, methods: xr.Dataset) -> np.ndarray | No
 def method_table(
     *,
     methods: str,
-    expected: Sequence[Sequence[int]],
+    expected: Sequence[Sequence[int]] | Mapping[str, float],
     csv: str,
     html_path: str,
     figure: str,
@@ -134,13 +134,15 @@ def method_table(
     extra: Mapping[str, Mapping[str, float]] | None = None,
     title: str = "Methods",
     atp: str | None = None,
+    metric: str | None = None,
 ) -> pd.DataFrame:
     """Rule method_table: every method's ranking of the expected backups (ROC-AUC with its
     bootstrap interval over prompts, average precision, precision@k), CSV, HTML and a figure.
 
     Args:
         methods: the task_methods store.
-        expected: the expected backups, [[layer, head], ...].
+        expected: the expected backups, [[layer, head], ...], or {induction_score_above: s}
+            (stages.task_summaries.expected_heads, from `metric`).
         csv, html_path, figure: the files to write (the figure: PNG).
         bootstrap: n_resamples, level, seed.
         anchors: mark CoAx's values on the figure (the protocol matches CoAx's).
@@ -148,12 +150,14 @@ def method_table(
         title: the HTML page's title.
         atp: the task_atp store under the same ablation (engine.atp): its GradDrop per answer
             joins as method atp_star_graddrop, with its interval (graddrop_per_answer).
+        metric: the task_clean metric JSON (an induction task's induction scores).
     """
     from selfrepair.analysis.methods import method_table as table_of
     from selfrepair.plots.methods import methods_figure
+    from selfrepair.stages.task_summaries import expected_heads
 
     ds = open_zarr(methods).load()
-    positives = [head_label(int(la), int(h)) for la, h in expected]
+    positives = [head_label(int(la), int(h)) for la, h in expected_heads(expected, metric)]
     per_token = methods_per_token(ds)
     if atp:
         graddrop = graddrop_per_answer(open_zarr(atp).load(), ds)

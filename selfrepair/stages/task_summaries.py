@@ -18,6 +18,7 @@ from selfrepair.analysis import attribution, tables
 from selfrepair.analysis import intervals as bootstrap
 from selfrepair.analysis.tasks import head_backups, no_backup_notes, set_backups, set_tie_notes
 from selfrepair.stages.joblog import SAME_WEIGHTS_KEYS, provenance, revision_of
+from selfrepair.stages.records import read_json
 from selfrepair.stages.store import (
     DamagedStore,
     check_same_run,
@@ -27,7 +28,13 @@ from selfrepair.stages.store import (
     write_zarr,
 )
 
-__all__ = ["TASK_TOP_FRACTION", "task_backups", "task_head_table", "task_summary"]
+__all__ = [
+    "TASK_TOP_FRACTION",
+    "expected_heads",
+    "task_backups",
+    "task_head_table",
+    "task_summary",
+]
 
 log = logging.getLogger("selfrepair")
 
@@ -165,12 +172,23 @@ def task_head_table(
     return table
 
 
+def expected_heads(expected: Sequence | Mapping[str, float], metric: str) -> list[list[int]]:
+    """tasks.<task>.expected_backups as heads: those listed, or for {induction_score_above: s}
+    the heads whose induction score (task_clean's metric.json, `metric`) is above s."""
+    if not isinstance(expected, Mapping):
+        return [list(h) for h in expected]
+    from selfrepair.tasks.induction import induction_heads
+
+    scores = read_json(metric)["induction_scores"]
+    return induction_heads(scores, float(expected["induction_score_above"]))
+
+
 def task_backups(
     *,
     summary: str,
     repairs: str,
     sets: Sequence[str],
-    expected: Sequence[Sequence[int]],
+    expected: Sequence[Sequence[int]] | Mapping[str, float],
     roles: Mapping[str, Sequence[Sequence[int]]],
     n_heads: int,
     n_backups: int,
@@ -179,6 +197,7 @@ def task_backups(
     title: str = "Backup heads",
     note: str = "",
     bootstrap: Mapping[str, Any] | None = None,
+    metric: str = "",
 ) -> pd.DataFrame:
     """Rule task_backups: the backup-heads table of one (model, task) under the figures'
     ablation, as CSV (every row) and HTML (one table per part).
@@ -186,7 +205,9 @@ def task_backups(
     Args:
         summary, repairs: the task_summary stores (per-head summary, repair summary).
         sets: the task_set_ablate store, when the task names ablation sets (else empty).
-        expected: the expected backups (tasks.<task>.expected_backups).
+        expected: the expected backups (tasks.<task>.expected_backups, as expected_heads
+            reads it).
+        metric: the task's metric.json (task_clean's; the induction scores).
         roles: role -> heads named in the table (sets and expected backups are named too).
         n_heads: heads with the largest direct effect listed (tasks.<task>.backup_heads).
         n_backups: compensating heads per ablated head or set (figures.attribution.repairers).
@@ -198,6 +219,7 @@ def task_backups(
         bootstrap: n_resamples, level, seed of the joint ranking's ROC-AUC interval over the
             prompts (None: no interval).
     """
+    expected = expected_heads(expected, metric)
     paths = [summary, repairs, *sets[:1]]
     summary_ds, repair, *rest = opened = [open_zarr(p) for p in paths]
     check_same_run(paths, opened, SAME_WEIGHTS_KEYS)

@@ -131,6 +131,15 @@ def _model_for(job: ModelJob, task: str, prompts: TaskPrompts):
     return model
 
 
+def _induction_scores(model, prompts: TaskPrompts, batch_size: int) -> list[list[float]]:
+    """[layer][head] induction scores (engine.induction) of an induction task's prompts."""
+    from selfrepair.engine.induction import induction_scores
+
+    length = int(prompts.info["length"][0])  # every prompt's: one length per task
+    rows = prompts.tokens[:, : 2 * length].astype(np.int64)
+    return induction_scores(model, rows, length, batch_size).round(6).tolist()
+
+
 def _rows(prompts: TaskPrompts):
     import torch
 
@@ -184,6 +193,8 @@ def task_clean(
         prompts.baseline,
         metric,
     )
+    if "length" in prompts.info:  # induction: each head's prefix-matching score, no ablation
+        numbers["induction_scores"] = _induction_scores(model, prompts, job.batch_size)
     log.info("clean metric: %s", numbers)
     ds = scored_tokens(ds, prompts.scored)
     ds.attrs.update(job.provenance(attrs, decomposition_max_error=err, **numbers))

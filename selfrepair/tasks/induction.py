@@ -12,7 +12,13 @@ import numpy as np
 
 from selfrepair.tasks.prompts import Prompt, TaskError, TaskPrompts, pad_prompts
 
-__all__ = ["induction_prompt", "induction_prompts", "vocabulary_ids"]
+__all__ = [
+    "induction_prompt",
+    "induction_heads",
+    "induction_prompts",
+    "prefix_matching_score",
+    "vocabulary_ids",
+]
 
 
 def vocabulary_ids(tokenizer: Any) -> np.ndarray:
@@ -68,3 +74,28 @@ def induction_prompts(tokenizer: Any, n: int, length: int, seed: int, bos_id: in
         "sequence_tokens": f"{len(ids)} non-special ids of the tokenizer, uniformly",
     }
     return pad_prompts(prompts, bos_id, attrs)
+
+
+def prefix_matching_score(pattern: np.ndarray, length: int) -> np.ndarray:
+    """Each head's induction (prefix-matching) score, Olsson et al. 2022: its mean attention,
+    from each token of the repeat, to the token after that token's first occurrence (position
+    q attends to q - length + 1), over the repeat's positions length + 1 .. 2 length - 1 (the
+    scored ones; the repeat's last token is not in the row) and the prompts. Clean attention
+    only: it names the heads that copy without ablating any.
+
+    Args:
+        pattern: [prompt, layer, head, query, key] attention probabilities on rows of BOS and a
+            sequence of `length` tokens twice (induction_prompt's), at least 2 length wide.
+        length: the repeated sequence's tokens.
+    """
+    if pattern.shape[-2] < 2 * length or length < 2:
+        raise ValueError(f"rows of {pattern.shape[-2]} positions hold no repeat of {length} tokens")
+    query = np.arange(length + 1, 2 * length)
+    return pattern[..., query, query - length + 1].mean(axis=(0, -1))
+
+
+def induction_heads(scores, above: float) -> list[list[int]]:
+    """[[layer, head], ...] of the heads whose induction score (prefix_matching_score's
+    [layer, head] values) is above `above`, in layer then head order."""
+    layer, head = np.nonzero(np.asarray(scores, dtype=float) > above)
+    return [[int(a), int(b)] for a, b in zip(layer, head, strict=True)]

@@ -39,6 +39,7 @@ rule method_table:
     input:
         unpack(method_atp_input),
         methods="results/{model}/tasks/{task}/methods/{ablation_set}.zarr",
+        metric="results/{model}/tasks/{task}/metric.json",
     output:
         csv=report(
             "results/{model}/tasks/{task}/tables/methods-{ablation_set}.csv",

@@ -6,7 +6,8 @@ from selfrepair.stages.methods import method_table
 with logged(snakemake.log[0], snakemake):
     method_table(
         methods=snakemake.input.methods,
-        expected=list(snakemake.params.expected),
+        expected=snakemake.params.expected,
+        metric=snakemake.input.metric,
         csv=snakemake.output.csv,
         html_path=snakemake.output.html,
         figure=snakemake.output.png,
