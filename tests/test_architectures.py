@@ -70,14 +70,20 @@ def perturbed(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+def hf_checkpoint(name: str, tmp_path_factory) -> tuple[tf.PreTrainedModel, str]:
+    """(a perturbed random Hugging Face model of architecture `name`, seed 0, its checkpoint
+    dir written with save_pretrained): the models the references run beside the project's."""
+    torch.manual_seed(0)
+    hf_model = perturbed(tf.AutoModelForCausalLM.from_config(ARCHITECTURES[name]()))
+    path = tmp_path_factory.mktemp(name) / "checkpoint"
+    hf_model.save_pretrained(str(path))
+    return hf_model, str(path)
+
+
 @pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
 def saved(request, tmp_path_factory):
     """(name, Hugging Face model, checkpoint dir) of one architecture, saved with save_pretrained."""
-    torch.manual_seed(0)
-    hf_model = perturbed(tf.AutoModelForCausalLM.from_config(ARCHITECTURES[request.param]()))
-    path = tmp_path_factory.mktemp(request.param) / "checkpoint"
-    hf_model.save_pretrained(str(path))
-    return request.param, hf_model, str(path)
+    return request.param, *hf_checkpoint(request.param, tmp_path_factory)
 
 
 def test_checkpoint_passes_the_config_checks_with_its_size(saved):

@@ -8,8 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import transformers as tf
-from test_architectures import ARCHITECTURES, perturbed
+from test_architectures import hf_checkpoint
 
 from selfrepair.engine.ablation import ablation_chunks, mean_z
 from selfrepair.engine.atp import measure_atp
@@ -44,12 +43,9 @@ def dense_tokens(ds, top: np.ndarray, name: str = "atp_token") -> np.ndarray:
 @pytest.fixture(scope="module", params=["gpt2", "gpt_neox", "llama_gqa"])
 def hf_pair(request, tmp_path_factory):
     """(Hugging Face model, the same checkpoint loaded by the project, tokens)."""
-    torch.manual_seed(0)
-    hf_model = perturbed(tf.AutoModelForCausalLM.from_config(ARCHITECTURES[request.param]()))
-    path = tmp_path_factory.mktemp(request.param) / "checkpoint"
-    hf_model.save_pretrained(str(path))
+    hf_model, path = hf_checkpoint(request.param, tmp_path_factory)
     tokens = torch.randint(0, 64, (3, 12), generator=torch.Generator().manual_seed(1))
-    return hf_model, load_local_checkpoint(str(path)), tokens
+    return hf_model, load_local_checkpoint(path), tokens
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)

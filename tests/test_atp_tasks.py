@@ -11,10 +11,9 @@ import re
 import numpy as np
 import pytest
 import torch
-import transformers as tf
 import yaml
 from helpers import REDUCED_DEMO_CONFIGS, ROOT, snakemake
-from test_architectures import ARCHITECTURES, perturbed
+from test_architectures import hf_checkpoint
 
 from selfrepair.engine.atp import measure_atp
 from selfrepair.engine.inputs import TaskInputs
@@ -31,10 +30,7 @@ def hf_task(request, tmp_path_factory):
     """(Hugging Face model, the same checkpoint loaded by the project, tokens, TaskRows): rows
     right-padded to 12 tokens (lengths 12, 9, 10), counterfactuals, corrupted prompts and 2 to
     4 answer positions per row among those that predict a real token."""
-    torch.manual_seed(0)
-    hf_model = perturbed(tf.AutoModelForCausalLM.from_config(ARCHITECTURES[request.param]()))
-    path = tmp_path_factory.mktemp(request.param) / "checkpoint"
-    hf_model.save_pretrained(str(path))
+    hf_model, path = hf_checkpoint(request.param, tmp_path_factory)
     gen = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, 64, (3, 12), generator=gen)
     real = torch.arange(12)[None, :] < torch.tensor([12, 9, 10])[:, None]

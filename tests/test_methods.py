@@ -9,9 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import transformers as tf
 from tasks_helpers import padded_task
-from test_architectures import ARCHITECTURES, perturbed
+from test_architectures import hf_checkpoint
 
 from selfrepair.analysis.methods import (
     PER_TOKEN,
@@ -85,11 +84,8 @@ def test_answer_groups_take_one_answer_per_row_at_a_time():
 @pytest.fixture(scope="module", params=["gpt2", "gpt_neox", "llama_gqa"])
 def hf_pair(request, tmp_path_factory):
     """(Hugging Face model, the same checkpoint loaded by the project)."""
-    torch.manual_seed(0)
-    hf_model = perturbed(tf.AutoModelForCausalLM.from_config(ARCHITECTURES[request.param]()))
-    path = tmp_path_factory.mktemp(request.param) / "checkpoint"
-    hf_model.save_pretrained(str(path))
-    return hf_model, load_local_checkpoint(str(path))
+    hf_model, path = hf_checkpoint(request.param, tmp_path_factory)
+    return hf_model, load_local_checkpoint(path)
 
 
 @pytest.mark.parametrize("metric", ["logit_diff", "correct_logit"])

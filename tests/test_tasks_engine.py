@@ -157,6 +157,12 @@ def test_joint_ablation_matches_one_full_pass_with_the_set_patched(
     tokens, task = padded_task(tiny_model, seed=3)
     got = measure_sets(tiny_model, tokens, ablation, SETS, batch_size=2, task=task)
     ref = TaskReference(tiny_model, tokens, task.counter, task.partners, task.real)
+    assert_sets_match(got, ref, ablation)
+    assert float(np.abs(got.logit_diff).max()) > 0.05
+
+
+def assert_sets_match(got, ref: TaskReference, ablation: str) -> None:
+    """Each set of SETS in measure_sets' `got` equals one full forward pass with it patched."""
     for name, heads in SETS.items():
         expected = reference_task_set(ref, ablation, heads)
         one = got.sel(set=name)
@@ -164,7 +170,6 @@ def test_joint_ablation_matches_one_full_pass_with_the_set_patched(
             err = np.abs(one[variable].values - expected[variable]).max()
             assert err < TOL, (name, variable, err)
         assert np.abs(one.dde.values - expected["components"]).max() < TOL, name
-    assert float(np.abs(got.logit_diff).max()) > 0.05
 
 
 @pytest.mark.parametrize("ablation", TEXT_ABLATIONS)
@@ -178,13 +183,7 @@ def test_joint_ablation_on_running_text_matches_full_forward_passes(
     got = measure_sets(tiny_model, tokens, ablation, SETS, batch_size=4)
     assert got.sizes["pos"] == tokens.shape[1] - 1  # every token kept
     ref = TaskReference(tiny_model, tokens)
-    for name, heads in SETS.items():
-        expected = reference_task_set(ref, ablation, heads)
-        one = got.sel(set=name)
-        for variable in HEAD_VARIABLES:
-            err = np.abs(one[variable].values - expected[variable]).max()
-            assert err < TOL, (name, variable, err)
-        assert np.abs(one.dde.values - expected["components"]).max() < TOL, name
+    assert_sets_match(got, ref, ablation)
     text = reference_measure_heads(tiny_model, tokens, ablation, heads=SETS["one"])
     for variable in HEAD_VARIABLES:
         want = text[variable].values[1, 1]

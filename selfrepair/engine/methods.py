@@ -168,6 +168,32 @@ def _chunk_scores(
     return result
 
 
+def task_chunks(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "batch pos_plus_1"],
+    ablation: str,
+    batch_size: int,
+    mean_include_bos: bool,
+    task: TaskInputs | None,
+) -> tuple[Tensor, Tensor | None, Iterable[AblationChunk]]:
+    """(tokens and counterfactuals on the model's device, the ablation routine's chunks of every
+    layer): what measure_methods and engine.methods_grad iterate over."""
+    device = model.W_U.device
+    tokens = tokens.to(device=device, dtype=torch.long)
+    counter = None if task is None or task.counter is None else task.counter.to(device)
+    chunks = ablation_chunks(
+        model,
+        tokens,
+        ablation,
+        range(model.cfg.n_layers),
+        readout(model),
+        batch_size=batch_size,
+        mean_include_bos=mean_include_bos,
+        task=task,
+    )
+    return tokens, counter, chunks
+
+
 def measure_methods(
     model: HookedTransformer,
     tokens: Int[Tensor, "batch pos_plus_1"],
@@ -214,23 +240,13 @@ def measure_methods(
     scored = torch.as_tensor(np.asarray(scored), dtype=torch.bool)
     if tuple(scored.shape) != (n_rows, tokens.shape[1] - 1):
         raise ValueError(f"scored is {tuple(scored.shape)}; give [batch, pos] = tokens less one")
-    device = model.W_U.device
-    tokens = tokens.to(device=device, dtype=torch.long)
-    counter = None if task is None or task.counter is None else task.counter.to(device)
-    chunks = ablation_chunks(
-        model,
-        tokens,
-        ablation,
-        range(model.cfg.n_layers),
-        readout(model),
-        batch_size=batch_size or n_rows,
-        mean_include_bos=mean_include_bos,
-        task=task,
+    tokens, counter, chunks = task_chunks(
+        model, tokens, ablation, batch_size or n_rows, mean_include_bos, task
     )
     parts: list[dict[str, np.ndarray]] = []
     for chunk in chunks:
         sl = chunk.span
-        index = tuple(x.to(device) for x in token_index(scored[sl]))
+        index = tuple(x.to(tokens.device) for x in token_index(scored[sl]))
         cf = None if counter is None else counter[sl]
         parts.append(_chunk_scores(model, tokens[sl], chunk, by_set, candidates, index, cf))
     return _methods_dataset(model, parts, scored, candidates, ablation, member_list)

@@ -26,10 +26,15 @@ import xarray as xr
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from selfrepair.engine.ablation import AblationChunk, ablation_chunks, check_ablation
+from selfrepair.engine.ablation import AblationChunk, check_ablation
 from selfrepair.engine.inputs import TaskInputs, normalize_heads, validate_tokens
-from selfrepair.engine.methods import clean_residuals, logits_at, task_metric, token_index
-from selfrepair.models.readout import readout
+from selfrepair.engine.methods import (
+    clean_residuals,
+    logits_at,
+    task_chunks,
+    task_metric,
+    token_index,
+)
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -172,19 +177,10 @@ def measure_gradient_methods(
     validate_tokens(model, tokens, task)
     by_layer = normalize_heads(model, members)
     scored = torch.as_tensor(np.asarray(scored), dtype=torch.bool)
-    device, n_rows = model.W_U.device, tokens.shape[0]
-    tokens = tokens.to(device=device, dtype=torch.long)
-    counter = None if task is None or task.counter is None else task.counter.to(device)
-    chunks = ablation_chunks(
-        model,
-        tokens,
-        ablation,
-        range(model.cfg.n_layers),
-        readout(model),
-        batch_size=batch_size or n_rows,
-        mean_include_bos=mean_include_bos,
-        task=task,
+    tokens, counter, chunks = task_chunks(
+        model, tokens, ablation, batch_size or tokens.shape[0], mean_include_bos, task
     )
+    device = tokens.device
     parts: dict[str, list[Tensor]] = {"conditional_gradient": [], "atp": [], "eap_ig": []}
     for chunk in chunks:
         sl = chunk.span
