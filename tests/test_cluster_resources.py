@@ -96,14 +96,17 @@ def set_resources(parsed: dict) -> dict[str, dict[str, str]]:
 
 
 def model_rules() -> set[str]:
-    """Rules whose resources are a model's (model_mem_mb): the ones that run a model."""
-    rules = set()
+    """Rules whose resources are a model's (model_mem_mb): the ones that run a model, and the
+    `use rule X as Y with:` variants of those (which inherit X's resources)."""
+    rules, pairs = set(), []
     for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
-        for block in re.split(r"\n(?=(?:rule|checkpoint) )", smk.read_text()):
+        text = smk.read_text()
+        for block in re.split(r"\n(?=(?:rule|checkpoint) )", text):
             head = re.match(r"(?:rule|checkpoint) (\w+):", block)
             if head and "mem_mb=model_mem_mb" in block:
                 rules.add(head.group(1))
-    return rules
+        pairs += re.findall(r"^use rule (\w+) as (\w+) with:", text, re.MULTILINE)
+    return rules | {variant for base, variant in pairs if base in rules}
 
 
 def test_profile_gives_a_gpu_to_exactly_the_rules_that_run_a_model(monkeypatch):

@@ -30,6 +30,7 @@ import torch
 import xarray as xr
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from selfrepair.engine.ablation import AblationChunk, ablation_chunks, check_ablation
 from selfrepair.engine.inputs import TaskInputs, normalize_heads, validate_tokens
@@ -145,6 +146,7 @@ def _chunk_scores(
     candidates: list[tuple[int, int]],
     index: tuple[Tensor, Tensor],
     counter: Tensor | None,
+    bar: tqdm | None = None,
 ) -> dict[str, np.ndarray]:
     """Every candidate's four effects [candidate, token] and the set's drop on one chunk."""
     target = tokens[:, 1:][index]
@@ -162,6 +164,8 @@ def _chunk_scores(
         out["conditional_energy"].append(fisher_energy(with_set, joint, clean))
         out["single_logit_diff"].append(m_clean - task_metric(alone, target, cf))
         out["conditional_logit_diff"].append(m_set - task_metric(joint, target, cf))
+        if bar is not None:
+            bar.update(tokens.shape[0])
     result = {k: torch.stack(v).cpu().numpy() for k, v in out.items()}
     result["set_drop_logit_diff"] = (m_clean - m_set).cpu().numpy()
     result["set_energy"] = fisher_energy(clean, with_set, clean).cpu().numpy()
@@ -205,6 +209,7 @@ def measure_methods(
     batch_size: int | None = None,
     mean_include_bos: bool = True,
     task: TaskInputs | None = None,
+    progress: bool = False,
 ) -> xr.Dataset:
     """Per candidate head and answer token, CoAx's single and conditional effects in both forms
     (module docstring).
@@ -218,6 +223,7 @@ def measure_methods(
         candidates: the heads scored; None: every head outside the set.
         batch_size: rows per pass (default: all); never changes a number.
         mean_include_bos, task: as engine.sets.measure_sets.
+        progress: a progress bar of the candidates' passes, in rows.
 
     Returns:
         single_<form>, conditional_<form> (form: energy, logit_diff) with dims candidate (head
@@ -244,11 +250,15 @@ def measure_methods(
         model, tokens, ablation, batch_size or n_rows, mean_include_bos, task
     )
     parts: list[dict[str, np.ndarray]] = []
-    for chunk in chunks:
-        sl = chunk.span
-        index = tuple(x.to(tokens.device) for x in token_index(scored[sl]))
-        cf = None if counter is None else counter[sl]
-        parts.append(_chunk_scores(model, tokens[sl], chunk, by_set, candidates, index, cf))
+    total = len(candidates) * n_rows
+    with tqdm(total=total, desc=f"{ablation}: single and conditional ablation", unit="row",
+              mininterval=5, disable=not progress) as bar:  # fmt: skip
+        for chunk in chunks:
+            sl = chunk.span
+            index = tuple(x.to(tokens.device) for x in token_index(scored[sl]))
+            cf = None if counter is None else counter[sl]
+            args = (model, tokens[sl], chunk, by_set, candidates, index, cf, bar)
+            parts.append(_chunk_scores(*args))
     return _methods_dataset(model, parts, scored, candidates, ablation, member_list)
 
 

@@ -6,6 +6,7 @@ expected backups, with a bootstrap interval over prompts: analysis.methods; and 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -67,11 +68,16 @@ def task_methods(
         task=task_inputs(prompts, metric),
     )
     with job.guarded(model, {"engine.batch_size": job.batch_size}):
-        ablated = measure_methods(model, _rows(prompts), ablation, members, scored, **common)
+        t0 = time.perf_counter()
+        rows = _rows(prompts)
+        ablated = measure_methods(model, rows, ablation, members, scored, progress=True, **common)
+        log.info("single and conditional ablation: %.1fs", time.perf_counter() - t0)
+        t0 = time.perf_counter()
         grads = measure_gradient_methods(
-            model, _rows(prompts), ablation, members, scored, steps=steps, **common
+            model, rows, ablation, members, scored, steps=steps, **common
         )
-    ds = ablated.merge(_on_candidates(grads, ablated))
+        log.info("gradients and EAP-IG (%d steps): %.1fs", steps, time.perf_counter() - t0)
+    ds = ablated.merge(_on_candidates(grads, ablated), compat="no_conflicts")
     ds.attrs.update(ablated.attrs | {"steps": steps})
     ds.attrs.update(job.provenance(attrs, ablation=ablation, metric=metric))
     write_zarr(ds, out)
