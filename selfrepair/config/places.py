@@ -47,7 +47,7 @@ WORKFLOW_FOLDERS = frozenset(
         *RESERVED_NAMES,
         *("models", "tokenizers"),  # resources/
         *("ablation", "attribution", "atp", "clean", "intervals", "neurons", "norms"),
-        *("reinforcement", "sets", "substitutes", "summary", "tasks"),
+        *("methods", "reinforcement", "sets", "substitutes", "summary", "tasks"),
         *ABLATION_NAMES,
     }
 )
