@@ -320,7 +320,8 @@ def test_ioi_method_table(ioi_run):
     task = run / IOI
     table = pd.read_csv(task / "tables" / "methods-name_movers.csv", index_col="method")
     assert (task / "tables" / "methods-name_movers.html").exists()
-    assert (task / "figures" / "methods-name_movers.png").stat().st_size > 1000
+    for suffix in ("png", "pdf"):
+        assert (task / "figures" / f"methods-name_movers.{suffix}").stat().st_size > 1000
     ds = xr.open_zarr(task / "methods" / "name_movers.zarr").load()
     assert ds.sizes["candidate"] == 141 and ds.attrs["steps"] == 5
     means = {k: v.mean(-1) for k, v in methods_per_token(ds).items()}

@@ -135,6 +135,7 @@ def method_table(
     csv: str,
     html_path: str,
     figure: str,
+    figure_pdf: str | None = None,
     bootstrap: Mapping[str, Any],
     anchors: bool = False,
     extra: Mapping[str, Mapping[str, float]] | None = None,
@@ -150,6 +151,7 @@ def method_table(
         expected: the expected backups, [[layer, head], ...], or {induction_score_above: s}
             (stages.task_summaries.expected_heads, from `metric`).
         csv, html_path, figure: the files to write (the figure: PNG).
+        figure_pdf: the figure as PDF too.
         bootstrap: n_resamples, level, seed.
         anchors: mark CoAx's values on the figure (the protocol matches CoAx's).
         extra: method -> candidate -> score of other stores, joined (analysis.methods).
@@ -185,5 +187,8 @@ def method_table(
     write_text(csv, table.to_csv(float_format="%.6g"))
     html = table.to_html(float_format=lambda v: f"{v:.3f}")
     write_text(html_path, f"<html><head><title>{title}</title></head><body>{html}</body></html>")
-    methods_figure(table, anchors=anchors).savefig(figure, dpi=150, bbox_inches="tight")
+    fig = methods_figure(table, anchors=anchors)
+    fig.savefig(figure, dpi=150, bbox_inches="tight")
+    if figure_pdf:
+        fig.savefig(figure_pdf, bbox_inches="tight")
     return table

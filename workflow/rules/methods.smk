@@ -53,6 +53,7 @@ rule method_table:
             category="Tasks – {task}",
             subcategory="{model}",
         ),
+        pdf="results/{model}/tasks/{task}/figures/methods-{ablation_set}.pdf",
         png=report(
             "results/{model}/tasks/{task}/figures/methods-{ablation_set}.png",
             caption="../report/method_table.rst",

@@ -11,6 +11,7 @@ with logged(snakemake.log[0], snakemake):
         csv=snakemake.output.csv,
         html_path=snakemake.output.html,
         figure=snakemake.output.png,
+        figure_pdf=snakemake.output.pdf,
         bootstrap=dict(snakemake.params.bootstrap),
         anchors=bool(snakemake.params.anchors),
         atp=snakemake.input.get("atp"),
