@@ -95,20 +95,14 @@ def _on_candidates(grads: xr.Dataset, ablated: xr.Dataset) -> xr.Dataset:
 
 
 def methods_per_token(ds: xr.Dataset) -> dict[str, np.ndarray]:
-    """analysis.methods.PER_TOKEN's values [candidate, token] from a task_methods store."""
-    out = {
-        name: ds[name].values
-        for name in (
-            "single_energy",
-            "conditional_energy",
-            "single_logit_diff",
-            "conditional_logit_diff",
-        )
+    """analysis.methods.PER_TOKEN's values [candidate, token] from a task_methods store (an
+    `abs_<name>` one: |<name>| per answer)."""
+    from selfrepair.analysis.methods import PER_TOKEN
+
+    return {
+        name: np.abs(ds[name[4:]].values) if name.startswith("abs_") else ds[name].values
+        for name in PER_TOKEN
     }
-    out["abs_conditional_gradient"] = np.abs(ds.conditional_gradient.values)
-    out["abs_atp"] = np.abs(ds.atp.values)
-    out["eap_ig"] = ds.eap_ig.values
-    return out
 
 
 def graddrop_per_answer(atp: xr.Dataset, methods: xr.Dataset) -> np.ndarray | None:
