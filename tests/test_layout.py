@@ -79,6 +79,31 @@ def test_every_rule_has_one_stage_function_named_after_it():
         assert re.search(rf"\b{func}\b", script), f"rule {rule}'s script does not call {func}"
 
 
+# A task's rules that do what a text rule does, on the task's answers: the text rule's stage
+# function and script, never a copy of them (issue 35).
+TASK_VARIANTS = {
+    "task_summary": "summarize_heads",
+    "task_head_table": "head_table",
+    "task_self_repair_per_head": "fig01",
+    "task_de_vs_metric_drop": "fig02",
+    "task_repairer_heatmap": "repair_heatmap",
+    "task_repair_bars": "repair_bars",
+    "task_explorer": "head_explorer",
+    "task_atp": "atp",
+    "task_atp_summary": "atp_summary",
+    "task_atp_scatter": "atp_scatter",
+    "task_atp_error": "atp_error",
+    "task_atp_table": "atp_table",
+}
+
+
+@pytest.mark.parametrize("rule", sorted(TASK_VARIANTS))
+def test_a_task_rule_runs_its_text_rules_stage(rule):
+    assert base_rule(rule) == TASK_VARIANTS[rule], f"{rule} is not `use rule ... with:`"
+    assert not own_script(rule), f"{rule} has a script of its own"
+    assert not (ROOT / "workflow" / "scripts" / f"{rule}.py").exists()
+
+
 # --- a figure's or table's file name, grepped from the repository root, finds its rule -----------
 
 

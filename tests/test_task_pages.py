@@ -45,17 +45,22 @@ def test_metric_sentence_gives_the_loss_and_top1_of_both_halves():
 
 
 def test_headline_leads_with_the_unsolved_task(tmp_path):
+    from selfrepair.plots.captions import task_headline
     from selfrepair.stages.records import write_json
-    from selfrepair.stages.task_figures import headline
+    from selfrepair.stages.summaries import task_title
 
-    path = tmp_path / "metric.json"
-    write_json(path, NUMBERS)
-    title = headline("m", "mine", "corrupted", path)
+    title = task_headline(NUMBERS, "m", "mine", "corrupted")
     assert title.startswith("The clean model does not solve this task (answer top-1 1%")
     assert "m on mine, corrupted ablation" in title
     assert title.count("top-1") == 1  # said once
-    write_json(path, {**NUMBERS, "top1": 0.8})
-    assert headline("m", "mine", "corrupted", path).startswith("m on mine, corrupted ablation")
+    solved = {**NUMBERS, "top1": 0.8}
+    assert task_headline(solved, "m", "mine", "corrupted").startswith("m on mine, corrupted")
+    # the stage reads the task_clean JSON the rule's `task` param names (checked: read_json)
+    path = tmp_path / "metric.json"
+    write_json(path, NUMBERS)
+    task = {"task": "mine", "ablation": "corrupted", "metric": str(path)}
+    assert task_title(task, "m") == title
+    assert task_title(None, "m") is None
 
 
 def _repairs(self_repair: np.ndarray) -> tuple[xr.DataArray, xr.DataArray]:

@@ -107,9 +107,11 @@ def test_demo_backup_table_lists_every_top_head_and_says_why_one_has_no_backups(
 
 def test_the_task_rules_are_the_figure_list_and_write_their_own_files():
     """Each task figure's rule is named after its file stem and writes that file literally."""
-    text = (ROOT / "workflow" / "rules" / "tasks.smk").read_text()
+    from helpers import rule_texts_of
+
+    texts = rule_texts_of("tasks.smk")  # `use rule <text rule> as <stem> with:` too
     for stem in TASK_FIGURES:
-        block = text[text.index(f"rule {stem}:") :].split("\nrule ")[0]
+        block = texts[stem]
         for suffix in ("pdf", "png"):
             assert f'"results/{{model}}/tasks/{{task}}/figures/{stem}.{suffix}"' in block
         assert f'"../report/{stem}.rst"' in block

@@ -22,6 +22,7 @@ from selfrepair.variables import REPAIR_TOTALS, head_label
 
 __all__ = [
     "SELECTIONS",
+    "checked_repair_summary",
     "combine_sums",
     "count_problem",
     "head_detail",
@@ -128,6 +129,19 @@ def repair_summary(sums: xr.Dataset) -> xr.Dataset:
     out["top_share"] = out["top_dde"] / out["top_self_repair"]
     out["downstream"] = sums.downstream
     return xr.Dataset(out, attrs=dict(sums.attrs))
+
+
+def checked_repair_summary(sums: xr.Dataset, tolerance: float) -> tuple[xr.Dataset, dict]:
+    """repair_summary of sums and its sum_errors, refused (ArithmeticError) when the components
+    miss the totals by more than tolerance (logits): running text's and a task's alike."""
+    summary = repair_summary(sums)
+    errors = sum_errors(summary)
+    if not max(errors.values()) <= tolerance:
+        raise ArithmeticError(
+            f"the components' changes of direct effect miss the self-repair by "
+            f"{max(errors.values()):.3g} > {tolerance}: {errors}"
+        )
+    return summary, errors
 
 
 def sum_errors(summary: xr.Dataset) -> dict[str, float]:

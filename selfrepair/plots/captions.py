@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from selfrepair.ablations import KINDS
 from selfrepair.config import top_count
@@ -22,6 +23,7 @@ __all__ = [
     "SOLVED_TOP1",
     "rmsnorm_notes",
     "task_description",
+    "task_headline",
     "unsolved_note",
 ]
 
@@ -81,6 +83,19 @@ def unsolved_note(numbers: Mapping[str, float | int | str]) -> str:
         f"the clean model does not solve this task (answer top-1 {float(numbers['top1']):.0%}, "
         f"below {SOLVED_TOP1:.0%})"
     )
+
+
+def task_headline(numbers: Mapping[str, Any], model: str, task: str, ablation: str) -> str:
+    """A task figure's title: model, task, ablation and the clean metric (clean_metric's
+    numbers), led by 'the clean model does not solve this task' where it does not
+    (unsolved_note)."""
+    note = unsolved_note(numbers)
+    text = f"{note[0].upper()}{note[1:]}. " if note else ""
+    text += f"{model} on {task}, {ablation} ablation. Clean: mean {numbers['label']} "
+    text += f"{numbers['mean']:.3g}" + ("" if note else f", answer top-1 {numbers['top1']:.0%}")
+    if "above_counterfactual" in numbers:
+        text += f", above counterfactual {numbers['above_counterfactual']:.0%}"
+    return text
 
 
 def metric_sentence(numbers: Mapping[str, float | int | str], baseline: str = "") -> str:

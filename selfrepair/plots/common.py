@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +42,7 @@ __all__ = [
     "save_figure",
     "saved",
     "square_limits",
+    "titled",
 ]
 
 IDENTITY_GID = "y=x"
@@ -55,6 +57,18 @@ def saved(fig: Figure, paths: Sequence[str | os.PathLike]) -> Figure:
     its figure, and saves it where its rule says."""
     if paths:
         save_figure(fig, *paths)
+    return fig
+
+
+def titled(fig: Figure, title: str, min_width: float = 6.5) -> Figure:
+    """fig under `title`, wrapped to its width (13 characters an inch); a figure narrower than
+    min_width inches is widened to it and made an inch taller, room for the title and the long
+    axis labels of one panel."""
+    width, height = fig.get_size_inches()
+    if width < min_width:
+        width, height = min_width, height + 1.0
+        fig.set_size_inches(width, height)
+    fig.suptitle(textwrap.fill(title, int(width * 13)), fontsize=9)
     return fig
 
 

@@ -105,12 +105,14 @@ def self_repair_per_head(
     summaries: Mapping[str, xr.Dataset],
     intervals: Mapping[str, xr.DataArray] | None = None,
     top_fraction: float = 0.02,
+    label: str | None = None,
 ) -> Figure:
-    """Fig 1: each head's mean self-repair on its top tokens, by relative depth."""
+    """Fig 1: each head's mean self-repair on its top tokens, by relative depth (label: the y
+    axis' instead of the top selection's, e.g. a task's answers)."""
     return per_head_by_depth(
         summaries,
         "top_self_repair",
-        with_unit(f"self-repair, top {top_fraction:.0%} tokens"),
+        with_unit(label or f"self-repair, top {top_fraction:.0%} tokens"),
         intervals=intervals,
     )
 

@@ -10,5 +10,6 @@ May import every other room: config, data, models, engine, mechanisms, analysis,
 variables. Nothing else imports stages (but the public API's store openers, re-exported by
 selfrepair, and rules/common.smk, which reads the JSON records through stages.records). Stages
 of the analysis environment (summaries, figures, repair_figures, training, explorer's page
-writer) import torch and the engine only inside the functions that run a model.
+writer) import torch and the engine only inside the functions that run a model. A task's
+rules that are text rules' `use rule ... with:` variants run the text rule's function.
 """

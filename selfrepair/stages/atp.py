@@ -3,7 +3,7 @@ head on one token shard: per row, and per row on each head's own top tokens) and
 (against the exact effects of the same ablation, analysis.atp). The same two functions serve a
 task (rules task_atp, task_atp_summary: `use rule ... with:`): its prompts are the rows, its
 answers the scored positions, and every answer is each head's "top" token, as in the task's
-summary (stages.task_summaries.TASK_TOP_FRACTION), so the top units are the rows themselves.
+summary (rule task_summary's top_fraction, 1), so the top units are the rows themselves.
 
 atp_summary runs in the analysis environment (no torch), so the engine is imported inside atp
 only."""

@@ -1,6 +1,6 @@
 """The explorer rules: head_explorer (one self-contained HTML page per model: pick an ablation
-and a head, read its summary and its top tokens in context) and explorer_index (the page
-linking them). The selection is analysis.explorer's, the page plots.explorer's; this module
+and a head, read its summary and its top tokens in context; on a task, rule task_explorer, its
+answers) and explorer_index (the page linking them). The selection is analysis.explorer's, the page plots.explorer's; this module
 opens the stores (checksummed) and decodes the ids with the model's own tokenizer."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from selfrepair.plots import explorer as page
 from selfrepair.stages.data import open_tokens
 from selfrepair.stages.store import open_shard_list, open_zarr, write_text
 
-__all__ = ["explorer_data", "explorer_index", "head_explorer", "task_explorer", "vocabulary"]
+__all__ = ["explorer_data", "explorer_index", "head_explorer", "vocabulary"]
 
 log = logging.getLogger("selfrepair")
 
@@ -116,24 +116,21 @@ def explorer_data(
     model: str,
     tokens: str,
     shards: Mapping[str, Sequence[str]],
-    summaries: Mapping[str, str],
-    intervals: Mapping[str, str],
+    summaries: Sequence[str],
+    intervals: Sequence[str],
     tokens_per_head: int,
     context: int,
-    repairs: Mapping[str, str] | None = None,
-    repairers: int = 5,
+    repairers: Mapping[str, dict] | None = None,
 ) -> dict[str, Any]:
-    """Everything one model's page shows, ids not decoded yet (keys of head_explorer)."""
+    """Everything one model's page shows, ids not decoded yet (keys of head_explorer; summaries
+    and intervals in the order of shards' ablations; repairers: head_repairers per ablation)."""
     rows, _ = open_tokens(tokens)
     data: dict[str, Any] = {"model": model, "ablations": list(shards), "grid": {}, "numbers": {}}
-    data["repairers"] = {  # loaded first: a lazy store costs a dask graph per head's lookup
-        ablation: head_repairers(open_zarr(path).load(), repairers)
-        for ablation, path in (repairs or {}).items()
-    }
+    data["repairers"] = dict(repairers or {})
     heads: dict[str, dict] = {}
-    for ablation, paths in shards.items():
+    for i, (ablation, paths) in enumerate(shards.items()):
         data["grid"][ablation], data["numbers"][ablation] = _summary_grid(
-            summaries[ablation], intervals[ablation]
+            summaries[i], intervals[i]
         )
         heads[ablation] = _heads_data(
             paths, rows, ablation=ablation, k=tokens_per_head, context=context
@@ -164,47 +161,65 @@ def head_explorer(
     tokenizer_dir: str | None = None,
     repairs: Sequence[str] = (),
     repairers: int = 5,
+    task: str | None = None,
+    metric: str | None = None,
 ) -> dict[str, Any]:
-    """Write one model's explorer page (a self-contained HTML file).
+    """Write one model's explorer page (a self-contained HTML file), or one (model, task)'s
+    (rule task_explorer): the same page on the task's answers, with the clean model's metric
+    on the task, each answer's counterfactual (metric logit_diff), the metric's drop (clean -
+    ablated, as the task figures) and one set of summary rows (every scored token is an
+    answer: analysis.explorer.task_numbers).
 
     Args:
         model: the model's name.
         model_entry: its config entry (whose tokenizer decodes the ids).
-        tokens: its tokens.zarr.
-        shards: the ablate rule's stores of every ablation (results/<m>/ablation/<a>/shard-*).
-        summaries, intervals: the summarize_heads and head_intervals stores, one per ablation.
+        tokens: its tokens.zarr; on a task, the task's prompts store.
+        shards: the ablate rule's stores of every ablation (results/<m>/ablation/<a>/shard-*);
+            on a task, its task_ablate store of each ablation, in their order.
+        summaries, intervals: the summarize_heads stores, one per ablation.
         ablations: the ablations shown, in the order of summaries and intervals.
         tokens_per_head: top tokens shown per head and ranking.
         context: tokens shown before (and with) each top token.
         out: the HTML file to write.
         tokenizer_dir: a tokenizer or checkpoint folder (a trained model's), else the model's own.
-        repairs: the repair_summary stores, one per ablation (who repairs whom; none when
+        repairs: the repair summaries, one per ablation (who repairs whom; none when
             engine.attribution is off): each head's top repairers are listed.
         repairers: how many (explorer.repairers).
+        task: the task whose stores these are, or None (running text).
+        metric: a task's task_clean metric JSON (the clean model on the task, checked).
     """
     from selfrepair.data.tokens import load_tokenizer
 
-    by_ablation = {a: [s for s in shards if Path(s).parent.name == a] for a in ablations}
-    if not all(by_ablation.values()):
-        raise ValueError(f"every ablation of {list(ablations)} needs its shards among {shards}")
-    data = explorer_data(
-        model=model,
-        tokens=tokens,
-        shards=by_ablation,
-        summaries=dict(zip(ablations, summaries, strict=True)),
-        intervals=dict(zip(ablations, intervals, strict=True)),
-        tokens_per_head=tokens_per_head,
+    kwargs = dict(summaries=summaries, intervals=intervals, tokens_per_head=tokens_per_head)
+    kwargs.update(
         context=context,
-        repairs=dict(zip(ablations, repairs, strict=True)) if repairs else None,
-        repairers=repairers,
+        repairers={  # loaded first: a lazy store costs a dask graph per head's lookup
+            a: head_repairers(open_zarr(p).load(), repairers)
+            for a, p in (zip(ablations, repairs, strict=True) if repairs else ())
+        },
     )
+    if task is None:
+        data = _text_data(model, tokens, shards, ablations=ablations, **kwargs)
+    else:
+        label = f"{model} on task {task}"
+        data = _task_data(label, tokens, shards, metric, ablations=ablations, **kwargs)
     tokenizer, source = load_tokenizer(dict(model_entry), tokenizer_dir)
     data["vocab"] = vocabulary(tokenizer, _used_ids(data["heads"]))
     data["tokenizer"] = source
-    html = page.explorer_html(data)
+    html = page.explorer_html(data, page.FIELD_LABELS if task is None else page.TASK_FIELD_LABELS)
     write_text(out, html)
     log.info("%s: %d bytes, tokenizer %s", out, len(html.encode()), source)
     return data
+
+
+def _text_data(
+    model: str, tokens: str, shards: Sequence[str], *, ablations: Sequence[str], **kwargs: Any
+) -> dict[str, Any]:
+    """explorer_data of running text, its shards grouped by ablation (their folder)."""
+    by_ablation = {a: [s for s in shards if Path(s).parent.name == a] for a in ablations}
+    if not all(by_ablation.values()):
+        raise ValueError(f"every ablation of {list(ablations)} needs its shards among {shards}")
+    return explorer_data(model=model, tokens=tokens, shards=by_ablation, **kwargs)
 
 
 def explorer_index(
@@ -286,50 +301,28 @@ def _task_heads(
     return out
 
 
-def task_explorer(
-    *,
-    model: str,
-    task: str,
-    model_entry: Mapping[str, Any],
+def _task_data(
+    label: str,
     prompts: str,
     stores: Sequence[str],
+    metric: str | None,
+    *,
     summaries: Sequence[str],
     intervals: Sequence[str],
-    repairs: Sequence[str],
     ablations: Sequence[str],
     tokens_per_head: int,
     context: int,
-    out: str,
-    metric: str | None = None,
-    tokenizer_dir: str | None = None,
-    repairers: int = 5,
+    repairers: Mapping[str, dict],
 ) -> dict[str, Any]:
-    """Write one (model, task) explorer page: the head explorer on the task's answers, with the
-    clean model's metric on the task, each answer's counterfactual (metric logit_diff), the
-    metric's drop (clean - ablated, as the task figures) and one set of summary rows (every
-    scored token is an answer: analysis.explorer.task_numbers).
-
-    Args:
-        model, task: the model's and the task's names.
-        model_entry: the model's config entry (whose tokenizer decodes the ids).
-        prompts: the task's prompts store.
-        stores, summaries, intervals, repairs: the task_ablate and task_summary stores, one
-            per ablation.
-        ablations: the task's ablations, in the order of the stores.
-        tokens_per_head, context: as head_explorer's.
-        out: the HTML file to write.
-        metric: the task_clean metric JSON (the clean model on the task, checked).
-        tokenizer_dir: a tokenizer or checkpoint folder (a trained model's), else the model's own.
-        repairers: each head's top repairers listed (explorer.repairers).
-    """
-    from selfrepair.data.tokens import load_tokenizer
+    """What a (model, task) page shows, ids not decoded yet (head_explorer on a task; stores,
+    summaries and intervals one per ablation; repairers: head_repairers per ablation)."""
     from selfrepair.plots.captions import metric_sentence
     from selfrepair.stages.records import read_json
     from selfrepair.stages.tasks import read_prompts
     from selfrepair.variables import METRIC_LABELS
 
     rows = read_prompts(prompts)
-    data: dict[str, Any] = {"model": f"{model} on task {task}", "ablations": list(ablations)}
+    data: dict[str, Any] = {"model": label, "ablations": list(ablations)}
     data["grid"], data["numbers"], data["heads"] = {}, {}, {}
     clean = read_json(metric) if metric else None
     counterfactual = bool(clean and clean["metric"] == "logit_diff")
@@ -351,15 +344,9 @@ def task_explorer(
             context=context,
             counterfactual=counterfactual,
         )
-    data["repairers"] = {
-        a: head_repairers(open_zarr(p), repairers) for a, p in zip(ablations, repairs, strict=True)
-    }
+    data["repairers"] = dict(repairers)
     first = data["grid"][ablations[0]]["mean_self_repair"]
     data.update(
         n_layers=len(first), n_heads=len(first[0]), tokens_per_head=tokens_per_head, context=context
     )
-    tokenizer, source = load_tokenizer(dict(model_entry), tokenizer_dir)
-    data["vocab"] = vocabulary(tokenizer, _used_ids(data["heads"]))
-    data["tokenizer"] = source
-    write_text(out, page.explorer_html(data, page.TASK_FIELD_LABELS))
     return data

@@ -29,7 +29,7 @@ from selfrepair.analysis.reduce import (
 )
 from selfrepair.config import check_target_heads
 from selfrepair.config.figures import FIGURES
-from selfrepair.plots.common import saved
+from selfrepair.plots.common import saved, titled
 from selfrepair.plots.effects import (
     heads_de_vs_logit_drop,
     tokens_by_ablation,
@@ -49,8 +49,9 @@ from selfrepair.plots.per_head import (
     ln_share_per_head,
     self_repair_per_head,
 )
+from selfrepair.plots.style import with_unit
 from selfrepair.stages.store import open_by_model, open_head_shards, open_zarr
-from selfrepair.stages.summaries import resolve_params
+from selfrepair.stages.summaries import resolve_params, task_title
 from selfrepair.variables import head_label
 
 # The stage functions are the figure rules, one each (not the who-repairs-whom ones,
@@ -59,6 +60,8 @@ __all__ = [f.rule for f in FIGURES if f.kind not in ("repair", "atp", "training"
 
 Paths = Sequence[str | os.PathLike]
 Target = Mapping[str, Any]
+ON_ANSWERS = "mean self-repair on the answers"  # a task's selection: every answer
+SQUARE_WIDTH = 5.2  # inches: one square panel (equal axes) and its colour bar, and a title
 
 
 # --- opening and checking stores ---------------------------------------------------------------
@@ -102,36 +105,43 @@ def fig01(
     summaries: Paths,
     intervals: Paths,
     models: Sequence[str],
-    n_tokens: int,
+    n_tokens: int | None,
     top_fraction: float,
     out: Paths = (),
+    task: Mapping[str, str] | None = None,
 ) -> Figure:
-    """Fig 1: per-head mean self-repair on top tokens by relative depth, one panel per model.
+    """Fig 1: per-head mean self-repair on top tokens by relative depth, one panel per model;
+    on a task (rule task_self_repair_per_head) on its answers, titled with its clean metric.
 
     Args:
         summaries: each model's per-head summary under the figures' ablation, in models' order.
         intervals: each model's bootstrap intervals, in models' order.
         models: the models drawn.
         top_fraction: the share of each head's tokens the top selection keeps.
+        task: a task's name, ablation and metric JSON (summaries.task_title), or None.
     """
     summary, interval = _per_head(summaries, intervals, models, n_tokens)
     fig = self_repair_per_head(
         summary,
         {m: ds.top_self_repair for m, ds in interval.items()},
         top_fraction=top_fraction,
+        label=None if task is None else ON_ANSWERS,
     )
-    return saved(fig, out)
+    return saved(fig if task is None else titled(fig, task_title(task, models[0])), out)
 
 
 def fig02(
     summaries: Paths,
     models: Sequence[str],
     shown: Sequence[str],
-    n_tokens: int,
+    n_tokens: int | None,
     idealised_from: str | None = None,
     out: Paths = (),
+    task: Mapping[str, str] | None = None,
 ) -> Figure:
-    """Fig 2: per-head mean direct-effect drop against mean logit drop.
+    """Fig 2: per-head mean direct-effect drop against mean logit drop; on a task (rule
+    task_de_vs_metric_drop) the means over its answers (its top tokens) against the drop of
+    its metric, titled with the clean metric.
 
     Args:
         summaries: the per-head summaries of models, in their order.
@@ -139,12 +149,17 @@ def fig02(
         shown: the models drawn, one panel each.
         idealised_from: a model whose heads are also drawn moved onto y = x and y = 0
             (Figs 21-24), or None.
+        task: a task's name, ablation and metric JSON (summaries.task_title), or None.
     """
     summary = open_by_model(summaries, models, n_tokens)
-    drops = {m: head_effect_drops(summary[m]) for m in dict.fromkeys(shown)}
+    means = "mean" if task is None else "top"
+    drops = {m: head_effect_drops(summary[m], means) for m in dict.fromkeys(shown)}
     if idealised_from is not None:
         drops.setdefault(idealised_from, head_effect_drops(summary[idealised_from]))
-    fig = heads_de_vs_logit_drop(drops, shown=shown, idealised_from=idealised_from)
+    ylabel = None if task is None else with_unit("mean drop of the metric")
+    fig = heads_de_vs_logit_drop(drops, shown=shown, idealised_from=idealised_from, ylabel=ylabel)
+    if task is not None:  # less wide than a task's other figures: a square panel
+        fig = titled(fig, task_title(task, models[0]), min_width=SQUARE_WIDTH)
     return saved(fig, out)
 
 

@@ -115,14 +115,8 @@ def repair_summary(
     if problem := attribution.count_problem(sums, top):
         folder = Path(shards[0]).parent
         raise DamagedStore(f"{folder} is damaged: {problem}; {rebuild_hint(folder)}")
-    summary = attribution.repair_summary(sums)
-    errors = attribution.sum_errors(summary)
+    summary, errors = attribution.checked_repair_summary(sums, tolerance)
     log.info("largest |sum of components - total|: %s", errors)
-    if not max(errors.values()) <= tolerance:
-        raise ArithmeticError(
-            f"the components' changes of direct effect miss the self-repair by "
-            f"{max(errors.values()):.3g} > {tolerance}: {errors}"
-        )
     summary.attrs = provenance(
         **attrs,
         model_revision=sums.attrs.get("model_revision", ""),

@@ -1,40 +1,57 @@
 """The who-repairs-whom figures and table (rules/attribution.smk): repair_heatmap, repair_bars,
 repair_scatter and repair_graph, from each model's repair summary and per-token detail under
-the figures' ablation. Runs in the analysis environment: no torch here."""
+the figures' ablation; repair_heatmap and repair_bars on a task's answers too (rules
+task_repairer_heatmap, task_repair_bars). Runs in the analysis environment: no torch here."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import xarray as xr
 from matplotlib.figure import Figure
 
 from selfrepair.analysis import attribution as repair
+from selfrepair.analysis.tasks import SHARE_LIMIT, small_self_repair
 from selfrepair.plots import repair as draw
-from selfrepair.plots.common import saved
+from selfrepair.plots.common import saved, titled
 from selfrepair.stages.store import open_by_model, write_text
+from selfrepair.stages.summaries import task_title
 from selfrepair.variables import head_label
 
 __all__ = ["repair_bars", "repair_graph", "repair_heatmap", "repair_scatter", "repairer_table"]
 
 Paths = Sequence[str | os.PathLike]
+ANSWERS = "the task's answers"  # a task's selection: every answer
 
 
 def repair_heatmap(
-    summaries: Paths, models: Sequence[str], top_fraction: float, out: Paths = ()
+    summaries: Paths,
+    models: Sequence[str],
+    top_fraction: float,
+    out: Paths = (),
+    task: Mapping[str, str] | None = None,
 ) -> Figure:
-    """Share of each ablated head's self-repair on its top tokens taken by each component.
+    """Share of each ablated head's self-repair on its top tokens taken by each component; on a
+    task (rule task_repairer_heatmap) on its answers, the heads of near-zero self-repair masked
+    (analysis.tasks.small_self_repair), the shares clipped to +-SHARE_LIMIT, titled with the
+    clean metric.
 
     Args:
         summaries: each model's repair_summary store (figures' ablation), in models' order.
         models: the models drawn.
         top_fraction: engine.top_fraction.
         out: the figure files to write.
+        task: a task's name, ablation and metric JSON (summaries.task_title), or None.
     """
-    shares = {m: ds.top_share for m, ds in open_by_model(summaries, models).items()}
-    return saved(draw.repair_heatmap(shares, top_fraction), out)
+    sums = open_by_model(summaries, models)
+    shares = {m: ds.top_share for m, ds in sums.items()}
+    if task is None:
+        return saved(draw.repair_heatmap(shares, top_fraction), out)
+    masked = {m: small_self_repair(ds.top_self_repair) for m, ds in sums.items()}
+    fig = draw.repair_heatmap(shares, selection=ANSWERS, masked=masked, limit=SHARE_LIMIT)
+    return saved(titled(fig, task_title(task, models[0])), out)
 
 
 def repairer_table(
@@ -64,8 +81,10 @@ def repair_bars(
     bootstrap: dict,
     top_fraction: float,
     out: Paths = (),
+    task: Mapping[str, str] | None = None,
 ) -> Figure:
-    """The top repairers of each model's most self-repaired heads, with bootstrap intervals.
+    """The top repairers of each model's most self-repaired heads, with bootstrap intervals; on
+    a task (rule task_repair_bars) over its answers, titled with the clean metric.
 
     Args:
         summaries: each model's repair_summary store, in models' order.
@@ -76,6 +95,7 @@ def repair_bars(
         bootstrap: n_resamples, level and seed of the intervals.
         top_fraction: engine.top_fraction.
         out: the figure files to write.
+        task: a task's name, ablation and metric JSON (summaries.task_title), or None.
     """
     sums, dets = open_by_model(summaries, models), open_by_model(details, models)
     panels = []
@@ -92,7 +112,9 @@ def repair_bars(
                     ),
                 }
             )
-    return saved(draw.repair_bars(panels, top_fraction, bootstrap["level"]), out)
+    selection = None if task is None else ANSWERS
+    fig = draw.repair_bars(panels, top_fraction, bootstrap["level"], selection)
+    return saved(fig if task is None else titled(fig, task_title(task, models[0])), out)
 
 
 def repair_scatter(

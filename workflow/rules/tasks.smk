@@ -152,9 +152,11 @@ use rule task_set_ablate as set_ablate with:
         attrs=lambda w: run_attrs(w) | {"shard": w.shard},
 
 
-rule task_summary:
+# The per-head summary, intervals and who-repairs-whom summary of each ablation over the task's
+# answers: summarize_heads' stage with the task's store, its every answer a top token.
+use rule summarize_heads as task_summary with:
     input:
-        heads="results/{model}/tasks/{task}/ablation/{task_ablation}.zarr",
+        shards=["results/{model}/tasks/{task}/ablation/{task_ablation}.zarr"],
         sums="results/{model}/tasks/{task}/attribution/sums-{task_ablation}.zarr",
     output:
         summary=directory("results/{model}/tasks/{task}/summary/{task_ablation}.zarr"),
@@ -168,20 +170,13 @@ rule task_summary:
         "results/logs/task_summary/{model}/{task}/{task_ablation}.log",
     benchmark:
         "results/benchmarks/task_summary/{model}/{task}/{task_ablation}.tsv"
-    conda:
-        "../../envs/analysis.yaml"
-    params:
-        de_epsilon=ENGINE["de_epsilon"],
-        resamples=FIGURES["bootstrap"]["resamples"],
-        level=FIGURES["bootstrap"]["level"],
-        seed=config["seed"],
+    params:  # Snakemake updates the base rule's params by name
+        top_fraction=1.0,  # every answer
         attrs=task_attrs,
-    script:
-        "../scripts/task_summary.py"
 
 
-# --- the per-head table (every ablation), the backup-heads table and the figures (the task's
-# first ablation) ---------------------------------------------------------------------------------
+# --- the backup-heads table and the per-head table (every ablation), and the figures (the
+# task's first ablation) --------------------------------------------------------------------------
 
 
 rule task_backups:
@@ -218,7 +213,16 @@ rule task_backups:
         "../scripts/task_backups.py"
 
 
-rule task_head_table:
+def task_view(wildcards, input):
+    """A task figure's `task` param: its task, ablation (the first) and clean metric JSON."""
+    return {
+        "task": wildcards.task,
+        "ablation": task_figure_ablation(wildcards),
+        "metric": input.metric,
+    }
+
+
+use rule head_table as task_head_table with:
     input:
         summaries=lambda w: task_paths(w, "summary/{a}.zarr"),
         intervals=lambda w: task_paths(w, "intervals/{a}.zarr"),
@@ -240,18 +244,18 @@ rule task_head_table:
         "results/logs/task_head_table/{model}/{task}.log",
     benchmark:
         "results/benchmarks/task_head_table/{model}/{task}.tsv"
-    conda:
-        "../../envs/analysis.yaml"
     params:
-        ablations=lambda w: TASKS[w.task]["ablations"],
+        runs=lambda w: [[w.model, a] for a in TASKS[w.task]["ablations"]],
         caption=task_table_caption,
-    script:
-        "../scripts/task_head_table.py"
 
 
-rule task_self_repair_per_head:
+# Figs 1 and 2 and who repairs whom on the task's answers: the text rules' stages, one model,
+# its every answer a top token, titled with the clean metric (param `task`).
+use rule fig01 as task_self_repair_per_head with:
     input:
-        unpack(task_figure_input),
+        summaries=lambda w: [task_figure_input(w)["summary"]],
+        intervals=lambda w: [task_figure_input(w)["intervals"]],
+        metric="results/{model}/tasks/{task}/metric.json",
     output:
         pdf="results/{model}/tasks/{task}/figures/task_self_repair_per_head.pdf",
         png=report(
@@ -264,18 +268,18 @@ rule task_self_repair_per_head:
         "results/logs/task_self_repair_per_head/{model}/{task}.log",
     benchmark:
         "results/benchmarks/task_self_repair_per_head/{model}/{task}.tsv"
-    conda:
-        "../../envs/analysis.yaml"
     params:
-        ablation=task_figure_ablation,
+        models=lambda w: [w.model],
+        n_tokens=None,
+        top_fraction=1.0,
         caption=task_caption,
-    script:
-        "../scripts/task_self_repair_per_head.py"
+        task=task_view,
 
 
-rule task_de_vs_metric_drop:
+use rule fig02 as task_de_vs_metric_drop with:
     input:
-        unpack(task_figure_input),
+        summaries=lambda w: [task_figure_input(w)["summary"]],
+        metric="results/{model}/tasks/{task}/metric.json",
     output:
         pdf="results/{model}/tasks/{task}/figures/task_de_vs_metric_drop.pdf",
         png=report(
@@ -288,18 +292,19 @@ rule task_de_vs_metric_drop:
         "results/logs/task_de_vs_metric_drop/{model}/{task}.log",
     benchmark:
         "results/benchmarks/task_de_vs_metric_drop/{model}/{task}.tsv"
-    conda:
-        "../../envs/analysis.yaml"
     params:
-        ablation=task_figure_ablation,
+        models=lambda w: [w.model],
+        shown=lambda w: [w.model],
+        n_tokens=None,
+        idealised_from=None,
         caption=task_caption,
-    script:
-        "../scripts/task_de_vs_metric_drop.py"
+        task=task_view,
 
 
-rule task_repairer_heatmap:
+use rule repair_heatmap as task_repairer_heatmap with:
     input:
-        unpack(task_figure_input),
+        summaries=lambda w: [task_figure_input(w)["repairs"]],
+        metric="results/{model}/tasks/{task}/metric.json",
     output:
         pdf="results/{model}/tasks/{task}/figures/task_repairer_heatmap.pdf",
         png=report(
@@ -312,18 +317,18 @@ rule task_repairer_heatmap:
         "results/logs/task_repairer_heatmap/{model}/{task}.log",
     benchmark:
         "results/benchmarks/task_repairer_heatmap/{model}/{task}.tsv"
-    conda:
-        "../../envs/analysis.yaml"
     params:
-        ablation=task_figure_ablation,
+        models=lambda w: [w.model],
+        top_fraction=1.0,
         caption=task_caption,
-    script:
-        "../scripts/task_repairer_heatmap.py"
+        task=task_view,
 
 
-rule task_repair_bars:
+use rule repair_bars as task_repair_bars with:
     input:
-        unpack(task_figure_input),
+        summaries=lambda w: [task_figure_input(w)["repairs"]],
+        details=lambda w: [task_figure_input(w)["detail"]],
+        metric="results/{model}/tasks/{task}/metric.json",
     output:
         pdf="results/{model}/tasks/{task}/figures/task_repair_bars.pdf",
         png=report(
@@ -336,24 +341,21 @@ rule task_repair_bars:
         "results/logs/task_repair_bars/{model}/{task}.log",
     benchmark:
         "results/benchmarks/task_repair_bars/{model}/{task}.tsv"
-    conda:
-        "../../envs/analysis.yaml"
     params:
-        ablation=task_figure_ablation,
-        most_repaired=REPAIR["most_repaired"],
-        repairers=REPAIR["repairers"],
-        bootstrap=REPAIR_BOOTSTRAP,
+        models=lambda w: [w.model],
+        top_fraction=1.0,
         caption=task_caption,
-    script:
-        "../scripts/task_repair_bars.py"
+        task=task_view,
 
 
-rule task_explorer:
+# The head explorer on the task's answers: head_explorer's stage with the task's prompts and
+# stores, one per ablation.
+use rule head_explorer as task_explorer with:
     input:
         unpack(model_input),
-        prompts="results/{model}/tasks/{task}/prompts.zarr",
+        tokens="results/{model}/tasks/{task}/prompts.zarr",
         metric="results/{model}/tasks/{task}/metric.json",
-        heads=lambda w: task_paths(w, "ablation/{a}.zarr"),
+        shards=lambda w: task_paths(w, "ablation/{a}.zarr"),
         summaries=lambda w: task_paths(w, "summary/{a}.zarr"),
         intervals=lambda w: task_paths(w, "intervals/{a}.zarr"),
         repairs=lambda w: task_paths(w, "attribution/{a}.zarr"),
@@ -368,13 +370,5 @@ rule task_explorer:
         "results/logs/task_explorer/{model}/{task}.log",
     benchmark:
         "results/benchmarks/task_explorer/{model}/{task}.tsv"
-    conda:
-        "../../envs/engine.yaml"
     params:
-        model_entry=model_entry,
         ablations=lambda w: TASKS[w.task]["ablations"],
-        tokens_per_head=config["explorer"]["tokens_per_head"],
-        context=config["explorer"]["context"],
-        repairers=config["explorer"]["repairers"],
-    script:
-        "../scripts/task_explorer.py"

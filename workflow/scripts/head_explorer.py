@@ -1,4 +1,5 @@
-"""One model's head explorer page (selfrepair.stages.explorer.head_explorer)."""
+"""One model's head explorer page, or one (model, task)'s (rule task_explorer)
+(selfrepair.stages.explorer.head_explorer)."""
 
 from selfrepair.stages.explorer import head_explorer
 from selfrepair.stages.joblog import logged
@@ -21,4 +22,6 @@ with logged(snakemake.log[0], snakemake):
         out=snakemake.output.html,
         tokenizer_dir=inputs.get("model_dir"),
         repairs=list(inputs.repairs),
+        task=snakemake.wildcards.get("task"),
+        metric=inputs.get("metric"),  # a task's clean metric
     )

@@ -1,5 +1,5 @@
-"""Beyond the paper: the top repairers of the most self-repaired heads
-(selfrepair.stages.repair_figures.repair_bars)."""
+"""Beyond the paper: the top repairers of the most self-repaired heads, or of a task's (rule
+task_repair_bars) (selfrepair.stages.repair_figures.repair_bars)."""
 
 from selfrepair.stages import repair_figures
 from selfrepair.stages.joblog import logged, rule_params
@@ -12,4 +12,5 @@ with logged(snakemake.log[0], snakemake):
             snakemake, "models", "most_repaired", "repairers", "bootstrap", "top_fraction"
         ),
         out=[snakemake.output.pdf, snakemake.output.png],
+        task=snakemake.params.get("task"),  # a task's variant only
     )
