@@ -80,6 +80,8 @@ def summarize_heads(
     """
     draws = dict(de_epsilon=de_epsilon, n_resamples=n_resamples, level=level, seed=seed)
     if top_tokens is None:
+        if sums is None or repairs_out is None:
+            raise ValueError("a task's summary (no top_tokens) needs its sums and repairs_out")
         return _answers_summary(
             shards[0], sums, top_fraction, out, intervals_out, repairs_out, attrs, **draws
         )
