@@ -690,6 +690,15 @@ def task_figure_input(wildcards):
     }
 
 
+def task_view(wildcards, input):
+    """A task figure's `task` param: its task, ablation (the first) and clean metric JSON."""
+    return {
+        "task": wildcards.task,
+        "ablation": task_figure_ablation(wildcards),
+        "metric": input.metric,
+    }
+
+
 def task_sets_input(wildcards):
     """The joint ablation of the task's sets under its first ablation, if it names any."""
     if not TASKS[wildcards.task]["ablation_sets"]:

@@ -213,15 +213,6 @@ rule task_backups:
         "../scripts/task_backups.py"
 
 
-def task_view(wildcards, input):
-    """A task figure's `task` param: its task, ablation (the first) and clean metric JSON."""
-    return {
-        "task": wildcards.task,
-        "ablation": task_figure_ablation(wildcards),
-        "metric": input.metric,
-    }
-
-
 use rule head_table as task_head_table with:
     input:
         summaries=lambda w: task_paths(w, "summary/{a}.zarr"),
