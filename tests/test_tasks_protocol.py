@@ -181,7 +181,7 @@ def test_the_coax_config_plans_one_task_per_seed_and_their_summary():
     per_seed = {"task_prompts", "task_methods", "method_table", "task_clean", "task_set_ablate"}
     assert {job: jobs[job] for job in per_seed} == dict.fromkeys(per_seed, 4)
     assert jobs["method_seeds"] == 1 and "ablate" not in jobs  # the tasks only
-    spec = load(ROOT / "config" / "ioi-coax.yaml")["tasks"]["ioi"]
+    spec = load("ioi-coax.yaml")["tasks"]["ioi"]
     assert spec["prompt_seeds"] == [1, 15, 22, 8] and spec["n_prompts"] == 96
     assert (spec["templates"], spec["names"], spec["prepend_bos"]) == ("coax", "coax", False)
     assert spec["metric"] == "logit_diff" and len(spec["expected_backups"]) == 8
@@ -194,3 +194,16 @@ def test_prompt_seeds_on_the_ioi_ci_config_plan_a_task_per_seed(tmp_path):
     overlay.write_text(yaml.safe_dump({"tasks": {"ioi": {"prompt_seeds": [4, 9]}}}))
     jobs = _dry_run("config/ioi.yaml", ".test/config/ioi.yaml", str(overlay), target=["tasks"])
     assert jobs["task_prompts"] == 2 and jobs["method_table"] == 2 and jobs["method_seeds"] == 1
+
+
+def test_the_ioi_caption_is_todays_by_default_and_names_the_options():
+    spec = {"type": "ioi", "n_prompts": 16}
+    today = (
+        "Task: IOI (Wang et al. 2022), 16 prompts of its 15 templates, ABBA and BABA "
+        "alternating, names, places and objects that are single tokens in the model's "
+        "tokenizer; answer the indirect object, counterfactual the subject, corrupted "
+        "prompts ABC (three other names)"
+    )
+    assert task_description(spec) == today
+    options = spec | {"names": "coax", "prepend_bos": False, "prompt_seed": 4}
+    assert task_description(options) == today + " (names coax, no BOS, prompt seed 4)"

@@ -136,8 +136,10 @@ def task_description(spec: dict) -> str:
 def _ioi_options(spec: dict) -> str:
     """The IOI options an entry sets beside Wang et al.'s (none: empty, today's caption)."""
     notes = [f"{k} {spec[k]}" for k in ("templates", "names") if spec.get(k, "wang") != "wang"]
-    notes += ["no BOS"] * (not spec.get("prepend_bos", True))
-    notes += [f"prompt seed {spec['prompt_seed']}"] * ("prompt_seed" in spec)
+    if not spec.get("prepend_bos", True):
+        notes.append("no BOS")
+    if "prompt_seed" in spec:
+        notes.append(f"prompt seed {spec['prompt_seed']}")
     return f" ({', '.join(notes)})" if notes else ""
 
 
