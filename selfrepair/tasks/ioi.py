@@ -75,13 +75,12 @@ OBJECTS = (
 # _IOI_NAMES, _IOI_PLACES, _IOI_OBJECTS: one template, always ABBA (the indirect object named
 # first), written here in TEMPLATES' BABA form.
 COAX_TEMPLATES = ("When [B] and [A] went to the [PLACE], [B] gave a [OBJECT] to [A]",)
-COAX_NAMES = tuple(
-    "John Mary Tom James Dan Sid Martin Anna Paul Kate Mark Lucy Peter Sarah".split()
+COAX_NAMES = (
+    *"John Mary Tom James Dan Sid Martin Anna Paul Kate Mark Lucy Peter Sarah".split(),
+    *"David Emma".split(),
 )
-COAX_NAMES += ("David", "Emma")
 COAX_PLACES = tuple("store park school office garden station market library".split())
 COAX_OBJECTS = tuple("drink book ball ring kiss snack bone note".split())
-TEMPLATE_SETS = {"wang": TEMPLATES, "coax": COAX_TEMPLATES}
 WORD_SETS = {"wang": (NAMES, PLACES, OBJECTS), "coax": (COAX_NAMES, COAX_PLACES, COAX_OBJECTS)}
 # A prompt's two names and its corrupted prompt's three are all different.
 MIN_NAMES = 5
