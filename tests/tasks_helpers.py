@@ -12,19 +12,34 @@ import yaml
 from helpers import link_project
 
 from selfrepair.data.tokenizer import SPECIAL, byte_level_bpe
-from selfrepair.tasks.ioi import NAMES, OBJECTS, PLACES, TEMPLATES
+from selfrepair.tasks.ioi import (
+    COAX_NAMES,
+    COAX_OBJECTS,
+    COAX_PLACES,
+    COAX_TEMPLATES,
+    NAMES,
+    OBJECTS,
+    PLACES,
+    TEMPLATES,
+)
 
 
 @functools.cache
-def ioi_tokenizer(vocab_size: int = 2000, n_names: int = len(NAMES)):
+def ioi_tokenizer(vocab_size: int = 2000, n_names: int = len(NAMES), coax: bool = False):
     """GPT2TokenizerFast of a BPE trained on every template filled with the first n_names
-    names (few names: most of them stay several tokens)."""
+    names (few names: most of them stay several tokens); coax: CoAx's template and words too."""
     from transformers import GPT2TokenizerFast
 
     names = NAMES[:n_names]
+    filled = itertools.product(TEMPLATES, PLACES, OBJECTS)
+    if coax:
+        names += COAX_NAMES
+        filled = itertools.chain(
+            itertools.product(COAX_TEMPLATES * 4, COAX_PLACES, COAX_OBJECTS), filled
+        )
     docs = []
     for i, (template, place, obj) in enumerate(
-        itertools.islice(itertools.cycle(itertools.product(TEMPLATES, PLACES, OBJECTS)), 3000)
+        itertools.islice(itertools.cycle(list(filled)), 3000 + 256 * coax)
     ):
         a, b = names[i % len(names)], names[(i * 7 + 3) % len(names)]
         docs.append(

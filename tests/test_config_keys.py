@@ -193,6 +193,18 @@ def every_key_config(tmp: Path) -> dict:
                 "ablations": ["corrupted", "resample", "zero-frozen-ln"],
                 "expected_backups": {"induction_score_above": 0.4},
             },
+            "t-coax": {  # CoAx's protocol: its prompts, no BOS, a task per prompt seed
+                "type": "ioi",
+                "models": ["gpt2-small"],
+                "n_prompts": 4,
+                "templates": "coax",
+                "names": "coax",
+                "prepend_bos": False,
+                "prompt_seeds": [3, 5],
+                "ablations": ["zero"],
+                "ablation_sets": {"movers": [[9, 9]]},
+                "expected_backups": [[10, 10]],
+            },
             "t-file": {
                 "type": "prompts",
                 "file": prompts_file(tmp),
@@ -270,8 +282,11 @@ def test_a_config_with_every_key_plans_through_snakemake(every_key_plan):
     assert expected | {"self_reinforcement", "training_self_repair", "head_explorer"} <= jobs
     tasks = {"task_prompts", "task_clean", "task_ablate", "task_set_ablate", "task_summary"}
     tasks |= {"task_backups", "task_self_repair_per_head", "task_repair_bars", "task_explorer"}
-    tasks |= {"task_atp", "task_methods", "method_table"}
+    tasks |= {"task_atp", "task_methods", "method_table", "method_seeds"}
     assert tasks <= jobs
+    # tasks.<name>.prompt_seeds: a task per seed, their tables summarised under the task's name
+    assert "results/gpt2-small/tasks/t-coax@seed5/methods/movers.zarr" in every_key_plan
+    assert "results/gpt2-small/tasks/t-coax/tables/methods-movers-seeds.csv" in every_key_plan
     # tasks.<name>.methods: its EAP-IG steps reach task_methods, its anchors method_table
     methods = every_key_plan[every_key_plan.index("rule task_methods:") :]
     assert "t-ioi/methods/movers.zarr" in methods.split("\n\n")[0]

@@ -20,6 +20,7 @@ from selfrepair.config.models import (
     pickled_weights_problem,
 )
 from selfrepair.config.places import check_output_places, output_outside
+from selfrepair.config.prompt_seeds import check_task_protocol, expand_prompt_seeds
 from selfrepair.config.tasks import check_ablation_sets, check_task_prompts, check_tasks
 
 __all__ = [
@@ -74,6 +75,9 @@ def validate_run(config: dict[str, Any], schema: str | Path = SCHEMA) -> dict[st
     check_run(config, entries)
     check_path_tokenizers(entries)
     check_tasks(config, entries)
+    check_task_protocol(config["tasks"], config["engine"]["mean_include_bos"])
+    # One task entry per prompt seed from here on (every rule and check sees plain tasks).
+    config["tasks"] = expand_prompt_seeds(config["tasks"])
     check_ablation_sets(config, entries)
     check_checkpoints(entries)
     check_output_places(config, entries | checkpoint_models(entries))

@@ -125,12 +125,19 @@ def metric_sentence(numbers: Mapping[str, float | int | str], baseline: str = ""
 def task_description(spec: dict) -> str:
     """One sentence on what a task's prompts are (its config entry)."""
     kind, n = spec["type"], spec.get("n_prompts")
+    if kind == "ioi" and (spec.get("templates"), spec.get("names")) == ("coax", "coax"):
+        return (
+            f"Task: IOI as CoAx (Gong 2026) draws it, {n} prompts of its template (ABBA) and "
+            f"names, prompt seed {spec.get('prompt_seed', 'the run seed')}"
+            f"{'' if spec.get('prepend_bos', True) else ', no BOS'}; answer the indirect "
+            "object, counterfactual the subject, corrupted prompts ABC (three other names)"
+        )
     if kind == "ioi":
         return (
             f"Task: IOI (Wang et al. 2022), {n} prompts of its 15 templates, ABBA and BABA "
             "alternating, names, places and objects that are single tokens in the model's "
             "tokenizer; answer the indirect object, counterfactual the subject, corrupted "
-            "prompts ABC (three other names)"
+            f"prompts ABC (three other names){_ioi_options(spec)}"
         )
     if kind == "induction":
         return (
@@ -139,6 +146,16 @@ def task_description(spec: dict) -> str:
             "prompts another sequence repeated"
         )
     return f"Task: the prompts of {spec['file']}, each answer at its prompt's last position"
+
+
+def _ioi_options(spec: dict) -> str:
+    """The IOI options an entry sets beside Wang et al.'s (none: empty, today's caption)."""
+    notes = [f"{k} {spec[k]}" for k in ("templates", "names") if spec.get(k, "wang") != "wang"]
+    if not spec.get("prepend_bos", True):
+        notes.append("no BOS")
+    if "prompt_seed" in spec:
+        notes.append(f"prompt seed {spec['prompt_seed']}")
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def rmsnorm_notes(models: Mapping[str, str], neurons: bool = False) -> list[str]:

@@ -1,7 +1,8 @@
 """The method comparison's rules (rules/methods.smk): task_methods (every method's per-answer
 values of each candidate head for one named set of a task: engine.methods, engine.methods_grad)
 and method_table (each method's ROC-AUC, average precision and precision@k against the task's
-expected backups, with a bootstrap interval over prompts: analysis.methods; and its figure)."""
+expected backups, with a bootstrap interval over prompts: analysis.methods; and its figure) and
+method_seeds (those tables of a task's prompt seeds, mean +- std: analysis.method_seeds)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from selfrepair.variables import head_label
 if TYPE_CHECKING:
     from selfrepair.stages.job import ModelJob
 
-__all__ = ["method_table", "methods_per_token", "task_methods"]
+__all__ = ["method_seeds", "method_table", "methods_per_token", "task_methods"]
 
 log = logging.getLogger("selfrepair")
 
@@ -185,4 +186,27 @@ def method_table(
     fig.savefig(figure, dpi=150, bbox_inches="tight")
     if figure_pdf:
         fig.savefig(figure_pdf, bbox_inches="tight")
+    return table
+
+
+def method_seeds(
+    *, tables: Sequence[str], seeds: Sequence[int], csv: str, html_path: str, title: str
+) -> pd.DataFrame:
+    """Rule method_seeds: the method tables of a task's prompt seeds as one table, per method
+    the mean +- std over seeds beside each seed's values (analysis.method_seeds), CSV and HTML.
+
+    Args:
+        tables: each seed's method_table CSV, in the order of `seeds`.
+        seeds: the task's prompt_seeds.
+        csv, html_path: the files to write.
+        title: the HTML page's title.
+    """
+    from selfrepair.analysis.method_seeds import seed_summary
+
+    read = {int(s): pd.read_csv(t, index_col="method") for s, t in zip(seeds, tables, strict=True)}
+    table = seed_summary(read)
+    log.info("ROC-AUC mean and std over seeds %s:\n%s", list(read), table.iloc[:, :2])
+    write_text(csv, table.to_csv(float_format="%.6g"))
+    html = table.to_html(float_format=lambda v: f"{v:.3f}")
+    write_text(html_path, f"<html><head><title>{title}</title></head><body>{html}</body></html>")
     return table

@@ -49,16 +49,19 @@ def build_task(
     """The task's prompts for one model's tokenizer.
 
     Args:
-        spec: the task's config entry (tasks.<name>: type, n_prompts, length, file, ...).
+        spec: the task's config entry (tasks.<name>: type, n_prompts, length, file, ...; an
+            entry of prompt_seeds has its prompt_seed, config.tasks.expand_prompt_seeds).
         tokenizer: the model's tokenizer (Hugging Face).
-        seed: the run's seed.
+        seed: the run's seed (the prompts', unless the entry has a prompt_seed).
         bos_id: the id every row starts with (and padding takes).
         n_ctx: the model's context in positions, when known: rows longer are refused (a
             prompts file's each with its file:line).
     """
     kind = spec["type"]
+    seed = spec.get("prompt_seed", seed)
     if kind == "ioi":
-        prompts = ioi_prompts(tokenizer, spec["n_prompts"], seed, bos_id)
+        options = {k: spec[k] for k in ("templates", "names", "prepend_bos") if k in spec}
+        prompts = ioi_prompts(tokenizer, spec["n_prompts"], seed, bos_id, **options)
     elif kind == "induction":
         prompts = induction_prompts(tokenizer, spec["n_prompts"], spec["length"], seed, bos_id)
     elif kind == "prompts":

@@ -11,6 +11,7 @@ import selfrepair.ablations as sr_ablations  # noqa: E402
 import selfrepair.config as sr_config  # noqa: E402
 import selfrepair.config.figures as sr_figures  # noqa: E402
 import selfrepair.config.inputs as sr_inputs  # noqa: E402
+import selfrepair.config.prompt_seeds as sr_prompt_seeds  # noqa: E402
 from selfrepair.plots import captions  # noqa: E402
 from selfrepair.stages import records as sr_records  # noqa: E402
 from selfrepair.variables import METRIC_LABELS  # noqa: E402
@@ -64,6 +65,9 @@ SHARDS = [f"{i:03d}" for i in range(sr_config.n_shards(DATA))]
 # Tasks (beyond the paper; rules/tasks.smk): each task's models, by task name.
 TASKS = config["tasks"]
 TASK_MODELS = sr_config.task_models(config, MODELS)
+# A task of prompt_seeds is one entry per seed, <task>@seed<s> (config.prompt_seeds); by its name
+# its seeds' entries, whose method tables rule method_seeds aggregates under tasks/<task>/.
+SEEDED_TASKS = sr_prompt_seeds.seeded_tasks(TASKS)
 
 
 wildcard_constraints:
@@ -72,6 +76,7 @@ wildcard_constraints:
     ablation="|".join(re.escape(v) for v in VARIANTS),
     shard=r"\d+",
     task="|".join(re.escape(t) for t in TASKS) or "(?!)",
+    seeded_task="|".join(re.escape(t) for t in SEEDED_TASKS) or "(?!)",
     task_ablation="|".join(re.escape(a) for a in sr_ablations.TASK_VARIANTS),
     ablation_set=r"[A-Za-z0-9][A-Za-z0-9._-]*",
 
@@ -779,7 +784,24 @@ def task_outputs():
             outputs += expand(getattr(rules, name).output, model=models, task=task)
         for name in ("task_atp_table", "task_atp_scatter", "task_atp_error") * ATP:
             outputs += expand(getattr(rules, name).output, model=models, task=task)
+    for seeded, (first, *_) in SEEDED_TASKS.items():
+        spec = TASKS[first]
+        if spec["ablation_sets"] and spec["expected_backups"]:
+            outputs += expand(
+                rules.method_seeds.output,
+                model=TASK_MODELS[first],
+                seeded_task=seeded,
+                ablation_set=list(spec["ablation_sets"]),
+            )
     return outputs
+
+
+def method_seed_tables(wildcards):
+    """The method tables of a task's prompt seeds (rule method_seeds), in the seeds' order."""
+    return [
+        f"results/{wildcards.model}/tasks/{task}/tables/methods-{wildcards.ablation_set}.csv"
+        for task in SEEDED_TASKS[wildcards.seeded_task]
+    ]
 
 
 def task_pages():

@@ -72,3 +72,31 @@ rule method_table:
         bootstrap=REPAIR_BOOTSTRAP,
     script:
         "../scripts/method_table.py"
+
+
+rule method_seeds:
+    input:
+        tables=method_seed_tables,
+    output:
+        csv=report(
+            "results/{model}/tasks/{seeded_task}/tables/methods-{ablation_set}-seeds.csv",
+            caption="../report/method_seeds.rst",
+            category="Tasks – {seeded_task}",
+            subcategory="{model}",
+        ),
+        html=report(
+            "results/{model}/tasks/{seeded_task}/tables/methods-{ablation_set}-seeds.html",
+            caption="../report/method_seeds.rst",
+            category="Tasks – {seeded_task}",
+            subcategory="{model}",
+        ),
+    log:
+        "results/logs/method_seeds/{model}/{seeded_task}/{ablation_set}.log",
+    benchmark:
+        "results/benchmarks/method_seeds/{model}/{seeded_task}/{ablation_set}.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        seeds=lambda w: [TASKS[t]["prompt_seed"] for t in SEEDED_TASKS[w.seeded_task]],
+    script:
+        "../scripts/method_seeds.py"
