@@ -156,3 +156,40 @@ def test_template_mean_per_group_matches_the_full_forward_reference(tiny_model):
 def test_template_mean_refuses_running_text_in_one_line(tiny_model, tiny_tokens):
     with pytest.raises(ValueError, match=r"template-mean ablation needs a task's corrupted"):
         measure_heads(tiny_model, tiny_tokens, "template-mean")
+
+
+def test_the_workflow_runs_both_kinds_on_a_task(finished_run, tmp_path):
+    """On a copy of the finished demo, an overlay adding both kinds to its task plans their
+    task_ablate jobs (snakemake -n), which run and write stores named after each kind."""
+    import shutil
+
+    import yaml
+    from helpers import link_project, snakemake
+
+    from selfrepair.stages.store import open_zarr
+
+    run, configs = finished_run
+    copy = link_project(tmp_path / "run")
+    shutil.copytree(run / "results", copy / "results", ignore=shutil.ignore_patterns("logs"))
+    shutil.copytree(run / "resources", copy / "resources")
+    kinds = ["zero-with-value-bias", "template-mean"]
+    tasks: dict = {}  # the run's tasks as its config files merge them, key by key
+    for name in configs:
+        for task, spec in (yaml.safe_load((copy / name).read_text()).get("tasks") or {}).items():
+            tasks.setdefault(task, {}).update(spec)
+    task = next(iter(tasks))
+    ablations = [*tasks[task].get("ablations", ["corrupted"]), *kinds]
+    overlay = tmp_path / "kinds.yaml"
+    overlay.write_text(yaml.safe_dump({"tasks": {task: {"ablations": ablations}}}))
+    model = "tiny-gpt2"
+    targets = [f"results/{model}/tasks/{task}/ablation/{k}.zarr" for k in kinds]
+    common = ("--cores", "1", "--rerun-triggers", "mtime", "--configfile", *configs, str(overlay))
+    plan = snakemake(*targets, "-n", *common, cwd=copy, timeout=600)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert plan.stdout.count("rule task_ablate:") == len(kinds), plan.stdout[-3000:]
+    proc = snakemake(*targets, *common, cwd=copy, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for kind, target in zip(kinds, targets, strict=True):
+        ds = open_zarr(copy / target)
+        assert ds.attrs["ablation"] == kind
+        assert np.isfinite(ds.logit_diff.values).any() and np.abs(ds.logit_diff.values).max() > 0
