@@ -169,7 +169,7 @@ def test_the_workflow_runs_both_kinds_on_a_task(finished_run, tmp_path):
     from selfrepair.stages.store import open_zarr
 
     run, configs = finished_run
-    copy = link_project(tmp_path / "run")
+    copy = link_project(tmp_path)
     shutil.copytree(run / "results", copy / "results", ignore=shutil.ignore_patterns("logs"))
     shutil.copytree(run / "resources", copy / "resources")
     kinds = ["zero-with-value-bias", "template-mean"]
