@@ -121,6 +121,26 @@ def test_template_groups_of_ioi_prompts():
     np.testing.assert_array_equal(prompts.groups, [0] * 5)
 
 
+def test_an_ioi_tasks_groups_reach_the_engine():
+    """The engine's TaskInputs of an IOI task (stages.tasks.task_inputs) carry each prompt's
+    group; the prompts of a group share template, order and length, so that 'the same position'
+    is the same word of the template."""
+    from tasks_helpers import ioi_tokenizer
+
+    from selfrepair.stages.tasks import task_inputs
+    from selfrepair.tasks.ioi import ioi_prompts
+
+    prompts = ioi_prompts(ioi_tokenizer(), 40, seed=3, bos_id=0)
+    groups = task_inputs(prompts, "logit_diff").groups.numpy()
+    np.testing.assert_array_equal(groups, prompts.groups)
+    assert 2 < len(set(groups)) < 40  # several templates, some shared
+    for group in set(groups):
+        mine = groups == group
+        for key in ("template", "abba"):
+            assert len(set(prompts.info[key][mine])) == 1
+        assert len(set(prompts.length[mine])) == 1
+
+
 def grouped_task(model):
     """padded_task's rows with two template groups (rows 0, 2, ... and 1, 3, ...)."""
     tokens, task = padded_task(model, seed=5)
