@@ -22,7 +22,10 @@ __all__ = [
     "FROZEN_LN_SUFFIX",
     "KINDS",
     "ROWS",
+    "MEAN",
     "TASK",
+    "TEMPLATE_MEAN",
+    "VALUE_BIAS",
     "TASK_ABLATIONS",
     "TASK_VARIANTS",
     "TEXT_ABLATIONS",
@@ -40,6 +43,16 @@ ROWS = "rows"  # among the rows measured: row i's is source[i], default (i + 1) 
 TASK = "task"  # a task's paired corrupted prompts (engine.inputs.TaskInputs.partners), run
 # after the rows measured: row i's is row n + i of that pool (running text has none)
 
+# The per-layer table a kind replaces z from instead of another row's z (Ablation.table), made
+# once per measurement (engine.replacements.replacement_tables) and handed to its replacement as
+# z_mean:
+MEAN = "mean"  # [head, d_head]: the mean z over the rows measured (engine.replacements.mean_z)
+VALUE_BIAS = "value_bias"  # [head, d_head]: minus each head's value bias, which TransformerLens
+# folds into b_O (models.value_bias): z + b_V is the whole slice entering W_O, CoAx's zero
+TEMPLATE_MEAN = "template_mean"  # [group, pos, head, d_head]: the mean z over a task's
+# corrupted prompts of each template group, per position; `partner` is each row's group
+TABLES = (MEAN, VALUE_BIAS, TEMPLATE_MEAN)
+
 
 def _partner_z(z, n, partner, z_mean, heads):
     """z of row partner[i] (an index into z's rows: the batch and the partners run with it)."""
@@ -47,9 +60,16 @@ def _partner_z(z, n, partner, z_mean, heads):
 
 
 def _mean_z(z, n, partner, z_mean, heads):
-    """The layer's mean z (engine.ablation.mean_z) on every row and position, as a view."""
+    """The layer's [head, d_head] table (the mean z, or minus the value bias) on every row and
+    position, as a view."""
     chosen = z_mean[heads]
     return chosen.expand(n, z.shape[1], *chosen.shape)
+
+
+def _group_z(z, n, partner, z_mean, heads):
+    """The row's group's z at each position (z_mean [group, pos, head, d_head], partner[i]: row
+    i's group)."""
+    return z_mean[:, :, heads][partner]
 
 
 def _zero_z(z, n, partner, z_mean, heads):
@@ -71,7 +91,8 @@ class Ablation:
         note: what it replaces a head's z with, as a task's caption says it.
         partner_pool: None, or where the row it takes z from lies (ROWS, TASK).
         partner_label: the explorer's label of that row ({row}: its number).
-        reads_mean: whether it needs the mean z (engine.ablation.mean_z) of each layer.
+        table: None, or the per-layer table its replacement reads as z_mean (MEAN,
+            VALUE_BIAS, TEMPLATE_MEAN).
         color: its colour in every figure (None: the figures' head colour).
     """
 
@@ -80,7 +101,7 @@ class Ablation:
     note: str
     partner_pool: str | None = None
     partner_label: str | None = None
-    reads_mean: bool = False
+    table: str | None = None
     color: str | None = None
 
     def __post_init__(self) -> None:
@@ -88,6 +109,8 @@ class Ablation:
             raise ValueError(
                 f"ablation {self.name}: partner_pool must be None, {ROWS!r} or {TASK!r}"
             )
+        if self.table not in (None, *TABLES):
+            raise ValueError(f"ablation {self.name}: table must be None or one of {TABLES}")
         if self.partner_pool and not self.partner_label:
             raise ValueError(f"ablation {self.name}: a kind with partner rows needs partner_label")
 
@@ -97,9 +120,19 @@ class Ablation:
         return self.partner_pool is not None
 
     @property
+    def reads_mean(self) -> bool:
+        """Whether it needs the mean z of each layer over the rows measured."""
+        return self.table == MEAN
+
+    @property
+    def needs_corrupted(self) -> bool:
+        """Whether it reads a task's corrupted prompts (as partner rows or through a table)."""
+        return self.partner_pool == TASK or self.table == TEMPLATE_MEAN
+
+    @property
     def on_text(self) -> bool:
         """Whether running text has what it needs (no task's corrupted prompts)."""
-        return self.partner_pool != TASK
+        return not self.needs_corrupted
 
 
 KINDS: dict[str, Ablation] = {
@@ -117,16 +150,32 @@ KINDS: dict[str, Ablation] = {
             "mean",
             _mean_z,
             note="mean (each head's mean z over the task's prompts, padding left out)",
-            reads_mean=True,
+            table=MEAN,
             color="#ff7f0e",
         ),
         Ablation("zero", _zero_z, note="zero", color="#2ca02c"),
+        Ablation(
+            "zero-with-value-bias",
+            _mean_z,
+            note="zero of the whole slice entering W_O, the value bias b_V included (CoAx's "
+            "zero; zero keeps b_V, folded into b_O)",
+            table=VALUE_BIAS,
+            color="#8c564b",
+        ),
         Ablation(
             "corrupted",
             _partner_z,
             note="corrupted (each head's z from its prompt's corrupted partner, same position)",
             partner_pool=TASK,
             partner_label="corrupted prompt (the head's z taken from it, same position)",
+        ),
+        Ablation(
+            "template-mean",
+            _group_z,
+            note="template mean (each head's mean z over the corrupted prompts of the prompt's "
+            "template, same position: Wang et al.'s mean ablation)",
+            table=TEMPLATE_MEAN,
+            color="#9467bd",
         ),
     )
 }

@@ -79,8 +79,9 @@ def test_the_schema_offers_exactly_the_registry_kinds():
 
 
 def test_kinds_and_their_variants():
-    assert TEXT_ABLATIONS == ("resample", "mean", "zero")  # the paper's, in its order
-    assert set(TASK_ABLATIONS) == {*TEXT_ABLATIONS, "corrupted"}
+    # the paper's, in its order, then CoAx's zero (z and b_V)
+    assert TEXT_ABLATIONS == ("resample", "mean", "zero", "zero-with-value-bias")
+    assert set(TASK_ABLATIONS) == {*TEXT_ABLATIONS, "corrupted", "template-mean"}
     for name in KINDS:
         assert ablation_kind(name).name == name
         assert parse_variant(variant(name, True)) == (name, True)
@@ -92,6 +93,11 @@ def test_kinds_and_their_variants():
         replace(KINDS["resample"], name="other", partner_label=None)
     with pytest.raises(ValueError, match="partner_pool must be None, 'rows' or 'task'"):
         replace(KINDS["resample"], name="other", partner_pool="shard")
+    with pytest.raises(ValueError, match="table must be None or one of"):
+        replace(KINDS["mean"], name="other", table="median")
+    # what each kind reads: running text has no corrupted prompts
+    assert [k.name for k in KINDS.values() if k.needs_corrupted] == ["corrupted", "template-mean"]
+    assert [k.name for k in KINDS.values() if k.reads_mean] == ["mean"]
 
 
 @pytest.fixture
@@ -174,7 +180,7 @@ from selfrepair.plots.captions import ABLATION_NOTES
 from selfrepair.plots.style import ABLATION_COLORS
 from selfrepair.analysis.explorer import PARTNER_LABELS
 from selfrepair.config.places import ABLATION_FOLDERS, ABLATION_NAMES, WORKFLOW_FOLDERS
-assert ABLATIONS == ("resample", "mean", "zero", "blank"), ABLATIONS
+assert ABLATIONS == ("resample", "mean", "zero", "zero-with-value-bias", "blank"), ABLATIONS
 assert A.TASK_ABLATIONS[-2:] == ("blank", "swapped")
 assert ABLATION_NOTES["blank"] == "blank note" and "swapped" in ABLATION_NOTES
 assert ABLATION_COLORS["blank"] == "#123456"

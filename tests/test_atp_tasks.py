@@ -48,7 +48,13 @@ def hf_task(request, tmp_path_factory):
 
 @pytest.mark.parametrize(
     ("ablation", "metric"),
-    [("corrupted", "logit_diff"), ("mean", "logit_diff"), ("mean", "correct_logit")],
+    [
+        ("corrupted", "logit_diff"),
+        ("mean", "logit_diff"),
+        ("mean", "correct_logit"),
+        ("template-mean", "logit_diff"),
+        ("zero-with-value-bias", "logit_diff"),
+    ],
 )
 def test_task_atp_equals_autograd_on_hugging_face(hf_task, ablation, metric):
     """Row and per-answer AtP of every head, and GradDrop for every dropped layer, in batches
@@ -56,11 +62,12 @@ def test_task_atp_equals_autograd_on_hugging_face(hf_task, ablation, metric):
     forward pass with the task's metric and z'."""
     hf_model, model, tokens, rows = hf_task
     counter = rows.counter if metric == "logit_diff" else None
-    rows = TaskRows(counter, rows.corrupted, rows.real, rows.scored)
+    groups = torch.arange(tokens.shape[0]) % 2  # two template groups (template-mean)
+    rows = TaskRows(counter, rows.corrupted, rows.real, rows.scored, groups)
     scored = rows.scored.numpy()
     cfg = model.cfg
     per_token = np.broadcast_to(scored, (cfg.n_layers, cfg.n_heads, *scored.shape))
-    task = TaskInputs(counter, rows.corrupted, rows.real)
+    task = TaskInputs(counter, rows.corrupted, rows.real, groups)
     got = measure_atp(
         model, tokens, ablation, per_token=per_token, task=task, scored=scored, batch_size=2
     )

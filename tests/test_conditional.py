@@ -23,7 +23,9 @@ TOL = 1e-4
 MEMBERS = [(1, 0), (2, 3)]
 
 
-@pytest.mark.parametrize("ablation", ["corrupted", "mean", "zero"])
+@pytest.mark.parametrize(
+    "ablation", ["corrupted", "mean", "zero", "zero-with-value-bias", "template-mean"]
+)
 def test_single_and_conditional_match_full_forward_passes(tiny_model, ablation, one_torch_thread):
     tokens, task = padded_task(tiny_model, seed=5)
     got = measure_conditional(tiny_model, tokens, ablation, MEMBERS, batch_size=2, task=task)

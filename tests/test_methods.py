@@ -40,7 +40,9 @@ def answers(tokens, real, seed=0):
     return predicts & (rng.random(predicts.shape) < 0.25)
 
 
-@pytest.mark.parametrize("ablation", ["corrupted", "mean", "zero"])
+@pytest.mark.parametrize(
+    "ablation", ["corrupted", "mean", "zero", "zero-with-value-bias", "template-mean"]
+)
 def test_energy_and_logit_diff_effects_match_full_forward_passes(tiny_model, ablation):
     tokens, task = padded_task(tiny_model, seed=5)
     scored = answers(tokens, task.real)
@@ -88,8 +90,11 @@ def hf_pair(request, tmp_path_factory):
     return hf_model, load_local_checkpoint(path)
 
 
-@pytest.mark.parametrize("metric", ["logit_diff", "correct_logit"])
-def test_gradient_methods_equal_autograd_on_hugging_face(hf_pair, metric):
+@pytest.mark.parametrize(
+    ("metric", "ablation"),
+    [("logit_diff", "zero"), ("correct_logit", "zero"), ("logit_diff", "zero-with-value-bias")],
+)
+def test_gradient_methods_equal_autograd_on_hugging_face(hf_pair, metric, ablation):
     hf_model, model = hf_pair
     gen = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, 64, (3, 10), generator=gen)
@@ -100,14 +105,14 @@ def test_gradient_methods_equal_autograd_on_hugging_face(hf_pair, metric):
     got = measure_gradient_methods(
         model,
         tokens,
-        "zero",
+        ablation,
         members,
         scored,
         steps=STEPS,
         batch_size=2,
         task=TaskInputs(counter=counter),
     )
-    ref = hf_gradient_methods(hf_model, tokens, counter, scored, members, STEPS)
+    ref = hf_gradient_methods(hf_model, tokens, counter, scored, members, STEPS, ablation)
     for name in ("conditional_gradient", "atp", "eap_ig"):
         assert np.abs(ref[name]).max() > 0.05, name
         np.testing.assert_allclose(got[name].values, ref[name], atol=TOL, rtol=0, err_msg=name)

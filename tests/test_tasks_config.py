@@ -132,6 +132,12 @@ def test_corrupted_ablation_needs_every_prompt_paired(tmp_path):
         validate_run(_config({"t": {"type": "prompts", "file": path}}), SCHEMA)
     config = _config({"t": {"type": "prompts", "file": path, "ablations": ["mean"]}})
     assert validate_run(config, SCHEMA)
+    # template-mean reads the corrupted prompts too (Wang et al.'s mean over them); CoAx's zero not
+    spec = {"type": "prompts", "file": path, "ablations": ["mean", "template-mean-frozen-ln"]}
+    with pytest.raises(ConfigError, match="ablations: template-mean-frozen-ln needs a corrupted"):
+        validate_run(_config({"t": spec}), SCHEMA)
+    spec["ablations"] = ["zero-with-value-bias"]
+    assert validate_run(_config({"t": spec}), SCHEMA)
 
 
 def _path_run(tmp_path, tasks: dict) -> tuple[dict, dict]:

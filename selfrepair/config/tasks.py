@@ -10,7 +10,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from selfrepair.ablations import KINDS, TASK, parse_variant
+from selfrepair.ablations import KINDS, parse_variant
 from selfrepair.config.errors import ConfigError
 from selfrepair.config.models import missing_head, model_dims
 
@@ -93,9 +93,9 @@ def _check_file(key: str, spec: dict[str, Any]) -> None:
             "sets (ablation_sets) run without frozen LayerNorm; put a kind without -frozen-ln "
             "first"
         )
-    paired = [a for a in spec["ablations"] if KINDS[parse_variant(a)[0]].partner_pool == TASK]
+    paired = [a for a in spec["ablations"] if KINDS[parse_variant(a)[0]].needs_corrupted]
     if paired and not corrupted:
-        others = [name for name, kind in KINDS.items() if kind.partner_pool != TASK]
+        others = [name for name, kind in KINDS.items() if not kind.needs_corrupted]
         raise ConfigError(
             f"config key {key}.ablations: {paired[0]} needs a corrupted prompt on every line of "
             f"{spec['file']}; add them or choose {', '.join(others[:-1])} or {others[-1]}"

@@ -9,7 +9,9 @@ registry (selfrepair.ablations.KINDS); this module reads those properties, never
   (`with_partners`), and only its own rows are kept (`first_rows`);
 - mean: mean z over all rows and the positions the pass reads (every token but the last, a
   target only; position 0 optional; in a task, the positions that predict a real token);
-- zero: z = 0;
+- zero: z = 0; zero-with-value-bias: z = -b_V, the whole slice entering W_O zero (CoAx's);
+- template-mean (tasks): the mean z over the corrupted prompts of the row's template, same
+  position (Wang et al.'s); the tables both read: engine.replacements;
 - corrupted (tasks): row i takes z from its paired corrupted prompt, same position: resample
   with the partner rows taken from a separate pool (`partners`) instead of the rows measured
   (the circuits convention, e.g. IOI's ABC prompts).
@@ -31,8 +33,8 @@ from torch import Tensor
 
 from selfrepair.ablations import ROWS, TASK, Ablation, ablation_kind
 from selfrepair.engine.inputs import TaskInputs
-from selfrepair.models.blocks import run_block
-from selfrepair.models.forward import CleanPass, check_finite, clean_pass, embed, restart_point
+from selfrepair.engine.replacements import mean_z, replacement_tables, row_groups
+from selfrepair.models.forward import CleanPass, check_finite, clean_pass, restart_point
 from selfrepair.models.readout import Readout
 
 if TYPE_CHECKING:
@@ -82,63 +84,6 @@ def checked_source(source: Tensor | None, n_rows: int) -> Int[Tensor, " batch"]:
     return source
 
 
-def mean_z(
-    model: HookedTransformer,
-    tokens: Int[Tensor, "batch pos_plus_1"],
-    layers: Iterable[int],
-    batch_size: int,
-    include_bos: bool = True,
-    fused: bool = True,
-    real: Tensor | None = None,
-) -> dict[int, Float[Tensor, "head d_head"]]:
-    """Mean of each head's z over the positions the measured pass reads: every row's positions
-    0 .. pos - 1 of tokens[:, :-1] (the last token is only a target, as in
-    models.forward.clean_pass; position 0 optional). With `real` (bool [rows, pos + 1], a task's
-    right-padded prompts) over the positions whose next token is real only: not a row's last
-    real token (its last answer, a target only), nor the padding, however wide the rows.
-
-    Args:
-        model: the HookedTransformer (not modified).
-        tokens: [rows, pos + 1] token rows, each starting with BOS.
-        layers: layers whose mean z is wanted.
-        batch_size: rows per pass.
-        include_bos: whether position 0 is averaged over too.
-        fused: passed to models.blocks.run_block.
-        real: a task's positions that are not padding, or None (every position).
-    """
-    layers = sorted(set(layers))
-    # Position t is averaged over when the pass reads it and its target t + 1 is real.
-    weights = torch.ones(tokens.shape[0], tokens.shape[1] - 1, dtype=torch.bool)
-    if real is not None:
-        weights = real[:, 1:].to(torch.bool).cpu().clone()
-    if not include_bos:
-        weights[:, 0] = False
-    count = int(weights.sum())
-    if count == 0:
-        raise ValueError(
-            "mean ablation has no position to average z over: the rows need a position after "
-            "BOS that predicts a real token (or set engine.mean_include_bos: true)"
-        )
-    sums: dict[int, Tensor] = {}
-    batch: list[Tensor] = []
-
-    def add(x, hook, layer):
-        w = batch[-1].to(x.device, torch.float32)
-        sums[layer] = sums.get(layer, 0) + torch.einsum("bp,bphd->hd", w, x.float())
-
-    hooks = [
-        (f"blocks.{layer}.attn.hook_z", lambda x, hook, layer=layer: add(x, hook, layer))
-        for layer in layers
-    ]
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        for start in range(0, tokens.shape[0], batch_size):
-            batch.append(weights[start : start + batch_size])
-            resid = embed(model, tokens[start : start + batch_size, :-1])
-            for block in model.blocks[: layers[-1] + 1]:
-                resid = run_block(block, resid, fused)
-    return {layer: (s / count).to(model.cfg.dtype) for layer, s in sums.items()}
-
-
 def with_partners(rows: Int[Tensor, " batch"], source: Int[Tensor, " rows"]) -> Tensor:
     """`rows`, then (sorted) the rows outside them that one of them takes its resample z from."""
     extra = sorted(set(source[rows].tolist()) - set(rows.tolist()))
@@ -182,7 +127,8 @@ def ablated_z(
 ) -> Float[Tensor, "batch pos heads d_head"]:
     """The ablated z of `heads` of one layer for the first n rows of `z` (one layer's clean z over
     a batch and its partner rows): the kind's replacement (resample and corrupted, z of row
-    partner[i]; mean, z_mean; zero, 0).
+    partner[i]; mean and zero-with-value-bias, z_mean; template-mean, z_mean[partner[i]]; zero,
+    0).
 
     Only indexing and views: no arithmetic, so every caller gets the same numbers.
     """
@@ -199,7 +145,8 @@ class AblationChunk:
     kept: dict[str, Tensor]
     ablation: str
     z_run: dict[int, Tensor]  # clean z over the batch and its partner rows
-    partner: Int[Tensor, " batch"] | None  # a partner kind's: index into z_run's rows
+    partner: Int[Tensor, " batch"] | None  # index into z_run's rows, or the row's group
+    # (a TEMPLATE_MEAN kind's, into z_mean's)
     z_mean: dict[int, Tensor]
 
     @property
@@ -251,6 +198,14 @@ def _pool(
     return pool, counter, torch.arange(n_rows) + n_rows
 
 
+def _row_index(kind: Ablation, run_rows, rows, source, task, device) -> Tensor | None:
+    """What the kind's replacement indexes per row: its partner among run_rows (a partner
+    kind), its group (template-mean: engine.replacements.row_groups), or None."""
+    if kind.takes_partner_rows:
+        return partner_index(run_rows, rows, source, device)
+    return row_groups(kind, task, rows, device)
+
+
 def ablation_chunks(
     model: HookedTransformer,
     tokens: Int[Tensor, "rows pos_plus_1"],
@@ -282,7 +237,8 @@ def ablation_chunks(
         keep: extra hook names kept from the clean pass (AblationChunk.kept).
         restart_layers: layers whose restart residual is kept (default: `layers`).
         source: resample partner of each row (default: resample_source).
-        z_mean: the mean z per layer when already computed (default: mean_z over `tokens`).
+        z_mean: the kind's table per layer when already computed (default:
+            engine.replacements.replacement_tables).
         norm_scales, fused: passed to models.forward.clean_pass.
         task: a task's counterfactuals (metric), corrupted prompts and real positions.
     """
@@ -295,9 +251,10 @@ def ablation_chunks(
     n_rows = tokens.shape[0]
     pool, counter, source = _pool(tokens, kind, source, task)
     paired = kind.takes_partner_rows
-    if kind.reads_mean and z_mean is None:
-        real = None if task is None else task.real
-        z_mean = mean_z(model, tokens, layers, batch_size, mean_include_bos, fused, real)
+    if z_mean is None:
+        z_mean = replacement_tables(
+            model, tokens, kind, layers, batch_size, mean_include_bos, fused, task
+        )
 
     # No torch.no_grad() around the loop: a context held open across `yield` would be left by
     # whoever finalises the generator (clean_pass runs under no_grad itself; callers keep theirs).
@@ -318,7 +275,7 @@ def ablation_chunks(
                 counter=None if counter is None else counter[run_rows.to(counter.device)],
             )
         n = len(rows)
-        partner = partner_index(run_rows, rows, source, device) if paired else None
+        partner = _row_index(kind, run_rows, rows, source, task, device)
         yield AblationChunk(
             rows=rows,
             cp=first_rows(cp, n),

@@ -50,13 +50,12 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from selfrepair.ablations import KINDS, ROWS, TASK, Ablation, ablation_kind
+from selfrepair.ablations import KINDS, ROWS, Ablation, ablation_kind
 from selfrepair.engine.ablation import (
     _pool,
+    _row_index,
     ablated_z,
     check_ablation,
-    mean_z,
-    partner_index,
     with_partners,
 )
 from selfrepair.engine.gradients import (
@@ -70,6 +69,7 @@ from selfrepair.engine.gradients import (
 )
 from selfrepair.engine.inputs import TaskInputs, validate_tokens
 from selfrepair.engine.metric import Metric, TokenMetric
+from selfrepair.engine.replacements import replacement_tables
 from selfrepair.models.blocks import cached_weights
 from selfrepair.models.forward import check_supported
 from selfrepair.models.readout import Readout, readout
@@ -216,7 +216,7 @@ def measure_atp(
         for start in range(0, n_rows, batch_size):
             rows = torch.arange(start, min(start + batch_size, n_rows))
             gp, dz, weight = _batch_pass(
-                model, pool, ro, metric, rows, ablation, source, z_mean, fused
+                model, pool, ro, metric, rows, ablation, source, z_mean, fused, task
             )
             own = {k: None if v is None else v[:, :, rows] for k, v in masks.items()}
             res = chunk_estimates(
@@ -232,8 +232,8 @@ def check_atp_ablation(ablation: str, task: TaskInputs | None = None) -> Ablatio
     """The registry's kind of this name; fails naming the fix when it takes its partner rows
     from a task's corrupted prompts and `task` has none (running text has none)."""
     kind = check_ablation(ablation)
-    if kind.partner_pool == TASK and (task is None or task.partners is None):
-        usable = [k.name for k in KINDS.values() if k.partner_pool != TASK]
+    if kind.needs_corrupted and (task is None or task.partners is None):
+        usable = [k.name for k in KINDS.values() if not k.needs_corrupted]
         raise ValueError(
             f"measure_atp does not take {ablation!r} ablation without a task's corrupted "
             f"prompts: pass task=TaskInputs(partners=...), or choose one of {', '.join(usable)}"
@@ -251,13 +251,14 @@ def _mean(
     mean_include_bos: bool,
     fused: bool,
 ) -> dict[int, Tensor]:
-    """The mean z per layer where the kind reads it, over `tokens` (a task's real positions
-    only) unless given."""
-    if not kind.reads_mean or z_mean is not None:
-        return z_mean or {}
-    real = None if task is None else task.real
+    """The kind's table per layer (engine.replacements.replacement_tables: the mean z, minus
+    the value bias, the template means) unless given."""
+    if z_mean is not None:
+        return z_mean
     layers = range(model.cfg.n_layers)
-    return mean_z(model, tokens, layers, batch_size, mean_include_bos, fused, real)
+    return replacement_tables(
+        model, tokens, kind, layers, batch_size, mean_include_bos, fused, task
+    )
 
 
 def _weights(scored: np.ndarray | None, pool: Tensor, n_rows: int) -> Tensor | None:
@@ -283,6 +284,7 @@ def _batch_pass(
     source: Tensor | None,
     z_mean: dict[int, Tensor],
     fused: bool,
+    task: TaskInputs | None = None,
 ) -> tuple[GradPass, dict[int, Tensor], Tensor]:
     """One batch's forward graph (with its partner rows), z' - z of its own rows, and the
     metric's weights, zero on the partner rows (they only lend their z)."""
@@ -292,7 +294,7 @@ def _batch_pass(
     weight = torch.zeros_like(m.weight)
     weight[: len(rows)] = m.weight[: len(rows)]
     gp = grad_pass(model, tokens[run_rows.to(tokens.device)], ro, m, run_rows, fused)
-    return gp, z_changes(gp, ablation, rows, run_rows, source, z_mean), weight
+    return gp, z_changes(gp, ablation, rows, run_rows, source, z_mean, task), weight
 
 
 def _mask(model: HookedTransformer, mask: np.ndarray | None, tokens: Tensor) -> Tensor | None:
@@ -312,12 +314,12 @@ def z_changes(
     run_rows: Tensor,
     source: Tensor | None,
     z_mean: dict[int, Tensor],
+    task: TaskInputs | None = None,
 ) -> dict[int, Float[Tensor, "batch pos head d_head"]]:
     """z' - z of every head of every layer for the batch's own rows (engine.ablation's
-    ablated_z: the partner's z, found among run_rows, the mean or 0)."""
+    ablated_z: the partner's z, found among run_rows, the kind's table or 0)."""
     device = next(iter(gp.z.values())).device
-    paired = ablation_kind(ablation).takes_partner_rows
-    partner = partner_index(run_rows, rows, source, device) if paired else None
+    partner = _row_index(ablation_kind(ablation), run_rows, rows, source, task, device)
     dz = {}
     for layer, z in gp.z.items():
         z = z.detach()

@@ -97,18 +97,21 @@ class TaskInputs:
         real: [rows, pos + 1] bool, the positions that are not padding: the mean z of mean
             ablation is taken over the positions t whose next token t + 1 is real only (not
             a row's last real token, its last answer: engine.ablation.mean_z).
+        groups: [rows] int, each row's template group, 0 .. G - 1 (tasks.TaskPrompts.groups):
+            template-mean ablation's mean is per group (None: one group).
     """
 
     counter: Tensor | None = None
     partners: Tensor | None = None
     real: Tensor | None = None
+    groups: Tensor | None = None
 
     def rows(self, index: Tensor) -> TaskInputs:
         """The same inputs for rows `index` (a batch)."""
         return TaskInputs(*(None if x is None else x[index] for x in self._fields()))
 
     def _fields(self) -> tuple[Tensor | None, ...]:
-        return self.counter, self.partners, self.real
+        return self.counter, self.partners, self.real, self.groups
 
 
 def check_task_inputs(tokens: Tensor, task: TaskInputs | None) -> None:
@@ -117,6 +120,7 @@ def check_task_inputs(tokens: Tensor, task: TaskInputs | None) -> None:
         return
     n_rows, n_tok = tokens.shape
     shapes = {"counter": (n_rows, n_tok - 1), "partners": (n_rows, n_tok), "real": (n_rows, n_tok)}
+    shapes["groups"] = (n_rows,)
     for name, shape in shapes.items():
         value = getattr(task, name)
         if value is not None and tuple(value.shape) != shape:

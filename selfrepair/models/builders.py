@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from selfrepair.models import value_bias
 from selfrepair.models.loading import PROCESSING
 
 __all__ = ["ARCHS", "FAMILIES", "build_model", "family_config", "random_model"]
@@ -90,9 +91,10 @@ def random_model(
             else:
                 param.add_(bump * param.std().clamp(min=0.02))
     model.eval()
-    if process:
-        model.process_weights_(**PROCESSING)
-    return model
+    with value_bias.recording() as kept:
+        if process:
+            model.process_weights_(**PROCESSING)
+    return value_bias.attach(model, kept)
 
 
 def build_model(

@@ -1,7 +1,8 @@
 """Loading models into HookedTransformer: hub names and local Hugging Face checkpoints (random ones
 are built in models.builders).
 
-Every model is processed as the paper does: fold_ln, center_writing_weights, center_unembed.
+Every model is processed as the paper does: fold_ln, center_writing_weights, center_unembed (and
+TransformerLens' fold_value_biases, whose folded b_V each model keeps: models.value_bias).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from selfrepair.config import (
     pickled_weights_message,
     pickled_weights_problem,
 )
+from selfrepair.models import value_bias
 
 __all__ = [
     "DTYPES",
@@ -85,16 +87,20 @@ def load_model(
         if path is not None or not revision.startswith("step"):
             raise ValueError(f"a hub revision is step<N> of a hub model, not {revision!r}")
         official_model_name(name)
-        model = HookedTransformer.from_pretrained(
-            name, checkpoint_value=int(revision[4:]), device=device, dtype=dtype, **PROCESSING
-        )
+        with value_bias.recording() as kept:
+            model = HookedTransformer.from_pretrained(
+                name, checkpoint_value=int(revision[4:]), device=device, dtype=dtype, **PROCESSING
+            )
+        value_bias.attach(model, kept)
     elif path is None:
         official = official_model_name(name)  # unknown names fail here, naming the fix
         snapshot = _gpt2_snapshot_without_n_ctx(official)
         if snapshot is None:
-            model = HookedTransformer.from_pretrained(
-                name, device=device, dtype=dtype, **PROCESSING
-            )
+            with value_bias.recording() as kept:
+                model = HookedTransformer.from_pretrained(
+                    name, device=device, dtype=dtype, **PROCESSING
+                )
+            value_bias.attach(model, kept)
         else:
             model = load_local_checkpoint(snapshot, device=device, dtype=dtype)
             model.cfg.model_name = official.split("/")[-1]  # as from_pretrained names it
@@ -147,7 +153,9 @@ def load_local_checkpoint(path: str, device: str = "cpu", dtype=torch.float32) -
         state_dict = loading.get_pretrained_state_dict(
             str(view), cfg, hf_model=hf_model, dtype=torch.float32
         )
-    model.load_and_process_state_dict(state_dict, **PROCESSING)
+    with value_bias.recording() as kept:
+        model.load_and_process_state_dict(state_dict, **PROCESSING)
+    value_bias.attach(model, kept)  # before the move: the buffer moves (and casts) with it
     return model.to(device=device, dtype=dtype) if dtype != torch.float32 else model.to(device)
 
 

@@ -14,7 +14,8 @@ reference.heads.ablated_z's: resample, row (i + 1) mod batch; mean over every ro
 position but the last (a target only); zero. Hugging Face's z carries the value bias (and the
 first LayerNorm's bias pushed through W_V), which TransformerLens folds into b_O (fold_ln,
 fold_value_biases): its zero is Hugging Face's z equal to that bias (`value_offset`), the point
-z' is measured from. Neither shares code with the engine.
+z' is measured from; zero-with-value-bias sets Hugging Face's z itself to 0, as CoAx's
+register_head_ablation does. Neither shares code with the engine.
 
 On a task (`TaskRows`), Hugging Face's reference takes the metric as the answer's centred logit
 minus the counterfactual's, summed over the answer positions only; corrupted ablation's z' is
@@ -34,7 +35,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from selfrepair.reference.heads import ablated_z, centred_target_logit
+from selfrepair.reference.heads import ablated_z, centred_target_logit, value_bias_of
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -64,6 +65,7 @@ class TaskRows:
     corrupted: Tensor | None = None
     real: Tensor | None = None
     scored: Tensor | None = None
+    groups: Tensor | None = None
 
     def metric(self, logits: Tensor, tokens: Tensor) -> Tensor:
         """m[b, t] from full logits: the centred answer logit (minus the counterfactual's),
@@ -78,11 +80,29 @@ class TaskRows:
         positions, else reference.heads.ablated_z."""
         if ablation == "corrupted":
             return z_corrupted
+        if ablation == "template-mean":
+            return template_mean(z_corrupted, self.groups, self.real)
         if ablation == "mean" and self.real is not None:
             weights = self.real[:, 1:].clone().bool()
             weights[:, 0] &= include_bos
             return z[:, :-1][weights].double().mean(0).to(z.dtype).expand_as(z)
         return ablated_z(z, ablation, include_bos)
+
+
+def template_mean(z_corrupted: Tensor, groups: Tensor | None, real: Tensor | None) -> Tensor:
+    """Wang et al.'s mean ablation: at each position, the mean of z ([rows, tok, ...]) over the
+    corrupted prompts of the row's group whose token there is real (one group without
+    `groups`), each row's mean looked up in a loop over rows."""
+    rows = z_corrupted.shape[0]
+    groups = torch.zeros(rows, dtype=torch.long) if groups is None else groups.cpu()
+    real = torch.ones(z_corrupted.shape[:2], dtype=torch.bool) if real is None else real.cpu()
+    out = torch.zeros_like(z_corrupted)
+    for i in range(rows):
+        for t in range(z_corrupted.shape[1]):
+            same = (groups == groups[i]) & real[:, t]
+            if same.any():
+                out[i, t] = z_corrupted[same.to(z_corrupted.device), t].double().mean(0)
+    return out
 
 
 def _grad(out: Tensor, zs: list[Tensor]) -> tuple[Tensor, ...]:
@@ -138,7 +158,7 @@ def reference_atp(
         model: the HookedTransformer.
         tokens: [batch, pos + 1] token rows; the last position is only a target, but it runs
             (as in reference.heads; its z is left out of the mean, as the engine's leaves it).
-        ablation: "resample", "mean" or "zero".
+        ablation: "resample", "mean", "zero" or "zero-with-value-bias".
         mean_include_bos: whether the mean z includes position 0.
         drop_layer: GradDrop: detach this layer's attention and MLP outputs.
         per_token: also the per-token estimates (one backward per token): True for every
@@ -164,7 +184,11 @@ def reference_atp(
         logits = model(tokens)[:, :-1]  # every token runs; ablated_z's mean drops the last
         m = centred_target_logit(logits.float(), tokens[:, 1:])
         z = [zs[layer] for layer in range(n_layers)]
-        dz = [ablated_z(x.detach(), ablation, mean_include_bos) - x.detach() for x in z]
+        dz = [
+            ablated_z(x.detach(), ablation, mean_include_bos, None, value_bias_of(model, la))
+            - x.detach()
+            for la, x in enumerate(z)
+        ]
         return _estimates(m, z, dz, model.cfg.n_heads, per_token)
 
 
@@ -252,7 +276,10 @@ def hf_reference_atp(
             for layer, blk in enumerate(blocks):
                 z.append(zs[layer])
                 clean = processed(layer, blk)
-                new = task.ablated(clean, ablation, mean_include_bos, corrupted.get(layer))
+                if ablation == "zero-with-value-bias":  # CoAx's: Hugging Face's slice is 0
+                    new = clean - zs[layer].detach().unflatten(-1, (n_heads, -1))
+                else:
+                    new = task.ablated(clean, ablation, mean_include_bos, corrupted.get(layer))
                 dz.append(new - clean)
             return _estimates(m, z, dz, n_heads, per_token)
     finally:

@@ -21,6 +21,7 @@ from selfrepair.reference.heads import (
     ablation_hooks,
     all_heads,
     head_output,
+    value_bias_of,
 )
 
 if TYPE_CHECKING:
@@ -55,7 +56,9 @@ def reference_component_effects(
         clean = _clean_run(model, tokens)
         for layer, head in all_heads(model, heads):
             z_clean = clean.cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
-            z_new = ablated_z(z_clean, ablation, mean_include_bos)
+            z_new = ablated_z(
+                z_clean, ablation, mean_include_bos, value_bias=value_bias_of(model, layer, head)
+            )
             hooks = ablation_hooks(clean.cache, layer, head, z_new, freeze_ln)
             with model.hooks(fwd_hooks=hooks):
                 _, cache = model.run_with_cache(tokens)

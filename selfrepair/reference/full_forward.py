@@ -16,7 +16,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm
 
-from selfrepair.reference.heads import ablated_z, all_heads, head_values, heads_dataset, patch_z
+from selfrepair.reference.heads import (
+    ablated_z,
+    all_heads,
+    head_values,
+    heads_dataset,
+    patch_z,
+    value_bias_of,
+)
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -150,6 +157,12 @@ def full_forward_measure_heads(
         per_head = {}
         for layer, head in heads:
             z_clean = ff.cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
-            z_new = ablated_z(z_clean, ablation, mean_include_bos, mean_dtype=torch.float32)
+            z_new = ablated_z(
+                z_clean,
+                ablation,
+                mean_include_bos,
+                mean_dtype=torch.float32,
+                value_bias=value_bias_of(model, layer, head),
+            )
             per_head[layer, head] = _full_forward_head(model, tokens, ff, layer, head, z_new)
     return heads_dataset(model, per_head, ff.clean_logit, ff.scale, ablation)

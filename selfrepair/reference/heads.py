@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ablated_z",
     "ablation_hooks",
+    "value_bias_of",
     "all_heads",
     "centred_target_logit",
     "frozen_ln_direct_effect",
@@ -74,16 +75,25 @@ def head_output(
     return z[:, :, head] @ model.W_O[layer, head]
 
 
+def value_bias_of(model: HookedTransformer, layer: int, head: int | slice = slice(None)) -> Tensor:
+    """The value bias TransformerLens folded into b_O when the model was loaded, of one head
+    ([d_head]) or every head of the layer ([head, d_head]): its recorded copy (folded_b_V)."""
+    return model.folded_b_V[layer, head]
+
+
 def ablated_z(
     z_clean: Float[Tensor, "batch pos d_head"],
     ablation: str,
     mean_include_bos: bool = True,
     mean_dtype: torch.dtype | None = None,
+    value_bias: Tensor | None = None,
 ) -> Float[Tensor, "batch pos d_head"]:
     """One head's z after ablation, as the paper defines it: resample, row (i + 1) mod batch;
     mean, over all rows and every position but the last (summed in mean_dtype when given);
-    zero. z_clean is from a pass over whole rows (the last token runs too, but it is only a
-    target: no measured logit reads its z, so the mean leaves it out)."""
+    zero; zero-with-value-bias, -value_bias (value_bias_of), so that the slice entering W_O,
+    z + b_V, is zero. z_clean is from a pass over whole rows (the last token runs too, but it
+    is only a target: no measured logit reads its z, so the mean leaves it out). z_clean may
+    hold every head of a layer ([batch, pos, head, d_head], value_bias [head, d_head])."""
     if ablation == "resample":
         return z_clean.roll(-1, dims=0)  # row i takes row (i + 1) mod batch
     if ablation == "mean":
@@ -92,6 +102,10 @@ def ablated_z(
         return mean.to(z_clean.dtype).expand_as(z_clean)
     if ablation == "zero":
         return torch.zeros_like(z_clean)
+    if ablation == "zero-with-value-bias":
+        if value_bias is None:
+            raise ValueError("zero-with-value-bias needs the head's value bias (value_bias_of)")
+        return (-value_bias).to(z_clean.device, z_clean.dtype).expand_as(z_clean)
     raise ValueError(f"unknown ablation {ablation!r}")
 
 
@@ -260,7 +274,8 @@ def reference_measure_heads(
     Args:
         model: the HookedTransformer (not modified).
         tokens: [batch, pos + 1] token rows.
-        ablation: "resample" (row (i + 1) mod batch), "mean" or "zero".
+        ablation: "resample" (row (i + 1) mod batch), "mean", "zero" or
+            "zero-with-value-bias".
         heads: (layer, head) pairs; None: every head.
         mean_include_bos: whether the mean z includes position 0.
         freeze_ln: every LayerNorm hook_scale of the ablated run (final included) is replaced
@@ -272,7 +287,10 @@ def reference_measure_heads(
         per_head = {}
         for layer, head in all_heads(model, heads):
             z_new = ablated_z(
-                clean.cache[f"blocks.{layer}.attn.hook_z"][:, :, head], ablation, mean_include_bos
+                clean.cache[f"blocks.{layer}.attn.hook_z"][:, :, head],
+                ablation,
+                mean_include_bos,
+                value_bias=value_bias_of(model, layer, head),
             )
             per_head[layer, head] = _reference_head(
                 model, tokens, clean, layer, head, z_new, freeze_ln

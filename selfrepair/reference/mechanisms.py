@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from selfrepair.reference.heads import ablated_z, frozen_ln_direct_effect, patch_z
+from selfrepair.reference.heads import ablated_z, frozen_ln_direct_effect, patch_z, value_bias_of
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -52,7 +52,9 @@ def reference_neuron_effects(
         _, cache = model.run_with_cache(tokens)
         scale = cache["ln_final.hook_scale"][:, keep, 0]
         z_clean = cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
-        z_new = ablated_z(z_clean, ablation, mean_include_bos)
+        z_new = ablated_z(
+            z_clean, ablation, mean_include_bos, None, value_bias_of(model, layer, head)
+        )
         _, abl = run_ablated(model, tokens, layer, head, z_new)
 
         def de(vec):
@@ -98,9 +100,10 @@ def reference_norms(
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens)
         z_clean = cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
-        _, abl = run_ablated(
-            model, tokens, layer, head, ablated_z(z_clean, ablation, mean_include_bos)
+        z_new = ablated_z(
+            z_clean, ablation, mean_include_bos, None, value_bias_of(model, layer, head)
         )
+        _, abl = run_ablated(model, tokens, layer, head, z_new)
     return {
         "ln_scale_clean": cache["ln_final.hook_scale"][:, keep, 0].numpy(),
         "ln_scale_ablated": abl["ln_final.hook_scale"][:, keep, 0].numpy(),

@@ -5,7 +5,8 @@
   variance of the change of logits, sum p d^2 - (sum p d)^2, in numpy float64.
 - `hf_gradient_methods`: Hugging Face `transformers`' own model, autograd on its forward pass,
   z at the input of each attention output projection (reference.atp.hf_layers); zero ablation
-  is that input equal to reference.atp.value_offset (TransformerLens' zero of its folded z).
+  is that input equal to reference.atp.value_offset (TransformerLens' zero of its folded z),
+  zero-with-value-bias that input 0 (CoAx's).
   The conditional gradient, plain AtP and EAP-IG at a given step count, per answer token, one
   backward pass per token. Shares no code with the engine.
 """
@@ -117,6 +118,7 @@ def hf_gradient_methods(
     scored: Bool[Tensor, "batch pos"],
     members: Iterable[Sequence[int]],
     steps: int,
+    ablation: str = "zero",
 ) -> dict[str, np.ndarray]:
     """Zero ablation: conditional_gradient, atp and eap_ig, each [layer, head, token] (answer
     tokens in row-major order), signed, float64 (engine.methods_grad's definitions).
@@ -129,10 +131,14 @@ def hf_gradient_methods(
         scored: bool [batch, pos], the answer positions.
         members: the set ablated for the conditional gradient.
         steps: EAP-IG's steps.
+        ablation: "zero" (the input equal to value_offset, TransformerLens' zero) or
+            "zero-with-value-bias" (the input itself 0: CoAx's zero).
     """
     blocks, _, _, n_heads = hf_layers(hf_model)
     n_layers = len(blocks)
     offsets = [value_offset(hf_model, blk).detach() for blk in blocks]
+    if ablation == "zero-with-value-bias":
+        offsets = [torch.zeros_like(offset) for offset in offsets]
     members = [(int(la), int(h)) for la, h in members]
     answers = [(int(b), int(t)) for b, t in zip(*np.nonzero(np.asarray(scored)), strict=True)]
 

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from selfrepair.reference.atp import template_mean
 from selfrepair.reference.heads import ablated_z as text_ablated_z
 from selfrepair.reference.heads import (
     all_heads,
@@ -25,6 +26,7 @@ from selfrepair.reference.heads import (
     head_output,
     head_values,
     patch_z,
+    value_bias_of,
 )
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ class TaskReference:
         counter: [rows, pos] counterfactual tokens (metric logit_diff) or None (correct logit).
         corrupted: [rows, pos + 1] each row's corrupted prompt, or None.
         real: [rows, pos + 1] bool, the positions that are not padding, or None (all).
+        groups: [rows] each row's template group (template-mean), or None (one group).
     """
 
     model: HookedTransformer
@@ -55,6 +58,7 @@ class TaskReference:
     counter: Int[Tensor, "rows pos"] | None = None
     corrupted: Int[Tensor, "rows tok"] | None = None
     real: Tensor | None = None
+    groups: Tensor | None = None
 
     def __post_init__(self) -> None:
         n_pos = self.tokens.shape[1] - 1
@@ -87,14 +91,17 @@ class TaskReference:
         return cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
 
     def ablated_z(self, layer: int, head: int, ablation: str, include_bos: bool) -> Tensor:
-        """The head's z after ablation (corrupted: its z in the corrupted prompt's run; mean:
-        over the positions that predict a real token; any other kind as on running text,
-        reference.heads.ablated_z)."""
+        """The head's z after ablation (corrupted: its z in the corrupted prompt's run;
+        template-mean: the mean of that over the corrupted prompts of the row's group, per
+        position (reference.atp.template_mean); mean: over the positions that predict a real
+        token; any other kind as on running text, reference.heads.ablated_z)."""
         z = self.z(self.cache, layer, head)
         if ablation == "corrupted":
             return self.z(self.other, layer, head)
+        if ablation == "template-mean":
+            return template_mean(self.z(self.other, layer, head), self.groups, self.real)
         if ablation != "mean":
-            return text_ablated_z(z, ablation)
+            return text_ablated_z(z, ablation, value_bias=value_bias_of(self.model, layer, head))
         # Position t counts when the token it predicts, t + 1, is real: the prompt's positions,
         # not the answer's (a target only) nor the padding's.
         real = torch.ones(z.shape[:2], dtype=torch.bool) if self.real is None else self.real

@@ -106,14 +106,15 @@ def read_prompts(path: str) -> TaskPrompts:
 
 def task_inputs(prompts: TaskPrompts, metric: str) -> TaskInputs:
     """The engine's TaskInputs of a task: its counterfactuals (metric logit_diff only), its
-    corrupted prompts and its real positions."""
+    corrupted prompts, its real positions and its prompts' template groups."""
     import torch
 
     from selfrepair.engine.inputs import TaskInputs
 
     counter = torch.from_numpy(prompts.counter.astype(np.int64)) if metric == "logit_diff" else None
     partners = torch.from_numpy(prompts.corrupted.astype(np.int64))
-    return TaskInputs(counter, partners, torch.from_numpy(prompts.real))
+    groups = torch.from_numpy(prompts.groups)
+    return TaskInputs(counter, partners, torch.from_numpy(prompts.real), groups)
 
 
 def _model_for(job: ModelJob, task: str, prompts: TaskPrompts):

@@ -86,6 +86,17 @@ class TaskPrompts:
         """bool [prompt, tok]: the positions that are not padding."""
         return np.arange(self.tokens.shape[1])[None, :] < self.length[:, None]
 
+    @property
+    def groups(self) -> np.ndarray:
+        """int64 [prompt]: each prompt's template group, numbered 0 .. G - 1 in the order of
+        (template, abba): Wang et al.'s ABBA and BABA forms of a template are two templates
+        (their IOIDataset's groups). A task whose prompts record no template is one group."""
+        keys = [self.info[k] for k in ("template", "abba") if k in self.info]
+        if not keys:
+            return np.zeros(len(self.tokens), np.int64)
+        _, groups = np.unique(np.stack(keys, 1), axis=0, return_inverse=True)
+        return groups.reshape(-1).astype(np.int64)
+
 
 def encode(tokenizer: Any, text: str) -> list[int]:
     """Token ids of text, no special tokens."""
