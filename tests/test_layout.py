@@ -79,6 +79,28 @@ def test_every_rule_has_one_stage_function_named_after_it():
         assert re.search(rf"\b{func}\b", script), f"rule {rule}'s script does not call {func}"
 
 
+# The model passes that measure a distribution are one rule and one stage function for running
+# text and tasks: the task's rule is `use rule <text rule> as <task rule> with:` without a script
+# of its own (the distribution is data: stages.tasks.measured), and no stage function exists for
+# one kind of dataset alone.
+ONE_PATH = {
+    "task_clean": "clean_cache",
+    "task_ablate": "ablate",
+    "task_atp": "atp",
+    "set_ablate": "task_set_ablate",
+}
+MODULES_OF_STAGES = [p for p in (PACKAGE / "stages").glob("*.py") if p.stem != "__init__"]
+
+
+@pytest.mark.parametrize(("variant", "base"), ONE_PATH.items())
+def test_running_text_and_tasks_share_the_rule_and_stage_of_a_model_pass(variant, base):
+    assert base_rule(variant) == base, f"rule {variant} is not `use rule {base} as {variant}`"
+    assert not own_script(variant), f"rule {variant} names a script of its own"
+    stages = [importlib.import_module(f"selfrepair.stages.{p.stem}") for p in MODULES_OF_STAGES]
+    assert not [m.__name__ for m in stages if hasattr(m, variant)], f"a stage function {variant}"
+    assert not (ROOT / "workflow" / "scripts" / f"{variant}.py").exists()
+
+
 # --- a figure's or table's file name, grepped from the repository root, finds its rule -----------
 
 
