@@ -79,9 +79,14 @@ def test_every_rule_has_one_stage_function_named_after_it():
         assert re.search(rf"\b{func}\b", script), f"rule {rule}'s script does not call {func}"
 
 
-# A task's rules that do what a text rule does, on the task's answers: the text rule's stage
-# function and script, never a copy of them (issue 35).
-TASK_VARIANTS = {
+# Running text and tasks are one path: a task's rule (or the text variant of a task-first rule)
+# is `use rule <base> as <variant> with:`, runs the base's stage function and script, never a
+# copy of them, and no stage function exists for one kind of dataset alone (issue 35; the
+# distribution is data: stages.tasks.measured).
+ONE_PATH = {
+    "task_clean": "clean_cache",
+    "task_ablate": "ablate",
+    "set_ablate": "task_set_ablate",
     "task_summary": "summarize_heads",
     "task_head_table": "head_table",
     "task_self_repair_per_head": "fig01",
@@ -95,13 +100,16 @@ TASK_VARIANTS = {
     "task_atp_error": "atp_error",
     "task_atp_table": "atp_table",
 }
+MODULES_OF_STAGES = [p for p in (PACKAGE / "stages").glob("*.py") if p.stem != "__init__"]
 
 
-@pytest.mark.parametrize("rule", sorted(TASK_VARIANTS))
-def test_a_task_rule_runs_its_text_rules_stage(rule):
-    assert base_rule(rule) == TASK_VARIANTS[rule], f"{rule} is not `use rule ... with:`"
-    assert not own_script(rule), f"{rule} has a script of its own"
-    assert not (ROOT / "workflow" / "scripts" / f"{rule}.py").exists()
+@pytest.mark.parametrize(("variant", "base"), ONE_PATH.items())
+def test_running_text_and_tasks_share_one_rule_and_stage(variant, base):
+    assert base_rule(variant) == base, f"rule {variant} is not `use rule {base} as {variant}`"
+    assert not own_script(variant), f"rule {variant} names a script of its own"
+    stages = [importlib.import_module(f"selfrepair.stages.{p.stem}") for p in MODULES_OF_STAGES]
+    assert not [m.__name__ for m in stages if hasattr(m, variant)], f"a stage function {variant}"
+    assert not (ROOT / "workflow" / "scripts" / f"{variant}.py").exists()
 
 
 # --- a figure's or table's file name, grepped from the repository root, finds its rule -----------

@@ -54,7 +54,7 @@ STORE_ARRAYS = {
     ("task_prompts", "prompts"): (12, None),
     ("task_clean", "clean"): (20, None),
     ("task_ablate", "heads"): (20, "layer"),
-    ("task_ablate", "sums"): (32, None),
+    ("task_ablate", "attribution"): (32, None),
     ("task_ablate", "detail"): (20, None),
     ("task_set_ablate", "sets"): (20, None),
     ("set_ablate", "sets"): (20, None),

@@ -1,4 +1,5 @@
-"""The ablate rule: every configured head of one token shard under one ablation."""
+"""The ablate rule (and its task variant task_ablate): every configured head of one token shard,
+or of a task's prompts (stages.tasks.measured), under one ablation, with who repairs whom."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from selfrepair.analysis import shards
@@ -14,9 +16,10 @@ from selfrepair.analysis.attribution import shard_top_mask
 from selfrepair.config.layout import predictions
 from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.self_repair import measure_heads
-from selfrepair.stages.job import ModelJob, row_coords
+from selfrepair.stages.job import ModelJob
 from selfrepair.stages.store import open_zarr, write_zarr
 from selfrepair.stages.summaries import heads_with_picks
+from selfrepair.stages.tasks import Measured, measured
 
 __all__ = ["ablate"]
 
@@ -34,44 +37,48 @@ def ablate(
     freeze_ln: bool = False,
     top_tokens: str | None = None,
     attribution_out: str | None = None,
+    detail_out: str | None = None,
     keep: dict[str, Any] | None = None,
     picks: Sequence[str] = (),
+    task: str | None = None,
+    metric: str | None = None,
 ) -> xr.Dataset:
-    """Every configured head of one shard under one ablation (engine.measure_heads), and with
-    top_tokens every downstream component's share of each head's self-repair, from the same
-    passes (engine.attribution).
+    """Every configured head of one shard, or of a task's prompts at its answer positions (rule
+    task_ablate), under one ablation (engine.measure_heads), and every downstream component's
+    share of each head's self-repair from the same passes (engine.attribution): on a shard's
+    top tokens (with top_tokens), on a task's every answer (summed, and per answer: detail_out).
 
     Args:
-        job: the model job (one shard); its model entry's heads are measured (all if none).
-        ablation: zero, mean or resample.
+        job: the model job (one shard; a task's: its `tokens` is the prompts store); its model
+            entry's heads are measured (all if none).
+        ablation: a kind of selfrepair.ablations.KINDS (corrupted: a task's only).
         heads_per_pass: heads ablated side by side in one batched pass (engine.heads_per_pass).
         mean_include_bos: whether the mean ablation averages over the BOS position too.
-        out: the store to write (results/<model>/ablation/<ablation>/shard-<n>.zarr).
-        attrs: the rule's provenance attributes (run_attrs and the shard).
+        out: the store to write (results/<model>/ablation/<ablation>/shard-<n>.zarr, a task's
+            results/<model>/tasks/<task>/ablation/<ablation>.zarr).
+        attrs: the rule's provenance attributes (run_attrs and the shard, or task_attrs).
         freeze_ln: freeze every LayerNorm after the ablated head at its clean scale.
         top_tokens: the head_top_tokens store (each head's top tokens over all shards);
-            None: no attribution.
-        attribution_out: the attribution store to write
-            (results/<model>/attribution/<ablation>/shard-<n>.zarr), with top_tokens.
+            None on text: no attribution.
+        attribution_out: the attribution store to write (results/<model>/attribution/
+            <ablation>/shard-<n>.zarr, a task's .../tasks/<task>/attribution/sums-<a>.zarr).
+        detail_out: a task's per-answer attribution store (.../attribution/detail-<a>.zarr).
         keep: engine.store_tokens: top (with top_tokens): what the store keeps instead of
             every token (analysis.shards.top_layout): n_tokens (the run's), n_resamples and
             seed (figures.bootstrap), heads (kept per token), k and context (the
             explorer's); None: every token.
         picks: with keep, the pick records whose heads are kept per token too.
+        task, metric: the task's name and metric (correct_logit, logit_diff); None on text.
     """
-    rows = job.rows()
-    model = job.model(seq_len=rows.shape[1])
-    sums = None
-    if top_tokens is not None:
-        indices = open_zarr(top_tokens).token.values
-        top = shard_top_mask(indices, job.bounds[0], rows.shape[0], rows.shape[1] - 1)
-        sums = RepairSums(model, top, row_offset=job.bounds[0])
+    model, data = measured(job, task, metric)
+    sums = _repair_sums(model, data, top_tokens)
     t0 = time.perf_counter()
     keys = {"engine.batch_size": job.batch_size, "engine.heads_per_pass": heads_per_pass}
+    frozen = " (frozen LayerNorm)" if freeze_ln else ""
     with job.guarded(model, keys):
         ds = measure_heads(
             model,
-            rows,
+            data.rows,
             ablation,
             heads=job.heads,
             batch_size=job.batch_size,
@@ -79,25 +86,60 @@ def ablate(
             mean_include_bos=mean_include_bos,
             freeze_ln=freeze_ln,
             progress=True,
-            desc=f"{ablation} ablation" + (" (frozen LayerNorm)" if freeze_ln else ""),
+            desc=(f"{task}: " if task else "") + f"{ablation} ablation{frozen}",
             sums=sums,
+            task=data.inputs,
         )
-    seconds = time.perf_counter() - t0
-    n_tok = predictions(*rows.shape)
-    log.info("%d tokens in %.1fs (%.1f ms per 1k tokens)", n_tok, seconds, 1e6 * seconds / n_tok)
-    start = job.bounds[0]
-    ds = row_coords(ds, start)
-    if "resample_source" in ds.coords:  # as global row numbers too
-        ds = ds.assign_coords(resample_source=ds.resample_source + start)
-    ds.attrs.update(job.provenance(attrs))
+    _log_speed(predictions(*data.rows.shape), time.perf_counter() - t0)
+    ds = data.narrow(ds)
+    own, sums_attrs = _store_attrs(job.provenance(attrs), task, ablation, metric, freeze_ln)
+    ds.attrs.update(own)
     if keep is not None:
         ds = _top_layout(ds, open_zarr(top_tokens).token.values, keep, picks)
     if sums is not None:
         sums_ds = sums.dataset()
-        sums_ds.attrs.update(job.provenance(attrs), ablation=ablation, freeze_ln=int(freeze_ln))
+        sums_ds.attrs.update(sums_attrs)
         write_zarr(sums_ds, attribution_out)
+    if detail_out is not None:
+        detail = sums.detail_dataset()
+        detail.attrs.update(own, heads=[list(h) for h in _measured_heads(ds)])
+        write_zarr(detail, detail_out)
     write_zarr(ds, out, chunks={"layer": 1})
     return ds
+
+
+def _log_speed(n_tok: int, seconds: float) -> None:
+    log.info("%d tokens in %.1fs (%.1f ms per 1k tokens)", n_tok, seconds, 1e6 * seconds / n_tok)
+
+
+def _store_attrs(own: dict, task, ablation: str, metric, freeze_ln: bool) -> tuple[dict, dict]:
+    """The attributes of the heads store and of the attribution store: a shard's folder names
+    its ablation, its attribution store's attributes do; a task's stores name their ablation
+    and metric, and freeze_ln only where frozen."""
+    if task is None:
+        return own, {**own, "ablation": ablation, "freeze_ln": int(freeze_ln)}
+    own = {**own, "ablation": ablation, "metric": metric} | ({"freeze_ln": 1} if freeze_ln else {})
+    return own, own
+
+
+def _repair_sums(model, data: Measured, top_tokens: str | None) -> RepairSums | None:
+    """Who repairs whom, on each head's top tokens of the shard (none without top_tokens), or
+    on every answer of a task, kept per answer."""
+    if data.prompts is not None:
+        cfg, scored = model.cfg, data.scored
+        top = np.broadcast_to(scored, (cfg.n_layers, cfg.n_heads, *scored.shape))
+        return RepairSums(model, np.ascontiguousarray(top), keep_tokens=True, scored=scored)
+    if top_tokens is None:
+        return None
+    rows = data.rows
+    indices = open_zarr(top_tokens).token.values
+    top = shard_top_mask(indices, data.start, rows.shape[0], rows.shape[1] - 1)
+    return RepairSums(model, top, row_offset=data.start)
+
+
+def _measured_heads(ds: xr.Dataset) -> list[tuple[int, int]]:
+    measured = ~np.isnan(ds.de_clean.values).all(-1)
+    return [(int(layer), int(head)) for layer, head in zip(*np.nonzero(measured), strict=True)]
 
 
 def _top_layout(ds: xr.Dataset, top_token, keep: dict[str, Any], picks: Sequence[str]):

@@ -92,12 +92,11 @@ def atp(
 def _shard_estimates(job, ablation, mean_include_bos, top_tokens, top_graddrop):
     """atp's estimates of one token shard, and its positions per row."""
     from selfrepair.engine.atp import measure_atp
-    from selfrepair.stages.job import row_coords
+    from selfrepair.stages.tasks import measured
 
-    rows = job.rows()
-    model = job.model(seq_len=rows.shape[1])
-    start, n_pos = job.bounds[0], rows.shape[1] - 1
-    top = shard_top_mask(open_zarr(top_tokens).token.values, start, rows.shape[0], n_pos)
+    model, data = measured(job)
+    rows, n_pos = data.rows, data.rows.shape[1] - 1
+    top = shard_top_mask(open_zarr(top_tokens).token.values, data.start, rows.shape[0], n_pos)
     if job.heads:  # one backward pass per head: only the measured ones have an exact side
         top &= measured_heads(job.heads, top.shape[:2])[:, :, None, None]
     t0 = time.perf_counter()
@@ -114,31 +113,27 @@ def _shard_estimates(job, ablation, mean_include_bos, top_tokens, top_graddrop):
             desc=f"AtP and GradDrop, {ablation}",
         )
     log.info("%d rows in %.1fs", rows.shape[0], time.perf_counter() - t0)
-    ds = row_coords(judge.graddrop_stored(ds), start)
-    if "resample_source" in ds.coords:  # as global row numbers too
-        ds = ds.assign_coords(resample_source=ds.resample_source + start)
-    return ds, n_pos
+    return data.narrow(judge.graddrop_stored(ds)), n_pos
 
 
 def _task_estimates(job, ablation, mean_include_bos, task, metric, top_graddrop):
     """atp's estimates on a task's prompts (its answers scored, per row and per answer; the
     rows as each measured head's top units), and the prompts' positions."""
     from selfrepair.engine.atp import measure_atp
-    from selfrepair.stages.tasks import _model_for, _rows, read_prompts, task_inputs
+    from selfrepair.stages.tasks import measured
 
-    prompts = read_prompts(job.tokens)
-    model = _model_for(job, task, prompts)
-    scored = prompts.scored
+    model, data = measured(job, task, metric)
+    scored = data.scored
     shape = (model.cfg.n_layers, model.cfg.n_heads)
     t0 = time.perf_counter()
     with job.guarded(model, {"engine.batch_size": job.batch_size}):
         ds = measure_atp(
             model,
-            _rows(prompts),
+            data.rows,
             ablation,
             per_token=np.broadcast_to(scored, (*shape, *scored.shape)),
             scored=scored,
-            task=task_inputs(prompts, metric),
+            task=data.inputs,
             batch_size=job.batch_size,
             mean_include_bos=mean_include_bos,
             progress=True,

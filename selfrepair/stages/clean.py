@@ -1,4 +1,5 @@
-"""The clean_cache rule: clean direct effects of one token shard, checked against the logit."""
+"""The clean_cache rule (and its task variant task_clean): clean direct effects of one token
+shard or of a task's prompts (stages.tasks.measured), checked against the logit or metric."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from typing import Any
 import xarray as xr
 
 from selfrepair.analysis.clean_layout import clean_top_layout
+from selfrepair.analysis.tasks import clean_metric
 from selfrepair.engine.clean import clean_direct_effects, decomposition_error
-from selfrepair.stages.job import ModelJob, row_coords
+from selfrepair.stages.job import ModelJob
+from selfrepair.stages.records import write_json
 from selfrepair.stages.store import write_zarr
+from selfrepair.stages.tasks import Measured, _induction_scores, measured
 
 __all__ = ["clean_cache"]
 
@@ -23,34 +27,68 @@ def clean_cache(
     out: str,
     attrs: dict[str, Any],
     top_k: int | None = None,
+    task: str | None = None,
+    metric: str | None = None,
+    metric_out: str | None = None,
     tolerance: float = 1e-4,
 ) -> xr.Dataset:
-    """Clean direct effects of one shard; refuses to write if they do not sum to the logit.
+    """Clean direct effects of one shard, or on a task's metric at its answer positions (rule
+    task_clean, with the clean metric as JSON); refuses to write if they miss the logit.
 
     Args:
-        job: the model job (one shard).
-        out: the store to write (results/<model>/clean/shard-<n>.zarr).
-        attrs: the rule's provenance attributes (run_attrs and the shard).
+        job: the model job (one shard; a task's: its `tokens` is the prompts store).
+        out: the store to write (results/<model>/clean/shard-<n>.zarr, a task's
+            results/<model>/tasks/<task>/clean.zarr).
+        attrs: the rule's provenance attributes (run_attrs and the shard, or task_attrs).
         top_k: engine.store_tokens: top: keep each head's top_k best tokens of the shard
             instead of its DE on every token (analysis.clean_layout); None: every token.
+        task, metric: the task's name and metric (correct_logit, logit_diff); None on text.
+        metric_out: a task's clean metric as JSON (analysis.clean_metric; captions read it).
         tolerance: the largest |sum of direct effects - logit| accepted.
     """
-    rows = job.rows()
-    model = job.model(seq_len=rows.shape[1])
+    model, data = measured(job, task, metric)
     with job.guarded(model, {"engine.batch_size": job.batch_size}):
         ds = clean_direct_effects(
-            model, rows, batch_size=job.batch_size, progress=True, desc="clean"
+            model,
+            data.rows,
+            batch_size=job.batch_size,
+            counter=None if data.inputs is None else data.inputs.counter,
+            top1=data.prompts is not None,
+            progress=True,
+            desc="clean",
         )
-    err = decomposition_error(ds)
+    kept = data.narrow(ds)
+    err = decomposition_error(kept)
     log.info("max |sum of direct effects - logit| = %.3g (tolerance %.1g)", err, tolerance)
     if not err <= tolerance:
         raise ArithmeticError(
-            f"direct effects miss the logit by {err:.3g} > {tolerance}: the model's dtype is too "
-            "coarse for this check (use dtype: float32)"
+            f"direct effects miss the {metric or 'logit'} by {err:.3g} > {tolerance}: the "
+            "model's dtype is too coarse for this check (use dtype: float32)"
         )
-    ds = row_coords(ds, job.bounds[0])
-    ds.attrs.update(job.provenance(attrs, decomposition_max_error=err))
+    numbers = {} if data.prompts is None else _task_metric(model, data, ds, metric, job.batch_size)
+    ds = kept
+    ds.attrs.update(job.provenance(attrs, decomposition_max_error=err, **numbers))
     if top_k is not None:
         ds = clean_top_layout(ds, top_k)
     write_zarr(ds, out)
+    if metric_out is not None:
+        write_json(metric_out, numbers)
     return ds
+
+
+def _task_metric(model, data: Measured, ds: xr.Dataset, metric: str, batch_size: int) -> dict:
+    """The clean metric on a task (analysis.clean_metric) from the clean pass's every position,
+    and an induction task's per-head prefix-matching scores."""
+    prompts = data.prompts
+    numbers = clean_metric(
+        ds.logit_clean.values,
+        ds.top1.values,
+        ds.loss.values,
+        prompts.scored,
+        prompts.baseline,
+        metric,
+    )
+    if "length" in prompts.info:  # induction: each head's prefix-matching score, no ablation
+        numbers["induction_scores"] = _induction_scores(model, prompts, batch_size)
+    log.info("clean metric: %s", numbers)
+    return numbers

@@ -1,35 +1,37 @@
-"""The task rules that make prompts or run a model (rules/tasks.smk): task_prompts (the prompts
-store, from the model's own tokenizer), task_clean (clean direct effects on the metric and the
-clean metric a caption prints), task_ablate (every head under one ablation, with every
-component's change of direct effect) and task_set_ablate (each named set of heads ablated
-jointly; also rule set_ablate's, on a token shard of running text). Per-token stores of a task
-keep the answer positions only (analysis.tasks.scored_tokens)."""
+"""The task rules that make prompts or ablate sets (rules/tasks.smk): task_prompts (the prompts
+store, from the model's own tokenizer) and task_set_ablate (each named set of heads ablated
+jointly; also rule set_ablate's, on a token shard of running text); and `measured`, the
+distribution a model job measures as data (`Measured`: running text or a task's prompts), which
+the clean_cache and ablate stages (and their task variants task_clean, task_ablate) take. Per-token
+stores of a task keep the answer positions only (analysis.tasks.scored_tokens)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
-from selfrepair.analysis.tasks import clean_metric, scored_tokens
+from selfrepair.analysis.tasks import scored_tokens
 from selfrepair.config import ConfigError
 from selfrepair.stages.joblog import files_digest, model_revision, provenance
-from selfrepair.stages.records import write_json
 from selfrepair.stages.store import open_zarr, write_zarr
 from selfrepair.tasks import TaskPrompts
 
 if TYPE_CHECKING:
+    import torch
+
     from selfrepair.engine.inputs import TaskInputs
     from selfrepair.stages.job import ModelJob
 
 __all__ = [
+    "Measured",
+    "measured",
     "read_prompts",
-    "task_ablate",
-    "task_clean",
     "task_inputs",
     "task_prompts",
     "task_set_ablate",
@@ -147,134 +149,57 @@ def _rows(prompts: TaskPrompts):
     return torch.from_numpy(prompts.tokens.astype(np.int64))
 
 
-def task_clean(
-    job: ModelJob,
-    *,
-    task: str,
-    metric: str,
-    out: str,
-    metric_out: str,
-    attrs: dict[str, Any],
-    tolerance: float = 1e-4,
-) -> dict[str, Any]:
-    """Rule task_clean: every component's clean direct effect on the metric at the answer
-    positions (refused if they miss it), and the clean metric as JSON (analysis.clean_metric).
+@dataclass(frozen=True)
+class Measured:
+    """The distribution a model job measures: token rows and how they are scored. Running text
+    (prompts None): every position scored, the next token its answer, no counterfactual,
+    resample's partner the next row. A task: its answer positions and its TaskInputs.
 
     Args:
-        job: the model job (its `tokens` is the prompts store).
-        task: the task's name.
-        metric: correct_logit or logit_diff.
-        out: the store to write (results/<model>/tasks/<task>/clean.zarr).
-        metric_out: the JSON file of the clean metric (captions read it).
-        attrs: the rule's provenance attributes.
-        tolerance: the largest |sum of direct effects - metric| accepted.
+        rows: [batch, pos + 1] token rows.
+        start: running text: the shard's first row (its stores number rows globally).
+        prompts: a task's prompts (None: running text).
+        inputs: a task's TaskInputs (None: running text, the paper's code path bitwise).
     """
-    from selfrepair.engine.clean import clean_direct_effects, decomposition_error
 
-    prompts = read_prompts(job.tokens)
-    model = _model_for(job, task, prompts)
-    with job.guarded(model, {"engine.batch_size": job.batch_size}):
-        ds = clean_direct_effects(
-            model,
-            _rows(prompts),
-            batch_size=job.batch_size,
-            counter=task_inputs(prompts, metric).counter,
-            top1=True,
-            progress=True,
-            desc="clean",
-        )
-    err = decomposition_error(scored_tokens(ds, prompts.scored))
-    if not err <= tolerance:
-        raise ArithmeticError(f"direct effects miss the metric by {err:.3g} > {tolerance}")
-    numbers = clean_metric(
-        ds.logit_clean.values,
-        ds.top1.values,
-        ds.loss.values,
-        prompts.scored,
-        prompts.baseline,
-        metric,
-    )
-    if "length" in prompts.info:  # induction: each head's prefix-matching score, no ablation
-        numbers["induction_scores"] = _induction_scores(model, prompts, job.batch_size)
-    log.info("clean metric: %s", numbers)
-    ds = scored_tokens(ds, prompts.scored)
-    ds.attrs.update(job.provenance(attrs, decomposition_max_error=err, **numbers))
-    write_zarr(ds, out)
-    write_json(metric_out, numbers)
-    return numbers
+    rows: torch.Tensor
+    start: int = 0
+    prompts: TaskPrompts | None = None
+    inputs: TaskInputs | None = None
+
+    @property
+    def scored(self) -> np.ndarray | None:
+        """[batch, pos] the answer positions (None: every position)."""
+        return None if self.prompts is None else self.prompts.scored
+
+    def narrow(self, ds: xr.Dataset) -> xr.Dataset:
+        """A per-token store as written: a task's on its answers (analysis.tasks.scored_tokens),
+        a shard's with global row numbers (its batch and resample_source coordinates)."""
+        if self.prompts is not None:
+            return scored_tokens(ds, self.prompts.scored)
+        from selfrepair.stages.job import row_coords
+
+        ds = row_coords(ds, self.start)
+        if "resample_source" in ds.coords:
+            ds = ds.assign_coords(resample_source=ds.resample_source + self.start)
+        return ds
 
 
-def task_ablate(
-    job: ModelJob,
-    *,
-    task: str,
-    metric: str,
-    ablation: str,
-    heads_per_pass: int,
-    mean_include_bos: bool,
-    out: str,
-    sums_out: str,
-    detail_out: str,
-    attrs: dict[str, Any],
-    freeze_ln: bool = False,
-) -> xr.Dataset:
-    """Rule task_ablate: every configured head under one ablation on the task's prompts
-    (engine.measure_heads), at the answer positions, with every downstream component's change
-    of direct effect there: summed (sums_out) and per answer (detail_out).
+def measured(job: ModelJob, task: str | None = None, metric: str | None = None):
+    """(the job's model, its Measured rows): the task's prompts store when task is given (rows
+    longer than the model's context refused with the task's key), else the job's one shard.
 
     Args:
-        job: the model job (its `tokens` is the prompts store).
-        task: the task's name.
-        metric: correct_logit or logit_diff.
-        ablation: corrupted, resample, mean or zero.
-        heads_per_pass, mean_include_bos: as the ablate rule's.
-        out: the store of the head variables (results/<model>/tasks/<task>/ablation/<a>.zarr).
-        sums_out, detail_out: the attribution stores (.../attribution/sums-<a>.zarr, detail-).
-        attrs: the rule's provenance attributes.
-        freeze_ln: every LayerNorm after the ablated head keeps its clean scale (the path's
-            ablation is <ablation>-frozen-ln).
+        job: the model job (its `tokens`: the corpus, or the task's prompts store).
+        task: the task's name; None: running text.
+        metric: the task's correct_logit or logit_diff (counterfactuals: logit_diff only).
     """
-    from selfrepair.engine.attribution import RepairSums
-    from selfrepair.engine.self_repair import measure_heads
-
+    if task is None:
+        rows = job.rows()
+        return job.model(seq_len=rows.shape[1]), Measured(rows, start=job.bounds[0])
     prompts = read_prompts(job.tokens)
     model = _model_for(job, task, prompts)
-    cfg = model.cfg
-    top = np.broadcast_to(prompts.scored, (cfg.n_layers, cfg.n_heads, *prompts.scored.shape))
-    sums = RepairSums(model, np.ascontiguousarray(top), keep_tokens=True, scored=prompts.scored)
-    keys = {"engine.batch_size": job.batch_size, "engine.heads_per_pass": heads_per_pass}
-    with job.guarded(model, keys):
-        ds = measure_heads(
-            model,
-            _rows(prompts),
-            ablation,
-            heads=job.heads,
-            batch_size=job.batch_size,
-            heads_per_pass=heads_per_pass,
-            mean_include_bos=mean_include_bos,
-            freeze_ln=freeze_ln,
-            progress=True,
-            desc=f"{task}: {ablation} ablation" + (" (frozen LayerNorm)" if freeze_ln else ""),
-            sums=sums,
-            task=task_inputs(prompts, metric),
-        )
-    own = job.provenance(attrs, ablation=ablation, metric=metric)
-    if freeze_ln:  # attributes only where frozen, so that every other store stays the same
-        own["freeze_ln"] = 1
-    ds = scored_tokens(ds, prompts.scored)
-    ds.attrs.update(own)
-    sums_ds, detail = sums.dataset(), sums.detail_dataset()
-    sums_ds.attrs.update(own)
-    detail.attrs.update(own, heads=[list(h) for h in _measured(ds)])
-    write_zarr(sums_ds, sums_out)
-    write_zarr(detail, detail_out)
-    write_zarr(ds, out, chunks={"layer": 1})
-    return ds
-
-
-def _measured(ds: xr.Dataset) -> list[tuple[int, int]]:
-    measured = ~np.isnan(ds.de_clean.values).all(-1)
-    return [(int(layer), int(head)) for layer, head in zip(*np.nonzero(measured), strict=True)]
+    return model, Measured(_rows(prompts), 0, prompts, task_inputs(prompts, metric))
 
 
 def task_set_ablate(
@@ -307,31 +232,22 @@ def task_set_ablate(
     from selfrepair.engine.sets import measure_sets
 
     heads = {name: [tuple(h) for h in hs] for name, hs in sets.items()}
-    if task is None:
-        rows = job.rows()
-        model, inputs, scored = job.model(seq_len=rows.shape[1]), None, None
-    else:
-        prompts = read_prompts(job.tokens)
-        model, rows = _model_for(job, task, prompts), _rows(prompts)
-        inputs, scored = task_inputs(prompts, metric), prompts.scored
+    model, data = measured(job, task, metric)
     with job.guarded(model, {"engine.batch_size": job.batch_size}):
         ds = measure_sets(
             model,
-            rows,
+            data.rows,
             ablation,
             heads,
             batch_size=job.batch_size,
             mean_include_bos=mean_include_bos,
-            task=inputs,
-            scored=scored,
+            task=data.inputs,
+            scored=data.scored,
             progress=True,
         )
-    if task is None:
-        from selfrepair.stages.job import row_coords
-
-        ds = row_coords(ds, job.bounds[0])
-        ds.attrs.update(job.provenance(attrs, ablation=ablation))
-    else:
-        ds.attrs.update(job.provenance(attrs, ablation=ablation, metric=metric))
+    if task is None:  # measure_sets scores a task's answers itself: a shard's rows renumbered
+        ds = data.narrow(ds)
+    extra = {"ablation": ablation} | ({} if task is None else {"metric": metric})
+    ds.attrs.update(job.provenance(attrs, **extra))
     write_zarr(ds, out)
     return ds

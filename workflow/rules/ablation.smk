@@ -1,3 +1,7 @@
+# Every head of one token shard under one ablation; on a task's prompts the same rule and stage
+# function (`use rule ablate as task_ablate with:`, rules/tasks.smk).
+
+
 rule ablate:
     input:
         unpack(model_input),
@@ -28,6 +32,8 @@ rule ablate:
         device=config["device"],
         dtype=config["dtype"],
         keep=keep_params,
-        attrs=run_attrs,
+        task=None,
+        metric=None,
+        attrs=lambda w: run_attrs(w) | {"shard": w.shard},
     script:
         "../scripts/ablate.py"

@@ -1,3 +1,7 @@
+# The clean pass of one token shard; on a task's prompts the same rule and stage function
+# (`use rule clean_cache as task_clean with:`, rules/tasks.smk).
+
+
 rule clean_cache:
     input:
         unpack(model_input),
@@ -19,8 +23,10 @@ rule clean_cache:
         bounds=shard_bounds,
         batch_size=batch_size,
         top_k=clean_top_k,
+        task=None,
+        metric=None,
         device=config["device"],
         dtype=config["dtype"],
-        attrs=run_attrs,
+        attrs=lambda w: run_attrs(w) | {"shard": w.shard},
     script:
         "../scripts/clean_cache.py"

@@ -1,9 +1,10 @@
 # Beyond the paper: self-repair on tasks (config `tasks`; selfrepair.tasks, stages/tasks.py,
-# stages/task_summaries.py, stages/task_figures.py). Per model and task, under
-# results/{model}/tasks/{task}/: the prompts (from the model's own tokenizer), the clean pass on
-# the task's metric, every head under each of the task's ablations with who repairs whom, each
-# named set of heads ablated jointly, the summaries, the backup-heads table and the figures of
-# the task's first ablation, and an explorer page. Per-token stores keep the answer positions.
+# stages/task_summaries.py). Per model and task, under results/{model}/tasks/{task}/: the prompts
+# (from the model's own tokenizer), then the running-text rules on the task's answers, each a
+# `use rule` variant running the text rule's stage function and script (the clean pass on the
+# task's metric, every head under each of the task's ablations with who repairs whom, the
+# summaries, the figures and the explorer page), each named set of heads ablated jointly and the
+# backup-heads table. Per-token stores keep the answer positions.
 
 
 # Its tokenizer only (a trained model's trained tokenizer), and first among the jobs ready: every
@@ -31,7 +32,10 @@ rule task_prompts:
         "../scripts/task_prompts.py"
 
 
-rule task_clean:
+# The clean pass and every head's ablation on a task's prompts: the running-text rules and stage
+# functions (rules/clean.smk, rules/ablation.smk) with the task's rows, answers and metric. Params
+# are the base rule's updated by name: each a shard's only is set to None here.
+use rule clean_cache as task_clean with:
     input:
         unpack(model_input),
         tokens="results/{model}/tasks/{task}/prompts.zarr",
@@ -42,30 +46,25 @@ rule task_clean:
         "results/logs/task_clean/{model}/{task}.log",
     benchmark:
         "results/benchmarks/task_clean/{model}/{task}.tsv"
-    conda:
-        "../../envs/engine.yaml"
-    threads: model_threads
-    resources:
-        mem_mb=model_mem_mb,
-        runtime=model_runtime,
     params:
         model=model_entry,
-        metric=lambda w: TASKS[w.task]["metric"],
+        bounds=None,
         batch_size=batch_size,
+        top_k=None,
+        task=lambda w: w.task,
+        metric=lambda w: TASKS[w.task]["metric"],
         device=config["device"],
         dtype=config["dtype"],
         attrs=task_attrs,
-    script:
-        "../scripts/task_clean.py"
 
 
-rule task_ablate:
+use rule ablate as task_ablate with:
     input:
         unpack(model_input),
         tokens="results/{model}/tasks/{task}/prompts.zarr",
     output:
         heads=directory("results/{model}/tasks/{task}/ablation/{task_ablation}.zarr"),
-        sums=directory(
+        attribution=directory(
             "results/{model}/tasks/{task}/attribution/sums-{task_ablation}.zarr"
         ),
         detail=directory(
@@ -75,25 +74,20 @@ rule task_ablate:
         "results/logs/task_ablate/{model}/{task}/{task_ablation}.log",
     benchmark:
         "results/benchmarks/task_ablate/{model}/{task}/{task_ablation}.tsv"
-    conda:
-        "../../envs/engine.yaml"
-    threads: model_threads
-    resources:
-        mem_mb=model_mem_mb,
-        runtime=model_runtime,
     params:
         model=model_entry,
-        metric=lambda w: TASKS[w.task]["metric"],
-        ablation=lambda w: sr_config.parse_ablation(w.task_ablation)[0],
-        freeze_ln=lambda w: sr_config.parse_ablation(w.task_ablation)[1],
+        bounds=None,
         batch_size=batch_size,
         heads_per_pass=ENGINE["heads_per_pass"],
         mean_include_bos=ENGINE["mean_include_bos"],
+        ablation=lambda w: sr_config.parse_ablation(w.task_ablation)[0],
+        freeze_ln=lambda w: sr_config.parse_ablation(w.task_ablation)[1],
         device=config["device"],
         dtype=config["dtype"],
+        keep=None,
+        task=lambda w: w.task,
+        metric=lambda w: TASKS[w.task]["metric"],
         attrs=task_attrs,
-    script:
-        "../scripts/task_ablate.py"
 
 
 rule task_set_ablate:

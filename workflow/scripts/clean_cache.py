@@ -1,14 +1,15 @@
-"""Clean direct effects of one token shard (selfrepair.stages.clean.clean_cache)."""
+"""Clean direct effects of one token shard, or of a task's prompts (rule task_clean)
+(selfrepair.stages.clean.clean_cache)."""
 
 from selfrepair.stages.clean import clean_cache
 from selfrepair.stages.job import ModelJob
-from selfrepair.stages.joblog import logged
+from selfrepair.stages.joblog import logged, rule_params
 
 with logged(snakemake.log[0], snakemake):
-    attrs = dict(snakemake.params.attrs, shard=snakemake.wildcards.shard)
     clean_cache(
         ModelJob.from_snakemake(snakemake),
+        **rule_params(snakemake, "top_k", "task", "metric"),
         out=snakemake.output.clean,
-        attrs=attrs,
-        top_k=snakemake.params.top_k,
+        metric_out=snakemake.output.get("metric"),
+        attrs=dict(snakemake.params.attrs),
     )
