@@ -147,6 +147,8 @@ def every_key_config(tmp: Path) -> dict:
                     "seed": 1,
                     "keep_steps": [0, 5],
                     "repeats": 0.25,
+                    "repeat_tokens": 50,
+                    "repeat_lengths": [2, 8],
                 },
                 "heads": [[0, 0], [1, 0], [1, 1]],
                 "batch_size": 4,
