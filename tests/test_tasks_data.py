@@ -216,3 +216,32 @@ def test_frequent_ids_are_the_most_counted_candidates_ties_by_id():
     for n in (0, 7):
         with pytest.raises(ValueError, match="frequent ids"):
             frequent_ids(rows, candidates, n)
+
+
+def test_strongest_induction_heads_are_the_top_k_scores_ties_by_layer_then_head():
+    """ablation_sets.<name>: {induction_score_top: k}: the k largest induction scores (a hand
+    ranking), a tie taken by the earlier layer, then head; listed in layer then head order."""
+    from selfrepair.tasks.induction import strongest_induction_heads
+
+    scores = [[0.10, 0.70, 0.05], [0.70, 0.20, 0.90], [0.30, 0.20, 0.01]]
+    # ranked: (1,2) .9, (0,1) .7, (1,0) .7, (2,0) .3, (1,1) .2, (2,1) .2, ...
+    assert strongest_induction_heads(scores, 1) == [[1, 2]]
+    assert strongest_induction_heads(scores, 2) == [[0, 1], [1, 2]]  # (0,1) before its tie (1,0)
+    assert strongest_induction_heads(scores, 3) == [[0, 1], [1, 0], [1, 2]]
+    assert strongest_induction_heads(scores, 5) == [[0, 1], [1, 0], [1, 1], [1, 2], [2, 0]]
+    for k in (0, 10):
+        with pytest.raises(ValueError, match="induction_score_top"):
+            strongest_induction_heads(scores, k)
+
+
+def test_set_heads_picks_from_metric_json_and_keeps_listed_sets(tmp_path):
+    """stages.task_summaries.set_heads: a listed set as it is, {induction_score_top: k} the top
+    k of metric.json's induction_scores; without a picked set metric.json is not read."""
+    from selfrepair.stages.records import write_json
+    from selfrepair.stages.task_summaries import set_heads
+
+    metric = tmp_path / "metric.json"
+    write_json(metric, {"induction_scores": [[0.1, 0.6], [0.8, 0.3]]})  # as task_clean's
+    sets = {"listed": [[0, 0]], "top": {"induction_score_top": 2}}
+    assert set_heads(sets, str(metric)) == {"listed": [[0, 0]], "top": [[0, 1], [1, 0]]}
+    assert set_heads({"listed": [(0, 1)]}, None) == {"listed": [[0, 1]]}

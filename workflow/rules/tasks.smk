@@ -99,6 +99,7 @@ rule task_ablate:
 rule task_set_ablate:
     input:
         unpack(model_input),
+        unpack(picked_sets_input),
         tokens="results/{model}/tasks/{task}/prompts.zarr",
     output:
         sets=directory("results/{model}/tasks/{task}/sets/{task_ablation}.zarr"),
