@@ -147,6 +147,8 @@ def every_key_config(tmp: Path) -> dict:
                     "seed": 1,
                     "keep_steps": [0, 5],
                     "repeats": 0.25,
+                    "repeat_tokens": 50,
+                    "repeat_lengths": [2, 8],
                 },
                 "heads": [[0, 0], [1, 0], [1, 1]],
                 "batch_size": 4,
@@ -191,6 +193,7 @@ def every_key_config(tmp: Path) -> dict:
                 "n_prompts": 4,
                 "length": 4,
                 "ablations": ["corrupted", "resample", "zero-frozen-ln"],
+                "ablation_sets": {"strongest": {"induction_score_top": 2}},
                 "expected_backups": {"induction_score_above": 0.4},
             },
             "t-coax": {  # CoAx's protocol: its prompts, no BOS, a task per prompt seed
@@ -290,3 +293,14 @@ def test_a_config_with_every_key_plans_through_snakemake(every_key_plan):
     # tasks.<name>.methods: its EAP-IG steps reach task_methods, its anchors method_table
     methods = every_key_plan[every_key_plan.index("rule task_methods:") :]
     assert "t-ioi/methods/movers.zarr" in methods.split("\n\n")[0]
+    # tasks.<name>.ablation_sets.<set>: {induction_score_top: k}: picked from task_clean's
+    # metric.json, which the set's jobs (only theirs) read
+    lines = every_key_plan.splitlines()
+
+    def inputs_of(output: str) -> str:  # the job's input line, just above its output line
+        return lines[lines.index(f"    output: results/{output}") - 1]
+
+    picked = inputs_of("m-train/tasks/t-induction/methods/strongest.zarr")
+    assert "results/m-train/tasks/t-induction/metric.json" in picked
+    assert "metric.json" in inputs_of("m-train/tasks/t-induction/sets/corrupted.zarr")
+    assert "metric.json" not in inputs_of("gpt2-small/tasks/t-ioi/methods/movers.zarr")

@@ -116,6 +116,15 @@ def _config(tasks: dict) -> dict:
             {"t": {"type": "induction", "expected_backups": {"induction_score_above": 1.5}}},
             "config key tasks.t.expected_backups.induction_score_above: 1.5 is greater than",
         ),
+        (
+            {"t": {"type": "ioi", "ablation_sets": {"top": {"induction_score_top": 2}}}},
+            "config key tasks.t.ablation_sets.top: induction_score_top needs an induction task",
+        ),
+        (
+            {"t": {"type": "induction", "ablation_sets": {"top": {"induction_score_top": 145}}}},
+            "config key tasks.t.ablation_sets.top.induction_score_top: 145 is more than "
+            "pythia-160m's 144 heads",
+        ),
     ],
 )
 def test_bad_tasks_fail_at_parse_time_naming_the_key(tasks, message):

@@ -180,3 +180,68 @@ def test_repeat_rows_make_the_chosen_rows_a_random_sequence_repeated():
     assert (repeat_rows(rows, 0.5, 3, vocabulary) == out).all()
     assert not (repeat_rows(rows, 0.5, 4, vocabulary) == out).all()
     assert (repeat_rows(rows, 0.0, 3, vocabulary) == rows).all()
+
+
+def test_repeat_rows_draw_each_length_within_repeat_lengths():
+    """train.repeat_lengths: every induction row's sequence is between the shortest and the
+    longest given, both drawn; a range outside the row or the vocabulary is refused."""
+    from selfrepair.data.training import repeat_rows
+
+    rows = np.zeros((300, 33), np.int64)
+    vocabulary = np.arange(3, 60)
+    out = repeat_rows(rows, 1.0, 0, vocabulary, lengths=(3, 5))
+    periods = {next(k for k in range(1, 33) if (r[1 + k :] == r[1 : 33 - k]).all()) for r in out}
+    assert periods == {3, 4, 5}
+    assert (
+        repeat_rows(rows, 0.5, 3, vocabulary, None) == repeat_rows(rows, 0.5, 3, vocabulary)
+    ).all()
+    for lengths in [(1, 4), (5, 4), (2, 33)]:
+        with pytest.raises(ValueError, match="repeat lengths"):
+            repeat_rows(rows, 0.5, 0, vocabulary, lengths)
+    with pytest.raises(ValueError, match="the 4 ids drawn from"):
+        repeat_rows(rows, 0.5, 0, np.arange(4), (2, 5))
+
+
+def test_frequent_ids_are_the_most_counted_candidates_ties_by_id():
+    """train.repeat_tokens: the n candidates counted most often in the rows (a hand count),
+    ties broken by the smaller id, returned sorted; ids outside the candidates never chosen."""
+    from selfrepair.data.training import frequent_ids
+
+    rows = np.array([[0, 5, 5, 5, 7, 7, 9], [0, 0, 7, 3, 3, 8, 8]])
+    # counts: 0 x3 (not a candidate), 5 x3, 7 x3, 3 x2, 8 x2, 9 x1, 4 x0
+    candidates = np.array([3, 4, 5, 7, 8, 9])
+    assert frequent_ids(rows, candidates, 2).tolist() == [5, 7]
+    assert frequent_ids(rows, candidates, 3).tolist() == [3, 5, 7]  # 3 before 8: same count
+    assert frequent_ids(rows, candidates, 6).tolist() == [3, 4, 5, 7, 8, 9]
+    for n in (0, 7):
+        with pytest.raises(ValueError, match="frequent ids"):
+            frequent_ids(rows, candidates, n)
+
+
+def test_strongest_induction_heads_are_the_top_k_scores_ties_by_layer_then_head():
+    """ablation_sets.<name>: {induction_score_top: k}: the k largest induction scores (a hand
+    ranking), a tie taken by the earlier layer, then head; listed in layer then head order."""
+    from selfrepair.tasks.induction import strongest_induction_heads
+
+    scores = [[0.10, 0.70, 0.05], [0.70, 0.20, 0.90], [0.30, 0.20, 0.01]]
+    # ranked: (1,2) .9, (0,1) .7, (1,0) .7, (2,0) .3, (1,1) .2, (2,1) .2, ...
+    assert strongest_induction_heads(scores, 1) == [[1, 2]]
+    assert strongest_induction_heads(scores, 2) == [[0, 1], [1, 2]]  # (0,1) before its tie (1,0)
+    assert strongest_induction_heads(scores, 3) == [[0, 1], [1, 0], [1, 2]]
+    assert strongest_induction_heads(scores, 5) == [[0, 1], [1, 0], [1, 1], [1, 2], [2, 0]]
+    for k in (0, 10):
+        with pytest.raises(ValueError, match="induction_score_top"):
+            strongest_induction_heads(scores, k)
+
+
+def test_set_heads_picks_from_metric_json_and_keeps_listed_sets(tmp_path):
+    """stages.task_summaries.set_heads: a listed set as it is, {induction_score_top: k} the top
+    k of metric.json's induction_scores; without a picked set metric.json is not read."""
+    from selfrepair.stages.records import write_json
+    from selfrepair.stages.task_summaries import set_heads
+
+    metric = tmp_path / "metric.json"
+    write_json(metric, {"induction_scores": [[0.1, 0.6], [0.8, 0.3]]})  # as task_clean's
+    sets = {"listed": [[0, 0]], "top": {"induction_score_top": 2}}
+    assert set_heads(sets, str(metric)) == {"listed": [[0, 0]], "top": [[0, 1], [1, 0]]}
+    assert set_heads({"listed": [(0, 1)]}, None) == {"listed": [[0, 1]]}

@@ -242,6 +242,7 @@ def test_train_model_with_induction_rows(tmp_path, monkeypatch):
     kw |= dict(batch_size=2, lr=1e-3, seed=0, corpus=corpus, progress=False, repeats=0.5)
     metrics = stage.train_model(tmp_path / "tok", tmp_path / "model", **kw)
     assert metrics["hyperparameters"]["repeats"] == 0.5
+    assert "repeat_tokens" not in metrics["hyperparameters"]  # only when set
     rows = seen["rows"]
     periods = [
         next((k for k in range(2, 17) if (r[1 + k :] == r[1 : 33 - k]).all()), 0) for r in rows
@@ -249,3 +250,67 @@ def test_train_model_with_induction_rows(tmp_path, monkeypatch):
     assert 0.3 < np.mean(np.array(periods) > 0) < 0.7
     found = [k for k in periods if k]  # lengths drawn per row: no fixed offset to copy from
     assert max(Counter(found).values()) < 0.3 * len(found)
+
+
+@pytest.mark.slow
+def test_train_model_draws_induction_rows_from_the_frequent_tokens(tmp_path, monkeypatch):
+    """train.repeat_tokens and train.repeat_lengths through the rule's stage: every induction
+    row repeats a sequence of the given lengths drawn from the n tokens most frequent in the
+    train rows as packed (counted here by hand), and training.json records both."""
+    corpus = {"source": "python_stdlib", "split": "measure"}
+    stage.train_tokenizer(corpus, 300, tmp_path / "tok")
+    seen = {}
+    real_repeat, real_train = tr.repeat_rows, tr.train_causal_lm
+
+    def spy_repeat(rows, *args, **kw):
+        seen["packed"] = rows
+        return real_repeat(rows, *args, **kw)
+
+    def spy_train(model, train_rows, heldout_rows, **kw):
+        seen["rows"] = train_rows
+        return real_train(model, train_rows, heldout_rows, **kw)
+
+    monkeypatch.setattr(tr, "repeat_rows", spy_repeat)
+    monkeypatch.setattr(tr, "train_causal_lm", spy_train)
+    kw = dict(arch="gpt2", n_layers=1, d_model=16, n_heads=2, n_ctx=33, steps=2, batch_size=2)
+    kw |= dict(lr=1e-3, seed=0, corpus=corpus, progress=False, repeats=1.0)
+    kw |= dict(repeat_tokens=20, repeat_lengths=[3, 6])
+    metrics = stage.train_model(tmp_path / "tok", tmp_path / "model", **kw)
+    assert metrics["hyperparameters"]["repeat_tokens"] == 20
+    assert metrics["hyperparameters"]["repeat_lengths"] == [3, 6]
+    counts = Counter(seen["packed"].ravel().tolist())
+    from transformers import AutoTokenizer
+
+    special = set(AutoTokenizer.from_pretrained(str(tmp_path / "tok")).all_special_ids)
+    ranked = sorted((i for i in counts if i not in special), key=lambda i: (-counts[i], i))
+    frequent = set(ranked[:20])
+    for row in seen["rows"]:
+        k = next(k for k in range(1, 33) if (row[1 + k :] == row[1 : 33 - k]).all())
+        assert 3 <= k <= 6 and set(row[1:].tolist()) <= frequent
+
+
+def test_induction_row_keys_are_checked_before_any_job():
+    """train.repeat_tokens / repeat_lengths: without train.repeats, or with sequences longer
+    than a row after BOS or than the tokens drawn from, or decreasing, the run stops naming
+    the key; within them it validates."""
+    from helpers import load, merged
+
+    import selfrepair.config as sr_config
+
+    def validate(**keys):
+        config = merged(load("config.yaml"), load("demo.yaml"))
+        train = dict(config["models"][0]["train"], **keys)
+        config["models"] = [{"name": "t", "train": train}]
+        return sr_config.validate_run(config)
+
+    validate(repeats=0.5, repeat_tokens=200, repeat_lengths=[4, 127])
+    bad = {
+        "set train.repeats too": dict(repeat_tokens=200),
+        "must be increasing and at most 127": dict(repeats=0.5, repeat_lengths=[4, 128]),
+        "at most 20 ": dict(repeats=0.5, repeat_tokens=20, repeat_lengths=[4, 21]),
+        "[9, 8] must be increasing": dict(repeats=0.5, repeat_lengths=[9, 8]),
+    }
+    for message, keys in bad.items():
+        with pytest.raises(sr_config.ConfigError, match=r"models\[t\]\.train\.repeat") as info:
+            validate(**keys)
+        assert message in str(info.value)

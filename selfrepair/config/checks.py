@@ -29,6 +29,7 @@ __all__ = [
     "check_distinct_heads",
     "check_frozen_ln",
     "check_machine",
+    "check_repeats",
     "check_run",
 ]
 
@@ -56,6 +57,7 @@ def check_run(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> Non
         check_model_entry(name, entry)
     check_model_memory(config, entries)
     check_distinct_heads(config)
+    check_repeats(entries, data["seq_len"])
     for name, entry in entries.items():
         dims = model_dims(entry)
         if dims is None:
@@ -63,6 +65,31 @@ def check_run(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> Non
         for layer, head in entry.get("heads") or []:
             if missing := missing_head(name, layer, head, *dims):
                 raise ConfigError(f"config key models[{name}].heads: {missing}")
+
+
+def check_repeats(entries: dict[str, dict[str, Any]], seq_len: int) -> None:
+    """A trained model's induction-row keys (train.repeat_tokens, train.repeat_lengths) only
+    with train.repeats, and its sequences (shortest <= longest) within a row after BOS and
+    within the tokens drawn from, before train_model's job finds out.
+
+    Args:
+        entries: the model entries (model_entries).
+        seq_len: data.seq_len, every training row's length.
+    """
+    for name, entry in entries.items():
+        train = entry.get("train") or {}
+        key = f"config key models[{name}].train"
+        used = [k for k in ("repeat_tokens", "repeat_lengths") if train.get(k)]
+        if used and not train.get("repeats"):
+            raise ConfigError(f"{key}.{used[0]}: it shapes induction rows; set train.repeats too")
+        shortest, longest = train.get("repeat_lengths") or (2, 2)
+        limit = min(seq_len - 1, train.get("repeat_tokens") or seq_len)
+        if not shortest <= longest <= limit:
+            raise ConfigError(
+                f"{key}.repeat_lengths: [{shortest}, {longest}] must be increasing and at most "
+                f"{limit} (data.seq_len - 1 = {seq_len - 1} tokens after BOS, and "
+                "train.repeat_tokens); lower it"
+            )
 
 
 def check_corpus_files(corpus: dict[str, Any], key: str) -> None:

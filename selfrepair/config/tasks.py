@@ -33,7 +33,8 @@ def task_models(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> d
 
 def task_heads(spec: dict[str, Any]) -> list[tuple[str, list]]:
     """(config key suffix, heads) of every heads list of a task: sets, expected backups, roles."""
-    lists = [(f"ablation_sets.{n}", heads) for n, heads in spec["ablation_sets"].items()]
+    sets = spec["ablation_sets"].items()  # a set {induction_score_top: k}: picked at run time
+    lists = [(f"ablation_sets.{n}", heads) for n, heads in sets if isinstance(heads, list)]
     if isinstance(spec["expected_backups"], list):  # else picked at run time, by their scores
         lists.append(("expected_backups", spec["expected_backups"]))
     return lists + [(f"roles.{role}", heads) for role, heads in spec["roles"].items()]
@@ -69,6 +70,12 @@ def _check_file(key: str, spec: dict[str, Any]) -> None:
     if spec["type"] != "prompts" and spec.get("file"):
         raise ConfigError(f"config key {key}.file: only a prompts task reads a file")
     _check_size(key, spec)
+    picked = [n for n, heads in spec["ablation_sets"].items() if isinstance(heads, dict)]
+    if picked and spec["type"] != "induction":
+        raise ConfigError(
+            f"config key {key}.ablation_sets.{picked[0]}: induction_score_top needs an induction "
+            f"task (prefix-matching on its repeat), not {spec['type']}; list the heads instead"
+        )
     if isinstance(spec["expected_backups"], dict) and spec["type"] != "induction":
         raise ConfigError(
             f"config key {key}.expected_backups: induction_score_above needs an induction task "
@@ -144,6 +151,20 @@ def check_tasks(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> N
         _check_file(key, spec)
         for suffix, heads in task_heads(spec):
             _check_heads(f"{key}.{suffix}", heads, models, entries)
+        _check_picked_sets(key, spec, models, entries)
+
+
+def _check_picked_sets(key: str, spec: dict, models: Collection[str], entries: dict) -> None:
+    """A set picked at run time ({induction_score_top: k}) within every model's heads."""
+    for name, pick in spec["ablation_sets"].items():
+        for model in models if isinstance(pick, dict) else ():
+            dims = model_dims(entries[model])
+            if dims and pick["induction_score_top"] > dims[0] * dims[1]:
+                raise ConfigError(
+                    f"config key {key}.ablation_sets.{name}.induction_score_top: "
+                    f"{pick['induction_score_top']} is more than {model}'s {dims[0] * dims[1]} "
+                    "heads; lower it"
+                )
 
 
 def task_shape(

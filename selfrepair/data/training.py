@@ -27,6 +27,7 @@ from selfrepair.data.tokenizer import write_dir_atomically
 
 __all__ = [
     "evaluate_loss",
+    "frequent_ids",
     "repeat_rows",
     "save_checkpoint",
     "save_weights",
@@ -65,30 +66,57 @@ def evaluate_loss(model, rows: np.ndarray, batch_size: int = 32) -> float:
     return total / count
 
 
-def repeat_rows(rows: np.ndarray, fraction: float, seed: int, vocabulary: np.ndarray) -> np.ndarray:
+def repeat_rows(
+    rows: np.ndarray,
+    fraction: float,
+    seed: int,
+    vocabulary: np.ndarray,
+    lengths: tuple[int, int] | None = None,
+) -> np.ndarray:
     """rows with `fraction` of them (drawn with `seed`) made into induction rows: after BOS, a
     sequence of k distinct tokens drawn from `vocabulary`, repeated to the row's end, k drawn
-    per row from seq_len // 16 .. (seq_len - 1) // 2 (at least 2). Only copying predicts a
-    repeat, and with k varying only copying by content (the token after the previous
-    occurrence: induction, Olsson et al. 2022), not by a fixed offset. Natural text of the
-    demo's budget does not teach it (docs/demo.md, Induction).
+    per row from `lengths` (default seq_len // 16 .. (seq_len - 1) // 2, at least 2). Only
+    copying predicts a repeat, and with k varying only copying by content (the token after the
+    previous occurrence: induction, Olsson et al. 2022), not by a fixed offset. Natural text of
+    the demo's budget does not teach it (docs/demo.md, Induction).
 
     Args:
         rows: [rows, seq_len] token rows, BOS first.
         fraction: the share of rows replaced, in [0, 1].
         seed: draws the rows, their lengths and tokens.
-        vocabulary: the ids drawn from (every ordinary token: tasks.induction.vocabulary_ids),
-            at least (seq_len - 1) // 2 of them.
+        vocabulary: the ids drawn from (every ordinary token: tasks.induction.vocabulary_ids,
+            or the most frequent: frequent_ids), at least as many as the longest sequence.
+        lengths: (shortest, longest) sequence, both included, 2 <= shortest <= longest <=
+            seq_len - 1.
     """
     out = rows.copy()
     rng = np.random.default_rng(seed)
     chosen = np.nonzero(rng.random(len(rows)) < fraction)[0]
     width = rows.shape[1] - 1
-    longest = max(2, width // 2)
-    lengths = rng.integers(min(longest, max(2, rows.shape[1] // 16)), longest + 1, len(chosen))
-    for row, k in zip(chosen, lengths, strict=True):
+    if lengths is None:
+        longest = max(2, width // 2)
+        lengths = (min(longest, max(2, rows.shape[1] // 16)), longest)
+    shortest, longest = lengths
+    if not 2 <= shortest <= longest <= min(width, len(vocabulary)):
+        raise ValueError(
+            f"repeat lengths {shortest}..{longest} must lie in 2..{min(width, len(vocabulary))} "
+            f"(the row's {width} tokens after BOS, the {len(vocabulary)} ids drawn from)"
+        )
+    drawn = rng.integers(shortest, longest + 1, len(chosen))
+    for row, k in zip(chosen, drawn, strict=True):
         out[row, 1:] = np.resize(rng.choice(vocabulary, k, replace=False), width)
     return out
+
+
+def frequent_ids(rows: np.ndarray, candidates: np.ndarray, n: int) -> np.ndarray:
+    """The n ids of candidates that occur most often in rows, sorted by id (ties: the smaller
+    id first). Induction rows drawn from them teach copying of tokens the model knows well."""
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if not 1 <= n <= len(candidates):
+        raise ValueError(f"n = {n} frequent ids must lie in [1, {len(candidates)}]")
+    counts = np.bincount(rows.ravel(), minlength=int(candidates.max()) + 1)[candidates]
+    order = np.lexsort((candidates, -counts))  # the last key sorts first: count, then id
+    return np.sort(candidates[order[:n]])
 
 
 def spread_rows(rows: np.ndarray, n: int) -> np.ndarray:

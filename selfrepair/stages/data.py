@@ -68,6 +68,8 @@ def train_model(
     progress: bool = True,
     keep_steps: Sequence[int] = (),
     repeats: float = 0.0,
+    repeat_tokens: int | None = None,
+    repeat_lengths: Sequence[int] | None = None,
 ) -> dict:
     """Rule train_model, the whole demo training: rows of n_ctx tokens from the corpus' train
     split (all of it) and its heldout split (up to n_heldout_rows), a fresh model, training,
@@ -89,6 +91,9 @@ def train_model(
             weights and every file of out_dir itself are the same with or without them.
         repeats: the share of training rows replaced by a random token sequence repeated
             (data.training.repeat_rows); 0 trains on the rows as packed.
+        repeat_tokens: draw the repeated sequences from this many most frequent ordinary
+            tokens of the train rows (data.training.frequent_ids); None: from every one.
+        repeat_lengths: [shortest, longest] repeated sequence; None: repeat_rows' default.
 
     Returns:
         The metrics written to training.json.
@@ -96,7 +101,13 @@ def train_model(
     # torch only here: tokenizing jobs import this module without paying for it
     from transformers import AutoTokenizer
 
-    from selfrepair.data.training import repeat_rows, save_checkpoint, spread_rows, train_causal_lm
+    from selfrepair.data.training import (
+        frequent_ids,
+        repeat_rows,
+        save_checkpoint,
+        spread_rows,
+        train_causal_lm,
+    )
     from selfrepair.models.builders import build_model
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -107,7 +118,11 @@ def train_model(
     if repeats:
         from selfrepair.tasks.induction import vocabulary_ids
 
-        train_rows = repeat_rows(train_rows, repeats, seed, vocabulary_ids(tokenizer))
+        vocabulary = vocabulary_ids(tokenizer)
+        if repeat_tokens:
+            vocabulary = frequent_ids(train_rows, vocabulary, repeat_tokens)
+        lengths = tuple(repeat_lengths) if repeat_lengths else None
+        train_rows = repeat_rows(train_rows, repeats, seed, vocabulary, lengths)
     log.info(
         "%d train rows, %d held-out rows of %d tokens", len(train_rows), len(heldout_rows), n_ctx
     )
@@ -140,6 +155,8 @@ def train_model(
         )
         if repeats:  # recorded only when used: a run without it writes the same file as before
             metrics["hyperparameters"]["repeats"] = repeats
+            extra = {"repeat_tokens": repeat_tokens, "repeat_lengths": list(repeat_lengths or [])}
+            metrics["hyperparameters"] |= {k: v for k, v in extra.items() if v}
         metrics["corpus"] = {
             "train": describe_corpus(corpus, "train"),
             "heldout_split": "heldout",

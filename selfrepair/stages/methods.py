@@ -33,11 +33,12 @@ def task_methods(
     task: str,
     metric: str,
     ablation: str,
-    members: Sequence[Sequence[int]],
+    members: Sequence[Sequence[int]] | dict[str, int],
     steps: int,
     mean_include_bos: bool,
     out: str,
     attrs: dict[str, Any],
+    metric_json: str | None = None,
 ) -> xr.Dataset:
     """Rule task_methods: per candidate head (every head outside the set) and answer, CoAx's
     single and conditional effects in energy and logit-difference form, the conditional
@@ -48,20 +49,23 @@ def task_methods(
         task: the task's name.
         metric: correct_logit or logit_diff.
         ablation: the task's first ablation (z' of every method).
-        members: the set, [[layer, head], ...] (tasks.<task>.ablation_sets.<set>).
+        members: the set, [[layer, head], ...] or {induction_score_top: k}
+            (tasks.<task>.ablation_sets.<set>; stages.task_summaries.set_heads).
         steps: EAP-IG's steps (tasks.<task>.eap_ig_steps).
         mean_include_bos: as the ablate rule's.
         out: the store to write (results/<model>/tasks/<task>/methods/<set>.zarr).
         attrs: the rule's provenance attributes.
+        metric_json: task_clean's metric.json, when the set is picked from its induction scores.
     """
     import torch
 
     from selfrepair.engine.methods import measure_methods
     from selfrepair.engine.methods_grad import measure_gradient_methods
+    from selfrepair.stages.task_summaries import set_heads
 
     prompts = read_prompts(job.tokens)
     model = _model_for(job, task, prompts)
-    members = [tuple(int(x) for x in h) for h in members]
+    members = [tuple(int(x) for x in h) for h in set_heads({"": members}, metric_json)[""]]
     scored = torch.from_numpy(np.asarray(prompts.scored, bool))
     common = dict(
         batch_size=job.batch_size,

@@ -19,7 +19,7 @@ from selfrepair.stages.joblog import SAME_WEIGHTS_KEYS
 from selfrepair.stages.records import read_json
 from selfrepair.stages.store import check_same_run, open_zarr, write_text
 
-__all__ = ["expected_heads", "task_backups"]
+__all__ = ["expected_heads", "set_heads", "task_backups"]
 
 log = logging.getLogger("selfrepair")
 
@@ -40,6 +40,21 @@ def expected_heads(expected: Sequence | Mapping[str, float], metric: str) -> lis
 
     scores = read_json(metric)["induction_scores"]
     return induction_heads(scores, float(expected["induction_score_above"]))
+
+
+def set_heads(sets: Mapping[str, Any], metric: str | None) -> dict[str, list[list[int]]]:
+    """tasks.<task>.ablation_sets as heads: each set as listed, or for {induction_score_top: k}
+    the k heads with the largest induction score in task_clean's metric.json (`metric`)."""
+    from selfrepair.tasks.induction import strongest_induction_heads
+
+    picked = [name for name, heads in sets.items() if isinstance(heads, Mapping)]
+    scores = read_json(metric)["induction_scores"] if picked else None
+    return {
+        name: strongest_induction_heads(scores, int(heads["induction_score_top"]))
+        if name in picked
+        else [list(h) for h in heads]
+        for name, heads in sets.items()
+    }
 
 
 def task_backups(

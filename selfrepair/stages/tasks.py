@@ -8,7 +8,7 @@ stores of a task keep the answer positions only (analysis.tasks.scored_tokens)."
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -208,10 +208,11 @@ def task_set_ablate(
     task: str | None,
     metric: str | None,
     ablation: str,
-    sets: Mapping[str, Sequence[Sequence[int]]],
+    sets: Mapping[str, Any],
     mean_include_bos: bool,
     out: str,
     attrs: dict[str, Any],
+    metric_json: str | None = None,
 ) -> xr.Dataset:
     """Rules task_set_ablate and set_ablate: each named set of heads ablated jointly
     (engine.sets.measure_sets), the set's variables and every component's change of direct
@@ -223,15 +224,18 @@ def task_set_ablate(
         task: the task's name; None: running text.
         metric: the task's correct_logit or logit_diff (None on running text).
         ablation: a kind of selfrepair.ablations.KINDS (running text: one it can take).
-        sets: name -> [[layer, head], ...] (tasks.<task>.ablation_sets, or ablation_sets).
+        sets: name -> [[layer, head], ...] or {induction_score_top: k} (tasks.<task>.ablation_sets,
+            or ablation_sets; stages.task_summaries.set_heads).
         mean_include_bos: as the ablate rule's.
         out: the store to write (results/<model>/tasks/<task>/sets/<ablation>.zarr, or
             results/<model>/sets/<ablation>/shard-<n>.zarr).
         attrs: the rule's provenance attributes.
+        metric_json: task_clean's metric.json, when a set is picked from its induction scores.
     """
     from selfrepair.engine.sets import measure_sets
+    from selfrepair.stages.task_summaries import set_heads
 
-    heads = {name: [tuple(h) for h in hs] for name, hs in sets.items()}
+    heads = {name: [tuple(h) for h in hs] for name, hs in set_heads(sets, metric_json).items()}
     model, data = measured(job, task, metric)
     with job.guarded(model, {"engine.batch_size": job.batch_size}):
         ds = measure_sets(

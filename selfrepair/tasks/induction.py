@@ -15,6 +15,7 @@ from selfrepair.tasks.prompts import Prompt, TaskError, TaskPrompts, pad_prompts
 __all__ = [
     "induction_prompt",
     "induction_heads",
+    "strongest_induction_heads",
     "induction_prompts",
     "prefix_matching_score",
     "vocabulary_ids",
@@ -99,3 +100,14 @@ def induction_heads(scores, above: float) -> list[list[int]]:
     [layer, head] values) is above `above`, in layer then head order."""
     layer, head = np.nonzero(np.asarray(scores, dtype=float) > above)
     return [[int(a), int(b)] for a, b in zip(layer, head, strict=True)]
+
+
+def strongest_induction_heads(scores, k: int) -> list[list[int]]:
+    """[[layer, head], ...] of the k heads with the largest induction score (a tie broken by
+    the earlier layer, then head), in layer then head order: a set picked from the clean pass
+    (tasks.<task>.ablation_sets.<name>: {induction_score_top: k})."""
+    scores = np.asarray(scores, dtype=float)
+    if not 1 <= k <= scores.size:
+        raise ValueError(f"induction_score_top {k} must lie in [1, {scores.size}] (the heads)")
+    order = np.argsort(-scores.ravel(), kind="stable")[:k]  # stable: row-major ties
+    return [[int(i // scores.shape[1]), int(i % scores.shape[1])] for i in sorted(order)]

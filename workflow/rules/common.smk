@@ -667,6 +667,18 @@ def method_atp_input(wildcards):
     }
 
 
+def picked_sets_input(wildcards):
+    """task_clean's metric.json when one of the task's sets (the method set's, under
+    task_methods) is picked at run time from its induction scores ({induction_score_top: k}).
+    """
+    sets = TASKS[wildcards.task]["ablation_sets"]
+    if "ablation_set" in wildcards.keys():
+        sets = {wildcards.ablation_set: sets[wildcards.ablation_set]}
+    if not any(isinstance(heads, dict) for heads in sets.values()):
+        return {}
+    return {"metric": f"results/{wildcards.model}/tasks/{wildcards.task}/metric.json"}
+
+
 def task_attrs(wildcards):
     """Provenance of a task's stores: the model's, and the task's name and config entry."""
     return run_attrs(wildcards) | {

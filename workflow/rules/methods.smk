@@ -7,6 +7,7 @@
 rule task_methods:
     input:
         unpack(model_input),
+        unpack(picked_sets_input),
         tokens="results/{model}/tasks/{task}/prompts.zarr",
     output:
         methods=directory("results/{model}/tasks/{task}/methods/{ablation_set}.zarr"),

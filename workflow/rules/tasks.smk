@@ -93,6 +93,7 @@ use rule ablate as task_ablate with:
 rule task_set_ablate:
     input:
         unpack(model_input),
+        unpack(picked_sets_input),
         tokens="results/{model}/tasks/{task}/prompts.zarr",
     output:
         sets=directory("results/{model}/tasks/{task}/sets/{task_ablation}.zarr"),

@@ -9,8 +9,9 @@ with logged(snakemake.log[0], snakemake):
     task_methods(
         ModelJob.from_snakemake(snakemake),
         task=snakemake.wildcards.task,
-        members=list(snakemake.params.members),
+        members=snakemake.params.members,
         **rule_params(snakemake, "metric", "ablation", "steps", "mean_include_bos"),
         out=snakemake.output.methods,
         attrs=dict(snakemake.params.attrs),
+        metric_json=snakemake.input.get("metric"),
     )

@@ -13,4 +13,5 @@ with logged(snakemake.log[0], snakemake):
         **rule_params(snakemake, "metric", "ablation", "mean_include_bos"),
         out=snakemake.output.sets,
         attrs=dict(snakemake.params.attrs),
+        metric_json=snakemake.input.get("metric"),
     )

@@ -27,5 +27,7 @@ with logged(snakemake.log[0], snakemake):
         corpus=dict(train["corpus"]),
         keep_steps=list(train.get("keep_steps") or ()),
         repeats=float(train.get("repeats") or 0.0),
+        repeat_tokens=train.get("repeat_tokens"),
+        repeat_lengths=train.get("repeat_lengths"),
     )
     write_json(snakemake.output.metrics, metrics, indent=2)
