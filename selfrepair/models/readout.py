@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
@@ -102,27 +103,73 @@ def effective_unembedding(model: HookedTransformer) -> Float[Tensor, "d_model d_
     return w_u - w_u.mean(0, keepdim=True) if centre else w_u
 
 
+# Columns of W_U per piece when the readout's means are taken on a CPU: a multiple of the
+# columns torch's vectorised column reduction takes together (32 floats with AVX-512), so each
+# column's mean is the same bits as over the whole matrix (tests/test_memory.py checks), and a
+# piece of GPT-2's W_U is 12 MiB instead of a 154 MiB copy.
+MEAN_COLUMNS = 4096
+
+
+def pieces(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def unembedding_means(
+    w_unembed: Float[Tensor, "d_model d_vocab"], weight: Tensor | None, centre: bool, size: int
+) -> tuple[Float[Tensor, " d_model"], Float[Tensor, " d_vocab"] | None]:
+    """mean_vocab and mean_model of Readout from float32 pieces of w_ln * W_U (about `size`
+    columns' worth at a time): each row's (column's) mean is the same bits as the whole
+    matrix's. The pieces share one buffer and the means are written in place: a piece freed and
+    allocated again does not fit its own freed space in glibc's heap (aligned allocations need
+    a little more), so each would grow the process by its size."""
+    d_model, d_vocab = w_unembed.shape
+    n_rows = max(1, size * d_model // d_vocab)  # rows per piece of mean_vocab
+    buf = torch.empty(max(d_model * min(size, d_vocab), n_rows * d_vocab), device=w_unembed.device)
+
+    def scaled(rows: slice, cols: slice) -> Tensor:
+        """w_ln * W_U[rows, cols] as float32, in the buffer."""
+        w = w_unembed[rows, cols]
+        piece = buf[: w.numel()].view(w.shape).copy_(w)
+        return piece if weight is None else piece.mul_(weight[rows, None])
+
+    mean_vocab = torch.empty(d_model, device=w_unembed.device)
+    for r in pieces(d_model, n_rows):
+        torch.mean(scaled(r, slice(None)), 1, out=mean_vocab[r])
+    if not centre:
+        return mean_vocab, None
+    mean_model = torch.empty(d_vocab, device=w_unembed.device)
+    for c in pieces(d_vocab, size):
+        torch.mean(scaled(slice(None), c).sub_(mean_vocab[:, None]), 0, out=mean_model[c])
+    return mean_vocab, mean_model
+
+
 def readout(model: HookedTransformer) -> Readout:
     """Build the effective unembedding of a HookedTransformer (processed or not).
 
-    The means are taken over one float32 copy of W_U, centred in place and dropped on return,
-    so building it holds one copy at most (the model's own when float32 with a folded norm)."""
+    The means are taken over one float32 copy of W_U centred in place and dropped on return
+    (on a GPU), or over pieces of MEAN_COLUMNS columns (on a CPU, where a freed 154 MiB copy
+    stays in the process's heap), with the same bits."""
     centre, weight, bias = final_norm(model)
     w_unembed = model.W_U.detach()
     b_u = model.b_U.detach().float()
     if bias is not None:
         b_u = b_u + bias @ w_unembed.float()
-    full = w_unembed.float() if weight is None else weight[:, None] * w_unembed.float()
-    mean_vocab = full.mean(1, keepdim=True)
-    mean_model = None
-    if centre:  # in place on our own copy only, never on the model's W_U
-        full = full.sub_(mean_vocab) if weight is not None else full - mean_vocab
-        mean_model = full.mean(0, keepdim=True)[0]
-    del full
+    if w_unembed.device.type == "cpu":
+        mean_vocab, mean_model = unembedding_means(w_unembed, weight, centre, MEAN_COLUMNS)
+    else:
+        full = w_unembed.float() if weight is None else weight[:, None] * w_unembed.float()
+        mean_vocab = full.mean(1)
+        mean_model = None
+        if centre:  # in place on our own copy only, never on the model's W_U
+            full = (
+                full.sub_(mean_vocab[:, None]) if weight is not None else full - mean_vocab[:, None]
+            )
+            mean_model = full.mean(0)
+        del full
     return Readout(
         w_unembed=w_unembed,
         w_ln=weight,
-        mean_vocab=mean_vocab[:, 0],
+        mean_vocab=mean_vocab,
         mean_model=mean_model,
         b_u=b_u - b_u.mean(),
         centre=centre,
