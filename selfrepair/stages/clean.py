@@ -1,4 +1,5 @@
-"""The clean_cache rule: clean direct effects of one token shard, checked against the logit."""
+"""The clean_cache rule: clean direct effects of one token shard, checked against the logit; the
+process_weights rule: a model's processed weights, which the later model jobs read."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import xarray as xr
 
 from selfrepair.analysis.clean_layout import clean_top_layout
 from selfrepair.engine.clean import clean_direct_effects, decomposition_error
-from selfrepair.stages.job import ModelJob, row_coords
+from selfrepair.stages.job import ModelJob, row_coords, weights_source
 from selfrepair.stages.store import write_zarr
 
-__all__ = ["clean_cache"]
+__all__ = ["clean_cache", "process_weights"]
 
 log = logging.getLogger("selfrepair")
 
@@ -54,3 +55,19 @@ def clean_cache(
         ds = clean_top_layout(ds, top_k)
     write_zarr(ds, out)
     return ds
+
+
+def process_weights(job: ModelJob, *, out: str) -> None:
+    """Load the model once through TransformerLens, processed as every job used to load it, and
+    write its weights and config fields (models.processed), so that the model jobs after it run
+    the TransformerLens-free stand-in.
+
+    Args:
+        job: the model job (its entry, checkpoint folder and threads; CPU, float32).
+        out: the folder to write (resources/weights/<model>).
+    """
+    from selfrepair.models.processed import write_processed
+
+    model = job.model()
+    write_processed(model, out, weights_source(job.entry, job.checkpoint))
+    log.info("wrote the processed weights of %s to %s", job.entry["name"], out)

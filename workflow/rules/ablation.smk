@@ -1,6 +1,6 @@
 rule ablate:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         unpack(top_tokens_input),
         tokens="results/{model}/tokens.zarr",
         picks=per_token_picks,

@@ -61,7 +61,7 @@ rule task_clean:
 
 rule task_ablate:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         tokens="results/{model}/tasks/{task}/prompts.zarr",
     output:
         heads=directory("results/{model}/tasks/{task}/ablation/{task_ablation}.zarr"),
@@ -98,7 +98,7 @@ rule task_ablate:
 
 rule task_set_ablate:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         tokens="results/{model}/tasks/{task}/prompts.zarr",
     output:
         sets=directory("results/{model}/tasks/{task}/sets/{task_ablation}.zarr"),
@@ -131,7 +131,7 @@ rule task_set_ablate:
 # partner is the next row of the shard, as the ablate rule's).
 use rule task_set_ablate as set_ablate with:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         tokens="results/{model}/tokens.zarr",
     output:
         sets=directory("results/{model}/sets/{ablation}/shard-{shard}.zarr"),
