@@ -181,3 +181,24 @@ def test_reading_it_and_running_the_engine_imports_no_transformer_lens(pair):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+def test_the_mechanisms_and_sets_are_bitwise(pair, tokens):
+    """The passes of neuron_effects, self_reinforcement and set_ablate."""
+    from selfrepair.engine.sets import measure_sets
+    from selfrepair.mechanisms.neurons import neuron_direct_effects
+    from selfrepair.mechanisms.probes import resolve_probes
+    from selfrepair.mechanisms.reinforcement import self_reinforcement
+
+    model, standin, _ = pair
+    sets = {"a": [(1, 0), (1, 2)], "b": [(0, 1), (2, 3)]}
+    got = [measure_sets(m, tokens, "resample", sets, batch_size=2) for m in (model, standin)]
+    assert_same_dataset(*got)
+    got = [self_reinforcement(m, tokens, [(1, 1), (2, 0)], batch_size=2) for m in (model, standin)]
+    assert_same_dataset(*got)
+    if not model.cfg.parallel_attn_mlp:  # a parallel block's MLP does not read its own heads
+        got = [
+            neuron_direct_effects(m, tokens, "mean", resolve_probes(m, [(1, 1)]), batch_size=2)
+            for m in (model, standin)
+        ]
+        assert_same_dataset(*got)
