@@ -202,3 +202,24 @@ def test_the_mechanisms_and_sets_are_bitwise(pair, tokens):
             for m in (model, standin)
         ]
         assert_same_dataset(*got)
+
+
+def test_a_model_the_stand_in_cannot_run_is_loaded_through_transformer_lens(tmp_path):
+    """process_weights writes only a model.json saying why; the job then calls model_for."""
+    from selfrepair.models.processed import unsupported_reason
+    from selfrepair.stages import job as job_module
+
+    model = random_model("gpt2", n_layers=1)
+    model.cfg.use_attn_result = True  # per-head results: the stand-in has none
+    write_processed(model, tmp_path, SOURCE)
+    assert not (tmp_path / WEIGHTS_FILE).exists()
+    assert unsupported_reason(tmp_path, SOURCE) == "per-head attention results"
+    with pytest.raises(ProcessedWeightsError, match="through TransformerLens"):
+        read_processed(tmp_path, SOURCE)
+    job = job_module.ModelJob(tokens="", entry={"name": "random"}, batch_size=1, weights=tmp_path)
+    source = job_module.weights_source(job.entry, None)
+    write_processed(model, tmp_path, source)
+    loads = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(job_module, "model_for", lambda *a, **k: loads.append(a) or "loaded")
+        assert job.model() == "loaded" and len(loads) == 1

@@ -32,6 +32,7 @@ __all__ = [
     "processed_fields",
     "read_processed",
     "standin_problem",
+    "unsupported_reason",
     "write_processed",
 ]
 
@@ -94,13 +95,18 @@ def write_processed(model, folder: str | Path, source: dict[str, Any]) -> None:
         model: the processed HookedTransformer (models.loading.load_model's).
         folder: the output folder (created).
         source: what the weights were loaded from and how (read_processed compares it).
+
+    A model the stand-in cannot copy (standin_problem) gets only its model.json, which says
+    so: its jobs load it through TransformerLens (unsupported_reason).
     """
     from safetensors.torch import save_file
 
-    if problem := standin_problem(model):
-        raise NotImplementedError(f"the TransformerLens-free stand-in cannot run it: {problem}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if problem := standin_problem(model):  # its jobs load it through TransformerLens
+        meta = {"format": FORMAT, "unsupported": problem, "source": source}
+        (folder / MODEL_JSON).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        return
     tensors = {
         name: t.detach().to("cpu", torch.float32).contiguous()
         if t.is_floating_point()
@@ -127,7 +133,10 @@ def _meta(folder: Path, source: dict[str, Any] | None) -> dict[str, Any]:
     path = folder / MODEL_JSON
     try:
         meta = json.loads(path.read_text())
-        fields, sha = meta["fields"], meta["sha256"]
+        if "unsupported" in meta:
+            fields, sha = {}, ""
+        else:
+            fields, sha = meta["fields"], meta["sha256"]
     except FileNotFoundError:
         raise ProcessedWeightsError(f"processed weights {path} are missing: {fix}") from None
     except (ValueError, KeyError, TypeError) as err:
@@ -142,6 +151,12 @@ def _meta(folder: Path, source: dict[str, Any] | None) -> dict[str, Any]:
             f"not {source}): {fix}"
         )
     return meta
+
+
+def unsupported_reason(folder: str | Path, source: dict[str, Any] | None = None) -> str | None:
+    """Why the stand-in cannot run the model of this processed-weights folder (its jobs then
+    load it through TransformerLens), or None; the folder checked as read_processed checks it."""
+    return _meta(Path(folder), source).get("unsupported")
 
 
 def read_processed(
@@ -163,6 +178,11 @@ def read_processed(
 
     folder = Path(folder)
     meta = _meta(folder, source)
+    if "unsupported" in meta:
+        raise ProcessedWeightsError(
+            f"the stand-in cannot run the model of {folder}: "
+            f"{meta['unsupported']}; load it through TransformerLens"
+        )
     weights = folder / WEIGHTS_FILE
     fix = "delete the folder and rerun the workflow (rule process_weights writes it)"
     if not weights.is_file() or _sha256(weights) != meta["sha256"]:

@@ -241,12 +241,16 @@ def weights_source(entry: dict[str, Any], checkpoint: str | None) -> dict[str, A
 def standin_for(job: ModelJob, seq_len: int | None = None):
     """The job's model as the TransformerLens-free stand-in read from its processed weights
     (refused in one line when they are missing, damaged or made from other weights), checked
-    against the config as model_for checks."""
-    from selfrepair.models.processed import read_processed
+    against the config as model_for checks; through TransformerLens (model_for) when the
+    file says the stand-in cannot run it."""
+    from selfrepair.models.processed import read_processed, unsupported_reason
 
+    source = weights_source(job.entry, job.checkpoint)
+    if reason := unsupported_reason(job.weights, source):
+        log.info("loading %s through TransformerLens: %s", job.entry["name"], reason)
+        return model_for(job.entry, job.checkpoint, job.device, job.dtype, seq_len=seq_len)
     dev = resolve_device(job.device)
     t0 = time.perf_counter()
-    source = weights_source(job.entry, job.checkpoint)
     model = read_processed(job.weights, source, device=dev, dtype=resolve_dtype(job.dtype, dev))
     log.info(
         "read the processed weights of %s (%d layers x %d heads) on %s in %.1fs",
