@@ -108,7 +108,11 @@ def model_input(wildcards):
 
 def model_job_input(wildcards):
     """A model job's inputs: model_input and the model's processed weights (rule
-    process_weights), from which it runs the TransformerLens-free stand-in."""
+    process_weights), from which it runs the TransformerLens-free stand-in. A training
+    checkpoint's two model jobs (one shard) load it through TransformerLens: a process_weights
+    job of its own would cost more than it saves (measured in docs/speed.md)."""
+    if "checkpoint" in ENTRIES[wildcards.model]:
+        return model_input(wildcards)
     return model_input(wildcards) | {"weights": f"resources/weights/{wildcards.model}"}
 
 
