@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,9 +14,11 @@ from pathlib import Path
 
 from helpers import ROOT, rule_script, rule_texts
 
-# The rules whose jobs load a model (or build and train one): they need TransformerLens.
+# The rules whose jobs load a model (or build and train one): they need TransformerLens, or the
+# stand-in read from the model's processed weights (STANDIN_RULES).
 MODEL_RULES = {
     "train_model",
+    "process_weights",
     "clean_cache",
     "ablate",
     "atp",
@@ -31,6 +34,10 @@ MODEL_RULES = {
     "task_atp",
 }
 HEAVY = ("transformer_lens", "torch")
+# The model rules that still load the model through TransformerLens: training, processing the
+# weights, and the two whose passes use run_with_cache (engine/induction.py, engine/methods.py).
+TRANSFORMER_LENS_RULES = {"train_model", "process_weights", "task_clean", "task_methods"}
+STANDIN_RULES = MODEL_RULES - TRANSFORMER_LENS_RULES
 
 _spec = importlib.util.spec_from_file_location("startup", ROOT / "benchmarks" / "startup.py")
 startup = importlib.util.module_from_spec(_spec)
@@ -79,6 +86,48 @@ def test_a_rule_without_a_model_imports_neither_transformer_lens_nor_torch():
         """
     )
     assert not found, f"rule {found['rule']}'s script imports {', '.join(found['heavy'])}"
+
+
+def test_the_model_rules_read_the_processed_weights():
+    """Every model rule but those that keep TransformerLens takes the model's processed weights
+    (model_job_input), so that its job runs the stand-in."""
+    texts = rule_texts()
+    reads = {rule for rule in MODEL_RULES if "unpack(model_job_input)" in texts[rule]}
+    reads |= {
+        rule
+        for rule in MODEL_RULES
+        if (base := re.search(rf"use rule (\w+) as {rule} with:", texts[rule]))
+        and "unpack(model_job_input)" in texts[base.group(1)]
+        and "input:" not in texts[rule]
+    }
+    assert reads == STANDIN_RULES
+
+
+def test_a_model_rule_on_the_stand_in_imports_no_transformer_lens(tmp_path):
+    """Each stand-in rule's script imports, then its job's model read from processed weights and
+    run through the engine, in one fresh interpreter: no TransformerLens (torch, yes)."""
+    from selfrepair.models.builders import random_model
+    from selfrepair.models.processed import write_processed
+    from selfrepair.stages.job import weights_source
+
+    entry = {"name": "random-tiny"}
+    write_processed(random_model("gpt2"), tmp_path / "w", weights_source(entry, None))
+    steps = {rule: _script_imports(rule) for rule in sorted(STANDIN_RULES)}
+    found = _run(
+        f"""
+        import json, sys, torch
+        for code in {steps!r}.values():
+            exec(code, {{}})
+        from selfrepair.engine.self_repair import measure_heads
+        from selfrepair.stages.job import ModelJob
+        job = ModelJob(tokens="", entry={entry!r}, batch_size=2, weights={str(tmp_path / "w")!r})
+        model = job.model(seq_len=9)
+        measure_heads(model, torch.randint(0, 97, (3, 9)), "resample")
+        print(json.dumps({{"tl": [m for m in sys.modules if m.startswith("transformer_lens")],
+                           "kind": type(model).__name__}}))
+        """
+    )
+    assert found == {"tl": [], "kind": "StandIn"}
 
 
 def test_share_tokens_records_provenance_without_transformer_lens_or_torch(tmp_path):

@@ -278,11 +278,16 @@ def data_bytes(run: _Run, rule: str, wildcards: dict) -> int | None:
 
 
 def resource_bytes(run: _Run, rule: str, wildcards: dict, path: str, block: int) -> int:
-    """What a job writes under resources/: a trained tokenizer, a trained model's folder."""
+    """What a job writes under resources/: a trained tokenizer, a trained model's folder, a
+    model's processed weights."""
     if rule == "train_tokenizer":
         vocab = run.config["tokenizers"][wildcards["tokenizer"]].get("vocab_size", 4096)
         return disk.tokenizer_dir_bytes(vocab, block)
     entry = run.models.get(wildcards.get("model", ""))
+    if rule == "process_weights":  # the float32 weights and model.json
+        dims = run.dims.get(run.model(wildcards["model"]))
+        weights = disk.on_disk(disk.weights_bytes(dims), block) if dims else 0
+        return weights + 2 * disk.on_disk(FILE_BYTES[""], block)
     size = model_size(entry, run.config) if rule == "train_model" and entry else None
     if size is None:
         return disk.on_disk(FILE_BYTES[""], block)

@@ -6,7 +6,9 @@ LayerNorm five. On a CPU those memory-bound passes cost as much as the matmuls. 
 computes the same block from the block's own parameters with one matmul for Q, K and V,
 `scaled_dot_product_attention`, `F.layer_norm`/`F.rms_norm` and a one-pass GELU, and calls the
 block's hook points that the engine uses (FUSED_HOOKS), so hooks there see and may replace the
-same tensors as in TransformerLens. TransformerLens' own `apply_rotary` is reused unchanged.
+same tensors as in TransformerLens. The attention's own `apply_rotary` is reused unchanged. Modules are told apart by kind
+(selfrepair.models.kinds), so the blocks of the TransformerLens-free stand-in
+(selfrepair.models.standin) run here too without importing TransformerLens.
 
 The block itself runs instead (`block(resid)`) whenever the fused path does not cover it: an
 architecture outside `unsupported_reason`'s list, or a hook on a point it does not call.
@@ -21,18 +23,20 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens.components import (
-    Attention,
-    GroupedQueryAttention,
-    LayerNorm,
-    LayerNormPre,
-    RMSNorm,
-    RMSNormPre,
+
+from selfrepair.models.kinds import (
+    NORMS,
+    POST_NORM_ARCHITECTURES,
+    centres,
+    has_bias,
+    has_weight,
+    is_attention,
+    is_gated_mlp,
+    is_hook_point,
+    is_mlp,
+    is_norm,
+    kind,
 )
-from transformer_lens.components.mlps.gated_mlp import GatedMLP
-from transformer_lens.components.mlps.mlp import MLP
-from transformer_lens.hook_points import HookPoint
-from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 __all__ = [
     "FUSED_HOOKS",
@@ -71,7 +75,6 @@ FUSED_HOOKS = frozenset(
     }
 )
 
-NORMS = (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre)
 TANH_GELUS = ("gelu_new", "gelu_fast", "gelu_pytorch_tanh")  # the same function, fused by torch
 
 
@@ -81,7 +84,7 @@ def unsupported_reason(block) -> str | None:
     checks = {
         "post-norm or sandwich-norm block": cfg.original_architecture in POST_NORM_ARCHITECTURES
         or cfg.use_normalization_before_and_after,
-        "attention type": type(block.attn) not in (Attention, GroupedQueryAttention)
+        "attention type": not is_attention(block.attn)
         or block.attn.attn_type != "global"
         or cfg.attention_dir != "causal"
         or block.attn._attention_dir_override not in (None, "causal"),
@@ -95,9 +98,8 @@ def unsupported_reason(block) -> str | None:
         or cfg.attn_scores_soft_cap > 0
         or cfg.load_in_4bit,
         "MLP type": cfg.attn_only is False
-        and (type(block.mlp) not in (MLP, GatedMLP) or cfg.is_layer_norm_activation()),
-        "norm type": not isinstance(block.ln1, NORMS)
-        or (not cfg.attn_only and not isinstance(block.ln2, NORMS)),
+        and (not is_mlp(block.mlp) or cfg.is_layer_norm_activation()),
+        "norm type": not is_norm(block.ln1) or (not cfg.attn_only and not is_norm(block.ln2)),
         "hooked MLP input": cfg.use_hook_mlp_in,
     }
     bad = [name for name, failed in checks.items() if failed]
@@ -107,7 +109,7 @@ def unsupported_reason(block) -> str | None:
 def has_other_hooks(block) -> bool:
     """True if a hook sits on a hook point of the block that the fused forward does not call."""
     return any(
-        isinstance(module, HookPoint)
+        is_hook_point(module)
         and name not in FUSED_HOOKS
         and bool(module._forward_hooks or module._forward_pre_hooks)
         for name, module in block.named_modules()
@@ -123,7 +125,7 @@ def normalize(ln, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch
     cfg = ln.cfg
     if cfg.dtype not in (torch.float32, torch.float64):
         x = x.float()  # TransformerLens normalises reduced precision in float32
-    centre = isinstance(ln, (LayerNorm, LayerNormPre))
+    centre = centres(ln)
     if ln.hook_scale._forward_hooks or ln.hook_normalized._forward_hooks:
         if centre:
             x = x - x.mean(-1, keepdim=True)
@@ -134,9 +136,9 @@ def normalize(ln, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch
     else:
         y = F.rms_norm(x, x.shape[-1:], eps=ln.eps)
     y = y.to(cfg.dtype)
-    if isinstance(ln, LayerNorm):
+    if has_bias(ln):
         return y * ln.w + ln.b
-    if isinstance(ln, RMSNorm):
+    if has_weight(ln):
         return y * ln.w
     return y
 
@@ -168,9 +170,7 @@ def version(t: Tensor) -> int | None:
 def qkv_weights(attn) -> tuple[Tensor, Tensor, list[int]]:
     """Q, K and V projections as one [d_model, (q + 2 kv heads) d_head] matrix and its bias;
     grouped-query K and V keep their n_key_value_heads (expanded after the matmul)."""
-    grouped = (
-        isinstance(attn, GroupedQueryAttention) and not attn.cfg.ungroup_grouped_query_attention
-    )
+    grouped = kind(attn) == "GroupedQueryAttention" and not attn.cfg.ungroup_grouped_query_attention
     w_k, b_k = (attn._W_K, attn._b_K) if grouped else (attn.W_K, attn.b_K)
     w_v, b_v = (attn._W_V, attn._b_V) if grouped else (attn.W_V, attn.b_V)
     params = (attn.W_Q, w_k, w_v, attn.b_Q, b_k, b_v)
@@ -225,7 +225,7 @@ def mlp_forward(mlp, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "ba
     def hidden(t: Tensor) -> Tensor:
         return t.view(n_batch, n_pos, -1)
 
-    if isinstance(mlp, GatedMLP):
+    if is_gated_mlp(mlp):
         pre = mlp.hook_pre(hidden(flat @ mlp.W_gate))
         pre_linear = mlp.hook_pre_linear(hidden(flat @ mlp.W_in))
         post = mlp.hook_post(act(pre) * pre_linear + mlp.b_in)

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from selfrepair.models.blocks import run_block
+from selfrepair.models.kinds import POST_NORM_ARCHITECTURES
 from selfrepair.models.readout import Readout
 
 if TYPE_CHECKING:

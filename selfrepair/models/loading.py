@@ -14,9 +14,9 @@ import pickle
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from selfrepair.config import (
     ConfigError,
@@ -41,6 +41,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True)
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # imported where a model is loaded: resolve_device and resolve_dtype need none
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 
 def resolve_device(spec: str = "auto") -> str:
@@ -83,6 +86,8 @@ def load_model(
             TransformerLens' own checkpoint support (`checkpoint_value=N`: the config from
             the model's main revision, the weights from revision step<N>).
     """
+    from transformer_lens import HookedTransformer
+
     if revision is not None:
         if path is not None or not revision.startswith("step"):
             raise ValueError(f"a hub revision is step<N> of a hub model, not {revision!r}")
@@ -132,6 +137,7 @@ def load_local_checkpoint(path: str, device: str = "cpu", dtype=torch.float32) -
         device: torch device.
         dtype: torch dtype of the weights.
     """
+    from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
+
+from selfrepair.models.kinds import centres, has_bias, has_weight, is_norm
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -82,14 +83,14 @@ def final_norm(model: HookedTransformer) -> tuple[bool, Tensor | None, Tensor | 
     """(centre, weight, bias) of the final norm, float32 (None where the norm has none); fails
     naming it when it is neither a LayerNorm nor an RMSNorm."""
     ln = model.ln_final
-    if not isinstance(ln, (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre)):
+    if not is_norm(ln):
         raise NotImplementedError(
             f"final norm {type(ln).__name__} is not supported: self-repair needs a LayerNorm or "
             "RMSNorm before the unembedding"
         )
-    weight = ln.w.detach().float() if isinstance(ln, (LayerNorm, RMSNorm)) else None
-    bias = ln.b.detach().float() if isinstance(ln, LayerNorm) else None
-    return isinstance(ln, (LayerNorm, LayerNormPre)), weight, bias
+    weight = ln.w.detach().float() if has_weight(ln) else None
+    bias = ln.b.detach().float() if has_bias(ln) else None
+    return centres(ln), weight, bias
 
 
 def effective_unembedding(model: HookedTransformer) -> Float[Tensor, "d_model d_vocab"]:

@@ -1,5 +1,6 @@
 """The clean_cache rule (and its task variant task_clean): clean direct effects of one token
-shard or of a task's prompts (stages.tasks.measured), checked against the logit or metric."""
+shard or of a task's prompts (stages.tasks.measured), checked against the logit or metric; the
+process_weights rule: a model's processed weights, which the later model jobs read."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import xarray as xr
 from selfrepair.analysis.clean_layout import clean_top_layout
 from selfrepair.analysis.tasks import clean_metric
 from selfrepair.engine.clean import clean_direct_effects, decomposition_error
-from selfrepair.stages.job import ModelJob
+from selfrepair.stages.job import ModelJob, weights_source
 from selfrepair.stages.records import write_json
 from selfrepair.stages.store import write_zarr
 from selfrepair.stages.tasks import Measured, _induction_scores, measured
 
-__all__ = ["clean_cache"]
+__all__ = ["clean_cache", "process_weights"]
 
 log = logging.getLogger("selfrepair")
 
@@ -92,3 +93,19 @@ def _task_metric(model, data: Measured, ds: xr.Dataset, metric: str, batch_size:
         numbers["induction_scores"] = _induction_scores(model, prompts, batch_size)
     log.info("clean metric: %s", numbers)
     return numbers
+
+
+def process_weights(job: ModelJob, *, out: str) -> None:
+    """Load the model once through TransformerLens, processed as every job used to load it, and
+    write its weights and config fields (models.processed), so that the model jobs after it run
+    the TransformerLens-free stand-in.
+
+    Args:
+        job: the model job (its entry, checkpoint folder and threads; CPU, float32).
+        out: the folder to write (resources/weights/<model>).
+    """
+    from selfrepair.models.processed import write_processed
+
+    model = job.model()
+    write_processed(model, out, weights_source(job.entry, job.checkpoint))
+    log.info("wrote the processed weights of %s to %s", job.entry["name"], out)

@@ -21,7 +21,12 @@ from selfrepair.config import ConfigError, missing_head
 from selfrepair.config.layout import predictions
 from selfrepair.models.forward import NonFiniteActivation
 from selfrepair.models.loading import load_model, resolve_device, resolve_dtype
-from selfrepair.stages.joblog import checkpoint_folder, hub_revision, weights_provenance
+from selfrepair.stages.joblog import (
+    checkpoint_folder,
+    hub_revision,
+    model_revision,
+    weights_provenance,
+)
 from selfrepair.stages.store import open_zarr
 
 if TYPE_CHECKING:
@@ -38,6 +43,7 @@ __all__ = [
     "read_token_rows",
     "row_coords",
     "set_threads",
+    "weights_source",
 ]
 
 log = logging.getLogger("selfrepair")
@@ -70,6 +76,9 @@ class ModelJob:
             jobs (clean_cache, ablate), every shard for the mechanism jobs, none when the job
             reads rows from the start (self_reinforcement).
         threads: torch threads (the rule's threads); None leaves torch's setting alone.
+        weights: the model's processed-weights folder (rule process_weights): the job runs the
+            TransformerLens-free stand-in read from it; None: the model is loaded through
+            TransformerLens.
 
     A training checkpoint's entry (selfrepair.config.checkpoints: key `<model>@step<N>`) has
     `checkpoint` {model, step, and revision, path or subdir}: its weights are its model's at that
@@ -84,6 +93,7 @@ class ModelJob:
     dtype: str = "float32"
     shards: tuple[Bounds, ...] = field(default=())
     threads: int | None = None
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shards", _as_shards(self.shards))
@@ -101,6 +111,7 @@ class ModelJob:
             dtype=smk.params.dtype,
             shards=smk.params.get("bounds"),
             threads=smk.threads,
+            weights=smk.input.get("weights"),
         )
 
     @property
@@ -135,7 +146,9 @@ class ModelJob:
     def model(self, seq_len: int | None = None) -> HookedTransformer:
         """The job's model on its device, with the job's threads (model_for)."""
         set_threads(self.threads)
-        return model_for(self.entry, self.checkpoint, self.device, self.dtype, seq_len=seq_len)
+        if self.weights is None:
+            return model_for(self.entry, self.checkpoint, self.device, self.dtype, seq_len=seq_len)
+        return standin_for(self, seq_len)
 
     def provenance(self, attrs: dict[str, Any], **extra: Any) -> dict[str, Any]:
         """The store attributes: the rule's attrs, the weights' revision, then the stage's own
@@ -202,6 +215,52 @@ def model_for(
         time.perf_counter() - t0,
     )
     check_model_fits(model, entry, seq_len)
+    return model
+
+
+def weights_source(entry: dict[str, Any], checkpoint: str | None) -> dict[str, Any]:
+    """What a model's processed weights are made from, recorded in their file and compared by
+    every job that reads it: the model loaded, its hub revision or the digest of its local
+    weights, and the TransformerLens version that processed them."""
+    from importlib.metadata import version
+
+    ckpt = entry.get("checkpoint") or {}
+    name = ckpt.get("model", entry["name"])
+    if "revision" in ckpt:
+        revision = hub_revision(name, ckpt["revision"])
+    else:
+        revision = model_revision(name, checkpoint)
+    return {
+        "model": name,
+        "revision": ckpt.get("revision"),
+        "model_revision": revision,
+        "transformer_lens": version("transformer_lens"),
+    }
+
+
+def standin_for(job: ModelJob, seq_len: int | None = None):
+    """The job's model as the TransformerLens-free stand-in read from its processed weights
+    (refused in one line when they are missing, damaged or made from other weights), checked
+    against the config as model_for checks; through TransformerLens (model_for) when the
+    file says the stand-in cannot run it."""
+    from selfrepair.models.processed import read_processed, unsupported_reason
+
+    source = weights_source(job.entry, job.checkpoint)
+    if reason := unsupported_reason(job.weights, source):
+        log.info("loading %s through TransformerLens: %s", job.entry["name"], reason)
+        return model_for(job.entry, job.checkpoint, job.device, job.dtype, seq_len=seq_len)
+    dev = resolve_device(job.device)
+    t0 = time.perf_counter()
+    model = read_processed(job.weights, source, device=dev, dtype=resolve_dtype(job.dtype, dev))
+    log.info(
+        "read the processed weights of %s (%d layers x %d heads) on %s in %.1fs",
+        job.entry["name"],
+        model.cfg.n_layers,
+        model.cfg.n_heads,
+        dev,
+        time.perf_counter() - t0,
+    )
+    check_model_fits(model, job.entry, seq_len)
     return model
 
 

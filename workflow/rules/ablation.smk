@@ -4,7 +4,7 @@
 
 rule ablate:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         unpack(top_tokens_input),
         tokens="results/{model}/tokens.zarr",
         picks=per_token_picks,

@@ -5,7 +5,7 @@
 
 rule atp:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         tokens="results/{model}/tokens.zarr",
         top_tokens="results/{model}/attribution/top_tokens.zarr",
     output:
@@ -156,7 +156,7 @@ rule atp_table:
 
 use rule atp as task_atp with:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         tokens="results/{model}/tasks/{task}/prompts.zarr",
     output:
         atp=directory("results/{model}/tasks/{task}/atp/{task_ablation}.zarr"),

@@ -42,7 +42,7 @@ rule repair_summary:
 
 rule repair_detail:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         tokens="results/{model}/tokens.zarr",
         top_tokens="results/{model}/attribution/top_tokens.zarr",
         summary="results/{model}/attribution/{ablation}.zarr",

@@ -4,7 +4,7 @@
 
 rule clean_cache:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         tokens="results/{model}/tokens.zarr",
     output:
         clean=directory("results/{model}/clean/shard-{shard}.zarr"),
@@ -30,3 +30,26 @@ rule clean_cache:
         attrs=lambda w: run_attrs(w) | {"shard": w.shard},
     script:
         "../scripts/clean_cache.py"
+
+
+# Once per model (and training checkpoint): the model loaded through TransformerLens and
+# processed, its weights written for the model jobs, which then need not import TransformerLens.
+rule process_weights:
+    input:
+        unpack(model_input),
+    output:
+        weights=directory("resources/weights/{model}"),
+    log:
+        "results/logs/process_weights/{model}.log",
+    benchmark:
+        "results/benchmarks/process_weights/{model}.tsv"
+    conda:
+        "../../envs/engine.yaml"
+    threads: model_threads
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=model_runtime,
+    params:
+        model=model_entry,
+    script:
+        "../scripts/process_weights.py"

@@ -111,6 +111,16 @@ def model_input(wildcards):
     return {"model_dir": path} | ({"model_files": files} if files else {})
 
 
+def model_job_input(wildcards):
+    """A model job's inputs: model_input and the model's processed weights (rule
+    process_weights), from which it runs the TransformerLens-free stand-in. A training
+    checkpoint's two model jobs (one shard) load it through TransformerLens: a process_weights
+    job of its own would cost more than it saves (measured in docs/speed.md)."""
+    if "checkpoint" in ENTRIES[wildcards.model]:
+        return model_input(wildcards)
+    return model_input(wildcards) | {"weights": f"resources/weights/{wildcards.model}"}
+
+
 def task_tokenizer_input(wildcards):
     """task_prompts' tokenizer: a trained model's trained tokenizer folder (so that its prompts
     are checked right after train_tokenizer, before the model trains), else the model's own

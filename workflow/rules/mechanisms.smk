@@ -8,7 +8,7 @@
 # at the paper's size). store_tokens is a param, not in run_attrs: switching it reruns the job.
 rule neuron_effects:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         tokens="results/{model}/tokens.zarr",
         picks=lambda w: mech_picks(("fig07", "fig08", "fig15"), w.model),
     output:
@@ -45,7 +45,7 @@ rule neuron_effects:
 
 rule norm_ratios:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         tokens="results/{model}/tokens.zarr",
         shards=shards_of("ablation"),
         picks=lambda w: mech_picks(("fig04", "fig16_18"), w.model),
@@ -79,7 +79,7 @@ rule norm_ratios:
 
 rule self_reinforcement:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         tokens="results/{model}/tokens.zarr",
     output:
         reinforcement=directory("results/{model}/reinforcement/reinforcement.zarr"),

@@ -60,7 +60,7 @@ use rule clean_cache as task_clean with:
 
 use rule ablate as task_ablate with:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         tokens="results/{model}/tasks/{task}/prompts.zarr",
     output:
         heads=directory("results/{model}/tasks/{task}/ablation/{task_ablation}.zarr"),
@@ -92,7 +92,7 @@ use rule ablate as task_ablate with:
 
 rule task_set_ablate:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         unpack(picked_sets_input),
         tokens="results/{model}/tasks/{task}/prompts.zarr",
     output:
@@ -126,7 +126,7 @@ rule task_set_ablate:
 # partner is the next row of the shard, as the ablate rule's).
 use rule task_set_ablate as set_ablate with:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         tokens="results/{model}/tokens.zarr",
     output:
         sets=directory("results/{model}/sets/{ablation}/shard-{shard}.zarr"),
