@@ -14,7 +14,8 @@ from tasks_helpers import prompts_task_run
 
 import selfrepair.config as sr_config
 from selfrepair import flops
-from selfrepair.config.time_estimate import job_flops, time_lines
+from selfrepair.config import time_estimate
+from selfrepair.config.time_estimate import fastest_rate, job_flops, time_lines
 
 
 def test_job_flops_are_selfrepair_flops_per_row_by_hand():
@@ -57,6 +58,21 @@ def test_every_model_job_of_the_demo_has_flops_and_the_lines_say_estimate():
 def _job(rule, runtime=20, **wildcards):
     return SimpleNamespace(rule=SimpleNamespace(name=rule), wildcards=wildcards,
                            resources={"runtime": runtime})  # fmt: skip
+
+
+def test_the_measured_rate_is_the_fastest_product_not_the_mean():
+    """A moment of load slows most products; the rate is the fastest one's, so the check does
+    not refuse a run because other jobs were busy while it measured."""
+    assert fastest_rate([0.04, 0.001, 0.02], 10) == pytest.approx(2 * 10**3 / 0.001)
+    # the clock read at the start, then per product at the loop's test, before and after it:
+    # products of 0.09, 0.01, 0.09 and 0.09 s (the mean would give 0.07 s), then time is up
+    clock, ticks = 0.0, [0.0]
+    for took in (0.09, 0.01, 0.09, 0.09):
+        ticks += [clock, clock, clock + took]
+        clock += took
+    ticks.append(1.0)
+    rate = time_estimate.measured_rate(seconds=0.5, n=8, clock=iter(ticks).__next__)
+    assert rate == pytest.approx(2 * 8**3 / 0.01)
 
 
 def test_check_time_refuses_a_job_far_beyond_its_runtime():
