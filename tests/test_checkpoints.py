@@ -257,15 +257,18 @@ def test_kept_checkpoints_are_saved_inside_the_model_folder(tmp_path):
 
 
 def test_a_hub_revision_goes_through_transformer_lens_checkpoint_support(monkeypatch):
+    from transformer_lens import HookedTransformer
+
     from selfrepair.models import loading
+    from selfrepair.models.builders import random_model
 
     calls = []
 
-    def fake(name, **kwargs):
+    def fake(name, **kwargs):  # a loaded model, as load_model keeps its folded value biases
         calls.append((name, kwargs))
-        return torch.nn.Linear(1, 1)
+        return random_model("pythia", n_layers=1, d_model=8, n_heads=2, d_vocab=11, n_ctx=8)
 
-    monkeypatch.setattr(loading.HookedTransformer, "from_pretrained", staticmethod(fake))
+    monkeypatch.setattr(HookedTransformer, "from_pretrained", staticmethod(fake))
     loading.load_model("pythia-160m", revision="step1000")
     name, kwargs = calls[0]
     assert name == "pythia-160m" and kwargs["checkpoint_value"] == 1000

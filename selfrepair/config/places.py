@@ -45,7 +45,7 @@ WORKFLOW_FOLDERS = frozenset(
     {
         *OUTPUT_ROOTS,
         *RESERVED_NAMES,
-        *("models", "tokenizers"),  # resources/
+        *("models", "tokenizers", "weights"),  # resources/
         *("ablation", "attribution", "atp", "clean", "intervals", "neurons", "norms"),
         *("methods", "reinforcement", "sets", "substitutes", "summary", "tasks"),
         *ABLATION_NAMES,
