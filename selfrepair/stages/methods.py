@@ -16,7 +16,7 @@ import pandas as pd
 import xarray as xr
 
 from selfrepair.stages.store import open_zarr, write_text, write_zarr
-from selfrepair.stages.tasks import _model_for, _rows, read_prompts, task_inputs
+from selfrepair.stages.tasks import measured
 from selfrepair.variables import head_label
 
 if TYPE_CHECKING:
@@ -63,18 +63,13 @@ def task_methods(
     from selfrepair.engine.methods_grad import measure_gradient_methods
     from selfrepair.stages.task_summaries import set_heads
 
-    prompts = read_prompts(job.tokens)
-    model = _model_for(job, task, prompts)
+    model, data = measured(job, task, metric)
     members = [tuple(int(x) for x in h) for h in set_heads({"": members}, metric_json)[""]]
-    scored = torch.from_numpy(np.asarray(prompts.scored, bool))
-    common = dict(
-        batch_size=job.batch_size,
-        mean_include_bos=mean_include_bos,
-        task=task_inputs(prompts, metric),
-    )
+    scored = torch.from_numpy(np.asarray(data.scored, bool))
+    common = dict(batch_size=job.batch_size, mean_include_bos=mean_include_bos, task=data.inputs)
+    rows = data.rows
     with job.guarded(model, {"engine.batch_size": job.batch_size}):
         t0 = time.perf_counter()
-        rows = _rows(prompts)
         ablated = measure_methods(model, rows, ablation, members, scored, progress=True, **common)
         log.info("single and conditional ablation: %.1fs", time.perf_counter() - t0)
         t0 = time.perf_counter()
