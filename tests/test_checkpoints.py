@@ -15,7 +15,7 @@ import pytest
 import torch
 import xarray as xr
 import yaml
-from helpers import ROOT, load, merged, reduced_demo_config, rule_script, rule_texts_of
+from helpers import ROOT, load, load_file, merged, reduced_demo_config, rule_script, rule_texts_of
 
 import selfrepair.config as sr_config
 from selfrepair.analysis.training import checkpoint_layers, mean_loss, training_curves
@@ -306,6 +306,46 @@ def test_the_job_loads_a_checkpoint_and_records_its_step(tmp_path, monkeypatch):
     assert attrs["model_revision"] == "commit-of-pythia-160m-step1000"
     assert attrs["checkpoint_step"] == 1000 and attrs["checkpoint_revision"] == "step1000"
     assert attrs["checkpoint_of"] == "pythia-160m"
+
+
+def test_a_checkpoints_processed_weights_are_its_models_subfolder():
+    from selfrepair.stages.joblog import checkpoint_weights
+
+    trained = {"checkpoint": {"model": "tiny", "step": 50, "subdir": "checkpoints/step50"}}
+    folder = "resources/weights/tiny"
+    assert checkpoint_weights(trained, folder) == str(Path(folder) / "checkpoints" / "step50")
+    assert checkpoint_weights({"name": "tiny"}, folder) == folder
+    assert checkpoint_weights(trained, None) is None  # loaded through TransformerLens
+
+
+def test_one_process_weights_job_per_model_serves_its_checkpoints(finished_run):
+    """The model's one process_weights job wrote each checkpoint's weights, made from that
+    checkpoint's folder (its recorded source), and every checkpoint job read them: none loaded
+    a checkpoint through TransformerLens."""
+    from selfrepair.models.processed import read_processed
+    from selfrepair.stages.job import weights_source
+
+    run, configs = finished_run
+    config = merged(*(load_file(c) for c in configs))
+    entries = sr_config.checkpoint_models({m["name"]: m for m in config["models"]})
+    assert entries
+    for key, entry in entries.items():
+        owner, step = entry["checkpoint"]["model"], entry["checkpoint"]["step"]
+        folder = run / "resources" / "weights" / owner / "checkpoints" / f"step{step}"
+        source = weights_source(
+            entry, checkpoint_folder(entry, str(run / "resources/models" / owner))
+        )
+        read_processed(folder, source)  # refused unless made from this checkpoint's weights
+        logs = list((run / "results" / "logs").glob(f"*/{key}/**/*.log"))
+        assert {p.relative_to(run / "results" / "logs").parts[0] for p in logs} >= {
+            "clean_cache",
+            "ablate",
+        }, key
+        for log in logs:
+            text = log.read_text()
+            assert "read the processed weights of " + key in text, log
+            assert "loaded " + key not in text, log
+    assert not (run / "resources" / "weights" / next(iter(entries))).exists()
 
 
 # --- curves and figure -------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ process_weights rule: a model's processed weights, which the later model jobs re
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import xarray as xr
@@ -12,7 +13,7 @@ import xarray as xr
 from selfrepair.analysis.clean_layout import clean_top_layout
 from selfrepair.analysis.tasks import clean_metric
 from selfrepair.engine.clean import clean_direct_effects, decomposition_error
-from selfrepair.stages.job import ModelJob, weights_source
+from selfrepair.stages.job import ModelJob, checkpoint_weights, weights_source
 from selfrepair.stages.records import write_json
 from selfrepair.stages.store import write_zarr
 from selfrepair.stages.tasks import Measured, _induction_scores, measured
@@ -95,17 +96,21 @@ def _task_metric(model, data: Measured, ds: xr.Dataset, metric: str, batch_size:
     return numbers
 
 
-def process_weights(job: ModelJob, *, out: str) -> None:
+def process_weights(job: ModelJob, *, out: str, checkpoints: Sequence[ModelJob] = ()) -> None:
     """Load the model once through TransformerLens, processed as every job used to load it, and
     write its weights and config fields (models.processed), so that the model jobs after it run
-    the TransformerLens-free stand-in.
+    the TransformerLens-free stand-in; then each of its training checkpoints, in the folder its
+    jobs read (joblog.checkpoint_weights): one job imports TransformerLens for all of them, where
+    a checkpoint's two model jobs would each have imported it and loaded the checkpoint.
 
     Args:
         job: the model job (its entry, checkpoint folder and threads; CPU, float32).
         out: the folder to write (resources/weights/<model>).
+        checkpoints: the jobs of the model's training checkpoints (entries `<model>@step<N>`).
     """
     from selfrepair.models.processed import write_processed
 
-    model = job.model()
-    write_processed(model, out, weights_source(job.entry, job.checkpoint))
-    log.info("wrote the processed weights of %s to %s", job.entry["name"], out)
+    for one in (job, *checkpoints):
+        folder = checkpoint_weights(one.entry, out)
+        write_processed(one.model(), folder, weights_source(one.entry, one.checkpoint))
+        log.info("wrote the processed weights of %s to %s", one.entry["name"], folder)

@@ -23,6 +23,7 @@ from selfrepair.models.forward import NonFiniteActivation
 from selfrepair.models.loading import load_model, resolve_device, resolve_dtype
 from selfrepair.stages.joblog import (
     checkpoint_folder,
+    checkpoint_weights,
     hub_revision,
     model_revision,
     weights_provenance,
@@ -36,6 +37,7 @@ __all__ = [
     "ModelJob",
     "check_model_fits",
     "checkpoint_folder",
+    "checkpoint_weights",
     "hub_revision",
     "in_shard",
     "memory_hint",
@@ -111,7 +113,7 @@ class ModelJob:
             dtype=smk.params.dtype,
             shards=smk.params.get("bounds"),
             threads=smk.threads,
-            weights=smk.input.get("weights"),
+            weights=checkpoint_weights(smk.params.model, smk.input.get("weights")),
         )
 
     @property

@@ -22,6 +22,7 @@ __all__ = [
     "SAME_WEIGHTS_KEYS",
     "NoSpaceLeft",
     "checkpoint_folder",
+    "checkpoint_weights",
     "hub_revision",
     "logged",
     "missing_provenance",
@@ -36,6 +37,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("selfrepair")
+
+# Where a model's process_weights job writes its training checkpoints' weights (step<N>)
+CHECKPOINT_WEIGHTS = "checkpoints"
 
 PACKAGES = ("torch", "transformer-lens", "transformers", "numpy", "xarray", "zarr")
 # What every store records of the run that made it: the rule's run_attrs (Snakemake's
@@ -262,6 +266,16 @@ def checkpoint_folder(entry: dict[str, Any], model_dir: str | None) -> str | Non
     if subdir is None or model_dir is None:
         return model_dir
     return str(Path(model_dir) / subdir)
+
+
+def checkpoint_weights(entry: dict[str, Any], weights: str | None) -> str | None:
+    """The processed-weights folder of a model job: the rule's weights input, or for a training
+    checkpoint its subfolder (<weights>/checkpoints/step<N>), which its model's process_weights
+    job writes beside the model's own."""
+    ckpt = entry.get("checkpoint")
+    if ckpt is None or weights is None:
+        return weights
+    return str(Path(weights) / CHECKPOINT_WEIGHTS / f"step{ckpt['step']}")
 
 
 def weights_provenance(

@@ -32,11 +32,11 @@ rule clean_cache:
         "../scripts/clean_cache.py"
 
 
-# Once per model (and training checkpoint): the model loaded through TransformerLens and
-# processed, its weights written for the model jobs, which then need not import TransformerLens.
+# Once per model: the model and its training checkpoints loaded through TransformerLens and
+# processed, their weights written for the model jobs, which then need not import TransformerLens.
 rule process_weights:
     input:
-        unpack(model_input),
+        unpack(process_weights_input),
     output:
         weights=directory("resources/weights/{model}"),
     log:
@@ -51,5 +51,7 @@ rule process_weights:
         runtime=model_runtime,
     params:
         model=model_entry,
+        checkpoints=lambda w: [ENTRIES[k] for k in checkpoints_of(w.model)],
+        checkpoint_dirs=lambda w: [checkpoint_path(k) for k in checkpoints_of(w.model)],
     script:
         "../scripts/process_weights.py"

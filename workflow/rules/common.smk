@@ -114,11 +114,25 @@ def model_input(wildcards):
 def model_job_input(wildcards):
     """A model job's inputs: model_input and the model's processed weights (rule
     process_weights), from which it runs the TransformerLens-free stand-in. A training
-    checkpoint's two model jobs (one shard) load it through TransformerLens: a process_weights
-    job of its own would cost more than it saves (measured in docs/speed.md)."""
-    if "checkpoint" in ENTRIES[wildcards.model]:
-        return model_input(wildcards)
-    return model_input(wildcards) | {"weights": f"resources/weights/{wildcards.model}"}
+    checkpoint's are in its model's folder (written by the model's one process_weights job:
+    ModelJob reads the checkpoint's subfolder)."""
+    ckpt = ENTRIES[wildcards.model].get("checkpoint")
+    owner = ckpt["model"] if ckpt else wildcards.model
+    return model_input(wildcards) | {"weights": f"resources/weights/{owner}"}
+
+
+def checkpoints_of(model):
+    """The model keys of a model's training checkpoints (`<model>@step<N>`), by step."""
+    return [k for k, e in CHECKPOINTS.items() if e["checkpoint"]["model"] == model]
+
+
+def process_weights_input(wildcards):
+    """process_weights' inputs: the model's folder (model_input) and each checkpoint's own
+    folder, where it has one outside the model's (a trained model's are inside it)."""
+    folders = [checkpoint_path(k) for k in checkpoints_of(wildcards.model)]
+    own = model_input(wildcards)
+    others = [f for f in folders if f and f != own.get("model_dir")]
+    return own | ({"checkpoint_dirs": others} if others else {})
 
 
 def task_tokenizer_input(wildcards):
