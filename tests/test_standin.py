@@ -237,6 +237,7 @@ def test_a_model_the_stand_in_cannot_run_is_loaded_through_transformer_lens(tmp_
         assert job.model() == "loaded" and len(loads) == 1
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_the_method_passes_and_induction_scores_are_bitwise(pair, tokens):
     """The passes of task_methods (engine.methods, engine.methods_grad: restarted passes,
     autograd) and task_clean's induction scores (attention patterns)."""
@@ -248,11 +249,11 @@ def test_the_method_passes_and_induction_scores_are_bitwise(pair, tokens):
     scored = np.zeros((tokens.shape[0], tokens.shape[1] - 1), bool)
     scored[:, [5, 11]] = True
     scored[2, 15] = True
-    members = [(0, 1), (1, 2)]
+    members, candidates = [(0, 1), (1, 2)], [(0, 2), (1, 3), (2, 0)]  # below, at, above S
     runs = [
         (
-            measure_methods(m, tokens, "resample", members, scored, batch_size=2),
-            measure_gradient_methods(m, tokens, "mean", members, scored, steps=2, batch_size=3),
+            measure_methods(m, tokens, "resample", members, scored, candidates, batch_size=3),
+            measure_gradient_methods(m, tokens, "mean", members, scored, steps=2),
         )
         for m in (model, standin)
     ]
