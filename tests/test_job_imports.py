@@ -34,9 +34,9 @@ MODEL_RULES = {
     "task_atp",
 }
 HEAVY = ("transformer_lens", "torch")
-# The model rules that still load the model through TransformerLens: training, processing the
-# weights, and the two whose passes use run_with_cache (engine/induction.py, engine/methods.py).
-TRANSFORMER_LENS_RULES = {"train_model", "process_weights", "task_clean", "task_methods"}
+# The model rules that still load the model through TransformerLens: training and processing the
+# weights.
+TRANSFORMER_LENS_RULES = {"train_model", "process_weights"}
 STANDIN_RULES = MODEL_RULES - TRANSFORMER_LENS_RULES
 
 _spec = importlib.util.spec_from_file_location("startup", ROOT / "benchmarks" / "startup.py")
@@ -105,7 +105,8 @@ def test_the_model_rules_read_the_processed_weights():
 
 def test_a_model_rule_on_the_stand_in_imports_no_transformer_lens(tmp_path):
     """Each stand-in rule's script imports, then its job's model read from processed weights and
-    run through the engine, in one fresh interpreter: no TransformerLens (torch, yes)."""
+    run through the engine (the ablation, the method comparison's passes, the induction scores),
+    in one fresh interpreter: no TransformerLens (torch, yes)."""
     from selfrepair.models.builders import random_model
     from selfrepair.models.processed import write_processed
     from selfrepair.stages.job import weights_source
@@ -122,7 +123,17 @@ def test_a_model_rule_on_the_stand_in_imports_no_transformer_lens(tmp_path):
         from selfrepair.stages.job import ModelJob
         job = ModelJob(tokens="", entry={entry!r}, batch_size=2, weights={str(tmp_path / "w")!r})
         model = job.model(seq_len=9)
-        measure_heads(model, torch.randint(0, 97, (3, 9)), "resample")
+        rows = torch.randint(0, 97, (3, 9))
+        measure_heads(model, rows, "resample")
+        # task_methods' passes and task_clean's induction scores
+        from selfrepair.engine.induction import induction_scores
+        from selfrepair.engine.methods import measure_methods
+        from selfrepair.engine.methods_grad import measure_gradient_methods
+        scored = torch.zeros(3, 8, dtype=torch.bool)
+        scored[:, -1] = True
+        measure_methods(model, rows, "resample", [(0, 0)], scored, [(0, 1)])
+        measure_gradient_methods(model, rows, "resample", [(0, 0)], scored, steps=1)
+        induction_scores(model, rows.numpy(), 4, 2)
         print(json.dumps({{"tl": [m for m in sys.modules if m.startswith("transformer_lens")],
                            "kind": type(model).__name__}}))
         """

@@ -235,3 +235,32 @@ def test_a_model_the_stand_in_cannot_run_is_loaded_through_transformer_lens(tmp_
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(job_module, "model_for", lambda *a, **k: loads.append(a) or "loaded")
         assert job.model() == "loaded" and len(loads) == 1
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_method_passes_and_induction_scores_are_bitwise(pair, tokens):
+    """The passes of task_methods (engine.methods, engine.methods_grad: restarted passes,
+    autograd) and task_clean's induction scores (attention patterns)."""
+    from selfrepair.engine.induction import induction_scores
+    from selfrepair.engine.methods import clean_residuals, measure_methods
+    from selfrepair.engine.methods_grad import measure_gradient_methods
+
+    model, standin, _ = pair
+    scored = np.zeros((tokens.shape[0], tokens.shape[1] - 1), bool)
+    scored[:, [5, 11]] = True
+    scored[2, 15] = True
+    members, candidates = [(0, 1), (1, 2)], [(0, 2), (1, 3), (2, 0)]  # below, at, above S
+    runs = [
+        (
+            measure_methods(m, tokens, "resample", members, scored, candidates, batch_size=3),
+            measure_gradient_methods(m, tokens, "mean", members, scored, steps=2),
+        )
+        for m in (model, standin)
+    ]
+    for got in zip(*runs, strict=True):
+        assert_same_dataset(*got)
+    for a, b in zip(*(clean_residuals(m, tokens) for m in (model, standin)), strict=True):
+        assert torch.equal(a, b)
+    rows = torch.cat([tokens[:, :6], tokens[:, 1:6]], 1).numpy()
+    got = [induction_scores(m, rows, 5, batch_size=2) for m in (model, standin)]
+    np.testing.assert_array_equal(*got)

@@ -1,4 +1,4 @@
-"""CoAx's ablation scores of each candidate head, in both its forms, from full forward passes that
+"""CoAx's ablation scores of each candidate head, in both its forms, from exact forward passes that
 keep the logits over the whole vocabulary at the answer positions (Gong 2026, release 2.1.0,
 `CoAblation.conditional_compensation` in src/curvgraph/coablation.py, with `_weight`,
 `_feature` and `_energy`; ratios as in experiments/paper/backup_recovery_full.py):
@@ -16,7 +16,10 @@ per answer token, with E one of two forms:
 
 The ablated z of every head is the one ablation routine's (engine.ablation, chunk.z_new), so
 every kind of the registry is measured. analysis.methods turns these into compensation and
-amplification ratio. One pass per set: the clean pass, S, and per candidate u and S + u.
+amplification ratio. One pass per set: the clean pass, S, and per candidate u and S + u, each
+restarted at its first ablated layer from the clean residual stream, or (S + u, u above S's
+first layer) at u's layer from S's own pass, whose layers below u's it repeats bit for bit.
+Runs on a HookedTransformer or its stand-in (models.standin).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import xarray as xr
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -49,6 +53,7 @@ __all__ = [
     "measure_methods",
     "task_metric",
     "token_index",
+    "unembedding",
 ]
 
 METHOD_FORMS = ("energy", "logit_diff")
@@ -95,47 +100,80 @@ def _patch(z, hook, heads: list[int], z_new: Tensor):
     return z
 
 
+def unembedding(model: HookedTransformer) -> Float[Tensor, "d_vocab d_model"]:
+    """W_U transposed and contiguous, the weight TransformerLens' Unembed hands F.linear: built
+    once per measurement instead of once per pass (a 154 MiB copy at GPT-2's size)."""
+    with torch.no_grad():
+        return model.unembed.W_U.detach().T.contiguous()
+
+
 def logits_at(
     model: HookedTransformer,
     final: Float[Tensor, "batch pos d_model"],
     index: tuple[Tensor, Tensor],
+    unembed: Float[Tensor, "d_vocab d_model"] | None = None,
 ) -> Float[Tensor, "token vocab"]:
     """The logits at the answer tokens only, from the final residual stream (the unembedding of
-    every position would cost more than the rest of a small model's pass)."""
-    picked = final[index[0], index[1]][:, None]
-    return model.unembed(model.ln_final(picked))[:, 0]
+    every position would cost more than the rest of a small model's pass), with the Unembed
+    module's arithmetic (unembed: unembedding(model), else built here)."""
+    picked = model.ln_final(final[index[0], index[1]][:, None])
+    weight = unembedding(model) if unembed is None else unembed
+    return F.linear(picked, weight, model.unembed.b_U)[:, 0]
 
 
 @torch.no_grad()
 def clean_residuals(
     model: HookedTransformer, tokens: Int[Tensor, "batch pos_plus_1"]
 ) -> list[Float[Tensor, "batch pos d_model"]]:
-    """Each layer's clean resid_pre, where a pass that ablates heads of that layer restarts."""
-    names = [f"blocks.{la}.hook_resid_pre" for la in range(model.cfg.n_layers)]
-    _, cache = model.run_with_cache(tokens[:, :-1], names_filter=names)
-    return [cache[name] for name in names]
+    """Each layer's clean resid_pre, where a pass that ablates heads of that layer restarts:
+    one pass that stops before the last block (no logits)."""
+    n_layers = model.cfg.n_layers
+    kept: dict[int, Tensor] = {}
+
+    def keep(x, hook):
+        kept[hook.layer()] = x
+
+    hooks = [(f"blocks.{la}.hook_resid_pre", keep) for la in range(n_layers - 1)]
+    with model.hooks(fwd_hooks=hooks):
+        last = model(tokens[:, :-1], stop_at_layer=n_layers - 1)
+    return [kept[la] for la in range(n_layers - 1)] + [last]
+
+
+def _is_resid_pre(name: str) -> bool:
+    return name.endswith(".hook_resid_pre")
 
 
 @torch.no_grad()
 def answer_logits(
     model: HookedTransformer,
-    resid: list[Tensor],
+    resid: Sequence[Tensor] | Mapping[int, Tensor],
     chunk: AblationChunk,
     by_layer: Mapping[int, list[int]],
     index: tuple[Tensor, Tensor],
+    *,
+    start: int | None = None,
+    unembed: Tensor | None = None,
+    keep: dict[int, Tensor] | None = None,
 ) -> Float[Tensor, "token vocab"]:
     """Logits at the chunk's answer tokens (index: rows within the chunk, positions) of a
     forward pass with every head of by_layer ({layer: heads}) ablated (chunk.z_new), restarted
-    from the clean resid_pre (resid, clean_residuals) of the first layer ablated."""
+    at layer `start` from resid[start]: by default the first layer ablated, from the clean
+    resid_pre (clean_residuals); or a later layer, from the resid_pre of a pass that ablated
+    the same heads below it (kept by `keep`: layer -> resid_pre of each layer the pass runs).
+    unembed: as logits_at's."""
     hooks = [
         (f"blocks.{la}.attn.hook_z", partial(_patch, heads=hs, z_new=chunk.z_new(la, hs)))
         for la, hs in by_layer.items()
+        if start is None or la >= start
     ]
+    if keep is not None:
+        hooks.append((_is_resid_pre, lambda x, hook: keep.__setitem__(hook.layer(), x)))
     n_layers = model.cfg.n_layers
-    start = min(by_layer, default=n_layers - 1)
+    if start is None:
+        start = min(by_layer, default=n_layers - 1)
     with model.hooks(fwd_hooks=hooks):
         final = model(resid[start], start_at_layer=start, stop_at_layer=n_layers)
-    return logits_at(model, final, index)
+    return logits_at(model, final, index, unembed)
 
 
 def _chunk_scores(
@@ -148,18 +186,24 @@ def _chunk_scores(
     counter: Tensor | None,
     bar: tqdm | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every candidate's four effects [candidate, token] and the set's drop on one chunk."""
+    """Every candidate's four effects [candidate, token] and the set's drop on one chunk. A
+    candidate above the set's first layer restarts its pass with the set at its own layer,
+    from the set's pass: the layers below compute what they computed there."""
     target = tokens[:, 1:][index]
     cf = None if counter is None else counter[index]
     resid = clean_residuals(model, tokens)
-    clean = answer_logits(model, resid, chunk, {}, index)
-    with_set = answer_logits(model, resid, chunk, members, index)
+    w = unembedding(model)
+    clean = answer_logits(model, resid, chunk, {}, index, unembed=w)
+    set_resid: dict[int, Tensor] = {}
+    with_set = answer_logits(model, resid, chunk, members, index, unembed=w, keep=set_resid)
+    first = min(members, default=model.cfg.n_layers)
     m_clean, m_set = task_metric(clean, target, cf), task_metric(with_set, target, cf)
     out: dict[str, list] = {f"{k}_{f}": [] for k in ("single", "conditional") for f in METHOD_FORMS}
     for la, h in candidates:
-        alone = answer_logits(model, resid, chunk, {la: [h]}, index)
+        alone = answer_logits(model, resid, chunk, {la: [h]}, index, unembed=w)
         both = {**members, la: sorted({*members.get(la, []), h})}
-        joint = answer_logits(model, resid, chunk, both, index)
+        after = {"start": la, "resid": set_resid} if la > first else {"resid": resid}
+        joint = answer_logits(model, chunk=chunk, by_layer=both, index=index, unembed=w, **after)
         out["single_energy"].append(fisher_energy(clean, alone, clean))
         out["conditional_energy"].append(fisher_energy(with_set, joint, clean))
         out["single_logit_diff"].append(m_clean - task_metric(alone, target, cf))

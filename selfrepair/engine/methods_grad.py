@@ -34,6 +34,7 @@ from selfrepair.engine.methods import (
     task_chunks,
     task_metric,
     token_index,
+    unembedding,
 )
 
 if TYPE_CHECKING:
@@ -55,11 +56,11 @@ def answer_groups(scored: Bool[Tensor, "batch pos"]) -> list[tuple[Tensor, Tenso
     ]
 
 
-def _metric(model, tokens, final, rows, pos, counter) -> Tensor:
+def _metric(model, tokens, final, rows, pos, counter, unembed) -> Tensor:
     """The summed metric of one group's answers from the final residual stream."""
     target = tokens[:, 1:][rows, pos]
     cf = None if counter is None else counter[rows, pos]
-    return task_metric(logits_at(model, final, (rows, pos)), target, cf)
+    return task_metric(logits_at(model, final, (rows, pos), unembed), target, cf)
 
 
 def _contract(grad: Tensor, delta: Tensor, rows: Tensor) -> Float[Tensor, "head group"]:
@@ -74,9 +75,11 @@ def conditional_gradient(
     members: dict[int, list[int]],
     scored: Bool[Tensor, "batch pos"],
     counter: Tensor | None,
+    unembed: Tensor | None = None,
 ) -> Float[Tensor, "layer head token"]:
     """Signed AtP estimate of every head per answer token in the graph with `members`
-    ({layer: heads}; empty: plain AtP) replaced by their ablated z; members' estimates 0."""
+    ({layer: heads}; empty: plain AtP) replaced by their ablated z; members' estimates 0.
+    unembed: engine.methods.unembedding(model), else built per answer group."""
     n_layers = model.cfg.n_layers
     zs: dict[int, Tensor] = {}
 
@@ -99,7 +102,7 @@ def conditional_gradient(
         groups = answer_groups(scored)
         out = torch.zeros(n_layers, model.cfg.n_heads, int(scored.sum()), dtype=torch.float64)
         for rows, pos, where in groups:
-            m = _metric(model, tokens, final, rows, pos, counter).sum()
+            m = _metric(model, tokens, final, rows, pos, counter, unembed).sum()
             grads = torch.autograd.grad(
                 m, z, retain_graph=True, allow_unused=True, materialize_grads=True
             )
@@ -117,8 +120,10 @@ def eap_ig(
     scored: Bool[Tensor, "batch pos"],
     counter: Tensor | None,
     steps: int,
+    unembed: Tensor | None = None,
 ) -> Float[Tensor, "layer head token"]:
-    """Signed activation-space EAP-IG of every head per answer token (module docstring)."""
+    """Signed activation-space EAP-IG of every head per answer token (module docstring);
+    unembed as conditional_gradient's."""
     if steps < 1:
         raise ValueError(f"steps={steps}: EAP-IG needs at least one step")
     n_layers = model.cfg.n_layers
@@ -138,7 +143,7 @@ def eap_ig(
             ):
                 final = model(resid[layer], start_at_layer=layer, stop_at_layer=n_layers)
                 for g, (rows, pos, _) in enumerate(groups):
-                    m = _metric(model, tokens, final, rows, pos, counter).sum()
+                    m = _metric(model, tokens, final, rows, pos, counter, unembed).sum()
                     (grad,) = torch.autograd.grad(m, point, retain_graph=True)
                     total[g] += grad.double()
         for g, (rows, _, where) in enumerate(groups):
@@ -182,14 +187,15 @@ def measure_gradient_methods(
     )
     device = tokens.device
     parts: dict[str, list[Tensor]] = {"conditional_gradient": [], "atp": [], "eap_ig": []}
+    w = unembedding(model)
     for chunk in chunks:
         sl = chunk.span
         args = (model, tokens[sl], chunk)
         cf = None if counter is None else counter[sl]
         mask = scored[sl].to(device)
-        parts["conditional_gradient"].append(conditional_gradient(*args, by_layer, mask, cf))
-        parts["atp"].append(conditional_gradient(*args, {}, mask, cf))
-        parts["eap_ig"].append(eap_ig(*args, mask, cf, steps))
+        parts["conditional_gradient"].append(conditional_gradient(*args, by_layer, mask, cf, w))
+        parts["atp"].append(conditional_gradient(*args, {}, mask, cf, w))
+        parts["eap_ig"].append(eap_ig(*args, mask, cf, steps, w))
     rows, pos = token_index(scored)
     dims = ("layer", "head", "token")
     data = {k: (dims, torch.cat(v, -1).numpy()) for k, v in parts.items()}

@@ -307,13 +307,23 @@ class StandIn(nn.Module):
                 for handle in handles:
                     handle.remove()
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """Logits [batch, pos, d_vocab] (HookedTransformer's forward without masks or caches)."""
-        residual = self.hook_embed(self.embed(tokens))
-        if self.cfg.positional_embedding_type == "standard":
-            residual = residual + self.hook_pos_embed(self.pos_embed(tokens))
-        for block in self.blocks:
+    def forward(
+        self, input: Tensor, start_at_layer: int | None = None, stop_at_layer: int | None = None
+    ) -> Tensor:
+        """Logits [batch, pos, d_vocab] (HookedTransformer's forward without masks or caches);
+        as there, `start_at_layer` takes a residual stream instead of tokens and runs the blocks
+        from that layer on, and `stop_at_layer` returns the residual stream before that block
+        (both as Python slices of the blocks)."""
+        if start_at_layer is None:
+            residual = self.hook_embed(self.embed(input))
+            if self.cfg.positional_embedding_type == "standard":
+                residual = residual + self.hook_pos_embed(self.pos_embed(input))
+        else:
+            residual = input
+        for block in list(self.blocks)[start_at_layer or 0 : stop_at_layer]:
             residual = block(residual)
+        if stop_at_layer is not None:
+            return residual
         return self.unembed(self.ln_final(residual))
 
     def run_with_hooks(self, tokens: Tensor, fwd_hooks=()) -> Tensor:

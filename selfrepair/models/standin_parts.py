@@ -74,6 +74,12 @@ class HookPoint(nn.Module):
     def add_hook(self, hook: Callable) -> torch.utils.hooks.RemovableHandle:
         return self.register_forward_hook(lambda module, inputs, output: hook(output, hook=self))
 
+    def layer(self) -> int:
+        """The layer of a `blocks.<layer>.` hook point, as TransformerLens' HookPoint.layer."""
+        if self.name is None:
+            raise ValueError("Name cannot be None")
+        return int(self.name.split(".")[1])
+
     def forward(self, x: Tensor) -> Tensor:
         return x
 

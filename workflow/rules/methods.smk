@@ -6,7 +6,7 @@
 
 rule task_methods:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         unpack(picked_sets_input),
         tokens="results/{model}/tasks/{task}/prompts.zarr",
     output:

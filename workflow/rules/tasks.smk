@@ -37,7 +37,7 @@ rule task_prompts:
 # are the base rule's updated by name: each a shard's only is set to None here.
 use rule clean_cache as task_clean with:
     input:
-        unpack(model_input),
+        unpack(model_job_input),
         tokens="results/{model}/tasks/{task}/prompts.zarr",
     output:
         clean=directory("results/{model}/tasks/{task}/clean.zarr"),
