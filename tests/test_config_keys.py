@@ -154,6 +154,23 @@ def every_key_config(tmp: Path) -> dict:
                 "batch_size": 4,
                 "resources": resources,
             },
+            {  # measured on its tasks only: a shorter context, tied embeddings
+                "name": "m-task",
+                "tasks_only": True,
+                "train": {
+                    "arch": "pythia",
+                    "tokenizer": "t1",
+                    "n_layers": 1,
+                    "d_model": 16,
+                    "n_heads": 2,
+                    "n_ctx": 12,
+                    "steps": 10,
+                    "batch_size": 2,
+                    "lr": 0.01,
+                    "repeats": 1.0,
+                    "tie_embeddings": True,
+                },
+            },
             {
                 "name": "m-path",
                 "path": checkpoint(tmp / "ckpt", 0),
@@ -189,7 +206,7 @@ def every_key_config(tmp: Path) -> dict:
             },
             "t-induction": {
                 "type": "induction",
-                "models": ["m-train"],
+                "models": ["m-train", "m-task"],
                 "n_prompts": 4,
                 "length": 4,
                 "ablations": ["corrupted", "resample", "zero-frozen-ln"],
@@ -304,3 +321,13 @@ def test_a_config_with_every_key_plans_through_snakemake(every_key_plan):
     assert "results/m-train/tasks/t-induction/metric.json" in picked
     assert "metric.json" in inputs_of("m-train/tasks/t-induction/sets/corrupted.zarr")
     assert "metric.json" not in inputs_of("gpt2-small/tasks/t-ioi/methods/movers.zarr")
+    # models[].tasks_only: trained (its n_ctx and tie_embeddings reach train_model) and
+    # measured on its task; nothing of the text path
+    assert "results/m-task/tasks/t-induction/metric.json" in every_key_plan
+    train = every_key_plan[every_key_plan.index("output: resources/models/m-task") :]
+    assert "results/m-task/training.json" in train.split("\n\n")[0]
+    own = set(re.findall(r"results/m-task/[^\s,]+", every_key_plan))
+    assert {p for p in own if not p.startswith("results/m-task/tasks/")} == {
+        "results/m-task/training.json"
+    }
+    assert "results/explorer/m-task.html" not in every_key_plan

@@ -114,9 +114,16 @@ def test_the_checkpoint_jobs_stated_are_the_dry_runs():
 def test_the_demo_sizes_stated_are_the_config():
     demo = load("demo.yaml")
     (tokenizer,) = demo["tokenizers"].values()
-    trains = [m["train"] for m in demo["models"]]
+    trains = [m["train"] for m in demo["models"] if not m.get("tasks_only")]
     text = (ROOT / "docs" / "demo.md").read_text()
     text = " ".join(text.split())
+    # the induction task's own model (tasks_only), in the same paragraph
+    (induction,) = [m for m in demo["models"] if m.get("tasks_only")]
+    t = induction["train"]
+    assert (
+        f"`{induction['name']}` ({t['n_layers']} layers, d_model {t['d_model']}, tied "
+        f"embeddings, {t['steps']} steps of induction rows of {t['n_ctx']} tokens" in text
+    )
     assert f"BPE tokenizer ({tokenizer['vocab_size']} tokens)" in text
     for key, phrase in (
         ("n_layers", "{}-layer"),

@@ -416,7 +416,9 @@ def test_the_reduced_demo_is_the_demo_at_toy_size():
     """.test/config/config.yaml, the overlay of config/demo.yaml the slow tests above run,
     changes only sizes (tokens, bootstrap resamples, vocabulary, model width and training,
     prompts), so the demo's substitutes and every figure stay valid; `models`, a list that the
-    merge replaces, is the demo's entries with those sizes."""
+    merge replaces, is the demo's text models' entries with those sizes (not its tasks_only
+    induction model: its task jobs and training are tested through snakemake -n,
+    tests/test_tasks_only.py)."""
     demo, overlay = load("demo.yaml"), load_test("config.yaml")
     assert set(overlay) == {"data", "tokenizers", "models", "figures", "tasks"}
     assert set(overlay["data"]) <= {"n_tokens", "seq_len", "shard_rows"}
@@ -425,8 +427,9 @@ def test_the_reduced_demo_is_the_demo_at_toy_size():
     # keep_steps: the training checkpoints kept, within the shorter training
     sizes = {"d_model": 32, "steps": 400, "batch_size": 16, "lr": 0.02}
     sizes["keep_steps"] = [0, 50, 100, 200]
-    assert overlay["models"] == [
-        {**entry, "train": {**entry["train"], **sizes}} for entry in demo["models"]
+    text = [entry for entry in demo["models"] if not entry.get("tasks_only")]
+    assert len(text) == 2 and overlay["models"] == [
+        {**entry, "train": {**entry["train"], **sizes}} for entry in text
     ]
     # the task: fewer and shorter prompts (the rows must fit the smaller models' context)
     assert set(overlay["tasks"]) <= set(demo["tasks"])

@@ -81,6 +81,32 @@ def test_build_model_families():
         build_model("gpt2", 300, 2, 32, 4, SEQ, d_mlp=100)
 
 
+def test_a_tied_pythia_model_trains_saves_and_loads_into_transformer_lens(
+    tokenizer, rows, tmp_path
+):
+    """tie_embeddings: a Pythia model whose unembedding is its embedding, one tensor through
+    training, saved and loaded into TransformerLens with the same centred logits; refused for
+    GPT-2, which is always tied."""
+    train, heldout = rows
+    model = build_model("pythia", len(tokenizer), 2, 32, 4, SEQ, seed=0, tie_embeddings=True)
+    assert model.config.tie_word_embeddings
+    out_w, in_w = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    assert out_w.data_ptr() == in_w.data_ptr()
+    metrics = tr.train_causal_lm(
+        model, train, heldout, steps=5, batch_size=8, lr=5e-3, seed=0, progress=False
+    )
+    assert torch.equal(model.get_output_embeddings().weight, in_w) and not torch.equal(
+        in_w, build_model("pythia", len(tokenizer), 2, 32, 4, SEQ, seed=0).gpt_neox.embed_in.weight
+    )
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    tr.save_checkpoint(model, tokenizer, metrics, out)
+    hooked = load_local_checkpoint(str(out))
+    assert_same_centred_logits(model, hooked, torch.as_tensor(heldout[:3], dtype=torch.long))
+    with pytest.raises(ValueError, match="always tied"):
+        build_model("gpt2", 300, 2, 32, 4, SEQ, tie_embeddings=True)
+
+
 def test_training_lowers_heldout_loss_deterministically(tokenizer, rows):
     train, heldout = rows
     runs = []
@@ -243,6 +269,7 @@ def test_train_model_with_induction_rows(tmp_path, monkeypatch):
     metrics = stage.train_model(tmp_path / "tok", tmp_path / "model", **kw)
     assert metrics["hyperparameters"]["repeats"] == 0.5
     assert "repeat_tokens" not in metrics["hyperparameters"]  # only when set
+    assert "tie_embeddings" not in metrics["hyperparameters"]
     rows = seen["rows"]
     periods = [
         next((k for k in range(2, 17) if (r[1 + k :] == r[1 : 33 - k]).all()), 0) for r in rows
@@ -314,3 +341,22 @@ def test_induction_row_keys_are_checked_before_any_job():
         with pytest.raises(sr_config.ConfigError, match=r"models\[t\]\.train\.repeat") as info:
             validate(**keys)
         assert message in str(info.value)
+
+
+@pytest.mark.slow
+def test_train_model_of_a_tasks_only_induction_model(tmp_path):
+    """The demo's induction-pythia recipe through the rule's stage at toy size: every row an
+    induction row, its own context (train.n_ctx) and tied embeddings, recorded in
+    training.json and in the saved config."""
+    corpus = {"source": "python_stdlib", "split": "measure"}
+    stage.train_tokenizer(corpus, 300, tmp_path / "tok")
+    kw = dict(arch="pythia", n_layers=1, d_model=16, n_heads=2, n_ctx=20, steps=2, batch_size=2)
+    kw |= dict(lr=1e-3, seed=0, corpus=corpus, progress=False, repeats=1.0)
+    kw |= dict(repeat_lengths=[4, 8], tie_embeddings=True)
+    metrics = stage.train_model(tmp_path / "tok", tmp_path / "model", **kw)
+    assert metrics["hyperparameters"]["tie_embeddings"] is True
+    assert metrics["hyperparameters"]["n_ctx"] == 20
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert saved["tie_word_embeddings"] is True
+    hooked = load_local_checkpoint(str(tmp_path / "model"))
+    assert hooked.cfg.n_ctx == 20

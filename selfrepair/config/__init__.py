@@ -69,6 +69,7 @@ from selfrepair.config.models import (
     pickled_weights_message,
     pickled_weights_problem,
     rms_gated_activation,
+    text_models,
 )
 from selfrepair.config.picks import (
     candidate_layers,
@@ -159,6 +160,7 @@ __all__ = [
     "target_with_pick",
     "model_context",
     "task_models",
+    "text_models",
     "top_ablation_bytes",
     "top_count",
     "merged_config",

@@ -31,6 +31,7 @@ __all__ = [
     "check_machine",
     "check_repeats",
     "check_run",
+    "check_tasks_only",
 ]
 
 
@@ -83,12 +84,52 @@ def check_repeats(entries: dict[str, dict[str, Any]], seq_len: int) -> None:
         if used and not train.get("repeats"):
             raise ConfigError(f"{key}.{used[0]}: it shapes induction rows; set train.repeats too")
         shortest, longest = train.get("repeat_lengths") or (2, 2)
-        limit = min(seq_len - 1, train.get("repeat_tokens") or seq_len)
+        row = train.get("n_ctx") or seq_len  # the model's training rows
+        limit = min(row - 1, train.get("repeat_tokens") or row)
         if not shortest <= longest <= limit:
             raise ConfigError(
                 f"{key}.repeat_lengths: [{shortest}, {longest}] must be increasing and at most "
-                f"{limit} (data.seq_len - 1 = {seq_len - 1} tokens after BOS, and "
+                f"{limit} (train.n_ctx or data.seq_len, less BOS: {row - 1} tokens, and "
                 "train.repeat_tokens); lower it"
+            )
+
+
+def check_tasks_only(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
+    """A tasks_only model is measured by a task and has no checkpoints (those are measured on
+    text); a trained model's context (train.n_ctx) is shorter than data.seq_len only if it is
+    tasks_only (text rows would not fit), and only a pythia model ties its embeddings.
+
+    Args:
+        config: the validated workflow config.
+        entries: its model entries (model_entries).
+    """
+    from selfrepair.config.tasks import task_models
+
+    measured = {m for models in task_models(config, entries).values() for m in models}
+    seq_len = config["data"]["seq_len"]
+    for name, entry in entries.items():
+        key, train = f"config key models[{name}]", entry.get("train") or {}
+        if entry.get("tasks_only"):
+            if name not in measured:
+                raise ConfigError(
+                    f"{key}.tasks_only: no task measures it; add it to a task's "
+                    "models or drop the model"
+                )
+            kept = [k for k in ("revisions", "checkpoints") if entry.get(k)]
+            kept += ["train.keep_steps"] if train.get("keep_steps") else []
+            if kept:
+                raise ConfigError(
+                    f"{key}.{kept[0]}: checkpoints are measured on text, which "
+                    "a tasks_only model skips; drop it"
+                )
+        elif (train.get("n_ctx") or seq_len) < seq_len:
+            raise ConfigError(
+                f"{key}.train.n_ctx: {train['n_ctx']} is shorter than the text rows "
+                f"(data.seq_len {seq_len}); raise it, or set tasks_only: true"
+            )
+        if train.get("tie_embeddings") and train["arch"] != "pythia":
+            raise ConfigError(
+                f"{key}.train.tie_embeddings: {train['arch']} models are always tied; drop it"
             )
 
 

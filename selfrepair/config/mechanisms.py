@@ -10,7 +10,7 @@ from typing import Any
 
 from selfrepair.config.errors import ConfigError
 from selfrepair.config.layout import n_rows
-from selfrepair.config.models import Head, model_entries
+from selfrepair.config.models import Head, model_entries, text_models
 from selfrepair.config.targets import (
     FigureTarget,
     check_distinct_targets,
@@ -50,7 +50,7 @@ def mechanism_targets(config: dict[str, Any]) -> dict[str, list[FigureTarget]]:
     Args:
         config: the validated workflow config.
     """
-    entries = model_entries(config)
+    entries = text_models(model_entries(config))  # a tasks_only model has no figures
     section = config["mechanisms"]
     out: dict[str, list[FigureTarget]] = {}
     for experiment, key, is_list in TARGET_KEYS:

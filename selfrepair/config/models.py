@@ -37,6 +37,7 @@ __all__ = [
     "pickled_weights_message",
     "pickled_weights_problem",
     "rms_gated_activation",
+    "text_models",
 ]
 
 
@@ -60,6 +61,12 @@ def model_entries(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "tokenizers"
             )
     return entries
+
+
+def text_models(entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The models of the paper's text path (shards, figures, tables, explorer, training
+    checkpoints): every model entry but the tasks_only ones, which run their tasks only."""
+    return {name: entry for name, entry in entries.items() if not entry.get("tasks_only")}
 
 
 def official_model_name(name: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from selfrepair.config.checkpoints import check_checkpoints, checkpoint_models
-from selfrepair.config.checks import check_machine, check_run
+from selfrepair.config.checks import check_machine, check_run, check_tasks_only
 from selfrepair.config.errors import ConfigError, describe_validation_error, validation_error_from
 from selfrepair.config.hub import check_hub_access
 from selfrepair.config.inputs import check_path_tokenizers
@@ -75,6 +75,7 @@ def validate_run(config: dict[str, Any], schema: str | Path = SCHEMA) -> dict[st
     check_run(config, entries)
     check_path_tokenizers(entries)
     check_tasks(config, entries)
+    check_tasks_only(config, entries)
     check_task_protocol(config["tasks"], config["engine"]["mean_include_bos"])
     # One task entry per prompt seed from here on (every rule and check sees plain tasks).
     config["tasks"] = expand_prompt_seeds(config["tasks"])

@@ -9,7 +9,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from selfrepair.config.errors import ConfigError
-from selfrepair.config.models import Head, missing_head, model_dims, model_entries, parallel_blocks
+from selfrepair.config.models import (
+    Head,
+    missing_head,
+    model_dims,
+    model_entries,
+    parallel_blocks,
+    text_models,
+)
 from selfrepair.config.picks import pick_spec
 from selfrepair.variables import head_label
 
@@ -272,7 +279,7 @@ def figure_target(config: dict[str, Any], key: str) -> FigureTarget:
         config: the validated workflow config.
         key: the figure's key under `figures`, e.g. fig03.
     """
-    entries = model_entries(config)
+    entries = text_models(model_entries(config))  # a tasks_only model has no figures
     spec = config.get("figures", {}).get(key)
     if not isinstance(spec, dict) or "model" not in spec:
         raise ConfigError(f"config key figures.{key}.model: missing; name the model to show")
@@ -291,7 +298,7 @@ def figure_targets(config: dict[str, Any]) -> dict[str, FigureTarget]:
 def other_models(config: dict[str, Any]) -> list[str]:
     """The models of Figs 21-24: figures.fig21_24.models, or (null) every model of the run
     except the one Fig 2 shows."""
-    entries = model_entries(config)
+    entries = text_models(model_entries(config))  # a tasks_only model has no figures
     chosen = config.get("figures", {}).get("fig21_24", {}).get("models")
     if chosen is None:
         shown = figure_target(config, "fig02").model

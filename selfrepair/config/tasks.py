@@ -12,7 +12,7 @@ from typing import Any
 
 from selfrepair.ablations import KINDS, parse_variant
 from selfrepair.config.errors import ConfigError
-from selfrepair.config.models import missing_head, model_dims
+from selfrepair.config.models import missing_head, model_dims, text_models
 
 __all__ = [
     "check_ablation_sets",
@@ -125,10 +125,12 @@ def _check_heads(
 
 def check_ablation_sets(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
     """The running-text sets (top-level ablation_sets): each head once and within every model of
-    the run whose size the config knows, one line naming the key and the fix."""
+    the run whose size the config knows (but the tasks_only ones, which run no text), one line
+    naming the key and the fix."""
+    text = text_models(entries)
     for name, heads in config.get("ablation_sets", {}).items():
         fix = "; name heads of every model of the run, or drop the set"
-        _check_heads(f"ablation_sets.{name}", heads, entries, entries, fix)
+        _check_heads(f"ablation_sets.{name}", heads, text, entries, fix)
 
 
 def check_tasks(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:

@@ -108,15 +108,21 @@ def build_model(
     seed: int = 0,
     bos_id: int = 0,
     eos_id: int = 0,
+    tie_embeddings: bool = False,
 ):
     """A randomly initialised Hugging Face causal LM: arch 'gpt2' -> GPT2LMHeadModel (sequential
     blocks, learned positions, gelu_new, tied embeddings); 'pythia' -> GPTNeoXForCausalLM
-    (parallel attention + MLP, rotary on 25% of each head, gelu, untied unembedding). No
-    dropout. bos_id / eos_id: the tokenizer's `<|endoftext|>` id."""
+    (parallel attention + MLP, rotary on 25% of each head, gelu, untied unembedding unless
+    tie_embeddings). No dropout. bos_id / eos_id: the tokenizer's `<|endoftext|>` id.
+    tie_embeddings: a Pythia model's unembedding is its embedding (GPT-2's always is): copying a
+    token is then one map for every token, which a small model learns fast (docs/demo.md,
+    Induction)."""
     from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM
 
     if d_model % n_heads:
         raise ValueError(f"d_model {d_model} is not a multiple of n_heads {n_heads}")
+    if tie_embeddings and arch != "pythia":
+        raise ValueError(f"tie_embeddings is for pythia models; {arch} models are always tied")
     d_mlp = 4 * d_model if d_mlp is None else d_mlp
     torch.manual_seed(seed)
     if arch == "gpt2":
@@ -151,7 +157,7 @@ def build_model(
             hidden_act="gelu",
             attention_dropout=0.0,
             hidden_dropout=0.0,
-            tie_word_embeddings=False,
+            tie_word_embeddings=tie_embeddings,
             bos_token_id=bos_id,
             eos_token_id=eos_id,
         )

@@ -70,6 +70,7 @@ def train_model(
     repeats: float = 0.0,
     repeat_tokens: int | None = None,
     repeat_lengths: Sequence[int] | None = None,
+    tie_embeddings: bool = False,
 ) -> dict:
     """Rule train_model, the whole demo training: rows of n_ctx tokens from the corpus' train
     split (all of it) and its heldout split (up to n_heldout_rows), a fresh model, training,
@@ -94,6 +95,7 @@ def train_model(
         repeat_tokens: draw the repeated sequences from this many most frequent ordinary
             tokens of the train rows (data.training.frequent_ids); None: from every one.
         repeat_lengths: [shortest, longest] repeated sequence; None: repeat_rows' default.
+        tie_embeddings: a pythia model's unembedding is its embedding (build_model's).
 
     Returns:
         The metrics written to training.json.
@@ -137,6 +139,7 @@ def train_model(
         seed=seed,
         bos_id=bos_id,
         eos_id=eos_id,
+        tie_embeddings=tie_embeddings,
     )
     with _kept_checkpoints(model, tokenizer, out_dir, keep_steps, steps) as (keep, kept):
         metrics = train_causal_lm(
@@ -157,6 +160,8 @@ def train_model(
             metrics["hyperparameters"]["repeats"] = repeats
             extra = {"repeat_tokens": repeat_tokens, "repeat_lengths": list(repeat_lengths or [])}
             metrics["hyperparameters"] |= {k: v for k, v in extra.items() if v}
+        if tie_embeddings:  # likewise
+            metrics["hyperparameters"]["tie_embeddings"] = True
         metrics["corpus"] = {
             "train": describe_corpus(corpus, "train"),
             "heldout_split": "heldout",

@@ -20,15 +20,18 @@ from selfrepair.variables import METRIC_LABELS  # noqa: E402
 # as a config file would before the schema sees them.
 sr_config.type_config_overrides(config, workflow.config_settings.config or {})
 # The schema (filling in its defaults), then the checks it cannot make: one line naming the key.
-MODELS = sr_config.validate_run(
+RUN_MODELS = sr_config.validate_run(
     config, Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 )
+# MODELS: the paper path's models (text shards, figures, tables, explorer); a tasks_only model
+# (RUN_MODELS has it too) is trained if need be and measured on its tasks only.
+MODELS = sr_config.text_models(RUN_MODELS)
 # Training checkpoints (selfrepair.config.checkpoints): every intermediate checkpoint of a model
 # is a model key of its own, <model>@step<N>, on which the clean and ablation rules run
 # unchanged (rules/training.smk asks for them); the model's own key is its final checkpoint.
-# ENTRIES: every model key's entry (MODELS: the models themselves).
+# ENTRIES: every model key's entry.
 CHECKPOINTS = sr_config.checkpoint_models(MODELS)
-ENTRIES = MODELS | CHECKPOINTS
+ENTRIES = RUN_MODELS | CHECKPOINTS
 
 # --report with another run's config (config/config.yaml when --configfile is left out): say so
 # in one line before Snakemake warns of every file's missing metadata.
@@ -64,7 +67,7 @@ SHARDS = [f"{i:03d}" for i in range(sr_config.n_shards(DATA))]
 
 # Tasks (beyond the paper; rules/tasks.smk): each task's models, by task name.
 TASKS = config["tasks"]
-TASK_MODELS = sr_config.task_models(config, MODELS)
+TASK_MODELS = sr_config.task_models(config, RUN_MODELS)
 # A task of prompt_seeds is one entry per seed, <task>@seed<s> (config.prompt_seeds); by its name
 # its seeds' entries, whose method tables rule method_seeds aggregates under tasks/<task>/.
 SEEDED_TASKS = sr_prompt_seeds.seeded_tasks(TASKS)
@@ -273,7 +276,7 @@ def resolved(target, paths):
 # RMSNorm models with a gated MLP (Llama), by model -> the MLP's activation: their figures'
 # captions say what the paper's LayerNorm terms and neurons are for them.
 RMS_GATED = {
-    m: act for m, e in MODELS.items() if (act := sr_config.rms_gated_activation(e))
+    m: act for m, e in RUN_MODELS.items() if (act := sr_config.rms_gated_activation(e))
 }
 
 

@@ -26,9 +26,9 @@ rule train_tokenizer:
 
 rule train_model:
     input:
-        tokenizer=lambda w: f"resources/tokenizers/{MODELS[w.model]['train']['tokenizer']}",
+        tokenizer=lambda w: f"resources/tokenizers/{ENTRIES[w.model]['train']['tokenizer']}",
         corpus_files=lambda w: sr_inputs.corpus_files(
-            config["tokenizers"][MODELS[w.model]["train"]["tokenizer"]]["corpus"]
+            config["tokenizers"][ENTRIES[w.model]["train"]["tokenizer"]]["corpus"]
         ),
     output:
         checkpoint=directory("resources/models/{model}"),
@@ -44,8 +44,8 @@ rule train_model:
         mem_mb=model_mem_mb,
         runtime=model_runtime,
     params:
-        train=lambda w: MODELS[w.model]["train"],
-        corpus=lambda w: config["tokenizers"][MODELS[w.model]["train"]["tokenizer"]][
+        train=lambda w: ENTRIES[w.model]["train"],
+        corpus=lambda w: config["tokenizers"][ENTRIES[w.model]["train"]["tokenizer"]][
             "corpus"
         ],
         seq_len=DATA["seq_len"],

@@ -29,5 +29,6 @@ with logged(snakemake.log[0], snakemake):
         repeats=float(train.get("repeats") or 0.0),
         repeat_tokens=train.get("repeat_tokens"),
         repeat_lengths=train.get("repeat_lengths"),
+        tie_embeddings=bool(train.get("tie_embeddings")),
     )
     write_json(snakemake.output.metrics, metrics, indent=2)
