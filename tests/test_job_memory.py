@@ -12,6 +12,8 @@ import textwrap
 import pytest
 from helpers import ROOT
 
+from selfrepair.data import training
+from selfrepair.stages import data as data_stage
 from selfrepair.stages import job as job_module
 from selfrepair.stages.job import ModelJob
 
@@ -57,3 +59,24 @@ def test_every_model_job_keeps_freed_memory(monkeypatch, tmp_path):
     monkeypatch.setattr(job_module, "standin_for", lambda job, seq_len: calls.append("model"))
     ModelJob(tokens=str(tmp_path), entry={"name": "m"}, batch_size=1, weights="w").model()
     assert calls == ["kept", "model"]
+
+
+@pytest.mark.slow
+def test_training_keeps_freed_memory(monkeypatch, tmp_path):
+    """The train_model stage sets it before its first step too."""
+    calls = []
+    real = training.train_causal_lm
+
+    def spy(*args, **kw):
+        calls.append("train")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(job_module, "keep_freed_memory", lambda: calls.append("kept") or True)
+    monkeypatch.setattr(training, "train_causal_lm", spy)
+    corpus = {"source": "python_stdlib", "split": "measure"}
+    data_stage.train_tokenizer(corpus, 300, tmp_path / "tok")
+    kw = dict(arch="gpt2", n_layers=1, d_model=16, n_heads=2, n_ctx=33, steps=2, batch_size=2)
+    data_stage.train_model(
+        tmp_path / "tok", tmp_path / "model", **kw, lr=1e-3, seed=0, corpus=corpus, progress=False
+    )
+    assert calls == ["kept", "train"]
