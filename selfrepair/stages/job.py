@@ -179,7 +179,8 @@ def set_threads(threads: int | None) -> None:
 
 
 # mallopt's parameters (glibc's <malloc.h>)
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
 
 
 def keep_freed_memory() -> bool:
