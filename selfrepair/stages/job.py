@@ -189,9 +189,9 @@ def keep_freed_memory() -> bool:
     glibc serves an allocation above its mmap threshold (an MLP activation of the demo's
     stacked ablated passes, [16k, 512] float32, is 32 MiB) with fresh pages from the kernel and
     returns them when it is freed, so each pass pays a page fault and a zeroing per 4 KiB it
-    touches: a sixth of a demo ablate job's CPU time. Taking every allocation from the heap and
-    never trimming it lets each pass reuse the pages of the one before; the job's resident
-    memory stays near its largest pass's. Only where memory comes from changes, never a number.
+    touches: a sixth of a demo ablate job's time (docs/speed.md). Taking every allocation from
+    the heap and never trimming it lets each pass reuse the pages of the one before; the job's
+    resident memory stays near its largest pass's (a few percent above it). Only where memory comes from changes, never a number.
     Returns whether it applied (not where the C library has no mallopt: macOS, musl).
     """
     try:
