@@ -111,7 +111,9 @@ def train_model(
         train_causal_lm,
     )
     from selfrepair.models.builders import build_model
+    from selfrepair.stages.job import keep_freed_memory
 
+    keep_freed_memory()  # each step's activations reuse the last step's pages: same weights
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     bos_id, eos_id = special_ids(tokenizer)
     train_rows = pack_rows(documents(corpus, "train"), tokenizer, n_ctx, None, bos_id, eos_id)
