@@ -120,6 +120,15 @@ def test_unembedding_means_in_pieces_are_the_whole_matrix_bits(size, weighted):
     assert unembedding_means(w_u, weight, False, size)[1] is None
 
 
+def test_unembedding_means_buffer_no_larger_than_the_matrix():
+    """A vocabulary below MEAN_COLUMNS columns: the one buffer holds W_U once, not pieces of
+    rows W_U does not have (a [MEAN_COLUMNS d_model / d_vocab, d_vocab] buffer before)."""
+    w_u = torch.randn(48, 500, generator=torch.Generator().manual_seed(0))
+    with LargestNewTensor() as largest:
+        unembedding_means(w_u, None, True, MEAN_COLUMNS)
+    assert largest.bytes <= w_u.numel() * 4
+
+
 def test_live_tensors_counts_storages_alive_at_once():
     """Bytes of storages made inside, at most alive together: views and in-place results add
     nothing, a storage counts until its last view is freed, and tensors made before (weights)

@@ -103,10 +103,8 @@ def ablated_pass(
     block = model.blocks[layer]
     w_o = block.attn.W_O[heads]  # [group, d_head, d_model]
     z_clean = cp.z[layer][:, :, heads].permute(2, 0, 1, 3)  # [group, batch, pos, d_head]
-    # The change (z' - z) W_O is a temporary: held in a name it would stay alive, one more
-    # [group, batch, pos, d_model], through every later block of the pass.
-    resid = cp.restart[layer].unsqueeze(0) + torch.einsum("gbpd,gdm->gbpm", z_new - z_clean, w_o)
-    resid = resid.reshape(g * b, p, -1)
+    # (z' - z) W_O unnamed: freed at once, not alive through every later block of the pass.
+    resid = (cp.restart[layer] + torch.einsum("gbpd,gdm->gbpm", z_new - z_clean, w_o)).flatten(0, 1)
 
     # Direct effects of the ablated head through W_O . u, never through [.., d_model] per head.
     v = torch.einsum("gdm,bpm->gbpd", w_o.float(), cp.u)  # [group, batch, pos, d_head]
