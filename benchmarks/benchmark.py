@@ -15,9 +15,10 @@ On one model and one set of tokens, in one run, it times
 - the machine's peak matmul rate in the same dtype on the same device (square matmuls, best of
   several, measured before and after the runs);
 and prints time per 1k tokens, matmul FLOPs counted from the model's shapes (selfrepair/flops.py)
-over wall time as a fraction of that peak, and peak memory. It exits 1 if the engine and the
-reference disagree. Timings are wall clock on a machine that may be shared: the load average
-is printed beside them.
+over wall time as a fraction of that peak, peak memory (resident set, or CUDA's allocator) and
+peak live tensor bytes (selfrepair/live_tensors.py: deterministic, measured in one more untimed
+run of each method). It exits 1 if the engine and the reference disagree. Timings are wall
+clock on a machine that may be shared: the load average is printed beside them.
 
     python benchmarks/benchmark.py --model gpt2-small-random --rows 8 --seq-len 128
     python benchmarks/benchmark.py --model demo:resources/models/tiny-gpt2 --rows 32
@@ -56,6 +57,7 @@ from selfrepair.flops import (
     head_unit_flops,
     reference_flops,
 )
+from selfrepair.live_tensors import LiveTensors
 from selfrepair.models.builders import random_model
 from selfrepair.models.loading import (
     load_local_checkpoint,
@@ -216,11 +218,24 @@ def timing_row(name: str, seconds: float, cpu_seconds: float, flops: int, n_toke
     }
 
 
-def best_of(jobs: dict, repeats: int, device: str, n_tokens: int, measure_peak) -> tuple:
+def peak_live_tensors(fn) -> int:
+    """Bytes of the tensors fn() makes that are alive at once, at most (selfrepair.live_tensors:
+    the same on every run, unlike the resident set; the weights made before are not counted).
+    Run apart from the timed runs, whose every operation it would slow."""
+    gc.collect()
+    with LiveTensors(depth=0) as live:
+        fn()
+    return live.peak
+
+
+def best_of(
+    jobs: dict, repeats: int, device: str, n_tokens: int, measure_peak, live: bool = True
+) -> tuple:
     """Run every job `repeats` times, round robin (so a busy spell of a shared machine hits the
-    methods alike), measuring the peak matmul rate before each round and at the end. Keeps each
-    job's fastest wall and CPU time, its largest peak memory, and its first result; returns
-    the rows, the results and the peak rates measured."""
+    methods alike), measuring the peak matmul rate before each round and at the end; then, with
+    live, once more untimed for its peak live tensor bytes. Keeps each job's fastest wall and CPU
+    time, its largest peak memory, and its first result; returns the rows, the results and the
+    peak rates measured."""
     rows, results, rates = {}, {}, []
     for _ in range(repeats):
         rates.append(measure_peak())
@@ -236,8 +251,9 @@ def best_of(jobs: dict, repeats: int, device: str, n_tokens: int, measure_peak) 
             del result
     rates.append(measure_peak())
     out = {}
-    for name, (_, flops) in jobs.items():
+    for name, (fn, flops) in jobs.items():
         r = rows[name]
+        r["peak_live_tensor_bytes"] = peak_live_tensors(fn) if live else None
         out[name] = timing_row(name, min(r["walls"]), min(r["cpus"]), flops, n_tokens)
         out[name].update(r)
     return out, results, rates
@@ -287,6 +303,7 @@ def scale_reference(rows: dict, n_heads: int, n_timed: int, flops: int, n_tokens
         n_tokens,
     )
     row["peak_memory_bytes"] = ref["peak_memory_bytes"]
+    row["peak_live_tensor_bytes"] = ref["peak_live_tensor_bytes"]
     row["timed_heads"] = n_timed
     row["derived"] = True  # from the difference of two timed runs: on a busy machine it can be < 0
     return row
@@ -363,6 +380,7 @@ def run(args) -> dict:
         device,
         n_tokens,
         lambda: peak_matmul_rate(device, dtype, args.peak_sizes),
+        args.live_tensors,
     )
     rows = [timings[ENGINE]] + ([timings[ENGINE_TL]] if args.tl_blocks else [])
     if args.attribution:
@@ -487,6 +505,7 @@ def derived_row(
     )
     row = timing_row(name, seconds, cpu, flops, n_tokens)
     row["peak_memory_bytes"] = extra["peak_memory_bytes"]
+    row["peak_live_tensor_bytes"] = extra["peak_live_tensor_bytes"]
     row["derived"] = True  # from two timed runs: on a busy machine a difference can be < 0
     return row
 
@@ -564,7 +583,7 @@ def table(r: dict) -> str:
     cpu = r["peak_flop_per_cpu_s"] is not None
     head = "| method | s / 1k tokens | GFLOP / token | GFLOP/s | % of peak |"
     head += " % of peak (CPU time) |" if cpu else ""
-    head += " peak memory |"
+    head += " peak memory | peak live tensors |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for m in r["methods"]:
         line = (
@@ -572,7 +591,9 @@ def table(r: dict) -> str:
             f"{m['flop_per_s'] / 1e9:.1f} | {m['fraction_of_peak']:.0%} |"
         )
         line += f" {m['fraction_of_peak_cpu_time']:.0%} |" if cpu else ""
-        lines.append(line + f" {m['peak_memory_bytes'] / 2**20:.0f} MiB |")
+        live = m["peak_live_tensor_bytes"]
+        live = "" if live is None else f"{live / 2**20:.1f} MiB"
+        lines.append(line + f" {m['peak_memory_bytes'] / 2**20:.0f} MiB | {live} |")
     return "\n".join(lines)
 
 
@@ -685,6 +706,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
         action="store_false",
         help="skip timing GradDrop on each head's top tokens (its FLOPs are still counted): "
         "some 3.6x the exact engine's on gpt2-small shapes",
+    )
+    p.add_argument(
+        "--no-live-tensors",
+        dest="live_tensors",
+        action="store_false",
+        help="skip the untimed run of each method that measures its peak live tensor bytes "
+        "(selfrepair/live_tensors.py)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument(

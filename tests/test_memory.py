@@ -4,15 +4,23 @@ The readout (models.readout) is the engine's largest tensor after the weights wh
 float32 [d_model, d_vocab] copy of W_U (154 MiB at GPT-2's vocabulary): it keeps none, and the
 directions it builds are the full matrix's columns, bit for bit. Nor does it make one while it is
 built: on a CPU a freed 154 MiB copy stayed in the process's heap, the engine's largest transient.
+
+The engine's peak live tensor bytes (selfrepair.live_tensors: deterministic, unlike the resident
+set) stay within a bound computed from the shapes, tight enough that one more
+[heads, batch, pos, d_model] tensor alive at the peak would break it.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from selfrepair.engine.attribution import RepairSums
+from selfrepair.engine.self_repair import measure_heads
+from selfrepair.live_tensors import LiveTensors, tensor_bytes
 from selfrepair.models.builders import random_model
 from selfrepair.models.readout import (
     MEAN_COLUMNS,
@@ -110,3 +118,79 @@ def test_unembedding_means_in_pieces_are_the_whole_matrix_bits(size, weighted):
     got_vocab, got_model = unembedding_means(w_u, weight, True, size)
     assert torch.equal(got_vocab, mean_vocab[:, 0]) and torch.equal(got_model, mean_model)
     assert unembedding_means(w_u, weight, False, size)[1] is None
+
+
+def test_unembedding_means_buffer_no_larger_than_the_matrix():
+    """A vocabulary below MEAN_COLUMNS columns: the one buffer holds W_U once, not pieces of
+    rows W_U does not have (a [MEAN_COLUMNS d_model / d_vocab, d_vocab] buffer before)."""
+    w_u = torch.randn(48, 500, generator=torch.Generator().manual_seed(0))
+    with LargestNewTensor() as largest:
+        unembedding_means(w_u, None, True, MEAN_COLUMNS)
+    assert largest.bytes <= w_u.numel() * 4
+
+
+def test_live_tensors_counts_storages_alive_at_once():
+    """Bytes of storages made inside, at most alive together: views and in-place results add
+    nothing, a storage counts until its last view is freed, and tensors made before (weights)
+    are not counted."""
+    weight = torch.ones(1000)
+    with LiveTensors() as live:
+        a = torch.empty(100)  # 400 bytes
+        view = a[10:].view(9, 10)
+        view.add_(1)
+        b = weight * 2  # 4000
+        del a  # the view keeps its storage: 4400 alive
+        c = torch.zeros(50, dtype=torch.float64)  # 400: 4800, the peak
+        del view, b
+        d = c.exp()  # 400 + 400
+    assert (live.peak, live.bytes) == (4800, 800)
+    assert [x.nbytes for x in live.at_peak] == [4000, 400, 400]
+    assert live.at_peak[0].shape == (1000,) and live.at_peak[0].op == "aten.mul.Tensor"
+    assert tensor_bytes([weight, weight[1:]]) == 4000
+    del c, d
+
+
+def engine_bound(cfg, rows: int, n_pos: int, group: int, attribution: bool) -> int:
+    """Bytes the engine (float32, GPT-2's sequential blocks) may hold at its peak beyond the
+    weights, with L layers, d_model D, d_mlp M, H heads of d_head, B rows, P positions and
+    G heads per ablated pass:
+        (2L + 1) B P D          the clean pass's z and restart residual of every layer, and u
+      + 3 L D (D + 1)           the merged Q/K/V weights and biases (models.blocks, cached)
+      + G B P (2M + 3D)         an ablated block at its MLP: pre and post activations, its
+                                input, resid_mid and ln2's output, for G stacked heads
+      + B P (G (3 d_head + 32) + 2L + 16)  per token: the ablated and clean z of the group,
+                                W_O . u, the group's results, the clean pass's dots
+    and with who repairs whom (engine.attribution) every later layer's W_O . u of all heads,
+    (L - 1) B P D, and two [G, B, P, components] (components: L H + L + 1)."""
+    L, D, M, dh = cfg.n_layers, cfg.d_model, cfg.d_mlp, cfg.d_head
+    B, P, G = rows, n_pos, group
+    floats = (2 * L + 1) * B * P * D + 3 * L * D * (D + 1) + G * B * P * (2 * M + 3 * D)
+    floats += B * P * (G * (3 * dh + 32) + 2 * L + 16)
+    if attribution:
+        floats += (L - 1) * B * P * D + 2 * G * B * P * (L * cfg.n_heads + L + 1)
+    return 4 * floats
+
+
+@pytest.mark.parametrize("group, attribution", [(1, False), (2, False), (4, False), (2, True)])
+def test_engine_peak_live_tensors_within_bound_of_shapes(group, attribution):
+    """measure_heads' peak live tensor bytes beyond the weights, every head, on a small GPT-2:
+    within engine_bound, which is tight enough that one more [heads, batch, pos, d_model]
+    tensor alive at the peak (e.g. a copy of every head's output, or the change W_O (z' - z)
+    held through the ablated pass) exceeds it; and the same on every run."""
+    model = random_model("gpt2", n_layers=3, d_model=64, n_heads=4, d_vocab=512, n_ctx=64)
+    cfg, rows, n_pos = model.cfg, 4, 24
+    tokens = torch.randint(1, cfg.d_vocab, (rows, n_pos + 1), generator=torch.Generator())
+    tokens[:, 0] = 0
+    peaks = []
+    for _ in range(2):
+        top = np.zeros((cfg.n_layers, cfg.n_heads, rows, n_pos), bool)
+        sums = RepairSums(model, top) if attribution else None
+        with LiveTensors(depth=0) as live:
+            measure_heads(model, tokens, heads_per_pass=group, sums=sums)
+        peaks.append(live.peak)
+    bound = engine_bound(cfg, rows, n_pos, group, attribution)
+    copy = cfg.n_heads * rows * n_pos * cfg.d_model * 4
+    assert peaks[0] == peaks[1]
+    print(f"peak {peaks[0]}, bound {bound}, one copy {copy}")
+    assert peaks[0] <= bound < peaks[0] + copy, (peaks[0], bound, copy)
+    assert tensor_bytes(model.parameters()) > 0  # the weights, not counted in the peak

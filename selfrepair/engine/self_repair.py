@@ -103,8 +103,8 @@ def ablated_pass(
     block = model.blocks[layer]
     w_o = block.attn.W_O[heads]  # [group, d_head, d_model]
     z_clean = cp.z[layer][:, :, heads].permute(2, 0, 1, 3)  # [group, batch, pos, d_head]
-    delta = torch.einsum("gbpd,gdm->gbpm", z_new - z_clean, w_o)
-    resid = (cp.restart[layer].unsqueeze(0) + delta).reshape(g * b, p, -1)
+    # (z' - z) W_O unnamed: freed at once, not alive through every later block of the pass.
+    resid = (cp.restart[layer] + torch.einsum("gbpd,gdm->gbpm", z_new - z_clean, w_o)).flatten(0, 1)
 
     # Direct effects of the ablated head through W_O . u, never through [.., d_model] per head.
     v = torch.einsum("gdm,bpm->gbpd", w_o.float(), cp.u)  # [group, batch, pos, d_head]
@@ -149,6 +149,7 @@ def ablated_pass(
             mlp_parts[layer] = stacked_dot(mlp_out) - cp.mlp_dot[layer]
             sr_mlps += mlp_parts[layer]
             resid = resid + mlp_out
+            del mlp_out  # else alive through the later blocks, as above
         for later in range(layer + 1, model.cfg.n_layers):
             resid = run_block(model.blocks[later], resid, fused)
 

@@ -232,6 +232,7 @@ def mlp_forward(mlp, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "ba
     else:
         pre = mlp.hook_pre(hidden(torch.addmm(mlp.b_in, flat, mlp.W_in)))
         post = mlp.hook_post(act(pre))
+    del pre  # not alive beside post and out (a hook that keeps it still has it)
     out = torch.addmm(mlp.b_out, post.reshape(n_batch * n_pos, -1), mlp.W_out)
     return out.view(n_batch, n_pos, d_model)
 
@@ -261,5 +262,6 @@ def run_block(
         mlp_out = block.hook_mlp_out(mlp_forward(block.mlp, normalize(block.ln2, resid)))
         return block.hook_resid_post(resid + attn_out + mlp_out)
     resid_mid = block.hook_resid_mid(resid + attn_out)
+    del attn_out  # not alive through the MLP, whose hidden activations are the pass's peak
     mlp_out = block.hook_mlp_out(mlp_forward(block.mlp, normalize(block.ln2, resid_mid)))
     return block.hook_resid_post(resid_mid + mlp_out)

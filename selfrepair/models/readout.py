@@ -124,7 +124,9 @@ def unembedding_means(
     allocated again does not fit its own freed space in glibc's heap (aligned allocations need
     a little more), so each would grow the process by its size."""
     d_model, d_vocab = w_unembed.shape
-    n_rows = max(1, size * d_model // d_vocab)  # rows per piece of mean_vocab
+    # Rows per piece of mean_vocab: no more than W_U has (a small vocabulary's piece would
+    # otherwise be sized for rows that do not exist).
+    n_rows = max(1, min(d_model, size * d_model // d_vocab))
     buf = torch.empty(max(d_model * min(size, d_vocab), n_rows * d_vocab), device=w_unembed.device)
 
     def scaled(rows: slice, cols: slice) -> Tensor:
