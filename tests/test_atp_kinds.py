@@ -2,15 +2,19 @@
 Dataset is, bitwise, the one its own single-kind run gives (measure_atp), on tiny random GPT-2,
 Pythia and Llama models, on running text (a resample batch runs its partner rows, mean and zero
 do not) and on a task (corrupted runs the corrupted prompts, mean, zero-with-value-bias and
-template-mean do not); the grouping of kinds into shared passes; the kinds' errors."""
+template-mean do not); the grouping of kinds into shared passes; the kinds' errors; and the
+workflow's jobs (rules/atp.smk): one per shard, or per task, for every kind."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from helpers import REDUCED_DEMO_CONFIGS, ROOT, snakemake
 from tasks_helpers import padded_task
 
 from selfrepair.engine.ablation import resample_source, with_partners
@@ -93,3 +97,53 @@ def test_kinds_share_passes_by_the_rows_they_run():
 def test_the_kinds_are_a_list_of_distinct_names(tiny_model, tiny_tokens, ablations):
     with pytest.raises(ValueError, match="ablations must be a list of distinct kinds"):
         measure_atp_kinds(tiny_model, tiny_tokens, ablations)
+
+
+# --- through the workflow: one job per shard (per task) writes every kind's store --------------
+
+
+def _dry_run(tmp_path, extra: dict | None = None) -> str:
+    """The reduced demo's dry run (with `extra` as a last config file), every job listed."""
+    configs = list(REDUCED_DEMO_CONFIGS)
+    if extra is not None:
+        (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
+        configs.append(str(tmp_path / "extra.yaml"))
+    proc = snakemake("-n", "--forceall", "--cores", "1", "--configfile", *configs, cwd=ROOT,
+                     timeout=600)  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return proc.stdout
+
+
+def _jobs(output: str, rule: str) -> list[list[str]]:
+    """The outputs of each planned job of `rule`."""
+    blocks = re.split(r"\n(?=\[[^\]]*\]\n(?:local)?rule )", output)
+    heads = [b for b in blocks if re.search(rf"^(?:local)?rule {rule}:", b, re.M)]
+    return [re.search(r"^\s+output: (.+)$", b, re.M).group(1).split(", ") for b in heads]
+
+
+def test_one_atp_job_per_shard_and_task_writes_every_kind(tmp_path):
+    """The reduced demo plans one atp job per (model, shard), writing the store of each of the
+    config's ablations at its path, and one task_atp job per (model, task); a task whose
+    ablations are not the common list gets one task_atp_per_kind job per kind."""
+    atp = _jobs(_dry_run(tmp_path), "atp")
+    assert len(atp) == 4  # 2 models x 2 shards, not x 3 ablations
+    for outputs in atp:
+        model, shard = re.fullmatch(
+            r"results/(.+)/atp/resample/(shard-\d+\.zarr)", outputs[0]
+        ).groups()
+        assert outputs == [f"results/{model}/atp/{a}/{shard}" for a in ("resample", "mean", "zero")]
+    extra = {"tasks": {"other": {"type": "induction", "n_prompts": 8, "length": 12,
+                                 "ablations": ["zero-with-value-bias", "mean"]}}}  # fmt: skip
+    output = _dry_run(tmp_path, extra)
+    shared = sorted(o for job in _jobs(output, "task_atp") for o in job)
+    assert shared == [
+        f"results/{m}/tasks/induction/atp/{a}.zarr"
+        for m in ("tiny-gpt2", "tiny-pythia")
+        for a in ("corrupted", "mean")
+    ]
+    alone = sorted(o for job in _jobs(output, "task_atp_per_kind") for o in job)
+    assert alone == [
+        f"results/{m}/tasks/other/atp/{a}.zarr"
+        for m in ("tiny-gpt2", "tiny-pythia")
+        for a in ("mean", "zero-with-value-bias")
+    ]
