@@ -35,6 +35,11 @@ passes per batch (per head h, its L - 1 - layer(h) for `graddrop_top`; per token
 (1 / (L - 1)) sum_l |estimate_l(h)| per unit (an estimate of |effect|); the per-layer, signed
 estimates are returned so that any combination can be formed (analysis.atp). The forward pass
 and its gates: engine.gradients.
+
+Kinds. Only z' - z depends on the ablation kind: the forward graph and every backward pass
+above depend on the clean run and the metric. `measure_atp_kinds` runs them once per batch for
+several kinds and dots each gradient with every kind's z' - z (engine.atp_passes: the graph runs
+every kind's partner rows); `measure_atp` is its one-kind case.
 """
 
 from __future__ import annotations
@@ -141,8 +146,14 @@ def measure_atp(
     z_mean: dict[int, Tensor] | None = None,
     **options: Any,
 ) -> xr.Dataset:
-    """measure_atp_kinds of one ablation kind (its mean z per layer `z_mean` when already
-    computed), as its Dataset."""
+    """measure_atp_kinds of one ablation kind, as its Dataset.
+
+    Args:
+        model, tokens: as measure_atp_kinds.
+        ablation: a kind of selfrepair.ablations.KINDS.
+        z_mean: its table per layer (the mean z) when already computed.
+        options: measure_atp_kinds' other keyword arguments (top, per_token, graddrop, ...).
+    """
     z_means = None if z_mean is None else {ablation: z_mean}
     return measure_atp_kinds(model, tokens, [ablation], z_means=z_means, **options)[ablation]
 
