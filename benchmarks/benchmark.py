@@ -10,8 +10,10 @@ On one model and one set of tokens, in one run, it times
   row estimates (one forward and one backward pass per batch), with AtP*'s GradDrop (L - 1 more
   backward passes, each from its dropped layer down), on each head's top 2% of tokens (one
   backward pass per head; GradDrop one per layer above it, from there down), and per token on a few tokens per row (one backward per token of a row,
-  GradDrop's per token too), scaled to every token; AtP is checked against the slow reference
-  (selfrepair.reference.atp), and the engine's time over AtP's is printed;
+  GradDrop's per token too), scaled to every token; and the workflow's atp job, where the
+  config's ablation kinds share every pass (measure_atp_kinds, --atp-kinds): its cost per kind;
+  AtP is checked against the slow reference (selfrepair.reference.atp), and the engine's time
+  over AtP's is printed;
 - the machine's peak matmul rate in the same dtype on the same device (square matmuls, best of
   several, measured before and after the runs);
 and prints time per 1k tokens, matmul FLOPs counted from the model's shapes (selfrepair/flops.py)
@@ -44,7 +46,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's selfrepair
 
 from selfrepair.catalogue import PAPER_MODELS
-from selfrepair.engine.atp import measure_atp
+from selfrepair.engine.atp import measure_atp, measure_atp_kinds
 from selfrepair.engine.attribution import RepairSums
 from selfrepair.engine.self_repair import measure_heads
 from selfrepair.flops import (
@@ -83,6 +85,8 @@ ATP_GRADDROP = "AtP + GradDrop (L - 1 more backward passes)"
 GRADDROP = "GradDrop alone"
 ATP_TOP = "AtP on each head's top 2% (1 backward pass per head)"
 ATP_GD_TOP = "AtP + GradDrop on each head's top 2%"
+ATP_GD_TOP_KINDS = "AtP + GradDrop on each head's top 2%, {n} kinds in one job"
+TEXT_KINDS = ("resample", "mean", "zero")  # the workflow's ablations (config.yaml, demo.yaml)
 ATP_TOKENS = "AtP per token, {k} tokens per row"
 ATP_GD_TOKENS = "AtP + GradDrop per token, {k} tokens per row"
 EVERY_TOKEN = "{name}: every token (scaled from {k})"
@@ -470,6 +474,12 @@ def atp_jobs(model, tokens, args, shapes: Shapes) -> dict:
     }
     if args.atp_top_graddrop:
         jobs[ATP_GD_TOP] = (run(top=top), row + drop + units + unit_drop)
+    if args.atp_top_graddrop and args.atp_kinds > 1:  # the workflow's atp job: passes shared
+        kinds = [args.ablation, *(a for a in TEXT_KINDS if a != args.ablation)][: args.atp_kinds]
+        jobs[ATP_GD_TOP_KINDS.format(n=args.atp_kinds)] = (
+            lambda: measure_atp_kinds(model, tokens, kinds, top=top, batch_size=args.batch_size),
+            row + drop + units + unit_drop,  # + each kind's grad . dz: not matmul FLOPs
+        )
     if k:
         per_token = token_mask(model.cfg, args.rows, n_pos, k)
         jobs[ATP_TOKENS.format(k=k)] = (run(per_token=per_token, graddrop=False), row + k * group)
@@ -525,6 +535,9 @@ def atp_report(timings: dict, results: dict, model, tokens, args) -> dict:
     ]
     if args.atp_top_graddrop:
         rows.append(timings[ATP_GD_TOP])
+    shared = timings.get(ATP_GD_TOP_KINDS.format(n=args.atp_kinds))
+    if shared:
+        rows.append(shared)
     if k:
         rows += token_rows(timings, k, n_pos, n_tokens)
     ref = reference_atp(model, tokens, args.ablation)["row"]
@@ -547,6 +560,15 @@ def atp_report(timings: dict, results: dict, model, tokens, args) -> dict:
             timings[ATP_GD_TOP]["seconds"] / engine["seconds"] if args.atp_top_graddrop else None
         ),
         "top_graddrop_over_engine_flops": top_gd_flops / engine["flops"],
+        # per kind when the job measures several (the workflow's atp job), each against the
+        # exact engine's one kind
+        "kinds": args.atp_kinds if shared else 1,
+        "top_graddrop_per_kind_over_engine": (
+            shared["seconds"] / args.atp_kinds / engine["seconds"] if shared else None
+        ),
+        "top_graddrop_per_kind_over_engine_flops": (
+            top_gd_flops / args.atp_kinds / engine["flops"] if shared else None
+        ),
         "every_token_over_engine": every["seconds"] / engine["seconds"] if every else None,
         "agreement": {"max_abs_diff": float(np.abs(got - ref).max()), "bound": bound},
     }
@@ -646,6 +668,12 @@ def atp_summary_line(a: dict) -> str:
         f"head's top 2% AtP takes {a['top_over_engine_flops']:.2f}x the exact engine's FLOPs "
         f"({a['top_over_engine']:.2f}x its time), with GradDrop {top_gd}"
     )
+    if a.get("top_graddrop_per_kind_over_engine") is not None:
+        line += (
+            f"; {a['kinds']} kinds sharing one job: per kind "
+            f"{a['top_graddrop_per_kind_over_engine_flops']:.2f}x the exact engine's FLOPs "
+            f"({a['top_graddrop_per_kind_over_engine']:.2f}x its time)"
+        )
     if a["every_token_over_engine"] is not None:
         line += f"; per-token AtP on every token {a['every_token_over_engine']:.2f}x its time"
     return line + (
@@ -713,6 +741,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
         action="store_false",
         help="skip the untimed run of each method that measures its peak live tensor bytes "
         "(selfrepair/live_tensors.py)",
+    )
+    p.add_argument(
+        "--atp-kinds",
+        type=int,
+        default=3,
+        choices=(1, 2, 3),
+        help="ablation kinds one atp job measures (the workflow's: its 3 ablations), --ablation "
+        "first: AtP + GradDrop on the top tokens timed with them sharing every pass, and its "
+        "cost per kind printed against the exact engine's; 1: not timed",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument(

@@ -334,10 +334,11 @@ def test_atp_is_on_by_default_and_off_with_its_key(tmp_path):
     code, on = _dry_run(tmp_path, {})
     assert code == 0, on[-3000:]
     counts = {r: int(n) for r, n in re.findall(r"^(atp\w*)\s+(\d+)", on, re.M)}
-    # 2 models x 3 ablations x 2 shards; a summary per model and ablation; 2 figures, 1 table
-    assert counts == {"atp": 12, "atp_summary": 6, "atp_scatter": 1, "atp_error": 1, "atp_table": 1}
+    # 2 models x 2 shards, each job all 3 ablations; a summary per model and ablation; 2
+    # figures, 1 table
+    assert counts == {"atp": 4, "atp_summary": 6, "atp_scatter": 1, "atp_error": 1, "atp_table": 1}
     code, rows_only = _dry_run(tmp_path, {"engine": {"atp_top_graddrop": False}})
-    assert code == 0 and re.search(r"^atp\s+12$", rows_only, re.M), rows_only[-3000:]
+    assert code == 0 and re.search(r"^atp\s+4$", rows_only, re.M), rows_only[-3000:]
     code, off = _dry_run(tmp_path, {"engine": {"atp": False}})
     assert code == 0, off[-3000:]
     assert not re.search(r"^atp\w*\s+\d+", off, re.M)
@@ -367,9 +368,9 @@ def test_a_model_measuring_one_head_is_planned_with_atp_on(tmp_path):
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-2000:]
-    # one more model: 3 ablations x 2 shards more atp stores, and its 3 summaries
+    # one more model: 2 shards more atp jobs (each all 3 ablations), and its 3 summaries
     counts = {r: int(n) for r, n in re.findall(r"^(atp\w*)\s+(\d+)", out, re.M)}
-    assert counts["atp"] == 18 and counts["atp_summary"] == 9, counts
+    assert counts["atp"] == 6 and counts["atp_summary"] == 9, counts
 
 
 # --- the reduced demo's stores (tests/conftest.py finished_run) ---------------------------------

@@ -1,7 +1,8 @@
 """The atp stages (stages.atp) on a tiny random model and one token shard, after the real
 clean_cache, head_top_tokens, ablate and summarize_heads stages: with a model entry's `heads`,
 the per-head backward passes on the top tokens run for those heads only and give the every-head
-run's numbers, and atp_summary judges those heads against their exact effects."""
+run's numbers, and atp_summary judges those heads against their exact effects; one job of two
+kinds writes each kind's store as its own job would."""
 
 from __future__ import annotations
 
@@ -55,9 +56,18 @@ def stores(tmp_path_factory):
     out = {}
     for name, one in (("every", every), ("listed", listed)):
         path = str(tmp / f"atp-{name}.zarr")
-        atp(one, ablation="resample", mean_include_bos=True, top_tokens=p["top"], out=path,
+        atp(one, ablations=["resample"], mean_include_bos=True, top_tokens=p["top"], out=[path],
             attrs=ATTRS)  # fmt: skip
         out[name] = open_zarr(path).load()
+    both = [str(tmp / f"atp-both-{kind}.zarr") for kind in ("mean", "resample")]
+    atp(every, ablations=["mean", "resample"], mean_include_bos=True, top_tokens=p["top"],
+        out=both, attrs=ATTRS)  # fmt: skip
+    out["both"] = {
+        kind: open_zarr(path).load() for kind, path in zip(("mean", "resample"), both, strict=True)
+    }
+    with pytest.raises(ValueError, match="one store per kind"):
+        atp(every, ablations=["mean", "resample"], mean_include_bos=True, top_tokens=p["top"],
+            out=both[:1], attrs=ATTRS)  # fmt: skip
     out["summary"] = atp_summary(atp_shards=[str(tmp / "atp-listed.zarr")],
                                  ablation_shards=[p["ablation"]], summary=p["summary"],
                                  top_tokens=p["top"], top_k=5, out=str(tmp / "judged.zarr"),
@@ -110,6 +120,22 @@ def test_the_stored_graddrop_is_the_detaching_reference_combined_and_summed(stor
         got = stored[f"graddrop_{unit}_sum"]
         assert got.dims == ("drop_layer", "layer", "head") and got.dtype == np.float64
         np.testing.assert_allclose(got.values, values.sum(-1), atol=ROWS * TOL, rtol=0)
+
+
+def test_one_job_writes_a_store_per_kind_each_as_its_own_job_would(stores):
+    """atp with two kinds writes one store per kind, in their order; the resample one is the
+    one-kind job's store, bit for bit, and records its own kind."""
+    got = stores[0]
+    both, alone = got["both"], got["every"]
+    place = "selfrepair_place"  # write_zarr records the store's own name
+    assert {k: v for k, v in both["resample"].attrs.items() if k != place} == {
+        k: v for k, v in alone.attrs.items() if k != place
+    }
+    assert both["mean"].attrs["ablation"] == "mean"
+    assert set(both["resample"].variables) == set(alone.variables)
+    for name in alone.variables:
+        assert both["resample"][name].values.tobytes() == alone[name].values.tobytes(), name
+    assert not np.array_equal(both["mean"].atp_row.values, alone.atp_row.values)
 
 
 def test_the_summary_judges_the_listed_heads_only(stores):

@@ -130,8 +130,9 @@ TASK_ATP_RULES = ("task_atp", "task_atp_summary", "task_atp_table", "task_atp_sc
 @pytest.mark.parametrize(
     ("configs", "per_rule"),
     [
-        # 2 models x induction's 2 ablations (corrupted, mean); a table and 2 figures per model
-        (REDUCED_DEMO_CONFIGS, (4, 4, 2, 2)),
+        # 2 models x induction's 2 ablations (corrupted, mean): one AtP job per model for both,
+        # a summary per ablation; a table and 2 figures per model
+        (REDUCED_DEMO_CONFIGS, (2, 4, 2, 2)),
         # gpt2-small x IOI under corrupted ablation
         (("config/ioi.yaml", ".test/config/ioi.yaml"), (1, 1, 1, 1)),
     ],

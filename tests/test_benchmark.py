@@ -43,7 +43,7 @@ def test_cli_runs_and_writes_every_field(tmp_path):
     assert "engine vs reference" in proc.stdout and "| engine (fused blocks) |" in proc.stdout
     assert r["passed"] and r["heads"] == 12 and r["agreement_heads"] == 5
     names = [m["method"] for m in r["methods"]]
-    assert names[:2] == ["engine (fused blocks)", "engine + who repairs whom"] and len(names) == 13
+    assert names[:2] == ["engine (fused blocks)", "engine + who repairs whom"] and len(names) == 14
     atp = [n for n in names if "AtP" in n or "GradDrop" in n]
     assert (
         atp[:3]
@@ -52,8 +52,9 @@ def test_cli_runs_and_writes_every_field(tmp_path):
             "AtP + GradDrop (L - 1 more backward passes)",
             "GradDrop alone",
         ]
-        and len(atp) == 9
+        and len(atp) == 10
     )
+    assert "AtP + GradDrop on each head's top 2%, 3 kinds in one job" in atp
     a = r["atp"]
     assert a["engine_over_atp"] > 0 and a["engine_over_atp_flops"] > 1 and a["token_groups"] == 2
     assert a["engine_over_atp_graddrop_flops"] < a["engine_over_atp_flops"]
@@ -62,6 +63,12 @@ def test_cli_runs_and_writes_every_field(tmp_path):
     assert a["top_graddrop_over_engine"] > 0 and a["every_token_over_engine"] is not None
     assert a["agreement"]["max_abs_diff"] <= a["agreement"]["bound"]
     assert "exact per-head effects at" in proc.stdout
+    # the workflow's atp job: 3 kinds share every pass, so each costs a third of the FLOPs
+    assert a["kinds"] == 3 and a["top_graddrop_per_kind_over_engine"] > 0
+    assert a["top_graddrop_per_kind_over_engine_flops"] == pytest.approx(
+        a["top_graddrop_over_engine_flops"] / 3
+    )
+    assert "3 kinds sharing one job: per kind" in proc.stdout
     seconds = {m["method"]: m["seconds"] for m in r["methods"]}
     assert seconds["GradDrop alone"] == pytest.approx(seconds[atp[1]] - seconds[atp[0]])
     assert "who repairs whom adds" in proc.stdout and r["attribution_overhead"] > -1
@@ -88,6 +95,7 @@ def test_atp_timings_can_leave_out_the_costly_ones(tmp_path):
     assert atp[3:] == ["AtP on each head's top 2% (1 backward pass per head)"]
     a = r["atp"]
     assert a["top_graddrop_over_engine"] is None and a["every_token_over_engine"] is None
+    assert a["kinds"] == 1 and a["top_graddrop_per_kind_over_engine_flops"] is None
     assert a["top_graddrop_over_engine_flops"] > a["top_over_engine_flops"] > 0
     assert "with GradDrop" in proc.stdout and "per-token AtP" not in proc.stdout
 

@@ -32,6 +32,7 @@ MODEL_RULES = {
     "set_ablate",
     "task_methods",
     "task_atp",
+    "task_atp_per_kind",
 }
 HEAVY = ("transformer_lens", "torch")
 # The model rules that still load the model through TransformerLens: training and processing the

@@ -95,6 +95,7 @@ ONE_PATH = {
     "task_repair_bars": "repair_bars",
     "task_explorer": "head_explorer",
     "task_atp": "atp",
+    "task_atp_per_kind": "atp",
     "task_atp_summary": "atp_summary",
     "task_atp_scatter": "atp_scatter",
     "task_atp_error": "atp_error",

@@ -224,7 +224,12 @@ def test_gpu_only_for_the_rules_that_run_a_model(runs):
     gpu_rules |= {"task_clean", "task_ablate"}
     resources = runs["resources"]
     assert gpu_rules <= set(runs["expected"]) and set(runs["expected"]) - gpu_rules
-    gpu_rules |= {"task_atp", "set_ablate", "task_methods"}  # model rules these runs may not ask
+    gpu_rules |= {
+        "task_atp",
+        "task_atp_per_kind",
+        "set_ablate",
+        "task_methods",
+    }  # model rules these runs may not ask
     for job in runs["jobs"]:
         rule = rule_of(job["Comment"])
         has_gpu = "gpu:1" in job.get("TresPerJob", "")

@@ -159,14 +159,18 @@ def test_per_token_heads_are_kept_in_the_variants_their_figures_read():
 @pytest.mark.parametrize("top_graddrop", [True, False])
 def test_an_atp_job_keeps_graddrop_per_row_combined_and_per_layer_summed(top_graddrop):
     config, models = reduced_demo(atp_top_graddrop=top_graddrop)
-    output = ["results/tiny-gpt2/atp/resample/shard-000.zarr"]
-    atp = job("atp", output, model="tiny-gpt2", ablation="resample", shard="000")
+    # one job per shard writes the store of each of the config's 3 ablations
+    output = {"atp": [f"results/tiny-gpt2/atp/{a}/shard-000.zarr" for a in config["ablations"]]}
+    atp = job("atp", output, model="tiny-gpt2", shard="000")
     heads, layers, rows, top = 16, 4, 32, int(top_graddrop)
-    expected = (
+    expected = len(config["ablations"]) * (
         heads * rows * (4 * (3 + top) + 8)  # atp_row, atp_top, GradDrop combined; n_top (int64)
         + rows * 2 * 4  # metric_clean and n_scored
         + layers * heads * 8 * (1 + top)  # GradDrop summed over the rows per dropped layer
     )
+    assert len(config["ablations"]) == 3
+    named = storage.named_paths(output)
+    assert named == [("atp", p) for p in output["atp"]]
     assert storage.job_data_bytes(config, models, atp) == expected
 
 

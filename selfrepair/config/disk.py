@@ -62,6 +62,7 @@ STORE_ARRAYS = {
     ("task_summary", "intervals"): (12, None),
     ("task_summary", "repairs"): (32, None),
     ("task_atp", "atp"): (24, None),
+    ("task_atp_per_kind", "atp"): (24, None),
     ("task_atp_summary", "summary"): (72, None),
     ("task_methods", "methods"): (12, None),
 }

@@ -181,10 +181,12 @@ MECHANISM_OF |= {"self_reinforcement": "reinforcement"}
 
 
 def _atp(run: _Run, w: dict, d: Shapes) -> int:
-    """Per (head, row) atp_row, atp_top, n_top, GradDrop combined (analysis.atp.graddrop_stored)."""
+    """Per (head, row) atp_row, atp_top, n_top, GradDrop combined (analysis.atp.graddrop_stored),
+    in a store per ablation (one atp job writes every ablation's)."""
     rows, top = run.shard(w["shard"])[0], bool(run.engine["atp_top_graddrop"])
     sums = d.n_layers * d.heads * F64 * (1 + top)  # GradDrop summed over rows per dropped layer
-    return d.heads * rows * (F32 * (3 + top) + I64) + 2 * F32 * rows + sums  # 2: metric, n_scored
+    one = d.heads * rows * (F32 * (3 + top) + I64) + 2 * F32 * rows + sums  # 2: metric, n_scored
+    return len(run.config["ablations"]) * one
 
 
 def _explorer(run: _Run, w: dict, d: Shapes) -> int:
@@ -216,8 +218,10 @@ def _task(run: _Run, w: dict, d: Shapes, rule: str) -> int:
     if rule == "task_ablate":  # every head's tokens kept in the detail
         heads = all_ablation_bytes(d.heads, answers, answers) + repair_sums_bytes(d)
         return heads + detail_bytes(d, d.heads, answers)
-    if rule == "task_atp":  # per head and prompt (5 arrays), per answer (2), GradDrop's sums
-        return F32 * d.heads * (6 * n + 2 * answers) + 2 * 8 * d.n_layers * d.heads
+    if rule in ("task_atp", "task_atp_per_kind"):  # per head and prompt (5 arrays), per answer
+        # (2), GradDrop's sums; task_atp: a store per ablation of the task
+        kinds = len(spec["ablations"]) if rule == "task_atp" else 1
+        return kinds * (F32 * d.heads * (6 * n + 2 * answers) + 2 * 8 * d.n_layers * d.heads)
     if rule == "task_set_ablate":
         return _sets_bytes(d, len(spec["ablation_sets"]), answers)
     if rule == "task_methods":  # per candidate and answer: 7 methods' values, float64 at most
@@ -254,6 +258,7 @@ RULE_BYTES = {
             "task_set_ablate",
             "task_summary",
             "task_atp",
+            "task_atp_per_kind",
             "task_methods",
         )
     },
@@ -261,10 +266,12 @@ RULE_BYTES = {
 
 
 def named_paths(outputs: Any) -> list[tuple[str | None, str]]:
-    """(name, path) of a job's outputs: Snakemake's named list, a dict or a plain list."""
-    paths = list(outputs.values()) if isinstance(outputs, dict) else list(outputs)
-    names = {str(v): k for k, v in outputs.items()} if hasattr(outputs, "items") else {}
-    return [(names.get(str(p)), str(p)) for p in paths]
+    """(name, path) of a job's outputs: Snakemake's named list, a dict or a plain list; a name
+    may stand for a list of paths (rule atp's stores, one per ablation)."""
+    named = list(outputs.items()) if hasattr(outputs, "items") else []
+    names = {str(p): k for k, v in named for p in ([v] if isinstance(v, str) else v)}
+    paths = [p for _, v in named for p in ([v] if isinstance(v, str) else v)]
+    return [(names.get(str(p)), str(p)) for p in (paths if isinstance(outputs, dict) else outputs)]
 
 
 def data_bytes(run: _Run, rule: str, wildcards: dict) -> int | None:

@@ -5,7 +5,8 @@ imports, reading and writing stores). An estimate, not a measurement, and it say
 
 The FLOPs are selfrepair.flops' counts (checked against torch's FLOP counter in
 tests/test_flops.py), per row: clean_cache and task_clean one forward pass; ablate and
-task_ablate measure_heads' (engine_flops of every head); atp AtP's forward and backward pass,
+task_ablate measure_heads' (engine_flops of every head); atp (every ablation: the kinds share
+the passes) AtP's forward and backward pass,
 GradDrop's passes and each head's own backward pass (with GradDrop's when
 engine.atp_top_graddrop); the mechanism experiments a forward pass per head they run;
 task_set_ablate and set_ablate one per set and the clean pass; train_model 3 forward passes' worth per step.
@@ -84,12 +85,14 @@ def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
         )
         shown = max(run.shown(w["model"], experiment), 1)
         return float(shown * n_rows(run.data) * flops.forward_flops(size, seq))
-    if rule in ("task_clean", "task_ablate", "task_set_ablate", "task_atp", "task_methods"):
+    task_rules = ("task_clean", "task_ablate", "task_set_ablate", "task_methods")
+    if rule in (*task_rules, "task_atp", "task_atp_per_kind"):
         spec = run.config["tasks"][w["task"]]
         rows, answers, width = task_shape(run.config, spec, entry)
         if rule == "task_ablate":
             return float(rows * _per_row("ablate", size, width, run.config["engine"]))
-        if rule == "task_atp":  # a backward pass per row, per answer of a row, per dropped layer
+        if rule in ("task_atp", "task_atp_per_kind"):  # a backward pass per row, per answer of a
+            # row, per dropped layer: shared by the kinds of a task_atp job
             passes = 1 + size.n_layers * (1 + answers // max(rows, 1))
             return float(3.0 * passes * rows * flops.forward_flops(size, width))
         if rule == "task_methods":  # per candidate two passes; EAP-IG per layer and step, and

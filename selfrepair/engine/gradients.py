@@ -129,20 +129,25 @@ def head_estimates(
 
 
 def graddrop_estimates(
-    gp: GradPass, output_grads: dict[int, Tensor], dz: dict[int, Tensor], atp: Tensor
-) -> Float[Tensor, "drop_layer layer head batch"]:
-    """estimate_l for every dropped layer l: AtP above l, 0 in l, below l a backward pass from
-    block l's input (`output_grads`: the AtP pass's gradients at the outputs of blocks 1 ..
-    L - 1)."""
-    n_layers, n_heads = atp.shape[:2]
-    out = atp.unsqueeze(0).repeat(n_layers, 1, 1, 1)
+    gp: GradPass,
+    output_grads: dict[int, Tensor],
+    dzs: Sequence[dict[int, Tensor]],
+    atps: Sequence[Tensor],
+) -> list[Float[Tensor, "drop_layer layer head batch"]]:
+    """estimate_l for every dropped layer l, per kind (`dzs`, with its AtP `atps`): AtP above l,
+    0 in l, below l a backward pass from block l's input (`output_grads`: the AtP pass's
+    gradients at the outputs of blocks 1 .. L - 1), run once for every kind."""
+    n_layers, n_heads = atps[0].shape[:2]
+    outs = [atp.unsqueeze(0).repeat(n_layers, 1, 1, 1) for atp in atps]
     for dropped in range(n_layers):
-        out[dropped, dropped] = 0.0
+        for out in outs:
+            out[dropped, dropped] = 0.0
         if dropped == 0:
             continue
         grads = gp.dropped_grads(dropped, output_grads[dropped], list(range(dropped)))
-        out[dropped, :dropped] = head_estimates(grads, dz, n_layers, n_heads)[:dropped]
-    return out
+        for out, dz in zip(outs, dzs, strict=True):
+            out[dropped, :dropped] = head_estimates(grads, dz, n_layers, n_heads)[:dropped]
+    return outs
 
 
 def _head_contraction(g: Tensor, head: int, delta: Tensor) -> Float[Tensor, " batch"]:
@@ -152,30 +157,35 @@ def _head_contraction(g: Tensor, head: int, delta: Tensor) -> Float[Tensor, " ba
 
 
 def head_unit_estimates(
-    gp: GradPass, dz: dict[int, Tensor], top: Bool[Tensor, "layer head batch pos"], graddrop: bool
-) -> tuple[Float[Tensor, "layer head batch"], Tensor | None]:
-    """Per head, per row, the estimate of the change of the head's metric summed over its own
-    tokens (`top`, of the batch's own rows): one backward pass per head that has some in the
-    batch, down to its layer only; with GradDrop, one more per layer d above it, from block d's
-    input down to the head's layer (below or at its layer: AtP, 0). Heads without tokens in the
-    batch get 0 (no unit)."""
+    gp: GradPass,
+    dzs: Sequence[dict[int, Tensor]],
+    top: Bool[Tensor, "layer head batch pos"],
+    graddrop: bool,
+) -> list[tuple[Float[Tensor, "layer head batch"], Tensor | None]]:
+    """Per kind (`dzs`), per head, per row, the estimate of the change of the head's metric
+    summed over its own tokens (`top`, of the batch's own rows): one backward pass per head that
+    has some in the batch, down to its layer only, shared by every kind; with GradDrop, one more
+    per layer d above it, from block d's input down to the head's layer (below or at its layer:
+    AtP, 0). Heads without tokens in the batch get 0 (no unit)."""
     n_layers, n_heads, n = top.shape[:3]
-    atp = torch.zeros(n_layers, n_heads, n, device=top.device)
-    drop = atp.unsqueeze(0).repeat(n_layers, 1, 1, 1) if graddrop else None
+    atps = [torch.zeros(n_layers, n_heads, n, device=top.device) for _ in dzs]
+    drops = [atp.unsqueeze(0).repeat(n_layers, 1, 1, 1) if graddrop else None for atp in atps]
     for layer, head in top.flatten(2).any(-1).nonzero().tolist():
         weight = torch.zeros_like(gp.m)
         weight[:n] = top[layer, head].to(weight.dtype)
-        delta = dz[layer][:, :, head].float()
+        deltas = [dz[layer][:, :, head].float() for dz in dzs]
         above = list(range(layer + 1, n_layers)) if graddrop else []
         grads, output_grads = gp.grads(weight, [layer], above)
-        atp[layer, head] = _head_contraction(grads[layer], head, delta)
-        if drop is not None:
-            drop[:, layer, head] = atp[layer, head]  # dropping a layer at or below: unchanged
-            drop[layer, layer, head] = 0.0
-            for dropped in above:
-                g = gp.dropped_grads(dropped, output_grads[dropped], [layer])[layer]
+        for atp, drop, delta in zip(atps, drops, deltas, strict=True):
+            atp[layer, head] = _head_contraction(grads[layer], head, delta)
+            if drop is not None:
+                drop[:, layer, head] = atp[layer, head]  # dropping a layer at or below: unchanged
+                drop[layer, layer, head] = 0.0
+        for dropped in above:
+            g = gp.dropped_grads(dropped, output_grads[dropped], [layer])[layer]
+            for drop, delta in zip(drops, deltas, strict=True):
                 drop[dropped, layer, head] = _head_contraction(g, head, delta)
-    return atp, drop
+    return list(zip(atps, drops, strict=True))
 
 
 def token_groups(selected: Bool[Tensor, "batch pos"]) -> Int[Tensor, "batch k"]:
@@ -191,27 +201,34 @@ def token_groups(selected: Bool[Tensor, "batch pos"]) -> Int[Tensor, "batch k"]:
 
 
 def token_estimates(
-    gp: GradPass, dz: dict[int, Tensor], selected: Bool[Tensor, "batch pos"], graddrop: bool
-) -> tuple[Float[Tensor, "layer head batch pos"], Tensor | None, int]:
-    """Per-token estimates of every head on the `selected` positions of the batch's own rows
-    (NaN elsewhere), one backward pass (L more with GradDrop) per token_groups column; and the
-    backward passes run."""
+    gp: GradPass,
+    dzs: Sequence[dict[int, Tensor]],
+    selected: Bool[Tensor, "batch pos"],
+    graddrop: bool,
+) -> tuple[list[tuple[Float[Tensor, "layer head batch pos"], Tensor | None]], int]:
+    """Per kind (`dzs`), per-token estimates of every head on the `selected` positions of the
+    batch's own rows (NaN elsewhere), one backward pass (L more with GradDrop) per token_groups
+    column, shared by every kind; and the backward passes run."""
     n_layers, n_heads = len(gp.z), gp.z[0].shape[2]
     layers = list(range(n_layers))
     above = list(range(1, n_layers)) if graddrop else []
     nan = float("nan")
-    atp = torch.full((n_layers, n_heads, *selected.shape), nan, device=selected.device)
-    drop = atp.new_full((n_layers, *atp.shape), nan) if graddrop else None
+    shape = (n_layers, n_heads, *selected.shape)
+    atps = [torch.full(shape, nan, device=selected.device) for _ in dzs]
+    drops = [atp.new_full((n_layers, *shape), nan) if graddrop else None for atp in atps]
     passes = 0
     for column in token_groups(selected).T:
         rows = (column >= 0).nonzero().flatten()
         one_hot = torch.zeros_like(gp.m)
         one_hot[rows, column[rows]] = 1.0
         grads, output_grads = gp.grads(one_hot, layers, above)
-        est = head_estimates(grads, dz, n_layers, n_heads)
-        atp[:, :, rows, column[rows]] = est[:, :, rows]
+        ests = [head_estimates(grads, dz, n_layers, n_heads) for dz in dzs]
+        for atp, est in zip(atps, ests, strict=True):
+            atp[:, :, rows, column[rows]] = est[:, :, rows]
         passes += 1
-        if drop is not None:
-            drop[..., rows, column[rows]] = graddrop_estimates(gp, output_grads, dz, est)[..., rows]
+        if graddrop:
+            dropped = graddrop_estimates(gp, output_grads, dzs, ests)
+            for drop, est in zip(drops, dropped, strict=True):
+                drop[..., rows, column[rows]] = est[..., rows]
             passes += n_layers - 1
-    return atp, drop, passes
+    return list(zip(atps, drops, strict=True)), passes

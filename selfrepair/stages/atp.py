@@ -49,30 +49,32 @@ SUMS = ("graddrop_row_sum", "graddrop_top_sum")
 def atp(
     job: ModelJob,
     *,
-    ablation: str,
+    ablations: Sequence[str],
     mean_include_bos: bool,
-    out: str,
+    out: Sequence[str],
     attrs: dict[str, Any],
     top_tokens: str | None = None,
     top_graddrop: bool = True,
     task: str | None = None,
     metric: str | None = None,
-) -> xr.Dataset:
-    """AtP and GradDrop estimates of every head on one shard, or on a task's prompts
-    (engine.atp.measure_atp), with z' chosen as the ablate (task_ablate) job chooses it: per row
-    (the change of the row's summed centred correct-token logit; a task's: of its metric summed
+) -> dict[str, xr.Dataset]:
+    """AtP and GradDrop estimates of every head on one shard, or on a task's prompts, under
+    each of `ablations` from one job (engine.atp.measure_atp_kinds: the backward passes run once
+    for every kind), with z' chosen as the ablate (task_ablate) job chooses it: per row (the
+    change of the row's summed centred correct-token logit; a task's: of its metric summed
     over the row's answers) and per row on each head's top tokens (the change of their sum),
     the latter for the entry's `heads` only when it lists some (n_top 0 elsewhere). GradDrop is
     stored as atp_summary reads it (analysis.atp.graddrop_stored): per row combined over the
     dropped layers, per dropped layer summed over the shard's rows. A task's store also holds
     every head's per-answer estimates (atp_token, graddrop_token: on the task's `token` axis,
-    analysis.tasks.scored_tokens).
+    analysis.tasks.scored_tokens). One store per kind, each as a job of that kind alone writes.
 
     Args:
         job: the model job (one shard; a task's: its `tokens` is the prompts store).
-        ablation: a kind of selfrepair.ablations.KINDS (corrupted: a task's only).
+        ablations: kinds of selfrepair.ablations.KINDS (corrupted: a task's only).
         mean_include_bos: whether the mean ablation averages over the BOS position too.
-        out: the store to write (results/<model>/atp/<ablation>/shard-<n>.zarr, a task's
+        out: the stores to write, one per kind in the same order
+            (results/<model>/atp/<ablation>/shard-<n>.zarr, a task's
             results/<model>/tasks/<task>/atp/<ablation>.zarr).
         attrs: the rule's provenance attributes (run_attrs and the shard).
         top_tokens: the head_top_tokens store (each head's top tokens over all shards); None
@@ -80,18 +82,24 @@ def atp(
         top_graddrop: GradDrop on the top tokens too (engine.atp_top_graddrop).
         task, metric: the task's name and metric (correct_logit, logit_diff); None on text.
     """
+    ablations, out = list(ablations), [out] if isinstance(out, str) else list(out)
+    if len(out) != len(ablations):
+        raise ValueError(f"atp writes one store per kind: {ablations} but {len(out)} stores")
     if task is None:
-        ds, n_pos = _shard_estimates(job, ablation, mean_include_bos, top_tokens, top_graddrop)
+        stores, n_pos = _shard_estimates(job, ablations, mean_include_bos, top_tokens, top_graddrop)
     else:
-        ds, n_pos = _task_estimates(job, ablation, mean_include_bos, task, metric, top_graddrop)
-    ds.attrs.update(job.provenance(attrs), ablation=ablation, n_pos=n_pos)
-    write_zarr(ds, out)
-    return ds
+        stores, n_pos = _task_estimates(
+            job, ablations, mean_include_bos, task, metric, top_graddrop
+        )
+    for (ablation, ds), path in zip(stores.items(), out, strict=True):
+        ds.attrs.update(job.provenance(attrs), ablation=ablation, n_pos=n_pos)
+        write_zarr(ds, path)
+    return stores
 
 
-def _shard_estimates(job, ablation, mean_include_bos, top_tokens, top_graddrop):
-    """atp's estimates of one token shard, and its positions per row."""
-    from selfrepair.engine.atp import measure_atp
+def _shard_estimates(job, ablations, mean_include_bos, top_tokens, top_graddrop):
+    """atp's estimates of one token shard per kind, and its positions per row."""
+    from selfrepair.engine.atp import measure_atp_kinds
     from selfrepair.stages.tasks import measured
 
     model, data = measured(job)
@@ -101,25 +109,25 @@ def _shard_estimates(job, ablation, mean_include_bos, top_tokens, top_graddrop):
         top &= measured_heads(job.heads, top.shape[:2])[:, :, None, None]
     t0 = time.perf_counter()
     with job.guarded(model, {"engine.batch_size": job.batch_size}):
-        ds = measure_atp(
+        stores = measure_atp_kinds(
             model,
             rows,
-            ablation,
+            ablations,
             top=top,
             top_graddrop=top_graddrop,
             batch_size=job.batch_size,
             mean_include_bos=mean_include_bos,
             progress=True,
-            desc=f"AtP and GradDrop, {ablation}",
+            desc=f"AtP and GradDrop, {', '.join(ablations)}",
         )
-    log.info("%d rows in %.1fs", rows.shape[0], time.perf_counter() - t0)
-    return data.narrow(judge.graddrop_stored(ds)), n_pos
+    log.info("%d rows, %d kinds in %.1fs", rows.shape[0], len(ablations), time.perf_counter() - t0)
+    return {a: data.narrow(judge.graddrop_stored(ds)) for a, ds in stores.items()}, n_pos
 
 
-def _task_estimates(job, ablation, mean_include_bos, task, metric, top_graddrop):
-    """atp's estimates on a task's prompts (its answers scored, per row and per answer; the
-    rows as each measured head's top units), and the prompts' positions."""
-    from selfrepair.engine.atp import measure_atp
+def _task_estimates(job, ablations, mean_include_bos, task, metric, top_graddrop):
+    """atp's estimates on a task's prompts per kind (its answers scored, per row and per
+    answer; the rows as each measured head's top units), and the prompts' positions."""
+    from selfrepair.engine.atp import measure_atp_kinds
     from selfrepair.stages.tasks import measured
 
     model, data = measured(job, task, metric)
@@ -127,22 +135,28 @@ def _task_estimates(job, ablation, mean_include_bos, task, metric, top_graddrop)
     shape = (model.cfg.n_layers, model.cfg.n_heads)
     t0 = time.perf_counter()
     with job.guarded(model, {"engine.batch_size": job.batch_size}):
-        ds = measure_atp(
+        stores = measure_atp_kinds(
             model,
             data.rows,
-            ablation,
+            ablations,
             per_token=np.broadcast_to(scored, (*shape, *scored.shape)),
             scored=scored,
             task=data.inputs,
             batch_size=job.batch_size,
             mean_include_bos=mean_include_bos,
             progress=True,
-            desc=f"{task}: AtP and GradDrop, {ablation}",
+            desc=f"{task}: AtP and GradDrop, {', '.join(ablations)}",
         )
-    log.info("%d prompts in %.1fs", scored.shape[0], time.perf_counter() - t0)
-    ds = judge.task_units(ds, measured_heads(job.heads, shape), top_graddrop)
-    ds = judge.graddrop_stored(ds).assign_coords(batch=np.arange(scored.shape[0]))
-    return ds.assign_attrs(metric=metric), scored.shape[1]
+    log.info(
+        "%d prompts, %d kinds in %.1fs", scored.shape[0], len(ablations), time.perf_counter() - t0
+    )
+    heads = measured_heads(job.heads, shape)
+    return {
+        a: judge.graddrop_stored(judge.task_units(ds, heads, top_graddrop))
+        .assign_coords(batch=np.arange(scored.shape[0]))
+        .assign_attrs(metric=metric)
+        for a, ds in stores.items()
+    }, scored.shape[1]
 
 
 def exact_on_units(

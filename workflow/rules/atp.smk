@@ -1,6 +1,8 @@
 # Attribution patching judged against the exact effects (beyond the paper; engine.atp): AtP and
 # AtP*'s GradDrop estimates of every head per shard, with z' chosen as the ablate job of the same
 # shard chooses it, reduced beside the exact effects, and the figures and table drawn from them.
+# One atp job per (model, shard) writes every ablation's store: the forward graph and backward
+# passes are the kind's only through z' - z (engine.atp.measure_atp_kinds).
 
 
 rule atp:
@@ -9,13 +11,13 @@ rule atp:
         tokens="results/{model}/tokens.zarr",
         top_tokens="results/{model}/attribution/top_tokens.zarr",
     output:
-        atp=directory("results/{model}/atp/{ablation}/shard-{shard}.zarr"),
+        atp=atp_stores(
+            "results/{{model}}/atp/{ablation}/shard-{{shard}}.zarr", ABLATIONS
+        ),
     log:
-        "results/logs/atp/{model}/{ablation}/shard-{shard}.log",
+        "results/logs/atp/{model}/shard-{shard}.log",
     benchmark:
-        "results/benchmarks/atp/{model}/{ablation}/shard-{shard}.tsv"
-    wildcard_constraints:
-        ablation="|".join(ABLATIONS),
+        "results/benchmarks/atp/{model}/shard-{shard}.tsv"
     conda:
         "../../envs/engine.yaml"
     threads: model_threads
@@ -28,7 +30,7 @@ rule atp:
         batch_size=batch_size,
         mean_include_bos=ENGINE["mean_include_bos"],
         top_graddrop=ENGINE["atp_top_graddrop"],
-        ablation=lambda w: w.ablation,
+        ablations=ABLATIONS,
         device=config["device"],
         dtype=config["dtype"],
         attrs=run_attrs,
@@ -159,18 +161,49 @@ use rule atp as task_atp with:
         unpack(model_job_input),
         tokens="results/{model}/tasks/{task}/prompts.zarr",
     output:
-        atp=directory("results/{model}/tasks/{task}/atp/{task_ablation}.zarr"),
+        atp=atp_stores(
+            "results/{{model}}/tasks/{{task}}/atp/{ablation}.zarr", TASK_ATP_KINDS
+        ),
     log:
-        "results/logs/task_atp/{model}/{task}/{task_ablation}.log",
+        "results/logs/task_atp/{model}/{task}.log",
     benchmark:
-        "results/benchmarks/task_atp/{model}/{task}/{task_ablation}.tsv"
+        "results/benchmarks/task_atp/{model}/{task}.tsv"
+    wildcard_constraints:
+        task=regex_of(TASK_ATP_SHARED),
     params:  # Snakemake updates the base rule's params by name: bounds, none here
         model=model_entry,
         bounds=None,
         batch_size=batch_size,
         mean_include_bos=ENGINE["mean_include_bos"],
         top_graddrop=ENGINE["atp_top_graddrop"],
-        ablation=lambda w: w.task_ablation,
+        ablations=TASK_ATP_KINDS,
+        task=lambda w: w.task,
+        metric=lambda w: TASKS[w.task]["metric"],
+        device=config["device"],
+        dtype=config["dtype"],
+        attrs=task_attrs,
+
+
+# A task whose ablations are not task_atp's list (common.smk): one job per kind.
+use rule atp as task_atp_per_kind with:
+    input:
+        unpack(model_job_input),
+        tokens="results/{model}/tasks/{task}/prompts.zarr",
+    output:
+        atp=directory("results/{model}/tasks/{task}/atp/{task_ablation}.zarr"),
+    log:
+        "results/logs/task_atp/{model}/{task}/{task_ablation}.log",
+    benchmark:
+        "results/benchmarks/task_atp/{model}/{task}/{task_ablation}.tsv"
+    wildcard_constraints:
+        task=regex_of(TASK_ATP_ALONE),
+    params:
+        model=model_entry,
+        bounds=None,
+        batch_size=batch_size,
+        mean_include_bos=ENGINE["mean_include_bos"],
+        top_graddrop=ENGINE["atp_top_graddrop"],
+        ablations=lambda w: [w.task_ablation],
         task=lambda w: w.task,
         metric=lambda w: TASKS[w.task]["metric"],
         device=config["device"],

@@ -1,5 +1,6 @@
 # Shared by every rules file (the config checked against its schema; the run's models, shards
 # and figure targets; the input functions and caption helpers of the rules).
+import collections
 import re
 import sys
 from pathlib import Path
@@ -627,9 +628,10 @@ def training_outputs():
 
 
 # --- attribution patching against the exact effects (rules/atp.smk) ------------------------------
-# engine.atp: per (model, ablation, shard), AtP and GradDrop of every head (per row, and on each
-# head's top tokens from rule head_top_tokens), then reduced beside the exact effects of the same
-# ablation; figures under the figures' ablation, the table under every ablation.
+# engine.atp: per (model, shard), AtP and GradDrop of every head (per row, and on each head's top
+# tokens from rule head_top_tokens) under every ablation, a store per ablation from one job (its
+# backward passes serve every kind), then reduced beside the exact effects of the same ablation;
+# figures under the figures' ablation, the table under every ablation.
 ATP = ENGINE["atp"]
 # top_k is clipped per model to below the heads it measures (analysis.atp.top_k_used).
 ATP_SETTINGS = config["figures"]["atp"]
@@ -662,6 +664,27 @@ def atp_outputs():
         "results/{model}/atp/{ablation}.zarr", model=MODELS, ablation=ABLATIONS
     )
     return outputs + figure_outputs(["atp"]) + rules_output("atp_table")
+
+
+def atp_stores(pattern, kinds):
+    """A job's AtP stores, one per kind (pattern's {ablation}; its other wildcards kept)."""
+    return [directory(path) for path in expand(pattern, ablation=kinds)]
+
+
+def regex_of(names):
+    """A wildcard constraint matching exactly these names (none: nothing)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+# One task_atp job per (model, task) writes the store of each of the task's ablations. A rule's
+# outputs cannot depend on a wildcard, so task_atp serves the tasks whose ablations are the most
+# common list (every shipped config's: one list), task_atp_per_kind any other, one job per kind.
+_TASK_KIND_LISTS = collections.Counter(tuple(t["ablations"]) for t in TASKS.values())
+TASK_ATP_KINDS = list(max(_TASK_KIND_LISTS, key=_TASK_KIND_LISTS.get, default=()))
+TASK_ATP_SHARED = [
+    t for t, s in TASKS.items() if list(s["ablations"]) == TASK_ATP_KINDS
+]
+TASK_ATP_ALONE = [t for t in TASKS if t not in TASK_ATP_SHARED]
 
 
 def task_atp_summaries(wildcards):
