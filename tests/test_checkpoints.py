@@ -54,9 +54,11 @@ def test_pythia_steps_are_transformer_lens_own():
 
 
 def test_the_demo_models_checkpoints_are_model_keys_of_their_own():
-    entries = sr_config.validate_run(merged(DEMO, {}))
+    run = sr_config.validate_run(merged(DEMO, {}))
+    entries = sr_config.text_models(run)  # induction-pythia (tasks_only) keeps no checkpoints
     ckpts = sr_config.checkpoint_models(entries)
     assert list(entries) == ["tiny-gpt2", "tiny-pythia"]  # the models themselves, unchanged
+    assert list(run) == [*entries, "induction-pythia"]
     assert set(ckpts) == {f"{m}@step{s}" for m in entries for s in (0, 50, 100, 200, 400)}
     entry = ckpts["tiny-gpt2@step50"]
     assert entry["checkpoint"] == {"model": "tiny-gpt2", "step": 50, "subdir": "checkpoints/step50"}
@@ -190,7 +192,8 @@ def test_the_reduced_demo_keeps_checkpoints_at_its_size():
     reduced = reduced_demo_config()
     demo = load("demo.yaml")
     assert reduced["checkpoint_shards"] == demo["checkpoint_shards"] == 1
-    for small, big in zip(reduced["models"], demo["models"], strict=True):
+    text = [m for m in demo["models"] if not m.get("tasks_only")]  # the reduced demo's models
+    for small, big in zip(reduced["models"], text, strict=True):
         assert big["train"]["keep_steps"] == [0, 50, 100, 200, 400]
         assert small["train"]["keep_steps"] == [0, 50, 100, 200]
         assert max(small["train"]["keep_steps"]) < small["train"]["steps"]

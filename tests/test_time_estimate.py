@@ -115,7 +115,8 @@ def test_the_start_of_a_run_prints_the_time_estimate_and_sizes_the_task(run):
     err = proc.stderr
     assert "The planned jobs take about" in err and "unknown" not in err  # the task is sized
     (line,) = [x for x in err.splitlines() if x.startswith("Time estimate")]
-    assert "2 jobs," in line and "(measured here: a float32 matrix product with numpy)" in line
+    # task_prompts, process_weights (task_clean runs on the stand-in) and task_clean
+    assert "3 jobs," in line and "(measured here: a float32 matrix product with numpy)" in line
     assert err.index("The planned jobs take") < err.index("Time estimate") < err.index("jobid")
 
 
