@@ -8,6 +8,7 @@ import hashlib
 import re
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 import yaml
@@ -112,6 +113,21 @@ def snakemake(*args: str, cwd: Path, timeout: int) -> subprocess.CompletedProces
         text=True,
         timeout=timeout,
     )
+
+
+@cache
+def dry_run(*configs: str) -> str:
+    """The output of `snakemake -n --forceall` with these config files, from the repository."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "2", "--configfile",
+         *configs],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
 
 
 def load(name: str) -> dict:

@@ -12,14 +12,11 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import FIGURES, REDUCED_DEMO_CONFIGS, ROOT, SCHEMA, load
+from helpers import FIGURES, REDUCED_DEMO_CONFIGS, ROOT, SCHEMA, dry_run, load
 
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -32,21 +29,6 @@ TESTS = ".venv/bin/pytest"
 
 
 # --- the dry runs ----------------------------------------------------------------------------
-
-
-@cache
-def dry_run(*configs: str) -> str:
-    """The output of `snakemake -n --forceall` with these config files, from the repository."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "2", "--configfile",
-         *configs],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
 
 
 def job_count(output: str) -> int:

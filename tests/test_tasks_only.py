@@ -6,12 +6,10 @@ jobs stay those of the demo without it."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 import yaml
-from helpers import ROOT, load, merged
+from helpers import dry_run, load, merged
 
 import selfrepair.config as sr_config
 
@@ -55,17 +53,8 @@ def test_the_demo_induction_model_is_tasks_only_and_checked():
 
 def planned_outputs(*configs) -> set[str]:
     """Every output a dry run (--forceall) of the demo with these extra config files plans."""
-    files = ["config/demo.yaml", *map(str, configs)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "2", "--configfile",
-         *files],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.strip().startswith("output:")]
+    stdout = dry_run("config/demo.yaml", *map(str, configs))
+    lines = [line for line in stdout.splitlines() if line.strip().startswith("output:")]
     return {f.strip() for line in lines for f in line.split(":", 1)[1].split(",")}
 
 
