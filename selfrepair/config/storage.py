@@ -20,7 +20,7 @@ from typing import Any
 
 from selfrepair.catalogue import Shapes, paper_model
 from selfrepair.config import disk
-from selfrepair.config.checkpoints import checkpoint_models, keeps_every_token
+from selfrepair.config.checkpoints import checkpoint_models, keeps_every_token, model_checkpoints
 from selfrepair.config.layout import n_predictions, n_rows, n_shards, shard_bounds, top_count
 from selfrepair.config.memory import cached_hub_entry, model_size
 from selfrepair.config.models import model_dims
@@ -291,10 +291,11 @@ def resource_bytes(run: _Run, rule: str, wildcards: dict, path: str, block: int)
         vocab = run.config["tokenizers"][wildcards["tokenizer"]].get("vocab_size", 4096)
         return disk.tokenizer_dir_bytes(vocab, block)
     entry = run.models.get(wildcards.get("model", ""))
-    if rule == "process_weights":  # the float32 weights and model.json
-        dims = run.dims.get(run.model(wildcards["model"]))
+    if rule == "process_weights":  # the float32 weights and model.json, the model's and each
+        dims = run.dims.get(run.model(wildcards["model"]))  # of its training checkpoints'
         weights = disk.on_disk(disk.weights_bytes(dims), block) if dims else 0
-        return weights + 2 * disk.on_disk(FILE_BYTES[""], block)
+        copies = 1 + len(model_checkpoints(wildcards["model"], entry)) if entry else 1
+        return copies * (weights + 2 * disk.on_disk(FILE_BYTES[""], block))
     size = model_size(entry, run.config) if rule == "train_model" and entry else None
     if size is None:
         return disk.on_disk(FILE_BYTES[""], block)
