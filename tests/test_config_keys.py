@@ -154,7 +154,16 @@ def every_key_config(tmp: Path) -> dict:
                 "batch_size": 4,
                 "resources": resources,
             },
-            {  # measured on its tasks only: a shorter context, tied embeddings
+            {
+                "name": "m-path",
+                "path": checkpoint(tmp / "ckpt", 0),
+                "checkpoints": [{"step": 1, "path": checkpoint(tmp / "ckpt-1", 1)}],
+                "step": 2,
+            },
+            {"name": "pythia-160m", "revisions": ["step1000"], "heads": [[11, 2], [10, 11]]},
+            "gpt2-small",
+            {  # measured on its tasks only: a shorter context, tied embeddings (last, so the
+                # tests that edit models[0] and models[1] keep theirs)
                 "name": "m-task",
                 "tasks_only": True,
                 "train": {
@@ -171,14 +180,6 @@ def every_key_config(tmp: Path) -> dict:
                     "tie_embeddings": True,
                 },
             },
-            {
-                "name": "m-path",
-                "path": checkpoint(tmp / "ckpt", 0),
-                "checkpoints": [{"step": 1, "path": checkpoint(tmp / "ckpt-1", 1)}],
-                "step": 2,
-            },
-            {"name": "pythia-160m", "revisions": ["step1000"], "heads": [[11, 2], [10, 11]]},
-            "gpt2-small",
         ],
         "figures": {
             "attribution": {"most_repaired": 2, "repairers": 3, "heads": {"m-train": [[0, 0]]}},

@@ -62,7 +62,15 @@ def config_line(out: str) -> str:
 
 def _rename_tokenizer(config: dict, name: str) -> None:
     config["tokenizers"] = {name: config["tokenizers"]["t1"]}
-    config["models"][0]["train"]["tokenizer"] = name
+    for model in config["models"]:  # every trained model's, the tasks_only one's too
+        if isinstance(model, dict) and "train" in model:
+            model["train"]["tokenizer"] = name
+
+
+def _rename_first_task(config: dict, name: str) -> None:
+    """The first task renamed, the others (which measure the tasks_only model) kept."""
+    first, *rest = config["tasks"].items()
+    config["tasks"] = {name: first[1], **dict(rest)}
 
 
 def _rename_model(config: dict, name: str) -> None:
@@ -94,7 +102,7 @@ NAMES = {
     ),
     # issue 34: results/<model>/tasks/results/... made two models' stores record one place
     "a task named results": (
-        lambda c: c.update(tasks={"results": next(iter(c["tasks"].values()))}),
+        lambda c: _rename_first_task(c, "results"),
         "config key tasks.results: 'results' is a folder the workflow writes itself",
     ),
     "a model named like a folder deeper down": (
@@ -102,7 +110,7 @@ NAMES = {
         "config key models[ablation]: 'ablation' is a folder the workflow writes itself",
     ),
     "a task named like an ablation": (
-        lambda c: c.update(tasks={"mean": next(iter(c["tasks"].values()))}),
+        lambda c: _rename_first_task(c, "mean"),
         "config key tasks.mean: 'mean' is a folder the workflow writes itself",
     ),
     "a tokenizer named like a folder": (
