@@ -138,26 +138,32 @@ def test_a_registry_kind_is_measured_by_the_engine_atp_and_the_sets(
             np.testing.assert_array_equal(got[variable].values, want[variable].values)
 
 
-def test_the_task_explorer_takes_partners_from_the_registry(copied_kinds):
-    from selfrepair.stages.explorer import _task_partners
+def test_the_explorer_takes_partners_from_the_registry(copied_kinds):
+    from selfrepair.analysis.explorer import answer_rows, partner_rows
 
-    class Prompts:
-        tokens = np.arange(12).reshape(4, 3)
-        corrupted = -tokens
-
-    # a task_ablate store's answer tokens (analysis.tasks.scored_tokens) with its partners
-    store = xr.Dataset(coords={"prompt": ("token", [0, 1, 1, 2, 3])})
-    store = store.assign_coords(resample_source=("token", [2, 3, 3, 0, 1]))
+    tokens = np.arange(12).reshape(4, 3)
+    corrupted = -tokens
+    # a task_ablate store's answer tokens (analysis.tasks.scored_tokens) with its partners,
+    # put back on rows as the explorer reads every store (answer_rows)
+    store = xr.Dataset(
+        {"de_clean": (("layer", "head", "token"), np.zeros((1, 1, 5)))},
+        coords={"prompt": ("token", [0, 1, 1, 2, 3]), "position": ("token", [0, 0, 1, 1, 0])},
+    )
+    shard = answer_rows(
+        store.assign_coords(resample_source=("token", [2, 3, 3, 0, 1])), ["de_clean"]
+    )
+    kw = {"corrupted": corrupted, "sources": [(shard.batch.values, shard.resample_source.values)]}
     for name, original in copied_kinds.items():
-        got, want = _task_partners(name, Prompts, store), _task_partners(original, Prompts, store)
+        got, want = partner_rows(name, tokens, **kw), partner_rows(original, tokens, **kw)
         np.testing.assert_array_equal(got[0], want[0])
         assert (got[1] is None) == (want[1] is None)
         if want[1] is not None:
             np.testing.assert_array_equal(got[1], want[1])
-    rows, partner = _task_partners("corrupted", Prompts, store)
+    rows, partner = partner_rows("corrupted", tokens, **kw)
     assert rows.shape == (8, 3) and partner.tolist() == [4, 5, 6, 7]
-    rows, partner = _task_partners("resample-frozen-ln", Prompts, store)
+    rows, partner = partner_rows("resample-frozen-ln", tokens, **kw)
     assert rows.shape == (4, 3) and partner.tolist() == [2, 3, 0, 1]  # the store's, not i + 1
+    assert partner_rows("mean", tokens, **kw)[1] is None
 
 
 def test_atp_refuses_a_kind_whose_partners_lie_outside_the_rows(tiny_model, tiny_tokens):

@@ -151,3 +151,91 @@ def test_task_page_has_a_colour_legend_the_clean_metric_and_its_labels():
     assert '"clean":"Clean: top-1 1%"' in page and "counterfactual answer" in page
     assert "metric drop (clean − ablated)" in page
     assert '"mean_metric_drop"' in page and '"top_self_repair":' not in page
+
+
+def old_task_heads(store, rows, ablation, *, k, context):
+    """The task explorer's own path before issue 35 (f884b3c stages.explorer._task_heads and
+    _task_partners): the answers on a [prompt, pos] grid, ranked by head_tokens. It labelled
+    the partner by the ablation's name, a KeyError for a frozen-LayerNorm variant: here its kind's."""
+    from selfrepair.ablations import ROWS, TASK, ablation_kind, parse_variant
+    from selfrepair.analysis.explorer import TOKEN_VALUES, head_tokens
+
+    n = rows.tokens.shape[0]
+    pool = ablation_kind(parse_variant(ablation)[0]).partner_pool
+    tokens, partner = rows.tokens, None
+    if pool == TASK:
+        tokens, partner = np.concatenate([rows.tokens, rows.corrupted]), n + np.arange(n)
+    elif pool == ROWS:
+        partner = np.full(n, -1, np.int64)
+        partner[store.prompt.values] = store.resample_source.values
+    where = (store.prompt.values, store.position.values)
+    out = {}
+    for layer in range(store.sizes["layer"]):
+        for head in range(store.sizes["head"]):
+            values = {}
+            for key, name in TOKEN_VALUES.items():
+                grid = np.full((n, rows.tokens.shape[1] - 1), np.nan, np.float32)
+                grid[where] = store[name].values[layer, head]
+                values[key] = grid
+            if np.isnan(values["de"]).all():
+                continue
+            values["drop"] = -values.pop("dlogit")
+            rankings = head_tokens(
+                values,
+                tokens=tokens,
+                rows=np.arange(n),
+                k=k,
+                context=context,
+                partner_rows=partner,
+                partner_kind=parse_variant(ablation)[0],
+            )
+            for entry in (e for entries in rankings.values() for e in entries):
+                if rows.counter is not None:
+                    entry["counter"] = int(rows.counter[entry["row"], entry["pos"]])
+            out[f"{layer}.{head}"] = rankings
+    return out
+
+
+@pytest.mark.parametrize("ablation", ["resample", "resample-frozen-ln", "corrupted", "mean"])
+@pytest.mark.parametrize("context", [1, 3])
+def test_a_task_page_reads_its_answers_as_running_text_reads_shards(ablation, context):
+    """Issue 35: one explorer path. A task's store, put back on rows (answer_rows) and read as
+    running text's shards are (merged candidates), shows every head's answers exactly as the
+    task explorer's own path did: ranking, ties (by prompt, then position), windows, partner
+    (resample partner, corrupted prompt or none), counterfactual and the drop's sign."""
+    import json
+
+    from selfrepair.analysis.explorer import TOKEN_VALUES
+    from selfrepair.plots.explorer import TASK_FIELD_LABELS
+    from selfrepair.stages.explorer import Rows, _heads_data
+
+    rng = np.random.default_rng(3)
+    n, width = 6, 9
+    scored = rng.random((n, width - 1)) < 0.4
+    scored[2] = False  # a prompt without answers
+    scored[0, -1] = True  # an answer at the last position
+    prompt, position = np.nonzero(scored)
+    values = rng.normal(size=(3, 2, len(prompt))).astype(np.float32)
+    values[0, 1, :4] = values[0, 1, 4]  # ties
+    values[1, 0] = np.nan  # a head not measured
+    store = xr.Dataset(
+        {
+            name: (("layer", "head", "token"), values * (i + 1))
+            for i, name in enumerate(TOKEN_VALUES.values())
+        },
+        coords={"prompt": ("token", prompt), "position": ("token", position)},
+    )
+    store = store.assign_coords(resample_source=("token", ((prompt + 2) % n).astype(np.int64)))
+    tokens = rng.integers(0, 50, size=(n, width))
+    rows = Rows(
+        label="m on task t",
+        tokens=tokens,
+        corrupted=tokens + 100,
+        counter=rng.integers(0, 50, size=(n, width - 1)),
+        change="drop",
+        labels=TASK_FIELD_LABELS,
+    )
+    new = _heads_data([store], rows, ablation=ablation, k=4, context=context)
+    old = old_task_heads(store, rows, ablation, k=4, context=context)
+    assert "1.0" not in new and len(new) == 5
+    assert json.dumps(new) == json.dumps(old)

@@ -48,7 +48,7 @@ def test_scored_tokens_keep_the_answer_positions_in_prompt_order():
 
 def test_scored_tokens_keep_each_answers_resample_partner():
     """A resample ablation's partner prompt of each answer token: what the task explorer shows
-    beside it (stages.explorer._task_partners)."""
+    beside it (analysis.explorer.answer_rows, partner_rows)."""
     ds, scored = per_token()
     ds = ds.assign_coords(resample_source=("batch", [3, 0, 4, 1, 2]))
     out = scored_tokens(ds, scored)

@@ -1,7 +1,9 @@
 """What the head explorer shows (rule head_explorer), from arrays: per head, its summary
 numbers with their intervals, and its top tokens by clean direct effect and by self-repair,
 each with a window of the tokens before it, the correct next token, the head's per-token
-values over the window and, for resample ablation, the resample partner's tokens.
+values over the window and, for resample ablation, the resample partner's tokens. One path for
+every dataset: a task's answers are put back on rows (answer_rows) and read as running text's
+shards are; where the two differ (partner_rows, with_change, task_numbers) it is by data.
 
 Pure: no store I/O, no tokenizer (the stage decodes the ids these entries hold)."""
 
@@ -11,8 +13,9 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import xarray as xr
 
-from selfrepair.ablations import KINDS
+from selfrepair.ablations import KINDS, ROWS, TASK, ablation_kind, parse_variant
 
 __all__ = [
     "PARTNER_LABELS",
@@ -22,15 +25,18 @@ __all__ = [
     "TOKEN_VALUES",
     "WINDOW_DIGITS",
     "WINDOW_VALUES",
+    "answer_rows",
     "candidate_entry",
     "head_numbers",
     "head_tokens",
     "readable",
     "metric_drop",
+    "partner_rows",
     "rounded",
     "task_numbers",
     "token_entry",
     "top_positions",
+    "with_change",
 ]
 
 # Per-token values of a head kept for each shown token (short name -> store variable).
@@ -64,6 +70,11 @@ TASK_FIELDS = (
     "top_ln_share_clipped",
     "top_n_tokens",
 )
+
+
+# How a page names a token's Δlogit (ablated - clean) and its sign there: running text shows it as
+# is, a task its metric's drop (clean - ablated, the task figures' sign).
+CHANGES = {"dlogit": 1.0, "drop": -1.0}
 
 
 def rounded(value: float, digits: int = DIGITS) -> float | None:
@@ -235,3 +246,67 @@ def task_numbers(numbers: Mapping[str, dict]) -> dict[str, dict]:
     out = dict(numbers)
     out["mean_metric_drop"] = metric_drop(numbers["mean_logit_diff"])
     return {field: out[field] for field in TASK_FIELDS}
+
+
+def with_change(values: Mapping[str, float], change: str) -> dict[str, float]:
+    """A token's values (TOKEN_VALUES short names) with its Δlogit shown as `change` (CHANGES:
+    dlogit as is, drop = clean - ablated), in its place."""
+    sign = CHANGES[change]
+    return {
+        (change if k == "dlogit" else k): (sign * v if k == "dlogit" else v)
+        for k, v in values.items()
+    }
+
+
+def answer_rows(ds: xr.Dataset, names: Sequence[str] = tuple(TOKEN_VALUES.values())) -> xr.Dataset:
+    """A task store's per-answer variables (analysis.tasks.scored_tokens: dims layer, head,
+    token) put back on rows as a running-text shard holds them (dims layer, head, batch, pos;
+    NaN where no answer), so one reader serves both: batch the prompts with an answer (their
+    numbers), pos up to the last answer, and a resample ablation's partner prompt per prompt
+    (`resample_source`, -1 where none) as a shard's."""
+    prompts, batch = np.unique(ds.prompt.values, return_inverse=True)
+    position = ds.position.values
+    shape = (ds.sizes["layer"], ds.sizes["head"], len(prompts), int(position.max()) + 1)
+    out = {}
+    for name in names:
+        grid = np.full(shape, np.nan, np.float32)
+        grid[:, :, batch, position] = ds[name].transpose("layer", "head", "token").values
+        out[name] = (("layer", "head", "batch", "pos"), grid)
+    coords = {"batch": prompts}
+    if "resample_source" in ds.coords:
+        source = np.full(len(prompts), -1, np.int64)
+        source[batch] = ds.resample_source.values
+        coords["resample_source"] = ("batch", source)
+    return xr.Dataset(out, coords=coords)
+
+
+def partner_rows(
+    ablation: str,
+    tokens: np.ndarray,
+    *,
+    corrupted: np.ndarray | None = None,
+    sources: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the rows a page shows, each row's partner row among them or None), by where the
+    ablation's kind takes z from (its partner_pool in selfrepair.ablations): TASK, a task's corrupted prompts, appended
+    after its prompts; ROWS, the partner each measured row was given (sources: (rows, their
+    partner rows) per store, its batch and resample_source), -1 where none; else none.
+
+    Args:
+        ablation: the ablation (a kind, or its frozen-LayerNorm variant).
+        tokens: the dataset's rows [row, tok] (tokens.zarr, or a task's prompts).
+        corrupted: a task's corrupted prompts [row, tok], row i paired with prompt i.
+        sources: the ROWS partners the ablate stores record.
+    """
+    n = tokens.shape[0]
+    pool = ablation_kind(parse_variant(ablation)[0]).partner_pool
+    if pool == TASK:
+        if corrupted is None:
+            raise ValueError("an ablation that takes z from corrupted prompts needs a task's")
+        return np.concatenate([tokens, corrupted]), n + np.arange(n)
+    if pool == ROWS and sources:
+        partner = np.full(n, -1, np.int64)
+        for rows, given in sources:
+            partner[np.asarray(rows)] = given
+        return tokens, partner
+    return tokens, None

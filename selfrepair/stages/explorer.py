@@ -1,18 +1,22 @@
 """The explorer rules: head_explorer (one self-contained HTML page per model: pick an ablation
 and a head, read its summary and its top tokens in context; on a task, rule task_explorer, its
-answers) and explorer_index (the page linking them). The selection is analysis.explorer's, the page plots.explorer's; this module
-opens the stores (checksummed) and decodes the ids with the model's own tokenizer."""
+answers) and explorer_index (the page linking them). One path for both datasets: what differs
+between running text and a task is data (Rows). The selection is analysis.explorer's, the page
+plots.explorer's; this module opens the stores (checksummed) and decodes the ids with the
+model's own tokenizer."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
-from selfrepair.ablations import ROWS, TASK, ablation_kind, parse_variant
+from selfrepair.ablations import ablation_kind, parse_variant
 from selfrepair.analysis import explorer as select
 from selfrepair.analysis.attribution import head_repairers
 from selfrepair.analysis.from_shards import read_candidates
@@ -21,21 +25,53 @@ from selfrepair.plots import explorer as page
 from selfrepair.stages.data import open_tokens
 from selfrepair.stages.store import open_shard_list, open_zarr, write_text
 
-__all__ = ["explorer_data", "explorer_index", "head_explorer", "vocabulary"]
+__all__ = ["Rows", "explorer_data", "explorer_index", "head_explorer", "vocabulary"]
 
 log = logging.getLogger("selfrepair")
 
 
+@dataclass(frozen=True)
+class Rows:
+    """A page's dataset, as data: its rows and how its tokens are scored. Running text scores
+    every position (its top tokens shown); a task its answers only (each shown with its
+    counterfactual under metric logit_diff, the Δlogit as the metric's drop, one set of summary
+    rows: analysis.explorer.task_numbers).
+
+    Attributes:
+        label: the page's title (the model, or 'model on task t').
+        tokens: the rows [row, tok] (tokens.zarr, or the task's prompts).
+        corrupted: a task's corrupted prompts (the partners of kind TASK), else None.
+        counter: [row, pos] each answer's counterfactual token (metric logit_diff), else None.
+        change: how a token's Δlogit is shown (analysis.explorer.CHANGES).
+        numbers: a head's head_numbers as the summary shows them.
+        labels: the summary rows' labels (plots.explorer).
+        task: the page's note on the clean model's metric (a task's), else None.
+    """
+
+    label: str
+    tokens: np.ndarray
+    corrupted: np.ndarray | None = None
+    counter: np.ndarray | None = None
+    change: str = "dlogit"
+    numbers: Callable[[dict], dict] = dict
+    labels: Mapping[str, str] = field(default_factory=lambda: page.FIELD_LABELS)
+    task: dict | None = None
+
+
 def _heads_data(
-    shards: Sequence[str], tokens: np.ndarray, *, ablation: str, k: int, context: int
+    stores: Sequence[xr.Dataset], rows: Rows, *, ablation: str, k: int, context: int
 ) -> dict[str, dict]:
     """'L.H' -> the head's top tokens by each ranking (analysis.explorer.candidate_entry), from
-    every shard's candidates merged (analysis.shards: the same from either layout)."""
-    stores = open_shard_list(list(shards))
+    every store's candidates merged (analysis.shards: the same from either layout; a task's
+    answers put back on rows first, analysis.explorer.answer_rows)."""
+    stores = [select.answer_rows(ds) if "token" in ds.dims else ds for ds in stores]
     merged = merge_candidates([read_candidates(ds, k, context) for ds in stores], k)
-    partner, kind = None, ablation_kind(parse_variant(ablation)[0])
-    if kind.partner_pool == ROWS and "resample_source" in stores[0].coords:
-        partner = np.concatenate([ds["resample_source"].values for ds in stores])
+    kind = ablation_kind(parse_variant(ablation)[0])
+    recorded = all("resample_source" in ds.coords for ds in stores)
+    sources = [(ds.batch.values, ds.resample_source.values) for ds in stores] if recorded else []
+    tokens, partner = select.partner_rows(
+        ablation, rows.tokens, corrupted=rows.corrupted, sources=sources
+    )
     out = {}
     for layer in range(merged.sizes["layer"]):
         for head in range(merged.sizes["head"]):
@@ -43,31 +79,34 @@ def _heads_data(
             if not (one.cand_row.values >= 0).any():
                 continue  # not measured
             out[f"{layer}.{head}"] = {
-                key: _entries(one.sel(ranking=key), tokens, context, partner, kind.name)
+                key: _entries(one.sel(ranking=key), tokens, context, partner, kind.name, rows)
                 for key in select.RANKINGS
             }
     return out
 
 
 def _entries(
-    one, tokens: np.ndarray, context: int, partner: np.ndarray | None, kind: str
+    one, tokens: np.ndarray, context: int, partner: np.ndarray | None, kind: str, rows: Rows
 ) -> list[dict]:
-    """The candidate_entry of each of one head's merged candidates under one ranking."""
+    """The candidate_entry of each of one head's merged candidates under one ranking, with
+    its counterfactual answer where the dataset has one."""
     entries = []
     for c in np.flatnonzero(one.cand_row.values >= 0):
-        row = int(one.cand_row.values[c])
-        entries.append(
-            select.candidate_entry(
-                row,
-                int(one.cand_pos.values[c]),
-                values={key: one[f"cand_{key}"].values[c] for key in select.TOKEN_VALUES},
-                windows={key: one[f"cand_window_{key}"].values[c] for key in select.WINDOW_VALUES},
-                tokens=tokens,
-                context=context,
-                partner_row=None if partner is None else int(partner[row]),
-                partner_kind=kind,
-            )
+        row, pos = int(one.cand_row.values[c]), int(one.cand_pos.values[c])
+        values = {key: one[f"cand_{key}"].values[c] for key in select.TOKEN_VALUES}
+        entry = select.candidate_entry(
+            row,
+            pos,
+            values=select.with_change(values, rows.change),
+            windows={key: one[f"cand_window_{key}"].values[c] for key in select.WINDOW_VALUES},
+            tokens=tokens,
+            context=context,
+            partner_row=None if partner is None else int(partner[row]),
+            partner_kind=kind,
         )
+        if rows.counter is not None:
+            entry["counter"] = int(rows.counter[row, pos])
+        entries.append(entry)
     return entries
 
 
@@ -113,36 +152,42 @@ def _used_ids(heads: Mapping[str, Mapping[str, dict]]) -> set[int]:
 
 def explorer_data(
     *,
-    model: str,
-    tokens: str,
-    shards: Mapping[str, Sequence[str]],
+    rows: Rows,
+    stores: Mapping[str, Sequence[str]],
     summaries: Sequence[str],
     intervals: Sequence[str],
     tokens_per_head: int,
     context: int,
     repairers: Mapping[str, dict] | None = None,
 ) -> dict[str, Any]:
-    """Everything one model's page shows, ids not decoded yet (keys of head_explorer; summaries
-    and intervals in the order of shards' ablations; repairers: head_repairers per ablation)."""
-    rows, _ = open_tokens(tokens)
-    data: dict[str, Any] = {"model": model, "ablations": list(shards), "grid": {}, "numbers": {}}
-    data["repairers"] = dict(repairers or {})
+    """Everything one page shows, ids not decoded yet (keys of head_explorer).
+
+    Args:
+        rows: the dataset (Rows).
+        stores: ablation -> its ablate stores (running text's shards, or a task's one store).
+        summaries, intervals: the summarize_heads stores, in the order of stores' ablations.
+        tokens_per_head, context: as head_explorer.
+        repairers: ablation -> head_repairers.
+    """
+    data: dict[str, Any] = {"model": rows.label, "ablations": list(stores), "grid": {}}
+    data.update(numbers={}, repairers=dict(repairers or {}))
     heads: dict[str, dict] = {}
-    for i, (ablation, paths) in enumerate(shards.items()):
-        data["grid"][ablation], data["numbers"][ablation] = _summary_grid(
-            summaries[i], intervals[i]
-        )
+    for i, (ablation, paths) in enumerate(stores.items()):
+        grid, numbers = _summary_grid(summaries[i], intervals[i])
+        data["grid"][ablation] = grid
+        data["numbers"][ablation] = {h: rows.numbers(n) for h, n in numbers.items()}
         heads[ablation] = _heads_data(
-            paths, rows, ablation=ablation, k=tokens_per_head, context=context
+            open_shard_list(list(paths)),
+            rows,
+            ablation=ablation,
+            k=tokens_per_head,
+            context=context,
         )
     first = data["grid"][data["ablations"][0]]["mean_self_repair"]
-    data.update(
-        n_layers=len(first),
-        n_heads=len(first[0]),
-        heads=heads,
-        tokens_per_head=tokens_per_head,
-        context=context,
-    )
+    data.update(n_layers=len(first), n_heads=len(first[0]), heads=heads)
+    data.update(tokens_per_head=tokens_per_head, context=context)
+    if rows.task is not None:
+        data["task"] = rows.task
     return data
 
 
@@ -165,17 +210,16 @@ def head_explorer(
     metric: str | None = None,
 ) -> dict[str, Any]:
     """Write one model's explorer page (a self-contained HTML file), or one (model, task)'s
-    (rule task_explorer): the same page on the task's answers, with the clean model's metric
-    on the task, each answer's counterfactual (metric logit_diff), the metric's drop (clean -
-    ablated, as the task figures) and one set of summary rows (every scored token is an
-    answer: analysis.explorer.task_numbers).
+    (rule task_explorer): the same page on the task's answers (Rows), with the clean model's
+    metric on the task, each answer's counterfactual (metric logit_diff), the metric's drop
+    (clean - ablated, as the task figures) and one set of summary rows.
 
     Args:
         model: the model's name.
         model_entry: its config entry (whose tokenizer decodes the ids).
         tokens: its tokens.zarr; on a task, the task's prompts store.
-        shards: the ablate rule's stores of every ablation (results/<m>/ablation/<a>/shard-*);
-            on a task, its task_ablate store of each ablation, in their order.
+        shards: the ablate stores of every ablation (running text's
+            results/<m>/ablation/<a>/shard-*, a task's .../ablation/<a>.zarr).
         summaries, intervals: the summarize_heads stores, one per ablation.
         ablations: the ablations shown, in the order of summaries and intervals.
         tokens_per_head: top tokens shown per head and ranking.
@@ -190,36 +234,74 @@ def head_explorer(
     """
     from selfrepair.data.tokens import load_tokenizer
 
-    kwargs = dict(summaries=summaries, intervals=intervals, tokens_per_head=tokens_per_head)
-    kwargs.update(
+    rows = _text_rows(model, tokens) if task is None else _task_rows(model, task, tokens, metric)
+    data = explorer_data(
+        rows=rows,
+        stores=_by_ablation(shards, ablations),
+        summaries=summaries,
+        intervals=intervals,
+        tokens_per_head=tokens_per_head,
         context=context,
         repairers={  # loaded first: a lazy store costs a dask graph per head's lookup
             a: head_repairers(open_zarr(p).load(), repairers)
             for a, p in (zip(ablations, repairs, strict=True) if repairs else ())
         },
     )
-    if task is None:
-        data = _text_data(model, tokens, shards, ablations=ablations, **kwargs)
-    else:
-        label = f"{model} on task {task}"
-        data = _task_data(label, tokens, shards, metric, ablations=ablations, **kwargs)
     tokenizer, source = load_tokenizer(dict(model_entry), tokenizer_dir)
     data["vocab"] = vocabulary(tokenizer, _used_ids(data["heads"]))
     data["tokenizer"] = source
-    html = page.explorer_html(data, page.FIELD_LABELS if task is None else page.TASK_FIELD_LABELS)
+    html = page.explorer_html(data, rows.labels)
     write_text(out, html)
     log.info("%s: %d bytes, tokenizer %s", out, len(html.encode()), source)
     return data
 
 
-def _text_data(
-    model: str, tokens: str, shards: Sequence[str], *, ablations: Sequence[str], **kwargs: Any
-) -> dict[str, Any]:
-    """explorer_data of running text, its shards grouped by ablation (their folder)."""
-    by_ablation = {a: [s for s in shards if Path(s).parent.name == a] for a in ablations}
+def _ablation_of(path: str) -> str:
+    """The ablation an ablate store's path names: ablation/<a>/shard-* (running text) or
+    ablation/<a>.zarr (a task)."""
+    path = Path(path)
+    return path.stem if path.parent.name == "ablation" else path.parent.name
+
+
+def _by_ablation(shards: Sequence[str], ablations: Sequence[str]) -> dict[str, list[str]]:
+    """ablation -> its stores among shards, in the order of ablations."""
+    by_ablation = {a: [s for s in shards if _ablation_of(s) == a] for a in ablations}
     if not all(by_ablation.values()):
-        raise ValueError(f"every ablation of {list(ablations)} needs its shards among {shards}")
-    return explorer_data(model=model, tokens=tokens, shards=by_ablation, **kwargs)
+        raise ValueError(f"every ablation of {list(ablations)} needs its stores among {shards}")
+    return by_ablation
+
+
+def _text_rows(model: str, tokens: str) -> Rows:
+    """Running text's Rows: tokens.zarr, every position scored."""
+    return Rows(label=model, tokens=open_tokens(tokens)[0])
+
+
+def _task_rows(model: str, task: str, prompts: str, metric: str | None) -> Rows:
+    """A task's Rows: its prompts and corrupted prompts, its answers scored, with the clean
+    metric (task_clean's JSON) noted and each answer's counterfactual under logit_diff."""
+    from selfrepair.plots.captions import metric_sentence
+    from selfrepair.stages.records import read_json
+    from selfrepair.stages.tasks import read_prompts
+    from selfrepair.variables import METRIC_LABELS
+
+    held = read_prompts(prompts)
+    clean = read_json(metric) if metric else None
+    counterfactual = bool(clean and clean["metric"] == "logit_diff")
+    note = clean and {
+        "metric": METRIC_LABELS[clean["metric"]],
+        "clean": metric_sentence(clean),
+        "counterfactual": counterfactual,
+    }
+    return Rows(
+        label=f"{model} on task {task}",
+        tokens=held.tokens,
+        corrupted=held.corrupted,
+        counter=held.counter if counterfactual else None,
+        change="drop",
+        numbers=select.task_numbers,
+        labels=page.TASK_FIELD_LABELS,
+        task=note or None,
+    )
 
 
 def explorer_index(
@@ -246,107 +328,3 @@ def explorer_index(
         for label, p in zip(task_labels, task_pages, strict=True)
     ]
     write_text(out, page.index_html(links))
-
-
-def _task_partners(ablation: str, prompts: Any, data: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """(the rows a task page shows, each prompt's partner row among them or None), by where the
-    kind takes z from (selfrepair.ablations): TASK, the corrupted prompts after the prompts;
-    ROWS, the partner prompt the task_ablate store records (`resample_source`); else none."""
-    n = prompts.tokens.shape[0]
-    pool = ablation_kind(parse_variant(ablation)[0]).partner_pool
-    if pool == TASK:
-        return np.concatenate([prompts.tokens, prompts.corrupted]), n + np.arange(n)
-    if pool == ROWS:
-        partner = np.full(n, -1, np.int64)
-        partner[data.prompt.values] = data.resample_source.values
-        return prompts.tokens, partner
-    return prompts.tokens, None
-
-
-def _task_heads(
-    store: str, prompts: Any, ablation: str, *, k: int, context: int, counterfactual: bool
-) -> dict[str, dict]:
-    """'L.H' -> a head's top answers of a task (analysis.explorer.head_tokens on the prompts,
-    every other position NaN), with the metric's drop (clean - ablated, the figures' sign), the
-    counterfactual answer (metric logit_diff) and the partner the head's z came from
-    (_task_partners)."""
-    data = open_zarr(store).load()
-    n = prompts.tokens.shape[0]
-    tokens, partner = _task_partners(ablation, prompts, data)
-    where = (data.prompt.values, data.position.values)
-    out = {}
-    for layer in range(data.sizes["layer"]):
-        for head in range(data.sizes["head"]):
-            values = {}
-            for key, name in select.TOKEN_VALUES.items():
-                grid = np.full(prompts.scored.shape, np.nan, np.float32)
-                grid[where] = data[name].values[layer, head]
-                values[key] = grid
-            if np.isnan(values["de"]).all():
-                continue  # not measured
-            values["drop"] = -values.pop("dlogit")
-            rankings = select.head_tokens(
-                values,
-                tokens=tokens,
-                rows=np.arange(n),
-                k=k,
-                context=context,
-                partner_rows=partner,
-                partner_kind=ablation,
-            )
-            for entry in (e for entries in rankings.values() for e in entries):
-                if counterfactual:
-                    entry["counter"] = int(prompts.counter[entry["row"], entry["pos"]])
-            out[f"{layer}.{head}"] = rankings
-    return out
-
-
-def _task_data(
-    label: str,
-    prompts: str,
-    stores: Sequence[str],
-    metric: str | None,
-    *,
-    summaries: Sequence[str],
-    intervals: Sequence[str],
-    ablations: Sequence[str],
-    tokens_per_head: int,
-    context: int,
-    repairers: Mapping[str, dict],
-) -> dict[str, Any]:
-    """What a (model, task) page shows, ids not decoded yet (head_explorer on a task; stores,
-    summaries and intervals one per ablation; repairers: head_repairers per ablation)."""
-    from selfrepair.plots.captions import metric_sentence
-    from selfrepair.stages.records import read_json
-    from selfrepair.stages.tasks import read_prompts
-    from selfrepair.variables import METRIC_LABELS
-
-    rows = read_prompts(prompts)
-    data: dict[str, Any] = {"model": label, "ablations": list(ablations)}
-    data["grid"], data["numbers"], data["heads"] = {}, {}, {}
-    clean = read_json(metric) if metric else None
-    counterfactual = bool(clean and clean["metric"] == "logit_diff")
-    if clean:
-        data["task"] = {
-            "metric": METRIC_LABELS[clean["metric"]],
-            "clean": metric_sentence(clean),
-            "counterfactual": counterfactual,
-        }
-    for i, ablation in enumerate(ablations):
-        grid, numbers = _summary_grid(summaries[i], intervals[i])
-        data["grid"][ablation] = grid
-        data["numbers"][ablation] = {h: select.task_numbers(n) for h, n in numbers.items()}
-        data["heads"][ablation] = _task_heads(
-            stores[i],
-            rows,
-            ablation,
-            k=tokens_per_head,
-            context=context,
-            counterfactual=counterfactual,
-        )
-    data["repairers"] = dict(repairers)
-    first = data["grid"][ablations[0]]["mean_self_repair"]
-    data.update(
-        n_layers=len(first), n_heads=len(first[0]), tokens_per_head=tokens_per_head, context=context
-    )
-    return data
