@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+import xarray as xr
 
 from selfrepair.analysis import explorer
 from selfrepair.plots.explorer import explorer_html, index_html
@@ -54,13 +55,26 @@ def test_top_positions_break_ties_by_position_and_skip_unmeasured():
     assert explorer.top_positions(np.full((2, 2), np.nan), 3) == []
 
 
+def shown_tokens(synthetic, ablation: str, k: int, context: int) -> dict[str, list[dict]]:
+    """One head's top tokens as the explorer shows them (stages.explorer._heads_data: the
+    shard's candidates, merged), the synthetic values a shard of rows 4..9 with its partners."""
+    from selfrepair.stages.explorer import Rows, _heads_data
+
+    tokens, rows, values, partner = synthetic
+    dims = ("layer", "head", "batch", "pos")
+    shard = xr.Dataset(
+        {name: (dims, values[key][None, None]) for key, name in explorer.TOKEN_VALUES.items()},
+        coords={"batch": rows, "resample_source": ("batch", partner)},
+    )
+    rows_of = Rows(label="toy", tokens=tokens)
+    return _heads_data([shard], rows_of, ablation=ablation, k=k, context=context)["0.0"]
+
+
 @pytest.mark.parametrize("context", [1, 3, 8, 30])
-def test_head_tokens_hold_each_tokens_window_next_token_values_and_partner(synthetic, context):
+def test_shown_tokens_hold_each_tokens_window_next_token_values_and_partner(synthetic, context):
     tokens, rows, values, partner = synthetic
     k = 7
-    shown = explorer.head_tokens(
-        values, tokens=tokens, rows=rows, k=k, context=context, partner_rows=partner
-    )
+    shown = shown_tokens(synthetic, "resample", k, context)
     assert set(shown) == set(explorer.RANKINGS)
     for ranking, entries in shown.items():
         assert [(list(rows).index(e["row"]), e["pos"]) for e in entries] == brute_top(
@@ -85,7 +99,7 @@ def test_head_tokens_hold_each_tokens_window_next_token_values_and_partner(synth
                 "next": int(tokens[other, p + 1]),
                 "label": f"resample partner row {int(other)}",
             }
-    without = explorer.head_tokens(values, tokens=tokens, rows=rows, k=k, context=context)
+    without = shown_tokens(synthetic, "mean", k, context)
     assert all("partner" not in e for entries in without.values() for e in entries)
 
 
@@ -103,10 +117,7 @@ def test_readable_pieces_show_white_space():
 
 
 def test_page_is_self_contained_and_its_data_round_trips(synthetic):
-    tokens, rows, values, partner = synthetic
-    heads = explorer.head_tokens(
-        values, tokens=tokens, rows=rows, k=3, context=4, partner_rows=partner
-    )
+    heads = shown_tokens(synthetic, "resample", 3, 4)
     data = {
         "model": "toy</script>",
         "ablations": ["resample"],

@@ -102,25 +102,43 @@ def test_task_repairer_heatmap_masks_near_zero_heads_and_clips_to_one():
     assert "clipped to [-1, 1]" in fig.axes[1].get_ylabel()
 
 
+def two_prompt_task(de: np.ndarray) -> xr.Dataset:
+    """A task_ablate store of one head on two prompts, answers where de is not NaN; resample's
+    partner of prompt i is 1 - i."""
+    prompt, position = np.nonzero(~np.isnan(de))
+    values = de[prompt, position][None, None]
+    store = xr.Dataset(
+        {
+            n: (("layer", "head", "token"), values)
+            for n in ("de_clean", "self_repair", "logit_diff")
+        },
+        coords={"prompt": ("token", prompt), "position": ("token", position)},
+    )
+    return store.assign_coords(resample_source=("token", 1 - prompt))
+
+
 def test_a_corrupted_partner_is_called_the_corrupted_prompt():
     """Under corrupted ablation the head's z comes from the corrupted prompt: the page once
     called it 'resample partner row N' (N an index into prompts + corrupted)."""
-    from selfrepair.analysis.explorer import head_tokens
+    from selfrepair.stages.explorer import Rows, _heads_data
 
     tokens = np.arange(4 * 6).reshape(4, 6)  # rows 0, 1 the prompts, 2, 3 their corrupted
     de = np.array([[0.0, 3.0, np.nan, np.nan, np.nan], [1.0, 0.5, np.nan, np.nan, np.nan]])
-    values = {"de": de, "sr": de, "drop": -de}
-    kw = {"tokens": tokens, "rows": np.arange(2), "k": 1, "context": 2}
-    (top,) = head_tokens(values, partner_rows=np.array([2, 3]), partner_kind="corrupted", **kw)[
-        "de"
-    ]
-    assert top["partner"]["ids"] == [12, 13] and top["partner"]["next"] == 14
-    assert top["partner"]["label"].startswith("corrupted prompt")
-    assert "resample" not in top["partner"]["label"]
-    assert top["drop"] == -3.0
-    (resampled,) = head_tokens(values, partner_rows=np.array([1, 0]), **kw)["de"]
-    assert resampled["partner"]["label"] == "resample partner row 1"
-    assert all("partner" not in e for e in head_tokens(values, **kw)["de"])  # mean, zero
+    rows = Rows(label="m on task t", tokens=tokens[:2], corrupted=tokens[2:], change="drop")
+
+    def top(ablation):
+        (entry,) = _heads_data([two_prompt_task(de)], rows, ablation=ablation, k=1, context=2)[
+            "0.0"
+        ]["de"]
+        return entry
+
+    corrupted = top("corrupted")
+    assert corrupted["partner"]["ids"] == [12, 13] and corrupted["partner"]["next"] == 14
+    assert corrupted["partner"]["label"].startswith("corrupted prompt")
+    assert "resample" not in corrupted["partner"]["label"]
+    assert corrupted["drop"] == -3.0 and "dlogit" not in corrupted
+    assert top("resample")["partner"]["label"] == "resample partner row 1"
+    assert "partner" not in top("mean") and "partner" not in top("zero")
 
 
 def test_task_numbers_show_the_answers_once_and_the_drop_with_the_figures_sign():
@@ -154,11 +172,12 @@ def test_task_page_has_a_colour_legend_the_clean_metric_and_its_labels():
 
 
 def old_task_heads(store, rows, ablation, *, k, context):
-    """The task explorer's own path before issue 35 (f884b3c stages.explorer._task_heads and
-    _task_partners): the answers on a [prompt, pos] grid, ranked by head_tokens. It labelled
-    the partner by the ablation's name, a KeyError for a frozen-LayerNorm variant: here its kind's."""
+    """The task explorer's own path before issue 35 (f884b3c stages.explorer._task_heads,
+    _task_partners and analysis.explorer.head_tokens), its ranking a full sort: the answers
+    on a [prompt, pos] grid. It labelled the partner by the ablation's name, a KeyError for a
+    frozen-LayerNorm variant: here its kind's."""
     from selfrepair.ablations import ROWS, TASK, ablation_kind, parse_variant
-    from selfrepair.analysis.explorer import TOKEN_VALUES, head_tokens
+    from selfrepair.analysis.explorer import RANKINGS, TOKEN_VALUES, candidate_entry
 
     n = rows.tokens.shape[0]
     pool = ablation_kind(parse_variant(ablation)[0]).partner_pool
@@ -180,18 +199,27 @@ def old_task_heads(store, rows, ablation, *, k, context):
             if np.isnan(values["de"]).all():
                 continue
             values["drop"] = -values.pop("dlogit")
-            rankings = head_tokens(
-                values,
-                tokens=tokens,
-                rows=np.arange(n),
-                k=k,
-                context=context,
-                partner_rows=partner,
-                partner_kind=parse_variant(ablation)[0],
-            )
-            for entry in (e for entries in rankings.values() for e in entries):
-                if rows.counter is not None:
-                    entry["counter"] = int(rows.counter[entry["row"], entry["pos"]])
+            rankings = {}
+            for key in RANKINGS:
+                cells = sorted(
+                    (-float(v), b, p) for (b, p), v in np.ndenumerate(values[key]) if v == v
+                )
+                rankings[key] = []
+                for _, b, p in cells[:k]:
+                    start = max(0, p - context + 1)
+                    entry = candidate_entry(
+                        b,
+                        p,
+                        values={name: v[b, p] for name, v in values.items()},
+                        windows={name: values[name][b, start : p + 1] for name in ("de", "sr")},
+                        tokens=tokens,
+                        context=context,
+                        partner_row=None if partner is None else int(partner[b]),
+                        partner_kind=parse_variant(ablation)[0],
+                    )
+                    if rows.counter is not None:
+                        entry["counter"] = int(rows.counter[b, p])
+                    rankings[key].append(entry)
             out[f"{layer}.{head}"] = rankings
     return out
 

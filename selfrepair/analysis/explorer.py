@@ -28,13 +28,11 @@ __all__ = [
     "answer_rows",
     "candidate_entry",
     "head_numbers",
-    "head_tokens",
     "readable",
     "metric_drop",
     "partner_rows",
     "rounded",
     "task_numbers",
-    "token_entry",
     "top_positions",
     "with_change",
 ]
@@ -102,41 +100,6 @@ def top_positions(values: np.ndarray, k: int) -> list[tuple[int, int]]:
     return [divmod(int(i), values.shape[1]) for i in order]
 
 
-def token_entry(
-    b: int,
-    p: int,
-    *,
-    values: Mapping[str, np.ndarray],
-    tokens: np.ndarray,
-    rows: np.ndarray,
-    context: int,
-    partner_rows: np.ndarray | None = None,
-    partner_kind: str = "resample",
-) -> dict:
-    """One shown token: prediction at (batch b, pos p) of one head (candidate_entry).
-
-    Args:
-        b, p: the token's index into values (pos p predicts token p + 1 of its row).
-        values: short name (TOKEN_VALUES) -> the head's values [batch, pos].
-        tokens: the tokenized corpus [row, tok] (tokens.zarr, global rows).
-        rows: the global row of each batch index.
-        context: tokens shown, the current one (at p) last.
-        partner_rows: the global row of each batch index's partner, if any.
-        partner_kind: what the partner is (PARTNER_LABELS: resample or corrupted).
-    """
-    start = max(0, p - context + 1)
-    return candidate_entry(
-        int(rows[b]),
-        p,
-        values={key: v[b, p] for key, v in values.items()},
-        windows={key: values[key][b, start : p + 1] for key in WINDOW_VALUES},
-        tokens=tokens,
-        context=context,
-        partner_row=None if partner_rows is None else int(partner_rows[b]),
-        partner_kind=partner_kind,
-    )
-
-
 def candidate_entry(
     row: int,
     p: int,
@@ -174,38 +137,6 @@ def candidate_entry(
             "label": PARTNER_LABELS[partner_kind].format(row=int(partner_row)),
         }
     return entry
-
-
-def head_tokens(
-    values: Mapping[str, np.ndarray],
-    *,
-    tokens: np.ndarray,
-    rows: np.ndarray,
-    k: int,
-    context: int,
-    partner_rows: np.ndarray | None = None,
-    partner_kind: str = "resample",
-) -> dict[str, list[dict]]:
-    """A head's top k tokens by each ranking (RANKINGS short name -> token_entry list).
-
-    values: short name (TOKEN_VALUES) -> the head's values [batch, pos]; the rest as token_entry.
-    """
-    return {
-        key: [
-            token_entry(
-                b,
-                p,
-                values=values,
-                tokens=tokens,
-                rows=rows,
-                context=context,
-                partner_rows=partner_rows,
-                partner_kind=partner_kind,
-            )
-            for b, p in top_positions(values[key], k)
-        ]
-        for key in RANKINGS
-    }
 
 
 def head_numbers(
