@@ -113,6 +113,49 @@ def test_running_text_and_tasks_share_one_rule_and_stage(variant, base):
     assert not (ROOT / "workflow" / "scripts" / f"{variant}.py").exists()
 
 
+# What is left of the two paths (issue 35): the stage functions named for tasks alone, each with
+# why. A new one fails here (make the difference data, as stages.explorer.Rows and
+# stages.tasks.Measured do, or say here why it serves one kind of dataset); the explorer has none.
+ONE_DATASET_WORDS = {"task", "tasks", "answers"}
+ONE_DATASET_LEFT = {
+    "stages.tasks.task_prompts": "rule task_prompts: a task's prompts (running text's: tokenize)",
+    "stages.tasks.task_inputs": "a task's counterfactuals and corrupted prompts (text has none)",
+    "stages.tasks.task_set_ablate": "serves both: set_ablate is its running-text variant",
+    "stages.clean._task_metric": "the clean metric over a task's answers (its captions' number)",
+    "stages.summaries.task_title": "serves both: None on running text",
+    "stages.task_summaries.task_backups": "backups against the expected ones a task names",
+    "stages.methods.task_methods": "methods ranked against the expected backups a task names",
+    "stages.atp._task_estimates": "not yet one: twin of _shard_estimates (issue 35)",
+    "stages.atp.exact_on_answers": "not yet one: twin of exact_on_units (issue 35)",
+    "stages.summaries._answers_summary": "not yet one: twin of summarize_heads' shard reduction",
+    "stages.summaries._task_repairs": "not yet one: twin of rule repair_summary (issue 35)",
+}
+EXPLORER_MODULES = ("stages/explorer.py", "analysis/explorer.py")
+
+
+def one_dataset_functions(paths) -> set[str]:
+    """module.function of each top-level function or class of paths whose name has a word of
+    ONE_DATASET_WORDS (words: its parts between underscores)."""
+    return {
+        f"{_dotted(path).removeprefix('selfrepair.')}.{node.name}"
+        for path in paths
+        for node in _tree(path).body
+        if isinstance(node, ast.FunctionDef | ast.ClassDef)
+        and ONE_DATASET_WORDS & set(node.name.strip("_").split("_"))
+    }
+
+
+def test_no_stage_or_explorer_function_serves_one_kind_of_dataset_alone():
+    found = one_dataset_functions(MODULES_OF_STAGES + [PACKAGE / p for p in EXPLORER_MODULES])
+    explorer = [n for n in found if n.rsplit(".", 2)[-2] == "explorer"]
+    assert not explorer, f"the explorer has a path for one kind of dataset: {explorer}"
+    assert found <= set(ONE_DATASET_LEFT), (
+        f"{sorted(found - set(ONE_DATASET_LEFT))} serve one kind of dataset: make the "
+        "difference data or list them in ONE_DATASET_LEFT with why"
+    )
+    assert set(ONE_DATASET_LEFT) <= found, f"gone: {sorted(set(ONE_DATASET_LEFT) - found)}"
+
+
 # --- a figure's or table's file name, grepped from the repository root, finds its rule -----------
 
 

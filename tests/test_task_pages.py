@@ -142,12 +142,13 @@ def test_a_corrupted_partner_is_called_the_corrupted_prompt():
 
 
 def test_task_numbers_show_the_answers_once_and_the_drop_with_the_figures_sign():
-    from selfrepair.analysis.explorer import SUMMARY_FIELDS, TASK_FIELDS, task_numbers
+    from selfrepair.analysis.explorer import SUMMARY_FIELDS, TASK_FIELDS, shown_numbers
     from selfrepair.plots.explorer import TASK_FIELD_LABELS
 
     numbers = {f: {"value": float(i)} for i, f in enumerate(SUMMARY_FIELDS)}
     numbers["mean_logit_diff"] = {"value": 0.25, "lo": 0.1, "hi": 0.4}  # ablated - clean
-    shown = task_numbers(numbers)
+    assert shown_numbers(numbers, SUMMARY_FIELDS) == numbers  # running text's: as they are
+    shown = shown_numbers(numbers, TASK_FIELDS)
     assert tuple(shown) == TASK_FIELDS == tuple(TASK_FIELD_LABELS)
     assert not any(f.startswith("top_") and f[4:] in {g[5:] for g in shown} for f in shown)
     assert shown["mean_metric_drop"] == {"value": -0.25, "lo": -0.4, "hi": -0.1}

@@ -3,7 +3,7 @@ numbers with their intervals, and its top tokens by clean direct effect and by s
 each with a window of the tokens before it, the correct next token, the head's per-token
 values over the window and, for resample ablation, the resample partner's tokens. One path for
 every dataset: a task's answers are put back on rows (answer_rows) and read as running text's
-shards are; where the two differ (partner_rows, with_change, task_numbers) it is by data.
+shards are; where the two differ (partner_rows, with_change, shown_numbers) it is by data.
 
 Pure: no store I/O, no tokenizer (the stage decodes the ids these entries hold)."""
 
@@ -32,7 +32,7 @@ __all__ = [
     "metric_drop",
     "partner_rows",
     "rounded",
-    "task_numbers",
+    "shown_numbers",
     "top_positions",
     "with_change",
 ]
@@ -171,12 +171,12 @@ def metric_drop(number: Mapping[str, float | None]) -> dict:
     }
 
 
-def task_numbers(numbers: Mapping[str, dict]) -> dict[str, dict]:
-    """A head's numbers (head_numbers) as a task page shows them (TASK_FIELDS): the means over
-    the answers once, the metric's change as its drop (metric_drop)."""
-    out = dict(numbers)
-    out["mean_metric_drop"] = metric_drop(numbers["mean_logit_diff"])
-    return {field: out[field] for field in TASK_FIELDS}
+def shown_numbers(numbers: Mapping[str, dict], fields: Sequence[str]) -> dict[str, dict]:
+    """A head's numbers (head_numbers) as a page shows them: `fields` in their order
+    (SUMMARY_FIELDS; a task's TASK_FIELDS, the means over its answers once), mean_metric_drop
+    the Δlogit's mean as its drop (metric_drop)."""
+    derived = {"mean_metric_drop": lambda: metric_drop(numbers["mean_logit_diff"])}
+    return {f: derived[f]() if f in derived else numbers[f] for f in fields}
 
 
 def with_change(values: Mapping[str, float], change: str) -> dict[str, float]:

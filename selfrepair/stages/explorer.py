@@ -8,7 +8,7 @@ model's own tokenizer."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ class Rows:
     """A page's dataset, as data: its rows and how its tokens are scored. Running text scores
     every position (its top tokens shown); a task its answers only (each shown with its
     counterfactual under metric logit_diff, the Δlogit as the metric's drop, one set of summary
-    rows: analysis.explorer.task_numbers).
+    rows: analysis.explorer.TASK_FIELDS).
 
     Attributes:
         label: the page's title (the model, or 'model on task t').
@@ -43,7 +43,7 @@ class Rows:
         corrupted: a task's corrupted prompts (the partners of kind TASK), else None.
         counter: [row, pos] each answer's counterfactual token (metric logit_diff), else None.
         change: how a token's Δlogit is shown (analysis.explorer.CHANGES).
-        numbers: a head's head_numbers as the summary shows them.
+        fields: the summary's numbers (analysis.explorer.shown_numbers).
         labels: the summary rows' labels (plots.explorer).
         task: the page's note on the clean model's metric (a task's), else None.
     """
@@ -53,7 +53,7 @@ class Rows:
     corrupted: np.ndarray | None = None
     counter: np.ndarray | None = None
     change: str = "dlogit"
-    numbers: Callable[[dict], dict] = dict
+    fields: tuple[str, ...] = select.SUMMARY_FIELDS
     labels: Mapping[str, str] = field(default_factory=lambda: page.FIELD_LABELS)
     task: dict | None = None
 
@@ -175,7 +175,9 @@ def explorer_data(
     for i, (ablation, paths) in enumerate(stores.items()):
         grid, numbers = _summary_grid(summaries[i], intervals[i])
         data["grid"][ablation] = grid
-        data["numbers"][ablation] = {h: rows.numbers(n) for h, n in numbers.items()}
+        data["numbers"][ablation] = {
+            h: select.shown_numbers(n, rows.fields) for h, n in numbers.items()
+        }
         heads[ablation] = _heads_data(
             open_shard_list(list(paths)),
             rows,
@@ -234,7 +236,7 @@ def head_explorer(
     """
     from selfrepair.data.tokens import load_tokenizer
 
-    rows = _text_rows(model, tokens) if task is None else _task_rows(model, task, tokens, metric)
+    rows = _rows(model, tokens, task, metric)
     data = explorer_data(
         rows=rows,
         stores=_by_ablation(shards, ablations),
@@ -271,20 +273,18 @@ def _by_ablation(shards: Sequence[str], ablations: Sequence[str]) -> dict[str, l
     return by_ablation
 
 
-def _text_rows(model: str, tokens: str) -> Rows:
-    """Running text's Rows: tokens.zarr, every position scored."""
-    return Rows(label=model, tokens=open_tokens(tokens)[0])
-
-
-def _task_rows(model: str, task: str, prompts: str, metric: str | None) -> Rows:
-    """A task's Rows: its prompts and corrupted prompts, its answers scored, with the clean
-    metric (task_clean's JSON) noted and each answer's counterfactual under logit_diff."""
+def _rows(model: str, tokens: str, task: str | None, metric: str | None) -> Rows:
+    """The page's Rows: running text's tokens.zarr (task None), or a task's prompts store
+    with its corrupted prompts, the clean metric (task_clean's JSON) noted and each answer's
+    counterfactual under logit_diff."""
+    if task is None:
+        return Rows(label=model, tokens=open_tokens(tokens)[0])
     from selfrepair.plots.captions import metric_sentence
     from selfrepair.stages.records import read_json
     from selfrepair.stages.tasks import read_prompts
     from selfrepair.variables import METRIC_LABELS
 
-    held = read_prompts(prompts)
+    held = read_prompts(tokens)
     clean = read_json(metric) if metric else None
     counterfactual = bool(clean and clean["metric"] == "logit_diff")
     note = clean and {
@@ -298,7 +298,7 @@ def _task_rows(model: str, task: str, prompts: str, metric: str | None) -> Rows:
         corrupted=held.corrupted,
         counter=held.counter if counterfactual else None,
         change="drop",
-        numbers=select.task_numbers,
+        fields=select.TASK_FIELDS,
         labels=page.TASK_FIELD_LABELS,
         task=note or None,
     )
