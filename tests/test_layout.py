@@ -125,7 +125,6 @@ ONE_DATASET_LEFT = {
     "stages.summaries.task_title": "serves both: None on running text",
     "stages.task_summaries.task_backups": "backups against the expected ones a task names",
     "stages.methods.task_methods": "methods ranked against the expected backups a task names",
-    "stages.atp._task_estimates": "not yet one: twin of _shard_estimates (issue 35)",
     "stages.atp.exact_on_answers": "not yet one: twin of exact_on_units (issue 35)",
     "stages.summaries._answers_summary": "not yet one: twin of summarize_heads' shard reduction",
     "stages.summaries._task_repairs": "not yet one: twin of rule repair_summary (issue 35)",

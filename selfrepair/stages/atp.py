@@ -85,78 +85,59 @@ def atp(
     ablations, out = list(ablations), [out] if isinstance(out, str) else list(out)
     if len(out) != len(ablations):
         raise ValueError(f"atp writes one store per kind: {ablations} but {len(out)} stores")
-    if task is None:
-        stores, n_pos = _shard_estimates(job, ablations, mean_include_bos, top_tokens, top_graddrop)
-    else:
-        stores, n_pos = _task_estimates(
-            job, ablations, mean_include_bos, task, metric, top_graddrop
-        )
+    stores, n_pos = _estimates(
+        job, ablations, mean_include_bos, top_tokens, top_graddrop, task, metric
+    )
     for (ablation, ds), path in zip(stores.items(), out, strict=True):
         ds.attrs.update(job.provenance(attrs), ablation=ablation, n_pos=n_pos)
         write_zarr(ds, path)
     return stores
 
 
-def _shard_estimates(job, ablations, mean_include_bos, top_tokens, top_graddrop):
-    """atp's estimates of one token shard per kind, and its positions per row."""
+def _estimates(job, ablations, mean_include_bos, top_tokens, top_graddrop, task, metric):
+    """atp's estimates per kind on the job's rows (stages.tasks.measured: a token shard, or a
+    task's prompts), and the positions per row. The units are the dataset's: running text's
+    top tokens (head_top_tokens: one backward pass per head), a task's answers (every head
+    asked at each, the rows each measured head's top units: analysis.atp.task_units)."""
     from selfrepair.engine.atp import measure_atp_kinds
     from selfrepair.stages.tasks import measured
 
-    model, data = measured(job)
+    model, data = measured(job, task, metric)
     rows, n_pos = data.rows, data.rows.shape[1] - 1
-    top = shard_top_mask(open_zarr(top_tokens).token.values, data.start, rows.shape[0], n_pos)
-    if job.heads:  # one backward pass per head: only the measured ones have an exact side
-        top &= measured_heads(job.heads, top.shape[:2])[:, :, None, None]
+    heads = measured_heads(job.heads, (model.cfg.n_layers, model.cfg.n_heads))
+    if task is None:
+        top = shard_top_mask(open_zarr(top_tokens).token.values, data.start, rows.shape[0], n_pos)
+        if job.heads:  # one backward pass per head: only the measured ones have an exact side
+            top &= heads[:, :, None, None]
+        units = {"top": top, "top_graddrop": top_graddrop}
+    else:
+        scored = data.scored
+        per_token = np.broadcast_to(scored, (*heads.shape, *scored.shape))
+        units = {"per_token": per_token, "scored": scored, "task": data.inputs}
     t0 = time.perf_counter()
     with job.guarded(model, {"engine.batch_size": job.batch_size}):
         stores = measure_atp_kinds(
             model,
             rows,
             ablations,
-            top=top,
-            top_graddrop=top_graddrop,
+            **units,
             batch_size=job.batch_size,
             mean_include_bos=mean_include_bos,
             progress=True,
-            desc=f"AtP and GradDrop, {', '.join(ablations)}",
+            desc=f"{task + ': ' if task else ''}AtP and GradDrop, {', '.join(ablations)}",
         )
-    log.info("%d rows, %d kinds in %.1fs", rows.shape[0], len(ablations), time.perf_counter() - t0)
-    return {a: data.narrow(judge.graddrop_stored(ds)) for a, ds in stores.items()}, n_pos
-
-
-def _task_estimates(job, ablations, mean_include_bos, task, metric, top_graddrop):
-    """atp's estimates on a task's prompts per kind (its answers scored, per row and per
-    answer; the rows as each measured head's top units), and the prompts' positions."""
-    from selfrepair.engine.atp import measure_atp_kinds
-    from selfrepair.stages.tasks import measured
-
-    model, data = measured(job, task, metric)
-    scored = data.scored
-    shape = (model.cfg.n_layers, model.cfg.n_heads)
-    t0 = time.perf_counter()
-    with job.guarded(model, {"engine.batch_size": job.batch_size}):
-        stores = measure_atp_kinds(
-            model,
-            data.rows,
-            ablations,
-            per_token=np.broadcast_to(scored, (*shape, *scored.shape)),
-            scored=scored,
-            task=data.inputs,
-            batch_size=job.batch_size,
-            mean_include_bos=mean_include_bos,
-            progress=True,
-            desc=f"{task}: AtP and GradDrop, {', '.join(ablations)}",
-        )
+    unit = "prompts" if task else "rows"
     log.info(
-        "%d prompts, %d kinds in %.1fs", scored.shape[0], len(ablations), time.perf_counter() - t0
+        "%d %s, %d kinds in %.1fs", rows.shape[0], unit, len(ablations), time.perf_counter() - t0
     )
-    heads = measured_heads(job.heads, shape)
+    if task is None:
+        return {a: data.narrow(judge.graddrop_stored(ds)) for a, ds in stores.items()}, n_pos
     return {
         a: judge.graddrop_stored(judge.task_units(ds, heads, top_graddrop))
-        .assign_coords(batch=np.arange(scored.shape[0]))
+        .assign_coords(batch=np.arange(rows.shape[0]))
         .assign_attrs(metric=metric)
         for a, ds in stores.items()
-    }, scored.shape[1]
+    }, n_pos
 
 
 def exact_on_units(
