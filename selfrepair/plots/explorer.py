@@ -240,7 +240,7 @@ def explorer_html(data: dict[str, Any], labels: dict[str, str] = FIELD_LABELS) -
 
 
 def index_html(pages: Sequence[tuple[str, str, int]]) -> str:
-    """The index page: (model, page file name beside it, its size in bytes) per model."""
+    """The index page: (label, the page's path relative to the index, its size in bytes) per page."""
     items = "".join(
         f'<li><a href="{html.escape(name)}">{html.escape(model)}</a> ({size / 1e6:.2f} MB)</li>'
         for model, name, size in pages

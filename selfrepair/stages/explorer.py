@@ -304,27 +304,18 @@ def _rows(model: str, tokens: str, task: str | None, metric: str | None) -> Rows
     )
 
 
-def explorer_index(
-    *,
-    pages: Sequence[str],
-    models: Sequence[str],
-    out: str,
-    task_pages: Sequence[str] = (),
-    task_labels: Sequence[str] = (),
-) -> None:
-    """Write the index page linking each model's explorer page (relative links).
+def explorer_index(*, pages: Sequence[str], labels: Sequence[str], out: str) -> None:
+    """Write the index page linking every explorer page (relative links), running text's and
+    the tasks' alike.
 
     Args:
-        pages: the head_explorer pages, one per model.
-        models: the models' names, in the order of pages.
-        out: the HTML file to write (beside the pages).
-        task_pages: the task_explorer pages (below the index's folder).
-        task_labels: what each task page shows (model on task), in their order.
+        pages: the head_explorer and task_explorer pages (in or below the index's folder).
+        labels: what each page shows (the model, or 'model on task t'), in their order.
+        out: the HTML file to write.
     """
-    links = [(m, Path(p).name, Path(p).stat().st_size) for m, p in zip(models, pages, strict=True)]
     here = Path(out).parent
-    links += [
+    links = [
         (label, Path(p).relative_to(here).as_posix(), Path(p).stat().st_size)
-        for label, p in zip(task_labels, task_pages, strict=True)
+        for label, p in zip(labels, pages, strict=True)
     ]
     write_text(out, page.index_html(links))

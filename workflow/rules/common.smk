@@ -866,9 +866,10 @@ def method_seed_tables(wildcards):
     ]
 
 
-def task_pages():
-    """(label, page) of every (model, task)'s explorer page, for the index."""
-    return [
+def explorer_pages():
+    """(label, page) of every explorer page, for the index: each model's on running text, then
+    each (model, task)'s."""
+    return [(model, f"results/explorer/{model}.html") for model in MODELS] + [
         (f"{model} on task {task}", f"results/explorer/tasks/{task}/{model}.html")
         for task, models in TASK_MODELS.items()
         for model in models

@@ -38,8 +38,7 @@ rule head_explorer:
 
 rule explorer_index:
     input:
-        pages=expand("results/explorer/{model}.html", model=MODELS),
-        task_pages=[page for _, page in task_pages()],
+        pages=[page for _, page in explorer_pages()],
     output:
         html=report(
             "results/explorer/index.html",
@@ -54,7 +53,6 @@ rule explorer_index:
     conda:
         "../../envs/analysis.yaml"
     params:
-        models=list(MODELS),
-        task_labels=[label for label, _ in task_pages()],
+        labels=[label for label, _ in explorer_pages()],
     script:
         "../scripts/explorer_index.py"

@@ -6,8 +6,6 @@ from selfrepair.stages.joblog import logged
 with logged(snakemake.log[0], snakemake):
     explorer_index(
         pages=list(snakemake.input.pages),
-        models=list(snakemake.params.models),
+        labels=list(snakemake.params.labels),
         out=snakemake.output.html,
-        task_pages=list(snakemake.input.task_pages),
-        task_labels=list(snakemake.params.task_labels),
     )
