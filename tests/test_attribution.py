@@ -154,16 +154,17 @@ def test_sums_equal_brute_force_over_global_top_tokens(one_torch_thread):
     top_store = xr.Dataset(
         {"token": (("layer", "head", "rank"), indices)}, attrs={"n_tokens": 12 * n_pos}
     )
-    assert attribution.count_problem(attribution.combine_sums(parts), top_store) is None
+    counts = attribution.top_counts(top_store)
+    assert attribution.count_problem(attribution.combine_sums(parts), *counts) is None
     twice = attribution.combine_sums([parts[1], parts[1]])
     assert int(twice.n_all.max()) == 12 * n_pos
-    assert attribution.count_problem(twice, top_store) == (
-        f"the shards summed {int(twice.n_top.values[twice.n_top.values != indices.shape[2]][0])}"
+    assert attribution.count_problem(twice, *counts) == (
+        f"the stores summed {int(twice.n_top.values[twice.n_top.values != indices.shape[2]][0])}"
         f" tokens where n_top must be {indices.shape[2]} for every measured head "
         f"(head_top_tokens: {indices.shape[2]} top tokens of {12 * n_pos})"
     )
     assert "n_all must be" in attribution.count_problem(
-        attribution.combine_sums(parts[:1]), top_store
+        attribution.combine_sums(parts[:1]), *counts
     )
 
 
@@ -307,3 +308,30 @@ def test_attribution_is_on_by_default_and_off_with_its_key(tmp_path):
     assert re.search(r"^head_top_tokens\s+\d+", both_off, re.M)
     ablate = re.compile(r"^ablate\s+(\d+)", re.M)
     assert ablate.search(off)[1] == ablate.search(on)[1]  # the same ablate jobs, one output less
+
+
+@pytest.mark.slow
+def test_demo_task_repairs_are_refused_as_running_texts_are(finished_run, tmp_path):
+    """Issue 35: a task's repair summary checks its sums with running text's count_problem
+    (every answer a top token, summed once), not a copy of it: a store whose head summed one
+    answer twice is refused with the store named, the intact one summarised."""
+    from selfrepair.stages.store import DamagedStore, write_zarr
+    from selfrepair.stages.summaries import _task_repairs
+
+    run, _ = finished_run
+    task = run / "results" / "tiny-gpt2" / "tasks" / "induction"
+    sums_path = task / "attribution" / "sums-corrupted.zarr"
+    n_answers = open_zarr(task / "ablation" / "corrupted.zarr").sizes["token"]
+    assert _task_repairs(str(sums_path), n_answers).sizes["component"] > 0
+    sums = open_zarr(sums_path).load()
+    n_all = sums.n_all.values.copy()
+    n_all[n_all > 0] += np.arange((n_all > 0).sum()) == 0  # the first measured head: once more
+    damaged = tmp_path / "sums-corrupted.zarr"
+    write_zarr(sums.assign(n_all=(sums.n_all.dims, n_all)), damaged)
+    with pytest.raises(
+        DamagedStore,
+        match=rf"sums-corrupted.zarr is damaged: the stores summed "
+        rf"{n_answers + 1} tokens where n_all must be {n_answers} .*task's "
+        rf"{n_answers} answers",
+    ):
+        _task_repairs(str(damaged), n_answers)

@@ -36,6 +36,7 @@ __all__ = [
     "repair_summary",
     "shard_top_mask",
     "sum_errors",
+    "top_counts",
     "top_repairers",
     "top_token_indices",
 ]
@@ -90,27 +91,33 @@ def combine_sums(shards: Sequence[xr.Dataset]) -> xr.Dataset:
     return xr.Dataset(summed | {"downstream": first.downstream}, attrs=dict(first.attrs))
 
 
-def count_problem(sums: xr.Dataset, top_tokens: xr.Dataset) -> str | None:
-    """Why the summed shards are not one pass over every token of the run (None when they are):
-    each measured head must have summed over as many tokens as head_top_tokens chose from (its
-    n_tokens) and over exactly its top tokens (their number); a shard missing, repeated or taken
-    from another run changes one of the two.
+def count_problem(sums: xr.Dataset, n_all: int, n_top: int, source: str) -> str | None:
+    """Why the sums are not one pass over every token of the run (None when they are): each
+    measured head must have summed over n_all tokens and over exactly its n_top top tokens; a
+    shard missing, repeated or taken from another run changes one of the two.
 
     Args:
-        sums: combine_sums of the run's attribution shards.
-        top_tokens: the head_top_tokens store (token numbers, dims layer, head, rank).
+        sums: combine_sums of the run's attribution stores.
+        n_all, n_top: the tokens and top tokens per head (running text: head_top_tokens' n_tokens
+            and rank, top_counts; a task: its answers, each a top token).
+        source: where the two numbers come from, for the message.
     """
     measured = sums.n_all.values > 0
-    n_tokens, n_top = int(top_tokens.attrs["n_tokens"]), int(top_tokens.sizes["rank"])
-    for name, want in (("n_all", n_tokens), ("n_top", n_top)):
+    for name, want in (("n_all", n_all), ("n_top", n_top)):
         got = sums[name].values[measured]
         if (got != want).any():
             odd = int(got[got != want][0])
             return (
-                f"the shards summed {odd} tokens where {name} must be {want} for every "
-                f"measured head (head_top_tokens: {n_top} top tokens of {n_tokens})"
+                f"the stores summed {odd} tokens where {name} must be {want} for every "
+                f"measured head ({source})"
             )
     return None
+
+
+def top_counts(top_tokens: xr.Dataset) -> tuple[int, int, str]:
+    """count_problem's (n_all, n_top, source) of running text: the head_top_tokens store's."""
+    n_tokens, n_top = int(top_tokens.attrs["n_tokens"]), int(top_tokens.sizes["rank"])
+    return n_tokens, n_top, f"head_top_tokens: {n_top} top tokens of {n_tokens}"
 
 
 def repair_summary(sums: xr.Dataset) -> xr.Dataset:

@@ -112,7 +112,7 @@ def repair_summary(
     check_same_run(shards, stores)
     check_same_run([shards[0], top_tokens], [stores[0], top], SAME_WEIGHTS_KEYS)
     sums = attribution.combine_sums([ds.load() for ds in stores])
-    if problem := attribution.count_problem(sums, top):
+    if problem := attribution.count_problem(sums, *attribution.top_counts(top)):
         folder = Path(shards[0]).parent
         raise DamagedStore(f"{folder} is damaged: {problem}; {rebuild_hint(folder)}")
     summary, errors = attribution.checked_repair_summary(sums, tolerance)

@@ -135,17 +135,12 @@ def _answers_summary(
 
 
 def _task_repairs(sums_path: str, n_answers: int, tolerance: float = 1e-4) -> xr.Dataset:
-    """The repair summary of one task ablation, refused when a measured head did not sum over
-    every answer once or the components miss the totals by more than tolerance (logits)."""
+    """The repair summary of one task ablation, refused as rule repair_summary refuses running
+    text's (analysis.attribution.count_problem: every answer a top token, summed once)."""
     sums = attribution.combine_sums([open_zarr(sums_path).load()])
-    measured = sums.n_all.values > 0
-    for name in ("n_all", "n_top"):
-        got = sums[name].values[measured]
-        if (got != n_answers).any():
-            raise DamagedStore(
-                f"{sums_path} is damaged: a head summed {int(got[got != n_answers][0])} "
-                f"answers ({name}) where the task has {n_answers}; {rebuild_hint(sums_path)}"
-            )
+    source = f"the task's {n_answers} answers, each a top token"
+    if problem := attribution.count_problem(sums, n_answers, n_answers, source):
+        raise DamagedStore(f"{sums_path} is damaged: {problem}; {rebuild_hint(sums_path)}")
     summary, errors = attribution.checked_repair_summary(sums, tolerance)
     summary.attrs = {**sums.attrs, **{f"max_error_{k}": v for k, v in errors.items()}}
     return summary
