@@ -484,8 +484,10 @@ def repair_paths(models, name):
 
 def top_tokens_input(wildcards):
     """The ablate rule's top-token store when it measures the attribution too or keeps only
-    the top tokens (keep_params)."""
-    if not ATTRIBUTION and keep_params(wildcards) is None:
+    the top tokens (keep_params: of every kind of the job alike)."""
+    key, shard = wildcards.model, int(wildcards.shard)
+    every = sr_config.keeps_every_token(config, CHECKPOINTS, key, shard)
+    if not ATTRIBUTION and every:
         return {}
     return {"top_tokens": f"results/{wildcards.model}/attribution/top_tokens.zarr"}
 
