@@ -76,7 +76,8 @@ def ablate(
         task, metric: the task's name and metric (correct_logit, logit_diff); None on text.
 
     Returns:
-        The heads Dataset as written, or with a list of kinds the list of them in order.
+        The heads Dataset as written; with a list of kinds, their stores in order, opened
+        lazily (no kind's arrays are held while the next runs).
     """
     kinds = ablation_kinds(
         ablation,
@@ -90,8 +91,11 @@ def ablate(
     model, data = measured(job, task, metric)
     common = dict(heads_per_pass=heads_per_pass, mean_include_bos=mean_include_bos, attrs=attrs)
     common |= dict(top_tokens=top_tokens, task=task, metric=metric)
-    done = [_ablate_kind(job, model, data, kind, **common) for kind in kinds]
-    return done[0] if isinstance(ablation, str) else done
+    if isinstance(ablation, str):
+        return _ablate_kind(job, model, data, kinds[0], **common)
+    for kind in kinds:  # each kind's arrays freed before the next: a one-kind job's memory
+        _ablate_kind(job, model, data, kind, **common)
+    return [open_zarr(kind["out"]) for kind in kinds]
 
 
 def ablation_kinds(ablation: str | Sequence[str], out: str | Sequence[str], **per_kind: Any):
