@@ -342,7 +342,7 @@ def test_one_process_weights_job_per_model_serves_its_checkpoints(finished_run):
         logs = list((run / "results" / "logs").glob(f"*/{key}/**/*.log"))
         assert {p.relative_to(run / "results" / "logs").parts[0] for p in logs} >= {
             "clean_cache",
-            "ablate",
+            "checkpoint_ablate",
         }, key
         for log in logs:
             text = log.read_text()

@@ -21,6 +21,7 @@ MODEL_RULES = {
     "process_weights",
     "clean_cache",
     "ablate",
+    "checkpoint_ablate",
     "atp",
     "repair_detail",
     "neuron_effects",

@@ -1,12 +1,14 @@
 """A workflow killed (SIGKILL, the whole process group) in the middle of the ablation stage
-resumes: the rerun keeps every shard finished before the kill, and its numbers equal those of
-an uninterrupted run bit for bit; so does every file of results/ (stores, metrics), byte for
-byte, but the logs and benchmarks (they record times).
+resumes: the rerun keeps every store of the ablate jobs finished before the kill (one job per
+token shard writes every ablation variant's) and makes the killed job's again, and its numbers
+equal those of an uninterrupted run bit for bit; so does every file of results/ (stores,
+metrics), byte for byte, but the logs and benchmarks (they record times).
 
 Slow, but it starts no run of its own: the uninterrupted run is the shared reduced demo
-(`finished_run`, tests/conftest.py). A copy of it loses one model's ablation shards (three
-ablations x two token shards) and their per-head summaries; the run that makes them again is
-killed once some but not all of those shards exist, then resumed as a user would.
+(`finished_run`, tests/conftest.py). A copy of it loses one model's ablation shards (four
+variants x two token shards) and their per-head summaries; the run that makes them again, one
+job at a time, is killed once one shard's job has finished and the other's has started, then
+resumed as a user would.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from selfrepair.stages.store import open_zarr
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 900
-JOBS = 2  # --cores: the demo's one-thread jobs run side by side
+JOBS = 1  # --cores: one job at a time, so the first shard's job is done when the next starts
 MODEL = "tiny-pythia"
-# The demo's ablations (its frozen-LayerNorm variant runs the same rule): 3 x 2 token shards.
+# The demo's ablations, summarized by the targets; the frozen-LayerNorm variant is written by
+# the same ablate jobs: 4 x 2 token shards.
 ABLATIONS = ("mean", "resample", "zero")
+VARIANTS = (*ABLATIONS, "resample-frozen-ln")
 
 
 def command(configs: tuple[str, ...], *args: str) -> list[str]:
@@ -54,7 +58,15 @@ def run(workdir: Path, configs: tuple[str, ...], *args: str) -> str:
 
 def shards(workdir: Path) -> list[Path]:
     folder = workdir / "results" / MODEL / "ablation"
-    return sorted(p for a in ABLATIONS for p in (folder / a).glob("shard-*.zarr"))
+    return sorted(p for a in VARIANTS for p in (folder / a).glob("shard-*.zarr"))
+
+
+def by_shard(stores) -> dict[str, list[str]]:
+    """Store paths (relative, or Paths) by their token shard's file name."""
+    out: dict[str, list[str]] = {}
+    for store in stores:
+        out.setdefault(Path(store).name, []).append(str(store))
+    return out
 
 
 def targets(whole: Path) -> list[str]:
@@ -73,11 +85,16 @@ def drop_ablation_stage(workdir: Path, whole: Path) -> None:
             shutil.rmtree(attribution)
     for target in targets(whole):
         shutil.rmtree(workdir / target)
+    for log in (workdir / "results" / "logs" / "ablate" / MODEL).glob("shard-*.log"):
+        log.unlink()  # the killed run's own tell which jobs started
 
 
 def kill_during_ablation(workdir: Path, configs, wanted: list[str], n_shards: int):
-    """Start the run; SIGKILL its process group once some but not all ablation shards exist.
-    The inode of each shard store that existed at the kill."""
+    """Start the run; SIGKILL its process group once one token shard's ablate job has written
+    every variant's store and the other shard's job has started (its log exists; Snakemake
+    starts it only after it has seen the first finish) but not finished. The inode of each
+    shard store that existed at the kill."""
+    logs = workdir / "results" / "logs" / "ablate" / MODEL
     proc = subprocess.Popen(
         command(configs, *wanted),
         cwd=workdir,
@@ -88,8 +105,10 @@ def kill_during_ablation(workdir: Path, configs, wanted: list[str], n_shards: in
     deadline = time.monotonic() + TIMEOUT
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            done = shards(workdir)
-            if JOBS + 1 <= len(done) < n_shards:
+            done = by_shard(shards(workdir))
+            whole = [s for s, stores in done.items() if len(stores) == len(VARIANTS)]
+            started = [p.stem + ".zarr" for p in logs.glob("shard-*.log")]
+            if len(whole) == 1 and len(started) == 2 and sum(map(len, done.values())) < n_shards:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return {str(p.relative_to(workdir)): p.stat().st_ino for p in shards(workdir)}
@@ -107,7 +126,7 @@ def runs(finished_run, tmp_path_factory):
     shards at the kill, the resumed run's log, the number of MODEL's ablation shards)."""
     whole, configs = finished_run
     n_shards = len(shards(whole))
-    assert n_shards >= JOBS + 2, n_shards  # room to kill between the first shards and the last
+    assert n_shards == 2 * len(VARIANTS), n_shards  # two token shards: kill between their jobs
     killed = link_project(tmp_path_factory.mktemp("killed"))
     for name in ("results", "resources", ".snakemake"):
         shutil.copytree(whole / name, killed / name, symlinks=True)
@@ -122,7 +141,7 @@ def runs(finished_run, tmp_path_factory):
 
 def test_killed_run_left_only_complete_shards(runs):
     _, _, killed, before, _, n_shards = runs
-    assert JOBS + 1 <= len(before) < n_shards
+    assert len(VARIANTS) <= len(before) < n_shards
     for rel in before:  # every store present at the kill was whole (atomic rename)
         open_zarr(killed / rel).load()
 
@@ -131,10 +150,11 @@ def test_resumed_run_reused_finished_shards_and_left_no_temporary_stores(runs):
     _, _, killed, before, log, n_shards = runs
     now = {str(p.relative_to(killed)): p.stat().st_ino for p in shards(killed)}
     assert len(now) == n_shards
-    # A shard renamed into place by a job that Snakemake had not yet seen finish may be redone
-    # (--rerun-incomplete): at most one per job running at the kill. Every other one is kept.
-    kept = [rel for rel, inode in before.items() if now[rel] == inode]
-    assert len(kept) >= len(before) - JOBS, (before, now)
+    # The finished job's stores are kept; the killed job's, some of them renamed into place
+    # before the kill, are all made again (--rerun-incomplete reruns the whole job).
+    kept = sorted(rel for rel, inode in before.items() if now[rel] == inode)
+    (finished,) = [s for s in by_shard(before).values() if len(s) == len(VARIANTS)]
+    assert kept == sorted(finished), (before, now)
     assert "rule ablate:" in log  # the rerun made the shards missing at the kill
     assert "rule train_model:" not in log and "rule tokenize:" not in log  # upstream kept
     assert "rule clean_cache:" not in log

@@ -5,9 +5,9 @@ profile (profiles/slurm), and every file it writes compared with the same file o
 local run of that config (conftest.py's `finished_run`, which the report and explorer tests
 share).
 
-The cluster run makes one model's part of the DAG (SLURM_TARGETS: 35 jobs), enough for every rule
-that runs a model, CPU reductions, a figure, a table, an explorer page, and two shards of one
-ablation. While it runs, one of those shard jobs is cancelled on the cluster (as a preempted or
+The cluster run makes one model's part of the DAG (SLURM_TARGETS), enough for every rule that
+runs a model, CPU reductions, a figure, a table, an explorer page, and two ablate shard jobs
+(each every ablation variant). While it runs, one of those shard jobs is cancelled on the cluster (as a preempted or
 killed job would be): the profile's `retries` must resubmit that job alone, with twice the memory
 and time.
 
@@ -49,7 +49,7 @@ SITE_VARIABLES = (
 RUN_TIMEOUT = 1500
 
 # One model's part of the reduced demo: every rule that runs a model (train_model, clean_cache,
-# ablate on both shards of three ablations, atp, task_clean, task_ablate, neuron_effects,
+# ablate on both shards (every variant), atp, task_clean, task_ablate, neuron_effects,
 # norm_ratios, repair_detail, self_reinforcement) and CPU jobs (tokenize, summaries, picks,
 # Fig 9, the backup table, the explorer page). The other model's jobs are the same rules.
 MODEL = "tiny-gpt2"
@@ -63,7 +63,12 @@ SLURM_TARGETS = (
     "results/figures/fig09_self_repression.pdf",
 )
 # The job the test cancels while it runs (comment the plugin gives it: rule, then wildcards).
-VICTIM = f"rule_ablate_wildcards_{MODEL}_resample_001"
+VICTIM = f"rule_ablate_wildcards_{MODEL}_001"
+
+
+def time_limit(minutes: int) -> str:
+    """A job's TimeLimit as squeue prints it (under a day)."""
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
 
 
 def tail(text: str, lines: int = 60) -> str:
@@ -189,16 +194,19 @@ def runs(slurm_cluster, finished_run, tmp_path_factory):
     print(f"SLURM run {time.monotonic() - t0:.0f} s for {sum(expected.values())} jobs")
     run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
     # the model jobs' resources as the run merges them: config.yaml's, then each config file's
-    resources = load("config.yaml")
+    config = load("config.yaml")
     for name in configs:
-        resources = merged(resources, yaml.safe_load((local / name).read_text()))
-    resources = resources["resources"]
+        config = merged(config, yaml.safe_load((local / name).read_text()))
+    resources = config["resources"]
+    # an ablate job runs every ablation variant: its runtime is one kind's times theirs
+    kinds = {"ablate": len(config["ablations"]) + len(config["engine"]["frozen_ln"])}
     return dict(
         local=local,
         cluster=cluster,
         output=output,
         expected=expected,
         resources=resources,
+        kinds=kinds,
         jobs=slurm_jobs(run_id),
         cancelled=canceller.job_id,
     )
@@ -227,6 +235,7 @@ def test_gpu_only_for_the_rules_that_run_a_model(runs):
     gpu_rules |= {
         "task_atp",
         "task_atp_per_kind",
+        "checkpoint_ablate",
         "set_ablate",
         "task_methods",
     }  # model rules these runs may not ask
@@ -237,7 +246,7 @@ def test_gpu_only_for_the_rules_that_run_a_model(runs):
         if rule in gpu_rules and job["JobId"] != runs["cancelled"] and job["Comment"] != VICTIM:
             assert job["NumCPUs"] == str(resources["threads"])
             assert job["MinMemoryNode"] == f"{resources['mem_mb']}M"
-            assert job["TimeLimit"] == f"00:{resources['runtime']:02d}:00"
+            assert job["TimeLimit"] == time_limit(runs["kinds"].get(rule, 1) * resources["runtime"])
 
 
 def test_cancelled_shard_reran_alone_with_more_memory_and_time(runs):
@@ -248,11 +257,11 @@ def test_cancelled_shard_reran_alone_with_more_memory_and_time(runs):
     assert first["JobId"] == runs["cancelled"] and first["JobState"] == "CANCELLED"
     assert retry["JobState"] == "COMPLETED"
     assert retry["MinMemoryNode"] == f"{2 * resources['mem_mb']}M"
-    assert retry["TimeLimit"] == f"00:{2 * resources['runtime']:02d}:00"
-    # Every other job, the other shard of the same ablation included, was submitted once.
+    assert retry["TimeLimit"] == time_limit(2 * runs["kinds"]["ablate"] * resources["runtime"])
+    # Every other job, the other shard included, was submitted once.
     per_job = Counter(j["Comment"] for j in runs["jobs"])
     assert per_job.pop(VICTIM) == 2 and set(per_job.values()) == {1}
-    assert f"rule_ablate_wildcards_{MODEL}_resample_000" in per_job
+    assert f"rule_ablate_wildcards_{MODEL}_000" in per_job
 
 
 def test_status_came_from_squeue_without_accounting(runs):

@@ -116,11 +116,44 @@ def test_all_stores_more_than_top_at_the_paper_shapes(name, layers, heads):
 
 
 def ablate_job(shard: str, ablation: str = "resample") -> SimpleNamespace:
+    """One kind's job (checkpoint_ablate's form: an {ablation} wildcard), sized as ablate's."""
     outputs = {
         "attribution": f"results/tiny-gpt2/attribution/{ablation}/shard-{shard}.zarr",
         "heads": f"results/tiny-gpt2/ablation/{ablation}/shard-{shard}.zarr",
     }
-    return job("ablate", outputs, model="tiny-gpt2", ablation=ablation, shard=shard)
+    return job("checkpoint_ablate", outputs, model="tiny-gpt2", ablation=ablation, shard=shard)
+
+
+VARIANTS = ["resample", "mean", "zero", "resample-frozen-ln"]  # the reduced demo's
+
+
+def all_kinds_job(shard: str) -> SimpleNamespace:
+    """Rule ablate's job: every variant of one shard, its stores by name as lists."""
+    outputs = {
+        "attribution": [f"results/tiny-gpt2/attribution/{a}/shard-{shard}.zarr" for a in VARIANTS],
+        "heads": [f"results/tiny-gpt2/ablation/{a}/shard-{shard}.zarr" for a in VARIANTS],
+    }
+    return job("ablate", outputs, model="tiny-gpt2", shard=shard)
+
+
+@pytest.mark.parametrize("store_tokens", ["all", "top"])
+def test_an_ablate_job_of_every_variant_is_their_one_kind_jobs(store_tokens):
+    """Rule ablate writes every variant's stores: its array bytes are the one-kind jobs' summed
+    (the kept heads differ by kind under top), its bytes on disk too but for block rounding."""
+    config, models = reduced_demo(store_tokens=store_tokens)
+    run = storage._Run(config, models)
+    for shard in ("000", "001"):
+        ones = [ablate_job(shard, a) for a in VARIANTS]
+        every = storage.job_data_bytes(config, models, all_kinds_job(shard))
+        assert every == sum(storage.job_data_bytes(config, models, j) for j in ones)
+        on_disk = storage.job_bytes(run, "ablate", {"model": "tiny-gpt2", "shard": shard},
+                                    all_kinds_job(shard).output)  # fmt: skip
+        one_disk = [storage.job_bytes(run, j.rule.name, j.wildcards, j.output) for j in ones]
+        # in whole blocks: the job's arrays count in its first store, so they round apart
+        assert on_disk["results"] == pytest.approx(sum(d["results"] for d in one_disk), rel=0.01)
+    assert len({storage.job_data_bytes(config, models, j) for j in ones}) > 1 or (
+        store_tokens == "all"
+    )
 
 
 def test_one_ablate_job_is_its_stores_shapes_and_top_is_smaller():

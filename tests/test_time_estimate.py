@@ -33,7 +33,11 @@ def test_job_flops_are_selfrepair_flops_per_row_by_hand():
     assert flops.forward_flops(size, seq) == seq * per_token + attention
     assert job_flops(run, "clean_cache", w) == rows * (seq * per_token + attention)
     engine = flops.engine_flops(size, seq, flops.all_heads(size))
-    assert job_flops(run, "ablate", w) == rows * engine
+    # an ablate job runs every ablation variant (4: three ablations, resample frozen), a
+    # checkpoint's one
+    assert job_flops(run, "ablate", w) == 4 * rows * engine
+    one = {"model": "tiny-gpt2@step50", "ablation": "resample", "shard": "000"}
+    assert job_flops(run, "checkpoint_ablate", one) == rows * engine
 
 
 def test_every_model_job_of_the_demo_has_flops_and_the_lines_say_estimate():

@@ -40,6 +40,8 @@ STORE_ARRAYS = {
     ("ablate", "heads"): (64, "layer"),  # top: a head's top tokens, sums, candidates
     ("ablate", "heads", "all"): (20, "layer"),  # every token (checkpoints.keeps_every_token)
     ("ablate", "attribution"): (32, None),
+    ("checkpoint_ablate", "heads"): (20, "layer"),  # a checkpoint keeps every token
+    ("checkpoint_ablate", "attribution"): (32, None),
     ("atp", "atp"): (20, None),
     ("atp_summary", "summary"): (72, None),
     ("head_top_tokens", "top_tokens"): (3, None),

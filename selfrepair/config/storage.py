@@ -21,9 +21,17 @@ from typing import Any
 from selfrepair.catalogue import Shapes, paper_model
 from selfrepair.config import disk
 from selfrepair.config.checkpoints import checkpoint_models, keeps_every_token, model_checkpoints
-from selfrepair.config.layout import n_predictions, n_rows, n_shards, shard_bounds, top_count
+from selfrepair.config.layout import (
+    ablation_variant,
+    n_predictions,
+    n_rows,
+    n_shards,
+    shard_bounds,
+    top_count,
+)
 from selfrepair.config.memory import cached_hub_entry, model_size
 from selfrepair.config.models import model_dims
+from selfrepair.config.shown import shown_heads
 from selfrepair.config.store_bytes import (  # noqa: F401 (the formulas, storage.<name> too)
     F32,
     F64,
@@ -108,53 +116,19 @@ class _Run:
         return keeps_every_token(self.config, self.checkpoints, key, int(shard))
 
 
-def shown_heads(config: dict[str, Any], models: dict[str, dict[str, Any]]) -> dict[str, dict]:
-    """Per model, the heads each experiment runs (neurons, norms, reinforcement), ablate keeps
-    per token and repair_detail keeps: fixed ones and the n a pick adds (at most)."""
-    from selfrepair.config.attribution import attribution_heads
-    from selfrepair.config.mechanisms import (
-        TARGET_KEYS,
-        mechanism_targets,
-        per_token_ablations,
-        per_token_targets,
-    )
-    from selfrepair.config.targets import figure_targets
-
-    mech, figures = mechanism_targets(config), figure_targets(config)
-    every = list(figures.values()) + [t for ts in mech.values() for t in ts]
-    kind = {key: experiment for experiment, key, _ in TARGET_KEYS}
-    per_token = [  # kept per token under top, in the variants read ("per_token <ablation>")
-        (f"per_token {a}", t)
-        for key, t in per_token_targets(figures, mech)
-        for a in per_token_ablations(config, key)
-    ]
-    fixed: dict[str, dict[str, set]] = {m: {} for m in models}
-    out: dict[str, dict[str, int]] = {m: {} for m in models}
-    listed = [(kind[key], t) for key, targets in mech.items() for t in targets]
-    for experiment, t in listed + per_token:
-        if t.model in out:
-            fixed[t.model].setdefault(experiment, set()).update(t.heads)
-            out[t.model][experiment] = out[t.model].get(experiment, 0) + (t.pick or {}).get("n", 0)
-    detail = attribution_heads(config, models, every)
-    extra = config["figures"]["attribution"]["most_repaired"] + 1
-    for m in out:
-        out[m] = {e: len(heads) + out[m][e] for e, heads in fixed[m].items()}
-        picks = sum(t.pick["n"] for t in every if t.model == m and t.picked)
-        out[m]["detail"] = len(detail.get(m, [])) + picks + extra
-    return out
-
-
 def _ablate(run: _Run, w: dict, d: Shapes) -> int:
+    """An ablate job's stores: its {ablation}'s (checkpoint_ablate), or every variant's."""
+    frozen = [ablation_variant(a, True) for a in run.engine["frozen_ln"]]
+    kinds = [w["ablation"]] if "ablation" in w else run.config["ablations"] + frozen
     rows, tokens = run.shard(w["shard"])
     sums = repair_sums_bytes(d) if run.engine["attribution"] else 0
     if run.keeps_every_token(w["model"], w["shard"]):
-        return all_ablation_bytes(d.heads, tokens, rows) + sums
+        return len(kinds) * (all_ablation_bytes(d.heads, tokens, rows) + sums)
     explorer, resamples = run.config["explorer"], run.config["figures"]["bootstrap"]["resamples"]
-    top = top_ablation_bytes(
+    return sum(top_ablation_bytes(
         d.heads, run.n_tokens(w["model"]), tokens, rows, run.engine["top_fraction"], resamples,
-        explorer["tokens_per_head"], explorer["context"], run.shown(w["model"], f"per_token {w['ablation']}"),
-    )  # fmt: skip
-    return top + sums
+        explorer["tokens_per_head"], explorer["context"], run.shown(w["model"], f"per_token {a}"),
+    ) + sums for a in kinds)  # fmt: skip
 
 
 def _mechanism(run: _Run, w: dict, d: Shapes, rule: str) -> int | None:
@@ -229,6 +203,7 @@ def _task(run: _Run, w: dict, d: Shapes, rule: str) -> int:
     return 2 * HEAD_SUMMARY_BYTES * d.heads + repair_summary_bytes(d)  # task_summary
 
 
+SAME_AS = {"checkpoint_ablate": "ablate"}  # `use rule` variants sized as their base
 # rule -> (run, wildcards, dims) -> bytes (None: unknown). Rules not here write no per-token or
 # per-head store: FILE_BYTES per output under results/.
 RULE_BYTES = {
@@ -276,6 +251,7 @@ def named_paths(outputs: Any) -> list[tuple[str | None, str]]:
 
 def data_bytes(run: _Run, rule: str, wildcards: dict) -> int | None:
     """The uncompressed bytes of the arrays one job writes (RULE_BYTES; 0: none; None: unknown)."""
+    rule = SAME_AS.get(rule, rule)
     if rule in ("tokenize", "share_tokens"):  # the model's rows, int32 (a checkpoint: a copy)
         return F32 * n_rows(run.data) * run.data["seq_len"]
     if rule not in RULE_BYTES:
@@ -309,7 +285,7 @@ def job_bytes(
     blocks (None: unknown). A store: its files and folders (disk.store_disk_bytes, its arrays
     from disk.STORE_ARRAYS by rule and output name) with the job's array bytes; another file:
     FILE_BYTES by suffix."""
-    named = named_paths(outputs)
+    named, rule = named_paths(outputs), SAME_AS.get(rule, rule)
     mine = [(n, p) for n, p in named if Path(p).parts[:1] == ("results",)]
     theirs = [p for _, p in named if Path(p).parts[:1] == ("resources",)]
     data = data_bytes(run, rule, wildcards)

@@ -4,8 +4,9 @@ shapes and the rows it runs, divided by a rate, plus a fixed time per job (Pytho
 imports, reading and writing stores). An estimate, not a measurement, and it says so.
 
 The FLOPs are selfrepair.flops' counts (checked against torch's FLOP counter in
-tests/test_flops.py), per row: clean_cache and task_clean one forward pass; ablate and
-task_ablate measure_heads' (engine_flops of every head); atp (every ablation: the kinds share
+tests/test_flops.py), per row: clean_cache and task_clean one forward pass; ablate (every
+ablation variant: one after the other), checkpoint_ablate and task_ablate measure_heads'
+(engine_flops of every head); atp (every ablation: the kinds share
 the passes) AtP's forward and backward pass,
 GradDrop's passes and each head's own backward pass (with GradDrop's when
 engine.atp_top_graddrop); the mechanism experiments a forward pass per head they run;
@@ -22,7 +23,7 @@ from typing import Any
 
 from selfrepair import flops
 from selfrepair.config.errors import ConfigError
-from selfrepair.config.layout import n_rows
+from selfrepair.config.layout import ablation_variant, n_rows
 from selfrepair.config.memory import cached_hub_entry, model_size
 from selfrepair.config.tasks import task_shape
 
@@ -51,6 +52,12 @@ def _per_row(rule: str, size: Any, seq: int, engine: dict[str, Any]) -> int:
     )
 
 
+def _variants(config: dict[str, Any]) -> list[str]:
+    """The ablation variants one ablate job runs: the config's ablations, then the frozen."""
+    frozen = config["engine"]["frozen_ln"]
+    return list(config["ablations"]) + [ablation_variant(a, True) for a in frozen]
+
+
 def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
     """The matmul FLOPs of one planned job (0: none worth counting; None: the model's size is
     unknown to the config).
@@ -73,11 +80,14 @@ def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
     if rule == "train_model":
         train = entry["train"]
         return 3.0 * train["steps"] * train["batch_size"] * flops.forward_flops(size, seq)
-    if rule in ("clean_cache", "ablate", "atp", "set_ablate"):
+    if rule in ("clean_cache", "ablate", "checkpoint_ablate", "atp", "set_ablate"):
         rows = run.shard(w["shard"])[0]
         if rule == "set_ablate":  # the clean pass and one per set
             n_passes = 1 + len(run.config["ablation_sets"])
             return float(n_passes * rows * flops.forward_flops(size, seq))
+        if rule.endswith("ablate"):  # ablate: every variant, one after the other
+            kinds = 1 if "ablation" in w else len(_variants(run.config))
+            return float(kinds * rows * _per_row("ablate", size, seq, run.config["engine"]))
         return float(rows * _per_row(rule, size, seq, run.config["engine"]))
     if rule in ("neuron_effects", "norm_ratios", "self_reinforcement"):
         experiment = {"neuron_effects": "neurons", "norm_ratios": "norms"}.get(

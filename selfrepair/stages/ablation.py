@@ -21,7 +21,7 @@ from selfrepair.stages.store import open_zarr, write_zarr
 from selfrepair.stages.summaries import heads_with_picks
 from selfrepair.stages.tasks import Measured, measured
 
-__all__ = ["ablate"]
+__all__ = ["ablate", "ablation_kinds"]
 
 log = logging.getLogger("selfrepair")
 
@@ -29,29 +29,34 @@ log = logging.getLogger("selfrepair")
 def ablate(
     job: ModelJob,
     *,
-    ablation: str,
+    ablation: str | Sequence[str],
     heads_per_pass: int,
     mean_include_bos: bool,
-    out: str,
+    out: str | Sequence[str],
     attrs: dict[str, Any],
-    freeze_ln: bool = False,
+    freeze_ln: bool | Sequence[bool] = False,
     top_tokens: str | None = None,
-    attribution_out: str | None = None,
+    attribution_out: str | Sequence[str] | None = None,
     detail_out: str | None = None,
-    keep: dict[str, Any] | None = None,
-    picks: Sequence[str] = (),
+    keep: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
+    picks: Sequence[str] | Sequence[Sequence[str]] | None = None,
     task: str | None = None,
     metric: str | None = None,
-) -> xr.Dataset:
+) -> xr.Dataset | list[xr.Dataset]:
     """Every configured head of one shard, or of a task's prompts at its answer positions (rule
-    task_ablate), under one ablation (engine.measure_heads), and every downstream component's
-    share of each head's self-repair from the same passes (engine.attribution): on a shard's
-    top tokens (with top_tokens), on a task's every answer (summed, and per answer: detail_out).
+    task_ablate), under one ablation or several (engine.measure_heads), and every downstream
+    component's share of each head's self-repair from the same passes (engine.attribution): on
+    a shard's top tokens (with top_tokens), on a task's every answer (summed, and per answer:
+    detail_out). Several kinds (rule ablate: every variant of a text shard) share the job's
+    start-up, model and rows and run one after the other, each exactly as a job of that kind
+    alone: the same stores, bit for bit.
 
     Args:
         job: the model job (one shard; a task's: its `tokens` is the prompts store); its model
             entry's heads are measured (all if none).
-        ablation: a kind of selfrepair.ablations.KINDS (corrupted: a task's only).
+        ablation: a kind of selfrepair.ablations.KINDS (corrupted: a task's only), or a list of
+            them; with a list, each per-kind argument (out, freeze_ln, attribution_out, keep,
+            picks) is a list in the same order, or one value for every kind.
         heads_per_pass: heads ablated side by side in one batched pass (engine.heads_per_pass).
         mean_include_bos: whether the mean ablation averages over the BOS position too.
         out: the store to write (results/<model>/ablation/<ablation>/shard-<n>.zarr, a task's
@@ -69,8 +74,55 @@ def ablate(
             explorer's); None: every token.
         picks: with keep, the pick records whose heads are kept per token too.
         task, metric: the task's name and metric (correct_logit, logit_diff); None on text.
+
+    Returns:
+        The heads Dataset as written; with a list of kinds, their stores in order, opened
+        lazily (no kind's arrays are held while the next runs).
     """
+    kinds = ablation_kinds(
+        ablation,
+        out,
+        freeze_ln=freeze_ln,
+        attribution_out=attribution_out,
+        detail_out=detail_out,
+        keep=keep,
+        picks=picks,
+    )
     model, data = measured(job, task, metric)
+    common = dict(heads_per_pass=heads_per_pass, mean_include_bos=mean_include_bos, attrs=attrs)
+    common |= dict(top_tokens=top_tokens, task=task, metric=metric)
+    if isinstance(ablation, str):
+        return _ablate_kind(job, model, data, kinds[0], **common)
+    for kind in kinds:  # each kind's arrays freed before the next: a one-kind job's memory
+        _ablate_kind(job, model, data, kind, **common)
+    return [open_zarr(kind["out"]) for kind in kinds]
+
+
+def ablation_kinds(ablation: str | Sequence[str], out: str | Sequence[str], **per_kind: Any):
+    """ablate's arguments per kind, as a list of dicts (ablation, out and per_kind's names):
+    one kind (ablation a str) takes each argument as it is; several (a list) take a list per
+    argument, one value per kind in order, or one value (None, False) for every kind."""
+    if isinstance(ablation, str):
+        return [{"ablation": ablation, "out": out, **per_kind}]
+    ablations, n = list(ablation), len(ablation)
+    columns = {"out": out, **per_kind}
+    for name, value in columns.items():
+        if isinstance(value, list | tuple) and len(value) != n:
+            raise ValueError(f"ablate: {n} kinds {ablations} but {len(value)} values of {name}")
+        if name == "out" and isinstance(value, str):
+            raise ValueError(f"ablate: {n} kinds {ablations} but one store to write")
+    return [
+        {"ablation": a}
+        | {k: v[i] if isinstance(v, list | tuple) else v for k, v in columns.items()}
+        for i, a in enumerate(ablations)
+    ]
+
+
+def _ablate_kind(job: ModelJob, model, data: Measured, kind: dict[str, Any], **common):
+    """One kind of an ablate job on its model and rows: measured, then its stores written."""
+    ablation, freeze_ln = kind["ablation"], bool(kind["freeze_ln"])
+    top_tokens, task = common["top_tokens"], common["task"]
+    heads_per_pass = common["heads_per_pass"]
     sums = _repair_sums(model, data, top_tokens)
     t0 = time.perf_counter()
     keys = {"engine.batch_size": job.batch_size, "engine.heads_per_pass": heads_per_pass}
@@ -83,7 +135,7 @@ def ablate(
             heads=job.heads,
             batch_size=job.batch_size,
             heads_per_pass=heads_per_pass,
-            mean_include_bos=mean_include_bos,
+            mean_include_bos=common["mean_include_bos"],
             freeze_ln=freeze_ln,
             progress=True,
             desc=(f"{task}: " if task else "") + f"{ablation} ablation{frozen}",
@@ -92,19 +144,22 @@ def ablate(
         )
     _log_speed(predictions(*data.rows.shape), time.perf_counter() - t0)
     ds = data.narrow(ds)
-    own, sums_attrs = _store_attrs(job.provenance(attrs), task, ablation, metric, freeze_ln)
+    own, sums_attrs = _store_attrs(
+        job.provenance(common["attrs"]), task, ablation, common["metric"], freeze_ln
+    )
     ds.attrs.update(own)
-    if keep is not None:
-        ds = _top_layout(ds, open_zarr(top_tokens).token.values, keep, picks)
+    if kind["keep"] is not None:
+        top_token = open_zarr(top_tokens).token.values
+        ds = _top_layout(ds, top_token, kind["keep"], kind["picks"] or ())
     if sums is not None:
         sums_ds = sums.dataset()
         sums_ds.attrs.update(sums_attrs)
-        write_zarr(sums_ds, attribution_out)
-    if detail_out is not None:
+        write_zarr(sums_ds, kind["attribution_out"])
+    if kind["detail_out"] is not None:
         detail = sums.detail_dataset()
         detail.attrs.update(own, heads=[list(h) for h in _measured_heads(ds)])
-        write_zarr(detail, detail_out)
-    write_zarr(ds, out, chunks={"layer": 1})
+        write_zarr(detail, kind["detail_out"])
+    write_zarr(ds, kind["out"], chunks={"layer": 1})
     return ds
 
 

@@ -11,7 +11,7 @@ rule atp:
         tokens="results/{model}/tokens.zarr",
         top_tokens="results/{model}/attribution/top_tokens.zarr",
     output:
-        atp=atp_stores(
+        atp=kind_stores(
             "results/{{model}}/atp/{ablation}/shard-{{shard}}.zarr", ABLATIONS
         ),
     log:
@@ -161,7 +161,7 @@ use rule atp as task_atp with:
         unpack(model_job_input),
         tokens="results/{model}/tasks/{task}/prompts.zarr",
     output:
-        atp=atp_stores(
+        atp=kind_stores(
             "results/{{model}}/tasks/{{task}}/atp/{ablation}.zarr", TASK_ATP_KINDS
         ),
     log:

@@ -3,6 +3,7 @@
 import collections
 import re
 import sys
+import types
 from pathlib import Path
 
 # The selfrepair package sits beside workflow/; make it importable even when not installed.
@@ -483,8 +484,10 @@ def repair_paths(models, name):
 
 def top_tokens_input(wildcards):
     """The ablate rule's top-token store when it measures the attribution too or keeps only
-    the top tokens (keep_params)."""
-    if not ATTRIBUTION and keep_params(wildcards) is None:
+    the top tokens (keep_params: of every kind of the job alike)."""
+    key, shard = wildcards.model, int(wildcards.shard)
+    every = sr_config.keeps_every_token(config, CHECKPOINTS, key, shard)
+    if not ATTRIBUTION and every:
         return {}
     return {"top_tokens": f"results/{wildcards.model}/attribution/top_tokens.zarr"}
 
@@ -541,12 +544,44 @@ def clean_top_k(wildcards):
     return sr_config.top_count(n_tokens, ENGINE["top_fraction"])
 
 
-def attribution_outputs():
-    """The ablate rule's attribution store (an output only when engine.attribution is on)."""
+def attribution_outputs(kinds=None):
+    """The ablate rule's attribution stores (outputs only when engine.attribution is on): one
+    per kind of `kinds`, or the {ablation} wildcard's (None: checkpoint_ablate's)."""
     if not ATTRIBUTION:
         return {}
-    path = "results/{model}/attribution/{ablation}/shard-{shard}.zarr"
-    return {"attribution": directory(path)}
+    if kinds is None:
+        path = "results/{model}/attribution/{ablation}/shard-{shard}.zarr"
+        return {"attribution": directory(path)}
+    path = "results/{{model}}/attribution/{ablation}/shard-{{shard}}.zarr"
+    return {"attribution": kind_stores(path, kinds)}
+
+
+# One ablate job per (model, shard) measures every ablation variant (VARIANTS) one after the
+# other: its start-up, model and rows once. Its per-kind params are lists in VARIANTS' order,
+# each as a job of that kind alone would have it (kind_wildcards).
+def kind_wildcards(wildcards, ablation):
+    """The wildcards of a one-kind job of this ablate job's model and shard."""
+    return types.SimpleNamespace(
+        model=wildcards.model, shard=wildcards.shard, ablation=ablation
+    )
+
+
+def per_kind(function):
+    """Param function: `function`'s value for each variant, in VARIANTS' order."""
+    return lambda w: [function(kind_wildcards(w, v)) for v in VARIANTS]
+
+
+def all_kinds_picks(wildcards):
+    """The pick records any kind of an ablate job keeps the heads of (its input)."""
+    return sorted({p for picks in per_kind(per_token_picks)(wildcards) for p in picks})
+
+
+def ablate_runtime(wildcards, attempt):
+    """A model job's runtime (model_runtime) per kind it runs: rule ablate's every variant (a
+    text shard without an {ablation} wildcard), its variants one kind each."""
+    keys = wildcards.keys()
+    kinds = len(VARIANTS) if "ablation" not in keys and "task" not in keys else 1
+    return kinds * model_runtime(wildcards, attempt)
 
 
 def repair_picks(wildcards):
@@ -666,8 +701,9 @@ def atp_outputs():
     return outputs + figure_outputs(["atp"]) + rules_output("atp_table")
 
 
-def atp_stores(pattern, kinds):
-    """A job's AtP stores, one per kind (pattern's {ablation}; its other wildcards kept)."""
+def kind_stores(pattern, kinds):
+    """A job's stores, one per kind (pattern's {ablation}; its other wildcards kept): atp's
+    and ablate's."""
     return [directory(path) for path in expand(pattern, ablation=kinds)]
 
 

@@ -74,6 +74,8 @@ use rule ablate as task_ablate with:
         "results/logs/task_ablate/{model}/{task}/{task_ablation}.log",
     benchmark:
         "results/benchmarks/task_ablate/{model}/{task}/{task_ablation}.tsv"
+    wildcard_constraints:
+        model=regex_of(ENTRIES),  # a tasks_only model too (ablate's: the text models)
     params:
         model=model_entry,
         bounds=None,
@@ -85,6 +87,7 @@ use rule ablate as task_ablate with:
         device=config["device"],
         dtype=config["dtype"],
         keep=None,
+        picks=None,
         task=lambda w: w.task,
         metric=lambda w: TASKS[w.task]["metric"],
         attrs=task_attrs,

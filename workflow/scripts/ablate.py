@@ -1,4 +1,5 @@
-"""Every head of one token shard, or of a task's prompts (rule task_ablate), under one ablation
+"""Every head of one token shard under each of the run's ablation variants (rule ablate), of a
+training checkpoint's shard or a task's prompts under one (rules checkpoint_ablate, task_ablate)
 (selfrepair.stages.ablation.ablate)."""
 
 from selfrepair.stages.ablation import ablate
@@ -17,6 +18,7 @@ with logged(snakemake.log[0], snakemake):
         top_tokens=snakemake.input.get("top_tokens"),
         attribution_out=snakemake.output.get("attribution"),
         detail_out=snakemake.output.get("detail"),
-        picks=list(snakemake.input.get("picks", [])),
+        # per kind (rule ablate: a list per variant; the others: their kind's)
+        picks=snakemake.params.get("picks"),
         attrs=dict(snakemake.params.attrs),
     )
