@@ -7,6 +7,7 @@ the conditional gradient, AtP and EAP-IG (5 steps) against autograd on Hugging F
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from tasks_helpers import padded_task
@@ -195,3 +196,35 @@ def test_graddrop_per_answer_joins_the_task_atp_store_with_its_interval():
     )  # fmt: skip
     row = table.loc["atp_star_graddrop"]
     assert row.roc_auc == 1.0 and row.roc_auc_low == 1.0 and row.coax_roc_auc == 0.665
+
+
+def test_methods_figure_legend_hides_no_anchor_and_names_both_sizes():
+    """The figure of the offline ioi-coax run (random gpt2-small, 2 prompts): its legend, at the
+    lower right inside the axes, covered the diamond of the lowest bar (conditional energy,
+    CoAx 0.758); and nothing said the diamonds are CoAx's trained model at 96 prompts x 4 seeds
+    while the bars are this run's prompts. Now no diamond lies under the legend, and its labels
+    say both."""
+    from selfrepair.analysis.methods import COAX_ROC_AUC
+    from selfrepair.plots.methods import methods_figure
+
+    # ROC-AUCs of that run's seed 1 (tables/methods-name_movers.csv), its lowest first
+    roc = {"conditional_energy": 0.19, "single_energy": 0.2, "amplification_ratio_energy": 0.33}
+    roc |= {"compensation_energy": 0.4, "conditional_gradient": 0.47, "atp": 0.47, "eap_ig": 0.54}
+    roc |= {"atp_star_graddrop": 0.48, "compensation_logit_diff": 0.51}
+    roc |= {"amplification_ratio_logit_diff": 0.52, "single_logit_diff": 0.525}
+    table = pd.DataFrame({"roc_auc": roc}).assign(roc_auc_low=lambda t: t.roc_auc - 0.02)
+    table = table.assign(roc_auc_high=lambda t: t.roc_auc + 0.1)
+    table["coax_roc_auc"] = [COAX_ROC_AUC.get(m, np.nan) for m in table.index]
+    fig = methods_figure(table, anchors=True, n_prompts=2)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend()
+    box = legend.get_window_extent()
+    diamonds = np.asarray(ax.collections[-1].get_offsets(), float)
+    diamonds = diamonds[np.isfinite(diamonds).all(1)]
+    assert len(diamonds) == table.coax_roc_auc.notna().sum()
+    shown = ax.transData.transform(diamonds)
+    assert not any(box.contains(x, y) for x, y in shown), "a diamond under the legend"
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert any("2 prompts" in t for t in labels), labels
+    assert any("96 prompts x 4 seeds" in t for t in labels), labels

@@ -125,6 +125,26 @@ def test_standins_have_drawn_biases_and_norm_weights(tmp_path, family):
         assert (value != 0).float().mean() > 0.9 and value.std() > 0.05, name
 
 
+@pytest.mark.slow  # two BPEs of the whole standard library: 25 s (shared machine)
+def test_standin_tokenizers_hold_every_ioi_word(tmp_path, monkeypatch):
+    """The tokenizers fill writes (GPT-2's, Pythia's) keep every IOI word one token after a
+    space, as the real ones do: CoAx's lists whole (config/ioi-coax.yaml draws from every word
+    and refused the stand-in, which lacked " Anna", " park" ...) and all of Wang et al.'s names.
+    Weights are not written (not what is checked here)."""
+    from transformers import AutoTokenizer
+
+    from selfrepair.tasks.ioi import NAMES, ioi_words
+
+    monkeypatch.setattr(offline_hub, "weight_files", lambda config, out, seed: None)
+    offline_hub.fill(tmp_path / "hf", ["gpt2-small", "pythia-160m"], n_documents=1)
+    for repo in ("gpt2", "EleutherAI--pythia-160m"):
+        (snapshot,) = (tmp_path / "hf" / "hub" / f"models--{repo}" / "snapshots").iterdir()
+        tokenizer = AutoTokenizer.from_pretrained(str(snapshot))
+        names, places, objects = ioi_words(tokenizer, "coax")  # TaskError naming what is lost
+        assert (len(names), len(places), len(objects)) == (16, 8, 8), repo
+        assert len(ioi_words(tokenizer, "wang")[0]) == len(NAMES), repo
+
+
 # Centred logits of rows by TransformerLens (through selfrepair's loader) and by transformers'
 # own GPT2LMHeadModel on the same snapshot.
 COMPARE_GPT2 = """

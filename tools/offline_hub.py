@@ -4,9 +4,10 @@ Random weights (biases and norm weights drawn too, not Hugging Face's 0 and 1: s
 real shapes: every checkpoint carries the real model's config.json (layers,
 heads, widths, rotary fraction, parallel residual, vocabulary, context; a GPT-2 config.json with
 n_ctx, as the hub's files have it) and a tokenizer of the real class and vocabulary size (a
-byte-level BPE trained here on the Python standard library's sources). The data set
-NeelNanda/pile-10k gets a train split in the real columns (`text`, and `meta` with
-`pile_set_name`), its text the standard library's sources and pydoc topics. So, with
+byte-level BPE trained here on the Python standard library's sources and on IOI's words,
+task_words_document: Wang et al.'s and CoAx's names, places and objects one token each, as in
+the real ones). The data set NeelNanda/pile-10k gets a train split in the real columns (`text`,
+and `meta` with `pile_set_name`), its text the standard library's sources and pydoc topics. So, with
 HF_HUB_OFFLINE=1 and HF_HOME pointing here, TransformerLens' `from_pretrained("pythia-160m")`
 and the workflow's corpus loader resolve the paper's names as they would online; only the
 numbers differ (random weights, other text).
@@ -234,6 +235,17 @@ def stdlib_documents() -> list[str]:
     from selfrepair.data.sources import python_stdlib_documents
 
     return list(python_stdlib_documents("all"))
+
+
+def task_words_document(repeats: int = 1000) -> str:
+    """IOI's names, places and objects (Wang et al.'s lists and CoAx's), each after a space,
+    repeated: among the tokenizers' training texts they make every word one token, as the real
+    tokenizers have them. Without it the Python sources lack " Anna", " Sid", " park" ..., and
+    config/ioi-coax.yaml (CoAx draws from every word of its lists) was refused offline."""
+    from selfrepair.tasks.ioi import WORD_SETS
+
+    words = sorted({w for lists in WORD_SETS.values() for ws in lists for w in ws})
+    return "".join(f" {w}" for w in words) * repeats
 
 
 def train_bpe(documents: list[str], vocab_size: int, specials: list[str]):
@@ -500,19 +512,20 @@ def fill(
     hub_cache = hf_home / "hub"
     hub_cache.mkdir(parents=True, exist_ok=True)
     documents = stdlib_documents()
+    vocabulary = [*documents, task_words_document()]  # the tokenizers' texts; the pile's: documents
     commits = {}
     with tempfile.TemporaryDirectory() as tmp:
         for index, name in enumerate(models):
             t0 = time.perf_counter()
             revs = tuple(revisions) if name.startswith("pythia") else ()
             repo_id, commit = fill_model(
-                hub_cache, name, documents, Path(tmp), seed + index, revisions=revs
+                hub_cache, name, vocabulary, Path(tmp), seed + index, revisions=revs
             )
             commits[repo_id] = commit
             print(f"{name}: {repo_id}@{commit} ({time.perf_counter() - t0:.0f} s)", flush=True)
     if llama is not None:
         t0 = time.perf_counter()
-        write_llama(llama, documents, seed + len(models))
+        write_llama(llama, vocabulary, seed + len(models))
         print(f"llama-7b stand-in: {llama} ({time.perf_counter() - t0:.0f} s)", flush=True)
     pile = documents if n_documents is None else documents[:n_documents]
     if datasets_cache:

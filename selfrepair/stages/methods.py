@@ -181,7 +181,7 @@ def method_table(
     write_text(csv, table.to_csv(float_format="%.6g"))
     html = table.to_html(float_format=lambda v: f"{v:.3f}")
     write_text(html_path, f"<html><head><title>{title}</title></head><body>{html}</body></html>")
-    fig = methods_figure(table, anchors=anchors)
+    fig = methods_figure(table, anchors=anchors, n_prompts=len(np.unique(ds.prompt.values)))
     fig.savefig(figure, dpi=150, bbox_inches="tight")
     if figure_pdf:
         fig.savefig(figure_pdf, bbox_inches="tight")
