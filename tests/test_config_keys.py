@@ -199,7 +199,7 @@ def every_key_config(tmp: Path) -> dict:
                 "n_prompts": 8,
                 "metric": "logit_diff",
                 "ablations": ["corrupted", "mean"],
-                "ablation_sets": {"movers": [[9, 9], [10, 0]]},
+                "ablation_sets": {"movers": [[9, 9], [10, 0]], "largest": {"direct_effect_top": 2}},
                 "expected_backups": [[10, 10], [11, 2]],
                 "roles": {"negative name mover": [[10, 7]]},
                 "backup_heads": 2,
@@ -322,6 +322,13 @@ def test_a_config_with_every_key_plans_through_snakemake(every_key_plan):
     assert "results/m-train/tasks/t-induction/metric.json" in picked
     assert "metric.json" in inputs_of("m-train/tasks/t-induction/sets/corrupted.zarr")
     assert "metric.json" not in inputs_of("gpt2-small/tasks/t-ioi/methods/movers.zarr")
+    # {direct_effect_top: k} (any task): picked from task_clean's store, which only the jobs
+    # of a set so picked read
+    largest = inputs_of("gpt2-small/tasks/t-ioi/methods/largest.zarr")
+    assert "results/gpt2-small/tasks/t-ioi/clean.zarr" in largest and "metric.json" not in largest
+    assert "clean.zarr" in inputs_of("gpt2-small/tasks/t-ioi/sets/corrupted.zarr")
+    assert "clean.zarr" not in inputs_of("gpt2-small/tasks/t-ioi/methods/movers.zarr")
+    assert "clean.zarr" not in inputs_of("m-train/tasks/t-induction/methods/strongest.zarr")
     # models[].tasks_only: trained (its n_ctx and tie_embeddings reach train_model) and
     # measured on its task; nothing of the text path
     assert "results/m-task/tasks/t-induction/metric.json" in every_key_plan

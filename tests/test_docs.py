@@ -199,12 +199,14 @@ def readme_figures(text: str) -> list[str]:
 
 def readme_outputs(text: str) -> set[str]:
     """Every path under results/ the README names, placeholders filled with the demo's models
-    and task."""
+    and task (a task's path with the models it measures: its `models`, or every one)."""
     demo = load("demo.yaml")
+    every = [m["name"] for m in demo["models"]]
     paths = set()
     for path in re.findall(r"`(results/[^`\s]+)`", text):
-        for model in [m["name"] for m in demo["models"]] if "<model>" in path else [None]:
-            for task in demo["tasks"] if "<task>" in path else [None]:
+        for task in demo["tasks"] if "<task>" in path else [None]:
+            models = demo["tasks"][task].get("models", every) if task else every
+            for model in models if "<model>" in path else [None]:
                 paths.add(path.replace("<model>", str(model)).replace("<task>", str(task)))
     return paths
 

@@ -125,6 +125,20 @@ def _config(tasks: dict) -> dict:
             "config key tasks.t.ablation_sets.top.induction_score_top: 145 is more than "
             "pythia-160m's 144 heads",
         ),
+        (
+            {"t": {"type": "ioi", "ablation_sets": {"de": {"direct_effect_top": 145}}}},
+            "config key tasks.t.ablation_sets.de.direct_effect_top: 145 is more than "
+            "pythia-160m's 144 heads",
+        ),
+        (
+            {
+                "t": {
+                    "type": "induction",
+                    "ablation_sets": {"both": {"induction_score_top": 2, "direct_effect_top": 2}},
+                }
+            },
+            "config key tasks.t.ablation_sets.both",
+        ),
     ],
 )
 def test_bad_tasks_fail_at_parse_time_naming_the_key(tasks, message):

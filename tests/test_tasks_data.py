@@ -245,3 +245,26 @@ def test_set_heads_picks_from_metric_json_and_keeps_listed_sets(tmp_path):
     sets = {"listed": [[0, 0]], "top": {"induction_score_top": 2}}
     assert set_heads(sets, str(metric)) == {"listed": [[0, 0]], "top": [[0, 1], [1, 0]]}
     assert set_heads({"listed": [(0, 1)]}, None) == {"listed": [[0, 1]]}
+
+
+def test_set_heads_picks_the_largest_mean_clean_direct_effects(tmp_path):
+    """{direct_effect_top: k}: the k heads with the largest clean direct effect (task_clean's
+    de_head) averaged over the answers, ranked here by hand, a tie by the earlier layer; the
+    other picks' and listed sets' files are not read (metric None)."""
+    import xarray as xr
+
+    from selfrepair.stages.store import write_zarr
+    from selfrepair.stages.task_summaries import set_heads
+
+    # [layer, head, token]; means: [[1.0, 3.0], [3.0, -1.0]] (0,1) and (1,0) tie at 3.0
+    de = np.array([[[0.0, 2.0], [2.0, 4.0]], [[5.0, 1.0], [-2.0, 0.0]]], np.float32)
+    clean = tmp_path / "clean.zarr"
+    write_zarr(xr.Dataset({"de_head": (("layer", "head", "token"), de)}), clean)
+    sets = {"listed": [[1, 1]], "de": {"direct_effect_top": 1}, "de2": {"direct_effect_top": 3}}
+    assert set_heads(sets, None, str(clean)) == {
+        "listed": [[1, 1]],
+        "de": [[0, 1]],  # before its tie (1, 0)
+        "de2": [[0, 0], [0, 1], [1, 0]],
+    }
+    with pytest.raises(ValueError, match="direct_effect_top 5 must lie in"):
+        set_heads({"de": {"direct_effect_top": 5}}, None, str(clean))

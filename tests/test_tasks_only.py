@@ -59,19 +59,27 @@ def planned_outputs(*configs) -> set[str]:
 
 
 def test_the_demo_plans_the_induction_model_on_its_task_only(tmp_path):
-    """The demo trains induction-pythia and runs the induction task on it, and nothing of the
-    text path (no tokens, shards, figures, explorer page); every other output is the demo's
-    without it (the overlay lists only the text models)."""
+    """The demo trains induction-pythia and runs the induction task on it alone (the text
+    models do not copy: tasks.induction.models), with the method table of its run-time set
+    (ablation_sets.strongest: {induction_score_top: k}), and nothing of the text path (no
+    tokens, shards, figures, explorer page); every other output is the demo's without it (the
+    overlay lists only the text models, and the task on them, whose task jobs it adds)."""
     with_it = planned_outputs()
     overlay = tmp_path / "without.yaml"
     text = [e for e in load("demo.yaml")["models"] if not e.get("tasks_only")]
-    overlay.write_text(yaml.safe_dump({"models": text}))
+    names = [e["name"] for e in text]
+    overlay.write_text(yaml.safe_dump({"models": text, "tasks": {"induction": {"models": names}}}))
     without = planned_outputs(overlay)
     own = {p for p in with_it if MODEL in p}
-    assert with_it - own == without
+    text_task = {p for p in without if "tasks/induction" in p and "explorer/index" not in p}
+    assert text_task and all(any(name in p for name in names) for p in text_task)
+    assert with_it - own == without - text_task
     task = f"results/{MODEL}/tasks/induction/"
     expected = {f"resources/models/{MODEL}", f"results/{MODEL}/training.json"}
     expected |= {f"resources/weights/{MODEL}", f"{task}metric.json"}
+    expected |= {f"{task}methods/strongest.zarr", f"{task}sets/corrupted.zarr"}
+    expected |= {f"{task}tables/methods-strongest.{x}" for x in ("csv", "html")}
+    expected |= {f"{task}figures/methods-strongest.{x}" for x in ("png", "pdf")}
     assert expected <= own
     assert {f"results/explorer/tasks/induction/{MODEL}.html"} == {p for p in own if "explorer" in p}
     others = own - expected - {p for p in own if p.startswith(task) or "explorer" in p}

@@ -33,7 +33,7 @@ def task_models(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> d
 
 def task_heads(spec: dict[str, Any]) -> list[tuple[str, list]]:
     """(config key suffix, heads) of every heads list of a task: sets, expected backups, roles."""
-    sets = spec["ablation_sets"].items()  # a set {induction_score_top: k}: picked at run time
+    sets = spec["ablation_sets"].items()  # a set {<by>_top: k}: picked at run time
     lists = [(f"ablation_sets.{n}", heads) for n, heads in sets if isinstance(heads, list)]
     if isinstance(spec["expected_backups"], list):  # else picked at run time, by their scores
         lists.append(("expected_backups", spec["expected_backups"]))
@@ -70,7 +70,8 @@ def _check_file(key: str, spec: dict[str, Any]) -> None:
     if spec["type"] != "prompts" and spec.get("file"):
         raise ConfigError(f"config key {key}.file: only a prompts task reads a file")
     _check_size(key, spec)
-    picked = [n for n, heads in spec["ablation_sets"].items() if isinstance(heads, dict)]
+    sets = spec["ablation_sets"].items()
+    picked = [n for n, heads in sets if isinstance(heads, dict) and "induction_score_top" in heads]
     if picked and spec["type"] != "induction":
         raise ConfigError(
             f"config key {key}.ablation_sets.{picked[0]}: induction_score_top needs an induction "
@@ -157,15 +158,16 @@ def check_tasks(config: dict[str, Any], entries: dict[str, dict[str, Any]]) -> N
 
 
 def _check_picked_sets(key: str, spec: dict, models: Collection[str], entries: dict) -> None:
-    """A set picked at run time ({induction_score_top: k}) within every model's heads."""
+    """A set picked at run time ({induction_score_top: k} or {direct_effect_top: k}) within
+    every model's heads."""
     for name, pick in spec["ablation_sets"].items():
         for model in models if isinstance(pick, dict) else ():
             dims = model_dims(entries[model])
-            if dims and pick["induction_score_top"] > dims[0] * dims[1]:
+            (by, k), *_ = pick.items()  # the schema allows one key
+            if dims and k > dims[0] * dims[1]:
                 raise ConfigError(
-                    f"config key {key}.ablation_sets.{name}.induction_score_top: "
-                    f"{pick['induction_score_top']} is more than {model}'s {dims[0] * dims[1]} "
-                    "heads; lower it"
+                    f"config key {key}.ablation_sets.{name}.{by}: {k} is more than {model}'s "
+                    f"{dims[0] * dims[1]} heads; lower it"
                 )
 
 

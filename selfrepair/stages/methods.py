@@ -39,6 +39,7 @@ def task_methods(
     out: str,
     attrs: dict[str, Any],
     metric_json: str | None = None,
+    clean_store: str | None = None,
 ) -> xr.Dataset:
     """Rule task_methods: per candidate head (every head outside the set) and answer, CoAx's
     single and conditional effects in energy and logit-difference form, the conditional
@@ -49,13 +50,15 @@ def task_methods(
         task: the task's name.
         metric: correct_logit or logit_diff.
         ablation: the task's first ablation (z' of every method).
-        members: the set, [[layer, head], ...] or {induction_score_top: k}
-            (tasks.<task>.ablation_sets.<set>; stages.task_summaries.set_heads).
+        members: the set, [[layer, head], ...], {induction_score_top: k} or
+            {direct_effect_top: k} (tasks.<task>.ablation_sets.<set>;
+            stages.task_summaries.set_heads).
         steps: EAP-IG's steps (tasks.<task>.eap_ig_steps).
         mean_include_bos: as the ablate rule's.
         out: the store to write (results/<model>/tasks/<task>/methods/<set>.zarr).
         attrs: the rule's provenance attributes.
         metric_json: task_clean's metric.json, when the set is picked from its induction scores.
+        clean_store: task_clean's store, when the set is picked by clean direct effect.
     """
     import torch
 
@@ -64,7 +67,9 @@ def task_methods(
     from selfrepair.stages.task_summaries import set_heads
 
     model, data = measured(job, task, metric)
-    members = [tuple(int(x) for x in h) for h in set_heads({"": members}, metric_json)[""]]
+    members = [
+        tuple(int(x) for x in h) for h in set_heads({"": members}, metric_json, clean_store)[""]
+    ]
     scored = torch.from_numpy(np.asarray(data.scored, bool))
     common = dict(batch_size=job.batch_size, mean_include_bos=mean_include_bos, task=data.inputs)
     rows = data.rows

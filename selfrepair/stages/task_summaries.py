@@ -42,19 +42,25 @@ def expected_heads(expected: Sequence | Mapping[str, float], metric: str) -> lis
     return induction_heads(scores, float(expected["induction_score_above"]))
 
 
-def set_heads(sets: Mapping[str, Any], metric: str | None) -> dict[str, list[list[int]]]:
-    """tasks.<task>.ablation_sets as heads: each set as listed, or for {induction_score_top: k}
-    the k heads with the largest induction score in task_clean's metric.json (`metric`)."""
-    from selfrepair.tasks.induction import strongest_induction_heads
+def set_heads(
+    sets: Mapping[str, Any], metric: str | None, clean: str | None = None
+) -> dict[str, list[list[int]]]:
+    """tasks.<task>.ablation_sets as heads: each set as listed, or picked at run time: for
+    {induction_score_top: k} the k heads with the largest induction score in task_clean's
+    metric.json (`metric`), for {direct_effect_top: k} the k heads with the largest mean clean
+    direct effect on the task's answers in its clean store (`clean`, de_head)."""
+    from selfrepair.analysis.ranking import largest_heads
 
-    picked = [name for name, heads in sets.items() if isinstance(heads, Mapping)]
-    scores = read_json(metric)["induction_scores"] if picked else None
-    return {
-        name: strongest_induction_heads(scores, int(heads["induction_score_top"]))
-        if name in picked
-        else [list(h) for h in heads]
-        for name, heads in sets.items()
-    }
+    values = {}
+    for name, heads in sets.items():
+        if isinstance(heads, Mapping):
+            (by, k), *_ = heads.items()  # the schema allows one key
+            if by == "induction_score_top":
+                scores = read_json(metric)["induction_scores"]
+            else:
+                scores = open_zarr(clean)["de_head"].mean("token").values
+            values[name] = largest_heads(scores, int(k), by)
+    return {name: values.get(name) or [list(h) for h in heads] for name, heads in sets.items()}
 
 
 def task_backups(

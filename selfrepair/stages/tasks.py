@@ -213,6 +213,7 @@ def task_set_ablate(
     out: str,
     attrs: dict[str, Any],
     metric_json: str | None = None,
+    clean_store: str | None = None,
 ) -> xr.Dataset:
     """Rules task_set_ablate and set_ablate: each named set of heads ablated jointly
     (engine.sets.measure_sets), the set's variables and every component's change of direct
@@ -224,18 +225,22 @@ def task_set_ablate(
         task: the task's name; None: running text.
         metric: the task's correct_logit or logit_diff (None on running text).
         ablation: a kind of selfrepair.ablations.KINDS (running text: one it can take).
-        sets: name -> [[layer, head], ...] or {induction_score_top: k} (tasks.<task>.ablation_sets,
-            or ablation_sets; stages.task_summaries.set_heads).
+        sets: name -> [[layer, head], ...], {induction_score_top: k} or {direct_effect_top: k}
+            (tasks.<task>.ablation_sets, or ablation_sets; stages.task_summaries.set_heads).
         mean_include_bos: as the ablate rule's.
         out: the store to write (results/<model>/tasks/<task>/sets/<ablation>.zarr, or
             results/<model>/sets/<ablation>/shard-<n>.zarr).
         attrs: the rule's provenance attributes.
         metric_json: task_clean's metric.json, when a set is picked from its induction scores.
+        clean_store: task_clean's store, when a set is picked by clean direct effect.
     """
     from selfrepair.engine.sets import measure_sets
     from selfrepair.stages.task_summaries import set_heads
 
-    heads = {name: [tuple(h) for h in hs] for name, hs in set_heads(sets, metric_json).items()}
+    heads = {
+        name: [tuple(h) for h in hs]
+        for name, hs in set_heads(sets, metric_json, clean_store).items()
+    }
     model, data = measured(job, task, metric)
     with job.guarded(model, {"engine.batch_size": job.batch_size}):
         ds = measure_sets(

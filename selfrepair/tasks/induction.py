@@ -106,8 +106,6 @@ def strongest_induction_heads(scores, k: int) -> list[list[int]]:
     """[[layer, head], ...] of the k heads with the largest induction score (a tie broken by
     the earlier layer, then head), in layer then head order: a set picked from the clean pass
     (tasks.<task>.ablation_sets.<name>: {induction_score_top: k})."""
-    scores = np.asarray(scores, dtype=float)
-    if not 1 <= k <= scores.size:
-        raise ValueError(f"induction_score_top {k} must lie in [1, {scores.size}] (the heads)")
-    order = np.argsort(-scores.ravel(), kind="stable")[:k]  # stable: row-major ties
-    return [[int(i // scores.shape[1]), int(i % scores.shape[1])] for i in sorted(order)]
+    from selfrepair.analysis.ranking import largest_heads
+
+    return largest_heads(scores, k, "induction_score_top")

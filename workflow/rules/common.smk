@@ -754,15 +754,18 @@ def method_atp_input(wildcards):
 
 
 def picked_sets_input(wildcards):
-    """task_clean's metric.json when one of the task's sets (the method set's, under
-    task_methods) is picked at run time from its induction scores ({induction_score_top: k}).
+    """What task_clean wrote that one of the task's sets (the method set's, under
+    task_methods) is picked from at run time: metric.json for its induction scores
+    ({induction_score_top: k}), the clean store for its direct effects ({direct_effect_top: k}).
     """
     sets = TASKS[wildcards.task]["ablation_sets"]
     if "ablation_set" in wildcards.keys():
         sets = {wildcards.ablation_set: sets[wildcards.ablation_set]}
-    if not any(isinstance(heads, dict) for heads in sets.values()):
-        return {}
-    return {"metric": f"results/{wildcards.model}/tasks/{wildcards.task}/metric.json"}
+    picks = {by for heads in sets.values() if isinstance(heads, dict) for by in heads}
+    where = f"results/{wildcards.model}/tasks/{wildcards.task}"
+    files = {"induction_score_top": ("metric", "metric.json")}
+    files["direct_effect_top"] = ("clean", "clean.zarr")
+    return {files[by][0]: f"{where}/{files[by][1]}" for by in picks}
 
 
 def task_attrs(wildcards):

@@ -14,4 +14,5 @@ with logged(snakemake.log[0], snakemake):
         out=snakemake.output.sets,
         attrs=dict(snakemake.params.attrs),
         metric_json=snakemake.input.get("metric"),
+        clean_store=snakemake.input.get("clean"),
     )
