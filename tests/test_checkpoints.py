@@ -63,13 +63,13 @@ def test_the_demo_models_checkpoints_are_model_keys_of_their_own():
     ckpts = sr_config.checkpoint_models(entries)
     assert list(entries) == ["tiny-gpt2", "tiny-pythia"]  # the models themselves, unchanged
     assert list(run) == [*entries, "induction-pythia"]
-    assert set(ckpts) == {f"{m}@step{s}" for m in entries for s in (0, 50, 100, 200, 400)}
+    assert set(ckpts) == {f"{m}@step{s}" for m in entries for s in (0, 50, 200)}
     entry = ckpts["tiny-gpt2@step50"]
     assert entry["checkpoint"] == {"model": "tiny-gpt2", "step": 50, "subdir": "checkpoints/step50"}
     assert "train" not in entry  # never trained again: its weights are the model's, kept
     steps = sr_config.checkpoint_steps("tiny-pythia", entries["tiny-pythia"])
     assert steps[-1] == ("tiny-pythia", 600)  # the final checkpoint is the model's own key
-    assert [s for _, s in steps] == [0, 50, 100, 200, 400, 600]
+    assert [s for _, s in steps] == [0, 50, 200, 600]
 
 
 def test_hub_revisions_and_local_checkpoints(tmp_path):
@@ -198,8 +198,8 @@ def test_the_reduced_demo_keeps_checkpoints_at_its_size():
     assert reduced["checkpoint_shards"] == demo["checkpoint_shards"] == 1
     text = [m for m in demo["models"] if not m.get("tasks_only")]  # the reduced demo's models
     for small, big in zip(reduced["models"], text, strict=True):
-        assert big["train"]["keep_steps"] == [0, 50, 100, 200, 400]
-        assert small["train"]["keep_steps"] == [0, 50, 100, 200]
+        assert big["train"]["keep_steps"] == [0, 50, 200]
+        assert small["train"]["keep_steps"] == [0, 50, 200]
         assert max(small["train"]["keep_steps"]) < small["train"]["steps"]
 
 
