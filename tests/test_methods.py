@@ -228,3 +228,17 @@ def test_methods_figure_legend_hides_no_anchor_and_names_both_sizes():
     labels = [t.get_text() for t in legend.get_texts()]
     assert any("2 prompts" in t for t in labels), labels
     assert any("96 prompts x 4 seeds" in t for t in labels), labels
+
+
+def test_methods_figure_labels_each_method_with_its_roc_auc():
+    """The demo's table on induction-pythia has AtP at ROC-AUC 0: a bar of zero length showed
+    nothing; each tick label now carries the value (n/a where undefined)."""
+    from selfrepair.plots.methods import methods_figure
+
+    table = pd.DataFrame(
+        {"roc_auc": [0.0, 1.0, np.nan], "roc_auc_low": [0.0, 1.0, np.nan]},
+        index=["atp", "conditional_energy", "eap_ig"],
+    ).assign(roc_auc_high=lambda t: t.roc_auc_low, coax_roc_auc=np.nan)
+    fig = methods_figure(table)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert sorted(labels) == ["atp  0.00", "conditional energy  1.00", "eap ig  n/a"]

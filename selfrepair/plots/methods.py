@@ -22,7 +22,8 @@ def methods_figure(
     above the axes: inside, at the lower right, it hid the diamonds of the lowest bars. Its labels
     say what each mark is measured on (the bars: this table's n_prompts prompts; the diamonds:
     CoAx's trained gpt2-small, 96 prompts x 4 seeds), so a small or random-weight run's bars
-    beside them read as what they are."""
+    beside them read as what they are. Each method's label carries its ROC-AUC: a bar at 0 has
+    nothing else to show."""
     table = table.sort_values("roc_auc")
     y = np.arange(len(table))
     fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(table) + 1.2))
@@ -42,9 +43,15 @@ def methods_figure(
             zorder=3,
             label="CoAx release 2.1.0 (trained gpt2-small, 96 prompts x 4 seeds, mean)",
         )
-    ax.set_yticks(y, [m.replace("_", " ") for m in table.index])
+    ax.set_yticks(y, [_label(m, auc) for m, auc in zip(table.index, table.roc_auc, strict=True)])
     ax.set_xlim(0, 1.02)
     ax.set_xlabel("ROC-AUC of ranking the expected backups first")
     ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def _label(method: str, roc_auc: float) -> str:
+    """A method's tick label: its name and ROC-AUC ("atp  0.00"; "n/a" where undefined)."""
+    value = "n/a" if np.isnan(roc_auc) else f"{roc_auc:.2f}"
+    return f"{method.replace('_', ' ')}  {value}"
