@@ -237,6 +237,7 @@ def test_gpu_only_for_the_rules_that_run_a_model(runs):
         "task_atp_per_kind",
         "checkpoint_ablate",
         "set_ablate",
+        "task_set_ablate",
         "task_methods",
     }  # model rules these runs may not ask
     for job in runs["jobs"]:

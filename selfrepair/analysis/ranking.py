@@ -27,7 +27,6 @@ __all__ = [
     "average_precision",
     "best_roc_auc",
     "bootstrap_over_prompts",
-    "largest_heads",
     "precision_at_k",
     "roc_auc",
 ]
@@ -160,15 +159,3 @@ def bootstrap_over_prompts(
         values += [statistic(dict(zip(candidates, row, strict=True)), positives) for row in means]
     low, high = percentile_interval(np.array(values)[None], level)[0]
     return float(low), float(high)
-
-
-def largest_heads(values, k: int, key: str) -> list[list[int]]:
-    """[[layer, head], ...] of the k heads with the largest of `values` ([layer, head]; a tie
-    broken by the earlier layer, then head), in layer then head order: a set picked at run
-    time (tasks.<task>.ablation_sets.<set>: {key: k}; key names the config key in the error).
-    """
-    values = np.asarray(values, dtype=float)
-    if not 1 <= k <= values.size:
-        raise ValueError(f"{key} {k} must lie in [1, {values.size}] (the heads)")
-    order = np.argsort(-values.ravel(), kind="stable")[:k]  # stable: row-major ties
-    return [[int(i // values.shape[1]), int(i % values.shape[1])] for i in sorted(order)]

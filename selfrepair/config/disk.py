@@ -66,7 +66,7 @@ STORE_ARRAYS = {
     ("task_atp", "atp"): (24, None),
     ("task_atp_per_kind", "atp"): (24, None),
     ("task_atp_summary", "summary"): (72, None),
-    ("task_methods", "methods"): (12, None),
+    ("task_methods", "methods"): (14, None),  # 9 variables, 5 coordinates
 }
 OTHER_STORE = (72, "layer")  # a store not listed: as many arrays as the largest, chunked
 # A job's log: its messages (0.1-5 KB in the demo), and a progress bar line every 5 s at most

@@ -49,7 +49,7 @@ def set_heads(
     {induction_score_top: k} the k heads with the largest induction score in task_clean's
     metric.json (`metric`), for {direct_effect_top: k} the k heads with the largest mean clean
     direct effect on the task's answers in its clean store (`clean`, de_head)."""
-    from selfrepair.analysis.ranking import largest_heads
+    from selfrepair.tasks.picks import largest_heads
 
     values = {}
     for name, heads in sets.items():
