@@ -11,6 +11,7 @@ import sys
 import pytest
 import yaml
 from helpers import ROOT, SCHEMA, load, load_test, merged
+from helpers import dry_run as planned_jobs
 from tasks_helpers import gpt2_checkpoint, ioi_tokenizer
 
 from selfrepair.config import ConfigError, validate_run
@@ -203,18 +204,10 @@ def test_prompts_are_checked_with_each_tokenizer_before_any_job(tmp_path):
 def test_the_ioi_config_plans_the_task_beside_the_paper_path():
     """config/ioi.yaml (with its CI overlay) plans through snakemake -n: every task rule once
     (the overlay keeps one ablation), beside gpt2-small's paper path."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--forceall", "--cores", "1", "--configfile",
-         "config/ioi.yaml", ".test/config/ioi.yaml"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    output = planned_jobs("config/ioi.yaml", ".test/config/ioi.yaml")
     jobs = dict(
         (line.split()[0], int(line.split()[1]))
-        for line in proc.stdout.splitlines()
+        for line in output.splitlines()
         if len(line.split()) == 2 and line.split()[1].isdigit()
     )
     per_ablation = {"task_ablate", "task_set_ablate", "task_summary"}
