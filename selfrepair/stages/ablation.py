@@ -118,11 +118,21 @@ def ablation_kinds(ablation: str | Sequence[str], out: str | Sequence[str], **pe
     ]
 
 
-def _ablate_kind(job: ModelJob, model, data: Measured, kind: dict[str, Any], **common):
+def _ablate_kind(
+    job: ModelJob,
+    model,
+    data: Measured,
+    kind: dict[str, Any],
+    *,
+    heads_per_pass: int,
+    mean_include_bos: bool,
+    attrs: dict[str, Any],
+    top_tokens: str | None,
+    task: str | None,
+    metric: str | None,
+):
     """One kind of an ablate job on its model and rows: measured, then its stores written."""
     ablation, freeze_ln = kind["ablation"], bool(kind["freeze_ln"])
-    top_tokens, task = common["top_tokens"], common["task"]
-    heads_per_pass = common["heads_per_pass"]
     sums = _repair_sums(model, data, top_tokens)
     t0 = time.perf_counter()
     keys = {"engine.batch_size": job.batch_size, "engine.heads_per_pass": heads_per_pass}
@@ -135,7 +145,7 @@ def _ablate_kind(job: ModelJob, model, data: Measured, kind: dict[str, Any], **c
             heads=job.heads,
             batch_size=job.batch_size,
             heads_per_pass=heads_per_pass,
-            mean_include_bos=common["mean_include_bos"],
+            mean_include_bos=mean_include_bos,
             freeze_ln=freeze_ln,
             progress=True,
             desc=(f"{task}: " if task else "") + f"{ablation} ablation{frozen}",
@@ -144,9 +154,7 @@ def _ablate_kind(job: ModelJob, model, data: Measured, kind: dict[str, Any], **c
         )
     _log_speed(predictions(*data.rows.shape), time.perf_counter() - t0)
     ds = data.narrow(ds)
-    own, sums_attrs = _store_attrs(
-        job.provenance(common["attrs"]), task, ablation, common["metric"], freeze_ln
-    )
+    own, sums_attrs = _store_attrs(job.provenance(attrs), task, ablation, metric, freeze_ln)
     ds.attrs.update(own)
     if kind["keep"] is not None:
         top_token = open_zarr(top_tokens).token.values

@@ -18,6 +18,7 @@ from selfrepair.analysis.tasks import head_backups, no_backup_notes, set_backups
 from selfrepair.stages.joblog import SAME_WEIGHTS_KEYS
 from selfrepair.stages.records import read_json
 from selfrepair.stages.store import check_same_run, open_zarr, write_text
+from selfrepair.tasks.picks import largest_heads
 
 __all__ = ["expected_heads", "set_heads", "task_backups"]
 
@@ -49,8 +50,6 @@ def set_heads(
     {induction_score_top: k} the k heads with the largest induction score in task_clean's
     metric.json (`metric`), for {direct_effect_top: k} the k heads with the largest mean clean
     direct effect on the task's answers in its clean store (`clean`, de_head)."""
-    from selfrepair.tasks.picks import largest_heads
-
     values = {}
     for name, heads in sets.items():
         if isinstance(heads, Mapping):

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from selfrepair.tasks.picks import largest_heads
 from selfrepair.tasks.prompts import Prompt, TaskError, TaskPrompts, pad_prompts
 
 __all__ = [
@@ -106,6 +107,4 @@ def strongest_induction_heads(scores, k: int) -> list[list[int]]:
     """[[layer, head], ...] of the k heads with the largest induction score (a tie broken by
     the earlier layer, then head), in layer then head order: a set picked from the clean pass
     (tasks.<task>.ablation_sets.<name>: {induction_score_top: k})."""
-    from selfrepair.tasks.picks import largest_heads
-
     return largest_heads(scores, k, "induction_score_top")
