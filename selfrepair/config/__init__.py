@@ -42,6 +42,7 @@ from selfrepair.config.hub import (
 from selfrepair.config.layout import (
     MAX_SHARDS,
     ablation_variant,
+    ablation_variants,
     n_predictions,
     n_rows,
     n_shards,
@@ -121,6 +122,7 @@ __all__ = [
     "check_model_entry",
     "check_run",
     "ablation_variant",
+    "ablation_variants",
     "check_storage",
     "check_time",
     "jobs_on_cpu",

@@ -18,6 +18,7 @@ __all__ = [
     "MAX_SHARDS",
     "MIN_TOP_TOKENS",
     "ablation_variant",
+    "ablation_variants",
     "check_checkpoint_shards",
     "check_shard_count",
     "check_top_tokens",
@@ -29,6 +30,13 @@ __all__ = [
     "shard_bounds",
     "top_count",
 ]
+
+
+def ablation_variants(config: dict[str, Any]) -> list[str]:
+    """Every ablation variant a text shard runs, in order: the config's ablations, then the
+    frozen-LayerNorm ones of engine.frozen_ln (one ablate job runs them all)."""
+    frozen = [ablation_variant(a, True) for a in config["engine"]["frozen_ln"]]
+    return list(config["ablations"]) + frozen
 
 
 def n_rows(data: dict[str, Any]) -> int:

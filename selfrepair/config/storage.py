@@ -22,7 +22,7 @@ from selfrepair.catalogue import Shapes, paper_model
 from selfrepair.config import disk
 from selfrepair.config.checkpoints import checkpoint_models, keeps_every_token, model_checkpoints
 from selfrepair.config.layout import (
-    ablation_variant,
+    ablation_variants,
     n_predictions,
     n_rows,
     n_shards,
@@ -118,8 +118,7 @@ class _Run:
 
 def _ablate(run: _Run, w: dict, d: Shapes) -> int:
     """An ablate job's stores: its {ablation}'s (checkpoint_ablate), or every variant's."""
-    frozen = [ablation_variant(a, True) for a in run.engine["frozen_ln"]]
-    kinds = [w["ablation"]] if "ablation" in w else run.config["ablations"] + frozen
+    kinds = [w["ablation"]] if "ablation" in w else ablation_variants(run.config)
     rows, tokens = run.shard(w["shard"])
     sums = repair_sums_bytes(d) if run.engine["attribution"] else 0
     if run.keeps_every_token(w["model"], w["shard"]):

@@ -23,7 +23,7 @@ from typing import Any
 
 from selfrepair import flops
 from selfrepair.config.errors import ConfigError
-from selfrepair.config.layout import ablation_variant, n_rows
+from selfrepair.config.layout import ablation_variants, n_rows
 from selfrepair.config.memory import cached_hub_entry, model_size
 from selfrepair.config.tasks import task_shape
 
@@ -50,12 +50,6 @@ def _per_row(rule: str, size: Any, seq: int, engine: dict[str, Any]) -> int:
         + flops.graddrop_flops(size, seq)
         + flops.head_unit_flops(size, seq, graddrop=top_graddrop)
     )
-
-
-def _variants(config: dict[str, Any]) -> list[str]:
-    """The ablation variants one ablate job runs: the config's ablations, then the frozen."""
-    frozen = config["engine"]["frozen_ln"]
-    return list(config["ablations"]) + [ablation_variant(a, True) for a in frozen]
 
 
 def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
@@ -86,7 +80,7 @@ def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
             n_passes = 1 + len(run.config["ablation_sets"])
             return float(n_passes * rows * flops.forward_flops(size, seq))
         if rule.endswith("ablate"):  # ablate: every variant, one after the other
-            kinds = 1 if "ablation" in w else len(_variants(run.config))
+            kinds = 1 if "ablation" in w else len(ablation_variants(run.config))
             return float(kinds * rows * _per_row("ablate", size, seq, run.config["engine"]))
         return float(rows * _per_row(rule, size, seq, run.config["engine"]))
     if rule in ("neuron_effects", "norm_ratios", "self_reinforcement"):

@@ -61,9 +61,7 @@ DATA = config["data"]
 ENGINE = config["engine"]
 ABLATIONS = config["ablations"]
 # Frozen-LayerNorm variants run as their own "ablation" (e.g. resample-frozen-ln).
-VARIANTS = ABLATIONS + [
-    sr_config.ablation_variant(a, True) for a in ENGINE["frozen_ln"]
-]
+VARIANTS = sr_config.ablation_variants(config)
 SHARDS = [f"{i:03d}" for i in range(sr_config.n_shards(DATA))]
 
 
