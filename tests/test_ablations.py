@@ -172,7 +172,7 @@ def test_atp_refuses_a_kind_whose_partners_lie_outside_the_rows(tiny_model, tiny
 
 
 def test_tables_read_when_imported_list_a_registered_kind():
-    """A kind registered before the captions, colours, explorer labels, output folders and
+    """A kind registered before the captions, colours, output folders and
     variables.ABLATIONS are imported is in each (none lists the kinds itself); without torch."""
     code = """
 import sys
@@ -184,13 +184,11 @@ A.register(replace(A.KINDS["corrupted"], name="swapped", partner_label="swapped 
 from selfrepair.variables import ABLATIONS
 from selfrepair.plots.captions import ABLATION_NOTES
 from selfrepair.plots.style import ABLATION_COLORS
-from selfrepair.analysis.explorer import PARTNER_LABELS
 from selfrepair.config.places import ABLATION_FOLDERS, ABLATION_NAMES, WORKFLOW_FOLDERS
 assert ABLATIONS == ("resample", "mean", "zero", "zero-with-value-bias", "blank"), ABLATIONS
 assert A.TASK_ABLATIONS[-2:] == ("blank", "swapped")
 assert ABLATION_NOTES["blank"] == "blank note" and "swapped" in ABLATION_NOTES
 assert ABLATION_COLORS["blank"] == "#123456"
-assert PARTNER_LABELS["swapped"] == "swapped {row}" and "blank" not in PARTNER_LABELS
 assert ABLATION_FOLDERS[-2:] == ("blank", "swapped")
 assert {"blank-frozen-ln", "swapped"} <= ABLATION_NAMES <= WORKFLOW_FOLDERS
 assert "torch" not in sys.modules
@@ -205,6 +203,34 @@ else:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_explorer_labels_the_partner_of_a_kind_registered_after_its_import(monkeypatch):
+    """The explorer reads a partner's label from the registry when it labels one, so a kind
+    added after selfrepair.analysis.explorer was imported (here: in this process, long after)
+    is labelled, under its frozen-LayerNorm variant too; a kind without partner rows is refused."""
+    from selfrepair.analysis import explorer
+
+    monkeypatch.setitem(
+        KINDS, "swapped", replace(KINDS["corrupted"], name="swapped", partner_label="swap {row}")
+    )
+    monkeypatch.setitem(KINDS, "blank", replace(KINDS["zero"], name="blank"))
+    tokens = np.arange(20).reshape(4, 5)
+    for name in ("swapped", variant("swapped", True)):
+        entry = explorer.candidate_entry(
+            1,
+            2,
+            values={},
+            windows={"de": [], "sr": []},
+            tokens=tokens,
+            context=2,
+            partner_row=3,
+            partner_kind=name,
+        )
+        assert entry["partner"]["label"] == "swap 3"
+    assert explorer.partner_label("resample", 7) == "resample partner row 7"
+    with pytest.raises(ValueError, match="'blank' takes no partner row"):
+        explorer.partner_label("blank", 3)
 
 
 # A kind compared by name: `ablation == "mean"`, `ablation in ("resample", ...)`,

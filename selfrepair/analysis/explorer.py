@@ -15,10 +15,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from selfrepair.ablations import KINDS, ROWS, TASK, ablation_kind, parse_variant
+from selfrepair.ablations import ROWS, TASK, ablation_kind, parse_variant
 
 __all__ = [
-    "PARTNER_LABELS",
     "RANKINGS",
     "SUMMARY_FIELDS",
     "TASK_FIELDS",
@@ -30,6 +29,7 @@ __all__ = [
     "head_numbers",
     "readable",
     "metric_drop",
+    "partner_label",
     "partner_rows",
     "rounded",
     "shown_numbers",
@@ -52,8 +52,6 @@ SUMMARY_FIELDS = tuple(
     for name in ("de_clean", "logit_diff", "self_repair", "sr_heads", "sr_mlps", "sr_ln")
 ) + ("top_ln_share", "top_ln_share_clipped", "top_n_tokens")
 DIGITS = 6  # significant digits of the numbers written into the page
-# What a shown token's partner is, by the ablation that takes the head's z from it.
-PARTNER_LABELS = {name: kind.partner_label for name, kind in KINDS.items() if kind.partner_label}
 # A task page's summary: on a task every scored token is an answer, so the "top" means equal the
 # means over all tokens; one set is shown, the metric's change as its drop (clean - ablated), the
 # sign of the task figures (Fig 2: drop of DE against drop of the metric).
@@ -114,8 +112,8 @@ def candidate_entry(
     """One shown token, the prediction at position p of global row `row`: its ids, the next
     token, the head's values there (short name -> value) and over the window of `context` tokens
     ending there (WINDOW_VALUES short name -> values, oldest first; longer arrays are cut to the
-    window), and the partner's row if any, labelled as what it is (PARTNER_LABELS[partner_kind]:
-    the resample partner, or the corrupted prompt)."""
+    window), and the partner's row if any, labelled as what it is (partner_label: the resample
+    partner, or the corrupted prompt)."""
     start = max(0, p - context + 1)
     entry = {
         "row": int(row),
@@ -134,9 +132,19 @@ def candidate_entry(
             "row": int(partner_row),
             "ids": tokens[partner_row, start : p + 1].tolist(),
             "next": int(tokens[partner_row, p + 1]),
-            "label": PARTNER_LABELS[partner_kind].format(row=int(partner_row)),
+            "label": partner_label(partner_kind, int(partner_row)),
         }
     return entry
+
+
+def partner_label(ablation: str, row: int) -> str:
+    """What a shown token's partner row is, by the ablation (a kind or its frozen-LayerNorm
+    variant) that takes the head's z from it: its kind's partner_label, read from the registry
+    at each call so that a kind registered after this module's import is labelled too."""
+    kind = ablation_kind(parse_variant(ablation)[0])
+    if not kind.partner_label:
+        raise ValueError(f"ablation {kind.name!r} takes no partner row to label")
+    return kind.partner_label.format(row=row)
 
 
 def head_numbers(
