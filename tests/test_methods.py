@@ -6,6 +6,8 @@ the conditional gradient, AtP and EAP-IG (5 steps) against autograd on Hugging F
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,8 +18,11 @@ from test_architectures import hf_checkpoint
 from selfrepair.analysis.methods import (
     PER_TOKEN,
     energy_ratio,
+    method_page,
     method_scores,
     method_table,
+    prompts_note,
+    std_text,
     with_extra_scores,
 )
 from selfrepair.engine.inputs import TaskInputs
@@ -196,6 +201,30 @@ def test_graddrop_per_answer_joins_the_task_atp_store_with_its_interval():
     )  # fmt: skip
     row = table.loc["atp_star_graddrop"]
     assert row.roc_auc == 1.0 and row.roc_auc_low == 1.0 and row.coax_roc_auc == 0.665
+    assert (table.n_prompts == 3).all()  # the prompts measured, not the answers (4)
+
+
+def test_method_page_states_its_prompts_and_shows_a_small_std():
+    """The HTML page says what it was measured on (from the table, not the config) and writes
+    a standard deviation to two significant figures: 0.00047 showed as 0.000 at three decimals."""
+    assert std_text(0.00047) == "0.00047" and std_text(0.0087) == "0.0087"
+    assert std_text(0.1) == "0.10" and std_text(0.0) == "0.0" and std_text(1e-7) == "1.0e-07"
+    assert prompts_note(3) == "Measured on 3 prompts."
+    assert prompts_note({1: 96, 15: 96}) == "Measured on 96 prompts per seed (seeds 1, 15)."
+    assert prompts_note({1: 96, 15: 95}) == "Measured on 96 prompts (seed 1), 95 prompts (seed 15)."
+    table = pd.DataFrame(
+        {
+            "roc_auc_mean": [0.5, 0.25],
+            "roc_auc_std": [0.00047, np.nan],
+            "n_prompts_seed1": [96, 96],
+        },
+        index=pd.Index(["atp", "eap_ig"], name="method"),
+    )
+    page = method_page(table, title="a <b>", note=prompts_note({1: 96}))
+    assert "<title>a &lt;b&gt;</title>" in page
+    assert "<p>Measured on 96 prompts per seed (seeds 1).</p>" in page
+    cells = re.findall(r"<td>([^<]*)</td>", page)
+    assert cells == ["0.500", "0.00047", "96", "0.250", "NaN", "96"], cells
 
 
 def test_methods_figure_legend_hides_no_anchor_and_names_both_sizes():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 
@@ -128,11 +129,12 @@ def test_prompt_options_that_cannot_hold_are_refused_in_one_line(tasks, include_
     check_task_protocol(_tasks(prepend_bos=False, ablations=["mean"]), True)  # BOS averaged
 
 
-def _table(roc, ap, p8, low):
+def _table(roc, ap, p8, low, n_prompts=96):
     methods = ["compensation_energy", "mine"]
     return pd.DataFrame(
         {"roc_auc": roc, "average_precision": ap, "precision_at_k": p8, "k": [8, 8],
-         "roc_auc_low": low, "roc_auc_high": [1.0, 1.0], "coax_roc_auc": [0.941, np.nan]},
+         "n_prompts": [n_prompts] * 2, "roc_auc_low": low, "roc_auc_high": [1.0, 1.0],
+         "coax_roc_auc": [0.941, np.nan]},
         index=pd.Index(methods, name="method"),
     )  # fmt: skip
 
@@ -157,6 +159,32 @@ def test_seed_summary_is_the_mean_and_population_std_over_seeds():
     assert np.isnan(out.loc["mine", "coax_roc_auc"]) and out.loc["mine", "n_seeds"] == 3
     with pytest.raises(ValueError, match="seed 2's method table has other methods"):
         seed_summary({1: tables[1], 2: tables[1].drop("mine")})
+    assert out.loc["mine", "n_prompts_seed15"] == 96
+    with pytest.raises(ValueError, match="seed 2's method table has no n_prompts column: rerun"):
+        seed_summary({1: tables[1], 2: tables[1].drop(columns="n_prompts")})
+
+
+def test_the_seeds_page_shows_a_small_std_and_each_seeds_prompt_count(tmp_path):
+    """Rule method_seeds' stage on two seeds' tables whose ROC-AUCs differ by 0.00094: the HTML
+    page showed the std, 0.00047, as 0.000 (three decimals) and no prompt count; now two
+    significant figures and each seed's count, read from its table; the CSV keeps full
+    precision."""
+    from selfrepair.stages.methods import method_seeds
+
+    paths = []
+    for seed, roc, n in ((1, [0.9, 0.5], 96), (15, [0.90094, 0.5], 95)):
+        paths.append(tmp_path / f"seed{seed}.csv")
+        _table(roc, [0.5, 0.1], [0.5, 0.0], [0.8, 0.3], n_prompts=n).to_csv(paths[-1])
+    out = tmp_path / "seeds.html"
+    method_seeds(tables=paths, seeds=[1, 15], csv=tmp_path / "s.csv", html_path=out, title="t")
+    page = out.read_text()
+    assert "Measured on 96 prompts (seed 1), 95 prompts (seed 15)." in page
+    row = re.search(r"<th>compensation_energy</th>(.*?)</tr>", page, re.S).group(1)
+    cells = re.findall(r"<td>([^<]*)</td>", row)
+    assert cells[:2] == ["0.900", "0.00047"], cells
+    csv = pd.read_csv(tmp_path / "s.csv", index_col="method")
+    assert csv.loc["compensation_energy", "roc_auc_std"] == pytest.approx(0.00047, abs=1e-9)
+    assert list(csv.n_prompts_seed15) == [95, 95]
 
 
 def _dry_run(*configs, target=()) -> dict[str, int]:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from selfrepair.analysis.methods import COAX_ROC_AUC
 
-__all__ = ["COAX_ROC_AUC_STD", "SEED_METRICS", "seed_summary"]
+__all__ = ["COAX_ROC_AUC_STD", "SEED_METRICS", "seed_prompts", "seed_summary"]
 
 # The metrics averaged over seeds, and each seed's columns shown beside them.
 SEED_METRICS = ("roc_auc", "average_precision", "precision_at_k")
@@ -37,7 +37,8 @@ COAX_ROC_AUC_STD = {
 def seed_summary(tables: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
     """One row per method: `<metric>_mean` and `<metric>_std` over the seeds (population std)
     of SEED_METRICS, n_seeds, CoAx's mean and std where it has the method (coax_roc_auc,
-    coax_roc_auc_std, else NaN), then each seed's PER_SEED columns as `<column>_seed<s>`.
+    coax_roc_auc_std, else NaN), then each seed's PER_SEED columns as `<column>_seed<s>` and its
+    prompt count, `n_prompts_seed<s>` (seed_prompts).
 
     Args:
         tables: prompt seed -> that seed's method table (analysis.methods.method_table, indexed
@@ -49,6 +50,7 @@ def seed_summary(tables: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
     for seed, table in tables.items():
         if set(table.index) != set(first.index):
             raise ValueError(f"seed {seed}'s method table has other methods than the first's")
+    prompts = seed_prompts(tables)
     rows = []
     for method in first.index:
         row: dict[str, float | str] = {"method": method}
@@ -60,5 +62,25 @@ def seed_summary(tables: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
         row["coax_roc_auc_std"] = COAX_ROC_AUC_STD.get(method, float("nan"))
         for seed, table in tables.items():
             row |= {f"{c}_seed{seed}": float(table.loc[method, c]) for c in PER_SEED}
+            row[f"n_prompts_seed{seed}"] = prompts[seed]
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
+
+
+def seed_prompts(tables: Mapping[int, pd.DataFrame]) -> dict[int, int]:
+    """Each seed's prompt count, from its method table's n_prompts column (one value per
+    table: every method is measured on the same prompts).
+
+    Args:
+        tables: as seed_summary's.
+    """
+    counts = {}
+    for seed, table in tables.items():
+        if "n_prompts" not in table:
+            raise ValueError(
+                f"seed {seed}'s method table has no n_prompts column: rerun rule method_table"
+            )
+        if table["n_prompts"].nunique() != 1:
+            raise ValueError(f"seed {seed}'s method table gives its methods other prompt counts")
+        counts[seed] = int(table["n_prompts"].iloc[0])
+    return counts

@@ -17,6 +17,7 @@ Scores of other stores (e.g. AtP* GradDrop of the atp rules on tasks) join throu
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -30,8 +31,11 @@ __all__ = [
     "COAX_ROC_AUC",
     "PER_TOKEN",
     "energy_ratio",
+    "method_page",
     "method_scores",
     "method_table",
+    "prompts_note",
+    "std_text",
     "with_extra_scores",
 ]
 
@@ -138,8 +142,9 @@ def method_table(
 ) -> pd.DataFrame:
     """One row per method: roc_auc with its bootstrap interval over prompts (roc_auc_low,
     roc_auc_high; each resample's scores formed from the drawn prompts' means), average
-    precision, precision@k (k: the positives among the candidates), coax_roc_auc (CoAx's value
-    where it has the method, else NaN). Extra methods carry no interval (NaN).
+    precision, precision@k (k: the positives among the candidates), n_prompts (the prompts
+    measured: those of `prompt`), coax_roc_auc (CoAx's value where it has the method, else NaN).
+    Extra methods carry no interval (NaN).
 
     Args:
         per_token: PER_TOKEN's values, each [candidate, token].
@@ -164,7 +169,7 @@ def method_table(
                 draws[m].append(roc_auc(dict(zip(candidates, v, strict=True)), positives))
     rows = []
     for method, scores in point.items():
-        row = {"method": method, **_metrics(scores, positives, k), "k": k}
+        row = {"method": method, **_metrics(scores, positives, k), "k": k, "n_prompts": n_prompts}
         if draws.get(method):
             low, high = percentile_interval(np.array(draws[method])[None], level)[0]
         else:
@@ -173,3 +178,29 @@ def method_table(
         row["coax_roc_auc"] = COAX_ROC_AUC.get(method, float("nan"))
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
+
+
+def std_text(value: float) -> str:
+    """A standard deviation as a page shows it: two significant figures, so a small nonzero
+    one reads as itself (0.00047) where three decimals showed 0.000."""
+    return f"{value:#.2g}"
+
+
+def prompts_note(counts: int | Mapping[int, int]) -> str:
+    """The line above a method table saying what it was measured on: its prompt count, or each
+    prompt seed's (seed -> count; one number where the seeds' agree)."""
+    if isinstance(counts, int):
+        return f"Measured on {counts} prompts."
+    seeds = ", ".join(map(str, counts))
+    if len(set(counts.values())) == 1:
+        return f"Measured on {next(iter(counts.values()))} prompts per seed (seeds {seeds})."
+    return "Measured on " + ", ".join(f"{n} prompts (seed {s})" for s, n in counts.items()) + "."
+
+
+def method_page(table: pd.DataFrame, *, title: str, note: str) -> str:
+    """A method table as an HTML page: its title, `note` (prompts_note) and the table, floats
+    to three decimals, each standard deviation (a `*_std` column) by std_text; NaN as NaN."""
+    stds = {c: std_text for c in table.columns if str(c).endswith("_std")}
+    body = table.to_html(float_format=lambda v: f"{v:.3f}", formatters=stds)
+    head = f"<head><title>{html.escape(title)}</title></head>"
+    return f"<html>{head}<body><p>{html.escape(note)}</p>{body}</body></html>"

@@ -143,7 +143,8 @@ def method_table(
     metric: str | None = None,
 ) -> pd.DataFrame:
     """Rule method_table: every method's ranking of the expected backups (ROC-AUC with its
-    bootstrap interval over prompts, average precision, precision@k), CSV, HTML and a figure.
+    bootstrap interval over prompts, average precision, precision@k) and the prompt count, CSV,
+    HTML (the count above the table) and a figure (the count in its legend).
 
     Args:
         methods: the task_methods store.
@@ -159,6 +160,7 @@ def method_table(
             joins as method atp_star_graddrop, with its interval (graddrop_per_answer).
         metric: the task_clean metric JSON (an induction task's induction scores).
     """
+    from selfrepair.analysis.methods import method_page, prompts_note
     from selfrepair.analysis.methods import method_table as table_of
     from selfrepair.plots.methods import methods_figure
     from selfrepair.stages.task_summaries import expected_heads
@@ -184,9 +186,9 @@ def method_table(
     )
     log.info("ROC-AUC per method:\n%s", table.roc_auc)
     write_text(csv, table.to_csv(float_format="%.6g"))
-    html = table.to_html(float_format=lambda v: f"{v:.3f}")
-    write_text(html_path, f"<html><head><title>{title}</title></head><body>{html}</body></html>")
-    fig = methods_figure(table, anchors=anchors, n_prompts=len(np.unique(ds.prompt.values)))
+    n_prompts = int(table.n_prompts.iloc[0])
+    write_text(html_path, method_page(table, title=title, note=prompts_note(n_prompts)))
+    fig = methods_figure(table, anchors=anchors, n_prompts=n_prompts)
     fig.savefig(figure, dpi=150, bbox_inches="tight")
     if figure_pdf:
         fig.savefig(figure_pdf, bbox_inches="tight")
@@ -197,7 +199,9 @@ def method_seeds(
     *, tables: Sequence[str], seeds: Sequence[int], csv: str, html_path: str, title: str
 ) -> pd.DataFrame:
     """Rule method_seeds: the method tables of a task's prompt seeds as one table, per method
-    the mean +- std over seeds beside each seed's values (analysis.method_seeds), CSV and HTML.
+    the mean +- std over seeds beside each seed's values and prompt count (analysis.method_seeds),
+    CSV (full precision) and HTML (each seed's prompt count above the table; each std to two
+    significant figures, analysis.methods.std_text).
 
     Args:
         tables: each seed's method_table CSV, in the order of `seeds`.
@@ -205,12 +209,13 @@ def method_seeds(
         csv, html_path: the files to write.
         title: the HTML page's title.
     """
-    from selfrepair.analysis.method_seeds import seed_summary
+    from selfrepair.analysis.method_seeds import seed_prompts, seed_summary
+    from selfrepair.analysis.methods import method_page, prompts_note
 
     read = {int(s): pd.read_csv(t, index_col="method") for s, t in zip(seeds, tables, strict=True)}
     table = seed_summary(read)
     log.info("ROC-AUC mean and std over seeds %s:\n%s", list(read), table.iloc[:, :2])
     write_text(csv, table.to_csv(float_format="%.6g"))
-    html = table.to_html(float_format=lambda v: f"{v:.3f}")
-    write_text(html_path, f"<html><head><title>{title}</title></head><body>{html}</body></html>")
+    note = prompts_note(seed_prompts(read))
+    write_text(html_path, method_page(table, title=title, note=note))
     return table
