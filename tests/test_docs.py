@@ -93,6 +93,27 @@ def test_the_checkpoint_jobs_stated_are_the_dry_runs():
         assert re.search(rf"\b{count} (?:of the demo's jobs|measure the training)", text), page
 
 
+def rule_jobs(output: str) -> dict[str, int]:
+    """A dry run's job table: rule -> jobs."""
+    rows = re.findall(r"^(\w+)\s+(\d+)$", output, flags=re.MULTILINE)
+    return {rule: int(n) for rule, n in rows if rule != "total"}
+
+
+def test_the_store_tokens_switch_jobs_stated_are_the_dry_runs():
+    """docs/storage.md: the jobs that switching engine.store_tokens reruns today (every job of
+    the rules that take it) are the reduced demo's and the demo's dry runs'. It quoted 24 ablate
+    jobs, a count of the layout with one ablate job per variant, after the layout had changed."""
+    text = (ROOT / "docs" / "storage.md").read_text()
+    stated = re.search(r"Today one.*?plans (.*?) jobs, (\d+) in all", text, flags=re.DOTALL)
+    pairs = re.findall(r"(\d+) (\w+)", " ".join(stated.group(1).split()))
+    counts = {rule: int(n) for n, rule in pairs}
+    rules = {"clean_cache", "ablate", "checkpoint_ablate", "neuron_effects"}
+    assert set(counts) == rules, counts
+    for configs in (REDUCED_DEMO_CONFIGS, ("config/demo.yaml",)):
+        jobs = rule_jobs(dry_run(*configs))
+        assert {rule: jobs[rule] for rule in rules} == counts, configs
+
+
 def test_the_demo_sizes_stated_are_the_config():
     demo = load("demo.yaml")
     (tokenizer,) = demo["tokenizers"].values()
