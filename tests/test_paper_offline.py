@@ -291,7 +291,7 @@ def test_ioi_outputs_and_backup_table(ioi_run):
         assert (task / "figures" / f"{stem}.png").stat().st_size > 1000, stem
     assert (run / "results" / "explorer" / "tasks" / "ioi" / "gpt2-small.html").exists()
     prompts = xr.open_zarr(task / "prompts.zarr")
-    assert prompts.sizes["prompt"] == 16 and len(prompts.attrs["names"]) >= 5
+    assert prompts.sizes["prompt"] == 8 and len(prompts.attrs["names"]) >= 5
     table = pd.read_csv(task / "tables" / "backup_heads.csv")
     joint = table[table.source == "set"]
     assert set(joint.set) == {"name_movers"} and "expected_backup" in joint
