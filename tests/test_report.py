@@ -236,7 +236,7 @@ STORES = (
     "*/atp/*.zarr",
     "*/atp/*/shard-*.zarr",
     "*/tasks/*/prompts.zarr",
-    "*/tasks/*/clean.zarr",
+    "*/tasks/*/clean/shard-*.zarr",
     "*/tasks/*/ablation/*.zarr",
     "*/tasks/*/attribution/*.zarr",
     "*/tasks/*/summary/*.zarr",

@@ -23,7 +23,7 @@ from typing import Any
 
 from selfrepair import flops
 from selfrepair.config.errors import ConfigError
-from selfrepair.config.layout import ablation_variants, n_rows
+from selfrepair.config.layout import ablation_variants, estimated_as, n_rows
 from selfrepair.config.memory import cached_hub_entry, model_size
 from selfrepair.config.tasks import task_shape
 
@@ -61,6 +61,7 @@ def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
         rule: the job's rule name.
         w: its wildcards.
     """
+    rule, w = estimated_as(rule, w)
     if "model" not in w:
         return 0.0
     model = run.model(w["model"])
