@@ -325,10 +325,15 @@ def test_a_config_with_every_key_plans_through_snakemake(every_key_plan):
     # {direct_effect_top: k} (any task): picked from the task's clean store, which only the jobs
     # of a set so picked read
     largest = inputs_of("gpt2-small/tasks/t-ioi/methods/largest.zarr")
-    assert "results/gpt2-small/tasks/t-ioi/clean/shard-000.zarr" in largest and "metric.json" not in largest
+    assert (
+        "results/gpt2-small/tasks/t-ioi/clean/shard-000.zarr" in largest
+        and "metric.json" not in largest
+    )
     assert "clean/shard-000.zarr" in inputs_of("gpt2-small/tasks/t-ioi/sets/corrupted.zarr")
     assert "clean/shard-000.zarr" not in inputs_of("gpt2-small/tasks/t-ioi/methods/movers.zarr")
-    assert "clean/shard-000.zarr" not in inputs_of("m-train/tasks/t-induction/methods/strongest.zarr")
+    assert "clean/shard-000.zarr" not in inputs_of(
+        "m-train/tasks/t-induction/methods/strongest.zarr"
+    )
     # models[].tasks_only: trained (its n_ctx and tie_embeddings reach train_model) and
     # measured on its task; nothing of the text path
     assert "results/m-task/tasks/t-induction/metric.json" in every_key_plan

@@ -5,6 +5,7 @@ task's clean metric is read back from its clean store in the order it was comput
 import json
 
 import numpy as np
+
 import selfrepair.config as sr_config
 from selfrepair.analysis.tasks import CLEAN_METRIC_KEYS, clean_metric, clean_metric_record
 

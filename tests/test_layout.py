@@ -109,7 +109,7 @@ DATASET_RULES = {"clean_cache": "task_clean"}
 @pytest.mark.parametrize(("rule", "twin"), DATASET_RULES.items())
 def test_a_rule_serving_every_dataset_has_no_task_twin(rule, twin):
     texts = rule_texts()
-    assert re.search(r'output:\n(\s+\w+=.*\n)*\s+\w+=.*\{dataset\}', texts[rule]), (
+    assert re.search(r"output:\n(\s+\w+=.*\n)*\s+\w+=.*\{dataset\}", texts[rule]), (
         f"rule {rule}'s outputs are not per dataset ({{dataset}})"
     )
     twins = [name for name, text in texts.items() if name == twin or f"use rule {rule} as" in text]
@@ -134,7 +134,7 @@ ONE_DATASET_LEFT = {
     "stages.tasks.task_inputs": "a task's counterfactuals and corrupted prompts (text has none)",
     "stages.tasks.task_set_ablate": "serves both: set_ablate is its running-text variant",
     "stages.clean._task_metric": "the clean metric over a task's answers (its captions' number)",
-    "stages.clean.task_metric": "rule task_metric: that metric as JSON (running text has none)",
+    "stages.task_summaries.task_metric": "rule task_metric: that metric as JSON (running text has none)",
     "stages.summaries.task_title": "serves both: None on running text",
     "stages.task_summaries.task_backups": "backups against the expected ones a task names",
     "stages.methods.task_methods": "methods ranked against the expected backups a task names",

@@ -167,13 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     n = sum(len(run_files(args.first / s)) for s in subdirs)
     parsed = [parse_move(m) for m in moves]
-    n_moved = sum(
-        moved(rel, parsed) != rel for s in subdirs for rel in run_files(args.first / s)
-    )
+    n_moved = sum(moved(rel, parsed) != rel for s in subdirs for rel in run_files(args.first / s))
     for line in problems:
         print(line)
     if moves:
-        print(f"{n_moved} files of the first run compared at their moved paths ({', '.join(PLACE_KEYS)} not compared on a moved store)")
+        print(
+            f"{n_moved} files of the first run compared at their moved paths ({', '.join(PLACE_KEYS)} not compared on a moved store)"
+        )
     print(
         f"{n} files compared under {', '.join(subdirs)}: "
         + ("identical" if not problems else f"{len(problems)} differences")

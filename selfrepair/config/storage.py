@@ -22,8 +22,8 @@ from selfrepair.catalogue import Shapes, paper_model
 from selfrepair.config import disk
 from selfrepair.config.checkpoints import checkpoint_models, keeps_every_token, model_checkpoints
 from selfrepair.config.layout import (
-    estimated_as,
     ablation_variants,
+    estimated_as,
     n_predictions,
     n_rows,
     n_shards,
@@ -285,7 +285,10 @@ def job_bytes(
     blocks (None: unknown). A store: its files and folders (disk.store_disk_bytes, its arrays
     from disk.STORE_ARRAYS by rule and output name) with the job's array bytes; another file:
     FILE_BYTES by suffix."""
-    named, (rule, wildcards) = named_paths(outputs), estimated_as(SAME_AS.get(rule, rule), wildcards)
+    named, (rule, wildcards) = (
+        named_paths(outputs),
+        estimated_as(SAME_AS.get(rule, rule), wildcards),
+    )
     mine = [(n, p) for n, p in named if Path(p).parts[:1] == ("results",)]
     theirs = [p for _, p in named if Path(p).parts[:1] == ("resources",)]
     data = data_bytes(run, rule, wildcards)

@@ -4,7 +4,7 @@ shapes and the rows it runs, divided by a rate, plus a fixed time per job (Pytho
 imports, reading and writing stores). An estimate, not a measurement, and it says so.
 
 The FLOPs are selfrepair.flops' counts (checked against torch's FLOP counter in
-tests/test_flops.py), per row: clean_cache and task_clean one forward pass; ablate (every
+tests/test_flops.py), per row: clean_cache (a task's too) one forward pass; ablate (every
 ablation variant: one after the other), checkpoint_ablate and task_ablate measure_heads'
 (engine_flops of every head); atp (every ablation: the kinds share
 the passes) AtP's forward and backward pass,

@@ -1,7 +1,7 @@
 """The clean_cache rule: clean direct effects of one dataset's shard, a token shard or a task's
-prompts (stages.tasks.measured), checked against the logit or metric; the task_metric rule: a
-task's clean metric as JSON, from the clean store; the process_weights rule: a model's processed
-weights, which the later model jobs read."""
+prompts (stages.tasks.measured), checked against the logit or metric (a task's clean metric
+recorded in the store: stages.task_summaries.task_metric writes it as JSON); the
+process_weights rule: a model's processed weights, which the later model jobs read."""
 
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ from typing import Any
 import xarray as xr
 
 from selfrepair.analysis.clean_layout import clean_top_layout
-from selfrepair.analysis.tasks import clean_metric, clean_metric_record
+from selfrepair.analysis.tasks import clean_metric
 from selfrepair.engine.clean import clean_direct_effects, decomposition_error
 from selfrepair.stages.job import ModelJob, checkpoint_weights, weights_source
-from selfrepair.stages.records import write_json
-from selfrepair.stages.store import open_zarr, write_zarr
+from selfrepair.stages.store import write_zarr
 from selfrepair.stages.tasks import Measured, _induction_scores, measured
 
-__all__ = ["clean_cache", "process_weights", "task_metric"]
+__all__ = ["clean_cache", "process_weights"]
 
 log = logging.getLogger("selfrepair")
 
@@ -73,20 +72,6 @@ def clean_cache(
         ds = clean_top_layout(ds, top_k)
     write_zarr(ds, out)
     return ds
-
-
-def task_metric(clean: str, *, out: str) -> dict:
-    """A task's clean metric as JSON (analysis.clean_metric's numbers, an induction task's
-    scores; captions and the picked sets read it), from its clean store's provenance, where
-    clean_cache recorded it.
-
-    Args:
-        clean: the task's clean store (results/<model>/tasks/<task>/clean/shard-000.zarr).
-        out: the JSON file to write (results/<model>/tasks/<task>/metric.json).
-    """
-    numbers = clean_metric_record(open_zarr(clean).attrs)
-    write_json(out, numbers)
-    return numbers
 
 
 def _task_metric(model, data: Measured, ds: xr.Dataset, metric: str, batch_size: int) -> dict:

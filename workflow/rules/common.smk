@@ -740,7 +740,9 @@ def dataset_task(wildcards):
     """The task the job's {dataset} names (None: running text)."""
     task = sr_config.dataset_task(wildcards.dataset)
     if task is not None and wildcards.shard != sr_config.TASK_SHARD:
-        raise ValueError(f"a task is one shard, {sr_config.TASK_SHARD}: not {wildcards.shard}")
+        raise ValueError(
+            f"a task is one shard, {sr_config.TASK_SHARD}: not {wildcards.shard}"
+        )
     return task
 
 
