@@ -54,7 +54,7 @@ def set_heads(
     sets: Mapping[str, Any], metric: str | None, clean: str | None = None
 ) -> dict[str, list[list[int]]]:
     """tasks.<task>.ablation_sets as heads: each set as listed, or picked at run time: for
-    {induction_score_top: k} the k heads with the largest induction score in task_clean's
+    {induction_score_top: k} the k heads with the largest induction score in task_metric's
     metric.json (`metric`), for {direct_effect_top: k} the k heads with the largest mean clean
     direct effect on the task's answers in its clean store (`clean`, de_head)."""
     values = {}

@@ -2,8 +2,9 @@
 store, from the model's own tokenizer) and task_set_ablate (each named set of heads ablated
 jointly; also rule set_ablate's, on a token shard of running text); and `measured`, the
 distribution a model job measures as data (`Measured`: running text or a task's prompts), which
-the clean_cache and ablate stages (clean_cache on a task's {dataset}, ablate's task variant task_ablate) take. Per-token
-stores of a task keep the answer positions only (analysis.tasks.scored_tokens)."""
+the clean_cache and ablate stages take (clean_cache on a task's {dataset}, ablate through its
+task variant task_ablate). Per-token stores of a task keep the answer positions only
+(analysis.tasks.scored_tokens)."""
 
 from __future__ import annotations
 
