@@ -42,3 +42,32 @@ def test_identical_runs_and_each_kind_of_difference(tmp_path, capsys):
         "results/m/u.csv: only in the second run",
     ]
     assert compare_runs.main([str(a), str(b)]) == 1
+
+
+def test_a_moved_store_is_compared_at_its_new_path(tmp_path, capsys):
+    """--map OLD=NEW: the first run's store at OLD is the second's at NEW (`*`: one folder, the
+    same in both), its recorded place aside; a value that differs is still found there."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    attrs = {"seed": 0, "selfrepair_place": "m/s.zarr", "selfrepair_metadata_sha256": "1"}
+    _run(a, [1, 2, 3], attrs)
+    moved = {"selfrepair_place": "m/s/shard-000.zarr", "selfrepair_metadata_sha256": "2"}
+    for run, values in ((b, [1, 2, 3]), (c, [1, 2, 4])):
+        _run(run, values, attrs | moved)
+        (run / "results" / "m" / "s").mkdir()
+        (run / "results" / "m" / "s.zarr").rename(run / "results" / "m" / "s" / "shard-000.zarr")
+    move = "*/s.zarr=*/s/shard-000.zarr"
+    assert compare_runs.compare_runs(a, b, ["results"], ())  # unmapped: only in one run each
+    assert compare_runs.compare_runs(a, b, ["results"], (), (move,)) == []
+    assert compare_runs.main([str(a), str(b), "--map", move]) == 0
+    assert "files of the first run compared at their moved paths" in capsys.readouterr().out
+    assert compare_runs.compare_runs(a, c, ["results"], (), (move,)) == [
+        "results/m/s/shard-000.zarr: array 'x': values differ"
+    ]
+    assert compare_runs.moved("m/tasks/t/clean.zarr/x/0", [compare_runs.parse_move(
+        compare_runs.DATASET_MOVES[0])]) == "m/tasks/t/clean/shard-000.zarr/x/0"  # fmt: skip
+    try:
+        compare_runs.parse_move("*/a.zarr=b.zarr")
+    except ValueError as err:
+        assert "as many * in NEW as in OLD" in str(err)
+    else:
+        raise AssertionError("a malformed move was taken")

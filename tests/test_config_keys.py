@@ -301,7 +301,7 @@ def test_a_config_with_every_key_plans_through_snakemake(every_key_plan):
     assert "results/m-train/sets/resample/shard-000.zarr" in every_key_plan
     assert "results/m-train/tasks/t-induction/ablation/zero-frozen-ln.zarr" in every_key_plan
     assert expected | {"self_reinforcement", "training_self_repair", "head_explorer"} <= jobs
-    tasks = {"task_prompts", "task_clean", "task_ablate", "task_set_ablate", "task_summary"}
+    tasks = {"task_prompts", "task_metric", "task_ablate", "task_set_ablate", "task_summary"}
     tasks |= {"task_backups", "task_self_repair_per_head", "task_repair_bars", "task_explorer"}
     tasks |= {"task_atp", "task_methods", "method_table", "method_seeds"}
     assert tasks <= jobs
@@ -311,7 +311,7 @@ def test_a_config_with_every_key_plans_through_snakemake(every_key_plan):
     # tasks.<name>.methods: its EAP-IG steps reach task_methods, its anchors method_table
     methods = every_key_plan[every_key_plan.index("rule task_methods:") :]
     assert "t-ioi/methods/movers.zarr" in methods.split("\n\n")[0]
-    # tasks.<name>.ablation_sets.<set>: {induction_score_top: k}: picked from task_clean's
+    # tasks.<name>.ablation_sets.<set>: {induction_score_top: k}: picked from task_metric's
     # metric.json, which the set's jobs (only theirs) read
     lines = every_key_plan.splitlines()
 
@@ -322,13 +322,18 @@ def test_a_config_with_every_key_plans_through_snakemake(every_key_plan):
     assert "results/m-train/tasks/t-induction/metric.json" in picked
     assert "metric.json" in inputs_of("m-train/tasks/t-induction/sets/corrupted.zarr")
     assert "metric.json" not in inputs_of("gpt2-small/tasks/t-ioi/methods/movers.zarr")
-    # {direct_effect_top: k} (any task): picked from task_clean's store, which only the jobs
+    # {direct_effect_top: k} (any task): picked from the task's clean store, which only the jobs
     # of a set so picked read
     largest = inputs_of("gpt2-small/tasks/t-ioi/methods/largest.zarr")
-    assert "results/gpt2-small/tasks/t-ioi/clean.zarr" in largest and "metric.json" not in largest
-    assert "clean.zarr" in inputs_of("gpt2-small/tasks/t-ioi/sets/corrupted.zarr")
-    assert "clean.zarr" not in inputs_of("gpt2-small/tasks/t-ioi/methods/movers.zarr")
-    assert "clean.zarr" not in inputs_of("m-train/tasks/t-induction/methods/strongest.zarr")
+    assert (
+        "results/gpt2-small/tasks/t-ioi/clean/shard-000.zarr" in largest
+        and "metric.json" not in largest
+    )
+    assert "clean/shard-000.zarr" in inputs_of("gpt2-small/tasks/t-ioi/sets/corrupted.zarr")
+    assert "clean/shard-000.zarr" not in inputs_of("gpt2-small/tasks/t-ioi/methods/movers.zarr")
+    assert "clean/shard-000.zarr" not in inputs_of(
+        "m-train/tasks/t-induction/methods/strongest.zarr"
+    )
     # models[].tasks_only: trained (its n_ctx and tie_embeddings reach train_model) and
     # measured on its task; nothing of the text path
     assert "results/m-task/tasks/t-induction/metric.json" in every_key_plan

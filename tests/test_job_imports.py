@@ -27,7 +27,6 @@ MODEL_RULES = {
     "neuron_effects",
     "norm_ratios",
     "self_reinforcement",
-    "task_clean",
     "task_ablate",
     "task_set_ablate",
     "set_ablate",

@@ -84,7 +84,6 @@ def test_every_rule_has_one_stage_function_named_after_it():
 # copy of them, and no stage function exists for one kind of dataset alone (issue 35; the
 # distribution is data: stages.tasks.measured).
 ONE_PATH = {
-    "task_clean": "clean_cache",
     "task_ablate": "ablate",
     "set_ablate": "task_set_ablate",
     "task_summary": "summarize_heads",
@@ -102,6 +101,19 @@ ONE_PATH = {
     "task_atp_table": "atp_table",
 }
 MODULES_OF_STAGES = [p for p in (PACKAGE / "stages").glob("*.py") if p.stem != "__init__"]
+# The rules that serve every dataset through the {dataset} wildcard ("" running text,
+# tasks/<task>/ a task; issue 35), each with the task twin it replaced, which must not come back.
+DATASET_RULES = {"clean_cache": "task_clean"}
+
+
+@pytest.mark.parametrize(("rule", "twin"), DATASET_RULES.items())
+def test_a_rule_serving_every_dataset_has_no_task_twin(rule, twin):
+    texts = rule_texts()
+    assert re.search(r"output:\n(\s+\w+=.*\n)*\s+\w+=.*\{dataset\}", texts[rule]), (
+        f"rule {rule}'s outputs are not per dataset ({{dataset}})"
+    )
+    twins = [name for name, text in texts.items() if name == twin or f"use rule {rule} as" in text]
+    assert not twins, f"rule {rule} serves every dataset: no task twin ({twins})"
 
 
 @pytest.mark.parametrize(("variant", "base"), ONE_PATH.items())
@@ -122,6 +134,7 @@ ONE_DATASET_LEFT = {
     "stages.tasks.task_inputs": "a task's counterfactuals and corrupted prompts (text has none)",
     "stages.tasks.task_set_ablate": "serves both: set_ablate is its running-text variant",
     "stages.clean._task_metric": "the clean metric over a task's answers (its captions' number)",
+    "stages.task_summaries.task_metric": "rule task_metric: that metric as JSON (running text has none)",
     "stages.summaries.task_title": "serves both: None on running text",
     "stages.task_summaries.task_backups": "backups against the expected ones a task names",
     "stages.methods.task_methods": "methods ranked against the expected backups a task names",

@@ -372,7 +372,7 @@ def test_ioi_logit_difference_matches_transformers_with_the_abc_patch(ioi_run):
     corrupted = torch.from_numpy(prompts.corrupted.values.astype(np.int64))
     answer = rows[:, 1:]
     counter = torch.from_numpy(prompts.counter.values.astype(np.int64))
-    clean = xr.open_zarr(task / "clean.zarr")
+    clean = xr.open_zarr(task / "clean" / "shard-000.zarr")
     where = (clean.prompt.values, clean.position.values)
     ref = hf_model(hf_home, "gpt2")
     d_head = ref.config.hidden_size // ref.config.n_head

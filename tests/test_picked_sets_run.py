@@ -47,6 +47,6 @@ def test_the_induction_heads_set_is_picked_from_the_clean_scores(finished_run, t
     sets = open_zarr(copy / task_dir / "sets/corrupted.zarr")
     assert sets.attrs["sets"]["top"] == top
     # the demo's set (config/demo.yaml): the 2 largest mean clean direct effects on the answers
-    de = open_zarr(copy / task_dir / "clean.zarr")["de_head"].mean("token").values
+    de = open_zarr(copy / task_dir / "clean/shard-000.zarr")["de_head"].mean("token").values
     by_de = sorted(np.ndindex(de.shape), key=lambda h: (-de[h], h))
     assert sets.attrs["sets"]["strongest"] == sorted([list(h) for h in by_de[:2]])

@@ -242,7 +242,7 @@ def test_gpu_only_for_the_rules_that_run_a_model(runs):
     Threads and memory of model jobs are the config's `resources`."""
     gpu_rules = {"clean_cache", "ablate", "atp"}
     gpu_rules |= {"neuron_effects", "norm_ratios", "self_reinforcement", "repair_detail"}
-    gpu_rules |= {"task_clean", "task_ablate"}
+    gpu_rules |= {"task_ablate"}
     resources = runs["resources"]
     assert gpu_rules <= set(runs["expected"]) and set(runs["expected"]) - gpu_rules
     gpu_rules |= {

@@ -403,7 +403,15 @@ def test_a_prompts_task_is_sized_from_its_file_not_unknown(tmp_path):
         ) * 2 + (13,)
         w = {"model": "tiny-gpt2", "task": "mine", "task_ablation": "mean"}
         jobs = [job(rule, {"heads": f"results/tiny-gpt2/tasks/mine/{rule}.zarr"}, **w)
-                for rule in ("task_prompts", "task_clean", "task_ablate", "task_summary")]  # fmt: skip
+                for rule in ("task_prompts", "task_ablate", "task_summary")]  # fmt: skip
+        clean = {"model": "tiny-gpt2", "dataset": "tasks/mine/", "shard": "000"}
+        jobs.append(
+            job(
+                "clean_cache",
+                {"clean": "results/tiny-gpt2/tasks/mine/clean/shard-000.zarr"},
+                **clean,
+            )
+        )
         estimate = storage.estimate_storage(config, models, jobs)
         assert None not in estimate.values()
         sizes[path.name] = storage.data_bytes(storage._Run(config, models), "task_prompts", w)

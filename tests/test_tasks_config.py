@@ -212,7 +212,7 @@ def test_the_ioi_config_plans_the_task_beside_the_paper_path():
     )
     per_ablation = {"task_ablate", "task_set_ablate", "task_summary"}
     assert {job: jobs[job] for job in per_ablation} == dict.fromkeys(per_ablation, 1)
-    once = {"task_prompts", "task_clean", "task_backups", "task_explorer", "task_repair_bars"}
+    once = {"task_prompts", "task_metric", "task_backups", "task_explorer", "task_repair_bars"}
     once |= {"task_self_repair_per_head", "task_de_vs_metric_drop", "task_repairer_heatmap"}
     once |= {"task_methods", "method_table"}  # one named set (name_movers)
     assert {job: jobs[job] for job in once} == dict.fromkeys(once, 1)

@@ -170,7 +170,7 @@ def test_a_trained_models_prompts_are_checked_before_it_trains(run):
     config["tasks"]["mine"]["models"] = ["tiny-gpt2"]
     (run / "mine.yaml").write_text(yaml.safe_dump(config))
     configs = ("config/demo.yaml", ".test/config/config.yaml", "mine.yaml")
-    proc = snakemake("--cores", "1", "results/tiny-gpt2/tasks/mine/clean.zarr", "--configfile",
+    proc = snakemake("--cores", "1", "results/tiny-gpt2/tasks/mine/clean/shard-000.zarr", "--configfile",
                      *configs, cwd=run, timeout=600)  # fmt: skip
     assert proc.returncode != 0
     log = (run / "results/logs/task_prompts/tiny-gpt2/mine.log").read_text()

@@ -206,9 +206,10 @@ def test_the_coax_config_plans_one_task_per_seed_and_their_summary():
     four seeds' prompts and method table once, one method_seeds over them; its task is CoAx's
     protocol."""
     jobs = _dry_run("config/ioi-coax.yaml", target=["tasks"])
-    per_seed = {"task_prompts", "task_methods", "method_table", "task_clean", "task_set_ablate"}
+    per_seed = {"task_prompts", "task_methods", "method_table", "task_metric", "task_set_ablate"}
     assert {job: jobs[job] for job in per_seed} == dict.fromkeys(per_seed, 4)
     assert jobs["method_seeds"] == 1 and "ablate" not in jobs  # the tasks only
+    assert jobs["clean_cache"] == 4  # the clean pass of each seed's prompts
     spec = load("ioi-coax.yaml")["tasks"]["ioi"]
     assert spec["prompt_seeds"] == [1, 15, 22, 8] and spec["n_prompts"] == 96
     assert (spec["templates"], spec["names"], spec["prepend_bos"]) == ("coax", "coax", False)

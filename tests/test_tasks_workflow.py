@@ -52,7 +52,7 @@ def test_demo_task_stores_hold_the_answers_and_add_up(finished_run, model):
         where = run / "results" / model / "tasks" / task
         prompts = open_zarr(where / "prompts.zarr")
         prompt, position = np.nonzero(prompts.scored.values)
-        clean = open_zarr(where / "clean.zarr")
+        clean = open_zarr(where / "clean" / "shard-000.zarr")
         heads = open_zarr(where / "ablation" / "corrupted.zarr")
         for ds in (clean, heads):
             assert ds.prompt.values.tolist() == prompt.tolist()

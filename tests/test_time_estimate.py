@@ -109,7 +109,7 @@ def run(tmp_path):
 
 def _smk(run, *configs):
     configs = ("config/demo.yaml", ".test/config/config.yaml", "mine.yaml", *configs)
-    return snakemake("--cores", "1", "results/rand/tasks/mine/clean.zarr", "--configfile",
+    return snakemake("--cores", "1", "results/rand/tasks/mine/clean/shard-000.zarr", "--configfile",
                      *configs, cwd=run, timeout=600)  # fmt: skip
 
 
@@ -119,7 +119,7 @@ def test_the_start_of_a_run_prints_the_time_estimate_and_sizes_the_task(run):
     err = proc.stderr
     assert "The planned jobs take about" in err and "unknown" not in err  # the task is sized
     (line,) = [x for x in err.splitlines() if x.startswith("Time estimate")]
-    # task_prompts, process_weights (task_clean runs on the stand-in) and task_clean
+    # task_prompts, process_weights (clean_cache runs on the stand-in) and the task's clean_cache
     assert "3 jobs," in line and "(measured here: a float32 matrix product with numpy)" in line
     assert err.index("The planned jobs take") < err.index("Time estimate") < err.index("jobid")
 
@@ -130,7 +130,7 @@ def test_a_job_far_beyond_its_runtime_stops_the_run_before_any_job(run):
     assert proc.returncode != 0
     assert "Finished jobid" not in proc.stderr and not (run / "results/rand/tasks").exists()
     assert (
-        "config key models[rand].resources.runtime (or resources.runtime): job task_clean"
+        "config key models[rand].resources.runtime (or resources.runtime): job clean_cache"
         in proc.stderr
     )
     assert "FLOP/s, estimate.flops_per_second), over 10 times its runtime of 20 min" in proc.stderr

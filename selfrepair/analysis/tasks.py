@@ -36,7 +36,9 @@ from selfrepair.analysis.ranking import (
 from selfrepair.variables import METRIC_LABELS, head_label
 
 __all__ = [
+    "CLEAN_METRIC_KEYS",
     "NO_BACKUP_LAST_LAYER",
+    "clean_metric_record",
     "clean_metric",
     "head_backups",
     "no_backup_notes",
@@ -85,6 +87,17 @@ def scored_tokens(ds: xr.Dataset, scored: np.ndarray) -> xr.Dataset:
     )
     picked = picked.drop_vars(["batch", "pos"], errors="ignore")
     return picked.assign_coords(prompt=("token", prompt), position=("token", position))
+
+
+# The keys of a task's clean metric (clean_metric's, in its order; an induction task's per-head
+# scores last), which clean_cache records in its store's provenance and task_metric writes.
+CLEAN_METRIC_KEYS = ("metric", "label", "mean", "top1", "loss_answers", "n_prompts", "n_answers")
+CLEAN_METRIC_KEYS += ("above_counterfactual", "loss_baseline", "top1_baseline", "induction_scores")
+
+
+def clean_metric_record(attrs: dict) -> dict:
+    """A task's clean metric (CLEAN_METRIC_KEYS, in order) from its clean store's attributes."""
+    return {key: attrs[key] for key in CLEAN_METRIC_KEYS if key in attrs}
 
 
 def clean_metric(

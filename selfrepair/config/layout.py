@@ -1,6 +1,7 @@
 """The row and shard layout every stage agrees on (rows of seq_len tokens, shards of
 data.shard_rows rows, at most MAX_SHARDS per model), the size of a head's top-fraction selection,
-and (from selfrepair.ablations) the names of the ablation variants."""
+the datasets (running text, or a task: one shard under tasks/<task>/), and (from
+selfrepair.ablations) the names of the ablation variants."""
 
 from __future__ import annotations
 
@@ -17,11 +18,16 @@ __all__ = [
     "FROZEN_LN_SUFFIX",
     "MAX_SHARDS",
     "MIN_TOP_TOKENS",
+    "TASK_SHARD",
     "ablation_variant",
     "ablation_variants",
     "check_checkpoint_shards",
     "check_shard_count",
     "check_top_tokens",
+    "dataset_of",
+    "dataset_task",
+    "estimated_as",
+    "job_task",
     "n_predictions",
     "n_rows",
     "n_shards",
@@ -30,6 +36,41 @@ __all__ = [
     "shard_bounds",
     "top_count",
 ]
+
+
+# A dataset is where its stores lie below results/<model>/, the {dataset} wildcard of the rules
+# that serve every dataset: "" for running text (its shards, paths as ever), "tasks/<task>/" for
+# a task, whose prompts are one shard of this name.
+TASK_SHARD = "000"
+
+
+def dataset_of(task: str | None) -> str:
+    """The {dataset} wildcard of a task (None: running text)."""
+    return "" if task is None else f"tasks/{task}/"
+
+
+def dataset_task(dataset: str) -> str | None:
+    """The task a {dataset} wildcard names (None: running text)."""
+    return dataset.removeprefix("tasks/").removesuffix("/") or None
+
+
+def job_task(wildcards: dict[str, str]) -> str | None:
+    """The task a job serves, from its wildcards: {task} or {dataset} (None: none)."""
+    return wildcards.get("task") or dataset_task(wildcards.get("dataset", ""))
+
+
+# The rules that serve every dataset, by the name the storage and time estimates size their
+# task jobs under (a task's on its answers, config.tasks.task_shape; text's by its shard).
+ON_TASK = {"clean_cache": "task_clean"}
+
+
+def estimated_as(rule: str, wildcards: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The rule and wildcards a job is estimated as: a task's job of a rule that serves every
+    dataset as ON_TASK's name with its {task}, any other as it is."""
+    task = job_task(wildcards)
+    if task is None or rule not in ON_TASK:
+        return rule, wildcards
+    return ON_TASK[rule], {**wildcards, "task": task}
 
 
 def ablation_variants(config: dict[str, Any]) -> list[str]:

@@ -23,6 +23,7 @@ from selfrepair.config import disk
 from selfrepair.config.checkpoints import checkpoint_models, keeps_every_token, model_checkpoints
 from selfrepair.config.layout import (
     ablation_variants,
+    estimated_as,
     n_predictions,
     n_rows,
     n_shards,
@@ -250,7 +251,7 @@ def named_paths(outputs: Any) -> list[tuple[str | None, str]]:
 
 def data_bytes(run: _Run, rule: str, wildcards: dict) -> int | None:
     """The uncompressed bytes of the arrays one job writes (RULE_BYTES; 0: none; None: unknown)."""
-    rule = SAME_AS.get(rule, rule)
+    rule, wildcards = estimated_as(SAME_AS.get(rule, rule), wildcards)
     if rule in ("tokenize", "share_tokens"):  # the model's rows, int32 (a checkpoint: a copy)
         return F32 * n_rows(run.data) * run.data["seq_len"]
     if rule not in RULE_BYTES:
@@ -284,7 +285,10 @@ def job_bytes(
     blocks (None: unknown). A store: its files and folders (disk.store_disk_bytes, its arrays
     from disk.STORE_ARRAYS by rule and output name) with the job's array bytes; another file:
     FILE_BYTES by suffix."""
-    named, rule = named_paths(outputs), SAME_AS.get(rule, rule)
+    named, (rule, wildcards) = (
+        named_paths(outputs),
+        estimated_as(SAME_AS.get(rule, rule), wildcards),
+    )
     mine = [(n, p) for n, p in named if Path(p).parts[:1] == ("results",)]
     theirs = [p for _, p in named if Path(p).parts[:1] == ("resources",)]
     data = data_bytes(run, rule, wildcards)

@@ -210,8 +210,8 @@ def task_tokenizer_dir(entry: dict[str, Any], tokenizers: dict[str, Any]) -> str
 def model_context(config: dict[str, Any], entry: dict[str, Any]) -> int | None:
     """A model's context in positions as the config knows it before any job: a trained
     model's (train.n_ctx, else data.seq_len), a `path` model's config.json, a hub model's in
-    the local Hugging Face cache; None for a hub model not cached (task_clean checks it once
-    the model is loaded)."""
+    the local Hugging Face cache; None for a hub model not cached (the task's clean_cache checks
+    it once the model is loaded)."""
     import json
 
     from selfrepair.config.memory import CONTEXT_KEYS, cached_hub_entry

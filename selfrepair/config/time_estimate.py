@@ -4,7 +4,7 @@ shapes and the rows it runs, divided by a rate, plus a fixed time per job (Pytho
 imports, reading and writing stores). An estimate, not a measurement, and it says so.
 
 The FLOPs are selfrepair.flops' counts (checked against torch's FLOP counter in
-tests/test_flops.py), per row: clean_cache and task_clean one forward pass; ablate (every
+tests/test_flops.py), per row: clean_cache (a task's too) one forward pass; ablate (every
 ablation variant: one after the other), checkpoint_ablate and task_ablate measure_heads'
 (engine_flops of every head); atp (every ablation: the kinds share
 the passes) AtP's forward and backward pass,
@@ -23,7 +23,7 @@ from typing import Any
 
 from selfrepair import flops
 from selfrepair.config.errors import ConfigError
-from selfrepair.config.layout import ablation_variants, n_rows
+from selfrepair.config.layout import ablation_variants, estimated_as, n_rows
 from selfrepair.config.memory import cached_hub_entry, model_size
 from selfrepair.config.tasks import task_shape
 
@@ -61,6 +61,7 @@ def job_flops(run: Any, rule: str, w: dict[str, str]) -> float | None:
         rule: the job's rule name.
         w: its wildcards.
     """
+    rule, w = estimated_as(rule, w)
     if "model" not in w:
         return 0.0
     model = run.model(w["model"])

@@ -1,5 +1,6 @@
-"""The clean_cache rule (and its task variant task_clean): clean direct effects of one token
-shard or of a task's prompts (stages.tasks.measured), checked against the logit or metric; the
+"""The clean_cache rule: clean direct effects of one dataset's shard, a token shard or a task's
+prompts (stages.tasks.measured), checked against the logit or metric (a task's clean metric
+recorded in the store: stages.task_summaries.task_metric writes it as JSON); the
 process_weights rule: a model's processed weights, which the later model jobs read."""
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from selfrepair.analysis.clean_layout import clean_top_layout
 from selfrepair.analysis.tasks import clean_metric
 from selfrepair.engine.clean import clean_direct_effects, decomposition_error
 from selfrepair.stages.job import ModelJob, checkpoint_weights, weights_source
-from selfrepair.stages.records import write_json
 from selfrepair.stages.store import write_zarr
 from selfrepair.stages.tasks import Measured, _induction_scores, measured
 
@@ -31,21 +31,19 @@ def clean_cache(
     top_k: int | None = None,
     task: str | None = None,
     metric: str | None = None,
-    metric_out: str | None = None,
     tolerance: float = 1e-4,
 ) -> xr.Dataset:
-    """Clean direct effects of one shard, or on a task's metric at its answer positions (rule
-    task_clean, with the clean metric as JSON); refuses to write if they miss the logit.
+    """Clean direct effects of one shard, or on a task's metric at its answer positions (with
+    the clean metric in the store's provenance); refuses to write if they miss the logit.
 
     Args:
         job: the model job (one shard; a task's: its `tokens` is the prompts store).
         out: the store to write (results/<model>/clean/shard-<n>.zarr, a task's
-            results/<model>/tasks/<task>/clean.zarr).
+            results/<model>/tasks/<task>/clean/shard-000.zarr).
         attrs: the rule's provenance attributes (run_attrs and the shard, or task_attrs).
         top_k: engine.store_tokens: top: keep each head's top_k best tokens of the shard
             instead of its DE on every token (analysis.clean_layout); None: every token.
         task, metric: the task's name and metric (correct_logit, logit_diff); None on text.
-        metric_out: a task's clean metric as JSON (analysis.clean_metric; captions read it).
         tolerance: the largest |sum of direct effects - logit| accepted.
     """
     model, data = measured(job, task, metric)
@@ -73,8 +71,6 @@ def clean_cache(
     if top_k is not None:
         ds = clean_top_layout(ds, top_k)
     write_zarr(ds, out)
-    if metric_out is not None:
-        write_json(metric_out, numbers)
     return ds
 
 

@@ -232,7 +232,7 @@ def head_explorer(
             engine.attribution is off): each head's top repairers are listed.
         repairers: how many (explorer.repairers).
         task: the task whose stores these are, or None (running text).
-        metric: a task's task_clean metric JSON (the clean model on the task, checked).
+        metric: a task's task_metric JSON (the clean model on the task, checked).
     """
     from selfrepair.data.tokens import load_tokenizer
 
@@ -275,7 +275,7 @@ def _by_ablation(shards: Sequence[str], ablations: Sequence[str]) -> dict[str, l
 
 def _rows(model: str, tokens: str, task: str | None, metric: str | None) -> Rows:
     """The page's Rows: running text's tokens.zarr (task None), or a task's prompts store
-    with its corrupted prompts, the clean metric (task_clean's JSON) noted and each answer's
+    with its corrupted prompts, the clean metric (task_metric's JSON) noted and each answer's
     counterfactual under logit_diff."""
     if task is None:
         return Rows(label=model, tokens=open_tokens(tokens)[0])

@@ -57,8 +57,8 @@ def task_methods(
         mean_include_bos: as the ablate rule's.
         out: the store to write (results/<model>/tasks/<task>/methods/<set>.zarr).
         attrs: the rule's provenance attributes.
-        metric_json: task_clean's metric.json, when the set is picked from its induction scores.
-        clean_store: task_clean's store, when the set is picked by clean direct effect.
+        metric_json: task_metric's metric.json, when the set is picked from its induction scores.
+        clean_store: the task's clean store, when the set is picked by clean direct effect.
     """
     import torch
 
@@ -158,7 +158,7 @@ def method_table(
         title: the HTML page's title.
         atp: the task_atp store under the same ablation (engine.atp): its GradDrop per answer
             joins as method atp_star_graddrop, with its interval (graddrop_per_answer).
-        metric: the task_clean metric JSON (an induction task's induction scores).
+        metric: the task_metric JSON (an induction task's induction scores).
     """
     from selfrepair.analysis.methods import method_page, prompts_note
     from selfrepair.analysis.methods import method_table as table_of

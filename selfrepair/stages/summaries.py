@@ -231,7 +231,7 @@ def heads_with_picks(heads: Sequence[Sequence[int]], paths: Sequence[str]) -> li
 
 def task_title(task: Mapping[str, str] | None, model: str) -> str | None:
     """A task figure's title (plots.captions.task_headline) from the rule's `task` param: the
-    task, its ablation and its clean metric JSON (task_clean's, checked); None on running text."""
+    task, its ablation and its clean metric JSON (task_metric's, checked); None on running text."""
     if task is None:
         return None
     return task_headline(read_json(task["metric"]), model, task["task"], task["ablation"])

@@ -1,4 +1,5 @@
-"""The task rule with no running-text counterpart, task_backups (rules/tasks.smk: the
+"""The task rules with no running-text counterpart: task_metric (a task's clean metric as JSON,
+from its clean store) and task_backups (rules/tasks.smk: the
 backup-heads table: the largest heads' top compensators, and each jointly ablated set's ranked
 compensators with their ROC-AUC against the expected backups), and the expected backups it and
 the method table rank against (expected_heads). A task's summaries are summarize_heads' (rule
@@ -14,13 +15,19 @@ from typing import Any
 import pandas as pd
 
 from selfrepair.analysis import tables
-from selfrepair.analysis.tasks import head_backups, no_backup_notes, set_backups, set_tie_notes
+from selfrepair.analysis.tasks import (
+    clean_metric_record,
+    head_backups,
+    no_backup_notes,
+    set_backups,
+    set_tie_notes,
+)
 from selfrepair.stages.joblog import SAME_WEIGHTS_KEYS
-from selfrepair.stages.records import read_json
+from selfrepair.stages.records import read_json, write_json
 from selfrepair.stages.store import check_same_run, open_zarr, write_text
 from selfrepair.tasks.picks import largest_heads
 
-__all__ = ["expected_heads", "set_heads", "task_backups"]
+__all__ = ["expected_heads", "set_heads", "task_backups", "task_metric"]
 
 log = logging.getLogger("selfrepair")
 
@@ -34,7 +41,7 @@ SET_SECTION = (
 
 def expected_heads(expected: Sequence | Mapping[str, float], metric: str) -> list[list[int]]:
     """tasks.<task>.expected_backups as heads: those listed, or for {induction_score_above: s}
-    the heads whose induction score (task_clean's metric.json, `metric`) is above s."""
+    the heads whose induction score (task_metric's metric.json, `metric`) is above s."""
     if not isinstance(expected, Mapping):
         return [list(h) for h in expected]
     from selfrepair.tasks.induction import induction_heads
@@ -47,7 +54,7 @@ def set_heads(
     sets: Mapping[str, Any], metric: str | None, clean: str | None = None
 ) -> dict[str, list[list[int]]]:
     """tasks.<task>.ablation_sets as heads: each set as listed, or picked at run time: for
-    {induction_score_top: k} the k heads with the largest induction score in task_clean's
+    {induction_score_top: k} the k heads with the largest induction score in task_metric's
     metric.json (`metric`), for {direct_effect_top: k} the k heads with the largest mean clean
     direct effect on the task's answers in its clean store (`clean`, de_head)."""
     values = {}
@@ -86,7 +93,7 @@ def task_backups(
         sets: the task_set_ablate store, when the task names ablation sets (else empty).
         expected: the expected backups (tasks.<task>.expected_backups, as expected_heads
             reads it).
-        metric: the task's metric.json (task_clean's; the induction scores).
+        metric: the task's metric.json (task_metric's; the induction scores).
         roles: role -> heads named in the table (sets and expected backups are named too).
         n_heads: heads with the largest direct effect listed (tasks.<task>.backup_heads).
         n_backups: compensating heads per ablated head or set (figures.attribution.repairers).
@@ -123,3 +130,17 @@ def task_backups(
     ]
     write_text(html_path, tables.html_page(title, note, sections))
     return table
+
+
+def task_metric(clean: str, *, out: str) -> dict:
+    """A task's clean metric as JSON (analysis.clean_metric's numbers, an induction task's
+    scores; captions and the picked sets read it), from its clean store's provenance, where
+    clean_cache recorded it.
+
+    Args:
+        clean: the task's clean store (results/<model>/tasks/<task>/clean/shard-000.zarr).
+        out: the JSON file to write (results/<model>/tasks/<task>/metric.json).
+    """
+    numbers = clean_metric_record(open_zarr(clean).attrs)
+    write_json(out, numbers)
+    return numbers

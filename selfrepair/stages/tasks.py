@@ -2,8 +2,9 @@
 store, from the model's own tokenizer) and task_set_ablate (each named set of heads ablated
 jointly; also rule set_ablate's, on a token shard of running text); and `measured`, the
 distribution a model job measures as data (`Measured`: running text or a task's prompts), which
-the clean_cache and ablate stages (and their task variants task_clean, task_ablate) take. Per-token
-stores of a task keep the answer positions only (analysis.tasks.scored_tokens)."""
+the clean_cache and ablate stages take (clean_cache on a task's {dataset}, ablate through its
+task variant task_ablate). Per-token stores of a task keep the answer positions only
+(analysis.tasks.scored_tokens)."""
 
 from __future__ import annotations
 
@@ -231,8 +232,8 @@ def task_set_ablate(
         out: the store to write (results/<model>/tasks/<task>/sets/<ablation>.zarr, or
             results/<model>/sets/<ablation>/shard-<n>.zarr).
         attrs: the rule's provenance attributes.
-        metric_json: task_clean's metric.json, when a set is picked from its induction scores.
-        clean_store: task_clean's store, when a set is picked by clean direct effect.
+        metric_json: task_metric's metric.json, when a set is picked from its induction scores.
+        clean_store: the task's clean store, when a set is picked by clean direct effect.
     """
     from selfrepair.engine.sets import measure_sets
     from selfrepair.stages.task_summaries import set_heads

@@ -1,17 +1,19 @@
-# The clean pass of one token shard; on a task's prompts the same rule and stage function
-# (`use rule clean_cache as task_clean with:`, rules/tasks.smk).
+# The clean pass of one dataset's shard: a token shard of running text, or a task's prompts
+# (one shard, under results/{model}/tasks/<task>/; its answers and metric, its clean metric
+# written as JSON by task_metric, rules/tasks.smk). The settings of a dataset are functions of
+# {dataset} (common.smk: on_dataset).
 
 
 rule clean_cache:
     input:
         unpack(model_job_input),
-        tokens="results/{model}/tokens.zarr",
+        tokens=dataset_tokens,
     output:
-        clean=directory("results/{model}/clean/shard-{shard}.zarr"),
+        clean=directory("results/{model}/{dataset}clean/shard-{shard}.zarr"),
     log:
-        "results/logs/clean_cache/{model}/shard-{shard}.log",
+        "results/logs/clean_cache/{model}/{dataset}shard-{shard}.log",
     benchmark:
-        "results/benchmarks/clean_cache/{model}/shard-{shard}.tsv"
+        "results/benchmarks/clean_cache/{model}/{dataset}shard-{shard}.tsv"
     conda:
         "../../envs/engine.yaml"
     threads: model_threads
@@ -20,14 +22,14 @@ rule clean_cache:
         runtime=model_runtime,
     params:
         model=model_entry,
-        bounds=shard_bounds,
+        bounds=on_dataset(shard_bounds, None),  # a task: every prompt
         batch_size=batch_size,
-        top_k=clean_top_k,
-        task=None,
-        metric=None,
+        top_k=on_dataset(clean_top_k, None),  # a task: every answer
+        task=dataset_task,
+        metric=dataset_metric,
         device=config["device"],
         dtype=config["dtype"],
-        attrs=lambda w: run_attrs(w) | {"shard": w.shard},
+        attrs=dataset_attrs,
     script:
         "../scripts/clean_cache.py"
 

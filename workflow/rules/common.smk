@@ -82,6 +82,8 @@ wildcard_constraints:
     seeded_task="|".join(re.escape(t) for t in SEEDED_TASKS) or "(?!)",
     task_ablation="|".join(re.escape(a) for a in sr_ablations.TASK_VARIANTS),
     ablation_set=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    # "" for running text, tasks/<task>/ for a task (sr_config.dataset_of)
+    dataset="(tasks/(" + ("|".join(re.escape(t) for t in TASKS) or "(?!)") + ")/)?",
 
 
 def model_entry(wildcards):
@@ -732,6 +734,55 @@ def task_atp_summaries(wildcards):
 TASK_FIGURES = sr_figures.TASK_FIGURES
 
 
+# --- datasets: a rule with the {dataset} wildcard serves running text ("") and each task
+# ("tasks/<task>/", one shard, sr_config.TASK_SHARD); what differs are its settings, these.
+def dataset_task(wildcards):
+    """The task the job's {dataset} names (None: running text)."""
+    task = sr_config.dataset_task(wildcards.dataset)
+    if task is not None and wildcards.shard != sr_config.TASK_SHARD:
+        raise ValueError(
+            f"a task is one shard, {sr_config.TASK_SHARD}: not {wildcards.shard}"
+        )
+    return task
+
+
+def on_dataset(text, task):
+    """A setting of the job's dataset: `text` on running text, `task` on a task, each a value
+    or a function of the wildcards."""
+
+    def setting(wildcards):
+        value = task if dataset_task(wildcards) else text
+        return value(wildcards) if callable(value) else value
+
+    return setting
+
+
+def dataset_tokens(wildcards):
+    """A dataset's rows: the model's token shards, or the task's prompts."""
+    task = dataset_task(wildcards)
+    where = f"tasks/{task}/prompts" if task else "tokens"
+    return f"results/{wildcards.model}/{where}.zarr"
+
+
+def dataset_metric(wildcards):
+    """The task's metric (correct_logit, logit_diff); None on running text."""
+    task = dataset_task(wildcards)
+    return TASKS[task]["metric"] if task else None
+
+
+def dataset_attrs(wildcards):
+    """Provenance of a dataset's stores: run_attrs and the shard, or task_attrs."""
+    task = dataset_task(wildcards)
+    if task:
+        return run_attrs(wildcards) | {"task": task, "task_spec": TASKS[task]}
+    return run_attrs(wildcards) | {"shard": wildcards.shard}
+
+
+def task_store(wildcards, kind):
+    """A task's store of one kind in the text layout (kind/shard-<TASK_SHARD>.zarr)."""
+    return f"{task_dir(wildcards)}/{kind}/shard-{sr_config.TASK_SHARD}.zarr"
+
+
 def task_dir(wildcards):
     return f"results/{wildcards.model}/tasks/{wildcards.task}"
 
@@ -752,7 +803,7 @@ def method_atp_input(wildcards):
 
 
 def picked_sets_input(wildcards):
-    """What task_clean wrote that one of the task's sets (the method set's, under
+    """What the task's clean pass wrote that one of its sets (the method set's, under
     task_methods) is picked from at run time: metric.json for its induction scores
     ({induction_score_top: k}), the clean store for its direct effects ({direct_effect_top: k}).
     """
@@ -762,7 +813,7 @@ def picked_sets_input(wildcards):
     picks = {by for heads in sets.values() if isinstance(heads, dict) for by in heads}
     where = f"results/{wildcards.model}/tasks/{wildcards.task}"
     files = {"induction_score_top": ("metric", "metric.json")}
-    files["direct_effect_top"] = ("clean", "clean.zarr")
+    files["direct_effect_top"] = ("clean", f"clean/shard-{sr_config.TASK_SHARD}.zarr")
     return {files[by][0]: f"{where}/{files[by][1]}" for by in picks}
 
 
@@ -812,7 +863,7 @@ def task_sets_input(wildcards):
 
 def task_caption(wildcards, input):
     """The 'Measured' paragraph of a task's figure or table: model, ablation, the answers, the
-    task and its metric, and the clean model on it (task_clean's JSON, checked, once it
+    task and its metric, and the clean model on it (task_metric's JSON, checked, once it
     exists).
     """
     return measured_on_task(wildcards, input, [task_figure_ablation(wildcards)])

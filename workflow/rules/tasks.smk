@@ -32,32 +32,26 @@ rule task_prompts:
         "../scripts/task_prompts.py"
 
 
-# The clean pass and every head's ablation on a task's prompts: the running-text rules and stage
-# functions (rules/clean.smk, rules/ablation.smk) with the task's rows, answers and metric. Params
-# are the base rule's updated by name: each a shard's only is set to None here.
-use rule clean_cache as task_clean with:
+# The task's clean metric as JSON (what captions and the sets read), from its clean store's
+# provenance (clean_cache writes it there: stages.clean.task_metric); running text has none.
+rule task_metric:
     input:
-        unpack(model_job_input),
-        tokens="results/{model}/tasks/{task}/prompts.zarr",
+        clean=lambda w: task_store(w, "clean"),
     output:
-        clean=directory("results/{model}/tasks/{task}/clean.zarr"),
         metric="results/{model}/tasks/{task}/metric.json",
     log:
-        "results/logs/task_clean/{model}/{task}.log",
+        "results/logs/task_metric/{model}/{task}.log",
     benchmark:
-        "results/benchmarks/task_clean/{model}/{task}.tsv"
-    params:
-        model=model_entry,
-        bounds=None,
-        batch_size=batch_size,
-        top_k=None,
-        task=lambda w: w.task,
-        metric=lambda w: TASKS[w.task]["metric"],
-        device=config["device"],
-        dtype=config["dtype"],
-        attrs=task_attrs,
+        "results/benchmarks/task_metric/{model}/{task}.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../scripts/task_metric.py"
 
 
+# Every head's ablation on a task's prompts: the running-text rule and stage function
+# (rules/ablation.smk) with the task's rows, answers and metric. Params are the base rule's
+# updated by name: each a shard's only is set to None here.
 use rule ablate as task_ablate with:
     input:
         unpack(model_job_input),

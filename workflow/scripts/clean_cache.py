@@ -1,4 +1,4 @@
-"""Clean direct effects of one token shard, or of a task's prompts (rule task_clean)
+"""Clean direct effects of one dataset's shard: a token shard or a task's prompts
 (selfrepair.stages.clean.clean_cache)."""
 
 from selfrepair.stages.clean import clean_cache
@@ -10,6 +10,5 @@ with logged(snakemake.log[0], snakemake):
         ModelJob.from_snakemake(snakemake),
         **rule_params(snakemake, "top_k", "task", "metric"),
         out=snakemake.output.clean,
-        metric_out=snakemake.output.get("metric"),
         attrs=dict(snakemake.params.attrs),
     )
