@@ -208,3 +208,33 @@ def test_a_rule_that_builds_its_path_in_a_function_is_caught():
     }
     outputs = ["results/figures/shown.png", "results/figures/hidden_figure.png"]
     assert hidden_outputs(outputs, texts) == ["results/figures/hidden_figure.png"]
+
+
+
+# --- every figure is saved by plots.common.save_figure (undated, atomic) ----------------------
+
+
+def savefig_callers(paths) -> list[str]:
+    """file:function of each function of the given files, save_figure aside, that calls
+    `.savefig(`."""
+    found = set()
+    for path in paths:
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.FunctionDef) and node.name != "save_figure":
+                calls = [n for n in ast.walk(node) if isinstance(n, ast.Call)]
+                if any(getattr(c.func, "attr", None) == "savefig" for c in calls):
+                    found.add(f"{Path(path).name}:{node.name}")
+    return sorted(found)
+
+
+def test_every_figure_is_saved_through_save_figure():
+    """A figure saved with fig.savefig keeps its PDF's creation date, so a rerun never gives
+    the same bytes (the method table's figure did), and a killed job can leave half a file."""
+    paths = [*PACKAGE.rglob("*.py"), *(ROOT / "workflow" / "scripts").glob("*.py")]
+    assert savefig_callers(paths) == []
+
+
+def test_a_figure_saved_beside_save_figure_is_caught(tmp_path):
+    script = tmp_path / "fig.py"
+    script.write_text("def draw(fig, out):\n    fig.savefig(out)\n")
+    assert savefig_callers([script]) == ["fig.py:draw"]

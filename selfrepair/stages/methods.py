@@ -160,8 +160,11 @@ def method_table(
             joins as method atp_star_graddrop, with its interval (graddrop_per_answer).
         metric: the task_metric JSON (an induction task's induction scores).
     """
+    import matplotlib as mpl
+
     from selfrepair.analysis.methods import method_page, prompts_note
     from selfrepair.analysis.methods import method_table as table_of
+    from selfrepair.plots.common import save_figure
     from selfrepair.plots.methods import methods_figure
     from selfrepair.stages.task_summaries import expected_heads
 
@@ -189,9 +192,10 @@ def method_table(
     n_prompts = int(table.n_prompts.iloc[0])
     write_text(html_path, method_page(table, title=title, note=prompts_note(n_prompts)))
     fig = methods_figure(table, anchors=anchors, n_prompts=n_prompts)
-    fig.savefig(figure, dpi=150, bbox_inches="tight")
-    if figure_pdf:
-        fig.savefig(figure_pdf, bbox_inches="tight")
+    with mpl.rc_context({"savefig.bbox": "tight"}):  # as the figure was always saved
+        save_figure(fig, figure, dpi=150)
+        if figure_pdf:
+            save_figure(fig, figure_pdf)
     return table
 
 
