@@ -210,7 +210,6 @@ def test_a_rule_that_builds_its_path_in_a_function_is_caught():
     assert hidden_outputs(outputs, texts) == ["results/figures/hidden_figure.png"]
 
 
-
 # --- every figure is saved by plots.common.save_figure (undated, atomic) ----------------------
 
 
