@@ -111,6 +111,9 @@ def test_the_store_tokens_switch_jobs_stated_are_the_dry_runs():
     assert set(counts) == rules, counts
     for configs in (REDUCED_DEMO_CONFIGS, ("config/demo.yaml",)):
         jobs = rule_jobs(dry_run(*configs))
+        # the switch reruns running text's clean passes: a task's one clean_cache job (one per
+        # task_metric job) takes no store_tokens
+        jobs["clean_cache"] -= jobs.get("task_metric", 0)
         assert {rule: jobs[rule] for rule in rules} == counts, configs
 
 

@@ -84,4 +84,5 @@ def test_the_demo_plans_the_induction_model_on_its_task_only(tmp_path):
     assert {f"results/explorer/tasks/induction/{MODEL}.html"} == {p for p in own if "explorer" in p}
     others = own - expected - {p for p in own if p.startswith(task) or "explorer" in p}
     assert not others, sorted(others)
-    assert not any(re.search(r"shard-\d+|tokens\.zarr", p) for p in own)
+    # no running-text shard or tokens (a task's own stores are its one shard, under task)
+    assert not any(re.search(r"shard-\d+|tokens\.zarr", p) for p in own if task not in p)
