@@ -759,9 +759,8 @@ def on_dataset(text, task):
 
 def dataset_tokens(wildcards):
     """A dataset's rows: the model's token shards, or the task's prompts."""
-    task = dataset_task(wildcards)
-    where = f"tasks/{task}/prompts" if task else "tokens"
-    return f"results/{wildcards.model}/{where}.zarr"
+    rows = "prompts" if dataset_task(wildcards) else "tokens"
+    return f"results/{wildcards.model}/{wildcards.dataset}{rows}.zarr"
 
 
 def dataset_metric(wildcards):
@@ -774,7 +773,7 @@ def dataset_attrs(wildcards):
     """Provenance of a dataset's stores: run_attrs and the shard, or task_attrs."""
     task = dataset_task(wildcards)
     if task:
-        return run_attrs(wildcards) | {"task": task, "task_spec": TASKS[task]}
+        return attrs_of_task(wildcards, task)
     return run_attrs(wildcards) | {"shard": wildcards.shard}
 
 
@@ -811,18 +810,19 @@ def picked_sets_input(wildcards):
     if "ablation_set" in wildcards.keys():
         sets = {wildcards.ablation_set: sets[wildcards.ablation_set]}
     picks = {by for heads in sets.values() if isinstance(heads, dict) for by in heads}
-    where = f"results/{wildcards.model}/tasks/{wildcards.task}"
-    files = {"induction_score_top": ("metric", "metric.json")}
-    files["direct_effect_top"] = ("clean", f"clean/shard-{sr_config.TASK_SHARD}.zarr")
-    return {files[by][0]: f"{where}/{files[by][1]}" for by in picks}
+    files = {"induction_score_top": ("metric", f"{task_dir(wildcards)}/metric.json")}
+    files["direct_effect_top"] = ("clean", task_store(wildcards, "clean"))
+    return dict(files[by] for by in picks)
+
+
+def attrs_of_task(wildcards, task):
+    """Provenance of a task's stores: the model's, and the task's name and config entry."""
+    return run_attrs(wildcards) | {"task": task, "task_spec": TASKS[task]}
 
 
 def task_attrs(wildcards):
-    """Provenance of a task's stores: the model's, and the task's name and config entry."""
-    return run_attrs(wildcards) | {
-        "task": wildcards.task,
-        "task_spec": TASKS[wildcards.task],
-    }
+    """attrs_of_task of the job's {task}."""
+    return attrs_of_task(wildcards, wildcards.task)
 
 
 def task_paths(wildcards, pattern):
