@@ -17,12 +17,12 @@ Scores of other stores (e.g. AtP* GradDrop of the atp rules on tasks) join throu
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from selfrepair.analysis import tables
 from selfrepair.analysis.conditional import amplification_ratio
 from selfrepair.analysis.intervals import percentile_interval, resample_draws
 from selfrepair.analysis.ranking import average_precision, precision_at_k, roc_auc
@@ -202,5 +202,4 @@ def method_page(table: pd.DataFrame, *, title: str, note: str) -> str:
     to three decimals, each standard deviation (a `*_std` column) by std_text; NaN as NaN."""
     stds = {c: std_text for c in table.columns if str(c).endswith("_std")}
     body = table.to_html(float_format=lambda v: f"{v:.3f}", formatters=stds)
-    head = f"<head><title>{html.escape(title)}</title></head>"
-    return f"<html>{head}<body><p>{html.escape(note)}</p>{body}</body></html>"
+    return tables.html_page(title, note, [body])
